@@ -1,0 +1,77 @@
+// What a message implementation is handed. Explicit context, no singletons (DESIGN.md,
+// principle 6): the host's services come in through HostContext; the call's own state
+// (session, task, the message) through Call.
+import type { Logger } from 'pino';
+import type { Db, Row } from '../db/interface.js';
+import type { MessageDef, Schema } from '../schema/schema.js';
+import type { Marshal } from './marshal.js';
+
+export interface HostConfig {
+  stateDir: string;
+  address: string;
+  hostname: string;
+  httpPort: number;
+  httpsPort: number;
+  backend: string;
+}
+
+export interface HostContext {
+  readonly schema: Schema;
+  readonly db: Db;
+  readonly marshal: Marshal;
+  readonly log: Logger;
+  readonly config: HostConfig;
+  /** This host's and its pool's refs (set by first start / start-up sync). */
+  hostRef: string;
+  poolRef: string;
+  /** Checks a password for a local user; only root exists locally. */
+  verifyLocalPassword(user: string, password: string): Promise<boolean>;
+  /** Pool secrets accepted from other hosts (a list, to allow rotation). */
+  poolSecrets(): string[];
+  /** Milliseconds since the epoch; injectable for tests. */
+  now(): number;
+  /** How long a failed login waits before answering (xapi: 5 s, against password guessing). */
+  authFailureDelayMs: number;
+}
+
+export interface SessionInfo {
+  ref: string;
+  row: Row;
+}
+
+export interface Call {
+  readonly host: HostContext;
+  readonly db: Db;
+  readonly msg: MessageDef;
+  /** The method name as the client sent it (e.g. `Async.VM.start`). */
+  readonly wireName: string;
+  readonly session: SessionInfo | undefined;
+  /** The DB task this call runs under, or NULL ref when it has none. */
+  readonly task: string;
+  /** Raises TASK_CANCELLED if someone asked to cancel this call's task. */
+  checkCancelled(): Promise<void>;
+  /** Records progress (0..1) on the call's task, if it has one. */
+  setProgress(p: number): Promise<void>;
+}
+
+export type Impl = (call: Call, args: unknown[]) => Promise<unknown> | unknown;
+
+/** Message implementations by wire name; each src/xapi/<class>.ts registers its own. */
+export class Registry {
+  private readonly impls = new Map<string, Impl>();
+
+  implement(wire: string, impl: Impl): this {
+    this.impls.set(wire, impl);
+    return this;
+  }
+
+  get(wire: string): Impl | undefined {
+    return this.impls.get(wire);
+  }
+
+  has(wire: string): boolean {
+    return this.impls.has(wire);
+  }
+}
+
+export const isoNow = (host: HostContext) => new Date(host.now());

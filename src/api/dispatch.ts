@@ -1,0 +1,137 @@
+// From a decoded call to a result, as xapi's generated server does it: method lookup (with the
+// `Async.` prefix and the `<class>_<message>` alternative names), parameter count, session
+// check, RBAC, typed unmarshalling, then the implementation — inline, or on a task for Async.
+// The wire codecs sit on one side and the message implementations on the other; neither sees
+// the other (DESIGN.md).
+import type { Rpc } from './rpc.js';
+import { XapiError, errorDescription } from './errors.js';
+import { Registry, type Call, type HostContext, type SessionInfo } from './context.js';
+import { implicitImpl } from './implicit.js';
+import { checkSession } from './session-check.js';
+import { checkPermission } from './rbac.js';
+import { TaskManager } from './tasks.js';
+import { xmlRpcValue } from './xmlrpc.js';
+import type { MessageDef } from '../schema/schema.js';
+import { NULL_REF } from '../schema/types.js';
+
+export type Outcome =
+  | { ok: true; value: Rpc; bare?: boolean }
+  | { ok: false; error: string[] };
+
+export class Dispatcher {
+  private readonly byAlternative = new Map<string, MessageDef>();
+  readonly tasks: TaskManager;
+
+  constructor(
+    readonly host: HostContext,
+    readonly registry: Registry,
+  ) {
+    for (const m of host.schema.messages.values()) {
+      this.byAlternative.set(`${m.cls.name}_${m.name}`, m);
+      if (m.implicit && !registry.has(m.wire)) {
+        const impl = implicitImpl(m);
+        if (impl) registry.implement(m.wire, impl);
+      }
+    }
+    this.tasks = new TaskManager(host);
+  }
+
+  /** Names served, as system.listMethods gives them: every sync wire name. */
+  listMethods(): string[] {
+    return [...this.host.schema.messages.values()].filter((m) => m.cls.name !== 'system').map((m) => m.wire);
+  }
+
+  async dispatch(method: string, params: Rpc[]): Promise<Outcome> {
+    try {
+      return await this.run(method, params);
+    } catch (e) {
+      if (!(e instanceof XapiError)) this.host.log.error({ err: e, method }, 'internal error');
+      return { ok: false, error: errorDescription(e) };
+    }
+  }
+
+  private async run(method: string, params: Rpc[]): Promise<Outcome> {
+    if (method === 'system.listMethods') return { ok: true, value: this.listMethods(), bare: true };
+    if (method.startsWith('system.isAlive')) return { ok: true, value: params[0] ?? '' };
+
+    let name = method;
+    let async = false;
+    if (name.startsWith('Async.')) {
+      async = true;
+      name = name.slice(6);
+    } else if (name.startsWith('InternalAsync.')) {
+      async = true;
+      name = name.slice(14);
+    }
+    const msg = this.host.schema.messages.get(name) ?? this.byAlternative.get(name);
+    if (!msg) {
+      if (params.length >= 1) {
+        const session = await checkSession(this.host, params[0]!);
+        checkPermission(this.host, session, 'host.call_extension', ['pool-admin', 'pool-operator']);
+      }
+      throw new XapiError('MESSAGE_METHOD_UNKNOWN', [method]);
+    }
+    if (async && !msg.async) {
+      throw new XapiError('Fault', [`No async mode for this operation (rpc: ${method})`]);
+    }
+
+    const offset = msg.sessionChecked ? 1 : 0;
+    const received = params.length - offset;
+    if (received < msg.requiredCount || received > msg.params.length) {
+      throw new XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', [msg.wire, msg.requiredCount, Math.max(received, 0)]);
+    }
+
+    let session: SessionInfo | undefined;
+    if (msg.sessionChecked) {
+      session = await checkSession(this.host, params[0]!);
+      if (msg.lifecycle === 'Removed') throw new XapiError('MESSAGE_REMOVED', []);
+    }
+
+    const args: unknown[] = [];
+    for (let i = 0; i < msg.params.length; i++) {
+      const p = msg.params[i]!;
+      const raw = params[i + offset];
+      args.push(raw === undefined ? structuredClone(p.default) : this.host.marshal.fromRpc(p.type, raw, p.name));
+    }
+    if (session) checkPermission(this.host, session, msg.wire, msg.roles, msg, args);
+
+    const impl = this.registry.get(msg.wire);
+    if (!impl) throw new XapiError('NOT_IMPLEMENTED', [msg.wire]);
+
+    if (async) {
+      const task = await this.tasks.create(session, method, true);
+      await this.host.db.commit();
+      void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
+      return { ok: true, value: task };
+    }
+    let task = NULL_REF;
+    if (msg.async) task = await this.tasks.create(session, method, false);
+    const call = this.makeCall(msg, method, session, task);
+    let result: unknown;
+    try {
+      result = await impl(call, args);
+    } catch (e) {
+      if (task !== NULL_REF) await this.tasks.fail(task, e);
+      await this.host.db.commit();
+      throw e;
+    }
+    const value = this.host.marshal.toRpc(msg.result, result);
+    if (task !== NULL_REF) await this.tasks.succeed(task, xmlRpcValue(value));
+    await this.host.db.commit();
+    return { ok: true, value };
+  }
+
+  private makeCall(msg: MessageDef, wireName: string, session: SessionInfo | undefined, task: string): Call {
+    const tasks = this.tasks;
+    return {
+      host: this.host,
+      db: this.host.db,
+      msg,
+      wireName,
+      session,
+      task,
+      checkCancelled: () => tasks.checkCancelled(task),
+      setProgress: (p: number) => tasks.setProgress(task, p),
+    };
+  }
+}

@@ -1,0 +1,21 @@
+// The check every session-taking call goes through (xapi's session_check.ml): the session must
+// exist; its last_active is refreshed only when older than threshold_last_active, so a busy
+// client does not turn every read into a database write.
+import { XapiError } from './errors.js';
+import type { HostContext, SessionInfo } from './context.js';
+import type { Rpc } from './rpc.js';
+import { formatDateTime, parseDateTime } from '../schema/types.js';
+
+export const THRESHOLD_LAST_ACTIVE_S = 600;
+
+export async function checkSession(host: HostContext, param: Rpc): Promise<SessionInfo> {
+  const ref = typeof param === 'string' ? param : String(param);
+  const row = typeof param === 'string' ? await host.db.tryGet('session', ref) : undefined;
+  if (!row) throw new XapiError('SESSION_INVALID', [ref]);
+  const last = parseDateTime(row.last_active as string)?.getTime() ?? 0;
+  const now = host.now();
+  if (now - last > THRESHOLD_LAST_ACTIVE_S * 1000) {
+    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) });
+  }
+  return { ref, row };
+}

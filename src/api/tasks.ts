@@ -1,0 +1,146 @@
+// Task lifecycle (xapi's taskHelper.ml and the task part of db_gc): tasks are rows in the task
+// table, created pending, completed with the result as an XML-RPC fragment (on every wire, as
+// xapi does) or failed with error_info, cancelled on request, and garbage-collected.
+import { randomUUID } from 'node:crypto';
+import { XapiError, errorDescription } from './errors.js';
+import type { HostContext, SessionInfo } from './context.js';
+import { newRef } from './implicit.js';
+import { xmlRpcValue } from './xmlrpc.js';
+import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
+
+export const COMPLETED_TASK_TIMEOUT_S = 3900;
+export const PENDING_TASK_TIMEOUT_S = 86400;
+export const MAX_TASKS = 200;
+
+export class TaskManager {
+  private readonly cancelRequested = new Set<string>();
+  /** pending task -> progress seen at the previous GC pass */
+  private readonly lastProgress = new Map<string, number>();
+
+  constructor(private readonly host: HostContext) {}
+
+  private now(): string {
+    return formatDateTime(new Date(this.host.now()));
+  }
+
+  async create(
+    session: SessionInfo | undefined,
+    label: string,
+    cancellable: boolean,
+    description = '',
+    subtaskOf = NULL_REF,
+  ): Promise<string> {
+    const ref = newRef();
+    await this.host.db.create('task', ref, {
+      uuid: randomUUID(),
+      name_label: label,
+      name_description: description,
+      allowed_operations: cancellable ? ['cancel'] : [],
+      current_operations: {},
+      created: this.now(),
+      finished: EPOCH,
+      status: 'pending',
+      resident_on: this.host.hostRef,
+      progress: 0,
+      type: '<none/>',
+      result: '',
+      error_info: [],
+      other_config: {},
+      subtask_of: subtaskOf,
+      backtrace: '()',
+      session: session?.ref ?? NULL_REF,
+    });
+    return ref;
+  }
+
+  /** Runs `fn` as the task's work and records its outcome; never throws. */
+  async run(task: string, fn: () => Promise<unknown> | unknown, resultType: Type): Promise<void> {
+    try {
+      const result = await fn();
+      await this.succeed(task, xmlRpcValue(this.host.marshal.toRpc(resultType, result)));
+    } catch (e) {
+      if (!(e instanceof XapiError)) this.host.log.error({ err: e, task }, 'task failed with an internal error');
+      await this.fail(task, e);
+    }
+    await this.host.db.commit().catch(() => undefined);
+  }
+
+  async succeed(task: string, resultXml: string): Promise<void> {
+    await this.complete(task, { status: 'success', result: resultXml });
+  }
+
+  async fail(task: string, e: unknown): Promise<void> {
+    const desc = errorDescription(e);
+    await this.complete(task, { status: desc[0] === 'TASK_CANCELLED' ? 'cancelled' : 'failure', error_info: desc });
+  }
+
+  private async complete(task: string, changes: Record<string, unknown>): Promise<void> {
+    this.cancelRequested.delete(task);
+    if (!(await this.host.db.tryGet('task', task))) return; // destroyed meanwhile
+    await this.host.db.update('task', task, {
+      ...changes,
+      progress: 1,
+      finished: this.now(),
+      allowed_operations: [],
+      current_operations: {},
+    });
+  }
+
+  async setProgress(task: string, p: number): Promise<void> {
+    if (task === NULL_REF) return;
+    if (await this.host.db.tryGet('task', task)) await this.host.db.update('task', task, { progress: p });
+  }
+
+  async requestCancel(task: string, byTask: string): Promise<void> {
+    const row = await this.host.db.get('task', task);
+    if (row.status !== 'pending' || !(row.allowed_operations as string[]).includes('cancel')) {
+      throw new XapiError('OPERATION_NOT_ALLOWED', [`Task ${task} cannot be cancelled`]);
+    }
+    this.cancelRequested.add(task);
+    await this.host.db.update('task', task, { current_operations: { [byTask]: 'cancel' } });
+  }
+
+  async checkCancelled(task: string): Promise<void> {
+    if (this.cancelRequested.has(task)) throw new XapiError('TASK_CANCELLED', [task]);
+  }
+
+  /** At start-up: nothing from a previous run is still running, so its pending tasks are over. */
+  async cancelLeftovers(): Promise<void> {
+    for (const [ref, row] of await this.host.db.find('task', { status: 'pending' })) {
+      if (row.resident_on === this.host.hostRef || row.resident_on === NULL_REF) {
+        await this.complete(ref, { status: 'cancelled', error_info: ['TASK_CANCELLED', ref] });
+      }
+    }
+  }
+
+  /** One pass of xapi's timeout_tasks. */
+  async gc(): Promise<void> {
+    const now = this.host.now();
+    const age = (dt: unknown) => (now - (parseDateTime(String(dt))?.getTime() ?? 0)) / 1000;
+    const completed: [string, number][] = [];
+    let young = 0;
+    for (const [ref, row] of await this.host.db.all('task')) {
+      const pending = row.status === 'pending' || row.status === 'cancelling';
+      const destroyAsked = Object.values(row.current_operations as Record<string, string>).includes('destroy');
+      if (!pending && (destroyAsked || age(row.finished) > COMPLETED_TASK_TIMEOUT_S)) {
+        await this.forget(ref);
+      } else if (pending && age(row.created) > PENDING_TASK_TIMEOUT_S && this.lastProgress.get(ref) === row.progress) {
+        await this.forget(ref);
+      } else {
+        young++;
+        if (pending) this.lastProgress.set(ref, row.progress as number);
+        else completed.push([ref, parseDateTime(String(row.finished))?.getTime() ?? 0]);
+      }
+    }
+    if (young > MAX_TASKS) {
+      completed.sort((a, b) => a[1] - b[1]);
+      for (const [ref] of completed.slice(0, young - MAX_TASKS)) await this.forget(ref);
+    }
+  }
+
+  async forget(task: string): Promise<void> {
+    this.lastProgress.delete(task);
+    this.cancelRequested.delete(task);
+    if (await this.host.db.tryGet('task', task)) await this.host.db.destroy('task', task);
+  }
+}

@@ -1,0 +1,110 @@
+// `xapi serve`: the host daemon's command line. The flag names are a contract that scripts and
+// tests depend on: --address, --http-port, --https-port, --state-dir, --backend,
+// --root-password-file; root's password may also come from XAPI_ROOT_PASSWORD.
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { startHost, type RunningHost } from '../host/host.js';
+import { ListenError } from '../http/server.js';
+import { StoreFormatError } from '../db/store.js';
+
+const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] [--state-dir D]
+                  [--backend simulator] [--root-password-file F]
+                  [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1] [--log-level L]
+defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
+root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start`;
+
+function port(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`${flag} takes a port number (0-65535), not ${JSON.stringify(text)}`);
+  return n;
+}
+
+function positive(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} takes a positive whole number, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+class UsageError extends Error {}
+
+async function serve(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      address: { type: 'string', default: '0.0.0.0' },
+      'http-port': { type: 'string', default: '80' },
+      'https-port': { type: 'string', default: '443' },
+      'state-dir': { type: 'string', default: './state' },
+      backend: { type: 'string', default: 'simulator' },
+      'root-password-file': { type: 'string' },
+      'sim-cpus': { type: 'string' },
+      'sim-memory-mib': { type: 'string' },
+      'sim-nics': { type: 'string' },
+      'log-level': { type: 'string', default: 'info' },
+    },
+    strict: true,
+  });
+  if (values.backend !== 'simulator') throw new UsageError(`unknown --backend ${values.backend}: the available backend is "simulator"`);
+  let rootPassword = process.env.XAPI_ROOT_PASSWORD;
+  if (values['root-password-file']) rootPassword = (await readFile(values['root-password-file'], 'utf8')).replace(/\r?\n$/, '');
+
+  let running: RunningHost;
+  try {
+    running = await startHost({
+      address: values.address!,
+      httpPort: port(values['http-port']!, '--http-port'),
+      httpsPort: port(values['https-port']!, '--https-port'),
+      stateDir: resolve(values['state-dir']!),
+      backend: 'simulator',
+      rootPassword,
+      logLevel: values['log-level'],
+      sim: {
+        cpus: positive(values['sim-cpus'], '--sim-cpus'),
+        memoryMiB: positive(values['sim-memory-mib'], '--sim-memory-mib'),
+        nics: values['sim-nics']?.split(',').filter(Boolean),
+      },
+    });
+  } catch (e) {
+    if (e instanceof ListenError || e instanceof StoreFormatError) {
+      console.error(`xapi: ${e.message}`);
+      process.exit(1);
+    }
+    throw e;
+  }
+  const shown = values.address === '0.0.0.0' ? '127.0.0.1' : values.address;
+  console.log(
+    `xapi: host ready: http://${shown}:${running.httpPort}/ and https://${shown}:${running.httpsPort}/ (user root, state in ${resolve(values['state-dir']!)})`,
+  );
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`xapi: ${signal}: shutting down`);
+    running.close().then(
+      () => process.exit(0),
+      (e) => {
+        console.error('xapi: error during shutdown', e);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  try {
+    if (command === 'serve') return await serve(rest);
+    console.error(USAGE);
+    process.exit(command === undefined || command === 'help' || command === '--help' ? 0 : 2);
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`xapi: ${(e as Error).message}\n${USAGE}`);
+      process.exit(2);
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,435 @@
+// The database: one in-memory table per datamodel class, every object a row of field values,
+// every write stamped with the next generation number (as xapi's DB does, which is what
+// event.from reads). Writes apply to memory at once and are made durable by group commit: a
+// call's reply waits on commit(), and all writes made before a flush share its one fsync.
+//
+// Rows are immutable: a write replaces the row object, so a reader holding a row (a snapshot in
+// an event, a record being marshalled) never sees it change underneath.
+import { XapiError, handleInvalid } from '../api/errors.js';
+import type { ClassDef, Schema } from '../schema/schema.js';
+import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
+import { SqliteStore, type Batch, type Tombstone } from './store.js';
+import type { Db, Row, ChangeSet } from './interface.js';
+
+interface Entry {
+  row: Row;
+  created: number;
+  modified: number;
+}
+
+interface LogEntry {
+  gen: number;
+  cls: string;
+  ref: string;
+}
+
+const LOG_LIMIT = 200_000;
+const TOMBSTONE_LIMIT = 100_000;
+
+export class LocalDb implements Db {
+  private readonly tables = new Map<string, Map<string, Entry>>();
+  private readonly uuidIndex = new Map<string, Map<string, string>>();
+  private gen = 0;
+  /** Every change in generation order; entries before logStart have been trimmed. */
+  private log: LogEntry[] = [];
+  private logStart = 0;
+  private tombstones = new Map<string, Tombstone>();
+  private tombstoneOrder: Tombstone[] = [];
+  /** relations indexed by the "many" side: class -> field -> the "one" side */
+  private readonly manySide = new Map<string, { field: string; oneClass: string; oneField: string }[]>();
+
+  private dirty = new Map<string, { cls: string; ref: string }>();
+  private pendingTombstones: Tombstone[] = [];
+  private flushScheduled = false;
+  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private broken: unknown;
+
+  private changedClasses = new Set<string>();
+  private notifyScheduled = false;
+  private watchers = new Set<{ classes: Set<string> | null; wake: () => void }>();
+
+  constructor(
+    readonly schema: Schema,
+    private readonly store: SqliteStore | null,
+  ) {
+    for (const c of schema.dbClasses()) {
+      this.tables.set(c.name, new Map());
+      this.uuidIndex.set(c.name, new Map());
+    }
+    for (const r of schema.relations) {
+      const list = this.manySide.get(r.many.class) ?? [];
+      list.push({ field: r.many.field, oneClass: r.one.class, oneField: r.one.field });
+      this.manySide.set(r.many.class, list);
+    }
+    if (store) this.load(store);
+  }
+
+  /** Reads the whole store into memory, filling fields that a newer datamodel added. */
+  private load(store: SqliteStore): void {
+    store.checkFormat();
+    this.gen = Number(store.getMeta('generation') ?? 0);
+    for (const cls of this.schema.dbClasses()) {
+      store.ensureTable(cls.name);
+      const table = this.tables.get(cls.name)!;
+      const uuids = this.uuidIndex.get(cls.name)!;
+      for (const r of store.loadTable(cls.name)) {
+        const stored = JSON.parse(r.data) as Record<string, unknown>;
+        const row: Record<string, unknown> = {};
+        for (const f of cls.fields) row[f.name] = f.name in stored ? stored[f.name] : this.defaultOf(cls, f.name);
+        table.set(r.ref, { row, created: r.created, modified: r.modified });
+        if (typeof row.uuid === 'string') uuids.set(row.uuid, r.ref);
+      }
+    }
+    for (const t of store.loadTombstones(TOMBSTONE_LIMIT)) {
+      this.tombstones.set(t.ref, t);
+      this.tombstoneOrder.push(t);
+    }
+    // The change log starts empty after a restart: older tokens are served by a full scan.
+    this.logStart = this.gen;
+  }
+
+  private defaultOf(cls: ClassDef, field: string): unknown {
+    const f = cls.field.get(field)!;
+    if (f.hasDefault) return structuredClone(f.default);
+    return typeZero(this.schema, f.type);
+  }
+
+  private table(cls: string): Map<string, Entry> {
+    const t = this.tables.get(cls);
+    if (!t) throw new XapiError('INTERNAL_ERROR', [`no table for class ${cls}`]);
+    return t;
+  }
+
+  // ---- reads ----------------------------------------------------------------------------------
+
+  async get(cls: string, ref: string): Promise<Row> {
+    const e = this.table(cls).get(ref);
+    if (!e) throw handleInvalid(cls, ref);
+    return e.row;
+  }
+
+  getSync(cls: string, ref: string): Row | undefined {
+    return this.tables.get(cls)?.get(ref)?.row;
+  }
+
+  async tryGet(cls: string, ref: string): Promise<Row | undefined> {
+    return this.table(cls).get(ref)?.row;
+  }
+
+  async refByUuid(cls: string, uuid: string): Promise<string | undefined> {
+    return this.uuidIndex.get(cls)?.get(uuid);
+  }
+
+  async all(cls: string): Promise<[string, Row][]> {
+    const out: [string, Row][] = [];
+    for (const [ref, e] of this.table(cls)) out.push([ref, e.row]);
+    return out;
+  }
+
+  async find(cls: string, match: Record<string, unknown>): Promise<[string, Row][]> {
+    const keys = Object.keys(match);
+    const out: [string, Row][] = [];
+    for (const [ref, e] of this.table(cls)) {
+      if (keys.every((k) => e.row[k] === match[k])) out.push([ref, e.row]);
+    }
+    return out;
+  }
+
+  async count(cls: string): Promise<number> {
+    return this.table(cls).size;
+  }
+
+  // ---- writes ---------------------------------------------------------------------------------
+
+  async create(cls: string, ref: string, fields: Record<string, unknown>): Promise<void> {
+    this.assertWritable();
+    const def = this.schema.cls(cls);
+    const table = this.table(cls);
+    if (table.has(ref)) throw new XapiError('INTERNAL_ERROR', [`duplicate reference ${ref} in ${cls}`]);
+    const uuid = fields.uuid;
+    if (typeof uuid === 'string' && this.uuidIndex.get(cls)!.has(uuid)) {
+      throw new XapiError('DB_UNIQUENESS_CONSTRAINT_VIOLATION', [cls, 'uuid', uuid]);
+    }
+    const row: Record<string, unknown> = {};
+    for (const f of def.fields) row[f.name] = f.name in fields ? fields[f.name] : this.defaultOf(def, f.name);
+    const gen = ++this.gen;
+    table.set(ref, { row, created: gen, modified: gen });
+    if (typeof row.uuid === 'string') this.uuidIndex.get(cls)!.set(row.uuid, ref);
+    this.touched(gen, cls, ref);
+    for (const rel of this.manySide.get(cls) ?? []) this.relink(gen, rel.oneClass, rel.oneField, NULL_REF, row[rel.field], ref);
+  }
+
+  async update(cls: string, ref: string, changes: Record<string, unknown>): Promise<void> {
+    this.assertWritable();
+    const table = this.table(cls);
+    const e = table.get(ref);
+    if (!e) throw handleInvalid(cls, ref);
+    const old = e.row;
+    const row = { ...old, ...changes };
+    const gen = ++this.gen;
+    e.row = row;
+    e.modified = gen;
+    if ('uuid' in changes && old.uuid !== row.uuid) {
+      const uuids = this.uuidIndex.get(cls)!;
+      uuids.delete(old.uuid as string);
+      uuids.set(row.uuid as string, ref);
+    }
+    this.touched(gen, cls, ref);
+    for (const rel of this.manySide.get(cls) ?? []) {
+      if (rel.field in changes && old[rel.field] !== row[rel.field]) {
+        this.relink(gen, rel.oneClass, rel.oneField, old[rel.field], row[rel.field], ref);
+      }
+    }
+  }
+
+  /** add_to_<map>: MAP_DUPLICATE_KEY if the key is there, as xapi's DB raises it. */
+  async mapAdd(cls: string, ref: string, field: string, key: string, value: unknown): Promise<void> {
+    const row = await this.get(cls, ref);
+    const m = (row[field] as Record<string, unknown>) ?? {};
+    if (Object.prototype.hasOwnProperty.call(m, key)) {
+      throw new XapiError('MAP_DUPLICATE_KEY', [cls, field, ref, key]);
+    }
+    await this.update(cls, ref, { [field]: withMember(m, key, value) });
+  }
+
+  async mapRemove(cls: string, ref: string, field: string, key: string): Promise<void> {
+    const row = await this.get(cls, ref);
+    const m = (row[field] as Record<string, unknown>) ?? {};
+    if (!Object.prototype.hasOwnProperty.call(m, key)) return;
+    const next = { ...m };
+    delete next[key];
+    await this.update(cls, ref, { [field]: next });
+  }
+
+  async setAdd(cls: string, ref: string, field: string, value: unknown): Promise<void> {
+    const row = await this.get(cls, ref);
+    const s = (row[field] as unknown[]) ?? [];
+    if (s.includes(value)) return;
+    await this.update(cls, ref, { [field]: [...s, value] });
+  }
+
+  async setRemove(cls: string, ref: string, field: string, value: unknown): Promise<void> {
+    const row = await this.get(cls, ref);
+    const s = (row[field] as unknown[]) ?? [];
+    if (!s.includes(value)) return;
+    await this.update(cls, ref, { [field]: s.filter((x) => x !== value) });
+  }
+
+  async destroy(cls: string, ref: string): Promise<void> {
+    this.assertWritable();
+    const table = this.table(cls);
+    const e = table.get(ref);
+    if (!e) throw handleInvalid(cls, ref);
+    table.delete(ref);
+    if (typeof e.row.uuid === 'string') this.uuidIndex.get(cls)!.delete(e.row.uuid);
+    const gen = ++this.gen;
+    const t: Tombstone = { cls, ref, created: e.created, deleted: gen };
+    this.tombstones.set(ref, t);
+    this.tombstoneOrder.push(t);
+    this.pendingTombstones.push(t);
+    if (this.tombstoneOrder.length > TOMBSTONE_LIMIT * 2) {
+      for (const old of this.tombstoneOrder.splice(0, TOMBSTONE_LIMIT)) {
+        if (this.tombstones.get(old.ref) === old) this.tombstones.delete(old.ref);
+      }
+    }
+    this.touched(gen, cls, ref);
+    for (const rel of this.manySide.get(cls) ?? []) this.relink(gen, rel.oneClass, rel.oneField, e.row[rel.field], NULL_REF, ref);
+  }
+
+  /** Keeps a one-to-many set in step with the ref on the many side. */
+  private relink(gen: number, oneClass: string, oneField: string, from: unknown, to: unknown, manyRef: string): void {
+    const table = this.tables.get(oneClass);
+    if (!table) return;
+    if (typeof from === 'string' && from !== NULL_REF) {
+      const e = table.get(from);
+      if (e) {
+        const s = (e.row[oneField] as string[]) ?? [];
+        if (s.includes(manyRef)) {
+          e.row = { ...e.row, [oneField]: s.filter((x) => x !== manyRef) };
+          e.modified = gen;
+          this.touched(gen, oneClass, from);
+        }
+      }
+    }
+    if (typeof to === 'string' && to !== NULL_REF) {
+      const e = table.get(to);
+      if (e) {
+        const s = (e.row[oneField] as string[]) ?? [];
+        if (!s.includes(manyRef)) {
+          // xapi prepends new members
+          e.row = { ...e.row, [oneField]: [manyRef, ...s] };
+          e.modified = gen;
+          this.touched(gen, oneClass, to);
+        }
+      }
+    }
+  }
+
+  private touched(gen: number, cls: string, ref: string): void {
+    this.log.push({ gen, cls, ref });
+    if (this.log.length > LOG_LIMIT) {
+      const cut = this.log.length - LOG_LIMIT / 2;
+      this.logStart = this.log[cut - 1]!.gen;
+      this.log = this.log.slice(cut);
+    }
+    if (this.store) {
+      this.dirty.set(cls + '\u0000' + ref, { cls, ref });
+      this.scheduleFlush();
+    }
+    this.changedClasses.add(cls.toLowerCase());
+    if (!this.notifyScheduled) {
+      this.notifyScheduled = true;
+      queueMicrotask(() => this.notify());
+    }
+  }
+
+  private assertWritable(): void {
+    if (this.broken) throw new XapiError('INTERNAL_ERROR', [`database is not writable: ${String(this.broken)}`]);
+  }
+
+  // ---- durability -----------------------------------------------------------------------------
+
+  commit(): Promise<void> {
+    if (!this.store || (this.dirty.size === 0 && !this.flushScheduled)) return Promise.resolve();
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const waiters = this.waiters;
+    this.waiters = [];
+    const batch: Batch = { upserts: [], deletes: [], tombstones: this.pendingTombstones, generation: this.gen };
+    for (const { cls, ref } of this.dirty.values()) {
+      const e = this.tables.get(cls)!.get(ref);
+      if (e) batch.upserts.push({ cls, ref, created: e.created, modified: e.modified, data: JSON.stringify(e.row) });
+      else batch.deletes.push({ cls, ref });
+    }
+    this.dirty = new Map();
+    this.pendingTombstones = [];
+    try {
+      this.store!.writeBatch(batch);
+      if (batch.tombstones.length && this.tombstoneOrder.length % 1000 < batch.tombstones.length) {
+        this.store!.trimTombstones(TOMBSTONE_LIMIT);
+      }
+    } catch (e) {
+      // Memory is now ahead of the disk: refuse further writes rather than acknowledge them.
+      this.broken = e;
+      for (const w of waiters) w.reject(new XapiError('INTERNAL_ERROR', [`database write failed: ${String(e)}`]));
+      return;
+    }
+    for (const w of waiters) w.resolve();
+  }
+
+  // ---- changes, for events --------------------------------------------------------------------
+
+  generation(): number {
+    return this.gen;
+  }
+
+  retainedSince(): number {
+    return this.logStart;
+  }
+
+  /**
+   * What changed after generation `since` in the classes accepted by `wanted`, coalesced to one
+   * entry per object as xapi's event.from does: created after the token -> add; existing before
+   * and still there -> mod; existed at the token and gone -> del.
+   */
+  changesSince(since: number, wanted: (lowerCls: string, ref: string) => boolean): ChangeSet {
+    const seen = new Map<string, string>(); // ref -> cls
+    if (since >= this.logStart) {
+      let lo = 0;
+      let hi = this.log.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (this.log[mid]!.gen <= since) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = lo; i < this.log.length; i++) {
+        const l = this.log[i]!;
+        if (!seen.has(l.ref) && wanted(l.cls.toLowerCase(), l.ref)) seen.set(l.ref, l.cls);
+      }
+    } else {
+      for (const [cls, table] of this.tables) {
+        for (const [ref, e] of table) if (e.modified > since && wanted(cls.toLowerCase(), ref)) seen.set(ref, cls);
+      }
+      for (const t of this.tombstones.values()) if (t.deleted > since && wanted(t.cls.toLowerCase(), t.ref)) seen.set(t.ref, t.cls);
+    }
+    const out: ChangeSet = { adds: [], mods: [], dels: [], lastGen: since };
+    for (const [ref, cls] of seen) {
+      const e = this.tables.get(cls)!.get(ref);
+      if (e) {
+        if (e.modified > out.lastGen) out.lastGen = e.modified;
+        (e.created > since ? out.adds : out.mods).push({ cls, ref, gen: e.modified, row: e.row });
+      } else {
+        const t = this.tombstones.get(ref);
+        if (!t) continue;
+        if (t.deleted > out.lastGen) out.lastGen = t.deleted;
+        if (t.created <= since) out.dels.push({ cls, ref, gen: t.deleted });
+      }
+    }
+    return out;
+  }
+
+  /** Bumps an object's generation so a `mod` event appears (event.inject). */
+  async touch(cls: string, ref: string): Promise<number> {
+    const e = this.table(cls).get(ref);
+    if (!e) throw handleInvalid(cls, ref);
+    const gen = ++this.gen;
+    e.modified = gen;
+    this.touched(gen, cls, ref);
+    return gen;
+  }
+
+  /**
+   * Resolves on the next change to one of `classes` (lower-case; null = all), or after
+   * `timeoutMs`. Idle watchers cost a set entry and a timer, nothing per write elsewhere.
+   */
+  waitForChange(classes: Set<string> | null, timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const w = {
+        classes,
+        wake: () => {
+          clearTimeout(timer);
+          this.watchers.delete(w);
+          resolve();
+        },
+      };
+      const timer = setTimeout(w.wake, Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
+      this.watchers.add(w);
+    });
+  }
+
+  private notify(): void {
+    this.notifyScheduled = false;
+    const changed = this.changedClasses;
+    this.changedClasses = new Set();
+    for (const w of [...this.watchers]) {
+      if (w.classes === null || [...changed].some((c) => w.classes!.has(c))) w.wake();
+    }
+  }
+
+  close(): void {
+    if (this.flushScheduled) this.flush();
+    this.store?.close();
+  }
+}
+
+function withMember(m: Record<string, unknown>, key: string, value: unknown): Record<string, unknown> {
+  const next = { ...m };
+  if (key === '__proto__') Object.defineProperty(next, key, { value, enumerable: true, writable: true, configurable: true });
+  else next[key] = value;
+  return next;
+}
+
+/** A field's value when the datamodel gives no default: xapi's zero, or an enum's first value. */
+export function typeZero(schema: Schema, t: Type): unknown {
+  if (t.k === 'enum') return schema.enums[t.name]?.[0] ?? '';
+  return zeroValue(t);
+}

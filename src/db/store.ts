@@ -1,0 +1,134 @@
+// Durable storage under the in-memory tables: SQLite in WAL mode (better-sqlite3) with
+// synchronous=FULL, so a committed transaction survives kill -9 and power loss. One SQLite table
+// per datamodel class, a row per object holding its JSON, plus the generation counter and the
+// tombstones that event.from needs to report deletions.
+import Database from 'better-sqlite3';
+
+/** Bump when the on-disk layout (not the datamodel) changes; older files are upgraded on open. */
+export const STORE_FORMAT = 1;
+
+export interface StoredRow {
+  ref: string;
+  created: number;
+  modified: number;
+  data: string;
+}
+
+export interface Tombstone {
+  cls: string;
+  ref: string;
+  created: number;
+  deleted: number;
+}
+
+export interface Batch {
+  upserts: { cls: string; ref: string; created: number; modified: number; data: string }[];
+  deletes: { cls: string; ref: string }[];
+  tombstones: Tombstone[];
+  generation: number;
+}
+
+export class StoreFormatError extends Error {}
+
+const tableName = (cls: string) => `"t_${cls}"`;
+
+export class SqliteStore {
+  private readonly db: Database.Database;
+  private readonly upsert = new Map<string, Database.Statement>();
+  private readonly remove = new Map<string, Database.Statement>();
+  private readonly writeBatchTx: (b: Batch) => void;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, cls TEXT NOT NULL,
+        ref TEXT NOT NULL, created INTEGER NOT NULL, deleted INTEGER NOT NULL);`);
+    const putTomb = this.db.prepare('INSERT INTO tombstones (cls, ref, created, deleted) VALUES (?, ?, ?, ?)');
+    const putMeta = this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
+    this.writeBatchTx = this.db.transaction((b: Batch) => {
+      for (const u of b.upserts) this.upsert.get(u.cls)!.run(u.ref, u.created, u.modified, u.data);
+      for (const d of b.deletes) this.remove.get(d.cls)!.run(d.ref);
+      for (const t of b.tombstones) putTomb.run(t.cls, t.ref, t.created, t.deleted);
+      putMeta.run('generation', String(b.generation));
+    });
+  }
+
+  getMeta(key: string): string | undefined {
+    const r = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+    return r?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run(key, value);
+  }
+
+  /**
+   * Checks the file's layout version. A fresh file is stamped; a newer one is refused (an older
+   * xapi-ts must never misread it); an older one would be upgraded here, step by step.
+   */
+  checkFormat(): void {
+    const v = this.getMeta('store_format');
+    if (v === undefined) {
+      this.setMeta('store_format', String(STORE_FORMAT));
+      return;
+    }
+    if (Number(v) > STORE_FORMAT) {
+      throw new StoreFormatError(
+        `the state directory was written by a newer xapi-ts (store format ${v}, this one reads up to ${STORE_FORMAT}); refusing to start rather than misread it`,
+      );
+    }
+    if (Number(v) !== STORE_FORMAT || !/^\d+$/.test(v)) {
+      throw new StoreFormatError(`unknown store format ${JSON.stringify(v)} in the state directory`);
+    }
+  }
+
+  tableExists(cls: string): boolean {
+    return !!this.db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?").get(`t_${cls}`);
+  }
+
+  ensureTable(cls: string): void {
+    this.db.exec(
+      `CREATE TABLE IF NOT EXISTS ${tableName(cls)} (ref TEXT PRIMARY KEY, created INTEGER NOT NULL, modified INTEGER NOT NULL, data TEXT NOT NULL)`,
+    );
+    this.upsert.set(
+      cls,
+      this.db.prepare(`INSERT OR REPLACE INTO ${tableName(cls)} (ref, created, modified, data) VALUES (?, ?, ?, ?)`),
+    );
+    this.remove.set(cls, this.db.prepare(`DELETE FROM ${tableName(cls)} WHERE ref = ?`));
+  }
+
+  loadTable(cls: string): StoredRow[] {
+    return this.db.prepare(`SELECT ref, created, modified, data FROM ${tableName(cls)}`).all() as StoredRow[];
+  }
+
+  loadTombstones(limit: number): Tombstone[] {
+    return (
+      this.db
+        .prepare('SELECT cls, ref, created, deleted FROM tombstones ORDER BY seq DESC LIMIT ?')
+        .all(limit) as Tombstone[]
+    ).reverse();
+  }
+
+  trimTombstones(keep: number): void {
+    this.db.prepare('DELETE FROM tombstones WHERE seq <= (SELECT MAX(seq) FROM tombstones) - ?').run(keep);
+  }
+
+  /** One transaction, one fsync: the group commit. */
+  writeBatch(b: Batch): void {
+    this.writeBatchTx(b);
+  }
+
+  rewriteAll(cls: string, rows: StoredRow[]): void {
+    this.db.transaction(() => {
+      this.db.exec(`DELETE FROM ${tableName(cls)}`);
+      const up = this.upsert.get(cls)!;
+      for (const r of rows) up.run(r.ref, r.created, r.modified, r.data);
+    })();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

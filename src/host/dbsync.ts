@@ -1,0 +1,296 @@
+// What xapi does to the database when a host starts (xapi.ml, dbsync_master.ml,
+// dbsync_slave.ml, create_misc.ml, create_networks.ml): on first start it creates the pool
+// (this host its coordinator), the host with its metrics and CPUs, the control domain, the SM
+// records, the networks and PIFs of the machine's NICs with the management interface, and the
+// RBAC roles; on every start it refreshes what describes the running software.
+import { randomUUID, createHash } from 'node:crypto';
+import type { Db } from '../db/interface.js';
+import type { Schema } from '../schema/schema.js';
+import { newRef } from '../api/implicit.js';
+import { permissionsOfRoles } from '../api/rbac.js';
+import { NULL_REF, formatDateTime } from '../schema/types.js';
+import type { Machine } from '../xenopsd/machine.js';
+import { SM_DRIVERS } from '../storage/sm-types.js';
+
+export const PRODUCT_VERSION = '8.4.0';
+export const XAPI_VERSION = '25.0.0';
+
+export interface HostIdentity {
+  hostname: string;
+  address: string;
+  machine: Machine;
+}
+
+const ROLE_ORDER = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin', 'vm-operator', 'read-only'];
+const POOL_ADMIN_ROLE_UUID = '0165f154-ba3e-034e-6b27-5d271af109ba';
+
+/** Returns [hostRef, poolRef], creating the pool and this host on first start. */
+export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Promise<{ hostRef: string; poolRef: string }> {
+  const now = formatDateTime(new Date());
+  let [pool] = await db.all('pool');
+  let hostRef: string;
+  if (!pool) {
+    hostRef = await createLocalhost(db, schema, id, now);
+    const poolRef = newRef();
+    await db.create('pool', poolRef, {
+      uuid: randomUUID(),
+      name_label: '',
+      master: hostRef,
+      default_SR: NULL_REF,
+      suspend_image_SR: NULL_REF,
+      crash_dump_SR: NULL_REF,
+      ha_cluster_stack: 'xhad',
+      other_config: { memory_ratio_hvm: '0.25', memory_ratio_pv: '0.25' },
+      local_auth_max_threads: 8,
+      ext_auth_max_threads: 1,
+      cpu_info: cpuInfo(id.machine),
+      ...((schema.constants.poolDefaults as Record<string, unknown> | undefined) ?? {}),
+    });
+    pool = [poolRef, await db.get('pool', poolRef)];
+    await createRoles(db, schema);
+    await db.create('user', newRef(), { uuid: randomUUID(), short_name: 'root', fullname: 'Super User', other_config: {} });
+  } else {
+    hostRef = pool[1].master as string;
+  }
+  // Every start: the software running now.
+  await db.update('host', hostRef, {
+    API_version_major: schema.apiVersion.major,
+    API_version_minor: schema.apiVersion.minor,
+    API_version_vendor: 'XenSource',
+    software_version: softwareVersion(),
+    address: id.address,
+  });
+  await db.commit();
+  return { hostRef, poolRef: pool[0] };
+}
+
+function softwareVersion(): Record<string, string> {
+  return {
+    product_version: PRODUCT_VERSION,
+    product_version_text: PRODUCT_VERSION.split('.').slice(0, 2).join('.'),
+    product_version_text_short: PRODUCT_VERSION.split('.').slice(0, 2).join('.'),
+    platform_name: 'XCP',
+    platform_version: '3.4.0',
+    product_brand: 'xapi-ts',
+    build_number: 'release',
+    hostname: 'localhost',
+    date: '2026-11-25',
+    xapi: XAPI_VERSION.split('.').slice(0, 2).join('.'),
+    xapi_build: XAPI_VERSION,
+    xen: '4.17.0',
+    linux: '6.1.0',
+    network_backend: 'bridge',
+  };
+}
+
+function cpuInfo(m: Machine): Record<string, string> {
+  return {
+    cpu_count: String(m.cpus),
+    socket_count: '1',
+    vendor: m.cpu.vendor,
+    speed: m.cpu.speedMHz.toFixed(3),
+    modelname: m.cpu.modelname,
+    family: String(m.cpu.family),
+    model: String(m.cpu.model),
+    stepping: String(m.cpu.stepping),
+    flags: m.cpu.flags,
+    features: '1fcbfbff-f7fa3223-2c100800-00000121',
+  };
+}
+
+async function createLocalhost(db: Db, schema: Schema, id: HostIdentity, now: string): Promise<string> {
+  const m = id.machine;
+  const hostRef = newRef();
+  const metricsRef = newRef();
+  const dom0Ref = newRef();
+  const dom0Memory = Math.min(4096 * 1024 * 1024, Math.floor(m.memoryBytes / 8));
+  await db.create('host_metrics', metricsRef, {
+    uuid: randomUUID(),
+    memory_total: m.memoryBytes,
+    memory_free: m.memoryBytes - dom0Memory,
+    live: true,
+    last_updated: now,
+    other_config: {},
+  });
+  await db.create('host', hostRef, {
+    uuid: randomUUID(),
+    name_label: id.hostname,
+    name_description: 'Default install',
+    hostname: id.hostname,
+    address: id.address,
+    enabled: true,
+    metrics: metricsRef,
+    memory_overhead: 0,
+    cpu_info: cpuInfo(m),
+    capabilities: ['xen-3.0-x86_64', 'hvm-3.0-x86_32', 'hvm-3.0-x86_32p', 'hvm-3.0-x86_64'],
+    sched_policy: 'credit',
+    edition: 'xcp-ng',
+    license_params: { sku_type: 'free' },
+    https_only: false,
+    control_domain: dom0Ref,
+    external_auth_type: '',
+    external_auth_service_name: '',
+  });
+  for (let i = 0; i < m.cpus; i++) {
+    await db.create('host_cpu', newRef(), {
+      uuid: randomUUID(),
+      host: hostRef,
+      number: i,
+      vendor: m.cpu.vendor,
+      speed: m.cpu.speedMHz,
+      modelname: m.cpu.modelname,
+      family: m.cpu.family,
+      model: m.cpu.model,
+      stepping: String(m.cpu.stepping),
+      flags: m.cpu.flags,
+      features: '',
+      utilisation: 0,
+      other_config: {},
+    });
+  }
+  await createControlDomain(db, id, hostRef, dom0Ref, dom0Memory, now);
+  for (const sm of SM_DRIVERS) await db.create('SM', newRef(), { uuid: randomUUID(), ...sm });
+  await createNetworks(db, id, hostRef);
+  return hostRef;
+}
+
+async function createControlDomain(db: Db, id: HostIdentity, hostRef: string, vmRef: string, memory: number, now: string): Promise<void> {
+  const metricsRef = newRef();
+  const vcpus = Math.min(id.machine.cpus, 16);
+  await db.create('VM_metrics', metricsRef, {
+    uuid: randomUUID(),
+    memory_actual: memory,
+    VCPUs_number: vcpus,
+    VCPUs_utilisation: {},
+    state: [],
+    start_time: now,
+    install_time: now,
+    last_updated: now,
+    other_config: {},
+  });
+  await db.create('VM', vmRef, {
+    uuid: randomUUID(),
+    name_label: `Control domain on host: ${id.hostname}`,
+    name_description: 'The domain which manages physical devices and manages other domains',
+    power_state: 'Running',
+    is_a_template: false,
+    is_control_domain: true,
+    resident_on: hostRef,
+    domid: 0,
+    memory_target: memory,
+    memory_static_max: memory,
+    memory_dynamic_max: memory,
+    memory_dynamic_min: memory,
+    memory_static_min: memory,
+    VCPUs_max: vcpus,
+    VCPUs_at_startup: vcpus,
+    metrics: metricsRef,
+    other_config: { storage_driver_domain: vmRef, is_system_domain: 'true' },
+    domain_type: 'pv',
+    allowed_operations: [],
+  });
+  for (const protocol of ['rfb', 'vt100']) {
+    await db.create('console', newRef(), {
+      uuid: randomUUID(),
+      protocol,
+      location: `https://${id.address}/console?ref=${vmRef}`,
+      VM: vmRef,
+      other_config: {},
+    });
+  }
+}
+
+/** A network and a PIF per NIC (management on the first), plus the host-internal network. */
+async function createNetworks(db: Db, id: HostIdentity, hostRef: string): Promise<void> {
+  for (const [i, nic] of id.machine.nics.entries()) {
+    const networkRef = newRef();
+    const bridge = `xenbr${nic.device.replace(/^\D+/, '')}`;
+    await db.create('network', networkRef, {
+      uuid: randomUUID(),
+      name_label: `Pool-wide network associated with ${nic.device}`,
+      name_description: '',
+      bridge,
+      MTU: nic.mtu,
+      managed: true,
+      other_config: {},
+    });
+    const metricsRef = newRef();
+    await db.create('PIF_metrics', metricsRef, {
+      uuid: randomUUID(),
+      carrier: true,
+      vendor_name: 'Simulated',
+      device_name: 'Simulated Ethernet',
+      speed: nic.speedMbit,
+      duplex: true,
+      last_updated: formatDateTime(new Date()),
+      other_config: {},
+    });
+    const management = i === 0;
+    await db.create('PIF', newRef(), {
+      uuid: randomUUID(),
+      device: nic.device,
+      network: networkRef,
+      host: hostRef,
+      MAC: nic.mac,
+      MTU: nic.mtu,
+      VLAN: -1,
+      metrics: metricsRef,
+      physical: true,
+      currently_attached: true,
+      managed: true,
+      management,
+      ip_configuration_mode: management ? 'Static' : 'None',
+      IP: management ? id.address : '',
+      netmask: management ? '255.0.0.0' : '',
+      gateway: '',
+      DNS: '',
+      primary_address_type: 'IPv4',
+      other_config: {},
+    });
+  }
+  await db.create('network', newRef(), {
+    uuid: randomUUID(),
+    name_label: 'Host internal management network',
+    name_description: 'Network on which guests will be assigned a private link-local IP address which can be used to talk XenAPI',
+    bridge: 'xenapi',
+    MTU: 1500,
+    managed: true,
+    other_config: {
+      is_guest_installer_network: 'true',
+      is_host_internal_management_network: 'true',
+      ip_begin: '169.254.0.1',
+      ip_end: '169.254.255.254',
+      netmask: '255.255.0.0',
+    },
+  });
+}
+
+/** The static roles as role records; their permissions are the subroles, as in xapi. */
+async function createRoles(db: Db, schema: Schema): Promise<void> {
+  const uuids = schema.roleUuids;
+  const roleUuid = (name: string) =>
+    uuids[name] ?? (name === 'pool-admin' ? POOL_ADMIN_ROLE_UUID : uuidFromName(name));
+  const permissionRefs = new Map<string, string>();
+  for (const p of permissionsOfRoles(schema, ROLE_ORDER)) {
+    if (permissionRefs.has(p)) continue;
+    const ref = newRef();
+    permissionRefs.set(p, ref);
+    await db.create('role', ref, { uuid: uuidFromName(p), name_label: p, name_description: '', subroles: [], is_internal: false });
+  }
+  for (const name of ROLE_ORDER) {
+    const perms = permissionsOfRoles(schema, [name]);
+    await db.create('role', newRef(), {
+      uuid: roleUuid(name),
+      name_label: name,
+      name_description: `The ${name} role`,
+      subroles: perms.map((p) => permissionRefs.get(p)!).filter(Boolean),
+      is_internal: false,
+    });
+  }
+}
+
+/** A stable UUID derived from a name (the shape xapi gives its static role records). */
+function uuidFromName(name: string): string {
+  const h = createHash('md5').update(name).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}

@@ -1,0 +1,173 @@
+// One running host: the state directory, the database, the start-up sync, the API and the
+// HTTP/HTTPS servers, wired together in one place. `xapi serve` and the in-process tests both
+// start hosts through startHost().
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
+import { hostname as osHostname } from 'node:os';
+import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
+import { Schema, schema as loadSchema } from '../schema/schema.js';
+import { LocalDb } from '../db/database.js';
+import { SqliteStore } from '../db/store.js';
+import { Marshal } from '../api/marshal.js';
+import { Registry, type HostContext } from '../api/context.js';
+import { Dispatcher } from '../api/dispatch.js';
+import * as session from '../xapi/session.js';
+import * as task from '../xapi/task.js';
+import * as event from '../xapi/event.js';
+import { EventService } from '../xapi/event.js';
+import { PasswordFile } from './passwords.js';
+import { writeFileAtomic } from './files.js';
+import { syncDatabase } from './dbsync.js';
+import { simulatedMachine } from '../xenopsd/machine.js';
+import { HandlerTable } from '../http/handlers.js';
+import { startHttpServers } from '../http/server.js';
+import { loadOrCreateCertificate } from '../http/tls.js';
+import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
+
+export const DB_GC_INTERVAL_MS = 30_000;
+
+export interface HostOptions {
+  address: string;
+  httpPort: number;
+  httpsPort: number;
+  stateDir: string;
+  backend: 'simulator';
+  /** Sets root's password at start (from XAPI_ROOT_PASSWORD or --root-password-file). */
+  rootPassword?: string;
+  sim?: { cpus?: number; memoryMiB?: number; nics?: string[] };
+  logLevel?: string;
+  /** Where a generated root password is told to the operator (once). */
+  announce?: (line: string) => void;
+}
+
+export interface RunningHost {
+  readonly host: HostContext;
+  readonly dispatcher: Dispatcher;
+  readonly httpPort: number;
+  readonly httpsPort: number;
+  close(): Promise<void>;
+}
+
+async function loadOrCreatePoolSecret(stateDir: string): Promise<string> {
+  const path = join(stateDir, 'ptoken');
+  try {
+    return (await readFile(path, 'utf8')).trim();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  const secret = [randomUUID(), randomUUID(), randomUUID()].join('/');
+  await writeFileAtomic(path, secret + '\n', 0o600);
+  return secret;
+}
+
+/** The API of a host: every class's implementations registered behind one dispatcher. */
+export function buildApi(host: HostContext, db: LocalDb, setPassword: session.SetPassword): { registry: Registry; dispatcher: Dispatcher } {
+  const registry = new Registry();
+  const events = new EventService(host, db);
+  session.register(registry, setPassword);
+  event.register(registry, events);
+  const dispatcher = new Dispatcher(host, registry);
+  task.register(registry, dispatcher.tasks);
+  return { registry, dispatcher };
+}
+
+export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
+  await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
+  const log: Logger = pino(
+    { level: opts.logLevel ?? 'info', base: { host: opts.address }, redact: ['password', 'pwd'] },
+    pino.destination({ dest: join(opts.stateDir, 'xapi.log'), sync: false, mkdir: true }),
+  );
+
+  const passwords = PasswordFile.at(opts.stateDir);
+  const existed = await passwords.load();
+  if (opts.rootPassword !== undefined) {
+    if (!existed || !(await passwords.verify('root', opts.rootPassword))) await passwords.set('root', opts.rootPassword);
+  } else if (!existed || !passwords.has('root')) {
+    const generated = randomBytes(12).toString('base64url');
+    await passwords.set('root', generated);
+    (opts.announce ?? console.log)(`xapi: generated root password (shown once, stored hashed): ${generated}`);
+  }
+  const poolSecret = await loadOrCreatePoolSecret(opts.stateDir);
+
+  const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')));
+  const hostname = osHostname();
+  const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
+  const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname, address: opts.address, machine });
+
+  const host: HostContext = {
+    schema,
+    db,
+    marshal: new Marshal(schema),
+    log,
+    config: {
+      stateDir: opts.stateDir,
+      address: opts.address,
+      hostname,
+      httpPort: opts.httpPort,
+      httpsPort: opts.httpsPort,
+      backend: opts.backend,
+    },
+    hostRef,
+    poolRef,
+    verifyLocalPassword: (user, password) => passwords.verify(user, password),
+    poolSecrets: () => [poolSecret],
+    now: () => Date.now(),
+    authFailureDelayMs: session.AUTH_FAILURE_DELAY_MS,
+  };
+
+  const { dispatcher } = buildApi(host, db, (user, password) => passwords.set(user, password));
+  await dispatcher.tasks.cancelLeftovers();
+  await db.commit();
+
+  const gcTimer = setInterval(() => {
+    void (async () => {
+      await dispatcher.tasks.gc();
+      await session.sessionGc(host);
+      await db.commit();
+    })().catch((e) => log.error({ err: e }, 'database GC failed'));
+  }, DB_GC_INTERVAL_MS);
+  gcTimer.unref();
+
+  const table = new HandlerTable()
+    .add('POST', '/', xmlRpcHandler(dispatcher, log))
+    .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log))
+    .add('POST', '/json', xmlRpcHandler(dispatcher, log))
+    .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log));
+
+  const tls = await loadOrCreateCertificate(opts.stateDir, hostname);
+  let servers;
+  try {
+    servers = await startHttpServers({
+      address: opts.address,
+      httpPort: opts.httpPort,
+      httpsPort: opts.httpsPort,
+      tls,
+      table,
+      log: {
+        info: (o, m) => log.info(o, m),
+        warn: (o, m) => log.warn(o, m),
+        error: (o, m) => log.error(o, m),
+      },
+    });
+  } catch (e) {
+    clearInterval(gcTimer);
+    db.close();
+    throw e;
+  }
+  log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef }, 'host started');
+
+  return {
+    host,
+    dispatcher,
+    httpPort: servers.httpPort,
+    httpsPort: servers.httpsPort,
+    async close() {
+      clearInterval(gcTimer);
+      await servers.close();
+      await db.commit().catch(() => undefined);
+      db.close();
+      log.flush();
+    },
+  };
+}

@@ -1,0 +1,35 @@
+// A host with its database in memory only and no HTTP: the same API as a real host, for unit
+// tests, benchmarks of the core and the coverage tool. Nothing here is durable.
+import { pino } from 'pino';
+import { schema as loadSchema, type Schema } from '../schema/schema.js';
+import { LocalDb } from '../db/database.js';
+import { Marshal } from '../api/marshal.js';
+import type { HostContext } from '../api/context.js';
+import { syncDatabase } from './dbsync.js';
+import { buildApi } from './host.js';
+import { simulatedMachine } from '../xenopsd/machine.js';
+
+export async function memoryHost(opts: { rootPassword?: string; now?: () => number; schema?: Schema } = {}) {
+  const schema = opts.schema ?? loadSchema();
+  const db = new LocalDb(schema, null);
+  const machine = simulatedMachine({ seed: 'memory' });
+  const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname: 'memhost', address: '127.0.0.1', machine });
+  let rootPassword = opts.rootPassword ?? 'secret';
+  const host: HostContext = {
+    schema,
+    db,
+    marshal: new Marshal(schema),
+    log: pino({ level: 'silent' }),
+    config: { stateDir: '', address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },
+    hostRef,
+    poolRef,
+    verifyLocalPassword: async (user, password) => user === 'root' && password === rootPassword,
+    poolSecrets: () => ['memory-pool-secret'],
+    now: opts.now ?? (() => Date.now()),
+    authFailureDelayMs: 0,
+  };
+  const { registry, dispatcher } = buildApi(host, db, async (_user, password) => {
+    rootPassword = password;
+  });
+  return { host, db, registry, dispatcher };
+}

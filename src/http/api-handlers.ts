@@ -1,0 +1,90 @@
+// The RPC endpoints: XML-RPC on POST / (and so /xmlrpc, by longest prefix), /RPC2 and the legacy
+// /json, JSON-RPC on POST /jsonrpc. They only decode, hand the call to the dispatcher and encode
+// the outcome; a body that is not a call is a transport error (HTTP 500), as in xapi.
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type { Dispatcher, Outcome } from '../api/dispatch.js';
+import { MalformedRequest, type RpcCall } from '../api/rpc.js';
+import { InvalidUtf8Param, parseXmlRpcCall, xmlRpcBare, xmlRpcFailure, xmlRpcSuccess } from '../api/xmlrpc.js';
+import { jsonRpcFailure, jsonRpcSuccess, parseJsonRpcCall } from '../api/jsonrpc.js';
+import { BodyAborted, BodyTooLarge, readBody } from './body.js';
+import { RPC_BODY_LIMIT, sendHttpError } from './server.js';
+import type { Handler } from './handlers.js';
+
+const CORS = { 'access-control-allow-origin': '*', 'access-control-allow-headers': 'X-Requested-With' };
+
+/** A short, non-secret tag for a session in logs (the ref itself is a credential). */
+const trackId = (ref: unknown) =>
+  typeof ref === 'string' ? createHash('sha256').update(ref).digest('hex').slice(0, 12) : '-';
+
+async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
+  let body: Buffer;
+  try {
+    body = await readBody(req, RPC_BODY_LIMIT);
+  } catch (e) {
+    if (e instanceof BodyTooLarge) sendHttpError(res, 500, e.message);
+    else if (!(e instanceof BodyAborted)) throw e;
+    return undefined;
+  }
+  try {
+    return decode(body);
+  } catch (e) {
+    if (e instanceof InvalidUtf8Param) return e;
+    if (e instanceof MalformedRequest) {
+      sendHttpError(res, 500, `Malformed request: ${e.message}`);
+      return undefined;
+    }
+    throw e;
+  }
+}
+
+function reply(res: ServerResponse, contentType: string, body: string): void {
+  res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), ...CORS });
+  res.end(body);
+}
+
+async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string): Promise<Outcome> {
+  const started = performance.now();
+  const outcome = await dispatcher.dispatch(call.method, call.params);
+  log.info(
+    {
+      wire,
+      method: call.method,
+      session: trackId(call.params[0]),
+      ok: outcome.ok,
+      error: outcome.ok ? undefined : outcome.error[0],
+      ms: Math.round((performance.now() - started) * 1000) / 1000,
+    },
+    'call',
+  );
+  return outcome;
+}
+
+const invalidUtf8 = (e: InvalidUtf8Param) => ['INVALID_VALUE', 'Invalid UTF-8 string in parameter', e.value];
+
+export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
+  return async (req, res) => {
+    const call = await readCall(req, res, parseXmlRpcCall);
+    if (call === undefined) return;
+    const outcome: Outcome =
+      call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml');
+    if (!outcome.ok) reply(res, 'text/xml', xmlRpcFailure(outcome.error));
+    else reply(res, 'text/xml', outcome.bare ? xmlRpcBare(outcome.value) : xmlRpcSuccess(outcome.value));
+  };
+}
+
+export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
+  return async (req, res) => {
+    const decoded = await readCall(req, res, parseJsonRpcCall);
+    if (decoded === undefined) return;
+    if (decoded instanceof InvalidUtf8Param) {
+      // The id is in the body we could not trust; answer in v2 shape as xapi does for early errors.
+      reply(res, 'application/json', jsonRpcFailure('2.0', null, invalidUtf8(decoded)));
+      return;
+    }
+    const outcome = await run(dispatcher, log, decoded.call, 'json');
+    if (outcome.ok) reply(res, 'application/json', jsonRpcSuccess(outcome.bare ? '1.0' : decoded.version, decoded.id, outcome.value));
+    else reply(res, 'application/json', jsonRpcFailure(decoded.version, decoded.id, outcome.error));
+  };
+}

@@ -1,0 +1,87 @@
+// The host's TLS identity: <stateDir>/xapi-ssl.pem, the private key followed by the certificate,
+// as xapi's gencert writes /etc/xensource/xapi-ssl.pem (ocaml/gencert/selfcert.ml: RSA 2048,
+// CN = host name, SANs = DNS names and IPs, valid 10 years, written atomically). Generated once
+// on first start and reused afterwards: clients pin it (XenCenter, XO, pool members' thumbprints).
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { isIP } from 'node:net';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { generate } from 'selfsigned';
+
+export const CERT_FILE = 'xapi-ssl.pem';
+const VALID_DAYS = 365 * 10;
+
+export async function loadOrCreateCertificate(stateDir: string, hostname: string): Promise<{ key: string; cert: string }> {
+  const path = join(stateDir, CERT_FILE);
+  let text: string | undefined;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  // An existing file that does not parse is an operator's problem to fix, never silently replaced:
+  // replacing it would change the identity clients have pinned.
+  if (text !== undefined) return parsePem(text, path);
+
+  const pems = await generate([{ name: 'commonName', value: hostname }], {
+    keyType: 'rsa',
+    keySize: 2048,
+    algorithm: 'sha256', // selfsigned's default is sha1, which current TLS stacks reject
+    notBeforeDate: new Date(),
+    notAfterDate: new Date(Date.now() + VALID_DAYS * 86_400_000),
+    extensions: [
+      { name: 'basicConstraints', cA: false },
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      { name: 'extKeyUsage', serverAuth: true },
+      { name: 'subjectAltName', altNames: subjectAltNames(hostname) },
+    ],
+  });
+  // Same layout as gencert: key, blank line, certificate.
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await writeAtomically(path, `${pems.private.trim()}\n\n${pems.cert.trim()}\n`);
+  return { key: pems.private, cert: pems.cert };
+}
+
+function subjectAltNames(hostname: string): { type: 2 | 7; value?: string; ip?: string }[] {
+  const names: { type: 2 | 7; value?: string; ip?: string }[] = [];
+  const add = (n: string) => names.push(isIP(n) ? { type: 7, ip: n } : { type: 2, value: n });
+  add(hostname);
+  if (hostname !== '127.0.0.1') add('127.0.0.1');
+  return names;
+}
+
+function parsePem(text: string, path: string): { key: string; cert: string } {
+  const key = /-----BEGIN ([A-Z ]*)PRIVATE KEY-----[\s\S]*?-----END \1PRIVATE KEY-----/.exec(text)?.[0];
+  const cert = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(text)?.[0];
+  if (!key || !cert) throw new Error(`${path}: expected a private key and a certificate in PEM format`);
+  try {
+    if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) throw new Error('the key does not match the certificate');
+  } catch (e) {
+    throw new Error(`${path}: ${(e as Error).message}`);
+  }
+  return { key: `${key}\n`, cert: `${cert}\n` };
+}
+
+/** tmp file in the same directory + fsync + rename + fsync of the directory: after a crash the
+ * file is either absent (and regenerated) or complete, never a torn key. */
+async function writeAtomically(path: string, data: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  await rm(tmp, { force: true }); // a leftover from a crash could have other permissions
+  const fh = await open(tmp, 'wx', 0o600);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  await rename(tmp, path);
+  const dir = await open(join(path, '..'), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}

@@ -1,0 +1,178 @@
+// event.* (xapi's xapi_event.ml). event.from reads the database's generations, so it never
+// misses a change: each call returns, per object, one coalesced add/mod/del since the token.
+// The legacy register/next pair is served from the same change log, with EVENTS_LOST when the
+// log no longer reaches back to a registration's position.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { XapiError } from '../api/errors.js';
+import type { Call, HostContext, Registry } from '../api/context.js';
+import { newStruct, type Rpc, type RpcStruct } from '../api/rpc.js';
+import type { ChangeSet } from '../db/interface.js';
+import type { LocalDb } from '../db/database.js';
+
+export const EVENT_FROM_DELAY_MS = 50;
+const MAX_TIMEOUT_S = 86400;
+
+interface Subscription {
+  all: boolean;
+  classes: Set<string>;
+  objects: Set<string>; // "<class>/<ref>"
+}
+
+function parseSubscriptions(entries: string[]): Subscription {
+  const sub: Subscription = { all: false, classes: new Set(), objects: new Set() };
+  for (const e of entries) {
+    if (e === '*') sub.all = true;
+    const slash = e.indexOf('/');
+    if (slash < 0) sub.classes.add(e.toLowerCase());
+    else sub.objects.add(`${e.slice(0, slash).toLowerCase()}/${e.slice(slash + 1)}`);
+  }
+  return sub;
+}
+
+function matcher(host: HostContext, sub: Subscription): (cls: string, ref: string) => boolean {
+  return (cls, ref) =>
+    host.schema.byLower.get(cls)?.genEvents === true &&
+    (sub.all || sub.classes.has(cls) || sub.objects.has(`${cls}/${ref}`));
+}
+
+/** Which classes can wake this watcher (null = any). */
+function wakeClasses(sub: Subscription): Set<string> | null {
+  if (sub.all) return null;
+  return new Set([...sub.classes, ...[...sub.objects].map((o) => o.slice(0, o.indexOf('/')))]);
+}
+
+const pad = (n: number) => String(n).padStart(20, '0');
+export const formatToken = (gen: number) => `${pad(gen)},${pad(0)}`;
+
+function parseToken(token: string): number {
+  if (token === '') return -1;
+  const m = /^(\d+),(\d+)$/.exec(token);
+  if (!m) throw new XapiError('EVENT_FROM_TOKEN_PARSE_FAILURE', [token]);
+  return Number(m[1]);
+}
+
+/** Event structs in xapi's order: adds, then mods, then dels. `id` is the change's generation. */
+function eventRecords(host: HostContext, changes: ChangeSet, timestamp: string, id?: number): Rpc[] {
+  const out: Rpc[] = [];
+  const push = (op: string, cls: string, ref: string, gen: number, row?: Record<string, unknown>) => {
+    const ev = newStruct();
+    ev.id = String(id ?? gen);
+    ev.timestamp = timestamp;
+    ev.class = cls.toLowerCase();
+    ev.operation = op;
+    ev.ref = ref;
+    if (row) ev.snapshot = host.marshal.recordToRpc(cls, row);
+    out.push(ev);
+  };
+  for (const a of changes.adds) push('add', a.cls, a.ref, a.gen, a.row);
+  for (const m of changes.mods) push('mod', m.cls, m.ref, m.gen, m.row);
+  for (const d of changes.dels) push('del', d.cls, d.ref, d.gen);
+  return out;
+}
+
+export class EventService {
+  /** session -> legacy registration */
+  private readonly registrations = new Map<string, { entries: string[]; position: number }>();
+
+  constructor(
+    private readonly host: HostContext,
+    private readonly db: LocalDb,
+  ) {}
+
+  async from(call: Call, classes: string[], token: string, timeoutS: number): Promise<RpcStruct> {
+    const since = parseToken(token);
+    const sub = parseSubscriptions(classes);
+    const wanted = matcher(this.host, sub);
+    const timeout = Number.isFinite(timeoutS) && timeoutS >= 0 && timeoutS <= MAX_TIMEOUT_S ? timeoutS : MAX_TIMEOUT_S;
+    const deadline = this.host.now() + timeout * 1000;
+    const taskOnly = !sub.all && [...sub.classes].every((c) => c === 'task') && sub.objects.size === 0;
+    if (since >= 0 && !taskOnly) await sleep(EVENT_FROM_DELAY_MS);
+    for (;;) {
+      await this.assertSessionAlive(call);
+      const scannedAt = this.db.generation();
+      const changes = this.db.changesSince(since, wanted);
+      const remaining = deadline - this.host.now();
+      if (changes.adds.length + changes.mods.length + changes.dels.length > 0 || remaining <= 0) {
+        const result = newStruct();
+        result.events = eventRecords(this.host, changes, '0.0');
+        result.valid_ref_counts = await this.validRefCounts();
+        result.token = formatToken(Math.max(scannedAt, since, 0));
+        return result;
+      }
+      await this.db.waitForChange(wakeClasses(sub), Math.min(remaining, 60_000));
+      await sleep(EVENT_FROM_DELAY_MS);
+    }
+  }
+
+  private async validRefCounts(): Promise<RpcStruct> {
+    const out = newStruct();
+    for (const c of this.host.schema.dbClasses()) out[c.lower] = BigInt(await this.db.count(c.name));
+    return out;
+  }
+
+  private async assertSessionAlive(call: Call): Promise<void> {
+    if (!(await this.db.tryGet('session', call.session!.ref))) throw new XapiError('SESSION_INVALID', [call.session!.ref]);
+  }
+
+  register(call: Call, classes: string[]): void {
+    const reg = this.registrations.get(call.session!.ref);
+    if (reg) reg.entries.push(...classes);
+    else this.registrations.set(call.session!.ref, { entries: [...classes], position: this.db.generation() });
+  }
+
+  unregister(call: Call, classes: string[]): void {
+    const reg = this.registrations.get(call.session!.ref);
+    if (!reg) return;
+    reg.entries = reg.entries.filter((e) => !classes.includes(e));
+  }
+
+  async next(call: Call): Promise<Rpc[]> {
+    const session = call.session!.ref;
+    for (;;) {
+      const reg = this.registrations.get(session);
+      if (!reg) throw new XapiError('SESSION_NOT_REGISTERED', [session]);
+      await this.assertSessionAlive(call);
+      if (reg.position < this.db.retainedSince()) {
+        this.registrations.delete(session);
+        throw new XapiError('EVENTS_LOST', []);
+      }
+      const sub = parseSubscriptions(reg.entries);
+      const scannedAt = this.db.generation();
+      const changes = this.db.changesSince(reg.position, matcher(this.host, sub));
+      if (changes.adds.length + changes.mods.length + changes.dels.length > 0) {
+        reg.position = scannedAt;
+        const now = `${Math.floor(this.host.now() / 1000)}.`;
+        return eventRecords(this.host, changes, now, scannedAt);
+      }
+      reg.position = scannedAt;
+      await this.db.waitForChange(wakeClasses(sub), 60_000);
+      await sleep(EVENT_FROM_DELAY_MS);
+    }
+  }
+
+  currentId(): number {
+    return this.db.generation();
+  }
+
+  forgetSession(session: string): void {
+    this.registrations.delete(session);
+  }
+
+  async inject(cls: string, ref: string): Promise<string> {
+    const def = this.host.schema.classes.get(cls) ?? this.host.schema.byLower.get(cls.toLowerCase());
+    if (!def || !def.inDb || !(await this.db.tryGet(def.name, ref))) throw new XapiError('HANDLE_INVALID', [cls, ref]);
+    const gen = await this.db.touch(def.name, ref);
+    return formatToken(gen - 1);
+  }
+}
+
+export function register(r: Registry, events: EventService): void {
+  r.implement('event.from', (call, [classes, token, timeout]) =>
+    events.from(call, classes as string[], token as string, timeout as number),
+  )
+    .implement('event.register', (call, [classes]) => events.register(call, classes as string[]))
+    .implement('event.unregister', (call, [classes]) => events.unregister(call, classes as string[]))
+    .implement('event.next', (call) => events.next(call))
+    .implement('event.get_current_id', () => events.currentId())
+    .implement('event.inject', (_call, [cls, ref]) => events.inject(cls as string, ref as string));
+}

@@ -1,0 +1,136 @@
+// session.* : login, logout and the pool's own logins (xapi's xapi_session.ml). Only the local
+// superuser exists without external authentication, so a successful password login is root.
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { XapiError } from '../api/errors.js';
+import type { Call, HostContext, Registry } from '../api/context.js';
+import { newRef } from '../api/implicit.js';
+import { NULL_REF, formatDateTime, parseDateTime } from '../schema/types.js';
+
+/** Failed logins are answered late, as xapi does, to slow down password guessing. */
+export const AUTH_FAILURE_DELAY_MS = 5000;
+
+export const MAX_SESSIONS_PER_GROUP = 400;
+export const MAX_SESSIONS_PER_ORIGINATOR = 500;
+export const INACTIVE_SESSION_TIMEOUT_S = 86400;
+
+interface NewSession {
+  pool: boolean;
+  userName: string;
+  originator: string;
+  parent?: string;
+}
+
+export async function createSession(host: HostContext, s: NewSession): Promise<string> {
+  const ref = newRef();
+  const now = formatDateTime(new Date(host.now()));
+  await host.db.create('session', ref, {
+    uuid: randomUUID(),
+    this_host: host.hostRef,
+    this_user: NULL_REF,
+    last_active: now,
+    pool: s.pool,
+    other_config: {},
+    is_local_superuser: true,
+    subject: NULL_REF,
+    validation_time: now,
+    auth_user_sid: '',
+    auth_user_name: s.userName,
+    rbac_permissions: [],
+    parent: s.parent ?? NULL_REF,
+    originator: s.originator,
+    client_certificate: false,
+  });
+  return ref;
+}
+
+async function loginWithPassword(call: Call, [uname, pwd, , originator]: unknown[]): Promise<string> {
+  const host = call.host;
+  if (!(await host.verifyLocalPassword(String(uname), String(pwd)))) {
+    await sleep(host.authFailureDelayMs);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+  }
+  return createSession(host, { pool: false, userName: String(uname), originator: String(originator ?? '') });
+}
+
+async function slaveLogin(call: Call, [hostRef, secret]: unknown[]): Promise<string> {
+  if (!call.host.poolSecrets().includes(String(secret))) {
+    await sleep(call.host.authFailureDelayMs);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(hostRef), 'Pool credentials invalid']);
+  }
+  return createSession(call.host, { pool: true, userName: String(hostRef), originator: '' });
+}
+
+async function changePassword(call: Call, [oldPwd, newPwd]: unknown[], setPassword: SetPassword): Promise<void> {
+  const row = call.session!.row;
+  if (row.auth_user_name !== 'root' || row.pool === true) {
+    throw new XapiError('USER_IS_NOT_LOCAL_SUPERUSER', [String(row.auth_user_name)]);
+  }
+  if (!(await call.host.verifyLocalPassword('root', String(oldPwd)))) {
+    throw new XapiError('CHANGE_PASSWORD_REJECTED', ['Authentication information cannot be recovered']);
+  }
+  await setPassword('root', String(newPwd));
+}
+
+export type SetPassword = (user: string, password: string) => Promise<void>;
+
+export function register(r: Registry, setPassword: SetPassword): void {
+  r.implement('session.login_with_password', loginWithPassword)
+    .implement('session.slave_login', slaveLogin)
+    .implement('session.logout', async (call) => {
+      await call.db.destroy('session', call.session!.ref);
+    })
+    .implement('session.change_password', (call, args) => changePassword(call, args, setPassword))
+    .implement('session.get_all_subject_identifiers', async (call) => {
+      const sids = new Set<string>();
+      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid as string);
+      return [...sids];
+    })
+    .implement('session.logout_subject_identifier', async (call, [sid]) => {
+      for (const [ref] of await call.db.find('session', { auth_user_sid: sid })) {
+        if (ref !== call.session!.ref) await call.db.destroy('session', ref);
+      }
+    });
+}
+
+async function hasUnfinishedTasks(host: HostContext, tasks: string[]): Promise<boolean> {
+  for (const t of tasks ?? []) {
+    const row = await host.db.tryGet('task', t);
+    if (row && (row.status === 'pending' || row.status === 'cancelling')) return true;
+  }
+  return false;
+}
+
+/**
+ * One pass of xapi's session GC: sessions idle for a day go, then the least recently active
+ * above each group's limit. Sessions with unfinished tasks are kept (not disposable).
+ */
+export async function sessionGc(host: HostContext): Promise<void> {
+  const now = host.now();
+  const groups = new Map<string, { ref: string; last: number }[]>();
+  for (const [ref, row] of await host.db.all('session')) {
+    if (await hasUnfinishedTasks(host, row.tasks as string[])) continue;
+    const last = parseDateTime(String(row.last_active))?.getTime() ?? 0;
+    if ((now - last) / 1000 > INACTIVE_SESSION_TIMEOUT_S) {
+      await host.db.destroy('session', ref);
+      continue;
+    }
+    const user = String(row.auth_user_name);
+    const key = row.pool
+      ? 'internal'
+      : user === '' || user === 'root'
+        ? row.originator === ''
+          ? 'external'
+          : `originator:${String(row.originator)}`
+        : `user:${user}`;
+    const list = groups.get(key) ?? [];
+    list.push({ ref, last });
+    groups.set(key, list);
+  }
+  for (const [key, list] of groups) {
+    const limit = key === 'internal' || key === 'external' ? MAX_SESSIONS_PER_GROUP : MAX_SESSIONS_PER_ORIGINATOR;
+    if (list.length <= limit) continue;
+    list.sort((a, b) => a.last - b.last);
+    for (const s of list.slice(0, list.length - limit)) await host.db.destroy('session', s.ref);
+  }
+}

@@ -1,0 +1,50 @@
+// task.* explicit messages (xapi's xapi_task.ml). Acting on another user's task needs the
+// extra permission task.destroy/any, as in xapi.
+import { XapiError } from '../api/errors.js';
+import type { Call, Registry } from '../api/context.js';
+import type { TaskManager } from '../api/tasks.js';
+import { NULL_REF } from '../schema/types.js';
+
+/** xapi's "own task": created by a session of the same user. */
+async function assertOwn(call: Call, task: string): Promise<void> {
+  const s = call.session!;
+  if (s.row.is_local_superuser === true) return;
+  const owner = await call.db.tryGet('session', (await call.db.get('task', task)).session as string);
+  if (owner && owner.auth_user_sid === s.row.auth_user_sid) return;
+  if (!((s.row.rbac_permissions as string[]) ?? []).includes('task.destroy/any')) {
+    throw new XapiError('RBAC_PERMISSION_DENIED', [
+      'task.destroy/any',
+      'No permission in user session. (Roles with this permission: pool-admin, pool-operator)',
+    ]);
+  }
+}
+
+export function register(r: Registry, tasks: TaskManager): void {
+  r.implement('task.create', (call, [label, description]) =>
+    tasks.create(call.session, String(label), false, String(description)),
+  )
+    .implement('task.destroy', async (call, [self]) => {
+      const ref = self as string;
+      const row = await call.db.get('task', ref);
+      await assertOwn(call, ref);
+      if (row.status === 'pending' || row.status === 'cancelling') {
+        // Still running: marked, and the GC removes it once it completes.
+        await call.db.update('task', ref, {
+          current_operations: { ...(row.current_operations as object), [call.task === NULL_REF ? ref : call.task]: 'destroy' },
+        });
+      } else {
+        await tasks.forget(ref);
+      }
+    })
+    .implement('task.cancel', async (call, [task]) => {
+      await assertOwn(call, task as string);
+      await tasks.requestCancel(task as string, call.task === NULL_REF ? (task as string) : call.task);
+    });
+  for (const field of ['status', 'progress', 'result', 'error_info', 'resident_on']) {
+    r.implement(`task.set_${field}`, async (call, [self, value]) => {
+      await call.db.get('task', self as string);
+      await assertOwn(call, self as string);
+      await call.db.update('task', self as string, { [field]: value });
+    });
+  }
+}

@@ -1,0 +1,99 @@
+// LocalDb on a real SQLite file: writes are durable after commit, relations are kept, the
+// generation counter and tombstones survive a reopen, older files are upgraded and newer refused.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { schema } from '../../src/schema/schema.js';
+import { LocalDb } from '../../src/db/database.js';
+import { SqliteStore, StoreFormatError } from '../../src/db/store.js';
+
+async function withDir(fn: (dir: string) => Promise<void>) {
+  const dir = await mkdtemp(join(tmpdir(), 'xapi-db-'));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const open = (dir: string) => new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
+
+test('committed writes are read back after reopening, with defaults filled', () =>
+  withDir(async (dir) => {
+    const db = open(dir);
+    await db.create('network', 'OpaqueRef:n1', { uuid: 'u1', name_label: 'one' });
+    await db.create('VIF', 'OpaqueRef:v1', { uuid: 'u2', network: 'OpaqueRef:n1', device: '0' });
+    await db.mapAdd('network', 'OpaqueRef:n1', 'other_config', 'k', 'v');
+    await db.create('network', 'OpaqueRef:n2', { uuid: 'u3' });
+    await db.destroy('network', 'OpaqueRef:n2');
+    await db.commit();
+    const gen = db.generation();
+    db.close();
+
+    const again = open(dir);
+    const n1 = await again.get('network', 'OpaqueRef:n1');
+    assert.equal(n1.name_label, 'one');
+    assert.deepEqual(n1.other_config, { k: 'v' });
+    assert.deepEqual(n1.VIFs, ['OpaqueRef:v1']);
+    assert.equal(n1.MTU, 1500); // datamodel default
+    assert.equal(await again.tryGet('network', 'OpaqueRef:n2'), undefined);
+    assert.equal(await again.refByUuid('network', 'u1'), 'OpaqueRef:n1');
+    assert.equal(again.generation(), gen);
+    // the deletion is still reported to a token from before it
+    const changes = again.changesSince(gen - 1, () => true);
+    assert.deepEqual(changes.dels.map((d) => d.ref), ['OpaqueRef:n2']);
+    again.close();
+  }));
+
+test('one-to-many sets follow the ref on the many side', () =>
+  withDir(async (dir) => {
+    const db = open(dir);
+    await db.create('network', 'OpaqueRef:a', { uuid: 'a' });
+    await db.create('network', 'OpaqueRef:b', { uuid: 'b' });
+    await db.create('VIF', 'OpaqueRef:v', { uuid: 'v', network: 'OpaqueRef:a' });
+    assert.deepEqual((await db.get('network', 'OpaqueRef:a')).VIFs, ['OpaqueRef:v']);
+    await db.update('VIF', 'OpaqueRef:v', { network: 'OpaqueRef:b' });
+    assert.deepEqual((await db.get('network', 'OpaqueRef:a')).VIFs, []);
+    assert.deepEqual((await db.get('network', 'OpaqueRef:b')).VIFs, ['OpaqueRef:v']);
+    await db.destroy('VIF', 'OpaqueRef:v');
+    assert.deepEqual((await db.get('network', 'OpaqueRef:b')).VIFs, []);
+    db.close();
+  }));
+
+test('rows from an older datamodel are upgraded; a newer store format is refused', () =>
+  withDir(async (dir) => {
+    const db = open(dir);
+    await db.create('network', 'OpaqueRef:n', { uuid: 'n', name_label: 'x' });
+    await db.commit();
+    db.close();
+    // Simulate a file written before some fields existed, and before a class existed.
+    const raw = new Database(join(dir, 'xapi.db'));
+    raw.prepare(`UPDATE "t_network" SET data = ? WHERE ref = ?`).run(JSON.stringify({ uuid: 'n', name_label: 'x' }), 'OpaqueRef:n');
+    raw.exec('DROP TABLE "t_Observer"');
+    raw.close();
+    const upgraded = open(dir);
+    const n = await upgraded.get('network', 'OpaqueRef:n');
+    assert.equal(n.MTU, 1500);
+    assert.deepEqual(n.other_config, {});
+    assert.deepEqual(await upgraded.all('Observer'), []);
+    upgraded.close();
+
+    const raw2 = new Database(join(dir, 'xapi.db'));
+    raw2.prepare("UPDATE meta SET value = '99' WHERE key = 'store_format'").run();
+    raw2.close();
+    assert.throws(() => open(dir), StoreFormatError);
+  }));
+
+test('MAP_DUPLICATE_KEY and uuid uniqueness', () =>
+  withDir(async (dir) => {
+    const db = open(dir);
+    await db.create('network', 'OpaqueRef:n', { uuid: 'same' });
+    await assert.rejects(db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v').then(() =>
+      db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')),
+      (e: { code: string; params: string[] }) => e.code === 'MAP_DUPLICATE_KEY' && e.params.join() === 'network,other_config,OpaqueRef:n,k');
+    await assert.rejects(db.create('network', 'OpaqueRef:m', { uuid: 'same' }));
+    db.close();
+  }));
