@@ -80,11 +80,15 @@ const sessionless = new Set([
   'session.slave_local_login_with_password',
 ]);
 
+// xapi keeps messages (alerts) in a store of their own beside the database; we keep them in a
+// database table, which gives them durability and events (add/del) for free.
+const storedInOurDb = new Set(['message']);
+
 const enums = {};
 const classes = [];
 for (const c of datamodel) {
   for (const e of c.enums ?? []) enums[e.name] = e.values.map((v) => v.name);
-  const inDb = !notInDb.has(c.name);
+  const inDb = !notInDb.has(c.name) || storedInOurDb.has(c.name);
   const fields = c.fields.map((f) => {
     const out = { name: f.name, type: f.type, qualifier: f.qualifier, lifecycle: state(f.lifecycle) };
     if ('default' in f) out.default = parseDefault(f.default, f.type);
@@ -145,7 +149,7 @@ for (const c of datamodel) {
   classes.push({
     name: c.name,
     inDb,
-    genEvents: inDb && !noEvents.has(c.name),
+    genEvents: inDb && (!noEvents.has(c.name) || storedInOurDb.has(c.name)),
     getAll: getAll.has(c.name),
     ctorDtor: ctorDtor.has(c.name),
     lifecycle: state(c.lifecycle),

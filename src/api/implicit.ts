@@ -93,7 +93,7 @@ async function create(call: Call, cls: ClassDef, record: Record<string, unknown>
   return ref;
 }
 
-async function where(call: Call, cls: ClassDef, expr: string): Promise<[string, Row][]> {
+export async function where(call: Call, cls: ClassDef, expr: string): Promise<[string, Row][]> {
   let parsed;
   try {
     parsed = parseWhere(expr);

@@ -4,24 +4,13 @@
 // and an enum value outside the enum as INTERNAL_ERROR ["Failure(\"Unknown tag/contents\")"].
 // Enum names are matched case-insensitively.
 import { XapiError } from './errors.js';
-import { RpcDateTime, newStruct, isStruct, type Rpc, type RpcStruct } from './rpc.js';
+import { RpcDateTime, newStruct, isStruct, rpcDebugString, type Rpc, type RpcStruct } from './rpc.js';
 import { formatDateTime, parseDateTime, type Type } from '../schema/types.js';
 import type { Schema } from '../schema/schema.js';
 
 const typeError = (expected: string, v: Rpc) =>
-  new XapiError('INTERNAL_ERROR', [`Failure("Expected ${expected}, got '${rpcToString(v)}'")`]);
+  new XapiError('INTERNAL_ERROR', [`Failure("Expected ${expected}, got '${rpcDebugString(v)}'")`]);
 
-/** rpclib's Rpc.to_string, which xapi's type errors quote. */
-export function rpcToString(v: Rpc): string {
-  if (v === null) return 'N';
-  if (typeof v === 'string') return `S(${v})`;
-  if (typeof v === 'bigint') return `I(${v})`;
-  if (typeof v === 'number') return `F(${v})`;
-  if (typeof v === 'boolean') return `B(${v})`;
-  if (v instanceof RpcDateTime) return `D(${v.text})`;
-  if (Array.isArray(v)) return `[${v.map(rpcToString).join(';')}]`;
-  return `{${Object.keys(v).map((k) => `${k}:${rpcToString(v[k]!)}`).join(';')}}`;
-}
 
 export class Marshal {
   /** enum name -> (lower-case value -> datamodel spelling) */
@@ -58,7 +47,7 @@ export class Marshal {
         const text = v instanceof RpcDateTime ? v.text : typeof v === 'string' ? v : undefined;
         if (text === undefined) throw typeError('datetime', v);
         const d = parseDateTime(text);
-        if (!d) throw new XapiError('INTERNAL_ERROR', [`Failure("Expected datetime, got '${rpcToString(v)}'")`]);
+        if (!d) throw new XapiError('INTERNAL_ERROR', [`Failure("Expected datetime, got '${rpcDebugString(v)}'")`]);
         return formatDateTime(d);
       }
       case 'enum': {

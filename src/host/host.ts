@@ -15,6 +15,7 @@ import { Dispatcher } from '../api/dispatch.js';
 import * as session from '../xapi/session.js';
 import * as task from '../xapi/task.js';
 import * as event from '../xapi/event.js';
+import * as message from '../xapi/message.js';
 import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from './files.js';
@@ -67,6 +68,7 @@ export function buildApi(host: HostContext, db: LocalDb, setPassword: session.Se
   const events = new EventService(host, db);
   session.register(registry, setPassword);
   event.register(registry, events);
+  message.register(registry);
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
   return { registry, dispatcher };

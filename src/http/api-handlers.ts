@@ -79,8 +79,7 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
     const decoded = await readCall(req, res, parseJsonRpcCall);
     if (decoded === undefined) return;
     if (decoded instanceof InvalidUtf8Param) {
-      // The id is in the body we could not trust; answer in v2 shape as xapi does for early errors.
-      reply(res, 'application/json', jsonRpcFailure('2.0', null, invalidUtf8(decoded)));
+      reply(res, 'application/json', jsonRpcFailure(decoded.version ?? '2.0', decoded.id ?? null, invalidUtf8(decoded)));
       return;
     }
     const outcome = await run(dispatcher, log, decoded.call, 'json');
