@@ -26,6 +26,11 @@ export interface HostContext {
   poolRef: string;
   /** Checks a password for a local user; only root exists locally. */
   verifyLocalPassword(user: string, password: string): Promise<boolean>;
+  /**
+   * Sessions that live only on this host, never in the database (xapi's local sessions, made
+   * by slave_local_login* for emergency mode), by ref.
+   */
+  readonly localSessions: Map<string, Row>;
   /** Pool secrets accepted from other hosts (a list, to allow rotation). */
   poolSecrets(): string[];
   /** Milliseconds since the epoch; injectable for tests. */

@@ -11,7 +11,11 @@ export const THRESHOLD_LAST_ACTIVE_S = 600;
 export async function checkSession(host: HostContext, param: Rpc): Promise<SessionInfo> {
   const ref = typeof param === 'string' ? param : String(param);
   const row = typeof param === 'string' ? await host.db.tryGet('session', ref) : undefined;
-  if (!row) throw new XapiError('SESSION_INVALID', [ref]);
+  if (!row) {
+    const local = host.localSessions.get(ref);
+    if (local) return { ref, row: local };
+    throw new XapiError('SESSION_INVALID', [ref]);
+  }
   const last = parseDateTime(row.last_active as string)?.getTime() ?? 0;
   const now = host.now();
   if (now - last > THRESHOLD_LAST_ACTIVE_S * 1000) {

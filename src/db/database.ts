@@ -24,6 +24,7 @@ interface LogEntry {
 }
 
 const LOG_LIMIT = 200_000;
+const ALL = '*';
 const TOMBSTONE_LIMIT = 100_000;
 
 export class LocalDb implements Db {
@@ -46,12 +47,17 @@ export class LocalDb implements Db {
 
   private changedClasses = new Set<string>();
   private notifyScheduled = false;
-  private watchers = new Set<{ classes: Set<string> | null; wake: () => void }>();
+  /** lower-case class (or ALL) -> wake-up functions of the watchers waiting on it */
+  private readonly watchers = new Map<string, Set<() => void>>();
+
+  private readonly logLimit: number;
 
   constructor(
     readonly schema: Schema,
     private readonly store: SqliteStore | null,
+    opts: { logLimit?: number } = {},
   ) {
+    this.logLimit = opts.logLimit ?? LOG_LIMIT;
     for (const c of schema.dbClasses()) {
       this.tables.set(c.name, new Map());
       this.uuidIndex.set(c.name, new Map());
@@ -267,8 +273,8 @@ export class LocalDb implements Db {
 
   private touched(gen: number, cls: string, ref: string): void {
     this.log.push({ gen, cls, ref });
-    if (this.log.length > LOG_LIMIT) {
-      const cut = this.log.length - LOG_LIMIT / 2;
+    if (this.log.length > this.logLimit) {
+      const cut = this.log.length - Math.floor(this.logLimit / 2);
       this.logStart = this.log[cut - 1]!.gen;
       this.log = this.log.slice(cut);
     }
@@ -389,30 +395,32 @@ export class LocalDb implements Db {
 
   /**
    * Resolves on the next change to one of `classes` (lower-case; null = all), or after
-   * `timeoutMs`. Idle watchers cost a set entry and a timer, nothing per write elsewhere.
+   * `timeoutMs`. Watchers are indexed by class, so a write wakes only those watching its class
+   * and idle watchers cost a map entry and a timer, nothing per write.
    */
   waitForChange(classes: Set<string> | null, timeoutMs: number): Promise<void> {
     return new Promise((resolve) => {
-      const w = {
-        classes,
-        wake: () => {
-          clearTimeout(timer);
-          this.watchers.delete(w);
-          resolve();
-        },
+      const keys = classes === null ? [ALL] : [...classes];
+      const wake = () => {
+        clearTimeout(timer);
+        for (const k of keys) this.watchers.get(k)?.delete(wake);
+        resolve();
       };
-      const timer = setTimeout(w.wake, Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
-      this.watchers.add(w);
+      const timer = setTimeout(wake, Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
+      for (const k of keys) {
+        let set = this.watchers.get(k);
+        if (!set) this.watchers.set(k, (set = new Set()));
+        set.add(wake);
+      }
     });
   }
 
   private notify(): void {
     this.notifyScheduled = false;
-    const changed = this.changedClasses;
+    const woken = new Set<() => void>();
+    for (const c of [...this.changedClasses, ALL]) for (const w of this.watchers.get(c) ?? []) woken.add(w);
     this.changedClasses = new Set();
-    for (const w of [...this.watchers]) {
-      if (w.classes === null || [...changed].some((c) => w.classes!.has(c))) w.wake();
-    }
+    for (const w of woken) w();
   }
 
   close(): void {

@@ -113,6 +113,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     hostRef,
     poolRef,
     verifyLocalPassword: (user, password) => passwords.verify(user, password),
+    localSessions: new Map(),
     poolSecrets: () => [poolSecret],
     now: () => Date.now(),
     authFailureDelayMs: session.AUTH_FAILURE_DELAY_MS,

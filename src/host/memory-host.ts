@@ -9,9 +9,11 @@ import { syncDatabase } from './dbsync.js';
 import { buildApi } from './host.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 
-export async function memoryHost(opts: { rootPassword?: string; now?: () => number; schema?: Schema } = {}) {
+export async function memoryHost(
+  opts: { rootPassword?: string; now?: () => number; schema?: Schema; logLimit?: number } = {},
+) {
   const schema = opts.schema ?? loadSchema();
-  const db = new LocalDb(schema, null);
+  const db = new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
   const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname: 'memhost', address: '127.0.0.1', machine });
   let rootPassword = opts.rootPassword ?? 'secret';
@@ -24,6 +26,7 @@ export async function memoryHost(opts: { rootPassword?: string; now?: () => numb
     hostRef,
     poolRef,
     verifyLocalPassword: async (user, password) => user === 'root' && password === rootPassword,
+    localSessions: new Map(),
     poolSecrets: () => ['memory-pool-secret'],
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,

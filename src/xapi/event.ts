@@ -35,10 +35,10 @@ function matcher(host: HostContext, sub: Subscription): (cls: string, ref: strin
     (sub.all || sub.classes.has(cls) || sub.objects.has(`${cls}/${ref}`));
 }
 
-/** Which classes can wake this watcher (null = any). */
+/** Which classes can wake this watcher (null = any); session changes too, so a logout ends the wait. */
 function wakeClasses(sub: Subscription): Set<string> | null {
   if (sub.all) return null;
-  return new Set([...sub.classes, ...[...sub.objects].map((o) => o.slice(0, o.indexOf('/')))]);
+  return new Set([...sub.classes, ...[...sub.objects].map((o) => o.slice(0, o.indexOf('/'))), 'session']);
 }
 
 const pad = (n: number) => String(n).padStart(20, '0');

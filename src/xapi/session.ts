@@ -72,11 +72,47 @@ async function changePassword(call: Call, [oldPwd, newPwd]: unknown[], setPasswo
   await setPassword('root', String(newPwd));
 }
 
+/** A session kept only in this host's memory (emergency mode: the coordinator is unreachable). */
+function createLocalSession(host: HostContext, userName: string): string {
+  const ref = newRef();
+  const now = formatDateTime(new Date(host.now()));
+  host.localSessions.set(ref, {
+    uuid: randomUUID(),
+    this_host: host.hostRef,
+    last_active: now,
+    validation_time: now,
+    pool: false,
+    is_local_superuser: true,
+    auth_user_name: userName,
+    auth_user_sid: '',
+    rbac_permissions: [],
+    originator: '',
+  });
+  return ref;
+}
+
 export type SetPassword = (user: string, password: string) => Promise<void>;
 
 export function register(r: Registry, setPassword: SetPassword): void {
   r.implement('session.login_with_password', loginWithPassword)
     .implement('session.slave_login', slaveLogin)
+    .implement('session.slave_local_login', async (call, [secret]) => {
+      if (!call.host.poolSecrets().includes(String(secret))) {
+        await sleep(call.host.authFailureDelayMs);
+        throw new XapiError('SESSION_AUTHENTICATION_FAILED', ['', 'Pool credentials invalid']);
+      }
+      return createLocalSession(call.host, '');
+    })
+    .implement('session.slave_local_login_with_password', async (call, [uname, pwd]) => {
+      if (String(uname) !== 'root' || !(await call.host.verifyLocalPassword('root', String(pwd)))) {
+        await sleep(call.host.authFailureDelayMs);
+        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+      }
+      return createLocalSession(call.host, 'root');
+    })
+    .implement('session.local_logout', (call) => {
+      call.host.localSessions.delete(call.session!.ref);
+    })
     .implement('session.logout', async (call) => {
       await call.db.destroy('session', call.session!.ref);
     })

@@ -273,3 +273,15 @@ test('event.inject and the legacy register/next', async () => {
 test('XapiError carries the description', () => {
   assert.deepEqual(new XapiError('X', [1, 'a']).description, ['X', '1', 'a']);
 });
+
+test('a blocked event.from ends with SESSION_INVALID when its session logs out', async () => {
+  const t = await setup();
+  const first = (await t.ok('event.from', t.session, ['vm'], '', 1)) as RpcStruct;
+  const started = Date.now();
+  const waiting = t.call('event.from', t.session, ['vm'], first.token as string, 60);
+  await sleep(100);
+  await t.ok('session.logout', t.session);
+  const outcome = await waiting;
+  assert.deepEqual(outcome.ok ? [] : outcome.error, ['SESSION_INVALID', t.session]);
+  assert.ok(Date.now() - started < 5000);
+});
