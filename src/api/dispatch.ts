@@ -14,9 +14,10 @@ import { xmlRpcValue } from './xmlrpc.js';
 import type { MessageDef } from '../schema/schema.js';
 import { NULL_REF } from '../schema/types.js';
 
-export type Outcome =
-  | { ok: true; value: Rpc; bare?: boolean }
-  | { ok: false; error: string[] };
+export type Outcome = ({ ok: true; value: Rpc; bare?: boolean } | { ok: false; error: string[] }) & {
+  /** The task the call ran under, if it had one (for the call log). */
+  task?: string;
+};
 
 export class Dispatcher {
   private readonly byAlternative = new Map<string, MessageDef>();
@@ -42,15 +43,16 @@ export class Dispatcher {
   }
 
   async dispatch(method: string, params: Rpc[]): Promise<Outcome> {
+    const state: { task?: string } = {};
     try {
-      return await this.run(method, params);
+      return await this.run(method, params, state);
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, method }, 'internal error');
-      return { ok: false, error: errorDescription(e) };
+      return { ok: false, error: errorDescription(e), task: state.task };
     }
   }
 
-  private async run(method: string, params: Rpc[]): Promise<Outcome> {
+  private async run(method: string, params: Rpc[], state: { task?: string }): Promise<Outcome> {
     if (method === 'system.listMethods') return { ok: true, value: this.listMethods(), bare: true };
     if (method.startsWith('system.isAlive')) return { ok: true, value: params[0] ?? '' };
 
@@ -102,10 +104,10 @@ export class Dispatcher {
       const task = await this.tasks.create(session, method, true);
       await this.host.db.commit();
       void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
-      return { ok: true, value: task };
+      return { ok: true, value: task, task };
     }
     let task = NULL_REF;
-    if (msg.async) task = await this.tasks.create(session, method, false);
+    if (msg.async) state.task = task = await this.tasks.create(session, method, false);
     const call = this.makeCall(msg, method, session, task);
     let result: unknown;
     try {
@@ -118,7 +120,7 @@ export class Dispatcher {
     const value = this.host.marshal.toRpc(msg.result, result);
     if (task !== NULL_REF) await this.tasks.succeed(task, xmlRpcValue(value));
     await this.host.db.commit();
-    return { ok: true, value };
+    return { ok: true, value, task: state.task };
   }
 
   private makeCall(msg: MessageDef, wireName: string, session: SessionInfo | undefined, task: string): Call {

@@ -16,6 +16,7 @@ import * as session from '../xapi/session.js';
 import * as task from '../xapi/task.js';
 import * as event from '../xapi/event.js';
 import * as message from '../xapi/message.js';
+import * as role from '../xapi/role.js';
 import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from './files.js';
@@ -69,6 +70,7 @@ export function buildApi(host: HostContext, db: LocalDb, setPassword: session.Se
   session.register(registry, setPassword);
   event.register(registry, events);
   message.register(registry);
+  role.register(registry);
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
   return { registry, dispatcher };

@@ -16,7 +16,7 @@ const CORS = { 'access-control-allow-origin': '*', 'access-control-allow-headers
 
 /** A short, non-secret tag for a session in logs (the ref itself is a credential). */
 const trackId = (ref: unknown) =>
-  typeof ref === 'string' ? createHash('sha256').update(ref).digest('hex').slice(0, 12) : '-';
+  typeof ref === 'string' && ref.startsWith('OpaqueRef:') ? createHash('sha256').update(ref).digest('hex').slice(0, 12) : undefined;
 
 async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
   let body: Buffer;
@@ -52,6 +52,7 @@ async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: str
       wire,
       method: call.method,
       session: trackId(call.params[0]),
+      task: outcome.task,
       ok: outcome.ok,
       error: outcome.ok ? undefined : outcome.error[0],
       ms: Math.round((performance.now() - started) * 1000) / 1000,

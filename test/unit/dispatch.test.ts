@@ -285,3 +285,17 @@ test('a blocked event.from ends with SESSION_INVALID when its session logs out',
   assert.deepEqual(outcome.ok ? [] : outcome.error, ['SESSION_INVALID', t.session]);
   assert.ok(Date.now() - started < 5000);
 });
+
+test('roles: the static roles and their permissions', async () => {
+  const t = await setup();
+  const [admin] = (await t.ok('role.get_by_name_label', t.session, 'pool-admin')) as string[];
+  const rec = (await t.ok('role.get_record', t.session, admin!)) as RpcStruct;
+  assert.equal(rec.uuid, '0165f154-ba3e-034e-6b27-5d271af109ba');
+  const [readOnly] = (await t.ok('role.get_by_name_label', t.session, 'read-only')) as string[];
+  const names = (await t.ok('role.get_permissions_name_label', t.session, readOnly!)) as string[];
+  assert.ok(names.includes('vm.get_record'));
+  assert.ok(!names.includes('vm.set_name_label'));
+  const holders = (await t.ok('role.get_by_permission_name_label', t.session, 'vm.set_name_label')) as string[];
+  const holderNames = await Promise.all(holders.map(async (r) => ((await t.ok('role.get_record', t.session, r)) as RpcStruct).name_label));
+  assert.deepEqual(holderNames.sort(), ['pool-admin', 'pool-operator', 'vm-admin', 'vm-power-admin']);
+});
