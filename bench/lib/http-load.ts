@@ -47,6 +47,8 @@ export interface LoadOptions {
   durationMs: number;
   /** A cheap validity check applied to every reply (same check for xapi and the baseline). */
   check: (r: Reply) => boolean;
+  /** reuse these keep-alive sockets (default: a fresh agent with maxSockets = concurrency, destroyed after) */
+  agent?: http.Agent;
 }
 
 export interface LoadResult {
@@ -65,7 +67,7 @@ export interface LoadResult {
  * the warm-up are not counted; the rate is counted calls / measured window.
  */
 export async function closedLoop(o: LoadOptions): Promise<LoadResult> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: o.concurrency });
+  const agent = o.agent ?? new http.Agent({ keepAlive: true, maxSockets: o.concurrency });
   const start = performance.now();
   const measureFrom = start + o.warmupMs;
   const end = measureFrom + o.durationMs;
@@ -92,10 +94,41 @@ export async function closedLoop(o: LoadOptions): Promise<LoadResult> {
     }
   };
   await Promise.all(Array.from({ length: o.concurrency }, worker));
-  agent.destroy();
+  if (!o.agent) agent.destroy();
   const seconds = o.durationMs / 1000;
   lat.sort((a, b) => a - b);
   return { calls, seconds, perSecond: calls / seconds, errors, p50: pct(lat, 0.5), p99: pct(lat, 0.99) };
+}
+
+/**
+ * Measures two targets in alternating slices (A warm-up, B warm-up, then A, B, A, B, ... for
+ * `rounds` slices of `sliceMs` each), each over its own kept-alive agent, so that background
+ * noise on a shared machine falls on both sides alike. Rates and latencies are over all slices.
+ */
+export async function alternating(
+  o: Omit<LoadOptions, 'target' | 'warmupMs' | 'durationMs' | 'agent'>,
+  a: Target,
+  b: Target,
+  warmupMs: number,
+  sliceMs: number,
+  rounds: number,
+): Promise<[LoadResult, LoadResult]> {
+  const agents = [a, b].map(() => new http.Agent({ keepAlive: true, maxSockets: o.concurrency }));
+  const targets = [a, b];
+  const acc = [0, 1].map(() => ({ calls: 0, errors: 0, p50: [] as number[], p99: [] as number[] }));
+  for (let i = 0; i < 2; i++) await closedLoop({ ...o, target: targets[i]!, agent: agents[i]!, warmupMs: 0, durationMs: warmupMs });
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < 2; i++) {
+      const x = await closedLoop({ ...o, target: targets[i]!, agent: agents[i]!, warmupMs: 0, durationMs: sliceMs });
+      acc[i]!.calls += x.calls;
+      acc[i]!.errors += x.errors;
+      acc[i]!.p50.push(x.p50);
+      acc[i]!.p99.push(x.p99);
+    }
+  }
+  for (const ag of agents) ag.destroy();
+  const seconds = (sliceMs * rounds) / 1000;
+  return acc.map((x) => ({ calls: x.calls, seconds, perSecond: x.calls / seconds, errors: x.errors, p50: median(x.p50), p99: median(x.p99) })) as [LoadResult, LoadResult];
 }
 
 export function pct(sorted: number[], p: number): number {

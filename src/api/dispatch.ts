@@ -10,11 +10,17 @@ import { implicitImpl } from './implicit.js';
 import { checkSession } from './session-check.js';
 import { checkPermission } from './rbac.js';
 import { TaskManager } from './tasks.js';
-import { xmlRpcValue } from './xmlrpc.js';
 import type { MessageDef } from '../schema/schema.js';
-import { NULL_REF } from '../schema/types.js';
+import { NULL_REF, RPC_TYPE, type Type } from '../schema/types.js';
 
-export type Outcome = ({ ok: true; value: Rpc; bare?: boolean } | { ok: false; error: string[] }) & {
+const STRING_SET: Type = { k: 'set', of: { k: 'string' } };
+const TASK_REF: Type = { k: 'ref', cls: 'task' };
+
+/**
+ * A call's result as a datamodel value with its type: the wire handler encodes it straight to
+ * XML-RPC or JSON text (Marshal.xml/json), never through an intermediate tree.
+ */
+export type Outcome = ({ ok: true; type: Type; value: unknown; bare?: boolean } | { ok: false; error: string[] }) & {
   /** The task the call ran under, if it had one (for the call log). */
   task?: string;
 };
@@ -53,8 +59,8 @@ export class Dispatcher {
   }
 
   private async run(method: string, params: Rpc[], state: { task?: string }): Promise<Outcome> {
-    if (method === 'system.listMethods') return { ok: true, value: this.listMethods(), bare: true };
-    if (method.startsWith('system.isAlive')) return { ok: true, value: params[0] ?? '' };
+    if (method === 'system.listMethods') return { ok: true, type: STRING_SET, value: this.listMethods(), bare: true };
+    if (method.startsWith('system.isAlive')) return { ok: true, type: RPC_TYPE, value: params[0] ?? '' };
 
     let name = method;
     let async = false;
@@ -104,7 +110,7 @@ export class Dispatcher {
       const task = await this.tasks.create(session, method, true);
       await this.host.db.commit();
       void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
-      return { ok: true, value: task, task };
+      return { ok: true, type: TASK_REF, value: task, task };
     }
     let task = NULL_REF;
     if (msg.async) state.task = task = await this.tasks.create(session, method, false);
@@ -113,14 +119,16 @@ export class Dispatcher {
     try {
       result = await impl(call, args);
     } catch (e) {
-      if (task !== NULL_REF) await this.tasks.fail(task, e);
+      if (task !== NULL_REF) await this.tasks.forget(task);
       await this.host.db.commit();
       throw e;
     }
-    const value = this.host.marshal.toRpc(msg.result, result);
-    if (task !== NULL_REF) await this.tasks.succeed(task, xmlRpcValue(value));
+    if (task !== NULL_REF) {
+      // xapi destroys a sync call's task when the call returns (Context.finally_destroy_context)
+      await this.tasks.forget(task);
+    }
     await this.host.db.commit();
-    return { ok: true, value, task: state.task };
+    return { ok: true, type: msg.result, value: result, task: state.task };
   }
 
   private makeCall(msg: MessageDef, wireName: string, session: SessionInfo | undefined, task: string): Call {

@@ -311,9 +311,14 @@ function jsonId(id: JsonRpcId): string {
 
 /** v1: {"result":R,"error":null,"id":ID}; v2: {"jsonrpc":"2.0","result":R,"id":ID} (jsonrpc.ml json_of_response). */
 export function jsonRpcSuccess(version: JsonRpcVersion, id: JsonRpcId, result: Rpc): string {
+  return jsonRpcSuccessEncoded(version, id, jsonRpcValue(result));
+}
+
+/** The success envelope around a result already encoded as JSON text. */
+export function jsonRpcSuccessEncoded(version: JsonRpcVersion, id: JsonRpcId, resultJson: string): string {
   return version === '2.0'
-    ? '{"jsonrpc":"2.0","result":' + jsonRpcValue(result) + ',"id":' + jsonId(id) + '}'
-    : '{"result":' + jsonRpcValue(result) + ',"error":null,"id":' + jsonId(id) + '}';
+    ? '{"jsonrpc":"2.0","result":' + resultJson + ',"id":' + jsonId(id) + '}'
+    : '{"result":' + resultJson + ',"error":null,"id":' + jsonId(id) + '}';
 }
 
 /**

@@ -4,13 +4,16 @@
 import { XapiError } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import type { Rpc } from './rpc.js';
+import { typeError } from './marshal.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 
 export const THRESHOLD_LAST_ACTIVE_S = 600;
 
 export async function checkSession(host: HostContext, param: Rpc): Promise<SessionInfo> {
-  const ref = typeof param === 'string' ? param : String(param);
-  const row = typeof param === 'string' ? await host.db.tryGet('session', ref) : undefined;
+  // The session is a ref parameter like any other: it must unmarshal as a string first.
+  if (typeof param !== 'string') throw typeError('string', param);
+  const ref = param;
+  const row = await host.db.tryGet('session', ref);
   if (!row) {
     const local = host.localSessions.get(ref);
     if (local) return { ref, row: local };

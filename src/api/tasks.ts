@@ -5,7 +5,6 @@ import { randomUUID } from 'node:crypto';
 import { XapiError, errorDescription } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import { newRef } from './implicit.js';
-import { xmlRpcValue } from './xmlrpc.js';
 import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
 
 export const COMPLETED_TASK_TIMEOUT_S = 3900;
@@ -57,7 +56,7 @@ export class TaskManager {
   async run(task: string, fn: () => Promise<unknown> | unknown, resultType: Type): Promise<void> {
     try {
       const result = await fn();
-      await this.succeed(task, xmlRpcValue(this.host.marshal.toRpc(resultType, result)));
+      await this.succeed(task, this.host.marshal.xml(resultType, result));
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, task }, 'task failed with an internal error');
       await this.fail(task, e);

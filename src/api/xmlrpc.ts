@@ -515,13 +515,23 @@ const RESPONSE_TAIL = '</param></params></methodResponse>';
 
 /** xapi's success envelope: struct {Status: "Success", Value: value}. */
 export function xmlRpcSuccess(value: Rpc): string {
+  return xmlRpcSuccessEncoded(xmlRpcValue(value));
+}
+
+/** The success envelope around a value already encoded as `<value>…</value>`. */
+export function xmlRpcSuccessEncoded(valueXml: string): string {
   return (
     RESPONSE_HEAD +
     '<value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>' +
-    xmlRpcValue(value) +
+    valueXml +
     '</member></struct></value>' +
     RESPONSE_TAIL
   );
+}
+
+/** A bare methodResponse around an encoded value (system.listMethods). */
+export function xmlRpcBareEncoded(valueXml: string): string {
+  return RESPONSE_HEAD + valueXml + RESPONSE_TAIL;
 }
 
 /** xapi's failure envelope: struct {Status: "Failure", ErrorDescription: [code, params...]}. */

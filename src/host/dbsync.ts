@@ -39,12 +39,8 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
       default_SR: NULL_REF,
       suspend_image_SR: NULL_REF,
       crash_dump_SR: NULL_REF,
-      ha_cluster_stack: 'xhad',
-      other_config: { memory_ratio_hvm: '0.25', memory_ratio_pv: '0.25' },
-      local_auth_max_threads: 8,
-      ext_auth_max_threads: 1,
+      ...poolDefaults(schema),
       cpu_info: cpuInfo(id.machine),
-      ...((schema.constants.poolDefaults as Record<string, unknown> | undefined) ?? {}),
     });
     pool = [poolRef, await db.get('pool', poolRef)];
     await createRoles(db, schema);
@@ -62,6 +58,12 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
   });
   await db.commit();
   return { hostRef, poolRef: pool[0] };
+}
+
+/** The values xapi's create_pool_record gives a new pool (facts in the schema), less placeholders. */
+function poolDefaults(schema: Schema): Record<string, unknown> {
+  const values = (schema.constants.poolDefaults as { values?: Record<string, unknown> } | undefined)?.values ?? {};
+  return Object.fromEntries(Object.entries(values).filter(([, v]) => !(typeof v === 'string' && v.startsWith('<'))));
 }
 
 function softwareVersion(): Record<string, string> {

@@ -6,8 +6,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Dispatcher, Outcome } from '../api/dispatch.js';
 import { MalformedRequest, type RpcCall } from '../api/rpc.js';
-import { InvalidUtf8Param, parseXmlRpcCall, xmlRpcBare, xmlRpcFailure, xmlRpcSuccess } from '../api/xmlrpc.js';
-import { jsonRpcFailure, jsonRpcSuccess, parseJsonRpcCall } from '../api/jsonrpc.js';
+import { InvalidUtf8Param, parseXmlRpcCall, xmlRpcBareEncoded, xmlRpcFailure, xmlRpcSuccessEncoded } from '../api/xmlrpc.js';
+import { jsonRpcFailure, jsonRpcSuccessEncoded, parseJsonRpcCall } from '../api/jsonrpc.js';
 import { BodyAborted, BodyTooLarge, readBody } from './body.js';
 import { RPC_BODY_LIMIT, sendHttpError } from './server.js';
 import type { Handler } from './handlers.js';
@@ -70,8 +70,9 @@ export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
     if (call === undefined) return;
     const outcome: Outcome =
       call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml');
-    if (!outcome.ok) reply(res, 'text/xml', xmlRpcFailure(outcome.error));
-    else reply(res, 'text/xml', outcome.bare ? xmlRpcBare(outcome.value) : xmlRpcSuccess(outcome.value));
+    if (!outcome.ok) return reply(res, 'text/xml', xmlRpcFailure(outcome.error));
+    const value = dispatcher.host.marshal.xml(outcome.type, outcome.value);
+    reply(res, 'text/xml', outcome.bare ? xmlRpcBareEncoded(value) : xmlRpcSuccessEncoded(value));
   };
 }
 
@@ -80,11 +81,17 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
     const decoded = await readCall(req, res, parseJsonRpcCall);
     if (decoded === undefined) return;
     if (decoded instanceof InvalidUtf8Param) {
-      reply(res, 'application/json', jsonRpcFailure(decoded.version ?? '2.0', decoded.id ?? null, invalidUtf8(decoded)));
+      // xapi checks UTF-8 before its error wrapper, so the error escapes to the JSON-RPC handler,
+      // which writes a bare v2 error array with ocaml-rpc's default id 0, whatever the request.
+      reply(res, 'application/json', JSON.stringify({ jsonrpc: '2.0', error: invalidUtf8(decoded), id: 0 }));
       return;
     }
     const outcome = await run(dispatcher, log, decoded.call, 'json');
-    if (outcome.ok) reply(res, 'application/json', jsonRpcSuccess(outcome.bare ? '1.0' : decoded.version, decoded.id, outcome.value));
+    if (outcome.ok) {
+      // xapi skips the v2 translation for system.listMethods: it answers in v1 shape
+      const json = dispatcher.host.marshal.json(outcome.type, outcome.value);
+      reply(res, 'application/json', jsonRpcSuccessEncoded(outcome.bare ? '1.0' : decoded.version, decoded.id, json));
+    }
     else reply(res, 'application/json', jsonRpcFailure(decoded.version, decoded.id, outcome.error));
   };
 }

@@ -19,7 +19,11 @@ export type Type =
   | { k: 'record'; cls: string }
   | { k: 'option'; of: Type }
   | { k: 'eventBatch' }
-  | { k: 'anyRecord' };
+  | { k: 'anyRecord' }
+  /** A value that is already a wire tree (Rpc): event batches, system.isAlive's echo. */
+  | { k: 'rpc' };
+
+export const RPC_TYPE: Type = { k: 'rpc' };
 
 const cache = new Map<string, Type>();
 

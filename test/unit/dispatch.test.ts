@@ -15,7 +15,7 @@ async function setup() {
   const ok = async (method: string, ...params: Rpc[]): Promise<Rpc> => {
     const o = await call(method, ...params);
     if (!o.ok) assert.fail(`${method} failed: ${o.error.join(' ')}`);
-    return o.value;
+    return h.host.marshal.toRpc(o.type, o.value);
   };
   const err = async (method: string, ...params: Rpc[]): Promise<string[]> => {
     const o = await call(method, ...params);

@@ -12,7 +12,7 @@ async function setup(logLimit?: number) {
   const ok = async (method: string, ...params: Rpc[]) => {
     const o = await h.dispatcher.dispatch(method, params);
     if (!o.ok) assert.fail(`${method}: ${o.error.join(' ')}`);
-    return o.value;
+    return h.host.marshal.toRpc(o.type, o.value);
   };
   const advance = (s: number) => (clock += s * 1000);
   return { ...h, ok, advance };
