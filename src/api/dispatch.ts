@@ -23,6 +23,8 @@ const TASK_REF: Type = { k: 'ref', cls: 'task' };
 export type Outcome = ({ ok: true; type: Type; value: unknown; bare?: boolean } | { ok: false; error: string[] }) & {
   /** The task the call ran under, if it had one (for the call log). */
   task?: string;
+  /** The calling session's uuid (for the call log: the ref itself is a credential). */
+  session?: string;
 };
 
 export class Dispatcher {
@@ -49,16 +51,16 @@ export class Dispatcher {
   }
 
   async dispatch(method: string, params: Rpc[]): Promise<Outcome> {
-    const state: { task?: string } = {};
+    const state: { task?: string; session?: string } = {};
     try {
       return await this.run(method, params, state);
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, method }, 'internal error');
-      return { ok: false, error: errorDescription(e), task: state.task };
+      return { ok: false, error: errorDescription(e), task: state.task, session: state.session };
     }
   }
 
-  private async run(method: string, params: Rpc[], state: { task?: string }): Promise<Outcome> {
+  private async run(method: string, params: Rpc[], state: { task?: string; session?: string }): Promise<Outcome> {
     if (method === 'system.listMethods') return { ok: true, type: STRING_SET, value: this.listMethods(), bare: true };
     if (method.startsWith('system.isAlive')) return { ok: true, type: RPC_TYPE, value: params[0] ?? '' };
 
@@ -92,6 +94,7 @@ export class Dispatcher {
     let session: SessionInfo | undefined;
     if (msg.sessionChecked) {
       session = await checkSession(this.host, params[0]!);
+      state.session = session.row.uuid as string;
       if (msg.lifecycle === 'Removed') throw new XapiError('MESSAGE_REMOVED', []);
     }
 
@@ -110,7 +113,7 @@ export class Dispatcher {
       const task = await this.tasks.create(session, method, true);
       await this.host.db.commit();
       void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
-      return { ok: true, type: TASK_REF, value: task, task };
+      return { ok: true, type: TASK_REF, value: task, task, session: state.session };
     }
     let task = NULL_REF;
     if (msg.async) state.task = task = await this.tasks.create(session, method, false);
@@ -128,7 +131,7 @@ export class Dispatcher {
       await this.tasks.forget(task);
     }
     await this.host.db.commit();
-    return { ok: true, type: msg.result, value: result, task: state.task };
+    return { ok: true, type: msg.result, value: result, task: state.task, session: state.session };
   }
 
   private makeCall(msg: MessageDef, wireName: string, session: SessionInfo | undefined, task: string): Call {

@@ -133,116 +133,162 @@ export class Marshal {
     }
   }
 
-  /** True when values of this type are already wire trees. */
-  private static passthrough(t: Type): boolean {
-    return t.k === 'rpc' || t.k === 'eventBatch' || t.k === 'anyRecord' || (t.k === 'record' && t.cls === 'event');
-  }
-
   /**
-   * A value straight to XML-RPC text, the same bytes as xmlRpcValue(toRpc(t, v)) without building
-   * the tree: results are the hot path (a 10,000-record get_all_records would be ~400k nodes).
+   * A value straight to XML-RPC text: the same bytes as xmlRpcValue(toRpc(t, v)) without building
+   * the tree, through a writer compiled once per type. Results are the hot path (a 10,000-record
+   * get_all_records would otherwise be ~400k tree nodes).
    */
   xml(t: Type, v: unknown): string {
-    switch (t.k) {
-      case 'string':
-      case 'ref':
-      case 'enum':
-        return '<value>' + (v === undefined || v === null ? '' : escapeXml(String(v))) + '</value>';
-      case 'int':
-        return '<value>' + intText(v) + '</value>';
-      case 'float':
-        return '<value><double>' + formatG(Number(v ?? 0), 16) + '</double></value>';
-      case 'bool':
-        return v === true ? '<value><boolean>1</boolean></value>' : '<value><boolean>0</boolean></value>';
-      case 'datetime':
-        return '<value><dateTime.iso8601>' + escapeXml(String(v ?? EPOCH)) + '</dateTime.iso8601></value>';
-      case 'set': {
-        let out = '<value><array><data>';
-        for (const x of (v as unknown[] | undefined) ?? []) out += this.xml(t.of, x);
-        return out + '</data></array></value>';
-      }
-      case 'map': {
-        let out = '<value><struct>';
-        const m = (v as Record<string, unknown> | undefined) ?? {};
-        for (const k of Object.keys(m)) out += '<member><name>' + escapeXml(k) + '</name>' + this.xml(t.val, m[k]) + '</member>';
-        return out + '</struct></value>';
-      }
-      case 'option':
-        return v === undefined ? '<value><nil/></value>' : this.xml(t.of, v);
-      case 'void':
-        return '<value></value>';
-      case 'record':
-        if (Marshal.passthrough(t)) return xmlRpcValue(v as Rpc);
-        return this.recordXml(t.cls, v as Record<string, unknown>);
-      default:
-        return xmlRpcValue(v as Rpc);
-    }
-  }
-
-  private recordXml(cls: string, row: Record<string, unknown>): string {
-    let out = '<value><struct>';
-    for (const f of this.schema.cls(cls).fields) {
-      if (f.internal) continue;
-      const value = row[f.name];
-      if (f.type.k === 'option' && value === undefined) continue;
-      out += '<member><name>' + f.name + '</name>' + this.xml(f.type, value) + '</member>';
-    }
-    return out + '</struct></value>';
+    return this.writer(t, 'xml')(v);
   }
 
   /** A value straight to JSON text, as jsonRpcValue(toRpc(t, v)) would give. */
   json(t: Type, v: unknown): string {
+    return this.writer(t, 'json')(v);
+  }
+
+  private readonly writers = { xml: new WeakMap<Type, Writer>(), json: new WeakMap<Type, Writer>() };
+
+  private writer(t: Type, wire: Wire): Writer {
+    let w = this.writers[wire].get(t);
+    if (!w) {
+      w = wire === 'xml' ? this.compileXml(t) : this.compileJson(t);
+      this.writers[wire].set(t, w);
+    }
+    return w;
+  }
+
+  private compileXml(t: Type): Writer {
     switch (t.k) {
       case 'string':
       case 'ref':
       case 'enum':
-      case 'datetime':
-        return jsonString(v === undefined || v === null ? (t.k === 'datetime' ? EPOCH : '') : String(v));
+        return (v) => '<value>' + (v === undefined || v === null ? '' : escapeXml(String(v))) + '</value>';
       case 'int':
-        return intText(v);
+        return (v) => '<value>' + intText(v) + '</value>';
       case 'float':
-        return jsonFloat(Number(v ?? 0));
+        return (v) => '<value><double>' + formatG(Number(v ?? 0), 16) + '</double></value>';
       case 'bool':
-        return v === true ? 'true' : 'false';
+        return (v) => (v === true ? '<value><boolean>1</boolean></value>' : '<value><boolean>0</boolean></value>');
+      case 'datetime':
+        return (v) => '<value><dateTime.iso8601>' + escapeXml(String(v ?? EPOCH)) + '</dateTime.iso8601></value>';
+      case 'void':
+        return () => '<value></value>';
       case 'set': {
-        const xs = (v as unknown[] | undefined) ?? [];
-        let out = '[';
-        for (let i = 0; i < xs.length; i++) out += (i ? ',' : '') + this.json(t.of, xs[i]);
-        return out + ']';
+        const elem = this.lazy(t.of, 'xml');
+        return (v) => {
+          let out = '<value><array><data>';
+          for (const x of (v as unknown[] | undefined) ?? []) out += elem()(x);
+          return out + '</data></array></value>';
+        };
       }
       case 'map': {
-        const m = (v as Record<string, unknown> | undefined) ?? {};
-        let out = '{';
-        let first = true;
-        for (const k of Object.keys(m)) {
-          out += (first ? '' : ',') + jsonString(k) + ':' + this.json(t.val, m[k]);
-          first = false;
-        }
-        return out + '}';
+        const val = this.lazy(t.val, 'xml');
+        return (v) => {
+          const m = (v as Record<string, unknown> | undefined) ?? {};
+          let out = '<value><struct>';
+          for (const k of Object.keys(m)) out += '<member><name>' + escapeXml(k) + '</name>' + val()(m[k]) + '</member>';
+          return out + '</struct></value>';
+        };
       }
-      case 'option':
-        return v === undefined ? 'null' : this.json(t.of, v);
-      case 'void':
-        return '""';
-      case 'record':
-        if (Marshal.passthrough(t)) return jsonRpcValue(v as Rpc);
-        return this.recordJson(t.cls, v as Record<string, unknown>);
+      case 'option': {
+        const inner = this.lazy(t.of, 'xml');
+        return (v) => (v === undefined ? '<value><nil/></value>' : inner()(v));
+      }
+      case 'record': {
+        if (t.cls === 'event') return (v) => xmlRpcValue(v as Rpc);
+        const fields = this.wireFields(t.cls, 'xml', (name) => '<member><name>' + name + '</name>');
+        return (v) => {
+          const row = v as Record<string, unknown>;
+          let out = '<value><struct>';
+          for (const f of fields) {
+            const x = row[f.name];
+            if (f.optional && x === undefined) continue;
+            out += f.prefix + f.write()(x) + '</member>';
+          }
+          return out + '</struct></value>';
+        };
+      }
       default:
-        return jsonRpcValue(v as Rpc);
+        return (v) => xmlRpcValue(v as Rpc);
     }
   }
 
-  private recordJson(cls: string, row: Record<string, unknown>): string {
-    let out = '{';
-    let first = true;
-    for (const f of this.schema.cls(cls).fields) {
-      if (f.internal) continue;
-      const value = row[f.name];
-      if (f.type.k === 'option' && value === undefined) continue;
-      out += (first ? '"' : ',"') + f.name + '":' + this.json(f.type, value);
-      first = false;
+  private compileJson(t: Type): Writer {
+    switch (t.k) {
+      case 'string':
+      case 'ref':
+      case 'enum':
+        return (v) => jsonString(v === undefined || v === null ? '' : String(v));
+      case 'datetime':
+        return (v) => jsonString(v === undefined || v === null ? EPOCH : String(v));
+      case 'int':
+        return intText;
+      case 'float':
+        return (v) => jsonFloat(Number(v ?? 0));
+      case 'bool':
+        return (v) => (v === true ? 'true' : 'false');
+      case 'void':
+        return () => '""';
+      case 'set': {
+        const elem = this.lazy(t.of, 'json');
+        return (v) => {
+          const xs = (v as unknown[] | undefined) ?? [];
+          let out = '[';
+          for (let i = 0; i < xs.length; i++) out += (i ? ',' : '') + elem()(xs[i]);
+          return out + ']';
+        };
+      }
+      case 'map': {
+        const val = this.lazy(t.val, 'json');
+        return (v) => {
+          const m = (v as Record<string, unknown> | undefined) ?? {};
+          let out = '{';
+          let first = true;
+          for (const k of Object.keys(m)) {
+            out += (first ? '' : ',') + jsonString(k) + ':' + val()(m[k]);
+            first = false;
+          }
+          return out + '}';
+        };
+      }
+      case 'option': {
+        const inner = this.lazy(t.of, 'json');
+        return (v) => (v === undefined ? 'null' : inner()(v));
+      }
+      case 'record': {
+        if (t.cls === 'event') return (v) => jsonRpcValue(v as Rpc);
+        const fields = this.wireFields(t.cls, 'json', (name) => jsonString(name) + ':');
+        return (v) => {
+          const row = v as Record<string, unknown>;
+          let out = '{';
+          let first = true;
+          for (const f of fields) {
+            const x = row[f.name];
+            if (f.optional && x === undefined) continue;
+            out += (first ? '' : ',') + f.prefix + f.write()(x);
+            first = false;
+          }
+          return out + '}';
+        };
+      }
+      default:
+        return (v) => jsonRpcValue(v as Rpc);
     }
-    return out + '}';
+  }
+
+  /** Writers are looked up on first use: records refer to each other only through refs, but
+   * compiling lazily keeps any recursion out of compile time. */
+  private lazy(t: Type, wire: Wire): () => Writer {
+    let w: Writer | undefined;
+    return () => (w ??= this.writer(t, wire));
+  }
+
+  private wireFields(cls: string, wire: Wire, prefix: (name: string) => string) {
+    return this.schema
+      .cls(cls)
+      .fields.filter((f) => !f.internal)
+      .map((f) => ({ name: f.name, optional: f.type.k === 'option', prefix: prefix(f.name), write: this.lazy(f.type, wire) }));
   }
 
   recordToRpc(clsName: string, row: Record<string, unknown>): RpcStruct {
@@ -256,6 +302,9 @@ export class Marshal {
     return out;
   }
 }
+
+type Wire = 'xml' | 'json';
+type Writer = (v: unknown) => string;
 
 /** An int64 as decimal text (values are JS numbers; a bigint or a numeric string is kept exact). */
 function intText(v: unknown): string {

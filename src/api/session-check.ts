@@ -4,10 +4,22 @@
 import { XapiError } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import type { Rpc } from './rpc.js';
+import type { Row } from '../db/interface.js';
 import { typeError } from './marshal.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 
 export const THRESHOLD_LAST_ACTIVE_S = 600;
+
+// Rows are immutable, so a row's parsed last_active can be remembered with the row.
+const lastActiveMs = new WeakMap<Row, number>();
+function lastActive(row: Row): number {
+  let ms = lastActiveMs.get(row);
+  if (ms === undefined) {
+    ms = parseDateTime(row.last_active as string)?.getTime() ?? 0;
+    lastActiveMs.set(row, ms);
+  }
+  return ms;
+}
 
 export async function checkSession(host: HostContext, param: Rpc): Promise<SessionInfo> {
   // The session is a ref parameter like any other: it must unmarshal as a string first.
@@ -19,7 +31,7 @@ export async function checkSession(host: HostContext, param: Rpc): Promise<Sessi
     if (local) return { ref, row: local };
     throw new XapiError('SESSION_INVALID', [ref]);
   }
-  const last = parseDateTime(row.last_active as string)?.getTime() ?? 0;
+  const last = lastActive(row);
   const now = host.now();
   if (now - last > THRESHOLD_LAST_ACTIVE_S * 1000) {
     await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) });

@@ -1,7 +1,6 @@
 // The RPC endpoints: XML-RPC on POST / (and so /xmlrpc, by longest prefix), /RPC2 and the legacy
 // /json, JSON-RPC on POST /jsonrpc. They only decode, hand the call to the dispatcher and encode
 // the outcome; a body that is not a call is a transport error (HTTP 500), as in xapi.
-import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Dispatcher, Outcome } from '../api/dispatch.js';
@@ -13,10 +12,6 @@ import { RPC_BODY_LIMIT, sendHttpError } from './server.js';
 import type { Handler } from './handlers.js';
 
 const CORS = { 'access-control-allow-origin': '*', 'access-control-allow-headers': 'X-Requested-With' };
-
-/** A short, non-secret tag for a session in logs (the ref itself is a credential). */
-const trackId = (ref: unknown) =>
-  typeof ref === 'string' && ref.startsWith('OpaqueRef:') ? createHash('sha256').update(ref).digest('hex').slice(0, 12) : undefined;
 
 async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
   let body: Buffer;
@@ -51,7 +46,7 @@ async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: str
     {
       wire,
       method: call.method,
-      session: trackId(call.params[0]),
+      session: outcome.session,
       task: outcome.task,
       ok: outcome.ok,
       error: outcome.ok ? undefined : outcome.error[0],
