@@ -19,7 +19,7 @@ import * as message from '../xapi/message.js';
 import * as role from '../xapi/role.js';
 import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
-import { writeFileAtomic } from './files.js';
+import { writeFileAtomic } from '../util/files.js';
 import { syncDatabase } from './dbsync.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';

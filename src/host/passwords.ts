@@ -3,7 +3,7 @@
 import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from './files.js';
+import { writeFileAtomic } from '../util/files.js';
 
 const scrypt = (pwd: string, salt: Buffer, len: number, opts: ScryptOptions) =>
   new Promise<Buffer>((resolve, reject) => scryptCb(pwd, salt, len, opts, (e, k) => (e ? reject(e) : resolve(k))));

@@ -4,7 +4,8 @@
 // on first start and reused afterwards: clients pin it (XenCenter, XO, pool members' thumbprints).
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../util/files.js';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 
@@ -38,7 +39,7 @@ export async function loadOrCreateCertificate(stateDir: string, hostname: string
   });
   // Same layout as gencert: key, blank line, certificate.
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  await writeAtomically(path, `${pems.private.trim()}\n\n${pems.cert.trim()}\n`);
+  await writeFileAtomic(path, `${pems.private.trim()}\n\n${pems.cert.trim()}\n`, 0o600);
   return { key: pems.private, cert: pems.cert };
 }
 
@@ -62,26 +63,3 @@ function parsePem(text: string, path: string): { key: string; cert: string } {
   return { key: `${key}\n`, cert: `${cert}\n` };
 }
 
-/** tmp file in the same directory + fsync + rename + fsync of the directory: after a crash the
- * file is either absent (and regenerated) or complete, never a torn key. */
-async function writeAtomically(path: string, data: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await rm(tmp, { force: true }); // a leftover from a crash could have other permissions
-  const fh = await open(tmp, 'wx', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } catch (e) {
-    await fh.close();
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await fh.close();
-  await rename(tmp, path);
-  const dir = await open(join(path, '..'), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
