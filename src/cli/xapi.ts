@@ -10,7 +10,8 @@ import { StoreFormatError } from '../db/store.js';
 
 const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] [--state-dir D]
                   [--backend simulator] [--root-password-file F]
-                  [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1] [--log-level L]
+                  [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
+                  [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
 root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start`;
 
@@ -24,6 +25,13 @@ function positive(text: string | undefined, flag: string): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
   if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} takes a positive whole number, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+function nonNegative(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`${flag} takes a whole number of milliseconds, not ${JSON.stringify(text)}`);
   return n;
 }
 
@@ -42,6 +50,8 @@ async function serve(argv: string[]): Promise<void> {
       'sim-cpus': { type: 'string' },
       'sim-memory-mib': { type: 'string' },
       'sim-nics': { type: 'string' },
+      'sim-boot-ms': { type: 'string' },
+      'sim-shutdown-ms': { type: 'string' },
       'log-level': { type: 'string', default: 'info' },
     },
     strict: true,
@@ -64,6 +74,10 @@ async function serve(argv: string[]): Promise<void> {
         cpus: positive(values['sim-cpus'], '--sim-cpus'),
         memoryMiB: positive(values['sim-memory-mib'], '--sim-memory-mib'),
         nics: values['sim-nics']?.split(',').filter(Boolean),
+      },
+      simTiming: {
+        bootTimeMs: nonNegative(values['sim-boot-ms'], '--sim-boot-ms'),
+        shutdownTimeMs: nonNegative(values['sim-shutdown-ms'], '--sim-shutdown-ms'),
       },
     });
   } catch (e) {

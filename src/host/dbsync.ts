@@ -9,8 +9,9 @@ import type { Schema } from '../schema/schema.js';
 import { newRef } from '../api/implicit.js';
 import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
-import type { Machine } from '../xenopsd/machine.js';
+import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { SM_DRIVERS } from '../storage/sm-types.js';
+import { defaultTemplates } from './templates.js';
 
 export const PRODUCT_VERSION = '8.4.0';
 export const XAPI_VERSION = '25.0.0';
@@ -48,6 +49,7 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
   } else {
     hostRef = pool[1].master as string;
   }
+  await ensureDefaultTemplates(db);
   // Every start: the software running now.
   await db.update('host', hostRef, {
     API_version_major: schema.apiVersion.major,
@@ -58,6 +60,16 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
   });
   await db.commit();
   return { hostRef, poolRef: pool[0] };
+}
+
+/** Default templates missing from the database are (re)created, so an upgrade brings new ones. */
+async function ensureDefaultTemplates(db: Db): Promise<void> {
+  for (const t of defaultTemplates()) {
+    if (await db.refByUuid('VM', t.uuid)) continue;
+    const metrics = newRef();
+    await db.create('VM_metrics', metrics, { uuid: randomUUID(), other_config: {} });
+    await db.create('VM', newRef(), { ...t.fields, uuid: t.uuid, metrics, power_state: 'Halted', domid: -1 });
+  }
 }
 
 /** The values xapi's create_pool_record gives a new pool (facts in the schema), less placeholders. */
@@ -105,7 +117,7 @@ async function createLocalhost(db: Db, schema: Schema, id: HostIdentity, now: st
   const hostRef = newRef();
   const metricsRef = newRef();
   const dom0Ref = newRef();
-  const dom0Memory = Math.min(4096 * 1024 * 1024, Math.floor(m.memoryBytes / 8));
+  const dom0Memory = dom0MemoryBytes(m);
   await db.create('host_metrics', metricsRef, {
     uuid: randomUUID(),
     memory_total: m.memoryBytes,

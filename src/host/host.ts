@@ -17,6 +17,13 @@ import * as task from '../xapi/task.js';
 import * as event from '../xapi/event.js';
 import * as message from '../xapi/message.js';
 import * as role from '../xapi/role.js';
+import * as vm from '../xapi/vm.js';
+import * as memory from '../xapi/memory.js';
+import * as vbd from '../xapi/vbd.js';
+import * as vif from '../xapi/vif.js';
+import { XenopsSync } from '../xapi/xenops-sync.js';
+import type { DomainManager } from '../xenopsd/interface.js';
+import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from '../util/files.js';
@@ -38,6 +45,8 @@ export interface HostOptions {
   /** Sets root's password at start (from XAPI_ROOT_PASSWORD or --root-password-file). */
   rootPassword?: string;
   sim?: { cpus?: number; memoryMiB?: number; nics?: string[] };
+  /** Simulated boot and shutdown times (ms). */
+  simTiming?: { bootTimeMs?: number; shutdownTimeMs?: number };
   logLevel?: string;
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
@@ -64,16 +73,26 @@ async function loadOrCreatePoolSecret(stateDir: string): Promise<string> {
 }
 
 /** The API of a host: every class's implementations registered behind one dispatcher. */
-export function buildApi(host: HostContext, db: LocalDb, setPassword: session.SetPassword): { registry: Registry; dispatcher: Dispatcher } {
+export function buildApi(
+  host: HostContext,
+  db: LocalDb,
+  setPassword: session.SetPassword,
+  domains: DomainManager,
+): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync } {
   const registry = new Registry();
   const events = new EventService(host, db);
+  const xenops = new XenopsSync(host, domains);
   session.register(registry, setPassword);
   event.register(registry, events);
   message.register(registry);
   role.register(registry);
+  vm.register(registry, new vm.VmService(xenops), host.schema);
+  memory.register(registry, xenops);
+  vbd.register(registry, xenops, host.schema);
+  vif.register(registry, xenops, host.schema);
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
-  return { registry, dispatcher };
+  return { registry, dispatcher, xenops };
 }
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
@@ -121,8 +140,12 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     authFailureDelayMs: session.AUTH_FAILURE_DELAY_MS,
   };
 
-  const { dispatcher } = buildApi(host, db, (user, password) => passwords.set(user, password));
+  const domains = new SimulatorBackend({ machine, stateDir: opts.stateDir, ...opts.simTiming });
+  const { dispatcher, xenops } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
   await dispatcher.tasks.cancelLeftovers();
+  // The domain manager is the truth about what runs: reconcile before serving.
+  await xenops.resync();
+  xenops.start();
   await db.commit();
 
   const gcTimer = setInterval(() => {
@@ -157,6 +180,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     });
   } catch (e) {
     clearInterval(gcTimer);
+    await xenops.stop();
     db.close();
     throw e;
   }
@@ -170,6 +194,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     async close() {
       clearInterval(gcTimer);
       await servers.close();
+      await xenops.stop();
       await db.commit().catch(() => undefined);
       db.close();
       log.flush();

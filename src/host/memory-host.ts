@@ -1,6 +1,11 @@
 // A host with its database in memory only and no HTTP: the same API as a real host, for unit
 // tests, benchmarks of the core and the coverage tool. Nothing here is durable.
+import { rmSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino } from 'pino';
+import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { schema as loadSchema, type Schema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
 import { Marshal } from '../api/marshal.js';
@@ -10,8 +15,20 @@ import { buildApi } from './host.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 
 export async function memoryHost(
-  opts: { rootPassword?: string; now?: () => number; schema?: Schema; logLimit?: number } = {},
+  opts: {
+    rootPassword?: string;
+    now?: () => number;
+    schema?: Schema;
+    logLimit?: number;
+    stateDir?: string;
+    bootTimeMs?: number;
+    shutdownTimeMs?: number;
+  } = {},
 ) {
+  // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
+  // goes when the process exits.
+  const stateDir = opts.stateDir ?? (await mkdtemp(join(tmpdir(), 'xapi-memhost-')));
+  if (!opts.stateDir) process.once('exit', () => rmSync(stateDir, { recursive: true, force: true }));
   const schema = opts.schema ?? loadSchema();
   const db = new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
@@ -22,7 +39,7 @@ export async function memoryHost(
     db,
     marshal: new Marshal(schema),
     log: pino({ level: 'silent' }),
-    config: { stateDir: '', address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },
+    config: { stateDir, address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },
     hostRef,
     poolRef,
     verifyLocalPassword: async (user, password) => user === 'root' && password === rootPassword,
@@ -31,8 +48,19 @@ export async function memoryHost(
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,
   };
-  const { registry, dispatcher } = buildApi(host, db, async (_user, password) => {
-    rootPassword = password;
-  });
-  return { host, db, registry, dispatcher };
+  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0 });
+  const { registry, dispatcher, xenops } = buildApi(
+    host,
+    db,
+    async (_user, password) => {
+      rootPassword = password;
+    },
+    domains,
+  );
+  // Callers that run VMs start the update loop (xenops.start()) and close() at the end.
+  const close = async () => {
+    await xenops.stop();
+    if (!opts.stateDir) await rm(stateDir, { recursive: true, force: true });
+  };
+  return { host, db, registry, dispatcher, xenops, domains, close };
 }

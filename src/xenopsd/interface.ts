@@ -68,6 +68,8 @@ export interface VmState {
   /** Present once the guest agent has reported. */
   guestAgent?: GuestAgent;
   consoles: { protocol: 'rfb' | 'vt100'; port: number }[];
+  /** Why the last domain went away, so xapi can apply actions_after_shutdown/reboot/crash. */
+  lastShutdownReason?: 'halt' | 'reboot' | 'crash' | 'suspend';
 }
 
 export interface DeviceState {

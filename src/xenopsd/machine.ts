@@ -58,3 +58,8 @@ export function simulatedMachine(o: SimulatedMachineOptions): Machine {
     nics: (o.nics ?? ['eth0', 'eth1']).map((device) => ({ device, mac: macFor(o.seed, device), mtu: 1500, speedMbit: 10000 })),
   };
 }
+
+/** Memory the control domain keeps for itself: an eighth of the host, at most 4 GiB. */
+export function dom0MemoryBytes(m: Machine): number {
+  return Math.min(4096 * 1024 * 1024, Math.floor(m.memoryBytes / 8));
+}

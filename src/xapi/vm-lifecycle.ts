@@ -1,0 +1,166 @@
+// Which VM operations are allowed when (xapi's xapi_vm_lifecycle.ml): the power states each
+// operation needs, the checks in xapi's order, which operations may run together, and the
+// protocol every operation follows: check and mark current_operations atomically, run, unmark,
+// recompute allowed_operations.
+import { XapiError } from '../api/errors.js';
+import type { Call } from '../api/context.js';
+import type { Db, Row } from '../db/interface.js';
+import { Mutex } from '../util/mutex.js';
+
+type PS = 'Halted' | 'Paused' | 'Running' | 'Suspended';
+const ALL: PS[] = ['Halted', 'Paused', 'Running', 'Suspended'];
+
+/** allowed_power_states, per operation. */
+const POWER_STATES: Record<string, PS[]> = {
+  start: ['Halted'],
+  start_on: ['Halted'],
+  clean_shutdown: ['Running'],
+  hard_shutdown: ['Paused', 'Suspended', 'Running'],
+  shutdown: ['Paused', 'Suspended', 'Running'],
+  clean_reboot: ['Running'],
+  hard_reboot: ['Paused', 'Running'],
+  pause: ['Running'],
+  unpause: ['Paused'],
+  suspend: ['Running'],
+  resume: ['Suspended'],
+  resume_on: ['Suspended'],
+  clone: ['Halted'],
+  copy: ['Halted'],
+  provision: ['Halted'],
+  destroy: ['Halted', 'Suspended'],
+  pool_migrate: ['Running'],
+  migrate_send: ['Halted', 'Suspended', 'Running'],
+  checkpoint: ['Paused', 'Suspended', 'Running'],
+  changing_VCPUs: ['Halted'],
+  changing_static_range: ['Halted'],
+  changing_memory_limits: ['Halted'],
+  changing_dynamic_range: ['Halted', 'Running'],
+  changing_shadow_memory: ['Halted'],
+  changing_NVRAM: ['Halted'],
+  make_into_template: ['Halted'],
+  create_vtpm: ['Halted'],
+  export: ['Halted', 'Suspended'],
+  create_template: ['Halted', 'Suspended'],
+  changing_memory_live: ['Running'],
+  changing_VCPUs_live: ['Running'],
+  changing_shadow_memory_live: ['Running'],
+  send_sysrq: ['Running'],
+  send_trigger: ['Running'],
+  call_plugin: ['Running'],
+  data_source_op: ['Running'],
+  get_boot_record: ['Paused', 'Suspended', 'Running'],
+  import: [],
+};
+
+/** Never listed in allowed_operations (xapi's ignored set). */
+const IGNORED = new Set([
+  'create_template', 'power_state_reset', 'csvm', 'get_boot_record', 'send_sysrq', 'send_trigger', 'query_services',
+  'shutdown', 'call_plugin', 'changing_memory_live', 'awaiting_memory_live', 'changing_memory_limits',
+  'changing_shadow_memory_live', 'changing_VCPUs', 'assert_operation_valid', 'data_source_op',
+  'update_allowed_operations', 'import', 'reverting',
+]);
+
+const TEMPLATE_OK = new Set([
+  'changing_dynamic_range', 'changing_static_range', 'changing_memory_limits', 'changing_shadow_memory',
+  'changing_VCPUs', 'changing_NVRAM', 'clone', 'copy', 'export', 'metadata_export', 'provision',
+]);
+const SNAPSHOT_OK = new Set(['revert', 'clone', 'copy', 'export', 'destroy', 'hard_shutdown', 'metadata_export']);
+const CONTROL_DOMAIN_OK = new Set([
+  'data_source_op', 'changing_memory_live', 'awaiting_memory_live', 'metadata_export', 'changing_dynamic_range',
+  'changing_memory_limits', 'changing_static_range', 'start', 'start_on', 'changing_VCPUs', 'destroy',
+]);
+
+const sameGroup = (ops: string[], group: string[]) => ops.every((o) => group.includes(o));
+
+/** is_allowed_concurrently: may `op` run while `current` are running? */
+function allowedConcurrently(op: string, current: string[]): boolean {
+  const all = [op, ...current];
+  if (sameGroup(all, ['clone', 'copy', 'export']) || sameGroup(all, ['snapshot', 'checkpoint']) || sameGroup(all, ['get_boot_record'])) {
+    return true;
+  }
+  if (op === 'hard_shutdown') return !current.includes('hard_shutdown');
+  if (op === 'hard_reboot') return !current.includes('hard_shutdown') && !current.includes('hard_reboot');
+  if (current.length === 1 && current[0] === 'migrate_send') return ['metadata_export', 'clean_shutdown', 'clean_reboot'].includes(op);
+  return false;
+}
+
+export const isDefaultTemplate = (vm: Row) =>
+  vm.is_default_template === true || (vm.other_config as Record<string, string>)?.default_template === 'true';
+
+/** check_operation_error: the first reason `op` may not run on `vm` now, or undefined. */
+export function operationError(ref: string, vm: Row, op: string, strict = true): XapiError | undefined {
+  const blocked = vm.blocked_operations as Record<string, string>;
+  if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]]);
+  const power = vm.power_state as PS;
+  const allowed = POWER_STATES[op] ?? ALL;
+  if (!allowed.includes(power)) {
+    return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()]);
+  }
+  const current = vm.current_operations as Record<string, string>;
+  const tasks = Object.keys(current);
+  if (tasks.length > 0 && !allowedConcurrently(op, Object.values(current))) {
+    const [task] = tasks.length === 1 ? tasks : [`{${tasks.join(',')}}`];
+    const ops = tasks.length === 1 ? current[tasks[0]!]! : `{${Object.values(current).join(',')}}`;
+    return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VM', ref, ops, task]);
+  }
+  const template = vm.is_a_template === true && vm.is_a_snapshot !== true;
+  if (template && !TEMPLATE_OK.has(op)) {
+    if (!((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) return new XapiError('VM_IS_TEMPLATE', [ref, op]);
+  }
+  if (vm.is_a_snapshot === true && !SNAPSHOT_OK.has(op)) return new XapiError('VM_IS_SNAPSHOT', [ref, op]);
+  if (op === 'provision' && !template) return new XapiError('ONLY_PROVISION_TEMPLATE', []);
+  if (op === 'revert' && vm.is_a_snapshot !== true) return new XapiError('ONLY_REVERT_SNAPSHOT', []);
+  if (vm.is_control_domain === true) {
+    if (vm.domid === 0 && (op === 'changing_VCPUs' || op === 'destroy')) {
+      return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on dom0']);
+    }
+    if (!CONTROL_DOMAIN_OK.has(op)) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on a control domain']);
+  }
+  if (strict && (op === 'suspend' || op === 'checkpoint' || op === 'pool_migrate' || op === 'migrate_send')) {
+    const platform = vm.platform as Record<string, string>;
+    if (platform.nomigrate === 'true' || platform['nested-virt'] === 'true') return new XapiError('VM_IS_IMMOBILE', [ref]);
+  }
+  return undefined;
+}
+
+export function allowedOperations(ref: string, vm: Row, ops: string[]): string[] {
+  return ops.filter((op) => !IGNORED.has(op) && operationError(ref, vm, op) === undefined);
+}
+
+/** The global lock under which an operation is checked and marked (xapi's with_global_lock). */
+const lock = new Mutex();
+
+export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
+  const vm = await db.tryGet('VM', ref);
+  if (!vm) return;
+  const ops = allowedOperations(ref, vm, db.schema.enums.vm_operations ?? []);
+  const old = vm.allowed_operations as string[];
+  if (old.length !== ops.length || old.some((o, i) => o !== ops[i])) await db.update('VM', ref, { allowed_operations: ops });
+}
+
+/**
+ * with_vm_operation: check `op` and add it to current_operations under the lock, run `fn`
+ * outside it, then remove it and recompute allowed_operations, whatever happened.
+ */
+export async function withVmOperation<T>(call: Call, ref: string, op: string, fn: () => Promise<T>, strict = true): Promise<T> {
+  const db = call.db;
+  const key = call.task;
+  await lock.run(async () => {
+    const vm = await db.get('VM', ref);
+    const err = operationError(ref, vm, op, strict);
+    if (err) throw err;
+    await db.update('VM', ref, { current_operations: { ...(vm.current_operations as object), [key]: op } });
+    await updateAllowedOperations(db, ref);
+  });
+  try {
+    return await fn();
+  } finally {
+    const vm = await db.tryGet('VM', ref);
+    if (vm) {
+      const current = { ...(vm.current_operations as Record<string, string>) };
+      delete current[key];
+      await db.update('VM', ref, { current_operations: current });
+      await updateAllowedOperations(db, ref);
+    }
+  }
+}

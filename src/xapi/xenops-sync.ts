@@ -1,0 +1,277 @@
+// Keeps the database in step with the domain manager (xapi's xapi_xenops.ml): builds the
+// configuration xapi pushes for a VM, turns backend state into VM, VM_metrics, VM_guest_metrics,
+// VBD/VIF and console records, follows the backend's updates, and resynchronises after an xapi
+// restart. xapi never assumes an operation worked: after every operation, and on every update,
+// it re-reads the backend's state and writes what it finds.
+import { randomUUID } from 'node:crypto';
+import type { HostContext } from '../api/context.js';
+import { XapiError } from '../api/errors.js';
+import { newRef } from '../api/implicit.js';
+import type { Row } from '../db/interface.js';
+import { NULL_REF, formatDateTime } from '../schema/types.js';
+import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
+import { updateAllowedOperations } from './vm-lifecycle.js';
+
+/** xapi's transform_xenops_exn: backend errors as XenAPI errors. */
+export function xenopsError(vmRef: string, e: unknown): unknown {
+  if (!(e instanceof DomainError)) return e;
+  switch (e.kind) {
+    case 'Cannot_free_this_much_memory':
+      return new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', e.args);
+    case 'Failed_to_shutdown':
+      return new XapiError('VM_SHUTDOWN_TIMEOUT', [vmRef, e.args[1] ?? e.args[0] ?? '']);
+    case 'Failed_to_acknowledge_shutdown_request':
+      return new XapiError('VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT', [vmRef]);
+    case 'Bad_power_state':
+      return new XapiError('VM_BAD_POWER_STATE', [vmRef, (e.args[1] ?? '').toLowerCase(), (e.args[0] ?? '').toLowerCase()]);
+    case 'Cancelled':
+      return new XapiError('TASK_CANCELLED', e.args);
+    default:
+      return new XapiError('INTERNAL_ERROR', [e.message]);
+  }
+}
+
+export class XenopsSync {
+  private token = '';
+  private stopped = false;
+  private loop?: Promise<void>;
+
+  constructor(
+    private readonly host: HostContext,
+    readonly backend: DomainManager,
+  ) {}
+
+  /** The configuration pushed to the backend before a start (xapi's Xenopsd_metadata.push). */
+  async config(vmRef: string): Promise<VmConfig> {
+    const db = this.host.db;
+    const vm = await db.get('VM', vmRef);
+    const vbds = [];
+    for (const ref of vm.VBDs as string[]) {
+      const vbd = await db.get('VBD', ref);
+      const vdi = vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI as string);
+      vbds.push({
+        id: vbd.uuid as string,
+        position: vbd.userdevice === 'autodetect' ? undefined : (vbd.userdevice as string),
+        mode: vbd.mode as 'RO' | 'RW',
+        type: vbd.type as 'Disk' | 'CD' | 'Floppy',
+        backend: vbd.empty === true || !vdi ? undefined : String(vdi.location ?? ''),
+        unpluggable: vbd.unpluggable === true,
+      });
+    }
+    const vifs = [];
+    for (const ref of vm.VIFs as string[]) {
+      const vif = await db.get('VIF', ref);
+      const net = await db.get('network', vif.network as string);
+      vifs.push({ id: vif.uuid as string, position: Number(vif.device), mac: vif.MAC as string, mtu: vif.MTU as number, bridge: net.bridge as string });
+    }
+    return {
+      id: vm.uuid as string,
+      name: vm.name_label as string,
+      domainType: (vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type) as VmConfig['domainType'],
+      memoryStaticMax: vm.memory_static_max as number,
+      memoryDynamicMax: vm.memory_dynamic_max as number,
+      memoryDynamicMin: vm.memory_dynamic_min as number,
+      vcpuMax: vm.VCPUs_max as number,
+      vcpus: vm.VCPUs_at_startup as number,
+      suspendImage: await this.suspendImagePath(vm),
+      platform: vm.platform as Record<string, string>,
+      vbds,
+      vifs,
+    };
+  }
+
+  /** Where a VM's memory image lives while it is suspended (a file under the state directory). */
+  async suspendImagePath(vm: Row): Promise<string> {
+    return `${this.host.config.stateDir}/suspend/${vm.uuid as string}.img`;
+  }
+
+  async stat(vm: Row): Promise<VmState | undefined> {
+    try {
+      return await this.backend.stat(vm.uuid as string);
+    } catch (e) {
+      if (e instanceof DomainError && e.kind === 'Does_not_exist') return undefined;
+      throw e;
+    }
+  }
+
+  /** update_vm: write what the backend says about one VM into the database. */
+  async refresh(vmRef: string): Promise<void> {
+    const db = this.host.db;
+    const vm = await db.tryGet('VM', vmRef);
+    if (!vm || vm.is_control_domain === true) return;
+    const state = await this.stat(vm);
+    const now = formatDateTime(new Date(this.host.now()));
+    const power = state?.powerState ?? (vm.power_state === 'Suspended' ? 'Suspended' : 'Halted');
+    const live = power === 'Running' || power === 'Paused';
+    const changes: Record<string, unknown> = {
+      power_state: power,
+      domid: live && state ? state.domid : -1,
+      resident_on: live ? this.host.hostRef : NULL_REF,
+      scheduled_to_be_resident_on: NULL_REF,
+    };
+    if (state && live) changes.memory_target = state.memoryTarget;
+    if (!live) {
+      // force_state_reset: nothing is attached to a VM that is not running
+      for (const ref of vm.VBDs as string[]) await db.update('VBD', ref, { currently_attached: false, reserved: false });
+      for (const ref of vm.VIFs as string[]) await db.update('VIF', ref, { currently_attached: false, reserved: false });
+      if (power === 'Halted') changes.requires_reboot = false;
+    }
+    await db.update('VM', vmRef, changes);
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics as string))) {
+      await db.update('VM_metrics', vm.metrics as string, {
+        memory_actual: live && state ? state.memoryActual : 0,
+        VCPUs_number: live && state ? state.vcpus : 0,
+        current_domain_type: live && state ? state.domainType : 'unspecified',
+        hvm: live && state ? state.domainType === 'hvm' : false,
+        start_time: state && state.lastStartTime ? formatDateTime(new Date(state.lastStartTime)) : (vm.power_state === 'Halted' ? '19700101T00:00:00Z' : undefined) ?? '19700101T00:00:00Z',
+        last_updated: now,
+        state: [],
+      });
+    }
+    if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
+    if (live) await this.syncDevices(vmRef, vm);
+    await this.syncConsoles(vmRef, live ? state?.consoles ?? [] : []);
+    await updateAllowedOperations(db, vmRef);
+  }
+
+  private async updateGuestMetrics(vmRef: string, vm: Row, state: VmState, now: string): Promise<void> {
+    const db = this.host.db;
+    const ga = state.guestAgent!;
+    const fields = {
+      os_version: ga.osVersion,
+      PV_drivers_version: ga.pvDriversVersion,
+      PV_drivers_up_to_date: Object.keys(ga.pvDriversVersion).length > 0,
+      PV_drivers_detected: Object.keys(ga.pvDriversVersion).length > 0,
+      networks: ga.networks,
+      other: ga.other,
+      memory: ga.memory,
+      live: true,
+      can_use_hotplug_vbd: 'yes',
+      can_use_hotplug_vif: 'yes',
+      last_updated: now,
+    };
+    const existing = vm.guest_metrics as string;
+    if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
+      await db.update('VM_guest_metrics', existing, fields);
+    } else {
+      const ref = newRef();
+      await db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields });
+      await db.update('VM', vmRef, { guest_metrics: ref });
+    }
+  }
+
+  /** update_vbd / update_vif: currently_attached is what the backend says is plugged. */
+  private async syncDevices(vmRef: string, vm: Row): Promise<void> {
+    const db = this.host.db;
+    for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
+      for (const ref of refs as string[]) {
+        const dev = await db.get(cls, ref);
+        let plugged = false;
+        try {
+          plugged = (await this.backend.deviceState(vm.uuid as string, dev.uuid as string)).plugged;
+        } catch (e) {
+          if (!(e instanceof DomainError)) throw e;
+        }
+        if (dev.currently_attached !== plugged) await db.update(cls, ref, { currently_attached: plugged });
+      }
+    }
+  }
+
+  private async syncConsoles(vmRef: string, consoles: VmState['consoles']): Promise<void> {
+    const db = this.host.db;
+    const vm = await db.get('VM', vmRef);
+    const have = new Map<string, string>();
+    for (const ref of vm.consoles as string[]) {
+      const c = await db.tryGet('console', ref);
+      if (c) have.set(c.protocol as string, ref);
+    }
+    const want = new Set(consoles.map((c) => c.protocol));
+    for (const [protocol, ref] of have) if (!want.has(protocol as 'rfb')) await db.destroy('console', ref);
+    for (const protocol of want) {
+      if (have.has(protocol)) continue;
+      const uuid = randomUUID();
+      await db.create('console', newRef(), {
+        uuid,
+        protocol,
+        location: `https://${this.host.config.address}/console?uuid=${uuid}`,
+        VM: vmRef,
+        other_config: {},
+      });
+    }
+  }
+
+  /**
+   * on_xapi_restart: the backend is the truth about what runs. VMs it runs that the database
+   * does not place here are shut down; VMs the database places here that it does not run are
+   * Halted; half-done operations are forgotten.
+   */
+  async resync(): Promise<void> {
+    const db = this.host.db;
+    const known = new Map((await this.backend.list()).map((s) => [s.id, s]));
+    for (const [ref, vm] of await db.all('VM')) {
+      if (Object.keys(vm.current_operations as object).length > 0) await db.update('VM', ref, { current_operations: {} });
+      if (vm.is_control_domain === true) {
+        await updateAllowedOperations(db, ref);
+        continue;
+      }
+      const state = known.get(vm.uuid as string);
+      known.delete(vm.uuid as string);
+      const here = vm.resident_on === this.host.hostRef || vm.resident_on === NULL_REF;
+      if (state && state.powerState !== 'Halted' && !here) {
+        await this.backend.shutdown(state.id).catch(() => undefined);
+      }
+      await this.refresh(ref);
+    }
+    for (const orphan of known.values()) {
+      if (orphan.powerState !== 'Halted') await this.backend.shutdown(orphan.id).catch(() => undefined);
+      await this.backend.remove(orphan.id).catch(() => undefined);
+    }
+  }
+
+  /** Follows the backend's updates until stop(). */
+  start(): void {
+    this.loop = (async () => {
+      while (!this.stopped) {
+        try {
+          const { updates, token } = await this.backend.updates(this.token, 5_000);
+          this.token = token;
+          const vms = new Set<string>();
+          for (const u of updates) vms.add(u.kind === 'vm' ? u.id : u.vm);
+          for (const uuid of vms) {
+            const ref = await this.host.db.refByUuid('VM', uuid);
+            if (ref) await this.onUpdate(ref);
+          }
+          await this.host.db.commit();
+        } catch (e) {
+          if (this.stopped) return;
+          this.host.log.error({ err: e }, 'xenopsd update loop');
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+    })();
+  }
+
+  /** A change the API did not ask for (guest agent data, a guest-initiated halt or reboot, a crash). */
+  private async onUpdate(ref: string): Promise<void> {
+    const before = await this.host.db.get('VM', ref);
+    await this.refresh(ref);
+    const after = await this.host.db.get('VM', ref);
+    const busy = Object.keys(after.current_operations as object).length > 0;
+    if (busy || before.power_state === after.power_state || after.power_state !== 'Halted') return;
+    const state = await this.stat(after);
+    const reason = state?.lastShutdownReason;
+    const action =
+      reason === 'reboot' ? after.actions_after_reboot : reason === 'crash' ? after.actions_after_crash : after.actions_after_shutdown;
+    if (action === 'restart' || action === 'coredump_and_restart') {
+      await this.backend.add(await this.config(ref));
+      await this.backend.start(after.uuid as string, { paused: false }).catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
+      await this.refresh(ref);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.backend.close();
+    await this.loop;
+  }
+}

@@ -1,0 +1,216 @@
+// VM lifecycle through the API against the simulator backend, in-process: states, errors with
+// xapi's parameters, allowed/current operations, memory checks and device hotplug.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { memoryHost } from '../../src/host/memory-host.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+const struct = (o: Record<string, Rpc>): RpcStruct => Object.assign(newStruct(), o);
+
+async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number } = {}) {
+  const h = await memoryHost({ rootPassword: 'pw', ...opts });
+  h.xenops.start();
+  const call = (method: string, ...params: Rpc[]) => h.dispatcher.dispatch(method, params);
+  const ok = async (method: string, ...params: Rpc[]): Promise<Rpc> => {
+    const o = await call(method, ...params);
+    if (!o.ok) assert.fail(`${method} failed: ${o.error.join(' ')}`);
+    return h.host.marshal.toRpc(o.type, o.value);
+  };
+  const err = async (method: string, ...params: Rpc[]): Promise<string[]> => {
+    const o = await call(method, ...params);
+    if (o.ok) assert.fail(`${method} succeeded`);
+    return o.error;
+  };
+  const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
+  const [network] = (await ok('network.get_by_name_label', s, 'Pool-wide network associated with eth0')) as string[];
+  const makeVm = async (name: string, memory = 1 * GiB, extra: Record<string, Rpc> = {}) => {
+    const vm = (await ok(
+      'VM.create',
+      s,
+      struct({
+        name_label: name,
+        name_description: '',
+        user_version: 1n,
+        is_a_template: false,
+        affinity: 'OpaqueRef:NULL',
+        memory_static_max: BigInt(memory),
+        memory_dynamic_max: BigInt(memory),
+        memory_dynamic_min: BigInt(memory),
+        memory_static_min: BigInt(memory),
+        VCPUs_params: newStruct(),
+        VCPUs_max: 2n,
+        VCPUs_at_startup: 2n,
+        actions_after_shutdown: 'destroy',
+        actions_after_reboot: 'restart',
+        actions_after_crash: 'restart',
+        PV_bootloader: '',
+        PV_kernel: '',
+        PV_ramdisk: '',
+        PV_args: '',
+        PV_bootloader_args: '',
+        PV_legacy_args: '',
+        HVM_boot_policy: 'BIOS order',
+        HVM_boot_params: newStruct(),
+        platform: newStruct(),
+        PCI_bus: '',
+        other_config: newStruct(),
+        recommendations: '',
+        domain_type: 'hvm',
+        ...extra,
+      }),
+    )) as string;
+    await ok('VIF.create', s, struct({ device: '0', network: network!, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }));
+    return vm;
+  };
+  const rec = async (vm: string) => (await ok('VM.get_record', s, vm)) as RpcStruct;
+  return { ...h, call, ok, err, s, makeVm, rec, network: network! };
+}
+
+test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, destroy', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.makeVm('life');
+    let r = await t.rec(vm);
+    assert.equal(r.power_state, 'Halted');
+    assert.ok((r.allowed_operations as string[]).includes('start'));
+    assert.ok(!(r.allowed_operations as string[]).includes('pause'));
+
+    await t.ok('VM.start', t.s, vm, false, false);
+    r = await t.rec(vm);
+    assert.equal(r.power_state, 'Running');
+    assert.equal(r.resident_on, t.host.hostRef);
+    assert.ok(Number(r.domid) > 0);
+    assert.deepEqual(r.current_operations, newStruct());
+    assert.ok((r.allowed_operations as string[]).includes('clean_shutdown'));
+    const metrics = (await t.ok('VM_metrics.get_record', t.s, r.metrics as string)) as RpcStruct;
+    assert.equal(metrics.memory_actual, BigInt(GiB));
+    assert.equal(metrics.VCPUs_number, 2n);
+    const [vif] = r.VIFs as string[];
+    assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif!), true);
+    // the simulated guest agent reports in
+    for (let i = 0; i < 100 && (await t.rec(vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await sleep(10);
+    const gm = (await t.ok('VM_guest_metrics.get_record', t.s, (await t.rec(vm)).guest_metrics as string)) as RpcStruct;
+    assert.ok(Object.keys(gm.os_version as object).length > 0);
+    assert.ok('0/ip' in (gm.networks as object));
+
+    await t.ok('VM.pause', t.s, vm);
+    assert.equal((await t.rec(vm)).power_state, 'Paused');
+    await t.ok('VM.unpause', t.s, vm);
+    assert.equal((await t.rec(vm)).power_state, 'Running');
+
+    await t.ok('VM.suspend', t.s, vm);
+    r = await t.rec(vm);
+    assert.equal(r.power_state, 'Suspended');
+    assert.equal(r.resident_on, 'OpaqueRef:NULL');
+    assert.ok(existsSync(`${t.host.config.stateDir}/suspend/${r.uuid as string}.img`));
+    await t.ok('VM.resume', t.s, vm, false, false);
+    assert.equal((await t.rec(vm)).power_state, 'Running');
+
+    const domid = (await t.rec(vm)).domid;
+    await t.ok('VM.clean_reboot', t.s, vm);
+    r = await t.rec(vm);
+    assert.equal(r.power_state, 'Running');
+    assert.notEqual(r.domid, domid);
+    await t.ok('VM.hard_reboot', t.s, vm);
+
+    await t.ok('VM.clean_shutdown', t.s, vm);
+    r = await t.rec(vm);
+    assert.equal(r.power_state, 'Halted');
+    assert.equal(r.domid, -1n);
+    assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif!), false);
+    await t.ok('VM.destroy', t.s, vm);
+    assert.deepEqual(await t.err('VM.get_record', t.s, vm), ['HANDLE_INVALID', 'VM', vm]);
+  } finally {
+    await t.close();
+  }
+});
+
+test('wrong power state, templates, the control domain, constraints', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.makeVm('errors');
+    assert.deepEqual(await t.err('VM.pause', t.s, vm), ['VM_BAD_POWER_STATE', vm, 'running', 'halted']);
+    assert.deepEqual(await t.err('VM.hard_reboot', t.s, vm), ['VM_BAD_POWER_STATE', vm, 'paused, running', 'halted']);
+    await t.ok('VM.start', t.s, vm, false, false);
+    assert.deepEqual(await t.err('VM.start', t.s, vm, false, false), ['VM_BAD_POWER_STATE', vm, 'halted', 'running']);
+    assert.deepEqual(await t.err('VM.destroy', t.s, vm), ['VM_BAD_POWER_STATE', vm, 'halted, suspended', 'running']);
+    await t.ok('VM.hard_shutdown', t.s, vm);
+
+    const tpl = await t.makeVm('tpl', GiB, { is_a_template: true });
+    assert.deepEqual(await t.err('VM.start', t.s, tpl, false, false), ['VM_IS_TEMPLATE', tpl, 'start']);
+
+    const dom0Ref = Object.keys((await t.ok('VM.get_all_records_where', t.s, 'field "is_control_domain" = "true"')) as RpcStruct)[0]!;
+    assert.deepEqual(await t.err('VM.clean_shutdown', t.s, dom0Ref), ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on a control domain']);
+    // the power state is checked first, as in xapi: dom0 is running
+    assert.deepEqual(await t.err('VM.destroy', t.s, dom0Ref), ['VM_BAD_POWER_STATE', dom0Ref, 'halted, suspended', 'running']);
+
+    assert.deepEqual(await t.err('VM.set_memory_limits', t.s, vm, BigInt(GiB), BigInt(GiB), BigInt(2 * GiB), BigInt(GiB)), ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
+    await t.ok('VM.set_memory_limits', t.s, vm, BigInt(512 * MiB), BigInt(2 * GiB), BigInt(1 * GiB), BigInt(2 * GiB));
+    assert.equal((await t.rec(vm)).memory_static_max, BigInt(2 * GiB));
+    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, vm, 3n), ['VALUE_NOT_SUPPORTED', 'VCPUs_at_startup', '3', 'value greater than VCPUs_max']);
+    assert.deepEqual(await t.ok('VM.get_allowed_VIF_devices', t.s, vm), Array.from({ length: 15 }, (_, i) => String(i + 1)));
+  } finally {
+    await t.close();
+  }
+});
+
+test('memory runs out: HOST_NOT_ENOUGH_FREE_MEMORY with needed and available', async () => {
+  const t = await setup();
+  try {
+    const free = Number(await t.ok('host.compute_free_memory', t.s, t.host.hostRef));
+    const big = await t.makeVm('big', free + GiB);
+    const e = await t.err('VM.start', t.s, big, false, false);
+    assert.equal(e[0], 'HOST_NOT_ENOUGH_FREE_MEMORY');
+    assert.ok(Number(e[1]) > Number(e[2]));
+    assert.equal(Number(e[2]), free);
+    // dynamic ranges let more VMs fit: started at dynamic_min
+    const a = await t.makeVm('a', 4 * GiB, { memory_dynamic_min: BigInt(GiB), memory_static_min: BigInt(GiB) });
+    await t.ok('VM.start', t.s, a, false, false);
+    assert.ok(Number(await t.ok('host.compute_free_memory', t.s, t.host.hostRef)) < free);
+    await t.ok('VM.hard_shutdown', t.s, a);
+  } finally {
+    await t.close();
+  }
+});
+
+test('two conflicting operations: OTHER_OPERATION_IN_PROGRESS', async () => {
+  const t = await setup({ shutdownTimeMs: 300 });
+  try {
+    const vm = await t.makeVm('busy');
+    await t.ok('VM.start', t.s, vm, false, false);
+    const task = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
+    await sleep(50);
+    assert.deepEqual(await t.err('VM.pause', t.s, vm), ['OTHER_OPERATION_IN_PROGRESS', 'VM', vm, 'clean_shutdown', task]);
+    assert.ok(!((await t.rec(vm)).allowed_operations as string[]).includes('pause'));
+    // hard_shutdown pre-empts anything else
+    await t.ok('VM.hard_shutdown', t.s, vm);
+    for (let i = 0; i < 200 && Object.keys((await t.rec(vm)).current_operations as object).length > 0; i++) await sleep(10);
+    assert.equal((await t.rec(vm)).power_state, 'Halted');
+    assert.deepEqual((await t.rec(vm)).current_operations, newStruct());
+  } finally {
+    await t.close();
+  }
+});
+
+test('VIF hotplug on a running VM', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.makeVm('hot');
+    await t.ok('VM.start', t.s, vm, false, false);
+    const vif = (await t.ok('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }))) as string;
+    assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
+    await t.ok('VIF.plug', t.s, vif);
+    assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), true);
+    assert.deepEqual(await t.err('VIF.plug', t.s, vif), ['DEVICE_ALREADY_ATTACHED', vif]);
+    await t.ok('VIF.unplug', t.s, vif);
+    assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
+    assert.deepEqual(await t.err('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() })), ['DEVICE_ALREADY_EXISTS', '1']);
+    await t.ok('VM.hard_shutdown', t.s, vm);
+  } finally {
+    await t.close();
+  }
+});
