@@ -214,3 +214,36 @@ test('VIF hotplug on a running VM', async () => {
     await t.close();
   }
 });
+
+test('faults: a guest crash, a guest halting itself, a guest refusing to shut down', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.makeVm('faulty');
+    const uuid = (await t.rec(vm)).uuid as string;
+    await t.ok('VM.start', t.s, vm, false, false);
+    const domid = (await t.rec(vm)).domid;
+    // actions_after_crash = restart: the VM comes back in a new domain
+    t.domains.inject(uuid, 'crash');
+    for (let i = 0; i < 200 && (await t.rec(vm)).domid === domid; i++) await sleep(10);
+    let r = await t.rec(vm);
+    assert.equal(r.power_state, 'Running');
+    assert.notEqual(r.domid, domid);
+    // the guest halts itself; actions_after_shutdown = destroy leaves it Halted
+    t.domains.inject(uuid, 'guest-shutdown');
+    for (let i = 0; i < 200 && (await t.rec(vm)).power_state !== 'Halted'; i++) await sleep(10);
+    assert.equal((await t.rec(vm)).power_state, 'Halted');
+    // a guest that ignores the shutdown request: clean_shutdown times out, shutdown falls back to hard
+    await t.ok('VM.start', t.s, vm, false, false);
+    t.domains.inject(uuid, 'refuse-shutdown');
+    const e = await t.err('VM.clean_shutdown', t.s, vm);
+    assert.equal(e[0], 'VM_SHUTDOWN_TIMEOUT');
+    assert.equal(e[1], vm);
+    r = await t.rec(vm);
+    assert.equal(r.power_state, 'Running');
+    assert.deepEqual(r.current_operations, newStruct());
+    await t.ok('VM.shutdown', t.s, vm);
+    assert.equal((await t.rec(vm)).power_state, 'Halted');
+  } finally {
+    await t.close();
+  }
+});
