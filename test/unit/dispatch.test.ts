@@ -8,25 +8,15 @@ import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, isStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { permissionsOfRoles } from '../../src/api/rbac.js';
 import { XapiError } from '../../src/api/errors.js';
+import { apiClient, struct } from './api-client.js';
 
 async function setup() {
   const h = await memoryHost({ rootPassword: 'pw' });
-  const call = async (method: string, ...params: Rpc[]) => h.dispatcher.dispatch(method, params);
-  const ok = async (method: string, ...params: Rpc[]): Promise<Rpc> => {
-    const o = await call(method, ...params);
-    if (!o.ok) assert.fail(`${method} failed: ${o.error.join(' ')}`);
-    return h.host.marshal.toRpc(o.type, o.value);
-  };
-  const err = async (method: string, ...params: Rpc[]): Promise<string[]> => {
-    const o = await call(method, ...params);
-    if (o.ok) assert.fail(`${method} succeeded`);
-    return o.error;
-  };
+  const { call, ok, err } = apiClient(h);
   const session = (await ok('session.login_with_password', 'root', 'pw')) as string;
   return { ...h, call, ok, err, session };
 }
 
-const struct = (o: Record<string, Rpc>): RpcStruct => Object.assign(newStruct(), o);
 
 async function controlDomain(ok: (m: string, ...p: Rpc[]) => Promise<Rpc>, s: string): Promise<string> {
   const where = (await ok('VM.get_all_records_where', s, 'field "is_control_domain" = "true"')) as RpcStruct;

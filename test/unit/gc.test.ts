@@ -4,16 +4,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { sessionGc } from '../../src/xapi/session.js';
-import type { Rpc } from '../../src/api/rpc.js';
+import { apiClient } from './api-client.js';
 
 async function setup(logLimit?: number) {
   let clock = Date.parse('2026-01-01T00:00:00Z');
   const h = await memoryHost({ rootPassword: 'pw', now: () => clock, logLimit });
-  const ok = async (method: string, ...params: Rpc[]) => {
-    const o = await h.dispatcher.dispatch(method, params);
-    if (!o.ok) assert.fail(`${method}: ${o.error.join(' ')}`);
-    return h.host.marshal.toRpc(o.type, o.value);
-  };
+  const { ok } = apiClient(h);
   const advance = (s: number) => (clock += s * 1000);
   return { ...h, ok, advance };
 }

@@ -6,25 +6,15 @@ import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { apiClient, struct } from './api-client.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
-const struct = (o: Record<string, Rpc>): RpcStruct => Object.assign(newStruct(), o);
 
 async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number } = {}) {
   const h = await memoryHost({ rootPassword: 'pw', ...opts });
   h.xenops.start();
-  const call = (method: string, ...params: Rpc[]) => h.dispatcher.dispatch(method, params);
-  const ok = async (method: string, ...params: Rpc[]): Promise<Rpc> => {
-    const o = await call(method, ...params);
-    if (!o.ok) assert.fail(`${method} failed: ${o.error.join(' ')}`);
-    return h.host.marshal.toRpc(o.type, o.value);
-  };
-  const err = async (method: string, ...params: Rpc[]): Promise<string[]> => {
-    const o = await call(method, ...params);
-    if (o.ok) assert.fail(`${method} succeeded`);
-    return o.error;
-  };
+  const { call, ok, err } = apiClient(h);
   const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
   const [network] = (await ok('network.get_by_name_label', s, 'Pool-wide network associated with eth0')) as string[];
   const makeVm = async (name: string, memory = 1 * GiB, extra: Record<string, Rpc> = {}) => {
