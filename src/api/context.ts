@@ -51,7 +51,7 @@ export interface Call {
   /** The method name as the client sent it (e.g. `Async.VM.start`). */
   readonly wireName: string;
   readonly session: SessionInfo | undefined;
-  /** The DB task this call runs under, or NULL ref when it has none. */
+  /** The DB task this call runs under, or a `DummyRef:|uuid|name` when it has none. */
   readonly task: string;
   /** Raises TASK_CANCELLED if someone asked to cancel this call's task. */
   checkCancelled(): Promise<void>;

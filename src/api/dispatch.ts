@@ -3,6 +3,7 @@
 // check, RBAC, typed unmarshalling, then the implementation — inline, or on a task for Async.
 // The wire codecs sit on one side and the message implementations on the other; neither sees
 // the other (DESIGN.md).
+import { randomUUID } from 'node:crypto';
 import type { Rpc } from './rpc.js';
 import { XapiError, errorDescription } from './errors.js';
 import { Registry, type Call, type HostContext, type SessionInfo } from './context.js';
@@ -117,7 +118,9 @@ export class Dispatcher {
     }
     let task = NULL_REF;
     if (msg.async) state.task = task = await this.tasks.create(session, method, false);
-    const call = this.makeCall(msg, method, session, task);
+    // A call without a database task still needs an identity for current_operations: xapi's
+    // dummy refs.
+    const call = this.makeCall(msg, method, session, task === NULL_REF ? `DummyRef:|${randomUUID()}|${msg.wire}` : task);
     let result: unknown;
     try {
       result = await impl(call, args);

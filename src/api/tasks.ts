@@ -86,7 +86,6 @@ export class TaskManager {
   }
 
   async setProgress(task: string, p: number): Promise<void> {
-    if (task === NULL_REF) return;
     if (await this.host.db.tryGet('task', task)) await this.host.db.update('task', task, { progress: p });
   }
 

@@ -3,7 +3,6 @@
 import { XapiError } from '../api/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { TaskManager } from '../api/tasks.js';
-import { NULL_REF } from '../schema/types.js';
 
 /** xapi's "own task": created by a session of the same user. */
 async function assertOwn(call: Call, task: string): Promise<void> {
@@ -30,7 +29,7 @@ export function register(r: Registry, tasks: TaskManager): void {
       if (row.status === 'pending' || row.status === 'cancelling') {
         // Still running: marked, and the GC removes it once it completes.
         await call.db.update('task', ref, {
-          current_operations: { ...(row.current_operations as object), [call.task === NULL_REF ? ref : call.task]: 'destroy' },
+          current_operations: { ...(row.current_operations as object), [call.task]: 'destroy' },
         });
       } else {
         await tasks.forget(ref);
@@ -38,7 +37,7 @@ export function register(r: Registry, tasks: TaskManager): void {
     })
     .implement('task.cancel', async (call, [task]) => {
       await assertOwn(call, task as string);
-      await tasks.requestCancel(task as string, call.task === NULL_REF ? (task as string) : call.task);
+      await tasks.requestCancel(task as string, call.task);
     });
   for (const field of ['status', 'progress', 'result', 'error_info', 'resident_on']) {
     r.implement(`task.set_${field}`, async (call, [self, value]) => {
