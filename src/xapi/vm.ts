@@ -222,8 +222,8 @@ export class VmService {
   }
 
   /** VM.clone: a new VM with the same configuration, new identity, new MACs. */
-  async clone(call: Call, ref: string, name: string): Promise<string> {
-    return withVmOperation(call, ref, 'clone', async () => {
+  async clone(call: Call, ref: string, name: string, op: 'clone' | 'copy' = 'clone'): Promise<string> {
+    return withVmOperation(call, ref, op, async () => {
       const db = call.db;
       const vm = await db.get('VM', ref);
       for (const vbdRef of vm.VBDs as string[]) {
@@ -241,7 +241,12 @@ export class VmService {
         name_label: name,
         power_state: 'Halted',
         is_default_template: false,
-        other_config: Object.fromEntries(Object.entries(vm.other_config as object).filter(([k]) => k !== 'default_template')),
+        // a clone is nobody's default template, and gets its own MAC seed, as in xapi
+        other_config: Object.fromEntries(
+          Object.entries(vm.other_config as Record<string, string>)
+            .filter(([k]) => k !== 'default_template')
+            .map(([k, v]) => [k, k === 'mac_seed' ? randomUUID() : v]),
+        ),
         domid: -1,
         allowed_operations: [],
         current_operations: {},
@@ -306,6 +311,8 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, s(vm), paused === true, s(host), 'resume_on'))
     .implement('VM.clone', (call, [vm, name]) => svc.clone(call, s(vm), s(name)))
     .implement('VM.provision', (call, [vm]) => svc.provision(call, s(vm)))
+    // Without disks a copy is a clone; copying disks to `sr` is the storage layer's VDI.copy.
+    .implement('VM.copy', (call, [vm, name]) => svc.clone(call, s(vm), s(name), 'copy'))
     .implement('VM.assert_can_boot_here', (call, [vm, host]) => svc.assertCanBootHere(call, s(vm), s(host)))
     .implement('VM.get_possible_hosts', async (call, [vm]) => {
       const out: string[] = [];

@@ -237,3 +237,33 @@ test('faults: a guest crash, a guest halting itself, a guest refusing to shut do
     await t.close();
   }
 });
+
+test('clone and copy make a new VM with its own identity; provision turns a template into a VM', async () => {
+  const t = await setup();
+  try {
+    const tpl = Object.keys((await t.ok('VM.get_all_records_where', t.s, 'field "name__label" = "Other install media"')) as RpcStruct)[0]!;
+    assert.deepEqual(await t.err('VM.destroy', t.s, tpl), ['VM_CANNOT_DELETE_DEFAULT_TEMPLATE', tpl]);
+    const clone = (await t.ok('VM.clone', t.s, tpl, 'from-template')) as string;
+    let r = await t.rec(clone);
+    assert.equal(r.is_a_template, true);
+    assert.equal(r.is_default_template, false);
+    await t.ok('VM.provision', t.s, clone);
+    r = await t.rec(clone);
+    assert.equal(r.is_a_template, false);
+    assert.ok((r.allowed_operations as string[]).includes('start'));
+    await t.ok('VIF.create', t.s, struct({ device: '0', network: t.network, VM: clone, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }));
+    r = await t.rec(clone);
+    const copy = (await t.ok('VM.copy', t.s, clone, 'copied', 'OpaqueRef:NULL')) as string;
+    const c = await t.rec(copy);
+    assert.notEqual(c.uuid, r.uuid);
+    assert.equal(c.name_label, 'copied');
+    const [vifA] = r.VIFs as string[];
+    const [vifB] = c.VIFs as string[];
+    assert.notEqual(await t.ok('VIF.get_MAC', t.s, vifA!), await t.ok('VIF.get_MAC', t.s, vifB!));
+    await t.ok('VM.start', t.s, copy, false, false);
+    assert.deepEqual(await t.err('VM.clone', t.s, copy, 'x'), ['VM_BAD_POWER_STATE', copy, 'halted', 'running']);
+    await t.ok('VM.hard_shutdown', t.s, copy);
+  } finally {
+    await t.close();
+  }
+});
