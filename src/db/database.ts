@@ -45,7 +45,8 @@ export class LocalDb implements Db {
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private broken: unknown;
 
-  private changedClasses = new Set<string>();
+  /** Wake-up keys changed since the last notify: `<class>`, `<class>/<ref>`, `deleted/<ref>`. */
+  private changedKeys = new Set<string>();
   private notifyScheduled = false;
   /** lower-case class (or ALL) -> wake-up functions of the watchers waiting on it */
   private readonly watchers = new Map<string, Set<() => void>>();
@@ -233,6 +234,7 @@ export class LocalDb implements Db {
     this.tombstones.set(ref, t);
     this.tombstoneOrder.push(t);
     this.pendingTombstones.push(t);
+    this.changedKeys.add(`deleted/${ref}`);
     if (this.tombstoneOrder.length > TOMBSTONE_LIMIT * 2) {
       for (const old of this.tombstoneOrder.splice(0, TOMBSTONE_LIMIT)) {
         if (this.tombstones.get(old.ref) === old) this.tombstones.delete(old.ref);
@@ -282,7 +284,9 @@ export class LocalDb implements Db {
       this.dirty.set(cls + '\u0000' + ref, { cls, ref });
       this.scheduleFlush();
     }
-    this.changedClasses.add(cls.toLowerCase());
+    const lower = cls.toLowerCase();
+    this.changedKeys.add(lower);
+    this.changedKeys.add(`${lower}/${ref}`);
     if (!this.notifyScheduled) {
       this.notifyScheduled = true;
       queueMicrotask(() => this.notify());
@@ -394,13 +398,14 @@ export class LocalDb implements Db {
   }
 
   /**
-   * Resolves on the next change to one of `classes` (lower-case; null = all), or after
-   * `timeoutMs`. Watchers are indexed by class, so a write wakes only those watching its class
-   * and idle watchers cost a map entry and a timer, nothing per write.
+   * Resolves on the next change matching one of `keys` — a lower-case class (`vm`), one object
+   * (`vm/<ref>`), or an object's deletion (`deleted/<ref>`); null = any change — or after
+   * `timeoutMs`. Watchers are indexed by key, so a write wakes only those it concerns and idle
+   * watchers cost a map entry and a timer, nothing per write.
    */
-  waitForChange(classes: Set<string> | null, timeoutMs: number): Promise<void> {
+  waitForChange(wanted: Set<string> | null, timeoutMs: number): Promise<void> {
     return new Promise((resolve) => {
-      const keys = classes === null ? [ALL] : [...classes];
+      const keys = wanted === null ? [ALL] : [...wanted];
       const wake = () => {
         clearTimeout(timer);
         for (const k of keys) this.watchers.get(k)?.delete(wake);
@@ -418,8 +423,8 @@ export class LocalDb implements Db {
   private notify(): void {
     this.notifyScheduled = false;
     const woken = new Set<() => void>();
-    for (const c of [...this.changedClasses, ALL]) for (const w of this.watchers.get(c) ?? []) woken.add(w);
-    this.changedClasses = new Set();
+    for (const c of [...this.changedKeys, ALL]) for (const w of this.watchers.get(c) ?? []) woken.add(w);
+    this.changedKeys = new Set();
     for (const w of woken) w();
   }
 

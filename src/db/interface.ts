@@ -43,5 +43,6 @@ export interface Db {
   retainedSince(): number;
   changesSince(since: number, wanted: (lowerCls: string, ref: string) => boolean): ChangeSet;
   touch(cls: string, ref: string): Promise<number>;
-  waitForChange(classes: Set<string> | null, timeoutMs: number): Promise<void>;
+  /** Resolves on a change matching a key (`vm`, `vm/<ref>`, `deleted/<ref>`; null = any) or a timeout. */
+  waitForChange(keys: Set<string> | null, timeoutMs: number): Promise<void>;
 }

@@ -35,10 +35,10 @@ function matcher(host: HostContext, sub: Subscription): (cls: string, ref: strin
     (sub.all || sub.classes.has(cls) || sub.objects.has(`${cls}/${ref}`));
 }
 
-/** Which classes can wake this watcher (null = any); session changes too, so a logout ends the wait. */
-function wakeClasses(sub: Subscription): Set<string> | null {
+/** What can wake this watcher (null = anything): its classes, its objects, and the end of its session. */
+function wakeKeys(sub: Subscription, session: string): Set<string> | null {
   if (sub.all) return null;
-  return new Set([...sub.classes, ...[...sub.objects].map((o) => o.slice(0, o.indexOf('/'))), 'session']);
+  return new Set([...sub.classes, ...sub.objects, `deleted/${session}`]);
 }
 
 const pad = (n: number) => String(n).padStart(20, '0');
@@ -99,7 +99,7 @@ export class EventService {
         result.token = formatToken(Math.max(scannedAt, since, 0));
         return result;
       }
-      await this.db.waitForChange(wakeClasses(sub), Math.min(remaining, 60_000));
+      await this.db.waitForChange(wakeKeys(sub, call.session!.ref), Math.min(remaining, 60_000));
       await sleep(EVENT_FROM_DELAY_MS);
     }
   }
@@ -145,7 +145,7 @@ export class EventService {
         return eventRecords(this.host, changes, now, scannedAt);
       }
       reg.position = scannedAt;
-      await this.db.waitForChange(wakeClasses(sub), 60_000);
+      await this.db.waitForChange(wakeKeys(sub, session), 60_000);
       await sleep(EVENT_FROM_DELAY_MS);
     }
   }

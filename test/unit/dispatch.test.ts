@@ -293,3 +293,27 @@ test('roles: the static roles and their permissions', async () => {
   const holderNames = await Promise.all(holders.map(async (r) => ((await t.ok('role.get_record', t.session, r)) as RpcStruct).name_label));
   assert.deepEqual(holderNames.sort(), ['pool-admin', 'pool-operator', 'vm-admin', 'vm-power-admin']);
 });
+
+test('idle watchers cost nothing: writes to other classes wake none of them', async () => {
+  const t = await setup();
+  const first = (await t.ok('event.from', t.session, ['pool'], '', 1)) as RpcStruct;
+  let scans = 0;
+  const original = t.db.changesSince.bind(t.db);
+  t.db.changesSince = (since, wanted) => {
+    scans++;
+    return original(since, wanted);
+  };
+  const watchers = Array.from({ length: 200 }, () => t.call('event.from', t.session, ['pool'], first.token as string, 2));
+  await sleep(150); // every watcher has made its first scan and sleeps
+  const afterStart = scans;
+  for (let i = 0; i < 50; i++) {
+    await t.ok('network.create', t.session, struct({ name_label: `n${i}`, name_description: '', MTU: 1500n, other_config: newStruct() }));
+  }
+  await sleep(100);
+  assert.equal(scans, afterStart, 'a write to another class woke a watcher');
+  const [pool] = (await t.ok('pool.get_all', t.session)) as string[];
+  await t.ok('pool.set_name_label', t.session, pool!, 'wake up');
+  const results = await Promise.all(watchers);
+  assert.ok(results.every((r) => r.ok && (t.host.marshal.toRpc(r.type, r.value) as RpcStruct).events instanceof Array));
+  assert.ok(scans > afterStart);
+});
