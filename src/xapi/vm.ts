@@ -183,6 +183,7 @@ export class VmService {
       if (vm[field] !== NULL_REF && (await db.tryGet(cls, s(vm[field])))) await db.destroy(cls, s(vm[field]));
     }
     await db.destroy('VM', ref);
+    this.sync.forget(ref);
   }
 
   /** VM.create: the generic constructor, plus the metrics record xapi gives every VM. */

@@ -11,6 +11,7 @@ import type { Row } from '../db/interface.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
+import { Mutex } from '../util/mutex.js';
 
 /** xapi's transform_xenops_exn: backend errors as XenAPI errors. */
 export function xenopsError(vmRef: string, e: unknown): unknown {
@@ -94,8 +95,22 @@ export class XenopsSync {
     }
   }
 
+  /** Refreshes of one VM run one at a time: the API's and the update loop's would race. */
+  private readonly refreshLocks = new Map<string, Mutex>();
+
   /** update_vm: write what the backend says about one VM into the database. */
   async refresh(vmRef: string): Promise<void> {
+    let lock = this.refreshLocks.get(vmRef);
+    if (!lock) this.refreshLocks.set(vmRef, (lock = new Mutex()));
+    await lock.run(() => this.refreshNow(vmRef));
+  }
+
+  /** A destroyed VM needs no refresh lock. */
+  forget(vmRef: string): void {
+    this.refreshLocks.delete(vmRef);
+  }
+
+  private async refreshNow(vmRef: string): Promise<void> {
     const db = this.host.db;
     const vm = await db.tryGet('VM', vmRef);
     if (!vm || vm.is_control_domain === true) return;
@@ -112,26 +127,42 @@ export class XenopsSync {
     if (state && live) changes.memory_target = state.memoryTarget;
     if (!live) {
       // force_state_reset: nothing is attached to a VM that is not running
-      for (const ref of vm.VBDs as string[]) await db.update('VBD', ref, { currently_attached: false, reserved: false });
-      for (const ref of vm.VIFs as string[]) await db.update('VIF', ref, { currently_attached: false, reserved: false });
+      for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
+        for (const ref of refs as string[]) await this.updateChanged(cls, ref, { currently_attached: false, reserved: false });
+      }
       if (power === 'Halted') changes.requires_reboot = false;
     }
-    await db.update('VM', vmRef, changes);
+    await this.updateChanged('VM', vmRef, changes);
     if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics as string))) {
-      await db.update('VM_metrics', vm.metrics as string, {
+      const metrics: Record<string, unknown> = {
         memory_actual: live && state ? state.memoryActual : 0,
         VCPUs_number: live && state ? state.vcpus : 0,
         current_domain_type: live && state ? state.domainType : 'unspecified',
         hvm: live && state ? state.domainType === 'hvm' : false,
-        start_time: state && state.lastStartTime ? formatDateTime(new Date(state.lastStartTime)) : (vm.power_state === 'Halted' ? '19700101T00:00:00Z' : undefined) ?? '19700101T00:00:00Z',
-        last_updated: now,
-        state: [],
-      });
+      };
+      // start_time stays that of the last boot once the VM stops
+      if (live && state?.lastStartTime) metrics.start_time = formatDateTime(new Date(state.lastStartTime));
+      if (await this.updateChanged('VM_metrics', vm.metrics as string, metrics)) {
+        await db.update('VM_metrics', vm.metrics as string, { last_updated: now });
+      }
     }
     if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
     if (live) await this.syncDevices(vmRef, vm);
     await this.syncConsoles(vmRef, live ? state?.consoles ?? [] : []);
     await updateAllowedOperations(db, vmRef);
+  }
+
+  /**
+   * Writes only the fields that differ, as xapi's update_vm compares with what it saw before:
+   * an unchanged object gets no write and no event. Returns whether anything was written.
+   */
+  private async updateChanged(cls: string, ref: string, changes: Record<string, unknown>): Promise<boolean> {
+    const row = await this.host.db.tryGet(cls, ref);
+    if (!row) return false;
+    const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(row[k]) !== JSON.stringify(v)));
+    if (Object.keys(diff).length === 0) return false;
+    await this.host.db.update(cls, ref, diff);
+    return true;
   }
 
   private async updateGuestMetrics(vmRef: string, vm: Row, state: VmState, now: string): Promise<void> {
@@ -148,14 +179,13 @@ export class XenopsSync {
       live: true,
       can_use_hotplug_vbd: 'yes',
       can_use_hotplug_vif: 'yes',
-      last_updated: now,
     };
     const existing = vm.guest_metrics as string;
     if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
-      await db.update('VM_guest_metrics', existing, fields);
+      if (await this.updateChanged('VM_guest_metrics', existing, fields)) await db.update('VM_guest_metrics', existing, { last_updated: now });
     } else {
       const ref = newRef();
-      await db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields });
+      await db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields, last_updated: now });
       await db.update('VM', vmRef, { guest_metrics: ref });
     }
   }
