@@ -317,3 +317,23 @@ test('idle watchers cost nothing: writes to other classes wake none of them', as
   assert.ok(results.every((r) => r.ok && (t.host.marshal.toRpc(r.type, r.value) as RpcStruct).events instanceof Array));
   assert.ok(scans > afterStart);
 });
+
+test('pool logins, password change and removed messages', async () => {
+  const t = await setup();
+  const [host] = (await t.ok('host.get_all', t.session)) as string[];
+  const pool = (await t.ok('session.slave_login', host!, 'memory-pool-secret')) as string;
+  const rec = (await t.ok('session.get_record', pool, pool)) as RpcStruct;
+  assert.equal(rec.pool, true);
+  assert.equal(rec.auth_user_name, host);
+  assert.deepEqual(await t.err('session.slave_login', host!, 'wrong'), ['SESSION_AUTHENTICATION_FAILED', host!, 'Pool credentials invalid']);
+
+  const e = await t.err('session.change_password', t.session, 'not-the-password', 'new');
+  assert.equal(e[0], 'CHANGE_PASSWORD_REJECTED');
+  await t.ok('session.change_password', t.session, 'pw', 'new-pw');
+  assert.match((await t.ok('session.login_with_password', 'root', 'new-pw')) as string, /^OpaqueRef:/);
+  assert.equal((await t.err('session.login_with_password', 'root', 'pw'))[0], 'SESSION_AUTHENTICATION_FAILED');
+
+  const removed = [...t.host.schema.messages.values()].find((m) => m.lifecycle === 'Removed' && m.sessionChecked && m.requiredCount === 0);
+  assert.ok(removed, 'the datamodel has removed messages');
+  assert.deepEqual(await t.err(removed.wire, t.session), ['MESSAGE_REMOVED']);
+});
