@@ -188,9 +188,10 @@ export class VmService {
 
   /** VM.create: the generic constructor, plus the metrics record xapi gives every VM. */
   async create(call: Call, record: Record<string, unknown>, createGeneric: (c: Call, a: unknown[]) => Promise<unknown>): Promise<string> {
+    // Checked before anything is written: a refused VM leaves nothing behind.
+    assertMemoryConstraints(record);
     const ref = s(await createGeneric(call, [record]));
     const vm = await call.db.get('VM', ref);
-    assertMemoryConstraints(vm);
     const metrics = newRef();
     await call.db.create('VM_metrics', metrics, { uuid: randomUUID(), other_config: {}, VCPUs_number: 0 });
     await call.db.update('VM', ref, { metrics, domid: -1, memory_overhead: vmOverhead(vm) });

@@ -267,3 +267,21 @@ test('clone and copy make a new VM with its own identity; provision turns a temp
     await t.close();
   }
 });
+
+test('VM.create refuses bad memory constraints and leaves nothing behind', async () => {
+  const t = await setup();
+  try {
+    const before = ((await t.ok('VM.get_all', t.s)) as string[]).length;
+    const e = await t.err('VM.create', t.s, struct({
+      name_label: 'bad', name_description: '', user_version: 1n, is_a_template: false, affinity: 'OpaqueRef:NULL',
+      memory_static_max: BigInt(GiB), memory_dynamic_max: BigInt(2 * GiB), memory_dynamic_min: BigInt(GiB), memory_static_min: BigInt(GiB),
+      VCPUs_params: newStruct(), VCPUs_max: 1n, VCPUs_at_startup: 1n, actions_after_shutdown: 'destroy', actions_after_reboot: 'restart',
+      actions_after_crash: 'restart', PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
+      HVM_boot_policy: '', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '', other_config: newStruct(), recommendations: '',
+    }));
+    assert.deepEqual(e, ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
+    assert.equal(((await t.ok('VM.get_all', t.s)) as string[]).length, before);
+  } finally {
+    await t.close();
+  }
+});
