@@ -285,3 +285,26 @@ test('VM.create refuses bad memory constraints and leaves nothing behind', async
     await t.close();
   }
 });
+
+test('ballooning: a second VM squeezes the first towards dynamic_min, and gives it back on shutdown', async () => {
+  const t = await setup();
+  try {
+    const range = { memory_static_min: BigInt(2 * GiB), memory_dynamic_min: BigInt(2 * GiB) };
+    const a = await t.makeVm('a', 8 * GiB, range);
+    const b = await t.makeVm('b', 8 * GiB, range);
+    await t.ok('VM.start', t.s, a, false, false);
+    const actual = async (vm: string) => Number(await t.ok('VM_metrics.get_memory_actual', t.s, (await t.rec(vm)).metrics as string));
+    assert.equal(await actual(a), 8 * GiB);
+    await t.ok('VM.start', t.s, b, false, false); // both at 8 GiB would not fit in 16 GiB
+    for (let i = 0; i < 100 && (await actual(a)) === 8 * GiB; i++) await sleep(10);
+    const [ma, mb] = [await actual(a), await actual(b)];
+    assert.ok(ma < 8 * GiB && ma >= 2 * GiB, `a has ${ma}`);
+    assert.ok(Math.abs(ma - mb) <= 4096, 'the same fraction of the same range');
+    await t.ok('VM.hard_shutdown', t.s, b);
+    for (let i = 0; i < 100 && (await actual(a)) !== 8 * GiB; i++) await sleep(10);
+    assert.equal(await actual(a), 8 * GiB);
+    await t.ok('VM.hard_shutdown', t.s, a);
+  } finally {
+    await t.close();
+  }
+});
