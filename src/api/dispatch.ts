@@ -78,7 +78,8 @@ export class Dispatcher {
     if (!msg) {
       if (params.length >= 1) {
         const session = await checkSession(this.host, params[0]!);
-        checkPermission(this.host, session, 'host.call_extension', ['pool-admin', 'pool-operator']);
+        const ext = this.host.schema.messages.get('host.call_extension');
+        checkPermission(this.host, session, 'host.call_extension', ext?.roles ?? []);
       }
       throw new XapiError('MESSAGE_METHOD_UNKNOWN', [method]);
     }

@@ -1,6 +1,6 @@
 // task.* explicit messages (xapi's xapi_task.ml). Acting on another user's task needs the
 // extra permission task.destroy/any, as in xapi.
-import { XapiError } from '../api/errors.js';
+import { checkPermission } from '../api/rbac.js';
 import type { Call, Registry } from '../api/context.js';
 import type { TaskManager } from '../api/tasks.js';
 
@@ -10,12 +10,8 @@ async function assertOwn(call: Call, task: string): Promise<void> {
   if (s.row.is_local_superuser === true) return;
   const owner = await call.db.tryGet('session', (await call.db.get('task', task)).session as string);
   if (owner && owner.auth_user_sid === s.row.auth_user_sid) return;
-  if (!((s.row.rbac_permissions as string[]) ?? []).includes('task.destroy/any')) {
-    throw new XapiError('RBAC_PERMISSION_DENIED', [
-      'task.destroy/any',
-      'No permission in user session. (Roles with this permission: pool-admin, pool-operator)',
-    ]);
-  }
+  const any = call.host.schema.extraPermissions.find((p) => p.name === 'task.destroy/any');
+  checkPermission(call.host, s, 'task.destroy/any', any?.roles ?? []);
 }
 
 export function register(r: Registry, tasks: TaskManager): void {

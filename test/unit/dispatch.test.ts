@@ -337,3 +337,23 @@ test('pool logins, password change and removed messages', async () => {
   assert.ok(removed, 'the datamodel has removed messages');
   assert.deepEqual(await t.err(removed.wire, t.session), ['MESSAGE_REMOVED']);
 });
+
+test("another user's task needs task.destroy/any", async () => {
+  const t = await setup();
+  const task = (await t.ok('task.create', t.session, 'mine', '')) as string;
+  const ref = `OpaqueRef:${randomUUID()}`;
+  await t.db.create('session', ref, {
+    uuid: randomUUID(),
+    is_local_superuser: false,
+    auth_user_name: 'bob',
+    auth_user_sid: 'S-2',
+    last_active: '20990101T00:00:00Z',
+    rbac_permissions: permissionsOfRoles(t.host.schema, ['vm-admin']),
+  });
+  assert.deepEqual(await t.err('task.destroy', ref, task), [
+    'RBAC_PERMISSION_DENIED',
+    'task.destroy/any',
+    'No permission in user session. (Roles with this permission: pool-admin, pool-operator)',
+  ]);
+  await t.ok('task.destroy', t.session, task);
+});
