@@ -188,8 +188,10 @@ export class VmService {
 
   /** VM.create: the generic constructor, plus the metrics record xapi gives every VM. */
   async create(call: Call, record: Record<string, unknown>, createGeneric: (c: Call, a: unknown[]) => Promise<unknown>): Promise<string> {
-    // Checked before anything is written: a refused VM leaves nothing behind.
-    assertMemoryConstraints(record);
+    // Checked before anything is written, so a refused VM leaves nothing behind; a record
+    // missing fields is the constructor's to refuse (Dispatcher_FieldNotFound), as in xapi.
+    const memory = ['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'];
+    if (memory.every((f) => typeof record[f] === 'number')) assertMemoryConstraints(record);
     const ref = s(await createGeneric(call, [record]));
     const vm = await call.db.get('VM', ref);
     const metrics = newRef();
