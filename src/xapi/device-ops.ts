@@ -52,7 +52,7 @@ export async function hotplug(call: Call, sync: XenopsSync, cls: 'VBD' | 'VIF', 
       } else if (cls === 'VBD') await sync.backend.vbdUnplug(s(vm.uuid), s(dev.uuid), op === 'unplug_force');
       else await sync.backend.vifUnplug(s(vm.uuid), s(dev.uuid), op === 'unplug_force');
     } catch (e) {
-      throw xenopsError(vmRef, e);
+      throw xenopsError(vmRef, e, ref);
     } finally {
       await sync.refresh(vmRef);
     }

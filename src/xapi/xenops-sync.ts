@@ -14,9 +14,13 @@ import { updateAllowedOperations } from './vm-lifecycle.js';
 import { Mutex } from '../util/mutex.js';
 
 /** xapi's transform_xenops_exn: backend errors as XenAPI errors. */
-export function xenopsError(vmRef: string, e: unknown): unknown {
+export function xenopsError(vmRef: string, e: unknown, deviceRef?: string): unknown {
   if (!(e instanceof DomainError)) return e;
   switch (e.kind) {
+    case 'Device_detach_rejected':
+      return new XapiError('DEVICE_DETACH_REJECTED', [e.args[0] ?? '', deviceRef ?? '', e.args[2] ?? '']);
+    case 'Failed_to_suspend':
+      return new XapiError('VM_SUSPEND_TIMEOUT', [vmRef, e.args[1] ?? '']);
     case 'Cannot_free_this_much_memory':
       return new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', e.args);
     case 'Failed_to_shutdown':
@@ -74,6 +78,7 @@ export class XenopsSync {
       memoryDynamicMin: vm.memory_dynamic_min as number,
       vcpuMax: vm.VCPUs_max as number,
       vcpus: vm.VCPUs_at_startup as number,
+      shadowMultiplier: vm.HVM_shadow_multiplier as number,
       suspendImage: await this.suspendImagePath(vm),
       platform: vm.platform as Record<string, string>,
       vbds,

@@ -38,6 +38,8 @@ export interface VmConfig {
   memoryDynamicMin: number;
   vcpuMax: number;
   vcpus: number;
+  /** VM.HVM_shadow_multiplier (the overhead model's multiplier); 1 when absent. */
+  shadowMultiplier?: number;
   /** Where a suspend image is written / read (a file path on this host). */
   suspendImage?: string;
   platform: Record<string, string>;
@@ -76,6 +78,10 @@ export interface DeviceState {
   vm: string;
   id: string;
   plugged: boolean;
+  /** The device number the backend uses (a VBD's position, chosen at plug time when it had none). */
+  position?: string;
+  /** For a plugged VBD: the medium in the drive now (undefined = empty), after insert/eject. */
+  backend?: string;
 }
 
 /** A change the backend reports: xapi re-reads the object's state (like xenopsd's UPDATES). */
@@ -84,20 +90,37 @@ export type Update =
   | { kind: 'vbd'; vm: string; id: string }
   | { kind: 'vif'; vm: string; id: string };
 
-/** Errors as xenopsd's Errors.error; xapi maps them to XenAPI errors (src/xapi/vm.ts). */
+/**
+ * Errors as xenopsd's Errors.error; xapi maps them to XenAPI errors (src/xapi/xenops-sync.ts).
+ * Argument conventions (all strings):
+ * - Does_not_exist [kind ('VM' | 'VBD' | 'device' | ...), id]; Already_exists [kind, id or position]
+ * - Bad_power_state [found, expected] as PowerState names ('Halted', 'Running', ...)
+ * - Domain_not_built []; Invalid_vcpus [n]
+ * - Cannot_free_this_much_memory [needed bytes, free bytes]
+ * - Failed_to_shutdown [vm id, timeout in seconds]; Failed_to_suspend [vm id, timeout in seconds];
+ *   Failed_to_acknowledge_shutdown_request [vm id]
+ * - Device_is_connected / Device_not_connected / Media_present / Media_not_present /
+ *   Media_not_ejectable [device id]; Device_detach_rejected [kind ('VBD' | 'VIF'), device id, message]
+ * - Cancelled [vm id?, why]; Internal_error [message]
+ */
 export class DomainError extends Error {
   constructor(
     readonly kind:
       | 'Does_not_exist'
       | 'Already_exists'
       | 'Bad_power_state'
+      | 'Domain_not_built'
+      | 'Invalid_vcpus'
       | 'Cannot_free_this_much_memory'
       | 'Failed_to_shutdown'
       | 'Failed_to_acknowledge_shutdown_request'
+      | 'Failed_to_suspend'
       | 'Device_is_connected'
       | 'Device_not_connected'
+      | 'Device_detach_rejected'
       | 'Media_present'
       | 'Media_not_present'
+      | 'Media_not_ejectable'
       | 'Cancelled'
       | 'Internal_error',
     readonly args: string[] = [],
@@ -114,30 +137,49 @@ export interface HostMemory {
 }
 
 export interface DomainManager {
-  /** Stores (or replaces) a VM's configuration, as xenopsd's VM.add + device adds. */
+  /**
+   * Stores (or replaces) a VM's configuration, as xenopsd's VM.add + device adds. A running
+   * domain keeps what it was built with; the configuration is for the next build. Two VBDs (or
+   * VIFs) at one position → Already_exists.
+   */
   add(config: VmConfig): Promise<void>;
-  /** Forgets a halted VM's configuration. */
+  /** Forgets a VM without a domain (Halted or Suspended); Bad_power_state while it has one. */
   remove(id: string): Promise<void>;
   /** Every VM the backend knows about (running or not), for resync after a restart. */
   list(): Promise<VmState[]>;
   stat(id: string): Promise<VmState>;
 
-  /** Builds and starts the domain (left paused if `paused`). Raises Cannot_free_this_much_memory. */
+  /**
+   * VM_create (reserve memory) + VM_build + plug devices; resolves once the domain is built,
+   * Running (or left Paused if `paused`). The guest agent reports later, once the OS is up.
+   * Raises Cannot_free_this_much_memory; Cancelled if a hard shutdown pre-empts the build.
+   */
   start(id: string, opts: { paused: boolean }): Promise<void>;
   pause(id: string): Promise<void>;
   unpause(id: string): Promise<void>;
-  /** Clean (asks the guest, waits up to timeoutMs) when timeoutMs is given, else hard. */
+  /**
+   * Clean when timeoutMs is given: asks the guest, which must acknowledge
+   * (Failed_to_acknowledge_shutdown_request) and halt within timeoutMs (Failed_to_shutdown).
+   * Hard otherwise: the domain is destroyed at once, pre-empting any operation in progress on
+   * the VM; on a Suspended VM it discards the suspended state; on a Halted VM it does nothing.
+   */
   shutdown(id: string, timeoutMs?: number): Promise<void>;
+  /** As shutdown, then a new domain (new domid), Running. */
   reboot(id: string, timeoutMs?: number): Promise<void>;
-  /** Writes the memory image to config.suspendImage and destroys the domain. */
+  /** Writes the memory image to config.suspendImage and destroys the domain (Failed_to_suspend if the guest does not co-operate). */
   suspend(id: string): Promise<void>;
-  /** Rebuilds the domain from config.suspendImage. */
+  /** Rebuilds the domain from config.suspendImage (verified: a damaged image is Internal_error and the VM stays Suspended). */
   resume(id: string, opts: { paused: boolean }): Promise<void>;
+  /** Updates the configuration; for a running domain also rebalances memory (Cannot_free_this_much_memory leaves all unchanged). */
   setMemoryDynamicRange(id: string, min: number, max: number): Promise<void>;
+  /** vCPU hotplug on a running domain, 1..vcpuMax (Invalid_vcpus). */
   setVcpus(id: string, n: number): Promise<void>;
 
+  /** Hotplug into a running/paused domain; a VBD without a position gets the lowest free one. */
   vbdPlug(vm: string, vbd: VbdConfig): Promise<void>;
+  /** `force` skips the guest's consent (Device_detach_rejected otherwise possible). */
   vbdUnplug(vm: string, vbd: string, force: boolean): Promise<void>;
+  /** CD/floppy media change; on a VM without a domain only the configuration changes. */
   vbdInsert(vm: string, vbd: string, backend: string): Promise<void>;
   vbdEject(vm: string, vbd: string): Promise<void>;
   vifPlug(vm: string, vif: VifConfig): Promise<void>;
@@ -145,7 +187,13 @@ export interface DomainManager {
   deviceState(vm: string, id: string): Promise<DeviceState>;
 
   hostMemory(): Promise<HostMemory>;
-  /** Waits for changes after `token` (initially ""); returns them and the next token. */
+  /**
+   * Waits up to timeoutMs for changes after `token` (initially ""); returns them and the next
+   * token. Updates are coalesced per object (only ids: re-read the object with stat /
+   * deviceState) and never lost. "" or a token from another backend instance returns every
+   * object known, so a client restarting from scratch re-reads everything.
+   */
   updates(token: string, timeoutMs: number): Promise<{ updates: Update[]; token: string }>;
+  /** Stops timers and waits (operations in flight fail with Cancelled); the domains live on in the backend's state. */
   close(): Promise<void>;
 }

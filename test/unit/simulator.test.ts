@@ -1,29 +1,49 @@
-// The simulator backend on its own: memory from a finite host, ballooning, real sparse suspend
-// images checked on resume, coalesced updates, and domains that outlive the backend object.
+// The simulator backend on its own, in a temporary state directory: the VM life cycle with a
+// guest inside, memory from a finite host, real sparse suspend images checked on resume, faults,
+// devices, coalesced updates, and domains that outlive the backend object (restart safety).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, stat, writeFile, open } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SimulatorBackend } from '../../src/xenopsd/backends/simulator.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ipv4ForMac, SimulatorBackend, type SimulatorOptions } from '../../src/xenopsd/backends/simulator.js';
 import { simulatedMachine } from '../../src/xenopsd/machine.js';
 import { DomainError, type VmConfig } from '../../src/xenopsd/interface.js';
-import { balloon } from '../../src/xenopsd/squeezed.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 * MiB;
 
-function config(dir: string, id: string, min: number, max: number): VmConfig {
+function config(dir: string, id: string, min: number, max: number, extra: Partial<VmConfig> = {}): VmConfig {
   return {
-    id, name: id, domainType: 'hvm', memoryStaticMax: max, memoryDynamicMax: max, memoryDynamicMin: min,
-    vcpuMax: 1, vcpus: 1, suspendImage: join(dir, `${id}.img`), platform: {}, vbds: [],
+    id,
+    name: id,
+    domainType: 'hvm',
+    memoryStaticMax: max,
+    memoryDynamicMax: max,
+    memoryDynamicMin: min,
+    vcpuMax: 2,
+    vcpus: 1,
+    suspendImage: join(dir, 'suspend', `${id}.img`),
+    platform: {},
+    vbds: [
+      { id: `${id}-disk`, position: '0', mode: 'RW', type: 'Disk', backend: join(dir, `${id}.vhd`), unpluggable: true },
+      { id: `${id}-cd`, position: '3', mode: 'RO', type: 'CD', backend: undefined, unpluggable: true },
+    ],
     vifs: [{ id: `${id}-vif`, position: 0, mac: '02:00:00:00:00:01', mtu: 1500, bridge: 'xenbr0' }],
+    ...extra,
   };
 }
 
-async function withBackend(fn: (b: SimulatorBackend, dir: string) => Promise<void>, memoryMiB = 8192) {
+const FAST = { bootTimeMs: 5, agentDelayMs: 5, shutdownTimeMs: 5, maxWaitMs: 100 };
+
+function backend(dir: string, memoryMiB = 8192, extra: Partial<SimulatorOptions> = {}) {
+  return new SimulatorBackend({ machine: simulatedMachine({ seed: 's', memoryMiB }), stateDir: dir, ...FAST, ...extra });
+}
+
+async function withBackend(fn: (b: SimulatorBackend, dir: string) => Promise<void>, memoryMiB = 8192, extra: Partial<SimulatorOptions> = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
-  const b = new SimulatorBackend({ machine: simulatedMachine({ seed: 's', memoryMiB }), stateDir: dir, bootTimeMs: 5, shutdownTimeMs: 5 });
+  const b = backend(dir, memoryMiB, extra);
   try {
     await fn(b, dir);
   } finally {
@@ -32,68 +52,376 @@ async function withBackend(fn: (b: SimulatorBackend, dir: string) => Promise<voi
   }
 }
 
-test('balloon policy: everyone at max when it fits, the same fraction when it does not, none when min does not fit', () => {
-  assert.deepEqual(balloon(10 * GiB, [{ min: GiB, max: 2 * GiB }, { min: GiB, max: 4 * GiB }]), [2 * GiB, 4 * GiB]);
-  const t = balloon(4 * GiB, [{ min: GiB, max: 3 * GiB }, { min: GiB, max: 3 * GiB }])!;
-  assert.deepEqual(t, [2 * GiB, 2 * GiB]);
-  assert.equal(balloon(GiB, [{ min: GiB, max: 2 * GiB }, { min: GiB, max: 2 * GiB }]), undefined);
-});
+/** Polls until `cond` holds (a wait, not a speed assertion). */
+async function until(cond: () => Promise<boolean>, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
 
-test('suspend writes a sparse image of the memory size; resume checks it', () =>
+const is = (kind: DomainError['kind']) => (e: unknown) => e instanceof DomainError && e.kind === kind;
+
+test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), resume, reboot, clean shutdown', () =>
   withBackend(async (b, dir) => {
-    await b.add(config(dir, 'vm1', 512 * MiB, 512 * MiB));
+    await b.add(config(dir, 'vm1', 512 * MiB, 512 * MiB, { name: 'Debian Bookworm 12' }));
+    let s = await b.stat('vm1');
+    assert.equal(s.powerState, 'Halted');
+    assert.equal(s.domid, -1);
+
     await b.start('vm1', { paused: false });
-    await b.suspend('vm1');
-    assert.equal((await b.stat('vm1')).powerState, 'Suspended');
-    const st = await stat(join(dir, 'vm1.img'));
-    assert.equal(st.size, 512 * MiB);
-    assert.ok(st.blocks * 512 < 4 * MiB, 'the image is sparse');
-    await b.resume('vm1', { paused: false });
+    s = await b.stat('vm1');
+    assert.equal(s.powerState, 'Running');
+    assert.equal(s.domid, 1, 'domids start at 1 (dom0 is 0)');
+    assert.equal(s.memoryTarget, 512 * MiB);
+    assert.equal(s.memoryActual, 512 * MiB);
+    assert.equal(s.vcpus, 1);
+    assert.ok(s.lastStartTime > 0);
+    assert.deepEqual(s.consoles, [{ protocol: 'rfb', port: 5901 }]);
+    assert.equal((await b.deviceState('vm1', 'vm1-disk')).plugged, true);
+    assert.equal((await b.deviceState('vm1', 'vm1-cd')).plugged, true, 'an empty CD drive is still a drive');
+    assert.equal((await b.deviceState('vm1', 'vm1-vif')).plugged, true);
+
+    // the OS comes up and its agent reports
+    await until(async () => (await b.stat('vm1')).guestAgent !== undefined, 'the guest agent');
+    const ga = (await b.stat('vm1')).guestAgent!;
+    assert.equal(ga.osVersion.distro, 'debian');
+    assert.equal(ga.osVersion.name, 'Debian GNU/Linux 12');
+    assert.ok(ga.pvDriversVersion.major);
+    const ip = ipv4ForMac('02:00:00:00:00:01');
+    assert.match(ip, /^10\.\d+\.\d+\.\d+$/);
+    assert.equal(ga.networks['0/ip'], ip);
+    assert.equal(ga.networks['0/ipv4/0'], ip);
+    for (const f of ['feature-shutdown', 'feature-reboot', 'feature-suspend', 'feature-balloon', 'feature-vcpu-hotplug']) assert.equal(ga.other[f], '1', f);
+
+    await b.pause('vm1');
+    assert.equal((await b.stat('vm1')).powerState, 'Paused');
+    await b.unpause('vm1');
     assert.equal((await b.stat('vm1')).powerState, 'Running');
+
     await b.suspend('vm1');
-    // damage one sampled page: resume refuses
-    const fh = await open(join(dir, 'vm1.img'), 'r+');
-    await fh.write(Buffer.alloc(4096, 7), 0, 4096, 4096);
-    await fh.close();
-    await assert.rejects(b.resume('vm1', { paused: false }), (e: DomainError) => e.kind === 'Internal_error');
-    await writeFile(join(dir, 'vm1.img'), 'short');
-    await assert.rejects(b.resume('vm1', { paused: false }), (e: DomainError) => e.kind === 'Internal_error');
+    s = await b.stat('vm1');
+    assert.equal(s.powerState, 'Suspended');
+    assert.equal(s.domid, -1);
+    assert.equal(s.lastShutdownReason, 'suspend');
+    const img = await stat(join(dir, 'suspend', 'vm1.img'));
+    assert.equal(img.size, 512 * MiB, "the image's logical size is the guest's memory");
+    assert.ok(img.blocks * 512 < img.size / 64, `the image is sparse (${img.blocks * 512} bytes allocated)`);
+    assert.equal((await b.hostMemory()).free, (await b.hostMemory()).total - 1024 * MiB, 'a suspended VM holds no host memory');
+
+    await b.resume('vm1', { paused: false });
+    s = await b.stat('vm1');
+    assert.equal(s.powerState, 'Running');
+    assert.equal(s.memoryActual, 512 * MiB, 'resumed with the same memory');
+    const resumedDomid = s.domid;
+    assert.ok(resumedDomid > 1);
+
+    await b.reboot('vm1', 5000);
+    s = await b.stat('vm1');
+    assert.equal(s.powerState, 'Running');
+    assert.ok(s.domid > resumedDomid, 'a reboot is a new domain');
+
+    await until(async () => (await b.stat('vm1')).guestAgent !== undefined, 'the guest agent after the reboot');
+    await b.shutdown('vm1', 5000);
+    s = await b.stat('vm1');
+    assert.equal(s.powerState, 'Halted');
+    assert.equal(s.lastShutdownReason, 'halt');
+    assert.equal(s.guestAgent, undefined);
+    assert.equal((await b.deviceState('vm1', 'vm1-disk')).plugged, false);
+    assert.equal((await b.hostMemory()).free, 7168 * MiB, 'all memory is back (dom0 keeps 1 GiB of 8)');
+
+    // power-state errors carry (found, expected)
+    await assert.rejects(b.pause('vm1'), (e: DomainError) => e.kind === 'Bad_power_state' && e.args[0] === 'Halted');
+    await b.start('vm1', { paused: true });
+    assert.equal((await b.stat('vm1')).powerState, 'Paused');
+    await assert.rejects(b.start('vm1', { paused: false }), is('Bad_power_state'));
+    await assert.rejects(b.remove('vm1'), is('Bad_power_state'));
+    await b.shutdown('vm1');
+    await b.remove('vm1');
+    await assert.rejects(b.stat('vm1'), is('Does_not_exist'));
   }));
 
-test('memory is finite: dynamic ranges squeeze, then Cannot_free_this_much_memory', () =>
+test('memory is finite: ballooning squeezes guests, then Cannot_free_this_much_memory', () =>
   withBackend(async (b, dir) => {
-    // 4 GiB host: dom0 takes 512 MiB
+    // 4 GiB host: dom0 keeps 512 MiB
     await b.add(config(dir, 'a', GiB, 3 * GiB));
     await b.start('a', { paused: false });
-    assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
+    assert.equal((await b.stat('a')).memoryTarget, 3 * GiB, 'plentiful: at dynamic_max');
+    await until(async () => (await b.stat('a')).guestAgent !== undefined, "a's balloon driver");
     await b.add(config(dir, 'b', GiB, 3 * GiB));
     await b.start('b', { paused: false });
+    await until(async () => (await b.stat('b')).guestAgent !== undefined, "b's balloon driver");
     const [ta, tb] = [(await b.stat('a')).memoryTarget, (await b.stat('b')).memoryTarget];
-    assert.ok(ta < 3 * GiB && ta >= GiB && Math.abs(ta - tb) <= 4096, `${ta} ${tb}`);
+    assert.ok(ta < 3 * GiB && ta > GiB, `a was squeezed: ${ta}`);
+    assert.ok(Math.abs(ta - tb) <= 4096, `the same fraction: ${ta} ${tb}`);
+    assert.ok((await b.hostMemory()).free >= 9 * MiB, 'the slush fund stays free');
+    // a third that cannot fit even with everyone at dynamic_min
     await b.add(config(dir, 'c', 2 * GiB, 2 * GiB));
-    await assert.rejects(b.start('c', { paused: false }), (e: DomainError) => e.kind === 'Cannot_free_this_much_memory');
+    await assert.rejects(b.start('c', { paused: false }), (e: DomainError) => {
+      assert.equal(e.kind, 'Cannot_free_this_much_memory');
+      assert.ok(Number(e.args[0]) > 2 * GiB && Number(e.args[1]) < Number(e.args[0]), e.message);
+      return true;
+    });
+    assert.equal((await b.stat('c')).powerState, 'Halted');
+    // raising a running VM's dynamic_min beyond what is left is refused; lowering rebalances
+    await assert.rejects(b.setMemoryDynamicRange('a', 3 * GiB, 3 * GiB), is('Cannot_free_this_much_memory'));
+    await b.setMemoryDynamicRange('a', GiB, GiB);
+    assert.equal((await b.stat('a')).memoryTarget, GiB);
+    assert.ok((await b.stat('b')).memoryTarget > tb + 512 * MiB, 'b grows into what a gave up');
+    // destroying a domain gives its memory back
+    await b.setMemoryDynamicRange('a', GiB, 3 * GiB);
     await b.shutdown('b');
     assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
   }, 4096));
 
-test('updates are coalesced per object and never lost; domains outlive the backend object', async () => {
+test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdowns, slow boot, refused unplug', () =>
+  withBackend(async (b, dir) => {
+    await b.add(config(dir, 'f', 256 * MiB, 256 * MiB));
+    const up = async () => {
+      await b.start('f', { paused: false });
+      await until(async () => (await b.stat('f')).guestAgent !== undefined, 'the guest agent');
+    };
+    const freeWhenHalted = (await b.hostMemory()).free;
+    await up();
+    assert.ok((await b.hostMemory()).free < freeWhenHalted - 256 * MiB, 'the domain holds its memory and overhead');
+    b.inject('f', 'crash');
+    const s = await b.stat('f');
+    assert.equal(s.powerState, 'Halted');
+    assert.equal(s.lastShutdownReason, 'crash');
+    assert.equal((await b.hostMemory()).free, freeWhenHalted, 'a crashed domain releases its memory');
+
+    await up();
+    b.inject('f', 'guest-shutdown');
+    await until(async () => (await b.stat('f')).powerState === 'Halted', 'the guest to halt itself');
+    assert.equal((await b.stat('f')).lastShutdownReason, 'halt');
+
+    await up();
+    b.inject('f', 'guest-reboot');
+    await until(async () => (await b.stat('f')).powerState === 'Halted', 'the guest to reboot itself');
+    assert.equal((await b.stat('f')).lastShutdownReason, 'reboot', 'xapi applies actions_after_reboot');
+
+    // acknowledges but never halts: Failed_to_shutdown(id, timeout in seconds), still running
+    await up();
+    b.inject('f', 'refuse-shutdown');
+    await assert.rejects(b.shutdown('f', 60_000), (e: DomainError) => e.kind === 'Failed_to_shutdown' && e.args[0] === 'f' && e.args[1] === '60');
+    assert.equal((await b.stat('f')).powerState, 'Running');
+    await assert.rejects(b.reboot('f', 60_000), is('Failed_to_shutdown'));
+    await assert.rejects(b.suspend('f'), is('Failed_to_suspend'));
+    assert.equal((await b.stat('f')).powerState, 'Running');
+    b.clearFaults('f');
+    b.inject('f', 'ignore-shutdown');
+    await assert.rejects(b.shutdown('f', 60_000), is('Failed_to_acknowledge_shutdown_request'));
+    b.clearFaults('f');
+    // a paused guest cannot acknowledge either
+    await b.pause('f');
+    await assert.rejects(b.shutdown('f', 60_000), is('Failed_to_acknowledge_shutdown_request'));
+    await b.unpause('f');
+    await b.shutdown('f', 60_000);
+    assert.equal((await b.stat('f')).powerState, 'Halted');
+
+    // a slow build, pre-empted by a hard shutdown: the start is cancelled, the VM Halted
+    b.inject('f', { slowBootMs: 60_000 });
+    const starting = b.start('f', { paused: false });
+    await until(async () => (await b.stat('f')).domid !== -1, 'the domain to be created');
+    assert.equal((await b.stat('f')).powerState, 'Paused', 'a domain being built is paused');
+    await b.shutdown('f');
+    await assert.rejects(starting, is('Cancelled'));
+    assert.equal((await b.stat('f')).powerState, 'Halted');
+    b.clearFaults('f');
+
+    // a guest refusing to let go of a device: only a forced unplug works
+    await up();
+    b.inject('f', 'refuse-unplug');
+    await assert.rejects(b.vbdUnplug('f', 'f-disk', false), (e: DomainError) => e.kind === 'Device_detach_rejected' && e.args[0] === 'VBD');
+    await b.vbdUnplug('f', 'f-disk', true);
+    assert.equal((await b.deviceState('f', 'f-disk')).plugged, false);
+    await b.shutdown('f');
+  }));
+
+test('devices: plug/unplug/insert/eject with xenopsd errors; the guest reports new interfaces', () =>
+  withBackend(async (b, dir) => {
+    const c = config(dir, 'd', 256 * MiB, 256 * MiB);
+    await b.add(c);
+    await assert.rejects(b.vbdPlug('d', c.vbds[0]!), is('Bad_power_state'), 'no hotplug into a halted VM');
+    await b.start('d', { paused: false });
+    await until(async () => (await b.stat('d')).guestAgent !== undefined, 'the guest agent');
+    await assert.rejects(b.vbdPlug('d', c.vbds[0]!), is('Device_is_connected'));
+    await b.vbdUnplug('d', 'd-disk', false);
+    await assert.rejects(b.vbdUnplug('d', 'd-disk', false), is('Device_not_connected'));
+    await b.vbdPlug('d', c.vbds[0]!);
+    // a new disk without a position gets the lowest free one (0 and 3 are taken)
+    await b.vbdPlug('d', { id: 'd-data', mode: 'RW', type: 'Disk', backend: join(dir, 'data.vhd'), unpluggable: true });
+    assert.equal((await b.deviceState('d', 'd-data')).position, '1');
+    await assert.rejects(b.vbdPlug('d', { id: 'd-clash', position: '0', mode: 'RW', type: 'Disk', backend: 'x', unpluggable: true }), is('Already_exists'));
+    // removable media
+    await assert.rejects(b.vbdEject('d', 'd-cd'), is('Media_not_present'));
+    await b.vbdInsert('d', 'd-cd', join(dir, 'debian.iso'));
+    assert.equal((await b.deviceState('d', 'd-cd')).backend, join(dir, 'debian.iso'));
+    await assert.rejects(b.vbdInsert('d', 'd-cd', 'other.iso'), is('Media_present'));
+    await b.vbdEject('d', 'd-cd');
+    assert.equal((await b.deviceState('d', 'd-cd')).backend, undefined);
+    await assert.rejects(b.vbdEject('d', 'd-disk'), is('Media_not_ejectable'));
+    await assert.rejects(b.vbdInsert('d', 'nope', 'x.iso'), is('Does_not_exist'));
+    // a second NIC: the guest configures it and reports its address
+    await b.vifPlug('d', { id: 'd-vif2', position: 1, mac: '02:00:00:00:00:02', mtu: 1500, bridge: 'xenbr1' });
+    assert.equal((await b.stat('d')).guestAgent!.networks['1/ip'], ipv4ForMac('02:00:00:00:00:02'));
+    await assert.rejects(b.vifPlug('d', { id: 'd-vif3', position: 1, mac: '02:00:00:00:00:03', mtu: 1500, bridge: 'xenbr1' }), is('Already_exists'));
+    await b.vifUnplug('d', 'd-vif2', false);
+    assert.equal((await b.stat('d')).guestAgent!.networks['1/ip'], undefined);
+    await assert.rejects(b.vifUnplug('d', 'd-vif2', false), is('Device_not_connected'));
+    // vCPU hotplug within VCPUs_max
+    await b.setVcpus('d', 2);
+    assert.equal((await b.stat('d')).vcpus, 2);
+    await assert.rejects(b.setVcpus('d', 3), is('Invalid_vcpus'));
+    await b.shutdown('d');
+  }));
+
+test('updates: delivered by token, coalesced per object, waking a waiting caller', () =>
+  withBackend(async (b, dir) => {
+    await b.add(config(dir, 'u', 256 * MiB, 256 * MiB));
+    const first = await b.updates('', 10);
+    // start + pause + unpause: many changes, one entry for the VM
+    await b.start('u', { paused: false });
+    await b.pause('u');
+    await b.unpause('u');
+    const u = await b.updates(first.token, 1000);
+    assert.deepEqual(u.updates.filter((x) => x.kind === 'vm'), [{ kind: 'vm', id: 'u' }]);
+    assert.ok(u.updates.some((x) => x.kind === 'vbd' && x.id === 'u-disk'), 'device updates too');
+    assert.ok(u.updates.some((x) => x.kind === 'vif' && x.id === 'u-vif'));
+    // nothing new: the caller waits; a change wakes it
+    await until(async () => (await b.stat('u')).guestAgent !== undefined, 'the guest agent');
+    const settled = await b.updates(u.token, 10);
+    const waiting = b.updates(settled.token, 10_000);
+    await b.pause('u');
+    const woken = await waiting;
+    assert.deepEqual(woken.updates, [{ kind: 'vm', id: 'u' }]);
+    // a token from before is still good: nothing is lost, just coalesced
+    const again = await b.updates(first.token, 10);
+    assert.equal(again.updates.filter((x) => x.kind === 'vm').length, 1);
+    // a timeout with nothing new returns no updates and the same position
+    const idle = await b.updates(woken.token, 20);
+    assert.deepEqual(idle.updates, []);
+    await b.shutdown('u');
+  }));
+
+test('restart safety: a new backend on the same state directory still runs the domains', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
-  const machine = simulatedMachine({ seed: 's' });
-  const b = new SimulatorBackend({ machine, stateDir: dir, bootTimeMs: 1, shutdownTimeMs: 1 });
-  await b.add(config(dir, 'vm', GiB, GiB));
-  const first = await b.updates('', 10);
-  await b.start('vm', { paused: false });
-  await b.pause('vm');
-  await b.unpause('vm');
-  const u = await b.updates(first.token, 1000);
-  assert.deepEqual(u.updates.filter((x) => x.kind === 'vm'), [{ kind: 'vm', id: 'vm' }]);
-  const domid = (await b.stat('vm')).domid;
-  await b.close();
-  const again = new SimulatorBackend({ machine, stateDir: dir });
-  const s = await again.stat('vm');
-  assert.equal(s.powerState, 'Running');
-  assert.equal(s.domid, domid);
-  await again.shutdown('vm');
-  await again.close();
-  await rm(dir, { recursive: true, force: true });
+  try {
+    const b = backend(dir, 4096);
+    await b.add(config(dir, 'r', GiB, 3 * GiB));
+    await b.add(config(dir, 'h', 256 * MiB, 256 * MiB));
+    await b.add(config(dir, 'p', 256 * MiB, 256 * MiB));
+    await b.start('r', { paused: false });
+    await until(async () => (await b.stat('r')).guestAgent !== undefined, 'the guest agent');
+    await b.start('p', { paused: true });
+    const before = await b.stat('r');
+    const memBefore = await b.hostMemory();
+    // the process dies: no clean close, only what is on disk survives
+    await b.close();
+
+    const b2 = backend(dir, 4096);
+    try {
+      const s = await b2.stat('r');
+      assert.equal(s.powerState, 'Running');
+      assert.equal(s.domid, before.domid);
+      assert.equal(s.memoryTarget, before.memoryTarget);
+      assert.deepEqual(s.guestAgent, before.guestAgent);
+      assert.equal((await b2.stat('p')).powerState, 'Paused');
+      assert.equal((await b2.stat('h')).powerState, 'Halted');
+      assert.deepEqual(await b2.hostMemory(), memBefore, 'memory accounting is rebuilt');
+      assert.equal((await b2.list()).length, 3);
+      // a fresh client (token "") learns about every VM
+      const all = await b2.updates('', 10);
+      assert.deepEqual(new Set(all.updates.filter((x) => x.kind === 'vm').map((x) => x.id)), new Set(['r', 'h', 'p']));
+      // new domids never reuse old ones
+      await b2.start('h', { paused: false });
+      assert.ok((await b2.stat('h')).domid > Math.max(before.domid, (await b2.stat('p')).domid));
+      // the domains are fully operable
+      await b2.unpause('p');
+      await b2.shutdown('r', 5000);
+      assert.equal((await b2.stat('r')).powerState, 'Halted');
+    } finally {
+      await b2.close();
+    }
+    // a domain caught half-built by the crash is not trusted: torn down at the next start-up
+    const b3 = backend(dir, 4096, { bootTimeMs: 60_000 });
+    const starting = b3.start('r', { paused: false }).catch((e: unknown) => e);
+    await until(async () => (await b3.stat('r')).domid !== -1, 'the domain to be created');
+    await b3.close();
+    assert.ok(is('Cancelled')(await starting));
+    const b4 = backend(dir, 4096);
+    try {
+      assert.equal((await b4.stat('r')).powerState, 'Halted');
+      assert.equal((await b4.stat('h')).powerState, 'Running');
+    } finally {
+      await b4.close();
+    }
+    const files = JSON.parse(await readFile(join(dir, 'xenopsd', 'host.json'), 'utf8')) as { lastDomid: number };
+    assert.ok(files.lastDomid >= 4);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
+
+test('a damaged suspend image is refused and the VM stays Suspended', () =>
+  withBackend(async (b, dir) => {
+    await b.add(config(dir, 'vm1', 16 * MiB, 16 * MiB));
+    await b.add(config(dir, 'vm2', 16 * MiB, 16 * MiB));
+    const path = join(dir, 'suspend', 'vm1.img');
+    await b.start('vm1', { paused: false });
+    await b.suspend('vm1');
+    const good = await readFile(path);
+
+    // one byte of one sampled memory page changed
+    const fh = await open(path, 'r+');
+    await fh.write(Buffer.from([good[16 * MiB - 100]! ^ 0xff]), 0, 1, 16 * MiB - 100);
+    await fh.close();
+    await assert.rejects(b.resume('vm1', { paused: false }), (e: DomainError) => e.kind === 'Internal_error' && /checksum/.test(e.args[0]!));
+    assert.equal((await b.stat('vm1')).powerState, 'Suspended');
+
+    // truncated
+    await writeFile(path, good.subarray(0, 8 * MiB));
+    await assert.rejects(b.resume('vm1', { paused: false }), (e: DomainError) => e.kind === 'Internal_error' && /truncated/.test(e.args[0]!));
+    await writeFile(path, 'short');
+    await assert.rejects(b.resume('vm1', { paused: false }), is('Internal_error'));
+
+    // a corrupt header
+    const bad = Buffer.from(good);
+    bad.write('{"magic": garbage', 0);
+    await writeFile(path, bad);
+    await assert.rejects(b.resume('vm1', { paused: false }), is('Internal_error'));
+
+    // another VM's image
+    await b.start('vm2', { paused: false });
+    await b.suspend('vm2');
+    await writeFile(path, await readFile(join(dir, 'suspend', 'vm2.img')));
+    await assert.rejects(b.resume('vm1', { paused: false }), is('Internal_error'));
+
+    // the intact image resumes
+    await writeFile(path, good);
+    await b.resume('vm1', { paused: false });
+    assert.equal((await b.stat('vm1')).powerState, 'Running');
+    // a missing image
+    await b.suspend('vm1');
+    await rm(path);
+    await assert.rejects(b.resume('vm1', { paused: false }), is('Internal_error'));
+    await b.shutdown('vm1');
+    assert.equal((await b.stat('vm1')).powerState, 'Halted');
+  }));
+
+test('guests without an agent never report and never balloon, but still halt on request', () =>
+  withBackend(async (b, dir) => {
+    await b.add(config(dir, 'a', GiB, 3 * GiB));
+    await b.start('a', { paused: false });
+    await b.add(config(dir, 'b', GiB, 3 * GiB));
+    // a keeps all it was given (no balloon driver to squeeze), so b gets only what is left
+    await b.start('b', { paused: false });
+    assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
+    assert.ok((await b.stat('b')).memoryTarget < 3 * GiB);
+    await sleep(30);
+    assert.equal((await b.stat('a')).guestAgent, undefined);
+    await b.shutdown('a', 5000);
+    assert.equal((await b.stat('a')).powerState, 'Halted');
+    await b.shutdown('b');
+  }, 5120, { guestAgent: false }));
