@@ -47,7 +47,8 @@ export interface SessionInfo {
 export interface Call {
   readonly host: HostContext;
   readonly db: Db;
-  readonly msg: MessageDef;
+  /** The message called (none for work outside a call, e.g. an HTTP transfer). */
+  readonly msg?: MessageDef;
   /** The method name as the client sent it (e.g. `Async.VM.start`). */
   readonly wireName: string;
   readonly session: SessionInfo | undefined;

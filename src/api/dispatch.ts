@@ -138,7 +138,12 @@ export class Dispatcher {
     return { ok: true, type: msg.result, value: result, task: state.task, session: state.session };
   }
 
-  private makeCall(msg: MessageDef, wireName: string, session: SessionInfo | undefined, task: string): Call {
+  /** A Call for work that runs on a task outside any message (the HTTP data handlers). */
+  taskCall(session: SessionInfo, task: string): Call {
+    return this.makeCall(undefined, 'http', session, task);
+  }
+
+  private makeCall(msg: MessageDef | undefined, wireName: string, session: SessionInfo | undefined, task: string): Call {
     const tasks = this.tasks;
     return {
       host: this.host,

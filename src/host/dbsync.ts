@@ -10,7 +10,7 @@ import { newRef } from '../api/implicit.js';
 import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
-import { SM_DRIVERS } from '../storage/sm-types.js';
+import { smRecords } from '../storage/drivers.js';
 import { defaultTemplates } from './templates.js';
 
 export const PRODUCT_VERSION = '8.4.0';
@@ -26,10 +26,11 @@ const ROLE_ORDER = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin',
 const POOL_ADMIN_ROLE_UUID = '0165f154-ba3e-034e-6b27-5d271af109ba';
 
 /** Returns [hostRef, poolRef], creating the pool and this host on first start. */
-export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Promise<{ hostRef: string; poolRef: string }> {
+export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Promise<{ hostRef: string; poolRef: string; firstStart: boolean }> {
   const now = formatDateTime(new Date());
   let [pool] = await db.all('pool');
   let hostRef: string;
+  const firstStart = !pool;
   if (!pool) {
     hostRef = await createLocalhost(db, schema, id, now);
     const poolRef = newRef();
@@ -59,7 +60,7 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
     address: id.address,
   });
   await db.commit();
-  return { hostRef, poolRef: pool[0] };
+  return { hostRef, poolRef: pool[0], firstStart };
 }
 
 /** Default templates missing from the database are (re)created, so an upgrade brings new ones. */
@@ -163,7 +164,7 @@ async function createLocalhost(db: Db, schema: Schema, id: HostIdentity, now: st
     });
   }
   await createControlDomain(db, id, hostRef, dom0Ref, dom0Memory, now);
-  for (const sm of SM_DRIVERS) await db.create('SM', newRef(), { uuid: randomUUID(), ...sm });
+  for (const sm of smRecords()) await db.create('SM', newRef(), { uuid: randomUUID(), ...sm });
   await createNetworks(db, id, hostRef);
   return hostRef;
 }

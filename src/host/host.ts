@@ -22,6 +22,12 @@ import * as memory from '../xapi/memory.js';
 import * as vbd from '../xapi/vbd.js';
 import * as vif from '../xapi/vif.js';
 import { XenopsSync } from '../xapi/xenops-sync.js';
+import * as sr from '../xapi/sr.js';
+import * as pbd from '../xapi/pbd.js';
+import * as vdi from '../xapi/vdi.js';
+import * as vmSnapshot from '../xapi/vm-snapshot.js';
+import { Storage } from '../xapi/storage.js';
+import { ensureLocalStorage, plugLocalPbds } from './local-storage.js';
 import type { DomainManager } from '../xenopsd/interface.js';
 import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { EventService } from '../xapi/event.js';
@@ -33,6 +39,7 @@ import { HandlerTable } from '../http/handlers.js';
 import { startHttpServers } from '../http/server.js';
 import { loadOrCreateCertificate } from '../http/tls.js';
 import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
+import { registerVdiTransfers } from '../http/vdi-transfer.js';
 
 export const DB_GC_INTERVAL_MS = 30_000;
 
@@ -78,21 +85,27 @@ export function buildApi(
   db: LocalDb,
   setPassword: session.SetPassword,
   domains: DomainManager,
-): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync } {
+): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage } {
   const registry = new Registry();
   const events = new EventService(host, db);
-  const xenops = new XenopsSync(host, domains);
+  const storage = new Storage(host);
+  const xenops = new XenopsSync(host, domains, storage);
   session.register(registry, setPassword);
   event.register(registry, events);
   message.register(registry);
   role.register(registry);
-  vm.register(registry, new vm.VmService(xenops), host.schema);
+  const vms = new vm.VmService(xenops);
+  vm.register(registry, vms, host.schema);
+  vmSnapshot.register(registry, vms);
   memory.register(registry, xenops);
   vbd.register(registry, xenops, host.schema);
   vif.register(registry, xenops, host.schema);
+  sr.register(registry, storage);
+  pbd.register(registry, storage);
+  vdi.register(registry, storage);
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
-  return { registry, dispatcher, xenops };
+  return { registry, dispatcher, xenops, storage };
 }
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
@@ -117,7 +130,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')));
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
-  const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname, address: opts.address, machine });
+  const { hostRef, poolRef, firstStart } = await syncDatabase(db, schema, { hostname, address: opts.address, machine });
 
   const host: HostContext = {
     schema,
@@ -142,8 +155,10 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   };
 
   const domains = new SimulatorBackend({ machine, stateDir: opts.stateDir, ...opts.simTiming });
-  const { dispatcher, xenops } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
+  const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
   await dispatcher.tasks.cancelLeftovers();
+  if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
+  await plugLocalPbds(storage);
   // The domain manager is the truth about what runs: reconcile before serving.
   await xenops.resync();
   xenops.start();
@@ -163,6 +178,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log))
     .add('POST', '/json', xmlRpcHandler(dispatcher, log))
     .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log));
+  registerVdiTransfers(table, dispatcher, storage);
 
   const tls = await loadOrCreateCertificate(opts.stateDir, hostname);
   let servers;
@@ -195,6 +211,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     async close() {
       clearInterval(gcTimer);
       await servers.close();
+      await storage.close();
       await xenops.stop();
       await db.commit().catch(() => undefined);
       db.close();

@@ -13,6 +13,7 @@ import type { HostContext } from '../api/context.js';
 import { syncDatabase } from './dbsync.js';
 import { buildApi } from './host.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
+import { ensureLocalStorage } from './local-storage.js';
 
 export async function memoryHost(
   opts: {
@@ -49,7 +50,7 @@ export async function memoryHost(
     authFailureDelayMs: 0,
   };
   const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0 });
-  const { registry, dispatcher, xenops } = buildApi(
+  const { registry, dispatcher, xenops, storage } = buildApi(
     host,
     db,
     async (_user, password) => {
@@ -57,10 +58,13 @@ export async function memoryHost(
     },
     domains,
   );
+  // Local storage, as on a real host: VHD files under the state directory.
+  await ensureLocalStorage(storage, join(stateDir, 'storage'));
   // Callers that run VMs start the update loop (xenops.start()) and close() at the end.
   const close = async () => {
+    await storage.close();
     await xenops.stop();
     if (!opts.stateDir) await rm(stateDir, { recursive: true, force: true });
   };
-  return { host, db, registry, dispatcher, xenops, domains, close };
+  return { host, db, registry, dispatcher, xenops, domains, storage, close };
 }

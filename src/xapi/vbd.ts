@@ -35,12 +35,12 @@ export function register(r: Registry, sync: XenopsSync, schema: Schema): void {
     const vbd = await call.db.get('VBD', s(self));
     if (vbd.type !== 'CD') throw new XapiError('VBD_NOT_REMOVABLE_MEDIA', [s(self)]);
     if (vbd.empty !== true) throw new XapiError('VBD_NOT_EMPTY', [s(self)]);
-    const disk = await call.db.get('VDI', s(vdi));
+    await call.db.get('VDI', s(vdi));
     const vm = await call.db.get('VM', s(vbd.VM));
     if (vm.power_state === 'Suspended') throw new XapiError('VM_BAD_POWER_STATE', [s(vbd.VM), 'halted, running', 'suspended']);
     if (vm.power_state === 'Running' || vm.power_state === 'Paused') {
       try {
-        await sync.backend.vbdInsert(s(vm.uuid), s(vbd.uuid), String(disk.location ?? ''));
+        await sync.backend.vbdInsert(s(vm.uuid), s(vbd.uuid), await sync.storage.attachPath(s(vdi), false));
       } catch (e) {
         throw xenopsError(s(vbd.VM), e);
       }

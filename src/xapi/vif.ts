@@ -6,7 +6,7 @@ import { implicitImpl } from '../api/implicit.js';
 import type { Schema } from '../schema/schema.js';
 import type { XenopsSync } from './xenops-sync.js';
 import { hotplug } from './device-ops.js';
-import { randomMac } from './vm.js';
+import { randomMac } from './vm-clone.js';
 
 const s = (v: unknown) => v as string;
 

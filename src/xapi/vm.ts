@@ -12,8 +12,9 @@ import { NULL_REF } from '../schema/types.js';
 import { isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 import { assertEnoughMemory, assertMemoryConstraints, vmOverhead } from './memory.js';
-import { unlink } from 'node:fs/promises';
 import { parseDisksXml } from '../host/templates.js';
+import { createVdi, destroyVdi } from './vdi.js';
+import { cloneVm } from './vm-clone.js';
 
 const s = (v: unknown) => v as string;
 
@@ -49,6 +50,13 @@ export class VmService {
     const metrics = await db.tryGet('host_metrics', s(host.metrics));
     if (!metrics || metrics.live !== true) throw new XapiError('HOST_NOT_LIVE', []);
     if (host.enabled !== true && vm.is_control_domain !== true) throw new XapiError('HOST_DISABLED', [hostRef]);
+    for (const vbdRef of vm.VBDs as string[]) {
+      const vbd = await db.get('VBD', vbdRef);
+      const vdi = vbd.empty === true || vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', s(vbd.VDI));
+      if (!vdi) continue;
+      const pbds = await db.find('PBD', { SR: s(vdi.SR), host: hostRef });
+      if (!pbds.some(([, p]) => p.currently_attached === true)) throw new XapiError('VM_REQUIRES_SR', [ref, s(vdi.SR)]);
+    }
     for (const vifRef of vm.VIFs as string[]) {
       const vif = await db.get('VIF', vifRef);
       const network = await db.get('network', s(vif.network));
@@ -121,8 +129,8 @@ export class VmService {
     await withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
       if (vm.power_state === 'Suspended') {
-        await unlink(await this.sync.suspendImagePath(vm)).catch(() => undefined);
-        await call.db.update('VM', ref, { power_state: 'Halted', suspend_VDI: NULL_REF });
+        await this.discardSuspendImage(call, ref);
+        await call.db.update('VM', ref, { power_state: 'Halted' });
         await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
         await this.sync.refresh(ref);
         return;
@@ -154,7 +162,12 @@ export class VmService {
   }
 
   async resume(call: Call, ref: string, paused: boolean, on?: string, op = 'resume'): Promise<void> {
-    await withVmOperation(call, ref, op, async () => {
+    await withVmOperation(call, ref, op, () => this.resumeNow(call, ref, paused, on));
+  }
+
+  /** The work of resume, for callers already holding a VM operation (checkpoint). */
+  async resumeNow(call: Call, ref: string, paused: boolean, on?: string): Promise<void> {
+    {
       const hostRef = on ?? (await this.chooseHost(call, ref));
       if (on) await this.assertCanBootHere(call, ref, hostRef);
       const vm = await call.db.get('VM', ref);
@@ -164,8 +177,68 @@ export class VmService {
         await this.sync.backend.resume(s(vm.uuid), { paused });
       });
       await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
-      await unlink(await this.sync.suspendImagePath(vm)).catch(() => undefined);
-    });
+      await this.discardSuspendImage(call, ref);
+    }
+  }
+
+  /**
+   * VM.suspend (xapi_xenops.ml suspend): a "Suspend image" VDI on the suspend SR (the VM's,
+   * the pool's, then the host's), sized for the memory with xapi's margin, becomes the VM's
+   * suspend_VDI; the domain manager writes the image into it. On failure the VDI goes again.
+   */
+  async suspend(call: Call, ref: string): Promise<void> {
+    await withVmOperation(call, ref, 'suspend', () => this.suspendNow(call, ref));
+  }
+
+  /** The work of suspend, for callers already holding a VM operation (checkpoint). */
+  async suspendNow(call: Call, ref: string): Promise<void> {
+    {
+      const vm = await call.db.get('VM', ref);
+      const sr = await this.chooseSuspendSr(call, ref, vm);
+      const space = Math.floor(Number(vm.memory_static_max) * 1.2 * 1.05) + 104857600;
+      let vdi: string;
+      try {
+        vdi = await createVdi(this.sync.storage, call, sr, space, {
+          name_label: 'Suspend image', name_description: 'Suspend image', type: 'suspend', sharable: false, read_only: false,
+          other_config: {}, xenstore_data: {}, sm_config: { vmhint: s(vm.uuid), initial_allocation: String(space) }, tags: [],
+        });
+      } catch (e) {
+        if (e instanceof XapiError && (e.code === 'SR_FULL' || e.code === 'SR_BACKEND_FAILURE_44')) throw new XapiError('SR_SUSPEND_SPACE_INSUFFICIENT', [sr]);
+        throw e;
+      }
+      await call.db.update('VM', ref, { suspend_VDI: vdi });
+      try {
+        await this.backend(ref, async () => {
+          await this.sync.backend.add(await this.sync.config(ref));
+          await this.sync.backend.suspend(s(vm.uuid));
+        });
+        await this.assertPowerState(call, ref, 'Suspended');
+      } catch (e) {
+        if ((await call.db.get('VM', ref)).power_state !== 'Suspended') await this.discardSuspendImage(call, ref);
+        throw e;
+      }
+    }
+  }
+
+  private async chooseSuspendSr(call: Call, ref: string, vm: Row): Promise<string> {
+    const pool = (await call.db.all('pool'))[0]![1];
+    const host = await call.db.tryGet('host', s(vm.resident_on));
+    for (const sr of [s(vm.suspend_SR), s(pool.suspend_image_SR), s(host?.suspend_image_sr ?? NULL_REF)]) {
+      if (sr === NULL_REF || !(await call.db.tryGet('SR', sr))) continue;
+      const pbds = await call.db.find('PBD', { SR: sr, host: s(vm.resident_on) });
+      if (pbds.some(([, p]) => p.currently_attached === true)) return sr;
+    }
+    throw new XapiError('VM_NO_SUSPEND_SR', [ref]);
+  }
+
+  /** The suspend image is no longer needed (resumed, or discarded): its VDI goes. */
+  async discardSuspendImage(call: Call, ref: string): Promise<void> {
+    const vm = await call.db.get('VM', ref);
+    const vdi = s(vm.suspend_VDI);
+    await call.db.update('VM', ref, { suspend_VDI: NULL_REF });
+    if (vdi !== NULL_REF && (await call.db.tryGet('VDI', vdi))) {
+      await destroyVdi(this.sync.storage, call, vdi).catch((e) => call.host.log.warn({ err: e, vdi }, 'suspend image VDI not destroyed'));
+    }
   }
 
   async destroy(call: Call, ref: string): Promise<void> {
@@ -174,7 +247,7 @@ export class VmService {
     if (vm.is_a_template === true && isDefaultTemplate(vm)) throw new XapiError('VM_CANNOT_DELETE_DEFAULT_TEMPLATE', [ref]);
     const err = operationError(ref, vm, 'destroy');
     if (err) throw err;
-    if (vm.power_state === 'Suspended') await unlink(await this.sync.suspendImagePath(vm)).catch(() => undefined);
+    if (vm.power_state === 'Suspended') await this.discardSuspendImage(call, ref);
     await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
     for (const r of vm.VBDs as string[]) await db.destroy('VBD', r);
     for (const r of vm.VIFs as string[]) await db.destroy('VIF', r);
@@ -203,7 +276,7 @@ export class VmService {
 
   /**
    * VM.provision: a template clone becomes a VM; the disks its other_config "disks" asks for are
-   * created on the named SR (or the pool's default SR), then the provisioning keys go.
+   * created on the named SR (or the pool's default SR) and attached, then the provisioning keys go.
    */
   async provision(call: Call, ref: string): Promise<void> {
     await withVmOperation(call, ref, 'provision', async () => {
@@ -211,71 +284,28 @@ export class VmService {
       const vm = await db.get('VM', ref);
       const other = { ...(vm.other_config as Record<string, string>) };
       const disks = other.disks ? parseDisksXml(other.disks) : [];
+      const pool = (await db.all('pool'))[0]![1];
       for (const d of disks) {
-        const sr = d.sr ? await db.refByUuid('SR', d.sr) : undefined;
-        const pool = (await db.all('pool'))[0]![1];
-        const target = sr ?? (pool.default_SR as string);
-        // Creating the disk is the storage layer's job; with no SR to put it on, the lookup
-        // fails as xapi's does.
-        await db.get('SR', target);
-        throw new XapiError('OPERATION_NOT_ALLOWED', ['provisioning disks needs VDI.create, which the storage layer does not provide yet']);
+        const sr = (d.sr ? await db.refByUuid('SR', d.sr) : undefined) ?? s(pool.default_SR);
+        await db.get('SR', sr);
+        const vdi = await createVdi(this.sync.storage, call, sr, d.size, {
+          name_label: `${s(vm.name_label)} ${d.device}`, name_description: 'Created by template provisioner', type: d.type || 'system',
+          sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [],
+        });
+        await db.create('VBD', newRef(), {
+          uuid: randomUUID(), VM: ref, VDI: vdi, userdevice: d.device, bootable: d.bootable, mode: 'RW', type: 'Disk',
+          unpluggable: false, empty: false, other_config: { owner: 'true' }, qos_algorithm_type: '', qos_algorithm_params: {},
+        });
       }
       delete other.disks;
       await db.update('VM', ref, { is_a_template: false, other_config: other });
     });
   }
 
-  /** VM.clone: a new VM with the same configuration, new identity, new MACs. */
-  async clone(call: Call, ref: string, name: string, op: 'clone' | 'copy' = 'clone'): Promise<string> {
-    return withVmOperation(call, ref, op, async () => {
-      const db = call.db;
-      const vm = await db.get('VM', ref);
-      for (const vbdRef of vm.VBDs as string[]) {
-        const vbd = await db.get('VBD', vbdRef);
-        if (vbd.type === 'Disk' && vbd.VDI !== NULL_REF) {
-          throw new XapiError('OPERATION_NOT_ALLOWED', ['cloning a VM with disks needs VDI.clone, which the storage layer does not provide yet']);
-        }
-      }
-      const copy: Record<string, unknown> = {};
-      for (const f of db.schema.cls('VM').fields) if (f.qualifier !== 'RO/runtime') copy[f.name] = vm[f.name];
-      const newVm = newRef();
-      await db.create('VM', newVm, {
-        ...copy,
-        uuid: randomUUID(),
-        name_label: name,
-        power_state: 'Halted',
-        is_default_template: false,
-        // a clone is nobody's default template, and gets its own MAC seed, as in xapi
-        other_config: Object.fromEntries(
-          Object.entries(vm.other_config as Record<string, string>)
-            .filter(([k]) => k !== 'default_template')
-            .map(([k, v]) => [k, k === 'mac_seed' ? randomUUID() : v]),
-        ),
-        domid: -1,
-        allowed_operations: [],
-        current_operations: {},
-      });
-      const metrics = newRef();
-      await db.create('VM_metrics', metrics, { uuid: randomUUID(), other_config: {} });
-      await db.update('VM', newVm, { metrics, memory_overhead: vmOverhead(vm) });
-      for (const vifRef of vm.VIFs as string[]) {
-        const vif = await db.get('VIF', vifRef);
-        await db.create('VIF', newRef(), { ...vif, uuid: randomUUID(), VM: newVm, MAC: randomMac(), MAC_autogenerated: true, currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF });
-      }
-      for (const vbdRef of vm.VBDs as string[]) {
-        const vbd = await db.get('VBD', vbdRef);
-        await db.create('VBD', newRef(), { ...vbd, uuid: randomUUID(), VM: newVm, currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF });
-      }
-      await updateAllowedOperations(db, newVm);
-      return newVm;
-    });
+  /** VM.clone / VM.copy: a new VM with the same configuration, new identity, new MACs, its own disks. */
+  async clone(call: Call, ref: string, name: string, op: 'clone' | 'copy' = 'clone', sr?: string): Promise<string> {
+    return withVmOperation(call, ref, op, () => cloneVm(this.sync.storage, call, ref, { name, diskOp: op, sr }));
   }
-}
-
-export function randomMac(): string {
-  const b = [...crypto.getRandomValues(new Uint8Array(6))];
-  b[0] = (b[0]! & 0xfe) | 0x02; // locally administered, unicast
-  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
 /** VM.get_allowed_VBD_devices / VIF devices: numbers not used by any of the VM's devices. */
@@ -310,13 +340,12 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
       await svc.simple(call, s(vm), 'clean_reboot', (u) => sync.backend.reboot(u, svc.cleanTimeout(row)), 'Running');
     })
     .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, s(vm), 'hard_reboot', (u) => sync.backend.reboot(u), 'Running'))
-    .implement('VM.suspend', (call, [vm]) => svc.simple(call, s(vm), 'suspend', (u) => sync.backend.suspend(u), 'Suspended'))
+    .implement('VM.suspend', (call, [vm]) => svc.suspend(call, s(vm)))
     .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, s(vm), paused === true))
     .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, s(vm), paused === true, s(host), 'resume_on'))
     .implement('VM.clone', (call, [vm, name]) => svc.clone(call, s(vm), s(name)))
     .implement('VM.provision', (call, [vm]) => svc.provision(call, s(vm)))
-    // Without disks a copy is a clone; copying disks to `sr` is the storage layer's VDI.copy.
-    .implement('VM.copy', (call, [vm, name]) => svc.clone(call, s(vm), s(name), 'copy'))
+    .implement('VM.copy', (call, [vm, name, sr]) => svc.clone(call, s(vm), s(name), 'copy', s(sr)))
     .implement('VM.assert_can_boot_here', (call, [vm, host]) => svc.assertCanBootHere(call, s(vm), s(host)))
     .implement('VM.get_possible_hosts', async (call, [vm]) => {
       const out: string[] = [];

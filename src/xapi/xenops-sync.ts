@@ -12,6 +12,7 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
 import { Mutex } from '../util/mutex.js';
+import type { Storage } from './storage.js';
 
 /** xapi's transform_xenops_exn: backend errors as XenAPI errors. */
 export function xenopsError(vmRef: string, e: unknown, deviceRef?: string): unknown {
@@ -44,6 +45,7 @@ export class XenopsSync {
   constructor(
     private readonly host: HostContext,
     readonly backend: DomainManager,
+    readonly storage: Storage,
   ) {}
 
   /** The configuration pushed to the backend before a start (xapi's Xenopsd_metadata.push). */
@@ -59,7 +61,8 @@ export class XenopsSync {
         position: vbd.userdevice === 'autodetect' ? undefined : (vbd.userdevice as string),
         mode: vbd.mode as 'RO' | 'RW',
         type: vbd.type as 'Disk' | 'CD' | 'Floppy',
-        backend: vbd.empty === true || !vdi ? undefined : String(vdi.location ?? ''),
+        // vdi_attach on this host: the file the domain reads and writes
+        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vbd.VDI as string, vbd.mode === 'RW'),
         unpluggable: vbd.unpluggable === true,
       });
     }
@@ -86,9 +89,11 @@ export class XenopsSync {
     };
   }
 
-  /** Where a VM's memory image lives while it is suspended (a file under the state directory). */
-  async suspendImagePath(vm: Row): Promise<string> {
-    return `${this.host.config.stateDir}/suspend/${vm.uuid as string}.img`;
+  /** Where a VM's memory image lives while it is suspended: its suspend VDI, attached here. */
+  async suspendImagePath(vm: Row): Promise<string | undefined> {
+    const vdi = vm.suspend_VDI as string;
+    if (vdi === NULL_REF || !(await this.host.db.tryGet('VDI', vdi))) return undefined;
+    return this.storage.attachPath(vdi, true);
   }
 
   async stat(vm: Row): Promise<VmState | undefined> {

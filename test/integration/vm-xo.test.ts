@@ -56,7 +56,10 @@ test('template to destroy through xen-api, states seen through events', { timeou
       const o = await waitState(state);
       assert.deepEqual(o.current_operations, {});
     }
-    assert.deepEqual(seen.filter((s, i) => s !== seen[i - 1]), ['Running', 'Paused', 'Running', 'Suspended', 'Running', 'Halted']);
+    // The domain is paused while its memory is saved and restored (xenopsd's VM_save/VM_restore);
+    // an event may catch that Paused on either side of Suspended.
+    const settled = seen.filter((s, i) => !(s === 'Paused' && (seen[i + 1] === 'Suspended' || seen[i - 1] === 'Suspended')));
+    assert.deepEqual(settled.filter((s, i) => s !== settled[i - 1]), ['Running', 'Paused', 'Running', 'Suspended', 'Running', 'Halted']);
     await xapi.callAsync('VM.destroy', vmRef);
     for (let i = 0; i < 200 && xapi.getObjectByRef(vmRef, undefined); i++) await new Promise((r) => setTimeout(r, 20));
     assert.equal(xapi.getObjectByRef(vmRef, undefined), undefined);

@@ -6,6 +6,8 @@ import { mkdtempSync, rmSync, openSync, writeSync, closeSync, statSync } from 'n
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { createDynamic, createDifferencing, open, coalesceInto } from '../../src/storage/vhd/index.js';
+import { readInfo } from '../../src/storage/vhd/vhd.js';
+import { ensureJudges, vhdiChain, vhdiInfo, ourHash } from './vhd-judge.js';
 
 const MiB = 1024 * 1024;
 let dir = '';
@@ -21,6 +23,7 @@ before(() => {
     const i = spawnSync('apt-get', ['install', '-y', 'qemu-utils'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
     if (!haveQemuImg()) throw new Error(`qemu-img unavailable and apt-get install qemu-utils failed (update ${u.status}, install ${i.status})`);
   }
+  ensureJudges(); // libvhdi for chains (qemu's vpc driver does not follow VHD parents)
   dir = mkdtempSync(path.join(tmpdir(), 'vhd-test-'));
 });
 
@@ -271,4 +274,98 @@ test('concurrent writes to new blocks are serialised and all land', async () => 
   const raw = path.join(dir, 'conc.raw');
   writeRaw(raw, 40 * MiB, writes);
   qemu('compare', '-f', 'vpc', '-F', 'raw', p, raw);
+});
+
+// libvhdi takes a whole bitmap byte (8 sectors) from the child when any of its bits is set,
+// so writes judged through a chain by libvhdi are 4 KiB aligned; unaligned cases are covered above.
+/** sha256 of a raw image built from writes (the expected content). */
+function rawHash(file: string, size: number, writes: Array<[number, Buffer]>): string {
+  writeRaw(file, size, writes);
+  return execFileSync('sha256sum', [file], { encoding: 'utf8' }).split(' ')[0]!;
+}
+
+test('setParent re-points a child at its grandparent after the middle node is coalesced', async () => {
+  const { mkdirSync } = await import('node:fs');
+  const d = path.join(dir, 'reparent');
+  mkdirSync(d);
+  const r = path.join(d, 'r.vhd'), m = path.join(d, 'm.vhd'), c = path.join(d, 'c.vhd');
+  const writes: Array<[number, Buffer]> = [];
+  const base = await createDynamic(r, SIZE);
+  for (const w of [[0, pattern(3 * MiB, 50)], [20 * MiB, pattern(MiB, 51)]] as Array<[number, Buffer]>) { await base.write(w[0], w[1]); writes.push(w); }
+  await base.close();
+  const mid = await createDifferencing(m, r);
+  for (const w of [[MiB + 8192, pattern(12288, 52)], [30 * MiB, pattern(2 * MiB, 53)]] as Array<[number, Buffer]>) { await mid.write(w[0], w[1]); writes.push(w); }
+  await mid.close();
+  const child = await createDifferencing(c, m);
+  for (const w of [[MiB + 12288, pattern(4096, 54)], [31 * MiB, pattern(4096, 55)]] as Array<[number, Buffer]>) { await child.write(w[0], w[1]); writes.push(w); }
+  const expected = rawHash(path.join(d, 'expect.raw'), SIZE, writes);
+  assert.equal(await ourHash(c), expected);
+  assert.equal(vhdiChain(c).hash, expected, 'libvhdi agrees before');
+  assert.deepEqual(vhdiChain(c).chain, ['c.vhd', 'm.vhd', 'r.vhd']);
+
+  const mm = await open(m, { readOnly: true });
+  const rr = await open(r);
+  await coalesceInto(mm, rr);
+  await rr.sync();
+  const rUuid = rr.uuid;
+  await rr.close();
+  await mm.close();
+  await child.setParent(r);
+  assert.equal(child.parentPath, r);
+  assert.equal(child.parentUuid, rUuid);
+  assert.equal((await child.read(31 * MiB, 4096)).equals(pattern(4096, 55)), true);
+  assert.equal((await child.read(30 * MiB, 4096)).equals(pattern(2 * MiB, 53).subarray(0, 4096)), true, 'reads the coalesced data via the new parent');
+  await child.close();
+  rmSync(m); // the old parent is gone: only the new locators can make this work
+
+  const info = await readInfo(c);
+  assert.equal(info.parentUuid, rUuid);
+  assert.equal(info.parentCandidates[0], r, 'relative locator first');
+  const vi = vhdiInfo(c);
+  assert.equal(vi.parentId, rUuid);
+  assert.equal(vi.parentName, 'r.vhd');
+  const judged = vhdiChain(c);
+  assert.deepEqual(judged.chain, ['c.vhd', 'r.vhd']);
+  assert.equal(judged.hash, expected, 'libvhdi reads the same content through the new chain');
+  assert.equal(await ourHash(c), expected);
+  // qemu does not follow vpc parents: it must still accept the file and see no backing file.
+  const q = JSON.parse(qemu('info', '--backing-chain', '--output=json', '-f', 'vpc', c)) as Array<Record<string, unknown>>;
+  assert.equal(q.length, 1);
+  assert.equal(q[0]!['virtual-size'], SIZE);
+  // The grandparent, standalone, holds base + middle writes exactly.
+  writeRaw(path.join(d, 'r.raw'), SIZE, writes.slice(0, 4));
+  qemu('compare', '-f', 'vpc', '-F', 'raw', r, path.join(d, 'r.raw'));
+});
+
+test('setParent locators appended where the BAT later grows are moved out of its way', async () => {
+  const { mkdirSync } = await import('node:fs');
+  const d = path.join(dir, 'reparent-grow');
+  mkdirSync(d);
+  const a = path.join(d, 'a.vhd'), b = path.join(d, 'b.vhd'), c = path.join(d, 'c.vhd');
+  const pa = await createDynamic(a, 20 * MiB, { maxSize: 20 * MiB });
+  await pa.write(0, pattern(MiB, 60));
+  await pa.close();
+  await (await createDynamic(b, 20 * MiB, { maxSize: 20 * MiB })).close();
+  const pb = await open(b);
+  await pb.write(0, pattern(MiB, 60)); // same content, different disk
+  await pb.close();
+  const ch = await createDifferencing(c, a, { maxSize: 20 * MiB });
+  // Nothing allocated yet: the new locator data lands right after the one-sector BAT.
+  await ch.setParent(b);
+  await ch.resize(300 * MiB); // grows the BAT over where the locators were appended
+  await ch.write(300 * MiB - 4096, pattern(4096, 61));
+  await ch.write(5 * MiB, pattern(MiB, 62));
+  await ch.close();
+  const r = await open(c, { readOnly: true });
+  assert.equal(r.parentPath, b);
+  assert.ok((await r.read(0, MiB)).equals(pattern(MiB, 60)));
+  assert.ok((await r.read(5 * MiB, MiB)).equals(pattern(MiB, 62)));
+  assert.ok((await r.read(300 * MiB - 4096, 4096)).equals(pattern(4096, 61)));
+  await r.close();
+  assert.equal(vhdiInfo(c).parentName, 'b.vhd');
+  const expected = rawHash(path.join(d, 'e.raw'), 300 * MiB, [[0, pattern(MiB, 60)], [5 * MiB, pattern(MiB, 62)], [300 * MiB - 4096, pattern(4096, 61)]]);
+  assert.equal(await ourHash(c), expected);
+  // libvhdi reports the footer's original size (20 MiB), not the resized current size, so
+  // only its view of the chain (parent identity) is checked here.
+  assert.deepEqual(vhdiChain(c).chain, ['c.vhd', 'b.vhd']);
 });

@@ -96,9 +96,19 @@ test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, de
     r = await t.rec(vm);
     assert.equal(r.power_state, 'Suspended');
     assert.equal(r.resident_on, 'OpaqueRef:NULL');
-    assert.ok(existsSync(`${t.host.config.stateDir}/suspend/${r.uuid as string}.img`));
+    // the memory image lives in a "Suspend image" VDI on the suspend SR, a real VHD file
+    const suspendVdi = r.suspend_VDI as string;
+    const image = (await t.ok('VDI.get_record', t.s, suspendVdi)) as RpcStruct;
+    assert.equal(image.type, 'suspend');
+    assert.equal(image.name_label, 'Suspend image');
+    assert.ok(Number(image.virtual_size) >= GiB);
+    const sr = (await t.ok('SR.get_record', t.s, image.SR as string)) as RpcStruct;
+    assert.ok(existsSync(`${t.host.config.stateDir}/storage/${sr.uuid as string}/${image.location as string}.vhd`));
     await t.ok('VM.resume', t.s, vm, false, false);
-    assert.equal((await t.rec(vm)).power_state, 'Running');
+    r = await t.rec(vm);
+    assert.equal(r.power_state, 'Running');
+    assert.equal(r.suspend_VDI, 'OpaqueRef:NULL');
+    assert.deepEqual(await t.err('VDI.get_record', t.s, suspendVdi), ['HANDLE_INVALID', 'VDI', suspendVdi]);
 
     const domid = (await t.rec(vm)).domid;
     await t.ok('VM.clean_reboot', t.s, vm);
@@ -214,7 +224,9 @@ test('faults: a guest crash, a guest halting itself, a guest refusing to shut do
     const domid = (await t.rec(vm)).domid;
     // actions_after_crash = restart: the VM comes back in a new domain
     t.domains.inject(uuid, 'crash');
-    for (let i = 0; i < 200 && (await t.rec(vm)).domid === domid; i++) await sleep(10);
+    // (between the crash and the restart the VM is briefly Halted with no domain)
+    const restarted = (r: RpcStruct) => r.domid !== domid && r.power_state === 'Running';
+    for (let i = 0; i < 300 && !restarted(await t.rec(vm)); i++) await sleep(10);
     let r = await t.rec(vm);
     assert.equal(r.power_state, 'Running');
     assert.notEqual(r.domid, domid);

@@ -57,11 +57,19 @@ export class Vhd {
     private header: Header | null,
     private bat: Uint32Array,
     fileSize: number,
-    readonly parent: Vhd | null,
-    readonly parentPath: string | null,
+    private _parent: Vhd | null,
+    private _parentPath: string | null,
     private readonly readOnly: boolean,
   ) {
     this.footerPos = fileSize - FOOTER_SIZE;
+  }
+
+  /** The opened parent (read-only), or null for dynamic/fixed disks. Changes after setParent. */
+  get parent(): Vhd | null { return this._parent; }
+  get parentPath(): string | null { return this._parentPath; }
+  /** The parent's VHD unique id as recorded in our header (differencing disks only). */
+  get parentUuid(): string | null {
+    return this.footer.diskType === DISK_DIFFERENCING && this.header ? uuidString(this.header.parentUuid) : null;
   }
 
   get virtualSize(): number { return this.footer.currentSize; }
@@ -130,7 +138,12 @@ export class Vhd {
   async close(): Promise<void> {
     await this.lock;
     await this.fh.close();
-    if (this.parent) await this.parent.close();
+    if (this._parent) await this._parent.close();
+  }
+
+  /** Flush data and metadata written through this handle (writes into existing blocks are not synced one by one). */
+  async sync(): Promise<void> {
+    await this.exclusive(() => this.fh.sync());
   }
 
   /** Indices of blocks allocated in this file (not its parents). */
@@ -199,7 +212,7 @@ export class Vhd {
   }
 
   private async fromParent(buf: Buffer, bufOffset: number, from: number, to: number): Promise<void> {
-    if (this.parent) await this.parent.readInto(buf.subarray(from - bufOffset, to - bufOffset), from);
+    if (this._parent) await this._parent.readInto(buf.subarray(from - bufOffset, to - bufOffset), from);
     // dynamic disk (or no parent): stays zero
   }
 
@@ -338,6 +351,26 @@ export class Vhd {
       this.footerPos = at + blockBytes;
       await this.setBatEntry(i, at / SECTOR);
     }
+    // Locator data appended by setParent may also sit where the table grows: move it to the end
+    // and publish its new place before the fill below overwrites the old one.
+    if (h.locators.some((l) => l.length > 0 && l.offset < newBatEnd && l.offset + l.space > h.tableOffset)) {
+      const moved = h.locators.map((l) => ({ ...l }));
+      const datas: Buffer[] = [];
+      for (const l of moved) {
+        if (l.length === 0 || l.offset >= newBatEnd || l.offset + l.space <= h.tableOffset) continue;
+        const b = Buffer.alloc(l.length);
+        await readExact(this.fh, b, l.offset);
+        datas.push(b);
+        l.offset = -1; // placeholder, filled by appendLocators
+      }
+      const offsets = await this.appendLocators(datas);
+      let k = 0;
+      for (const l of moved) if (l.offset === -1) { l.offset = offsets[k]!; l.space = roundUp(Math.max(l.length, 1), SECTOR); k++; }
+      this.header = { ...h, locators: moved };
+      await writeExact(this.fh, encodeHeader(this.header), HEADER_OFFSET);
+      await this.fh.datasync();
+    }
+    const hh = this.header!;
     // New entries are unused; then publish the larger table in the header.
     const oldEnd = h.tableOffset + h.maxTableEntries * 4;
     const fill = Buffer.alloc(newBatEnd - oldEnd, 0xff);
@@ -346,14 +379,135 @@ export class Vhd {
     const bat = new Uint32Array(entries).fill(BAT_UNUSED);
     bat.set(this.bat);
     this.bat = bat;
-    this.header = { ...h, maxTableEntries: entries };
+    this.header = { ...hh, maxTableEntries: entries };
     await writeExact(this.fh, encodeHeader(this.header), HEADER_OFFSET);
     await this.fh.datasync();
   }
+
+  /**
+   * Write locator payloads into fresh space at the end of the file, with allocate's discipline
+   * (footer at the new end first, payload over the old footer, fsync), and return their offsets.
+   * Nothing points at them yet: a crash leaves only leaked bytes.
+   */
+  private async appendLocators(datas: Buffer[]): Promise<number[]> {
+    const at = this.footerPos;
+    const offsets: number[] = [];
+    let end = at;
+    for (const d of datas) {
+      offsets.push(end);
+      end += roundUp(Math.max(d.length, 1), SECTOR);
+    }
+    await writeExact(this.fh, encodeFooter(this.footer), end);
+    for (let i = 0; i < datas.length; i++) {
+      const slot = Buffer.alloc(roundUp(Math.max(datas[i]!.length, 1), SECTOR));
+      datas[i]!.copy(slot);
+      await writeExact(this.fh, slot, offsets[i]!);
+    }
+    await this.fh.datasync();
+    this.footerPos = end;
+    return offsets;
+  }
+
+  /**
+   * Re-point this differencing disk at another parent (vhd-util modify -p), used after its old
+   * parent was coalesced into newParentPath. Crash-safe without a journal of its own: the new
+   * locator payloads are written to new space and synced first, then the single 1024-byte header
+   * write switches parent uuid, timestamp, name and locators together. Before that write the
+   * disk still names its old parent; after it, the new one. This handle then reads through the
+   * new parent; do not call it while reads on the same handle are in flight.
+   */
+  async setParent(newParentPath: string): Promise<void> {
+    if (this.readOnly) throw new Error('VHD: opened read-only');
+    if (this.footer.diskType !== DISK_DIFFERENCING) throw new Error('VHD: only differencing disks have a parent');
+    const absParent = path.resolve(newParentPath);
+    const np = await Vhd.open(absParent, { readOnly: true });
+    try {
+      await this.exclusive(async () => {
+        const h = this.header!;
+        const locs = buildLocators(this.path, absParent);
+        const offsets = await this.appendLocators(locs.map(([, d]) => d));
+        const locators = emptyLocators();
+        locs.forEach(([code, data], i) => {
+          locators[i] = { code, space: roundUp(Math.max(data.length, 1), SECTOR), length: data.length, offset: offsets[i]! };
+        });
+        const header: Header = {
+          ...h,
+          parentUuid: Buffer.from(np.footer.uuid),
+          parentTimestamp: vhdTime((await stat(absParent)).mtimeMs),
+          parentName: path.basename(absParent),
+          locators,
+        };
+        await writeExact(this.fh, encodeHeader(header), HEADER_OFFSET);
+        await this.fh.datasync();
+        this.header = header;
+      });
+    } catch (e) {
+      await np.close();
+      throw e;
+    }
+    const old = this._parent;
+    this._parent = np;
+    this._parentPath = absParent;
+    if (old) await old.close();
+  }
 }
 
-/** Find the parent file from the locators: relative first (the chain may have been moved), then absolute. */
-async function resolveParent(fh: FileHandle, childPath: string, h: Header): Promise<string> {
+/** The locators XenServer's blktap writes: MacX file URL, W2ku absolute, W2ru relative. */
+function buildLocators(childFile: string, absParent: string): Array<[number, Buffer]> {
+  let rel = path.relative(path.dirname(path.resolve(childFile)), absParent);
+  if (!rel.startsWith('..')) rel = `./${rel}`;
+  return [
+    [PLAT_MACX, locatorData(PLAT_MACX, `file://${rel}`)],
+    [PLAT_W2KU, locatorData(PLAT_W2KU, absParent)],
+    [PLAT_W2RU, locatorData(PLAT_W2RU, rel.replace(/\//g, '\\'))],
+  ];
+}
+
+/** What one VHD file says about itself, read from footer and header only (no parent is opened). */
+export interface VhdInfo {
+  uuid: string;
+  type: VhdType;
+  hidden: boolean;
+  virtualSize: number;
+  /** Parent's VHD unique id from the header (differencing only). */
+  parentUuid: string | null;
+  /** Parent paths named by the locators, most trusted first (relative W2ru, MacX, W2ku, header name), resolved against the file's directory. */
+  parentCandidates: string[];
+}
+
+export async function readInfo(file: string): Promise<VhdInfo> {
+  const fh = await fsOpen(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    if (size < FOOTER_SIZE) throw new Error('VHD: file too small');
+    const fb = Buffer.alloc(FOOTER_SIZE);
+    await readExact(fh, fb, size - FOOTER_SIZE);
+    let footer: Footer;
+    try {
+      footer = decodeFooter(fb);
+    } catch (e) {
+      await readExact(fh, fb, 0);
+      footer = decodeFooter(fb);
+      if (footer.diskType === DISK_FIXED) throw e;
+    }
+    const type: VhdType = footer.diskType === DISK_FIXED ? 'fixed' : footer.diskType === DISK_DIFFERENCING ? 'differencing' : 'dynamic';
+    let parentUuid: string | null = null;
+    let parentCandidates: string[] = [];
+    if (type === 'differencing') {
+      const hb = Buffer.alloc(HEADER_SIZE);
+      await readExact(fh, hb, Number(footer.dataOffset));
+      const header = decodeHeader(hb);
+      parentUuid = uuidString(header.parentUuid);
+      parentCandidates = await locatorCandidates(fh, file, header);
+    }
+    return { uuid: uuidString(footer.uuid), type, hidden: footer.hidden !== 0, virtualSize: footer.currentSize, parentUuid, parentCandidates };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Parent paths named by the locators: relative first (the chain may have been moved), then absolute. */
+async function locatorCandidates(fh: FileHandle, childPath: string, h: Header): Promise<string[]> {
   const dir = path.dirname(path.resolve(childPath));
   const candidates: string[] = [];
   const order = [PLAT_W2RU, PLAT_MACX, PLAT_W2KU];
@@ -369,6 +523,12 @@ async function resolveParent(fh: FileHandle, childPath: string, h: Header): Prom
     }
   }
   if (h.parentName) candidates.push(path.resolve(dir, h.parentName));
+  return candidates;
+}
+
+/** Find the parent file: the first locator candidate that exists. */
+async function resolveParent(fh: FileHandle, childPath: string, h: Header): Promise<string> {
+  const candidates = await locatorCandidates(fh, childPath, h);
   for (const c of candidates) {
     try {
       await stat(c);
@@ -447,14 +607,7 @@ export async function createDifferencing(file: string, parentPath: string, opts:
     await parent.close();
   }
   const absParent = path.resolve(parentPath);
-  let rel = path.relative(path.dirname(path.resolve(file)), absParent);
-  if (!rel.startsWith('..')) rel = `./${rel}`;
-  // The locators XenServer's blktap writes: MacX file URL, W2ku absolute, W2ru relative.
-  const locs: Array<[number, Buffer]> = [
-    [PLAT_MACX, locatorData(PLAT_MACX, `file://${rel}`)],
-    [PLAT_W2KU, locatorData(PLAT_W2KU, absParent)],
-    [PLAT_W2RU, locatorData(PLAT_W2RU, rel.replace(/\//g, '\\'))],
-  ];
+  const locs = buildLocators(file, absParent);
   const locators = emptyLocators();
   const extra: Array<[Buffer, number]> = [];
   let at = HEADER_OFFSET + HEADER_SIZE;
@@ -482,7 +635,14 @@ export function open(file: string, opts: { readOnly?: boolean } = {}): Promise<V
  * Copy every sector the child holds into its parent (vhd-util coalesce). The parent is grown first
  * if the child is larger. Streams run by run; the child is left untouched.
  */
-export async function coalesceInto(child: Vhd, parent: Vhd): Promise<void> {
+export interface CoalesceOptions {
+  /** Checked between runs: an aborted copy stops with the signal's reason (the parent keeps what was copied). */
+  signal?: AbortSignal;
+  /** Called after each run is written (progress, tests' crash points). */
+  onRun?(bytes: number): void | Promise<void>;
+}
+
+export async function coalesceInto(child: Vhd, parent: Vhd, opts: CoalesceOptions = {}): Promise<void> {
   if (parent.virtualSize < child.virtualSize) await parent.resize(child.virtualSize);
   const bs = child.blockSize;
   for (const block of child.allocatedBlocks()) {
@@ -495,7 +655,11 @@ export async function coalesceInto(child: Vhd, parent: Vhd): Promise<void> {
       while (e < spb && present(e) && (e - s) * SECTOR < MAX_RUN) e++;
       const off = block * bs + s * SECTOR;
       const len = Math.min((e - s) * SECTOR, child.virtualSize - off);
-      if (len > 0) await parent.write(off, await child.read(off, len));
+      opts.signal?.throwIfAborted();
+      if (len > 0) {
+        await parent.write(off, await child.read(off, len));
+        await opts.onRun?.(len);
+      }
       s = e;
     }
   }

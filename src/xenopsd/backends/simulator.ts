@@ -42,6 +42,7 @@ import { dom0MemoryBytes, type Machine } from '../machine.js';
 import { overheadBytes } from '../overhead.js';
 import { Squeezed, type DomainMemory } from '../squeezed.js';
 import { Mutex } from '../../util/mutex.js';
+import { openDiskFile } from '../../storage/disk-file.js';
 
 /**
  * Misbehaviour to inject into a VM's guest (inject()):
@@ -958,6 +959,33 @@ export class SimulatorBackend implements DomainManager {
     this.persist(id);
   }
 
+  /**
+   * The guest's own disk I/O (a workload inside the VM): reads or writes the disk plugged as
+   * VBD `vbd` through its backend file, as tapdisk would for a real domain. Writes need a
+   * read-write VBD; either needs a built domain with the VBD plugged.
+   */
+  async guestDiskIo(id: string, vbd: string, op: { offset: number; write?: Buffer; length?: number }): Promise<Buffer> {
+    return this.serial(id, async () => {
+      const vm = this.get(id);
+      const d = this.built(vm);
+      const plugged = d.vbds[vbd];
+      const config = vm.config.vbds.find((v) => v.id === vbd);
+      if (!plugged || !config) throw new DomainError('Device_not_connected', [vbd]);
+      if (!plugged.backend) throw new DomainError('Media_not_present', [vbd]);
+      if (op.write && config.mode !== 'RW') throw new DomainError('Internal_error', [`VBD ${vbd} is read-only`]);
+      const disk = await openDiskFile(plugged.backend, { readOnly: !op.write });
+      try {
+        if (op.write) {
+          await disk.write(op.offset, op.write);
+          return op.write;
+        }
+        return await disk.read(op.offset, op.length ?? 0);
+      } finally {
+        await disk.close();
+      }
+    });
+  }
+
   /** Removes the sticky faults (refuse/ignore shutdown, refuse unplug, slow boot). */
   clearFaults(id: string): void {
     this.get(id).status.faults = {};
@@ -1104,18 +1132,31 @@ function samplesDigest(vm: string, bootCount: number, offsets: number[]): string
 }
 
 async function writeImage(path: string, h: { vm: string; memory: number; vcpus: number; bootCount: number; domainType: string }): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
   const offsets = sampleOffsets(h.memory);
   const header: ImageHeader = { magic: IMAGE_MAGIC, version: IMAGE_VERSION, ...h, offsets, sha256: samplesDigest(h.vm, h.bootCount, offsets) };
+  const head = Buffer.alloc(PAGE);
+  const json = Buffer.from(JSON.stringify(header));
+  if (json.length > PAGE) throw new DomainError('Internal_error', ['suspend image header too large']);
+  json.copy(head);
+  if (path.endsWith('.vhd')) {
+    // A suspend VDI: xapi made it at least as large as the memory. The header goes last, so an
+    // image cut short by a crash never verifies.
+    const disk = await openDiskFile(path, { readOnly: false });
+    try {
+      if (disk.size < h.memory) throw new DomainError('Internal_error', [`suspend VDI ${path} is smaller than the memory (${h.memory})`]);
+      for (const [i, off] of offsets.entries()) await disk.write(off, memoryPage(h.vm, h.bootCount, i));
+      await disk.write(0, head);
+    } finally {
+      await disk.close();
+    }
+    return;
+  }
+  await mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.partial`;
   const fh = await open(tmp, 'w', 0o600);
   try {
     await fh.truncate(h.memory); // the logical size: all of the guest's memory, as a hole
     for (const [i, off] of offsets.entries()) await fh.write(memoryPage(h.vm, h.bootCount, i), 0, PAGE, off);
-    const head = Buffer.alloc(PAGE);
-    const json = Buffer.from(JSON.stringify(header));
-    if (json.length > PAGE) throw new DomainError('Internal_error', ['suspend image header too large']);
-    json.copy(head);
     await fh.write(head, 0, PAGE, 0);
     await fh.sync();
   } finally {
@@ -1128,17 +1169,18 @@ async function writeImage(path: string, h: { vm: string; memory: number; vcpus: 
 /** Reads and verifies a memory image; any damage is Internal_error (the VM stays Suspended). */
 async function readImage(path: string, vm: string): Promise<{ memory: number; vcpus: number; bootCount: number }> {
   const bad = (why: string) => new DomainError('Internal_error', [`suspend image ${path}: ${why}`]);
-  let fh;
+  let disk;
   try {
-    fh = await open(path, 'r');
+    disk = await openDiskFile(path, { readOnly: true });
   } catch (e) {
     throw bad(`cannot open: ${(e as Error).message}`);
   }
+  // A raw image file is exactly the memory; a suspend VDI may be larger (rounded to its blocks).
+  const exact = !path.endsWith('.vhd');
   try {
-    const size = (await fh.stat()).size;
+    const size = disk.size;
     if (size < PAGE) throw bad('truncated (no header)');
-    const head = Buffer.alloc(PAGE);
-    await fh.read(head, 0, PAGE, 0);
+    const head = await disk.read(0, PAGE);
     let h: ImageHeader;
     try {
       const end = head.indexOf(0);
@@ -1148,20 +1190,15 @@ async function readImage(path: string, vm: string): Promise<{ memory: number; vc
     }
     if (h.magic !== IMAGE_MAGIC || h.version !== IMAGE_VERSION) throw bad('not a suspend image');
     if (h.vm !== vm) throw bad(`belongs to VM ${h.vm}`);
-    if (size !== h.memory) throw bad(`is ${size} bytes, the header says ${h.memory} (truncated?)`);
+    if (exact ? size !== h.memory : size < h.memory) throw bad(`is ${size} bytes, the header says ${h.memory} (truncated?)`);
     if (JSON.stringify(h.offsets) !== JSON.stringify(sampleOffsets(h.memory))) throw bad('corrupt header');
     const sum = createHash('sha256');
-    const p = Buffer.alloc(PAGE);
-    for (const off of h.offsets) {
-      const { bytesRead } = await fh.read(p, 0, PAGE, off);
-      if (bytesRead !== PAGE) throw bad('truncated');
-      sum.update(p);
-    }
+    for (const off of h.offsets) sum.update(await disk.read(off, PAGE));
     const digest = sum.digest('hex');
     // the pages must match the header, and the header must match the memory the VM had
     if (digest !== h.sha256 || digest !== samplesDigest(vm, h.bootCount, h.offsets)) throw bad('checksum mismatch');
     return { memory: h.memory, vcpus: h.vcpus, bootCount: h.bootCount };
   } finally {
-    await fh.close();
+    await disk.close();
   }
 }

@@ -1,0 +1,130 @@
+// What the HTTP data handlers (import/export of disks and VMs) share, as xapi's xapi_http.ml
+// with_context and assert_credentials_ok: the session from the `session_id` query parameter or
+// cookie, or HTTP Basic credentials (a session for this request only); the RBAC permission
+// "http/<action>"; the task — the caller's `task_id`, or a new one — named in the `task-id`
+// response header, which carries the result or the error. No credentials, or bad ones: 401 (and
+// the caller's task fails with SESSION_AUTHENTICATION_FAILED); no permission: 403.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Call, SessionInfo } from '../api/context.js';
+import type { Dispatcher } from '../api/dispatch.js';
+import { XapiError } from '../api/errors.js';
+import { checkPermission } from '../api/rbac.js';
+import { checkSession } from '../api/session-check.js';
+import type { Type } from '../schema/types.js';
+import type { Handler } from './handlers.js';
+import { sendHttpError } from './server.js';
+
+/** The roles of xapi's data handlers (datamodel http_actions: _R_VM_ADMIN, vm-admin and above). */
+export const VM_ADMIN = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin'];
+
+export interface Transfer {
+  call: Call;
+  url: URL;
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** A query parameter (xapi reads them from the query string only). */
+  param(name: string): string | undefined;
+  /** A `ref` or `uuid` query value as a ref of `cls` (xapi accepts either for vdi/base). */
+  resolve(cls: string, value: string | undefined): Promise<string | undefined>;
+}
+
+/** The result a transfer reports on its task. */
+export type TransferResult = { type: Type; value: unknown } | undefined;
+
+/** Maps a failure to the HTTP status sent when the response has not started yet. */
+export function statusOf(e: unknown): number {
+  if (!(e instanceof XapiError)) return 500;
+  if (e.code === 'HANDLE_INVALID' || e.code === 'UUID_INVALID') return 404;
+  if (e.code.startsWith('IMPORT_ERROR') || e.code === 'VDI_TOO_LARGE' || e.code === 'SR_FULL') return 400;
+  return 500;
+}
+
+function cookie(req: IncomingMessage, name: string): string | undefined {
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const [k, ...v] = part.trim().split('=');
+    if (k === name) return decodeURIComponent(v.join('='));
+  }
+  return undefined;
+}
+
+async function authenticate(d: Dispatcher, req: IncomingMessage, url: URL): Promise<{ session: SessionInfo; logout?: () => Promise<void> } | undefined> {
+  const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
+  if (given) {
+    try {
+      return { session: await checkSession(d.host, given) };
+    } catch {
+      return undefined;
+    }
+  }
+  const auth = req.headers.authorization;
+  if (auth?.startsWith('Basic ')) {
+    const text = Buffer.from(auth.slice(6), 'base64').toString('utf8');
+    const colon = text.indexOf(':');
+    const o = await d.dispatch('session.login_with_password', [text.slice(0, colon), text.slice(colon + 1), '', 'HTTP Basic auth']);
+    if (!o.ok) return undefined;
+    const ref = o.value as string;
+    return { session: await checkSession(d.host, ref), logout: async () => void (await d.dispatch('session.logout', [ref])) };
+  }
+  return undefined;
+}
+
+/**
+ * A data handler: authenticates, checks "http/<action>", makes or adopts the task, runs `fn`,
+ * and records its outcome on the task. `fn` writes the response itself; if it throws before
+ * the response started, an HTTP error page goes out (else the connection is cut).
+ */
+export function transferHandler(d: Dispatcher, action: string, label: string, roles: string[], fn: (t: Transfer) => Promise<TransferResult>): Handler {
+  return async (req, res, url) => {
+    const host = d.host;
+    const taskParam = url.searchParams.get('task_id') ?? undefined;
+    const auth = await authenticate(d, req, url);
+    if (!auth) {
+      if (taskParam && (await host.db.tryGet('task', taskParam))) await d.tasks.fail(taskParam, new XapiError('SESSION_AUTHENTICATION_FAILED', []));
+      req.resume();
+      sendHttpError(res, 401, '', { 'www-authenticate': `Basic realm="${action}"` });
+      return;
+    }
+    try {
+      try {
+        checkPermission(host, auth.session, `http/${action}`, roles);
+      } catch (e) {
+        if (taskParam && (await host.db.tryGet('task', taskParam))) await d.tasks.fail(taskParam, e);
+        req.resume();
+        sendHttpError(res, 403);
+        return;
+      }
+      let task = taskParam && (await host.db.tryGet('task', taskParam)) ? taskParam : undefined;
+      task ??= await d.tasks.create(auth.session, label, true);
+      await host.db.commit();
+      res.setHeader('task-id', task);
+      const call = d.taskCall(auth.session, task);
+      const transfer: Transfer = {
+        call,
+        url,
+        req,
+        res,
+        param: (name) => url.searchParams.get(name) ?? undefined,
+        resolve: async (cls, value) => {
+          if (!value) return undefined;
+          if (await host.db.tryGet(cls, value)) return value;
+          const byUuid = await host.db.refByUuid(cls, value);
+          if (byUuid) return byUuid;
+          throw new XapiError('HANDLE_INVALID', [cls, value]);
+        },
+      };
+      try {
+        const result = await fn(transfer);
+        await d.tasks.succeed(task, result ? host.marshal.xml(result.type, result.value) : '');
+      } catch (e) {
+        if (!(e instanceof XapiError)) host.log.warn({ err: e, action, task }, 'HTTP transfer failed');
+        await d.tasks.fail(task, e);
+        req.resume();
+        if (!res.headersSent) sendHttpError(res, statusOf(e), e instanceof Error ? e.message : String(e));
+        else res.destroy();
+      }
+      await host.db.commit();
+    } finally {
+      await auth.logout?.().catch(() => undefined);
+    }
+  };
+}

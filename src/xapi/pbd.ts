@@ -1,0 +1,76 @@
+// PBD.* explicit messages (xapi's xapi_pbd.ml): create with its uniqueness and key checks,
+// plug (the driver's sr_attach, refused for a non-shared SR attached elsewhere), unplug
+// (refused while VDIs are in use), destroy of a detached PBD.
+import { randomUUID } from 'node:crypto';
+import type { Registry } from '../api/context.js';
+import { XapiError } from '../api/errors.js';
+import { newRef } from '../api/implicit.js';
+import type { Storage } from './storage.js';
+
+const s = (v: unknown) => v as string;
+
+/** PBD.plug: attach through the driver, mark attached, then learn the SR's contents. */
+export async function plugPbd(storage: Storage, pbdRef: string): Promise<void> {
+  const db = storage.host.db;
+  const pbd = await db.get('PBD', pbdRef);
+  if (pbd.currently_attached === true) return;
+  const srRef = s(pbd.SR);
+  const sr = await db.get('SR', srRef);
+  if (sr.shared !== true) {
+    for (const other of sr.PBDs as string[]) {
+      const o = await db.tryGet('PBD', other);
+      if (other !== pbdRef && o?.currently_attached === true) throw new XapiError('SR_NOT_SHARABLE', [srRef, s(pbd.host)]);
+    }
+  }
+  if (pbd.host !== storage.host.hostRef) throw new XapiError('HOST_OFFLINE', [s(pbd.host)]);
+  const { driver, ctx } = await storage.context(srRef, { plugged: false });
+  await storage.sm(srRef, () => driver.attach(ctx));
+  await db.update('PBD', pbdRef, { currently_attached: true });
+  await storage.scan(srRef);
+  await storage.updateSrAllowed(srRef);
+  storage.kickGc(srRef);
+}
+
+export async function unplugPbd(storage: Storage, pbdRef: string): Promise<void> {
+  const db = storage.host.db;
+  const pbd = await db.get('PBD', pbdRef);
+  if (pbd.currently_attached !== true) return;
+  const srRef = s(pbd.SR);
+  const inUse: string[] = [];
+  for (const vdi of (await db.get('SR', srRef)).VDIs as string[]) if (await storage.isActive(vdi)) inUse.push(vdi);
+  if (inUse.length > 0) throw new XapiError('VDI_IN_USE', inUse);
+  const { driver, ctx } = await storage.context(srRef);
+  await storage.sm(srRef, () => driver.detach(ctx));
+  await db.update('PBD', pbdRef, { currently_attached: false });
+}
+
+export function register(r: Registry, storage: Storage): void {
+  r.implement('PBD.create', async (call, [record]) => {
+    const rec = record as Record<string, unknown>;
+    const sr = s(rec.SR);
+    const host = s(rec.host);
+    await call.db.get('SR', sr);
+    await call.db.get('host', host);
+    const dc = (rec.device_config ?? {}) as Record<string, string>;
+    if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'SRmaster is an internal key']);
+    const existing = await call.db.find('PBD', { SR: sr, host });
+    if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
+    const ref = newRef();
+    await call.db.create('PBD', ref, { uuid: randomUUID(), host, SR: sr, device_config: dc, currently_attached: false, other_config: rec.other_config ?? {} });
+    return ref;
+  })
+    .implement('PBD.destroy', async (call, [self]) => {
+      const pbd = await call.db.get('PBD', s(self));
+      if (pbd.currently_attached === true) throw new XapiError('OPERATION_NOT_ALLOWED', ['PBD is currently attached']);
+      await call.db.destroy('PBD', s(self));
+    })
+    .implement('PBD.plug', async (call, [self]) => {
+      const pbd = await call.db.get('PBD', s(self));
+      await storage.withOp(call, { sr: [s(pbd.SR), 'plug'] }, () => plugPbd(storage, s(self)));
+    })
+    .implement('PBD.unplug', async (call, [self]) => {
+      const pbd = await call.db.get('PBD', s(self));
+      await storage.withOp(call, { sr: [s(pbd.SR), 'unplug'] }, () => unplugPbd(storage, s(self)));
+    })
+    .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', s(self), { device_config: value }));
+}

@@ -1,0 +1,395 @@
+// What SR, PBD and VDI calls share (xapi's sm.ml, storage_utils.ml, xapi_sr_operations.ml,
+// xapi_vdi.ml check_operation_error, message_forwarding.ml with_sr_andor_vdi): the drivers by SR
+// type, the SR context a driver call gets from this host's PBD, SM errors as XenAPI errors,
+// marking operations on SRs and VDIs (waiting while another runs, as xapi retries), scan
+// reconciliation, and the per-SR garbage collector.
+import { randomUUID } from 'node:crypto';
+import type { Call, HostContext } from '../api/context.js';
+import { XapiError } from '../api/errors.js';
+import { newRef } from '../api/implicit.js';
+import type { Row } from '../db/interface.js';
+import { NULL_REF, formatDateTime } from '../schema/types.js';
+import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
+import { makeDrivers } from '../storage/drivers.js';
+
+const s = (v: unknown) => v as string;
+
+/** SR operation -> the capability it needs (xapi_sr_operations.ml sm_cap_table). */
+const SR_CAP: Record<string, string> = {
+  vdi_create: 'VDI_CREATE', vdi_destroy: 'VDI_DELETE', vdi_resize: 'VDI_RESIZE', vdi_introduce: 'VDI_INTRODUCE',
+  vdi_mirror: 'VDI_MIRROR', vdi_enable_cbt: 'VDI_CONFIG_CBT', vdi_disable_cbt: 'VDI_CONFIG_CBT',
+  vdi_data_destroy: 'VDI_CONFIG_CBT', vdi_list_changed_blocks: 'VDI_CONFIG_CBT', vdi_set_on_boot: 'VDI_RESET_ON_BOOT',
+  vdi_snapshot: 'VDI_SNAPSHOT', update: 'SR_UPDATE', destroy: 'SR_DELETE', scan: 'SR_SCAN', forget: '',
+};
+/** VDI operation -> capability (xapi_vdi.ml feature_of_op). */
+const VDI_CAP: Record<string, string> = {
+  resize: 'VDI_RESIZE', resize_online: 'VDI_RESIZE_ONLINE', snapshot: 'VDI_SNAPSHOT', clone: 'VDI_CLONE',
+  destroy: 'VDI_DELETE', update: 'VDI_UPDATE', mirror: 'VDI_MIRROR', generate_config: 'VDI_GENERATE_CONFIG',
+  enable_cbt: 'VDI_CONFIG_CBT', disable_cbt: 'VDI_CONFIG_CBT', data_destroy: 'VDI_CONFIG_CBT',
+  list_changed_blocks: 'VDI_CONFIG_CBT', set_on_boot: 'VDI_RESET_ON_BOOT',
+};
+/** VDI operations allowed while a VBD has it attached (xapi_vdi.ml). */
+const LIVE_OK = new Set(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy', 'update', 'generate_config', 'force_unlock', 'forget', 'list_changed_blocks']);
+/** Capabilities that real drivers have implicitly (all SRs scan/attach; ext/nfs have SR_DELETE via sr_delete). */
+const IMPLICIT_CAPS = new Set(['SR_SCAN', 'SR_DELETE']);
+
+const GC_DELAY_MS = 200;
+
+export class Storage {
+  readonly drivers: Map<string, SmDriver>;
+  /** Early wakeup for callers waiting on a busy SR/VDI (xapi's Early_wakeup). */
+  private readonly waiters = new Map<string, Array<() => void>>();
+  private readonly gcTimers = new Map<string, NodeJS.Timeout>();
+  private readonly gcRunning = new Map<string, Promise<void>>();
+  private closed = false;
+
+  constructor(readonly host: HostContext) {
+    this.drivers = makeDrivers();
+  }
+
+  driver(type: string): SmDriver {
+    const d = this.drivers.get(type.toLowerCase());
+    if (!d) throw new XapiError('SR_UNKNOWN_DRIVER', [type]);
+    return d;
+  }
+
+  async poolUuid(): Promise<string> {
+    return s((await this.host.db.get('pool', this.host.poolRef)).uuid);
+  }
+
+  /** This host's PBD for an SR (Sm.get_my_pbd_for_sr): SR_HAS_NO_PBDS if there is none. */
+  async myPbd(srRef: string): Promise<[string, Row]> {
+    const pbds = await this.host.db.find('PBD', { SR: srRef, host: this.host.hostRef });
+    if (pbds.length === 0) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
+    return pbds[0]!;
+  }
+
+  /** The SR as a driver call sees it, through this host's PBD. `plugged` asserts the PBD is attached. */
+  async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row; driver: SmDriver; ctx: SrContext }> {
+    const sr = await this.host.db.get('SR', srRef);
+    const driver = this.driver(s(sr.type));
+    const [, pbd] = await this.myPbd(srRef);
+    if (opts.plugged !== false && pbd.currently_attached !== true) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
+    const deviceConfig = { ...(pbd.device_config as Record<string, string>), SRmaster: 'true' };
+    return { sr, driver, ctx: { uuid: s(sr.uuid), deviceConfig, poolUuid: await this.poolUuid() } };
+  }
+
+  /** Storage_utils.transform_storage_exn: SM failures as the XenAPI errors xapi raises. */
+  error(e: unknown, srRef: string, vdiRef?: string): unknown {
+    if (e instanceof XapiError) return e;
+    if (!(e instanceof SmError)) {
+      const msg = e instanceof Error ? e.message : String(e);
+      return new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+    }
+    switch (e.code) {
+      case 'VDI_MISSING':
+        return new XapiError('VDI_MISSING', [srRef, vdiRef ?? e.params[0] ?? '']);
+      case 'VDI_LOCATION_MISSING':
+        return new XapiError('VDI_LOCATION_MISSING', [srRef, e.params[0] ?? '']);
+      case 'LOCATION_NOT_UNIQUE':
+        return new XapiError('LOCATION_NOT_UNIQUE', [srRef, e.params[0] ?? '']);
+      case 'SR_OPERATION_NOT_SUPPORTED':
+        return new XapiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
+      case 'SR_OWNED_BY_ANOTHER_POOL':
+        return new XapiError('SR_NOT_SHARABLE', [srRef, this.host.hostRef]);
+      default:
+        return new XapiError(e.code, e.params);
+    }
+  }
+
+  /** Runs a driver call, its failures mapped. */
+  async sm<T>(srRef: string, fn: () => Promise<T>, vdiRef?: string): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw this.error(e, srRef, vdiRef);
+    }
+  }
+
+  hasCap(sr: Row, cap: string): boolean {
+    if (cap === '' || IMPLICIT_CAPS.has(cap)) return true;
+    const d = this.drivers.get(s(sr.type));
+    if (!d) return false;
+    if (cap === 'VDI_MIRROR_IN') cap = 'VDI_MIRROR';
+    return cap in d.features;
+  }
+
+  /** Why an SR operation may not start now (xapi_sr_operations.ml), or undefined. */
+  private srOpError(srRef: string, sr: Row, op: string): XapiError | undefined {
+    if (!this.hasCap(sr, SR_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
+    const current = Object.entries(sr.current_operations as Record<string, string>);
+    if (current.length > 0 && op !== 'plug') {
+      const [task, what] = current.sort((a, b) => a[1].localeCompare(b[1]))[0]!;
+      return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['SR', srRef, what, task]);
+    }
+    if (current.some(([, o]) => o !== 'plug') && op === 'plug') {
+      const [task, what] = current.find(([, o]) => o !== 'plug')!;
+      return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['SR', srRef, what, task]);
+    }
+    return undefined;
+  }
+
+  /** Why a VDI operation may not start now (xapi_vdi.ml check_operation_error), or undefined. */
+  async vdiOpError(vdiRef: string, vdi: Row, op: string): Promise<XapiError | undefined> {
+    const db = this.host.db;
+    const current = Object.entries(vdi.current_operations as Record<string, string>).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
+    const blocking = current.filter(([, o]) => o !== 'copy' || op !== 'copy');
+    if (blocking.length > 0) return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef, blocking[0]![1], blocking[0]![0]]);
+    const sr = await db.get('SR', s(vdi.SR));
+    if (!this.hasCap(sr, VDI_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [s(vdi.SR)]);
+    if (!LIVE_OK.has(op)) {
+      for (const vbdRef of vdi.VBDs as string[]) {
+        const vbd = await db.tryGet('VBD', vbdRef);
+        if (!vbd) continue;
+        const attached = vbd.currently_attached === true || vbd.reserved === true;
+        if (attached && !(op === 'copy' && vbd.mode === 'RO')) return new XapiError('VDI_IN_USE', [vdiRef, op]);
+        if (Object.keys(vbd.current_operations as object).length > 0) {
+          const [task, what] = Object.entries(vbd.current_operations as Record<string, string>)[0]!;
+          return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VBD', vbdRef, what, task]);
+        }
+      }
+    }
+    if (vdi.managed !== true && !['forget', 'destroy', 'update'].includes(op)) return new XapiError('VDI_NOT_MANAGED', [vdiRef]);
+    return undefined;
+  }
+
+  /**
+   * with_sr_andor_vdi: marks the SR and/or VDI operation, runs fn, unmarks. While another
+   * operation holds them the call waits (xapi retries OTHER_OPERATION_IN_PROGRESS, woken early
+   * when the object frees) and can be cancelled meanwhile; other refusals are raised at once.
+   */
+  async withOp<T>(call: Call, target: { sr?: [string, string]; vdi?: [string, string] }, fn: () => Promise<T>): Promise<T> {
+    const db = this.host.db;
+    for (;;) {
+      await call.checkCancelled();
+      const sr = target.sr ? await db.get('SR', target.sr[0]) : undefined;
+      const vdi = target.vdi ? await db.get('VDI', target.vdi[0]) : undefined;
+      const err = (sr && this.srOpError(target.sr![0], sr, target.sr![1])) || (vdi && (await this.vdiOpError(target.vdi![0], vdi, target.vdi![1])));
+      if (!err) break;
+      if (err.code !== 'OTHER_OPERATION_IN_PROGRESS') throw err;
+      await this.waitFor(err.params[1]!, 1000);
+    }
+    if (target.sr) await this.mark('SR', target.sr[0], call.task, target.sr[1]);
+    if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, target.vdi[1]);
+    try {
+      return await fn();
+    } finally {
+      if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
+      if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+    }
+  }
+
+  private async mark(cls: 'SR' | 'VDI', ref: string, task: string, op: string | undefined): Promise<void> {
+    const row = await this.host.db.tryGet(cls, ref);
+    if (!row) return this.wake(ref);
+    const ops = { ...(row.current_operations as Record<string, string>) };
+    if (op) ops[task] = op;
+    else delete ops[task];
+    await this.host.db.update(cls, ref, { current_operations: ops });
+    if (cls === 'SR') await this.updateSrAllowed(ref);
+    else await this.updateVdiAllowed(ref);
+    if (!op) this.wake(ref);
+  }
+
+  private waitFor(ref: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const list = this.waiters.get(ref) ?? [];
+      const t = setTimeout(resolve, ms);
+      list.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+      this.waiters.set(ref, list);
+    });
+  }
+
+  private wake(ref: string): void {
+    const list = this.waiters.get(ref);
+    this.waiters.delete(ref);
+    for (const w of list ?? []) w();
+  }
+
+  /** SR.allowed_operations: every operation that could start now. */
+  async updateSrAllowed(srRef: string): Promise<void> {
+    const sr = await this.host.db.tryGet('SR', srRef);
+    if (!sr) return;
+    const ops = this.host.schema.enums.storage_operations ?? [];
+    const allowed = ops.filter((op) => !this.srOpError(srRef, sr, op));
+    await this.host.db.update('SR', srRef, { allowed_operations: allowed });
+  }
+
+  async updateVdiAllowed(vdiRef: string): Promise<void> {
+    const vdi = await this.host.db.tryGet('VDI', vdiRef);
+    if (!vdi) return;
+    const ops = (this.host.schema.enums.vdi_operations ?? []).filter((o) => o !== 'blocked');
+    const allowed: string[] = [];
+    for (const op of ops) if (!(await this.vdiOpError(vdiRef, vdi, op))) allowed.push(op);
+    await this.host.db.update('VDI', vdiRef, { allowed_operations: allowed });
+  }
+
+  /** A VDI record for what a driver reported (xapi fills the rest from the call). */
+  async createVdi(srRef: string, info: VdiInfo, fields: Record<string, unknown>): Promise<string> {
+    const ref = newRef();
+    const smConfig: Record<string, string> = { ...((fields.sm_config as Record<string, string>) ?? {}), vdi_type: info.vdiType };
+    if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
+    else delete smConfig['vhd-parent'];
+    await this.host.db.create('VDI', ref, {
+      name_label: '',
+      name_description: '',
+      type: 'user',
+      sharable: false,
+      other_config: {},
+      xenstore_data: {},
+      tags: [],
+      managed: true,
+      missing: false,
+      on_boot: 'persist',
+      snapshot_time: formatDateTime(new Date(0)),
+      ...fields,
+      uuid: info.uuid || randomUUID(),
+      SR: srRef,
+      location: info.location,
+      virtual_size: info.virtualSize,
+      physical_utilisation: info.physicalUtilisation,
+      read_only: info.readOnly || fields.read_only === true,
+      sm_config: smConfig,
+    });
+    await this.updateVdiAllowed(ref);
+    return ref;
+  }
+
+  /** Writes what the driver says now about a VDI (size, usage, parent) into its record. */
+  async refreshVdi(vdiRef: string, info: VdiInfo): Promise<void> {
+    const vdi = await this.host.db.get('VDI', vdiRef);
+    const smConfig: Record<string, string> = { ...(vdi.sm_config as Record<string, string>), vdi_type: info.vdiType };
+    if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
+    else delete smConfig['vhd-parent'];
+    await this.host.db.update('VDI', vdiRef, {
+      virtual_size: info.virtualSize,
+      physical_utilisation: info.physicalUtilisation,
+      sm_config: smConfig,
+    });
+  }
+
+  /** VDI.update's work: what the driver says about the VDI now, written into its record. */
+  async updateVdi(vdiRef: string): Promise<void> {
+    const vdi = await this.host.db.get('VDI', vdiRef);
+    const { driver, ctx } = await this.context(s(vdi.SR));
+    await this.refreshVdi(vdiRef, await this.sm(s(vdi.SR), () => driver.vdiStat(ctx, s(vdi.location)), vdiRef));
+  }
+
+  /** SR.update / the end of a scan: physical_size and physical_utilisation from the driver. */
+  async updateStats(srRef: string): Promise<void> {
+    const { driver, ctx } = await this.context(srRef);
+    const st = await this.sm(srRef, () => driver.stat(ctx));
+    let allocation = 0;
+    for (const ref of (await this.host.db.get('SR', srRef)).VDIs as string[]) {
+      const v = await this.host.db.tryGet('VDI', ref);
+      if (v) allocation += Number(v.virtual_size);
+    }
+    await this.host.db.update('SR', srRef, { physical_size: st.physicalSize, physical_utilisation: st.physicalUtilisation, virtual_allocation: allocation });
+  }
+
+  /**
+   * sr_scan and xapi's reconciliation (xapi_sr.ml scan): records whose location vanished are
+   * destroyed, new locations get records, existing ones are refreshed.
+   */
+  async scan(srRef: string): Promise<void> {
+    const { driver, ctx } = await this.context(srRef);
+    const found = await this.sm(srRef, () => driver.scan(ctx));
+    const db = this.host.db;
+    const byLocation = new Map(found.map((v) => [v.location, v]));
+    for (const ref of (await db.get('SR', srRef)).VDIs as string[]) {
+      const vdi = await db.tryGet('VDI', ref);
+      if (!vdi) continue;
+      const info = byLocation.get(s(vdi.location));
+      if (info) {
+        byLocation.delete(s(vdi.location));
+        await this.refreshVdi(ref, info);
+      } else if (Object.keys(vdi.current_operations as object).length === 0) {
+        await this.destroyVdiRecord(ref);
+      }
+    }
+    for (const info of byLocation.values()) {
+      await this.createVdi(srRef, info, { name_label: info.vdiType === 'iso' ? info.location : '', read_only: info.readOnly });
+    }
+    await this.updateStats(srRef);
+    const sr = await db.get('SR', srRef);
+    const other = { ...(sr.other_config as Record<string, string>) };
+    if ('dirty' in other) {
+      delete other.dirty;
+      await db.update('SR', srRef, { other_config: other });
+    }
+  }
+
+  /** Drops a VDI record and what refers to it: its VBDs go, suspend_VDI links become null. */
+  async destroyVdiRecord(vdiRef: string): Promise<void> {
+    const db = this.host.db;
+    const vdi = await db.tryGet('VDI', vdiRef);
+    if (!vdi) return;
+    for (const vbd of vdi.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+    for (const [vm] of await db.find('VM', { suspend_VDI: vdiRef })) await db.update('VM', vm, { suspend_VDI: NULL_REF });
+    await db.destroy('VDI', vdiRef);
+  }
+
+  /** Is this VDI in use by a running domain (attached or reserved VBD)? */
+  async isActive(vdiRef: string): Promise<boolean> {
+    const vdi = await this.host.db.tryGet('VDI', vdiRef);
+    if (!vdi) return false;
+    for (const vbd of vdi.VBDs as string[]) {
+      const row = await this.host.db.tryGet('VBD', vbd);
+      if (row && (row.currently_attached === true || row.reserved === true)) return true;
+    }
+    return false;
+  }
+
+  /** Kicks the SR's garbage collector soon (debounced); it runs only here, on the SR master. */
+  kickGc(srRef: string): void {
+    if (this.closed) return;
+    clearTimeout(this.gcTimers.get(srRef));
+    const t = setTimeout(() => {
+      this.gcTimers.delete(srRef);
+      void this.runGc(srRef).catch((e) => this.host.log.warn({ err: e, sr: srRef }, 'SR garbage collection failed'));
+    }, GC_DELAY_MS);
+    t.unref();
+    this.gcTimers.set(srRef, t);
+  }
+
+  /** One GC run of an SR (serialised per SR); then a scan so records show the new tree. */
+  async runGc(srRef: string): Promise<void> {
+    const prev = this.gcRunning.get(srRef) ?? Promise.resolve();
+    const run = prev.then(async () => {
+      if (this.closed) return;
+      const sr = await this.host.db.tryGet('SR', srRef);
+      if (!sr) return;
+      const { driver, ctx } = await this.context(srRef).catch(() => ({ driver: undefined, ctx: undefined }));
+      if (!driver?.gc || !ctx) return;
+      const active = new Set<string>();
+      for (const ref of sr.VDIs as string[]) {
+        const v = await this.host.db.tryGet('VDI', ref);
+        if (v && (await this.isActive(ref))) active.add(s(v.location));
+      }
+      const { changed } = await driver.gc(ctx, { isActive: (loc) => active.has(loc) });
+      if (changed) {
+        await this.scan(srRef);
+        await this.host.db.commit();
+      }
+    });
+    this.gcRunning.set(srRef, run.catch(() => undefined));
+    return run;
+  }
+
+  /** The file a domain uses for a VDI (vdi_attach on this host). */
+  async attachPath(vdiRef: string, writable: boolean): Promise<string> {
+    const vdi = await this.host.db.get('VDI', vdiRef);
+    const { driver, ctx } = await this.context(s(vdi.SR));
+    const r = await this.sm(s(vdi.SR), () => driver.vdiAttach(ctx, s(vdi.location), writable), vdiRef);
+    return r.path;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.gcTimers.values()) clearTimeout(t);
+    await Promise.all(this.gcRunning.values());
+  }
+}

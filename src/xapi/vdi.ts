@@ -1,0 +1,228 @@
+// VDI.* explicit messages (xapi's xapi_vdi.ml, storage_smapiv1.ml): create, destroy, resize,
+// snapshot and clone through the SR's driver, copy (block-wise, delta with a base), introduce,
+// forget, update, and the setters. Every driver call runs under the SR/VDI operation marks.
+import type { Call, Registry } from '../api/context.js';
+import { XapiError } from '../api/errors.js';
+import { formatDateTime, NULL_REF } from '../schema/types.js';
+import { copyDisk } from '../storage/copy.js';
+import type { OpenDisk } from '../storage/driver.js';
+import type { Storage } from './storage.js';
+
+const s = (v: unknown) => v as string;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export interface VdiFields {
+  name_label?: string;
+  name_description?: string;
+  type?: string;
+  sharable?: boolean;
+  read_only?: boolean;
+  other_config?: Record<string, string>;
+  xenstore_data?: Record<string, string>;
+  sm_config?: Record<string, string>;
+  tags?: string[];
+}
+
+/** VDI.create's work, for the API and for xapi's own disks (provision, import, suspend images). */
+export async function createVdi(storage: Storage, call: Call, srRef: string, size: number, fields: VdiFields): Promise<string> {
+  if (fields.type === 'cbt_metadata') throw new XapiError('VDI_INCOMPATIBLE_TYPE', ['', 'cbt_metadata']);
+  return storage.withOp(call, { sr: [srRef, 'vdi_create'] }, async () => {
+    const { driver, ctx } = await storage.context(srRef);
+    const info = await storage.sm(srRef, () => driver.vdiCreate(ctx, size, { nameLabel: fields.name_label ?? '' }));
+    const ref = await storage.createVdi(srRef, info, { ...fields, sm_config: fields.sm_config ?? {} });
+    await storage.updateStats(srRef);
+    return ref;
+  });
+}
+
+/** VDI.destroy's work: the driver hides or removes the data, the record goes, the GC is kicked. */
+export async function destroyVdi(storage: Storage, call: Call, vdiRef: string): Promise<void> {
+  const vdi = await call.db.get('VDI', vdiRef);
+  const srRef = s(vdi.SR);
+  if (vdi.type === 'rrd') throw new XapiError('VDI_HAS_RRDS', [vdiRef]);
+  await storage.withOp(call, { sr: [srRef, 'vdi_destroy'], vdi: [vdiRef, 'destroy'] }, async () => {
+    const { driver, ctx } = await storage.context(srRef);
+    await storage.sm(srRef, () => driver.vdiDelete(ctx, s(vdi.location)), vdiRef);
+    await storage.destroyVdiRecord(vdiRef);
+  });
+  await storage.updateStats(srRef).catch(() => undefined);
+  storage.kickGc(srRef);
+}
+
+/**
+ * VDI.snapshot / VDI.clone: the driver makes the new leaf; xapi copies the source's metadata
+ * onto it (name, description, type, sharable, other_config, xenstore_data, on_boot,
+ * allow_caching, tags; sm_config's base_mirror) and, for a snapshot, links it to the source.
+ */
+export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, kind: 'snapshot' | 'clone', driverParams: Record<string, string> = {}): Promise<string> {
+  const vdi = await call.db.get('VDI', vdiRef);
+  const srRef = s(vdi.SR);
+  if (kind === 'snapshot' && vdi.sharable === true) throw new XapiError('VDI_IS_SHARABLE', [vdiRef]);
+  if (kind === 'snapshot' && vdi.on_boot === 'reset') throw new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
+  void driverParams;
+  const srOp = kind === 'snapshot' ? 'vdi_snapshot' : 'vdi_clone';
+  return storage.withOp(call, { sr: [srRef, srOp], vdi: [vdiRef, kind] }, async () => {
+    const { driver, ctx } = await storage.context(srRef);
+    const info = await storage.sm(srRef, () => driver.vdiSnapshot(ctx, s(vdi.location), kind), vdiRef);
+    const smConfig: Record<string, string> = {};
+    const base = (vdi.sm_config as Record<string, string>).base_mirror;
+    if (base !== undefined) smConfig.base_mirror = base;
+    const ref = await storage.createVdi(srRef, info, {
+      name_label: vdi.name_label,
+      name_description: vdi.name_description,
+      type: vdi.type,
+      sharable: vdi.sharable,
+      other_config: vdi.other_config,
+      xenstore_data: vdi.xenstore_data,
+      on_boot: vdi.on_boot,
+      allow_caching: vdi.allow_caching,
+      tags: vdi.tags,
+      sm_config: smConfig,
+      ...(kind === 'snapshot' ? { is_a_snapshot: true, snapshot_of: vdiRef, snapshot_time: formatDateTime(new Date(storage.host.now())) } : {}),
+    });
+    // The source now sits over the new hidden parent.
+    await storage.updateVdi(vdiRef);
+    await storage.updateStats(srRef);
+    return ref;
+  });
+}
+
+/** Opens a VDI's data on this host (for copy, import and export). */
+export async function openVdi(storage: Storage, vdiRef: string, readOnly: boolean): Promise<OpenDisk> {
+  const vdi = await storage.host.db.get('VDI', vdiRef);
+  const { driver, ctx } = await storage.context(s(vdi.SR));
+  return storage.sm(s(vdi.SR), () => driver.vdiOpen(ctx, s(vdi.location), { readOnly }), vdiRef);
+}
+
+/**
+ * VDI.copy: into `into` if given, else a new VDI in `sr` like the source (read_only false,
+ * empty sm_config); data copied block-wise, with `base` only what differs from it. A VDI this
+ * call made is destroyed again when the copy fails.
+ */
+export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRef: string, baseRef: string, intoRef: string): Promise<string> {
+  const db = call.db;
+  return storage.withOp(call, { vdi: [vdiRef, 'copy'] }, async () => {
+    const src = await db.get('VDI', vdiRef);
+    let dst = intoRef;
+    let made = false;
+    if (dst === NULL_REF || !dst) {
+      await db.get('SR', srRef);
+      dst = await createVdi(storage, call, srRef, Number(src.virtual_size), {
+        name_label: s(src.name_label),
+        name_description: s(src.name_description),
+        type: s(src.type),
+        sharable: src.sharable === true,
+        read_only: false,
+        other_config: src.other_config as Record<string, string>,
+        xenstore_data: src.xenstore_data as Record<string, string>,
+        tags: src.tags as string[],
+      });
+      if (src.on_boot === 'reset') await db.update('VDI', dst, { on_boot: 'reset' });
+      made = true;
+    } else {
+      const into = await db.get('VDI', dst);
+      if (into.read_only === true) throw new XapiError('VDI_READONLY', [dst]);
+      if (Number(into.virtual_size) < Number(src.virtual_size)) throw new XapiError('VDI_TOO_SMALL', [dst, String(src.virtual_size)]);
+    }
+    try {
+      const from = await openVdi(storage, vdiRef, true);
+      try {
+        const to = await openVdi(storage, dst, false);
+        try {
+          const base = baseRef && baseRef !== NULL_REF ? await openVdi(storage, baseRef, true) : undefined;
+          try {
+            await copyDisk(from, to, { base, onProgress: (f) => call.setProgress(f), checkCancelled: () => call.checkCancelled() });
+          } finally {
+            await base?.close();
+          }
+        } finally {
+          await to.close();
+        }
+      } finally {
+        await from.close();
+      }
+    } catch (e) {
+      if (made) await destroyVdi(storage, call, dst).catch(() => undefined);
+      throw e;
+    }
+    await storage.updateVdi(dst);
+    await storage.updateStats(s((await db.get('VDI', dst)).SR));
+    return dst;
+  });
+}
+
+const introduceArgs = (a: unknown[]) => {
+  const [uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled] = a;
+  return { uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled };
+};
+
+export function register(r: Registry, storage: Storage): void {
+  const dbIntroduce = async (call: Call, args: unknown[]) => {
+    const a = introduceArgs(args);
+    const uuid = s(a.uuid);
+    if (!UUID.test(uuid)) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
+    await call.db.get('SR', s(a.SR));
+    const ref = `OpaqueRef:${crypto.randomUUID()}`;
+    const fields = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined));
+    await call.db.create('VDI', ref, { ...fields, xenstore_data: a.xenstore_data ?? {}, other_config: a.other_config ?? {}, sm_config: a.sm_config ?? {} });
+    return ref;
+  };
+
+  r.implement('VDI.create', (call, [record]) => {
+    const rec = record as Record<string, unknown>;
+    return createVdi(storage, call, s(rec.SR), Number(rec.virtual_size), rec as VdiFields);
+  })
+    .implement('VDI.destroy', (call, [self]) => destroyVdi(storage, call, s(self)))
+    .implement('VDI.snapshot', (call, [self, params]) => snapshotVdi(storage, call, s(self), 'snapshot', params as Record<string, string>))
+    .implement('VDI.clone', (call, [self, params]) => snapshotVdi(storage, call, s(self), 'clone', params as Record<string, string>))
+    .implement('VDI.copy', (call, [vdi, sr, base, into]) => copyVdi(storage, call, s(vdi), s(sr), s(base), s(into)))
+    .implement('VDI.resize', (call, [self, size]) => resize(call, s(self), Number(size), 'resize'))
+    .implement('VDI.resize_online', (call, [self, size]) => resize(call, s(self), Number(size), 'resize_online'))
+    .implement('VDI.update', (call, [self]) => storage.withOp(call, { vdi: [s(self), 'update'] }, () => storage.updateVdi(s(self))))
+    .implement('VDI.forget', (call, [self]) =>
+      storage.withOp(call, { vdi: [s(self), 'forget'] }, async () => {
+        const vdi = await call.db.get('VDI', s(self));
+        if (vdi.type === 'rrd') throw new XapiError('VDI_HAS_RRDS', [s(self)]);
+        await storage.destroyVdiRecord(s(self));
+      }),
+    )
+    .implement('VDI.db_forget', (call, [self]) => storage.destroyVdiRecord(s(self)))
+    .implement('VDI.introduce', async (call, args) => {
+      const a = introduceArgs(args);
+      const srRef = s(a.SR);
+      const location = s(a.location);
+      return storage.withOp(call, { sr: [srRef, 'vdi_introduce'] }, async () => {
+        const { driver, ctx } = await storage.context(srRef);
+        if ((await call.db.find('VDI', { SR: srRef, location })).length > 0) throw new XapiError('LOCATION_NOT_UNIQUE', [srRef, location]);
+        const info = await storage.sm(srRef, () => driver.vdiIntroduce(ctx, location));
+        const uuid = s(a.uuid);
+        if (uuid && (await call.db.refByUuid('VDI', uuid))) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
+        const fields: Record<string, unknown> = {
+          type: a.type, sharable: a.sharable, other_config: a.other_config, xenstore_data: a.xenstore_data,
+          sm_config: a.sm_config, managed: a.managed ?? true,
+          ...(a.name_label ? { name_label: a.name_label } : {}),
+          ...(a.name_description ? { name_description: a.name_description } : {}),
+        };
+        return storage.createVdi(srRef, { ...info, uuid: uuid || info.uuid, readOnly: info.readOnly || a.read_only === true }, fields);
+      });
+    })
+    .implement('VDI.db_introduce', dbIntroduce)
+    .implement('VDI.pool_introduce', dbIntroduce)
+    .implement('VDI.set_name_label', (call, [self, v]) => call.db.update('VDI', s(self), { name_label: s(v) }))
+    .implement('VDI.set_name_description', (call, [self, v]) => call.db.update('VDI', s(self), { name_description: s(v) }))
+    .implement('VDI.set_on_boot', async (call, [self, v]) => {
+      const vdi = await call.db.get('VDI', s(self));
+      await storage.withOp(call, { sr: [s(vdi.SR), 'vdi_set_on_boot'], vdi: [s(self), 'set_on_boot'] }, () => call.db.update('VDI', s(self), { on_boot: v }));
+    })
+    .implement('VDI.set_allow_caching', (call, [self, v]) => call.db.update('VDI', s(self), { allow_caching: v === true }));
+
+  async function resize(call: Call, vdiRef: string, size: number, op: 'resize' | 'resize_online'): Promise<void> {
+    const vdi = await call.db.get('VDI', vdiRef);
+    const srRef = s(vdi.SR);
+    await storage.withOp(call, { sr: [srRef, 'vdi_resize'], vdi: [vdiRef, op] }, async () => {
+      const { driver, ctx } = await storage.context(srRef);
+      await storage.refreshVdi(vdiRef, await storage.sm(srRef, () => driver.vdiResize(ctx, s(vdi.location), size), vdiRef));
+      await storage.updateStats(srRef);
+    });
+  }
+}

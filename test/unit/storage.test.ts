@@ -1,0 +1,374 @@
+// Storage through the API, in-process: the local SR of first start, SR/PBD/VDI life cycles on
+// file-based SRs with real VHD files (judged by qemu-img), ISO libraries, xapi's storage errors
+// with their parameters, VM disks (provision, clone, copy, snapshot, revert) and a simulated
+// guest writing to its disk.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync, unlinkSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { memoryHost } from '../../src/host/memory-host.js';
+import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
+import { apiClient, struct } from './api-client.js';
+import { openDiskFile } from '../../src/storage/disk-file.js';
+
+const MiB = 1024 ** 2;
+const NULL = 'OpaqueRef:NULL';
+
+async function setup() {
+  const h = await memoryHost({ rootPassword: 'pw' });
+  h.xenops.start();
+  const { ok, err } = apiClient(h);
+  const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
+  const pool = ((await ok('pool.get_all', s)) as string[])[0]!;
+  const localSr = (await ok('pool.get_default_SR', s, pool)) as string;
+  const dirs: string[] = [];
+  const tmp = () => {
+    const d = mkdtempSync(join(tmpdir(), 'xapi-sr-'));
+    dirs.push(d);
+    return d;
+  };
+  const rec = async (cls: string, ref: string) => (await ok(`${cls}.get_record`, s, ref)) as RpcStruct;
+  const vdiCreate = async (sr: string, size: number, name = 'disk', extra: Record<string, unknown> = {}) =>
+    (await ok('VDI.create', s, struct({
+      name_label: name, name_description: '', SR: sr, virtual_size: BigInt(size), type: 'user', sharable: false, read_only: false,
+      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [], ...(extra as RpcStruct),
+    }))) as string;
+  const srDir = async (sr: string) => {
+    const r = await rec('SR', sr);
+    const pbd = await rec('PBD', (r.PBDs as string[])[0]!);
+    const dc = pbd.device_config as Record<string, string>;
+    return join(dc.device ?? dc.location ?? dc.serverpath!, r.uuid as string);
+  };
+  const vhdFile = async (vdi: string) => {
+    const r = await rec('VDI', vdi);
+    return join(await srDir(r.SR as string), `${r.location as string}.vhd`);
+  };
+  const fileSr = async (name: string, physicalSize = 0, type = 'file', shared = false) => {
+    const dir = tmp();
+    const dc: Record<string, string> = type === 'nfs' ? { server: '127.0.0.1', serverpath: dir } : { location: dir };
+    return (await ok('SR.create', s, h.host.hostRef, struct(dc), BigInt(physicalSize), name, '', type, 'user', shared, newStruct())) as string;
+  };
+  const close = async () => {
+    await h.close();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  };
+  return { ...h, ok, err, s, pool, localSr, tmp, rec, vdiCreate, vhdFile, srDir, fileSr, close };
+}
+
+const qemuInfo = (file: string) => JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-f', 'vpc', file], { encoding: 'utf8' })) as { 'virtual-size': number; format: string };
+
+/** The sha256 of a disk's content (of its first `limit` bytes: the 10 GiB template disks are written near the start). */
+async function contentHash(file: string, limit = 64 * MiB): Promise<string> {
+  const d = await openDiskFile(file, { readOnly: true });
+  try {
+    const h = createHash('sha256');
+    const end = Math.min(d.size, limit);
+    for (let o = 0; o < end; o += 4 * MiB) h.update(await d.read(o, Math.min(4 * MiB, end - o)));
+    return h.digest('hex');
+  } finally {
+    await d.close();
+  }
+}
+
+const pattern = (seed: number, len: number) => {
+  const b = Buffer.alloc(len);
+  for (let i = 0; i < len; i++) b[i] = (seed * 31 + i * 7) & 0xff;
+  return b;
+};
+
+test('first start: a plugged Local storage SR is the pool default; SM records for every driver', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.rec('SR', t.localSr);
+    assert.equal(sr.name_label, 'Local storage');
+    assert.equal(sr.type, 'ext');
+    assert.equal(sr.shared, false);
+    assert.ok(Number(sr.physical_size) > 0);
+    const [pbd] = sr.PBDs as string[];
+    const p = await t.rec('PBD', pbd!);
+    assert.equal(p.currently_attached, true);
+    assert.equal(p.host, t.host.hostRef);
+    assert.ok(!('SRmaster' in (p.device_config as object)));
+    assert.equal(await t.ok('pool.get_suspend_image_SR', t.s, t.pool), t.localSr);
+    const types = new Set(Object.values((await t.ok('SM.get_all_records', t.s)) as Record<string, RpcStruct>).map((r) => r.type));
+    for (const ty of ['ext', 'file', 'nfs', 'iso']) assert.ok(types.has(ty), ty);
+    assert.deepEqual([...((await t.ok('SR.get_supported_types', t.s)) as string[])].sort(), ['ext', 'file', 'iso', 'nfs']);
+    assert.ok((sr.allowed_operations as string[]).includes('vdi_create'));
+  } finally {
+    await t.close();
+  }
+});
+
+test('VDIs: create, resize, snapshot, clone, destroy as VHD files that qemu-img reads', async () => {
+  const t = await setup();
+  try {
+    const vdi = await t.vdiCreate(t.localSr, 30 * MiB + 1);
+    let r = await t.rec('VDI', vdi);
+    assert.equal(r.virtual_size, BigInt(32 * MiB), 'rounded up to whole 2 MiB blocks');
+    assert.equal(r.managed, true);
+    assert.equal((r.sm_config as Record<string, string>).vdi_type, 'vhd');
+    const file = await t.vhdFile(vdi);
+    assert.equal(qemuInfo(file)['virtual-size'], 32 * MiB);
+    assert.equal((await t.rec('SR', t.localSr)).virtual_allocation, BigInt(32 * MiB));
+
+    // data written through the disk is what every later node reads
+    const d = await openDiskFile(file, { readOnly: false });
+    await d.write(3 * MiB, pattern(1, MiB));
+    await d.close();
+    const before = await contentHash(file);
+
+    await t.ok('VDI.resize', t.s, vdi, BigInt(64 * MiB));
+    assert.equal((await t.rec('VDI', vdi)).virtual_size, BigInt(64 * MiB));
+    assert.equal(qemuInfo(file)['virtual-size'], 64 * MiB);
+    const grown = await contentHash(file);
+
+    const snap = (await t.ok('VDI.snapshot', t.s, vdi, newStruct())) as string;
+    const sr = await t.rec('VDI', snap);
+    assert.equal(sr.is_a_snapshot, true);
+    assert.equal(sr.snapshot_of, vdi);
+    assert.equal(sr.name_label, 'disk');
+    assert.deepEqual((await t.rec('VDI', vdi)).snapshots, [snap]);
+    const parent = ((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'];
+    assert.ok(parent, 'the source now sits over a hidden parent');
+    assert.equal((sr.sm_config as Record<string, string>)['vhd-parent'], parent);
+    assert.equal(await contentHash(await t.vhdFile(snap)), grown);
+    assert.equal(await contentHash(file), grown);
+    // the hidden parent is no VDI
+    assert.deepEqual(await t.ok('VDI.get_all_records_where', t.s, `field "location" = "${parent}"`), newStruct());
+
+    // writes after the snapshot go to the source only
+    const d2 = await openDiskFile(file, { readOnly: false });
+    await d2.write(0, pattern(2, 4096));
+    await d2.close();
+    assert.equal(await contentHash(await t.vhdFile(snap)), grown);
+    assert.notEqual(await contentHash(file), grown);
+
+    const clone = (await t.ok('VDI.clone', t.s, snap, newStruct())) as string;
+    const c = await t.rec('VDI', clone);
+    assert.equal(c.is_a_snapshot, false);
+    assert.equal(await contentHash(await t.vhdFile(clone)), grown);
+
+    // shrinking is refused by the driver; a destroyed VDI's record goes
+    assert.equal((await t.err('VDI.resize', t.s, vdi, BigInt(2 * MiB)))[0], 'SR_BACKEND_FAILURE_79');
+    await t.ok('VDI.destroy', t.s, snap);
+    assert.deepEqual(await t.err('VDI.get_record', t.s, snap), ['HANDLE_INVALID', 'VDI', snap]);
+    assert.equal(before.length, 64);
+  } finally {
+    await t.close();
+  }
+});
+
+test('SR life: create with a size, SR_FULL, scan finds and loses files, destroy and forget rules', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('small', 64 * MiB);
+    const r = await t.rec('SR', sr);
+    assert.equal(r.physical_size, BigInt(64 * MiB));
+    assert.equal(r.type, 'file');
+    const [pbd] = r.PBDs as string[];
+    assert.equal((await t.rec('PBD', pbd!)).currently_attached, true);
+    const [code, requested, maximum] = await t.err('VDI.create', t.s, struct({
+      name_label: 'big', name_description: '', SR: sr, virtual_size: BigInt(1024 * MiB), type: 'user', sharable: false, read_only: false,
+      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [],
+    }));
+    assert.equal(code, 'SR_FULL');
+    assert.equal(requested, String(1024 * MiB));
+    assert.ok(Number(maximum) <= 64 * MiB);
+    assert.equal(Object.keys((await t.rec('SR', sr)).VDIs as object).length, 0, 'nothing half-made');
+
+    const vdi = await t.vdiCreate(sr, 8 * MiB);
+    // a VHD that appears in the directory is found by scan; one that vanishes loses its record
+    const dir = await t.srDir(sr);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'vpc', '-o', 'subformat=dynamic', join(dir, '0b0b0b0b-1111-4222-8333-444455556666.vhd'), '4M']);
+    await t.ok('SR.scan', t.s, sr);
+    const found = (await t.ok('VDI.get_by_uuid', t.s, '0b0b0b0b-1111-4222-8333-444455556666')) as string;
+    assert.equal((await t.rec('VDI', found)).location, '0b0b0b0b-1111-4222-8333-444455556666');
+    unlinkSync(join(dir, '0b0b0b0b-1111-4222-8333-444455556666.vhd'));
+    await t.ok('SR.scan', t.s, sr);
+    assert.deepEqual(await t.err('VDI.get_record', t.s, found), ['HANDLE_INVALID', 'VDI', found]);
+
+    // VHD SRs have no VDI_INTRODUCE (as EXTSR/FileSR); a record made in the database alone
+    // cannot point the driver outside the SR
+    const loc = (await t.rec('VDI', vdi)).location as string;
+    assert.deepEqual(await t.err('VDI.introduce', t.s, '', 'x', '', sr, 'user', false, false, newStruct(), loc, newStruct(), newStruct(), true, 0n, 0n, NULL, false, '19700101T00:00:00Z', NULL), ['SR_OPERATION_NOT_SUPPORTED', sr]);
+    const bogus = (await t.ok('VDI.db_introduce', t.s, '0c0c0c0c-1111-4222-8333-444455556666', 'evil', '', sr, 'user', false, false, newStruct(), '../../etc/passwd', newStruct(), newStruct(), true, 0n, 0n, NULL, false, '19700101T00:00:00Z', NULL, false)) as string;
+    assert.deepEqual(await t.err('VDI.update', t.s, bogus), ['VDI_LOCATION_MISSING', sr, '../../etc/passwd']);
+    assert.deepEqual(await t.err('VDI.db_introduce', t.s, 'not-a-uuid', 'x', '', sr, 'user', false, false, newStruct(), 'y', newStruct(), newStruct(), true, 0n, 0n, NULL, false, '19700101T00:00:00Z', NULL, false), ['UUID_INVALID', 'VDI', 'not-a-uuid']);
+    await t.ok('VDI.db_forget', t.s, bogus);
+    // forget drops the record only; a scan finds the disk again
+    await t.ok('VDI.forget', t.s, vdi);
+    await t.ok('SR.scan', t.s, sr);
+    const back = (await t.ok('VDI.get_by_uuid', t.s, loc)) as string;
+    assert.equal((await t.rec('VDI', back)).virtual_size, BigInt(8 * MiB));
+
+    assert.deepEqual(await t.err('SR.forget', t.s, sr), ['SR_HAS_PBD', sr]);
+    assert.deepEqual(await t.err('SR.destroy', t.s, sr), ['SR_HAS_PBD', sr]);
+    assert.deepEqual(await t.err('PBD.destroy', t.s, pbd!), ['OPERATION_NOT_ALLOWED', 'PBD is currently attached']);
+    await t.ok('PBD.unplug', t.s, pbd!);
+    assert.deepEqual(await t.err('SR.destroy', t.s, sr), ['SR_NOT_EMPTY']);
+    assert.deepEqual(await t.err('VDI.create', t.s, struct({
+      name_label: 'x', name_description: '', SR: sr, virtual_size: 1n, type: 'user', sharable: false, read_only: false,
+      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [],
+    })), ['SR_HAS_NO_PBDS', sr]);
+    await t.ok('PBD.plug', t.s, pbd!);
+    await t.ok('VDI.destroy', t.s, back);
+    await t.ok('PBD.unplug', t.s, pbd!);
+    await t.ok('SR.destroy', t.s, sr);
+    assert.equal(existsSync(dir), false);
+    assert.deepEqual(await t.err('SR.get_record', t.s, sr), ['HANDLE_INVALID', 'SR', sr]);
+    assert.deepEqual(await t.err('PBD.create', t.s, struct({ host: t.host.hostRef, SR: t.localSr, device_config: struct({}), other_config: newStruct() })).then((e) => e.slice(0, 3)), ['PBD_EXISTS', t.localSr, t.host.hostRef]);
+    assert.deepEqual(await t.err('SR.create', t.s, t.host.hostRef, struct({ location: '/nonexistent/x' }), 0n, 'n', '', 'no-such-type', 'user', false, newStruct()), ['SR_UNKNOWN_DRIVER', 'no-such-type']);
+    const uuid = (await t.rec('SR', t.localSr)).uuid as string;
+    assert.deepEqual(await t.err('SR.introduce', t.s, uuid, 'dup', '', 'ext', 'user', false, newStruct()), ['SR_UUID_EXISTS', uuid]);
+  } finally {
+    await t.close();
+  }
+});
+
+test('ISO library: one read-only VDI per .iso file; names cannot leave the directory', async () => {
+  const t = await setup();
+  try {
+    const dir = t.tmp();
+    writeFileSync(join(dir, 'debian.iso'), pattern(3, 2 * MiB));
+    writeFileSync(join(dir, 'notes.txt'), 'not an image');
+    const sr = (await t.ok('SR.create', t.s, t.host.hostRef, struct({ location: dir }), 0n, 'ISOs', '', 'iso', 'iso', false, newStruct())) as string;
+    const vdis = (await t.rec('SR', sr)).VDIs as string[];
+    assert.equal(vdis.length, 1);
+    const iso = await t.rec('VDI', vdis[0]!);
+    assert.equal(iso.location, 'debian.iso');
+    assert.equal(iso.name_label, 'debian.iso');
+    assert.equal(iso.read_only, true);
+    assert.equal(iso.virtual_size, BigInt(2 * MiB));
+    writeFileSync(join(dir, 'second.iso'), pattern(4, MiB));
+    await t.ok('SR.scan', t.s, sr);
+    assert.equal(((await t.rec('SR', sr)).VDIs as string[]).length, 2);
+    assert.deepEqual(await t.err('VDI.snapshot', t.s, vdis[0]!, newStruct()), ['SR_OPERATION_NOT_SUPPORTED', sr]);
+    assert.deepEqual(await t.err('SR.probe', t.s, t.host.hostRef, struct({ location: dir }), 'iso', newStruct()), ['SR_BACKEND_FAILURE', "Operation 'sr_probe' not supported by this SR type", '', '']);
+  } finally {
+    await t.close();
+  }
+});
+
+test('VM disks: provision, a guest writing its disk, PBD.unplug refused in use, snapshot, revert, clone, copy', async () => {
+  const t = await setup();
+  try {
+    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
+    const vm = (await t.ok('VM.clone', t.s, template!, 'deb')) as string;
+    await t.ok('VM.provision', t.s, vm);
+    const [vbd] = (await t.rec('VM', vm)).VBDs as string[];
+    const v = await t.rec('VBD', vbd!);
+    assert.equal(v.userdevice, '0');
+    assert.equal(v.bootable, true);
+    const disk = v.VDI as string;
+    const d = await t.rec('VDI', disk);
+    assert.equal(d.virtual_size, BigInt(10 * 1024 * MiB));
+    assert.equal(d.type, 'system');
+    assert.equal(d.SR, t.localSr);
+
+    await t.ok('VM.start', t.s, vm, false, false);
+    const uuid = (await t.rec('VM', vm)).uuid as string;
+    const vbdUuid = v.uuid as string;
+    // the guest writes a pattern; it lands in the VHD file
+    await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 5 * MiB, write: pattern(5, MiB) });
+    const file = await t.vhdFile(disk);
+    const written = await contentHash(file);
+    const read = await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 5 * MiB, length: MiB });
+    assert.ok(read.equals(pattern(5, MiB)));
+
+    const [pbd] = (await t.rec('SR', t.localSr)).PBDs as string[];
+    assert.deepEqual(await t.err('PBD.unplug', t.s, pbd!), ['VDI_IN_USE', disk]);
+    assert.deepEqual(await t.err('VDI.destroy', t.s, disk), ['VDI_IN_USE', disk, 'destroy']);
+
+    // a snapshot of the running VM; the guest writes on, then the VM is reverted
+    const snap = (await t.ok('VM.snapshot', t.s, vm, 'before', [])) as string;
+    const sv = await t.rec('VM', snap);
+    assert.equal(sv.is_a_snapshot, true);
+    assert.equal(sv.is_a_template, true);
+    assert.equal(sv.snapshot_of, vm);
+    assert.equal((sv.snapshot_info as Record<string, string>)['power-state-at-snapshot'], 'Running');
+    assert.equal((await t.rec('VM', vm)).parent, snap);
+    assert.deepEqual((await t.rec('VM', vm)).snapshots, [snap]);
+    const snapDisk = (await t.rec('VBD', (sv.VBDs as string[])[0]!)).VDI as string;
+    assert.equal((await t.rec('VDI', snapDisk)).snapshot_of, disk);
+    await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 5 * MiB, write: pattern(6, MiB) });
+    assert.notEqual(await contentHash(file), written);
+    assert.equal(await contentHash(await t.vhdFile(snapDisk)), written);
+
+    await t.ok('VM.revert', t.s, snap);
+    const after = await t.rec('VM', vm);
+    assert.equal(after.power_state, 'Halted');
+    const newDisk = (await t.rec('VBD', (after.VBDs as string[])[0]!)).VDI as string;
+    assert.notEqual(newDisk, disk);
+    assert.deepEqual(await t.err('VDI.get_record', t.s, disk), ['HANDLE_INVALID', 'VDI', disk]);
+    assert.equal(await contentHash(await t.vhdFile(newDisk)), written);
+    assert.equal((await t.rec('VDI', snapDisk)).snapshot_of, newDisk, 'the snapshot now belongs to the new disk');
+
+    // clone shares the tree; copy to another SR is a full, independent disk
+    const clone = (await t.ok('VM.clone', t.s, vm, 'deb-clone')) as string;
+    const cloneDisk = (await t.rec('VBD', ((await t.rec('VM', clone)).VBDs as string[])[0]!)).VDI as string;
+    assert.equal(await contentHash(await t.vhdFile(cloneDisk)), written);
+    const other = await t.fileSr('other');
+    const copy = (await t.ok('VM.copy', t.s, vm, 'deb-copy', other)) as string;
+    const copyDisk = (await t.rec('VBD', ((await t.rec('VM', copy)).VBDs as string[])[0]!)).VDI as string;
+    const cd = await t.rec('VDI', copyDisk);
+    assert.equal(cd.SR, other);
+    assert.equal((cd.sm_config as Record<string, string>)['vhd-parent'], undefined, 'a copy has no parent');
+    assert.equal(await contentHash(await t.vhdFile(copyDisk)), written);
+    // the copy is a standalone dynamic VHD, which qemu-img reads on its own
+    assert.equal(qemuInfo(await t.vhdFile(copyDisk))['virtual-size'], 10 * 1024 * MiB);
+  } finally {
+    await t.close();
+  }
+});
+
+test('VDI.copy with a base writes only the difference', async () => {
+  const t = await setup();
+  try {
+    const src = await t.vdiCreate(t.localSr, 16 * MiB, 'src');
+    const f = await openDiskFile(await t.vhdFile(src), { readOnly: false });
+    await f.write(0, pattern(7, 4 * MiB));
+    await f.close();
+    const base = (await t.ok('VDI.snapshot', t.s, src, newStruct())) as string;
+    const f2 = await openDiskFile(await t.vhdFile(src), { readOnly: false });
+    await f2.write(8 * MiB, pattern(8, MiB));
+    await f2.close();
+    const other = await t.fileSr('backup');
+    const full = (await t.ok('VDI.copy', t.s, base, other, NULL, NULL)) as string;
+    await t.ok('VDI.copy', t.s, src, NULL, base, full);
+    assert.equal(await contentHash(await t.vhdFile(full)), await contentHash(await t.vhdFile(src)));
+    assert.deepEqual(await t.err('VDI.copy', t.s, src, NULL, NULL, await t.vdiCreate(other, 2 * MiB)).then((e) => e[0]), 'VDI_TOO_SMALL');
+  } finally {
+    await t.close();
+  }
+});
+
+test('garbage collection: deleted snapshots are removed and the chain coalesces back into one file', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('gc');
+    const vdi = await t.vdiCreate(sr, 16 * MiB);
+    const snaps: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const d = await openDiskFile(await t.vhdFile(vdi), { readOnly: false });
+      await d.write(i * 2 * MiB, pattern(10 + i, MiB));
+      await d.close();
+      snaps.push((await t.ok('VDI.snapshot', t.s, vdi, newStruct())) as string);
+    }
+    const content = await contentHash(await t.vhdFile(vdi));
+    const dir = await t.srDir(sr);
+    const vhds = () => readdirSync(dir).filter((f) => f.endsWith('.vhd')).length;
+    assert.equal(vhds(), 7, 'three hidden parents, three snapshots, one leaf');
+    for (const snap of snaps) await t.ok('VDI.destroy', t.s, snap);
+    await t.storage.runGc(sr);
+    assert.equal(vhds(), 1, 'only the VDI is left');
+    assert.equal(await contentHash(await t.vhdFile(vdi)), content);
+    const r = await t.rec('VDI', vdi);
+    assert.equal((r.sm_config as Record<string, string>)['vhd-parent'], undefined);
+    assert.equal(qemuInfo(await t.vhdFile(vdi))['virtual-size'], 16 * MiB);
+  } finally {
+    await t.close();
+  }
+});
