@@ -40,6 +40,7 @@ import { startHttpServers } from '../http/server.js';
 import { loadOrCreateCertificate } from '../http/tls.js';
 import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
 import { registerVdiTransfers } from '../http/vdi-transfer.js';
+import { registerVmTransfers } from '../http/vm-transfer.js';
 
 export const DB_GC_INTERVAL_MS = 30_000;
 
@@ -179,6 +180,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     .add('POST', '/json', xmlRpcHandler(dispatcher, log))
     .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log));
   registerVdiTransfers(table, dispatcher, storage);
+  registerVmTransfers(table, dispatcher, storage);
 
   const tls = await loadOrCreateCertificate(opts.stateDir, hostname);
   let servers;

@@ -35,7 +35,7 @@ export type TransferResult = { type: Type; value: unknown } | undefined;
 export function statusOf(e: unknown): number {
   if (!(e instanceof XapiError)) return 500;
   if (e.code === 'HANDLE_INVALID' || e.code === 'UUID_INVALID') return 404;
-  if (e.code.startsWith('IMPORT_ERROR') || e.code === 'VDI_TOO_LARGE' || e.code === 'SR_FULL') return 400;
+  if (e.code.startsWith('IMPORT_ERROR') || ['VDI_TOO_LARGE', 'SR_FULL', 'SR_OPERATION_NOT_SUPPORTED'].includes(e.code)) return 400;
   return 500;
 }
 

@@ -77,8 +77,11 @@ export interface SmDriver {
   vdiSnapshot(sr: SrContext, location: string, kind: 'snapshot' | 'clone'): Promise<VdiInfo>;
   /** vdi_attach: where the data lives for a domain (a VHD leaf, an ISO file). */
   vdiAttach(sr: SrContext, location: string, writable: boolean): Promise<{ path: string; format: 'vhd' | 'raw' }>;
-  /** Opens the VDI's data for the data path (import/export). */
-  vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean }): Promise<OpenDisk>;
+  /**
+   * Opens the VDI's data for the data path (import/export, copy). `deferSync`: one fsync at
+   * close instead of crash-ordered writes, for targets nothing reads until the close succeeded.
+   */
+  vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean; deferSync?: boolean }): Promise<OpenDisk>;
   /** Background garbage collection and coalesce, on the SR master only (none for ISO SRs). */
   gc?(sr: SrContext, opts: { isActive(location: string): boolean }): Promise<{ changed: boolean }>;
 }

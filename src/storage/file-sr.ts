@@ -309,9 +309,9 @@ export class FileSrDriver implements SmDriver {
     return { path: this.file(sr, location), format: 'vhd' };
   }
 
-  async vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean }): Promise<OpenDisk> {
+  async vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean; deferSync?: boolean }): Promise<OpenDisk> {
     await this.vdiStat(sr, location);
-    const vhd = await openVhd(this.file(sr, location), { readOnly: opts.readOnly });
+    const vhd = await openVhd(this.file(sr, location), { readOnly: opts.readOnly, deferSync: opts.deferSync });
     return {
       size: vhd.virtualSize,
       vhd,

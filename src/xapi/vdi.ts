@@ -87,11 +87,14 @@ export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, 
   });
 }
 
-/** Opens a VDI's data on this host (for copy, import and export). */
-export async function openVdi(storage: Storage, vdiRef: string, readOnly: boolean): Promise<OpenDisk> {
+/**
+ * Opens a VDI's data on this host (for copy, import and export). `deferSync` for a target whose
+ * content counts only once the operation succeeded: one fsync at close, not two per new block.
+ */
+export async function openVdi(storage: Storage, vdiRef: string, readOnly: boolean, opts: { deferSync?: boolean } = {}): Promise<OpenDisk> {
   const vdi = await storage.host.db.get('VDI', vdiRef);
   const { driver, ctx } = await storage.context(s(vdi.SR));
-  return storage.sm(s(vdi.SR), () => driver.vdiOpen(ctx, s(vdi.location), { readOnly }), vdiRef);
+  return storage.sm(s(vdi.SR), () => driver.vdiOpen(ctx, s(vdi.location), { readOnly, deferSync: opts.deferSync }), vdiRef);
 }
 
 /**
@@ -127,7 +130,7 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
     try {
       const from = await openVdi(storage, vdiRef, true);
       try {
-        const to = await openVdi(storage, dst, false);
+        const to = await openVdi(storage, dst, false, { deferSync: true });
         try {
           const base = baseRef && baseRef !== NULL_REF ? await openVdi(storage, baseRef, true) : undefined;
           try {

@@ -126,7 +126,9 @@ export class XenopsSync {
     if (!vm || vm.is_control_domain === true) return;
     const state = await this.stat(vm);
     const now = formatDateTime(new Date(this.host.now()));
-    const power = state?.powerState ?? (vm.power_state === 'Suspended' ? 'Suspended' : 'Halted');
+    let power = state?.powerState ?? 'Halted';
+    // A domain-less VM with a memory image stays Suspended: the backend only knows it has no domain.
+    if (power === 'Halted' && vm.power_state === 'Suspended' && (!state || vm.suspend_VDI !== NULL_REF)) power = 'Suspended';
     const live = power === 'Running' || power === 'Paused';
     const changes: Record<string, unknown> = {
       power_state: power,

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync, unlinkSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, unlinkSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { memoryHost } from '../../src/host/memory-host.js';
@@ -368,6 +368,110 @@ test('garbage collection: deleted snapshots are removed and the chain coalesces 
     const r = await t.rec('VDI', vdi);
     assert.equal((r.sm_config as Record<string, string>)['vhd-parent'], undefined);
     assert.equal(qemuInfo(await t.vhdFile(vdi))['virtual-size'], 16 * MiB);
+  } finally {
+    await t.close();
+  }
+});
+
+test('VM.checkpoint keeps the memory image with the disks; reverting to it gives a suspended VM that resumes', async () => {
+  const t = await setup();
+  try {
+    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
+    const vm = (await t.ok('VM.clone', t.s, template!, 'cp')) as string;
+    await t.ok('VM.provision', t.s, vm);
+    await t.ok('VM.set_memory', t.s, vm, BigInt(256 * MiB));
+    await t.ok('VM.start', t.s, vm, false, false);
+    const cp = (await t.ok('VM.checkpoint', t.s, vm, 'with memory')) as string;
+    const c = await t.rec('VM', cp);
+    assert.equal(c.power_state, 'Suspended');
+    assert.equal(c.is_a_snapshot, true);
+    const image = await t.rec('VDI', c.suspend_VDI as string);
+    assert.equal(image.type, 'suspend');
+    assert.equal(image.is_a_snapshot, true);
+    const r = await t.rec('VM', vm);
+    assert.equal(r.power_state, 'Running', 'the VM runs on after its checkpoint');
+    assert.equal(r.suspend_VDI, NULL);
+
+    await t.ok('VM.revert', t.s, cp);
+    const back = await t.rec('VM', vm);
+    assert.equal(back.power_state, 'Suspended');
+    assert.notEqual(back.suspend_VDI, NULL);
+    assert.notEqual(back.suspend_VDI, c.suspend_VDI);
+    await t.ok('VM.resume', t.s, vm, false, false);
+    assert.equal((await t.rec('VM', vm)).power_state, 'Running');
+    await t.ok('VM.hard_shutdown', t.s, vm);
+    // a snapshot of a halted VM is Halted; reverting a running VM to it stops the VM
+    const snap = (await t.ok('VM.snapshot', t.s, vm, 'halted', [])) as string;
+    await t.ok('VM.start', t.s, vm, false, false);
+    await t.ok('VM.revert', t.s, snap);
+    assert.equal((await t.rec('VM', vm)).power_state, 'Halted');
+    assert.deepEqual(await t.err('VM.revert', t.s, vm), ['ONLY_REVERT_SNAPSHOT']);
+  } finally {
+    await t.close();
+  }
+});
+
+test('CD drives: insert and eject an ISO on a running VM; disks are not ejectable', async () => {
+  const t = await setup();
+  try {
+    const dir = t.tmp();
+    writeFileSync(join(dir, 'tools.iso'), pattern(9, MiB));
+    const sr = (await t.ok('SR.create', t.s, t.host.hostRef, struct({ location: dir }), 0n, 'ISOs', '', 'iso', 'iso', false, newStruct())) as string;
+    const [iso] = (await t.rec('SR', sr)).VDIs as string[];
+    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
+    const vm = (await t.ok('VM.clone', t.s, template!, 'cd')) as string;
+    await t.ok('VM.provision', t.s, vm);
+    const cd = (await t.ok('VBD.create', t.s, struct({
+      VM: vm, VDI: NULL, userdevice: '3', bootable: false, mode: 'RO', type: 'CD', unpluggable: true, empty: true,
+      other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct(),
+    }))) as string;
+    await t.ok('VM.start', t.s, vm, false, false);
+    await t.ok('VBD.insert', t.s, cd, iso!);
+    assert.equal((await t.rec('VBD', cd)).VDI, iso);
+    assert.equal((await t.rec('VBD', cd)).empty, false);
+    // the guest reads the image through its CD drive
+    const uuid = (await t.rec('VM', vm)).uuid as string;
+    const read = await t.domains.guestDiskIo(uuid, (await t.rec('VBD', cd)).uuid as string, { offset: 0, length: 4096 });
+    assert.ok(read.equals(pattern(9, MiB).subarray(0, 4096)));
+    assert.deepEqual(await t.err('VBD.insert', t.s, cd, iso!), ['VBD_NOT_EMPTY', cd]);
+    await t.ok('VBD.eject', t.s, cd);
+    assert.equal((await t.rec('VBD', cd)).empty, true);
+    assert.deepEqual(await t.err('VBD.eject', t.s, cd), ['VBD_IS_EMPTY', cd]);
+    const [disk] = ((await t.rec('VM', vm)).VBDs as string[]).filter((v) => v !== cd);
+    assert.deepEqual(await t.err('VBD.eject', t.s, disk!), ['VBD_NOT_REMOVABLE_MEDIA', disk!]);
+    await t.ok('VM.hard_shutdown', t.s, vm);
+  } finally {
+    await t.close();
+  }
+});
+
+test('a snapshot cut short by a crash is finished or dropped when the SR is attached again', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('crash');
+    const vdi = await t.vdiCreate(sr, 8 * MiB);
+    const file = await t.vhdFile(vdi);
+    const d = await openDiskFile(file, { readOnly: false });
+    await d.write(MiB, pattern(12, MiB));
+    await d.close();
+    const before = await contentHash(file);
+    const dir = await t.srDir(sr);
+    const location = (await t.rec('VDI', vdi)).location as string;
+    // the state a kill -9 leaves right after the leaf became the hidden parent: a journal, the
+    // leaf renamed, no new leaves yet
+    const parent = '0d0d0d0d-1111-4222-8333-444455556666';
+    const fresh = '0e0e0e0e-1111-4222-8333-444455556666';
+    mkdirSync(join(dir, '.journal'), { recursive: true });
+    writeFileSync(join(dir, '.journal', `snapshot-${location}.json`), JSON.stringify({ leaf: location, parent, fresh }));
+    renameSync(file, join(dir, `${parent}.vhd`));
+    const [pbd] = (await t.rec('SR', sr)).PBDs as string[];
+    await t.ok('PBD.unplug', t.s, pbd!);
+    await t.ok('PBD.plug', t.s, pbd!);
+    assert.equal(await contentHash(file), before, 'the VDI reads as before');
+    assert.equal(((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'], parent);
+    assert.equal(existsSync(join(dir, `${fresh}.vhd`)), false);
+    assert.deepEqual(readdirSync(join(dir, '.journal')), []);
+    assert.equal(((await t.rec('SR', sr)).VDIs as string[]).length, 1, 'the hidden parent is no VDI');
   } finally {
     await t.close();
   }

@@ -369,3 +369,47 @@ test('setParent locators appended where the BAT later grows are moved out of its
   // only its view of the chain (parent identity) is checked here.
   assert.deepEqual(vhdiChain(c).chain, ['c.vhd', 'b.vhd']);
 });
+
+test('deferSync: no datasync per allocation; close makes it durable, reads back, qemu-img agrees', async () => {
+  const vhdPath = path.join(dir, 'defer.vhd');
+  const rawPath = path.join(dir, 'defer.raw');
+  await (await createDynamic(vhdPath, SIZE)).close();
+  const w = await open(vhdPath, { deferSync: true });
+  // Count the syncs the handle issues (the FileHandle is private; patch it for the test only).
+  const fh = (w as unknown as { fh: { datasync(): Promise<void>; sync(): Promise<void> } }).fh;
+  let datasyncs = 0;
+  let syncs = 0;
+  const origData = fh.datasync.bind(fh);
+  const origSync = fh.sync.bind(fh);
+  fh.datasync = () => { datasyncs++; return origData(); };
+  fh.sync = () => { syncs++; return origSync(); };
+  for (const [off, b] of WRITES) await w.write(off, b);
+  // a rewrite inside an already allocated block, too
+  const again = pattern(1536, 7);
+  await w.write(MiB + 3, again);
+  assert.deepEqual(w.allocatedBlocks(), [0, 1, 2, 6, 7, 19]);
+  assert.equal(datasyncs, 0, 'no per-block datasync under deferSync');
+  assert.equal(syncs, 0, 'nothing synced before close');
+  for (const [off, b] of WRITES) assert.ok((await w.read(off, b.length)).equals(b), `read back before close at ${off}`);
+  await w.close();
+  assert.equal(syncs, 1, 'close syncs once');
+  assert.equal(datasyncs, 0);
+
+  const r = await open(vhdPath, { readOnly: true });
+  for (const [off, b] of WRITES) assert.ok((await r.read(off, b.length)).equals(b), `reopened read at ${off}`);
+  assert.ok((await r.read(MiB + 3, again.length)).equals(again));
+  await r.close();
+  writeRaw(rawPath, SIZE, [...WRITES, [MiB + 3, again]]);
+  qemuCheck(vhdPath);
+  qemu('compare', '-f', 'vpc', '-F', 'raw', vhdPath, rawPath);
+
+  // The default still syncs each allocation (data+bitmap, then BAT entry).
+  const d = await open(vhdPath);
+  const dfh = (d as unknown as { fh: { datasync(): Promise<void> } }).fh;
+  let n = 0;
+  const o = dfh.datasync.bind(dfh);
+  dfh.datasync = () => { n++; return o(); };
+  await d.write(30 * MiB, pattern(512, 8));
+  assert.equal(n, 2);
+  await d.close();
+});

@@ -752,7 +752,9 @@ export class SimulatorBackend implements DomainManager {
   async resume(id: string, opts: { paused: boolean }): Promise<void> {
     await this.serial(id, async () => {
       const vm = this.get(id);
-      if (vm.domain || !vm.status.suspended) throw new DomainError('Bad_power_state', [this.powerState(vm), 'Suspended']);
+      // As xenopsd: a VM without a domain resumes from whatever image its configuration names
+      // (a reverted checkpoint's image was written before this backend knew the VM as suspended).
+      if (vm.domain || (!vm.status.suspended && !vm.config.suspendImage)) throw new DomainError('Bad_power_state', [this.powerState(vm), 'Suspended']);
       const path = vm.config.suspendImage;
       if (!path) throw new DomainError('Internal_error', [`VM ${id} has no suspend image path`]);
       const image = await readImage(path, id);
