@@ -71,6 +71,7 @@ const notInDb = set(facts.notInDbClasses);
 const noEvents = set(facts.noEventClasses);
 const ctorDtor = set(facts.ctorDtorClasses);
 const syncOnly = set(facts.syncOnlyMessages);
+const noTaskIdFor = set(facts.noTaskIdFor);
 // Messages that the login machinery reaches without a session.
 const sessionless = new Set([
   'session.login_with_password',
@@ -133,6 +134,9 @@ for (const c of datamodel) {
       roles: m.roles,
       implicit: m.implicit,
       async,
+      // A sync call runs on a database task only for async-capable messages of classes other
+      // than task and event (xapi's no_task_id_for): event.from must not make events itself.
+      syncTask: async && !noTaskIdFor.has(c.name),
       sessionChecked: checked,
       hidden: m.hidden,
       lifecycle: state(m.lifecycle),

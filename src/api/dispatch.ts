@@ -118,7 +118,7 @@ export class Dispatcher {
       return { ok: true, type: TASK_REF, value: task, task, session: state.session };
     }
     let task = NULL_REF;
-    if (msg.async) state.task = task = await this.tasks.create(session, method, false);
+    if (msg.syncTask) state.task = task = await this.tasks.create(session, method, false);
     // A call without a database task still needs an identity for current_operations: xapi's
     // dummy refs.
     const call = this.makeCall(msg, method, session, task === NULL_REF ? `DummyRef:|${randomUUID()}|${msg.wire}` : task);

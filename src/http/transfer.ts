@@ -5,6 +5,7 @@
 // response header, which carries the result or the error. No credentials, or bad ones: 401 (and
 // the caller's task fails with SESSION_AUTHENTICATION_FAILED); no permission: 403.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Call, SessionInfo } from '../api/context.js';
 import type { Dispatcher } from '../api/dispatch.js';
 import { XapiError } from '../api/errors.js';
@@ -16,6 +17,35 @@ import { sendHttpError } from './server.js';
 
 /** The roles of xapi's data handlers (datamodel http_actions: _R_VM_ADMIN, vm-admin and above). */
 export const VM_ADMIN = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin'];
+
+/**
+ * Answers an upload before reading it, as xapi does (http_200_ok ~keep_alive:false): no length,
+ * the connection closes when the work is done (`res.end()`). A complete response, e.g. with
+ * Content-Length: 0, would make an HTTP client (Node's included) stop sending the body.
+ */
+export function acceptUpload(res: ServerResponse, task: string): void {
+  res.useChunkedEncodingByDefault = false;
+  res.shouldKeepAlive = false;
+  res.writeHead(200, { connection: 'close', 'cache-control': 'no-cache, no-store', 'task-id': task });
+  res.flushHeaders();
+}
+
+/**
+ * Streams a download into the response; resolves when all of it went out. A client going away
+ * stops the stream (no more disk reads) and fails the transfer with VDI_IO_ERROR.
+ */
+export function sendStream(res: ServerResponse, stream: Readable): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    stream.on('error', reject);
+    res.on('close', () => {
+      if (res.writableFinished) return resolve();
+      stream.unpipe(res);
+      stream.destroy();
+      reject(new XapiError('VDI_IO_ERROR', ['Device I/O errors']));
+    });
+    stream.pipe(res);
+  });
+}
 
 export interface Transfer {
   call: Call;
@@ -33,6 +63,9 @@ export type TransferResult = { type: Type; value: unknown } | undefined;
 
 /** Maps a failure to the HTTP status sent when the response has not started yet. */
 export function statusOf(e: unknown): number {
+  // A handler may name the status xapi answers with for its failure (e.g. 404 for an unknown format).
+  const given = (e as { httpStatus?: unknown } | undefined)?.httpStatus;
+  if (typeof given === 'number') return given;
   if (!(e instanceof XapiError)) return 500;
   if (e.code === 'HANDLE_INVALID' || e.code === 'UUID_INVALID') return 404;
   if (e.code.startsWith('IMPORT_ERROR') || ['VDI_TOO_LARGE', 'SR_FULL', 'SR_OPERATION_NOT_SUPPORTED'].includes(e.code)) return 400;

@@ -13,7 +13,7 @@ import { openVdi } from '../xapi/vdi.js';
 import { exportHeader, exportObjects, importObjects } from '../xapi/vm-export.js';
 import { withVmOperation } from '../xapi/vm-lifecycle.js';
 import type { HandlerTable } from './handlers.js';
-import { VM_ADMIN, transferHandler, type Transfer } from './transfer.js';
+import { VM_ADMIN, acceptUpload, sendStream, transferHandler, type Transfer } from './transfer.js';
 
 const VM_SET = { k: 'set', of: { k: 'ref', cls: 'VM' } } as const;
 const truthy = (v: string | undefined) => v === 'true' || v === '1' || v === 'yes' || v === 'on';
@@ -58,11 +58,7 @@ async function exportVm(storage: Storage, t: Transfer) {
         'content-disposition': 'attachment; filename="export.xva"',
         'task-id': call.task,
       });
-      await new Promise<void>((resolve, reject) => {
-        stream.on('error', reject);
-        res.on('close', () => (res.writableFinished ? resolve() : reject(new XapiError('VDI_IO_ERROR', ['Device I/O errors']))));
-        stream.pipe(res);
-      });
+      await sendStream(res, stream);
     } finally {
       for (const d of open) await d.close();
     }
@@ -76,11 +72,7 @@ async function exportMetadata(t: Transfer) {
   const { objects } = await exportObjects(call, vm, { withSuspendImage: false });
   const stream = writeMetadataTar(exportHeader(call), objects);
   res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-disposition': 'attachment; filename="export.xva"', 'task-id': call.task });
-  await new Promise<void>((resolve, reject) => {
-    stream.on('error', reject);
-    res.on('close', resolve);
-    stream.pipe(res);
-  });
+  await sendStream(res, stream);
   return undefined;
 }
 
@@ -91,11 +83,8 @@ async function importVm(storage: Storage, t: Transfer) {
   if (sr === NULL_REF || !(await call.db.tryGet('SR', sr))) throw new XapiError('SR_HAS_NO_PBDS', [sr]);
   if ((await call.db.get('SR', sr)).content_type === 'iso') throw new XapiError('SR_OPERATION_NOT_SUPPORTED', [sr]);
   const force = truthy(t.param('force'));
-  // As xapi: 200 before the data, no length, the connection closes when the import is done (a
-  // response with a length would let an HTTP client consider the exchange over and stop sending).
-  res.useChunkedEncodingByDefault = false;
-  res.writeHead(200, { connection: 'close', 'cache-control': 'no-cache, no-store', 'task-id': call.task, 'content-type': 'application/octet-stream' });
-  res.flushHeaders();
+  // As xapi: 200 before the data; the outcome is on the task.
+  acceptUpload(res, call.task);
   let made: Awaited<ReturnType<typeof importObjects>> | undefined;
   const open: OpenDisk[] = [];
   try {

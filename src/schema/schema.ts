@@ -40,6 +40,8 @@ export interface MessageDef {
   roles: string[];
   implicit: boolean;
   async: boolean;
+  /** A sync call runs on a database task (destroyed on return), as xapi's generate_task_for. */
+  syncTask: boolean;
   sessionChecked: boolean;
   hidden: boolean;
   lifecycle: string;
@@ -88,6 +90,7 @@ interface RawSchema {
       roles: string[];
       implicit: boolean;
       async: boolean;
+      syncTask: boolean;
       sessionChecked: boolean;
       hidden: boolean;
       lifecycle: string;
@@ -167,6 +170,7 @@ export class Schema {
           roles: m.roles,
           implicit: m.implicit,
           async: m.async,
+          syncTask: m.syncTask,
           sessionChecked: m.sessionChecked,
           hidden: m.hidden,
           lifecycle: m.lifecycle,

@@ -9,10 +9,10 @@
 // records the pool that created it in `.sr.json`: a second pool plugging it is refused, because
 // two pools would run two garbage collectors over one tree.
 import { randomUUID } from 'node:crypto';
-import { mkdir, open as fsOpen, readdir, rename, rm, stat, statfs, readFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, statfs, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Mutex } from '../util/mutex.js';
-import { writeFileAtomic } from '../util/files.js';
+import { fsyncDir, writeFileAtomic } from '../util/files.js';
 import { createDifferencing, createDynamic, open as openVhd, format } from './vhd/index.js';
 import { listNodes, readNode, vhdPath, type VhdNode } from './file-layout.js';
 import { recoverJournals, runGc } from './gc.js';
@@ -259,10 +259,10 @@ export class FileSrDriver implements SmDriver {
       const journal = this.journal(sr, location);
       await writeFileAtomic(journal, JSON.stringify({ leaf: location, parent, fresh }) + '\n');
       await rename(leaf, this.file(sr, parent));
-      await syncDir(this.dir(sr));
+      await fsyncDir(this.dir(sr));
       await this.finishSnapshot(sr, location, parent);
       await (await createDifferencing(this.file(sr, fresh), this.file(sr, parent))).close();
-      await syncDir(this.dir(sr));
+      await fsyncDir(this.dir(sr));
       await rm(journal);
     });
     return this.vdiStat(sr, fresh);
@@ -279,7 +279,7 @@ export class FileSrDriver implements SmDriver {
     const leaf = this.file(sr, location);
     await rm(leaf, { force: true });
     await (await createDifferencing(leaf, this.file(sr, parent))).close();
-    await syncDir(this.dir(sr));
+    await fsyncDir(this.dir(sr));
   }
 
   /** Replays interrupted snapshots (journals) so every VDI reads as before the crash. */
@@ -322,11 +322,3 @@ export class FileSrDriver implements SmDriver {
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const fh = await fsOpen(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}

@@ -36,8 +36,9 @@
 // the copy and the rename (SM pauses the leaf's tapdisk for the same reason).
 // One GC per SR directory at a time: a second concurrent runGc on the same directory in this
 // process is refused; across processes the caller must serialise (SM uses a lock file).
-import { mkdir, open as fsOpen, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import * as path from 'node:path';
+import { fsyncDir, writeFileAtomic } from '../util/files.js';
 import { buildTree, chainOf, listNodes, vhdPath, type VhdNode, type VhdTree } from './file-layout.js';
 import { Vhd, coalesceInto } from './vhd/vhd.js';
 
@@ -79,14 +80,6 @@ const JOURNAL_DIR = '.journal';
 const MAX_PASSES = 10_000;
 const running = new Set<string>();
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsOpen(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 function journalPath(dir: string, node: string): string {
   return path.join(dir, JOURNAL_DIR, `${node}.json`);
@@ -97,17 +90,7 @@ async function writeJournal(dir: string, j: Journal): Promise<void> {
   const jdir = path.join(dir, JOURNAL_DIR);
   // A freshly made journal directory must itself survive a crash before its first entry counts.
   if (await mkdir(jdir, { recursive: true })) await fsyncDir(dir);
-  const final = journalPath(dir, j.node);
-  const tmp = `${final}.tmp`;
-  const fh = await fsOpen(tmp, 'w');
-  try {
-    await fh.writeFile(JSON.stringify(j));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, final);
-  await fsyncDir(jdir);
+  await writeFileAtomic(journalPath(dir, j.node), JSON.stringify(j));
 }
 
 async function removeJournal(dir: string, node: string): Promise<void> {
@@ -131,8 +114,9 @@ async function readJournals(dir: string): Promise<Journal[]> {
   const out: Journal[] = [];
   for (const n of names.sort()) {
     const p = path.join(jdir, n);
-    // A temp file is a journal update that never got renamed into place: the previous state stands.
-    if (n.endsWith('.tmp')) { await unlink(p).catch(() => undefined); continue; }
+    // A temp file (writeFileAtomic's) is a journal update that never got renamed into place:
+    // the previous state stands.
+    if (/\.tmp-\d+$/.test(n)) { await unlink(p).catch(() => undefined); continue; }
     if (!n.endsWith('.json')) continue;
     out.push(JSON.parse(await readFile(p, 'utf8')) as Journal);
   }

@@ -20,10 +20,15 @@ export async function writeFileAtomic(path: string, data: string, mode = 0o644):
   }
   await fh.close();
   await rename(tmp, path);
-  const dir = await open(dirname(path), 'r');
+  await fsyncDir(dirname(path));
+}
+
+/** Makes a directory's entries durable (after a create, rename or unlink in it). */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
   try {
-    await dir.sync();
+    await fh.sync();
   } finally {
-    await dir.close();
+    await fh.close();
   }
 }

@@ -229,13 +229,14 @@ export class Storage {
 
   /** A VDI record for what a driver reported (xapi fills the rest from the call). */
   async createVdi(srRef: string, info: VdiInfo, fields: Record<string, unknown>): Promise<string> {
-    const ref = newRef();
+    // A background scan (after a GC run) may have met the new node first and made its record:
+    // take that one over rather than make a second record for one location.
+    const [found] = await this.host.db.find('VDI', { SR: srRef, location: info.location });
+    const ref = found?.[0] ?? newRef();
     const smConfig: Record<string, string> = { ...((fields.sm_config as Record<string, string>) ?? {}), vdi_type: info.vdiType };
     if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
     else delete smConfig['vhd-parent'];
-    await this.host.db.create('VDI', ref, {
-      name_label: '',
-      name_description: '',
+    const row = {
       type: 'user',
       sharable: false,
       other_config: {},
@@ -253,7 +254,9 @@ export class Storage {
       physical_utilisation: info.physicalUtilisation,
       read_only: info.readOnly || fields.read_only === true,
       sm_config: smConfig,
-    });
+    };
+    if (found) await this.host.db.update('VDI', ref, { ...row, uuid: found[1].uuid });
+    else await this.host.db.create('VDI', ref, { name_label: '', name_description: '', ...row });
     await this.updateVdiAllowed(ref);
     return ref;
   }

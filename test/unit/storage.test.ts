@@ -115,10 +115,16 @@ test('VDIs: create, resize, snapshot, clone, destroy as VHD files that qemu-img 
     assert.equal((await t.rec('SR', t.localSr)).virtual_allocation, BigInt(32 * MiB));
 
     // data written through the disk is what every later node reads
+    const used = Number((await t.rec('SR', t.localSr)).physical_utilisation);
     const d = await openDiskFile(file, { readOnly: false });
     await d.write(3 * MiB, pattern(1, MiB));
     await d.close();
     const before = await contentHash(file);
+    // SR.update and VDI.update learn what the data now takes
+    await t.ok('SR.update', t.s, t.localSr);
+    assert.ok(Number((await t.rec('SR', t.localSr)).physical_utilisation) >= used + MiB);
+    await t.ok('VDI.update', t.s, vdi);
+    assert.ok(Number((await t.rec('VDI', vdi)).physical_utilisation) >= MiB);
 
     await t.ok('VDI.resize', t.s, vdi, BigInt(64 * MiB));
     assert.equal((await t.rec('VDI', vdi)).virtual_size, BigInt(64 * MiB));

@@ -3,30 +3,22 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createReadStream, createWriteStream, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDynamic, createDifferencing, open, type Vhd } from '../../src/storage/vhd/index.js';
+import { ensureJudges } from './vhd-judge.js';
 import { ImportError, exportRaw, exportVhd, importRaw, importVhd, vhdStreamSize } from '../../src/storage/vhd/stream.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = 2 * MiB;
 let dir = '';
 
-function haveQemuImg(): boolean {
-  return spawnSync('qemu-img', ['--version']).status === 0;
-}
-
 before(() => {
-  if (!haveQemuImg()) {
-    // Never skip: install the judge, or fail loudly (same policy as vhd.test.ts).
-    const u = spawnSync('apt-get', ['update'], { stdio: 'inherit' });
-    const i = spawnSync('apt-get', ['install', '-y', 'qemu-utils'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-    if (!haveQemuImg()) throw new Error(`qemu-img unavailable and apt-get install qemu-utils failed (update ${u.status}, install ${i.status})`);
-  }
+  ensureJudges(); // never skip: install the outside judges, or fail loudly
   dir = mkdtempSync(path.join(tmpdir(), 'vhd-stream-test-'));
 });
 

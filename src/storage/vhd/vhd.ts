@@ -120,19 +120,7 @@ export class Vhd {
     const deferSync = !readOnly && (opts.deferSync ?? false);
     const fh = await fsOpen(file, readOnly ? 'r' : 'r+');
     try {
-      const size = (await fh.stat()).size;
-      if (size < FOOTER_SIZE) throw new Error('VHD: file too small');
-      const fb = Buffer.alloc(FOOTER_SIZE);
-      await readExact(fh, fb, size - FOOTER_SIZE);
-      let footer: Footer;
-      try {
-        footer = decodeFooter(fb);
-      } catch (e) {
-        // The footer at the end is the authority, but a torn tail leaves the copy at 0 usable.
-        await readExact(fh, fb, 0);
-        footer = decodeFooter(fb);
-        if (footer.diskType === DISK_FIXED) throw e;
-      }
+      const { size, footer } = await readFooter(fh);
       if (footer.diskType === DISK_FIXED) {
         return new Vhd(file, fh, footer, null, new Uint32Array(0), size, null, null, readOnly, deferSync);
       }
@@ -523,21 +511,29 @@ export interface VhdInfo {
   parentCandidates: string[];
 }
 
+/**
+ * A file's footer: the one at the end is the authority, but a torn tail leaves the copy at 0
+ * usable (dynamic and differencing disks only: a fixed disk has no copy).
+ */
+async function readFooter(fh: FileHandle): Promise<{ size: number; footer: Footer }> {
+  const size = (await fh.stat()).size;
+  if (size < FOOTER_SIZE) throw new Error('VHD: file too small');
+  const fb = Buffer.alloc(FOOTER_SIZE);
+  await readExact(fh, fb, size - FOOTER_SIZE);
+  try {
+    return { size, footer: decodeFooter(fb) };
+  } catch (e) {
+    await readExact(fh, fb, 0);
+    const footer = decodeFooter(fb);
+    if (footer.diskType === DISK_FIXED) throw e;
+    return { size, footer };
+  }
+}
+
 export async function readInfo(file: string): Promise<VhdInfo> {
   const fh = await fsOpen(file, 'r');
   try {
-    const size = (await fh.stat()).size;
-    if (size < FOOTER_SIZE) throw new Error('VHD: file too small');
-    const fb = Buffer.alloc(FOOTER_SIZE);
-    await readExact(fh, fb, size - FOOTER_SIZE);
-    let footer: Footer;
-    try {
-      footer = decodeFooter(fb);
-    } catch (e) {
-      await readExact(fh, fb, 0);
-      footer = decodeFooter(fb);
-      if (footer.diskType === DISK_FIXED) throw e;
-    }
+    const { footer } = await readFooter(fh);
     const type: VhdType = footer.diskType === DISK_FIXED ? 'fixed' : footer.diskType === DISK_DIFFERENCING ? 'differencing' : 'dynamic';
     let parentUuid: string | null = null;
     let parentCandidates: string[] = [];
