@@ -346,6 +346,21 @@ export class Storage {
     return false;
   }
 
+  /**
+   * At start-up: operations marked on SRs and VDIs by a process that died with them are not
+   * running any more (xapi's cancel_tasks at dbsync); left marked they would block the objects.
+   */
+  async clearStaleOperations(): Promise<void> {
+    for (const cls of ['SR', 'VDI'] as const) {
+      for (const [ref, row] of await this.host.db.all(cls)) {
+        if (Object.keys(row.current_operations as object).length === 0) continue;
+        await this.host.db.update(cls, ref, { current_operations: {} });
+        if (cls === 'SR') await this.updateSrAllowed(ref);
+        else await this.updateVdiAllowed(ref);
+      }
+    }
+  }
+
   /** Kicks the SR's garbage collector soon (debounced); it runs only here, on the SR master. */
   kickGc(srRef: string): void {
     if (this.closed) return;

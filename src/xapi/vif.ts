@@ -6,9 +6,15 @@ import { implicitImpl } from '../api/implicit.js';
 import type { Schema } from '../schema/schema.js';
 import type { XenopsSync } from './xenops-sync.js';
 import { hotplug } from './device-ops.js';
-import { randomMac } from './vm-clone.js';
 
 const s = (v: unknown) => v as string;
+
+/** A MAC for a VIF that asks for none: locally administered, unicast. */
+export function randomMac(): string {
+  const b = [...crypto.getRandomValues(new Uint8Array(6))];
+  b[0] = (b[0]! & 0xfe) | 0x02; // locally administered, unicast
+  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
 
 export function register(r: Registry, sync: XenopsSync, schema: Schema): void {
   const createVif = implicitImpl(schema.messages.get('VIF.create')!)!;

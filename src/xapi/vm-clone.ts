@@ -11,6 +11,7 @@ import { copyVdi, destroyVdi, snapshotVdi } from './vdi.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
 import { vmOverhead } from './memory.js';
 import type { Storage } from './storage.js';
+import { randomMac } from './vif.js';
 
 const s = (v: unknown) => v as string;
 
@@ -25,11 +26,6 @@ export interface CloneOptions {
   ignoreVdis?: string[];
 }
 
-export function randomMac(): string {
-  const b = [...crypto.getRandomValues(new Uint8Array(6))];
-  b[0] = (b[0]! & 0xfe) | 0x02; // locally administered, unicast
-  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
-}
 
 /** The new disk for one of the source's VDIs. */
 async function newDisk(storage: Storage, call: Call, vdi: string, o: CloneOptions): Promise<string> {

@@ -14,7 +14,7 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { PRODUCT_VERSION } from '../host/dbsync.js';
 import { XVA_EXPORT_VSN, type XvaHeader, type XvaObject } from '../storage/xva/index.js';
 import { createVdi, destroyVdi } from './vdi.js';
-import { randomMac } from './vm-clone.js';
+import { randomMac } from './vif.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
 import { vmOverhead } from './memory.js';
 import type { Storage } from './storage.js';
