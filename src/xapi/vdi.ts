@@ -54,12 +54,11 @@ export async function destroyVdi(storage: Storage, call: Call, vdiRef: string): 
  * onto it (name, description, type, sharable, other_config, xenstore_data, on_boot,
  * allow_caching, tags; sm_config's base_mirror) and, for a snapshot, links it to the source.
  */
-export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, kind: 'snapshot' | 'clone', driverParams: Record<string, string> = {}): Promise<string> {
+export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, kind: 'snapshot' | 'clone'): Promise<string> {
   const vdi = await call.db.get('VDI', vdiRef);
   const srRef = s(vdi.SR);
   if (kind === 'snapshot' && vdi.sharable === true) throw new XapiError('VDI_IS_SHARABLE', [vdiRef]);
   if (kind === 'snapshot' && vdi.on_boot === 'reset') throw new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
-  void driverParams;
   const srOp = kind === 'snapshot' ? 'vdi_snapshot' : 'vdi_clone';
   return storage.withOp(call, { sr: [srRef, srOp], vdi: [vdiRef, kind] }, async () => {
     const { driver, ctx } = await storage.context(srRef);
@@ -132,7 +131,9 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
       try {
         const to = await openVdi(storage, dst, false, { deferSync: true });
         try {
-          const base = baseRef && baseRef !== NULL_REF ? await openVdi(storage, baseRef, true) : undefined;
+          // A base only helps a target that holds its content already (into_vdi); a fresh VDI reads
+          // as zeros, so skipping what equals the base would lose data.
+          const base = !made && baseRef && baseRef !== NULL_REF ? await openVdi(storage, baseRef, true) : undefined;
           try {
             await copyDisk(from, to, { base, onProgress: (f) => call.setProgress(f), checkCancelled: () => call.checkCancelled() });
           } finally {
@@ -176,8 +177,9 @@ export function register(r: Registry, storage: Storage): void {
     return createVdi(storage, call, s(rec.SR), Number(rec.virtual_size), rec as VdiFields);
   })
     .implement('VDI.destroy', (call, [self]) => destroyVdi(storage, call, s(self)))
-    .implement('VDI.snapshot', (call, [self, params]) => snapshotVdi(storage, call, s(self), 'snapshot', params as Record<string, string>))
-    .implement('VDI.clone', (call, [self, params]) => snapshotVdi(storage, call, s(self), 'clone', params as Record<string, string>))
+    // driver_params: the file SRs take none (SMAPIv1 drivers ignore what they do not know)
+    .implement('VDI.snapshot', (call, [self]) => snapshotVdi(storage, call, s(self), 'snapshot'))
+    .implement('VDI.clone', (call, [self]) => snapshotVdi(storage, call, s(self), 'clone'))
     .implement('VDI.copy', (call, [vdi, sr, base, into]) => copyVdi(storage, call, s(vdi), s(sr), s(base), s(into)))
     .implement('VDI.resize', (call, [self, size]) => resize(call, s(self), Number(size), 'resize'))
     .implement('VDI.resize_online', (call, [self, size]) => resize(call, s(self), Number(size), 'resize_online'))
