@@ -52,7 +52,7 @@ export function register(r: Registry, storage: Storage): void {
     await call.db.get('SR', sr);
     await call.db.get('host', host);
     const dc = (rec.device_config ?? {}) as Record<string, string>;
-    if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'SRmaster is an internal key']);
+    if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'This key is for internal use only']);
     const existing = await call.db.find('PBD', { SR: sr, host });
     if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
     const ref = newRef();

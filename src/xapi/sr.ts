@@ -31,7 +31,7 @@ export async function createSr(storage: Storage, spec: SrSpec): Promise<string> 
   const db = storage.host.db;
   const type = spec.type.toLowerCase();
   const driver = storage.driver(type);
-  if ('SRmaster' in spec.deviceConfig) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', spec.deviceConfig.SRmaster!, 'SRmaster is an internal key']);
+  if ('SRmaster' in spec.deviceConfig) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', spec.deviceConfig.SRmaster!, 'This key is for internal use only']);
   await db.get('host', spec.host);
   const srRef = newRef();
   const uuid = randomUUID();

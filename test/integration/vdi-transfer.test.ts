@@ -259,6 +259,33 @@ test('chunked upload: only the chunks sent are written (xapi\'s offset/length pr
   assert.deepEqual(failed.error_info, ['INTERNAL_ERROR', 'Cannot handle chunked VHD']);
 });
 
+test('a transfer reports its progress on the caller\'s task', { timeout: 30_000 }, async () => {
+  const task = (await call('task.create', 'slow export', '')) as string;
+  const seen = new Set<number>();
+  await new Promise<void>((resolve, reject) => {
+    const req = request({ host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=raw` }, (res) => {
+      assert.equal(res.statusCode, 200);
+      assert.equal(res.headers['task-id'], task);
+      // a slow reader: the export advances only as fast as it is read
+      res.on('data', () => {
+        res.pause();
+        void (call('task.get_progress', task) as Promise<number>).then((p) => {
+          seen.add(p);
+          res.resume();
+        }, reject);
+      });
+      res.on('end', resolve);
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const done = await waitTask(task);
+  assert.equal(done.status, 'success');
+  assert.equal(done.progress, 1);
+  assert.ok([...seen].some((p) => p > 0 && p < 1), `progress between 0 and 1 was seen: ${[...seen].join(' ')}`);
+});
+
 test('credentials: none, bad, HTTP Basic', { timeout: 30_000 }, async () => {
   assert.ok(main);
   for (const [method, path] of [['PUT', `/import_raw_vdi?vdi=${main}`], ['GET', `/export_raw_vdi?vdi=${main}`]] as const) {

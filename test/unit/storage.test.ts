@@ -482,3 +482,36 @@ test('a snapshot cut short by a crash is finished or dropped when the SR is atta
     await t.close();
   }
 });
+
+test('SR.forget keeps the data: introduce, a new PBD and a plug bring the SR and its VDIs back', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('roaming');
+    const vdi = await t.vdiCreate(sr, 8 * MiB, 'keep me');
+    const d = await openDiskFile(await t.vhdFile(vdi), { readOnly: false });
+    await d.write(0, pattern(13, MiB));
+    await d.close();
+    const content = await contentHash(await t.vhdFile(vdi));
+    const rec = await t.rec('SR', sr);
+    const pbd = await t.rec('PBD', (rec.PBDs as string[])[0]!);
+    const dc = pbd.device_config as Record<string, string>;
+    const location = (await t.rec('VDI', vdi)).location as string;
+    await t.ok('PBD.unplug', t.s, (rec.PBDs as string[])[0]!);
+    await t.ok('SR.forget', t.s, sr);
+    assert.deepEqual(await t.err('SR.get_record', t.s, sr), ['HANDLE_INVALID', 'SR', sr]);
+    assert.deepEqual(await t.err('VDI.get_record', t.s, vdi), ['HANDLE_INVALID', 'VDI', vdi]);
+
+    const again = (await t.ok('SR.introduce', t.s, rec.uuid as string, 'roaming', '', 'file', 'user', false, newStruct())) as string;
+    const r = await t.rec('SR', again);
+    assert.equal(r.physical_size, -1n);
+    const newPbd = (await t.ok('PBD.create', t.s, struct({ host: t.host.hostRef, SR: again, device_config: struct(dc), other_config: newStruct() }))) as string;
+    assert.deepEqual(await t.err('PBD.create', t.s, struct({ host: t.host.hostRef, SR: again, device_config: struct({ SRmaster: 'true', ...dc }), other_config: newStruct() })), ['VALUE_NOT_SUPPORTED', 'SRmaster', 'true', 'This key is for internal use only']);
+    await t.ok('PBD.plug', t.s, newPbd);
+    const [back] = (await t.rec('SR', again)).VDIs as string[];
+    assert.equal((await t.rec('VDI', back!)).location, location);
+    assert.equal(await contentHash(await t.vhdFile(back!)), content);
+    assert.ok(Number((await t.rec('SR', again)).physical_size) > 0);
+  } finally {
+    await t.close();
+  }
+});
