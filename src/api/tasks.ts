@@ -103,12 +103,16 @@ export class TaskManager {
   }
 
   /** At start-up: nothing from a previous run is still running, so its pending tasks are over. */
-  async cancelLeftovers(): Promise<void> {
+  /** Cancels the tasks a previous process left pending; returns them. */
+  async cancelLeftovers(): Promise<Set<string>> {
+    const cancelled = new Set<string>();
     for (const [ref, row] of await this.host.db.find('task', { status: 'pending' })) {
       if (row.resident_on === this.host.hostRef || row.resident_on === NULL_REF) {
         await this.complete(ref, { status: 'cancelled', error_info: ['TASK_CANCELLED', ref] });
+        cancelled.add(ref);
       }
     }
+    return cancelled;
   }
 
   /** One pass of xapi's timeout_tasks. */

@@ -157,10 +157,11 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
 
   const domains = new SimulatorBackend({ machine, stateDir: opts.stateDir, ...opts.simTiming });
   const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
-  await dispatcher.tasks.cancelLeftovers();
+  const cancelled = await dispatcher.tasks.cancelLeftovers();
   await storage.clearStaleOperations();
   if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
   await plugLocalPbds(storage);
+  await storage.sweepUnfinishedImports(cancelled);
   // The domain manager is the truth about what runs: reconcile before serving.
   await xenops.resync();
   xenops.start();

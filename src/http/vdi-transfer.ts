@@ -124,9 +124,10 @@ async function importRawVdi(storage: Storage, t: Transfer) {
       return undefined;
     }
     if (!Number.isSafeInteger(size) || size <= 0) throw new XapiError('INTERNAL_ERROR', ['a new VDI needs the Content-Length of its image']);
+    // sm_config import_task, as xapi's import: a restart after a crash mid-import removes the VDI
     vdi = await createVdi(storage, call, sr, size, {
       name_label: 'Imported VDI', name_description: '', type: 'user', sharable: false, read_only: false,
-      other_config: {}, xenstore_data: {}, sm_config: {}, tags: [],
+      other_config: {}, xenstore_data: {}, sm_config: { import_task: call.task }, tags: [],
     });
     made = true;
   }

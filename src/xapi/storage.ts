@@ -361,6 +361,35 @@ export class Storage {
     }
   }
 
+  /**
+   * At start-up: disks (and VMs) an import or copy was filling when the process died. They carry
+   * xapi's `import_task` key (VDI sm_config, VM other_config) naming a task that was still
+   * pending, so is cancelled now; a half-written disk is not worth keeping.
+   */
+  async sweepUnfinishedImports(cancelled: Set<string>): Promise<void> {
+    const db = this.host.db;
+    for (const [ref, vm] of await db.all('VM')) {
+      if (!cancelled.has((vm.other_config as Record<string, string>).import_task ?? '')) continue;
+      for (const vbd of vm.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+      for (const vif of vm.VIFs as string[]) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
+      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', s(vm.metrics)))) await db.destroy('VM_metrics', s(vm.metrics));
+      await db.destroy('VM', ref);
+      this.host.log.warn({ vm: ref }, 'removed a VM whose import did not finish');
+    }
+    for (const [ref, vdi] of await db.all('VDI')) {
+      if (!cancelled.has((vdi.sm_config as Record<string, string>).import_task ?? '')) continue;
+      try {
+        const { driver, ctx } = await this.context(s(vdi.SR));
+        await driver.vdiDelete(ctx, s(vdi.location));
+        this.kickGc(s(vdi.SR));
+      } catch (e) {
+        this.host.log.warn({ err: e, vdi: ref }, 'the data of an unfinished import could not be deleted');
+      }
+      await this.destroyVdiRecord(ref);
+      this.host.log.warn({ vdi: ref }, 'removed a disk whose import did not finish');
+    }
+  }
+
   /** Kicks the SR's garbage collector soon (debounced); it runs only here, on the SR master. */
   kickGc(srRef: string): void {
     if (this.closed) return;

@@ -117,6 +117,8 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
         read_only: false,
         other_config: src.other_config as Record<string, string>,
         xenstore_data: src.xenstore_data as Record<string, string>,
+        // marked like an import's target: a restart after a crash mid-copy removes it
+        sm_config: { import_task: call.task },
         tags: src.tags as string[],
       });
       if (src.on_boot === 'reset') await db.update('VDI', dst, { on_boot: 'reset' });

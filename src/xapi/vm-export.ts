@@ -126,7 +126,7 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       const vdi = await createVdi(storage, call, opts.sr, Number(f.virtual_size ?? 0), {
         name_label: s(f.name_label ?? ''), name_description: s(f.name_description ?? ''), type: s(f.type ?? 'user'),
         sharable: f.sharable === true, read_only: false, other_config: (f.other_config as Record<string, string>) ?? {},
-        xenstore_data: (f.xenstore_data as Record<string, string>) ?? {}, sm_config: {}, tags: (f.tags as string[]) ?? [],
+        xenstore_data: (f.xenstore_data as Record<string, string>) ?? {}, sm_config: { import_task: call.task }, tags: (f.tags as string[]) ?? [],
       });
       made.push(['VDI', vdi]);
       refs.set(o.id, vdi);
@@ -155,6 +155,8 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       await db.create('VM', vm, {
         ...keep,
         uuid: opts.restore && f.uuid ? f.uuid : randomUUID(),
+        // as xapi's import: the task that made it (a restart after a crash mid-import removes it)
+        other_config: { ...((keep.other_config as Record<string, string>) ?? {}), import_task: call.task },
         power_state: 'Halted',
         domid: -1,
         suspend_VDI: NULL_REF,
