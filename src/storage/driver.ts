@@ -75,6 +75,10 @@ export interface SmDriver {
   vdiResize(sr: SrContext, location: string, size: number): Promise<VdiInfo>;
   /** Snapshot (read-only leaf) or clone (writable leaf) over a new hidden parent. */
   vdiSnapshot(sr: SrContext, location: string, kind: 'snapshot' | 'clone'): Promise<VdiInfo>;
+  /** set_on_boot (drivers with VDI_RESET_ON_BOOT): `reset` makes the current content what each boot starts from. */
+  vdiSetOnBoot?(sr: SrContext, location: string, mode: 'persist' | 'reset'): Promise<void>;
+  /** At the attach of an on_boot=reset VDI: its writes since are discarded. */
+  vdiReset?(sr: SrContext, location: string): Promise<void>;
   /** vdi_attach: where the data lives for a domain (a VHD leaf, an ISO file). */
   vdiAttach(sr: SrContext, location: string, writable: boolean): Promise<{ path: string; format: 'vhd' | 'raw' }>;
   /**

@@ -249,23 +249,55 @@ export class FileSrDriver implements SmDriver {
    * (at SR attach) finishes the identity-keeping half and drops the half-made new leaf.
    */
   async vdiSnapshot(sr: SrContext, location: string, _kind: 'snapshot' | 'clone'): Promise<VdiInfo> {
-    const leaf = this.file(sr, location);
-    const parent = randomUUID();
     const fresh = randomUUID();
+    await this.lock(sr).run(() => this.splitLeaf(sr, location, fresh));
+    return this.vdiStat(sr, fresh);
+  }
+
+  /**
+   * Under the SR lock: leaf L's file becomes a new hidden parent P, and L an empty leaf over it;
+   * with `fresh`, a second empty leaf (the snapshot or clone) goes over P too. Journalled.
+   */
+  private async splitLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
+    const parent = randomUUID();
+    const n = await readNode(this.dir(sr), location).catch(() => undefined);
+    if (!n || n.hidden) throw new SmError('VDI_MISSING', [location]);
+    await mkdir(join(this.dir(sr), '.journal'), { recursive: true });
+    const journal = this.journal(sr, location);
+    await writeFileAtomic(journal, JSON.stringify({ leaf: location, parent, fresh: fresh ?? '' }) + '\n');
+    await rename(this.file(sr, location), this.file(sr, parent));
+    await fsyncDir(this.dir(sr));
+    await this.finishSnapshot(sr, location, parent);
+    if (fresh) {
+      await (await createDifferencing(this.file(sr, fresh), this.file(sr, parent))).close();
+      await fsyncDir(this.dir(sr));
+    }
+    await rm(journal);
+    return parent;
+  }
+
+  /**
+   * VDI_RESET_ON_BOOT (SM's set_persistent false): the VDI's content now is what every boot
+   * starts from. The leaf is split so a hidden parent holds that content; vdiReset empties the
+   * leaf again at each attach. (The GC must leave such a leaf alone: xapi passes it as active.)
+   */
+  async vdiSetOnBoot(sr: SrContext, location: string, mode: 'persist' | 'reset'): Promise<void> {
+    if (mode === 'reset') await this.lock(sr).run(async () => void (await this.splitLeaf(sr, location)));
+  }
+
+  /** An on_boot=reset VDI at attach: its leaf becomes empty again over the content it resets to. */
+  async vdiReset(sr: SrContext, location: string): Promise<void> {
     await this.lock(sr).run(async () => {
       const n = await readNode(this.dir(sr), location).catch(() => undefined);
       if (!n || n.hidden) throw new SmError('VDI_MISSING', [location]);
-      await mkdir(join(this.dir(sr), '.journal'), { recursive: true });
-      const journal = this.journal(sr, location);
-      await writeFileAtomic(journal, JSON.stringify({ leaf: location, parent, fresh }) + '\n');
-      await rename(leaf, this.file(sr, parent));
+      if (!n.parentUuid) return; // nothing to reset to (set_on_boot split it; a restored base is its own content)
+      // A fresh empty leaf, renamed over the old one in one step: a crash leaves one or the other.
+      const tmp = join(this.dir(sr), `${location}.reset`);
+      await rm(tmp, { force: true });
+      await (await createDifferencing(tmp, this.file(sr, n.parentUuid))).close();
+      await rename(tmp, this.file(sr, location));
       await fsyncDir(this.dir(sr));
-      await this.finishSnapshot(sr, location, parent);
-      await (await createDifferencing(this.file(sr, fresh), this.file(sr, parent))).close();
-      await fsyncDir(this.dir(sr));
-      await rm(journal);
     });
-    return this.vdiStat(sr, fresh);
   }
 
   /** The half of a snapshot that must complete once the leaf has moved: hide P, recreate L over it. */
@@ -298,7 +330,7 @@ export class FileSrDriver implements SmDriver {
         const leaf = await readNode(this.dir(sr), j.leaf).catch(() => undefined);
         if (moved && leaf?.parentUuid !== j.parent) await this.finishSnapshot(sr, j.leaf, j.parent);
         // The new leaf was never reported to xapi: nothing refers to it.
-        await rm(this.file(sr, j.fresh), { force: true });
+        if (j.fresh) await rm(this.file(sr, j.fresh), { force: true });
         await rm(join(jdir, name));
       }
     });

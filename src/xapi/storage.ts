@@ -414,7 +414,8 @@ export class Storage {
       const active = new Set<string>();
       for (const ref of sr.VDIs as string[]) {
         const v = await this.host.db.tryGet('VDI', ref);
-        if (v && (await this.isActive(ref))) active.add(s(v.location));
+        // a reset-on-boot leaf must keep its parent: merging would make its writes persist
+        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(s(v.location));
       }
       const { changed } = await driver.gc(ctx, { isActive: (loc) => active.has(loc) });
       if (changed) {
@@ -424,6 +425,15 @@ export class Storage {
     });
     this.gcRunning.set(srRef, run.catch(() => undefined));
     return run;
+  }
+
+  /** Before a boot: an on_boot=reset VDI loses the writes of its previous run. */
+  async resetOnBoot(vdiRef: string): Promise<void> {
+    const vdi = await this.host.db.get('VDI', vdiRef);
+    if (vdi.on_boot !== 'reset') return;
+    const { driver, ctx } = await this.context(s(vdi.SR));
+    await this.sm(s(vdi.SR), async () => driver.vdiReset?.(ctx, s(vdi.location)), vdiRef);
+    await this.updateVdi(vdiRef);
   }
 
   /** The file a domain uses for a VDI (vdi_attach on this host). */

@@ -219,7 +219,14 @@ export function register(r: Registry, storage: Storage): void {
     .implement('VDI.set_name_description', (call, [self, v]) => call.db.update('VDI', s(self), { name_description: s(v) }))
     .implement('VDI.set_on_boot', async (call, [self, v]) => {
       const vdi = await call.db.get('VDI', s(self));
-      await storage.withOp(call, { sr: [s(vdi.SR), 'vdi_set_on_boot'], vdi: [s(self), 'set_on_boot'] }, () => call.db.update('VDI', s(self), { on_boot: v }));
+      const mode = v as 'persist' | 'reset';
+      await storage.withOp(call, { sr: [s(vdi.SR), 'vdi_set_on_boot'], vdi: [s(self), 'set_on_boot'] }, async () => {
+        if (vdi.on_boot === mode) return;
+        const { driver, ctx } = await storage.context(s(vdi.SR));
+        await storage.sm(s(vdi.SR), async () => driver.vdiSetOnBoot?.(ctx, s(vdi.location), mode), s(self));
+        await call.db.update('VDI', s(self), { on_boot: mode });
+        await storage.updateVdi(s(self));
+      });
     })
     .implement('VDI.set_allow_caching', (call, [self, v]) => call.db.update('VDI', s(self), { allow_caching: v === true }));
 

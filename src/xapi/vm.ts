@@ -102,6 +102,11 @@ export class VmService {
         await call.db.destroy('VM_guest_metrics', s(vm.guest_metrics));
       }
       await call.db.update('VM', ref, { guest_metrics: NULL_REF, scheduled_to_be_resident_on: hostRef, memory_overhead: vmOverhead(vm) });
+      // Disks that reset on boot start from their saved content (the attach does it in xapi).
+      for (const vbd of vm.VBDs as string[]) {
+        const disk = (await call.db.get('VBD', vbd)).VDI as string;
+        if (disk !== NULL_REF) await this.sync.storage.resetOnBoot(disk);
+      }
       await call.db.commit();
       await this.backend(ref, async () => {
         await this.sync.backend.add(await this.sync.config(ref));

@@ -515,3 +515,42 @@ test('SR.forget keeps the data: introduce, a new PBD and a plug bring the SR and
     await t.close();
   }
 });
+
+test('on_boot=reset: every boot starts from the content the disk had when reset was set', async () => {
+  const t = await setup();
+  try {
+    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
+    const vm = (await t.ok('VM.clone', t.s, template!, 'kiosk')) as string;
+    await t.ok('VM.provision', t.s, vm);
+    const [vbd] = (await t.rec('VM', vm)).VBDs as string[];
+    const disk = (await t.rec('VBD', vbd!)).VDI as string;
+    const vbdUuid = (await t.rec('VBD', vbd!)).uuid as string;
+    const uuid = (await t.rec('VM', vm)).uuid as string;
+    // the golden image
+    await t.ok('VM.start', t.s, vm, false, false);
+    await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 0, write: pattern(20, MiB) });
+    await t.ok('VM.hard_shutdown', t.s, vm);
+    const golden = await contentHash(await t.vhdFile(disk));
+    await t.ok('VDI.set_on_boot', t.s, disk, 'reset');
+    assert.equal((await t.rec('VDI', disk)).on_boot, 'reset');
+    assert.deepEqual(await t.err('VDI.snapshot', t.s, disk, newStruct()), ['VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION']);
+    for (let boot = 0; boot < 2; boot++) {
+      await t.ok('VM.start', t.s, vm, false, false);
+      // what the guest sees at boot is the golden image
+      const head = await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 0, length: MiB });
+      assert.ok(head.equals(pattern(20, MiB)), `boot ${boot} starts from the saved content`);
+      await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 0, write: pattern(30 + boot, MiB) });
+      await t.ok('VM.hard_shutdown', t.s, vm);
+      assert.notEqual(await contentHash(await t.vhdFile(disk)), golden, 'the run wrote to the disk');
+      // the GC does not merge the run's writes into the saved content
+      await t.storage.runGc(t.localSr);
+    }
+    await t.ok('VDI.set_on_boot', t.s, disk, 'persist');
+    await t.ok('VM.start', t.s, vm, false, false);
+    const kept = await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 0, length: MiB });
+    assert.ok(kept.equals(pattern(31, MiB)), 'with persist the last run\'s writes stay');
+    await t.ok('VM.hard_shutdown', t.s, vm);
+  } finally {
+    await t.close();
+  }
+});
