@@ -51,11 +51,18 @@ async function setup() {
     const dc: Record<string, string> = type === 'nfs' ? { server: '127.0.0.1', serverpath: dir } : { location: dir };
     return (await ok('SR.create', s, h.host.hostRef, struct(dc), BigInt(physicalSize), name, '', type, 'user', shared, newStruct())) as string;
   };
+  /** A VM from the Debian template, provisioned: one 10 GiB system disk on the default SR. */
+  const provisionedVm = async (name: string) => {
+    const [template] = (await ok('VM.get_by_name_label', s, 'Debian Bookworm 12')) as string[];
+    const vm = (await ok('VM.clone', s, template!, name)) as string;
+    await ok('VM.provision', s, vm);
+    return vm;
+  };
   const close = async () => {
     await h.close();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   };
-  return { ...h, ok, err, s, pool, localSr, tmp, rec, vdiCreate, vhdFile, srDir, fileSr, close };
+  return { ...h, ok, err, s, pool, localSr, tmp, rec, vdiCreate, vhdFile, srDir, fileSr, provisionedVm, close };
 }
 
 const qemuInfo = (file: string) => JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-f', 'vpc', file], { encoding: 'utf8' })) as { 'virtual-size': number; format: string };
@@ -261,9 +268,7 @@ test('ISO library: one read-only VDI per .iso file; names cannot leave the direc
 test('VM disks: provision, a guest writing its disk, PBD.unplug refused in use, snapshot, revert, clone, copy', async () => {
   const t = await setup();
   try {
-    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
-    const vm = (await t.ok('VM.clone', t.s, template!, 'deb')) as string;
-    await t.ok('VM.provision', t.s, vm);
+    const vm = await t.provisionedVm('deb');
     const [vbd] = (await t.rec('VM', vm)).VBDs as string[];
     const v = await t.rec('VBD', vbd!);
     assert.equal(v.userdevice, '0');
@@ -382,9 +387,7 @@ test('garbage collection: deleted snapshots are removed and the chain coalesces 
 test('VM.checkpoint keeps the memory image with the disks; reverting to it gives a suspended VM that resumes', async () => {
   const t = await setup();
   try {
-    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
-    const vm = (await t.ok('VM.clone', t.s, template!, 'cp')) as string;
-    await t.ok('VM.provision', t.s, vm);
+    const vm = await t.provisionedVm('cp');
     await t.ok('VM.set_memory', t.s, vm, BigInt(256 * MiB));
     await t.ok('VM.start', t.s, vm, false, false);
     const cp = (await t.ok('VM.checkpoint', t.s, vm, 'with memory')) as string;
@@ -424,9 +427,7 @@ test('CD drives: insert and eject an ISO on a running VM; disks are not ejectabl
     writeFileSync(join(dir, 'tools.iso'), pattern(9, MiB));
     const sr = (await t.ok('SR.create', t.s, t.host.hostRef, struct({ location: dir }), 0n, 'ISOs', '', 'iso', 'iso', false, newStruct())) as string;
     const [iso] = (await t.rec('SR', sr)).VDIs as string[];
-    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
-    const vm = (await t.ok('VM.clone', t.s, template!, 'cd')) as string;
-    await t.ok('VM.provision', t.s, vm);
+    const vm = await t.provisionedVm('cd');
     const cd = (await t.ok('VBD.create', t.s, struct({
       VM: vm, VDI: NULL, userdevice: '3', bootable: false, mode: 'RO', type: 'CD', unpluggable: true, empty: true,
       other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct(),
@@ -519,9 +520,7 @@ test('SR.forget keeps the data: introduce, a new PBD and a plug bring the SR and
 test('on_boot=reset: every boot starts from the content the disk had when reset was set', async () => {
   const t = await setup();
   try {
-    const [template] = (await t.ok('VM.get_by_name_label', t.s, 'Debian Bookworm 12')) as string[];
-    const vm = (await t.ok('VM.clone', t.s, template!, 'kiosk')) as string;
-    await t.ok('VM.provision', t.s, vm);
+    const vm = await t.provisionedVm('kiosk');
     const [vbd] = (await t.rec('VM', vm)).VBDs as string[];
     const disk = (await t.rec('VBD', vbd!)).VDI as string;
     const vbdUuid = (await t.rec('VBD', vbd!)).uuid as string;
