@@ -40,7 +40,7 @@ export class Dispatcher {
       this.byAlternative.set(`${m.cls.name}_${m.name}`, m);
       if (m.implicit && !registry.has(m.wire)) {
         const impl = implicitImpl(m);
-        if (impl) registry.implement(m.wire, impl);
+        if (impl) registry.implementAny(m.wire, impl);
       }
     }
     this.tasks = new TaskManager(host);

@@ -9,7 +9,7 @@ import { XapiError, handleInvalid } from '../api/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import { SqliteStore, type Batch, type Tombstone } from './store.js';
-import type { Db, Row, ChangeSet } from './interface.js';
+import type { AnyDb, AnyRow as Row, ChangeSet } from './interface.js';
 
 interface Entry {
   row: Row;
@@ -27,7 +27,7 @@ const LOG_LIMIT = 200_000;
 const ALL = '*';
 const TOMBSTONE_LIMIT = 100_000;
 
-export class LocalDb implements Db {
+export class LocalDb implements AnyDb {
   private readonly tables = new Map<string, Map<string, Entry>>();
   private readonly uuidIndex = new Map<string, Map<string, string>>();
   private gen = 0;

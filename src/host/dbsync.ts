@@ -204,7 +204,7 @@ async function createControlDomain(db: Db, id: HostIdentity, hostRef: string, vm
     domain_type: 'pv',
     allowed_operations: [],
   });
-  for (const protocol of ['rfb', 'vt100']) {
+  for (const protocol of ['rfb', 'vt100'] as const) {
     await db.create('console', newRef(), {
       uuid: randomUUID(),
       protocol,

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { Schema, schema as loadSchema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
+import { typed } from '../db/interface.js';
 import { SqliteStore } from '../db/store.js';
 import { Marshal } from '../api/marshal.js';
 import { Registry, type HostContext } from '../api/context.js';
@@ -131,11 +132,11 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')));
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
-  const { hostRef, poolRef, firstStart } = await syncDatabase(db, schema, { hostname, address: opts.address, machine });
+  const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, { hostname, address: opts.address, machine });
 
   const host: HostContext = {
     schema,
-    db,
+    db: typed(db),
     marshal: new Marshal(schema),
     log,
     config: {

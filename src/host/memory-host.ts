@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { schema as loadSchema, type Schema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
+import { typed } from '../db/interface.js';
 import { Marshal } from '../api/marshal.js';
 import type { HostContext } from '../api/context.js';
 import { syncDatabase } from './dbsync.js';
@@ -33,11 +34,11 @@ export async function memoryHost(
   const schema = opts.schema ?? loadSchema();
   const db = new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
-  const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname: 'memhost', address: '127.0.0.1', machine });
+  const { hostRef, poolRef } = await syncDatabase(typed(db), schema, { hostname: 'memhost', address: '127.0.0.1', machine });
   let rootPassword = opts.rootPassword ?? 'secret';
   const host: HostContext = {
     schema,
-    db,
+    db: typed(db),
     marshal: new Marshal(schema),
     log: pino({ level: 'silent' }),
     config: { stateDir, address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },

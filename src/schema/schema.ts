@@ -3,6 +3,7 @@
 // and the marshaller. Everything generic in the server is driven from here.
 import { readFileSync } from 'node:fs';
 import { parseType, type Type } from './types.js';
+import type { Enums } from './generated.js';
 
 export type Qualifier = 'RW' | 'RO/constructor' | 'RO/runtime';
 
@@ -181,6 +182,11 @@ export class Schema {
       this.classes.set(cls.name, cls);
       this.byLower.set(cls.lower, cls);
     }
+  }
+
+  /** An enum's values, in the datamodel's order and spelling. */
+  enumValues<E extends keyof Enums>(name: E): Enums[E][] {
+    return (this.enums[name] ?? []) as Enums[E][];
   }
 
   cls(name: string): ClassDef {

@@ -3,15 +3,15 @@
 // for the duration of the operation, then the backend call whose outcome is re-read.
 import { XapiError } from '../api/errors.js';
 import type { Call } from '../api/context.js';
-import type { Row } from '../db/interface.js';
+import { untyped, type Row } from '../db/interface.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
 const s = (v: unknown) => v as string;
 /** The VBD/VIF operation checks that apply before a hotplug (valid_operations). */
-export function assertDeviceOp(cls: 'VBD' | 'VIF', ref: string, dev: Row, vm: Row, vmRef: string, op: 'plug' | 'unplug' | 'unplug_force'): void {
+export function assertDeviceOp(cls: 'VBD' | 'VIF', ref: string, dev: Row<'VBD'> | Row<'VIF'>, vm: Row<'VM'>, vmRef: string, op: 'plug' | 'unplug' | 'unplug_force'): void {
   const current = Object.entries(dev.current_operations as Record<string, string>);
   if (current.length > 0) throw new XapiError('OTHER_OPERATION_IN_PROGRESS', [cls, ref, current[0]![1], current[0]![0]]);
-  if (cls === 'VBD' && op !== 'plug' && dev.unpluggable !== true) throw new XapiError('VBD_NOT_UNPLUGGABLE', [ref]);
+  if (cls === 'VBD' && op !== 'plug' && (dev as Row<'VBD'>).unpluggable !== true) throw new XapiError('VBD_NOT_UNPLUGGABLE', [ref]);
   if (vm.power_state !== 'Running') throw new XapiError('VM_BAD_POWER_STATE', [vmRef, 'running', s(vm.power_state).toLowerCase()]);
   if (op === 'plug' && dev.currently_attached === true) throw new XapiError('DEVICE_ALREADY_ATTACHED', [ref]);
   if (op !== 'plug' && dev.currently_attached !== true) throw new XapiError('DEVICE_ALREADY_DETACHED', [ref]);
@@ -22,16 +22,18 @@ export function assertDeviceOp(cls: 'VBD' | 'VIF', ref: string, dev: Row, vm: Ro
 }
 
 export async function withDeviceOp<T>(call: Call, cls: 'VBD' | 'VIF', ref: string, op: string, fn: () => Promise<T>): Promise<T> {
-  const dev = await call.db.get(cls, ref);
-  await call.db.update(cls, ref, { current_operations: { ...(dev.current_operations as object), [call.task]: op } });
+  // Either class: the same fields, written through the database's by-name face.
+  const db = untyped(call.db);
+  const dev = await db.get(cls, ref);
+  await db.update(cls, ref, { current_operations: { ...(dev.current_operations as object), [call.task]: op } });
   try {
     return await fn();
   } finally {
-    const now = await call.db.tryGet(cls, ref);
+    const now = await db.tryGet(cls, ref);
     if (now) {
       const ops = { ...(now.current_operations as Record<string, string>) };
       delete ops[call.task];
-      await call.db.update(cls, ref, { current_operations: ops });
+      await db.update(cls, ref, { current_operations: ops });
     }
   }
 }

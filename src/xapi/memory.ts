@@ -4,6 +4,7 @@
 import { XapiError } from '../api/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
+import type { VM_record, vm_operations } from '../schema/generated.js';
 import { overheadBytes } from '../xenopsd/overhead.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
@@ -11,7 +12,7 @@ import { xenopsError, type XenopsSync } from './xenops-sync.js';
 const n = (v: unknown) => v as number;
 
 /** VM.memory_overhead from the overhead model, for the VM's static_max, VCPUs and type. */
-export function vmOverhead(vm: Row): number {
+export function vmOverhead(vm: Row<'VM'>): number {
   return overheadBytes({
     domainType: (vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type) as 'hvm',
     staticMax: n(vm.memory_static_max),
@@ -20,8 +21,12 @@ export function vmOverhead(vm: Row): number {
   });
 }
 
+/** A VM's four memory limits (and whether it is a control domain, whose limits are pinned). */
+export type MemoryConstraints = Pick<VM_record, 'memory_static_min' | 'memory_dynamic_min' | 'memory_dynamic_max' | 'memory_static_max'> &
+  Partial<Pick<VM_record, 'is_control_domain'>>;
+
 /** static_min <= dynamic_min <= dynamic_max <= static_max, and pinned for control domains. */
-export function assertMemoryConstraints(vm: Row): void {
+export function assertMemoryConstraints(vm: MemoryConstraints): void {
   const [smin, dmin, dmax, smax] = [vm.memory_static_min, vm.memory_dynamic_min, vm.memory_dynamic_max, vm.memory_static_max].map(n);
   if (!(smin! <= dmin! && dmin! <= dmax! && dmax! <= smax!)) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_ORDER', []);
   if (vm.is_control_domain === true && !(dmin === dmax && dmax === smax)) {
@@ -45,14 +50,16 @@ export async function computeFreeMemory(db: Db, hostRef: string, exclude?: strin
   return Math.max(0, n(metrics.memory_total) - used);
 }
 
-export async function assertEnoughMemory(call: Call, ref: string, vm: Row, hostRef: string): Promise<void> {
+export async function assertEnoughMemory(call: Call, ref: string, vm: Row<'VM'>, hostRef: string): Promise<void> {
   const needed = n(vm.memory_dynamic_min) + vmOverhead(vm);
   const available = await computeFreeMemory(call.db, hostRef, ref);
   if (needed > available) throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(needed), String(available)]);
 }
 
+type MemoryLimits = Partial<Pick<VM_record, 'memory_static_min' | 'memory_static_max' | 'memory_dynamic_min' | 'memory_dynamic_max'>>;
+
 export function register(r: Registry, sync: XenopsSync): void {
-  const setLimits = async (call: Call, ref: string, op: string, changes: Record<string, number>) =>
+  const setLimits = async (call: Call, ref: string, op: vm_operations, changes: MemoryLimits) =>
     withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
       const next = { ...vm, ...changes };

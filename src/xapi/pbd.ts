@@ -45,8 +45,7 @@ export async function unplugPbd(storage: Storage, pbdRef: string): Promise<void>
 }
 
 export function register(r: Registry, storage: Storage): void {
-  r.implement('PBD.create', async (call, [record]) => {
-    const rec = record as Record<string, unknown>;
+  r.implement('PBD.create', async (call, [rec]) => {
     const sr = s(rec.SR);
     const host = s(rec.host);
     await call.db.get('SR', sr);

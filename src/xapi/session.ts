@@ -76,17 +76,24 @@ async function changePassword(call: Call, [oldPwd, newPwd]: unknown[], setPasswo
 function createLocalSession(host: HostContext, userName: string): string {
   const ref = newRef();
   const now = formatDateTime(new Date(host.now()));
+  // A whole row, as the database would hold it (the fields not set here at their defaults).
   host.localSessions.set(ref, {
     uuid: randomUUID(),
     this_host: host.hostRef,
+    this_user: NULL_REF,
     last_active: now,
     validation_time: now,
     pool: false,
+    other_config: {},
     is_local_superuser: true,
+    subject: NULL_REF,
     auth_user_name: userName,
     auth_user_sid: '',
     rbac_permissions: [],
+    tasks: [],
+    parent: NULL_REF,
     originator: '',
+    client_certificate: false,
   });
   return ref;
 }

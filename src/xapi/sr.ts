@@ -164,8 +164,8 @@ async function forgetRecords(storage: Storage, srRef: string): Promise<void> {
   for (const v of row.VDIs as string[]) await storage.destroyVdiRecord(v);
   for (const pbd of row.PBDs as string[]) if (await db.tryGet('PBD', pbd)) await db.destroy('PBD', pbd);
   for (const [pool, p] of await db.all('pool')) {
-    const clear: Record<string, string> = {};
-    for (const f of ['default_SR', 'suspend_image_SR', 'crash_dump_SR']) if (p[f] === srRef) clear[f] = 'OpaqueRef:NULL';
+    const clear: Partial<Record<'default_SR' | 'suspend_image_SR' | 'crash_dump_SR', string>> = {};
+    for (const f of ['default_SR', 'suspend_image_SR', 'crash_dump_SR'] as const) if (p[f] === srRef) clear[f] = 'OpaqueRef:NULL';
     if (Object.keys(clear).length) await db.update('pool', pool, clear);
   }
   await db.destroy('SR', srRef);

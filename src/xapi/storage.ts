@@ -7,7 +7,8 @@ import { randomUUID } from 'node:crypto';
 import type { Call, HostContext } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
-import type { Row } from '../db/interface.js';
+import { untyped, type Row } from '../db/interface.js';
+import type { storage_operations, vdi_operations, VDI_record } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
 import { makeDrivers } from '../storage/drivers.js';
@@ -15,21 +16,21 @@ import { makeDrivers } from '../storage/drivers.js';
 const s = (v: unknown) => v as string;
 
 /** SR operation -> the capability it needs (xapi_sr_operations.ml sm_cap_table). */
-const SR_CAP: Record<string, string> = {
+const SR_CAP: Partial<Record<storage_operations, string>> = {
   vdi_create: 'VDI_CREATE', vdi_destroy: 'VDI_DELETE', vdi_resize: 'VDI_RESIZE', vdi_introduce: 'VDI_INTRODUCE',
   vdi_mirror: 'VDI_MIRROR', vdi_enable_cbt: 'VDI_CONFIG_CBT', vdi_disable_cbt: 'VDI_CONFIG_CBT',
   vdi_data_destroy: 'VDI_CONFIG_CBT', vdi_list_changed_blocks: 'VDI_CONFIG_CBT', vdi_set_on_boot: 'VDI_RESET_ON_BOOT',
   vdi_snapshot: 'VDI_SNAPSHOT', update: 'SR_UPDATE', destroy: 'SR_DELETE', scan: 'SR_SCAN', forget: '',
 };
 /** VDI operation -> capability (xapi_vdi.ml feature_of_op). */
-const VDI_CAP: Record<string, string> = {
+const VDI_CAP: Partial<Record<vdi_operations, string>> = {
   resize: 'VDI_RESIZE', resize_online: 'VDI_RESIZE_ONLINE', snapshot: 'VDI_SNAPSHOT', clone: 'VDI_CLONE',
   destroy: 'VDI_DELETE', update: 'VDI_UPDATE', mirror: 'VDI_MIRROR', generate_config: 'VDI_GENERATE_CONFIG',
   enable_cbt: 'VDI_CONFIG_CBT', disable_cbt: 'VDI_CONFIG_CBT', data_destroy: 'VDI_CONFIG_CBT',
   list_changed_blocks: 'VDI_CONFIG_CBT', set_on_boot: 'VDI_RESET_ON_BOOT',
 };
 /** VDI operations allowed while a VBD has it attached (xapi_vdi.ml). */
-const LIVE_OK = new Set(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy', 'update', 'generate_config', 'force_unlock', 'forget', 'list_changed_blocks']);
+const LIVE_OK = new Set<vdi_operations>(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy', 'update', 'generate_config', 'force_unlock', 'forget', 'list_changed_blocks']);
 /** Capabilities that real drivers have implicitly (all SRs scan/attach; ext/nfs have SR_DELETE via sr_delete). */
 const IMPLICIT_CAPS = new Set(['SR_SCAN', 'SR_DELETE']);
 
@@ -58,14 +59,14 @@ export class Storage {
   }
 
   /** This host's PBD for an SR (Sm.get_my_pbd_for_sr): SR_HAS_NO_PBDS if there is none. */
-  async myPbd(srRef: string): Promise<[string, Row]> {
+  async myPbd(srRef: string): Promise<[string, Row<'PBD'>]> {
     const pbds = await this.host.db.find('PBD', { SR: srRef, host: this.host.hostRef });
     if (pbds.length === 0) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
     return pbds[0]!;
   }
 
   /** The SR as a driver call sees it, through this host's PBD. `plugged` asserts the PBD is attached. */
-  async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row; driver: SmDriver; ctx: SrContext }> {
+  async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row<'SR'>; driver: SmDriver; ctx: SrContext }> {
     const sr = await this.host.db.get('SR', srRef);
     const driver = this.driver(s(sr.type));
     const [, pbd] = await this.myPbd(srRef);
@@ -106,7 +107,7 @@ export class Storage {
     }
   }
 
-  hasCap(sr: Row, cap: string): boolean {
+  hasCap(sr: Row<'SR'>, cap: string): boolean {
     if (cap === '' || IMPLICIT_CAPS.has(cap)) return true;
     const d = this.drivers.get(s(sr.type));
     if (!d) return false;
@@ -115,7 +116,7 @@ export class Storage {
   }
 
   /** Why an SR operation may not start now (xapi_sr_operations.ml), or undefined. */
-  private srOpError(srRef: string, sr: Row, op: string): XapiError | undefined {
+  private srOpError(srRef: string, sr: Row<'SR'>, op: storage_operations): XapiError | undefined {
     if (!this.hasCap(sr, SR_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
     const current = Object.entries(sr.current_operations as Record<string, string>);
     if (current.length > 0 && op !== 'plug') {
@@ -130,7 +131,7 @@ export class Storage {
   }
 
   /** Why a VDI operation may not start now (xapi_vdi.ml check_operation_error), or undefined. */
-  async vdiOpError(vdiRef: string, vdi: Row, op: string): Promise<XapiError | undefined> {
+  async vdiOpError(vdiRef: string, vdi: Row<'VDI'>, op: vdi_operations): Promise<XapiError | undefined> {
     const db = this.host.db;
     const current = Object.entries(vdi.current_operations as Record<string, string>).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
     const blocking = current.filter(([, o]) => o !== 'copy' || op !== 'copy');
@@ -141,7 +142,7 @@ export class Storage {
       for (const vbdRef of vdi.VBDs as string[]) {
         const vbd = await db.tryGet('VBD', vbdRef);
         if (!vbd) continue;
-        const attached = vbd.currently_attached === true || vbd.reserved === true;
+        const attached = vbd.currently_attached === true;
         if (attached && !(op === 'copy' && vbd.mode === 'RO')) return new XapiError('VDI_IN_USE', [vdiRef, op]);
         if (Object.keys(vbd.current_operations as object).length > 0) {
           const [task, what] = Object.entries(vbd.current_operations as Record<string, string>)[0]!;
@@ -158,7 +159,7 @@ export class Storage {
    * operation holds them the call waits (xapi retries OTHER_OPERATION_IN_PROGRESS, woken early
    * when the object frees) and can be cancelled meanwhile; other refusals are raised at once.
    */
-  async withOp<T>(call: Call, target: { sr?: [string, string]; vdi?: [string, string] }, fn: () => Promise<T>): Promise<T> {
+  async withOp<T>(call: Call, target: { sr?: [string, storage_operations]; vdi?: [string, vdi_operations] }, fn: () => Promise<T>): Promise<T> {
     const db = this.host.db;
     for (;;) {
       await call.checkCancelled();
@@ -179,13 +180,15 @@ export class Storage {
     }
   }
 
-  private async mark(cls: 'SR' | 'VDI', ref: string, task: string, op: string | undefined): Promise<void> {
-    const row = await this.host.db.tryGet(cls, ref);
+  private async mark(cls: 'SR' | 'VDI', ref: string, task: string, op: storage_operations | vdi_operations | undefined): Promise<void> {
+    // Either class: the same field, written through the database's by-name face.
+    const db = untyped(this.host.db);
+    const row = await db.tryGet(cls, ref);
     if (!row) return this.wake(ref);
     const ops = { ...(row.current_operations as Record<string, string>) };
     if (op) ops[task] = op;
     else delete ops[task];
-    await this.host.db.update(cls, ref, { current_operations: ops });
+    await db.update(cls, ref, { current_operations: ops });
     if (cls === 'SR') await this.updateSrAllowed(ref);
     else await this.updateVdiAllowed(ref);
     if (!op) this.wake(ref);
@@ -213,7 +216,7 @@ export class Storage {
   async updateSrAllowed(srRef: string): Promise<void> {
     const sr = await this.host.db.tryGet('SR', srRef);
     if (!sr) return;
-    const ops = this.host.schema.enums.storage_operations ?? [];
+    const ops = this.host.schema.enumValues('storage_operations');
     const allowed = ops.filter((op) => !this.srOpError(srRef, sr, op));
     await this.host.db.update('SR', srRef, { allowed_operations: allowed });
   }
@@ -221,22 +224,22 @@ export class Storage {
   async updateVdiAllowed(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
     if (!vdi) return;
-    const ops = (this.host.schema.enums.vdi_operations ?? []).filter((o) => o !== 'blocked');
-    const allowed: string[] = [];
+    const ops = this.host.schema.enumValues('vdi_operations').filter((o) => o !== 'blocked');
+    const allowed: vdi_operations[] = [];
     for (const op of ops) if (!(await this.vdiOpError(vdiRef, vdi, op))) allowed.push(op);
     await this.host.db.update('VDI', vdiRef, { allowed_operations: allowed });
   }
 
   /** A VDI record for what a driver reported (xapi fills the rest from the call). */
-  async createVdi(srRef: string, info: VdiInfo, fields: Record<string, unknown>): Promise<string> {
+  async createVdi(srRef: string, info: VdiInfo, fields: Partial<VDI_record>): Promise<string> {
     // A background scan (after a GC run) may have met the new node first and made its record:
     // take that one over rather than make a second record for one location.
     const [found] = await this.host.db.find('VDI', { SR: srRef, location: info.location });
     const ref = found?.[0] ?? newRef();
-    const smConfig: Record<string, string> = { ...((fields.sm_config as Record<string, string>) ?? {}), vdi_type: info.vdiType };
+    const smConfig: Record<string, string> = { ...(fields.sm_config ?? {}), vdi_type: info.vdiType };
     if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
     else delete smConfig['vhd-parent'];
-    const row = {
+    const row: Partial<VDI_record> = {
       type: 'user',
       sharable: false,
       other_config: {},
@@ -335,13 +338,13 @@ export class Storage {
     await db.destroy('VDI', vdiRef);
   }
 
-  /** Is this VDI in use by a running domain (attached or reserved VBD)? */
+  /** Is this VDI in use by a running domain (an attached VBD)? */
   async isActive(vdiRef: string): Promise<boolean> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
     if (!vdi) return false;
     for (const vbd of vdi.VBDs as string[]) {
       const row = await this.host.db.tryGet('VBD', vbd);
-      if (row && (row.currently_attached === true || row.reserved === true)) return true;
+      if (row && row.currently_attached === true) return true;
     }
     return false;
   }

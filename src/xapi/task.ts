@@ -3,6 +3,7 @@
 import { checkPermission } from '../api/rbac.js';
 import type { Call, Registry } from '../api/context.js';
 import type { TaskManager } from '../api/tasks.js';
+import { untyped } from '../db/interface.js';
 
 /** xapi's "own task": created by a session of the same user. */
 async function assertOwn(call: Call, task: string): Promise<void> {
@@ -35,11 +36,12 @@ export function register(r: Registry, tasks: TaskManager): void {
       await assertOwn(call, task as string);
       await tasks.requestCancel(task as string, call.task);
     });
-  for (const field of ['status', 'progress', 'result', 'error_info', 'resident_on']) {
+  for (const field of ['status', 'progress', 'result', 'error_info'] as const) {
     r.implement(`task.set_${field}`, async (call, [self, value]) => {
-      await call.db.get('task', self as string);
-      await assertOwn(call, self as string);
-      await call.db.update('task', self as string, { [field]: value });
+      await call.db.get('task', self);
+      await assertOwn(call, self);
+      // value is the field's own type: each message sets the field it is named after
+      await untyped(call.db).update('task', self, { [field]: value });
     });
   }
 }

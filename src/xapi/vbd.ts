@@ -2,7 +2,7 @@
 // on running VMs through the domain manager, CD insert/eject.
 import { XapiError } from '../api/errors.js';
 import type { Registry } from '../api/context.js';
-import { implicitImpl } from '../api/implicit.js';
+import { genericImpl } from '../api/implicit.js';
 import type { Schema } from '../schema/schema.js';
 import { NULL_REF } from '../schema/types.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
@@ -11,10 +11,9 @@ import { hotplug } from './device-ops.js';
 const s = (v: unknown) => v as string;
 
 export function register(r: Registry, sync: XenopsSync, schema: Schema): void {
-  const createVbd = implicitImpl(schema.messages.get('VBD.create')!)!;
+  const createVbd = genericImpl(schema, 'VBD.create');
 
-  r.implement('VBD.create', async (call, [record]) => {
-    const rec = record as Record<string, unknown>;
+  r.implement('VBD.create', async (call, [rec]) => {
     const vm = await call.db.get('VM', s(rec.VM));
     const device = s(rec.userdevice);
     if (device !== 'autodetect' && !/^\d+$/.test(device)) throw new XapiError('INVALID_DEVICE', [device]);

@@ -1,7 +1,8 @@
 // VDI.* explicit messages (xapi's xapi_vdi.ml, storage_smapiv1.ml): create, destroy, resize,
 // snapshot and clone through the SR's driver, copy (block-wise, delta with a base), introduce,
 // forget, update, and the setters. Every driver call runs under the SR/VDI operation marks.
-import type { Call, Registry } from '../api/context.js';
+import type { Call, MessageImpl, Registry } from '../api/context.js';
+import type { Messages, VDI_record } from '../schema/generated.js';
 import { XapiError } from '../api/errors.js';
 import { formatDateTime, NULL_REF } from '../schema/types.js';
 import { copyDisk } from '../storage/copy.js';
@@ -11,17 +12,8 @@ import type { Storage } from './storage.js';
 const s = (v: unknown) => v as string;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-export interface VdiFields {
-  name_label?: string;
-  name_description?: string;
-  type?: string;
-  sharable?: boolean;
-  read_only?: boolean;
-  other_config?: Record<string, string>;
-  xenstore_data?: Record<string, string>;
-  sm_config?: Record<string, string>;
-  tags?: string[];
-}
+/** The fields a new VDI takes from its creator (VDI.create passes the client's record on). */
+export type VdiFields = Partial<VDI_record>;
 
 /** VDI.create's work, for the API and for xapi's own disks (provision, import, suspend images). */
 export async function createVdi(storage: Storage, call: Call, srRef: string, size: number, fields: VdiFields): Promise<string> {
@@ -112,7 +104,7 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
       dst = await createVdi(storage, call, srRef, Number(src.virtual_size), {
         name_label: s(src.name_label),
         name_description: s(src.name_description),
-        type: s(src.type),
+        type: src.type,
         sharable: src.sharable === true,
         read_only: false,
         other_config: src.other_config as Record<string, string>,
@@ -157,19 +149,23 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
   });
 }
 
-const introduceArgs = (a: unknown[]) => {
+/** VDI.introduce's parameters, and db_introduce's, which add cbt_enabled. */
+type IntroduceParams = [...Messages['VDI.introduce']['params'], cbt_enabled?: boolean];
+
+const introduceArgs = (a: IntroduceParams) => {
   const [uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled] = a;
   return { uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled };
 };
 
 export function register(r: Registry, storage: Storage): void {
-  const dbIntroduce = async (call: Call, args: unknown[]) => {
+  const dbIntroduce: MessageImpl<'VDI.db_introduce' | 'VDI.pool_introduce'> = async (call, args) => {
     const a = introduceArgs(args);
     const uuid = s(a.uuid);
     if (!UUID.test(uuid)) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
     await call.db.get('SR', s(a.SR));
     const ref = `OpaqueRef:${crypto.randomUUID()}`;
-    const fields = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined));
+    // The parameters are VDI fields of the same names.
+    const fields = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined)) as Partial<VDI_record>;
     await call.db.create('VDI', ref, { ...fields, xenstore_data: a.xenstore_data ?? {}, other_config: a.other_config ?? {}, sm_config: a.sm_config ?? {} });
     return ref;
   };
@@ -204,7 +200,7 @@ export function register(r: Registry, storage: Storage): void {
         const info = await storage.sm(srRef, () => driver.vdiIntroduce(ctx, location));
         const uuid = s(a.uuid);
         if (uuid && (await call.db.refByUuid('VDI', uuid))) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
-        const fields: Record<string, unknown> = {
+        const fields: Partial<VDI_record> = {
           type: a.type, sharable: a.sharable, other_config: a.other_config, xenstore_data: a.xenstore_data,
           sm_config: a.sm_config, managed: a.managed ?? true,
           ...(a.name_label ? { name_label: a.name_label } : {}),

@@ -2,7 +2,7 @@
 // generation, hotplug on running VMs through the domain manager.
 import { XapiError } from '../api/errors.js';
 import type { Registry } from '../api/context.js';
-import { implicitImpl } from '../api/implicit.js';
+import { genericImpl } from '../api/implicit.js';
 import type { Schema } from '../schema/schema.js';
 import type { XenopsSync } from './xenops-sync.js';
 import { hotplug } from './device-ops.js';
@@ -17,7 +17,7 @@ export function randomMac(): string {
 }
 
 export function register(r: Registry, sync: XenopsSync, schema: Schema): void {
-  const createVif = implicitImpl(schema.messages.get('VIF.create')!)!;
+  const createVif = genericImpl(schema, 'VIF.create');
   r.implement('VIF.create', async (call, [record]) => {
     const rec = record as Record<string, unknown>;
     const vm = await call.db.get('VM', s(rec.VM));

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Call } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
+import { pickFields } from '../db/interface.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { copyVdi, destroyVdi, snapshotVdi } from './vdi.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
@@ -62,8 +63,7 @@ export async function cloneVm(storage: Storage, call: Call, ref: string, o: Clon
       suspendVdi = await snapshotVdi(storage, call, s(vm.suspend_VDI), 'snapshot');
       made.push(suspendVdi);
     }
-    const copy: Record<string, unknown> = {};
-    for (const f of db.schema.cls('VM').fields) if (f.qualifier !== 'RO/runtime') copy[f.name] = vm[f.name];
+    const copy = pickFields(db.schema, 'VM', vm, (f) => f.qualifier !== 'RO/runtime');
     const now = formatDateTime(new Date(call.host.now()));
     const newVm = newRef();
     await db.create('VM', newVm, {
@@ -115,7 +115,6 @@ export async function cloneVm(storage: Storage, call: Call, ref: string, o: Clon
         VDI: isDisk ? disks.get(vbdRef)! : vbd.VDI,
         other_config: other,
         currently_attached: false,
-        reserved: false,
         current_operations: {},
         allowed_operations: [],
         metrics: NULL_REF,

@@ -5,13 +5,14 @@
 import { XapiError } from '../api/errors.js';
 import type { Call } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
+import type { vm_operations, vm_power_state } from '../schema/generated.js';
 import { Mutex } from '../util/mutex.js';
 
-type PS = 'Halted' | 'Paused' | 'Running' | 'Suspended';
+type PS = vm_power_state;
 const ALL: PS[] = ['Halted', 'Paused', 'Running', 'Suspended'];
 
 /** allowed_power_states, per operation. */
-const POWER_STATES: Record<string, PS[]> = {
+const POWER_STATES: Partial<Record<vm_operations, PS[]>> = {
   start: ['Halted'],
   start_on: ['Halted'],
   clean_shutdown: ['Running'],
@@ -53,27 +54,27 @@ const POWER_STATES: Record<string, PS[]> = {
 };
 
 /** Never listed in allowed_operations (xapi's ignored set). */
-const IGNORED = new Set([
+const IGNORED = new Set<vm_operations>([
   'create_template', 'power_state_reset', 'csvm', 'get_boot_record', 'send_sysrq', 'send_trigger', 'query_services',
   'shutdown', 'call_plugin', 'changing_memory_live', 'awaiting_memory_live', 'changing_memory_limits',
   'changing_shadow_memory_live', 'changing_VCPUs', 'assert_operation_valid', 'data_source_op',
   'update_allowed_operations', 'import', 'reverting',
 ]);
 
-const TEMPLATE_OK = new Set([
+const TEMPLATE_OK = new Set<vm_operations>([
   'changing_dynamic_range', 'changing_static_range', 'changing_memory_limits', 'changing_shadow_memory',
   'changing_VCPUs', 'changing_NVRAM', 'clone', 'copy', 'export', 'metadata_export', 'provision',
 ]);
-const SNAPSHOT_OK = new Set(['revert', 'clone', 'copy', 'export', 'destroy', 'hard_shutdown', 'metadata_export']);
-const CONTROL_DOMAIN_OK = new Set([
+const SNAPSHOT_OK = new Set<vm_operations>(['revert', 'clone', 'copy', 'export', 'destroy', 'hard_shutdown', 'metadata_export']);
+const CONTROL_DOMAIN_OK = new Set<vm_operations>([
   'data_source_op', 'changing_memory_live', 'awaiting_memory_live', 'metadata_export', 'changing_dynamic_range',
   'changing_memory_limits', 'changing_static_range', 'start', 'start_on', 'changing_VCPUs', 'destroy',
 ]);
 
-const sameGroup = (ops: string[], group: string[]) => ops.every((o) => group.includes(o));
+const sameGroup = (ops: vm_operations[], group: vm_operations[]) => ops.every((o) => group.includes(o));
 
 /** is_allowed_concurrently: may `op` run while `current` are running? */
-function allowedConcurrently(op: string, current: string[]): boolean {
+function allowedConcurrently(op: vm_operations, current: vm_operations[]): boolean {
   const all = [op, ...current];
   if (sameGroup(all, ['clone', 'copy', 'export']) || sameGroup(all, ['snapshot', 'checkpoint']) || sameGroup(all, ['get_boot_record'])) {
     return true;
@@ -84,11 +85,11 @@ function allowedConcurrently(op: string, current: string[]): boolean {
   return false;
 }
 
-export const isDefaultTemplate = (vm: Row) =>
+export const isDefaultTemplate = (vm: Row<'VM'>) =>
   vm.is_default_template === true || (vm.other_config as Record<string, string>)?.default_template === 'true';
 
 /** check_operation_error: the first reason `op` may not run on `vm` now, or undefined. */
-export function operationError(ref: string, vm: Row, op: string, strict = true): XapiError | undefined {
+export function operationError(ref: string, vm: Row<'VM'>, op: vm_operations, strict = true): XapiError | undefined {
   const blocked = vm.blocked_operations as Record<string, string>;
   if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]]);
   const power = vm.power_state as PS;
@@ -96,7 +97,7 @@ export function operationError(ref: string, vm: Row, op: string, strict = true):
   if (!allowed.includes(power)) {
     return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()]);
   }
-  const current = vm.current_operations as Record<string, string>;
+  const current = vm.current_operations;
   const tasks = Object.keys(current);
   if (tasks.length > 0 && !allowedConcurrently(op, Object.values(current))) {
     const [task] = tasks.length === 1 ? tasks : [`{${tasks.join(',')}}`];
@@ -123,7 +124,7 @@ export function operationError(ref: string, vm: Row, op: string, strict = true):
   return undefined;
 }
 
-export function allowedOperations(ref: string, vm: Row, ops: string[]): string[] {
+export function allowedOperations(ref: string, vm: Row<'VM'>, ops: vm_operations[]): vm_operations[] {
   return ops.filter((op) => !IGNORED.has(op) && operationError(ref, vm, op) === undefined);
 }
 
@@ -133,7 +134,7 @@ const lock = new Mutex();
 export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
   const vm = await db.tryGet('VM', ref);
   if (!vm) return;
-  const ops = allowedOperations(ref, vm, db.schema.enums.vm_operations ?? []);
+  const ops = allowedOperations(ref, vm, db.schema.enumValues('vm_operations'));
   const old = vm.allowed_operations as string[];
   if (old.length !== ops.length || old.some((o, i) => o !== ops[i])) await db.update('VM', ref, { allowed_operations: ops });
 }
@@ -142,14 +143,14 @@ export async function updateAllowedOperations(db: Db, ref: string): Promise<void
  * with_vm_operation: check `op` and add it to current_operations under the lock, run `fn`
  * outside it, then remove it and recompute allowed_operations, whatever happened.
  */
-export async function withVmOperation<T>(call: Call, ref: string, op: string, fn: () => Promise<T>, strict = true): Promise<T> {
+export async function withVmOperation<T>(call: Call, ref: string, op: vm_operations, fn: () => Promise<T>, strict = true): Promise<T> {
   const db = call.db;
   const key = call.task;
   await lock.run(async () => {
     const vm = await db.get('VM', ref);
     const err = operationError(ref, vm, op, strict);
     if (err) throw err;
-    await db.update('VM', ref, { current_operations: { ...(vm.current_operations as object), [key]: op } });
+    await db.update('VM', ref, { current_operations: { ...vm.current_operations, [key]: op } });
     await updateAllowedOperations(db, ref);
   });
   try {
@@ -157,7 +158,7 @@ export async function withVmOperation<T>(call: Call, ref: string, op: string, fn
   } finally {
     const vm = await db.tryGet('VM', ref);
     if (vm) {
-      const current = { ...(vm.current_operations as Record<string, string>) };
+      const current = { ...vm.current_operations };
       delete current[key];
       await db.update('VM', ref, { current_operations: current });
       await updateAllowedOperations(db, ref);

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { Call, Registry } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
+import { pickFields } from '../db/interface.js';
 import { NULL_REF } from '../schema/types.js';
 import { destroyVdi, snapshotVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
@@ -114,7 +115,7 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
         vdi = clone;
       }
       await db.create('VBD', newRef(), {
-        ...sv, uuid: randomUUID(), VM: ref, VDI: vdi, currently_attached: false, reserved: false,
+        ...sv, uuid: randomUUID(), VM: ref, VDI: vdi, currently_attached: false,
         current_operations: {}, allowed_operations: [], metrics: NULL_REF,
         other_config: { ...(sv.other_config as Record<string, string>), ...(sv.type !== 'CD' ? { owner: 'true' } : {}) },
       });
@@ -132,8 +133,7 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
       await db.create('VIF', newRef(), { ...vif, uuid: randomUUID(), VM: ref, currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF });
     }
     // The configuration, and the power state the snapshot was taken in.
-    const fields: Record<string, unknown> = {};
-    for (const f of db.schema.cls('VM').fields) if (f.qualifier !== 'RO/runtime' && !KEEP.has(f.name)) fields[f.name] = snap[f.name];
+    const fields = pickFields(db.schema, 'VM', snap, (f) => f.qualifier !== 'RO/runtime' && !KEEP.has(f.name));
     let suspend = NULL_REF;
     if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF) suspend = await snapshotVdi(storage, call, s(snap.suspend_VDI), 'clone');
     await db.update('VM', ref, { ...fields, parent: snapshot, suspend_VDI: suspend, power_state: suspend !== NULL_REF ? 'Suspended' : 'Halted' });

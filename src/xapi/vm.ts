@@ -4,14 +4,15 @@
 // the backend reports afterwards (XenopsSync.refresh), not what was asked for.
 import { randomUUID } from 'node:crypto';
 import { XapiError } from '../api/errors.js';
-import type { Call, Registry } from '../api/context.js';
-import { implicitImpl, newRef } from '../api/implicit.js';
+import type { Call, MessageImpl, Registry } from '../api/context.js';
+import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';
+import type { VM_record, vm_operations } from '../schema/generated.js';
 import type { Schema } from '../schema/schema.js';
 import { NULL_REF } from '../schema/types.js';
 import { isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
-import { assertEnoughMemory, assertMemoryConstraints, vmOverhead } from './memory.js';
+import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryConstraints } from './memory.js';
 import { parseDisksXml } from '../host/templates.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
@@ -32,7 +33,7 @@ export class VmService {
   }
 
   /** VCPU and memory settings a VM must satisfy to boot (xapi's validate_basic_parameters). */
-  private static validateForBoot(ref: string, vm: Row): void {
+  private static validateForBoot(ref: string, vm: Row<'VM'>): void {
     if ((vm.VCPUs_max as number) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(vm.VCPUs_max)]);
     if ((vm.VCPUs_at_startup as number) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(vm.VCPUs_at_startup)]);
     if ((vm.VCPUs_at_startup as number) > (vm.VCPUs_max as number)) {
@@ -91,7 +92,7 @@ export class VmService {
     throw new XapiError('NO_HOSTS_AVAILABLE', []);
   }
 
-  async start(call: Call, ref: string, paused: boolean, on?: string, op = 'start'): Promise<void> {
+  async start(call: Call, ref: string, paused: boolean, on?: string, op: vm_operations = 'start'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const hostRef = on ?? (await this.chooseHost(call, ref));
       if (on) await this.assertCanBootHere(call, ref, hostRef);
@@ -121,7 +122,7 @@ export class VmService {
     if (actual !== expected) throw new XapiError('VM_BAD_POWER_STATE', [ref, expected.toLowerCase(), actual.toLowerCase()]);
   }
 
-  async simple(call: Call, ref: string, op: string, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
+  async simple(call: Call, ref: string, op: vm_operations, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
       await this.backend(ref, () => run(s(vm.uuid)));
@@ -130,7 +131,7 @@ export class VmService {
   }
 
   /** hard_shutdown also works on a Suspended VM: its memory image is discarded. */
-  async hardShutdown(call: Call, ref: string, op = 'hard_shutdown'): Promise<void> {
+  async hardShutdown(call: Call, ref: string, op: vm_operations = 'hard_shutdown'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
       if (vm.power_state === 'Suspended') {
@@ -161,12 +162,12 @@ export class VmService {
     await this.hardShutdown(call, ref);
   }
 
-  cleanTimeout(vm: Row): number {
+  cleanTimeout(vm: Row<'VM'>): number {
     const delay = vm.shutdown_delay as number;
     return (delay > 0 ? delay : 1200) * 1000;
   }
 
-  async resume(call: Call, ref: string, paused: boolean, on?: string, op = 'resume'): Promise<void> {
+  async resume(call: Call, ref: string, paused: boolean, on?: string, op: vm_operations = 'resume'): Promise<void> {
     await withVmOperation(call, ref, op, () => this.resumeNow(call, ref, paused, on));
   }
 
@@ -225,7 +226,7 @@ export class VmService {
     }
   }
 
-  private async chooseSuspendSr(call: Call, ref: string, vm: Row): Promise<string> {
+  private async chooseSuspendSr(call: Call, ref: string, vm: Row<'VM'>): Promise<string> {
     const pool = (await call.db.all('pool'))[0]![1];
     const host = await call.db.tryGet('host', s(vm.resident_on));
     for (const sr of [s(vm.suspend_SR), s(pool.suspend_image_SR), s(host?.suspend_image_sr ?? NULL_REF)]) {
@@ -265,12 +266,13 @@ export class VmService {
   }
 
   /** VM.create: the generic constructor, plus the metrics record xapi gives every VM. */
-  async create(call: Call, record: Record<string, unknown>, createGeneric: (c: Call, a: unknown[]) => Promise<unknown>): Promise<string> {
+  async create(call: Call, record: Partial<VM_record>, createGeneric: MessageImpl<'VM.create'>): Promise<string> {
     // Checked before anything is written, so a refused VM leaves nothing behind; a record
     // missing fields is the constructor's to refuse (Dispatcher_FieldNotFound), as in xapi.
-    const memory = ['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'];
-    if (memory.every((f) => typeof record[f] === 'number')) assertMemoryConstraints(record);
-    const ref = s(await createGeneric(call, [record]));
+    const setsMemory = (r: Partial<VM_record>): r is Partial<VM_record> & MemoryConstraints =>
+      (['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'] as const).every((f) => typeof r[f] === 'number');
+    if (setsMemory(record)) assertMemoryConstraints(record);
+    const ref = await createGeneric(call, [record]);
     const vm = await call.db.get('VM', ref);
     const metrics = newRef();
     await call.db.create('VM_metrics', metrics, { uuid: randomUUID(), other_config: {}, VCPUs_number: 0 });
@@ -320,15 +322,15 @@ async function freeDevices(call: Call, ref: string, cls: 'VBD' | 'VIF', count: n
   for (const d of vm[cls === 'VBD' ? 'VBDs' : 'VIFs'] as string[]) {
     const row = await call.db.get(cls, d);
     used.add(s(row.device));
-    if (cls === 'VBD') used.add(s(row.userdevice));
+    if ('userdevice' in row) used.add(row.userdevice);
   }
   return Array.from({ length: count }, (_, i) => String(i)).filter((d) => !used.has(d));
 }
 
 export function register(r: Registry, svc: VmService, schema: Schema): void {
   const sync = svc.sync;
-  const genericCreate = implicitImpl(schema.messages.get('VM.create')!)!;
-  r.implement('VM.create', (call, [record]) => svc.create(call, record as Record<string, unknown>, async (c, a) => genericCreate(c, a)))
+  const genericCreate = genericImpl(schema, 'VM.create');
+  r.implement('VM.create', (call, [record]) => svc.create(call, record, genericCreate))
     .implement('VM.destroy', (call, [self]) => svc.destroy(call, s(self)))
     .implement('VM.start', (call, [vm, paused]) => svc.start(call, s(vm), paused === true))
     .implement('VM.start_on', (call, [vm, host, paused]) => svc.start(call, s(vm), paused === true, s(host), 'start_on'))
@@ -365,7 +367,7 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
       return out;
     })
     .implement('VM.assert_operation_valid', async (call, [vm, op]) => {
-      const err = operationError(s(vm), await call.db.get('VM', s(vm)), s(op));
+      const err = operationError(vm, await call.db.get('VM', vm), op);
       if (err) throw err;
     })
     .implement('VM.update_allowed_operations', (call, [vm]) => updateAllowedOperations(call.db, s(vm)))

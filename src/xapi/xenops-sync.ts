@@ -7,7 +7,8 @@ import { randomUUID } from 'node:crypto';
 import type { HostContext } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
-import type { Row } from '../db/interface.js';
+import { untyped, type Row } from '../db/interface.js';
+import type { DbClassName, Records, VM_metrics_record, VM_record } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
@@ -90,13 +91,13 @@ export class XenopsSync {
   }
 
   /** Where a VM's memory image lives while it is suspended: its suspend VDI, attached here. */
-  async suspendImagePath(vm: Row): Promise<string | undefined> {
+  async suspendImagePath(vm: Row<'VM'>): Promise<string | undefined> {
     const vdi = vm.suspend_VDI as string;
     if (vdi === NULL_REF || !(await this.host.db.tryGet('VDI', vdi))) return undefined;
     return this.storage.attachPath(vdi, true);
   }
 
-  async stat(vm: Row): Promise<VmState | undefined> {
+  async stat(vm: Row<'VM'>): Promise<VmState | undefined> {
     try {
       return await this.backend.stat(vm.uuid as string);
     } catch (e) {
@@ -130,7 +131,7 @@ export class XenopsSync {
     // A domain-less VM with a memory image stays Suspended: the backend only knows it has no domain.
     if (power === 'Halted' && vm.power_state === 'Suspended' && (!state || vm.suspend_VDI !== NULL_REF)) power = 'Suspended';
     const live = power === 'Running' || power === 'Paused';
-    const changes: Record<string, unknown> = {
+    const changes: Partial<VM_record> = {
       power_state: power,
       domid: live && state ? state.domid : -1,
       resident_on: live ? this.host.hostRef : NULL_REF,
@@ -140,13 +141,13 @@ export class XenopsSync {
     if (!live) {
       // force_state_reset: nothing is attached to a VM that is not running
       for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
-        for (const ref of refs as string[]) await this.updateChanged(cls, ref, { currently_attached: false, reserved: false });
+        for (const ref of refs) await this.updateChanged(cls, ref, { currently_attached: false });
       }
       if (power === 'Halted') changes.requires_reboot = false;
     }
     await this.updateChanged('VM', vmRef, changes);
     if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics as string))) {
-      const metrics: Record<string, unknown> = {
+      const metrics: Partial<VM_metrics_record> = {
         memory_actual: live && state ? state.memoryActual : 0,
         VCPUs_number: live && state ? state.vcpus : 0,
         current_domain_type: live && state ? state.domainType : 'unspecified',
@@ -168,16 +169,18 @@ export class XenopsSync {
    * Writes only the fields that differ, as xapi's update_vm compares with what it saw before:
    * an unchanged object gets no write and no event. Returns whether anything was written.
    */
-  private async updateChanged(cls: string, ref: string, changes: Record<string, unknown>): Promise<boolean> {
-    const row = await this.host.db.tryGet(cls, ref);
+  private async updateChanged<C extends DbClassName>(cls: C, ref: string, changes: Partial<Records[C]>): Promise<boolean> {
+    // Field by field, by name: the database's untyped face.
+    const db = untyped(this.host.db);
+    const row = await db.tryGet(cls, ref);
     if (!row) return false;
     const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(row[k]) !== JSON.stringify(v)));
     if (Object.keys(diff).length === 0) return false;
-    await this.host.db.update(cls, ref, diff);
+    await db.update(cls, ref, diff);
     return true;
   }
 
-  private async updateGuestMetrics(vmRef: string, vm: Row, state: VmState, now: string): Promise<void> {
+  private async updateGuestMetrics(vmRef: string, vm: Row<'VM'>, state: VmState, now: string): Promise<void> {
     const db = this.host.db;
     const ga = state.guestAgent!;
     const fields = {
@@ -191,7 +194,7 @@ export class XenopsSync {
       live: true,
       can_use_hotplug_vbd: 'yes',
       can_use_hotplug_vif: 'yes',
-    };
+    } as const;
     const existing = vm.guest_metrics as string;
     if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
       if (await this.updateChanged('VM_guest_metrics', existing, fields)) await db.update('VM_guest_metrics', existing, { last_updated: now });
@@ -203,7 +206,7 @@ export class XenopsSync {
   }
 
   /** update_vbd / update_vif: currently_attached is what the backend says is plugged. */
-  private async syncDevices(vmRef: string, vm: Row): Promise<void> {
+  private async syncDevices(vmRef: string, vm: Row<'VM'>): Promise<void> {
     const db = this.host.db;
     for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
       for (const ref of refs as string[]) {
