@@ -249,9 +249,9 @@ const relations = {
 };
 
 mkdirSync(args.out, { recursive: true });
-const write = (file, value) => writeFileSync(join(args.out, file), JSON.stringify(value, null, 1) + '\n');
-write('reference-facts.json', facts);
-write('reference-relations.json', relations);
+const write = (file, value, indent) => writeFileSync(join(args.out, file), JSON.stringify(value, null, indent) + '\n');
+write('reference-facts.json', facts, 1);
+write('reference-relations.json', relations, 2);
 console.log(
   `wrote ${join(args.out, 'reference-facts.json')} and reference-relations.json: ${Object.keys(declaredErrors).length} errors, ${syncOnlyMessages.length} sync-only, ${hiddenMessages.length} hidden, ${customImplicitMessages.length} custom implicit messages, ${oneToMany.length}+${manyToMany.length} relations`,
 );
