@@ -206,7 +206,7 @@ let roles = opt strs
 
 let wire_field_name (f : field) = String.concat "_" f.full_name
 
-(* --- the servers's view: which messages xapi's generated dispatcher (server.ml) serves ---
+(* --- the server's view: which messages xapi's generated dispatcher (server.ml) serves ---
    server.ml is generated from the API with implicit messages added, internal-only fields and
    db-only messages filtered out, messages restricted to the "closed" release (every release
    list includes it), then Gen_client.client_api ~sync:true. See gen_api_main.ml and the

@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --datamodel) datamodel=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     -*) echo "extract.sh: unknown option $1" >&2; exit 2 ;;
     *) checkout=$1; shift ;;
   esac
@@ -75,7 +75,7 @@ elif [ -n "$checkout" ]; then
     }
   fi
 else
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,18p' "$0" >&2
   exit 2
 fi
 
