@@ -40,6 +40,9 @@ export interface MessageDef {
   errors: string[];
   roles: string[];
   implicit: boolean;
+  /** An implicit message that xapi routes to a hand-written implementation (its custom actions)
+   *  rather than a generated database action: constructors/destructors, effectful setters... */
+  handWritten: boolean;
   async: boolean;
   /** A sync call runs on a database task (destroyed on return), as xapi's generate_task_for. */
   syncTask: boolean;
@@ -90,6 +93,7 @@ interface RawSchema {
       errors: string[];
       roles: string[];
       implicit: boolean;
+      custom?: boolean;
       async: boolean;
       syncTask: boolean;
       sessionChecked: boolean;
@@ -170,6 +174,7 @@ export class Schema {
           errors: m.errors,
           roles: m.roles,
           implicit: m.implicit,
+          handWritten: m.custom === true,
           async: m.async,
           syncTask: m.syncTask,
           sessionChecked: m.sessionChecked,
