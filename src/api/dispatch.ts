@@ -112,7 +112,7 @@ export class Dispatcher {
     if (!impl) throw new XapiError('NOT_IMPLEMENTED', [msg.wire]);
 
     if (async) {
-      const task = await this.tasks.create(session, method, true);
+      const task = await this.tasks.create(session, method, false);
       await this.host.db.commit();
       void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
       return { ok: true, type: TASK_REF, value: task, task, session: state.session };

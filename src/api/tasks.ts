@@ -5,14 +5,47 @@ import { randomUUID } from 'node:crypto';
 import { XapiError, errorDescription } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import { newRef } from './implicit.js';
+import type { Db } from '../db/interface.js';
+import type { task_record } from '../schema/generated.js';
 import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
 
 export const COMPLETED_TASK_TIMEOUT_S = 3900;
 export const PENDING_TASK_TIMEOUT_S = 86400;
 export const MAX_TASKS = 200;
 
+/**
+ * TaskHelper.is_cancelling: task.cancel records a `cancel` in the task's current_operations;
+ * the work polls for it. A call without a task in the database cannot be cancelled.
+ */
+export async function isCancelling(db: Db, task: string): Promise<boolean> {
+  const row = await db.tryGet('task', task);
+  return row !== undefined && Object.values(row.current_operations).includes('cancel');
+}
+
+/** TaskHelper.set_cancellable / set_not_cancellable: advertises (or not) `cancel` on the task. */
+export async function setCancellable(db: Db, task: string, on: boolean): Promise<void> {
+  const row = await db.tryGet('task', task);
+  if (!row || row.status !== 'pending') return;
+  const want = on ? ['cancel' as const] : [];
+  if (row.allowed_operations.length !== want.length) await db.update('task', task, { allowed_operations: want });
+}
+
+/**
+ * TaskHelper.cancel: a pending task ends as cancelled now, with no error_info (what xapi does
+ * when an operation gives up waiting for a busy object because its task was cancelled).
+ */
+export async function markCancelled(host: HostContext, task: string): Promise<void> {
+  const row = await host.db.tryGet('task', task);
+  if (row?.status !== 'pending') return;
+  await host.db.update('task', task, {
+    progress: 1,
+    finished: formatDateTime(new Date(host.now())),
+    status: 'cancelled',
+    allowed_operations: [],
+  });
+}
+
 export class TaskManager {
-  private readonly cancelRequested = new Set<string>();
   /** pending task -> progress seen at the previous GC pass */
   private readonly lastProgress = new Map<string, number>();
 
@@ -73,9 +106,10 @@ export class TaskManager {
     await this.complete(task, { status: desc[0] === 'TASK_CANCELLED' ? 'cancelled' : 'failure', error_info: desc });
   }
 
-  private async complete(task: string, changes: Record<string, unknown>): Promise<void> {
-    this.cancelRequested.delete(task);
-    if (!(await this.host.db.tryGet('task', task))) return; // destroyed meanwhile
+  /** Completes a pending task; one already completed (or cancelled meanwhile) keeps its outcome, as in xapi. */
+  private async complete(task: string, changes: Partial<task_record>): Promise<void> {
+    const row = await this.host.db.tryGet('task', task);
+    if (row?.status !== 'pending') return; // destroyed or completed meanwhile
     await this.host.db.update('task', task, {
       ...changes,
       progress: 1,
@@ -89,17 +123,19 @@ export class TaskManager {
     if (await this.host.db.tryGet('task', task)) await this.host.db.update('task', task, { progress: p });
   }
 
+  /**
+   * xapi's Task.cancel: the request is recorded as the task's only current operation, whatever
+   * the task's state (xapi refuses nothing here but other users' tasks); the work notices it
+   * at its next check.
+   */
   async requestCancel(task: string, byTask: string): Promise<void> {
-    const row = await this.host.db.get('task', task);
-    if (row.status !== 'pending' || !(row.allowed_operations as string[]).includes('cancel')) {
-      throw new XapiError('OPERATION_NOT_ALLOWED', [`Task ${task} cannot be cancelled`]);
-    }
-    this.cancelRequested.add(task);
+    await this.host.db.get('task', task);
     await this.host.db.update('task', task, { current_operations: { [byTask]: 'cancel' } });
   }
 
+  /** TaskHelper.exn_if_cancelling. */
   async checkCancelled(task: string): Promise<void> {
-    if (this.cancelRequested.has(task)) throw new XapiError('TASK_CANCELLED', [task]);
+    if (await isCancelling(this.host.db, task)) throw new XapiError('TASK_CANCELLED', [task]);
   }
 
   /** At start-up: nothing from a previous run is still running, so its pending tasks are over. */
@@ -142,7 +178,6 @@ export class TaskManager {
 
   async forget(task: string): Promise<void> {
     this.lastProgress.delete(task);
-    this.cancelRequested.delete(task);
     if (await this.host.db.tryGet('task', task)) await this.host.db.destroy('task', task);
   }
 }

@@ -27,6 +27,7 @@ import * as sr from '../xapi/sr.js';
 import * as pbd from '../xapi/pbd.js';
 import * as vdi from '../xapi/vdi.js';
 import * as vmSnapshot from '../xapi/vm-snapshot.js';
+import * as hostOperations from '../xapi/host-operations.js';
 import { Storage } from '../xapi/storage.js';
 import { ensureLocalStorage, plugLocalPbds } from './local-storage.js';
 import type { DomainManager } from '../xenopsd/interface.js';
@@ -107,6 +108,7 @@ export function buildApi(
   vdi.register(registry, storage);
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
+  hostOperations.register(registry);
   return { registry, dispatcher, xenops, storage };
 }
 
@@ -165,6 +167,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   await storage.sweepUnfinishedImports(cancelled);
   // The domain manager is the truth about what runs: reconcile before serving.
   await xenops.resync();
+  await hostOperations.updateAllAllowedOperations(host.db);
   xenops.start();
   await db.commit();
 

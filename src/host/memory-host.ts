@@ -13,6 +13,7 @@ import { Marshal } from '../api/marshal.js';
 import type { HostContext } from '../api/context.js';
 import { syncDatabase } from './dbsync.js';
 import { buildApi } from './host.js';
+import { updateAllAllowedOperations } from '../xapi/host-operations.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { ensureLocalStorage } from './local-storage.js';
 
@@ -25,6 +26,8 @@ export async function memoryHost(
     stateDir?: string;
     bootTimeMs?: number;
     shutdownTimeMs?: number;
+    /** From a guest's first unpause to its agent reporting (default bootTimeMs). */
+    agentDelayMs?: number;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -50,7 +53,7 @@ export async function memoryHost(
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,
   };
-  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0 });
+  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, agentDelayMs: opts.agentDelayMs });
   const { registry, dispatcher, xenops, storage } = buildApi(
     host,
     db,
@@ -61,6 +64,7 @@ export async function memoryHost(
   );
   // Local storage, as on a real host: VHD files under the state directory.
   await ensureLocalStorage(storage, join(stateDir, 'storage'));
+  await updateAllAllowedOperations(host.db);
   // Callers that run VMs start the update loop (xenops.start()) and close() at the end.
   const close = async () => {
     await storage.close();

@@ -4,8 +4,9 @@
 import { XapiError } from '../api/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
-import type { VM_record, vm_operations } from '../schema/generated.js';
+import type { VM_record } from '../schema/generated.js';
 import { overheadBytes } from '../xenopsd/overhead.js';
+import { NULL_REF } from '../schema/types.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
@@ -56,86 +57,145 @@ export async function assertEnoughMemory(call: Call, ref: string, vm: Row<'VM'>,
   if (needed > available) throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(needed), String(available)]);
 }
 
-type MemoryLimits = Partial<Pick<VM_record, 'memory_static_min' | 'memory_static_max' | 'memory_dynamic_min' | 'memory_dynamic_max'>>;
+/** The memory fields the setters write (memory_target follows dynamic_min, as xapi keeps it). */
+type MemoryLimits = Partial<Pick<VM_record, 'memory_static_min' | 'memory_static_max' | 'memory_dynamic_min' | 'memory_dynamic_max' | 'memory_target'>>;
+
+/**
+ * assert_valid_for_current_context: the order static_min <= dynamic_min <= dynamic_max <=
+ * static_max, and for a control domain or a domain using nested virtualisation the dynamic
+ * range pinned at static_max (MEMORY_CONSTRAINT_VIOLATION_MAXPIN with the reason).
+ */
+async function assertValidForContext(db: Db, vm: Row<'VM'>, c: MemoryConstraints): Promise<void> {
+  const [smin, dmin, dmax, smax] = [c.memory_static_min, c.memory_dynamic_min, c.memory_dynamic_max, c.memory_static_max];
+  const pinned = smin <= dmin && dmin === dmax && dmax === smax;
+  const metrics = vm.metrics !== NULL_REF ? await db.tryGet('VM_metrics', vm.metrics) : undefined;
+  const nestedVirt = metrics ? metrics.nested_virt : ['true', '1'].includes(vm.platform['nested-virt']?.toLowerCase() ?? '');
+  if (vm.is_control_domain) {
+    if (!pinned) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_MAXPIN', ['control domain']);
+  } else if (nestedVirt) {
+    if (!pinned) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_MAXPIN', ['nested virt']);
+  } else if (!(smin <= dmin && dmin <= dmax && dmax <= smax)) {
+    throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_ORDER', []);
+  }
+}
+
+/** What xapi's message says when VCPU counts do not fit (INVALID_VALUE's first parameter). */
+const VCPU_RULE = 'VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max';
+
+const isDomainZero = async (db: Db, ref: string, vm: Row<'VM'>) =>
+  vm.is_control_domain && vm.resident_on !== NULL_REF && (await db.tryGet('host', vm.resident_on))?.control_domain === ref;
 
 export function register(r: Registry, sync: XenopsSync): void {
-  const setLimits = async (call: Call, ref: string, op: vm_operations, changes: MemoryLimits) =>
-    withVmOperation(call, ref, op, async () => {
-      const vm = await call.db.get('VM', ref);
-      const next = { ...vm, ...changes };
-      assertMemoryConstraints(next);
-      if (vm.power_state === 'Running' && op === 'changing_dynamic_range') {
-        // Growing dynamic_min reserves memory on the host first, as xapi's coordinator does.
-        if (changes.memory_dynamic_min! > n(vm.memory_dynamic_min)) {
-          const free = await computeFreeMemory(call.db, vm.resident_on as string, ref);
-          const needed = changes.memory_dynamic_min! + n(vm.memory_overhead);
-          if (needed > free) throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(Math.ceil(needed / 1024)), String(Math.floor(free / 1024))]);
+  /**
+   * The local half of the static setters (set_memory_limits, set_memory_static_range): checked
+   * against the VM as it is now, written with the overhead; a running control domain keeps its
+   * memory until it reboots, so it is flagged.
+   */
+  const setStatic = async (call: Call, ref: string, changes: MemoryLimits) => {
+    const vm = await call.db.get('VM', ref);
+    const next = { ...vm, ...changes };
+    await assertValidForContext(call.db, vm, next);
+    await call.db.update('VM', ref, { ...changes, memory_overhead: vmOverhead(next) });
+    if (vm.is_control_domain && vm.power_state === 'Running') await call.db.update('VM', ref, { requires_reboot: true });
+  };
+
+  const setLimits = (call: Call, ref: string, smin: number, smax: number, dmin: number, dmax: number) =>
+    setStatic(call, ref, { memory_static_min: smin, memory_static_max: smax, memory_dynamic_min: dmin, memory_dynamic_max: dmax, memory_target: dmin });
+
+  const setStaticRange = (call: Call, ref: string, min: number, max: number) =>
+    withVmOperation(call, ref, 'changing_static_range', () => setStatic(call, ref, { memory_static_min: min, memory_static_max: max }));
+
+  /**
+   * set_memory_dynamic_range: on a running VM the host must hold the VMs' dynamic minimums
+   * (raising dynamic_min reserves at once and is undone if the change fails), then the domain
+   * manager rebalances.
+   */
+  const setDynamicRange = (call: Call, ref: string, min: number, max: number) =>
+    withVmOperation(call, ref, 'changing_dynamic_range', async () => {
+      const db = call.db;
+      const before = await db.get('VM', ref);
+      const local = async () => {
+        const vm = await db.get('VM', ref);
+        await assertValidForContext(db, vm, { ...vm, memory_dynamic_min: min, memory_dynamic_max: max });
+        await db.update('VM', ref, { memory_target: min, memory_dynamic_min: min, memory_dynamic_max: max });
+        if (vm.power_state === 'Running') {
+          try {
+            await sync.backend.setMemoryDynamicRange(vm.uuid, min, max);
+          } catch (e) {
+            throw xenopsError(ref, e);
+          }
+          await sync.refresh(ref);
         }
-        try {
-          await sync.backend.setMemoryDynamicRange(vm.uuid as string, changes.memory_dynamic_min!, changes.memory_dynamic_max!);
-        } catch (e) {
-          throw xenopsError(ref, e);
-        }
+      };
+      if (before.power_state !== 'Running') return local();
+      const free = await computeFreeMemory(db, before.resident_on);
+      const change = before.memory_dynamic_min - min;
+      if (free + change < 0) {
+        throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(Math.trunc(-change / 1024)), String(Math.trunc(free / 1024))]);
       }
-      await call.db.update('VM', ref, { ...changes, memory_overhead: vmOverhead(next) });
-      if (vm.power_state === 'Running') await sync.refresh(ref);
+      const reserved = change < 0;
+      if (reserved) await db.update('VM', ref, { memory_dynamic_min: min, memory_dynamic_max: max });
+      try {
+        await local();
+      } catch (e) {
+        if (reserved) await db.update('VM', ref, { memory_dynamic_min: before.memory_dynamic_min, memory_dynamic_max: before.memory_dynamic_max });
+        throw e;
+      }
     });
 
   r.implement('VM.set_memory_limits', (call, [self, smin, smax, dmin, dmax]) =>
-    setLimits(call, self as string, 'changing_memory_limits', {
-      memory_static_min: n(smin),
-      memory_static_max: n(smax),
-      memory_dynamic_min: n(dmin),
-      memory_dynamic_max: n(dmax),
-    }),
+    withVmOperation(call, self, 'changing_memory_limits', () => setLimits(call, self, smin, smax, dmin, dmax)),
   )
-    .implement('VM.set_memory_static_range', (call, [self, min, max]) =>
-      setLimits(call, self as string, 'changing_static_range', { memory_static_min: n(min), memory_static_max: n(max) }),
+    // VM.set_memory keeps static_min: a value below it is refused, as in xapi
+    .implement('VM.set_memory', (call, [self, value]) =>
+      withVmOperation(call, self, 'changing_memory_limits', async () => {
+        const vm = await call.db.get('VM', self);
+        await setLimits(call, self, vm.memory_static_min, value, value, value);
+      }),
     )
-    .implement('VM.set_memory_dynamic_range', (call, [self, min, max]) =>
-      setLimits(call, self as string, 'changing_dynamic_range', { memory_dynamic_min: n(min), memory_dynamic_max: n(max) }),
+    .implement('VM.set_memory_static_range', (call, [self, min, max]) => setStaticRange(call, self, min, max))
+    // The single-bound setters are the range setters with the other bound as it is now.
+    .implement('VM.set_memory_static_max', async (call, [self, value]) =>
+      setStaticRange(call, self, (await call.db.get('VM', self)).memory_static_min, value),
     )
-    .implement('VM.set_memory', async (call, [self, value]) => {
-      const vm = await call.db.get('VM', self as string);
-      await setLimits(call, self as string, 'changing_memory_limits', {
-        memory_static_min: Math.min(n(vm.memory_static_min), n(value)),
-        memory_static_max: n(value),
-        memory_dynamic_min: n(value),
-        memory_dynamic_max: n(value),
-      });
-    })
+    .implement('VM.set_memory_static_min', async (call, [self, value]) =>
+      setStaticRange(call, self, value, (await call.db.get('VM', self)).memory_static_max),
+    )
+    .implement('VM.set_memory_dynamic_range', (call, [self, min, max]) => setDynamicRange(call, self, min, max))
+    .implement('VM.set_memory_dynamic_max', async (call, [self, value]) =>
+      setDynamicRange(call, self, (await call.db.get('VM', self)).memory_dynamic_min, value),
+    )
+    .implement('VM.set_memory_dynamic_min', async (call, [self, value]) =>
+      setDynamicRange(call, self, value, (await call.db.get('VM', self)).memory_dynamic_max),
+    )
     .implement('VM.set_VCPUs_max', (call, [self, value]) =>
-      withVmOperation(call, self as string, 'changing_VCPUs', async () => {
-        const vm = await call.db.get('VM', self as string);
-        if (n(value) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(value)]);
-        if (n(value) < n(vm.VCPUs_at_startup)) {
-          throw new XapiError('VALUE_NOT_SUPPORTED', ['VCPUs_max', String(value), 'VCPUs_max must be greater than or equal to VCPUs_at_startup']);
-        }
-        await call.db.update('VM', self as string, { VCPUs_max: n(value), memory_overhead: vmOverhead({ ...vm, VCPUs_max: n(value) }) });
+      withVmOperation(call, self, 'changing_VCPUs', async () => {
+        const vm = await call.db.get('VM', self);
+        if (await isDomainZero(call.db, self, vm)) throw new XapiError('INTERNAL_ERROR', ['set_VCPUs_max is not allowed on dom0']);
+        if (value < 1 || value < vm.VCPUs_at_startup) throw new XapiError('INVALID_VALUE', [VCPU_RULE, String(value)]);
+        await call.db.update('VM', self, { VCPUs_max: value, memory_overhead: vmOverhead({ ...vm, VCPUs_max: value }) });
+        if (vm.is_control_domain && vm.power_state === 'Running') await call.db.update('VM', self, { requires_reboot: true });
       }),
     )
-    .implement('VM.set_VCPUs_at_startup', (call, [self, value]) =>
-      withVmOperation(call, self as string, 'changing_VCPUs', async () => {
-        const vm = await call.db.get('VM', self as string);
-        if (n(value) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(value)]);
-        if (n(value) > n(vm.VCPUs_max)) {
-          throw new XapiError('VALUE_NOT_SUPPORTED', ['VCPUs_at_startup', String(value), 'value greater than VCPUs_max']);
-        }
-        await call.db.update('VM', self as string, { VCPUs_at_startup: n(value) });
-      }),
-    )
+    // Not an operation in xapi: no power-state rule, no current_operations entry.
+    .implement('VM.set_VCPUs_at_startup', async (call, [self, value]) => {
+      const vm = await call.db.get('VM', self);
+      if (await isDomainZero(call.db, self, vm)) throw new XapiError('OPERATION_NOT_ALLOWED', ['set_VCPUs_at_startup is not allowed on dom0']);
+      if (value < 1 || value > vm.VCPUs_max) throw new XapiError('INVALID_VALUE', [VCPU_RULE, String(value)]);
+      await call.db.update('VM', self, { VCPUs_at_startup: value, memory_overhead: vmOverhead({ ...vm, VCPUs_at_startup: value }) });
+    })
     .implement('VM.set_VCPUs_number_live', (call, [self, value]) =>
-      withVmOperation(call, self as string, 'changing_VCPUs_live', async () => {
-        const vm = await call.db.get('VM', self as string);
-        if (n(value) < 1 || n(value) > n(vm.VCPUs_max)) throw new XapiError('INVALID_VALUE', ['nvcpu', String(value)]);
+      withVmOperation(call, self, 'changing_VCPUs_live', async () => {
+        const vm = await call.db.get('VM', self);
+        if (value < 1 || value > vm.VCPUs_max) throw new XapiError('INVALID_VALUE', ['nvcpu', String(value)]);
         try {
-          await sync.backend.setVcpus(vm.uuid as string, n(value));
+          await sync.backend.setVcpus(vm.uuid, value);
         } catch (e) {
-          throw xenopsError(self as string, e);
+          throw xenopsError(self, e);
         }
-        await sync.refresh(self as string);
+        await sync.refresh(self);
       }),
     )
-    .implement('host.compute_free_memory', (call, [host]) => computeFreeMemory(call.db, host as string))
-    .implement('host.compute_memory_overhead', async (call, [host]) => n((await call.db.get('host', host as string)).memory_overhead));
+    .implement('host.compute_free_memory', (call, [host]) => computeFreeMemory(call.db, host))
+    .implement('host.compute_memory_overhead', async (call, [host]) => (await call.db.get('host', host)).memory_overhead);
 }

@@ -42,26 +42,40 @@ export async function unplugPbd(storage: Storage, pbdRef: string): Promise<void>
   const { driver, ctx } = await storage.context(srRef);
   await storage.sm(srRef, () => driver.detach(ctx));
   await db.update('PBD', pbdRef, { currently_attached: false });
+  await storage.updateSrAllowed(srRef);
+}
+
+/** PBD.unplug waits while any of the SR's VDIs has an operation in progress (with_unplug_locks). */
+async function assertVdisIdle(storage: Storage, srRef: string): Promise<void> {
+  for (const vdi of (await storage.host.db.get('SR', srRef)).VDIs) {
+    const row = await storage.host.db.tryGet('VDI', vdi);
+    const [busy] = Object.entries(row?.current_operations ?? {});
+    if (busy) throw new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdi, busy[1], busy[0]]);
+  }
 }
 
 export function register(r: Registry, storage: Storage): void {
+  // Creating and destroying PBDs are operations on the SR: they change whether it may be destroyed.
   r.implement('PBD.create', async (call, [rec]) => {
     const sr = s(rec.SR);
     const host = s(rec.host);
-    await call.db.get('SR', sr);
-    await call.db.get('host', host);
     const dc = (rec.device_config ?? {}) as Record<string, string>;
-    if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'This key is for internal use only']);
-    const existing = await call.db.find('PBD', { SR: sr, host });
-    if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
-    const ref = newRef();
-    await call.db.create('PBD', ref, { uuid: randomUUID(), host, SR: sr, device_config: dc, currently_attached: false, other_config: rec.other_config ?? {} });
-    return ref;
+    return storage.withOp(call, { sr: [sr, 'pbd_create'] }, async () => {
+      await call.db.get('host', host);
+      if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'This key is for internal use only']);
+      const existing = await call.db.find('PBD', { SR: sr, host });
+      if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
+      const ref = newRef();
+      await call.db.create('PBD', ref, { uuid: randomUUID(), host, SR: sr, device_config: dc, currently_attached: false, other_config: rec.other_config ?? {} });
+      return ref;
+    });
   })
     .implement('PBD.destroy', async (call, [self]) => {
       const pbd = await call.db.get('PBD', s(self));
-      if (pbd.currently_attached === true) throw new XapiError('OPERATION_NOT_ALLOWED', ['PBD is currently attached']);
-      await call.db.destroy('PBD', s(self));
+      await storage.withOp(call, { sr: [s(pbd.SR), 'pbd_destroy'] }, async () => {
+        if ((await call.db.get('PBD', s(self))).currently_attached === true) throw new XapiError('OPERATION_NOT_ALLOWED', ['PBD is currently attached']);
+        await call.db.destroy('PBD', s(self));
+      });
     })
     .implement('PBD.plug', async (call, [self]) => {
       const pbd = await call.db.get('PBD', s(self));
@@ -69,7 +83,8 @@ export function register(r: Registry, storage: Storage): void {
     })
     .implement('PBD.unplug', async (call, [self]) => {
       const pbd = await call.db.get('PBD', s(self));
-      await storage.withOp(call, { sr: [s(pbd.SR), 'unplug'] }, () => unplugPbd(storage, s(self)));
+      const sr = s(pbd.SR);
+      await storage.withOp(call, { sr: [sr, 'unplug'], precheck: () => assertVdisIdle(storage, sr) }, () => unplugPbd(storage, s(self)));
     })
     .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', s(self), { device_config: value }));
 }

@@ -1,8 +1,8 @@
-// What SR, PBD and VDI calls share (xapi's sm.ml, storage_utils.ml, xapi_sr_operations.ml,
-// xapi_vdi.ml check_operation_error, message_forwarding.ml with_sr_andor_vdi): the drivers by SR
-// type, the SR context a driver call gets from this host's PBD, SM errors as XenAPI errors,
-// marking operations on SRs and VDIs (waiting while another runs, as xapi retries), scan
-// reconciliation, and the per-SR garbage collector.
+// What SR, PBD and VDI calls share (xapi's sm.ml, storage_utils.ml, message_forwarding.ml
+// with_sr_andor_vdi): the drivers by SR type, the SR context a driver call gets from this host's
+// PBD, SM errors as XenAPI errors, marking operations on SRs and VDIs (waiting while another
+// runs, as xapi retries; the checks are storage-operations.ts), scan reconciliation, and the
+// per-SR garbage collector.
 import { randomUUID } from 'node:crypto';
 import type { Call, HostContext } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
@@ -12,34 +12,15 @@ import type { storage_operations, vdi_operations, VDI_record } from '../schema/g
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
 import { makeDrivers } from '../storage/drivers.js';
+import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
+import { srOperationError, updateSrAllowedOperations, updateVdiAllowedOperations, vdiOperationError } from './storage-operations.js';
 
 const s = (v: unknown) => v as string;
-
-/** SR operation -> the capability it needs (xapi_sr_operations.ml sm_cap_table). */
-const SR_CAP: Partial<Record<storage_operations, string>> = {
-  vdi_create: 'VDI_CREATE', vdi_destroy: 'VDI_DELETE', vdi_resize: 'VDI_RESIZE', vdi_introduce: 'VDI_INTRODUCE',
-  vdi_mirror: 'VDI_MIRROR', vdi_enable_cbt: 'VDI_CONFIG_CBT', vdi_disable_cbt: 'VDI_CONFIG_CBT',
-  vdi_data_destroy: 'VDI_CONFIG_CBT', vdi_list_changed_blocks: 'VDI_CONFIG_CBT', vdi_set_on_boot: 'VDI_RESET_ON_BOOT',
-  vdi_snapshot: 'VDI_SNAPSHOT', update: 'SR_UPDATE', destroy: 'SR_DELETE', scan: 'SR_SCAN', forget: '',
-};
-/** VDI operation -> capability (xapi_vdi.ml feature_of_op). */
-const VDI_CAP: Partial<Record<vdi_operations, string>> = {
-  resize: 'VDI_RESIZE', resize_online: 'VDI_RESIZE_ONLINE', snapshot: 'VDI_SNAPSHOT', clone: 'VDI_CLONE',
-  destroy: 'VDI_DELETE', update: 'VDI_UPDATE', mirror: 'VDI_MIRROR', generate_config: 'VDI_GENERATE_CONFIG',
-  enable_cbt: 'VDI_CONFIG_CBT', disable_cbt: 'VDI_CONFIG_CBT', data_destroy: 'VDI_CONFIG_CBT',
-  list_changed_blocks: 'VDI_CONFIG_CBT', set_on_boot: 'VDI_RESET_ON_BOOT',
-};
-/** VDI operations allowed while a VBD has it attached (xapi_vdi.ml). */
-const LIVE_OK = new Set<vdi_operations>(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy', 'update', 'generate_config', 'force_unlock', 'forget', 'list_changed_blocks']);
-/** Capabilities that real drivers have implicitly (all SRs scan/attach; ext/nfs have SR_DELETE via sr_delete). */
-const IMPLICIT_CAPS = new Set(['SR_SCAN', 'SR_DELETE']);
 
 const GC_DELAY_MS = 200;
 
 export class Storage {
   readonly drivers: Map<string, SmDriver>;
-  /** Early wakeup for callers waiting on a busy SR/VDI (xapi's Early_wakeup). */
-  private readonly waiters = new Map<string, Array<() => void>>();
   private readonly gcTimers = new Map<string, NodeJS.Timeout>();
   private readonly gcRunning = new Map<string, Promise<void>>();
   private closed = false;
@@ -107,76 +88,48 @@ export class Storage {
     }
   }
 
+  /** Does the SR's driver have this SM feature? */
   hasCap(sr: Row<'SR'>, cap: string): boolean {
-    if (cap === '' || IMPLICIT_CAPS.has(cap)) return true;
-    const d = this.drivers.get(s(sr.type));
-    if (!d) return false;
-    if (cap === 'VDI_MIRROR_IN') cap = 'VDI_MIRROR';
-    return cap in d.features;
-  }
-
-  /** Why an SR operation may not start now (xapi_sr_operations.ml), or undefined. */
-  private srOpError(srRef: string, sr: Row<'SR'>, op: storage_operations): XapiError | undefined {
-    if (!this.hasCap(sr, SR_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
-    const current = Object.entries(sr.current_operations as Record<string, string>);
-    if (current.length > 0 && op !== 'plug') {
-      const [task, what] = current.sort((a, b) => a[1].localeCompare(b[1]))[0]!;
-      return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['SR', srRef, what, task]);
-    }
-    if (current.some(([, o]) => o !== 'plug') && op === 'plug') {
-      const [task, what] = current.find(([, o]) => o !== 'plug')!;
-      return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['SR', srRef, what, task]);
-    }
-    return undefined;
-  }
-
-  /** Why a VDI operation may not start now (xapi_vdi.ml check_operation_error), or undefined. */
-  async vdiOpError(vdiRef: string, vdi: Row<'VDI'>, op: vdi_operations): Promise<XapiError | undefined> {
-    const db = this.host.db;
-    const current = Object.entries(vdi.current_operations as Record<string, string>).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
-    const blocking = current.filter(([, o]) => o !== 'copy' || op !== 'copy');
-    if (blocking.length > 0) return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef, blocking[0]![1], blocking[0]![0]]);
-    const sr = await db.get('SR', s(vdi.SR));
-    if (!this.hasCap(sr, VDI_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [s(vdi.SR)]);
-    if (!LIVE_OK.has(op)) {
-      for (const vbdRef of vdi.VBDs as string[]) {
-        const vbd = await db.tryGet('VBD', vbdRef);
-        if (!vbd) continue;
-        const attached = vbd.currently_attached === true;
-        if (attached && !(op === 'copy' && vbd.mode === 'RO')) return new XapiError('VDI_IN_USE', [vdiRef, op]);
-        if (Object.keys(vbd.current_operations as object).length > 0) {
-          const [task, what] = Object.entries(vbd.current_operations as Record<string, string>)[0]!;
-          return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VBD', vbdRef, what, task]);
-        }
-      }
-    }
-    if (vdi.managed !== true && !['forget', 'destroy', 'update'].includes(op)) return new XapiError('VDI_NOT_MANAGED', [vdiRef]);
-    return undefined;
+    const d = this.drivers.get(sr.type);
+    return d !== undefined && cap in d.features;
   }
 
   /**
    * with_sr_andor_vdi: marks the SR and/or VDI operation, runs fn, unmarks. While another
-   * operation holds them the call waits (xapi retries OTHER_OPERATION_IN_PROGRESS, woken early
-   * when the object frees) and can be cancelled meanwhile; other refusals are raised at once.
+   * operation holds them the call waits (xapi's retry on OTHER_OPERATION_IN_PROGRESS, woken
+   * when an operation ends) and can be cancelled meanwhile; other refusals are raised at once.
+   * `precheck` runs first under the same lock (PBD.unplug's check of the SR's VDIs).
    */
-  async withOp<T>(call: Call, target: { sr?: [string, storage_operations]; vdi?: [string, vdi_operations] }, fn: () => Promise<T>): Promise<T> {
+  async withOp<T>(
+    call: Call,
+    target: { sr?: [string, storage_operations]; vdi?: [string, vdi_operations]; precheck?: () => Promise<void> },
+    fn: () => Promise<T>,
+  ): Promise<T> {
     const db = this.host.db;
-    for (;;) {
-      await call.checkCancelled();
-      const sr = target.sr ? await db.get('SR', target.sr[0]) : undefined;
-      const vdi = target.vdi ? await db.get('VDI', target.vdi[0]) : undefined;
-      const err = (sr && this.srOpError(target.sr![0], sr, target.sr![1])) || (vdi && (await this.vdiOpError(target.vdi![0], vdi, target.vdi![1])));
-      if (!err) break;
-      if (err.code !== 'OTHER_OPERATION_IN_PROGRESS') throw err;
-      await this.waitFor(err.params[1]!, 1000);
-    }
-    if (target.sr) await this.mark('SR', target.sr[0], call.task, target.sr[1]);
-    if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, target.vdi[1]);
+    await retryWithGlobalLock(call, async () => {
+      await target.precheck?.();
+      if (target.sr) {
+        const err = await srOperationError(db, target.sr[0], target.sr[1]);
+        if (err) throw err;
+        await this.mark('SR', target.sr[0], call.task, target.sr[1]);
+      }
+      if (target.vdi) {
+        const err = await vdiOperationError(db, target.vdi[0], target.vdi[1]);
+        if (err) {
+          if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+          throw err;
+        }
+        await this.mark('VDI', target.vdi[0], call.task, target.vdi[1]);
+      }
+    });
     try {
       return await fn();
     } finally {
-      if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
-      if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+      await withGlobalLock(this.host, async () => {
+        if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+        if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
+      }).catch((e) => this.host.log.warn({ err: e }, 'unmarking a storage operation failed'));
+      gateOf(this.host).broadcast();
     }
   }
 
@@ -184,50 +137,22 @@ export class Storage {
     // Either class: the same field, written through the database's by-name face.
     const db = untyped(this.host.db);
     const row = await db.tryGet(cls, ref);
-    if (!row) return this.wake(ref);
+    if (!row) return;
     const ops = { ...(row.current_operations as Record<string, string>) };
     if (op) ops[task] = op;
     else delete ops[task];
     await db.update(cls, ref, { current_operations: ops });
     if (cls === 'SR') await this.updateSrAllowed(ref);
     else await this.updateVdiAllowed(ref);
-    if (!op) this.wake(ref);
-  }
-
-  private waitFor(ref: string, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const list = this.waiters.get(ref) ?? [];
-      const t = setTimeout(resolve, ms);
-      list.push(() => {
-        clearTimeout(t);
-        resolve();
-      });
-      this.waiters.set(ref, list);
-    });
-  }
-
-  private wake(ref: string): void {
-    const list = this.waiters.get(ref);
-    this.waiters.delete(ref);
-    for (const w of list ?? []) w();
   }
 
   /** SR.allowed_operations: every operation that could start now. */
   async updateSrAllowed(srRef: string): Promise<void> {
-    const sr = await this.host.db.tryGet('SR', srRef);
-    if (!sr) return;
-    const ops = this.host.schema.enumValues('storage_operations');
-    const allowed = ops.filter((op) => !this.srOpError(srRef, sr, op));
-    await this.host.db.update('SR', srRef, { allowed_operations: allowed });
+    await updateSrAllowedOperations(this.host.db, srRef);
   }
 
   async updateVdiAllowed(vdiRef: string): Promise<void> {
-    const vdi = await this.host.db.tryGet('VDI', vdiRef);
-    if (!vdi) return;
-    const ops = this.host.schema.enumValues('vdi_operations').filter((o) => o !== 'blocked');
-    const allowed: vdi_operations[] = [];
-    for (const op of ops) if (!(await this.vdiOpError(vdiRef, vdi, op))) allowed.push(op);
-    await this.host.db.update('VDI', vdiRef, { allowed_operations: allowed });
+    await updateVdiAllowedOperations(this.host.db, vdiRef);
   }
 
   /** A VDI record for what a driver reported (xapi fills the rest from the call). */
@@ -326,6 +251,8 @@ export class Storage {
       delete other.dirty;
       await db.update('SR', srRef, { other_config: other });
     }
+    // the SR's disks decide whether it may be destroyed
+    await this.updateSrAllowed(srRef);
   }
 
   /** Drops a VDI record and what refers to it: its VBDs go, suspend_VDI links become null. */

@@ -4,6 +4,7 @@ import { checkPermission } from '../api/rbac.js';
 import type { Call, Registry } from '../api/context.js';
 import type { TaskManager } from '../api/tasks.js';
 import { untyped } from '../db/interface.js';
+import { gateOf } from './retry.js';
 
 /** xapi's "own task": created by a session of the same user. */
 async function assertOwn(call: Call, task: string): Promise<void> {
@@ -33,8 +34,11 @@ export function register(r: Registry, tasks: TaskManager): void {
       }
     })
     .implement('task.cancel', async (call, [task]) => {
-      await assertOwn(call, task as string);
-      await tasks.requestCancel(task as string, call.task);
+      await assertOwn(call, task);
+      await tasks.requestCancel(task, call.task);
+      // A call sleeping until a busy object frees re-checks now rather than after its back-off
+      // (xapi's sleeper notices at its next wake-up, up to 20 s later).
+      gateOf(call.host).broadcast();
     });
   for (const field of ['status', 'progress', 'result', 'error_info'] as const) {
     r.implement(`task.set_${field}`, async (call, [self, value]) => {

@@ -1,59 +1,32 @@
 // Which VM operations are allowed when (xapi's xapi_vm_lifecycle.ml): the power states each
 // operation needs, the checks in xapi's order, which operations may run together, and the
-// protocol every operation follows: check and mark current_operations atomically, run, unmark,
-// recompute allowed_operations.
+// protocol every operation follows: check and mark current_operations under the host's lock
+// (waiting while another operation holds the VM), run, unmark, recompute allowed_operations.
 import { XapiError } from '../api/errors.js';
 import type { Call } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
-import type { vm_operations, vm_power_state } from '../schema/generated.js';
-import { Mutex } from '../util/mutex.js';
+import type { vm_appliance_operation, vm_operations, vm_power_state } from '../schema/generated.js';
+import { NULL_REF } from '../schema/types.js';
+import { gateOf, retryWithGlobalLock, withGlobalLock, type RetryPolicy } from './retry.js';
 
 type PS = vm_power_state;
-const ALL: PS[] = ['Halted', 'Paused', 'Running', 'Suspended'];
+const ALL: PS[] = ['Halted', 'Paused', 'Suspended', 'Running'];
 
-/** allowed_power_states, per operation. */
-const POWER_STATES: Partial<Record<vm_operations, PS[]>> = {
-  start: ['Halted'],
-  start_on: ['Halted'],
-  clean_shutdown: ['Running'],
-  hard_shutdown: ['Paused', 'Suspended', 'Running'],
-  shutdown: ['Paused', 'Suspended', 'Running'],
-  clean_reboot: ['Running'],
-  hard_reboot: ['Paused', 'Running'],
-  pause: ['Running'],
-  unpause: ['Paused'],
-  suspend: ['Running'],
-  resume: ['Suspended'],
-  resume_on: ['Suspended'],
-  clone: ['Halted'],
-  copy: ['Halted'],
-  provision: ['Halted'],
-  destroy: ['Halted', 'Suspended'],
-  pool_migrate: ['Running'],
-  migrate_send: ['Halted', 'Suspended', 'Running'],
-  checkpoint: ['Paused', 'Suspended', 'Running'],
-  changing_VCPUs: ['Halted'],
-  changing_static_range: ['Halted'],
-  changing_memory_limits: ['Halted'],
-  changing_dynamic_range: ['Halted', 'Running'],
-  changing_shadow_memory: ['Halted'],
-  changing_NVRAM: ['Halted'],
-  make_into_template: ['Halted'],
-  create_vtpm: ['Halted'],
-  export: ['Halted', 'Suspended'],
-  create_template: ['Halted', 'Suspended'],
-  changing_memory_live: ['Running'],
-  changing_VCPUs_live: ['Running'],
-  changing_shadow_memory_live: ['Running'],
-  send_sysrq: ['Running'],
-  send_trigger: ['Running'],
-  call_plugin: ['Running'],
-  data_source_op: ['Running'],
-  get_boot_record: ['Paused', 'Suspended', 'Running'],
-  import: [],
-};
+/** xapi's bool_of_assoc: "1" or (any case) "true". */
+const flag = (m: Record<string, string>, key: string) => m[key] === '1' || m[key]?.toLowerCase() === 'true';
 
-/** Never listed in allowed_operations (xapi's ignored set). */
+/** Vm_platform.is_true with default false: "true"/"1" (any case). */
+const platformTrue = (platform: Record<string, string>, key: string) => ['true', '1'].includes(platform[key]?.toLowerCase() ?? '');
+
+/** Operations xapi still allows during a rolling pool upgrade. */
+const RPU_ALLOWED = new Set<vm_operations>([
+  'assert_operation_valid', 'changing_memory_live', 'changing_shadow_memory_live', 'changing_VCPUs_live', 'clean_reboot',
+  'clean_shutdown', 'clone', 'copy', 'csvm', 'destroy', 'export', 'get_boot_record', 'hard_reboot', 'hard_shutdown', 'import',
+  'make_into_template', 'migrate_send', 'pause', 'pool_migrate', 'power_state_reset', 'provision', 'resume', 'resume_on',
+  'send_sysrq', 'send_trigger', 'start', 'start_on', 'suspend', 'unpause', 'update_allowed_operations',
+]);
+
+/** Never listed in allowed_operations (xapi's ignored_ops). */
 const IGNORED = new Set<vm_operations>([
   'create_template', 'power_state_reset', 'csvm', 'get_boot_record', 'send_sysrq', 'send_trigger', 'query_services',
   'shutdown', 'call_plugin', 'changing_memory_live', 'awaiting_memory_live', 'changing_memory_limits',
@@ -70,98 +43,344 @@ const CONTROL_DOMAIN_OK = new Set<vm_operations>([
   'data_source_op', 'changing_memory_live', 'awaiting_memory_live', 'metadata_export', 'changing_dynamic_range',
   'changing_memory_limits', 'changing_static_range', 'start', 'start_on', 'changing_VCPUs', 'destroy',
 ]);
+/** Operations a non-mobile VM (platform nomigrate / nested-virt) may not do. */
+const MOVES_MEMORY = new Set<vm_operations>(['suspend', 'checkpoint', 'pool_migrate', 'migrate_send']);
 
-const sameGroup = (ops: vm_operations[], group: vm_operations[]) => ops.every((o) => group.includes(o));
+/** What check_operation_error reads besides the VM row, gathered once for all operations. */
+export interface VmFacts {
+  ref: string;
+  vm: Row<'VM'>;
+  metrics?: Row<'VM_metrics'>;
+  guest?: Row<'VM_guest_metrics'>;
+  /** Per disk: sm_config on_boot=reset, and caching. */
+  disks: { reset: boolean; caching: boolean }[];
+  isDomainZero: boolean;
+  applianceValid: boolean;
+  protectionPolicyValid: boolean;
+  snapshotScheduleValid: boolean;
+  /** PCIs of the VM's NVIDIA SR-IOV vGPUs (passed through with the vGPU, so not counted as PCI passthrough). */
+  sriovPcis: Set<string>;
+  /** Per vGPU: can its memory be saved (an NVIDIA vGPU on a pGPU with compatibility metadata)? */
+  vgpusSuspendable: boolean[];
+  rollingUpgrade: boolean;
+  cloneSuspended: boolean;
+}
 
-/** is_allowed_concurrently: may `op` run while `current` are running? */
+/** allowed_power_states: the power states in which `op` may start. */
+function allowedPowerStates(f: VmFacts, op: vm_operations): PS[] {
+  switch (op) {
+    case 'import':
+      return [];
+    case 'changing_VCPUs': case 'changing_static_range': case 'changing_memory_limits':
+      return f.vm.is_control_domain ? ['Halted', 'Running'] : ['Halted'];
+    case 'changing_shadow_memory': case 'changing_NVRAM': case 'make_into_template': case 'provision': case 'start': case 'start_on':
+    case 'create_vtpm':
+      return ['Halted'];
+    case 'unpause':
+      return ['Paused'];
+    case 'csvm': case 'resume': case 'resume_on':
+      return ['Suspended'];
+    case 'awaiting_memory_live': case 'call_plugin': case 'clean_reboot': case 'clean_shutdown': case 'changing_memory_live':
+    case 'changing_shadow_memory_live': case 'changing_VCPUs_live': case 'data_source_op': case 'pause': case 'pool_migrate':
+    case 'send_sysrq': case 'send_trigger': case 'snapshot_with_quiesce': case 'suspend':
+      return ['Running'];
+    case 'changing_dynamic_range':
+      return ['Halted', 'Running'];
+    case 'clone': case 'copy':
+      return f.vm.is_a_snapshot || f.cloneSuspended ? ['Halted', 'Suspended'] : ['Halted'];
+    case 'create_template': case 'destroy': case 'export':
+      return ['Halted', 'Suspended'];
+    case 'hard_reboot':
+      return ['Paused', 'Running'];
+    case 'checkpoint': case 'get_boot_record': case 'shutdown': case 'hard_shutdown':
+      return ['Paused', 'Suspended', 'Running'];
+    case 'migrate_send':
+      return ['Halted', 'Suspended', 'Running'];
+    default:
+      return ALL;
+  }
+}
+
+/**
+ * How xapi names an operation in its errors (Record_util.vm_operation_to_string): the enum
+ * name, but for two spelt differently and four it has no name for.
+ */
+export function vmOperationString(op: vm_operations): string {
+  if (op === 'assert_operation_valid') return 'assertoperationvalid';
+  if (op === 'data_source_op') return 'data_sources_op';
+  if (op === 'create_template' || op === 'query_services' || op === 'changing_memory_limits' || op === 'changing_VCPUs') return '(unknown operation)';
+  return op;
+}
+
+const inGroup = (op: vm_operations, current: vm_operations[], group: vm_operations[]) => group.includes(op) && current.every((o) => group.includes(o));
+
+/** is_allowed_concurrently: may `op` start while `current` (in current_operations order) run? */
 function allowedConcurrently(op: vm_operations, current: vm_operations[]): boolean {
-  const all = [op, ...current];
-  if (sameGroup(all, ['clone', 'copy', 'export']) || sameGroup(all, ['snapshot', 'checkpoint']) || sameGroup(all, ['get_boot_record'])) {
+  if (inGroup(op, current, ['clone', 'copy', 'export']) || inGroup(op, current, ['snapshot', 'checkpoint']) || inGroup(op, current, ['get_boot_record'])) {
     return true;
   }
   if (op === 'hard_shutdown') return !current.includes('hard_shutdown');
   if (op === 'hard_reboot') return !current.includes('hard_shutdown') && !current.includes('hard_reboot');
-  if (current.length === 1 && current[0] === 'migrate_send') return ['metadata_export', 'clean_shutdown', 'clean_reboot'].includes(op);
-  return false;
+  const only = current.length === 1 ? current[0] : undefined;
+  return (only === 'snapshot_with_quiesce' && op === 'snapshot') || (only === 'migrate_send' && ['metadata_export', 'clean_shutdown', 'clean_reboot'].includes(op));
 }
 
-export const isDefaultTemplate = (vm: Row<'VM'>) =>
-  vm.is_default_template === true || (vm.other_config as Record<string, string>)?.default_template === 'true';
+export const isDefaultTemplate = (vm: Row<'VM'>) => vm.is_default_template || flag(vm.other_config, 'default_template');
 
-/** check_operation_error: the first reason `op` may not run on `vm` now, or undefined. */
-export function operationError(ref: string, vm: Row<'VM'>, op: vm_operations, strict = true): XapiError | undefined {
-  const blocked = vm.blocked_operations as Record<string, string>;
-  if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]]);
-  const power = vm.power_state as PS;
-  const allowed = POWER_STATES[op] ?? ALL;
-  if (!allowed.includes(power)) {
-    return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()]);
+const isLive = (vm: Row<'VM'>) => vm.power_state === 'Running' || vm.power_state === 'Paused';
+
+/** Xapi_pv_driver_version.has_pv_drivers: the guest reported a parseable driver major and minor. */
+function hasPvDrivers(guest: Row<'VM_guest_metrics'> | undefined): boolean {
+  const v = guest?.PV_drivers_version;
+  const int = (s: string | undefined) => s !== undefined && /^[+-]?\d+$/.test(s.trim());
+  const opt = (s: string | undefined) => s === undefined || int(s);
+  return v !== undefined && int(v.major) && int(v.minor) && opt(v.micro) && opt(v.build);
+}
+
+/** check_op_for_feature: operations that need the guest's help, on a guest that cannot give it. */
+function featureError(f: VmFacts, op: vm_operations, strict: boolean): XapiError | undefined {
+  const live = isLive(f.vm);
+  const type = f.metrics?.current_domain_type;
+  const implicit = !live || type === 'pv' || type === 'pv_in_pvh' || type === 'pvh' || hasPvDrivers(f.guest);
+  const other = f.guest?.other ?? {};
+  const lacks = (feature: string) => other[feature] !== '1';
+  const err = () => new XapiError('VM_LACKS_FEATURE', [f.ref]);
+  if (MOVES_MEMORY.has(op) && live) {
+    const reason = other['data-cant-suspend-reason'];
+    if (reason !== undefined) return new XapiError('VM_NON_SUSPENDABLE', [f.ref, reason]);
+    if (!implicit && strict && lacks('feature-suspend')) return err();
+    return undefined;
   }
-  const current = vm.current_operations;
-  const tasks = Object.keys(current);
-  if (tasks.length > 0 && !allowedConcurrently(op, Object.values(current))) {
-    const [task] = tasks.length === 1 ? tasks : [`{${tasks.join(',')}}`];
-    const ops = tasks.length === 1 ? current[tasks[0]!]! : `{${Object.values(current).join(',')}}`;
-    return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VM', ref, ops, task]);
-  }
-  const template = vm.is_a_template === true && vm.is_a_snapshot !== true;
-  if (template && !TEMPLATE_OK.has(op)) {
-    if (!((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) return new XapiError('VM_IS_TEMPLATE', [ref, op]);
-  }
-  if (vm.is_a_snapshot === true && !SNAPSHOT_OK.has(op)) return new XapiError('VM_IS_SNAPSHOT', [ref, op]);
-  if (op === 'provision' && !template) return new XapiError('ONLY_PROVISION_TEMPLATE', []);
-  if (op === 'revert' && vm.is_a_snapshot !== true) return new XapiError('ONLY_REVERT_SNAPSHOT', []);
-  if (vm.is_control_domain === true) {
-    if (vm.domid === 0 && (op === 'changing_VCPUs' || op === 'destroy')) {
-      return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on dom0']);
-    }
-    if (!CONTROL_DOMAIN_OK.has(op)) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on a control domain']);
-  }
-  if (strict && (op === 'suspend' || op === 'checkpoint' || op === 'pool_migrate' || op === 'migrate_send')) {
-    const platform = vm.platform as Record<string, string>;
-    if (platform.nomigrate === 'true' || platform['nested-virt'] === 'true') return new XapiError('VM_IS_IMMOBILE', [ref]);
-  }
+  if (implicit) return undefined;
+  if (op === 'clean_shutdown' && strict && lacks('feature-shutdown') && lacks('feature-poweroff')) return err();
+  if (op === 'clean_reboot' && strict && lacks('feature-shutdown') && lacks('feature-reboot')) return err();
+  if (op === 'changing_VCPUs_live' && lacks('feature-vcpu-hotplug')) return err();
   return undefined;
 }
 
-export function allowedOperations(ref: string, vm: Row<'VM'>, ops: vm_operations[]): vm_operations[] {
-  return ops.filter((op) => !IGNORED.has(op) && operationError(ref, vm, op) === undefined);
+/** check_vgpu: which operations a VM with vGPUs may do. */
+function vgpuError(f: VmFacts, op: vm_operations): XapiError | undefined {
+  const all = f.vgpusSuspendable.every(Boolean);
+  const power = f.vm.power_state;
+  if (op === 'migrate_send' && power === 'Halted') return undefined;
+  if ((op === 'pool_migrate' || op === 'migrate_send') && all) return undefined;
+  if (op === 'checkpoint' && power === 'Suspended') return undefined;
+  if ((op === 'suspend' || op === 'checkpoint') && all) return undefined;
+  if (MOVES_MEMORY.has(op)) return new XapiError('VM_HAS_VGPU', [f.ref]);
+  return undefined;
 }
 
-/** The global lock under which an operation is checked and marked (xapi's with_global_lock). */
-const lock = new Mutex();
+/** check_operation_error: the first reason `op` may not start on the VM now, in xapi's order. */
+export function checkOperation(f: VmFacts, op: vm_operations, strict = true): XapiError | undefined {
+  const { ref, vm } = f;
+  const blocked = vm.blocked_operations;
+  if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]!]);
+  const allowed = allowedPowerStates(f, op);
+  if (!allowed.includes(vm.power_state)) {
+    return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), vm.power_state.toLowerCase()]);
+  }
+  const current = Object.entries(vm.current_operations);
+  if (current.length > 0 && !allowedConcurrently(op, current.map(([, o]) => o))) {
+    const [task, what] =
+      current.length === 1
+        ? [current[0]![0], vmOperationString(current[0]![1])]
+        : [`{${current.map(([t]) => t).join(',')}}`, `{${current.map(([, o]) => vmOperationString(o)).join(',')}}`];
+    return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VM', ref, what, task]);
+  }
+  if (vm.is_a_template && !vm.is_a_snapshot && !TEMPLATE_OK.has(op) && !((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) {
+    return new XapiError('VM_IS_TEMPLATE', [ref, vmOperationString(op)]);
+  }
+  if (vm.is_a_snapshot && !SNAPSHOT_OK.has(op)) return new XapiError('VM_IS_SNAPSHOT', [ref, vmOperationString(op)]);
+  if (op === 'provision' && !vm.is_a_template) return new XapiError('ONLY_PROVISION_TEMPLATE', []);
+  if (op === 'revert' && !vm.is_a_snapshot) return new XapiError('ONLY_REVERT_SNAPSHOT', []);
+  // Whether the VM may move: what the domain was built with (VM_metrics), else its platform.
+  const nomigrate = f.metrics ? f.metrics.nomigrate : platformTrue(vm.platform, 'nomigrate');
+  const nestedVirt = f.metrics ? f.metrics.nested_virt : platformTrue(vm.platform, 'nested-virt');
+  if (MOVES_MEMORY.has(op) && strict && (nomigrate || nestedVirt)) return new XapiError('VM_IS_IMMOBILE', [ref]);
+  if (op === 'changing_dynamic_range' && nestedVirt && strict) return new XapiError('VM_IS_USING_NESTED_VIRT', [ref]);
+  if ((op === 'changing_VCPUs' || op === 'destroy') && f.isDomainZero) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on dom0']);
+  if (vm.is_control_domain && !CONTROL_DOMAIN_OK.has(op)) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on a control domain']);
+  const feature = featureError(f, op, strict);
+  if (feature) return feature;
+  if (op === 'snapshot_with_quiesce') return new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [ref]);
+  if ((op === 'checkpoint' || op === 'snapshot' || op === 'suspend') && f.disks.some((d) => d.reset)) {
+    return new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
+  }
+  if (op === 'pool_migrate' && f.disks.some((d) => d.reset && d.caching)) return new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
+  if (MOVES_MEMORY.has(op) && vm.attached_PCIs.some((p) => !f.sriovPcis.has(p))) return new XapiError('VM_HAS_PCI_ATTACHED', [ref]);
+  if (vm.VGPUs.length > 0) {
+    const e = vgpuError(f, op);
+    if (e) return e;
+  }
+  if ((MOVES_MEMORY.has(op) || op === 'snapshot') && vm.VUSBs.length > 0) return new XapiError('VM_HAS_VUSBS', [ref]);
+  if (op === 'make_into_template') {
+    if (f.applianceValid) return new XapiError('VM_IS_PART_OF_AN_APPLIANCE', [ref, vm.appliance]);
+    if (f.protectionPolicyValid) return new XapiError('VM_ASSIGNED_TO_PROTECTION_POLICY', [ref, vm.protection_policy]);
+    if (f.snapshotScheduleValid) return new XapiError('VM_ASSIGNED_TO_SNAPSHOT_SCHEDULE', [ref, vm.snapshot_schedule]);
+  }
+  if (op === 'query_services' && !flag(vm.other_config, 'is_system_domain')) return new XapiError('NOT_SYSTEM_DOMAIN', [ref]);
+  if (f.rollingUpgrade && !RPU_ALLOWED.has(op)) return new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []);
+  if (op === 'create_vtpm' && vm.VTPMs.length > 0) return new XapiError('VTPM_MAX_AMOUNT_REACHED', [String(vm.VTPMs.length)]);
+  return undefined;
+}
 
-export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
-  const vm = await db.tryGet('VM', ref);
-  if (!vm) return;
-  const ops = allowedOperations(ref, vm, db.schema.enumValues('vm_operations'));
-  const old = vm.allowed_operations as string[];
-  if (old.length !== ops.length || old.some((o, i) => o !== ops[i])) await db.update('VM', ref, { allowed_operations: ops });
+async function poolOtherConfig(db: Db): Promise<Record<string, string>> {
+  const [pool] = await db.all('pool');
+  return pool?.[1].other_config ?? {};
+}
+
+/** Gathers what checkOperation needs about a VM (`vm` when the caller has the row already). */
+export async function vmFacts(db: Db, ref: string, vm?: Row<'VM'>): Promise<VmFacts> {
+  vm ??= await db.get('VM', ref);
+  const valid = async (cls: 'VM_appliance' | 'VMPP' | 'VMSS', r: string) => r !== NULL_REF && (await db.tryGet(cls, r)) !== undefined;
+  const disks: VmFacts['disks'] = [];
+  for (const vbdRef of vm.VBDs) {
+    const vbd = await db.tryGet('VBD', vbdRef);
+    const vdi = vbd && vbd.VDI !== NULL_REF ? await db.tryGet('VDI', vbd.VDI) : undefined;
+    if (vdi) disks.push({ reset: vdi.sm_config.on_boot === 'reset', caching: flag(vdi.sm_config, 'caching') });
+  }
+  const sriovPcis = new Set<string>();
+  const vgpusSuspendable: boolean[] = [];
+  for (const vgpuRef of vm.VGPUs) {
+    const vgpu = await db.tryGet('VGPU', vgpuRef);
+    const type = vgpu ? await db.tryGet('VGPU_type', vgpu.type) : undefined;
+    const impl = type?.implementation;
+    if (impl === 'nvidia_sriov' && vgpu) sriovPcis.add(vgpu.PCI);
+    const pgpu = vgpu && vgpu.resident_on !== NULL_REF ? await db.tryGet('PGPU', vgpu.resident_on) : undefined;
+    vgpusSuspendable.push((impl === 'nvidia' || impl === 'nvidia_sriov') && pgpu !== undefined && 'nvidia' in pgpu.compatibility_metadata);
+  }
+  const host = vm.resident_on !== NULL_REF ? await db.tryGet('host', vm.resident_on) : undefined;
+  const other = await poolOtherConfig(db);
+  return {
+    ref,
+    vm,
+    metrics: vm.metrics !== NULL_REF ? await db.tryGet('VM_metrics', vm.metrics) : undefined,
+    guest: vm.guest_metrics !== NULL_REF ? await db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
+    disks,
+    isDomainZero: vm.is_control_domain && host?.control_domain === ref,
+    applianceValid: await valid('VM_appliance', vm.appliance),
+    protectionPolicyValid: await valid('VMPP', vm.protection_policy),
+    snapshotScheduleValid: await valid('VMSS', vm.snapshot_schedule),
+    sriovPcis,
+    vgpusSuspendable,
+    rollingUpgrade: 'rolling_upgrade_in_progress' in other,
+    cloneSuspended: other.allow_clone_suspended_vm === 'true',
+  };
+}
+
+/** assert_operation_valid's question: why `op` may not start on the VM now, or undefined. */
+export async function operationError(db: Db, ref: string, op: vm_operations, strict = true): Promise<XapiError | undefined> {
+  return checkOperation(await vmFacts(db, ref), op, strict);
 }
 
 /**
- * with_vm_operation: check `op` and add it to current_operations under the lock, run `fn`
- * outside it, then remove it and recompute allowed_operations, whatever happened.
+ * The VM's allowed_operations as xapi lists them: every operation not ignored that passes the
+ * strict check, in reverse datamodel order (xapi folds the list onto an accumulator).
  */
-export async function withVmOperation<T>(call: Call, ref: string, op: vm_operations, fn: () => Promise<T>, strict = true): Promise<T> {
+export function allowedOperations(f: VmFacts, all: readonly vm_operations[]): vm_operations[] {
+  const ops = all.filter((op) => !IGNORED.has(op) && checkOperation(f, op, true) === undefined).reverse();
+  return f.rollingUpgrade ? ops.filter((op) => RPU_ALLOWED.has(op)) : ops;
+}
+
+const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** VM_appliance's operations: one at a time, and only if some member VM is in a fitting state. */
+async function updateApplianceOperations(db: Db, ref: string): Promise<void> {
+  const app = await db.tryGet('VM_appliance', ref);
+  if (!app) return;
+  const current = Object.entries(app.current_operations);
+  const states: PS[] = [];
+  for (const vm of app.VMs) {
+    const row = await db.tryGet('VM', vm);
+    if (row) states.push(row.power_state);
+  }
+  const fits: Record<vm_appliance_operation, (s: PS) => boolean> = {
+    start: (s) => s === 'Halted',
+    clean_shutdown: (s) => s === 'Running',
+    hard_shutdown: (s) => s !== 'Halted',
+    shutdown: (s) => s !== 'Halted',
+  };
+  const ops = (['start', 'clean_shutdown', 'hard_shutdown', 'shutdown'] as const).filter(
+    (op) => current.length === 0 && app.VMs.length > 0 && states.some(fits[op]),
+  );
+  if (!sameList(app.allowed_operations, ops)) await db.update('VM_appliance', ref, { allowed_operations: ops });
+}
+
+/**
+ * update_allowed_operations: the VM's allowed_operations recomputed, then those of its
+ * appliance and its vTPMs, which follow the VM's state.
+ */
+export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
+  const vm = await db.tryGet('VM', ref);
+  if (!vm) return;
+  const ops = allowedOperations(await vmFacts(db, ref, vm), db.schema.enumValues('vm_operations'));
+  if (!sameList(vm.allowed_operations, ops)) await db.update('VM', ref, { allowed_operations: ops });
+  if (vm.appliance !== NULL_REF) await updateApplianceOperations(db, vm.appliance);
+  for (const vtpm of vm.VTPMs) {
+    const row = await db.tryGet('VTPM', vtpm);
+    const want = vm.power_state === 'Halted' ? (['destroy'] as const) : [];
+    if (row && !sameList(row.allowed_operations, want)) await db.update('VTPM', vtpm, { allowed_operations: [...want] });
+  }
+}
+
+/**
+ * force_state_reset: what xapi writes when it decides a VM's power state without the domain
+ * manager (power_state_reset, a suspended VM's hard shutdown): the state, and for Halted, no
+ * device attached, no host, no domain; current_operations are cleared.
+ */
+export async function forceStateReset(db: Db, ref: string, state: PS): Promise<void> {
+  const vm = await db.get('VM', ref);
+  if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
+  await db.update('VM', ref, { power_state: state });
+  if (state === 'Halted') {
+    for (const vbd of vm.VBDs) if (await db.tryGet('VBD', vbd)) await db.update('VBD', vbd, { currently_attached: false, current_operations: {} });
+    for (const vif of vm.VIFs) if (await db.tryGet('VIF', vif)) await db.update('VIF', vif, { currently_attached: false, current_operations: {} });
+    for (const vusb of vm.VUSBs) if (await db.tryGet('VUSB', vusb)) await db.update('VUSB', vusb, { currently_attached: false, current_operations: {} });
+    await db.update('VM', ref, { requires_reboot: false });
+  }
+  if (state === 'Halted' || state === 'Suspended') {
+    await db.update('VM', ref, { resident_on: NULL_REF, scheduled_to_be_resident_on: NULL_REF, domid: -1 });
+  }
+  await updateAllowedOperations(db, ref);
+}
+
+/**
+ * with_vm_operation: check `op` and add it to current_operations under the host's lock,
+ * waiting while another operation holds the VM; run `fn` outside the lock; then remove it,
+ * recompute allowed_operations and wake whoever waits, whatever happened.
+ */
+export async function withVmOperation<T>(
+  call: Call,
+  ref: string,
+  op: vm_operations,
+  fn: () => Promise<T>,
+  opts: { strict?: boolean; policy?: RetryPolicy } = {},
+): Promise<T> {
   const db = call.db;
   const key = call.task;
-  await lock.run(async () => {
-    const vm = await db.get('VM', ref);
-    const err = operationError(ref, vm, op, strict);
-    if (err) throw err;
-    await db.update('VM', ref, { current_operations: { ...vm.current_operations, [key]: op } });
-    await updateAllowedOperations(db, ref);
-  });
+  await retryWithGlobalLock(
+    call,
+    async () => {
+      const vm = await db.get('VM', ref);
+      const err = checkOperation(await vmFacts(db, ref, vm), op, opts.strict ?? true);
+      if (err) throw err;
+      await db.update('VM', ref, { current_operations: { ...vm.current_operations, [key]: op } });
+      await updateAllowedOperations(db, ref);
+    },
+    opts.policy,
+  );
   try {
     return await fn();
   } finally {
-    const vm = await db.tryGet('VM', ref);
-    if (vm) {
-      const current = { ...vm.current_operations };
-      delete current[key];
-      await db.update('VM', ref, { current_operations: current });
-      await updateAllowedOperations(db, ref);
-    }
+    await withGlobalLock(call.host, async () => {
+      const vm = await db.tryGet('VM', ref);
+      if (vm && key in vm.current_operations) {
+        const current = { ...vm.current_operations };
+        delete current[key];
+        await db.update('VM', ref, { current_operations: current });
+        await updateAllowedOperations(db, ref);
+      }
+    }).catch((e) => call.host.log.warn({ err: e, vm: ref }, 'unmarking a VM operation failed'));
+    gateOf(call.host).broadcast();
   }
 }

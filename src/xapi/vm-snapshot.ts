@@ -40,7 +40,7 @@ export function register(r: Registry, svc: VmService): void {
       if (snap.is_a_snapshot !== true) throw new XapiError('ONLY_REVERT_SNAPSHOT', []);
       const vm = s(snap.snapshot_of);
       if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) throw new XapiError('VM_REVERT_FAILED', [s(snapshot), vm]);
-      await withVmOperation(call, s(snapshot), 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, s(snapshot), vm), false));
+      await withVmOperation(call, s(snapshot), 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, s(snapshot), vm), { strict: false }));
     });
 }
 

@@ -4,13 +4,15 @@
 // the backend reports afterwards (XenopsSync.refresh), not what was asked for.
 import { randomUUID } from 'node:crypto';
 import { XapiError } from '../api/errors.js';
-import type { Call, MessageImpl, Registry } from '../api/context.js';
+import type { Call, Impl, MessageImpl, Registry } from '../api/context.js';
 import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';
 import type { VM_record, vm_operations } from '../schema/generated.js';
 import type { Schema } from '../schema/schema.js';
-import { NULL_REF } from '../schema/types.js';
-import { isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
+import { NULL_REF, formatDateTime } from '../schema/types.js';
+import { forceStateReset, isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
+import { withVmPlacedOnHost } from './host-operations.js';
+import { updateVmDisksAllowedOperations } from './storage-operations.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryConstraints } from './memory.js';
 import { parseDisksXml } from '../host/templates.js';
@@ -22,13 +24,33 @@ const s = (v: unknown) => v as string;
 export class VmService {
   constructor(readonly sync: XenopsSync) {}
 
-  private async backend<T>(vmRef: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Backend calls of an operation: the update loop stays off the VM meanwhile, the outcome is
+   * re-read after. An operation whose task was cancelled meanwhile (a hard shutdown cancels
+   * the clean ones it overtakes) ends as cancelled.
+   */
+  private async backend<T>(call: Call, vmRef: string, fn: () => Promise<T>): Promise<T> {
+    let outcome: { ok: true; value: T } | { ok: false; error: unknown };
     try {
-      return await fn();
+      outcome = { ok: true, value: await this.sync.whileOperating(vmRef, fn) };
     } catch (e) {
-      throw xenopsError(vmRef, e);
-    } finally {
-      await this.sync.refresh(vmRef);
+      outcome = { ok: false, error: e };
+    }
+    await this.sync.refresh(vmRef);
+    await call.checkCancelled();
+    if (!outcome.ok) throw xenopsError(vmRef, outcome.error);
+    return outcome.value;
+  }
+
+  /**
+   * What a hard shutdown or reboot does first (message_forwarding.ml cancel): the operations it
+   * overtakes are asked to stop through their tasks. xapi then waits for them, because xenopsd
+   * interrupts them; the domain manager here cannot be interrupted, so they notice once the
+   * hard operation has taken the domain away.
+   */
+  private async cancelOperations(call: Call, ref: string, ops: vm_operations[]): Promise<void> {
+    for (const [task, op] of Object.entries((await call.db.get('VM', ref)).current_operations)) {
+      if (ops.includes(op) && (await call.db.tryGet('task', task))) await call.db.update('task', task, { current_operations: { [call.task]: 'cancel' } });
     }
   }
 
@@ -97,6 +119,13 @@ export class VmService {
       const hostRef = on ?? (await this.chooseHost(call, ref));
       if (on) await this.assertCanBootHere(call, ref, hostRef);
       if (hostRef !== call.host.hostRef) throw new XapiError('CANNOT_CONTACT_HOST', [hostRef]);
+      await withVmPlacedOnHost(call, hostRef, 'vm_start', () => this.startHere(call, ref, hostRef, paused));
+    });
+  }
+
+  /** The start itself, on this host, once it is chosen and marked. */
+  private async startHere(call: Call, ref: string, hostRef: string, paused: boolean): Promise<void> {
+    {
       const vm = await call.db.get('VM', ref);
       // A fresh boot: the old guest metrics go, the overhead is recomputed (xapi's start).
       if (vm.guest_metrics !== NULL_REF && (await call.db.tryGet('VM_guest_metrics', s(vm.guest_metrics)))) {
@@ -109,12 +138,12 @@ export class VmService {
         if (disk !== NULL_REF) await this.sync.storage.resetOnBoot(disk);
       }
       await call.db.commit();
-      await this.backend(ref, async () => {
+      await this.backend(call, ref, async () => {
         await this.sync.backend.add(await this.sync.config(ref));
         await this.sync.backend.start(s(vm.uuid), { paused });
       });
       await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
-    });
+    }
   }
 
   private async assertPowerState(call: Call, ref: string, expected: string): Promise<void> {
@@ -125,41 +154,58 @@ export class VmService {
   async simple(call: Call, ref: string, op: vm_operations, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
-      await this.backend(ref, () => run(s(vm.uuid)));
+      await this.backend(call, ref, () => run(s(vm.uuid)));
       await this.assertPowerState(call, ref, expect);
+    });
+  }
+
+  async hardReboot(call: Call, ref: string): Promise<void> {
+    await withVmOperation(call, ref, 'hard_reboot', async () => {
+      await this.cancelOperations(call, ref, ['clean_shutdown', 'clean_reboot', 'pool_migrate', 'call_plugin', 'suspend']);
+      const vm = await call.db.get('VM', ref);
+      await this.backend(call, ref, () => this.sync.backend.reboot(vm.uuid));
+      await this.assertPowerState(call, ref, 'Running');
     });
   }
 
   /** hard_shutdown also works on a Suspended VM: its memory image is discarded. */
   async hardShutdown(call: Call, ref: string, op: vm_operations = 'hard_shutdown'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
+      await this.cancelOperations(call, ref, ['clean_shutdown', 'clean_reboot', 'hard_reboot', 'pool_migrate', 'call_plugin', 'shutdown', 'suspend']);
       const vm = await call.db.get('VM', ref);
-      if (vm.power_state === 'Suspended') {
-        await this.discardSuspendImage(call, ref);
-        await call.db.update('VM', ref, { power_state: 'Halted' });
-        await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
-        await this.sync.refresh(ref);
-        return;
-      }
-      await this.backend(ref, () => this.sync.backend.shutdown(s(vm.uuid)));
-      await this.assertPowerState(call, ref, 'Halted');
+      await this.hardShutdownNow(call, ref, vm);
     });
   }
 
-  async shutdown(call: Call, ref: string): Promise<void> {
-    // xapi's VM.shutdown: clean, falling back to hard
-    const vm = await call.db.get('VM', ref);
-    const err = operationError(ref, vm, 'shutdown');
-    if (err) throw err;
-    if (vm.power_state === 'Running') {
-      try {
-        await this.simple(call, ref, 'clean_shutdown', (u) => this.sync.backend.shutdown(u, this.cleanTimeout(vm)), 'Halted');
-        return;
-      } catch (e) {
-        if (e instanceof XapiError && e.code === 'OTHER_OPERATION_IN_PROGRESS') throw e;
-      }
+  /** hard_shutdown's work: a suspended VM loses its image, a live one its domain. */
+  private async hardShutdownNow(call: Call, ref: string, vm: Row<'VM'>): Promise<void> {
+    if (vm.power_state === 'Suspended') {
+      await this.discardSuspendImage(call, ref);
+      await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
+      // as xapi: force_state_reset, which also clears current_operations
+      await forceStateReset(call.db, ref, 'Halted');
+      return;
     }
-    await this.hardShutdown(call, ref);
+    if (vm.power_state === 'Halted') return;
+    await this.backend(call, ref, () => this.sync.backend.shutdown(s(vm.uuid)));
+    await this.assertPowerState(call, ref, 'Halted');
+  }
+
+  /** VM.shutdown: one `shutdown` operation; clean (within shutdown_delay) if it can, else hard. */
+  async shutdown(call: Call, ref: string): Promise<void> {
+    await withVmOperation(call, ref, 'shutdown', async () => {
+      const vm = await call.db.get('VM', ref);
+      if (vm.power_state === 'Running') {
+        try {
+          await this.backend(call, ref, () => this.sync.backend.shutdown(s(vm.uuid), this.cleanTimeout(vm)));
+          await this.assertPowerState(call, ref, 'Halted');
+          return;
+        } catch (e) {
+          call.host.log.warn({ err: e, vm: ref }, 'clean shutdown failed; shutting down hard');
+        }
+      }
+      await this.hardShutdownNow(call, ref, await call.db.get('VM', ref));
+    });
   }
 
   cleanTimeout(vm: Row<'VM'>): number {
@@ -177,10 +223,12 @@ export class VmService {
       const hostRef = on ?? (await this.chooseHost(call, ref));
       if (on) await this.assertCanBootHere(call, ref, hostRef);
       const vm = await call.db.get('VM', ref);
-      await call.db.update('VM', ref, { scheduled_to_be_resident_on: hostRef });
-      await this.backend(ref, async () => {
-        await this.sync.backend.add(await this.sync.config(ref));
-        await this.sync.backend.resume(s(vm.uuid), { paused });
+      await withVmPlacedOnHost(call, hostRef, 'vm_resume', async () => {
+        await call.db.update('VM', ref, { scheduled_to_be_resident_on: hostRef });
+        await this.backend(call, ref, async () => {
+          await this.sync.backend.add(await this.sync.config(ref));
+          await this.sync.backend.resume(s(vm.uuid), { paused });
+        });
       });
       await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
       await this.discardSuspendImage(call, ref);
@@ -214,7 +262,7 @@ export class VmService {
       }
       await call.db.update('VM', ref, { suspend_VDI: vdi });
       try {
-        await this.backend(ref, async () => {
+        await this.backend(call, ref, async () => {
           await this.sync.backend.add(await this.sync.config(ref));
           await this.sync.backend.suspend(s(vm.uuid));
         });
@@ -251,7 +299,7 @@ export class VmService {
     const db = call.db;
     const vm = await db.get('VM', ref);
     if (vm.is_a_template === true && isDefaultTemplate(vm)) throw new XapiError('VM_CANNOT_DELETE_DEFAULT_TEMPLATE', [ref]);
-    const err = operationError(ref, vm, 'destroy');
+    const err = await operationError(db, ref, 'destroy');
     if (err) throw err;
     if (vm.power_state === 'Suspended') await this.discardSuspendImage(call, ref);
     await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
@@ -346,7 +394,7 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
       const row = await call.db.get('VM', s(vm));
       await svc.simple(call, s(vm), 'clean_reboot', (u) => sync.backend.reboot(u, svc.cleanTimeout(row)), 'Running');
     })
-    .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, s(vm), 'hard_reboot', (u) => sync.backend.reboot(u), 'Running'))
+    .implement('VM.hard_reboot', (call, [vm]) => svc.hardReboot(call, vm))
     .implement('VM.suspend', (call, [vm]) => svc.suspend(call, s(vm)))
     .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, s(vm), paused === true))
     .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, s(vm), paused === true, s(host), 'resume_on'))
@@ -367,19 +415,92 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
       return out;
     })
     .implement('VM.assert_operation_valid', async (call, [vm, op]) => {
-      const err = operationError(vm, await call.db.get('VM', vm), op);
+      const err = await operationError(call.db, vm, op);
       if (err) throw err;
     })
-    .implement('VM.update_allowed_operations', (call, [vm]) => updateAllowedOperations(call.db, s(vm)))
+    // xapi recomputes the VM's devices too (the disks' VDIs here; VBDs and VIFs have their own)
+    .implement('VM.update_allowed_operations', async (call, [vm]) => {
+      await updateVmDisksAllowedOperations(call.db, await call.db.get('VM', vm));
+      await updateAllowedOperations(call.db, vm);
+    })
     .implement('VM.get_allowed_VBD_devices', (call, [vm]) => freeDevices(call, s(vm), 'VBD', 255))
     .implement('VM.get_allowed_VIF_devices', (call, [vm]) => freeDevices(call, s(vm), 'VIF', 16))
     .implement('VM.compute_memory_overhead', async (call, [vm]) => vmOverhead(await call.db.get('VM', s(vm))))
-    .implement('VM.power_state_reset', async (call, [vm]) => {
-      const row = await call.db.get('VM', s(vm));
-      if (row.is_control_domain === true) throw new XapiError('CANNOT_RESET_CONTROL_DOMAIN', [s(vm)]);
-      const state = await sync.stat(row);
-      if (state && state.powerState !== 'Halted') throw new XapiError('DOMAIN_EXISTS', [s(vm), String(state.domid)]);
-      await call.db.update('VM', s(vm), { power_state: 'Halted' });
-      await sync.refresh(s(vm));
+    .implement('VM.power_state_reset', (call, [vm]) => powerStateReset(call, sync, vm))
+    .implement('VM.set_is_a_template', (call, [self, value]) => setIsATemplate(call, self, value));
+
+  // Setters of fields the operation checks read: the generic write, then allowed_operations
+  // recomputed (xapi does it for blocked_operations; the others are kept current here too).
+  const recomputing = [
+    'VM.set_blocked_operations', 'VM.add_to_blocked_operations', 'VM.remove_from_blocked_operations',
+    'VM.set_other_config', 'VM.add_to_other_config', 'VM.remove_from_other_config',
+    'VM.set_platform', 'VM.add_to_platform', 'VM.remove_from_platform', 'VM.set_appliance',
+  ] as const;
+  for (const wire of recomputing) {
+    const generic = genericImpl(schema, wire) as Impl;
+    r.implementAny(wire, async (call, args) => {
+      const result = await generic(call, args);
+      await updateAllowedOperations(call.db, args[0] as string);
+      return result;
     });
+  }
+}
+
+/**
+ * VM.power_state_reset (xapi_vm.ml): for when the database thinks a VM runs and it does not.
+ * Refused for a control domain; for a live VM placed here, refused if the domain manager says
+ * it runs (DOMAIN_EXISTS, with the VM only), otherwise the backend forgets it; placed on another
+ * host that is alive, refused (HOST_IS_LIVE). Then the VM is Halted, whatever its state.
+ */
+async function powerStateReset(call: Call, sync: XenopsSync, ref: string): Promise<void> {
+  const db = call.db;
+  const vm = await db.get('VM', ref);
+  if (vm.is_control_domain) throw new XapiError('CANNOT_RESET_CONTROL_DOMAIN', [ref]);
+  if (vm.power_state === 'Running' || vm.power_state === 'Paused') {
+    if (vm.resident_on === call.host.hostRef) {
+      const state = await sync.stat(vm).catch(() => undefined);
+      if (state?.powerState === 'Running') throw new XapiError('DOMAIN_EXISTS', [ref]);
+      await sync.backend.remove(vm.uuid).catch(() => undefined);
+    } else {
+      const host = vm.resident_on !== NULL_REF ? await db.tryGet('host', vm.resident_on) : undefined;
+      const metrics = host && host.metrics !== NULL_REF ? await db.tryGet('host_metrics', host.metrics) : undefined;
+      if (metrics?.live) throw new XapiError('HOST_IS_LIVE', [vm.resident_on]);
+    }
+  }
+  await forceStateReset(db, ref, 'Halted');
+}
+
+/**
+ * VM.set_is_a_template (message_forwarding.ml, xapi_vm_helpers.ml). Making a template is the
+ * make_into_template operation: a Halted VM only (VM_BAD_POWER_STATE otherwise), not one in an
+ * appliance or under a protection policy or snapshot schedule; the template loses its
+ * ha_always_run, its VUSBs and PVS proxies, and its metrics record. Turning a template back
+ * into a VM records the install time in its metrics, if it has any.
+ */
+async function setIsATemplate(call: Call, ref: string, value: boolean): Promise<void> {
+  const db = call.db;
+  if (!value) {
+    const vm = await db.get('VM', ref);
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) {
+      await db.update('VM_metrics', vm.metrics, { install_time: formatDateTime(new Date(call.host.now())) });
+    }
+    await db.update('VM', ref, { is_a_template: false });
+    // (xapi leaves allowed_operations as they were here; they are recomputed so that a VM
+    // made from a template advertises what it can do at once.)
+    await updateAllowedOperations(db, ref);
+    return;
+  }
+  await withVmOperation(call, ref, 'make_into_template', async () => {
+    const vm = await db.get('VM', ref);
+    const [pool] = await db.all('pool');
+    const protectedByHa = vm.ha_always_run && vm.ha_restart_priority === 'restart';
+    if (pool?.[1].ha_enabled && protectedByHa) throw new XapiError('VM_IS_PROTECTED', [ref]);
+    await db.update('VM', ref, { ha_always_run: false });
+    for (const vusb of vm.VUSBs) if (await db.tryGet('VUSB', vusb)) await db.destroy('VUSB', vusb);
+    for (const vif of vm.VIFs) {
+      for (const [proxy] of await db.find('PVS_proxy', { VIF: vif })) await db.destroy('PVS_proxy', proxy);
+    }
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) await db.destroy('VM_metrics', vm.metrics);
+    await db.update('VM', ref, { metrics: NULL_REF, is_a_template: true });
+  });
 }

@@ -14,6 +14,7 @@ import { DomainError, type DomainManager, type VmConfig, type VmState } from '..
 import { updateAllowedOperations } from './vm-lifecycle.js';
 import { Mutex } from '../util/mutex.js';
 import type { Storage } from './storage.js';
+import { updateVdiAllowedOperations } from './storage-operations.js';
 
 /** xapi's transform_xenops_exn: backend errors as XenAPI errors. */
 export function xenopsError(vmRef: string, e: unknown, deviceRef?: string): unknown {
@@ -108,12 +109,39 @@ export class XenopsSync {
 
   /** Refreshes of one VM run one at a time: the API's and the update loop's would race. */
   private readonly refreshLocks = new Map<string, Mutex>();
+  /** VMs an API operation is driving through the backend now, with how many operations. */
+  private readonly operating = new Map<string, number>();
+
+  private lockOf(vmRef: string): Mutex {
+    let lock = this.refreshLocks.get(vmRef);
+    if (!lock) this.refreshLocks.set(vmRef, (lock = new Mutex()));
+    return lock;
+  }
 
   /** update_vm: write what the backend says about one VM into the database. */
   async refresh(vmRef: string): Promise<void> {
-    let lock = this.refreshLocks.get(vmRef);
-    if (!lock) this.refreshLocks.set(vmRef, (lock = new Mutex()));
-    await lock.run(() => this.refreshNow(vmRef));
+    await this.lockOf(vmRef).run(() => this.refreshNow(vmRef));
+  }
+
+  /**
+   * Runs an operation's backend calls with the update loop kept off the VM (xapi ignores the
+   * domain manager's events for a VM it is starting, and suppresses them while it migrates
+   * one): the states a domain passes through on the way (Paused while it is built, restored
+   * or saved) never reach the database; the operation's own refresh writes where it ended.
+   * Begins under the VM's refresh lock, so a refresh of the loop already under way finishes
+   * first.
+   */
+  async whileOperating<T>(vmRef: string, fn: () => Promise<T>): Promise<T> {
+    await this.lockOf(vmRef).run(async () => {
+      this.operating.set(vmRef, (this.operating.get(vmRef) ?? 0) + 1);
+    });
+    try {
+      return await fn();
+    } finally {
+      const n = (this.operating.get(vmRef) ?? 1) - 1;
+      if (n > 0) this.operating.set(vmRef, n);
+      else this.operating.delete(vmRef);
+    }
   }
 
   /** A destroyed VM needs no refresh lock. */
@@ -121,7 +149,8 @@ export class XenopsSync {
     this.refreshLocks.delete(vmRef);
   }
 
-  private async refreshNow(vmRef: string): Promise<void> {
+  private async refreshNow(vmRef: string, fromLoop = false): Promise<void> {
+    if (fromLoop && this.operating.has(vmRef)) return;
     const db = this.host.db;
     const vm = await db.tryGet('VM', vmRef);
     if (!vm || vm.is_control_domain === true) return;
@@ -140,9 +169,8 @@ export class XenopsSync {
     if (state && live) changes.memory_target = state.memoryTarget;
     if (!live) {
       // force_state_reset: nothing is attached to a VM that is not running
-      for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
-        for (const ref of refs) await this.updateChanged(cls, ref, { currently_attached: false });
-      }
+      for (const ref of vm.VIFs) await this.updateChanged('VIF', ref, { currently_attached: false });
+      for (const ref of vm.VBDs) if (await this.updateChanged('VBD', ref, { currently_attached: false })) await this.vbdAttachmentChanged(ref);
       if (power === 'Halted') changes.requires_reboot = false;
     }
     await this.updateChanged('VM', vmRef, changes);
@@ -155,6 +183,12 @@ export class XenopsSync {
       };
       // start_time stays that of the last boot once the VM stops
       if (live && state?.lastStartTime) metrics.start_time = formatDateTime(new Date(state.lastStartTime));
+      // What the domain was built with decides whether it may move (xenopsd reports it at build).
+      if (live && vm.power_state !== 'Running' && vm.power_state !== 'Paused') {
+        const on = (key: string) => ['true', '1'].includes(vm.platform[key]?.toLowerCase() ?? '');
+        metrics.nomigrate = on('nomigrate');
+        metrics.nested_virt = on('nested-virt');
+      }
       if (await this.updateChanged('VM_metrics', vm.metrics as string, metrics)) {
         await db.update('VM_metrics', vm.metrics as string, { last_updated: now });
       }
@@ -217,9 +251,18 @@ export class XenopsSync {
         } catch (e) {
           if (!(e instanceof DomainError)) throw e;
         }
-        if (dev.currently_attached !== plugged) await db.update(cls, ref, { currently_attached: plugged });
+        if (dev.currently_attached !== plugged) {
+          await db.update(cls, ref, { currently_attached: plugged });
+          if (cls === 'VBD') await this.vbdAttachmentChanged(ref);
+        }
       }
     }
+  }
+
+  /** A disk's attachment decides what may be done to its VDI (xapi's update_vbd). */
+  private async vbdAttachmentChanged(vbdRef: string): Promise<void> {
+    const vbd = await this.host.db.tryGet('VBD', vbdRef);
+    if (vbd && !vbd.empty && vbd.VDI !== NULL_REF) await updateVdiAllowedOperations(this.host.db, vbd.VDI);
   }
 
   private async syncConsoles(vmRef: string, consoles: VmState['consoles']): Promise<void> {
@@ -299,7 +342,7 @@ export class XenopsSync {
   /** A change the API did not ask for (guest agent data, a guest-initiated halt or reboot, a crash). */
   private async onUpdate(ref: string): Promise<void> {
     const before = await this.host.db.get('VM', ref);
-    await this.refresh(ref);
+    await this.lockOf(ref).run(() => this.refreshNow(ref, true));
     const after = await this.host.db.get('VM', ref);
     const busy = Object.keys(after.current_operations as object).length > 0;
     if (busy || before.power_state === after.power_state || after.power_state !== 'Halted') return;

@@ -388,7 +388,8 @@ test('VM.checkpoint keeps the memory image with the disks; reverting to it gives
   const t = await setup();
   try {
     const vm = await t.provisionedVm('cp');
-    await t.ok('VM.set_memory', t.s, vm, BigInt(256 * MiB));
+    // set_memory keeps static_min (the template's is above 256 MiB): all four limits at once
+    await t.ok('VM.set_memory_limits', t.s, vm, BigInt(256 * MiB), BigInt(256 * MiB), BigInt(256 * MiB), BigInt(256 * MiB));
     await t.ok('VM.start', t.s, vm, false, false);
     const cp = (await t.ok('VM.checkpoint', t.s, vm, 'with memory')) as string;
     const c = await t.rec('VM', cp);

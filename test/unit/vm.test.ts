@@ -11,7 +11,23 @@ import { apiClient, struct } from './api-client.js';
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 
-async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number } = {}) {
+/** Polls a condition (every 10 ms, for up to 10 s): tests wait on what they need, not on time. */
+async function waitFor(cond: () => Promise<boolean>, what = 'the condition'): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (await cond()) return;
+    await sleep(10);
+  }
+  assert.fail(`${what} never held`);
+}
+
+/** The task's record once it is no longer pending. */
+async function waitTask(ok: (m: string, ...p: Rpc[]) => Promise<Rpc>, s: string, task: string): Promise<RpcStruct> {
+  let rec: RpcStruct = newStruct();
+  await waitFor(async () => (rec = (await ok('task.get_record', s, task)) as RpcStruct).status !== 'pending', `task ${task} finishing`);
+  return rec;
+}
+
+async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number; agentDelayMs?: number } = {}) {
   const h = await memoryHost({ rootPassword: 'pw', ...opts });
   h.xenops.start();
   const { call, ok, err } = apiClient(h);
@@ -57,7 +73,12 @@ async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number } = {}
     return vm;
   };
   const rec = async (vm: string) => (await ok('VM.get_record', s, vm)) as RpcStruct;
-  return { ...h, call, ok, err, s, makeVm, rec, network: network! };
+  /** Until the guest agent has reported (an HVM guest needs its features for clean operations). */
+  const waitAgent = async (vm: string) => {
+    for (let i = 0; i < 500 && (await rec(vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await sleep(10);
+    assert.notEqual((await rec(vm)).guest_metrics, 'OpaqueRef:NULL', 'the guest agent never reported');
+  };
+  return { ...h, call, ok, err, s, makeVm, rec, waitAgent, network: network! };
 }
 
 test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, destroy', async () => {
@@ -75,14 +96,14 @@ test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, de
     assert.equal(r.resident_on, t.host.hostRef);
     assert.ok(Number(r.domid) > 0);
     assert.deepEqual(r.current_operations, newStruct());
-    assert.ok((r.allowed_operations as string[]).includes('clean_shutdown'));
     const metrics = (await t.ok('VM_metrics.get_record', t.s, r.metrics as string)) as RpcStruct;
     assert.equal(metrics.memory_actual, BigInt(GiB));
     assert.equal(metrics.VCPUs_number, 2n);
     const [vif] = r.VIFs as string[];
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif!), true);
-    // the simulated guest agent reports in
-    for (let i = 0; i < 100 && (await t.rec(vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await sleep(10);
+    // the simulated guest agent reports in; with its features, clean operations are allowed
+    await t.waitAgent(vm);
+    assert.ok(((await t.rec(vm)).allowed_operations as string[]).includes('clean_shutdown'));
     const gm = (await t.ok('VM_guest_metrics.get_record', t.s, (await t.rec(vm)).guest_metrics as string)) as RpcStruct;
     assert.ok(Object.keys(gm.os_version as object).length > 0);
     assert.ok('0/ip' in (gm.networks as object));
@@ -111,12 +132,14 @@ test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, de
     assert.deepEqual(await t.err('VDI.get_record', t.s, suspendVdi), ['HANDLE_INVALID', 'VDI', suspendVdi]);
 
     const domid = (await t.rec(vm)).domid;
+    await t.waitAgent(vm);
     await t.ok('VM.clean_reboot', t.s, vm);
     r = await t.rec(vm);
     assert.equal(r.power_state, 'Running');
     assert.notEqual(r.domid, domid);
     await t.ok('VM.hard_reboot', t.s, vm);
 
+    await t.waitAgent(vm);
     await t.ok('VM.clean_shutdown', t.s, vm);
     r = await t.rec(vm);
     assert.equal(r.power_state, 'Halted');
@@ -151,7 +174,7 @@ test('wrong power state, templates, the control domain, constraints', async () =
     assert.deepEqual(await t.err('VM.set_memory_limits', t.s, vm, BigInt(GiB), BigInt(GiB), BigInt(2 * GiB), BigInt(GiB)), ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
     await t.ok('VM.set_memory_limits', t.s, vm, BigInt(512 * MiB), BigInt(2 * GiB), BigInt(1 * GiB), BigInt(2 * GiB));
     assert.equal((await t.rec(vm)).memory_static_max, BigInt(2 * GiB));
-    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, vm, 3n), ['VALUE_NOT_SUPPORTED', 'VCPUs_at_startup', '3', 'value greater than VCPUs_max']);
+    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, vm, 3n), ['INVALID_VALUE', 'VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max', '3']);
     assert.deepEqual(await t.ok('VM.get_allowed_VIF_devices', t.s, vm), Array.from({ length: 15 }, (_, i) => String(i + 1)));
   } finally {
     await t.close();
@@ -177,20 +200,93 @@ test('memory runs out: HOST_NOT_ENOUGH_FREE_MEMORY with needed and available', a
   }
 });
 
-test('two conflicting operations: OTHER_OPERATION_IN_PROGRESS', async () => {
+test('a conflicting operation waits for the one in progress, then meets the new power state', async () => {
   const t = await setup({ shutdownTimeMs: 300 });
   try {
     const vm = await t.makeVm('busy');
     await t.ok('VM.start', t.s, vm, false, false);
+    await t.waitAgent(vm);
     const task = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
-    await sleep(50);
-    assert.deepEqual(await t.err('VM.pause', t.s, vm), ['OTHER_OPERATION_IN_PROGRESS', 'VM', vm, 'clean_shutdown', task]);
+    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
+    assert.deepEqual((await t.rec(vm)).current_operations, struct({ [task]: 'clean_shutdown' }));
     assert.ok(!((await t.rec(vm)).allowed_operations as string[]).includes('pause'));
-    // hard_shutdown pre-empts anything else
-    await t.ok('VM.hard_shutdown', t.s, vm);
-    for (let i = 0; i < 200 && Object.keys((await t.rec(vm)).current_operations as object).length > 0; i++) await sleep(10);
+    // assert_operation_valid does not wait: it reports the operation in progress
+    assert.deepEqual(await t.err('VM.assert_operation_valid', t.s, vm, 'pause'), ['OTHER_OPERATION_IN_PROGRESS', 'VM', vm, 'clean_shutdown', task]);
+    // the pause waits for the shutdown, then finds the VM halted (xapi's retry, not a refusal)
+    assert.deepEqual(await t.err('VM.pause', t.s, vm), ['VM_BAD_POWER_STATE', vm, 'running', 'halted']);
+    assert.equal((await waitTask(t.ok, t.s, task)).status, 'success');
     assert.equal((await t.rec(vm)).power_state, 'Halted');
     assert.deepEqual((await t.rec(vm)).current_operations, newStruct());
+  } finally {
+    await t.close();
+  }
+});
+
+test('two clean shutdowns at once: the second gets VM_BAD_POWER_STATE after the first', async () => {
+  const t = await setup({ shutdownTimeMs: 200 });
+  try {
+    const vm = await t.makeVm('twice');
+    await t.ok('VM.start', t.s, vm, false, false);
+    await t.waitAgent(vm);
+    const [a, b] = (await Promise.all([t.ok('Async.VM.clean_shutdown', t.s, vm), t.ok('Async.VM.clean_shutdown', t.s, vm)])) as string[];
+    const results = await Promise.all([waitTask(t.ok, t.s, a!), waitTask(t.ok, t.s, b!)]);
+    const failed = results.filter((r) => r.status === 'failure');
+    assert.equal(results.filter((r) => r.status === 'success').length, 1);
+    assert.equal(failed.length, 1);
+    assert.deepEqual(failed[0]!.error_info, ['VM_BAD_POWER_STATE', vm, 'running', 'halted']);
+    assert.equal((await t.rec(vm)).power_state, 'Halted');
+  } finally {
+    await t.close();
+  }
+});
+
+test('hard_shutdown runs alongside a clean shutdown and ends it', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.makeVm('stuck');
+    await t.ok('VM.start', t.s, vm, false, false);
+    await t.waitAgent(vm);
+    // a guest that never completes a shutdown: the clean shutdown would wait for its timeout
+    t.domains.inject((await t.rec(vm)).uuid as string, 'refuse-shutdown');
+    const task = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
+    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
+    await t.ok('VM.hard_shutdown', t.s, vm);
+    // the hard shutdown cancels the clean one it overtook (xapi's cancel of the overtaken tasks)
+    const overtaken = await waitTask(t.ok, t.s, task);
+    assert.equal(overtaken.status, 'cancelled');
+    assert.deepEqual(overtaken.error_info, ['TASK_CANCELLED', task]);
+    assert.equal((await t.rec(vm)).power_state, 'Halted');
+    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length === 0);
+  } finally {
+    await t.close();
+  }
+});
+
+test('task.cancel ends an operation waiting for a busy VM, as xapi does', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.makeVm('cancel');
+    await t.ok('VM.start', t.s, vm, false, false);
+    await t.waitAgent(vm);
+    t.domains.inject((await t.rec(vm)).uuid as string, 'refuse-shutdown');
+    const shutdown = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
+    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
+    // xapi creates tasks not cancellable; an operation that may wait makes its task cancellable
+    const pause = (await t.ok('Async.VM.pause', t.s, vm)) as string;
+    await waitFor(async () => ((await t.ok('task.get_allowed_operations', t.s, pause)) as string[]).includes('cancel'));
+    await t.ok('task.cancel', t.s, pause);
+    const cancelled = await waitTask(t.ok, t.s, pause);
+    assert.equal(cancelled.status, 'cancelled');
+    // xapi marks the task cancelled as it gives up waiting, before the error is raised: no error_info
+    assert.deepEqual(cancelled.error_info, []);
+    assert.deepEqual(cancelled.allowed_operations, []);
+    // the shutdown in progress is untouched, then ended by a hard shutdown
+    assert.deepEqual(Object.values((await t.rec(vm)).current_operations as object), ['clean_shutdown']);
+    await t.ok('VM.hard_shutdown', t.s, vm);
+    await waitTask(t.ok, t.s, shutdown);
+    // cancelling a finished task is accepted (xapi records the request and nothing happens)
+    await t.ok('task.cancel', t.s, pause);
+    assert.equal((await t.ok('task.get_status', t.s, pause)), 'cancelled');
   } finally {
     await t.close();
   }
@@ -236,6 +332,7 @@ test('faults: a guest crash, a guest halting itself, a guest refusing to shut do
     assert.equal((await t.rec(vm)).power_state, 'Halted');
     // a guest that ignores the shutdown request: clean_shutdown times out, shutdown falls back to hard
     await t.ok('VM.start', t.s, vm, false, false);
+    await t.waitAgent(vm);
     t.domains.inject(uuid, 'refuse-shutdown');
     const e = await t.err('VM.clean_shutdown', t.s, vm);
     assert.equal(e[0], 'VM_SHUTDOWN_TIMEOUT');
