@@ -154,20 +154,20 @@ export class TaskManager {
   /** One pass of xapi's timeout_tasks. */
   async gc(): Promise<void> {
     const now = this.host.now();
-    const age = (dt: unknown) => (now - (parseDateTime(String(dt))?.getTime() ?? 0)) / 1000;
+    const age = (dt: string) => (now - (parseDateTime(dt)?.getTime() ?? 0)) / 1000;
     const completed: [string, number][] = [];
     let young = 0;
     for (const [ref, row] of await this.host.db.all('task')) {
       const pending = row.status === 'pending' || row.status === 'cancelling';
-      const destroyAsked = Object.values(row.current_operations as Record<string, string>).includes('destroy');
+      const destroyAsked = Object.values(row.current_operations).includes('destroy');
       if (!pending && (destroyAsked || age(row.finished) > COMPLETED_TASK_TIMEOUT_S)) {
         await this.forget(ref);
       } else if (pending && age(row.created) > PENDING_TASK_TIMEOUT_S && this.lastProgress.get(ref) === row.progress) {
         await this.forget(ref);
       } else {
         young++;
-        if (pending) this.lastProgress.set(ref, row.progress as number);
-        else completed.push([ref, parseDateTime(String(row.finished))?.getTime() ?? 0]);
+        if (pending) this.lastProgress.set(ref, row.progress);
+        else completed.push([ref, parseDateTime(row.finished)?.getTime() ?? 0]);
       }
     }
     if (young > MAX_TASKS) {

@@ -6,16 +6,15 @@ import type { Call } from '../api/context.js';
 import { untyped, type Row } from '../db/interface.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
-const s = (v: unknown) => v as string;
 /** The VBD/VIF operation checks that apply before a hotplug (valid_operations). */
 export function assertDeviceOp(cls: 'VBD' | 'VIF', ref: string, dev: Row<'VBD'> | Row<'VIF'>, vm: Row<'VM'>, vmRef: string, op: 'plug' | 'unplug' | 'unplug_force'): void {
-  const current = Object.entries(dev.current_operations as Record<string, string>);
+  const current = Object.entries(dev.current_operations);
   if (current.length > 0) throw new XapiError('OTHER_OPERATION_IN_PROGRESS', [cls, ref, current[0]![1], current[0]![0]]);
   if (cls === 'VBD' && op !== 'plug' && (dev as Row<'VBD'>).unpluggable !== true) throw new XapiError('VBD_NOT_UNPLUGGABLE', [ref]);
-  if (vm.power_state !== 'Running') throw new XapiError('VM_BAD_POWER_STATE', [vmRef, 'running', s(vm.power_state).toLowerCase()]);
+  if (vm.power_state !== 'Running') throw new XapiError('VM_BAD_POWER_STATE', [vmRef, 'running', vm.power_state.toLowerCase()]);
   if (op === 'plug' && dev.currently_attached === true) throw new XapiError('DEVICE_ALREADY_ATTACHED', [ref]);
   if (op !== 'plug' && dev.currently_attached !== true) throw new XapiError('DEVICE_ALREADY_DETACHED', [ref]);
-  const busy = Object.values(vm.current_operations as Record<string, string>);
+  const busy = Object.values(vm.current_operations);
   if (busy.some((o) => ['clean_shutdown', 'hard_shutdown', 'suspend', 'pause'].includes(o))) {
     throw new XapiError('OPERATION_NOT_ALLOWED', [`VM is performing ${busy.join(', ')}`]);
   }
@@ -42,17 +41,17 @@ export async function withDeviceOp<T>(call: Call, cls: 'VBD' | 'VIF', ref: strin
 /** plug / unplug / unplug_force of a VBD or VIF on a running VM, through the domain manager. */
 export async function hotplug(call: Call, sync: XenopsSync, cls: 'VBD' | 'VIF', ref: string, op: 'plug' | 'unplug' | 'unplug_force'): Promise<void> {
   const dev = await call.db.get(cls, ref);
-  const vmRef = s(dev.VM);
+  const vmRef = dev.VM;
   const vm = await call.db.get('VM', vmRef);
   assertDeviceOp(cls, ref, dev, vm, vmRef, op);
   await withDeviceOp(call, cls, ref, op, async () => {
     try {
       if (op === 'plug') {
         const config = await sync.config(vmRef);
-        if (cls === 'VBD') await sync.backend.vbdPlug(s(vm.uuid), config.vbds.find((v) => v.id === dev.uuid)!);
-        else await sync.backend.vifPlug(s(vm.uuid), config.vifs.find((v) => v.id === dev.uuid)!);
-      } else if (cls === 'VBD') await sync.backend.vbdUnplug(s(vm.uuid), s(dev.uuid), op === 'unplug_force');
-      else await sync.backend.vifUnplug(s(vm.uuid), s(dev.uuid), op === 'unplug_force');
+        if (cls === 'VBD') await sync.backend.vbdPlug(vm.uuid, config.vbds.find((v) => v.id === dev.uuid)!);
+        else await sync.backend.vifPlug(vm.uuid, config.vifs.find((v) => v.id === dev.uuid)!);
+      } else if (cls === 'VBD') await sync.backend.vbdUnplug(vm.uuid, dev.uuid, op === 'unplug_force');
+      else await sync.backend.vifUnplug(vm.uuid, dev.uuid, op === 'unplug_force');
     } catch (e) {
       throw xenopsError(vmRef, e, ref);
     } finally {

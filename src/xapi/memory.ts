@@ -10,15 +10,13 @@ import { NULL_REF } from '../schema/types.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
-const n = (v: unknown) => v as number;
-
 /** VM.memory_overhead from the overhead model, for the VM's static_max, VCPUs and type. */
 export function vmOverhead(vm: Row<'VM'>): number {
   return overheadBytes({
-    domainType: (vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type) as 'hvm',
-    staticMax: n(vm.memory_static_max),
-    vcpus: n(vm.VCPUs_max),
-    shadowMultiplier: n(vm.HVM_shadow_multiplier) || 1,
+    domainType: vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type,
+    staticMax: vm.memory_static_max,
+    vcpus: vm.VCPUs_max,
+    shadowMultiplier: vm.HVM_shadow_multiplier || 1,
   });
 }
 
@@ -28,8 +26,8 @@ export type MemoryConstraints = Pick<VM_record, 'memory_static_min' | 'memory_dy
 
 /** static_min <= dynamic_min <= dynamic_max <= static_max, and pinned for control domains. */
 export function assertMemoryConstraints(vm: MemoryConstraints): void {
-  const [smin, dmin, dmax, smax] = [vm.memory_static_min, vm.memory_dynamic_min, vm.memory_dynamic_max, vm.memory_static_max].map(n);
-  if (!(smin! <= dmin! && dmin! <= dmax! && dmax! <= smax!)) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_ORDER', []);
+  const [smin, dmin, dmax, smax] = [vm.memory_static_min, vm.memory_dynamic_min, vm.memory_dynamic_max, vm.memory_static_max];
+  if (!(smin <= dmin && dmin <= dmax && dmax <= smax)) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_ORDER', []);
   if (vm.is_control_domain === true && !(dmin === dmax && dmax === smax)) {
     throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_MAXPIN', ['control domain']);
   }
@@ -41,18 +39,18 @@ export function assertMemoryConstraints(vm: MemoryConstraints): void {
  */
 export async function computeFreeMemory(db: Db, hostRef: string, exclude?: string): Promise<number> {
   const host = await db.get('host', hostRef);
-  const metrics = await db.get('host_metrics', host.metrics as string);
-  let used = n(host.memory_overhead);
+  const metrics = await db.get('host_metrics', host.metrics);
+  let used = host.memory_overhead;
   for (const [ref, vm] of await db.all('VM')) {
     if (ref === exclude) continue;
     if (vm.resident_on !== hostRef && vm.scheduled_to_be_resident_on !== hostRef) continue;
-    used += n(vm.memory_dynamic_min) + n(vm.memory_overhead);
+    used += vm.memory_dynamic_min + vm.memory_overhead;
   }
-  return Math.max(0, n(metrics.memory_total) - used);
+  return Math.max(0, metrics.memory_total - used);
 }
 
 export async function assertEnoughMemory(call: Call, ref: string, vm: Row<'VM'>, hostRef: string): Promise<void> {
-  const needed = n(vm.memory_dynamic_min) + vmOverhead(vm);
+  const needed = vm.memory_dynamic_min + vmOverhead(vm);
   const available = await computeFreeMemory(call.db, hostRef, ref);
   if (needed > available) throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(needed), String(available)]);
 }

@@ -6,6 +6,7 @@ import { XapiError } from '../api/errors.js';
 import type { Call, HostContext, Registry } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
 import { NULL_REF, formatDateTime, parseDateTime } from '../schema/types.js';
+import type { Messages } from '../schema/generated.js';
 
 /** Failed logins are answered late, as xapi does, to slow down password guessing. */
 export const AUTH_FAILURE_DELAY_MS = 5000;
@@ -44,32 +45,34 @@ export async function createSession(host: HostContext, s: NewSession): Promise<s
   return ref;
 }
 
-async function loginWithPassword(call: Call, [uname, pwd, , originator]: unknown[]): Promise<string> {
+type Params<W extends keyof Messages> = Messages[W]['params'];
+
+async function loginWithPassword(call: Call, [uname, pwd, , originator]: Params<'session.login_with_password'>): Promise<string> {
   const host = call.host;
-  if (!(await host.verifyLocalPassword(String(uname), String(pwd)))) {
+  if (!(await host.verifyLocalPassword(uname, pwd))) {
     await sleep(host.authFailureDelayMs);
-    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
   }
-  return createSession(host, { pool: false, userName: String(uname), originator: String(originator ?? '') });
+  return createSession(host, { pool: false, userName: uname, originator });
 }
 
-async function slaveLogin(call: Call, [hostRef, secret]: unknown[]): Promise<string> {
-  if (!call.host.poolSecrets().includes(String(secret))) {
+async function slaveLogin(call: Call, [hostRef, secret]: Params<'session.slave_login'>): Promise<string> {
+  if (!call.host.poolSecrets().includes(secret)) {
     await sleep(call.host.authFailureDelayMs);
-    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(hostRef), 'Pool credentials invalid']);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [hostRef, 'Pool credentials invalid']);
   }
-  return createSession(call.host, { pool: true, userName: String(hostRef), originator: '' });
+  return createSession(call.host, { pool: true, userName: hostRef, originator: '' });
 }
 
-async function changePassword(call: Call, [oldPwd, newPwd]: unknown[], setPassword: SetPassword): Promise<void> {
+async function changePassword(call: Call, [oldPwd, newPwd]: Params<'session.change_password'>, setPassword: SetPassword): Promise<void> {
   const row = call.session!.row;
   if (row.auth_user_name !== 'root' || row.pool === true) {
-    throw new XapiError('USER_IS_NOT_LOCAL_SUPERUSER', [String(row.auth_user_name)]);
+    throw new XapiError('USER_IS_NOT_LOCAL_SUPERUSER', [row.auth_user_name]);
   }
-  if (!(await call.host.verifyLocalPassword('root', String(oldPwd)))) {
+  if (!(await call.host.verifyLocalPassword('root', oldPwd))) {
     throw new XapiError('CHANGE_PASSWORD_REJECTED', ['Authentication information cannot be recovered']);
   }
-  await setPassword('root', String(newPwd));
+  await setPassword('root', newPwd);
 }
 
 /** A session kept only in this host's memory (emergency mode: the coordinator is unreachable). */
@@ -104,16 +107,16 @@ export function register(r: Registry, setPassword: SetPassword): void {
   r.implement('session.login_with_password', loginWithPassword)
     .implement('session.slave_login', slaveLogin)
     .implement('session.slave_local_login', async (call, [secret]) => {
-      if (!call.host.poolSecrets().includes(String(secret))) {
+      if (!call.host.poolSecrets().includes(secret)) {
         await sleep(call.host.authFailureDelayMs);
         throw new XapiError('SESSION_AUTHENTICATION_FAILED', ['', 'Pool credentials invalid']);
       }
       return createLocalSession(call.host, '');
     })
     .implement('session.slave_local_login_with_password', async (call, [uname, pwd]) => {
-      if (String(uname) !== 'root' || !(await call.host.verifyLocalPassword('root', String(pwd)))) {
+      if (uname !== 'root' || !(await call.host.verifyLocalPassword('root', pwd))) {
         await sleep(call.host.authFailureDelayMs);
-        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
       }
       return createLocalSession(call.host, 'root');
     })
@@ -126,7 +129,7 @@ export function register(r: Registry, setPassword: SetPassword): void {
     .implement('session.change_password', (call, args) => changePassword(call, args, setPassword))
     .implement('session.get_all_subject_identifiers', async (call) => {
       const sids = new Set<string>();
-      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid as string);
+      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid);
       return [...sids];
     })
     .implement('session.logout_subject_identifier', async (call, [sid]) => {
@@ -152,19 +155,19 @@ export async function sessionGc(host: HostContext): Promise<void> {
   const now = host.now();
   const groups = new Map<string, { ref: string; last: number }[]>();
   for (const [ref, row] of await host.db.all('session')) {
-    if (await hasUnfinishedTasks(host, row.tasks as string[])) continue;
-    const last = parseDateTime(String(row.last_active))?.getTime() ?? 0;
+    if (await hasUnfinishedTasks(host, row.tasks)) continue;
+    const last = parseDateTime(row.last_active)?.getTime() ?? 0;
     if ((now - last) / 1000 > INACTIVE_SESSION_TIMEOUT_S) {
       await host.db.destroy('session', ref);
       continue;
     }
-    const user = String(row.auth_user_name);
+    const user = row.auth_user_name;
     const key = row.pool
       ? 'internal'
       : user === '' || user === 'root'
         ? row.originator === ''
           ? 'external'
-          : `originator:${String(row.originator)}`
+          : `originator:${row.originator}`
         : `user:${user}`;
     const list = groups.get(key) ?? [];
     list.push({ ref, last });

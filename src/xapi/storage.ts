@@ -15,8 +15,6 @@ import { makeDrivers } from '../storage/drivers.js';
 import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
 import { srOperationError, updateSrAllowedOperations, updateVdiAllowedOperations, vdiOperationError } from './storage-operations.js';
 
-const s = (v: unknown) => v as string;
-
 const GC_DELAY_MS = 200;
 
 export class Storage {
@@ -36,7 +34,7 @@ export class Storage {
   }
 
   async poolUuid(): Promise<string> {
-    return s((await this.host.db.get('pool', this.host.poolRef)).uuid);
+    return (await this.host.db.get('pool', this.host.poolRef)).uuid;
   }
 
   /** This host's PBD for an SR (Sm.get_my_pbd_for_sr): SR_HAS_NO_PBDS if there is none. */
@@ -49,11 +47,11 @@ export class Storage {
   /** The SR as a driver call sees it, through this host's PBD. `plugged` asserts the PBD is attached. */
   async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row<'SR'>; driver: SmDriver; ctx: SrContext }> {
     const sr = await this.host.db.get('SR', srRef);
-    const driver = this.driver(s(sr.type));
+    const driver = this.driver(sr.type);
     const [, pbd] = await this.myPbd(srRef);
     if (opts.plugged !== false && pbd.currently_attached !== true) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
-    const deviceConfig = { ...(pbd.device_config as Record<string, string>), SRmaster: 'true' };
-    return { sr, driver, ctx: { uuid: s(sr.uuid), deviceConfig, poolUuid: await this.poolUuid() } };
+    const deviceConfig = { ...pbd.device_config, SRmaster: 'true' };
+    return { sr, driver, ctx: { uuid: sr.uuid, deviceConfig, poolUuid: await this.poolUuid() } };
   }
 
   /** Storage_utils.transform_storage_exn: SM failures as the XenAPI errors xapi raises. */
@@ -192,7 +190,7 @@ export class Storage {
   /** Writes what the driver says now about a VDI (size, usage, parent) into its record. */
   async refreshVdi(vdiRef: string, info: VdiInfo): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const smConfig: Record<string, string> = { ...(vdi.sm_config as Record<string, string>), vdi_type: info.vdiType };
+    const smConfig: Record<string, string> = { ...vdi.sm_config, vdi_type: info.vdiType };
     if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
     else delete smConfig['vhd-parent'];
     await this.host.db.update('VDI', vdiRef, {
@@ -205,8 +203,8 @@ export class Storage {
   /** VDI.update's work: what the driver says about the VDI now, written into its record. */
   async updateVdi(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    await this.refreshVdi(vdiRef, await this.sm(s(vdi.SR), () => driver.vdiStat(ctx, s(vdi.location)), vdiRef));
+    const { driver, ctx } = await this.context(vdi.SR);
+    await this.refreshVdi(vdiRef, await this.sm(vdi.SR, () => driver.vdiStat(ctx, vdi.location), vdiRef));
   }
 
   /** SR.update / the end of a scan: physical_size and physical_utilisation from the driver. */
@@ -214,9 +212,9 @@ export class Storage {
     const { driver, ctx } = await this.context(srRef);
     const st = await this.sm(srRef, () => driver.stat(ctx));
     let allocation = 0;
-    for (const ref of (await this.host.db.get('SR', srRef)).VDIs as string[]) {
+    for (const ref of (await this.host.db.get('SR', srRef)).VDIs) {
       const v = await this.host.db.tryGet('VDI', ref);
-      if (v) allocation += Number(v.virtual_size);
+      if (v) allocation += v.virtual_size;
     }
     await this.host.db.update('SR', srRef, { physical_size: st.physicalSize, physical_utilisation: st.physicalUtilisation, virtual_allocation: allocation });
   }
@@ -230,14 +228,14 @@ export class Storage {
     const found = await this.sm(srRef, () => driver.scan(ctx));
     const db = this.host.db;
     const byLocation = new Map(found.map((v) => [v.location, v]));
-    for (const ref of (await db.get('SR', srRef)).VDIs as string[]) {
+    for (const ref of (await db.get('SR', srRef)).VDIs) {
       const vdi = await db.tryGet('VDI', ref);
       if (!vdi) continue;
-      const info = byLocation.get(s(vdi.location));
+      const info = byLocation.get(vdi.location);
       if (info) {
-        byLocation.delete(s(vdi.location));
+        byLocation.delete(vdi.location);
         await this.refreshVdi(ref, info);
-      } else if (Object.keys(vdi.current_operations as object).length === 0) {
+      } else if (Object.keys(vdi.current_operations).length === 0) {
         await this.destroyVdiRecord(ref);
       }
     }
@@ -246,7 +244,7 @@ export class Storage {
     }
     await this.updateStats(srRef);
     const sr = await db.get('SR', srRef);
-    const other = { ...(sr.other_config as Record<string, string>) };
+    const other = { ...sr.other_config };
     if ('dirty' in other) {
       delete other.dirty;
       await db.update('SR', srRef, { other_config: other });
@@ -260,7 +258,7 @@ export class Storage {
     const db = this.host.db;
     const vdi = await db.tryGet('VDI', vdiRef);
     if (!vdi) return;
-    for (const vbd of vdi.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+    for (const vbd of vdi.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
     for (const [vm] of await db.find('VM', { suspend_VDI: vdiRef })) await db.update('VM', vm, { suspend_VDI: NULL_REF });
     await db.destroy('VDI', vdiRef);
   }
@@ -269,7 +267,7 @@ export class Storage {
   async isActive(vdiRef: string): Promise<boolean> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
     if (!vdi) return false;
-    for (const vbd of vdi.VBDs as string[]) {
+    for (const vbd of vdi.VBDs) {
       const row = await this.host.db.tryGet('VBD', vbd);
       if (row && row.currently_attached === true) return true;
     }
@@ -283,7 +281,7 @@ export class Storage {
   async clearStaleOperations(): Promise<void> {
     for (const cls of ['SR', 'VDI'] as const) {
       for (const [ref, row] of await this.host.db.all(cls)) {
-        if (Object.keys(row.current_operations as object).length === 0) continue;
+        if (Object.keys(row.current_operations).length === 0) continue;
         await this.host.db.update(cls, ref, { current_operations: {} });
         if (cls === 'SR') await this.updateSrAllowed(ref);
         else await this.updateVdiAllowed(ref);
@@ -299,19 +297,19 @@ export class Storage {
   async sweepUnfinishedImports(cancelled: Set<string>): Promise<void> {
     const db = this.host.db;
     for (const [ref, vm] of await db.all('VM')) {
-      if (!cancelled.has((vm.other_config as Record<string, string>).import_task ?? '')) continue;
-      for (const vbd of vm.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
-      for (const vif of vm.VIFs as string[]) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
-      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', s(vm.metrics)))) await db.destroy('VM_metrics', s(vm.metrics));
+      if (!cancelled.has(vm.other_config.import_task ?? '')) continue;
+      for (const vbd of vm.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+      for (const vif of vm.VIFs) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
+      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) await db.destroy('VM_metrics', vm.metrics);
       await db.destroy('VM', ref);
       this.host.log.warn({ vm: ref }, 'removed a VM whose import did not finish');
     }
     for (const [ref, vdi] of await db.all('VDI')) {
-      if (!cancelled.has((vdi.sm_config as Record<string, string>).import_task ?? '')) continue;
+      if (!cancelled.has(vdi.sm_config.import_task ?? '')) continue;
       try {
-        const { driver, ctx } = await this.context(s(vdi.SR));
-        await driver.vdiDelete(ctx, s(vdi.location));
-        this.kickGc(s(vdi.SR));
+        const { driver, ctx } = await this.context(vdi.SR);
+        await driver.vdiDelete(ctx, vdi.location);
+        this.kickGc(vdi.SR);
       } catch (e) {
         this.host.log.warn({ err: e, vdi: ref }, 'the data of an unfinished import could not be deleted');
       }
@@ -342,10 +340,10 @@ export class Storage {
       const { driver, ctx } = await this.context(srRef).catch(() => ({ driver: undefined, ctx: undefined }));
       if (!driver?.gc || !ctx) return;
       const active = new Set<string>();
-      for (const ref of sr.VDIs as string[]) {
+      for (const ref of sr.VDIs) {
         const v = await this.host.db.tryGet('VDI', ref);
         // a reset-on-boot leaf must keep its parent: merging would make its writes persist
-        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(s(v.location));
+        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(v.location);
       }
       const { changed } = await driver.gc(ctx, { isActive: (loc) => active.has(loc) });
       if (changed) {
@@ -361,16 +359,16 @@ export class Storage {
   async resetOnBoot(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
     if (vdi.on_boot !== 'reset') return;
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    await this.sm(s(vdi.SR), async () => driver.vdiReset?.(ctx, s(vdi.location)), vdiRef);
+    const { driver, ctx } = await this.context(vdi.SR);
+    await this.sm(vdi.SR, async () => driver.vdiReset?.(ctx, vdi.location), vdiRef);
     await this.updateVdi(vdiRef);
   }
 
   /** The file a domain uses for a VDI (vdi_attach on this host). */
   async attachPath(vdiRef: string, writable: boolean): Promise<string> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    const r = await this.sm(s(vdi.SR), () => driver.vdiAttach(ctx, s(vdi.location), writable), vdiRef);
+    const { driver, ctx } = await this.context(vdi.SR);
+    const r = await this.sm(vdi.SR, () => driver.vdiAttach(ctx, vdi.location, writable), vdiRef);
     return r.path;
   }
 

@@ -10,7 +10,7 @@ import { gateOf } from './retry.js';
 async function assertOwn(call: Call, task: string): Promise<void> {
   const s = call.session!;
   if (s.row.is_local_superuser === true) return;
-  const owner = await call.db.tryGet('session', (await call.db.get('task', task)).session as string);
+  const owner = await call.db.tryGet('session', (await call.db.get('task', task)).session);
   if (owner && owner.auth_user_sid === s.row.auth_user_sid) return;
   const any = call.host.schema.extraPermissions.find((p) => p.name === 'task.destroy/any');
   checkPermission(call.host, s, 'task.destroy/any', any?.roles ?? []);
@@ -18,16 +18,16 @@ async function assertOwn(call: Call, task: string): Promise<void> {
 
 export function register(r: Registry, tasks: TaskManager): void {
   r.implement('task.create', (call, [label, description]) =>
-    tasks.create(call.session, String(label), false, String(description)),
+    tasks.create(call.session, label, false, description),
   )
     .implement('task.destroy', async (call, [self]) => {
-      const ref = self as string;
+      const ref = self;
       const row = await call.db.get('task', ref);
       await assertOwn(call, ref);
       if (row.status === 'pending' || row.status === 'cancelling') {
         // Still running: marked, and the GC removes it once it completes.
         await call.db.update('task', ref, {
-          current_operations: { ...(row.current_operations as object), [call.task]: 'destroy' },
+          current_operations: { ...row.current_operations, [call.task]: 'destroy' },
         });
       } else {
         await tasks.forget(ref);

@@ -391,6 +391,8 @@ test('VM.checkpoint keeps the memory image with the disks; reverting to it gives
     // set_memory keeps static_min (the template's is above 256 MiB): all four limits at once
     await t.ok('VM.set_memory_limits', t.s, vm, BigInt(256 * MiB), BigInt(256 * MiB), BigInt(256 * MiB), BigInt(256 * MiB));
     await t.ok('VM.start', t.s, vm, false, false);
+    // a checkpoint suspends the guest: an HVM guest needs its agent's feature-suspend first
+    for (let i = 0; i < 500 && (await t.rec('VM', vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await new Promise((r) => setTimeout(r, 10));
     const cp = (await t.ok('VM.checkpoint', t.s, vm, 'with memory')) as string;
     const c = await t.rec('VM', cp);
     assert.equal(c.power_state, 'Suspended');
