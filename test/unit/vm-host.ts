@@ -1,0 +1,51 @@
+// An in-process host with a logged-in client and helpers to make VMs and wait on conditions,
+// for the tests of VM operations.
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { memoryHost } from '../../src/host/memory-host.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { apiClient, struct } from './api-client.js';
+
+export const GiB = 1024 ** 3;
+export const MiB = 1024 ** 2;
+
+/** Polls a condition (every 10 ms, for up to 10 s): tests wait on what they need, not on time. */
+export async function waitFor(cond: () => Promise<boolean>, what = 'the condition'): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (await cond()) return;
+    await sleep(10);
+  }
+  assert.fail(`${what} never held`);
+}
+
+export async function vmHost(opts: { bootTimeMs?: number; shutdownTimeMs?: number; agentDelayMs?: number } = {}) {
+  const h = await memoryHost({ rootPassword: 'pw', ...opts });
+  h.xenops.start();
+  const { call, ok, err } = apiClient(h);
+  const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
+  const [network] = (await ok('network.get_by_name_label', s, 'Pool-wide network associated with eth0')) as string[];
+  const makeVm = async (name: string, memory = 1 * GiB, extra: Record<string, Rpc> = {}) =>
+    (await ok(
+      'VM.create',
+      s,
+      struct({
+        name_label: name, name_description: '', user_version: 1n, is_a_template: false, affinity: 'OpaqueRef:NULL',
+        memory_static_max: BigInt(memory), memory_dynamic_max: BigInt(memory), memory_dynamic_min: BigInt(memory), memory_static_min: BigInt(memory),
+        VCPUs_params: newStruct(), VCPUs_max: 2n, VCPUs_at_startup: 2n, actions_after_shutdown: 'destroy', actions_after_reboot: 'restart',
+        actions_after_crash: 'restart', PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
+        HVM_boot_policy: 'BIOS order', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '', other_config: newStruct(),
+        recommendations: '', domain_type: 'hvm', ...extra,
+      }),
+    )) as string;
+  const rec = async (cls: string, ref: string) => (await ok(`${cls}.get_record`, s, ref)) as RpcStruct;
+  const vmRec = (vm: string) => rec('VM', vm);
+  /** Until the guest agent has reported (an HVM guest needs its features for clean operations). */
+  const waitAgent = (vm: string) => waitFor(async () => (await vmRec(vm)).guest_metrics !== 'OpaqueRef:NULL', 'the guest agent reporting');
+  const waitTask = async (task: string) => {
+    let r: RpcStruct = newStruct();
+    await waitFor(async () => (r = await rec('task', task)).status !== 'pending', `task ${task} finishing`);
+    return r;
+  };
+  const dom0 = Object.keys((await ok('VM.get_all_records_where', s, 'field "is_control_domain" = "true"')) as RpcStruct)[0]!;
+  return { ...h, call, ok, err, s, network: network!, makeVm, rec, vmRec, waitAgent, waitTask, dom0 };
+}
