@@ -55,11 +55,18 @@ test('template to destroy through xen-api, states seen through events', { timeou
       await xapi.callAsync(method, vmRef, ...args);
       const o = await waitState(state);
       assert.deepEqual(o.current_operations, {});
+      // an HVM guest suspends and shuts down cleanly only once its agent has told its features
+      if (method === 'VM.start') {
+        for (let i = 0; i < 500 && (xapi.getObjectByRef(vmRef) as XoObject).guest_metrics === 'OpaqueRef:NULL'; i++) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
     }
-    // The domain is paused while its memory is saved and restored (xenopsd's VM_save/VM_restore);
-    // an event may catch that Paused on either side of Suspended.
-    const settled = seen.filter((s, i) => !(s === 'Paused' && (seen[i + 1] === 'Suspended' || seen[i - 1] === 'Suspended')));
-    assert.deepEqual(settled.filter((s, i) => s !== settled[i - 1]), ['Running', 'Paused', 'Running', 'Suspended', 'Running', 'Halted']);
+    // Each operation shows only where it ends: the Paused a domain passes through while it is
+    // built, saved or restored never reaches the events (xapi leaves the VM alone meanwhile).
+    // Before the start the VM may be reported Halted once more.
+    const states = seen[0] === 'Halted' ? seen.slice(1) : seen;
+    assert.deepEqual(states, ['Running', 'Paused', 'Running', 'Suspended', 'Running', 'Halted']);
     await xapi.callAsync('VM.destroy', vmRef);
     for (let i = 0; i < 200 && xapi.getObjectByRef(vmRef, undefined); i++) await new Promise((r) => setTimeout(r, 20));
     assert.equal(xapi.getObjectByRef(vmRef, undefined), undefined);
