@@ -196,6 +196,27 @@ check("VM.remove_from_other_config succeeds", success("remove", xapi.VM.remove_f
 check("the key is gone", key not in success("get", xapi.VM.get_other_config(session, dom0_ref)))
 check("removing an absent key is not an error", success("remove", xapi.VM.remove_from_other_config(session, dom0_ref, key)) == "")
 
+# VM operations' errors as xapi gives them, a non-ASCII parameter included
+templates = success("get_by_name_label", xapi.VM.get_by_name_label(session, "Other install media"))
+vm_clone = success("VM.clone", xapi.VM.clone(session, templates[0], "py-vm"))
+VCPU_RULE = "VCPU values must satisfy: 0 < VCPUs_at_startup \u2264 VCPUs_max"
+failure("INVALID_VALUE [rule, value] for VCPUs_at_startup 0", xapi.VM.set_VCPUs_at_startup(session, vm_clone, "0"), ["INVALID_VALUE", VCPU_RULE, "0"])
+failure(
+    "VM_IS_TEMPLATE [ref, 'make_into_template'] for a template",
+    xapi.VM.set_is_a_template(session, vm_clone, True),
+    ["VM_IS_TEMPLATE", vm_clone, "make_into_template"],
+)
+failure(
+    "OPERATION_NOT_ALLOWED for set_VCPUs_at_startup on dom0",
+    xapi.VM.set_VCPUs_at_startup(session, dom0_ref, "1"),
+    ["OPERATION_NOT_ALLOWED", "set_VCPUs_at_startup is not allowed on dom0"],
+)
+success("VM.set_is_a_template false", xapi.VM.set_is_a_template(session, vm_clone, False))
+check("a template turned into a VM may start", "start" in success("get", xapi.VM.get_allowed_operations(session, vm_clone)))
+success("VM.set_is_a_template true", xapi.VM.set_is_a_template(session, vm_clone, True))
+check("and back into a template it may not", "start" not in success("get", xapi.VM.get_allowed_operations(session, vm_clone)))
+success("VM.destroy", xapi.VM.destroy(session, vm_clone))
+
 # ---------------------------------------------------------------------------------------------
 # Create, setters, add_to/remove_from round-trips (Python ints are sent as <int>)
 
@@ -350,6 +371,14 @@ check("JSON-RPC datetimes are strings in the same format", jhost["last_software_
 check("a JSON-RPC session works on XML-RPC", success("host.get_all", xapi.host.get_all(json_session)) == [host_ref])
 status, ctype, body = json_rpc({"jsonrpc": "2.0", "method": "network.get_name_label", "params": [json_session, net], "id": 10})
 check("the unicode label reads back through JSON-RPC", body.get("result") == unicode_label, body)
+json_vm = success("VM.clone", xapi.VM.clone(session, templates[0], "py-json-vm"))
+status, ctype, body = json_rpc({"jsonrpc": "2.0", "method": "VM.set_VCPUs_at_startup", "params": [json_session, json_vm, 0], "id": 12})
+check(
+    "JSON-RPC carries a non-ASCII error parameter as UTF-8",
+    body.get("error") == {"code": 1, "message": "INVALID_VALUE", "data": [VCPU_RULE, "0"]},
+    body,
+)
+success("VM.destroy", xapi.VM.destroy(session, json_vm))
 status, ctype, body = json_rpc({"jsonrpc": "2.0", "method": "system.listMethods", "params": [], "id": 11})
 check("JSON-RPC system.listMethods gives the same list", isinstance(body.get("result"), list) and sorted(body["result"]) == sorted(methods))
 
