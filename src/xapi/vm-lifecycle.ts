@@ -7,7 +7,7 @@ import type { Call } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
 import type { vm_appliance_operation, vm_operations, vm_power_state } from '../schema/generated.js';
 import { NULL_REF } from '../schema/types.js';
-import { gateOf, retryWithGlobalLock, withGlobalLock, type RetryPolicy } from './retry.js';
+import { gateOf, globalGate, retryWithGlobalLock, withGlobalLock, type RetryPolicy } from './retry.js';
 
 type PS = vm_power_state;
 const ALL: PS[] = ['Halted', 'Paused', 'Suspended', 'Running'];
@@ -343,6 +343,9 @@ export async function forceStateReset(db: Db, ref: string, state: PS): Promise<v
   }
   await updateAllowedOperations(db, ref);
 }
+
+/** The lock VM operations are checked and marked under, for other marks that must not race them. */
+export const globalLock = globalGate.lock;
 
 /**
  * with_vm_operation: check `op` and add it to current_operations under the host's lock,
