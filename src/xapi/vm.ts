@@ -380,7 +380,12 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
   r.implement('VM.create', (call, [record]) => svc.create(call, record, genericCreate))
     .implement('VM.destroy', (call, [self]) => svc.destroy(call, self))
     .implement('VM.start', (call, [vm, paused]) => svc.start(call, vm, paused === true))
-    .implement('VM.start_on', (call, [vm, host, paused]) => svc.start(call, vm, paused === true, host, 'start_on'))
+    .implement('VM.start_on', async (call, [vm, host, paused]) => {
+      // no VM starts on a host being evacuated
+      const evacuating = Object.values((await call.db.get('host', host)).current_operations).includes('evacuate');
+      if (evacuating) throw new XapiError('HOST_EVACUATE_IN_PROGRESS', [host]);
+      await svc.start(call, vm, paused === true, host, 'start_on');
+    })
     .implement('VM.pause', (call, [vm]) => svc.simple(call, vm, 'pause', (u) => sync.backend.pause(u), 'Paused'))
     .implement('VM.unpause', (call, [vm]) => svc.simple(call, vm, 'unpause', (u) => sync.backend.unpause(u), 'Running'))
     .implement('VM.clean_shutdown', async (call, [vm]) => {
