@@ -140,6 +140,12 @@ test('SR: allowed_operations from the driver\'s features and the PBDs, in xapi\'
     await t.ok('PBD.plug', t.s, pbd!);
     assert.deepEqual(allowed(await t.rec('SR', sr!)), plugged);
     await t.ok('VDI.destroy', t.s, vdi);
+    // operations in progress: the first by OCaml's order of variants blocks all but plug, the
+    // first that is not a plug blocks plugs; named as xapi names SR operations
+    await t.host.db.update('SR', sr!, { current_operations: { B: 'vdi_resize', A: 'plug' } });
+    assert.deepEqual((await srOperationError(t.host.db, sr!, 'scan'))?.params, ['SR', sr, 'plug', 'A']);
+    assert.deepEqual((await srOperationError(t.host.db, sr!, 'plug'))?.params, ['SR', sr, 'VDI.resize', 'B']);
+    await t.host.db.update('SR', sr!, { current_operations: {} });
   } finally {
     await t.close();
   }
