@@ -317,13 +317,13 @@ export class FileSrDriver implements SmDriver {
   /** Replays interrupted snapshots (journals) so every VDI reads as before the crash. */
   async recover(sr: SrContext): Promise<void> {
     const jdir = join(this.dir(sr), '.journal');
-    let names: string[] = [];
-    try {
-      names = await readdir(jdir);
-    } catch {
-      return;
-    }
     await this.lock(sr).run(async () => {
+      let names: string[] = [];
+      try {
+        names = await readdir(jdir);
+      } catch {
+        return;
+      }
       for (const name of names.filter((n) => n.startsWith('snapshot-') && n.endsWith('.json'))) {
         const j = JSON.parse(await readFile(join(jdir, name), 'utf8')) as { leaf: string; parent: string; fresh: string };
         const moved = await stat(this.file(sr, j.parent)).then(() => true, () => false);

@@ -29,7 +29,10 @@
 // journal was written, in which case it is rolled back (P hidden again, L kept).
 //
 // Locking. opts.lock is the SR lock the driver takes for snapshot/clone/delete/attach. Tree
-// changes always happen under it, after re-reading the tree. The bulk copy of a non-leaf
+// changes always happen under it, after re-reading the tree. The journal directory is shared
+// with the driver's snapshot journals (file-sr.ts), so the GC reads it only under the lock too
+// (a snapshot's journal may be a temp file about to be renamed into place) and only ever
+// touches its own entries: `<node>.json` and their temp files. The bulk copy of a non-leaf
 // coalesce runs outside the lock: it only reads a hidden node and writes its hidden parent,
 // which nothing else touches (the driver only snapshots leaves). A leaf-coalesce holds the
 // lock for the whole step, copy included, because the leaf's data must not change between
@@ -102,6 +105,15 @@ async function removeJournal(dir: string, node: string): Promise<void> {
   await fsyncDir(path.join(dir, JOURNAL_DIR));
 }
 
+/** The GC's own journal entries, `<node-uuid>.json`, and writeFileAtomic's temp files of them. */
+const GC_JOURNAL = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json$/;
+const GC_JOURNAL_TMP = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json\.tmp-\d+$/;
+
+/**
+ * The GC's pending journals. Call only under the SR lock: every journal write (the GC's and
+ * the driver's) happens under it, so a temp file seen here is a crash leftover, not a write
+ * in progress.
+ */
 async function readJournals(dir: string): Promise<Journal[]> {
   const jdir = path.join(dir, JOURNAL_DIR);
   let names: string[];
@@ -114,10 +126,9 @@ async function readJournals(dir: string): Promise<Journal[]> {
   const out: Journal[] = [];
   for (const n of names.sort()) {
     const p = path.join(jdir, n);
-    // A temp file (writeFileAtomic's) is a journal update that never got renamed into place:
-    // the previous state stands.
-    if (/\.tmp-\d+$/.test(n)) { await unlink(p).catch(() => undefined); continue; }
-    if (!n.endsWith('.json')) continue;
+    // A journal update that never got renamed into place: the previous state stands.
+    if (GC_JOURNAL_TMP.test(n)) { await unlink(p).catch(() => undefined); continue; }
+    if (!GC_JOURNAL.test(n)) continue; // another writer's (the driver's snapshot journals)
     out.push(JSON.parse(await readFile(p, 'utf8')) as Journal);
   }
   return out;
@@ -177,54 +188,60 @@ export async function recoverJournals(dir: string, opts: RecoverOptions = {}): P
   const isActive = opts.isActive ?? (() => false);
   const log = opts.log ?? (() => undefined);
   const point = async (n: string) => { await opts.crashPoint?.(`recover:${n}`); };
-  const out: GcReport['recovered'] = [];
-  for (const j of await readJournals(dir)) {
-    const action = await lock(async (): Promise<GcReport['recovered'][number]['action']> => {
-      const parentPath = vhdPath(dir, j.parent);
-      const nodePath = vhdPath(dir, j.node);
-      if (j.phase === 'copy') {
-        // The parent holds part of the child's data, shadowed by the child: nothing to undo.
-        await removeJournal(dir, j.node);
-        return 'dropped';
-      }
-      if (j.op === 'coalesce') {
-        if (!(await exists(parentPath))) throw new Error(`GC recovery: parent ${j.parent} of coalesced ${j.node} is missing`);
-        const tree = await scan(dir);
-        const kids = tree.children.get(j.node) ?? [];
-        if (kids.some((k) => isActive(k.uuid))) return 'deferred'; // retried on the next run
-        await reparentChildren(dir, tree, j.node, j.parent, point);
-        if (await exists(nodePath)) {
-          await unlink(nodePath);
-          await fsyncDir(dir);
-        }
-        await removeJournal(dir, j.node);
-        return 'rolled-forward';
-      }
-      // leaf, phase commit
-      if (await exists(parentPath)) {
-        const fp = (await exists(nodePath)) ? await fingerprint(nodePath) : null;
-        const unchanged = fp !== null && fp.leafSize === j.leafSize && fp.leafMtimeNs === j.leafMtimeNs;
-        if (!unchanged || isActive(j.node)) {
-          // The leaf moved on since the copy (or is in use): keep it, put the parent back as it was.
-          await withVhd(parentPath, false, (v) => v.setHidden(true));
-          await removeJournal(dir, j.node);
-          return 'rolled-back';
-        }
-        await withVhd(parentPath, false, (v) => v.setHidden(false));
-        await point('leaf-unhidden');
-        await rename(parentPath, nodePath);
-        await fsyncDir(dir);
-      }
-      await removeJournal(dir, j.node);
-      return 'rolled-forward';
-    });
-    log(`GC recovery: ${j.op} of ${j.node} (phase ${j.phase}) ${action}`, j);
-    out.push({ node: j.node, op: j.op, phase: j.phase, action });
-  }
-  return out;
+  // One lock hold for the whole recovery: the journals are read under it, and each step is short.
+  return lock(async () => {
+    const out: GcReport['recovered'] = [];
+    for (const j of await readJournals(dir)) {
+      const action = await recoverOne(dir, j, isActive, point);
+      log(`GC recovery: ${j.op} of ${j.node} (phase ${j.phase}) ${action}`, j);
+      out.push({ node: j.node, op: j.op, phase: j.phase, action });
+    }
+    return out;
+  });
 }
 
-/** Nodes named by journals still pending: never picked by a pass until recovery finishes them. */
+/** Finishes or undoes one journalled step (under the SR lock). */
+async function recoverOne(dir: string, j: Journal, isActive: (uuid: string) => boolean, point: (n: string) => Promise<void>): Promise<GcReport['recovered'][number]['action']> {
+  const parentPath = vhdPath(dir, j.parent);
+  const nodePath = vhdPath(dir, j.node);
+  if (j.phase === 'copy') {
+    // The parent holds part of the child's data, shadowed by the child: nothing to undo.
+    await removeJournal(dir, j.node);
+    return 'dropped';
+  }
+  if (j.op === 'coalesce') {
+    if (!(await exists(parentPath))) throw new Error(`GC recovery: parent ${j.parent} of coalesced ${j.node} is missing`);
+    const tree = await scan(dir);
+    const kids = tree.children.get(j.node) ?? [];
+    if (kids.some((k) => isActive(k.uuid))) return 'deferred'; // retried on the next run
+    await reparentChildren(dir, tree, j.node, j.parent, point);
+    if (await exists(nodePath)) {
+      await unlink(nodePath);
+      await fsyncDir(dir);
+    }
+    await removeJournal(dir, j.node);
+    return 'rolled-forward';
+  }
+  // leaf, phase commit
+  if (await exists(parentPath)) {
+    const fp = (await exists(nodePath)) ? await fingerprint(nodePath) : null;
+    const unchanged = fp !== null && fp.leafSize === j.leafSize && fp.leafMtimeNs === j.leafMtimeNs;
+    if (!unchanged || isActive(j.node)) {
+      // The leaf moved on since the copy (or is in use): keep it, put the parent back as it was.
+      await withVhd(parentPath, false, (v) => v.setHidden(true));
+      await removeJournal(dir, j.node);
+      return 'rolled-back';
+    }
+    await withVhd(parentPath, false, (v) => v.setHidden(false));
+    await point('leaf-unhidden');
+    await rename(parentPath, nodePath);
+    await fsyncDir(dir);
+  }
+  await removeJournal(dir, j.node);
+  return 'rolled-forward';
+}
+
+/** Nodes named by journals still pending: never picked by a pass until recovery finishes them. Under the SR lock. */
 async function busyNodes(dir: string): Promise<Set<string>> {
   const s = new Set<string>();
   for (const j of await readJournals(dir)) { s.add(j.node); s.add(j.parent); }
@@ -303,8 +320,9 @@ async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
     }
 
     // (b) then (c): one step per pass, from a fresh scan, since each step reshapes the tree.
-    const tree = await scan(dir);
-    const busy = await busyNodes(dir);
+    // Read under the lock: a snapshot half done (leaf renamed, its journal being written) is
+    // not a tree to plan from. The step itself re-checks its choice under the lock.
+    const { tree, busy } = await opts.lock(async () => ({ tree: await scan(dir), busy: await busyNodes(dir) }));
     let did = false;
     // Root-most candidates first (deterministic; each merge also shortens every chain below it).
     const depth = (n: VhdNode) => chainOf(tree, n.uuid).length;
