@@ -79,7 +79,9 @@ export class Storage {
     if (e instanceof XapiError) return e;
     if (!(e instanceof SmError)) {
       const msg = e instanceof Error ? e.message : String(e);
-      return new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+      const err = new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+      err.cause = e; // the driver's own failure and its stack, for whoever logs this
+      return err;
     }
     switch (e.code) {
       case 'VDI_MISSING':

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, unlinkSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
@@ -17,8 +18,8 @@ import { openDiskFile } from '../../src/storage/disk-file.js';
 const MiB = 1024 ** 2;
 const NULL = 'OpaqueRef:NULL';
 
-async function setup() {
-  const h = await memoryHost({ rootPassword: 'pw' });
+async function setup(opts: { log?: Logger } = {}) {
+  const h = await memoryHost({ rootPassword: 'pw', ...opts });
   h.xenops.start();
   const { ok, err } = apiClient(h);
   const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
@@ -330,6 +331,26 @@ test('VM disks: provision, a guest writing its disk, PBD.unplug refused in use, 
     assert.equal(await contentHash(await t.vhdFile(copyDisk)), written);
     // the copy is a standalone dynamic VHD, which qemu-img reads on its own
     assert.equal(qemuInfo(await t.vhdFile(copyDisk))['virtual-size'], 10 * 1024 * MiB);
+  } finally {
+    await t.close();
+  }
+});
+
+test('a VM.revert that fails answers VM_REVERT_FAILED [snapshot, vm] and logs what failed, with its stack', async () => {
+  const lines: string[] = [];
+  const t = await setup({ log: pino({ level: 'error' }, { write: (line: string) => void lines.push(line) }) });
+  try {
+    const vm = await t.provisionedVm('deb');
+    const snap = (await t.ok('VM.snapshot', t.s, vm, 'before', [])) as string;
+    const snapDisk = (await t.rec('VBD', ((await t.rec('VM', snap)).VBDs as string[])[0]!)).VDI as string;
+    unlinkSync(await t.vhdFile(snapDisk)); // the snapshot's data goes behind xapi's back
+    assert.deepEqual(await t.err('VM.revert', t.s, snap), ['VM_REVERT_FAILED', snap, vm]);
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; snapshot?: string; err?: { message: string; stack: string } });
+    const entry = logged.find((r) => r.msg === 'VM.revert failed');
+    assert.ok(entry, 'the failure is logged');
+    assert.equal(entry.snapshot, snap);
+    assert.match(entry.err!.message, /^VDI_MISSING/, 'the cause, not VM_REVERT_FAILED');
+    assert.match(entry.err!.stack, /\n\s+at /, 'with its stack');
   } finally {
     await t.close();
   }
