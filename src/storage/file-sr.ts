@@ -41,7 +41,10 @@ const backendFailure = (n: number, reason: string) => new SmError(`SR_BACKEND_FA
 
 export class FileSrDriver implements SmDriver {
   readonly features = VHD_FEATURES;
-  /** Tree changes of one SR (snapshot, clone, delete, GC steps) run one at a time. */
+  /**
+   * Tree changes of one SR (snapshot, clone, delete, GC steps) run one at a time; handing a
+   * leaf out (attach, open, resize) waits for them too, so it never meets a step half done.
+   */
   private readonly locks = new Map<string, Mutex>();
 
   constructor(readonly type: 'ext' | 'file' | 'nfs') {}
@@ -112,8 +115,9 @@ export class FileSrDriver implements SmDriver {
    * The garbage collector (cleanup.py's job; gc.ts): drops unreferenced hidden nodes and
    * coalesces chains, leaving alone the leaves running domains use.
    */
-  async gc(sr: SrContext, opts: { isActive(location: string): boolean }): Promise<{ changed: boolean }> {
-    const r = await runGc(this.dir(sr), { lock: (fn) => this.lock(sr).run(fn), isActive: (uuid) => opts.isActive(uuid) });
+  async gc(sr: SrContext, opts: { inUse(): Promise<ReadonlySet<string>> }): Promise<{ changed: boolean }> {
+    // Locations are node uuids here, so xapi's answer is the GC's.
+    const r = await runGc(this.dir(sr), { lock: (fn) => this.lock(sr).run(fn), inUse: () => opts.inUse() });
     return { changed: r.garbage.length + r.coalesced.length + r.leafCoalesced.length + r.recovered.length > 0 };
   }
 
@@ -227,16 +231,18 @@ export class FileSrDriver implements SmDriver {
   async vdiResize(sr: SrContext, location: string, size: number): Promise<VdiInfo> {
     const rounded = Math.ceil(size / BLOCK) * BLOCK;
     if (rounded > MAX_SIZE) throw backendFailure(79, `VDI Invalid size: ${size}`);
-    const current = await this.vdiStat(sr, location);
-    if (rounded < current.virtualSize) throw backendFailure(79, 'Shrinking is not supported');
-    await this.assertSpace(sr, rounded - current.virtualSize);
-    const vhd = await openVhd(this.file(sr, location));
-    try {
-      await vhd.resize(rounded);
-    } finally {
-      await vhd.close();
-    }
-    return this.vdiStat(sr, location);
+    return this.lock(sr).run(async () => {
+      const current = await this.vdiStat(sr, location);
+      if (rounded < current.virtualSize) throw backendFailure(79, 'Shrinking is not supported');
+      await this.assertSpace(sr, rounded - current.virtualSize);
+      const vhd = await openVhd(this.file(sr, location));
+      try {
+        await vhd.resize(rounded);
+      } finally {
+        await vhd.close();
+      }
+      return this.vdiStat(sr, location);
+    });
   }
 
   private journal(sr: SrContext, leaf: string): string {
@@ -337,13 +343,17 @@ export class FileSrDriver implements SmDriver {
   }
 
   async vdiAttach(sr: SrContext, location: string): Promise<{ path: string; format: 'vhd' }> {
-    await this.vdiStat(sr, location);
-    return { path: this.file(sr, location), format: 'vhd' };
+    return this.lock(sr).run(async () => {
+      await this.vdiStat(sr, location);
+      return { path: this.file(sr, location), format: 'vhd' as const };
+    });
   }
 
   async vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean; deferSync?: boolean }): Promise<OpenDisk> {
-    await this.vdiStat(sr, location);
-    const vhd = await openVhd(this.file(sr, location), { readOnly: opts.readOnly, deferSync: opts.deferSync });
+    const vhd = await this.lock(sr).run(async () => {
+      await this.vdiStat(sr, location);
+      return openVhd(this.file(sr, location), { readOnly: opts.readOnly, deferSync: opts.deferSync });
+    });
     return {
       size: vhd.virtualSize,
       vhd,

@@ -95,7 +95,7 @@ function gcOpts(sr: Sr, extra: Partial<GcOptions> = {}): GcOptions {
       chain = r.catch(() => undefined);
       return r;
     },
-    isActive: (u) => sr.active.has(u),
+    inUse: () => sr.active,
     ...extra,
   };
 }
@@ -231,7 +231,7 @@ test('a snapshot writing its journal under the SR lock: the GC waits for the loc
   await written;
   let askedForLock!: () => void;
   const gcWaiting = new Promise<void>((r) => (askedForLock = r));
-  const gc = runGc(sr.dir, { lock: (fn) => { askedForLock(); return lock.run(fn); }, isActive: (u) => sr.active.has(u) });
+  const gc = runGc(sr.dir, { lock: (fn) => { askedForLock(); return lock.run(fn); }, inUse: () => sr.active });
   await gcWaiting;
   assert.ok(existsSync(tmp), 'the journal being written is still there when the GC first needs the lock');
   finish();
@@ -322,7 +322,7 @@ function runChild(dir: string, env: Record<string, string>, killAfterMs?: number
 /** After a kill: leaves read the same before any recovery, and recovery + GC reach the final shape. */
 async function checkAfterKill(sr: Sr, label: string): Promise<void> {
   await assertHashes(sr, templateHashes, `${label}, before recovery`);
-  await recoverJournals(sr.dir, { isActive: (u) => sr.active.has(u) });
+  await recoverJournals(sr.dir, { inUse: () => sr.active });
   await runGc(sr.dir, gcOpts(sr));
   await assertFinalShape(sr);
   await assertHashes(sr, templateHashes, `${label}, after GC`);

@@ -14,6 +14,9 @@ import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { openDiskFile } from '../../src/storage/disk-file.js';
+import type { FileSrDriver } from '../../src/storage/file-sr.js';
+import { openVdi } from '../../src/xapi/vdi.js';
+import { countCalls, waitUntil } from '../wait.js';
 
 const MiB = 1024 ** 2;
 const NULL = 'OpaqueRef:NULL';
@@ -405,6 +408,50 @@ test('garbage collection: deleted snapshots are removed and the chain coalesces 
   }
 });
 
+test('the GC asks what is in use before every step: a disk opened for writing while it waits is left alone', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('gc-live');
+    await t.storage.settleGc(sr); // the GC the plug kicked
+    const vdi = await t.vdiCreate(sr, 16 * MiB);
+    const d = await openDiskFile(await t.vhdFile(vdi), { readOnly: false });
+    await d.write(0, pattern(40, MiB));
+    await d.close();
+    // reset then persist: the leaf sits alone over a hidden parent, what a leaf-coalesce merges
+    await t.ok('VDI.set_on_boot', t.s, vdi, 'reset');
+    await t.ok('VDI.set_on_boot', t.s, vdi, 'persist');
+    const dir = await t.srDir(sr);
+    const vhds = () => readdirSync(dir).filter((f) => f.endsWith('.vhd')).length;
+    assert.equal(vhds(), 2);
+    // The SR lock is held (as by a snapshot) until the GC is waiting for it; then the disk is
+    // opened for writing. The GC's steps come after that, so they must see the writer.
+    const { ctx } = await t.storage.context(sr);
+    const lock = (t.storage.driver('file') as FileSrDriver).lock(ctx);
+    let release!: () => void;
+    const held = lock.run(() => new Promise<void>((r) => (release = r)));
+    const asked = countCalls(lock, 'run');
+    const gc = t.storage.runGc(sr);
+    await asked.calls(1);
+    asked.restore();
+    const location = (await t.rec('VDI', vdi)).location as string;
+    const opening = openVdi(t.storage, vdi, false);
+    await waitUntil('the writer is registered', async () => (await t.storage.inUse(sr)).has(location));
+    release();
+    await held;
+    const disk = await opening;
+    await gc;
+    assert.equal(vhds(), 2, 'the leaf being written was not merged into its parent');
+    await disk.write(2 * MiB, pattern(41, MiB));
+    await disk.close();
+    const content = await contentHash(await t.vhdFile(vdi));
+    await t.storage.runGc(sr);
+    assert.equal(vhds(), 1, 'once closed, the leaf is merged');
+    assert.equal(await contentHash(await t.vhdFile(vdi)), content);
+  } finally {
+    await t.close();
+  }
+});
+
 test('VM.checkpoint keeps the memory image with the disks; reverting to it gives a suspended VM that resumes', async () => {
   const t = await setup();
   try {
@@ -496,10 +543,16 @@ test('a snapshot cut short by a crash is finished or dropped when the SR is atta
     await t.ok('PBD.unplug', t.s, pbd!);
     await t.ok('PBD.plug', t.s, pbd!);
     assert.equal(await contentHash(file), before, 'the VDI reads as before');
-    assert.equal(((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'], parent);
     assert.equal(existsSync(join(dir, `${fresh}.vhd`)), false);
-    assert.deepEqual(readdirSync(join(dir, '.journal')), []);
+    assert.deepEqual(readdirSync(join(dir, '.journal')).filter((f) => f.startsWith('snapshot-')), [], 'the snapshot journal is done with');
     assert.equal(((await t.rec('SR', sr)).VDIs as string[]).length, 1, 'the hidden parent is no VDI');
+    // The plug kicked the GC, which may already be merging the leaf into the recovered parent:
+    // once it is done, the VDI is one file again, reading the same.
+    await t.storage.settleGc(sr);
+    assert.deepEqual(readdirSync(join(dir, '.journal')), []);
+    assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith('.vhd')), [`${location}.vhd`]);
+    assert.equal(((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'], undefined);
+    assert.equal(await contentHash(file), before, 'and reads as before');
   } finally {
     await t.close();
   }
