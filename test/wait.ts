@@ -15,6 +15,8 @@ export interface WaitOptions {
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
+type Truthy<T> = Exclude<T, false | 0 | '' | null | undefined>;
+
 const pause = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**
@@ -22,15 +24,48 @@ const pause = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  * "timed out after N ms waiting for <what>" and the last value seen, or with the probe's own
  * error if it throws.
  */
-export async function waitUntil<T>(what: string, probe: () => T | Promise<T>, opts: WaitOptions = {}): Promise<T> {
+export async function waitUntil<T>(what: string, probe: () => T | Promise<T>, opts: WaitOptions = {}): Promise<Truthy<T>> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();
-    if (v) return v;
+    if (v) return v as Truthy<T>;
     if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last seen: ${describe(v)})`);
     await pause(opts.intervalMs ?? 10);
   }
+}
+
+/** What waitForEmitted listens to (an EventEmitter, Xen Orchestra's object collection). */
+export interface Emitter {
+  on(event: string, listener: (...args: unknown[]) => void): unknown;
+  removeListener(event: string, listener: (...args: unknown[]) => void): unknown;
+}
+
+/**
+ * Like waitUntil, but `probe` is checked now and again each time `source` emits one of
+ * `events`, not on a timer: for state a library keeps and announces changes of (the xen-api
+ * connector's object cache).
+ */
+export function waitForEmitted<T>(what: string, source: Emitter, events: string[], probe: () => T, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<Truthy<T>> {
+  return new Promise((resolve, reject) => {
+    let last: T | undefined;
+    const done = (f: () => void) => {
+      clearTimeout(timer);
+      for (const e of events) source.removeListener(e, check);
+      f();
+    };
+    const check = () => {
+      try {
+        last = probe();
+        if (last) done(() => resolve(last as Truthy<T>));
+      } catch (e) {
+        done(() => reject(e));
+      }
+    };
+    const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last seen: ${describe(last)})`))), timeoutMs);
+    for (const e of events) source.on(e, check);
+    check();
+  });
 }
 
 /** `p`, or a rejection naming `what` if it has not settled within `timeoutMs`. */
@@ -49,12 +84,14 @@ export async function within<T>(what: string, p: Promise<T>, timeoutMs = DEFAULT
 /**
  * Calls to `obj[method]`, counted as they happen: `calls(n)` resolves once the method has been
  * called n times in all. For waiting until code under test has reached a known point (a watcher
- * blocking, a lock being asked for) instead of sleeping and hoping it has.
+ * blocking, a lock being asked for) instead of sleeping and hoping it has. `settled` counts the
+ * calls whose returned promise has settled (a wait that ended).
  */
-export function countCalls<O extends object, K extends keyof O>(obj: O, method: K): { readonly count: number; calls(n: number): Promise<void>; restore(): void } {
+export function countCalls<O extends object, K extends keyof O>(obj: O, method: K): { readonly count: number; readonly settled: number; calls(n: number): Promise<void>; restore(): void } {
   const original = obj[method] as unknown as (...a: unknown[]) => unknown;
   const ownBefore = Object.prototype.hasOwnProperty.call(obj, method);
   let count = 0;
+  let settled = 0;
   const waiters: Array<{ n: number; resolve: () => void }> = [];
   (obj as Record<K, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
     count++;
@@ -62,11 +99,19 @@ export function countCalls<O extends object, K extends keyof O>(obj: O, method: 
       waiters.splice(waiters.indexOf(w), 1);
       w.resolve();
     }
-    return original.apply(this, args);
+    const result = original.apply(this, args);
+    if (result instanceof Promise) {
+      const count = () => void settled++;
+      result.then(count, count);
+    }
+    return result;
   };
   return {
     get count() {
       return count;
+    },
+    get settled() {
+      return settled;
     },
     calls: (n) => (count >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve }))),
     restore: () => {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
+import { waitForEmitted } from '../wait.js';
 
 interface XoObject {
   $ref: string;
@@ -34,14 +35,13 @@ test('template to destroy through xen-api, states seen through events', { timeou
     await xapi.call('VM.provision', vmRef);
     const net = Object.values(xapi.objects.indexes.type.network as Record<string, XoObject>).find((n) => n.bridge === 'xenbr0')!;
     await xapi.call('VIF.create', { device: '0', network: net.$ref, VM: vmRef, MAC: '', MTU: 1500, other_config: {}, qos_algorithm_type: '', qos_algorithm_params: {} });
-    const waitState = async (state: string) => {
-      for (let i = 0; i < 500; i++) {
+    // Re-checked each time the connector's event loop updates its cache.
+    const inCache = <T>(what: string, check: () => T) => waitForEmitted(what, xapi.objects, ['add', 'update', 'remove'], check);
+    const waitState = (state: string) =>
+      inCache(`the VM ${state} in the connector's cache`, () => {
         const o = xapi.getObjectByRef(vmRef, undefined) as XoObject | undefined;
-        if (o?.power_state === state) return o;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      assert.fail(`VM never reached ${state} in the connector's cache`);
-    };
+        return o?.power_state === state ? o : undefined;
+      });
     await waitState('Halted');
     for (const [method, args, state] of [
       ['VM.start', [false, false], 'Running'],
@@ -61,8 +61,7 @@ test('template to destroy through xen-api, states seen through events', { timeou
     const settled = seen.filter((s, i) => !(s === 'Paused' && (seen[i + 1] === 'Suspended' || seen[i - 1] === 'Suspended')));
     assert.deepEqual(settled.filter((s, i) => s !== settled[i - 1]), ['Running', 'Paused', 'Running', 'Suspended', 'Running', 'Halted']);
     await xapi.callAsync('VM.destroy', vmRef);
-    for (let i = 0; i < 200 && xapi.getObjectByRef(vmRef, undefined); i++) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(xapi.getObjectByRef(vmRef, undefined), undefined);
+    await inCache('the VM gone from the connector\'s cache', () => xapi.getObjectByRef(vmRef, undefined) === undefined);
   } finally {
     await xapi.disconnect();
     await stopXapi(x);

@@ -300,7 +300,10 @@ test('recovery rolls a re-parent forward, and rolls a leaf commit back if the le
 
 interface ChildResult { signal: NodeJS.Signals | null; code: number | null; out: string }
 
-/** Run the GC child; optionally SIGKILL it (by its PID) after killAfterMs. */
+/**
+ * Run the GC child; optionally SIGKILL it (by its PID) after killAfterMs: a kill at an arbitrary
+ * moment is the point of those runs (any outcome must be consistent), not a wait for anything.
+ */
 function runChild(dir: string, env: Record<string, string>, killAfterMs?: number): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CHILD, dir], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });

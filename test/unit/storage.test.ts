@@ -16,7 +16,7 @@ import { apiClient, struct } from './api-client.js';
 import { openDiskFile } from '../../src/storage/disk-file.js';
 import type { FileSrDriver } from '../../src/storage/file-sr.js';
 import { openVdi } from '../../src/xapi/vdi.js';
-import { countCalls, waitUntil } from '../wait.js';
+import { countCalls, waitUntil, within } from '../wait.js';
 
 const MiB = 1024 ** 2;
 const NULL = 'OpaqueRef:NULL';
@@ -431,7 +431,7 @@ test('the GC asks what is in use before every step: a disk opened for writing wh
     const held = lock.run(() => new Promise<void>((r) => (release = r)));
     const asked = countCalls(lock, 'run');
     const gc = t.storage.runGc(sr);
-    await asked.calls(1);
+    await within('the GC to ask for the lock', asked.calls(1));
     asked.restore();
     const location = (await t.rec('VDI', vdi)).location as string;
     const opening = openVdi(t.storage, vdi, false);
