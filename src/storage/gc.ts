@@ -31,10 +31,10 @@
 // Locking. opts.lock is the SR lock the driver takes for snapshot/clone/delete/attach/open.
 // Tree changes always happen under it, after re-reading the tree and asking which nodes are in
 // use right now (opts.inUse): an operation that starts using a leaf after that question waits
-// for the lock, so it finds the step done. The journal directory is shared
-// with the driver's snapshot journals (file-sr.ts), so the GC reads it only under the lock too
-// (a snapshot's journal may be a temp file about to be renamed into place) and only ever
-// touches its own entries: `<node>.json` and their temp files. The bulk copy of a non-leaf
+// for the lock, so it finds the step done. The journal directory is shared with the driver's
+// snapshot journals (file-sr.ts), so the GC reads it only under the lock too (a snapshot's
+// journal may be a temp file about to be renamed into place) and only ever touches its own
+// entries: `<node>.json` and their temp files. The bulk copy of a non-leaf
 // coalesce runs outside the lock: it only reads a hidden node and writes its hidden parent,
 // which nothing else touches (the driver only snapshots leaves). A leaf-coalesce holds the
 // lock for the whole step, copy included, because the leaf's data must not change between
