@@ -16,6 +16,7 @@ import { fsyncDir, writeFileAtomic } from '../util/files.js';
 import { createDifferencing, createDynamic, open as openVhd, format } from './vhd/index.js';
 import { listNodes, readNode, vhdPath, type VhdNode } from './file-layout.js';
 import { recoverJournals, runGc } from './gc.js';
+import { pauseLeaf } from './leaf-gate.js';
 import { SmError, type OpenDisk, type SmDriver, type SrContext, type SrStat, type VdiInfo } from './driver.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -262,9 +263,14 @@ export class FileSrDriver implements SmDriver {
 
   /**
    * Under the SR lock: leaf L's file becomes a new hidden parent P, and L an empty leaf over it;
-   * with `fresh`, a second empty leaf (the snapshot or clone) goes over P too. Journalled.
+   * with `fresh`, a second empty leaf (the snapshot or clone) goes over P too. Journalled. A
+   * running domain's I/O on L is paused meanwhile (its writes in flight land before the split).
    */
-  private async splitLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
+  private splitLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
+    return pauseLeaf(this.file(sr, location), () => this.splitPausedLeaf(sr, location, fresh));
+  }
+
+  private async splitPausedLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
     const parent = randomUUID();
     const n = await readNode(this.dir(sr), location).catch(() => undefined);
     if (!n || n.hidden) throw new SmError('VDI_MISSING', [location]);
@@ -301,7 +307,7 @@ export class FileSrDriver implements SmDriver {
       const tmp = join(this.dir(sr), `${location}.reset`);
       await rm(tmp, { force: true });
       await (await createDifferencing(tmp, this.file(sr, n.parentUuid))).close();
-      await rename(tmp, this.file(sr, location));
+      await pauseLeaf(this.file(sr, location), () => rename(tmp, this.file(sr, location)));
       await fsyncDir(this.dir(sr));
     });
   }

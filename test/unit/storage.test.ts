@@ -15,6 +15,7 @@ import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { openDiskFile } from '../../src/storage/disk-file.js';
 import type { FileSrDriver } from '../../src/storage/file-sr.js';
+import { leafPaused } from '../../src/storage/leaf-gate.js';
 import { openVdi } from '../../src/xapi/vdi.js';
 import { countCalls, waitUntil, within } from '../wait.js';
 
@@ -447,6 +448,42 @@ test('the GC asks what is in use before every step: a disk opened for writing wh
     await t.storage.runGc(sr);
     assert.equal(vhds(), 1, 'once closed, the leaf is merged');
     assert.equal(await contentHash(await t.vhdFile(vdi)), content);
+  } finally {
+    await t.close();
+  }
+});
+
+test('a snapshot of a disk in use waits for the I/O in flight, and later I/O goes to the new leaf (tapdisk pause)', async () => {
+  const t = await setup();
+  try {
+    const vdi = await t.vdiCreate(t.localSr, 16 * MiB);
+    const file = await t.vhdFile(vdi);
+    const io = await openDiskFile(file, { readOnly: false }); // a domain's I/O under way
+    const snapping = t.ok('VDI.snapshot', t.s, vdi, newStruct());
+    await waitUntil('the snapshot to wait for the I/O in flight', () => leafPaused(file));
+    await io.write(2 * MiB, pattern(50, MiB));
+    await io.close();
+    const snap = (await snapping) as string;
+    const readAt = async (v: string) => {
+      const d = await openDiskFile(await t.vhdFile(v), { readOnly: true });
+      try {
+        return await d.read(2 * MiB, MiB);
+      } finally {
+        await d.close();
+      }
+    };
+    // the write landed before the split: the snapshot and the disk both hold it
+    assert.ok((await readAt(snap)).equals(pattern(50, MiB)), 'the snapshot holds the write in flight');
+    assert.ok((await readAt(vdi)).equals(pattern(50, MiB)));
+    // I/O after the snapshot changes the disk only
+    const after = await openDiskFile(file, { readOnly: false });
+    await after.write(2 * MiB, pattern(51, MiB));
+    await after.close();
+    assert.ok((await readAt(snap)).equals(pattern(50, MiB)), 'the snapshot does not change');
+    assert.ok((await readAt(vdi)).equals(pattern(51, MiB)));
+    // the new parent stayed hidden: a scan finds the two VDIs and nothing else
+    await t.ok('SR.scan', t.s, t.localSr);
+    assert.deepEqual([...((await t.rec('SR', t.localSr)).VDIs as string[])].sort(), [vdi, snap].sort());
   } finally {
     await t.close();
   }
