@@ -4,7 +4,7 @@ import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { schema as loadSchema, type Schema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
@@ -25,6 +25,8 @@ export async function memoryHost(
     stateDir?: string;
     bootTimeMs?: number;
     shutdownTimeMs?: number;
+    /** Where the host logs (default: nowhere); tests that check what is logged pass their own. */
+    log?: Logger;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -40,7 +42,7 @@ export async function memoryHost(
     schema,
     db: typed(db),
     marshal: new Marshal(schema),
-    log: pino({ level: 'silent' }),
+    log: opts.log ?? pino({ level: 'silent' }),
     config: { stateDir, address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },
     hostRef,
     poolRef,

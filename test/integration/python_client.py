@@ -56,6 +56,23 @@ def failure(name, r, expected):
     )
 
 
+def wait_task(proxy, session, task, timeout=30.0):
+    """The task's record once it has left 'pending', woken by event.from on the task (the way
+    XenAPI clients wait for tasks) rather than by polling; fails after `timeout` seconds."""
+    deadline = time.time() + timeout
+    token = ""
+    event_from = getattr(proxy.event, "from")  # `from` is a Python keyword
+    while True:
+        rec = success("task.get_record", proxy.task.get_record(session, task))
+        if rec["status"] != "pending":
+            return rec
+        left = deadline - time.time()
+        if left <= 0:
+            check("task %s finishes within %ds" % (task, timeout), False, rec)
+        # The first call (empty token) answers at once; later ones block until the task changes.
+        token = success("event.from", event_from(session, ["task/" + task], token, min(left, 10.0)))["token"]
+
+
 def is_ref(v):
     return isinstance(v, str) and REF.match(v) is not None
 
@@ -258,12 +275,7 @@ task = success(
     xapi.Async.network.create(session, {"name_label": "py-async", "name_description": "", "MTU": 1500, "other_config": {}}),
 )
 check("Async.network.create returns a task ref", is_ref(task), task)
-deadline = time.time() + 15
-while True:
-    trec = success("task.get_record", xapi.task.get_record(session, task))
-    if trec["status"] != "pending" or time.time() > deadline:
-        break
-    time.sleep(0.05)
+trec = wait_task(xapi, session, task)
 check("the task finishes with status 'success'", trec["status"] == "success", trec)
 m = re.match(r"^<value>(OpaqueRef:[0-9a-f-]+)</value>$", trec["result"])
 check("task result is '<value>OpaqueRef:...</value>'", m is not None, trec["result"])
@@ -276,12 +288,7 @@ check("task status via task.get_status is 'success'", success("get_status", xapi
 check("task.get_result gives the same fragment", success("get_result", xapi.task.get_result(session, task)) == trec["result"])
 
 failing = success("Async.network.destroy of an unknown network", xapi.Async.network.destroy(session, "OpaqueRef:" + str(uuidlib.uuid4())))
-deadline = time.time() + 15
-while True:
-    frec = success("task.get_record", xapi.task.get_record(session, failing))
-    if frec["status"] != "pending" or time.time() > deadline:
-        break
-    time.sleep(0.05)
+frec = wait_task(xapi, session, failing)
 check(
     "a failing async call ends with status 'failure' and error_info [CODE, ...]",
     frec["status"] == "failure" and frec["error_info"][:2] == ["HANDLE_INVALID", "network"],

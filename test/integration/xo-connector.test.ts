@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { Xapi } from 'xen-api';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall } from './client.js';
+import { waitForEmitted, type Emitter } from '../wait.js';
 
 interface XoObject {
   $type: string;
@@ -22,18 +23,8 @@ after(async () => {
   await stopXapi(x);
 });
 
-function waitFor<T>(check: () => T | undefined, what: string, ms = 10_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const poll = () => {
-      const v = check();
-      if (v !== undefined) return resolve(v);
-      if (Date.now() - started > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
-}
+/** Until `check` holds in the connector's cache, re-checked as its event loop updates it. */
+const inCache = <T>(xapi: { objects: Emitter }, check: () => T, what: string) => waitForEmitted(what, xapi.objects, ['add', 'update', 'remove'], check);
 
 for (const [transport, secure] of [
   ['auto', false],
@@ -80,14 +71,14 @@ for (const [transport, secure] of [
         other_config: {},
       })) as string;
       assert.match(ref, /^OpaqueRef:/);
-      const net = await waitFor(() => xapi.getObjectByRef(ref, undefined) as XoObject | undefined, 'the new network');
+      const net = await inCache(xapi, () => xapi.getObjectByRef(ref, undefined) as XoObject | undefined, 'the new network');
       assert.equal(net.name_label, label);
 
       // changes arrive through event.from
       await xapi.call('network.set_name_label', ref, `${label}-renamed`);
-      await waitFor(() => ((xapi.getObjectByRef(ref) as XoObject).name_label === `${label}-renamed` ? true : undefined), 'mod event');
+      await inCache(xapi, () => (xapi.getObjectByRef(ref) as XoObject).name_label === `${label}-renamed`, 'mod event');
       await xapi.call('network.destroy', ref);
-      await waitFor(() => (xapi.getObjectByRef(ref, undefined) === undefined ? true : undefined), 'del event');
+      await inCache(xapi, () => xapi.getObjectByRef(ref, undefined) === undefined, 'del event');
 
       // errors, sync and through a task
       await assert.rejects(xapi.call('VM.get_record', 'OpaqueRef:nope'), (e: { code: string; params: string[] }) => {
