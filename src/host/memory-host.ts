@@ -25,6 +25,8 @@ export async function memoryHost(
     stateDir?: string;
     bootTimeMs?: number;
     shutdownTimeMs?: number;
+    /** Whether simulated guests run an agent (PV drivers); default true. */
+    guestAgent?: boolean;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -50,7 +52,7 @@ export async function memoryHost(
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,
   };
-  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0 });
+  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, guestAgent: opts.guestAgent });
   const { registry, dispatcher, xenops, storage } = buildApi(
     host,
     db,

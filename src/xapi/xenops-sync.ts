@@ -85,6 +85,7 @@ export class XenopsSync {
       shadowMultiplier: vm.HVM_shadow_multiplier as number,
       suspendImage: await this.suspendImagePath(vm),
       platform: vm.platform as Record<string, string>,
+      xenstoreData: vm.xenstore_data,
       vbds,
       vifs,
     };
