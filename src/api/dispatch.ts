@@ -99,7 +99,7 @@ export class Dispatcher {
     let session: SessionInfo | undefined;
     if (msg.sessionChecked) {
       session = await checkSession(this.host, params[0]!);
-      state.session = session.row.uuid as string;
+      state.session = session.row.uuid;
       if (msg.lifecycle === 'Removed') throw new XapiError('MESSAGE_REMOVED', []);
     }
 

@@ -12,7 +12,7 @@ const permissionSets = new WeakMap<Row<'session'>, Set<string>>();
 function permissionsOf(row: Row<'session'>): Set<string> {
   let s = permissionSets.get(row);
   if (!s) {
-    s = new Set((row.rbac_permissions as string[]) ?? []);
+    s = new Set(row.rbac_permissions ?? []);
     permissionSets.set(row, s);
   }
   return s;

@@ -15,7 +15,7 @@ const lastActiveMs = new WeakMap<Row<'session'>, number>();
 function lastActive(row: Row<'session'>): number {
   let ms = lastActiveMs.get(row);
   if (ms === undefined) {
-    ms = parseDateTime(row.last_active as string)?.getTime() ?? 0;
+    ms = parseDateTime(row.last_active)?.getTime() ?? 0;
     lastActiveMs.set(row, ms);
   }
   return ms;

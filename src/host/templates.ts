@@ -16,14 +16,14 @@
 // Each template keeps the uuid the catalogue gives it, so it is the same on every host and
 // across restarts; mac_seed (random on a real host) is derived from the reference label.
 import { createHash } from 'node:crypto';
-import type { vdi_type } from '../schema/generated.js';
+import type { VM_record, vdi_type } from '../schema/generated.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
 export interface TemplateSpec {
   uuid: string;
-  fields: Record<string, unknown>;
+  fields: Partial<VM_record>;
 }
 
 /** The layers catalogue entries derive from. */

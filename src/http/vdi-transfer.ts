@@ -147,7 +147,7 @@ async function importRawVdi(storage: Storage, t: Transfer) {
   }
   await target.close();
   await storage.updateVdi(vdi);
-  await storage.updateStats((await call.db.get('VDI', vdi)).SR as string);
+  await storage.updateStats((await call.db.get('VDI', vdi)).SR);
   res.end();
   return { type: VDI_REF, value: vdi };
 }
@@ -161,7 +161,7 @@ async function exportRawVdi(storage: Storage, t: Transfer) {
   const baseRef = await t.resolve('VDI', t.param('base'));
   if (baseRef && format !== 'vhd') throw new XapiError('INTERNAL_ERROR', ['base needs format=vhd']);
   const row = await call.db.get('VDI', vdi);
-  if (format === 'vhd' && Number(row.virtual_size) > MAX_VHD_SIZE) throw new XapiError('VDI_TOO_LARGE', [vdi, String(MAX_VHD_SIZE)]);
+  if (format === 'vhd' && row.virtual_size > MAX_VHD_SIZE) throw new XapiError('VDI_TOO_LARGE', [vdi, String(MAX_VHD_SIZE)]);
   const disk = await openVdi(storage, vdi, true);
   const base = baseRef ? await openVdi(storage, baseRef, true) : undefined;
   try {
@@ -177,7 +177,7 @@ async function exportRawVdi(storage: Storage, t: Transfer) {
     res.writeHead(200, {
       'content-type': CONTENT_TYPE[format]!,
       'content-length': stream.length!,
-      'content-disposition': `attachment; filename="${row.uuid as string}.${format}"`,
+      'content-disposition': `attachment; filename="${row.uuid}.${format}"`,
       'task-id': call.task,
     });
     await sendStream(res, stream);

@@ -168,11 +168,11 @@ export class EventService {
 
 export function register(r: Registry, events: EventService): void {
   r.implement('event.from', (call, [classes, token, timeout]) =>
-    events.from(call, classes as string[], token as string, timeout as number),
+    events.from(call, classes, token, timeout),
   )
-    .implement('event.register', (call, [classes]) => events.register(call, classes as string[]))
-    .implement('event.unregister', (call, [classes]) => events.unregister(call, classes as string[]))
+    .implement('event.register', (call, [classes]) => events.register(call, classes))
+    .implement('event.unregister', (call, [classes]) => events.unregister(call, classes))
     .implement('event.next', (call) => events.next(call))
     .implement('event.get_current_id', () => events.currentId())
-    .implement('event.inject', (_call, [cls, ref]) => events.inject(cls as string, ref as string));
+    .implement('event.inject', (_call, [cls, ref]) => events.inject(cls, ref));
 }

@@ -13,7 +13,7 @@ import type { Schema } from '../schema/schema.js';
 async function permissions(call: Call, role: string): Promise<string[]> {
   const out = new Set<string>();
   const walk = async (ref: string) => {
-    const subroles = (await call.db.get('role', ref)).subroles as string[];
+    const subroles = (await call.db.get('role', ref)).subroles;
     if (subroles.length === 0 && ref !== role) out.add(ref);
     for (const s of subroles) if (!out.has(s)) await walk(s);
   };
@@ -24,7 +24,7 @@ async function permissions(call: Call, role: string): Promise<string[]> {
 async function rolesWith(call: Call, permission: string): Promise<string[]> {
   const out: string[] = [];
   for (const [ref, row] of await call.db.all('role')) {
-    if ((row.subroles as string[]).length > 0 && (await permissions(call, ref)).includes(permission)) out.push(ref);
+    if (row.subroles.length > 0 && (await permissions(call, ref)).includes(permission)) out.push(ref);
   }
   return out;
 }
@@ -56,14 +56,14 @@ export function register(r: Registry, schema: Schema): void {
     .implement('role.get_all_records', async (call) => Object.fromEntries(await staticRoles(call)))
     .implement('role.get_all_where', async (call, [expr]) => (await staticRoles(call, expr)).map(([ref]) => ref))
     .implement('role.get_all_records_where', async (call, [expr]) => Object.fromEntries(await staticRoles(call, expr)));
-  r.implement('role.get_permissions', (call, [self]) => permissions(call, self as string))
+  r.implement('role.get_permissions', (call, [self]) => permissions(call, self))
     .implement('role.get_permissions_name_label', async (call, [self]) => {
-      const refs = await permissions(call, self as string);
+      const refs = await permissions(call, self);
       return Promise.all(refs.map(async (p) => (await call.db.get('role', p)).name_label));
     })
     .implement('role.get_by_permission', async (call, [permission]) => {
-      await call.db.get('role', permission as string);
-      return rolesWith(call, permission as string);
+      await call.db.get('role', permission);
+      return rolesWith(call, permission);
     })
     .implement('role.get_by_permission_name_label', async (call, [label]) => {
       const [found] = await call.db.find('role', { name_label: label });

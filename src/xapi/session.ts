@@ -45,21 +45,23 @@ export async function createSession(host: HostContext, s: NewSession): Promise<s
   return ref;
 }
 
-async function loginWithPassword(call: Call, [uname, pwd, , originator]: unknown[]): Promise<string> {
+type Params<W extends keyof Messages> = Messages[W]['params'];
+
+async function loginWithPassword(call: Call, [uname, pwd, , originator]: Params<'session.login_with_password'>): Promise<string> {
   const host = call.host;
-  if (!(await host.verifyLocalPassword(String(uname), String(pwd)))) {
+  if (!(await host.verifyLocalPassword(uname, pwd))) {
     await sleep(host.authFailureDelayMs);
-    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
   }
-  return createSession(host, { pool: false, userName: String(uname), originator: String(originator ?? '') });
+  return createSession(host, { pool: false, userName: uname, originator });
 }
 
-async function slaveLogin(call: Call, [hostRef, secret]: unknown[]): Promise<string> {
-  if (!call.host.poolSecrets().includes(String(secret))) {
+async function slaveLogin(call: Call, [hostRef, secret]: Params<'session.slave_login'>): Promise<string> {
+  if (!call.host.poolSecrets().includes(secret)) {
     await sleep(call.host.authFailureDelayMs);
-    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(hostRef), 'Pool credentials invalid']);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [hostRef, 'Pool credentials invalid']);
   }
-  return createSession(call.host, { pool: true, userName: String(hostRef), originator: '' });
+  return createSession(call.host, { pool: true, userName: hostRef, originator: '' });
 }
 
 /**
@@ -67,7 +69,7 @@ async function slaveLogin(call: Call, [hostRef, secret]: unknown[]): Promise<str
  * password. xapi does not check old_pwd (CA-13567: holding such a session is proof enough), so
  * neither does this; any other session is refused.
  */
-async function changePassword(call: Call, [, newPwd]: Messages['session.change_password']['params'], setPassword: SetPassword): Promise<void> {
+async function changePassword(call: Call, [, newPwd]: Params<'session.change_password'>, setPassword: SetPassword): Promise<void> {
   if (!call.session!.row.is_local_superuser) {
     throw new XapiError('USER_IS_NOT_LOCAL_SUPERUSER', ['Failed to change password for user root']);
   }
@@ -106,16 +108,16 @@ export function register(r: Registry, setPassword: SetPassword): void {
   r.implement('session.login_with_password', loginWithPassword)
     .implement('session.slave_login', slaveLogin)
     .implement('session.slave_local_login', async (call, [secret]) => {
-      if (!call.host.poolSecrets().includes(String(secret))) {
+      if (!call.host.poolSecrets().includes(secret)) {
         await sleep(call.host.authFailureDelayMs);
         throw new XapiError('SESSION_AUTHENTICATION_FAILED', ['', 'Pool credentials invalid']);
       }
       return createLocalSession(call.host, '');
     })
     .implement('session.slave_local_login_with_password', async (call, [uname, pwd]) => {
-      if (String(uname) !== 'root' || !(await call.host.verifyLocalPassword('root', String(pwd)))) {
+      if (uname !== 'root' || !(await call.host.verifyLocalPassword('root', pwd))) {
         await sleep(call.host.authFailureDelayMs);
-        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
       }
       return createLocalSession(call.host, 'root');
     })
@@ -128,7 +130,7 @@ export function register(r: Registry, setPassword: SetPassword): void {
     .implement('session.change_password', (call, args) => changePassword(call, args, setPassword))
     .implement('session.get_all_subject_identifiers', async (call) => {
       const sids = new Set<string>();
-      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid as string);
+      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid);
       return [...sids];
     })
     .implement('session.logout_subject_identifier', async (call, [sid]) => {
@@ -154,19 +156,19 @@ export async function sessionGc(host: HostContext): Promise<void> {
   const now = host.now();
   const groups = new Map<string, { ref: string; last: number }[]>();
   for (const [ref, row] of await host.db.all('session')) {
-    if (await hasUnfinishedTasks(host, row.tasks as string[])) continue;
-    const last = parseDateTime(String(row.last_active))?.getTime() ?? 0;
+    if (await hasUnfinishedTasks(host, row.tasks)) continue;
+    const last = parseDateTime(row.last_active)?.getTime() ?? 0;
     if ((now - last) / 1000 > INACTIVE_SESSION_TIMEOUT_S) {
       await host.db.destroy('session', ref);
       continue;
     }
-    const user = String(row.auth_user_name);
+    const user = row.auth_user_name;
     const key = row.pool
       ? 'internal'
       : user === '' || user === 'root'
         ? row.originator === ''
           ? 'external'
-          : `originator:${String(row.originator)}`
+          : `originator:${row.originator}`
         : `user:${user}`;
     const list = groups.get(key) ?? [];
     list.push({ ref, last });

@@ -13,7 +13,6 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
 import { makeDrivers } from '../storage/drivers.js';
 
-const s = (v: unknown) => v as string;
 
 /** SR operation -> the capability it needs (xapi_sr_operations.ml sm_cap_table). */
 const SR_CAP: Partial<Record<storage_operations, string>> = {
@@ -55,7 +54,7 @@ export class Storage {
   }
 
   async poolUuid(): Promise<string> {
-    return s((await this.host.db.get('pool', this.host.poolRef)).uuid);
+    return (await this.host.db.get('pool', this.host.poolRef)).uuid;
   }
 
   /** This host's PBD for an SR (Sm.get_my_pbd_for_sr): SR_HAS_NO_PBDS if there is none. */
@@ -68,11 +67,11 @@ export class Storage {
   /** The SR as a driver call sees it, through this host's PBD. `plugged` asserts the PBD is attached. */
   async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row<'SR'>; driver: SmDriver; ctx: SrContext }> {
     const sr = await this.host.db.get('SR', srRef);
-    const driver = this.driver(s(sr.type));
+    const driver = this.driver(sr.type);
     const [, pbd] = await this.myPbd(srRef);
     if (opts.plugged !== false && pbd.currently_attached !== true) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
-    const deviceConfig = { ...(pbd.device_config as Record<string, string>), SRmaster: 'true' };
-    return { sr, driver, ctx: { uuid: s(sr.uuid), deviceConfig, poolUuid: await this.poolUuid() } };
+    const deviceConfig = { ...pbd.device_config, SRmaster: 'true' };
+    return { sr, driver, ctx: { uuid: sr.uuid, deviceConfig, poolUuid: await this.poolUuid() } };
   }
 
   /** Storage_utils.transform_storage_exn: SM failures as the XenAPI errors xapi raises. */
@@ -109,7 +108,7 @@ export class Storage {
 
   hasCap(sr: Row<'SR'>, cap: string): boolean {
     if (cap === '' || IMPLICIT_CAPS.has(cap)) return true;
-    const d = this.drivers.get(s(sr.type));
+    const d = this.drivers.get(sr.type);
     if (!d) return false;
     if (cap === 'VDI_MIRROR_IN') cap = 'VDI_MIRROR';
     return cap in d.features;
@@ -118,7 +117,7 @@ export class Storage {
   /** Why an SR operation may not start now (xapi_sr_operations.ml), or undefined. */
   private srOpError(srRef: string, sr: Row<'SR'>, op: storage_operations): XapiError | undefined {
     if (!this.hasCap(sr, SR_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
-    const current = Object.entries(sr.current_operations as Record<string, string>);
+    const current = Object.entries(sr.current_operations);
     if (current.length > 0 && op !== 'plug') {
       const [task, what] = current.sort((a, b) => a[1].localeCompare(b[1]))[0]!;
       return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['SR', srRef, what, task]);
@@ -133,19 +132,19 @@ export class Storage {
   /** Why a VDI operation may not start now (xapi_vdi.ml check_operation_error), or undefined. */
   async vdiOpError(vdiRef: string, vdi: Row<'VDI'>, op: vdi_operations): Promise<XapiError | undefined> {
     const db = this.host.db;
-    const current = Object.entries(vdi.current_operations as Record<string, string>).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
+    const current = Object.entries(vdi.current_operations).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
     const blocking = current.filter(([, o]) => o !== 'copy' || op !== 'copy');
     if (blocking.length > 0) return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef, blocking[0]![1], blocking[0]![0]]);
-    const sr = await db.get('SR', s(vdi.SR));
-    if (!this.hasCap(sr, VDI_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [s(vdi.SR)]);
+    const sr = await db.get('SR', vdi.SR);
+    if (!this.hasCap(sr, VDI_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [vdi.SR]);
     if (!LIVE_OK.has(op)) {
-      for (const vbdRef of vdi.VBDs as string[]) {
+      for (const vbdRef of vdi.VBDs) {
         const vbd = await db.tryGet('VBD', vbdRef);
         if (!vbd) continue;
         const attached = vbd.currently_attached === true;
         if (attached && !(op === 'copy' && vbd.mode === 'RO')) return new XapiError('VDI_IN_USE', [vdiRef, op]);
-        if (Object.keys(vbd.current_operations as object).length > 0) {
-          const [task, what] = Object.entries(vbd.current_operations as Record<string, string>)[0]!;
+        if (Object.keys(vbd.current_operations).length > 0) {
+          const [task, what] = Object.entries(vbd.current_operations)[0]!;
           return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VBD', vbdRef, what, task]);
         }
       }
@@ -267,7 +266,7 @@ export class Storage {
   /** Writes what the driver says now about a VDI (size, usage, parent) into its record. */
   async refreshVdi(vdiRef: string, info: VdiInfo): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const smConfig: Record<string, string> = { ...(vdi.sm_config as Record<string, string>), vdi_type: info.vdiType };
+    const smConfig: Record<string, string> = { ...vdi.sm_config, vdi_type: info.vdiType };
     if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
     else delete smConfig['vhd-parent'];
     await this.host.db.update('VDI', vdiRef, {
@@ -280,8 +279,8 @@ export class Storage {
   /** VDI.update's work: what the driver says about the VDI now, written into its record. */
   async updateVdi(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    await this.refreshVdi(vdiRef, await this.sm(s(vdi.SR), () => driver.vdiStat(ctx, s(vdi.location)), vdiRef));
+    const { driver, ctx } = await this.context(vdi.SR);
+    await this.refreshVdi(vdiRef, await this.sm(vdi.SR, () => driver.vdiStat(ctx, vdi.location), vdiRef));
   }
 
   /** SR.update / the end of a scan: physical_size and physical_utilisation from the driver. */
@@ -289,9 +288,9 @@ export class Storage {
     const { driver, ctx } = await this.context(srRef);
     const st = await this.sm(srRef, () => driver.stat(ctx));
     let allocation = 0;
-    for (const ref of (await this.host.db.get('SR', srRef)).VDIs as string[]) {
+    for (const ref of (await this.host.db.get('SR', srRef)).VDIs) {
       const v = await this.host.db.tryGet('VDI', ref);
-      if (v) allocation += Number(v.virtual_size);
+      if (v) allocation += v.virtual_size;
     }
     await this.host.db.update('SR', srRef, { physical_size: st.physicalSize, physical_utilisation: st.physicalUtilisation, virtual_allocation: allocation });
   }
@@ -305,14 +304,14 @@ export class Storage {
     const found = await this.sm(srRef, () => driver.scan(ctx));
     const db = this.host.db;
     const byLocation = new Map(found.map((v) => [v.location, v]));
-    for (const ref of (await db.get('SR', srRef)).VDIs as string[]) {
+    for (const ref of (await db.get('SR', srRef)).VDIs) {
       const vdi = await db.tryGet('VDI', ref);
       if (!vdi) continue;
-      const info = byLocation.get(s(vdi.location));
+      const info = byLocation.get(vdi.location);
       if (info) {
-        byLocation.delete(s(vdi.location));
+        byLocation.delete(vdi.location);
         await this.refreshVdi(ref, info);
-      } else if (Object.keys(vdi.current_operations as object).length === 0) {
+      } else if (Object.keys(vdi.current_operations).length === 0) {
         await this.destroyVdiRecord(ref);
       }
     }
@@ -321,7 +320,7 @@ export class Storage {
     }
     await this.updateStats(srRef);
     const sr = await db.get('SR', srRef);
-    const other = { ...(sr.other_config as Record<string, string>) };
+    const other = { ...sr.other_config };
     if ('dirty' in other) {
       delete other.dirty;
       await db.update('SR', srRef, { other_config: other });
@@ -333,7 +332,7 @@ export class Storage {
     const db = this.host.db;
     const vdi = await db.tryGet('VDI', vdiRef);
     if (!vdi) return;
-    for (const vbd of vdi.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+    for (const vbd of vdi.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
     for (const [vm] of await db.find('VM', { suspend_VDI: vdiRef })) await db.update('VM', vm, { suspend_VDI: NULL_REF });
     await db.destroy('VDI', vdiRef);
   }
@@ -342,7 +341,7 @@ export class Storage {
   async isActive(vdiRef: string): Promise<boolean> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
     if (!vdi) return false;
-    for (const vbd of vdi.VBDs as string[]) {
+    for (const vbd of vdi.VBDs) {
       const row = await this.host.db.tryGet('VBD', vbd);
       if (row && row.currently_attached === true) return true;
     }
@@ -356,7 +355,7 @@ export class Storage {
   async clearStaleOperations(): Promise<void> {
     for (const cls of ['SR', 'VDI'] as const) {
       for (const [ref, row] of await this.host.db.all(cls)) {
-        if (Object.keys(row.current_operations as object).length === 0) continue;
+        if (Object.keys(row.current_operations).length === 0) continue;
         await this.host.db.update(cls, ref, { current_operations: {} });
         if (cls === 'SR') await this.updateSrAllowed(ref);
         else await this.updateVdiAllowed(ref);
@@ -372,19 +371,19 @@ export class Storage {
   async sweepUnfinishedImports(cancelled: Set<string>): Promise<void> {
     const db = this.host.db;
     for (const [ref, vm] of await db.all('VM')) {
-      if (!cancelled.has((vm.other_config as Record<string, string>).import_task ?? '')) continue;
-      for (const vbd of vm.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
-      for (const vif of vm.VIFs as string[]) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
-      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', s(vm.metrics)))) await db.destroy('VM_metrics', s(vm.metrics));
+      if (!cancelled.has(vm.other_config.import_task ?? '')) continue;
+      for (const vbd of vm.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+      for (const vif of vm.VIFs) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
+      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) await db.destroy('VM_metrics', vm.metrics);
       await db.destroy('VM', ref);
       this.host.log.warn({ vm: ref }, 'removed a VM whose import did not finish');
     }
     for (const [ref, vdi] of await db.all('VDI')) {
-      if (!cancelled.has((vdi.sm_config as Record<string, string>).import_task ?? '')) continue;
+      if (!cancelled.has(vdi.sm_config.import_task ?? '')) continue;
       try {
-        const { driver, ctx } = await this.context(s(vdi.SR));
-        await driver.vdiDelete(ctx, s(vdi.location));
-        this.kickGc(s(vdi.SR));
+        const { driver, ctx } = await this.context(vdi.SR);
+        await driver.vdiDelete(ctx, vdi.location);
+        this.kickGc(vdi.SR);
       } catch (e) {
         this.host.log.warn({ err: e, vdi: ref }, 'the data of an unfinished import could not be deleted');
       }
@@ -415,10 +414,10 @@ export class Storage {
       const { driver, ctx } = await this.context(srRef).catch(() => ({ driver: undefined, ctx: undefined }));
       if (!driver?.gc || !ctx) return;
       const active = new Set<string>();
-      for (const ref of sr.VDIs as string[]) {
+      for (const ref of sr.VDIs) {
         const v = await this.host.db.tryGet('VDI', ref);
         // a reset-on-boot leaf must keep its parent: merging would make its writes persist
-        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(s(v.location));
+        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(v.location);
       }
       const { changed } = await driver.gc(ctx, { isActive: (loc) => active.has(loc) });
       if (changed) {
@@ -434,16 +433,16 @@ export class Storage {
   async resetOnBoot(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
     if (vdi.on_boot !== 'reset') return;
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    await this.sm(s(vdi.SR), async () => driver.vdiReset?.(ctx, s(vdi.location)), vdiRef);
+    const { driver, ctx } = await this.context(vdi.SR);
+    await this.sm(vdi.SR, async () => driver.vdiReset?.(ctx, vdi.location), vdiRef);
     await this.updateVdi(vdiRef);
   }
 
   /** The file a domain uses for a VDI (vdi_attach on this host). */
   async attachPath(vdiRef: string, writable: boolean): Promise<string> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    const r = await this.sm(s(vdi.SR), () => driver.vdiAttach(ctx, s(vdi.location), writable), vdiRef);
+    const { driver, ctx } = await this.context(vdi.SR);
+    const r = await this.sm(vdi.SR, () => driver.vdiAttach(ctx, vdi.location, writable), vdiRef);
     return r.path;
   }
 

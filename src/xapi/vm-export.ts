@@ -20,8 +20,6 @@ import { updateAllowedOperations } from './vm-lifecycle.js';
 import { vmOverhead } from './memory.js';
 import type { Storage } from './storage.js';
 
-const s = (v: unknown) => v as string;
-
 export function exportHeader(call: Call): XvaHeader {
   const { major, minor } = call.host.schema.apiVersion;
   return {
@@ -48,25 +46,25 @@ export async function exportObjects(call: Call, vmRef: string, opts: { withSuspe
   const vm = await db.get('VM', vmRef);
   const rows: Array<[string, string, AnyRow]> = [['VM', vmRef, vm]];
   const disks: string[] = [];
-  for (const r of vm.VBDs as string[]) {
+  for (const r of vm.VBDs) {
     const vbd = await db.get('VBD', r);
     if (vbd.type === 'CD') continue; // CDs are not exported
     rows.push(['VBD', r, vbd]);
-    if (vbd.VDI !== NULL_REF) disks.push(s(vbd.VDI));
+    if (vbd.VDI !== NULL_REF) disks.push(vbd.VDI);
   }
-  if (opts.withSuspendImage && vm.suspend_VDI !== NULL_REF) disks.push(s(vm.suspend_VDI));
+  if (opts.withSuspendImage && vm.suspend_VDI !== NULL_REF) disks.push(vm.suspend_VDI);
   const srs = new Set<string>();
   for (const v of disks) {
     const vdi = await db.get('VDI', v);
     rows.push(['VDI', v, vdi]);
-    srs.add(s(vdi.SR));
+    srs.add(vdi.SR);
   }
   for (const sr of srs) rows.push(['SR', sr, await db.get('SR', sr)]);
   const nets = new Set<string>();
-  for (const r of vm.VIFs as string[]) {
+  for (const r of vm.VIFs) {
     const vif = await db.get('VIF', r);
     rows.push(['VIF', r, vif]);
-    nets.add(s(vif.network));
+    nets.add(vif.network);
   }
   for (const n of nets) rows.push(['network', n, await db.get('network', n)]);
 
@@ -136,7 +134,7 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
     }
     for (const o of byClass('network')) {
       const f = fieldsOf(call, 'network', o.snapshot);
-      const existing = (f.uuid ? await db.refByUuid('network', s(f.uuid)) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
+      const existing = (f.uuid ? await db.refByUuid('network', f.uuid) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
       if (existing) {
         refs.set(o.id, existing);
         continue;
@@ -146,11 +144,11 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       made.push(['network', net]);
       refs.set(o.id, net);
     }
-    const ref = (v: unknown) => refs.get(s(v)) ?? NULL_REF;
+    const ref = (v: string | undefined) => (v === undefined ? undefined : refs.get(v)) ?? NULL_REF;
     const vms: string[] = [];
     for (const o of byClass('VM')) {
       const f = fieldsOf(call, 'VM', o.snapshot);
-      if (opts.restore && f.uuid && (await db.refByUuid('VM', s(f.uuid)))) throw new XapiError('DUPLICATE_VM', [s(f.uuid)]);
+      if (opts.restore && f.uuid && (await db.refByUuid('VM', f.uuid))) throw new XapiError('DUPLICATE_VM', [f.uuid]);
       const vm = newRef();
       const keep = pickFields(call.host.schema, 'VM', f, (fd) => fd.qualifier !== 'RO/runtime');
       await db.create('VM', vm, {

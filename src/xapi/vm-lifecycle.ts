@@ -87,13 +87,13 @@ function allowedConcurrently(op: vm_operations, current: vm_operations[]): boole
 }
 
 export const isDefaultTemplate = (vm: Row<'VM'>) =>
-  vm.is_default_template === true || (vm.other_config as Record<string, string>)?.default_template === 'true';
+  vm.is_default_template === true || vm.other_config?.default_template === 'true';
 
 /** check_operation_error: the first reason `op` may not run on `vm` now, or undefined. */
 export function operationError(ref: string, vm: Row<'VM'>, op: vm_operations, strict = true): XapiError | undefined {
-  const blocked = vm.blocked_operations as Record<string, string>;
+  const blocked = vm.blocked_operations;
   if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]]);
-  const power = vm.power_state as PS;
+  const power = vm.power_state;
   const allowed = POWER_STATES[op] ?? ALL;
   if (!allowed.includes(power)) {
     return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()]);
@@ -119,7 +119,7 @@ export function operationError(ref: string, vm: Row<'VM'>, op: vm_operations, st
     if (!CONTROL_DOMAIN_OK.has(op)) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on a control domain']);
   }
   if (strict && (op === 'suspend' || op === 'checkpoint' || op === 'pool_migrate' || op === 'migrate_send')) {
-    const platform = vm.platform as Record<string, string>;
+    const platform = vm.platform;
     if (platform.nomigrate === 'true' || platform['nested-virt'] === 'true') return new XapiError('VM_IS_IMMOBILE', [ref]);
   }
   return undefined;
@@ -138,7 +138,7 @@ export async function updateAllowedOperations(db: Db, ref: string): Promise<void
   const vm = await db.tryGet('VM', ref);
   if (!vm) return;
   const ops = allowedOperations(ref, vm, db.schema.enumValues('vm_operations'));
-  const old = vm.allowed_operations as string[];
+  const old = vm.allowed_operations;
   if (old.length !== ops.length || old.some((o, i) => o !== ops[i])) await db.update('VM', ref, { allowed_operations: ops });
   await updateDevicesAllowedOperations(db, ref);
 }

@@ -15,8 +15,6 @@ import { cloneVm } from './vm-clone.js';
 import { updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import type { VmService } from './vm.js';
 
-const s = (v: unknown) => v as string;
-
 /** Fields revert does not take from the snapshot (xapi's do_not_copy list, in spirit). */
 const KEEP = new Set([
   'uuid', 'name_label', 'is_a_snapshot', 'is_a_template', 'snapshot_of', 'snapshots', 'snapshot_time', 'snapshot_info',
@@ -29,18 +27,18 @@ export function register(r: Registry, svc: VmService): void {
   const storage = svc.sync.storage;
 
   r.implement('VM.snapshot', (call, [vm, name, ignore]) =>
-    withVmOperation(call, s(vm), 'snapshot', () => cloneVm(storage, call, s(vm), { name: s(name), diskOp: 'snapshot', ignoreVdis: (ignore as string[]) ?? [] })),
+    withVmOperation(call, vm, 'snapshot', () => cloneVm(storage, call, vm, { name, diskOp: 'snapshot', ignoreVdis: ignore ?? [] })),
   )
     .implement('VM.snapshot_with_quiesce', (_call, [vm]) => {
-      throw new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [s(vm), 'the simulated guest has no VSS provider']);
+      throw new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [vm, 'the simulated guest has no VSS provider']);
     })
-    .implement('VM.checkpoint', (call, [vm, name]) => withVmOperation(call, s(vm), 'checkpoint', () => checkpoint(svc, call, s(vm), s(name))))
+    .implement('VM.checkpoint', (call, [vm, name]) => withVmOperation(call, vm, 'checkpoint', () => checkpoint(svc, call, vm, name)))
     .implement('VM.revert', async (call, [snapshot]) => {
-      const snap = await call.db.get('VM', s(snapshot));
+      const snap = await call.db.get('VM', snapshot);
       if (snap.is_a_snapshot !== true) throw new XapiError('ONLY_REVERT_SNAPSHOT', []);
-      const vm = s(snap.snapshot_of);
-      if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) throw new XapiError('VM_REVERT_FAILED', [s(snapshot), vm]);
-      await withVmOperation(call, s(snapshot), 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, s(snapshot), vm), false));
+      const vm = snap.snapshot_of;
+      if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) throw new XapiError('VM_REVERT_FAILED', [snapshot, vm]);
+      await withVmOperation(call, snapshot, 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, snapshot, vm), false));
     });
 }
 
@@ -52,10 +50,10 @@ async function checkpoint(svc: VmService, call: Call, ref: string, name: string)
   const db = call.db;
   const vm = await db.get('VM', ref);
   if (vm.power_state !== 'Running') return cloneVm(svc.sync.storage, call, ref, { name, diskOp: 'checkpoint' });
-  for (const vbdRef of vm.VBDs as string[]) {
+  for (const vbdRef of vm.VBDs) {
     const vbd = await db.get('VBD', vbdRef);
     if (vbd.type === 'CD' || vbd.VDI === NULL_REF) continue;
-    const sr = await db.get('SR', s((await db.get('VDI', s(vbd.VDI))).SR));
+    const sr = await db.get('SR', (await db.get('VDI', vbd.VDI)).SR);
     if (!svc.sync.storage.hasCap(sr, 'VDI_SNAPSHOT')) throw new XapiError('SR_OPERATION_NOT_SUPPORTED', [ref]);
   }
   try {
@@ -88,36 +86,36 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
   try {
     // The VM stops being what it was: its domain or suspended image goes.
     if (vm.power_state === 'Running' || vm.power_state === 'Paused') {
-      await svc.sync.backend.shutdown(s(vm.uuid)).catch(() => undefined);
+      await svc.sync.backend.shutdown(vm.uuid).catch(() => undefined);
       await svc.sync.refresh(ref);
     } else if (vm.power_state === 'Suspended') {
       await svc.discardSuspendImage(call, ref);
       await db.update('VM', ref, { power_state: 'Halted' });
-      await svc.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
+      await svc.sync.backend.remove(vm.uuid).catch(() => undefined);
     }
     // Disks: the snapshotted ones are replaced by clones of their snapshots.
-    const snapVbds = await Promise.all((snap.VBDs as string[]).map(async (r) => db.get('VBD', r)));
+    const snapVbds = await Promise.all(snap.VBDs.map(async (r) => db.get('VBD', r)));
     const replaced = new Map<string, string>(); // old VDI -> its replacement
-    for (const vbdRef of (await db.get('VM', ref)).VBDs as string[]) {
+    for (const vbdRef of (await db.get('VM', ref)).VBDs) {
       const vbd = await db.get('VBD', vbdRef);
       await db.destroy('VBD', vbdRef);
       if (vbd.type === 'CD' || vbd.VDI === NULL_REF) continue;
-      const snapDisk = await Promise.all(snapVbds.map(async (sv) => (sv.VDI !== NULL_REF ? db.tryGet('VDI', s(sv.VDI)) : undefined)));
-      if (snapDisk.some((d) => d?.snapshot_of === vbd.VDI)) replaced.set(s(vbd.VDI), '');
+      const snapDisk = await Promise.all(snapVbds.map(async (sv) => (sv.VDI !== NULL_REF ? db.tryGet('VDI', sv.VDI) : undefined)));
+      if (snapDisk.some((d) => d?.snapshot_of === vbd.VDI)) replaced.set(vbd.VDI, '');
     }
     for (const sv of snapVbds) {
-      let vdi = s(sv.VDI);
+      let vdi = sv.VDI;
       if (sv.type !== 'CD' && vdi !== NULL_REF) {
         const snapVdi = await db.get('VDI', vdi);
         const clone = await snapshotVdi(storage, call, vdi, 'clone');
         await db.update('VDI', clone, { name_label: snapVdi.name_label });
-        if (replaced.has(s(snapVdi.snapshot_of))) replaced.set(s(snapVdi.snapshot_of), clone);
+        if (replaced.has(snapVdi.snapshot_of)) replaced.set(snapVdi.snapshot_of, clone);
         vdi = clone;
       }
       await db.create('VBD', newRef(), {
         ...sv, uuid: randomUUID(), VM: ref, VDI: vdi, currently_attached: false,
         current_operations: {}, allowed_operations: [], metrics: NULL_REF,
-        other_config: { ...(sv.other_config as Record<string, string>), ...(sv.type !== 'CD' ? { owner: 'true' } : {}) },
+        other_config: { ...sv.other_config, ...(sv.type !== 'CD' ? { owner: 'true' } : {}) },
       });
     }
     // Other snapshots of the replaced disks now belong to the new disks; the old disks go.
@@ -127,15 +125,15 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
       if (await db.tryGet('VDI', old)) await destroyVdi(storage, call, old);
     }
     // VIFs come back as the snapshot had them (same MACs).
-    for (const vif of (await db.get('VM', ref)).VIFs as string[]) await db.destroy('VIF', vif);
-    for (const vifRef of snap.VIFs as string[]) {
+    for (const vif of (await db.get('VM', ref)).VIFs) await db.destroy('VIF', vif);
+    for (const vifRef of snap.VIFs) {
       const vif = await db.get('VIF', vifRef);
       await db.create('VIF', newRef(), { ...vif, uuid: randomUUID(), VM: ref, currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF });
     }
     // The configuration, and the power state the snapshot was taken in.
     const fields = pickFields(db.schema, 'VM', snap, (f) => f.qualifier !== 'RO/runtime' && !KEEP.has(f.name));
     let suspend = NULL_REF;
-    if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF) suspend = await snapshotVdi(storage, call, s(snap.suspend_VDI), 'clone');
+    if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF) suspend = await snapshotVdi(storage, call, snap.suspend_VDI, 'clone');
     await db.update('VM', ref, { ...fields, parent: snapshot, suspend_VDI: suspend, power_state: suspend !== NULL_REF ? 'Suspended' : 'Halted' });
     if (suspend !== NULL_REF) await svc.sync.backend.add(await svc.sync.config(ref));
     await updateAllowedOperations(db, ref);

@@ -8,7 +8,7 @@ import type { HostContext } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
 import { untyped, type Row } from '../db/interface.js';
-import type { DbClassName, Records, VM_metrics_record, VM_record } from '../schema/generated.js';
+import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_record } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
@@ -54,37 +54,37 @@ export class XenopsSync {
     const db = this.host.db;
     const vm = await db.get('VM', vmRef);
     const vbds = [];
-    for (const ref of vm.VBDs as string[]) {
+    for (const ref of vm.VBDs) {
       const vbd = await db.get('VBD', ref);
-      const vdi = vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI as string);
+      const vdi = vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI);
       vbds.push({
-        id: vbd.uuid as string,
-        position: vbd.userdevice === 'autodetect' ? undefined : (vbd.userdevice as string),
-        mode: vbd.mode as 'RO' | 'RW',
-        type: vbd.type as 'Disk' | 'CD' | 'Floppy',
+        id: vbd.uuid,
+        position: vbd.userdevice === 'autodetect' ? undefined : vbd.userdevice,
+        mode: vbd.mode,
+        type: vbd.type,
         // vdi_attach on this host: the file the domain reads and writes
-        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vbd.VDI as string, vbd.mode === 'RW'),
+        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vbd.VDI, vbd.mode === 'RW'),
         unpluggable: vbd.unpluggable === true,
       });
     }
     const vifs = [];
-    for (const ref of vm.VIFs as string[]) {
+    for (const ref of vm.VIFs) {
       const vif = await db.get('VIF', ref);
-      const net = await db.get('network', vif.network as string);
-      vifs.push({ id: vif.uuid as string, position: Number(vif.device), mac: vif.MAC as string, mtu: vif.MTU as number, bridge: net.bridge as string });
+      const net = await db.get('network', vif.network);
+      vifs.push({ id: vif.uuid, position: Number(vif.device), mac: vif.MAC, mtu: vif.MTU, bridge: net.bridge });
     }
     return {
-      id: vm.uuid as string,
-      name: vm.name_label as string,
-      domainType: (vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type) as VmConfig['domainType'],
-      memoryStaticMax: vm.memory_static_max as number,
-      memoryDynamicMax: vm.memory_dynamic_max as number,
-      memoryDynamicMin: vm.memory_dynamic_min as number,
-      vcpuMax: vm.VCPUs_max as number,
-      vcpus: vm.VCPUs_at_startup as number,
-      shadowMultiplier: vm.HVM_shadow_multiplier as number,
+      id: vm.uuid,
+      name: vm.name_label,
+      domainType: vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type,
+      memoryStaticMax: vm.memory_static_max,
+      memoryDynamicMax: vm.memory_dynamic_max,
+      memoryDynamicMin: vm.memory_dynamic_min,
+      vcpuMax: vm.VCPUs_max,
+      vcpus: vm.VCPUs_at_startup,
+      shadowMultiplier: vm.HVM_shadow_multiplier,
       suspendImage: await this.suspendImagePath(vm),
-      platform: vm.platform as Record<string, string>,
+      platform: vm.platform,
       xenstoreData: vm.xenstore_data,
       vbds,
       vifs,
@@ -93,14 +93,14 @@ export class XenopsSync {
 
   /** Where a VM's memory image lives while it is suspended: its suspend VDI, attached here. */
   async suspendImagePath(vm: Row<'VM'>): Promise<string | undefined> {
-    const vdi = vm.suspend_VDI as string;
+    const vdi = vm.suspend_VDI;
     if (vdi === NULL_REF || !(await this.host.db.tryGet('VDI', vdi))) return undefined;
     return this.storage.attachPath(vdi, true);
   }
 
   async stat(vm: Row<'VM'>): Promise<VmState | undefined> {
     try {
-      return await this.backend.stat(vm.uuid as string);
+      return await this.backend.stat(vm.uuid);
     } catch (e) {
       if (e instanceof DomainError && e.kind === 'Does_not_exist') return undefined;
       throw e;
@@ -147,7 +147,7 @@ export class XenopsSync {
       if (power === 'Halted') changes.requires_reboot = false;
     }
     await this.updateChanged('VM', vmRef, changes);
-    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics as string))) {
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) {
       const metrics: Partial<VM_metrics_record> = {
         memory_actual: live && state ? state.memoryActual : 0,
         VCPUs_number: live && state ? state.vcpus : 0,
@@ -156,8 +156,8 @@ export class XenopsSync {
       };
       // start_time stays that of the last boot once the VM stops
       if (live && state?.lastStartTime) metrics.start_time = formatDateTime(new Date(state.lastStartTime));
-      if (await this.updateChanged('VM_metrics', vm.metrics as string, metrics)) {
-        await db.update('VM_metrics', vm.metrics as string, { last_updated: now });
+      if (await this.updateChanged('VM_metrics', vm.metrics, metrics)) {
+        await db.update('VM_metrics', vm.metrics, { last_updated: now });
       }
     }
     if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
@@ -196,7 +196,7 @@ export class XenopsSync {
       can_use_hotplug_vbd: 'yes',
       can_use_hotplug_vif: 'yes',
     } as const;
-    const existing = vm.guest_metrics as string;
+    const existing = vm.guest_metrics;
     if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
       if (await this.updateChanged('VM_guest_metrics', existing, fields)) await db.update('VM_guest_metrics', existing, { last_updated: now });
     } else {
@@ -210,11 +210,11 @@ export class XenopsSync {
   private async syncDevices(vmRef: string, vm: Row<'VM'>): Promise<void> {
     const db = this.host.db;
     for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
-      for (const ref of refs as string[]) {
+      for (const ref of refs) {
         const dev = await db.get(cls, ref);
         let plugged = false;
         try {
-          plugged = (await this.backend.deviceState(vm.uuid as string, dev.uuid as string)).plugged;
+          plugged = (await this.backend.deviceState(vm.uuid, dev.uuid)).plugged;
         } catch (e) {
           if (!(e instanceof DomainError)) throw e;
         }
@@ -226,13 +226,13 @@ export class XenopsSync {
   private async syncConsoles(vmRef: string, consoles: VmState['consoles']): Promise<void> {
     const db = this.host.db;
     const vm = await db.get('VM', vmRef);
-    const have = new Map<string, string>();
-    for (const ref of vm.consoles as string[]) {
+    const have = new Map<console_protocol, string>();
+    for (const ref of vm.consoles) {
       const c = await db.tryGet('console', ref);
-      if (c) have.set(c.protocol as string, ref);
+      if (c) have.set(c.protocol, ref);
     }
-    const want = new Set(consoles.map((c) => c.protocol));
-    for (const [protocol, ref] of have) if (!want.has(protocol as 'rfb')) await db.destroy('console', ref);
+    const want = new Set<console_protocol>(consoles.map((c) => c.protocol));
+    for (const [protocol, ref] of have) if (!want.has(protocol)) await db.destroy('console', ref);
     for (const protocol of want) {
       if (have.has(protocol)) continue;
       const uuid = randomUUID();
@@ -255,13 +255,13 @@ export class XenopsSync {
     const db = this.host.db;
     const known = new Map((await this.backend.list()).map((s) => [s.id, s]));
     for (const [ref, vm] of await db.all('VM')) {
-      if (Object.keys(vm.current_operations as object).length > 0) await db.update('VM', ref, { current_operations: {} });
+      if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
       if (vm.is_control_domain === true) {
         await updateAllowedOperations(db, ref);
         continue;
       }
-      const state = known.get(vm.uuid as string);
-      known.delete(vm.uuid as string);
+      const state = known.get(vm.uuid);
+      known.delete(vm.uuid);
       const here = vm.resident_on === this.host.hostRef || vm.resident_on === NULL_REF;
       if (state && state.powerState !== 'Halted' && !here) {
         await this.backend.shutdown(state.id).catch(() => undefined);
@@ -302,7 +302,7 @@ export class XenopsSync {
     const before = await this.host.db.get('VM', ref);
     await this.refresh(ref);
     const after = await this.host.db.get('VM', ref);
-    const busy = Object.keys(after.current_operations as object).length > 0;
+    const busy = Object.keys(after.current_operations).length > 0;
     if (busy || before.power_state === after.power_state || after.power_state !== 'Halted') return;
     const state = await this.stat(after);
     const reason = state?.lastShutdownReason;
@@ -310,7 +310,7 @@ export class XenopsSync {
       reason === 'reboot' ? after.actions_after_reboot : reason === 'crash' ? after.actions_after_crash : after.actions_after_shutdown;
     if (action === 'restart' || action === 'coredump_and_restart') {
       await this.backend.add(await this.config(ref));
-      await this.backend.start(after.uuid as string, { paused: false }).catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
+      await this.backend.start(after.uuid, { paused: false }).catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
       await this.refresh(ref);
     }
   }
