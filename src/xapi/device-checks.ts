@@ -238,3 +238,18 @@ export async function updateDevicesAllowedOperations(db: Db, vmRef: Ref<'VM'>): 
   for (const vbd of vm.VBDs) await updateVbdAllowedOperations(db, vbd);
   for (const vif of vm.VIFs) await updateVifAllowedOperations(db, vif);
 }
+
+/**
+ * At start-up nothing of a previous run is still running: marks its VBD and VIF operations left
+ * (a kill mid-operation) go, or every later operation would wait for them.
+ */
+export async function clearDeviceOperations(db: Db, vm: Row<'VM'>): Promise<void> {
+  for (const ref of vm.VBDs) {
+    const vbd = await db.tryGet('VBD', ref);
+    if (vbd && Object.keys(vbd.current_operations).length > 0) await db.update('VBD', ref, { current_operations: {} });
+  }
+  for (const ref of vm.VIFs) {
+    const vif = await db.tryGet('VIF', ref);
+    if (vif && Object.keys(vif.current_operations).length > 0) await db.update('VIF', ref, { current_operations: {} });
+  }
+}

@@ -308,7 +308,13 @@ test('a device operation waits while another holds the device, and can be cancel
     assert.equal(r.status, 'cancelled');
     assert.deepEqual(r.error_info, ['TASK_CANCELLED', cancelled]);
     assert.equal((await t.rec('VIF', vif)).currently_attached, false);
-    await t.db.update('VIF', vif, { current_operations: {} });
+    // A mark a killed process left behind is cleared at the next start-up.
+    const vbd = (await t.ok('VBD.create', t.s, t.vbdRecord(vm, await t.makeVdi()))) as string;
+    await t.db.update('VBD', vbd, { current_operations: { [holder]: 'plug' } });
+    await t.xenops.resync();
+    assert.deepEqual((await t.rec('VIF', vif)).current_operations, newStruct());
+    assert.deepEqual((await t.rec('VBD', vbd)).current_operations, newStruct());
+    assert.deepEqual(await t.allowed('VIF', vif), ['attach', 'plug']);
     await t.ok('VM.hard_shutdown', t.s, vm);
   } finally {
     await t.close();
