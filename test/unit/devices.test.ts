@@ -10,7 +10,8 @@ import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { seededMac } from '../../src/xapi/vif.js';
 import { possibleDevices, validUserdevice } from '../../src/xapi/device-number.js';
-import { sortedOperations } from '../../src/xapi/device-checks.js';
+import { assertVifOperation, sortedOperations } from '../../src/xapi/device-checks.js';
+import type { XapiError } from '../../src/api/errors.js';
 
 const GiB = 1024 ** 3;
 const NULL = 'OpaqueRef:NULL';
@@ -300,6 +301,11 @@ test('a device operation waits while another holds the device, and can be cancel
     // Held again: this time the waiting call is cancelled.
     waiting = startedWaiting();
     await t.db.update('VIF', vif, { current_operations: { [holder]: 'unplug' } });
+    // What a waiting call keeps meeting: every operation and every task, each list in braces.
+    await assert.rejects(assertVifOperation(t.host.db, vif, 'plug'), (e: XapiError) => {
+      assert.deepEqual([e.code, ...e.params], ['OTHER_OPERATION_IN_PROGRESS', 'VIF', vif, '{unplug}', `{${holder}}`]);
+      return true;
+    });
     const cancelled = (await t.ok('Async.VIF.plug', t.s, vif)) as string;
     await waiting;
     await t.ok('task.cancel', t.s, cancelled);
