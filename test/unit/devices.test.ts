@@ -354,6 +354,11 @@ test('network.create names bridges and defaults the MTU as xapi; network.destroy
     const own = (await t.ok('network.create', t.s, net({ bridge: 'br-lab' }))) as string;
     assert.equal((await t.rec('network', own)).bridge, 'br-lab');
     assert.deepEqual(await t.err('network.create', t.s, net({ bridge: 'br-lab' })), ['BRIDGE_NAME_EXISTS', 'br-lab']);
+    // A name is free again once its network is gone, however it went.
+    await t.db.destroy('network', own);
+    const again = (await t.ok('network.create', t.s, net({ bridge: 'br-lab' }))) as string;
+    await t.ok('network.destroy', t.s, again);
+    await t.ok('network.destroy', t.s, (await t.ok('network.create', t.s, net({ bridge: 'br-lab' }))) as string);
 
     // The management network has its PIF; the host-internal one is the system's.
     const mgmt = await t.rec('network', t.network);
