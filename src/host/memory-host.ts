@@ -27,6 +27,8 @@ export async function memoryHost(
     shutdownTimeMs?: number;
     /** Where the host logs (default: nowhere); tests that check what is logged pass their own. */
     log?: Logger;
+    /** Whether simulated guests run an agent (PV drivers); default true. */
+    guestAgent?: boolean;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -52,7 +54,7 @@ export async function memoryHost(
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,
   };
-  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0 });
+  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, guestAgent: opts.guestAgent });
   const { registry, dispatcher, xenops, storage } = buildApi(
     host,
     db,

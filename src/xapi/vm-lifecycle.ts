@@ -7,6 +7,7 @@ import type { Call } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
 import type { vm_operations, vm_power_state } from '../schema/generated.js';
 import { Mutex } from '../util/mutex.js';
+import { updateDevicesAllowedOperations } from './device-checks.js';
 
 type PS = vm_power_state;
 const ALL: PS[] = ['Halted', 'Paused', 'Running', 'Suspended'];
@@ -130,6 +131,8 @@ export function allowedOperations(ref: string, vm: Row<'VM'>, ops: vm_operations
 
 /** The global lock under which an operation is checked and marked (xapi's with_global_lock). */
 const lock = new Mutex();
+/** The same lock, for device operations, which must see the VM's marks and not race them. */
+export const globalLock = lock;
 
 export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
   const vm = await db.tryGet('VM', ref);
@@ -137,6 +140,7 @@ export async function updateAllowedOperations(db: Db, ref: string): Promise<void
   const ops = allowedOperations(ref, vm, db.schema.enumValues('vm_operations'));
   const old = vm.allowed_operations;
   if (old.length !== ops.length || old.some((o, i) => o !== ops[i])) await db.update('VM', ref, { allowed_operations: ops });
+  await updateDevicesAllowedOperations(db, ref);
 }
 
 /**

@@ -12,6 +12,7 @@ import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_reco
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
+import { clearDeviceOperations } from './device-checks.js';
 import { Mutex } from '../util/mutex.js';
 import type { Storage } from './storage.js';
 
@@ -85,6 +86,7 @@ export class XenopsSync {
       shadowMultiplier: vm.HVM_shadow_multiplier,
       suspendImage: await this.suspendImagePath(vm),
       platform: vm.platform,
+      xenstoreData: vm.xenstore_data,
       vbds,
       vifs,
     };
@@ -255,6 +257,7 @@ export class XenopsSync {
     const known = new Map((await this.backend.list()).map((s) => [s.id, s]));
     for (const [ref, vm] of await db.all('VM')) {
       if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
+      await clearDeviceOperations(db, vm);
       if (vm.is_control_domain === true) {
         await updateAllowedOperations(db, ref);
         continue;

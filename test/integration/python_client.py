@@ -6,6 +6,7 @@ SSL context), plus the JSON-RPC endpoint through urllib + json.
 Environment: XAPI_URL (http://addr:port), XAPI_HTTPS_URL (https://addr:port), XAPI_PASSWORD.
 Prints one line per check; any failed check raises AssertionError (exit status 1).
 """
+import calendar
 import json
 import os
 import re
@@ -302,6 +303,31 @@ check(
     "Async on a session message gives ['Fault', 'No async mode ...']",
     isinstance(r, dict) and r.get("Status") == "Failure" and r["ErrorDescription"][0] == "Fault",
     r,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Messages clients call routinely: the server clock, the licence state, plugins
+
+before = time.time()
+servertime = success("host.get_servertime", xapi.host.get_servertime(session, host_ref))
+check("host.get_servertime is an XML-RPC DateTime in xapi's UTC form", is_datetime(servertime), servertime)
+stamp = calendar.timegm(time.strptime(servertime.value, "%Y%m%dT%H:%M:%SZ"))
+check("host.get_servertime is the server's clock", int(before) - 1 <= stamp <= time.time() + 1, (servertime.value, before))
+localtime = success("host.get_server_localtime", xapi.host.get_server_localtime(session, host_ref))
+check(
+    "host.get_server_localtime is a DateTime without a zone",
+    isinstance(localtime, xmlrpc.client.DateTime) and re.match(r"^[0-9]{8}T[0-9]{2}:[0-9]{2}:[0-9]{2}$", localtime.value) is not None,
+    localtime,
+)
+pool_ref = success("pool.get_all", xapi.pool.get_all(session))[0]
+check(
+    "pool.get_license_state of an XCP-ng host",
+    success("pool.get_license_state", xapi.pool.get_license_state(session, pool_ref)) == {"edition": "xcp-ng", "expiry": "never"},
+)
+failure(
+    "host.call_plugin of a plugin the host does not have",
+    xapi.host.call_plugin(session, host_ref, "no-such-plugin.py", "main", {"a": "1"}),
+    ["XENAPI_MISSING_PLUGIN", "no-such-plugin.py"],
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -80,6 +80,21 @@ for (const [transport, secure] of [
       await xapi.call('network.destroy', ref);
       await inCache(xapi, () => xapi.getObjectByRef(ref, undefined) === undefined, 'del event');
 
+      // What Xen Orchestra calls routinely: the server clock (for its stats), the licence state,
+      // plugins. Over XML-RPC the connector turns the datetime into a Date; JSON-RPC gives xapi's text.
+      const before = Math.floor(Date.now() / 1000) * 1000;
+      const time = (await xapi.call('host.get_servertime', host.$ref)) as Date | string;
+      const stamp = time instanceof Date ? time : new Date(`${time.slice(0, 4)}-${time.slice(4, 6)}-${time.slice(6)}`);
+      if (transport === 'xml-rpc') assert.ok(time instanceof Date, 'a dateTime.iso8601 value');
+      else assert.match(time as string, /^\d{8}T\d{2}:\d{2}:\d{2}Z$/);
+      assert.ok(stamp.getTime() >= before && stamp.getTime() <= Date.now(), `the server's clock: ${String(time)}`);
+      assert.deepEqual(await xapi.call('pool.get_license_state', pool.$ref), { edition: 'xcp-ng', expiry: 'never' });
+      await assert.rejects(xapi.call('host.call_plugin', host.$ref, 'updater.py', 'check_update', {}), (e: { code: string; params: string[] }) => {
+        assert.equal(e.code, 'XENAPI_MISSING_PLUGIN');
+        assert.deepEqual(e.params, ['updater.py']);
+        return true;
+      });
+
       // errors, sync and through a task
       await assert.rejects(xapi.call('VM.get_record', 'OpaqueRef:nope'), (e: { code: string; params: string[] }) => {
         assert.equal(e.code, 'HANDLE_INVALID');

@@ -302,8 +302,9 @@ test('idle watchers cost nothing: writes to other classes wake none of them', as
   const first = (await t.ok('event.from', t.session, ['pool'], '', 1)) as RpcStruct;
   let scans = 0;
   const original = t.db.changesSince.bind(t.db);
+  // Scans made for these watchers (other code, network.create's bridge names, reads the log too).
   t.db.changesSince = (since, wanted) => {
-    scans++;
+    if (wanted('pool', '')) scans++;
     return original(since, wanted);
   };
   const waits = countCalls(t.db, 'waitForChange');
@@ -333,9 +334,8 @@ test('pool logins, password change and removed messages', async () => {
   assert.equal(rec.auth_user_name, host);
   assert.deepEqual(await t.err('session.slave_login', host!, 'wrong'), ['SESSION_AUTHENTICATION_FAILED', host!, 'Pool credentials invalid']);
 
-  const e = await t.err('session.change_password', t.session, 'not-the-password', 'new');
-  assert.equal(e[0], 'CHANGE_PASSWORD_REJECTED');
-  await t.ok('session.change_password', t.session, 'pw', 'new-pw');
+  // xapi does not check old_pwd: the local superuser's session is the credential.
+  await t.ok('session.change_password', t.session, 'not-the-password', 'new-pw');
   assert.match((await t.ok('session.login_with_password', 'root', 'new-pw')) as string, /^OpaqueRef:/);
   assert.equal((await t.err('session.login_with_password', 'root', 'pw'))[0], 'SESSION_AUTHENTICATION_FAILED');
 
