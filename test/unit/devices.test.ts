@@ -2,9 +2,9 @@
 // (xapi_vbd.ml, xapi_vbd_helpers.ml, xapi_vif_helpers.ml, xapi_network.ml): the constructor and
 // destructor checks with xapi's errors and parameters, allowed_operations as xapi computes them
 // and kept current through the VM's life, hotplug refusals, and waiting for a busy device.
+import { waitUntil } from '../wait.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
@@ -57,7 +57,7 @@ async function setup(opts: { guestAgent?: boolean } = {}) {
   /** Running, with its guest agent reporting (what HVM hotplug needs). */
   const startVm = async (vm: string) => {
     await ok('VM.start', s, vm, false, false);
-    for (let i = 0; i < 300 && (await rec('VM', vm)).guest_metrics === NULL; i++) await sleep(10);
+    await waitUntil('the guest agent reports', async () => (await rec('VM', vm)).guest_metrics !== NULL);
   };
   const allowed = async (cls: string, ref: string) => [...((await rec(cls, ref)).allowed_operations as string[])].sort();
   return { ...h, call, ok, err, s, sr, network: network!, rec, makeVm, makeVdi, vbdRecord, vifRecord, startVm, allowed };
@@ -294,7 +294,7 @@ test('a device operation waits while another holds the device, and can be cancel
     assert.equal(await status(), 'pending');
     assert.equal((await t.rec('VIF', vif)).currently_attached, true);
     await t.db.update('VIF', vif, { current_operations: {} });
-    for (let i = 0; i < 300 && (await status()) === 'pending'; i++) await sleep(10);
+    await waitUntil('the unplug completes', async () => (await status()) !== 'pending');
     assert.equal(await status(), 'success');
     assert.equal((await t.rec('VIF', vif)).currently_attached, false);
 
@@ -309,7 +309,7 @@ test('a device operation waits while another holds the device, and can be cancel
     const cancelled = (await t.ok('Async.VIF.plug', t.s, vif)) as string;
     await waiting;
     await t.ok('task.cancel', t.s, cancelled);
-    for (let i = 0; i < 300 && (await t.rec('task', cancelled)).status === 'pending'; i++) await sleep(10);
+    await waitUntil('the cancelled plug ends', async () => (await t.rec('task', cancelled)).status !== 'pending');
     const r = await t.rec('task', cancelled);
     assert.equal(r.status, 'cancelled');
     assert.deepEqual(r.error_info, ['TASK_CANCELLED', cancelled]);

@@ -204,7 +204,7 @@ test('VIF hotplug on a running VM', async () => {
     const vm = await t.makeVm('hot');
     await t.ok('VM.start', t.s, vm, false, false);
     // An HVM guest hotplugs once its PV drivers report (xapi: VM_MISSING_PV_DRIVERS before).
-    for (let i = 0; i < 200 && (await t.rec(vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await sleep(10);
+    await waitUntil('the guest agent reports', async () => (await t.rec(vm)).guest_metrics !== 'OpaqueRef:NULL');
     const vif = (await t.ok('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }))) as string;
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
     await t.ok('VIF.plug', t.s, vif);
