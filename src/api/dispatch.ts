@@ -38,7 +38,10 @@ export class Dispatcher {
   ) {
     for (const m of host.schema.messages.values()) {
       this.byAlternative.set(`${m.cls.name}_${m.name}`, m);
-      if (m.implicit && !registry.has(m.wire)) {
+      // Where xapi has hand-written code for an implicit message (checks, side effects), the
+      // generic database action would skip them: such a message is served by src/xapi or
+      // answers NOT_IMPLEMENTED, never generically.
+      if (m.implicit && !m.handWritten && !registry.has(m.wire)) {
         const impl = implicitImpl(m);
         if (impl) registry.implementAny(m.wire, impl);
       }

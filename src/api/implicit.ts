@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { XapiError } from './errors.js';
 import type { Call, Impl, MessageImpl } from './context.js';
 import type { ClassDef, FieldDef, MessageDef, Schema } from '../schema/schema.js';
-import type { DbClassName, MessageName, Ref } from '../schema/generated.js';
+import type { DbClassName, MessageName, Records, Ref } from '../schema/generated.js';
 import { parseWhere, evalWhere, WhereParseError } from '../db/where.js';
 import { untyped, type AnyRow, type Row } from '../db/interface.js';
 import type { Type } from '../schema/types.js';
@@ -95,15 +95,34 @@ export function fieldOp(cls: ClassDef, name: string): { kind: FieldOpKind; field
   return undefined;
 }
 
-async function create(call: Call, cls: ClassDef, record: Record<string, unknown>): Promise<string> {
+/**
+ * The fields a constructor's record gives, as xapi's unmarshaller reads them: each writable
+ * field from the record, or its default; one without a default missing fails the call
+ * (Dispatcher_FieldNotFound) before any implementation runs. Runtime fields are not included.
+ */
+function constructorFields(cls: ClassDef, record: Record<string, unknown>, withDefaults: boolean): Record<string, unknown> {
   const fields: Record<string, unknown> = {};
   for (const f of cls.fields) {
     if (f.qualifier === 'RO/runtime') continue;
     if (f.name in record) fields[f.name] = record[f.name];
     else if (!f.hasDefault) {
       throw new XapiError('INTERNAL_ERROR', [`Server_helpers.Dispatcher_FieldNotFound("${f.name}")`]);
-    }
+    } else if (withDefaults) fields[f.name] = structuredClone(f.default);
   }
+  return fields;
+}
+
+/**
+ * A hand-written constructor's arguments: the record completed with the defaults, or the
+ * unmarshaller's error. Only the constructor's fields are present (the runtime ones are not).
+ */
+export function constructorArgs<C extends DbClassName>(schema: Schema, cls: C, record: Partial<Records[C]>): Records[C] {
+  // Every field a constructor takes is now present, which is what callers read.
+  return constructorFields(schema.cls(cls), record, true) as Records[C];
+}
+
+async function create(call: Call, cls: ClassDef, record: Record<string, unknown>): Promise<string> {
+  const fields = constructorFields(cls, record, false);
   const ref = newRef();
   fields.uuid = randomUUID();
   await db(call).create(cls.name, ref, fields);

@@ -4,7 +4,7 @@ import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { schema as loadSchema, type Schema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
@@ -28,6 +28,10 @@ export async function memoryHost(
     shutdownTimeMs?: number;
     /** From a guest's first unpause to its agent reporting (default bootTimeMs). */
     agentDelayMs?: number;
+    /** Where the host logs (default: nowhere); tests that check what is logged pass their own. */
+    log?: Logger;
+    /** Whether simulated guests run an agent (PV drivers); default true. */
+    guestAgent?: boolean;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -43,7 +47,7 @@ export async function memoryHost(
     schema,
     db: typed(db),
     marshal: new Marshal(schema),
-    log: pino({ level: 'silent' }),
+    log: opts.log ?? pino({ level: 'silent' }),
     config: { stateDir, address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },
     hostRef,
     poolRef,
@@ -53,7 +57,9 @@ export async function memoryHost(
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,
   };
-  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, agentDelayMs: opts.agentDelayMs });
+  const domains = new SimulatorBackend({
+    machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, agentDelayMs: opts.agentDelayMs, guestAgent: opts.guestAgent,
+  });
   const { registry, dispatcher, xenops, storage } = buildApi(
     host,
     db,

@@ -21,6 +21,8 @@ export class Storage {
   readonly drivers: Map<string, SmDriver>;
   private readonly gcTimers = new Map<string, NodeJS.Timeout>();
   private readonly gcRunning = new Map<string, Promise<void>>();
+  /** VDIs open for writing on the data path (import, copy target), by ref: how many handles. */
+  private readonly writers = new Map<string, number>();
   private closed = false;
 
   constructor(readonly host: HostContext) {
@@ -59,7 +61,9 @@ export class Storage {
     if (e instanceof XapiError) return e;
     if (!(e instanceof SmError)) {
       const msg = e instanceof Error ? e.message : String(e);
-      return new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+      const err = new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+      err.cause = e; // the driver's own failure and its stack, for whoever logs this
+      return err;
     }
     switch (e.code) {
       case 'VDI_MISSING':
@@ -263,6 +267,50 @@ export class Storage {
     await db.destroy('VDI', vdiRef);
   }
 
+  /** A VDI is open for writing until `release` (the GC leaves its chain alone meanwhile). */
+  claimWriter(vdiRef: string): () => void {
+    this.writers.set(vdiRef, (this.writers.get(vdiRef) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.writers.get(vdiRef) ?? 1) - 1;
+      if (n > 0) this.writers.set(vdiRef, n);
+      else this.writers.delete(vdiRef);
+    };
+  }
+
+  /**
+   * The locations of an SR's VDIs that something uses right now, which the GC must not
+   * re-parent or replace: attached to a domain, written on the data path, under an operation of
+   * their own (copy, set_on_boot, resize...) or of a VM of theirs (a start attaching them, a
+   * clone or export reading them), or reset at each boot (merging a run's writes into the
+   * parent would make them persist). The GC asks under the SR lock before every step.
+   */
+  async inUse(srRef: string): Promise<Set<string>> {
+    const db = this.host.db;
+    const used = new Set<string>();
+    const sr = await db.tryGet('SR', srRef);
+    for (const ref of sr?.VDIs ?? []) {
+      const vdi = await db.tryGet('VDI', ref);
+      if (!vdi) continue;
+      const busy = vdi.on_boot === 'reset' || Object.keys(vdi.current_operations).length > 0 || this.writers.has(ref) || (await this.usedByVm(vdi));
+      if (busy) used.add(vdi.location);
+    }
+    return used;
+  }
+
+  private async usedByVm(vdi: Row<'VDI'>): Promise<boolean> {
+    for (const vbdRef of vdi.VBDs) {
+      const vbd = await this.host.db.tryGet('VBD', vbdRef);
+      if (!vbd) continue;
+      if (vbd.currently_attached === true) return true;
+      const vm = await this.host.db.tryGet('VM', vbd.VM);
+      if (vm && Object.keys(vm.current_operations).length > 0) return true;
+    }
+    return false;
+  }
+
   /** Is this VDI in use by a running domain (an attached VBD)? */
   async isActive(vdiRef: string): Promise<boolean> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
@@ -330,6 +378,17 @@ export class Storage {
     this.gcTimers.set(srRef, t);
   }
 
+  /** Runs a kicked GC now instead of after its delay, and waits until the SR's GC runs are done. */
+  async settleGc(srRef: string): Promise<void> {
+    const pending = this.gcTimers.get(srRef);
+    if (pending) {
+      clearTimeout(pending);
+      this.gcTimers.delete(srRef);
+      await this.runGc(srRef);
+    }
+    await this.gcRunning.get(srRef);
+  }
+
   /** One GC run of an SR (serialised per SR); then a scan so records show the new tree. */
   async runGc(srRef: string): Promise<void> {
     const prev = this.gcRunning.get(srRef) ?? Promise.resolve();
@@ -339,13 +398,8 @@ export class Storage {
       if (!sr) return;
       const { driver, ctx } = await this.context(srRef).catch(() => ({ driver: undefined, ctx: undefined }));
       if (!driver?.gc || !ctx) return;
-      const active = new Set<string>();
-      for (const ref of sr.VDIs) {
-        const v = await this.host.db.tryGet('VDI', ref);
-        // a reset-on-boot leaf must keep its parent: merging would make its writes persist
-        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(v.location);
-      }
-      const { changed } = await driver.gc(ctx, { isActive: (loc) => active.has(loc) });
+      // Asked afresh at every step: a VM may start, or a copy begin, while the GC runs.
+      const { changed } = await driver.gc(ctx, { inUse: () => this.inUse(srRef) });
       if (changed) {
         await this.scan(srRef);
         await this.host.db.commit();

@@ -91,7 +91,16 @@ export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, 
 export async function openVdi(storage: Storage, vdiRef: string, readOnly: boolean, opts: { deferSync?: boolean } = {}): Promise<OpenDisk> {
   const vdi = await storage.host.db.get('VDI', vdiRef);
   const { driver, ctx } = await storage.context(vdi.SR);
-  return storage.sm(vdi.SR, () => driver.vdiOpen(ctx, vdi.location, { readOnly, deferSync: opts.deferSync }), vdiRef);
+  if (readOnly) return storage.sm(vdi.SR, () => driver.vdiOpen(ctx, vdi.location, { readOnly, deferSync: opts.deferSync }), vdiRef);
+  // Claimed before the open: a GC step that has not started yet will leave this leaf alone.
+  const release = storage.claimWriter(vdiRef);
+  try {
+    const disk = await storage.sm(vdi.SR, () => driver.vdiOpen(ctx, vdi.location, { readOnly, deferSync: opts.deferSync }), vdiRef);
+    return { ...disk, close: () => disk.close().finally(release) };
+  } catch (e) {
+    release();
+    throw e;
+  }
 }
 
 /**

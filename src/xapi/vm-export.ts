@@ -154,8 +154,9 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       await db.create('VM', vm, {
         ...keep,
         uuid: opts.restore && f.uuid ? f.uuid : randomUUID(),
-        // as xapi's import: the task that made it (a restart after a crash mid-import removes it)
-        other_config: { ...(keep.other_config ?? {}), import_task: call.task },
+        // as xapi's import: the task that made it (a restart after a crash mid-import removes it),
+        // and unless restoring, a fresh seed for the MACs of VIFs created later
+        other_config: { ...(keep.other_config ?? {}), ...(opts.restore ? {} : { mac_seed: randomUUID() }), import_task: call.task },
         power_state: 'Halted',
         domid: -1,
         suspend_VDI: NULL_REF,

@@ -8,6 +8,7 @@ import type { Db, Row } from '../db/interface.js';
 import type { vm_appliance_operation, vm_operations, vm_power_state } from '../schema/generated.js';
 import { NULL_REF } from '../schema/types.js';
 import { gateOf, globalGate, retryWithGlobalLock, withGlobalLock, type RetryPolicy } from './retry.js';
+import { updateDevicesAllowedOperations } from './device-checks.js';
 
 type PS = vm_power_state;
 const ALL: PS[] = ['Halted', 'Paused', 'Suspended', 'Running'];
@@ -308,7 +309,7 @@ async function updateApplianceOperations(db: Db, ref: string): Promise<void> {
 
 /**
  * update_allowed_operations: the VM's allowed_operations recomputed, then those of its
- * appliance and its vTPMs, which follow the VM's state.
+ * appliance and its vTPMs, and of its VBDs and VIFs, which follow the VM's state.
  */
 export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
   const vm = await db.tryGet('VM', ref);
@@ -321,6 +322,7 @@ export async function updateAllowedOperations(db: Db, ref: string): Promise<void
     const want = vm.power_state === 'Halted' ? (['destroy'] as const) : [];
     if (row && !sameList(row.allowed_operations, want)) await db.update('VTPM', vtpm, { allowed_operations: [...want] });
   }
+  await updateDevicesAllowedOperations(db, ref);
 }
 
 /**

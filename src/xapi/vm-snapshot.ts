@@ -37,9 +37,24 @@ export function register(r: Registry, svc: VmService): void {
       const snap = await call.db.get('VM', snapshot);
       if (snap.is_a_snapshot !== true) throw new XapiError('ONLY_REVERT_SNAPSHOT', []);
       const vm = snap.snapshot_of;
-      if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) throw new XapiError('VM_REVERT_FAILED', [snapshot, vm]);
+      if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) {
+        // xapi would recreate the VM from the snapshot's metadata here; we do not (yet).
+        call.host.log.error({ vm, snapshot }, 'VM.revert: the snapshot\'s VM no longer exists');
+        throw revertFailed(snapshot, vm);
+      }
       await withVmOperation(call, snapshot, 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, snapshot, vm), { strict: false }));
     });
+}
+
+/**
+ * VM_REVERT_FAILED as xapi raises it: [snapshot, vm] (the datamodel's documentation says
+ * [vm, snapshot], but xapi_vm_snapshot.ml puts the snapshot first). The error it replaces stays
+ * attached as the cause.
+ */
+function revertFailed(snapshot: string, vm: string, cause?: unknown): XapiError {
+  const err = new XapiError('VM_REVERT_FAILED', [snapshot, vm]);
+  if (cause !== undefined) err.cause = cause;
+  return err;
 }
 
 /**
@@ -138,8 +153,10 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
     if (suspend !== NULL_REF) await svc.sync.backend.add(await svc.sync.config(ref));
     await updateAllowedOperations(db, ref);
   } catch (e) {
+    // Out of space and a too-long chain reach the caller as they are; anything else becomes
+    // VM_REVERT_FAILED, so the log must say what it was (with its stack and causes).
+    call.host.log.error({ err: e, vm: ref, snapshot }, 'VM.revert failed');
     if (e instanceof XapiError && (['SR_BACKEND_FAILURE_44', 'SR_BACKEND_FAILURE_109', 'VDI_INCOMPATIBLE_TYPE'].includes(e.code))) throw e;
-    call.host.log.warn({ err: e, vm: ref, snapshot }, 'revert failed');
-    throw new XapiError('VM_REVERT_FAILED', [snapshot, ref]);
+    throw revertFailed(snapshot, ref, e);
   }
 }

@@ -7,7 +7,7 @@ import { XapiError } from '../api/errors.js';
 import type { Call, Impl, MessageImpl, Registry } from '../api/context.js';
 import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';
-import type { VM_record, vm_operations } from '../schema/generated.js';
+import type { Ref, VM_record, vm_operations } from '../schema/generated.js';
 import type { Schema } from '../schema/schema.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { forceStateReset, isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
@@ -18,6 +18,7 @@ import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryCon
 import { parseDisksXml } from '../host/templates.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
+import { allowedVbdDevices } from './vbd.js';
 
 
 export class VmService {
@@ -302,8 +303,16 @@ export class VmService {
     if (err) throw err;
     if (vm.power_state === 'Suspended') await this.discardSuspendImage(call, ref);
     await this.sync.backend.remove(vm.uuid).catch(() => undefined);
-    for (const r of vm.VBDs) await db.destroy('VBD', r);
-    for (const r of vm.VIFs) await db.destroy('VIF', r);
+    for (const r of vm.VBDs) {
+      const metrics = (await db.get('VBD', r)).metrics;
+      if (await db.tryGet('VBD_metrics', metrics)) await db.destroy('VBD_metrics', metrics);
+      await db.destroy('VBD', r);
+    }
+    for (const r of vm.VIFs) {
+      const metrics = (await db.get('VIF', r)).metrics;
+      if (await db.tryGet('VIF_metrics', metrics)) await db.destroy('VIF_metrics', metrics);
+      await db.destroy('VIF', r);
+    }
     for (const r of vm.consoles) await db.destroy('console', r);
     for (const [cls, field] of [['VM_metrics', 'metrics'], ['VM_guest_metrics', 'guest_metrics']] as const) {
       if (vm[field] !== NULL_REF && (await db.tryGet(cls, vm[field]))) await db.destroy(cls, vm[field]);
@@ -319,6 +328,10 @@ export class VmService {
     const setsMemory = (r: Partial<VM_record>): r is Partial<VM_record> & MemoryConstraints =>
       (['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'] as const).every((f) => typeof r[f] === 'number');
     if (setsMemory(record)) assertMemoryConstraints(record);
+    // Every VM gets a seed its VIFs' MACs derive from, unless the caller brings one.
+    if (record.other_config && record.other_config.mac_seed === undefined) {
+      record = { ...record, other_config: { ...record.other_config, mac_seed: randomUUID() } };
+    }
     const ref = await createGeneric(call, [record]);
     const vm = await call.db.get('VM', ref);
     const metrics = newRef();
@@ -362,16 +375,23 @@ export class VmService {
   }
 }
 
-/** VM.get_allowed_VBD_devices / VIF devices: numbers not used by any of the VM's devices. */
-async function freeDevices(call: Call, ref: string, cls: 'VBD' | 'VIF', count: number): Promise<string[]> {
-  const vm = await call.db.get('VM', ref);
+/** VM.get_allowed_VIF_devices: 0..15 but those the VM's VIFs use. */
+async function freeVifDevices(call: Call, ref: Ref<'VM'>): Promise<string[]> {
   const used = new Set<string>();
-  for (const d of vm[cls === 'VBD' ? 'VBDs' : 'VIFs']) {
-    const row = await call.db.get(cls, d);
-    used.add(row.device);
-    if ('userdevice' in row) used.add(row.userdevice);
+  for (const vif of (await call.db.get('VM', ref)).VIFs) used.add((await call.db.get('VIF', vif)).device);
+  return Array.from({ length: 16 }, (_, i) => String(i)).filter((d) => !used.has(d));
+}
+
+/** VM.set_xenstore_data: recorded, and pushed into a running domain's xenstore. */
+async function setXenstoreData(call: Call, sync: XenopsSync, ref: Ref<'VM'>, value: Record<string, string>): Promise<void> {
+  await call.db.update('VM', ref, { xenstore_data: value });
+  const vm = await call.db.get('VM', ref);
+  if (vm.power_state !== 'Running') return;
+  try {
+    await sync.backend.setXenstoreData(vm.uuid, value);
+  } catch (e) {
+    throw xenopsError(ref, e);
   }
-  return Array.from({ length: count }, (_, i) => String(i)).filter((d) => !used.has(d));
 }
 
 export function register(r: Registry, svc: VmService, schema: Schema): void {
@@ -422,13 +442,17 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
       const err = await operationError(call.db, vm, op);
       if (err) throw err;
     })
-    // xapi recomputes the VM's devices too (the disks' VDIs here; VBDs and VIFs have their own)
+    // xapi recomputes the VM's devices too (the disks' VDIs here; VBDs and VIFs follow the VM's)
     .implement('VM.update_allowed_operations', async (call, [vm]) => {
       await updateVmDisksAllowedOperations(call.db, await call.db.get('VM', vm));
       await updateAllowedOperations(call.db, vm);
     })
-    .implement('VM.get_allowed_VBD_devices', (call, [vm]) => freeDevices(call, vm, 'VBD', 255))
-    .implement('VM.get_allowed_VIF_devices', (call, [vm]) => freeDevices(call, vm, 'VIF', 16))
+    .implement('VM.get_allowed_VBD_devices', async (call, [vm]) => {
+      const free = await allowedVbdDevices(call, vm, 'Disk');
+      return free === 'floppy-unsupported' ? [] : free.map((d) => String(d.disk));
+    })
+    .implement('VM.get_allowed_VIF_devices', (call, [vm]) => freeVifDevices(call, vm))
+    .implement('VM.set_xenstore_data', (call, [vm, value]) => setXenstoreData(call, sync, vm, value))
     .implement('VM.compute_memory_overhead', async (call, [vm]) => vmOverhead(await call.db.get('VM', vm)))
     .implement('VM.power_state_reset', (call, [vm]) => powerStateReset(call, sync, vm))
     .implement('VM.set_is_a_template', (call, [self, value]) => setIsATemplate(call, self, value));

@@ -12,6 +12,7 @@ import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_reco
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
+import { clearDeviceOperations } from './device-checks.js';
 import { Mutex } from '../util/mutex.js';
 import type { Storage } from './storage.js';
 import { updateVdiAllowedOperations } from './storage-operations.js';
@@ -86,6 +87,7 @@ export class XenopsSync {
       shadowMultiplier: vm.HVM_shadow_multiplier,
       suspendImage: await this.suspendImagePath(vm),
       platform: vm.platform,
+      xenstoreData: vm.xenstore_data,
       vbds,
       vifs,
     };
@@ -298,6 +300,7 @@ export class XenopsSync {
     const known = new Map((await this.backend.list()).map((s) => [s.id, s]));
     for (const [ref, vm] of await db.all('VM')) {
       if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
+      await clearDeviceOperations(db, vm);
       if (vm.is_control_domain === true) {
         await updateAllowedOperations(db, ref);
         continue;

@@ -4,9 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
 import { jsonCall, login } from './client.js';
+import { waitUntil } from '../wait.js';
 
 const GiB = 1024 ** 3;
 
@@ -25,15 +25,20 @@ async function makeVm(url: string, s: string, name: string): Promise<string> {
 }
 
 test('kill -9 while VMs run and during a start: the database agrees with the domain manager', { timeout: 120_000 }, async () => {
-  const first = await startXapi({ args: ['--sim-boot-ms', '1500'] });
+  // Building a domain takes 5 s: the window in which the second start is seen under way.
+  const first = await startXapi({ args: ['--sim-boot-ms', '5000'] });
   const s = await login(first.url, PASSWORD);
   const running = await makeVm(first.url, s, 'running');
   await jsonCall(first.url, 'VM.start', [s, running, false, false]);
   const domid = ((await jsonCall(first.url, 'VM.get_record', [s, running])) as { domid: number }).domid;
   const starting = await makeVm(first.url, s, 'starting');
   const task = (await jsonCall(first.url, 'Async.VM.start', [s, starting, false, false])) as string;
-  await sleep(300); // the start is under way: current_operations holds it
-  const mid = (await jsonCall(first.url, 'VM.get_record', [s, starting])) as { current_operations: Record<string, string> };
+  // The start is under way: current_operations holds it. The
+  // call that sees the mark answers after the group commit, so the mark is on disk for the kill.
+  const mid = await waitUntil('the start to be marked', async () => {
+    const r = (await jsonCall(first.url, 'VM.get_record', [s, starting])) as { current_operations: Record<string, string>; power_state: string };
+    return Object.keys(r.current_operations).length > 0 ? r : undefined;
+  });
   assert.deepEqual(Object.values(mid.current_operations), ['start']);
   first.kill('SIGKILL');
   await first.exited;

@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ipv4ForMac, SimulatorBackend, type SimulatorOptions } from '../../src/xenopsd/backends/simulator.js';
 import { simulatedMachine } from '../../src/xenopsd/machine.js';
 import { DomainError, type VmConfig } from '../../src/xenopsd/interface.js';
+import { waitUntil } from '../wait.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 * MiB;
@@ -52,15 +53,6 @@ async function withBackend(fn: (b: SimulatorBackend, dir: string) => Promise<voi
   }
 }
 
-/** Polls until `cond` holds (a wait, not a speed assertion). */
-async function until(cond: () => Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
-
 const is = (kind: DomainError['kind']) => (e: unknown) => e instanceof DomainError && e.kind === kind;
 
 test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), resume, reboot, clean shutdown', () =>
@@ -84,7 +76,7 @@ test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), re
     assert.equal((await b.deviceState('vm1', 'vm1-vif')).plugged, true);
 
     // the OS comes up and its agent reports
-    await until(async () => (await b.stat('vm1')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('vm1')).guestAgent !== undefined);
     const ga = (await b.stat('vm1')).guestAgent!;
     assert.equal(ga.osVersion.distro, 'debian');
     assert.equal(ga.osVersion.name, 'Debian GNU/Linux 12');
@@ -122,7 +114,7 @@ test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), re
     assert.equal(s.powerState, 'Running');
     assert.ok(s.domid > resumedDomid, 'a reboot is a new domain');
 
-    await until(async () => (await b.stat('vm1')).guestAgent !== undefined, 'the guest agent after the reboot');
+    await waitUntil('the guest agent after the reboot', async () => (await b.stat('vm1')).guestAgent !== undefined);
     await b.shutdown('vm1', 5000);
     s = await b.stat('vm1');
     assert.equal(s.powerState, 'Halted');
@@ -148,10 +140,10 @@ test('memory is finite: ballooning squeezes guests, then Cannot_free_this_much_m
     await b.add(config(dir, 'a', GiB, 3 * GiB));
     await b.start('a', { paused: false });
     assert.equal((await b.stat('a')).memoryTarget, 3 * GiB, 'plentiful: at dynamic_max');
-    await until(async () => (await b.stat('a')).guestAgent !== undefined, "a's balloon driver");
+    await waitUntil("a's balloon driver", async () => (await b.stat('a')).guestAgent !== undefined);
     await b.add(config(dir, 'b', GiB, 3 * GiB));
     await b.start('b', { paused: false });
-    await until(async () => (await b.stat('b')).guestAgent !== undefined, "b's balloon driver");
+    await waitUntil("b's balloon driver", async () => (await b.stat('b')).guestAgent !== undefined);
     const [ta, tb] = [(await b.stat('a')).memoryTarget, (await b.stat('b')).memoryTarget];
     assert.ok(ta < 3 * GiB && ta > GiB, `a was squeezed: ${ta}`);
     assert.ok(Math.abs(ta - tb) <= 4096, `the same fraction: ${ta} ${tb}`);
@@ -180,7 +172,7 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
     await b.add(config(dir, 'f', 256 * MiB, 256 * MiB));
     const up = async () => {
       await b.start('f', { paused: false });
-      await until(async () => (await b.stat('f')).guestAgent !== undefined, 'the guest agent');
+      await waitUntil('the guest agent', async () => (await b.stat('f')).guestAgent !== undefined);
     };
     const freeWhenHalted = (await b.hostMemory()).free;
     await up();
@@ -193,12 +185,12 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
 
     await up();
     b.inject('f', 'guest-shutdown');
-    await until(async () => (await b.stat('f')).powerState === 'Halted', 'the guest to halt itself');
+    await waitUntil('the guest to halt itself', async () => (await b.stat('f')).powerState === 'Halted');
     assert.equal((await b.stat('f')).lastShutdownReason, 'halt');
 
     await up();
     b.inject('f', 'guest-reboot');
-    await until(async () => (await b.stat('f')).powerState === 'Halted', 'the guest to reboot itself');
+    await waitUntil('the guest to reboot itself', async () => (await b.stat('f')).powerState === 'Halted');
     assert.equal((await b.stat('f')).lastShutdownReason, 'reboot', 'xapi applies actions_after_reboot');
 
     // acknowledges but never halts: Failed_to_shutdown(id, timeout in seconds), still running
@@ -223,7 +215,7 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
     // a slow build, pre-empted by a hard shutdown: the start is cancelled, the VM Halted
     b.inject('f', { slowBootMs: 60_000 });
     const starting = b.start('f', { paused: false });
-    await until(async () => (await b.stat('f')).domid !== -1, 'the domain to be created');
+    await waitUntil('the domain to be created', async () => (await b.stat('f')).domid !== -1);
     assert.equal((await b.stat('f')).powerState, 'Paused', 'a domain being built is paused');
     await b.shutdown('f');
     await assert.rejects(starting, is('Cancelled'));
@@ -245,7 +237,7 @@ test('devices: plug/unplug/insert/eject with xenopsd errors; the guest reports n
     await b.add(c);
     await assert.rejects(b.vbdPlug('d', c.vbds[0]!), is('Bad_power_state'), 'no hotplug into a halted VM');
     await b.start('d', { paused: false });
-    await until(async () => (await b.stat('d')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('d')).guestAgent !== undefined);
     await assert.rejects(b.vbdPlug('d', c.vbds[0]!), is('Device_is_connected'));
     await b.vbdUnplug('d', 'd-disk', false);
     await assert.rejects(b.vbdUnplug('d', 'd-disk', false), is('Device_not_connected'));
@@ -290,7 +282,7 @@ test('updates: delivered by token, coalesced per object, waking a waiting caller
     assert.ok(u.updates.some((x) => x.kind === 'vbd' && x.id === 'u-disk'), 'device updates too');
     assert.ok(u.updates.some((x) => x.kind === 'vif' && x.id === 'u-vif'));
     // nothing new: the caller waits; a change wakes it
-    await until(async () => (await b.stat('u')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('u')).guestAgent !== undefined);
     const settled = await b.updates(u.token, 10);
     const waiting = b.updates(settled.token, 10_000);
     await b.pause('u');
@@ -313,7 +305,7 @@ test('restart safety: a new backend on the same state directory still runs the d
     await b.add(config(dir, 'h', 256 * MiB, 256 * MiB));
     await b.add(config(dir, 'p', 256 * MiB, 256 * MiB));
     await b.start('r', { paused: false });
-    await until(async () => (await b.stat('r')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('r')).guestAgent !== undefined);
     await b.start('p', { paused: true });
     const before = await b.stat('r');
     const memBefore = await b.hostMemory();
@@ -347,7 +339,7 @@ test('restart safety: a new backend on the same state directory still runs the d
     // a domain caught half-built by the crash is not trusted: torn down at the next start-up
     const b3 = backend(dir, 4096, { bootTimeMs: 60_000 });
     const starting = b3.start('r', { paused: false }).catch((e: unknown) => e);
-    await until(async () => (await b3.stat('r')).domid !== -1, 'the domain to be created');
+    await waitUntil('the domain to be created', async () => (await b3.stat('r')).domid !== -1);
     await b3.close();
     assert.ok(is('Cancelled')(await starting));
     const b4 = backend(dir, 4096);
@@ -419,7 +411,9 @@ test('guests without an agent never report and never balloon, but still halt on 
     await b.start('b', { paused: false });
     assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
     assert.ok((await b.stat('b')).memoryTarget < 3 * GiB);
-    await sleep(30);
+    // Past the moment an agent would report: a's OS comes up on a timer of agentDelayMs set at
+    // its start, and Node fires timers of one length in the order they were set.
+    await sleep(FAST.agentDelayMs);
     assert.equal((await b.stat('a')).guestAgent, undefined);
     await b.shutdown('a', 5000);
     assert.equal((await b.stat('a')).powerState, 'Halted');

@@ -1,21 +1,16 @@
 // An in-process host with a logged-in client and helpers to make VMs and wait on conditions,
 // for the tests of VM operations.
-import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
+import { waitUntil } from '../wait.js';
 
 export const GiB = 1024 ** 3;
 export const MiB = 1024 ** 2;
 
-/** Polls a condition (every 10 ms, for up to 10 s): tests wait on what they need, not on time. */
+/** Waits (polling, see test/wait.ts) until `cond` holds. */
 export async function waitFor(cond: () => Promise<boolean>, what = 'the condition'): Promise<void> {
-  for (let i = 0; i < 1000; i++) {
-    if (await cond()) return;
-    await sleep(10);
-  }
-  assert.fail(`${what} never held`);
+  await waitUntil(what, cond);
 }
 
 export async function vmHost(opts: { bootTimeMs?: number; shutdownTimeMs?: number; agentDelayMs?: number } = {}) {

@@ -3,28 +3,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
+import { waitUntil } from '../wait.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 
-/** Polls a condition (every 10 ms, for up to 10 s): tests wait on what they need, not on time. */
-async function waitFor(cond: () => Promise<boolean>, what = 'the condition'): Promise<void> {
-  for (let i = 0; i < 1000; i++) {
-    if (await cond()) return;
-    await sleep(10);
-  }
-  assert.fail(`${what} never held`);
-}
-
 /** The task's record once it is no longer pending. */
 async function waitTask(ok: (m: string, ...p: Rpc[]) => Promise<Rpc>, s: string, task: string): Promise<RpcStruct> {
-  let rec: RpcStruct = newStruct();
-  await waitFor(async () => (rec = (await ok('task.get_record', s, task)) as RpcStruct).status !== 'pending', `task ${task} finishing`);
-  return rec;
+  return waitUntil(`task ${task} to finish`, async () => {
+    const rec = (await ok('task.get_record', s, task)) as RpcStruct;
+    return rec.status !== 'pending' && rec;
+  });
 }
 
 async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number; agentDelayMs?: number } = {}) {
@@ -74,10 +66,7 @@ async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number; agent
   };
   const rec = async (vm: string) => (await ok('VM.get_record', s, vm)) as RpcStruct;
   /** Until the guest agent has reported (an HVM guest needs its features for clean operations). */
-  const waitAgent = async (vm: string) => {
-    for (let i = 0; i < 500 && (await rec(vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await sleep(10);
-    assert.notEqual((await rec(vm)).guest_metrics, 'OpaqueRef:NULL', 'the guest agent never reported');
-  };
+  const waitAgent = (vm: string) => waitUntil('the guest agent to report', async () => (await rec(vm)).guest_metrics !== 'OpaqueRef:NULL');
   return { ...h, call, ok, err, s, makeVm, rec, waitAgent, network: network! };
 }
 
@@ -207,7 +196,7 @@ test('a conflicting operation waits for the one in progress, then meets the new 
     await t.ok('VM.start', t.s, vm, false, false);
     await t.waitAgent(vm);
     const task = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
-    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
+    await waitUntil('the clean shutdown to be marked', async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
     assert.deepEqual((await t.rec(vm)).current_operations, struct({ [task]: 'clean_shutdown' }));
     assert.ok(!((await t.rec(vm)).allowed_operations as string[]).includes('pause'));
     // assert_operation_valid does not wait: it reports the operation in progress
@@ -249,14 +238,14 @@ test('hard_shutdown runs alongside a clean shutdown and ends it', async () => {
     // a guest that never completes a shutdown: the clean shutdown would wait for its timeout
     t.domains.inject((await t.rec(vm)).uuid as string, 'refuse-shutdown');
     const task = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
-    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
+    await waitUntil('the clean shutdown to be marked', async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
     await t.ok('VM.hard_shutdown', t.s, vm);
     // the hard shutdown cancels the clean one it overtook (xapi's cancel of the overtaken tasks)
     const overtaken = await waitTask(t.ok, t.s, task);
     assert.equal(overtaken.status, 'cancelled');
     assert.deepEqual(overtaken.error_info, ['TASK_CANCELLED', task]);
     assert.equal((await t.rec(vm)).power_state, 'Halted');
-    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length === 0);
+    await waitUntil('the operations to end', async () => Object.keys((await t.rec(vm)).current_operations as object).length === 0);
   } finally {
     await t.close();
   }
@@ -270,10 +259,10 @@ test('task.cancel ends an operation waiting for a busy VM, as xapi does', async 
     await t.waitAgent(vm);
     t.domains.inject((await t.rec(vm)).uuid as string, 'refuse-shutdown');
     const shutdown = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
-    await waitFor(async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
+    await waitUntil('the clean shutdown to be marked', async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
     // xapi creates tasks not cancellable; an operation that may wait makes its task cancellable
     const pause = (await t.ok('Async.VM.pause', t.s, vm)) as string;
-    await waitFor(async () => ((await t.ok('task.get_allowed_operations', t.s, pause)) as string[]).includes('cancel'));
+    await waitUntil('the waiting pause to be cancellable', async () => ((await t.ok('task.get_allowed_operations', t.s, pause)) as string[]).includes('cancel'));
     await t.ok('task.cancel', t.s, pause);
     const cancelled = await waitTask(t.ok, t.s, pause);
     assert.equal(cancelled.status, 'cancelled');
@@ -297,6 +286,8 @@ test('VIF hotplug on a running VM', async () => {
   try {
     const vm = await t.makeVm('hot');
     await t.ok('VM.start', t.s, vm, false, false);
+    // An HVM guest hotplugs once its PV drivers report (xapi: VM_MISSING_PV_DRIVERS before).
+    await waitUntil('the guest agent reports', async () => (await t.rec(vm)).guest_metrics !== 'OpaqueRef:NULL');
     const vif = (await t.ok('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }))) as string;
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
     await t.ok('VIF.plug', t.s, vif);
@@ -322,13 +313,13 @@ test('faults: a guest crash, a guest halting itself, a guest refusing to shut do
     t.domains.inject(uuid, 'crash');
     // (between the crash and the restart the VM is briefly Halted with no domain)
     const restarted = (r: RpcStruct) => r.domid !== domid && r.power_state === 'Running';
-    for (let i = 0; i < 300 && !restarted(await t.rec(vm)); i++) await sleep(10);
+    await waitUntil('the VM to restart after its crash', async () => restarted(await t.rec(vm)));
     let r = await t.rec(vm);
     assert.equal(r.power_state, 'Running');
     assert.notEqual(r.domid, domid);
     // the guest halts itself; actions_after_shutdown = destroy leaves it Halted
     t.domains.inject(uuid, 'guest-shutdown');
-    for (let i = 0; i < 200 && (await t.rec(vm)).power_state !== 'Halted'; i++) await sleep(10);
+    await waitUntil('the guest to halt itself', async () => (await t.rec(vm)).power_state === 'Halted');
     assert.equal((await t.rec(vm)).power_state, 'Halted');
     // a guest that ignores the shutdown request: clean_shutdown times out, shutdown falls back to hard
     await t.ok('VM.start', t.s, vm, false, false);
@@ -405,12 +396,12 @@ test('ballooning: a second VM squeezes the first towards dynamic_min, and gives 
     const actual = async (vm: string) => Number(await t.ok('VM_metrics.get_memory_actual', t.s, (await t.rec(vm)).metrics as string));
     assert.equal(await actual(a), 8 * GiB);
     await t.ok('VM.start', t.s, b, false, false); // both at 8 GiB would not fit in 16 GiB
-    for (let i = 0; i < 100 && (await actual(a)) === 8 * GiB; i++) await sleep(10);
+    await waitUntil('a to be squeezed', async () => (await actual(a)) < 8 * GiB);
     const [ma, mb] = [await actual(a), await actual(b)];
     assert.ok(ma < 8 * GiB && ma >= 2 * GiB, `a has ${ma}`);
     assert.ok(Math.abs(ma - mb) <= 4096, 'the same fraction of the same range');
     await t.ok('VM.hard_shutdown', t.s, b);
-    for (let i = 0; i < 100 && (await actual(a)) !== 8 * GiB; i++) await sleep(10);
+    await waitUntil('a to get its memory back', async () => (await actual(a)) === 8 * GiB);
     assert.equal(await actual(a), 8 * GiB);
     await t.ok('VM.hard_shutdown', t.s, a);
   } finally {

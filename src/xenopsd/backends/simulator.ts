@@ -123,6 +123,8 @@ interface Domain {
   osUpAt?: number;
   vbds: Record<string, { position: string; backend?: string }>;
   vifs: Record<string, { position: number }>;
+  /** The domain's xenstore data (VM.xenstore_data as pushed at build or since). */
+  xenstore?: Record<string, string>;
   guestAgent?: GuestAgent;
   /** control/shutdown, as written by the toolstack, and whether the guest acknowledged it. */
   request?: 'halt' | 'reboot' | 'suspend';
@@ -432,6 +434,7 @@ export class SimulatorBackend implements DomainManager {
       osUp: o.restore !== undefined, // a resumed guest's OS was already running
       vbds: {},
       vifs: {},
+      xenstore: { ...c.xenstoreData },
     };
     vm.domain = d;
     vm.status.bootCount = Math.max(vm.status.bootCount, o.bootCount);
@@ -640,6 +643,7 @@ export class SimulatorBackend implements DomainManager {
       guestAgent: d?.guestAgent ? structuredClone(d.guestAgent) : undefined,
       consoles,
       lastShutdownReason: vm.status.lastShutdownReason,
+      xenstoreData: d ? { ...d.xenstore } : undefined,
     };
   }
 
@@ -788,6 +792,15 @@ export class SimulatorBackend implements DomainManager {
       const d = this.built(vm);
       if (!Number.isInteger(n) || n < 1 || n > vm.config.vcpuMax) throw new DomainError('Invalid_vcpus', [String(n)]);
       d.vcpus = n;
+      this.vmChanged(vm);
+    });
+  }
+
+  async setXenstoreData(id: string, data: Record<string, string>): Promise<void> {
+    await this.serial(id, async () => {
+      const vm = this.get(id);
+      this.built(vm).xenstore = { ...data };
+      vm.config.xenstoreData = { ...data };
       this.vmChanged(vm);
     });
   }
