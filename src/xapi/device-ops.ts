@@ -3,43 +3,28 @@
 // current_operations; while another operation holds the device (or its disk) the call waits, as
 // xapi retries OTHER_OPERATION_IN_PROGRESS; afterwards the mark goes and allowed_operations is
 // recomputed, whatever happened.
-import { XapiError } from '../api/errors.js';
 import type { Call } from '../api/context.js';
 import type { Ref, vbd_operations, vif_operations } from '../schema/generated.js';
-import { globalLock } from './vm-lifecycle.js';
+import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
 import { assertVbdOperation, assertVifOperation, updateVbdAllowedOperations, updateVifAllowedOperations } from './device-checks.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
-/** xapi's standard retry policy gives up after two hours of waiting. */
-const MAX_WAIT_MS = 2 * 3600 * 1000;
-/** Between checks when no change to the holder wakes the waiter earlier. */
-const RECHECK_MS = 1000;
-
 /**
  * Runs `check` then `mark` under the global lock; while `check` refuses with
- * OTHER_OPERATION_IN_PROGRESS the call waits for the holder to change (or RECHECK_MS) and tries
- * again, until cancelled or MAX_WAIT_MS. Any other refusal is raised at once.
+ * OTHER_OPERATION_IN_PROGRESS the call waits as every operation does (retry.ts: xapi's back-off,
+ * woken when any operation ends, cancellable). Any other refusal is raised at once.
  */
 async function markWhenFree(call: Call, check: () => Promise<void>, mark: () => Promise<void>): Promise<void> {
-  const started = Date.now();
-  for (;;) {
-    await call.checkCancelled();
-    let busy: XapiError | undefined;
-    await globalLock.run(async () => {
-      try {
-        await check();
-      } catch (e) {
-        if (!(e instanceof XapiError) || e.code !== 'OTHER_OPERATION_IN_PROGRESS' || Date.now() - started >= MAX_WAIT_MS) throw e;
-        busy = e;
-        return;
-      }
-      await mark();
-    });
-    if (!busy) return;
-    // The holder is named by the error: [class, ref, operation, task].
-    const [cls, ref] = busy.params;
-    await call.db.waitForChange(new Set([`${cls!.toLowerCase()}/${ref}`]), RECHECK_MS);
-  }
+  await retryWithGlobalLock(call, async () => {
+    await check();
+    await mark();
+  });
+}
+
+/** Removes the call's mark under the lock, then wakes whoever waits for the device. */
+async function unmark(call: Call, fn: () => Promise<void>): Promise<void> {
+  await withGlobalLock(call.host, fn);
+  gateOf(call.host).broadcast();
 }
 
 export async function withVbdMarked<T>(call: Call, ref: Ref<'VBD'>, op: vbd_operations, fn: () => Promise<T>): Promise<T> {
@@ -56,7 +41,7 @@ export async function withVbdMarked<T>(call: Call, ref: Ref<'VBD'>, op: vbd_oper
   try {
     return await fn();
   } finally {
-    await globalLock.run(async () => {
+    await unmark(call, async () => {
       const vbd = await db.tryGet('VBD', ref);
       if (!vbd) return;
       const current = { ...vbd.current_operations };
@@ -81,7 +66,7 @@ export async function withVifMarked<T>(call: Call, ref: Ref<'VIF'>, op: vif_oper
   try {
     return await fn();
   } finally {
-    await globalLock.run(async () => {
+    await unmark(call, async () => {
       const vif = await db.tryGet('VIF', ref);
       if (!vif) return;
       const current = { ...vif.current_operations };
