@@ -28,8 +28,13 @@ export async function checkSession(host: HostContext, param: Rpc): Promise<Sessi
   const row = await host.db.tryGet('session', ref);
   if (!row) {
     const local = host.localSessions.get(ref);
-    if (local) return { ref, row: local };
-    throw new XapiError('SESSION_INVALID', [ref]);
+    if (!local) throw new XapiError('SESSION_INVALID', [ref]);
+    // Kept fresh like a database session, so the session GC ends only idle local sessions.
+    const now = host.now();
+    if (now - lastActive(local) <= THRESHOLD_LAST_ACTIVE_S * 1000) return { ref, row: local };
+    const fresh = { ...local, last_active: formatDateTime(new Date(now)) };
+    host.localSessions.set(ref, fresh);
+    return { ref, row: fresh };
   }
   const last = lastActive(row);
   const now = host.now();
