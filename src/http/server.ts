@@ -157,6 +157,89 @@ function lingerOnClose(res: ServerResponse): void {
   };
 }
 
+/** The status xapi's http_svr answers a request it cannot parse with (node's parser error codes). */
+function parseErrorStatus(code: string | undefined): number {
+  if (code === 'HPE_HEADER_OVERFLOW') return 431;
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return 408; // headersTimeout
+  if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return 413;
+  return 400;
+}
+
+/** Per connection: the responses not yet finished, the latest request, and a pending refusal. */
+interface ConnectionState {
+  unfinished: number;
+  latest?: { req: IncomingMessage; res: ServerResponse };
+  refusal?: number;
+}
+const connections = new WeakMap<Socket, ConnectionState>();
+
+function countResponse(req: IncomingMessage, res: ServerResponse): void {
+  const socket = req.socket;
+  let state = connections.get(socket);
+  if (!state) connections.set(socket, (state = { unfinished: 0 }));
+  state.unfinished++;
+  state.latest = { req, res };
+  const st = state;
+  res.once('close', () => {
+    st.unfinished--;
+    if (st.unfinished === 0 && st.refusal !== undefined) refuse(socket, st.refusal);
+  });
+}
+
+/**
+ * What follows an unparsable request on a connection. Requests before it in the same stream
+ * (HTTP/1.1 pipelining) are still answered, in order; only then does the error page go out and
+ * the connection close. Node's default would write its bare error at once and destroy the
+ * socket, losing the replies still being computed.
+ */
+function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  const state = connections.get(socket) ?? { unfinished: 0 };
+  // The parser reports every later chunk again; the first report decides.
+  if (state.refusal !== undefined) return;
+  const parseError = err.code?.startsWith('HPE_') || err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  if (!parseError || err.code === 'HPE_INVALID_EOF_STATE') {
+    socket.destroy(err); // a reset, or the client closed mid-request: nobody to answer
+    return;
+  }
+  const status = parseErrorStatus(err.code);
+  const latest = state.latest;
+  if (latest && !latest.req.complete) {
+    // The error is inside the body of the request being received: that request is lost with
+    // the connection (its handler sees the abort). Answer if nothing is queued before it.
+    if (socket.writable && state.unfinished === 1 && !latest.res.headersSent) {
+      const [reason, body] = errorPage(status, '');
+      socket.write(rawResponse(status, reason, body));
+    }
+    socket.destroy(err);
+    return;
+  }
+  state.refusal = status;
+  connections.set(socket, state);
+  if (state.unfinished === 0) refuse(socket, status);
+}
+
+function rawResponse(status: number, reason: string, body: string): string {
+  return (
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-length: ${Buffer.byteLength(body)}\r\ncontent-type: text/html\r\n` +
+    `connection: close\r\ncache-control: no-cache, no-store\r\n\r\n${body}`
+  );
+}
+
+/** Writes xapi's error page straight to the connection and closes it, lingering (see lingerOnClose). */
+function refuse(socket: Socket, status: number): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [reason, body] = errorPage(status, '');
+  socket.write(rawResponse(status, reason, body));
+  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+  timer.unref();
+  socket.once('end', () => socket.destroy());
+  socket.once('close', () => clearTimeout(timer));
+  socket.end();
+}
+
 function listen(server: http.Server, address: string, port: number, flag: '--http-port' | '--https-port'): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (e: NodeJS.ErrnoException) => {
@@ -228,11 +311,17 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
     requestTimeout: 0, // node's default (5 min for the whole request) would cut VM imports
     connectionsCheckingInterval: 1_000, // how often headersTimeout is enforced
   };
-  const listener = (req: IncomingMessage, res: ServerResponse) => void route(req, res);
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    countResponse(req, res);
+    void route(req, res);
+  };
   const plain = http.createServer(serverOptions, listener);
   const secure = https.createServer({ ...serverOptions, key: opts.tls.key, cert: opts.tls.cert }, listener);
   const servers = [plain, secure];
-  for (const s of servers) s.on('connect', onConnect);
+  for (const s of servers) {
+    s.on('connect', onConnect);
+    s.on('clientError', onClientError);
+  }
 
   let httpPort: number;
   let httpsPort: number;
