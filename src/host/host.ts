@@ -55,6 +55,8 @@ export interface HostOptions {
   sim?: { cpus?: number; memoryMiB?: number; nics?: string[] };
   /** Simulated boot and shutdown times (ms). */
   simTiming?: { bootTimeMs?: number; shutdownTimeMs?: number };
+  /** Bounds on how long a request body may take (defaults in src/http/server.ts). */
+  http?: { rpcBodyTimeoutMs?: number; uploadIdleTimeoutMs?: number };
   logLevel?: string;
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
@@ -177,10 +179,10 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   gcTimer.unref();
 
   const table = new HandlerTable()
-    .add('POST', '/', xmlRpcHandler(dispatcher, log))
-    .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log))
-    .add('POST', '/json', xmlRpcHandler(dispatcher, log))
-    .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log));
+    .add('POST', '/', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
+    .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
+    .add('POST', '/json', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
+    .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs));
   registerVdiTransfers(table, dispatcher, storage);
   registerVmTransfers(table, dispatcher, storage);
 
@@ -193,6 +195,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       httpsPort: opts.httpsPort,
       tls,
       table,
+      uploadIdleTimeoutMs: opts.http?.uploadIdleTimeoutMs,
       log: {
         info: (o, m) => log.info(o, m),
         warn: (o, m) => log.warn(o, m),

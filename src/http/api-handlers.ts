@@ -7,18 +7,19 @@ import type { Dispatcher, Outcome } from '../api/dispatch.js';
 import { MalformedRequest, type RpcCall } from '../api/rpc.js';
 import { InvalidUtf8Param, parseXmlRpcCall, xmlRpcBareEncoded, xmlRpcFailure, xmlRpcSuccessEncoded } from '../api/xmlrpc.js';
 import { jsonRpcFailure, jsonRpcSuccessEncoded, parseJsonRpcCall } from '../api/jsonrpc.js';
-import { BodyAborted, BodyTooLarge, readBody } from './body.js';
-import { RPC_BODY_LIMIT, sendHttpError } from './server.js';
+import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from './body.js';
+import { RPC_BODY_LIMIT, RPC_BODY_TIMEOUT_MS, sendHttpError } from './server.js';
 import type { Handler } from './handlers.js';
 
 const CORS = { 'access-control-allow-origin': '*', 'access-control-allow-headers': 'X-Requested-With' };
 
-async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
+async function readCall<T>(req: IncomingMessage, res: ServerResponse, timeoutMs: number, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
   let body: Buffer;
   try {
-    body = await readBody(req, RPC_BODY_LIMIT);
+    body = await readBody(req, RPC_BODY_LIMIT, timeoutMs);
   } catch (e) {
     if (e instanceof BodyTooLarge) sendHttpError(res, 500, e.message);
+    else if (e instanceof BodyTimeout) sendHttpError(res, 408);
     else if (!(e instanceof BodyAborted)) throw e;
     return undefined;
   }
@@ -59,9 +60,9 @@ async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: str
 
 const invalidUtf8 = (e: InvalidUtf8Param) => ['INVALID_VALUE', 'Invalid UTF-8 string in parameter', e.value];
 
-export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
+export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs = RPC_BODY_TIMEOUT_MS): Handler {
   return async (req, res) => {
-    const call = await readCall(req, res, parseXmlRpcCall);
+    const call = await readCall(req, res, bodyTimeoutMs, parseXmlRpcCall);
     if (call === undefined) return;
     const outcome: Outcome =
       call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml');
@@ -71,9 +72,9 @@ export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
   };
 }
 
-export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
+export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs = RPC_BODY_TIMEOUT_MS): Handler {
   return async (req, res) => {
-    const decoded = await readCall(req, res, parseJsonRpcCall);
+    const decoded = await readCall(req, res, bodyTimeoutMs, parseJsonRpcCall);
     if (decoded === undefined) return;
     if (decoded instanceof InvalidUtf8Param) {
       // xapi checks UTF-8 before its error wrapper, so the error escapes to the JSON-RPC handler,

@@ -7,10 +7,23 @@ import http, { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'n
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { corsPreflight, type Handler, type HandlerTable } from './handlers.js';
+import { BodyTimeout } from './body.js';
 
 /** Db_globs.http_limit_max_rpc_size: the biggest XML-RPC / JSON-RPC request body. */
 export const RPC_BODY_LIMIT = 300 * 1024;
 
+/**
+ * The whole body of an RPC request must arrive within this (xapi bounds only the headers, by
+ * header_total_timeout_tcp = 60 s; the same bound for the body, which is at most 300 KiB, means
+ * at least 5 KB/s). RPC bodies are read before any authentication, so without a bound anyone
+ * could hold connections open for ever.
+ */
+export const RPC_BODY_TIMEOUT_MS = 60_000;
+/**
+ * An upload (disk and VM imports, streaming for minutes) is never bounded in total time, only
+ * in idleness: it fails if nothing arrives for this long while the handler waits for data.
+ */
+export const UPLOAD_IDLE_TIMEOUT_MS = 300_000;
 /** Header read timeout (xapi_globs header_read_timeout_tcp: 10 s). */
 const HEADERS_TIMEOUT_MS = 10_000;
 /** Idle keep-alive connections. xapi itself never times them out; a minute is long enough that
@@ -34,6 +47,8 @@ export interface HttpServersOptions {
   tls: { key: string; cert: string };
   table: HandlerTable;
   log: { info: LogFn; warn: LogFn; error: LogFn };
+  /** How long a request body may send nothing while its handler waits for it (UPLOAD_IDLE_TIMEOUT_MS). */
+  uploadIdleTimeoutMs?: number;
 }
 
 export interface HttpServers {
@@ -240,6 +255,35 @@ function refuse(socket: Socket, status: number): void {
   socket.end();
 }
 
+/**
+ * Bounds how long a request body may go quiet while its handler waits for it. Progress is the
+ * connection's received-byte count; data buffered and not yet taken by the handler is the
+ * handler's delay, not the client's, so it counts as progress too. A quiet body is aborted: the
+ * handler sees its stream fail (an upload fails its task) and the connection closes.
+ */
+function watchBodyIdle(req: IncomingMessage, idleMs: number, log: HttpServersOptions['log']): void {
+  const socket = req.socket;
+  let bytes = socket.bytesRead;
+  let quietSince = performance.now();
+  const check = () => {
+    if (req.complete || req.destroyed) return;
+    const now = performance.now();
+    if (socket.bytesRead !== bytes || req.readableLength > 0) {
+      bytes = socket.bytesRead;
+      quietSince = now;
+    } else if (now - quietSince >= idleMs) {
+      log.warn({ method: req.method, path: req.url?.replace(/\?.*/, ''), idleMs }, 'request body idle: connection closed');
+      req.destroy(new BodyTimeout(idleMs, true));
+      return;
+    }
+    timer = setTimeout(check, Math.min(idleMs, 1000));
+  };
+  let timer = setTimeout(check, Math.min(idleMs, 1000));
+  const stop = () => clearTimeout(timer);
+  req.once('end', stop);
+  req.once('close', stop);
+}
+
 function listen(server: http.Server, address: string, port: number, flag: '--http-port' | '--https-port'): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (e: NodeJS.ErrnoException) => {
@@ -311,8 +355,10 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
     requestTimeout: 0, // node's default (5 min for the whole request) would cut VM imports
     connectionsCheckingInterval: 1_000, // how often headersTimeout is enforced
   };
+  const idleMs = opts.uploadIdleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS;
   const listener = (req: IncomingMessage, res: ServerResponse) => {
     countResponse(req, res);
+    watchBodyIdle(req, idleMs, log);
     void route(req, res);
   };
   const plain = http.createServer(serverOptions, listener);
