@@ -39,7 +39,8 @@ export async function checkSession(host: HostContext, param: Rpc): Promise<Sessi
   const last = lastActive(row);
   const now = host.now();
   if (now - last > THRESHOLD_LAST_ACTIVE_S * 1000) {
-    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) });
+    // Bookkeeping: a database refusing writes (a full disk) must not refuse the call with it.
+    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) }).catch(() => undefined);
   }
   return { ref, row };
 }

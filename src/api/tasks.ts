@@ -2,6 +2,7 @@
 // table, created pending, completed with the result as an XML-RPC fragment (on every wire, as
 // xapi does) or failed with error_info, cancelled on request, and garbage-collected.
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { XapiError, errorDescription } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import { newRef } from './implicit.js';
@@ -10,6 +11,11 @@ import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../sc
 export const COMPLETED_TASK_TIMEOUT_S = 3900;
 export const PENDING_TASK_TIMEOUT_S = 86400;
 export const MAX_TASKS = 200;
+
+/** How often an outcome that could not be stored is tried again. */
+const OUTCOME_RETRY_MS = 1000;
+
+export type TaskOutcome = { ok: true; resultXml: string } | { ok: false; error: unknown };
 
 export class TaskManager {
   private readonly cancelRequested = new Set<string>();
@@ -54,14 +60,54 @@ export class TaskManager {
 
   /** Runs `fn` as the task's work and records its outcome; never throws. */
   async run(task: string, fn: () => Promise<unknown> | unknown, resultType: Type): Promise<void> {
+    const epoch = this.host.db.epoch();
+    let outcome: TaskOutcome;
     try {
       const result = await fn();
-      await this.succeed(task, this.host.marshal.xml(resultType, result));
+      outcome = { ok: true, resultXml: this.host.marshal.xml(resultType, result) };
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, task }, 'task failed with an internal error');
-      await this.fail(task, e);
+      outcome = { ok: false, error: e };
     }
-    await this.host.db.commit().catch(() => undefined);
+    await this.finish(task, epoch, outcome);
+  }
+
+  /**
+   * Records the outcome of work that began at database `epoch`, and makes it durable. A success
+   * is recorded only if the work's writes are all stored: if a flush failed meanwhile (some may
+   * have been undone) the task fails with that error instead. An outcome that cannot be stored
+   * now (the disk is full) is retried in the background until it can; this never throws.
+   */
+  async finish(task: string, epoch: number, outcome: TaskOutcome): Promise<void> {
+    let error = outcome.ok ? undefined : outcome.error;
+    if (outcome.ok) {
+      try {
+        await this.host.db.commit(epoch);
+        await this.succeed(task, outcome.resultXml);
+        await this.host.db.commit();
+        return;
+      } catch (e) {
+        error = e;
+      }
+    }
+    const record = async () => {
+      await this.fail(task, error);
+      await this.host.db.commit();
+    };
+    try {
+      await record();
+    } catch {
+      void (async () => {
+        for (;;) {
+          await sleep(OUTCOME_RETRY_MS, undefined, { ref: false });
+          try {
+            return await record();
+          } catch {
+            // still not writable
+          }
+        }
+      })();
+    }
   }
 
   async succeed(task: string, resultXml: string): Promise<void> {
@@ -144,5 +190,10 @@ export class TaskManager {
     this.lastProgress.delete(task);
     this.cancelRequested.delete(task);
     if (await this.host.db.tryGet('task', task)) await this.host.db.destroy('task', task);
+  }
+
+  /** forget() for a sync call's own task: if the database refuses the write, the task GC removes it later. */
+  async forgetQuietly(task: string): Promise<void> {
+    await this.forget(task).catch(() => undefined);
   }
 }

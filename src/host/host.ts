@@ -33,6 +33,7 @@ import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from '../util/files.js';
+import { LogFile } from './log-file.js';
 import { syncDatabase } from './dbsync.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
@@ -113,11 +114,9 @@ export function buildApi(
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
-  const log: Logger = pino(
-    { level: opts.logLevel ?? 'info', base: { host: opts.address }, redact: ['password', 'pwd'] },
-    // Buffered: one write per 4 KiB of log lines, not one per call (flushed at close).
-    pino.destination({ dest: join(opts.stateDir, 'xapi.log'), sync: false, mkdir: true, minLength: 4096 }),
-  );
+  // Buffered: one write per 4 KiB of log lines, not one per call (flushed at close).
+  const logFile = new LogFile(join(opts.stateDir, 'xapi.log'));
+  const log: Logger = pino({ level: opts.logLevel ?? 'info', base: { host: opts.address }, redact: ['password', 'pwd'] }, logFile);
 
   const passwords = PasswordFile.at(opts.stateDir);
   const existed = await passwords.load();
@@ -130,7 +129,12 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   }
   const poolSecret = await loadOrCreatePoolSecret(opts.stateDir);
 
-  const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')));
+  const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')), {
+    onWritable: (writable, cause) => {
+      if (writable) log.warn('database writes work again');
+      else log.error({ err: cause }, 'database writes fail: refusing writes until they work again');
+    },
+  });
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
   const { hostRef, poolRef, firstStart } = await syncDatabase(db, schema, { hostname, address: opts.address, machine });
@@ -206,6 +210,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     clearInterval(gcTimer);
     await xenops.stop();
     db.close();
+    await logFile.close();
     throw e;
   }
   log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef }, 'host started');
@@ -222,7 +227,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       await xenops.stop();
       await db.commit().catch(() => undefined);
       db.close();
-      await new Promise<void>((resolve) => log.flush(() => resolve()));
+      await logFile.close();
     },
   };
 }
