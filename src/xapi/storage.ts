@@ -97,6 +97,23 @@ export class Storage {
     }
   }
 
+  /**
+   * A write into an SR that found no space (ENOSPC) as SR_FULL [requested; maximum]: the bytes
+   * the operation needed and those still free on the SR. Other failures are returned as they are.
+   */
+  async spaceError(e: unknown, srRef: string, requested: number): Promise<unknown> {
+    if ((e as NodeJS.ErrnoException | undefined)?.code !== 'ENOSPC') return e;
+    let free = 0;
+    try {
+      const { driver, ctx } = await this.context(srRef);
+      const st = await driver.stat(ctx);
+      free = Math.max(0, st.free ?? st.physicalSize - st.physicalUtilisation);
+    } catch {
+      // the SR cannot say: report nothing free
+    }
+    return new XapiError('SR_FULL', [String(requested), String(free)]);
+  }
+
   /** Runs a driver call, its failures mapped. */
   async sm<T>(srRef: string, fn: () => Promise<T>, vdiRef?: string): Promise<T> {
     try {
