@@ -135,3 +135,54 @@ test('SIGTERM stops a host whose disk is full, promptly, losing nothing it ackno
     await stopXapi(x, true);
   }
 });
+
+const GiB = 1024 ** 3;
+
+async function makeVm(x: XapiProcess, s: string, name: string): Promise<string> {
+  return (await jsonCall(x.url, 'VM.create', [
+    s,
+    {
+      name_label: name, name_description: '', user_version: 1, is_a_template: false, affinity: 'OpaqueRef:NULL',
+      memory_static_max: GiB, memory_dynamic_max: GiB, memory_dynamic_min: GiB, memory_static_min: GiB,
+      VCPUs_params: {}, VCPUs_max: 1, VCPUs_at_startup: 1,
+      actions_after_shutdown: 'destroy', actions_after_reboot: 'restart', actions_after_crash: 'restart',
+      PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
+      HVM_boot_policy: 'BIOS order', HVM_boot_params: {}, platform: {}, PCI_bus: '', other_config: {}, recommendations: '',
+    },
+  ])) as string;
+}
+
+test('running VMs on a full disk: the host stays up, and once space is back the database agrees with the domains', { timeout: 180_000 }, async () => {
+  const dir = `${disks.path('state')}/vms`;
+  const startVms = () => startXapi({ stateDir: dir, address, wrap: disks.enter(), args: ['--sim-boot-ms', '1500'] });
+  let x = await startVms();
+  try {
+    let s = await login(x.url, PASSWORD);
+    const running = await makeVm(x, s, 'running');
+    const booting = await makeVm(x, s, 'booting');
+    await jsonCall(x.url, 'VM.start', [s, running, false, false]);
+    await jsonCall(x.url, 'Async.VM.start', [s, booting, false, false]); // the guest boots while the disk fills
+    disks.fill('state');
+    // the domain manager goes on (its state lives outside xapi's database); xapi cannot record it
+    await assert.rejects(jsonCall(x.url, 'VM.pause', [s, running]), (e: RpcFailure) => e.error[0] === 'OUT_OF_SPACE');
+    // the guests' own timers fire while the disk is full (agent up, boot done): the host survives them
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(x.proc.exitCode, null, `xapi died on a full disk:\n${x.output().slice(-2000)}`);
+    assert.equal(await jsonCall(x.url, 'VM.get_power_state', [s, running]), 'Running');
+
+    await disks.free('state');
+    const states = async () => [await jsonCall(x.url, 'VM.get_power_state', [s, running]), await jsonCall(x.url, 'VM.get_power_state', [s, booting])];
+    const deadline = Date.now() + 60_000;
+    while ((await states()).join() !== 'Paused,Running') {
+      assert.ok(Date.now() < deadline, `the database never caught up with the domains: ${(await states()).join()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    x.kill('SIGKILL');
+    await x.exited;
+    x = await startVms();
+    s = await login(x.url, PASSWORD);
+    assert.deepEqual(await states(), ['Paused', 'Running']);
+  } finally {
+    await stopXapi(x, true);
+  }
+});

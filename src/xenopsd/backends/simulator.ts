@@ -142,6 +142,8 @@ interface Vm {
 const CLIENT = 'xenopsd';
 /** How long a suspend waits for the guest to acknowledge and save (xenopsd's is similar). */
 const SUSPEND_TIMEOUT_MS = 1_200_000;
+/** While the state directory has no space, how often the backend tries its state files again. */
+const WRITE_RETRY_MS = 1000;
 
 export class SimulatorBackend implements DomainManager {
   private readonly dir: string;
@@ -151,6 +153,9 @@ export class SimulatorBackend implements DomainManager {
   private readonly queues = new Map<string, Mutex>();
   private lastDomid = 0;
   private closed = false;
+  /** State files whose latest content could not be written yet (a full disk), by path. */
+  private readonly unwritten = new Map<string, unknown>();
+  private retryWrites: NodeJS.Timeout | undefined;
 
   private readonly bootTimeMs: number;
   private readonly agentDelayMs: number;
@@ -198,22 +203,38 @@ export class SimulatorBackend implements DomainManager {
 
   private writeJson(path: string, value: unknown): void {
     if (this.closed) return; // a closed backend changes nothing on disk
+    this.unwritten.delete(path);
     const tmp = `${path}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(value));
-    renameSync(tmp, path); // atomic: a reader (or a restarted process) sees old or new, never half
+    try {
+      writeFileSync(tmp, JSON.stringify(value));
+      renameSync(tmp, path); // atomic: a reader (or a restarted process) sees old or new, never half
+    } catch {
+      // xenopsd keeps its state on a tmpfs of its own, so a full state disk stops neither the
+      // domains nor their operations: the state stays in memory and is written when space is back.
+      this.unwritten.set(path, value);
+      this.retryWrites ??= setTimeout(() => {
+        this.retryWrites = undefined;
+        for (const [p, v] of [...this.unwritten]) this.writeJson(p, v);
+      }, WRITE_RETRY_MS).unref();
+    }
+  }
+
+  private removeJson(path: string): void {
+    this.unwritten.delete(path); // a write still waiting for space must not bring it back
+    rmSync(path, { force: true });
   }
 
   private persist(id: string): void {
     const vm = this.vms.get(id);
     if (this.closed) return;
     if (!vm) {
-      rmSync(this.path('vm', id), { force: true });
-      rmSync(this.path('domain', id), { force: true });
+      this.removeJson(this.path('vm', id));
+      this.removeJson(this.path('domain', id));
       return;
     }
     this.writeJson(this.path('vm', id), { config: vm.config, status: vm.status });
     if (vm.domain) this.writeJson(this.path('domain', id), vm.domain);
-    else rmSync(this.path('domain', id), { force: true });
+    else this.removeJson(this.path('domain', id));
   }
 
   /** Reads the backend's "DB" back: the domains are still there, as they would be under xenopsd. */
@@ -1006,6 +1027,7 @@ export class SimulatorBackend implements DomainManager {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.retryWrites);
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     const cancel = new DomainError('Cancelled', ['backend closed']);
