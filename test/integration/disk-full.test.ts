@@ -73,6 +73,9 @@ test('a full state disk: reads work, writes fail cleanly, recovery without resta
   try {
     const session = await login(x.url, PASSWORD);
     const kept = await create(x, session, 'before');
+    // a watcher waiting across the failure is not failed by it (it wrote nothing)
+    const { token } = (await jsonCall(x.url, 'event.from', [session, ['pool'], '', 0])) as { token: string };
+    const watching = jsonCall(x.url, 'event.from', [session, ['pool'], token, 120]);
 
     disks.fill('state');
     const error = await writeUntilRefused(x, session, 'full');
@@ -103,6 +106,10 @@ test('a full state disk: reads work, writes fail cleanly, recovery without resta
     }
     await jsonCall(x.url, 'network.set_name_label', [session, kept, 'renamed']);
     acked.set(kept, 'renamed');
+    const [pool] = (await jsonCall(x.url, 'pool.get_all', [session])) as string[];
+    await jsonCall(x.url, 'pool.add_to_other_config', [session, pool, 'after', 'recovery']);
+    const seen = (await watching) as { events: { class: string; operation: string }[] };
+    assert.deepEqual(seen.events.map((e) => `${e.class} ${e.operation}`), ['pool mod']);
     for (let i = 0; i < 20; i++) await create(x, session, `more-${i}`, 1024);
     await assertNothingLost(x, session);
 
