@@ -1,7 +1,7 @@
 // The check every session-taking call goes through (xapi's session_check.ml): the session must
 // exist; its last_active is refreshed only when older than threshold_last_active, so a busy
 // client does not turn every read into a database write.
-import { XapiError } from './errors.js';
+import { WriteRefused, XapiError } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import type { Rpc } from './rpc.js';
 import type { Row } from '../db/interface.js';
@@ -40,7 +40,9 @@ export async function checkSession(host: HostContext, param: Rpc): Promise<Sessi
   const now = host.now();
   if (now - last > THRESHOLD_LAST_ACTIVE_S * 1000) {
     // Bookkeeping: a database refusing writes (a full disk) must not refuse the call with it.
-    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) }).catch(() => undefined);
+    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) }).catch((e: unknown) => {
+      if (!(e instanceof WriteRefused)) throw e;
+    });
   }
   return { ref, row };
 }

@@ -2,18 +2,15 @@
 // table, created pending, completed with the result as an XML-RPC fragment (on every wire, as
 // xapi does) or failed with error_info, cancelled on request, and garbage-collected.
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { XapiError, errorDescription } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import { newRef } from './implicit.js';
 import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
+import { untilStored } from '../db/until-stored.js';
 
 export const COMPLETED_TASK_TIMEOUT_S = 3900;
 export const PENDING_TASK_TIMEOUT_S = 86400;
 export const MAX_TASKS = 200;
-
-/** How often an outcome that could not be stored is tried again. */
-const OUTCOME_RETRY_MS = 1000;
 
 export type TaskOutcome = { ok: true; resultXml: string } | { ok: false; error: unknown };
 
@@ -90,24 +87,9 @@ export class TaskManager {
         error = e;
       }
     }
-    const record = async () => {
-      await this.fail(task, error);
-      await this.host.db.commit();
-    };
-    try {
-      await record();
-    } catch {
-      void (async () => {
-        for (;;) {
-          await sleep(OUTCOME_RETRY_MS, undefined, { ref: false });
-          try {
-            return await record();
-          } catch {
-            // still not writable
-          }
-        }
-      })();
-    }
+    await untilStored(this.host.db, () => this.fail(task, error)).catch((e) =>
+      this.host.log.error({ err: e, task }, 'the outcome of a task could not be recorded'),
+    );
   }
 
   async succeed(task: string, resultXml: string): Promise<void> {

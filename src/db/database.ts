@@ -10,7 +10,7 @@
 // changed are put back as they were before it, its waiters fail, and every write is refused
 // until a probe write succeeds again (the disk got space back). Calls that were running across
 // the failure may have had writes rolled back under them: commit(since) fails them too.
-import { XapiError, handleInvalid } from '../api/errors.js';
+import { WriteRefused, XapiError, handleInvalid } from '../api/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import { SqliteStore, type Batch, type Tombstone } from './store.js';
@@ -58,10 +58,10 @@ export class LocalDb implements Db {
   private flushScheduled = false;
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   /** Set while the store refuses writes: the error every write gets. */
-  private unwritable: XapiError | undefined;
+  private unwritable: WriteRefused | undefined;
   /** How many flushes failed (and were rolled back); see commit(since). */
   private failures = 0;
-  private lastFailure: XapiError | undefined;
+  private lastFailure: WriteRefused | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
 
   /** Wake-up keys changed since the last notify: `<class>`, `<class>/<ref>`, `deleted/<ref>`. */
@@ -421,8 +421,8 @@ export class LocalDb implements Db {
     const code = (cause as { code?: unknown })?.code;
     this.unwritable =
       code === 'SQLITE_FULL' || code === 'ENOSPC'
-        ? new XapiError('OUT_OF_SPACE', [this.store!.dir])
-        : new XapiError('INTERNAL_ERROR', [`database write failed: ${String(cause)}`]);
+        ? new WriteRefused('OUT_OF_SPACE', [this.store!.dir])
+        : new WriteRefused('INTERNAL_ERROR', [`database write failed: ${String(cause)}`]);
     this.lastFailure = this.unwritable;
     if (this.probeTimer) return;
     this.onWritable(false, cause);

@@ -24,6 +24,8 @@ export async function memoryHost(
     stateDir?: string;
     bootTimeMs?: number;
     shutdownTimeMs?: number;
+    /** A database of the caller's (e.g. over a store whose writes can be made to fail). */
+    db?: LocalDb;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -31,7 +33,7 @@ export async function memoryHost(
   const stateDir = opts.stateDir ?? (await mkdtemp(join(tmpdir(), 'xapi-memhost-')));
   if (!opts.stateDir) process.once('exit', () => rmSync(stateDir, { recursive: true, force: true }));
   const schema = opts.schema ?? loadSchema();
-  const db = new LocalDb(schema, null, { logLimit: opts.logLimit });
+  const db = opts.db ?? new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
   const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname: 'memhost', address: '127.0.0.1', machine });
   let rootPassword = opts.rootPassword ?? 'secret';

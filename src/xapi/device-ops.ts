@@ -5,6 +5,7 @@ import { XapiError } from '../api/errors.js';
 import type { Call } from '../api/context.js';
 import type { Row } from '../db/interface.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
+import { untilStored } from '../db/until-stored.js';
 
 const s = (v: unknown) => v as string;
 /** The VBD/VIF operation checks that apply before a hotplug (valid_operations). */
@@ -27,12 +28,15 @@ export async function withDeviceOp<T>(call: Call, cls: 'VBD' | 'VIF', ref: strin
   try {
     return await fn();
   } finally {
-    const now = await call.db.tryGet(cls, ref);
-    if (now) {
-      const ops = { ...(now.current_operations as Record<string, string>) };
-      delete ops[call.task];
-      await call.db.update(cls, ref, { current_operations: ops });
-    }
+    // the mark must come off even if the database refuses writes just now (a full disk)
+    await untilStored(call.db, async () => {
+      const now = await call.db.tryGet(cls, ref);
+      if (now) {
+        const ops = { ...(now.current_operations as Record<string, string>) };
+        delete ops[call.task];
+        await call.db.update(cls, ref, { current_operations: ops });
+      }
+    });
   }
 }
 

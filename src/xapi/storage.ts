@@ -11,6 +11,7 @@ import type { Row } from '../db/interface.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
 import { makeDrivers } from '../storage/drivers.js';
+import { untilStored } from '../db/until-stored.js';
 
 const s = (v: unknown) => v as string;
 
@@ -191,8 +192,11 @@ export class Storage {
     try {
       return await fn();
     } finally {
-      if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
-      if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+      // the marks must come off even if the database refuses writes just now (a full disk)
+      await untilStored(db, async () => {
+        if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
+        if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+      });
     }
   }
 

@@ -6,6 +6,7 @@ import { XapiError } from '../api/errors.js';
 import type { Call } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
 import { Mutex } from '../util/mutex.js';
+import { untilStored } from '../db/until-stored.js';
 
 type PS = 'Halted' | 'Paused' | 'Running' | 'Suspended';
 const ALL: PS[] = ['Halted', 'Paused', 'Running', 'Suspended'];
@@ -155,12 +156,15 @@ export async function withVmOperation<T>(call: Call, ref: string, op: string, fn
   try {
     return await fn();
   } finally {
-    const vm = await db.tryGet('VM', ref);
-    if (vm) {
-      const current = { ...(vm.current_operations as Record<string, string>) };
-      delete current[key];
-      await db.update('VM', ref, { current_operations: current });
-      await updateAllowedOperations(db, ref);
-    }
+    // the mark must come off even if the database refuses writes just now (a full disk)
+    await untilStored(db, async () => {
+      const vm = await db.tryGet('VM', ref);
+      if (vm) {
+        const current = { ...(vm.current_operations as Record<string, string>) };
+        delete current[key];
+        await db.update('VM', ref, { current_operations: current });
+        await updateAllowedOperations(db, ref);
+      }
+    });
   }
 }

@@ -3,7 +3,7 @@
 // devices, coalesced updates, and domains that outlive the backend object (restart safety).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -425,3 +425,36 @@ test('guests without an agent never report and never balloon, but still halt on 
     assert.equal((await b.stat('a')).powerState, 'Halted');
     await b.shutdown('b');
   }, 5120, { guestAgent: false }));
+
+test('state files that cannot be written (a full disk) stop neither domains nor guests; they are written when they can be', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
+  const state = join(dir, 'xenopsd');
+  try {
+    const b = backend(dir);
+    await b.add(config(dir, 'w', 256 * MiB, 256 * MiB));
+    // every write under the state directory fails from here on (a file where it was)
+    await rename(state, `${state}.away`);
+    await writeFile(state, '');
+    // an operation, then guest-side timers (the agent coming up, a guest halting itself): nothing throws
+    await b.start('w', { paused: false });
+    await until(async () => (await b.stat('w')).guestAgent !== undefined, 'the guest agent');
+    b.inject('w', 'guest-shutdown');
+    await until(async () => (await b.stat('w')).powerState === 'Halted', 'the guest to halt itself');
+    await b.start('w', { paused: false });
+    await until(async () => (await b.stat('w')).guestAgent !== undefined, 'the guest agent again');
+    // the directory is back: what could not be written is written (at the latest at close)
+    await rm(state);
+    await rename(`${state}.away`, state);
+    await b.close();
+    const again = backend(dir);
+    try {
+      const s = await again.stat('w');
+      assert.equal(s.powerState, 'Running');
+      assert.ok(s.guestAgent, 'the guest agent data was saved too');
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

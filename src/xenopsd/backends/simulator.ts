@@ -144,6 +144,8 @@ const CLIENT = 'xenopsd';
 const SUSPEND_TIMEOUT_MS = 1_200_000;
 /** While the state directory has no space, how often the backend tries its state files again. */
 const WRITE_RETRY_MS = 1000;
+/** In `unwritten`: the file is to be removed. */
+const REMOVED = Symbol('removed');
 
 export class SimulatorBackend implements DomainManager {
   private readonly dir: string;
@@ -153,7 +155,7 @@ export class SimulatorBackend implements DomainManager {
   private readonly queues = new Map<string, Mutex>();
   private lastDomid = 0;
   private closed = false;
-  /** State files whose latest content could not be written yet (a full disk), by path. */
+  /** State files whose latest content (or removal) could not be written yet (a full disk), by path. */
   private readonly unwritten = new Map<string, unknown>();
   private retryWrites: NodeJS.Timeout | undefined;
 
@@ -204,24 +206,31 @@ export class SimulatorBackend implements DomainManager {
   private writeJson(path: string, value: unknown): void {
     if (this.closed) return; // a closed backend changes nothing on disk
     this.unwritten.delete(path);
-    const tmp = `${path}.${process.pid}.tmp`;
     try {
+      if (value === REMOVED) {
+        rmSync(path, { force: true });
+        return;
+      }
+      const tmp = `${path}.${process.pid}.tmp`;
       writeFileSync(tmp, JSON.stringify(value));
       renameSync(tmp, path); // atomic: a reader (or a restarted process) sees old or new, never half
     } catch {
       // xenopsd keeps its state on a tmpfs of its own, so a full state disk stops neither the
-      // domains nor their operations: the state stays in memory and is written when space is back.
+      // domains nor their operations: the state stays in memory and is written when it can be.
       this.unwritten.set(path, value);
       this.retryWrites ??= setTimeout(() => {
         this.retryWrites = undefined;
-        for (const [p, v] of [...this.unwritten]) this.writeJson(p, v);
+        this.writeUnwritten();
       }, WRITE_RETRY_MS).unref();
     }
   }
 
   private removeJson(path: string): void {
-    this.unwritten.delete(path); // a write still waiting for space must not bring it back
-    rmSync(path, { force: true });
+    this.writeJson(path, REMOVED);
+  }
+
+  private writeUnwritten(): void {
+    for (const [p, v] of [...this.unwritten]) this.writeJson(p, v);
   }
 
   private persist(id: string): void {
@@ -1026,8 +1035,9 @@ export class SimulatorBackend implements DomainManager {
    */
   async close(): Promise<void> {
     if (this.closed) return;
-    this.closed = true;
+    this.writeUnwritten(); // a last try
     clearTimeout(this.retryWrites);
+    this.closed = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     const cancel = new DomainError('Cancelled', ['backend closed']);
