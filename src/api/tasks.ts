@@ -79,9 +79,11 @@ export class TaskManager {
     let error = outcome.ok ? undefined : outcome.error;
     if (outcome.ok) {
       try {
-        await this.host.db.commit(epoch);
+        // a flush failed during the work: fail without ever showing success
+        if (this.host.db.epoch() !== epoch) await this.host.db.commit(epoch);
         await this.succeed(task, outcome.resultXml);
-        await this.host.db.commit();
+        // the work's writes and the success share this flush: if it fails, both are undone
+        await this.host.db.commit(epoch);
         return;
       } catch (e) {
         error = e;
