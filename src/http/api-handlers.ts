@@ -35,8 +35,10 @@ async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b
 }
 
 function reply(res: ServerResponse, contentType: string, body: string): void {
-  res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), ...CORS });
-  res.end(body);
+  // Encoded once: measuring the string and then writing it would walk a large reply twice.
+  const bytes = Buffer.from(body);
+  res.writeHead(200, { 'content-type': contentType, 'content-length': bytes.length, ...CORS });
+  res.end(bytes);
 }
 
 async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string): Promise<Outcome> {
