@@ -319,9 +319,13 @@ export function jsonRpcSuccess(version: JsonRpcVersion, id: JsonRpcId, result: R
 
 /** The success envelope around a result already encoded as JSON text. */
 export function jsonRpcSuccessEncoded(version: JsonRpcVersion, id: JsonRpcId, resultJson: string): string {
-  return version === '2.0'
-    ? '{"jsonrpc":"2.0","result":' + resultJson + ',"id":' + jsonId(id) + '}'
-    : '{"result":' + resultJson + ',"error":null,"id":' + jsonId(id) + '}';
+  const [head, tail] = jsonRpcSuccessAround(version, id);
+  return head + resultJson + tail;
+}
+
+/** The success envelope as the text before and after the result. */
+export function jsonRpcSuccessAround(version: JsonRpcVersion, id: JsonRpcId): [string, string] {
+  return version === '2.0' ? ['{"jsonrpc":"2.0","result":', ',"id":' + jsonId(id) + '}'] : ['{"result":', ',"error":null,"id":' + jsonId(id) + '}'];
 }
 
 /**

@@ -147,6 +147,51 @@ export class Marshal {
     return this.writer(t, 'json')(v);
   }
 
+  /**
+   * xml() as pieces appended to `out`, whose concatenation is xml(t, v): what the reply writer
+   * takes. A large set or map (get_all_records of 10,000 objects) stays a list of its members'
+   * texts, each encoded into the reply buffer in turn, rather than one string of many
+   * megabytes that V8 must flatten (a walk of every fragment) before it can be encoded.
+   */
+  xmlParts(t: Type, v: unknown, out: string[]): void {
+    if (t.k === 'map') {
+      const w = this.writer(t.val, 'xml');
+      const m = (v as Record<string, unknown> | undefined) ?? {};
+      out.push('<value><struct>');
+      for (const k of Object.keys(m)) out.push('<member><name>' + escapeXml(k) + '</name>', w(m[k]), '</member>');
+      out.push('</struct></value>');
+    } else if (t.k === 'set') {
+      const w = this.writer(t.of, 'xml');
+      out.push('<value><array><data>');
+      for (const x of (v as unknown[] | undefined) ?? []) out.push(w(x));
+      out.push('</data></array></value>');
+    } else out.push(this.xml(t, v));
+  }
+
+  /** json() as pieces (see xmlParts); a set or map of strings is one piece already, written natively. */
+  jsonParts(t: Type, v: unknown, out: string[]): void {
+    if (t.k === 'map' && !isStringLike(t.val)) {
+      const w = this.writer(t.val, 'json');
+      const m = (v as Record<string, unknown> | undefined) ?? {};
+      let first = true;
+      out.push('{');
+      for (const k of Object.keys(m)) {
+        out.push((first ? '' : ',') + jsonString(k) + ':', w(m[k]));
+        first = false;
+      }
+      out.push('}');
+    } else if (t.k === 'set' && !isStringLike(t.of)) {
+      const w = this.writer(t.of, 'json');
+      const xs = (v as unknown[] | undefined) ?? [];
+      out.push('[');
+      for (let i = 0; i < xs.length; i++) {
+        if (i) out.push(',');
+        out.push(w(xs[i]));
+      }
+      out.push(']');
+    } else out.push(this.json(t, v));
+  }
+
   private readonly writers = { xml: new WeakMap<Type, Writer>(), json: new WeakMap<Type, Writer>() };
 
   /**

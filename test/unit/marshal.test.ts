@@ -29,6 +29,17 @@ test('typed writers match the wire-tree path for every record of every class', a
       assert.equal(m.xml(t, all), xmlRpcValue(m.toRpc(t, all)), `${cls.name} XML`);
       assert.equal(m.json(t, all), jsonRpcValue(m.toRpc(t, all)), `${cls.name} JSON`);
     }
+    // in pieces, as replies are written: the same text
+    const set = parseType(`${cls.name} record set`);
+    const refs = parseType(`${cls.name} ref set`);
+    for (const [type, value] of [[t, all], [set, Object.values(all)], [refs, Object.keys(all)]] as const) {
+      const xml: string[] = [];
+      const json: string[] = [];
+      m.xmlParts(type, value, xml);
+      m.jsonParts(type, value, json);
+      assert.equal(xml.join(''), m.xml(type, value), `${cls.name} XML pieces`);
+      assert.equal(json.join(''), m.json(type, value), `${cls.name} JSON pieces`);
+    }
   }
   for (const [type, value] of [
     ['float', 0.1],
