@@ -89,25 +89,30 @@ export const isDefaultTemplate = (vm: Row) =>
 
 /** check_operation_error: the first reason `op` may not run on `vm` now, or undefined. */
 export function operationError(ref: string, vm: Row, op: string, strict = true): XapiError | undefined {
-  const refusal = operationRefusal(ref, vm, op, strict);
+  const refusal = operationRefusal(ref, vm, op, strict, true);
   return refusal && new XapiError(refusal[0], refusal.slice(1));
 }
 
+/** What operationRefusal answers when asked for no description. */
+const REFUSED = ['refused'];
+
 /**
- * The same check as an error description: allowed_operations asks it of every operation after
- * every change, where making an Error (and its stack) per refusal cost more than the checks.
+ * The same check as an error description, or just REFUSED when `describe` is false:
+ * allowed_operations asks it of every operation after every change, where making an Error
+ * (and its stack) or the text of its parameters per refusal cost more than the checks.
  */
-function operationRefusal(ref: string, vm: Row, op: string, strict: boolean): string[] | undefined {
+function operationRefusal(ref: string, vm: Row, op: string, strict: boolean, describe: boolean): string[] | undefined {
   const blocked = vm.blocked_operations as Record<string, string>;
   if (Object.prototype.hasOwnProperty.call(blocked, op)) return ['OPERATION_BLOCKED', ref, String(blocked[op])];
   const power = vm.power_state as PS;
   const allowed = POWER_STATES[op] ?? ALL;
   if (!allowed.includes(power)) {
-    return ['VM_BAD_POWER_STATE', ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()];
+    return describe ? ['VM_BAD_POWER_STATE', ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()] : REFUSED;
   }
   const current = vm.current_operations as Record<string, string>;
   const tasks = Object.keys(current);
   if (tasks.length > 0 && !allowedConcurrently(op, Object.values(current))) {
+    if (!describe) return REFUSED;
     const [task] = tasks.length === 1 ? tasks : [`{${tasks.join(',')}}`];
     const ops = tasks.length === 1 ? current[tasks[0]!]! : `{${Object.values(current).join(',')}}`;
     return ['OTHER_OPERATION_IN_PROGRESS', 'VM', ref, ops, task!];
@@ -133,7 +138,7 @@ function operationRefusal(ref: string, vm: Row, op: string, strict: boolean): st
 }
 
 export function allowedOperations(ref: string, vm: Row, ops: string[]): string[] {
-  return ops.filter((op) => !IGNORED.has(op) && operationRefusal(ref, vm, op, true) === undefined);
+  return ops.filter((op) => !IGNORED.has(op) && operationRefusal(ref, vm, op, true, false) === undefined);
 }
 
 /** The global lock under which an operation is checked and marked (xapi's with_global_lock). */
