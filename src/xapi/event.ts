@@ -113,6 +113,9 @@ export class EventService {
     const taskOnly = !sub.all && [...sub.classes].every((c) => c === 'task') && sub.objects.size === 0;
     if (since >= 0 && !taskOnly) await this.batchWindow(session);
     for (;;) {
+      // Only what is on disk is handed out: a watcher never sees a change a crash then undoes.
+      // (This also gathers the rest of the writes of the call that woke us: they share a flush.)
+      await this.db.commit();
       await this.assertSessionAlive(call);
       const scannedAt = this.db.generation();
       const changes = this.db.changesSince(since, wanted);
@@ -127,8 +130,6 @@ export class EventService {
         return result;
       }
       await this.db.waitForChange(wakeKeys(sub, session), Math.min(remaining, 60_000));
-      // The writes of the call that woke us come in one event-loop turn: take them all.
-      await new Promise((resolve) => setImmediate(resolve));
       await this.batchWindow(session);
     }
   }

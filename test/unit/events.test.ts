@@ -1,9 +1,15 @@
 // event.from's batching: answers to one session are spread at least the batching delay apart,
-// and a watcher that has heard nothing for that long is answered at once. The clock and the
+// and a watcher that has heard nothing for that long is answered at once; and what it hands
+// out is already on disk. The clock and the
 // batching sleep are the test's: a window stays open until the test closes it, so what it
 // gathers is checked by order of events, never by elapsed time.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { LocalDb } from '../../src/db/database.js';
+import { SqliteStore } from '../../src/db/store.js';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { EventService } from '../../src/xapi/event.js';
 import type { Call } from '../../src/api/context.js';
@@ -98,4 +104,40 @@ test('a busy watcher waits out its window, and what lands meanwhile comes in the
   assert.equal(t.held[2]!.ms, (3 * DELAY) / 4);
   t.held[2]!.release();
   assert.ok(t.changed(await rest).includes('mod pool'));
+});
+
+test('a change is handed out only once it is on disk', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xapi-events-'));
+  try {
+    const h = await memoryHost();
+    const store = new SqliteStore(join(dir, 'xapi.db'));
+    const written: string[] = [];
+    const writeBatch = store.writeBatch.bind(store);
+    store.writeBatch = (b) => {
+      written.push(...b.upserts.map((u) => u.ref));
+      writeBatch(b);
+    };
+    const db = new LocalDb(h.host.schema, store);
+    const session = 'OpaqueRef:session';
+    const pool = 'OpaqueRef:pool';
+    await db.create('session', session, {});
+    await db.create('pool', pool, {});
+    await db.commit();
+    // no batching delay, so nothing but the wait for the disk stands between the write and the answer
+    const events = new EventService({ ...h.host, db }, db, { delayMs: 0, sleep: async () => {} });
+    const call: Call = {
+      host: h.host, db, wireName: 'event.from', session: { ref: session, row: await db.get('session', session) },
+      task: 'DummyRef:|test|event.from', checkCancelled: async () => {}, setProgress: async () => {},
+    };
+    const initial = (await events.from(call, ['pool'], '', 0)) as RpcStruct;
+    const waiting = events.from(call, ['pool'], initial.token as string, 30) as Promise<RpcStruct>;
+    written.length = 0;
+    await db.update('pool', pool, { name_label: 'durable first' }); // not waiting for its commit
+    const got = await waiting;
+    assert.deepEqual((got.events as RpcStruct[]).map((e) => e.ref), [pool]);
+    assert.ok(written.includes(pool), 'the change was handed out before it was written');
+    db.close();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
