@@ -342,9 +342,11 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.shutdown', (call, [vm]) => svc.shutdown(call, s(vm)))
     .implement('VM.clean_reboot', async (call, [vm]) => {
       const row = await call.db.get('VM', s(vm));
-      await svc.simple(call, s(vm), 'clean_reboot', (u) => sync.backend.reboot(u, svc.cleanTimeout(row)), 'Running');
+      await svc.simple(call, s(vm), 'clean_reboot', (u) => sync.withSuppressed(s(vm), () => sync.backend.reboot(u, svc.cleanTimeout(row))), 'Running');
     })
-    .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, s(vm), 'hard_reboot', (u) => sync.backend.reboot(u), 'Running'))
+    .implement('VM.hard_reboot', (call, [vm]) =>
+      svc.simple(call, s(vm), 'hard_reboot', (u) => sync.withSuppressed(s(vm), () => sync.backend.reboot(u)), 'Running'),
+    )
     .implement('VM.suspend', (call, [vm]) => svc.suspend(call, s(vm)))
     .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, s(vm), paused === true))
     .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, s(vm), paused === true, s(host), 'resume_on'))
