@@ -361,24 +361,35 @@ type FieldDefLike = { name: string; type: Type };
 /** The characters of row text one wire's cache holds before it starts afresh. */
 const ROW_TEXT_BUDGET = 32 * 1024 * 1024;
 
-/** Text of frozen rows by identity (see Marshal.rowText). */
+/**
+ * Text of frozen rows by identity (see Marshal.rowText): one map per record writer (so a row is
+ * only ever found under its own class), one budget for all of a wire's.
+ */
 class RowTextCache {
-  private texts = new WeakMap<object, string>();
+  /** Bumped when the budget is spent: every writer's map then starts afresh. */
+  private generation = 0;
   private size = 0;
 
   wrap(write: Writer): Writer {
+    let texts = new WeakMap<object, string>();
+    let generation = this.generation;
     return (v) => {
       // Only frozen objects are the database's immutable rows; anything else is written afresh.
       if (typeof v !== 'object' || v === null || !Object.isFrozen(v)) return write(v);
-      let text = this.texts.get(v);
+      if (generation !== this.generation) {
+        texts = new WeakMap();
+        generation = this.generation;
+      }
+      let text = texts.get(v);
       if (text === undefined) {
         text = flat(write(v));
         this.size += text.length;
         if (this.size > ROW_TEXT_BUDGET) {
-          this.texts = new WeakMap();
+          generation = ++this.generation;
+          texts = new WeakMap();
           this.size = text.length;
         }
-        this.texts.set(v, text);
+        texts.set(v, text);
       }
       return text;
     };
