@@ -4,7 +4,8 @@
 // call's reply waits on commit(), and all writes made before a flush share its one fsync.
 //
 // Rows are immutable: a write replaces the row object, so a reader holding a row (a snapshot in
-// an event, a record being marshalled) never sees it change underneath.
+// an event, a record being marshalled) never sees it change underneath. They are frozen, which
+// enforces that and tells the marshaller it may keep a row's serialised text (marshal.ts).
 import { XapiError, handleInvalid } from '../api/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
@@ -83,7 +84,7 @@ export class LocalDb implements AnyDb {
         const stored = JSON.parse(r.data) as Record<string, unknown>;
         const row: Record<string, unknown> = {};
         for (const f of cls.fields) row[f.name] = f.name in stored ? stored[f.name] : this.defaultOf(cls, f.name);
-        table.set(r.ref, { row, created: r.created, modified: r.modified });
+        table.set(r.ref, { row: Object.freeze(row), created: r.created, modified: r.modified });
         if (typeof row.uuid === 'string') uuids.set(row.uuid, r.ref);
       }
     }
@@ -160,7 +161,7 @@ export class LocalDb implements AnyDb {
     const row: Record<string, unknown> = {};
     for (const f of def.fields) row[f.name] = f.name in fields ? fields[f.name] : this.defaultOf(def, f.name);
     const gen = ++this.gen;
-    table.set(ref, { row, created: gen, modified: gen });
+    table.set(ref, { row: Object.freeze(row), created: gen, modified: gen });
     if (typeof row.uuid === 'string') this.uuidIndex.get(cls)!.set(row.uuid, ref);
     this.touched(gen, cls, ref);
     for (const rel of this.manySide.get(cls) ?? []) this.relink(gen, rel.oneClass, rel.oneField, NULL_REF, row[rel.field], ref);
@@ -172,7 +173,7 @@ export class LocalDb implements AnyDb {
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
     const old = e.row;
-    const row = { ...old, ...changes };
+    const row = Object.freeze({ ...old, ...changes });
     const gen = ++this.gen;
     e.row = row;
     e.modified = gen;
@@ -253,7 +254,7 @@ export class LocalDb implements AnyDb {
       if (e) {
         const s = (e.row[oneField] as string[]) ?? [];
         if (s.includes(manyRef)) {
-          e.row = { ...e.row, [oneField]: s.filter((x) => x !== manyRef) };
+          e.row = Object.freeze({ ...e.row, [oneField]: s.filter((x) => x !== manyRef) });
           e.modified = gen;
           this.touched(gen, oneClass, from);
         }
@@ -265,7 +266,7 @@ export class LocalDb implements AnyDb {
         const s = (e.row[oneField] as string[]) ?? [];
         if (!s.includes(manyRef)) {
           // xapi prepends new members
-          e.row = { ...e.row, [oneField]: [manyRef, ...s] };
+          e.row = Object.freeze({ ...e.row, [oneField]: [manyRef, ...s] });
           e.modified = gen;
           this.touched(gen, oneClass, to);
         }

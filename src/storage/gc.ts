@@ -131,6 +131,9 @@ async function readJournals(dir: string): Promise<Journal[]> {
   }
   const out: Journal[] = [];
   for (const n of names.sort()) {
+    // The directory also holds file-sr.ts's snapshot journals, written under the SR lock while a
+    // GC may be reading here: they (and their temp files) are that code's to replay or clean.
+    if (n.startsWith('snapshot-')) continue;
     const p = path.join(jdir, n);
     // A journal update that never got renamed into place: the previous state stands.
     if (GC_JOURNAL_TMP.test(n)) { await unlink(p).catch(() => undefined); continue; }

@@ -91,42 +91,56 @@ export const isDefaultTemplate = (vm: Row<'VM'>) =>
 
 /** check_operation_error: the first reason `op` may not run on `vm` now, or undefined. */
 export function operationError(ref: string, vm: Row<'VM'>, op: vm_operations, strict = true): XapiError | undefined {
+  const refusal = operationRefusal(ref, vm, op, strict, true);
+  return refusal && new XapiError(refusal[0], refusal.slice(1));
+}
+
+/** What operationRefusal answers when asked for no description. */
+const REFUSED = ['refused'];
+
+/**
+ * The same check as an error description, or just REFUSED when `describe` is false:
+ * allowed_operations asks it of every operation after every change, where making an Error
+ * (and its stack) or the text of its parameters per refusal cost more than the checks.
+ */
+function operationRefusal(ref: string, vm: Row<'VM'>, op: vm_operations, strict: boolean, describe: boolean): string[] | undefined {
   const blocked = vm.blocked_operations;
-  if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]]);
+  if (Object.prototype.hasOwnProperty.call(blocked, op)) return ['OPERATION_BLOCKED', ref, blocked[op]!];
   const power = vm.power_state;
   const allowed = POWER_STATES[op] ?? ALL;
   if (!allowed.includes(power)) {
-    return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()]);
+    return describe ? ['VM_BAD_POWER_STATE', ref, allowed.map((s) => s.toLowerCase()).join(', '), power.toLowerCase()] : REFUSED;
   }
   const current = vm.current_operations;
   const tasks = Object.keys(current);
   if (tasks.length > 0 && !allowedConcurrently(op, Object.values(current))) {
+    if (!describe) return REFUSED;
     const [task] = tasks.length === 1 ? tasks : [`{${tasks.join(',')}}`];
     const ops = tasks.length === 1 ? current[tasks[0]!]! : `{${Object.values(current).join(',')}}`;
-    return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VM', ref, ops, task]);
+    return ['OTHER_OPERATION_IN_PROGRESS', 'VM', ref, ops, task!];
   }
   const template = vm.is_a_template === true && vm.is_a_snapshot !== true;
   if (template && !TEMPLATE_OK.has(op)) {
-    if (!((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) return new XapiError('VM_IS_TEMPLATE', [ref, op]);
+    if (!((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) return ['VM_IS_TEMPLATE', ref, op];
   }
-  if (vm.is_a_snapshot === true && !SNAPSHOT_OK.has(op)) return new XapiError('VM_IS_SNAPSHOT', [ref, op]);
-  if (op === 'provision' && !template) return new XapiError('ONLY_PROVISION_TEMPLATE', []);
-  if (op === 'revert' && vm.is_a_snapshot !== true) return new XapiError('ONLY_REVERT_SNAPSHOT', []);
+  if (vm.is_a_snapshot === true && !SNAPSHOT_OK.has(op)) return ['VM_IS_SNAPSHOT', ref, op];
+  if (op === 'provision' && !template) return ['ONLY_PROVISION_TEMPLATE'];
+  if (op === 'revert' && vm.is_a_snapshot !== true) return ['ONLY_REVERT_SNAPSHOT'];
   if (vm.is_control_domain === true) {
     if (vm.domid === 0 && (op === 'changing_VCPUs' || op === 'destroy')) {
-      return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on dom0']);
+      return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on dom0'];
     }
-    if (!CONTROL_DOMAIN_OK.has(op)) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on a control domain']);
+    if (!CONTROL_DOMAIN_OK.has(op)) return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on a control domain'];
   }
   if (strict && (op === 'suspend' || op === 'checkpoint' || op === 'pool_migrate' || op === 'migrate_send')) {
     const platform = vm.platform;
-    if (platform.nomigrate === 'true' || platform['nested-virt'] === 'true') return new XapiError('VM_IS_IMMOBILE', [ref]);
+    if (platform.nomigrate === 'true' || platform['nested-virt'] === 'true') return ['VM_IS_IMMOBILE', ref];
   }
   return undefined;
 }
 
 export function allowedOperations(ref: string, vm: Row<'VM'>, ops: vm_operations[]): vm_operations[] {
-  return ops.filter((op) => !IGNORED.has(op) && operationError(ref, vm, op) === undefined);
+  return ops.filter((op) => !IGNORED.has(op) && operationRefusal(ref, vm, op, true, false) === undefined);
 }
 
 /** The global lock under which an operation is checked and marked (xapi's with_global_lock). */

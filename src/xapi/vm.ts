@@ -363,9 +363,9 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.shutdown', (call, [vm]) => svc.shutdown(call, vm))
     .implement('VM.clean_reboot', async (call, [vm]) => {
       const row = await call.db.get('VM', vm);
-      await svc.simple(call, vm, 'clean_reboot', (u) => sync.backend.reboot(u, svc.cleanTimeout(row)), 'Running');
+      await svc.simple(call, vm, 'clean_reboot', (u) => sync.withSuppressed(vm, () => sync.backend.reboot(u, svc.cleanTimeout(row))), 'Running');
     })
-    .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, vm, 'hard_reboot', (u) => sync.backend.reboot(u), 'Running'))
+    .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, vm, 'hard_reboot', (u) => sync.withSuppressed(vm, () => sync.backend.reboot(u)), 'Running'))
     .implement('VM.suspend', (call, [vm]) => svc.suspend(call, vm))
     .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, vm, paused === true))
     .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, vm, paused === true, host, 'resume_on'))

@@ -111,6 +111,29 @@ export class XenopsSync {
   /** Refreshes of one VM run one at a time: the API's and the update loop's would race. */
   private readonly refreshLocks = new Map<string, Mutex>();
 
+  /** VMs whose updates the loop leaves alone for now (see withSuppressed), with how many hold each. */
+  private readonly suppressed = new Map<string, number>();
+
+  /**
+   * Runs an operation that rebuilds a VM's domain (a reboot) with the update loop leaving the VM
+   * alone, as xapi's Events_from_xenopsd.with_suppressed does: clients do not see the domain
+   * gone, then paused while rebuilt, on the way. The VM is refreshed when it ends, so nothing a
+   * skipped update carried is lost.
+   */
+  async withSuppressed<T>(vmRef: string, fn: () => Promise<T>): Promise<T> {
+    this.suppressed.set(vmRef, (this.suppressed.get(vmRef) ?? 0) + 1);
+    try {
+      return await fn();
+    } finally {
+      const n = this.suppressed.get(vmRef)! - 1;
+      if (n > 0) this.suppressed.set(vmRef, n);
+      else {
+        this.suppressed.delete(vmRef);
+        await this.refresh(vmRef);
+      }
+    }
+  }
+
   /** update_vm: write what the backend says about one VM into the database. */
   async refresh(vmRef: string): Promise<void> {
     let lock = this.refreshLocks.get(vmRef);
@@ -302,6 +325,10 @@ export class XenopsSync {
   /** A change the API did not ask for (guest agent data, a guest-initiated halt or reboot, a crash). */
   private async onUpdate(ref: string): Promise<void> {
     const before = await this.host.db.get('VM', ref);
+    // As xapi's update_vm: only a VM resident here follows the domain manager's updates. One
+    // being started or resumed is not yet; its operation writes the backend's state when it
+    // ends, so no client sees the half-built domain (paused while it is built) on the way.
+    if (before.resident_on !== this.host.hostRef || this.suppressed.has(ref)) return;
     await this.refresh(ref);
     const after = await this.host.db.get('VM', ref);
     const busy = Object.keys(after.current_operations).length > 0;

@@ -3,6 +3,7 @@
 // devices, coalesced updates, and domains that outlive the backend object (restart safety).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { cpSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -340,19 +341,77 @@ test('restart safety: a new backend on the same state directory still runs the d
     const b3 = backend(dir, 4096, { bootTimeMs: 60_000 });
     const starting = b3.start('r', { paused: false }).catch((e: unknown) => e);
     await waitUntil('the domain to be created', async () => (await b3.stat('r')).domid !== -1);
+    const halfBuilt = (await b3.stat('r')).domid;
     await b3.close();
     assert.ok(is('Cancelled')(await starting));
     const b4 = backend(dir, 4096);
     try {
       assert.equal((await b4.stat('r')).powerState, 'Halted');
       assert.equal((await b4.stat('h')).powerState, 'Running');
+      // the torn-down domain's id is not handed out again either
+      await b4.start('r', { paused: true });
+      assert.ok((await b4.stat('r')).domid > halfBuilt);
     } finally {
       await b4.close();
     }
-    const files = JSON.parse(await readFile(join(dir, 'xenopsd', 'host.json'), 'utf8')) as { lastDomid: number };
-    assert.ok(files.lastDomid >= 4);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('kill -9 model: a copy of the state directory taken as an operation returns has what it reported', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
+  const copies: string[] = [];
+  /** The state directory as it is at this instant: what a process killed now leaves behind. */
+  const crashCopy = () => {
+    const copy = `${dir}-crash${copies.length}`;
+    cpSync(dir, copy, { recursive: true });
+    copies.push(copy);
+    return copy;
+  };
+  /** What a backend started on `copy` finds, beside what the running one reports. */
+  const compare = async (copy: string, what: string) => {
+    const seen = async (x: SimulatorBackend) => (await x.list()).map((s) => `${s.id} ${s.powerState} ${s.domid}`).sort();
+    const after = backend(copy, 4096);
+    try {
+      assert.deepEqual(await seen(after), await seen(b), what);
+    } finally {
+      await after.close();
+    }
+  };
+  const b = backend(dir, 4096);
+  try {
+    for (const id of ['a', 'b', 'c', 'd']) await b.add(config(dir, id, 256 * MiB, 256 * MiB));
+    const steps: [string, () => Promise<unknown>][] = [
+      ['start a', () => b.start('a', { paused: false })],
+      ['start b paused', () => b.start('b', { paused: true })],
+      ['start c', () => b.start('c', { paused: false })],
+      ['hard shutdown a', () => b.shutdown('a')],
+      ['unpause b', () => b.unpause('b')],
+      ['clean shutdown c', () => b.shutdown('c', 5000)],
+      ['hard reboot b', () => b.reboot('b')],
+      ['remove d', () => b.remove('d')],
+    ];
+    for (const [what, step] of steps) {
+      await step();
+      await compare(crashCopy(), what);
+    }
+    // A build xapi has heard of (stat shows its domain) but that has not finished: torn down.
+    b.inject('a', { slowBootMs: 60_000 });
+    const starting = b.start('a', { paused: false }).catch((e: unknown) => e);
+    await waitUntil('the domain to be created', async () => (await b.stat('a')).domid !== -1);
+    const after = backend(crashCopy(), 4096);
+    try {
+      assert.equal((await after.stat('a')).powerState, 'Halted');
+      assert.equal((await after.stat('b')).powerState, 'Running');
+    } finally {
+      await after.close();
+    }
+    await b.shutdown('a');
+    assert.ok(is('Cancelled')(await starting));
+  } finally {
+    await b.close();
+    for (const d of [dir, ...copies]) await rm(d, { recursive: true, force: true });
   }
 });
 
