@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore } from '../../src/db/store.js';
+import { typed } from '../../src/db/interface.js';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { EventService } from '../../src/xapi/event.js';
 import type { Call } from '../../src/api/context.js';
@@ -24,9 +25,9 @@ async function setup() {
   const session = (await apiClient(h).ok('session.login_with_password', 'root', 'pw')) as string;
   const call: Call = {
     host: h.host,
-    db: h.db,
+    db: h.host.db,
     wireName: 'event.from',
-    session: { ref: session, row: await h.db.get('session', session) },
+    session: { ref: session, row: await h.host.db.get('session', session) },
     task: 'DummyRef:|test|event.from',
     checkCancelled: async () => {},
     setProgress: async () => {},
@@ -124,9 +125,9 @@ test('a change is handed out only once it is on disk', async () => {
     await db.create('pool', pool, {});
     await db.commit();
     // no batching delay, so nothing but the wait for the disk stands between the write and the answer
-    const events = new EventService({ ...h.host, db }, db, { delayMs: 0, sleep: async () => {} });
+    const events = new EventService({ ...h.host, db: typed(db) }, db, { delayMs: 0, sleep: async () => {} });
     const call: Call = {
-      host: h.host, db, wireName: 'event.from', session: { ref: session, row: await db.get('session', session) },
+      host: h.host, db: typed(db), wireName: 'event.from', session: { ref: session, row: await typed(db).get('session', session) },
       task: 'DummyRef:|test|event.from', checkCancelled: async () => {}, setProgress: async () => {},
     };
     const initial = (await events.from(call, ['pool'], '', 0)) as RpcStruct;
