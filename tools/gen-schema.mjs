@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const datamodelPath = process.argv[2] ?? join(root, '..', 'shared', 'xenapi', 'xenapi.json');
 const factsPath = process.env.XAPI_FACTS ?? join(root, 'tools', 'reference-facts.json');
-const outPath = join(root, 'schema', 'xenapi-schema.json');
+// XAPI_SCHEMA_OUT lets a test regenerate the schema elsewhere and compare it with the committed one.
+const outPath = process.env.XAPI_SCHEMA_OUT ?? join(root, 'schema', 'xenapi-schema.json');
 
 const datamodel = JSON.parse(readFileSync(datamodelPath, 'utf8'));
 const facts = JSON.parse(readFileSync(factsPath, 'utf8'));
@@ -72,6 +73,8 @@ const noEvents = set(facts.noEventClasses);
 const ctorDtor = set(facts.ctorDtorClasses);
 const syncOnly = set(facts.syncOnlyMessages);
 const noTaskIdFor = set(facts.noTaskIdFor);
+// Implicit messages that xapi serves with a hand-written implementation, not a database action.
+const customImplicit = set(facts.customImplicitMessages);
 // Messages that the login machinery reaches without a session.
 const sessionless = new Set([
   'session.login_with_password',
@@ -154,6 +157,7 @@ for (const c of datamodel) {
       }
     }
   }
+  for (const m of messages) if (m.implicit && customImplicit.has(`${c.name}.${m.name}`)) m.custom = true;
   classes.push({
     name: c.name,
     inDb,

@@ -3,6 +3,7 @@
 // (session, task, the message) through Call.
 import type { Logger } from 'pino';
 import type { Db, Row } from '../db/interface.js';
+import type { MessageName, Messages } from '../schema/generated.js';
 import type { MessageDef, Schema } from '../schema/schema.js';
 import type { Marshal } from './marshal.js';
 
@@ -30,7 +31,7 @@ export interface HostContext {
    * Sessions that live only on this host, never in the database (xapi's local sessions, made
    * by slave_local_login* for emergency mode), by ref.
    */
-  readonly localSessions: Map<string, Row>;
+  readonly localSessions: Map<string, Row<'session'>>;
   /** Pool secrets accepted from other hosts (a list, to allow rotation). */
   poolSecrets(): string[];
   /** Milliseconds since the epoch; injectable for tests. */
@@ -41,7 +42,7 @@ export interface HostContext {
 
 export interface SessionInfo {
   ref: string;
-  row: Row;
+  row: Row<'session'>;
 }
 
 export interface Call {
@@ -60,13 +61,29 @@ export interface Call {
   setProgress(p: number): Promise<void>;
 }
 
+/** An implementation of a message chosen at run time: the arguments as dispatch decoded them. */
 export type Impl = (call: Call, args: unknown[]) => Promise<unknown> | unknown;
+
+/** An implementation of message W, typed by the schema (src/schema/generated.ts). */
+export type MessageImpl<W extends MessageName> = (
+  call: Call,
+  args: Messages[W]['params'],
+) => Promise<Messages[W]['result']> | Messages[W]['result'];
 
 /** Message implementations by wire name; each src/xapi/<class>.ts registers its own. */
 export class Registry {
   private readonly impls = new Map<string, Impl>();
 
-  implement(wire: string, impl: Impl): this {
+  /** Implements a message of the schema; a name not in it, or an extra parameter, fails to compile. */
+  implement<W extends MessageName>(wire: W, impl: MessageImpl<W>): this {
+    // Dispatch passes exactly the message's parameters, each decoded by its schema type, which is
+    // what MessageImpl<W> describes.
+    this.impls.set(wire, impl as unknown as Impl);
+    return this;
+  }
+
+  /** Implements a message named at run time (the generic implicit messages). */
+  implementAny(wire: string, impl: Impl): this {
     this.impls.set(wire, impl);
     return this;
   }

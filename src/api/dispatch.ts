@@ -38,9 +38,12 @@ export class Dispatcher {
   ) {
     for (const m of host.schema.messages.values()) {
       this.byAlternative.set(`${m.cls.name}_${m.name}`, m);
-      if (m.implicit && !registry.has(m.wire)) {
+      // Where xapi has hand-written code for an implicit message (checks, side effects), the
+      // generic database action would skip them: such a message is served by src/xapi or
+      // answers NOT_IMPLEMENTED, never generically.
+      if (m.implicit && !m.handWritten && !registry.has(m.wire)) {
         const impl = implicitImpl(m);
-        if (impl) registry.implement(m.wire, impl);
+        if (impl) registry.implementAny(m.wire, impl);
       }
     }
     this.tasks = new TaskManager(host);
@@ -98,7 +101,7 @@ export class Dispatcher {
     let session: SessionInfo | undefined;
     if (msg.sessionChecked) {
       session = await checkSession(this.host, params[0]!);
-      state.session = session.row.uuid as string;
+      state.session = session.row.uuid;
       if (msg.lifecycle === 'Removed') throw new XapiError('MESSAGE_REMOVED', []);
     }
 

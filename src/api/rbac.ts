@@ -7,12 +7,12 @@ import type { Row } from '../db/interface.js';
 import type { MessageDef, Schema } from '../schema/schema.js';
 import { fieldOp } from './implicit.js';
 
-const permissionSets = new WeakMap<Row, Set<string>>();
+const permissionSets = new WeakMap<Row<'session'>, Set<string>>();
 
-function permissionsOf(row: Row): Set<string> {
+function permissionsOf(row: Row<'session'>): Set<string> {
   let s = permissionSets.get(row);
   if (!s) {
-    s = new Set((row.rbac_permissions as string[]) ?? []);
+    s = new Set(row.rbac_permissions ?? []);
     permissionSets.set(row, s);
   }
   return s;

@@ -11,11 +11,11 @@ import { formatDateTime, parseDateTime } from '../schema/types.js';
 export const THRESHOLD_LAST_ACTIVE_S = 600;
 
 // Rows are immutable, so a row's parsed last_active can be remembered with the row.
-const lastActiveMs = new WeakMap<Row, number>();
-function lastActive(row: Row): number {
+const lastActiveMs = new WeakMap<Row<'session'>, number>();
+function lastActive(row: Row<'session'>): number {
   let ms = lastActiveMs.get(row);
   if (ms === undefined) {
-    ms = parseDateTime(row.last_active as string)?.getTime() ?? 0;
+    ms = parseDateTime(row.last_active)?.getTime() ?? 0;
     lastActiveMs.set(row, ms);
   }
   return ms;

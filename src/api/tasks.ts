@@ -6,6 +6,7 @@ import { XapiError, errorDescription } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import { newRef } from './implicit.js';
 import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
+import type { task_record } from '../schema/generated.js';
 import { untilStored } from '../db/until-stored.js';
 
 export const COMPLETED_TASK_TIMEOUT_S = 3900;
@@ -103,7 +104,7 @@ export class TaskManager {
     await this.complete(task, { status: desc[0] === 'TASK_CANCELLED' ? 'cancelled' : 'failure', error_info: desc });
   }
 
-  private async complete(task: string, changes: Record<string, unknown>): Promise<void> {
+  private async complete(task: string, changes: Partial<task_record>): Promise<void> {
     this.cancelRequested.delete(task);
     if (!(await this.host.db.tryGet('task', task))) return; // destroyed meanwhile
     await this.host.db.update('task', task, {
@@ -121,7 +122,7 @@ export class TaskManager {
 
   async requestCancel(task: string, byTask: string): Promise<void> {
     const row = await this.host.db.get('task', task);
-    if (row.status !== 'pending' || !(row.allowed_operations as string[]).includes('cancel')) {
+    if (row.status !== 'pending' || !row.allowed_operations.includes('cancel')) {
       throw new XapiError('OPERATION_NOT_ALLOWED', [`Task ${task} cannot be cancelled`]);
     }
     this.cancelRequested.add(task);
@@ -148,20 +149,20 @@ export class TaskManager {
   /** One pass of xapi's timeout_tasks. */
   async gc(): Promise<void> {
     const now = this.host.now();
-    const age = (dt: unknown) => (now - (parseDateTime(String(dt))?.getTime() ?? 0)) / 1000;
+    const age = (dt: string) => (now - (parseDateTime(dt)?.getTime() ?? 0)) / 1000;
     const completed: [string, number][] = [];
     let young = 0;
     for (const [ref, row] of await this.host.db.all('task')) {
       const pending = row.status === 'pending' || row.status === 'cancelling';
-      const destroyAsked = Object.values(row.current_operations as Record<string, string>).includes('destroy');
+      const destroyAsked = Object.values(row.current_operations).includes('destroy');
       if (!pending && (destroyAsked || age(row.finished) > COMPLETED_TASK_TIMEOUT_S)) {
         await this.forget(ref);
       } else if (pending && age(row.created) > PENDING_TASK_TIMEOUT_S && this.lastProgress.get(ref) === row.progress) {
         await this.forget(ref);
       } else {
         young++;
-        if (pending) this.lastProgress.set(ref, row.progress as number);
-        else completed.push([ref, parseDateTime(String(row.finished))?.getTime() ?? 0]);
+        if (pending) this.lastProgress.set(ref, row.progress);
+        else completed.push([ref, parseDateTime(row.finished)?.getTime() ?? 0]);
       }
     }
     if (young > MAX_TASKS) {

@@ -4,17 +4,19 @@
 // call's reply waits on commit(), and all writes made before a flush share its one fsync.
 //
 // Rows are immutable: a write replaces the row object, so a reader holding a row (a snapshot in
-// an event, a record being marshalled) never sees it change underneath.
+// an event, a record being marshalled) never sees it change underneath. They are frozen, which
+// enforces that and tells the marshaller it may keep a row's serialised text (marshal.ts).
 //
 // A flush that fails (a full disk) must not leave memory ahead of the disk: the rows its batch
-// changed are put back as they were before it, its waiters fail, and every write is refused
-// until a probe write succeeds again (the disk got space back). Calls that were running across
-// the failure may have had writes rolled back under them: commit(since) fails them too.
+// changed are put back as they were before it (the very objects, still frozen), its waiters
+// fail, and every write is refused until a probe write succeeds again (the disk got space back).
+// Calls that were running across the failure may have had writes rolled back under them:
+// commit(since) fails them too.
 import { WriteRefused, XapiError, handleInvalid } from '../api/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import { SqliteStore, type Batch, type Tombstone } from './store.js';
-import type { Db, Row, ChangeSet } from './interface.js';
+import type { AnyDb, AnyRow as Row, ChangeSet } from './interface.js';
 
 interface Entry {
   row: Row;
@@ -41,7 +43,7 @@ const TOMBSTONE_LIMIT = 100_000;
 /** While writes are refused, how often a probe write checks whether the store takes them again. */
 const PROBE_INTERVAL_MS = 1000;
 
-export class LocalDb implements Db {
+export class LocalDb implements AnyDb {
   private readonly tables = new Map<string, Map<string, Entry>>();
   private readonly uuidIndex = new Map<string, Map<string, string>>();
   private gen = 0;
@@ -106,7 +108,7 @@ export class LocalDb implements Db {
         const stored = JSON.parse(r.data) as Record<string, unknown>;
         const row: Record<string, unknown> = {};
         for (const f of cls.fields) row[f.name] = f.name in stored ? stored[f.name] : this.defaultOf(cls, f.name);
-        table.set(r.ref, { row, created: r.created, modified: r.modified });
+        table.set(r.ref, { row: Object.freeze(row), created: r.created, modified: r.modified });
         if (typeof row.uuid === 'string') uuids.set(row.uuid, r.ref);
       }
     }
@@ -184,7 +186,7 @@ export class LocalDb implements Db {
     for (const f of def.fields) row[f.name] = f.name in fields ? fields[f.name] : this.defaultOf(def, f.name);
     this.remember(cls, ref, undefined);
     const gen = ++this.gen;
-    table.set(ref, { row, created: gen, modified: gen });
+    table.set(ref, { row: Object.freeze(row), created: gen, modified: gen });
     if (typeof row.uuid === 'string') this.uuidIndex.get(cls)!.set(row.uuid, ref);
     this.touched(gen, cls, ref);
     for (const rel of this.manySide.get(cls) ?? []) this.relink(gen, rel.oneClass, rel.oneField, NULL_REF, row[rel.field], ref);
@@ -196,7 +198,7 @@ export class LocalDb implements Db {
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
     const old = e.row;
-    const row = { ...old, ...changes };
+    const row = Object.freeze({ ...old, ...changes });
     this.remember(cls, ref, e);
     const gen = ++this.gen;
     e.row = row;
@@ -280,7 +282,7 @@ export class LocalDb implements Db {
         const s = (e.row[oneField] as string[]) ?? [];
         if (s.includes(manyRef)) {
           this.remember(oneClass, from, e);
-          e.row = { ...e.row, [oneField]: s.filter((x) => x !== manyRef) };
+          e.row = Object.freeze({ ...e.row, [oneField]: s.filter((x) => x !== manyRef) });
           e.modified = gen;
           this.touched(gen, oneClass, from);
         }
@@ -293,7 +295,7 @@ export class LocalDb implements Db {
         if (!s.includes(manyRef)) {
           // xapi prepends new members
           this.remember(oneClass, to, e);
-          e.row = { ...e.row, [oneField]: [manyRef, ...s] };
+          e.row = Object.freeze({ ...e.row, [oneField]: [manyRef, ...s] });
           e.modified = gen;
           this.touched(gen, oneClass, to);
         }

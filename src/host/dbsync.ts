@@ -6,6 +6,7 @@
 import { randomUUID, createHash } from 'node:crypto';
 import type { Db } from '../db/interface.js';
 import type { Schema } from '../schema/schema.js';
+import type { pool_record } from '../schema/generated.js';
 import { newRef } from '../api/implicit.js';
 import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
@@ -48,7 +49,7 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
     await createRoles(db, schema);
     await db.create('user', newRef(), { uuid: randomUUID(), short_name: 'root', fullname: 'Super User', other_config: {} });
   } else {
-    hostRef = pool[1].master as string;
+    hostRef = pool[1].master;
   }
   await ensureDefaultTemplates(db);
   // Every start: the software running now.
@@ -74,8 +75,9 @@ async function ensureDefaultTemplates(db: Db): Promise<void> {
 }
 
 /** The values xapi's create_pool_record gives a new pool (facts in the schema), less placeholders. */
-function poolDefaults(schema: Schema): Record<string, unknown> {
-  const values = (schema.constants.poolDefaults as { values?: Record<string, unknown> } | undefined)?.values ?? {};
+function poolDefaults(schema: Schema): Partial<pool_record> {
+  // The schema's constants are plain JSON; these are pool field values.
+  const values = (schema.constants.poolDefaults as { values?: Partial<pool_record> } | undefined)?.values ?? {};
   return Object.fromEntries(Object.entries(values).filter(([, v]) => !(typeof v === 'string' && v.startsWith('<'))));
 }
 
@@ -204,7 +206,7 @@ async function createControlDomain(db: Db, id: HostIdentity, hostRef: string, vm
     domain_type: 'pv',
     allowed_operations: [],
   });
-  for (const protocol of ['rfb', 'vt100']) {
+  for (const protocol of ['rfb', 'vt100'] as const) {
     await db.create('console', newRef(), {
       uuid: randomUUID(),
       protocol,

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { Schema, schema as loadSchema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
+import { typed } from '../db/interface.js';
 import { SqliteStore } from '../db/store.js';
 import { Marshal } from '../api/marshal.js';
 import { Registry, type HostContext } from '../api/context.js';
@@ -17,6 +18,15 @@ import * as task from '../xapi/task.js';
 import * as event from '../xapi/event.js';
 import * as message from '../xapi/message.js';
 import * as role from '../xapi/role.js';
+import * as subject from '../xapi/subject.js';
+import * as user from '../xapi/user.js';
+import * as secret from '../xapi/secret.js';
+import * as hostApi from '../xapi/host.js';
+import * as pool from '../xapi/pool.js';
+import * as network from '../xapi/network.js';
+import * as consoleApi from '../xapi/console.js';
+import * as vmAppliance from '../xapi/vm-appliance.js';
+import * as vmss from '../xapi/vmss.js';
 import * as vm from '../xapi/vm.js';
 import * as memory from '../xapi/memory.js';
 import * as vbd from '../xapi/vbd.js';
@@ -97,13 +107,22 @@ export function buildApi(
   session.register(registry, setPassword);
   event.register(registry, events);
   message.register(registry);
-  role.register(registry);
+  role.register(registry, host.schema);
+  subject.register(registry, host.schema);
+  user.register(registry, host.schema);
+  secret.register(registry, host.schema);
+  hostApi.register(registry);
+  pool.register(registry);
+  network.register(registry, new network.NetworkService());
+  consoleApi.register(registry);
+  vmAppliance.register(registry, host.schema);
+  vmss.register(registry);
   const vms = new vm.VmService(xenops);
   vm.register(registry, vms, host.schema);
   vmSnapshot.register(registry, vms);
   memory.register(registry, xenops);
-  vbd.register(registry, xenops, host.schema);
-  vif.register(registry, xenops, host.schema);
+  vbd.register(registry, xenops);
+  vif.register(registry, xenops);
   sr.register(registry, storage);
   pbd.register(registry, storage);
   vdi.register(registry, storage);
@@ -137,11 +156,11 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   });
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
-  const { hostRef, poolRef, firstStart } = await syncDatabase(db, schema, { hostname, address: opts.address, machine });
+  const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, { hostname, address: opts.address, machine });
 
   const host: HostContext = {
     schema,
-    db,
+    db: typed(db),
     marshal: new Marshal(schema),
     log,
     config: {
@@ -161,7 +180,15 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     authFailureDelayMs: session.AUTH_FAILURE_DELAY_MS,
   };
 
-  const domains = new SimulatorBackend({ machine, stateDir: opts.stateDir, ...opts.simTiming });
+  const domains = new SimulatorBackend({
+    machine,
+    stateDir: opts.stateDir,
+    ...opts.simTiming,
+    onSaving: (works, cause) => {
+      if (works) log.warn('the domain manager saves its state again');
+      else log.error({ err: cause }, 'the domain manager cannot save its state: its operations wait until it can');
+    },
+  });
   const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
   const cancelled = await dispatcher.tasks.cancelLeftovers();
   await storage.clearStaleOperations();

@@ -4,10 +4,11 @@ import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { schema as loadSchema, type Schema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
+import { typed } from '../db/interface.js';
 import { Marshal } from '../api/marshal.js';
 import type { HostContext } from '../api/context.js';
 import { syncDatabase } from './dbsync.js';
@@ -26,6 +27,10 @@ export async function memoryHost(
     shutdownTimeMs?: number;
     /** A database of the caller's (e.g. over a store whose writes can be made to fail). */
     db?: LocalDb;
+    /** Where the host logs (default: nowhere); tests that check what is logged pass their own. */
+    log?: Logger;
+    /** Whether simulated guests run an agent (PV drivers); default true. */
+    guestAgent?: boolean;
   } = {},
 ) {
   // The simulated domains keep their own state on disk, like xenopsd's; a temporary directory
@@ -35,13 +40,13 @@ export async function memoryHost(
   const schema = opts.schema ?? loadSchema();
   const db = opts.db ?? new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
-  const { hostRef, poolRef } = await syncDatabase(db, schema, { hostname: 'memhost', address: '127.0.0.1', machine });
+  const { hostRef, poolRef } = await syncDatabase(typed(db), schema, { hostname: 'memhost', address: '127.0.0.1', machine });
   let rootPassword = opts.rootPassword ?? 'secret';
   const host: HostContext = {
     schema,
-    db,
+    db: typed(db),
     marshal: new Marshal(schema),
-    log: pino({ level: 'silent' }),
+    log: opts.log ?? pino({ level: 'silent' }),
     config: { stateDir, address: '127.0.0.1', hostname: 'memhost', httpPort: 0, httpsPort: 0, backend: 'simulator' },
     hostRef,
     poolRef,
@@ -51,7 +56,7 @@ export async function memoryHost(
     now: opts.now ?? (() => Date.now()),
     authFailureDelayMs: 0,
   };
-  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0 });
+  const domains = new SimulatorBackend({ machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, guestAgent: opts.guestAgent });
   const { registry, dispatcher, xenops, storage } = buildApi(
     host,
     db,

@@ -16,13 +16,14 @@
 // Each template keeps the uuid the catalogue gives it, so it is the same on every host and
 // across restarts; mac_seed (random on a real host) is derived from the reference label.
 import { createHash } from 'node:crypto';
+import type { VM_record, vdi_type } from '../schema/generated.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
 export interface TemplateSpec {
   uuid: string;
-  fields: Record<string, unknown>;
+  fields: Partial<VM_record>;
 }
 
 /** The layers catalogue entries derive from. */
@@ -335,10 +336,12 @@ export interface ProvisionDisk {
   size: number;
   sr: string;
   bootable: boolean;
-  type: string;
+  type: vdi_type;
 }
 
-const VDI_TYPES = new Set(['system', 'user', 'ephemeral', 'suspend', 'crashdump']);
+/** The VDI types a template's disk may ask for. */
+const VDI_TYPES: ReadonlySet<string> = new Set<vdi_type>(['system', 'user', 'ephemeral', 'suspend', 'crashdump']);
+const isDiskType = (t: string | undefined): t is vdi_type => t !== undefined && VDI_TYPES.has(t);
 
 class DisksXmlError extends Error {
   constructor(reason: string, xml: string) {
@@ -459,5 +462,5 @@ function diskOf(attrs: Map<string, string>, fail: (why: string) => never): Provi
   const sr = need('sr');
   const bootable = need('bootable') === 'true';
   const t = attrs.get('type');
-  return { device, size, sr, bootable, type: t !== undefined && VDI_TYPES.has(t) ? t : 'system' };
+  return { device, size, sr, bootable, type: isDiskType(t) ? t : 'system' };
 }

@@ -11,6 +11,7 @@ import type { Dispatcher } from '../api/dispatch.js';
 import { XapiError } from '../api/errors.js';
 import { checkPermission } from '../api/rbac.js';
 import { checkSession } from '../api/session-check.js';
+import type { DbClassName } from '../schema/generated.js';
 import type { Type } from '../schema/types.js';
 import type { Handler } from './handlers.js';
 import { sendHttpError } from './server.js';
@@ -55,7 +56,7 @@ export interface Transfer {
   /** A query parameter (xapi reads them from the query string only). */
   param(name: string): string | undefined;
   /** A `ref` or `uuid` query value as a ref of `cls` (xapi accepts either for vdi/base). */
-  resolve(cls: string, value: string | undefined): Promise<string | undefined>;
+  resolve(cls: DbClassName, value: string | undefined): Promise<string | undefined>;
 }
 
 /** The result a transfer reports on its task. */

@@ -131,7 +131,7 @@ async function importRawVdi(storage: Storage, t: Transfer) {
     });
     made = true;
   }
-  const srRef = (await call.db.get('VDI', vdi)).SR as string;
+  const srRef = (await call.db.get('VDI', vdi)).SR;
   // Durable once, at close: the import's result is only reported after that.
   const target = await openVdi(storage, vdi, false, { deferSync: true });
   // As xapi: the answer goes out before the data is read; the outcome is on the task.
@@ -169,7 +169,7 @@ async function exportRawVdi(storage: Storage, t: Transfer) {
   const baseRef = await t.resolve('VDI', t.param('base'));
   if (baseRef && format !== 'vhd') throw new XapiError('INTERNAL_ERROR', ['base needs format=vhd']);
   const row = await call.db.get('VDI', vdi);
-  if (format === 'vhd' && Number(row.virtual_size) > MAX_VHD_SIZE) throw new XapiError('VDI_TOO_LARGE', [vdi, String(MAX_VHD_SIZE)]);
+  if (format === 'vhd' && row.virtual_size > MAX_VHD_SIZE) throw new XapiError('VDI_TOO_LARGE', [vdi, String(MAX_VHD_SIZE)]);
   const disk = await openVdi(storage, vdi, true);
   const base = baseRef ? await openVdi(storage, baseRef, true) : undefined;
   try {
@@ -185,7 +185,7 @@ async function exportRawVdi(storage: Storage, t: Transfer) {
     res.writeHead(200, {
       'content-type': CONTENT_TYPE[format]!,
       'content-length': stream.length!,
-      'content-disposition': `attachment; filename="${row.uuid as string}.${format}"`,
+      'content-disposition': `attachment; filename="${row.uuid}.${format}"`,
       'task-id': call.task,
     });
     await sendStream(res, stream);

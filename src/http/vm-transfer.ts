@@ -79,7 +79,7 @@ async function exportMetadata(t: Transfer) {
 async function importVm(storage: Storage, t: Transfer) {
   const { call, req, res } = t;
   const pool = (await call.db.all('pool'))[0]![1];
-  const sr = (await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid'))) ?? (pool.default_SR as string);
+  const sr = (await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid'))) ?? pool.default_SR;
   if (sr === NULL_REF || !(await call.db.tryGet('SR', sr))) throw new XapiError('SR_HAS_NO_PBDS', [sr]);
   if ((await call.db.get('SR', sr)).content_type === 'iso') throw new XapiError('SR_OPERATION_NOT_SUPPORTED', [sr]);
   const force = truthy(t.param('force'));

@@ -3,6 +3,7 @@
 // and the marshaller. Everything generic in the server is driven from here.
 import { readFileSync } from 'node:fs';
 import { parseType, type Type } from './types.js';
+import type { Enums } from './generated.js';
 
 export type Qualifier = 'RW' | 'RO/constructor' | 'RO/runtime';
 
@@ -39,6 +40,9 @@ export interface MessageDef {
   errors: string[];
   roles: string[];
   implicit: boolean;
+  /** An implicit message that xapi routes to a hand-written implementation (its custom actions)
+   *  rather than a generated database action: constructors/destructors, effectful setters... */
+  handWritten: boolean;
   async: boolean;
   /** A sync call runs on a database task (destroyed on return), as xapi's generate_task_for. */
   syncTask: boolean;
@@ -89,6 +93,7 @@ interface RawSchema {
       errors: string[];
       roles: string[];
       implicit: boolean;
+      custom?: boolean;
       async: boolean;
       syncTask: boolean;
       sessionChecked: boolean;
@@ -169,6 +174,7 @@ export class Schema {
           errors: m.errors,
           roles: m.roles,
           implicit: m.implicit,
+          handWritten: m.custom === true,
           async: m.async,
           syncTask: m.syncTask,
           sessionChecked: m.sessionChecked,
@@ -181,6 +187,11 @@ export class Schema {
       this.classes.set(cls.name, cls);
       this.byLower.set(cls.lower, cls);
     }
+  }
+
+  /** An enum's values, in the datamodel's order and spelling. */
+  enumValues<E extends keyof Enums>(name: E): Enums[E][] {
+    return (this.enums[name] ?? []) as Enums[E][];
   }
 
   cls(name: string): ClassDef {

@@ -4,8 +4,21 @@
 import { open as fsOpen } from 'node:fs/promises';
 import { open as openVhd } from './vhd/index.js';
 import type { OpenDisk } from './driver.js';
+import { useLeaf } from './leaf-gate.js';
 
 export async function openDiskFile(path: string, opts: { readOnly: boolean }): Promise<OpenDisk> {
+  // In use until closed: a snapshot of this leaf waits for the close (see leaf-gate.ts).
+  const release = await useLeaf(path);
+  try {
+    const disk = await openFile(path, opts);
+    return { ...disk, close: () => disk.close().finally(release) };
+  } catch (e) {
+    release();
+    throw e;
+  }
+}
+
+async function openFile(path: string, opts: { readOnly: boolean }): Promise<OpenDisk> {
   if (path.endsWith('.vhd')) {
     const vhd = await openVhd(path, { readOnly: opts.readOnly });
     return { size: vhd.virtualSize, vhd, read: (o, l) => vhd.read(o, l), write: (o, d) => vhd.write(o, d), close: () => vhd.close() };

@@ -88,6 +88,9 @@ export interface SmDriver {
    * close instead of crash-ordered writes, for targets nothing reads until the close succeeded.
    */
   vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean; deferSync?: boolean }): Promise<OpenDisk>;
-  /** Background garbage collection and coalesce, on the SR master only (none for ISO SRs). */
-  gc?(sr: SrContext, opts: { isActive(location: string): boolean }): Promise<{ changed: boolean }>;
+  /**
+   * Background garbage collection and coalesce, on the SR master only (none for ISO SRs).
+   * `inUse`: the locations xapi says are in use right now; asked again before every step.
+   */
+  gc?(sr: SrContext, opts: { inUse(): Promise<ReadonlySet<string>> }): Promise<{ changed: boolean }>;
 }

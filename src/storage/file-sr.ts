@@ -16,6 +16,7 @@ import { fsyncDir, writeFileAtomic } from '../util/files.js';
 import { createDifferencing, createDynamic, open as openVhd, format } from './vhd/index.js';
 import { listNodes, readNode, vhdPath, type VhdNode } from './file-layout.js';
 import { recoverJournals, runGc } from './gc.js';
+import { pauseLeaf } from './leaf-gate.js';
 import { SmError, type OpenDisk, type SmDriver, type SrContext, type SrStat, type VdiInfo } from './driver.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -41,7 +42,10 @@ const backendFailure = (n: number, reason: string) => new SmError(`SR_BACKEND_FA
 
 export class FileSrDriver implements SmDriver {
   readonly features = VHD_FEATURES;
-  /** Tree changes of one SR (snapshot, clone, delete, GC steps) run one at a time. */
+  /**
+   * Tree changes of one SR (snapshot, clone, delete, GC steps) run one at a time; handing a
+   * leaf out (attach, open, resize) waits for them too, so it never meets a step half done.
+   */
   private readonly locks = new Map<string, Mutex>();
 
   constructor(readonly type: 'ext' | 'file' | 'nfs') {}
@@ -112,8 +116,9 @@ export class FileSrDriver implements SmDriver {
    * The garbage collector (cleanup.py's job; gc.ts): drops unreferenced hidden nodes and
    * coalesces chains, leaving alone the leaves running domains use.
    */
-  async gc(sr: SrContext, opts: { isActive(location: string): boolean }): Promise<{ changed: boolean }> {
-    const r = await runGc(this.dir(sr), { lock: (fn) => this.lock(sr).run(fn), isActive: (uuid) => opts.isActive(uuid) });
+  async gc(sr: SrContext, opts: { inUse(): Promise<ReadonlySet<string>> }): Promise<{ changed: boolean }> {
+    // Locations are node uuids here, so xapi's answer is the GC's.
+    const r = await runGc(this.dir(sr), { lock: (fn) => this.lock(sr).run(fn), inUse: () => opts.inUse() });
     return { changed: r.garbage.length + r.coalesced.length + r.leafCoalesced.length + r.recovered.length > 0 };
   }
 
@@ -228,16 +233,18 @@ export class FileSrDriver implements SmDriver {
   async vdiResize(sr: SrContext, location: string, size: number): Promise<VdiInfo> {
     const rounded = Math.ceil(size / BLOCK) * BLOCK;
     if (rounded > MAX_SIZE) throw backendFailure(79, `VDI Invalid size: ${size}`);
-    const current = await this.vdiStat(sr, location);
-    if (rounded < current.virtualSize) throw backendFailure(79, 'Shrinking is not supported');
-    await this.assertSpace(sr, rounded - current.virtualSize);
-    const vhd = await openVhd(this.file(sr, location));
-    try {
-      await vhd.resize(rounded);
-    } finally {
-      await vhd.close();
-    }
-    return this.vdiStat(sr, location);
+    return this.lock(sr).run(async () => {
+      const current = await this.vdiStat(sr, location);
+      if (rounded < current.virtualSize) throw backendFailure(79, 'Shrinking is not supported');
+      await this.assertSpace(sr, rounded - current.virtualSize);
+      const vhd = await openVhd(this.file(sr, location));
+      try {
+        await vhd.resize(rounded);
+      } finally {
+        await vhd.close();
+      }
+      return this.vdiStat(sr, location);
+    });
   }
 
   private journal(sr: SrContext, leaf: string): string {
@@ -257,9 +264,14 @@ export class FileSrDriver implements SmDriver {
 
   /**
    * Under the SR lock: leaf L's file becomes a new hidden parent P, and L an empty leaf over it;
-   * with `fresh`, a second empty leaf (the snapshot or clone) goes over P too. Journalled.
+   * with `fresh`, a second empty leaf (the snapshot or clone) goes over P too. Journalled. A
+   * running domain's I/O on L is paused meanwhile (its writes in flight land before the split).
    */
-  private async splitLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
+  private splitLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
+    return pauseLeaf(this.file(sr, location), () => this.splitPausedLeaf(sr, location, fresh));
+  }
+
+  private async splitPausedLeaf(sr: SrContext, location: string, fresh?: string): Promise<string> {
     const parent = randomUUID();
     const n = await readNode(this.dir(sr), location).catch(() => undefined);
     if (!n || n.hidden) throw new SmError('VDI_MISSING', [location]);
@@ -296,7 +308,7 @@ export class FileSrDriver implements SmDriver {
       const tmp = join(this.dir(sr), `${location}.reset`);
       await rm(tmp, { force: true });
       await (await createDifferencing(tmp, this.file(sr, n.parentUuid))).close();
-      await rename(tmp, this.file(sr, location));
+      await pauseLeaf(this.file(sr, location), () => rename(tmp, this.file(sr, location)));
       await fsyncDir(this.dir(sr));
     });
   }
@@ -318,13 +330,13 @@ export class FileSrDriver implements SmDriver {
   /** Replays interrupted snapshots (journals) so every VDI reads as before the crash. */
   async recover(sr: SrContext): Promise<void> {
     const jdir = join(this.dir(sr), '.journal');
-    let names: string[] = [];
-    try {
-      names = await readdir(jdir);
-    } catch {
-      return;
-    }
     await this.lock(sr).run(async () => {
+      let names: string[] = [];
+      try {
+        names = await readdir(jdir);
+      } catch {
+        return;
+      }
       for (const name of names.filter((n) => n.startsWith('snapshot-') && n.endsWith('.json'))) {
         const j = JSON.parse(await readFile(join(jdir, name), 'utf8')) as { leaf: string; parent: string; fresh: string };
         const moved = await stat(this.file(sr, j.parent)).then(() => true, () => false);
@@ -338,13 +350,17 @@ export class FileSrDriver implements SmDriver {
   }
 
   async vdiAttach(sr: SrContext, location: string): Promise<{ path: string; format: 'vhd' }> {
-    await this.vdiStat(sr, location);
-    return { path: this.file(sr, location), format: 'vhd' };
+    return this.lock(sr).run(async () => {
+      await this.vdiStat(sr, location);
+      return { path: this.file(sr, location), format: 'vhd' as const };
+    });
   }
 
   async vdiOpen(sr: SrContext, location: string, opts: { readOnly: boolean; deferSync?: boolean }): Promise<OpenDisk> {
-    await this.vdiStat(sr, location);
-    const vhd = await openVhd(this.file(sr, location), { readOnly: opts.readOnly, deferSync: opts.deferSync });
+    const vhd = await this.lock(sr).run(async () => {
+      await this.vdiStat(sr, location);
+      return openVhd(this.file(sr, location), { readOnly: opts.readOnly, deferSync: opts.deferSync });
+    });
     return {
       size: vhd.virtualSize,
       vhd,

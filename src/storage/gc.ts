@@ -28,8 +28,13 @@
 // Phase 'commit' is rolled forward (un-hide, rename) unless L changed or is in use since the
 // journal was written, in which case it is rolled back (P hidden again, L kept).
 //
-// Locking. opts.lock is the SR lock the driver takes for snapshot/clone/delete/attach. Tree
-// changes always happen under it, after re-reading the tree. The bulk copy of a non-leaf
+// Locking. opts.lock is the SR lock the driver takes for snapshot/clone/delete/attach/open.
+// Tree changes always happen under it, after re-reading the tree and asking which nodes are in
+// use right now (opts.inUse): an operation that starts using a leaf after that question waits
+// for the lock, so it finds the step done. The journal directory is shared with the driver's
+// snapshot journals (file-sr.ts), so the GC reads it only under the lock too (a snapshot's
+// journal may be a temp file about to be renamed into place) and only ever touches its own
+// entries: `<node>.json` and their temp files. The bulk copy of a non-leaf
 // coalesce runs outside the lock: it only reads a hidden node and writes its hidden parent,
 // which nothing else touches (the driver only snapshots leaves). A leaf-coalesce holds the
 // lock for the whole step, copy included, because the leaf's data must not change between
@@ -45,8 +50,12 @@ import { Vhd, coalesceInto } from './vhd/vhd.js';
 export interface GcOptions {
   /** The SR lock; held around every change of the tree. */
   lock<T>(fn: () => Promise<T>): Promise<T>;
-  /** True when the VDI is attached to a running VM: its leaf must not be re-parented or replaced. */
-  isActive(uuid: string): boolean;
+  /**
+   * The nodes in use now (leaves attached to a VM, being written, reset at each boot, under an
+   * operation): never re-parented or replaced. Asked under the lock before every step, never
+   * remembered from one step to the next.
+   */
+  inUse(): ReadonlySet<string> | Promise<ReadonlySet<string>>;
   /** Coalesce idle leaves into their parent (default true). */
   leafCoalesce?: boolean;
   log?(msg: string, o?: object): void;
@@ -102,6 +111,15 @@ async function removeJournal(dir: string, node: string): Promise<void> {
   await fsyncDir(path.join(dir, JOURNAL_DIR));
 }
 
+/** The GC's own journal entries, `<node-uuid>.json`, and writeFileAtomic's temp files of them. */
+const GC_JOURNAL = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json$/;
+const GC_JOURNAL_TMP = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json\.tmp-\d+$/;
+
+/**
+ * The GC's pending journals. Call only under the SR lock: every journal write (the GC's and
+ * the driver's) happens under it, so a temp file seen here is a crash leftover, not a write
+ * in progress.
+ */
 async function readJournals(dir: string): Promise<Journal[]> {
   const jdir = path.join(dir, JOURNAL_DIR);
   let names: string[];
@@ -113,11 +131,13 @@ async function readJournals(dir: string): Promise<Journal[]> {
   }
   const out: Journal[] = [];
   for (const n of names.sort()) {
+    // The directory also holds file-sr.ts's snapshot journals, written under the SR lock while a
+    // GC may be reading here: they (and their temp files) are that code's to replay or clean.
+    if (n.startsWith('snapshot-')) continue;
     const p = path.join(jdir, n);
-    // A temp file (writeFileAtomic's) is a journal update that never got renamed into place:
-    // the previous state stands.
-    if (/\.tmp-\d+$/.test(n)) { await unlink(p).catch(() => undefined); continue; }
-    if (!n.endsWith('.json')) continue;
+    // A journal update that never got renamed into place: the previous state stands.
+    if (GC_JOURNAL_TMP.test(n)) { await unlink(p).catch(() => undefined); continue; }
+    if (!GC_JOURNAL.test(n)) continue; // another writer's (the driver's snapshot journals)
     out.push(JSON.parse(await readFile(p, 'utf8')) as Journal);
   }
   return out;
@@ -161,8 +181,8 @@ async function reparentChildren(dir: string, tree: VhdTree, from: string, to: st
 
 export interface RecoverOptions {
   lock?<T>(fn: () => Promise<T>): Promise<T>;
-  /** Defaults to "nothing is active", true when called at SR attach before any VDI is used. */
-  isActive?(uuid: string): boolean;
+  /** As GcOptions.inUse; defaults to nothing, true when called at SR attach before any VDI is used. */
+  inUse?(): ReadonlySet<string> | Promise<ReadonlySet<string>>;
   log?(msg: string, o?: object): void;
   crashPoint?(name: string): void | Promise<void>;
 }
@@ -174,61 +194,74 @@ export interface RecoverOptions {
  */
 export async function recoverJournals(dir: string, opts: RecoverOptions = {}): Promise<GcReport['recovered']> {
   const lock = opts.lock ?? (<T>(fn: () => Promise<T>) => fn());
-  const isActive = opts.isActive ?? (() => false);
   const log = opts.log ?? (() => undefined);
   const point = async (n: string) => { await opts.crashPoint?.(`recover:${n}`); };
-  const out: GcReport['recovered'] = [];
-  for (const j of await readJournals(dir)) {
-    const action = await lock(async (): Promise<GcReport['recovered'][number]['action']> => {
-      const parentPath = vhdPath(dir, j.parent);
-      const nodePath = vhdPath(dir, j.node);
-      if (j.phase === 'copy') {
-        // The parent holds part of the child's data, shadowed by the child: nothing to undo.
-        await removeJournal(dir, j.node);
-        return 'dropped';
-      }
-      if (j.op === 'coalesce') {
-        if (!(await exists(parentPath))) throw new Error(`GC recovery: parent ${j.parent} of coalesced ${j.node} is missing`);
-        const tree = await scan(dir);
-        const kids = tree.children.get(j.node) ?? [];
-        if (kids.some((k) => isActive(k.uuid))) return 'deferred'; // retried on the next run
-        await reparentChildren(dir, tree, j.node, j.parent, point);
-        if (await exists(nodePath)) {
-          await unlink(nodePath);
-          await fsyncDir(dir);
-        }
-        await removeJournal(dir, j.node);
-        return 'rolled-forward';
-      }
-      // leaf, phase commit
-      if (await exists(parentPath)) {
-        const fp = (await exists(nodePath)) ? await fingerprint(nodePath) : null;
-        const unchanged = fp !== null && fp.leafSize === j.leafSize && fp.leafMtimeNs === j.leafMtimeNs;
-        if (!unchanged || isActive(j.node)) {
-          // The leaf moved on since the copy (or is in use): keep it, put the parent back as it was.
-          await withVhd(parentPath, false, (v) => v.setHidden(true));
-          await removeJournal(dir, j.node);
-          return 'rolled-back';
-        }
-        await withVhd(parentPath, false, (v) => v.setHidden(false));
-        await point('leaf-unhidden');
-        await rename(parentPath, nodePath);
-        await fsyncDir(dir);
-      }
-      await removeJournal(dir, j.node);
-      return 'rolled-forward';
-    });
-    log(`GC recovery: ${j.op} of ${j.node} (phase ${j.phase}) ${action}`, j);
-    out.push({ node: j.node, op: j.op, phase: j.phase, action });
-  }
-  return out;
+  // One lock hold for the whole recovery: the journals are read under it, and each step is short.
+  return lock(async () => {
+    const out: GcReport['recovered'] = [];
+    const journals = await readJournals(dir);
+    const used = journals.length > 0 && opts.inUse ? await opts.inUse() : new Set<string>();
+    for (const j of journals) {
+      const action = await recoverOne(dir, j, (u) => used.has(u), point);
+      log(`GC recovery: ${j.op} of ${j.node} (phase ${j.phase}) ${action}`, j);
+      out.push({ node: j.node, op: j.op, phase: j.phase, action });
+    }
+    return out;
+  });
 }
 
-/** Nodes named by journals still pending: never picked by a pass until recovery finishes them. */
+/** Finishes or undoes one journalled step (under the SR lock). */
+async function recoverOne(dir: string, j: Journal, isUsed: (uuid: string) => boolean, point: (n: string) => Promise<void>): Promise<GcReport['recovered'][number]['action']> {
+  const parentPath = vhdPath(dir, j.parent);
+  const nodePath = vhdPath(dir, j.node);
+  if (j.phase === 'copy') {
+    // The parent holds part of the child's data, shadowed by the child: nothing to undo.
+    await removeJournal(dir, j.node);
+    return 'dropped';
+  }
+  if (j.op === 'coalesce') {
+    if (!(await exists(parentPath))) throw new Error(`GC recovery: parent ${j.parent} of coalesced ${j.node} is missing`);
+    const tree = await scan(dir);
+    const kids = tree.children.get(j.node) ?? [];
+    if (kids.some((k) => isUsed(k.uuid))) return 'deferred'; // retried on the next run
+    await reparentChildren(dir, tree, j.node, j.parent, point);
+    if (await exists(nodePath)) {
+      await unlink(nodePath);
+      await fsyncDir(dir);
+    }
+    await removeJournal(dir, j.node);
+    return 'rolled-forward';
+  }
+  // leaf, phase commit
+  if (await exists(parentPath)) {
+    const fp = (await exists(nodePath)) ? await fingerprint(nodePath) : null;
+    const unchanged = fp !== null && fp.leafSize === j.leafSize && fp.leafMtimeNs === j.leafMtimeNs;
+    if (!unchanged || isUsed(j.node)) {
+      // The leaf moved on since the copy (or is in use): keep it, put the parent back as it was.
+      await withVhd(parentPath, false, (v) => v.setHidden(true));
+      await removeJournal(dir, j.node);
+      return 'rolled-back';
+    }
+    await withVhd(parentPath, false, (v) => v.setHidden(false));
+    await point('leaf-unhidden');
+    await rename(parentPath, nodePath);
+    await fsyncDir(dir);
+  }
+  await removeJournal(dir, j.node);
+  return 'rolled-forward';
+}
+
+/** Nodes named by journals still pending: never picked by a pass until recovery finishes them. Under the SR lock. */
 async function busyNodes(dir: string): Promise<Set<string>> {
   const s = new Set<string>();
   for (const j of await readJournals(dir)) { s.add(j.node); s.add(j.parent); }
   return s;
+}
+
+/** opts.inUse as a predicate, asked now (call under the lock). */
+async function usedNow(opts: GcOptions): Promise<(uuid: string) => boolean> {
+  const used = await opts.inUse();
+  return (u) => used.has(u);
 }
 
 function onlyChild(tree: VhdTree, parent: string): VhdNode | null {
@@ -237,20 +270,20 @@ function onlyChild(tree: VhdTree, parent: string): VhdNode | null {
 }
 
 /** C can be coalesced into its parent: hidden, has children, parent hidden with C as its only child. */
-function coalesceTarget(tree: VhdTree, c: VhdNode, isActive: (u: string) => boolean): VhdNode | null {
+function coalesceTarget(tree: VhdTree, c: VhdNode, isUsed: (u: string) => boolean): VhdNode | null {
   if (!c.hidden || !c.parentUuid) return null;
   const kids = tree.children.get(c.uuid)!;
   if (kids.length === 0) return null;
   const p = tree.byUuid.get(c.parentUuid);
   if (!p || !p.hidden || onlyChild(tree, p.uuid)?.uuid !== c.uuid || tree.orphans.includes(c)) return null;
   // Re-parenting rewrites the children's headers: not under a VM that has the leaf open.
-  if (kids.some((k) => isActive(k.uuid))) return null;
+  if (kids.some((k) => isUsed(k.uuid))) return null;
   return p;
 }
 
 /** L can be leaf-coalesced: visible idle leaf whose hidden parent has no other child. */
-function leafTarget(tree: VhdTree, l: VhdNode, isActive: (u: string) => boolean): VhdNode | null {
-  if (l.hidden || !l.parentUuid || (tree.children.get(l.uuid)?.length ?? 0) > 0 || isActive(l.uuid)) return null;
+function leafTarget(tree: VhdTree, l: VhdNode, isUsed: (u: string) => boolean): VhdNode | null {
+  if (l.hidden || !l.parentUuid || (tree.children.get(l.uuid)?.length ?? 0) > 0 || isUsed(l.uuid)) return null;
   const p = tree.byUuid.get(l.parentUuid);
   if (!p || !p.hidden || onlyChild(tree, p.uuid)?.uuid !== l.uuid || tree.orphans.includes(l)) return null;
   // The VDI's size must not change: a parent larger than its leaf cannot take its place.
@@ -273,7 +306,7 @@ async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
   const log = opts.log ?? (() => undefined);
   const point = async (n: string) => { await opts.crashPoint?.(n); };
   const report: GcReport = { garbage: [], coalesced: [], leafCoalesced: [], recovered: [], passes: 0, aborted: false };
-  report.recovered = await recoverJournals(dir, { lock: opts.lock, isActive: opts.isActive, log, crashPoint: opts.crashPoint });
+  report.recovered = await recoverJournals(dir, { lock: opts.lock, inUse: opts.inUse, log, crashPoint: opts.crashPoint });
   const aborted = () => opts.signal?.aborted === true;
 
   while (report.passes < MAX_PASSES) {
@@ -286,9 +319,10 @@ async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
     const removed = await opts.lock(async () => {
       const tree = await scan(dir);
       const busy = await busyNodes(dir);
+      const used = await opts.inUse();
       const gone: string[] = [];
       for (const n of tree.leaves) {
-        if (!n.hidden || busy.has(n.uuid) || opts.isActive(n.uuid)) continue;
+        if (!n.hidden || busy.has(n.uuid) || used.has(n.uuid)) continue;
         await unlink(n.path);
         gone.push(n.uuid);
       }
@@ -303,14 +337,16 @@ async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
     }
 
     // (b) then (c): one step per pass, from a fresh scan, since each step reshapes the tree.
-    const tree = await scan(dir);
-    const busy = await busyNodes(dir);
+    // Read under the lock: a snapshot half done (leaf renamed, its journal being written) is
+    // not a tree to plan from. The step itself re-checks its choice under the lock.
+    const { tree, busy, used } = await opts.lock(async () => ({ tree: await scan(dir), busy: await busyNodes(dir), used: await opts.inUse() }));
+    const isUsed = (u: string) => used.has(u);
     let did = false;
     // Root-most candidates first (deterministic; each merge also shortens every chain below it).
     const depth = (n: VhdNode) => chainOf(tree, n.uuid).length;
     const ordered = [...tree.byUuid.values()].sort((x, y) => depth(x) - depth(y) || x.uuid.localeCompare(y.uuid));
     for (const c of ordered) {
-      const p = coalesceTarget(tree, c, opts.isActive);
+      const p = coalesceTarget(tree, c, isUsed);
       if (!p || busy.has(c.uuid) || busy.has(p.uuid)) continue;
       if (await coalesceNonLeaf(dir, c.uuid, p.uuid, opts, point)) {
         report.coalesced.push(c.uuid);
@@ -320,7 +356,7 @@ async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
     }
     if (!did && opts.leafCoalesce !== false && !aborted()) {
       for (const l of tree.leaves) {
-        const p = leafTarget(tree, l, opts.isActive);
+        const p = leafTarget(tree, l, isUsed);
         if (!p || busy.has(l.uuid) || busy.has(p.uuid)) continue;
         if (await coalesceLeaf(dir, l.uuid, p.uuid, opts, point)) {
           report.leafCoalesced.push(l.uuid);
@@ -353,7 +389,7 @@ async function coalesceNonLeaf(dir: string, c: string, p: string, opts: GcOption
   const started = await opts.lock(async () => {
     const tree = await scan(dir);
     const node = tree.byUuid.get(c);
-    if (!node || coalesceTarget(tree, node, opts.isActive)?.uuid !== p) return false;
+    if (!node || coalesceTarget(tree, node, await usedNow(opts))?.uuid !== p) return false;
     await writeJournal(dir, { v: 1, op: 'coalesce', node: c, parent: p, phase: 'copy', time: new Date().toISOString() });
     return true;
   });
@@ -375,7 +411,7 @@ async function coalesceNonLeaf(dir: string, c: string, p: string, opts: GcOption
   return opts.lock(async () => {
     const tree = await scan(dir);
     const node = tree.byUuid.get(c);
-    if (!node || coalesceTarget(tree, node, opts.isActive)?.uuid !== p) {
+    if (!node || coalesceTarget(tree, node, await usedNow(opts))?.uuid !== p) {
       // The tree moved on (e.g. a child got attached): the copy stays harmlessly in P.
       await removeJournal(dir, c);
       return false;
@@ -398,7 +434,7 @@ async function coalesceLeaf(dir: string, l: string, p: string, opts: GcOptions, 
   return opts.lock(async () => {
     const tree = await scan(dir);
     const node = tree.byUuid.get(l);
-    if (!node || leafTarget(tree, node, opts.isActive)?.uuid !== p) return false;
+    if (!node || leafTarget(tree, node, await usedNow(opts))?.uuid !== p) return false;
     const leafPath = vhdPath(dir, l);
     const parentPath = vhdPath(dir, p);
     await writeJournal(dir, { v: 1, op: 'leaf', node: l, parent: p, phase: 'copy', time: new Date().toISOString() });

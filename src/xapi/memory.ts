@@ -4,26 +4,29 @@
 import { XapiError } from '../api/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
+import type { VM_record, vm_operations } from '../schema/generated.js';
 import { overheadBytes } from '../xenopsd/overhead.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
-const n = (v: unknown) => v as number;
-
 /** VM.memory_overhead from the overhead model, for the VM's static_max, VCPUs and type. */
-export function vmOverhead(vm: Row): number {
+export function vmOverhead(vm: Row<'VM'>): number {
   return overheadBytes({
-    domainType: (vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type) as 'hvm',
-    staticMax: n(vm.memory_static_max),
-    vcpus: n(vm.VCPUs_max),
-    shadowMultiplier: n(vm.HVM_shadow_multiplier) || 1,
+    domainType: vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type,
+    staticMax: vm.memory_static_max,
+    vcpus: vm.VCPUs_max,
+    shadowMultiplier: vm.HVM_shadow_multiplier || 1,
   });
 }
 
+/** A VM's four memory limits (and whether it is a control domain, whose limits are pinned). */
+export type MemoryConstraints = Pick<VM_record, 'memory_static_min' | 'memory_dynamic_min' | 'memory_dynamic_max' | 'memory_static_max'> &
+  Partial<Pick<VM_record, 'is_control_domain'>>;
+
 /** static_min <= dynamic_min <= dynamic_max <= static_max, and pinned for control domains. */
-export function assertMemoryConstraints(vm: Row): void {
-  const [smin, dmin, dmax, smax] = [vm.memory_static_min, vm.memory_dynamic_min, vm.memory_dynamic_max, vm.memory_static_max].map(n);
-  if (!(smin! <= dmin! && dmin! <= dmax! && dmax! <= smax!)) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_ORDER', []);
+export function assertMemoryConstraints(vm: MemoryConstraints): void {
+  const [smin, dmin, dmax, smax] = [vm.memory_static_min, vm.memory_dynamic_min, vm.memory_dynamic_max, vm.memory_static_max];
+  if (!(smin <= dmin && dmin <= dmax && dmax <= smax)) throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_ORDER', []);
   if (vm.is_control_domain === true && !(dmin === dmax && dmax === smax)) {
     throw new XapiError('MEMORY_CONSTRAINT_VIOLATION_MAXPIN', ['control domain']);
   }
@@ -35,37 +38,39 @@ export function assertMemoryConstraints(vm: Row): void {
  */
 export async function computeFreeMemory(db: Db, hostRef: string, exclude?: string): Promise<number> {
   const host = await db.get('host', hostRef);
-  const metrics = await db.get('host_metrics', host.metrics as string);
-  let used = n(host.memory_overhead);
+  const metrics = await db.get('host_metrics', host.metrics);
+  let used = host.memory_overhead;
   for (const [ref, vm] of await db.all('VM')) {
     if (ref === exclude) continue;
     if (vm.resident_on !== hostRef && vm.scheduled_to_be_resident_on !== hostRef) continue;
-    used += n(vm.memory_dynamic_min) + n(vm.memory_overhead);
+    used += vm.memory_dynamic_min + vm.memory_overhead;
   }
-  return Math.max(0, n(metrics.memory_total) - used);
+  return Math.max(0, metrics.memory_total - used);
 }
 
-export async function assertEnoughMemory(call: Call, ref: string, vm: Row, hostRef: string): Promise<void> {
-  const needed = n(vm.memory_dynamic_min) + vmOverhead(vm);
+export async function assertEnoughMemory(call: Call, ref: string, vm: Row<'VM'>, hostRef: string): Promise<void> {
+  const needed = vm.memory_dynamic_min + vmOverhead(vm);
   const available = await computeFreeMemory(call.db, hostRef, ref);
   if (needed > available) throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(needed), String(available)]);
 }
 
+type MemoryLimits = Partial<Pick<VM_record, 'memory_static_min' | 'memory_static_max' | 'memory_dynamic_min' | 'memory_dynamic_max'>>;
+
 export function register(r: Registry, sync: XenopsSync): void {
-  const setLimits = async (call: Call, ref: string, op: string, changes: Record<string, number>) =>
+  const setLimits = async (call: Call, ref: string, op: vm_operations, changes: MemoryLimits) =>
     withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
       const next = { ...vm, ...changes };
       assertMemoryConstraints(next);
       if (vm.power_state === 'Running' && op === 'changing_dynamic_range') {
         // Growing dynamic_min reserves memory on the host first, as xapi's coordinator does.
-        if (changes.memory_dynamic_min! > n(vm.memory_dynamic_min)) {
-          const free = await computeFreeMemory(call.db, vm.resident_on as string, ref);
-          const needed = changes.memory_dynamic_min! + n(vm.memory_overhead);
+        if (changes.memory_dynamic_min! > vm.memory_dynamic_min) {
+          const free = await computeFreeMemory(call.db, vm.resident_on, ref);
+          const needed = changes.memory_dynamic_min! + vm.memory_overhead;
           if (needed > free) throw new XapiError('HOST_NOT_ENOUGH_FREE_MEMORY', [String(Math.ceil(needed / 1024)), String(Math.floor(free / 1024))]);
         }
         try {
-          await sync.backend.setMemoryDynamicRange(vm.uuid as string, changes.memory_dynamic_min!, changes.memory_dynamic_max!);
+          await sync.backend.setMemoryDynamicRange(vm.uuid, changes.memory_dynamic_min!, changes.memory_dynamic_max!);
         } catch (e) {
           throw xenopsError(ref, e);
         }
@@ -75,60 +80,60 @@ export function register(r: Registry, sync: XenopsSync): void {
     });
 
   r.implement('VM.set_memory_limits', (call, [self, smin, smax, dmin, dmax]) =>
-    setLimits(call, self as string, 'changing_memory_limits', {
-      memory_static_min: n(smin),
-      memory_static_max: n(smax),
-      memory_dynamic_min: n(dmin),
-      memory_dynamic_max: n(dmax),
+    setLimits(call, self, 'changing_memory_limits', {
+      memory_static_min: smin,
+      memory_static_max: smax,
+      memory_dynamic_min: dmin,
+      memory_dynamic_max: dmax,
     }),
   )
     .implement('VM.set_memory_static_range', (call, [self, min, max]) =>
-      setLimits(call, self as string, 'changing_static_range', { memory_static_min: n(min), memory_static_max: n(max) }),
+      setLimits(call, self, 'changing_static_range', { memory_static_min: min, memory_static_max: max }),
     )
     .implement('VM.set_memory_dynamic_range', (call, [self, min, max]) =>
-      setLimits(call, self as string, 'changing_dynamic_range', { memory_dynamic_min: n(min), memory_dynamic_max: n(max) }),
+      setLimits(call, self, 'changing_dynamic_range', { memory_dynamic_min: min, memory_dynamic_max: max }),
     )
     .implement('VM.set_memory', async (call, [self, value]) => {
-      const vm = await call.db.get('VM', self as string);
-      await setLimits(call, self as string, 'changing_memory_limits', {
-        memory_static_min: Math.min(n(vm.memory_static_min), n(value)),
-        memory_static_max: n(value),
-        memory_dynamic_min: n(value),
-        memory_dynamic_max: n(value),
+      const vm = await call.db.get('VM', self);
+      await setLimits(call, self, 'changing_memory_limits', {
+        memory_static_min: Math.min(vm.memory_static_min, value),
+        memory_static_max: value,
+        memory_dynamic_min: value,
+        memory_dynamic_max: value,
       });
     })
     .implement('VM.set_VCPUs_max', (call, [self, value]) =>
-      withVmOperation(call, self as string, 'changing_VCPUs', async () => {
-        const vm = await call.db.get('VM', self as string);
-        if (n(value) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(value)]);
-        if (n(value) < n(vm.VCPUs_at_startup)) {
+      withVmOperation(call, self, 'changing_VCPUs', async () => {
+        const vm = await call.db.get('VM', self);
+        if (value < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(value)]);
+        if (value < vm.VCPUs_at_startup) {
           throw new XapiError('VALUE_NOT_SUPPORTED', ['VCPUs_max', String(value), 'VCPUs_max must be greater than or equal to VCPUs_at_startup']);
         }
-        await call.db.update('VM', self as string, { VCPUs_max: n(value), memory_overhead: vmOverhead({ ...vm, VCPUs_max: n(value) }) });
+        await call.db.update('VM', self, { VCPUs_max: value, memory_overhead: vmOverhead({ ...vm, VCPUs_max: value }) });
       }),
     )
     .implement('VM.set_VCPUs_at_startup', (call, [self, value]) =>
-      withVmOperation(call, self as string, 'changing_VCPUs', async () => {
-        const vm = await call.db.get('VM', self as string);
-        if (n(value) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(value)]);
-        if (n(value) > n(vm.VCPUs_max)) {
+      withVmOperation(call, self, 'changing_VCPUs', async () => {
+        const vm = await call.db.get('VM', self);
+        if (value < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(value)]);
+        if (value > vm.VCPUs_max) {
           throw new XapiError('VALUE_NOT_SUPPORTED', ['VCPUs_at_startup', String(value), 'value greater than VCPUs_max']);
         }
-        await call.db.update('VM', self as string, { VCPUs_at_startup: n(value) });
+        await call.db.update('VM', self, { VCPUs_at_startup: value });
       }),
     )
     .implement('VM.set_VCPUs_number_live', (call, [self, value]) =>
-      withVmOperation(call, self as string, 'changing_VCPUs_live', async () => {
-        const vm = await call.db.get('VM', self as string);
-        if (n(value) < 1 || n(value) > n(vm.VCPUs_max)) throw new XapiError('INVALID_VALUE', ['nvcpu', String(value)]);
+      withVmOperation(call, self, 'changing_VCPUs_live', async () => {
+        const vm = await call.db.get('VM', self);
+        if (value < 1 || value > vm.VCPUs_max) throw new XapiError('INVALID_VALUE', ['nvcpu', String(value)]);
         try {
-          await sync.backend.setVcpus(vm.uuid as string, n(value));
+          await sync.backend.setVcpus(vm.uuid, value);
         } catch (e) {
-          throw xenopsError(self as string, e);
+          throw xenopsError(self, e);
         }
-        await sync.refresh(self as string);
+        await sync.refresh(self);
       }),
     )
-    .implement('host.compute_free_memory', (call, [host]) => computeFreeMemory(call.db, host as string))
-    .implement('host.compute_memory_overhead', async (call, [host]) => n((await call.db.get('host', host as string)).memory_overhead));
+    .implement('host.compute_free_memory', (call, [host]) => computeFreeMemory(call.db, host))
+    .implement('host.compute_memory_overhead', async (call, [host]) => (await call.db.get('host', host)).memory_overhead);
 }

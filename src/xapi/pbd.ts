@@ -7,22 +7,21 @@ import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 
-const s = (v: unknown) => v as string;
 
 /** PBD.plug: attach through the driver, mark attached, then learn the SR's contents. */
 export async function plugPbd(storage: Storage, pbdRef: string): Promise<void> {
   const db = storage.host.db;
   const pbd = await db.get('PBD', pbdRef);
   if (pbd.currently_attached === true) return;
-  const srRef = s(pbd.SR);
+  const srRef = pbd.SR;
   const sr = await db.get('SR', srRef);
   if (sr.shared !== true) {
-    for (const other of sr.PBDs as string[]) {
+    for (const other of sr.PBDs) {
       const o = await db.tryGet('PBD', other);
-      if (other !== pbdRef && o?.currently_attached === true) throw new XapiError('SR_NOT_SHARABLE', [srRef, s(pbd.host)]);
+      if (other !== pbdRef && o?.currently_attached === true) throw new XapiError('SR_NOT_SHARABLE', [srRef, pbd.host]);
     }
   }
-  if (pbd.host !== storage.host.hostRef) throw new XapiError('HOST_OFFLINE', [s(pbd.host)]);
+  if (pbd.host !== storage.host.hostRef) throw new XapiError('HOST_OFFLINE', [pbd.host]);
   const { driver, ctx } = await storage.context(srRef, { plugged: false });
   await storage.sm(srRef, () => driver.attach(ctx));
   await db.update('PBD', pbdRef, { currently_attached: true });
@@ -35,9 +34,9 @@ export async function unplugPbd(storage: Storage, pbdRef: string): Promise<void>
   const db = storage.host.db;
   const pbd = await db.get('PBD', pbdRef);
   if (pbd.currently_attached !== true) return;
-  const srRef = s(pbd.SR);
+  const srRef = pbd.SR;
   const inUse: string[] = [];
-  for (const vdi of (await db.get('SR', srRef)).VDIs as string[]) if (await storage.isActive(vdi)) inUse.push(vdi);
+  for (const vdi of (await db.get('SR', srRef)).VDIs) if (await storage.isActive(vdi)) inUse.push(vdi);
   if (inUse.length > 0) throw new XapiError('VDI_IN_USE', inUse);
   const { driver, ctx } = await storage.context(srRef);
   await storage.sm(srRef, () => driver.detach(ctx));
@@ -45,13 +44,13 @@ export async function unplugPbd(storage: Storage, pbdRef: string): Promise<void>
 }
 
 export function register(r: Registry, storage: Storage): void {
-  r.implement('PBD.create', async (call, [record]) => {
-    const rec = record as Record<string, unknown>;
-    const sr = s(rec.SR);
-    const host = s(rec.host);
+  r.implement('PBD.create', async (call, [rec]) => {
+    // A field the record lacks arrives undefined, and the lookups refuse it.
+    const sr = rec.SR!;
+    const host = rec.host!;
     await call.db.get('SR', sr);
     await call.db.get('host', host);
-    const dc = (rec.device_config ?? {}) as Record<string, string>;
+    const dc = rec.device_config ?? {};
     if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'This key is for internal use only']);
     const existing = await call.db.find('PBD', { SR: sr, host });
     if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
@@ -60,17 +59,17 @@ export function register(r: Registry, storage: Storage): void {
     return ref;
   })
     .implement('PBD.destroy', async (call, [self]) => {
-      const pbd = await call.db.get('PBD', s(self));
+      const pbd = await call.db.get('PBD', self);
       if (pbd.currently_attached === true) throw new XapiError('OPERATION_NOT_ALLOWED', ['PBD is currently attached']);
-      await call.db.destroy('PBD', s(self));
+      await call.db.destroy('PBD', self);
     })
     .implement('PBD.plug', async (call, [self]) => {
-      const pbd = await call.db.get('PBD', s(self));
-      await storage.withOp(call, { sr: [s(pbd.SR), 'plug'] }, () => plugPbd(storage, s(self)));
+      const pbd = await call.db.get('PBD', self);
+      await storage.withOp(call, { sr: [pbd.SR, 'plug'] }, () => plugPbd(storage, self));
     })
     .implement('PBD.unplug', async (call, [self]) => {
-      const pbd = await call.db.get('PBD', s(self));
-      await storage.withOp(call, { sr: [s(pbd.SR), 'unplug'] }, () => unplugPbd(storage, s(self)));
+      const pbd = await call.db.get('PBD', self);
+      await storage.withOp(call, { sr: [pbd.SR, 'unplug'] }, () => unplugPbd(storage, self));
     })
-    .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', s(self), { device_config: value }));
+    .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', self, { device_config: value }));
 }

@@ -7,6 +7,7 @@ import type { Call, HostContext, Registry } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
 import { NULL_REF, formatDateTime, parseDateTime } from '../schema/types.js';
 import type { Row } from '../db/interface.js';
+import type { Messages } from '../schema/generated.js';
 
 /** Failed logins are answered late, as xapi does, to slow down password guessing. */
 export const AUTH_FAILURE_DELAY_MS = 5000;
@@ -45,49 +46,59 @@ export async function createSession(host: HostContext, s: NewSession): Promise<s
   return ref;
 }
 
-async function loginWithPassword(call: Call, [uname, pwd, , originator]: unknown[]): Promise<string> {
+type Params<W extends keyof Messages> = Messages[W]['params'];
+
+async function loginWithPassword(call: Call, [uname, pwd, , originator]: Params<'session.login_with_password'>): Promise<string> {
   const host = call.host;
-  if (!(await host.verifyLocalPassword(String(uname), String(pwd)))) {
+  if (!(await host.verifyLocalPassword(uname, pwd))) {
     await sleep(host.authFailureDelayMs);
-    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
   }
-  return createSession(host, { pool: false, userName: String(uname), originator: String(originator ?? '') });
+  return createSession(host, { pool: false, userName: uname, originator });
 }
 
-async function slaveLogin(call: Call, [hostRef, secret]: unknown[]): Promise<string> {
-  if (!call.host.poolSecrets().includes(String(secret))) {
+async function slaveLogin(call: Call, [hostRef, secret]: Params<'session.slave_login'>): Promise<string> {
+  if (!call.host.poolSecrets().includes(secret)) {
     await sleep(call.host.authFailureDelayMs);
-    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(hostRef), 'Pool credentials invalid']);
+    throw new XapiError('SESSION_AUTHENTICATION_FAILED', [hostRef, 'Pool credentials invalid']);
   }
-  return createSession(call.host, { pool: true, userName: String(hostRef), originator: '' });
+  return createSession(call.host, { pool: true, userName: hostRef, originator: '' });
 }
 
-async function changePassword(call: Call, [oldPwd, newPwd]: unknown[], setPassword: SetPassword): Promise<void> {
-  const row = call.session!.row;
-  if (row.auth_user_name !== 'root' || row.pool === true) {
-    throw new XapiError('USER_IS_NOT_LOCAL_SUPERUSER', [String(row.auth_user_name)]);
+/**
+ * session.change_password (xapi_session.ml): the local superuser's session changes root's
+ * password. xapi does not check old_pwd (CA-13567: holding such a session is proof enough), so
+ * neither does this; any other session is refused.
+ */
+async function changePassword(call: Call, [, newPwd]: Params<'session.change_password'>, setPassword: SetPassword): Promise<void> {
+  if (!call.session!.row.is_local_superuser) {
+    throw new XapiError('USER_IS_NOT_LOCAL_SUPERUSER', ['Failed to change password for user root']);
   }
-  if (!(await call.host.verifyLocalPassword('root', String(oldPwd)))) {
-    throw new XapiError('CHANGE_PASSWORD_REJECTED', ['Authentication information cannot be recovered']);
-  }
-  await setPassword('root', String(newPwd));
+  await setPassword('root', newPwd);
 }
 
 /** A session kept only in this host's memory (emergency mode: the coordinator is unreachable). */
 function createLocalSession(host: HostContext, userName: string, pool: boolean): string {
   const ref = newRef();
   const now = formatDateTime(new Date(host.now()));
+  // A whole row, as the database would hold it (the fields not set here at their defaults).
   host.localSessions.set(ref, {
     uuid: randomUUID(),
     this_host: host.hostRef,
+    this_user: NULL_REF,
     last_active: now,
     validation_time: now,
     pool,
+    other_config: {},
     is_local_superuser: true,
+    subject: NULL_REF,
     auth_user_name: userName,
     auth_user_sid: '',
     rbac_permissions: [],
+    tasks: [],
+    parent: NULL_REF,
     originator: '',
+    client_certificate: false,
   });
   return ref;
 }
@@ -98,16 +109,16 @@ export function register(r: Registry, setPassword: SetPassword): void {
   r.implement('session.login_with_password', loginWithPassword)
     .implement('session.slave_login', slaveLogin)
     .implement('session.slave_local_login', async (call, [secret]) => {
-      if (!call.host.poolSecrets().includes(String(secret))) {
+      if (!call.host.poolSecrets().includes(secret)) {
         await sleep(call.host.authFailureDelayMs);
         throw new XapiError('SESSION_AUTHENTICATION_FAILED', ['', 'Pool credentials invalid']);
       }
       return createLocalSession(call.host, '', true); // xapi: a pool session
     })
     .implement('session.slave_local_login_with_password', async (call, [uname, pwd]) => {
-      if (String(uname) !== 'root' || !(await call.host.verifyLocalPassword('root', String(pwd)))) {
+      if (uname !== 'root' || !(await call.host.verifyLocalPassword('root', pwd))) {
         await sleep(call.host.authFailureDelayMs);
-        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [String(uname), 'Authentication failure']);
+        throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
       }
       return createLocalSession(call.host, 'root', false);
     })
@@ -120,7 +131,7 @@ export function register(r: Registry, setPassword: SetPassword): void {
     .implement('session.change_password', (call, args) => changePassword(call, args, setPassword))
     .implement('session.get_all_subject_identifiers', async (call) => {
       const sids = new Set<string>();
-      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid as string);
+      for (const [, row] of await call.db.all('session')) if (row.auth_user_sid) sids.add(row.auth_user_sid);
       return [...sids];
     })
     .implement('session.logout_subject_identifier', async (call, [sid]) => {
@@ -139,10 +150,10 @@ async function hasUnfinishedTasks(host: HostContext, tasks: string[]): Promise<b
 }
 
 /** The group a session counts against for the limits of the session GC. */
-function gcGroup(row: Row): string {
-  const user = String(row.auth_user_name);
+function gcGroup(row: Row<'session'>): string {
+  const user = row.auth_user_name;
   if (row.pool) return 'internal';
-  if (user === '' || user === 'root') return row.originator === '' ? 'external' : `originator:${String(row.originator)}`;
+  if (user === '' || user === 'root') return row.originator === '' ? 'external' : `originator:${row.originator}`;
   return `user:${user}`;
 }
 
@@ -150,11 +161,11 @@ function gcGroup(row: Row): string {
  * Which sessions of one kind (database or local) a GC pass removes: those idle for a day, then
  * the least recently active above each group's limit.
  */
-function sessionsToCollect(now: number, sessions: { ref: string; row: Row }[]): string[] {
+function sessionsToCollect(now: number, sessions: { ref: string; row: Row<'session'> }[]): string[] {
   const out: string[] = [];
   const groups = new Map<string, { ref: string; last: number }[]>();
   for (const { ref, row } of sessions) {
-    const last = parseDateTime(String(row.last_active))?.getTime() ?? 0;
+    const last = parseDateTime(row.last_active)?.getTime() ?? 0;
     if ((now - last) / 1000 > INACTIVE_SESSION_TIMEOUT_S) {
       out.push(ref);
       continue;
@@ -182,17 +193,17 @@ function sessionsToCollect(now: number, sessions: { ref: string; row: Row }[]): 
 export async function sessionGc(host: HostContext): Promise<void> {
   const now = host.now();
   // Local sessions first: collecting them needs no database write.
-  const local: { ref: string; row: Row }[] = [];
+  const local: { ref: string; row: Row<'session'> }[] = [];
   const pending = new Set<string>();
-  for (const status of ['pending', 'cancelling']) {
-    for (const [, task] of await host.db.find('task', { status })) pending.add(task.session as string);
+  for (const status of ['pending', 'cancelling'] as const) {
+    for (const [, task] of await host.db.find('task', { status })) pending.add(task.session);
   }
   for (const [ref, row] of host.localSessions) if (!pending.has(ref)) local.push({ ref, row });
   for (const ref of sessionsToCollect(now, local)) host.localSessions.delete(ref);
 
-  const disposable: { ref: string; row: Row }[] = [];
+  const disposable: { ref: string; row: Row<'session'> }[] = [];
   for (const [ref, row] of await host.db.all('session')) {
-    if (!(await hasUnfinishedTasks(host, row.tasks as string[]))) disposable.push({ ref, row });
+    if (!(await hasUnfinishedTasks(host, row.tasks))) disposable.push({ ref, row });
   }
   for (const ref of sessionsToCollect(now, disposable)) await host.db.destroy('session', ref);
 }

@@ -7,7 +7,6 @@ import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 import { plugPbd } from './pbd.js';
 
-const s = (v: unknown) => v as string;
 
 export interface SrSpec {
   host: string;
@@ -77,95 +76,95 @@ export async function createSr(storage: Storage, spec: SrSpec): Promise<string> 
 export function register(r: Registry, storage: Storage): void {
   r.implement('SR.create', async (_call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig]) =>
     createSr(storage, {
-      host: s(host),
-      deviceConfig: deviceConfig as Record<string, string>,
-      physicalSize: Number(physicalSize),
-      nameLabel: s(nameLabel),
-      nameDescription: s(nameDescription),
-      type: s(type),
-      contentType: s(contentType),
+      host,
+      deviceConfig,
+      physicalSize,
+      nameLabel,
+      nameDescription,
+      type,
+      contentType,
       shared: shared === true,
-      smConfig: smConfig as Record<string, string>,
+      smConfig,
     }),
   )
     .implement('SR.make', async (call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, smConfig]) => {
       const ref = await createSr(storage, {
-        host: s(host), deviceConfig: deviceConfig as Record<string, string>, physicalSize: Number(physicalSize), nameLabel: s(nameLabel),
-        nameDescription: s(nameDescription), type: s(type), contentType: s(contentType), shared: false, smConfig: smConfig as Record<string, string>,
+        host, deviceConfig, physicalSize, nameLabel,
+        nameDescription, type, contentType, shared: false, smConfig,
       });
-      return s((await call.db.get('SR', ref)).uuid);
+      return (await call.db.get('SR', ref)).uuid;
     })
     .implement('SR.introduce', async (call, [uuid, nameLabel, nameDescription, type, contentType, shared, smConfig]) => {
-      const id = s(uuid) || randomUUID();
+      const id = uuid || randomUUID();
       if (await call.db.refByUuid('SR', id)) throw new XapiError('SR_UUID_EXISTS', [id]);
       const ref = newRef();
       await call.db.create('SR', ref, {
-        uuid: id, name_label: s(nameLabel), name_description: s(nameDescription), type: s(type).toLowerCase(),
-        content_type: s(contentType), shared: shared === true, sm_config: smConfig, other_config: {},
+        uuid: id, name_label: nameLabel, name_description: nameDescription, type: type.toLowerCase(),
+        content_type: contentType, shared: shared === true, sm_config: smConfig, other_config: {},
         physical_size: -1, physical_utilisation: -1, virtual_allocation: 0,
       });
       await storage.updateSrAllowed(ref);
       return ref;
     })
     .implement('SR.probe', async (_call, [host, deviceConfig, type]) => {
-      await storage.host.db.get('host', s(host));
-      const driver = storage.driver(s(type));
+      await storage.host.db.get('host', host);
+      const driver = storage.driver(type);
       if (!('SR_PROBE' in driver.features)) throw new XapiError('SR_BACKEND_FAILURE', ["Operation 'sr_probe' not supported by this SR type", '', '']);
-      return storage.sm('', () => driver.probe(deviceConfig as Record<string, string>));
+      return storage.sm('', () => driver.probe(deviceConfig));
     })
     .implement('SR.probe_ext', async (_call, [, , type]) => {
-      storage.driver(s(type));
+      storage.driver(type);
       throw new XapiError('SR_OPERATION_NOT_SUPPORTED', []);
     })
     .implement('SR.get_supported_types', () => [...storage.drivers.keys()])
-    .implement('SR.scan', (call, [sr]) => storage.withOp(call, { sr: [s(sr), 'scan'] }, () => storage.scan(s(sr))))
-    .implement('SR.update', (call, [sr]) => storage.withOp(call, { sr: [s(sr), 'update'] }, () => storage.updateStats(s(sr))))
+    .implement('SR.scan', (call, [sr]) => storage.withOp(call, { sr: [sr, 'scan'] }, () => storage.scan(sr)))
+    .implement('SR.update', (call, [sr]) => storage.withOp(call, { sr: [sr, 'update'] }, () => storage.updateStats(sr)))
     .implement('SR.forget', (call, [sr]) =>
-      storage.withOp(call, { sr: [s(sr), 'forget'] }, async () => {
-        const row = await call.db.get('SR', s(sr));
-        for (const pbd of row.PBDs as string[]) {
-          if ((await call.db.get('PBD', pbd)).currently_attached === true) throw new XapiError('SR_HAS_PBD', [s(sr)]);
+      storage.withOp(call, { sr: [sr, 'forget'] }, async () => {
+        const row = await call.db.get('SR', sr);
+        for (const pbd of row.PBDs) {
+          if ((await call.db.get('PBD', pbd)).currently_attached === true) throw new XapiError('SR_HAS_PBD', [sr]);
         }
-        await forgetRecords(storage, s(sr));
+        await forgetRecords(storage, sr);
       }),
     )
     .implement('SR.destroy', (call, [sr]) =>
-      storage.withOp(call, { sr: [s(sr), 'destroy'] }, async () => {
-        const row = await call.db.get('SR', s(sr));
-        const pbds = row.PBDs as string[];
-        for (const pbd of pbds) if ((await call.db.get('PBD', pbd)).currently_attached === true) throw new XapiError('SR_HAS_PBD', [s(sr)]);
-        if ((row.other_config as Record<string, string>).indestructible === 'true') throw new XapiError('SR_INDESTRUCTIBLE', [s(sr)]);
-        if (pbds.length === 0) throw new XapiError('SR_HAS_NO_PBDS', [s(sr)]);
-        for (const v of row.VDIs as string[]) {
+      storage.withOp(call, { sr: [sr, 'destroy'] }, async () => {
+        const row = await call.db.get('SR', sr);
+        const pbds = row.PBDs;
+        for (const pbd of pbds) if ((await call.db.get('PBD', pbd)).currently_attached === true) throw new XapiError('SR_HAS_PBD', [sr]);
+        if (row.other_config.indestructible === 'true') throw new XapiError('SR_INDESTRUCTIBLE', [sr]);
+        if (pbds.length === 0) throw new XapiError('SR_HAS_NO_PBDS', [sr]);
+        for (const v of row.VDIs) {
           const vdi = await call.db.tryGet('VDI', v);
           if (vdi && vdi.managed === true && vdi.type !== 'rrd') throw new XapiError('SR_NOT_EMPTY', []);
         }
-        const { driver, ctx } = await storage.context(s(sr), { plugged: false });
-        await storage.sm(s(sr), () => driver.delete(ctx));
-        await forgetRecords(storage, s(sr));
+        const { driver, ctx } = await storage.context(sr, { plugged: false });
+        await storage.sm(sr, () => driver.delete(ctx));
+        await forgetRecords(storage, sr);
       }),
     )
     .implement('SR.set_shared', async (call, [sr, value]) => {
-      const row = await call.db.get('SR', s(sr));
-      if (value !== true && (row.PBDs as string[]).length > 1) throw new XapiError('SR_HAS_MULTIPLE_PBDS', row.PBDs as string[]);
-      await call.db.update('SR', s(sr), { shared: value === true });
+      const row = await call.db.get('SR', sr);
+      if (value !== true && row.PBDs.length > 1) throw new XapiError('SR_HAS_MULTIPLE_PBDS', row.PBDs);
+      await call.db.update('SR', sr, { shared: value === true });
     })
-    .implement('SR.set_name_label', (call, [sr, v]) => call.db.update('SR', s(sr), { name_label: s(v) }))
-    .implement('SR.set_name_description', (call, [sr, v]) => call.db.update('SR', s(sr), { name_description: s(v) }))
-    .implement('SR.set_physical_size', (call, [sr, v]) => call.db.update('SR', s(sr), { physical_size: Number(v) }))
-    .implement('SR.set_physical_utilisation', (call, [sr, v]) => call.db.update('SR', s(sr), { physical_utilisation: Number(v) }))
-    .implement('SR.set_virtual_allocation', (call, [sr, v]) => call.db.update('SR', s(sr), { virtual_allocation: Number(v) }));
+    .implement('SR.set_name_label', (call, [sr, v]) => call.db.update('SR', sr, { name_label: v }))
+    .implement('SR.set_name_description', (call, [sr, v]) => call.db.update('SR', sr, { name_description: v }))
+    .implement('SR.set_physical_size', (call, [sr, v]) => call.db.update('SR', sr, { physical_size: v }))
+    .implement('SR.set_physical_utilisation', (call, [sr, v]) => call.db.update('SR', sr, { physical_utilisation: v }))
+    .implement('SR.set_virtual_allocation', (call, [sr, v]) => call.db.update('SR', sr, { virtual_allocation: v }));
 }
 
 /** Drops an SR's records: its VDIs (and what points at them), its PBDs, the SR. */
 async function forgetRecords(storage: Storage, srRef: string): Promise<void> {
   const db = storage.host.db;
   const row = await db.get('SR', srRef);
-  for (const v of row.VDIs as string[]) await storage.destroyVdiRecord(v);
-  for (const pbd of row.PBDs as string[]) if (await db.tryGet('PBD', pbd)) await db.destroy('PBD', pbd);
+  for (const v of row.VDIs) await storage.destroyVdiRecord(v);
+  for (const pbd of row.PBDs) if (await db.tryGet('PBD', pbd)) await db.destroy('PBD', pbd);
   for (const [pool, p] of await db.all('pool')) {
-    const clear: Record<string, string> = {};
-    for (const f of ['default_SR', 'suspend_image_SR', 'crash_dump_SR']) if (p[f] === srRef) clear[f] = 'OpaqueRef:NULL';
+    const clear: Partial<Record<'default_SR' | 'suspend_image_SR' | 'crash_dump_SR', string>> = {};
+    for (const f of ['default_SR', 'suspend_image_SR', 'crash_dump_SR'] as const) if (p[f] === srRef) clear[f] = 'OpaqueRef:NULL';
     if (Object.keys(clear).length) await db.update('pool', pool, clear);
   }
   await db.destroy('SR', srRef);

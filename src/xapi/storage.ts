@@ -7,30 +7,30 @@ import { randomUUID } from 'node:crypto';
 import type { Call, HostContext } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
-import type { Row } from '../db/interface.js';
+import { untyped, type Row } from '../db/interface.js';
+import type { storage_operations, vdi_operations, VDI_record } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
 import { makeDrivers } from '../storage/drivers.js';
 import { untilStored } from '../db/until-stored.js';
 
-const s = (v: unknown) => v as string;
 
 /** SR operation -> the capability it needs (xapi_sr_operations.ml sm_cap_table). */
-const SR_CAP: Record<string, string> = {
+const SR_CAP: Partial<Record<storage_operations, string>> = {
   vdi_create: 'VDI_CREATE', vdi_destroy: 'VDI_DELETE', vdi_resize: 'VDI_RESIZE', vdi_introduce: 'VDI_INTRODUCE',
   vdi_mirror: 'VDI_MIRROR', vdi_enable_cbt: 'VDI_CONFIG_CBT', vdi_disable_cbt: 'VDI_CONFIG_CBT',
   vdi_data_destroy: 'VDI_CONFIG_CBT', vdi_list_changed_blocks: 'VDI_CONFIG_CBT', vdi_set_on_boot: 'VDI_RESET_ON_BOOT',
   vdi_snapshot: 'VDI_SNAPSHOT', update: 'SR_UPDATE', destroy: 'SR_DELETE', scan: 'SR_SCAN', forget: '',
 };
 /** VDI operation -> capability (xapi_vdi.ml feature_of_op). */
-const VDI_CAP: Record<string, string> = {
+const VDI_CAP: Partial<Record<vdi_operations, string>> = {
   resize: 'VDI_RESIZE', resize_online: 'VDI_RESIZE_ONLINE', snapshot: 'VDI_SNAPSHOT', clone: 'VDI_CLONE',
   destroy: 'VDI_DELETE', update: 'VDI_UPDATE', mirror: 'VDI_MIRROR', generate_config: 'VDI_GENERATE_CONFIG',
   enable_cbt: 'VDI_CONFIG_CBT', disable_cbt: 'VDI_CONFIG_CBT', data_destroy: 'VDI_CONFIG_CBT',
   list_changed_blocks: 'VDI_CONFIG_CBT', set_on_boot: 'VDI_RESET_ON_BOOT',
 };
 /** VDI operations allowed while a VBD has it attached (xapi_vdi.ml). */
-const LIVE_OK = new Set(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy', 'update', 'generate_config', 'force_unlock', 'forget', 'list_changed_blocks']);
+const LIVE_OK = new Set<vdi_operations>(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy', 'update', 'generate_config', 'force_unlock', 'forget', 'list_changed_blocks']);
 /** Capabilities that real drivers have implicitly (all SRs scan/attach; ext/nfs have SR_DELETE via sr_delete). */
 const IMPLICIT_CAPS = new Set(['SR_SCAN', 'SR_DELETE']);
 
@@ -42,6 +42,8 @@ export class Storage {
   private readonly waiters = new Map<string, Array<() => void>>();
   private readonly gcTimers = new Map<string, NodeJS.Timeout>();
   private readonly gcRunning = new Map<string, Promise<void>>();
+  /** VDIs open for writing on the data path (import, copy target), by ref: how many handles. */
+  private readonly writers = new Map<string, number>();
   private closed = false;
 
   constructor(readonly host: HostContext) {
@@ -55,24 +57,24 @@ export class Storage {
   }
 
   async poolUuid(): Promise<string> {
-    return s((await this.host.db.get('pool', this.host.poolRef)).uuid);
+    return (await this.host.db.get('pool', this.host.poolRef)).uuid;
   }
 
   /** This host's PBD for an SR (Sm.get_my_pbd_for_sr): SR_HAS_NO_PBDS if there is none. */
-  async myPbd(srRef: string): Promise<[string, Row]> {
+  async myPbd(srRef: string): Promise<[string, Row<'PBD'>]> {
     const pbds = await this.host.db.find('PBD', { SR: srRef, host: this.host.hostRef });
     if (pbds.length === 0) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
     return pbds[0]!;
   }
 
   /** The SR as a driver call sees it, through this host's PBD. `plugged` asserts the PBD is attached. */
-  async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row; driver: SmDriver; ctx: SrContext }> {
+  async context(srRef: string, opts: { plugged?: boolean } = {}): Promise<{ sr: Row<'SR'>; driver: SmDriver; ctx: SrContext }> {
     const sr = await this.host.db.get('SR', srRef);
-    const driver = this.driver(s(sr.type));
+    const driver = this.driver(sr.type);
     const [, pbd] = await this.myPbd(srRef);
     if (opts.plugged !== false && pbd.currently_attached !== true) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
-    const deviceConfig = { ...(pbd.device_config as Record<string, string>), SRmaster: 'true' };
-    return { sr, driver, ctx: { uuid: s(sr.uuid), deviceConfig, poolUuid: await this.poolUuid() } };
+    const deviceConfig = { ...pbd.device_config, SRmaster: 'true' };
+    return { sr, driver, ctx: { uuid: sr.uuid, deviceConfig, poolUuid: await this.poolUuid() } };
   }
 
   /** Storage_utils.transform_storage_exn: SM failures as the XenAPI errors xapi raises. */
@@ -80,7 +82,9 @@ export class Storage {
     if (e instanceof XapiError) return e;
     if (!(e instanceof SmError)) {
       const msg = e instanceof Error ? e.message : String(e);
-      return new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+      const err = new XapiError('SR_BACKEND_FAILURE', ['', msg, '']);
+      err.cause = e; // the driver's own failure and its stack, for whoever logs this
+      return err;
     }
     switch (e.code) {
       case 'VDI_MISSING':
@@ -124,18 +128,18 @@ export class Storage {
     }
   }
 
-  hasCap(sr: Row, cap: string): boolean {
+  hasCap(sr: Row<'SR'>, cap: string): boolean {
     if (cap === '' || IMPLICIT_CAPS.has(cap)) return true;
-    const d = this.drivers.get(s(sr.type));
+    const d = this.drivers.get(sr.type);
     if (!d) return false;
     if (cap === 'VDI_MIRROR_IN') cap = 'VDI_MIRROR';
     return cap in d.features;
   }
 
   /** Why an SR operation may not start now (xapi_sr_operations.ml), or undefined. */
-  private srOpError(srRef: string, sr: Row, op: string): XapiError | undefined {
+  private srOpError(srRef: string, sr: Row<'SR'>, op: storage_operations): XapiError | undefined {
     if (!this.hasCap(sr, SR_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [srRef]);
-    const current = Object.entries(sr.current_operations as Record<string, string>);
+    const current = Object.entries(sr.current_operations);
     if (current.length > 0 && op !== 'plug') {
       const [task, what] = current.sort((a, b) => a[1].localeCompare(b[1]))[0]!;
       return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['SR', srRef, what, task]);
@@ -148,21 +152,21 @@ export class Storage {
   }
 
   /** Why a VDI operation may not start now (xapi_vdi.ml check_operation_error), or undefined. */
-  async vdiOpError(vdiRef: string, vdi: Row, op: string): Promise<XapiError | undefined> {
+  async vdiOpError(vdiRef: string, vdi: Row<'VDI'>, op: vdi_operations): Promise<XapiError | undefined> {
     const db = this.host.db;
-    const current = Object.entries(vdi.current_operations as Record<string, string>).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
+    const current = Object.entries(vdi.current_operations).filter(([, o]) => !(o === 'mirror' && op === 'destroy'));
     const blocking = current.filter(([, o]) => o !== 'copy' || op !== 'copy');
     if (blocking.length > 0) return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VDI', vdiRef, blocking[0]![1], blocking[0]![0]]);
-    const sr = await db.get('SR', s(vdi.SR));
-    if (!this.hasCap(sr, VDI_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [s(vdi.SR)]);
+    const sr = await db.get('SR', vdi.SR);
+    if (!this.hasCap(sr, VDI_CAP[op] ?? '')) return new XapiError('SR_OPERATION_NOT_SUPPORTED', [vdi.SR]);
     if (!LIVE_OK.has(op)) {
-      for (const vbdRef of vdi.VBDs as string[]) {
+      for (const vbdRef of vdi.VBDs) {
         const vbd = await db.tryGet('VBD', vbdRef);
         if (!vbd) continue;
-        const attached = vbd.currently_attached === true || vbd.reserved === true;
+        const attached = vbd.currently_attached === true;
         if (attached && !(op === 'copy' && vbd.mode === 'RO')) return new XapiError('VDI_IN_USE', [vdiRef, op]);
-        if (Object.keys(vbd.current_operations as object).length > 0) {
-          const [task, what] = Object.entries(vbd.current_operations as Record<string, string>)[0]!;
+        if (Object.keys(vbd.current_operations).length > 0) {
+          const [task, what] = Object.entries(vbd.current_operations)[0]!;
           return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VBD', vbdRef, what, task]);
         }
       }
@@ -176,7 +180,7 @@ export class Storage {
    * operation holds them the call waits (xapi retries OTHER_OPERATION_IN_PROGRESS, woken early
    * when the object frees) and can be cancelled meanwhile; other refusals are raised at once.
    */
-  async withOp<T>(call: Call, target: { sr?: [string, string]; vdi?: [string, string] }, fn: () => Promise<T>): Promise<T> {
+  async withOp<T>(call: Call, target: { sr?: [string, storage_operations]; vdi?: [string, vdi_operations] }, fn: () => Promise<T>): Promise<T> {
     const db = this.host.db;
     for (;;) {
       await call.checkCancelled();
@@ -200,13 +204,15 @@ export class Storage {
     }
   }
 
-  private async mark(cls: 'SR' | 'VDI', ref: string, task: string, op: string | undefined): Promise<void> {
-    const row = await this.host.db.tryGet(cls, ref);
+  private async mark(cls: 'SR' | 'VDI', ref: string, task: string, op: storage_operations | vdi_operations | undefined): Promise<void> {
+    // Either class: the same field, written through the database's by-name face.
+    const db = untyped(this.host.db);
+    const row = await db.tryGet(cls, ref);
     if (!row) return this.wake(ref);
     const ops = { ...(row.current_operations as Record<string, string>) };
     if (op) ops[task] = op;
     else delete ops[task];
-    await this.host.db.update(cls, ref, { current_operations: ops });
+    await db.update(cls, ref, { current_operations: ops });
     if (cls === 'SR') await this.updateSrAllowed(ref);
     else await this.updateVdiAllowed(ref);
     if (!op) this.wake(ref);
@@ -234,7 +240,7 @@ export class Storage {
   async updateSrAllowed(srRef: string): Promise<void> {
     const sr = await this.host.db.tryGet('SR', srRef);
     if (!sr) return;
-    const ops = this.host.schema.enums.storage_operations ?? [];
+    const ops = this.host.schema.enumValues('storage_operations');
     const allowed = ops.filter((op) => !this.srOpError(srRef, sr, op));
     await this.host.db.update('SR', srRef, { allowed_operations: allowed });
   }
@@ -242,22 +248,22 @@ export class Storage {
   async updateVdiAllowed(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
     if (!vdi) return;
-    const ops = (this.host.schema.enums.vdi_operations ?? []).filter((o) => o !== 'blocked');
-    const allowed: string[] = [];
+    const ops = this.host.schema.enumValues('vdi_operations').filter((o) => o !== 'blocked');
+    const allowed: vdi_operations[] = [];
     for (const op of ops) if (!(await this.vdiOpError(vdiRef, vdi, op))) allowed.push(op);
     await this.host.db.update('VDI', vdiRef, { allowed_operations: allowed });
   }
 
   /** A VDI record for what a driver reported (xapi fills the rest from the call). */
-  async createVdi(srRef: string, info: VdiInfo, fields: Record<string, unknown>): Promise<string> {
+  async createVdi(srRef: string, info: VdiInfo, fields: Partial<VDI_record>): Promise<string> {
     // A background scan (after a GC run) may have met the new node first and made its record:
     // take that one over rather than make a second record for one location.
     const [found] = await this.host.db.find('VDI', { SR: srRef, location: info.location });
     const ref = found?.[0] ?? newRef();
-    const smConfig: Record<string, string> = { ...((fields.sm_config as Record<string, string>) ?? {}), vdi_type: info.vdiType };
+    const smConfig: Record<string, string> = { ...(fields.sm_config ?? {}), vdi_type: info.vdiType };
     if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
     else delete smConfig['vhd-parent'];
-    const row = {
+    const row: Partial<VDI_record> = {
       type: 'user',
       sharable: false,
       other_config: {},
@@ -285,7 +291,7 @@ export class Storage {
   /** Writes what the driver says now about a VDI (size, usage, parent) into its record. */
   async refreshVdi(vdiRef: string, info: VdiInfo): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const smConfig: Record<string, string> = { ...(vdi.sm_config as Record<string, string>), vdi_type: info.vdiType };
+    const smConfig: Record<string, string> = { ...vdi.sm_config, vdi_type: info.vdiType };
     if (info.vhdParent) smConfig['vhd-parent'] = info.vhdParent;
     else delete smConfig['vhd-parent'];
     await this.host.db.update('VDI', vdiRef, {
@@ -298,8 +304,8 @@ export class Storage {
   /** VDI.update's work: what the driver says about the VDI now, written into its record. */
   async updateVdi(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    await this.refreshVdi(vdiRef, await this.sm(s(vdi.SR), () => driver.vdiStat(ctx, s(vdi.location)), vdiRef));
+    const { driver, ctx } = await this.context(vdi.SR);
+    await this.refreshVdi(vdiRef, await this.sm(vdi.SR, () => driver.vdiStat(ctx, vdi.location), vdiRef));
   }
 
   /** SR.update / the end of a scan: physical_size and physical_utilisation from the driver. */
@@ -307,9 +313,9 @@ export class Storage {
     const { driver, ctx } = await this.context(srRef);
     const st = await this.sm(srRef, () => driver.stat(ctx));
     let allocation = 0;
-    for (const ref of (await this.host.db.get('SR', srRef)).VDIs as string[]) {
+    for (const ref of (await this.host.db.get('SR', srRef)).VDIs) {
       const v = await this.host.db.tryGet('VDI', ref);
-      if (v) allocation += Number(v.virtual_size);
+      if (v) allocation += v.virtual_size;
     }
     await this.host.db.update('SR', srRef, { physical_size: st.physicalSize, physical_utilisation: st.physicalUtilisation, virtual_allocation: allocation });
   }
@@ -323,14 +329,14 @@ export class Storage {
     const found = await this.sm(srRef, () => driver.scan(ctx));
     const db = this.host.db;
     const byLocation = new Map(found.map((v) => [v.location, v]));
-    for (const ref of (await db.get('SR', srRef)).VDIs as string[]) {
+    for (const ref of (await db.get('SR', srRef)).VDIs) {
       const vdi = await db.tryGet('VDI', ref);
       if (!vdi) continue;
-      const info = byLocation.get(s(vdi.location));
+      const info = byLocation.get(vdi.location);
       if (info) {
-        byLocation.delete(s(vdi.location));
+        byLocation.delete(vdi.location);
         await this.refreshVdi(ref, info);
-      } else if (Object.keys(vdi.current_operations as object).length === 0) {
+      } else if (Object.keys(vdi.current_operations).length === 0) {
         await this.destroyVdiRecord(ref);
       }
     }
@@ -339,7 +345,7 @@ export class Storage {
     }
     await this.updateStats(srRef);
     const sr = await db.get('SR', srRef);
-    const other = { ...(sr.other_config as Record<string, string>) };
+    const other = { ...sr.other_config };
     if ('dirty' in other) {
       delete other.dirty;
       await db.update('SR', srRef, { other_config: other });
@@ -351,18 +357,62 @@ export class Storage {
     const db = this.host.db;
     const vdi = await db.tryGet('VDI', vdiRef);
     if (!vdi) return;
-    for (const vbd of vdi.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+    for (const vbd of vdi.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
     for (const [vm] of await db.find('VM', { suspend_VDI: vdiRef })) await db.update('VM', vm, { suspend_VDI: NULL_REF });
     await db.destroy('VDI', vdiRef);
   }
 
-  /** Is this VDI in use by a running domain (attached or reserved VBD)? */
+  /** A VDI is open for writing until `release` (the GC leaves its chain alone meanwhile). */
+  claimWriter(vdiRef: string): () => void {
+    this.writers.set(vdiRef, (this.writers.get(vdiRef) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.writers.get(vdiRef) ?? 1) - 1;
+      if (n > 0) this.writers.set(vdiRef, n);
+      else this.writers.delete(vdiRef);
+    };
+  }
+
+  /**
+   * The locations of an SR's VDIs that something uses right now, which the GC must not
+   * re-parent or replace: attached to a domain, written on the data path, under an operation of
+   * their own (copy, set_on_boot, resize...) or of a VM of theirs (a start attaching them, a
+   * clone or export reading them), or reset at each boot (merging a run's writes into the
+   * parent would make them persist). The GC asks under the SR lock before every step.
+   */
+  async inUse(srRef: string): Promise<Set<string>> {
+    const db = this.host.db;
+    const used = new Set<string>();
+    const sr = await db.tryGet('SR', srRef);
+    for (const ref of sr?.VDIs ?? []) {
+      const vdi = await db.tryGet('VDI', ref);
+      if (!vdi) continue;
+      const busy = vdi.on_boot === 'reset' || Object.keys(vdi.current_operations).length > 0 || this.writers.has(ref) || (await this.usedByVm(vdi));
+      if (busy) used.add(vdi.location);
+    }
+    return used;
+  }
+
+  private async usedByVm(vdi: Row<'VDI'>): Promise<boolean> {
+    for (const vbdRef of vdi.VBDs) {
+      const vbd = await this.host.db.tryGet('VBD', vbdRef);
+      if (!vbd) continue;
+      if (vbd.currently_attached === true) return true;
+      const vm = await this.host.db.tryGet('VM', vbd.VM);
+      if (vm && Object.keys(vm.current_operations).length > 0) return true;
+    }
+    return false;
+  }
+
+  /** Is this VDI in use by a running domain (an attached VBD)? */
   async isActive(vdiRef: string): Promise<boolean> {
     const vdi = await this.host.db.tryGet('VDI', vdiRef);
     if (!vdi) return false;
-    for (const vbd of vdi.VBDs as string[]) {
+    for (const vbd of vdi.VBDs) {
       const row = await this.host.db.tryGet('VBD', vbd);
-      if (row && (row.currently_attached === true || row.reserved === true)) return true;
+      if (row && row.currently_attached === true) return true;
     }
     return false;
   }
@@ -374,7 +424,7 @@ export class Storage {
   async clearStaleOperations(): Promise<void> {
     for (const cls of ['SR', 'VDI'] as const) {
       for (const [ref, row] of await this.host.db.all(cls)) {
-        if (Object.keys(row.current_operations as object).length === 0) continue;
+        if (Object.keys(row.current_operations).length === 0) continue;
         await this.host.db.update(cls, ref, { current_operations: {} });
         if (cls === 'SR') await this.updateSrAllowed(ref);
         else await this.updateVdiAllowed(ref);
@@ -390,19 +440,19 @@ export class Storage {
   async sweepUnfinishedImports(cancelled: Set<string>): Promise<void> {
     const db = this.host.db;
     for (const [ref, vm] of await db.all('VM')) {
-      if (!cancelled.has((vm.other_config as Record<string, string>).import_task ?? '')) continue;
-      for (const vbd of vm.VBDs as string[]) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
-      for (const vif of vm.VIFs as string[]) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
-      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', s(vm.metrics)))) await db.destroy('VM_metrics', s(vm.metrics));
+      if (!cancelled.has(vm.other_config.import_task ?? '')) continue;
+      for (const vbd of vm.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+      for (const vif of vm.VIFs) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
+      if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) await db.destroy('VM_metrics', vm.metrics);
       await db.destroy('VM', ref);
       this.host.log.warn({ vm: ref }, 'removed a VM whose import did not finish');
     }
     for (const [ref, vdi] of await db.all('VDI')) {
-      if (!cancelled.has((vdi.sm_config as Record<string, string>).import_task ?? '')) continue;
+      if (!cancelled.has(vdi.sm_config.import_task ?? '')) continue;
       try {
-        const { driver, ctx } = await this.context(s(vdi.SR));
-        await driver.vdiDelete(ctx, s(vdi.location));
-        this.kickGc(s(vdi.SR));
+        const { driver, ctx } = await this.context(vdi.SR);
+        await driver.vdiDelete(ctx, vdi.location);
+        this.kickGc(vdi.SR);
       } catch (e) {
         this.host.log.warn({ err: e, vdi: ref }, 'the data of an unfinished import could not be deleted');
       }
@@ -423,6 +473,17 @@ export class Storage {
     this.gcTimers.set(srRef, t);
   }
 
+  /** Runs a kicked GC now instead of after its delay, and waits until the SR's GC runs are done. */
+  async settleGc(srRef: string): Promise<void> {
+    const pending = this.gcTimers.get(srRef);
+    if (pending) {
+      clearTimeout(pending);
+      this.gcTimers.delete(srRef);
+      await this.runGc(srRef);
+    }
+    await this.gcRunning.get(srRef);
+  }
+
   /** One GC run of an SR (serialised per SR); then a scan so records show the new tree. */
   async runGc(srRef: string): Promise<void> {
     const prev = this.gcRunning.get(srRef) ?? Promise.resolve();
@@ -432,13 +493,8 @@ export class Storage {
       if (!sr) return;
       const { driver, ctx } = await this.context(srRef).catch(() => ({ driver: undefined, ctx: undefined }));
       if (!driver?.gc || !ctx) return;
-      const active = new Set<string>();
-      for (const ref of sr.VDIs as string[]) {
-        const v = await this.host.db.tryGet('VDI', ref);
-        // a reset-on-boot leaf must keep its parent: merging would make its writes persist
-        if (v && (v.on_boot === 'reset' || (await this.isActive(ref)))) active.add(s(v.location));
-      }
-      const { changed } = await driver.gc(ctx, { isActive: (loc) => active.has(loc) });
+      // Asked afresh at every step: a VM may start, or a copy begin, while the GC runs.
+      const { changed } = await driver.gc(ctx, { inUse: () => this.inUse(srRef) });
       if (changed) {
         await this.scan(srRef);
         await this.host.db.commit();
@@ -452,16 +508,16 @@ export class Storage {
   async resetOnBoot(vdiRef: string): Promise<void> {
     const vdi = await this.host.db.get('VDI', vdiRef);
     if (vdi.on_boot !== 'reset') return;
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    await this.sm(s(vdi.SR), async () => driver.vdiReset?.(ctx, s(vdi.location)), vdiRef);
+    const { driver, ctx } = await this.context(vdi.SR);
+    await this.sm(vdi.SR, async () => driver.vdiReset?.(ctx, vdi.location), vdiRef);
     await this.updateVdi(vdiRef);
   }
 
   /** The file a domain uses for a VDI (vdi_attach on this host). */
   async attachPath(vdiRef: string, writable: boolean): Promise<string> {
     const vdi = await this.host.db.get('VDI', vdiRef);
-    const { driver, ctx } = await this.context(s(vdi.SR));
-    const r = await this.sm(s(vdi.SR), () => driver.vdiAttach(ctx, s(vdi.location), writable), vdiRef);
+    const { driver, ctx } = await this.context(vdi.SR);
+    const r = await this.sm(vdi.SR, () => driver.vdiAttach(ctx, vdi.location, writable), vdiRef);
     return r.path;
   }
 

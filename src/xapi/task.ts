@@ -3,12 +3,13 @@
 import { checkPermission } from '../api/rbac.js';
 import type { Call, Registry } from '../api/context.js';
 import type { TaskManager } from '../api/tasks.js';
+import { untyped } from '../db/interface.js';
 
 /** xapi's "own task": created by a session of the same user. */
 async function assertOwn(call: Call, task: string): Promise<void> {
   const s = call.session!;
   if (s.row.is_local_superuser === true) return;
-  const owner = await call.db.tryGet('session', (await call.db.get('task', task)).session as string);
+  const owner = await call.db.tryGet('session', (await call.db.get('task', task)).session);
   if (owner && owner.auth_user_sid === s.row.auth_user_sid) return;
   const any = call.host.schema.extraPermissions.find((p) => p.name === 'task.destroy/any');
   checkPermission(call.host, s, 'task.destroy/any', any?.roles ?? []);
@@ -16,30 +17,31 @@ async function assertOwn(call: Call, task: string): Promise<void> {
 
 export function register(r: Registry, tasks: TaskManager): void {
   r.implement('task.create', (call, [label, description]) =>
-    tasks.create(call.session, String(label), false, String(description)),
+    tasks.create(call.session, label, false, description),
   )
     .implement('task.destroy', async (call, [self]) => {
-      const ref = self as string;
+      const ref = self;
       const row = await call.db.get('task', ref);
       await assertOwn(call, ref);
       if (row.status === 'pending' || row.status === 'cancelling') {
         // Still running: marked, and the GC removes it once it completes.
         await call.db.update('task', ref, {
-          current_operations: { ...(row.current_operations as object), [call.task]: 'destroy' },
+          current_operations: { ...row.current_operations, [call.task]: 'destroy' },
         });
       } else {
         await tasks.forget(ref);
       }
     })
     .implement('task.cancel', async (call, [task]) => {
-      await assertOwn(call, task as string);
-      await tasks.requestCancel(task as string, call.task);
+      await assertOwn(call, task);
+      await tasks.requestCancel(task, call.task);
     });
-  for (const field of ['status', 'progress', 'result', 'error_info', 'resident_on']) {
+  for (const field of ['status', 'progress', 'result', 'error_info'] as const) {
     r.implement(`task.set_${field}`, async (call, [self, value]) => {
-      await call.db.get('task', self as string);
-      await assertOwn(call, self as string);
-      await call.db.update('task', self as string, { [field]: value });
+      await call.db.get('task', self);
+      await assertOwn(call, self);
+      // value is the field's own type: each message sets the field it is named after
+      await untyped(call.db).update('task', self, { [field]: value });
     });
   }
 }

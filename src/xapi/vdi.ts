@@ -1,27 +1,18 @@
 // VDI.* explicit messages (xapi's xapi_vdi.ml, storage_smapiv1.ml): create, destroy, resize,
 // snapshot and clone through the SR's driver, copy (block-wise, delta with a base), introduce,
 // forget, update, and the setters. Every driver call runs under the SR/VDI operation marks.
-import type { Call, Registry } from '../api/context.js';
+import type { Call, MessageImpl, Registry } from '../api/context.js';
+import type { Messages, VDI_record } from '../schema/generated.js';
 import { XapiError } from '../api/errors.js';
 import { formatDateTime, NULL_REF } from '../schema/types.js';
 import { copyDisk } from '../storage/copy.js';
 import type { OpenDisk } from '../storage/driver.js';
 import type { Storage } from './storage.js';
 
-const s = (v: unknown) => v as string;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-export interface VdiFields {
-  name_label?: string;
-  name_description?: string;
-  type?: string;
-  sharable?: boolean;
-  read_only?: boolean;
-  other_config?: Record<string, string>;
-  xenstore_data?: Record<string, string>;
-  sm_config?: Record<string, string>;
-  tags?: string[];
-}
+/** The fields a new VDI takes from its creator (VDI.create passes the client's record on). */
+export type VdiFields = Partial<VDI_record>;
 
 /** VDI.create's work, for the API and for xapi's own disks (provision, import, suspend images). */
 export async function createVdi(storage: Storage, call: Call, srRef: string, size: number, fields: VdiFields): Promise<string> {
@@ -38,11 +29,11 @@ export async function createVdi(storage: Storage, call: Call, srRef: string, siz
 /** VDI.destroy's work: the driver hides or removes the data, the record goes, the GC is kicked. */
 export async function destroyVdi(storage: Storage, call: Call, vdiRef: string): Promise<void> {
   const vdi = await call.db.get('VDI', vdiRef);
-  const srRef = s(vdi.SR);
+  const srRef = vdi.SR;
   if (vdi.type === 'rrd') throw new XapiError('VDI_HAS_RRDS', [vdiRef]);
   await storage.withOp(call, { sr: [srRef, 'vdi_destroy'], vdi: [vdiRef, 'destroy'] }, async () => {
     const { driver, ctx } = await storage.context(srRef);
-    await storage.sm(srRef, () => driver.vdiDelete(ctx, s(vdi.location)), vdiRef);
+    await storage.sm(srRef, () => driver.vdiDelete(ctx, vdi.location), vdiRef);
     await storage.destroyVdiRecord(vdiRef);
   });
   await storage.updateStats(srRef).catch(() => undefined);
@@ -56,15 +47,15 @@ export async function destroyVdi(storage: Storage, call: Call, vdiRef: string): 
  */
 export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, kind: 'snapshot' | 'clone'): Promise<string> {
   const vdi = await call.db.get('VDI', vdiRef);
-  const srRef = s(vdi.SR);
+  const srRef = vdi.SR;
   if (kind === 'snapshot' && vdi.sharable === true) throw new XapiError('VDI_IS_SHARABLE', [vdiRef]);
   if (kind === 'snapshot' && vdi.on_boot === 'reset') throw new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
   const srOp = kind === 'snapshot' ? 'vdi_snapshot' : 'vdi_clone';
   return storage.withOp(call, { sr: [srRef, srOp], vdi: [vdiRef, kind] }, async () => {
     const { driver, ctx } = await storage.context(srRef);
-    const info = await storage.sm(srRef, () => driver.vdiSnapshot(ctx, s(vdi.location), kind), vdiRef);
+    const info = await storage.sm(srRef, () => driver.vdiSnapshot(ctx, vdi.location, kind), vdiRef);
     const smConfig: Record<string, string> = {};
-    const base = (vdi.sm_config as Record<string, string>).base_mirror;
+    const base = vdi.sm_config.base_mirror;
     if (base !== undefined) smConfig.base_mirror = base;
     const ref = await storage.createVdi(srRef, info, {
       name_label: vdi.name_label,
@@ -92,8 +83,17 @@ export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, 
  */
 export async function openVdi(storage: Storage, vdiRef: string, readOnly: boolean, opts: { deferSync?: boolean } = {}): Promise<OpenDisk> {
   const vdi = await storage.host.db.get('VDI', vdiRef);
-  const { driver, ctx } = await storage.context(s(vdi.SR));
-  return storage.sm(s(vdi.SR), () => driver.vdiOpen(ctx, s(vdi.location), { readOnly, deferSync: opts.deferSync }), vdiRef);
+  const { driver, ctx } = await storage.context(vdi.SR);
+  if (readOnly) return storage.sm(vdi.SR, () => driver.vdiOpen(ctx, vdi.location, { readOnly, deferSync: opts.deferSync }), vdiRef);
+  // Claimed before the open: a GC step that has not started yet will leave this leaf alone.
+  const release = storage.claimWriter(vdiRef);
+  try {
+    const disk = await storage.sm(vdi.SR, () => driver.vdiOpen(ctx, vdi.location, { readOnly, deferSync: opts.deferSync }), vdiRef);
+    return { ...disk, close: () => disk.close().finally(release) };
+  } catch (e) {
+    release();
+    throw e;
+  }
 }
 
 /**
@@ -109,24 +109,24 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
     let made = false;
     if (dst === NULL_REF || !dst) {
       await db.get('SR', srRef);
-      dst = await createVdi(storage, call, srRef, Number(src.virtual_size), {
-        name_label: s(src.name_label),
-        name_description: s(src.name_description),
-        type: s(src.type),
+      dst = await createVdi(storage, call, srRef, src.virtual_size, {
+        name_label: src.name_label,
+        name_description: src.name_description,
+        type: src.type,
         sharable: src.sharable === true,
         read_only: false,
-        other_config: src.other_config as Record<string, string>,
-        xenstore_data: src.xenstore_data as Record<string, string>,
+        other_config: src.other_config,
+        xenstore_data: src.xenstore_data,
         // marked like an import's target: a restart after a crash mid-copy removes it
         sm_config: { import_task: call.task },
-        tags: src.tags as string[],
+        tags: src.tags,
       });
       if (src.on_boot === 'reset') await db.update('VDI', dst, { on_boot: 'reset' });
       made = true;
     } else {
       const into = await db.get('VDI', dst);
       if (into.read_only === true) throw new XapiError('VDI_READONLY', [dst]);
-      if (Number(into.virtual_size) < Number(src.virtual_size)) throw new XapiError('VDI_TOO_SMALL', [dst, String(src.virtual_size)]);
+      if (into.virtual_size < src.virtual_size) throw new XapiError('VDI_TOO_SMALL', [dst, String(src.virtual_size)]);
     }
     try {
       const from = await openVdi(storage, vdiRef, true);
@@ -152,59 +152,61 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
       throw e;
     }
     await storage.updateVdi(dst);
-    await storage.updateStats(s((await db.get('VDI', dst)).SR));
+    await storage.updateStats((await db.get('VDI', dst)).SR);
     return dst;
   });
 }
 
-const introduceArgs = (a: unknown[]) => {
+/** VDI.introduce's parameters, and db_introduce's, which add cbt_enabled. */
+type IntroduceParams = [...Messages['VDI.introduce']['params'], cbt_enabled?: boolean];
+
+const introduceArgs = (a: IntroduceParams) => {
   const [uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled] = a;
   return { uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled };
 };
 
 export function register(r: Registry, storage: Storage): void {
-  const dbIntroduce = async (call: Call, args: unknown[]) => {
+  const dbIntroduce: MessageImpl<'VDI.db_introduce' | 'VDI.pool_introduce'> = async (call, args) => {
     const a = introduceArgs(args);
-    const uuid = s(a.uuid);
+    const uuid = a.uuid;
     if (!UUID.test(uuid)) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
-    await call.db.get('SR', s(a.SR));
+    await call.db.get('SR', a.SR);
     const ref = `OpaqueRef:${crypto.randomUUID()}`;
-    const fields = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined));
+    // The parameters are VDI fields of the same names.
+    const fields = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined)) as Partial<VDI_record>;
     await call.db.create('VDI', ref, { ...fields, xenstore_data: a.xenstore_data ?? {}, other_config: a.other_config ?? {}, sm_config: a.sm_config ?? {} });
     return ref;
   };
 
-  r.implement('VDI.create', (call, [record]) => {
-    const rec = record as Record<string, unknown>;
-    return createVdi(storage, call, s(rec.SR), Number(rec.virtual_size), rec as VdiFields);
-  })
-    .implement('VDI.destroy', (call, [self]) => destroyVdi(storage, call, s(self)))
+  // A field the record lacks arrives undefined, and the SR lookup refuses it.
+  r.implement('VDI.create', (call, [rec]) => createVdi(storage, call, rec.SR!, Number(rec.virtual_size), rec))
+    .implement('VDI.destroy', (call, [self]) => destroyVdi(storage, call, self))
     // driver_params: the file SRs take none (SMAPIv1 drivers ignore what they do not know)
-    .implement('VDI.snapshot', (call, [self]) => snapshotVdi(storage, call, s(self), 'snapshot'))
-    .implement('VDI.clone', (call, [self]) => snapshotVdi(storage, call, s(self), 'clone'))
-    .implement('VDI.copy', (call, [vdi, sr, base, into]) => copyVdi(storage, call, s(vdi), s(sr), s(base), s(into)))
-    .implement('VDI.resize', (call, [self, size]) => resize(call, s(self), Number(size), 'resize'))
-    .implement('VDI.resize_online', (call, [self, size]) => resize(call, s(self), Number(size), 'resize_online'))
-    .implement('VDI.update', (call, [self]) => storage.withOp(call, { vdi: [s(self), 'update'] }, () => storage.updateVdi(s(self))))
+    .implement('VDI.snapshot', (call, [self]) => snapshotVdi(storage, call, self, 'snapshot'))
+    .implement('VDI.clone', (call, [self]) => snapshotVdi(storage, call, self, 'clone'))
+    .implement('VDI.copy', (call, [vdi, sr, base, into]) => copyVdi(storage, call, vdi, sr, base, into))
+    .implement('VDI.resize', (call, [self, size]) => resize(call, self, size, 'resize'))
+    .implement('VDI.resize_online', (call, [self, size]) => resize(call, self, size, 'resize_online'))
+    .implement('VDI.update', (call, [self]) => storage.withOp(call, { vdi: [self, 'update'] }, () => storage.updateVdi(self)))
     .implement('VDI.forget', (call, [self]) =>
-      storage.withOp(call, { vdi: [s(self), 'forget'] }, async () => {
-        const vdi = await call.db.get('VDI', s(self));
-        if (vdi.type === 'rrd') throw new XapiError('VDI_HAS_RRDS', [s(self)]);
-        await storage.destroyVdiRecord(s(self));
+      storage.withOp(call, { vdi: [self, 'forget'] }, async () => {
+        const vdi = await call.db.get('VDI', self);
+        if (vdi.type === 'rrd') throw new XapiError('VDI_HAS_RRDS', [self]);
+        await storage.destroyVdiRecord(self);
       }),
     )
-    .implement('VDI.db_forget', (call, [self]) => storage.destroyVdiRecord(s(self)))
+    .implement('VDI.db_forget', (call, [self]) => storage.destroyVdiRecord(self))
     .implement('VDI.introduce', async (call, args) => {
       const a = introduceArgs(args);
-      const srRef = s(a.SR);
-      const location = s(a.location);
+      const srRef = a.SR;
+      const location = a.location;
       return storage.withOp(call, { sr: [srRef, 'vdi_introduce'] }, async () => {
         const { driver, ctx } = await storage.context(srRef);
         if ((await call.db.find('VDI', { SR: srRef, location })).length > 0) throw new XapiError('LOCATION_NOT_UNIQUE', [srRef, location]);
         const info = await storage.sm(srRef, () => driver.vdiIntroduce(ctx, location));
-        const uuid = s(a.uuid);
+        const uuid = a.uuid;
         if (uuid && (await call.db.refByUuid('VDI', uuid))) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
-        const fields: Record<string, unknown> = {
+        const fields: Partial<VDI_record> = {
           type: a.type, sharable: a.sharable, other_config: a.other_config, xenstore_data: a.xenstore_data,
           sm_config: a.sm_config, managed: a.managed ?? true,
           ...(a.name_label ? { name_label: a.name_label } : {}),
@@ -215,27 +217,26 @@ export function register(r: Registry, storage: Storage): void {
     })
     .implement('VDI.db_introduce', dbIntroduce)
     .implement('VDI.pool_introduce', dbIntroduce)
-    .implement('VDI.set_name_label', (call, [self, v]) => call.db.update('VDI', s(self), { name_label: s(v) }))
-    .implement('VDI.set_name_description', (call, [self, v]) => call.db.update('VDI', s(self), { name_description: s(v) }))
-    .implement('VDI.set_on_boot', async (call, [self, v]) => {
-      const vdi = await call.db.get('VDI', s(self));
-      const mode = v as 'persist' | 'reset';
-      await storage.withOp(call, { sr: [s(vdi.SR), 'vdi_set_on_boot'], vdi: [s(self), 'set_on_boot'] }, async () => {
+    .implement('VDI.set_name_label', (call, [self, v]) => call.db.update('VDI', self, { name_label: v }))
+    .implement('VDI.set_name_description', (call, [self, v]) => call.db.update('VDI', self, { name_description: v }))
+    .implement('VDI.set_on_boot', async (call, [self, mode]) => {
+      const vdi = await call.db.get('VDI', self);
+      await storage.withOp(call, { sr: [vdi.SR, 'vdi_set_on_boot'], vdi: [self, 'set_on_boot'] }, async () => {
         if (vdi.on_boot === mode) return;
-        const { driver, ctx } = await storage.context(s(vdi.SR));
-        await storage.sm(s(vdi.SR), async () => driver.vdiSetOnBoot?.(ctx, s(vdi.location), mode), s(self));
-        await call.db.update('VDI', s(self), { on_boot: mode });
-        await storage.updateVdi(s(self));
+        const { driver, ctx } = await storage.context(vdi.SR);
+        await storage.sm(vdi.SR, async () => driver.vdiSetOnBoot?.(ctx, vdi.location, mode), self);
+        await call.db.update('VDI', self, { on_boot: mode });
+        await storage.updateVdi(self);
       });
     })
-    .implement('VDI.set_allow_caching', (call, [self, v]) => call.db.update('VDI', s(self), { allow_caching: v === true }));
+    .implement('VDI.set_allow_caching', (call, [self, v]) => call.db.update('VDI', self, { allow_caching: v === true }));
 
   async function resize(call: Call, vdiRef: string, size: number, op: 'resize' | 'resize_online'): Promise<void> {
     const vdi = await call.db.get('VDI', vdiRef);
-    const srRef = s(vdi.SR);
+    const srRef = vdi.SR;
     await storage.withOp(call, { sr: [srRef, 'vdi_resize'], vdi: [vdiRef, op] }, async () => {
       const { driver, ctx } = await storage.context(srRef);
-      await storage.refreshVdi(vdiRef, await storage.sm(srRef, () => driver.vdiResize(ctx, s(vdi.location), size), vdiRef));
+      await storage.refreshVdi(vdiRef, await storage.sm(srRef, () => driver.vdiResize(ctx, vdi.location, size), vdiRef));
       await storage.updateStats(srRef);
     });
   }

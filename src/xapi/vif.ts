@@ -1,38 +1,126 @@
-// VIF.* explicit messages (xapi's xapi_vif.ml): creation with device checks and MAC
-// generation, hotplug on running VMs through the domain manager.
+// VIF.* (xapi's xapi_vif.ml, xapi_vif_helpers.ml, message_forwarding.ml): creation with xapi's
+// device and MAC checks (a MAC left empty is derived from the VM's mac_seed), destruction unless
+// attached to a running VM, hotplug on running VMs through the domain manager; each operation
+// checked and marked as xapi does (device-ops.ts, device-checks.ts).
+import { createHash, randomUUID } from 'node:crypto';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { XapiError } from '../api/errors.js';
-import type { Registry } from '../api/context.js';
-import { implicitImpl } from '../api/implicit.js';
-import type { Schema } from '../schema/schema.js';
+import type { Call, Registry } from '../api/context.js';
+import { constructorArgs, newRef } from '../api/implicit.js';
+import type { Ref, VIF_record } from '../schema/generated.js';
+import { EPOCH } from '../schema/types.js';
+import { Mutex } from '../util/mutex.js';
 import type { XenopsSync } from './xenops-sync.js';
-import { hotplug } from './device-ops.js';
+import { onDomain, withVifMarked } from './device-ops.js';
+import { updateVifAllowedOperations } from './device-checks.js';
+import { ocamlInt } from './device-number.js';
 
-const s = (v: unknown) => v as string;
-
-/** A MAC for a VIF that asks for none: locally administered, unicast. */
+/** A MAC for a VIF copied without a seed to derive one from: locally administered, unicast. */
 export function randomMac(): string {
   const b = [...crypto.getRandomValues(new Uint8Array(6))];
-  b[0] = (b[0]! & 0xfe) | 0x02; // locally administered, unicast
+  return macText(b);
+}
+
+/** Six bytes as a MAC, made locally administered and unicast (Record_util.mac_from_int_array). */
+function macText(b: number[]): string {
+  b[0] = (b[0]! | 0x02) & ~0x01;
   return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
-export function register(r: Registry, sync: XenopsSync, schema: Schema): void {
-  const createVif = implicitImpl(schema.messages.get('VIF.create')!)!;
-  r.implement('VIF.create', async (call, [record]) => {
-    const rec = record as Record<string, unknown>;
-    const vm = await call.db.get('VM', s(rec.VM));
-    await call.db.get('network', s(rec.network));
-    const device = s(rec.device);
-    if (!/^\d+$/.test(device) || Number(device) > 15) throw new XapiError('INVALID_DEVICE', [device]);
-    for (const other of vm.VIFs as string[]) {
-      if ((await call.db.get('VIF', other)).device === device) throw new XapiError('DEVICE_ALREADY_EXISTS', [device]);
+/**
+ * The MAC xapi derives for device `device` from a VM's mac_seed (Xapi_vif_helpers.gen_mac): the
+ * seed hashed (MD5) 2·device+1 times gives four bytes, one more hash the last two. Stable, so a
+ * VM's VIFs keep their MACs when recreated. Yields to the event loop now and then: a large device
+ * number means many hashes, and the server keeps serving meanwhile.
+ */
+export async function seededMac(device: number, seed: string): Promise<string> {
+  let digest: Buffer = createHash('md5').update(seed, 'utf8').digest();
+  for (let i = 0; i < device * 2; i++) {
+    digest = createHash('md5').update(digest).digest();
+    if (i % 10_000 === 9_999) await yieldToLoop();
+  }
+  const next = createHash('md5').update(digest).digest();
+  return macText([digest[0]!, digest[1]!, digest[2]!, digest[3]!, next[1]!, next[2]!]);
+}
+
+/** Helpers.is_valid_MAC: six colon-separated pairs of hex digits. */
+export const isValidMac = (mac: string) => /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(mac);
+
+/** Xapi_vif_helpers.valid_device: an unsigned decimal integer (OCaml's %u, `_` allowed after a digit). */
+const validVifDevice = (device: string) => /^[0-9][0-9_]*$/.test(device) && ocamlInt(device) !== undefined;
+
+/** Device uniqueness is checked and the VIF made without another creation in between. */
+const creating = new Mutex();
+
+async function createVif(call: Call, record: Partial<VIF_record>): Promise<Ref<'VIF'>> {
+  const db = call.db;
+  const rec = constructorArgs(db.schema, 'VIF', record);
+  const vm = await db.get('VM', rec.VM);
+  await db.get('network', rec.network);
+  // Only a suspended VM's VIF may be created attached (its domain will come back with it).
+  const currentlyAttached = vm.power_state === 'Suspended' ? rec.currently_attached : false;
+  if (!validVifDevice(rec.device)) throw new XapiError('INVALID_DEVICE', [rec.device]);
+  const seed = vm.other_config.mac_seed;
+  const generated = seed !== undefined && rec.MAC === '';
+  const mac = generated ? await seededMac(ocamlInt(rec.device)!, seed) : rec.MAC;
+  if (!isValidMac(mac)) throw new XapiError('MAC_INVALID', [mac]);
+
+  return creating.run(async () => {
+    const device = ocamlInt(rec.device);
+    for (const other of (await db.get('VM', rec.VM)).VIFs) {
+      if (ocamlInt((await db.get('VIF', other)).device) === device) throw new XapiError('DEVICE_ALREADY_EXISTS', [rec.device]);
     }
-    const mac = s(rec.MAC ?? '');
-    const ref = (await createVif(call, [{ ...rec, MAC: mac === '' ? randomMac() : mac }])) as string;
-    await call.db.update('VIF', ref, { MAC_autogenerated: mac === '' });
+    const metrics = newRef();
+    await db.create('VIF_metrics', metrics, { uuid: randomUUID(), io_read_kbs: 0, io_write_kbs: 0, last_updated: EPOCH, other_config: {} });
+    const ref = newRef();
+    await db.create('VIF', ref, {
+      uuid: randomUUID(),
+      device: rec.device,
+      network: rec.network,
+      VM: rec.VM,
+      MAC: mac,
+      MAC_autogenerated: generated,
+      MTU: rec.MTU,
+      other_config: rec.other_config,
+      currently_attached: currentlyAttached,
+      qos_algorithm_type: rec.qos_algorithm_type,
+      qos_algorithm_params: rec.qos_algorithm_params,
+      locking_mode: rec.locking_mode,
+      ipv4_allowed: rec.ipv4_allowed,
+      ipv6_allowed: rec.ipv6_allowed,
+      metrics,
+    });
+    await updateVifAllowedOperations(db, ref);
     return ref;
-  })
-    .implement('VIF.plug', (call, [self]) => hotplug(call, sync, 'VIF', s(self), 'plug'))
-    .implement('VIF.unplug', (call, [self]) => hotplug(call, sync, 'VIF', s(self), 'unplug'))
-    .implement('VIF.unplug_force', (call, [self]) => hotplug(call, sync, 'VIF', s(self), 'unplug_force'));
+  });
+}
+
+/** VIF.destroy: not while attached to a running VM; its metrics go with it. */
+async function destroyVif(call: Call, ref: Ref<'VIF'>): Promise<void> {
+  const vif = await call.db.get('VIF', ref);
+  const vm = await call.db.get('VM', vif.VM);
+  if (vm.domid !== -1 && vif.currently_attached) throw new XapiError('OPERATION_NOT_ALLOWED', ['VIF currently attached to a running VM']);
+  if (await call.db.tryGet('VIF_metrics', vif.metrics)) await call.db.destroy('VIF_metrics', vif.metrics);
+  await call.db.destroy('VIF', ref);
+}
+
+export function register(r: Registry, sync: XenopsSync): void {
+  // VIF.unplug_force is marked as an unplug, as in xapi.
+  const hotplug = (call: Call, ref: Ref<'VIF'>, op: 'plug' | 'unplug' | 'unplug_force') =>
+    withVifMarked(call, ref, op === 'plug' ? 'plug' : 'unplug', async () => {
+      const vif = await call.db.get('VIF', ref);
+      const vm = await call.db.get('VM', vif.VM);
+      await onDomain(sync, vif.VM, ref, async () => {
+        if (op === 'plug') {
+          const config = await sync.config(vif.VM);
+          await sync.backend.vifPlug(vm.uuid, config.vifs.find((v) => v.id === vif.uuid)!);
+        } else await sync.backend.vifUnplug(vm.uuid, vif.uuid, op === 'unplug_force');
+      });
+    });
+
+  r.implement('VIF.create', (call, [record]) => createVif(call, record))
+    .implement('VIF.destroy', (call, [self]) => destroyVif(call, self))
+    .implement('VIF.plug', (call, [self]) => hotplug(call, self, 'plug'))
+    .implement('VIF.unplug', (call, [self]) => hotplug(call, self, 'unplug'))
+    .implement('VIF.unplug_force', (call, [self]) => hotplug(call, self, 'unplug_force'));
 }

@@ -9,7 +9,8 @@ import type { Call } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Rpc, RpcStruct } from '../api/rpc.js';
-import type { Row } from '../db/interface.js';
+import { pickFields, type AnyRow } from '../db/interface.js';
+import type { DbClassName, Records } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { PRODUCT_VERSION } from '../host/dbsync.js';
 import { XVA_EXPORT_VSN, type XvaHeader, type XvaObject } from '../storage/xva/index.js';
@@ -18,8 +19,6 @@ import { randomMac } from './vif.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
 import { vmOverhead } from './memory.js';
 import type { Storage } from './storage.js';
-
-const s = (v: unknown) => v as string;
 
 export function exportHeader(call: Call): XvaHeader {
   const { major, minor } = call.host.schema.apiVersion;
@@ -45,27 +44,27 @@ export interface VmExport {
 export async function exportObjects(call: Call, vmRef: string, opts: { withSuspendImage: boolean }): Promise<VmExport> {
   const db = call.db;
   const vm = await db.get('VM', vmRef);
-  const rows: Array<[string, string, Row]> = [['VM', vmRef, vm]];
+  const rows: Array<[string, string, AnyRow]> = [['VM', vmRef, vm]];
   const disks: string[] = [];
-  for (const r of vm.VBDs as string[]) {
+  for (const r of vm.VBDs) {
     const vbd = await db.get('VBD', r);
     if (vbd.type === 'CD') continue; // CDs are not exported
     rows.push(['VBD', r, vbd]);
-    if (vbd.VDI !== NULL_REF) disks.push(s(vbd.VDI));
+    if (vbd.VDI !== NULL_REF) disks.push(vbd.VDI);
   }
-  if (opts.withSuspendImage && vm.suspend_VDI !== NULL_REF) disks.push(s(vm.suspend_VDI));
+  if (opts.withSuspendImage && vm.suspend_VDI !== NULL_REF) disks.push(vm.suspend_VDI);
   const srs = new Set<string>();
   for (const v of disks) {
     const vdi = await db.get('VDI', v);
     rows.push(['VDI', v, vdi]);
-    srs.add(s(vdi.SR));
+    srs.add(vdi.SR);
   }
   for (const sr of srs) rows.push(['SR', sr, await db.get('SR', sr)]);
   const nets = new Set<string>();
-  for (const r of vm.VIFs as string[]) {
+  for (const r of vm.VIFs) {
     const vif = await db.get('VIF', r);
     rows.push(['VIF', r, vif]);
-    nets.add(s(vif.network));
+    nets.add(vif.network);
   }
   for (const n of nets) rows.push(['network', n, await db.get('network', n)]);
 
@@ -84,7 +83,7 @@ export async function exportObjects(call: Call, vmRef: string, opts: { withSuspe
 }
 
 /** A record from the archive as database values (fields that do not parse keep their defaults). */
-function fieldsOf(call: Call, cls: string, snapshot: Rpc): Record<string, unknown> {
+function fieldsOf<C extends DbClassName>(call: Call, cls: C, snapshot: Rpc): Partial<Records[C]> {
   const out: Record<string, unknown> = {};
   const rec = snapshot as RpcStruct;
   for (const f of call.host.schema.cls(cls).fields) {
@@ -95,7 +94,8 @@ function fieldsOf(call: Call, cls: string, snapshot: Rpc): Record<string, unknow
       // an older or newer exporter's value; the default will do
     }
   }
-  return out;
+  // each value unmarshalled by its field's type, as dispatch does for a record parameter
+  return out as Partial<Records[C]>;
 }
 
 export interface VmImport {
@@ -108,7 +108,7 @@ export interface VmImport {
 
 export async function importObjects(storage: Storage, call: Call, objects: XvaObject[], opts: { sr: string; restore: boolean }): Promise<VmImport> {
   const db = call.db;
-  const made: Array<[string, string]> = [];
+  const made: Array<[DbClassName, string]> = [];
   const disks = new Map<string, string>();
   const refs = new Map<string, string>(); // export id -> new ref
   const byClass = (cls: string) => objects.filter((o) => o.class === cls);
@@ -124,9 +124,9 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
     for (const o of byClass('VDI')) {
       const f = fieldsOf(call, 'VDI', o.snapshot);
       const vdi = await createVdi(storage, call, opts.sr, Number(f.virtual_size ?? 0), {
-        name_label: s(f.name_label ?? ''), name_description: s(f.name_description ?? ''), type: s(f.type ?? 'user'),
-        sharable: f.sharable === true, read_only: false, other_config: (f.other_config as Record<string, string>) ?? {},
-        xenstore_data: (f.xenstore_data as Record<string, string>) ?? {}, sm_config: { import_task: call.task }, tags: (f.tags as string[]) ?? [],
+        name_label: f.name_label ?? '', name_description: f.name_description ?? '', type: f.type ?? 'user',
+        sharable: f.sharable === true, read_only: false, other_config: f.other_config ?? {},
+        xenstore_data: f.xenstore_data ?? {}, sm_config: { import_task: call.task }, tags: f.tags ?? [],
       });
       made.push(['VDI', vdi]);
       refs.set(o.id, vdi);
@@ -134,7 +134,7 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
     }
     for (const o of byClass('network')) {
       const f = fieldsOf(call, 'network', o.snapshot);
-      const existing = (f.uuid ? await db.refByUuid('network', s(f.uuid)) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
+      const existing = (f.uuid ? await db.refByUuid('network', f.uuid) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
       if (existing) {
         refs.set(o.id, existing);
         continue;
@@ -144,19 +144,19 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       made.push(['network', net]);
       refs.set(o.id, net);
     }
-    const ref = (v: unknown) => refs.get(s(v)) ?? NULL_REF;
+    const ref = (v: string | undefined) => (v === undefined ? undefined : refs.get(v)) ?? NULL_REF;
     const vms: string[] = [];
     for (const o of byClass('VM')) {
       const f = fieldsOf(call, 'VM', o.snapshot);
-      if (opts.restore && f.uuid && (await db.refByUuid('VM', s(f.uuid)))) throw new XapiError('DUPLICATE_VM', [s(f.uuid)]);
+      if (opts.restore && f.uuid && (await db.refByUuid('VM', f.uuid))) throw new XapiError('DUPLICATE_VM', [f.uuid]);
       const vm = newRef();
-      const keep: Record<string, unknown> = {};
-      for (const fd of call.host.schema.cls('VM').fields) if (fd.qualifier !== 'RO/runtime' && fd.name in f) keep[fd.name] = f[fd.name];
+      const keep = pickFields(call.host.schema, 'VM', f, (fd) => fd.qualifier !== 'RO/runtime');
       await db.create('VM', vm, {
         ...keep,
         uuid: opts.restore && f.uuid ? f.uuid : randomUUID(),
-        // as xapi's import: the task that made it (a restart after a crash mid-import removes it)
-        other_config: { ...((keep.other_config as Record<string, string>) ?? {}), import_task: call.task },
+        // as xapi's import: the task that made it (a restart after a crash mid-import removes it),
+        // and unless restoring, a fresh seed for the MACs of VIFs created later
+        other_config: { ...(keep.other_config ?? {}), ...(opts.restore ? {} : { mac_seed: randomUUID() }), import_task: call.task },
         power_state: 'Halted',
         domid: -1,
         suspend_VDI: NULL_REF,
@@ -180,7 +180,7 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       const vdi = ref(f.VDI);
       const vbd = newRef();
       await db.create('VBD', vbd, {
-        ...f, uuid: randomUUID(), VM: ref(f.VM), VDI: vdi, empty: vdi === NULL_REF, currently_attached: false, reserved: false,
+        ...f, uuid: randomUUID(), VM: ref(f.VM), VDI: vdi, empty: vdi === NULL_REF, currently_attached: false,
         current_operations: {}, allowed_operations: [], metrics: NULL_REF,
       });
       made.push(['VBD', vbd]);

@@ -8,13 +8,12 @@ import { randomUUID } from 'node:crypto';
 import type { Call, Registry } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
+import { pickFields } from '../db/interface.js';
 import { NULL_REF } from '../schema/types.js';
 import { destroyVdi, snapshotVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
 import { updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import type { VmService } from './vm.js';
-
-const s = (v: unknown) => v as string;
 
 /** Fields revert does not take from the snapshot (xapi's do_not_copy list, in spirit). */
 const KEEP = new Set([
@@ -28,19 +27,34 @@ export function register(r: Registry, svc: VmService): void {
   const storage = svc.sync.storage;
 
   r.implement('VM.snapshot', (call, [vm, name, ignore]) =>
-    withVmOperation(call, s(vm), 'snapshot', () => cloneVm(storage, call, s(vm), { name: s(name), diskOp: 'snapshot', ignoreVdis: (ignore as string[]) ?? [] })),
+    withVmOperation(call, vm, 'snapshot', () => cloneVm(storage, call, vm, { name, diskOp: 'snapshot', ignoreVdis: ignore ?? [] })),
   )
     .implement('VM.snapshot_with_quiesce', (_call, [vm]) => {
-      throw new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [s(vm), 'the simulated guest has no VSS provider']);
+      throw new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [vm, 'the simulated guest has no VSS provider']);
     })
-    .implement('VM.checkpoint', (call, [vm, name]) => withVmOperation(call, s(vm), 'checkpoint', () => checkpoint(svc, call, s(vm), s(name))))
+    .implement('VM.checkpoint', (call, [vm, name]) => withVmOperation(call, vm, 'checkpoint', () => checkpoint(svc, call, vm, name)))
     .implement('VM.revert', async (call, [snapshot]) => {
-      const snap = await call.db.get('VM', s(snapshot));
+      const snap = await call.db.get('VM', snapshot);
       if (snap.is_a_snapshot !== true) throw new XapiError('ONLY_REVERT_SNAPSHOT', []);
-      const vm = s(snap.snapshot_of);
-      if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) throw new XapiError('VM_REVERT_FAILED', [s(snapshot), vm]);
-      await withVmOperation(call, s(snapshot), 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, s(snapshot), vm), false));
+      const vm = snap.snapshot_of;
+      if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) {
+        // xapi would recreate the VM from the snapshot's metadata here; we do not (yet).
+        call.host.log.error({ vm, snapshot }, 'VM.revert: the snapshot\'s VM no longer exists');
+        throw revertFailed(snapshot, vm);
+      }
+      await withVmOperation(call, snapshot, 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, snapshot, vm), false));
     });
+}
+
+/**
+ * VM_REVERT_FAILED as xapi raises it: [snapshot, vm] (the datamodel's documentation says
+ * [vm, snapshot], but xapi_vm_snapshot.ml puts the snapshot first). The error it replaces stays
+ * attached as the cause.
+ */
+function revertFailed(snapshot: string, vm: string, cause?: unknown): XapiError {
+  const err = new XapiError('VM_REVERT_FAILED', [snapshot, vm]);
+  if (cause !== undefined) err.cause = cause;
+  return err;
 }
 
 /**
@@ -51,10 +65,10 @@ async function checkpoint(svc: VmService, call: Call, ref: string, name: string)
   const db = call.db;
   const vm = await db.get('VM', ref);
   if (vm.power_state !== 'Running') return cloneVm(svc.sync.storage, call, ref, { name, diskOp: 'checkpoint' });
-  for (const vbdRef of vm.VBDs as string[]) {
+  for (const vbdRef of vm.VBDs) {
     const vbd = await db.get('VBD', vbdRef);
     if (vbd.type === 'CD' || vbd.VDI === NULL_REF) continue;
-    const sr = await db.get('SR', s((await db.get('VDI', s(vbd.VDI))).SR));
+    const sr = await db.get('SR', (await db.get('VDI', vbd.VDI)).SR);
     if (!svc.sync.storage.hasCap(sr, 'VDI_SNAPSHOT')) throw new XapiError('SR_OPERATION_NOT_SUPPORTED', [ref]);
   }
   try {
@@ -87,36 +101,36 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
   try {
     // The VM stops being what it was: its domain or suspended image goes.
     if (vm.power_state === 'Running' || vm.power_state === 'Paused') {
-      await svc.sync.backend.shutdown(s(vm.uuid)).catch(() => undefined);
+      await svc.sync.backend.shutdown(vm.uuid).catch(() => undefined);
       await svc.sync.refresh(ref);
     } else if (vm.power_state === 'Suspended') {
       await svc.discardSuspendImage(call, ref);
       await db.update('VM', ref, { power_state: 'Halted' });
-      await svc.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
+      await svc.sync.backend.remove(vm.uuid).catch(() => undefined);
     }
     // Disks: the snapshotted ones are replaced by clones of their snapshots.
-    const snapVbds = await Promise.all((snap.VBDs as string[]).map(async (r) => db.get('VBD', r)));
+    const snapVbds = await Promise.all(snap.VBDs.map(async (r) => db.get('VBD', r)));
     const replaced = new Map<string, string>(); // old VDI -> its replacement
-    for (const vbdRef of (await db.get('VM', ref)).VBDs as string[]) {
+    for (const vbdRef of (await db.get('VM', ref)).VBDs) {
       const vbd = await db.get('VBD', vbdRef);
       await db.destroy('VBD', vbdRef);
       if (vbd.type === 'CD' || vbd.VDI === NULL_REF) continue;
-      const snapDisk = await Promise.all(snapVbds.map(async (sv) => (sv.VDI !== NULL_REF ? db.tryGet('VDI', s(sv.VDI)) : undefined)));
-      if (snapDisk.some((d) => d?.snapshot_of === vbd.VDI)) replaced.set(s(vbd.VDI), '');
+      const snapDisk = await Promise.all(snapVbds.map(async (sv) => (sv.VDI !== NULL_REF ? db.tryGet('VDI', sv.VDI) : undefined)));
+      if (snapDisk.some((d) => d?.snapshot_of === vbd.VDI)) replaced.set(vbd.VDI, '');
     }
     for (const sv of snapVbds) {
-      let vdi = s(sv.VDI);
+      let vdi = sv.VDI;
       if (sv.type !== 'CD' && vdi !== NULL_REF) {
         const snapVdi = await db.get('VDI', vdi);
         const clone = await snapshotVdi(storage, call, vdi, 'clone');
         await db.update('VDI', clone, { name_label: snapVdi.name_label });
-        if (replaced.has(s(snapVdi.snapshot_of))) replaced.set(s(snapVdi.snapshot_of), clone);
+        if (replaced.has(snapVdi.snapshot_of)) replaced.set(snapVdi.snapshot_of, clone);
         vdi = clone;
       }
       await db.create('VBD', newRef(), {
-        ...sv, uuid: randomUUID(), VM: ref, VDI: vdi, currently_attached: false, reserved: false,
+        ...sv, uuid: randomUUID(), VM: ref, VDI: vdi, currently_attached: false,
         current_operations: {}, allowed_operations: [], metrics: NULL_REF,
-        other_config: { ...(sv.other_config as Record<string, string>), ...(sv.type !== 'CD' ? { owner: 'true' } : {}) },
+        other_config: { ...sv.other_config, ...(sv.type !== 'CD' ? { owner: 'true' } : {}) },
       });
     }
     // Other snapshots of the replaced disks now belong to the new disks; the old disks go.
@@ -126,22 +140,23 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
       if (await db.tryGet('VDI', old)) await destroyVdi(storage, call, old);
     }
     // VIFs come back as the snapshot had them (same MACs).
-    for (const vif of (await db.get('VM', ref)).VIFs as string[]) await db.destroy('VIF', vif);
-    for (const vifRef of snap.VIFs as string[]) {
+    for (const vif of (await db.get('VM', ref)).VIFs) await db.destroy('VIF', vif);
+    for (const vifRef of snap.VIFs) {
       const vif = await db.get('VIF', vifRef);
       await db.create('VIF', newRef(), { ...vif, uuid: randomUUID(), VM: ref, currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF });
     }
     // The configuration, and the power state the snapshot was taken in.
-    const fields: Record<string, unknown> = {};
-    for (const f of db.schema.cls('VM').fields) if (f.qualifier !== 'RO/runtime' && !KEEP.has(f.name)) fields[f.name] = snap[f.name];
+    const fields = pickFields(db.schema, 'VM', snap, (f) => f.qualifier !== 'RO/runtime' && !KEEP.has(f.name));
     let suspend = NULL_REF;
-    if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF) suspend = await snapshotVdi(storage, call, s(snap.suspend_VDI), 'clone');
+    if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF) suspend = await snapshotVdi(storage, call, snap.suspend_VDI, 'clone');
     await db.update('VM', ref, { ...fields, parent: snapshot, suspend_VDI: suspend, power_state: suspend !== NULL_REF ? 'Suspended' : 'Halted' });
     if (suspend !== NULL_REF) await svc.sync.backend.add(await svc.sync.config(ref));
     await updateAllowedOperations(db, ref);
   } catch (e) {
+    // Out of space and a too-long chain reach the caller as they are; anything else becomes
+    // VM_REVERT_FAILED, so the log must say what it was (with its stack and causes).
+    call.host.log.error({ err: e, vm: ref, snapshot }, 'VM.revert failed');
     if (e instanceof XapiError && (['SR_BACKEND_FAILURE_44', 'SR_BACKEND_FAILURE_109', 'VDI_INCOMPATIBLE_TYPE'].includes(e.code))) throw e;
-    call.host.log.warn({ err: e, vm: ref, snapshot }, 'revert failed');
-    throw new XapiError('VM_REVERT_FAILED', [snapshot, ref]);
+    throw revertFailed(snapshot, ref, e);
   }
 }

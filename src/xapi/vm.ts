@@ -4,19 +4,20 @@
 // the backend reports afterwards (XenopsSync.refresh), not what was asked for.
 import { randomUUID } from 'node:crypto';
 import { XapiError } from '../api/errors.js';
-import type { Call, Registry } from '../api/context.js';
-import { implicitImpl, newRef } from '../api/implicit.js';
+import type { Call, MessageImpl, Registry } from '../api/context.js';
+import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';
+import type { Ref, VM_record, vm_operations } from '../schema/generated.js';
 import type { Schema } from '../schema/schema.js';
 import { NULL_REF } from '../schema/types.js';
 import { isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
-import { assertEnoughMemory, assertMemoryConstraints, vmOverhead } from './memory.js';
+import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryConstraints } from './memory.js';
 import { parseDisksXml } from '../host/templates.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
+import { allowedVbdDevices } from './vbd.js';
 
-const s = (v: unknown) => v as string;
 
 export class VmService {
   constructor(readonly sync: XenopsSync) {}
@@ -32,10 +33,10 @@ export class VmService {
   }
 
   /** VCPU and memory settings a VM must satisfy to boot (xapi's validate_basic_parameters). */
-  private static validateForBoot(ref: string, vm: Row): void {
-    if ((vm.VCPUs_max as number) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(vm.VCPUs_max)]);
-    if ((vm.VCPUs_at_startup as number) < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(vm.VCPUs_at_startup)]);
-    if ((vm.VCPUs_at_startup as number) > (vm.VCPUs_max as number)) {
+  private static validateForBoot(ref: string, vm: Row<'VM'>): void {
+    if (vm.VCPUs_max < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(vm.VCPUs_max)]);
+    if (vm.VCPUs_at_startup < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(vm.VCPUs_at_startup)]);
+    if (vm.VCPUs_at_startup > vm.VCPUs_max) {
       throw new XapiError('VALUE_NOT_SUPPORTED', ['VCPUs_at_startup', String(vm.VCPUs_at_startup), 'value greater than VCPUs_max']);
     }
     assertMemoryConstraints(vm);
@@ -47,26 +48,26 @@ export class VmService {
     const vm = await db.get('VM', ref);
     VmService.validateForBoot(ref, vm);
     const host = await db.get('host', hostRef);
-    const metrics = await db.tryGet('host_metrics', s(host.metrics));
+    const metrics = await db.tryGet('host_metrics', host.metrics);
     if (!metrics || metrics.live !== true) throw new XapiError('HOST_NOT_LIVE', []);
     if (host.enabled !== true && vm.is_control_domain !== true) throw new XapiError('HOST_DISABLED', [hostRef]);
-    for (const vbdRef of vm.VBDs as string[]) {
+    for (const vbdRef of vm.VBDs) {
       const vbd = await db.get('VBD', vbdRef);
-      const vdi = vbd.empty === true || vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', s(vbd.VDI));
+      const vdi = vbd.empty === true || vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI);
       if (!vdi) continue;
-      const pbds = await db.find('PBD', { SR: s(vdi.SR), host: hostRef });
-      if (!pbds.some(([, p]) => p.currently_attached === true)) throw new XapiError('VM_REQUIRES_SR', [ref, s(vdi.SR)]);
+      const pbds = await db.find('PBD', { SR: vdi.SR, host: hostRef });
+      if (!pbds.some(([, p]) => p.currently_attached === true)) throw new XapiError('VM_REQUIRES_SR', [ref, vdi.SR]);
     }
-    for (const vifRef of vm.VIFs as string[]) {
+    for (const vifRef of vm.VIFs) {
       const vif = await db.get('VIF', vifRef);
-      const network = await db.get('network', s(vif.network));
-      const pifs = await Promise.all((network.PIFs as string[]).map((p) => db.get('PIF', p)));
-      const internal = (network.PIFs as string[]).length === 0;
-      if (!internal && !pifs.some((p) => p.host === hostRef)) throw new XapiError('VM_REQUIRES_NET', [ref, s(vif.network)]);
+      const network = await db.get('network', vif.network);
+      const pifs = await Promise.all(network.PIFs.map((p) => db.get('PIF', p)));
+      const internal = network.PIFs.length === 0;
+      if (!internal && !pifs.some((p) => p.host === hostRef)) throw new XapiError('VM_REQUIRES_NET', [ref, vif.network]);
     }
-    const cpus = (host.host_CPUs as string[]).length;
-    const platform = vm.platform as Record<string, string>;
-    if ((vm.VCPUs_max as number) > cpus && platform['vcpu-unrestricted'] !== 'true') {
+    const cpus = host.host_CPUs.length;
+    const platform = vm.platform;
+    if (vm.VCPUs_max > cpus && platform['vcpu-unrestricted'] !== 'true') {
       throw new XapiError('HOST_NOT_ENOUGH_PCPUS', [String(vm.VCPUs_max), String(cpus)]);
     }
     await assertEnoughMemory(call, ref, vm, hostRef);
@@ -76,7 +77,7 @@ export class VmService {
   async chooseHost(call: Call, ref: string): Promise<string> {
     const vm = await call.db.get('VM', ref);
     const hosts = (await call.db.all('host')).map(([h]) => h);
-    const ordered = vm.affinity !== NULL_REF && hosts.includes(s(vm.affinity)) ? [s(vm.affinity), ...hosts.filter((h) => h !== vm.affinity)] : hosts;
+    const ordered = vm.affinity !== NULL_REF && hosts.includes(vm.affinity) ? [vm.affinity, ...hosts.filter((h) => h !== vm.affinity)] : hosts;
     let lastError: unknown;
     for (const h of ordered) {
       try {
@@ -91,56 +92,56 @@ export class VmService {
     throw new XapiError('NO_HOSTS_AVAILABLE', []);
   }
 
-  async start(call: Call, ref: string, paused: boolean, on?: string, op = 'start'): Promise<void> {
+  async start(call: Call, ref: string, paused: boolean, on?: string, op: vm_operations = 'start'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const hostRef = on ?? (await this.chooseHost(call, ref));
       if (on) await this.assertCanBootHere(call, ref, hostRef);
       if (hostRef !== call.host.hostRef) throw new XapiError('CANNOT_CONTACT_HOST', [hostRef]);
       const vm = await call.db.get('VM', ref);
       // A fresh boot: the old guest metrics go, the overhead is recomputed (xapi's start).
-      if (vm.guest_metrics !== NULL_REF && (await call.db.tryGet('VM_guest_metrics', s(vm.guest_metrics)))) {
-        await call.db.destroy('VM_guest_metrics', s(vm.guest_metrics));
+      if (vm.guest_metrics !== NULL_REF && (await call.db.tryGet('VM_guest_metrics', vm.guest_metrics))) {
+        await call.db.destroy('VM_guest_metrics', vm.guest_metrics);
       }
       await call.db.update('VM', ref, { guest_metrics: NULL_REF, scheduled_to_be_resident_on: hostRef, memory_overhead: vmOverhead(vm) });
       // Disks that reset on boot start from their saved content (the attach does it in xapi).
-      for (const vbd of vm.VBDs as string[]) {
-        const disk = (await call.db.get('VBD', vbd)).VDI as string;
+      for (const vbd of vm.VBDs) {
+        const disk = (await call.db.get('VBD', vbd)).VDI;
         if (disk !== NULL_REF) await this.sync.storage.resetOnBoot(disk);
       }
       await call.db.commit();
       await this.backend(ref, async () => {
         await this.sync.backend.add(await this.sync.config(ref));
-        await this.sync.backend.start(s(vm.uuid), { paused });
+        await this.sync.backend.start(vm.uuid, { paused });
       });
       await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
     });
   }
 
   private async assertPowerState(call: Call, ref: string, expected: string): Promise<void> {
-    const actual = (await call.db.get('VM', ref)).power_state as string;
+    const actual = (await call.db.get('VM', ref)).power_state;
     if (actual !== expected) throw new XapiError('VM_BAD_POWER_STATE', [ref, expected.toLowerCase(), actual.toLowerCase()]);
   }
 
-  async simple(call: Call, ref: string, op: string, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
+  async simple(call: Call, ref: string, op: vm_operations, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
-      await this.backend(ref, () => run(s(vm.uuid)));
+      await this.backend(ref, () => run(vm.uuid));
       await this.assertPowerState(call, ref, expect);
     });
   }
 
   /** hard_shutdown also works on a Suspended VM: its memory image is discarded. */
-  async hardShutdown(call: Call, ref: string, op = 'hard_shutdown'): Promise<void> {
+  async hardShutdown(call: Call, ref: string, op: vm_operations = 'hard_shutdown'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
       const vm = await call.db.get('VM', ref);
       if (vm.power_state === 'Suspended') {
         await this.discardSuspendImage(call, ref);
         await call.db.update('VM', ref, { power_state: 'Halted' });
-        await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
+        await this.sync.backend.remove(vm.uuid).catch(() => undefined);
         await this.sync.refresh(ref);
         return;
       }
-      await this.backend(ref, () => this.sync.backend.shutdown(s(vm.uuid)));
+      await this.backend(ref, () => this.sync.backend.shutdown(vm.uuid));
       await this.assertPowerState(call, ref, 'Halted');
     });
   }
@@ -161,12 +162,12 @@ export class VmService {
     await this.hardShutdown(call, ref);
   }
 
-  cleanTimeout(vm: Row): number {
-    const delay = vm.shutdown_delay as number;
+  cleanTimeout(vm: Row<'VM'>): number {
+    const delay = vm.shutdown_delay;
     return (delay > 0 ? delay : 1200) * 1000;
   }
 
-  async resume(call: Call, ref: string, paused: boolean, on?: string, op = 'resume'): Promise<void> {
+  async resume(call: Call, ref: string, paused: boolean, on?: string, op: vm_operations = 'resume'): Promise<void> {
     await withVmOperation(call, ref, op, () => this.resumeNow(call, ref, paused, on));
   }
 
@@ -179,7 +180,7 @@ export class VmService {
       await call.db.update('VM', ref, { scheduled_to_be_resident_on: hostRef });
       await this.backend(ref, async () => {
         await this.sync.backend.add(await this.sync.config(ref));
-        await this.sync.backend.resume(s(vm.uuid), { paused });
+        await this.sync.backend.resume(vm.uuid, { paused });
       });
       await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
       await this.discardSuspendImage(call, ref);
@@ -200,12 +201,12 @@ export class VmService {
     {
       const vm = await call.db.get('VM', ref);
       const sr = await this.chooseSuspendSr(call, ref, vm);
-      const space = Math.floor(Number(vm.memory_static_max) * 1.2 * 1.05) + 104857600;
+      const space = Math.floor(vm.memory_static_max * 1.2 * 1.05) + 104857600;
       let vdi: string;
       try {
         vdi = await createVdi(this.sync.storage, call, sr, space, {
           name_label: 'Suspend image', name_description: 'Suspend image', type: 'suspend', sharable: false, read_only: false,
-          other_config: {}, xenstore_data: {}, sm_config: { vmhint: s(vm.uuid), initial_allocation: String(space) }, tags: [],
+          other_config: {}, xenstore_data: {}, sm_config: { vmhint: vm.uuid, initial_allocation: String(space) }, tags: [],
         });
       } catch (e) {
         if (e instanceof XapiError && (e.code === 'SR_FULL' || e.code === 'SR_BACKEND_FAILURE_44')) throw new XapiError('SR_SUSPEND_SPACE_INSUFFICIENT', [sr]);
@@ -215,7 +216,7 @@ export class VmService {
       try {
         await this.backend(ref, async () => {
           await this.sync.backend.add(await this.sync.config(ref));
-          await this.sync.backend.suspend(s(vm.uuid));
+          await this.sync.backend.suspend(vm.uuid);
         });
         await this.assertPowerState(call, ref, 'Suspended');
       } catch (e) {
@@ -225,12 +226,12 @@ export class VmService {
     }
   }
 
-  private async chooseSuspendSr(call: Call, ref: string, vm: Row): Promise<string> {
+  private async chooseSuspendSr(call: Call, ref: string, vm: Row<'VM'>): Promise<string> {
     const pool = (await call.db.all('pool'))[0]![1];
-    const host = await call.db.tryGet('host', s(vm.resident_on));
-    for (const sr of [s(vm.suspend_SR), s(pool.suspend_image_SR), s(host?.suspend_image_sr ?? NULL_REF)]) {
+    const host = await call.db.tryGet('host', vm.resident_on);
+    for (const sr of [vm.suspend_SR, pool.suspend_image_SR, host?.suspend_image_sr ?? NULL_REF]) {
       if (sr === NULL_REF || !(await call.db.tryGet('SR', sr))) continue;
-      const pbds = await call.db.find('PBD', { SR: sr, host: s(vm.resident_on) });
+      const pbds = await call.db.find('PBD', { SR: sr, host: vm.resident_on });
       if (pbds.some(([, p]) => p.currently_attached === true)) return sr;
     }
     throw new XapiError('VM_NO_SUSPEND_SR', [ref]);
@@ -239,7 +240,7 @@ export class VmService {
   /** The suspend image is no longer needed (resumed, or discarded): its VDI goes. */
   async discardSuspendImage(call: Call, ref: string): Promise<void> {
     const vm = await call.db.get('VM', ref);
-    const vdi = s(vm.suspend_VDI);
+    const vdi = vm.suspend_VDI;
     await call.db.update('VM', ref, { suspend_VDI: NULL_REF });
     if (vdi !== NULL_REF && (await call.db.tryGet('VDI', vdi))) {
       await destroyVdi(this.sync.storage, call, vdi).catch((e) => call.host.log.warn({ err: e, vdi }, 'suspend image VDI not destroyed'));
@@ -253,24 +254,37 @@ export class VmService {
     const err = operationError(ref, vm, 'destroy');
     if (err) throw err;
     if (vm.power_state === 'Suspended') await this.discardSuspendImage(call, ref);
-    await this.sync.backend.remove(s(vm.uuid)).catch(() => undefined);
-    for (const r of vm.VBDs as string[]) await db.destroy('VBD', r);
-    for (const r of vm.VIFs as string[]) await db.destroy('VIF', r);
-    for (const r of vm.consoles as string[]) await db.destroy('console', r);
+    await this.sync.backend.remove(vm.uuid).catch(() => undefined);
+    for (const r of vm.VBDs) {
+      const metrics = (await db.get('VBD', r)).metrics;
+      if (await db.tryGet('VBD_metrics', metrics)) await db.destroy('VBD_metrics', metrics);
+      await db.destroy('VBD', r);
+    }
+    for (const r of vm.VIFs) {
+      const metrics = (await db.get('VIF', r)).metrics;
+      if (await db.tryGet('VIF_metrics', metrics)) await db.destroy('VIF_metrics', metrics);
+      await db.destroy('VIF', r);
+    }
+    for (const r of vm.consoles) await db.destroy('console', r);
     for (const [cls, field] of [['VM_metrics', 'metrics'], ['VM_guest_metrics', 'guest_metrics']] as const) {
-      if (vm[field] !== NULL_REF && (await db.tryGet(cls, s(vm[field])))) await db.destroy(cls, s(vm[field]));
+      if (vm[field] !== NULL_REF && (await db.tryGet(cls, vm[field]))) await db.destroy(cls, vm[field]);
     }
     await db.destroy('VM', ref);
     this.sync.forget(ref);
   }
 
   /** VM.create: the generic constructor, plus the metrics record xapi gives every VM. */
-  async create(call: Call, record: Record<string, unknown>, createGeneric: (c: Call, a: unknown[]) => Promise<unknown>): Promise<string> {
+  async create(call: Call, record: Partial<VM_record>, createGeneric: MessageImpl<'VM.create'>): Promise<string> {
     // Checked before anything is written, so a refused VM leaves nothing behind; a record
     // missing fields is the constructor's to refuse (Dispatcher_FieldNotFound), as in xapi.
-    const memory = ['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'];
-    if (memory.every((f) => typeof record[f] === 'number')) assertMemoryConstraints(record);
-    const ref = s(await createGeneric(call, [record]));
+    const setsMemory = (r: Partial<VM_record>): r is Partial<VM_record> & MemoryConstraints =>
+      (['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'] as const).every((f) => typeof r[f] === 'number');
+    if (setsMemory(record)) assertMemoryConstraints(record);
+    // Every VM gets a seed its VIFs' MACs derive from, unless the caller brings one.
+    if (record.other_config && record.other_config.mac_seed === undefined) {
+      record = { ...record, other_config: { ...record.other_config, mac_seed: randomUUID() } };
+    }
+    const ref = await createGeneric(call, [record]);
     const vm = await call.db.get('VM', ref);
     const metrics = newRef();
     await call.db.create('VM_metrics', metrics, { uuid: randomUUID(), other_config: {}, VCPUs_number: 0 });
@@ -287,14 +301,14 @@ export class VmService {
     await withVmOperation(call, ref, 'provision', async () => {
       const db = call.db;
       const vm = await db.get('VM', ref);
-      const other = { ...(vm.other_config as Record<string, string>) };
+      const other = { ...vm.other_config };
       const disks = other.disks ? parseDisksXml(other.disks) : [];
       const pool = (await db.all('pool'))[0]![1];
       for (const d of disks) {
-        const sr = (d.sr ? await db.refByUuid('SR', d.sr) : undefined) ?? s(pool.default_SR);
+        const sr = (d.sr ? await db.refByUuid('SR', d.sr) : undefined) ?? pool.default_SR;
         await db.get('SR', sr);
         const vdi = await createVdi(this.sync.storage, call, sr, d.size, {
-          name_label: `${s(vm.name_label)} ${d.device}`, name_description: 'Created by template provisioner', type: d.type || 'system',
+          name_label: `${vm.name_label} ${d.device}`, name_description: 'Created by template provisioner', type: d.type || 'system',
           sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [],
         });
         await db.create('VBD', newRef(), {
@@ -313,50 +327,57 @@ export class VmService {
   }
 }
 
-/** VM.get_allowed_VBD_devices / VIF devices: numbers not used by any of the VM's devices. */
-async function freeDevices(call: Call, ref: string, cls: 'VBD' | 'VIF', count: number): Promise<string[]> {
-  const vm = await call.db.get('VM', ref);
+/** VM.get_allowed_VIF_devices: 0..15 but those the VM's VIFs use. */
+async function freeVifDevices(call: Call, ref: Ref<'VM'>): Promise<string[]> {
   const used = new Set<string>();
-  for (const d of vm[cls === 'VBD' ? 'VBDs' : 'VIFs'] as string[]) {
-    const row = await call.db.get(cls, d);
-    used.add(s(row.device));
-    if (cls === 'VBD') used.add(s(row.userdevice));
+  for (const vif of (await call.db.get('VM', ref)).VIFs) used.add((await call.db.get('VIF', vif)).device);
+  return Array.from({ length: 16 }, (_, i) => String(i)).filter((d) => !used.has(d));
+}
+
+/** VM.set_xenstore_data: recorded, and pushed into a running domain's xenstore. */
+async function setXenstoreData(call: Call, sync: XenopsSync, ref: Ref<'VM'>, value: Record<string, string>): Promise<void> {
+  await call.db.update('VM', ref, { xenstore_data: value });
+  const vm = await call.db.get('VM', ref);
+  if (vm.power_state !== 'Running') return;
+  try {
+    await sync.backend.setXenstoreData(vm.uuid, value);
+  } catch (e) {
+    throw xenopsError(ref, e);
   }
-  return Array.from({ length: count }, (_, i) => String(i)).filter((d) => !used.has(d));
 }
 
 export function register(r: Registry, svc: VmService, schema: Schema): void {
   const sync = svc.sync;
-  const genericCreate = implicitImpl(schema.messages.get('VM.create')!)!;
-  r.implement('VM.create', (call, [record]) => svc.create(call, record as Record<string, unknown>, async (c, a) => genericCreate(c, a)))
-    .implement('VM.destroy', (call, [self]) => svc.destroy(call, s(self)))
-    .implement('VM.start', (call, [vm, paused]) => svc.start(call, s(vm), paused === true))
-    .implement('VM.start_on', (call, [vm, host, paused]) => svc.start(call, s(vm), paused === true, s(host), 'start_on'))
-    .implement('VM.pause', (call, [vm]) => svc.simple(call, s(vm), 'pause', (u) => sync.backend.pause(u), 'Paused'))
-    .implement('VM.unpause', (call, [vm]) => svc.simple(call, s(vm), 'unpause', (u) => sync.backend.unpause(u), 'Running'))
+  const genericCreate = genericImpl(schema, 'VM.create');
+  r.implement('VM.create', (call, [record]) => svc.create(call, record, genericCreate))
+    .implement('VM.destroy', (call, [self]) => svc.destroy(call, self))
+    .implement('VM.start', (call, [vm, paused]) => svc.start(call, vm, paused === true))
+    .implement('VM.start_on', (call, [vm, host, paused]) => svc.start(call, vm, paused === true, host, 'start_on'))
+    .implement('VM.pause', (call, [vm]) => svc.simple(call, vm, 'pause', (u) => sync.backend.pause(u), 'Paused'))
+    .implement('VM.unpause', (call, [vm]) => svc.simple(call, vm, 'unpause', (u) => sync.backend.unpause(u), 'Running'))
     .implement('VM.clean_shutdown', async (call, [vm]) => {
-      const row = await call.db.get('VM', s(vm));
-      await svc.simple(call, s(vm), 'clean_shutdown', (u) => sync.backend.shutdown(u, svc.cleanTimeout(row)), 'Halted');
+      const row = await call.db.get('VM', vm);
+      await svc.simple(call, vm, 'clean_shutdown', (u) => sync.backend.shutdown(u, svc.cleanTimeout(row)), 'Halted');
     })
-    .implement('VM.hard_shutdown', (call, [vm]) => svc.hardShutdown(call, s(vm)))
-    .implement('VM.shutdown', (call, [vm]) => svc.shutdown(call, s(vm)))
+    .implement('VM.hard_shutdown', (call, [vm]) => svc.hardShutdown(call, vm))
+    .implement('VM.shutdown', (call, [vm]) => svc.shutdown(call, vm))
     .implement('VM.clean_reboot', async (call, [vm]) => {
-      const row = await call.db.get('VM', s(vm));
-      await svc.simple(call, s(vm), 'clean_reboot', (u) => sync.backend.reboot(u, svc.cleanTimeout(row)), 'Running');
+      const row = await call.db.get('VM', vm);
+      await svc.simple(call, vm, 'clean_reboot', (u) => sync.withSuppressed(vm, () => sync.backend.reboot(u, svc.cleanTimeout(row))), 'Running');
     })
-    .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, s(vm), 'hard_reboot', (u) => sync.backend.reboot(u), 'Running'))
-    .implement('VM.suspend', (call, [vm]) => svc.suspend(call, s(vm)))
-    .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, s(vm), paused === true))
-    .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, s(vm), paused === true, s(host), 'resume_on'))
-    .implement('VM.clone', (call, [vm, name]) => svc.clone(call, s(vm), s(name)))
-    .implement('VM.provision', (call, [vm]) => svc.provision(call, s(vm)))
-    .implement('VM.copy', (call, [vm, name, sr]) => svc.clone(call, s(vm), s(name), 'copy', s(sr)))
-    .implement('VM.assert_can_boot_here', (call, [vm, host]) => svc.assertCanBootHere(call, s(vm), s(host)))
+    .implement('VM.hard_reboot', (call, [vm]) => svc.simple(call, vm, 'hard_reboot', (u) => sync.withSuppressed(vm, () => sync.backend.reboot(u)), 'Running'))
+    .implement('VM.suspend', (call, [vm]) => svc.suspend(call, vm))
+    .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, vm, paused === true))
+    .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, vm, paused === true, host, 'resume_on'))
+    .implement('VM.clone', (call, [vm, name]) => svc.clone(call, vm, name))
+    .implement('VM.provision', (call, [vm]) => svc.provision(call, vm))
+    .implement('VM.copy', (call, [vm, name, sr]) => svc.clone(call, vm, name, 'copy', sr))
+    .implement('VM.assert_can_boot_here', (call, [vm, host]) => svc.assertCanBootHere(call, vm, host))
     .implement('VM.get_possible_hosts', async (call, [vm]) => {
       const out: string[] = [];
       for (const [h] of await call.db.all('host')) {
         try {
-          await svc.assertCanBootHere(call, s(vm), h);
+          await svc.assertCanBootHere(call, vm, h);
           out.push(h);
         } catch {
           /* not possible there */
@@ -365,19 +386,23 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
       return out;
     })
     .implement('VM.assert_operation_valid', async (call, [vm, op]) => {
-      const err = operationError(s(vm), await call.db.get('VM', s(vm)), s(op));
+      const err = operationError(vm, await call.db.get('VM', vm), op);
       if (err) throw err;
     })
-    .implement('VM.update_allowed_operations', (call, [vm]) => updateAllowedOperations(call.db, s(vm)))
-    .implement('VM.get_allowed_VBD_devices', (call, [vm]) => freeDevices(call, s(vm), 'VBD', 255))
-    .implement('VM.get_allowed_VIF_devices', (call, [vm]) => freeDevices(call, s(vm), 'VIF', 16))
-    .implement('VM.compute_memory_overhead', async (call, [vm]) => vmOverhead(await call.db.get('VM', s(vm))))
+    .implement('VM.update_allowed_operations', (call, [vm]) => updateAllowedOperations(call.db, vm))
+    .implement('VM.get_allowed_VBD_devices', async (call, [vm]) => {
+      const free = await allowedVbdDevices(call, vm, 'Disk');
+      return free === 'floppy-unsupported' ? [] : free.map((d) => String(d.disk));
+    })
+    .implement('VM.get_allowed_VIF_devices', (call, [vm]) => freeVifDevices(call, vm))
+    .implement('VM.set_xenstore_data', (call, [vm, value]) => setXenstoreData(call, sync, vm, value))
+    .implement('VM.compute_memory_overhead', async (call, [vm]) => vmOverhead(await call.db.get('VM', vm)))
     .implement('VM.power_state_reset', async (call, [vm]) => {
-      const row = await call.db.get('VM', s(vm));
-      if (row.is_control_domain === true) throw new XapiError('CANNOT_RESET_CONTROL_DOMAIN', [s(vm)]);
+      const row = await call.db.get('VM', vm);
+      if (row.is_control_domain === true) throw new XapiError('CANNOT_RESET_CONTROL_DOMAIN', [vm]);
       const state = await sync.stat(row);
-      if (state && state.powerState !== 'Halted') throw new XapiError('DOMAIN_EXISTS', [s(vm), String(state.domid)]);
-      await call.db.update('VM', s(vm), { power_state: 'Halted' });
-      await sync.refresh(s(vm));
+      if (state && state.powerState !== 'Halted') throw new XapiError('DOMAIN_EXISTS', [vm, String(state.domid)]);
+      await call.db.update('VM', vm, { power_state: 'Halted' });
+      await sync.refresh(vm);
     });
 }

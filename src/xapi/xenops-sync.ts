@@ -7,10 +7,12 @@ import { randomUUID } from 'node:crypto';
 import type { HostContext } from '../api/context.js';
 import { XapiError } from '../api/errors.js';
 import { newRef } from '../api/implicit.js';
-import type { Row } from '../db/interface.js';
+import { untyped, type Row } from '../db/interface.js';
+import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_record } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
+import { clearDeviceOperations } from './device-checks.js';
 import { Mutex } from '../util/mutex.js';
 import type { Storage } from './storage.js';
 
@@ -53,52 +55,53 @@ export class XenopsSync {
     const db = this.host.db;
     const vm = await db.get('VM', vmRef);
     const vbds = [];
-    for (const ref of vm.VBDs as string[]) {
+    for (const ref of vm.VBDs) {
       const vbd = await db.get('VBD', ref);
-      const vdi = vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI as string);
+      const vdi = vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI);
       vbds.push({
-        id: vbd.uuid as string,
-        position: vbd.userdevice === 'autodetect' ? undefined : (vbd.userdevice as string),
-        mode: vbd.mode as 'RO' | 'RW',
-        type: vbd.type as 'Disk' | 'CD' | 'Floppy',
+        id: vbd.uuid,
+        position: vbd.userdevice === 'autodetect' ? undefined : vbd.userdevice,
+        mode: vbd.mode,
+        type: vbd.type,
         // vdi_attach on this host: the file the domain reads and writes
-        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vbd.VDI as string, vbd.mode === 'RW'),
+        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vbd.VDI, vbd.mode === 'RW'),
         unpluggable: vbd.unpluggable === true,
       });
     }
     const vifs = [];
-    for (const ref of vm.VIFs as string[]) {
+    for (const ref of vm.VIFs) {
       const vif = await db.get('VIF', ref);
-      const net = await db.get('network', vif.network as string);
-      vifs.push({ id: vif.uuid as string, position: Number(vif.device), mac: vif.MAC as string, mtu: vif.MTU as number, bridge: net.bridge as string });
+      const net = await db.get('network', vif.network);
+      vifs.push({ id: vif.uuid, position: Number(vif.device), mac: vif.MAC, mtu: vif.MTU, bridge: net.bridge });
     }
     return {
-      id: vm.uuid as string,
-      name: vm.name_label as string,
-      domainType: (vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type) as VmConfig['domainType'],
-      memoryStaticMax: vm.memory_static_max as number,
-      memoryDynamicMax: vm.memory_dynamic_max as number,
-      memoryDynamicMin: vm.memory_dynamic_min as number,
-      vcpuMax: vm.VCPUs_max as number,
-      vcpus: vm.VCPUs_at_startup as number,
-      shadowMultiplier: vm.HVM_shadow_multiplier as number,
+      id: vm.uuid,
+      name: vm.name_label,
+      domainType: vm.domain_type === 'unspecified' ? 'hvm' : vm.domain_type,
+      memoryStaticMax: vm.memory_static_max,
+      memoryDynamicMax: vm.memory_dynamic_max,
+      memoryDynamicMin: vm.memory_dynamic_min,
+      vcpuMax: vm.VCPUs_max,
+      vcpus: vm.VCPUs_at_startup,
+      shadowMultiplier: vm.HVM_shadow_multiplier,
       suspendImage: await this.suspendImagePath(vm),
-      platform: vm.platform as Record<string, string>,
+      platform: vm.platform,
+      xenstoreData: vm.xenstore_data,
       vbds,
       vifs,
     };
   }
 
   /** Where a VM's memory image lives while it is suspended: its suspend VDI, attached here. */
-  async suspendImagePath(vm: Row): Promise<string | undefined> {
-    const vdi = vm.suspend_VDI as string;
+  async suspendImagePath(vm: Row<'VM'>): Promise<string | undefined> {
+    const vdi = vm.suspend_VDI;
     if (vdi === NULL_REF || !(await this.host.db.tryGet('VDI', vdi))) return undefined;
     return this.storage.attachPath(vdi, true);
   }
 
-  async stat(vm: Row): Promise<VmState | undefined> {
+  async stat(vm: Row<'VM'>): Promise<VmState | undefined> {
     try {
-      return await this.backend.stat(vm.uuid as string);
+      return await this.backend.stat(vm.uuid);
     } catch (e) {
       if (e instanceof DomainError && e.kind === 'Does_not_exist') return undefined;
       throw e;
@@ -107,6 +110,29 @@ export class XenopsSync {
 
   /** Refreshes of one VM run one at a time: the API's and the update loop's would race. */
   private readonly refreshLocks = new Map<string, Mutex>();
+
+  /** VMs whose updates the loop leaves alone for now (see withSuppressed), with how many hold each. */
+  private readonly suppressed = new Map<string, number>();
+
+  /**
+   * Runs an operation that rebuilds a VM's domain (a reboot) with the update loop leaving the VM
+   * alone, as xapi's Events_from_xenopsd.with_suppressed does: clients do not see the domain
+   * gone, then paused while rebuilt, on the way. The VM is refreshed when it ends, so nothing a
+   * skipped update carried is lost.
+   */
+  async withSuppressed<T>(vmRef: string, fn: () => Promise<T>): Promise<T> {
+    this.suppressed.set(vmRef, (this.suppressed.get(vmRef) ?? 0) + 1);
+    try {
+      return await fn();
+    } finally {
+      const n = this.suppressed.get(vmRef)! - 1;
+      if (n > 0) this.suppressed.set(vmRef, n);
+      else {
+        this.suppressed.delete(vmRef);
+        await this.refresh(vmRef);
+      }
+    }
+  }
 
   /** update_vm: write what the backend says about one VM into the database. */
   async refresh(vmRef: string): Promise<void> {
@@ -130,7 +156,7 @@ export class XenopsSync {
     // A domain-less VM with a memory image stays Suspended: the backend only knows it has no domain.
     if (power === 'Halted' && vm.power_state === 'Suspended' && (!state || vm.suspend_VDI !== NULL_REF)) power = 'Suspended';
     const live = power === 'Running' || power === 'Paused';
-    const changes: Record<string, unknown> = {
+    const changes: Partial<VM_record> = {
       power_state: power,
       domid: live && state ? state.domid : -1,
       resident_on: live ? this.host.hostRef : NULL_REF,
@@ -140,13 +166,13 @@ export class XenopsSync {
     if (!live) {
       // force_state_reset: nothing is attached to a VM that is not running
       for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
-        for (const ref of refs as string[]) await this.updateChanged(cls, ref, { currently_attached: false, reserved: false });
+        for (const ref of refs) await this.updateChanged(cls, ref, { currently_attached: false });
       }
       if (power === 'Halted') changes.requires_reboot = false;
     }
     await this.updateChanged('VM', vmRef, changes);
-    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics as string))) {
-      const metrics: Record<string, unknown> = {
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) {
+      const metrics: Partial<VM_metrics_record> = {
         memory_actual: live && state ? state.memoryActual : 0,
         VCPUs_number: live && state ? state.vcpus : 0,
         current_domain_type: live && state ? state.domainType : 'unspecified',
@@ -154,8 +180,8 @@ export class XenopsSync {
       };
       // start_time stays that of the last boot once the VM stops
       if (live && state?.lastStartTime) metrics.start_time = formatDateTime(new Date(state.lastStartTime));
-      if (await this.updateChanged('VM_metrics', vm.metrics as string, metrics)) {
-        await db.update('VM_metrics', vm.metrics as string, { last_updated: now });
+      if (await this.updateChanged('VM_metrics', vm.metrics, metrics)) {
+        await db.update('VM_metrics', vm.metrics, { last_updated: now });
       }
     }
     if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
@@ -168,16 +194,18 @@ export class XenopsSync {
    * Writes only the fields that differ, as xapi's update_vm compares with what it saw before:
    * an unchanged object gets no write and no event. Returns whether anything was written.
    */
-  private async updateChanged(cls: string, ref: string, changes: Record<string, unknown>): Promise<boolean> {
-    const row = await this.host.db.tryGet(cls, ref);
+  private async updateChanged<C extends DbClassName>(cls: C, ref: string, changes: Partial<Records[C]>): Promise<boolean> {
+    // Field by field, by name: the database's untyped face.
+    const db = untyped(this.host.db);
+    const row = await db.tryGet(cls, ref);
     if (!row) return false;
     const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(row[k]) !== JSON.stringify(v)));
     if (Object.keys(diff).length === 0) return false;
-    await this.host.db.update(cls, ref, diff);
+    await db.update(cls, ref, diff);
     return true;
   }
 
-  private async updateGuestMetrics(vmRef: string, vm: Row, state: VmState, now: string): Promise<void> {
+  private async updateGuestMetrics(vmRef: string, vm: Row<'VM'>, state: VmState, now: string): Promise<void> {
     const db = this.host.db;
     const ga = state.guestAgent!;
     const fields = {
@@ -191,8 +219,8 @@ export class XenopsSync {
       live: true,
       can_use_hotplug_vbd: 'yes',
       can_use_hotplug_vif: 'yes',
-    };
-    const existing = vm.guest_metrics as string;
+    } as const;
+    const existing = vm.guest_metrics;
     if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
       if (await this.updateChanged('VM_guest_metrics', existing, fields)) await db.update('VM_guest_metrics', existing, { last_updated: now });
     } else {
@@ -203,14 +231,14 @@ export class XenopsSync {
   }
 
   /** update_vbd / update_vif: currently_attached is what the backend says is plugged. */
-  private async syncDevices(vmRef: string, vm: Row): Promise<void> {
+  private async syncDevices(vmRef: string, vm: Row<'VM'>): Promise<void> {
     const db = this.host.db;
     for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
-      for (const ref of refs as string[]) {
+      for (const ref of refs) {
         const dev = await db.get(cls, ref);
         let plugged = false;
         try {
-          plugged = (await this.backend.deviceState(vm.uuid as string, dev.uuid as string)).plugged;
+          plugged = (await this.backend.deviceState(vm.uuid, dev.uuid)).plugged;
         } catch (e) {
           if (!(e instanceof DomainError)) throw e;
         }
@@ -222,13 +250,13 @@ export class XenopsSync {
   private async syncConsoles(vmRef: string, consoles: VmState['consoles']): Promise<void> {
     const db = this.host.db;
     const vm = await db.get('VM', vmRef);
-    const have = new Map<string, string>();
-    for (const ref of vm.consoles as string[]) {
+    const have = new Map<console_protocol, string>();
+    for (const ref of vm.consoles) {
       const c = await db.tryGet('console', ref);
-      if (c) have.set(c.protocol as string, ref);
+      if (c) have.set(c.protocol, ref);
     }
-    const want = new Set(consoles.map((c) => c.protocol));
-    for (const [protocol, ref] of have) if (!want.has(protocol as 'rfb')) await db.destroy('console', ref);
+    const want = new Set<console_protocol>(consoles.map((c) => c.protocol));
+    for (const [protocol, ref] of have) if (!want.has(protocol)) await db.destroy('console', ref);
     for (const protocol of want) {
       if (have.has(protocol)) continue;
       const uuid = randomUUID();
@@ -251,13 +279,14 @@ export class XenopsSync {
     const db = this.host.db;
     const known = new Map((await this.backend.list()).map((s) => [s.id, s]));
     for (const [ref, vm] of await db.all('VM')) {
-      if (Object.keys(vm.current_operations as object).length > 0) await db.update('VM', ref, { current_operations: {} });
+      if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
+      await clearDeviceOperations(db, vm);
       if (vm.is_control_domain === true) {
         await updateAllowedOperations(db, ref);
         continue;
       }
-      const state = known.get(vm.uuid as string);
-      known.delete(vm.uuid as string);
+      const state = known.get(vm.uuid);
+      known.delete(vm.uuid);
       const here = vm.resident_on === this.host.hostRef || vm.resident_on === NULL_REF;
       if (state && state.powerState !== 'Halted' && !here) {
         await this.backend.shutdown(state.id).catch(() => undefined);
@@ -298,9 +327,13 @@ export class XenopsSync {
   /** A change the API did not ask for (guest agent data, a guest-initiated halt or reboot, a crash). */
   private async onUpdate(ref: string): Promise<void> {
     const before = await this.host.db.get('VM', ref);
+    // As xapi's update_vm: only a VM resident here follows the domain manager's updates. One
+    // being started or resumed is not yet; its operation writes the backend's state when it
+    // ends, so no client sees the half-built domain (paused while it is built) on the way.
+    if (before.resident_on !== this.host.hostRef || this.suppressed.has(ref)) return;
     await this.refresh(ref);
     const after = await this.host.db.get('VM', ref);
-    const busy = Object.keys(after.current_operations as object).length > 0;
+    const busy = Object.keys(after.current_operations).length > 0;
     if (busy || before.power_state === after.power_state || after.power_state !== 'Halted') return;
     const state = await this.stat(after);
     const reason = state?.lastShutdownReason;
@@ -308,7 +341,7 @@ export class XenopsSync {
       reason === 'reboot' ? after.actions_after_reboot : reason === 'crash' ? after.actions_after_crash : after.actions_after_shutdown;
     if (action === 'restart' || action === 'coredump_and_restart') {
       await this.backend.add(await this.config(ref));
-      await this.backend.start(after.uuid as string, { paused: false }).catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
+      await this.backend.start(after.uuid, { paused: false }).catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
       await this.refresh(ref);
     }
   }

@@ -43,6 +43,8 @@ export interface VmConfig {
   /** Where a suspend image is written / read (a file path on this host). */
   suspendImage?: string;
   platform: Record<string, string>;
+  /** VM.xenstore_data: keys the domain finds in its xenstore area when it is built. */
+  xenstoreData?: Record<string, string>;
   vbds: VbdConfig[];
   vifs: VifConfig[];
 }
@@ -70,6 +72,8 @@ export interface VmState {
   /** Present once the guest agent has reported. */
   guestAgent?: GuestAgent;
   consoles: { protocol: 'rfb' | 'vt100'; port: number }[];
+  /** What the domain's xenstore area holds of VM.xenstore_data (absent without a domain). */
+  xenstoreData?: Record<string, string>;
   /** Why the last domain went away, so xapi can apply actions_after_shutdown/reboot/crash. */
   lastShutdownReason?: 'halt' | 'reboot' | 'crash' | 'suspend';
 }
@@ -174,6 +178,8 @@ export interface DomainManager {
   setMemoryDynamicRange(id: string, min: number, max: number): Promise<void>;
   /** vCPU hotplug on a running domain, 1..vcpuMax (Invalid_vcpus). */
   setVcpus(id: string, n: number): Promise<void>;
+  /** Replaces the xenstore data of a built domain (xenopsd's VM.set_xsdata). */
+  setXenstoreData(id: string, data: Record<string, string>): Promise<void>;
 
   /** Hotplug into a running/paused domain; a VBD without a position gets the lowest free one. */
   vbdPlug(vm: string, vbd: VbdConfig): Promise<void>;

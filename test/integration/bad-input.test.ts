@@ -3,7 +3,7 @@
 // host is still alive (same pid) and still serves a normal logged-in call.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request, type IncomingHttpHeaders } from 'node:http';
+import { request, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, login } from './client.js';
@@ -51,9 +51,11 @@ function raw(opts: {
   const started = performance.now();
   return new Promise((resolve, reject) => {
     let settled = false;
+    let answer: IncomingMessage | undefined;
     const req = request(
       { host: x.address, port: x.httpPort, method: opts.method ?? 'POST', path: opts.path ?? '/', headers, agent: false },
       (res) => {
+        answer = res;
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', () => undefined);
@@ -72,23 +74,27 @@ function raw(opts: {
       req.destroy();
       reject(new Error(`no answer within ${opts.timeoutMs ?? 20_000} ms`));
     }, opts.timeoutMs ?? 20_000);
-    req.on('error', (e) => {
-      if (settled) return;
-      // The server may answer and close while we are still writing a big body: wait briefly
-      // for the response that is already on its way before reporting the error.
-      setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        reject(e);
-      }, 500);
+    // The server may answer and close while we are still writing a big body: the write error
+    // comes first, the answer may still be complete. So an error counts only once the
+    // connection has closed without a whole answer (a whole one ends with its 'end' above).
+    let error: Error | undefined;
+    req.on('error', (e) => (error ??= e));
+    req.on('close', () => {
+      if (settled || answer?.complete) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(error ?? new Error('the connection closed without an answer'));
     });
     if (body !== undefined) req.end(body);
     else req.end();
   });
 }
 
-/** Writes bytes on a fresh TCP connection; resolves with what came back when the server closes. */
+/**
+ * Writes bytes on a fresh TCP connection; resolves with what came back when the server closes.
+ * `destroyAfterMs`: the client gives up after that long, whatever happened (an impatient client
+ * is what those tests are about; they judge the server afterwards, not at that moment).
+ */
 function rawSocket(bytes: Buffer | string, opts: { halfClose?: boolean; destroyAfterMs?: number; timeoutMs?: number } = {}): Promise<{ received: string; closedByServer: boolean }> {
   return new Promise((resolve) => {
     let received = '';

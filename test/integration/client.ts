@@ -23,3 +23,21 @@ export async function jsonCall(url: string, method: string, params: unknown[] = 
 export async function login(url: string, password: string): Promise<string> {
   return (await jsonCall(url, 'session.login_with_password', ['root', password])) as string;
 }
+
+/**
+ * A task's record once it has left 'pending'. Woken by event.from on the task, as xapi's own
+ * clients wait for tasks, not by polling; fails after `timeoutMs` naming the task.
+ */
+export async function waitTask(url: string, session: string, task: string, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  let token = '';
+  for (;;) {
+    const rec = (await jsonCall(url, 'task.get_record', [session, task])) as Record<string, unknown>;
+    if (rec.status !== 'pending') return rec;
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`task ${task} still pending after ${timeoutMs} ms`);
+    // The first call (empty token) answers at once with a token; later ones block until the task changes.
+    const batch = (await jsonCall(url, 'event.from', [session, [`task/${task}`], token, Math.min(left, 10_000) / 1000])) as { token: string };
+    token = batch.token;
+  }
+}

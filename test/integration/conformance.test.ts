@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { startHost, type RunningHost } from '../../src/host/host.js';
 import { newRef } from '../../src/api/implicit.js';
+import { untyped } from '../../src/db/interface.js';
 import { RpcDateTime, isStruct, type Rpc } from '../../src/api/rpc.js';
 import { parseXmlRpcResponse, xmlRpcRequest } from '../../src/api/xmlrpc.js';
 import { parseJsonRpcResponse } from '../../src/api/jsonrpc.js';
@@ -26,7 +27,7 @@ before(async () => {
   url = `http://${address}:${h.httpPort}`;
   for (const cls of h.host.schema.dbClasses()) {
     const ref = newRef();
-    await h.host.db.create(cls.name, ref, { uuid: randomUUID() });
+    await untyped(h.host.db).create(cls.name, ref, { uuid: randomUUID() });
     refs.set(cls.name, ref);
   }
   await h.host.db.commit();

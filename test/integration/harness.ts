@@ -91,6 +91,7 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
   const waitFor = o.waitFor ?? /host ready/;
+  // Ready when it says so on its output; the timer is only a deadline.
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`xapi did not start in time:\n${out}`)), 30_000);
     const check = () => {
@@ -127,7 +128,7 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
 /** Stops a host we started (SIGTERM, then SIGKILL) and removes its state unless asked to keep it. */
 export async function stopXapi(x: XapiProcess, keepState = false): Promise<void> {
   x.kill('SIGTERM');
-  const t = setTimeout(() => x.kill('SIGKILL'), 10_000);
+  const t = setTimeout(() => x.kill('SIGKILL'), 10_000); // a deadline for a clean exit, not a wait
   await x.exited;
   clearTimeout(t);
   if (!keepState) await rm(x.stateDir, { recursive: true, force: true });

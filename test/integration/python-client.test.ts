@@ -19,7 +19,7 @@ function runPython(script: string, env: Record<string, string>, timeoutMs: numbe
     let output = '';
     child.stdout.on('data', (d: Buffer) => (output += d.toString()));
     child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-    // End only the child we started, by its pid, if it hangs.
+    // A deadline, not a wait: end only the child we started, by its pid, if it hangs.
     const timer = setTimeout(() => {
       if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL');
     }, timeoutMs);

@@ -6,6 +6,7 @@ SSL context), plus the JSON-RPC endpoint through urllib + json.
 Environment: XAPI_URL (http://addr:port), XAPI_HTTPS_URL (https://addr:port), XAPI_PASSWORD.
 Prints one line per check; any failed check raises AssertionError (exit status 1).
 """
+import calendar
 import json
 import os
 import re
@@ -54,6 +55,23 @@ def failure(name, r, expected):
         and r["ErrorDescription"] == expected,
         {"got": r, "expected": expected},
     )
+
+
+def wait_task(proxy, session, task, timeout=30.0):
+    """The task's record once it has left 'pending', woken by event.from on the task (the way
+    XenAPI clients wait for tasks) rather than by polling; fails after `timeout` seconds."""
+    deadline = time.time() + timeout
+    token = ""
+    event_from = getattr(proxy.event, "from")  # `from` is a Python keyword
+    while True:
+        rec = success("task.get_record", proxy.task.get_record(session, task))
+        if rec["status"] != "pending":
+            return rec
+        left = deadline - time.time()
+        if left <= 0:
+            check("task %s finishes within %ds" % (task, timeout), False, rec)
+        # The first call (empty token) answers at once; later ones block until the task changes.
+        token = success("event.from", event_from(session, ["task/" + task], token, min(left, 10.0)))["token"]
 
 
 def is_ref(v):
@@ -258,12 +276,7 @@ task = success(
     xapi.Async.network.create(session, {"name_label": "py-async", "name_description": "", "MTU": 1500, "other_config": {}}),
 )
 check("Async.network.create returns a task ref", is_ref(task), task)
-deadline = time.time() + 15
-while True:
-    trec = success("task.get_record", xapi.task.get_record(session, task))
-    if trec["status"] != "pending" or time.time() > deadline:
-        break
-    time.sleep(0.05)
+trec = wait_task(xapi, session, task)
 check("the task finishes with status 'success'", trec["status"] == "success", trec)
 m = re.match(r"^<value>(OpaqueRef:[0-9a-f-]+)</value>$", trec["result"])
 check("task result is '<value>OpaqueRef:...</value>'", m is not None, trec["result"])
@@ -276,12 +289,7 @@ check("task status via task.get_status is 'success'", success("get_status", xapi
 check("task.get_result gives the same fragment", success("get_result", xapi.task.get_result(session, task)) == trec["result"])
 
 failing = success("Async.network.destroy of an unknown network", xapi.Async.network.destroy(session, "OpaqueRef:" + str(uuidlib.uuid4())))
-deadline = time.time() + 15
-while True:
-    frec = success("task.get_record", xapi.task.get_record(session, failing))
-    if frec["status"] != "pending" or time.time() > deadline:
-        break
-    time.sleep(0.05)
+frec = wait_task(xapi, session, failing)
 check(
     "a failing async call ends with status 'failure' and error_info [CODE, ...]",
     frec["status"] == "failure" and frec["error_info"][:2] == ["HANDLE_INVALID", "network"],
@@ -295,6 +303,31 @@ check(
     "Async on a session message gives ['Fault', 'No async mode ...']",
     isinstance(r, dict) and r.get("Status") == "Failure" and r["ErrorDescription"][0] == "Fault",
     r,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Messages clients call routinely: the server clock, the licence state, plugins
+
+before = time.time()
+servertime = success("host.get_servertime", xapi.host.get_servertime(session, host_ref))
+check("host.get_servertime is an XML-RPC DateTime in xapi's UTC form", is_datetime(servertime), servertime)
+stamp = calendar.timegm(time.strptime(servertime.value, "%Y%m%dT%H:%M:%SZ"))
+check("host.get_servertime is the server's clock", int(before) - 1 <= stamp <= time.time() + 1, (servertime.value, before))
+localtime = success("host.get_server_localtime", xapi.host.get_server_localtime(session, host_ref))
+check(
+    "host.get_server_localtime is a DateTime without a zone",
+    isinstance(localtime, xmlrpc.client.DateTime) and re.match(r"^[0-9]{8}T[0-9]{2}:[0-9]{2}:[0-9]{2}$", localtime.value) is not None,
+    localtime,
+)
+pool_ref = success("pool.get_all", xapi.pool.get_all(session))[0]
+check(
+    "pool.get_license_state of an XCP-ng host",
+    success("pool.get_license_state", xapi.pool.get_license_state(session, pool_ref)) == {"edition": "xcp-ng", "expiry": "never"},
+)
+failure(
+    "host.call_plugin of a plugin the host does not have",
+    xapi.host.call_plugin(session, host_ref, "no-such-plugin.py", "main", {"a": "1"}),
+    ["XENAPI_MISSING_PLUGIN", "no-such-plugin.py"],
 )
 
 # ---------------------------------------------------------------------------------------------

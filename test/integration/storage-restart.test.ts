@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
 import { jsonCall, login } from './client.js';
+import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
 
@@ -40,18 +41,15 @@ test('kill -9 during VDI.copy: disks survive, the half-made copy goes, no operat
     const data = Buffer.alloc(size);
     for (let i = 0; i < size; i += 4096) data.writeUInt32LE(i ^ 0x5a5a5a5a, i);
     assert.equal(await put(x.url, `/import_raw_vdi?session_id=${s}&vdi=${src}`, data), 200);
-    for (let i = 0; i < 500 && ((await jsonCall(x.url, 'VDI.get_physical_utilisation', [s, src])) as number) < size / 2; i++) await new Promise((r) => setTimeout(r, 20));
+    // (the PUT's answer ends after the import has finished and the VDI record has been updated)
+    assert.ok(((await jsonCall(x.url, 'VDI.get_physical_utilisation', [s, src])) as number) >= size / 2, 'the import wrote its data');
     const before = await exportedHash(x.url, s, src);
 
     // a long copy, killed while it runs
     await jsonCall(x.url, 'Async.VDI.copy', [s, src, sr, 'OpaqueRef:NULL', 'OpaqueRef:NULL']);
-    let marked = false;
-    for (let i = 0; i < 500 && !marked; i++) {
-      marked = Object.keys((await jsonCall(x.url, 'VDI.get_current_operations', [s, src])) as object).length > 0;
-      if (!marked) await new Promise((r) => setTimeout(r, 5));
-    }
-    assert.ok(marked, 'the copy was seen in progress');
-    await new Promise((r) => setTimeout(r, 50)); // let the mark reach the disk (group commit)
+    // Seen marked through a call whose answer waited for the group commit (every answer does,
+    // when writes are pending): the mark is on disk when the process is killed.
+    await waitUntil('the copy to be seen in progress', async () => Object.keys((await jsonCall(x.url, 'VDI.get_current_operations', [s, src])) as object).length > 0);
     x.kill('SIGKILL');
     await x.exited;
 

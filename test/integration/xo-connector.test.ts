@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { Xapi } from 'xen-api';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall } from './client.js';
+import { waitForEmitted, type Emitter } from '../wait.js';
 
 interface XoObject {
   $type: string;
@@ -22,18 +23,8 @@ after(async () => {
   await stopXapi(x);
 });
 
-function waitFor<T>(check: () => T | undefined, what: string, ms = 10_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const poll = () => {
-      const v = check();
-      if (v !== undefined) return resolve(v);
-      if (Date.now() - started > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
-}
+/** Until `check` holds in the connector's cache, re-checked as its event loop updates it. */
+const inCache = <T>(xapi: { objects: Emitter }, check: () => T, what: string) => waitForEmitted(what, xapi.objects, ['add', 'update', 'remove'], check);
 
 for (const [transport, secure] of [
   ['auto', false],
@@ -80,14 +71,29 @@ for (const [transport, secure] of [
         other_config: {},
       })) as string;
       assert.match(ref, /^OpaqueRef:/);
-      const net = await waitFor(() => xapi.getObjectByRef(ref, undefined) as XoObject | undefined, 'the new network');
+      const net = await inCache(xapi, () => xapi.getObjectByRef(ref, undefined) as XoObject | undefined, 'the new network');
       assert.equal(net.name_label, label);
 
       // changes arrive through event.from
       await xapi.call('network.set_name_label', ref, `${label}-renamed`);
-      await waitFor(() => ((xapi.getObjectByRef(ref) as XoObject).name_label === `${label}-renamed` ? true : undefined), 'mod event');
+      await inCache(xapi, () => (xapi.getObjectByRef(ref) as XoObject).name_label === `${label}-renamed`, 'mod event');
       await xapi.call('network.destroy', ref);
-      await waitFor(() => (xapi.getObjectByRef(ref, undefined) === undefined ? true : undefined), 'del event');
+      await inCache(xapi, () => xapi.getObjectByRef(ref, undefined) === undefined, 'del event');
+
+      // What Xen Orchestra calls routinely: the server clock (for its stats), the licence state,
+      // plugins. Over XML-RPC the connector turns the datetime into a Date; JSON-RPC gives xapi's text.
+      const before = Math.floor(Date.now() / 1000) * 1000;
+      const time = (await xapi.call('host.get_servertime', host.$ref)) as Date | string;
+      const stamp = time instanceof Date ? time : new Date(`${time.slice(0, 4)}-${time.slice(4, 6)}-${time.slice(6)}`);
+      if (transport === 'xml-rpc') assert.ok(time instanceof Date, 'a dateTime.iso8601 value');
+      else assert.match(time as string, /^\d{8}T\d{2}:\d{2}:\d{2}Z$/);
+      assert.ok(stamp.getTime() >= before && stamp.getTime() <= Date.now(), `the server's clock: ${String(time)}`);
+      assert.deepEqual(await xapi.call('pool.get_license_state', pool.$ref), { edition: 'xcp-ng', expiry: 'never' });
+      await assert.rejects(xapi.call('host.call_plugin', host.$ref, 'updater.py', 'check_update', {}), (e: { code: string; params: string[] }) => {
+        assert.equal(e.code, 'XENAPI_MISSING_PLUGIN');
+        assert.deepEqual(e.params, ['updater.py']);
+        return true;
+      });
 
       // errors, sync and through a task
       await assert.rejects(xapi.call('VM.get_record', 'OpaqueRef:nope'), (e: { code: string; params: string[] }) => {

@@ -78,6 +78,8 @@ let stateDir: string;
 let cert: string;
 let aborted: Promise<unknown>;
 let signalAborted: (e: unknown) => void;
+/** Called when /echo starts reading a body (a test waiting for the server to be mid-body). */
+let echoReading: (() => void) | undefined;
 
 before(async () => {
   stateDir = await mkdtemp(join(tmpdir(), 'xapi-http-test-'));
@@ -88,7 +90,9 @@ before(async () => {
     .add('POST', '/echo', async (req, res) => {
       let body: Buffer;
       try {
-        body = await readBody(req, RPC_BODY_LIMIT);
+        const reading = readBody(req, RPC_BODY_LIMIT);
+        echoReading?.();
+        body = await reading;
       } catch (e) {
         if (e instanceof BodyTooLarge) return sendHttpError(res, 500, e.message);
         signalAborted(e);
@@ -175,8 +179,10 @@ test('body limit: 300 KiB passes, 301 KiB fails with 500 (declared or chunked), 
 test('a client closing mid-body does not crash the server', async () => {
   const sock = net.connect(servers.httpPort, '127.0.0.1');
   await new Promise((r) => sock.once('connect', r));
+  const reading = new Promise<void>((r) => (echoReading = r));
   sock.write('POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789');
-  await new Promise((r) => setTimeout(r, 50));
+  await reading; // the handler is in the body
+  echoReading = undefined;
   sock.destroy();
   assert.ok((await aborted) instanceof BodyAborted);
   assert.equal((await request(servers.httpPort, { path: '/port' })).status, 200);

@@ -3,13 +3,17 @@
 // devices, coalesced updates, and domains that outlive the backend object (restart safety).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { cpSync } from 'node:fs';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ipv4ForMac, SimulatorBackend, type SimulatorOptions } from '../../src/xenopsd/backends/simulator.js';
 import { simulatedMachine } from '../../src/xenopsd/machine.js';
 import { DomainError, type VmConfig } from '../../src/xenopsd/interface.js';
+import { countCalls, waitUntil } from '../wait.js';
+import { SmallDisks } from '../integration/small-disk.js';
+import { SimStateStore } from '../../src/xenopsd/backends/sim-state.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 * MiB;
@@ -52,15 +56,6 @@ async function withBackend(fn: (b: SimulatorBackend, dir: string) => Promise<voi
   }
 }
 
-/** Polls until `cond` holds (a wait, not a speed assertion). */
-async function until(cond: () => Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
-
 const is = (kind: DomainError['kind']) => (e: unknown) => e instanceof DomainError && e.kind === kind;
 
 test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), resume, reboot, clean shutdown', () =>
@@ -84,7 +79,7 @@ test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), re
     assert.equal((await b.deviceState('vm1', 'vm1-vif')).plugged, true);
 
     // the OS comes up and its agent reports
-    await until(async () => (await b.stat('vm1')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('vm1')).guestAgent !== undefined);
     const ga = (await b.stat('vm1')).guestAgent!;
     assert.equal(ga.osVersion.distro, 'debian');
     assert.equal(ga.osVersion.name, 'Debian GNU/Linux 12');
@@ -122,7 +117,7 @@ test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), re
     assert.equal(s.powerState, 'Running');
     assert.ok(s.domid > resumedDomid, 'a reboot is a new domain');
 
-    await until(async () => (await b.stat('vm1')).guestAgent !== undefined, 'the guest agent after the reboot');
+    await waitUntil('the guest agent after the reboot', async () => (await b.stat('vm1')).guestAgent !== undefined);
     await b.shutdown('vm1', 5000);
     s = await b.stat('vm1');
     assert.equal(s.powerState, 'Halted');
@@ -148,10 +143,10 @@ test('memory is finite: ballooning squeezes guests, then Cannot_free_this_much_m
     await b.add(config(dir, 'a', GiB, 3 * GiB));
     await b.start('a', { paused: false });
     assert.equal((await b.stat('a')).memoryTarget, 3 * GiB, 'plentiful: at dynamic_max');
-    await until(async () => (await b.stat('a')).guestAgent !== undefined, "a's balloon driver");
+    await waitUntil("a's balloon driver", async () => (await b.stat('a')).guestAgent !== undefined);
     await b.add(config(dir, 'b', GiB, 3 * GiB));
     await b.start('b', { paused: false });
-    await until(async () => (await b.stat('b')).guestAgent !== undefined, "b's balloon driver");
+    await waitUntil("b's balloon driver", async () => (await b.stat('b')).guestAgent !== undefined);
     const [ta, tb] = [(await b.stat('a')).memoryTarget, (await b.stat('b')).memoryTarget];
     assert.ok(ta < 3 * GiB && ta > GiB, `a was squeezed: ${ta}`);
     assert.ok(Math.abs(ta - tb) <= 4096, `the same fraction: ${ta} ${tb}`);
@@ -180,7 +175,7 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
     await b.add(config(dir, 'f', 256 * MiB, 256 * MiB));
     const up = async () => {
       await b.start('f', { paused: false });
-      await until(async () => (await b.stat('f')).guestAgent !== undefined, 'the guest agent');
+      await waitUntil('the guest agent', async () => (await b.stat('f')).guestAgent !== undefined);
     };
     const freeWhenHalted = (await b.hostMemory()).free;
     await up();
@@ -193,12 +188,12 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
 
     await up();
     b.inject('f', 'guest-shutdown');
-    await until(async () => (await b.stat('f')).powerState === 'Halted', 'the guest to halt itself');
+    await waitUntil('the guest to halt itself', async () => (await b.stat('f')).powerState === 'Halted');
     assert.equal((await b.stat('f')).lastShutdownReason, 'halt');
 
     await up();
     b.inject('f', 'guest-reboot');
-    await until(async () => (await b.stat('f')).powerState === 'Halted', 'the guest to reboot itself');
+    await waitUntil('the guest to reboot itself', async () => (await b.stat('f')).powerState === 'Halted');
     assert.equal((await b.stat('f')).lastShutdownReason, 'reboot', 'xapi applies actions_after_reboot');
 
     // acknowledges but never halts: Failed_to_shutdown(id, timeout in seconds), still running
@@ -223,7 +218,7 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
     // a slow build, pre-empted by a hard shutdown: the start is cancelled, the VM Halted
     b.inject('f', { slowBootMs: 60_000 });
     const starting = b.start('f', { paused: false });
-    await until(async () => (await b.stat('f')).domid !== -1, 'the domain to be created');
+    await waitUntil('the domain to be created', async () => (await b.stat('f')).domid !== -1);
     assert.equal((await b.stat('f')).powerState, 'Paused', 'a domain being built is paused');
     await b.shutdown('f');
     await assert.rejects(starting, is('Cancelled'));
@@ -245,7 +240,7 @@ test('devices: plug/unplug/insert/eject with xenopsd errors; the guest reports n
     await b.add(c);
     await assert.rejects(b.vbdPlug('d', c.vbds[0]!), is('Bad_power_state'), 'no hotplug into a halted VM');
     await b.start('d', { paused: false });
-    await until(async () => (await b.stat('d')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('d')).guestAgent !== undefined);
     await assert.rejects(b.vbdPlug('d', c.vbds[0]!), is('Device_is_connected'));
     await b.vbdUnplug('d', 'd-disk', false);
     await assert.rejects(b.vbdUnplug('d', 'd-disk', false), is('Device_not_connected'));
@@ -290,7 +285,7 @@ test('updates: delivered by token, coalesced per object, waking a waiting caller
     assert.ok(u.updates.some((x) => x.kind === 'vbd' && x.id === 'u-disk'), 'device updates too');
     assert.ok(u.updates.some((x) => x.kind === 'vif' && x.id === 'u-vif'));
     // nothing new: the caller waits; a change wakes it
-    await until(async () => (await b.stat('u')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('u')).guestAgent !== undefined);
     const settled = await b.updates(u.token, 10);
     const waiting = b.updates(settled.token, 10_000);
     await b.pause('u');
@@ -313,7 +308,7 @@ test('restart safety: a new backend on the same state directory still runs the d
     await b.add(config(dir, 'h', 256 * MiB, 256 * MiB));
     await b.add(config(dir, 'p', 256 * MiB, 256 * MiB));
     await b.start('r', { paused: false });
-    await until(async () => (await b.stat('r')).guestAgent !== undefined, 'the guest agent');
+    await waitUntil('the guest agent', async () => (await b.stat('r')).guestAgent !== undefined);
     await b.start('p', { paused: true });
     const before = await b.stat('r');
     const memBefore = await b.hostMemory();
@@ -347,20 +342,78 @@ test('restart safety: a new backend on the same state directory still runs the d
     // a domain caught half-built by the crash is not trusted: torn down at the next start-up
     const b3 = backend(dir, 4096, { bootTimeMs: 60_000 });
     const starting = b3.start('r', { paused: false }).catch((e: unknown) => e);
-    await until(async () => (await b3.stat('r')).domid !== -1, 'the domain to be created');
+    await waitUntil('the domain to be created', async () => (await b3.stat('r')).domid !== -1);
+    const halfBuilt = (await b3.stat('r')).domid;
     await b3.close();
     assert.ok(is('Cancelled')(await starting));
     const b4 = backend(dir, 4096);
     try {
       assert.equal((await b4.stat('r')).powerState, 'Halted');
       assert.equal((await b4.stat('h')).powerState, 'Running');
+      // the torn-down domain's id is not handed out again either
+      await b4.start('r', { paused: true });
+      assert.ok((await b4.stat('r')).domid > halfBuilt);
     } finally {
       await b4.close();
     }
-    const files = JSON.parse(await readFile(join(dir, 'xenopsd', 'host.json'), 'utf8')) as { lastDomid: number };
-    assert.ok(files.lastDomid >= 4);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('kill -9 model: a copy of the state directory taken as an operation returns has what it reported', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
+  const copies: string[] = [];
+  /** The state directory as it is at this instant: what a process killed now leaves behind. */
+  const crashCopy = () => {
+    const copy = `${dir}-crash${copies.length}`;
+    cpSync(dir, copy, { recursive: true });
+    copies.push(copy);
+    return copy;
+  };
+  /** What a backend started on `copy` finds, beside what the running one reports. */
+  const compare = async (copy: string, what: string) => {
+    const seen = async (x: SimulatorBackend) => (await x.list()).map((s) => `${s.id} ${s.powerState} ${s.domid}`).sort();
+    const after = backend(copy, 4096);
+    try {
+      assert.deepEqual(await seen(after), await seen(b), what);
+    } finally {
+      await after.close();
+    }
+  };
+  const b = backend(dir, 4096);
+  try {
+    for (const id of ['a', 'b', 'c', 'd']) await b.add(config(dir, id, 256 * MiB, 256 * MiB));
+    const steps: [string, () => Promise<unknown>][] = [
+      ['start a', () => b.start('a', { paused: false })],
+      ['start b paused', () => b.start('b', { paused: true })],
+      ['start c', () => b.start('c', { paused: false })],
+      ['hard shutdown a', () => b.shutdown('a')],
+      ['unpause b', () => b.unpause('b')],
+      ['clean shutdown c', () => b.shutdown('c', 5000)],
+      ['hard reboot b', () => b.reboot('b')],
+      ['remove d', () => b.remove('d')],
+    ];
+    for (const [what, step] of steps) {
+      await step();
+      await compare(crashCopy(), what);
+    }
+    // A build xapi has heard of (stat shows its domain) but that has not finished: torn down.
+    b.inject('a', { slowBootMs: 60_000 });
+    const starting = b.start('a', { paused: false }).catch((e: unknown) => e);
+    await waitUntil('the domain to be created', async () => (await b.stat('a')).domid !== -1);
+    const after = backend(crashCopy(), 4096);
+    try {
+      assert.equal((await after.stat('a')).powerState, 'Halted');
+      assert.equal((await after.stat('b')).powerState, 'Running');
+    } finally {
+      await after.close();
+    }
+    await b.shutdown('a');
+    assert.ok(is('Cancelled')(await starting));
+  } finally {
+    await b.close();
+    for (const d of [dir, ...copies]) await rm(d, { recursive: true, force: true });
   }
 });
 
@@ -419,42 +472,83 @@ test('guests without an agent never report and never balloon, but still halt on 
     await b.start('b', { paused: false });
     assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
     assert.ok((await b.stat('b')).memoryTarget < 3 * GiB);
-    await sleep(30);
+    // Past the moment an agent would report: a's OS comes up on a timer of agentDelayMs set at
+    // its start, and Node fires timers of one length in the order they were set.
+    await sleep(FAST.agentDelayMs);
     assert.equal((await b.stat('a')).guestAgent, undefined);
     await b.shutdown('a', 5000);
     assert.equal((await b.stat('a')).powerState, 'Halted');
     await b.shutdown('b');
   }, 5120, { guestAgent: false }));
 
-test('state files that cannot be written (a full disk) stop neither domains nor guests; they are written when they can be', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
-  const state = join(dir, 'xenopsd');
-  try {
-    const b = backend(dir);
-    await b.add(config(dir, 'w', 256 * MiB, 256 * MiB));
-    // every write under the state directory fails from here on (a file where it was)
-    await rename(state, `${state}.away`);
-    await writeFile(state, '');
-    // an operation, then guest-side timers (the agent coming up, a guest halting itself): nothing throws
-    await b.start('w', { paused: false });
-    await until(async () => (await b.stat('w')).guestAgent !== undefined, 'the guest agent');
-    b.inject('w', 'guest-shutdown');
-    await until(async () => (await b.stat('w')).powerState === 'Halted', 'the guest to halt itself');
-    await b.start('w', { paused: false });
-    await until(async () => (await b.stat('w')).guestAgent !== undefined, 'the guest agent again');
-    // the directory is back: what could not be written is written (at the latest at close)
-    await rm(state);
-    await rename(`${state}.away`, state);
-    await b.close();
-    const again = backend(dir);
+test('a full state disk: guest timers crash nothing, operations return only once their state is stored, later saves are read back', async () => {
+  const disks = await SmallDisks.create({ state: 4 * MiB }); // a real ENOSPC (small-disk.ts)
+  const dir = disks.outside('state');
+  const copies: string[] = [];
+  /** The state directory as it is at this instant: what a process killed now leaves behind. */
+  const crashCopy = () => {
+    const copy = join(tmpdir(), `xapi-sim-full-${process.pid}-${copies.length}`);
+    copies.push(copy);
+    cpSync(dir, copy, { recursive: true });
+    return copy;
+  };
+  const powerIn = async (copy: string, id: string) => {
+    const x = backend(copy);
     try {
-      const s = await again.stat('w');
-      assert.equal(s.powerState, 'Running');
-      assert.ok(s.guestAgent, 'the guest agent data was saved too');
+      return (await x.stat(id)).powerState;
     } finally {
-      await again.close();
+      await x.close();
     }
+  };
+  const saving: boolean[] = [];
+  const saves = countCalls(SimStateStore.prototype, 'save');
+  // Each journal line holds a VM's whole state: with this, more than a page, so no append fits
+  // in what the journal's last page has left (one may be written in part, and is cut off).
+  const big = { xenstoreData: { 'vm-data/pad': 'x'.repeat(8192) } };
+  let b = backend(dir, 8192, { saveRetryMs: 5, onSaving: (works) => saving.push(works) });
+  try {
+    for (const id of ['guest', 'op1', 'op2']) {
+      await b.add(config(dir, id, 256 * MiB, 256 * MiB, big));
+      await b.start(id, { paused: false });
+    }
+    await waitUntil('the guest agent', async () => (await b.stat('guest')).guestAgent);
+    disks.fill('state');
+
+    // a guest-side timer changes what nobody asked about: its save fails in the background
+    // (an uncaught throw from the timer would fail this test)
+    b.inject('guest', 'guest-shutdown');
+    assert.deepEqual(saving, [false]);
+
+    // operations on the full disk (a hard shutdown, which reaches its save at once, and a queued
+    // pause) wait for their state to be stored, across failed tries
+    let settled = 0;
+    const outcome: Record<string, string> = {};
+    const shutdown = b.shutdown('op1').then(() => void (outcome.op1 = crashCopy()));
+    const pause = b.pause('op2').then(() => void (outcome.op2 = crashCopy()));
+    void Promise.allSettled([shutdown, pause]).then(() => settled++);
+    await saves.calls(saves.count + 3);
+    assert.equal(settled, 0, 'nothing returned while its state could not be saved');
+
+    await disks.free('state');
+    await Promise.all([shutdown, pause]);
+    assert.deepEqual(saving, [false, true]);
+    // what a kill -9 leaves as each returned has what it reported
+    assert.equal(await powerIn(outcome.op1!, 'op1'), 'Halted');
+    assert.equal(await powerIn(outcome.op2!, 'op2'), 'Paused');
+
+    // lines saved after the failed ones are read back by the next process
+    await b.unpause('op2');
+    await waitUntil('the guest to halt itself', async () => (await b.stat('guest')).powerState === 'Halted');
+    await b.close();
+    b = backend(dir);
+    assert.equal((await b.stat('op1')).powerState, 'Halted');
+    assert.equal((await b.stat('op2')).powerState, 'Running');
+    assert.equal((await b.stat('guest')).powerState, 'Halted');
+    assert.equal((await b.stat('op2')).xenstoreData?.['vm-data/pad']?.length, 8192);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    saves.restore();
+    await b.close();
+    await disks.close();
+    for (const c of copies) await rm(c, { recursive: true, force: true });
   }
 });

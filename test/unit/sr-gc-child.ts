@@ -10,7 +10,7 @@ const active = new Set((process.env.GC_ACTIVE ?? '').split(',').filter(Boolean))
 const points: string[] = [];
 const report = await runGc(dir, {
   lock: (fn) => fn(),
-  isActive: (u) => active.has(u),
+  inUse: () => active,
   crashPoint: (name) => {
     points.push(name);
     if (points.length === crashAt) process.kill(process.pid, 'SIGKILL');

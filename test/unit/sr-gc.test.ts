@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,6 +12,7 @@ import { createDifferencing, createDynamic, open } from '../../src/storage/vhd/v
 import { buildTree, chainOf, listNodes, vhdPath } from '../../src/storage/file-layout.js';
 import { recoverJournals, runGc, type GcOptions } from '../../src/storage/gc.js';
 import { ensureJudges, ourHash, vhdiChain } from './vhd-judge.js';
+import { Mutex } from '../../src/util/mutex.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
@@ -94,7 +95,7 @@ function gcOpts(sr: Sr, extra: Partial<GcOptions> = {}): GcOptions {
       chain = r.catch(() => undefined);
       return r;
     },
-    isActive: (u) => sr.active.has(u),
+    inUse: () => sr.active,
     ...extra,
   };
 }
@@ -208,6 +209,40 @@ test('leafCoalesce:false keeps leaves; a concurrent runGc on the same SR is refu
   await assertHashes(sr, templateHashes, 'without leaf-coalesce');
 });
 
+test('a snapshot writing its journal under the SR lock: the GC waits for the lock and leaves the driver\'s journal alone', async () => {
+  const sr = cloneSr(template, path.join(root, 'gc-foreign-journal'));
+  const jdir = path.join(sr.dir, '.journal');
+  mkdirSync(jdir, { recursive: true });
+  const journal = path.join(jdir, `snapshot-${sr.ids.L1}.json`);
+  const tmp = `${journal}.tmp-${process.pid}`;
+  const lock = new Mutex();
+  // The driver's snapshot holds the SR lock with its journal still a temp file (writeFileAtomic
+  // between write and rename) until `finish` is called.
+  let finish!: () => void;
+  const finished = new Promise<void>((r) => (finish = r));
+  let wrote!: () => void;
+  const written = new Promise<void>((r) => (wrote = r));
+  const snapshot = lock.run(async () => {
+    writeFileSync(tmp, JSON.stringify({ leaf: sr.ids.L1, parent: randomUUID(), fresh: '' }));
+    wrote();
+    await finished;
+    renameSync(tmp, journal);
+  });
+  await written;
+  let askedForLock!: () => void;
+  const gcWaiting = new Promise<void>((r) => (askedForLock = r));
+  const gc = runGc(sr.dir, { lock: (fn) => { askedForLock(); return lock.run(fn); }, inUse: () => sr.active });
+  await gcWaiting;
+  assert.ok(existsSync(tmp), 'the journal being written is still there when the GC first needs the lock');
+  finish();
+  await snapshot;
+  await gc;
+  assert.ok(existsSync(journal), 'the driver\'s journal is not the GC\'s to recover or remove');
+  rmSync(journal); // the driver's recovery would
+  await assertFinalShape(sr);
+  await assertHashes(sr, templateHashes, 'after a GC beside a snapshot journal');
+});
+
 test('abort signal stops the GC between steps with a consistent tree', async () => {
   const sr = cloneSr(template, path.join(root, 'gc3'));
   const ac = new AbortController();
@@ -265,7 +300,10 @@ test('recovery rolls a re-parent forward, and rolls a leaf commit back if the le
 
 interface ChildResult { signal: NodeJS.Signals | null; code: number | null; out: string }
 
-/** Run the GC child; optionally SIGKILL it (by its PID) after killAfterMs. */
+/**
+ * Run the GC child; optionally SIGKILL it (by its PID) after killAfterMs: a kill at an arbitrary
+ * moment is the point of those runs (any outcome must be consistent), not a wait for anything.
+ */
 function runChild(dir: string, env: Record<string, string>, killAfterMs?: number): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CHILD, dir], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -287,7 +325,7 @@ function runChild(dir: string, env: Record<string, string>, killAfterMs?: number
 /** After a kill: leaves read the same before any recovery, and recovery + GC reach the final shape. */
 async function checkAfterKill(sr: Sr, label: string): Promise<void> {
   await assertHashes(sr, templateHashes, `${label}, before recovery`);
-  await recoverJournals(sr.dir, { isActive: (u) => sr.active.has(u) });
+  await recoverJournals(sr.dir, { inUse: () => sr.active });
   await runGc(sr.dir, gcOpts(sr));
   await assertFinalShape(sr);
   await assertHashes(sr, templateHashes, `${label}, after GC`);

@@ -9,16 +9,21 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync, unlinkSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { openDiskFile } from '../../src/storage/disk-file.js';
+import type { FileSrDriver } from '../../src/storage/file-sr.js';
+import { leafPaused } from '../../src/storage/leaf-gate.js';
+import { openVdi } from '../../src/xapi/vdi.js';
+import { countCalls, waitUntil, within } from '../wait.js';
 
 const MiB = 1024 ** 2;
 const NULL = 'OpaqueRef:NULL';
 
-async function setup() {
-  const h = await memoryHost({ rootPassword: 'pw' });
+async function setup(opts: { log?: Logger } = {}) {
+  const h = await memoryHost({ rootPassword: 'pw', ...opts });
   h.xenops.start();
   const { ok, err } = apiClient(h);
   const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
@@ -335,6 +340,26 @@ test('VM disks: provision, a guest writing its disk, PBD.unplug refused in use, 
   }
 });
 
+test('a VM.revert that fails answers VM_REVERT_FAILED [snapshot, vm] and logs what failed, with its stack', async () => {
+  const lines: string[] = [];
+  const t = await setup({ log: pino({ level: 'error' }, { write: (line: string) => void lines.push(line) }) });
+  try {
+    const vm = await t.provisionedVm('deb');
+    const snap = (await t.ok('VM.snapshot', t.s, vm, 'before', [])) as string;
+    const snapDisk = (await t.rec('VBD', ((await t.rec('VM', snap)).VBDs as string[])[0]!)).VDI as string;
+    unlinkSync(await t.vhdFile(snapDisk)); // the snapshot's data goes behind xapi's back
+    assert.deepEqual(await t.err('VM.revert', t.s, snap), ['VM_REVERT_FAILED', snap, vm]);
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; snapshot?: string; err?: { message: string; stack: string } });
+    const entry = logged.find((r) => r.msg === 'VM.revert failed');
+    assert.ok(entry, 'the failure is logged');
+    assert.equal(entry.snapshot, snap);
+    assert.match(entry.err!.message, /^VDI_MISSING/, 'the cause, not VM_REVERT_FAILED');
+    assert.match(entry.err!.stack, /\n\s+at /, 'with its stack');
+  } finally {
+    await t.close();
+  }
+});
+
 test('VDI.copy with a base writes only the difference', async () => {
   const t = await setup();
   try {
@@ -379,6 +404,86 @@ test('garbage collection: deleted snapshots are removed and the chain coalesces 
     const r = await t.rec('VDI', vdi);
     assert.equal((r.sm_config as Record<string, string>)['vhd-parent'], undefined);
     assert.equal(qemuInfo(await t.vhdFile(vdi))['virtual-size'], 16 * MiB);
+  } finally {
+    await t.close();
+  }
+});
+
+test('the GC asks what is in use before every step: a disk opened for writing while it waits is left alone', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('gc-live');
+    await t.storage.settleGc(sr); // the GC the plug kicked
+    const vdi = await t.vdiCreate(sr, 16 * MiB);
+    const d = await openDiskFile(await t.vhdFile(vdi), { readOnly: false });
+    await d.write(0, pattern(40, MiB));
+    await d.close();
+    // reset then persist: the leaf sits alone over a hidden parent, what a leaf-coalesce merges
+    await t.ok('VDI.set_on_boot', t.s, vdi, 'reset');
+    await t.ok('VDI.set_on_boot', t.s, vdi, 'persist');
+    const dir = await t.srDir(sr);
+    const vhds = () => readdirSync(dir).filter((f) => f.endsWith('.vhd')).length;
+    assert.equal(vhds(), 2);
+    // The SR lock is held (as by a snapshot) until the GC is waiting for it; then the disk is
+    // opened for writing. The GC's steps come after that, so they must see the writer.
+    const { ctx } = await t.storage.context(sr);
+    const lock = (t.storage.driver('file') as FileSrDriver).lock(ctx);
+    let release!: () => void;
+    const held = lock.run(() => new Promise<void>((r) => (release = r)));
+    const asked = countCalls(lock, 'run');
+    const gc = t.storage.runGc(sr);
+    await within('the GC to ask for the lock', asked.calls(1));
+    asked.restore();
+    const location = (await t.rec('VDI', vdi)).location as string;
+    const opening = openVdi(t.storage, vdi, false);
+    await waitUntil('the writer is registered', async () => (await t.storage.inUse(sr)).has(location));
+    release();
+    await held;
+    const disk = await opening;
+    await gc;
+    assert.equal(vhds(), 2, 'the leaf being written was not merged into its parent');
+    await disk.write(2 * MiB, pattern(41, MiB));
+    await disk.close();
+    const content = await contentHash(await t.vhdFile(vdi));
+    await t.storage.runGc(sr);
+    assert.equal(vhds(), 1, 'once closed, the leaf is merged');
+    assert.equal(await contentHash(await t.vhdFile(vdi)), content);
+  } finally {
+    await t.close();
+  }
+});
+
+test('a snapshot of a disk in use waits for the I/O in flight, and later I/O goes to the new leaf (tapdisk pause)', async () => {
+  const t = await setup();
+  try {
+    const vdi = await t.vdiCreate(t.localSr, 16 * MiB);
+    const file = await t.vhdFile(vdi);
+    const io = await openDiskFile(file, { readOnly: false }); // a domain's I/O under way
+    const snapping = t.ok('VDI.snapshot', t.s, vdi, newStruct());
+    await waitUntil('the snapshot to wait for the I/O in flight', () => leafPaused(file));
+    await io.write(2 * MiB, pattern(50, MiB));
+    await io.close();
+    const snap = (await snapping) as string;
+    const readAt = async (v: string) => {
+      const d = await openDiskFile(await t.vhdFile(v), { readOnly: true });
+      try {
+        return await d.read(2 * MiB, MiB);
+      } finally {
+        await d.close();
+      }
+    };
+    // the write landed before the split: the snapshot and the disk both hold it
+    assert.ok((await readAt(snap)).equals(pattern(50, MiB)), 'the snapshot holds the write in flight');
+    assert.ok((await readAt(vdi)).equals(pattern(50, MiB)));
+    // I/O after the snapshot changes the disk only
+    const after = await openDiskFile(file, { readOnly: false });
+    await after.write(2 * MiB, pattern(51, MiB));
+    await after.close();
+    assert.ok((await readAt(snap)).equals(pattern(50, MiB)), 'the snapshot does not change');
+    assert.ok((await readAt(vdi)).equals(pattern(51, MiB)));
+    // the new parent stayed hidden: a scan finds the two VDIs and nothing else
+    await t.ok('SR.scan', t.s, t.localSr);
+    assert.deepEqual([...((await t.rec('SR', t.localSr)).VDIs as string[])].sort(), [vdi, snap].sort());
   } finally {
     await t.close();
   }
@@ -475,10 +580,16 @@ test('a snapshot cut short by a crash is finished or dropped when the SR is atta
     await t.ok('PBD.unplug', t.s, pbd!);
     await t.ok('PBD.plug', t.s, pbd!);
     assert.equal(await contentHash(file), before, 'the VDI reads as before');
-    assert.equal(((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'], parent);
     assert.equal(existsSync(join(dir, `${fresh}.vhd`)), false);
-    assert.deepEqual(readdirSync(join(dir, '.journal')), []);
+    assert.deepEqual(readdirSync(join(dir, '.journal')).filter((f) => f.startsWith('snapshot-')), [], 'the snapshot journal is done with');
     assert.equal(((await t.rec('SR', sr)).VDIs as string[]).length, 1, 'the hidden parent is no VDI');
+    // The plug kicked the GC, which may already be merging the leaf into the recovered parent:
+    // once it is done, the VDI is one file again, reading the same.
+    await t.storage.settleGc(sr);
+    assert.deepEqual(readdirSync(join(dir, '.journal')), []);
+    assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith('.vhd')), [`${location}.vhd`]);
+    assert.equal(((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'], undefined);
+    assert.equal(await contentHash(file), before, 'and reads as before');
   } finally {
     await t.close();
   }

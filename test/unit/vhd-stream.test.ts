@@ -356,7 +356,10 @@ test('exportRaw honours backpressure: nothing is read ahead of a stalled consume
     const s = exportRaw(v);
     // Read once, then stall: only the high-water mark (two blocks) may be buffered.
     await new Promise<void>((resolve) => s.once('readable', () => resolve()));
-    await new Promise((r) => setTimeout(r, 50));
+    // The disk is empty, so every pull completes without I/O, in microtasks and nextTicks: by
+    // the next turn of the event loop a stream ignoring backpressure would have pulled on.
+    await new Promise((r) => setImmediate(r));
+    assert.ok(s.readableLength >= s.readableHighWaterMark, `filled up to the mark (${s.readableLength})`);
     assert.ok(s.readableLength <= 3 * BLOCK, `buffered ${s.readableLength}`);
     s.destroy();
   } finally {

@@ -3,10 +3,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
+import { waitUntil } from '../wait.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -82,7 +82,7 @@ test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, de
     const [vif] = r.VIFs as string[];
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif!), true);
     // the simulated guest agent reports in
-    for (let i = 0; i < 100 && (await t.rec(vm)).guest_metrics === 'OpaqueRef:NULL'; i++) await sleep(10);
+    await waitUntil('the guest metrics', async () => (await t.rec(vm)).guest_metrics !== 'OpaqueRef:NULL');
     const gm = (await t.ok('VM_guest_metrics.get_record', t.s, (await t.rec(vm)).guest_metrics as string)) as RpcStruct;
     assert.ok(Object.keys(gm.os_version as object).length > 0);
     assert.ok('0/ip' in (gm.networks as object));
@@ -178,17 +178,19 @@ test('memory runs out: HOST_NOT_ENOUGH_FREE_MEMORY with needed and available', a
 });
 
 test('two conflicting operations: OTHER_OPERATION_IN_PROGRESS', async () => {
-  const t = await setup({ shutdownTimeMs: 300 });
+  // A guest that takes a minute to shut down: the clean_shutdown is surely still running when
+  // the pause comes, however slow the machine; the hard_shutdown cuts it short.
+  const t = await setup({ shutdownTimeMs: 60_000 });
   try {
     const vm = await t.makeVm('busy');
     await t.ok('VM.start', t.s, vm, false, false);
     const task = (await t.ok('Async.VM.clean_shutdown', t.s, vm)) as string;
-    await sleep(50);
+    await waitUntil('the shutdown to be marked', async () => ((await t.rec(vm)).current_operations as Record<string, string>)[task] === 'clean_shutdown');
     assert.deepEqual(await t.err('VM.pause', t.s, vm), ['OTHER_OPERATION_IN_PROGRESS', 'VM', vm, 'clean_shutdown', task]);
     assert.ok(!((await t.rec(vm)).allowed_operations as string[]).includes('pause'));
     // hard_shutdown pre-empts anything else
     await t.ok('VM.hard_shutdown', t.s, vm);
-    for (let i = 0; i < 200 && Object.keys((await t.rec(vm)).current_operations as object).length > 0; i++) await sleep(10);
+    await waitUntil('the shutdown to end', async () => Object.keys((await t.rec(vm)).current_operations as object).length === 0);
     assert.equal((await t.rec(vm)).power_state, 'Halted');
     assert.deepEqual((await t.rec(vm)).current_operations, newStruct());
   } finally {
@@ -201,6 +203,8 @@ test('VIF hotplug on a running VM', async () => {
   try {
     const vm = await t.makeVm('hot');
     await t.ok('VM.start', t.s, vm, false, false);
+    // An HVM guest hotplugs once its PV drivers report (xapi: VM_MISSING_PV_DRIVERS before).
+    await waitUntil('the guest agent reports', async () => (await t.rec(vm)).guest_metrics !== 'OpaqueRef:NULL');
     const vif = (await t.ok('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }))) as string;
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
     await t.ok('VIF.plug', t.s, vif);
@@ -226,13 +230,13 @@ test('faults: a guest crash, a guest halting itself, a guest refusing to shut do
     t.domains.inject(uuid, 'crash');
     // (between the crash and the restart the VM is briefly Halted with no domain)
     const restarted = (r: RpcStruct) => r.domid !== domid && r.power_state === 'Running';
-    for (let i = 0; i < 300 && !restarted(await t.rec(vm)); i++) await sleep(10);
+    await waitUntil('the VM to restart after its crash', async () => restarted(await t.rec(vm)));
     let r = await t.rec(vm);
     assert.equal(r.power_state, 'Running');
     assert.notEqual(r.domid, domid);
     // the guest halts itself; actions_after_shutdown = destroy leaves it Halted
     t.domains.inject(uuid, 'guest-shutdown');
-    for (let i = 0; i < 200 && (await t.rec(vm)).power_state !== 'Halted'; i++) await sleep(10);
+    await waitUntil('the guest to halt itself', async () => (await t.rec(vm)).power_state === 'Halted');
     assert.equal((await t.rec(vm)).power_state, 'Halted');
     // a guest that ignores the shutdown request: clean_shutdown times out, shutdown falls back to hard
     await t.ok('VM.start', t.s, vm, false, false);
@@ -308,12 +312,12 @@ test('ballooning: a second VM squeezes the first towards dynamic_min, and gives 
     const actual = async (vm: string) => Number(await t.ok('VM_metrics.get_memory_actual', t.s, (await t.rec(vm)).metrics as string));
     assert.equal(await actual(a), 8 * GiB);
     await t.ok('VM.start', t.s, b, false, false); // both at 8 GiB would not fit in 16 GiB
-    for (let i = 0; i < 100 && (await actual(a)) === 8 * GiB; i++) await sleep(10);
+    await waitUntil('a to be squeezed', async () => (await actual(a)) < 8 * GiB);
     const [ma, mb] = [await actual(a), await actual(b)];
     assert.ok(ma < 8 * GiB && ma >= 2 * GiB, `a has ${ma}`);
     assert.ok(Math.abs(ma - mb) <= 4096, 'the same fraction of the same range');
     await t.ok('VM.hard_shutdown', t.s, b);
-    for (let i = 0; i < 100 && (await actual(a)) !== 8 * GiB; i++) await sleep(10);
+    await waitUntil('a to get its memory back', async () => (await actual(a)) === 8 * GiB);
     assert.equal(await actual(a), 8 * GiB);
     await t.ok('VM.hard_shutdown', t.s, a);
   } finally {

@@ -1,0 +1,42 @@
+// pool.* explicit messages (xapi's xapi_pool.ml, xapi_pool_license.ml, license_check.ml).
+import { XapiError } from '../api/errors.js';
+import type { Call, Registry } from '../api/context.js';
+import { formatDateTime, parseDateTime } from '../schema/types.js';
+
+/**
+ * The editions the licensing daemon offers, with their rank. XCP-ng's daemon offers one,
+ * "xcp-ng", with every feature (it is what hosts here report as their edition).
+ */
+const EDITIONS: Record<string, number> = { 'xcp-ng': 100 };
+
+/** license_check.ml's "never": an expiry of exactly 2100-01-01 is written as no expiry. */
+const NEVER = Date.UTC(2100, 0, 1);
+
+/**
+ * pool.get_license_state: the lowest edition among the hosts (of those the daemon knows), and
+ * the earliest expiry among the hosts of that edition ("never" when none expires).
+ */
+async function licenseState(call: Call): Promise<Record<string, string>> {
+  const hosts = (await call.db.all('host')).map(([, h]) => h);
+  const ranked = hosts.filter((h) => h.edition in EDITIONS).sort((a, b) => EDITIONS[a.edition]! - EDITIONS[b.edition]!);
+  // xapi takes the head of an empty list when no host has a known edition.
+  if (ranked.length === 0) throw new XapiError('INTERNAL_ERROR', ['Failure("hd")']);
+  const edition = ranked[0]!.edition;
+  const expiries = hosts
+    .filter((h) => h.edition === edition)
+    .map((h) => {
+      const text = h.license_params.expiry;
+      if (text === undefined || text === 'never') return undefined;
+      const date = parseDateTime(text);
+      if (!date) throw new XapiError('INTERNAL_ERROR', [`Invalid_argument("Clock__Date.of_iso8601: ${text}")`]);
+      return date.getTime();
+    });
+  const earliest = expiries.reduce<number | undefined>((min, t) => (t === undefined ? min : min === undefined || t < min ? t : min), undefined);
+  const expiry = earliest === undefined || earliest === NEVER ? 'never' : formatDateTime(new Date(earliest));
+  return { edition, expiry };
+}
+
+export function register(r: Registry): void {
+  // The pool argument is not even looked at by xapi.
+  r.implement('pool.get_license_state', (call) => licenseState(call));
+}
