@@ -10,6 +10,8 @@ import { schema } from '../../src/schema/schema.js';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore, StoreFormatError } from '../../src/db/store.js';
 import type { XapiError } from '../../src/api/errors.js';
+import { Marshal } from '../../src/api/marshal.js';
+import { parseType } from '../../src/schema/types.js';
 
 async function withDir(fn: (dir: string) => Promise<void>) {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-db-'));
@@ -121,10 +123,16 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     await db.commit();
     const epoch = db.epoch();
     const token = db.generation();
+    // the marshaller keeps the text of frozen rows by identity
+    const marshal = new Marshal(db.schema);
+    const record = parseType('network record');
+    const keptRow = await db.get('network', 'OpaqueRef:n1');
+    const keptText = marshal.xml(record, keptRow);
 
     state.full = true;
     // one batch: an update, a create that joins a one-to-many set, a create + destroy, a destroy
     await db.update('network', 'OpaqueRef:n1', { name_label: 'changed' });
+    const undoneText = marshal.xml(record, await db.get('network', 'OpaqueRef:n1')); // kept too
     await db.create('VIF', 'OpaqueRef:v2', { uuid: 'v2', network: 'OpaqueRef:n1', device: '1' });
     await db.create('network', 'OpaqueRef:brief', { uuid: 'ub' });
     await db.destroy('network', 'OpaqueRef:brief');
@@ -133,7 +141,11 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     assert.ok(seenBefore.adds.some((a) => a.ref === 'OpaqueRef:v2'));
     await assert.rejects(db.commit(), (e: XapiError) => e.code === 'OUT_OF_SPACE' && e.params[0] === dir);
 
-    // memory is back to what is stored
+    // memory is back to what is stored: the very row object of before, whose kept text is its own
+    assert.equal(await db.get('network', 'OpaqueRef:n1'), keptRow);
+    assert.ok(Object.isFrozen(keptRow));
+    assert.notEqual(undoneText, keptText);
+    assert.equal(marshal.xml(record, await db.get('network', 'OpaqueRef:n1')), keptText);
     assert.equal((await db.get('network', 'OpaqueRef:n1')).name_label, 'kept');
     assert.deepEqual((await db.get('network', 'OpaqueRef:n1')).VIFs, ['OpaqueRef:v1']);
     assert.equal(await db.tryGet('VIF', 'OpaqueRef:v2'), undefined);

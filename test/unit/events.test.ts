@@ -142,3 +142,39 @@ test('a change is handed out only once it is on disk', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a watcher waiting for a flush that fails is not failed by it, and sees only what is stored', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'xapi-events-'));
+  try {
+    const h = await memoryHost();
+    const store = new SqliteStore(join(dir, 'xapi.db'));
+    let full = false;
+    const writeBatch = store.writeBatch.bind(store);
+    store.writeBatch = (b) => {
+      if (full) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      writeBatch(b);
+    };
+    const db = new LocalDb(h.host.schema, store, { probeIntervalMs: 60_000 });
+    const session = 'OpaqueRef:session';
+    const pool = 'OpaqueRef:pool';
+    await db.create('session', session, {});
+    await db.create('pool', pool, { name_label: 'stored' });
+    await db.commit();
+    const events = new EventService({ ...h.host, db: typed(db) }, db, { delayMs: 0, sleep: async () => {} });
+    const call: Call = {
+      host: h.host, db: typed(db), wireName: 'event.from', session: { ref: session, row: await typed(db).get('session', session) },
+      task: 'DummyRef:|test|event.from', checkCancelled: async () => {}, setProgress: async () => {},
+    };
+    const initial = (await events.from(call, ['pool'], '', 0)) as RpcStruct;
+    const waiting = events.from(call, ['pool'], initial.token as string, 30) as Promise<RpcStruct>;
+    full = true;
+    // wakes the watcher, which waits for this write's flush; the flush fails and rolls it back
+    await db.update('pool', pool, { name_label: 'undone' });
+    const got = await waiting;
+    const seen = (got.events as RpcStruct[]).map((e) => (e.snapshot as RpcStruct).name_label);
+    assert.deepEqual(seen, ['stored'], 'the watcher saw a change that was undone');
+    db.close();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

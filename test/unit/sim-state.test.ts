@@ -99,3 +99,26 @@ test('state saved in the per-file layout of earlier versions is read, then repla
     assert.deepEqual(again.load(), loaded);
     again.close();
   }));
+
+test('a snapshot that cannot be written leaves the journal in charge: saves go on and are read back', () =>
+  withDir((dir) => {
+    const first = new SimStateStore<State>(dir);
+    first.load();
+    first.save(1, new Map([['a', { n: 1 }]]));
+    first.close();
+    // the snapshot's temporary file cannot be made (as on a full disk)
+    mkdirSync(join(dir, `state.json.${process.pid}.tmp`));
+    const store = new SimStateStore<State>(dir);
+    assert.deepEqual(store.load(), { lastDomid: 1, vms: new Map([['a', { n: 1 }]]) });
+    store.save(2, new Map([['b', { n: 2 }]]));
+    store.save(3, new Map([['a', undefined]]));
+    store.close();
+    assert.deepEqual(reopen(dir), { lastDomid: 3, vms: new Map([['b', { n: 2 }]]) });
+    // room again: the next load folds everything into a snapshot
+    rmSync(join(dir, `state.json.${process.pid}.tmp`), { recursive: true });
+    const again = new SimStateStore<State>(dir);
+    assert.deepEqual(again.load(), { lastDomid: 3, vms: new Map([['b', { n: 2 }]]) });
+    again.close();
+    assert.equal(readFileSync(join(dir, 'journal')).length, 0);
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')), { lastDomid: 3, vms: { b: { n: 2 } } });
+  }));
