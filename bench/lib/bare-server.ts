@@ -8,9 +8,12 @@
 //
 // Long-poll protocol (the same timing algorithm as src/xapi/event.ts's event.from, with an
 // in-memory version counter instead of the database, and no session/auth/RPC decoding):
-//   POST /poll  {"token":N}  -> if N >= 0 wait delayMs; then, until version > N, wait for a
-//                               write and then delayMs; answer {"result":{"token":V,"label":L,"pad":"..."}}
-//                               padded to `size` bytes (the size of a real event.from reply).
+//   POST /poll  {"token":N,"w":W} -> answers watcher W at most once per delayMs: if N >= 0, wait
+//                               out what is left of W's window (delayMs after its last answer);
+//                               then, until version > N, wait for a write, let the event loop
+//                               turn, and wait out the window again; answer
+//                               {"result":{"token":V,"label":L,"pad":"..."}} padded to `size`
+//                               bytes (the size of a real event.from reply).
 //   POST /write {"label":L}  -> version++, wakes all held polls, answers {"result":V}.
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -37,12 +40,21 @@ function eventReply(): string {
   return head + 'x'.repeat(Math.max(0, eventSize - head.length - tail.length)) + tail;
 }
 
-async function poll(token: number): Promise<string> {
-  if (token >= 0) await sleep(delayMs);
+const lastAnswer = new Map<number, number>();
+
+async function window(w: number): Promise<void> {
+  const wait = (lastAnswer.get(w) ?? -Infinity) + delayMs - performance.now();
+  if (wait > 0) await sleep(wait);
+}
+
+async function poll(token: number, w: number): Promise<string> {
+  if (token >= 0) await window(w);
   while (version <= token) {
     await new Promise<void>((r) => wake.push(r));
-    await sleep(delayMs);
+    await new Promise((r) => setImmediate(r));
+    await window(w);
   }
+  lastAnswer.set(w, performance.now());
   return eventReply();
 }
 
@@ -61,8 +73,8 @@ const server = http.createServer({ keepAlive: true, noDelay: true, keepAliveTime
       return void res.end(fixed.body);
     }
     if (path === '/poll') {
-      const { token } = JSON.parse(body.toString()) as { token: number };
-      return send(res, await poll(token), 'application/json');
+      const { token, w } = JSON.parse(body.toString()) as { token: number; w: number };
+      return send(res, await poll(token, w), 'application/json');
     }
     if (path === '/write') {
       label = (JSON.parse(body.toString()) as { label: string }).label;

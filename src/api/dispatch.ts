@@ -65,6 +65,8 @@ export class Dispatcher {
   }
 
   private async run(method: string, params: Rpc[], state: { task?: string; session?: string }): Promise<Outcome> {
+    // A flush failing while the call runs may undo writes it made: then it must not succeed.
+    const epoch = this.host.db.epoch();
     if (method === 'system.listMethods') return { ok: true, type: STRING_SET, value: this.listMethods(), bare: true };
     if (method.startsWith('system.isAlive')) return { ok: true, type: RPC_TYPE, value: params[0] ?? '' };
 
@@ -116,7 +118,7 @@ export class Dispatcher {
 
     if (async) {
       const task = await this.tasks.create(session, method, false);
-      await this.host.db.commit();
+      await this.host.db.commit(epoch);
       void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
       return { ok: true, type: TASK_REF, value: task, task, session: state.session };
     }
@@ -129,15 +131,18 @@ export class Dispatcher {
     try {
       result = await impl(call, args);
     } catch (e) {
-      if (task !== NULL_REF) await this.tasks.forget(task);
-      await this.host.db.commit();
+      if (task !== NULL_REF) await this.tasks.forgetQuietly(task);
+      // the call failed whatever the flush does; its own error says more
+      await this.host.db.commit().catch(() => undefined);
       throw e;
     }
     if (task !== NULL_REF) {
       // xapi destroys a sync call's task when the call returns (Context.finally_destroy_context)
-      await this.tasks.forget(task);
+      await this.tasks.forgetQuietly(task);
     }
-    await this.host.db.commit();
+    // event.from/next write nothing, and wait long enough that a failure during the wait is
+    // likely: they only wait for what they read to be stored.
+    await this.host.db.commit(msg.cls.name === 'event' && msg.name !== 'inject' ? undefined : epoch);
     return { ok: true, type: msg.result, value: result, task: state.task, session: state.session };
   }
 

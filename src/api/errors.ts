@@ -24,5 +24,8 @@ export function errorDescription(e: unknown): string[] {
   return ['INTERNAL_ERROR', msg];
 }
 
+/** A write the database store refused (or undid): the disk is full, or the store failed. */
+export class WriteRefused extends XapiError {}
+
 export const handleInvalid = (cls: string, ref: string) => new XapiError('HANDLE_INVALID', [cls, ref]);
 export const internalError = (msg: string) => new XapiError('INTERNAL_ERROR', [msg]);

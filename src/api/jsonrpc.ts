@@ -255,7 +255,10 @@ export function parseJsonRpcCall(body: Buffer | string): { call: RpcCall; versio
 // Writer (Yojson.Safe.to_string: compact, no spaces)
 
 // Yojson escapes " \ and control characters (\b \f \n \r \t short forms, others \u00xx) and DEL.
-const JSON_SPECIAL = /["\\\x00-\x1f\x7f]/;
+// Strings with surrogates take JSON.stringify too, which writes a lone one as a \u escape (it
+// cannot come off the wire, where it is refused as invalid UTF-8): so jsonString(s) is always
+// JSON.stringify(s) with DEL escaped, and the result writers may stringify whole string arrays.
+const JSON_SPECIAL = /["\\\x00-\x1f\x7f\ud800-\udfff]/;
 
 export function jsonString(s: string): string {
   if (!JSON_SPECIAL.test(s)) return '"' + s + '"';
@@ -316,9 +319,13 @@ export function jsonRpcSuccess(version: JsonRpcVersion, id: JsonRpcId, result: R
 
 /** The success envelope around a result already encoded as JSON text. */
 export function jsonRpcSuccessEncoded(version: JsonRpcVersion, id: JsonRpcId, resultJson: string): string {
-  return version === '2.0'
-    ? '{"jsonrpc":"2.0","result":' + resultJson + ',"id":' + jsonId(id) + '}'
-    : '{"result":' + resultJson + ',"error":null,"id":' + jsonId(id) + '}';
+  const [head, tail] = jsonRpcSuccessAround(version, id);
+  return head + resultJson + tail;
+}
+
+/** The success envelope as the text before and after the result. */
+export function jsonRpcSuccessAround(version: JsonRpcVersion, id: JsonRpcId): [string, string] {
+  return version === '2.0' ? ['{"jsonrpc":"2.0","result":', ',"id":' + jsonId(id) + '}'] : ['{"result":', ',"error":null,"id":' + jsonId(id) + '}'];
 }
 
 /**

@@ -147,7 +147,60 @@ export class Marshal {
     return this.writer(t, 'json')(v);
   }
 
+  /**
+   * xml() as pieces appended to `out`, whose concatenation is xml(t, v): what the reply writer
+   * takes. A large set or map (get_all_records of 10,000 objects) stays a list of its members'
+   * texts, each encoded into the reply buffer in turn, rather than one string of many
+   * megabytes that V8 must flatten (a walk of every fragment) before it can be encoded.
+   */
+  xmlParts(t: Type, v: unknown, out: string[]): void {
+    if (t.k === 'map') {
+      const w = this.writer(t.val, 'xml');
+      const m = (v as Record<string, unknown> | undefined) ?? {};
+      out.push('<value><struct>');
+      for (const k of Object.keys(m)) out.push('<member><name>' + escapeXml(k) + '</name>', w(m[k]), '</member>');
+      out.push('</struct></value>');
+    } else if (t.k === 'set') {
+      const w = this.writer(t.of, 'xml');
+      out.push('<value><array><data>');
+      for (const x of (v as unknown[] | undefined) ?? []) out.push(w(x));
+      out.push('</data></array></value>');
+    } else out.push(this.xml(t, v));
+  }
+
+  /** json() as pieces (see xmlParts); a set or map of strings is one piece already, written natively. */
+  jsonParts(t: Type, v: unknown, out: string[]): void {
+    if (t.k === 'map' && !isStringLike(t.val)) {
+      const w = this.writer(t.val, 'json');
+      const m = (v as Record<string, unknown> | undefined) ?? {};
+      let first = true;
+      out.push('{');
+      for (const k of Object.keys(m)) {
+        out.push((first ? '' : ',') + jsonString(k) + ':', w(m[k]));
+        first = false;
+      }
+      out.push('}');
+    } else if (t.k === 'set' && !isStringLike(t.of)) {
+      const w = this.writer(t.of, 'json');
+      const xs = (v as unknown[] | undefined) ?? [];
+      out.push('[');
+      for (let i = 0; i < xs.length; i++) {
+        if (i) out.push(',');
+        out.push(w(xs[i]));
+      }
+      out.push(']');
+    } else out.push(this.json(t, v));
+  }
+
   private readonly writers = { xml: new WeakMap<Type, Writer>(), json: new WeakMap<Type, Writer>() };
+
+  /**
+   * The text of database rows, per wire. Rows are frozen and replaced on write, so a row's text
+   * never goes stale: a record fetched again (get_all_records after get_all_records, the same row
+   * in many watchers' events) is written once. Bounded: when a wire's cache has taken
+   * ROW_TEXT_BUDGET characters it starts afresh, so its memory stays below twice that.
+   */
+  private readonly rowText = { xml: new RowTextCache(), json: new RowTextCache() };
 
   private writer(t: Type, wire: Wire): Writer {
     let w = this.writers[wire].get(t);
@@ -163,7 +216,7 @@ export class Marshal {
       case 'string':
       case 'ref':
       case 'enum':
-        return (v) => '<value>' + (v === undefined || v === null ? '' : escapeXml(String(v))) + '</value>';
+        return (v) => '<value>' + xmlText(v) + '</value>';
       case 'int':
         return (v) => '<value>' + intText(v) + '</value>';
       case 'float':
@@ -175,19 +228,23 @@ export class Marshal {
       case 'void':
         return () => '<value></value>';
       case 'set': {
+        if (isStringLike(t.of)) return xmlStringSet;
         const elem = this.lazy(t.of, 'xml');
         return (v) => {
+          const w = elem();
           let out = '<value><array><data>';
-          for (const x of (v as unknown[] | undefined) ?? []) out += elem()(x);
+          for (const x of (v as unknown[] | undefined) ?? []) out += w(x);
           return out + '</data></array></value>';
         };
       }
       case 'map': {
+        if (isStringLike(t.val)) return xmlStringMap;
         const val = this.lazy(t.val, 'xml');
         return (v) => {
+          const w = val();
           const m = (v as Record<string, unknown> | undefined) ?? {};
           let out = '<value><struct>';
-          for (const k of Object.keys(m)) out += '<member><name>' + escapeXml(k) + '</name>' + val()(m[k]) + '</member>';
+          for (const k of Object.keys(m)) out += '<member><name>' + escapeXml(k) + '</name>' + w(m[k]) + '</member>';
           return out + '</struct></value>';
         };
       }
@@ -195,20 +252,9 @@ export class Marshal {
         const inner = this.lazy(t.of, 'xml');
         return (v) => (v === undefined ? '<value><nil/></value>' : inner()(v));
       }
-      case 'record': {
+      case 'record':
         if (t.cls === 'event') return (v) => xmlRpcValue(v as Rpc);
-        const fields = this.wireFields(t.cls, 'xml', (name) => '<member><name>' + name + '</name>');
-        return (v) => {
-          const row = v as Record<string, unknown>;
-          let out = '<value><struct>';
-          for (const f of fields) {
-            const x = row[f.name];
-            if (f.optional && x === undefined) continue;
-            out += f.prefix + f.write()(x) + '</member>';
-          }
-          return out + '</struct></value>';
-        };
-      }
+        return this.rowText.xml.wrap(this.compileRecord(t.cls, 'xml'));
       default:
         return (v) => xmlRpcValue(v as Rpc);
     }
@@ -219,7 +265,7 @@ export class Marshal {
       case 'string':
       case 'ref':
       case 'enum':
-        return (v) => jsonString(v === undefined || v === null ? '' : String(v));
+        return jsonText;
       case 'datetime':
         return (v) => jsonString(v === undefined || v === null ? EPOCH : String(v));
       case 'int':
@@ -232,46 +278,37 @@ export class Marshal {
         return () => '""';
       case 'set': {
         const elem = this.lazy(t.of, 'json');
-        return (v) => {
-          const xs = (v as unknown[] | undefined) ?? [];
+        const each = (xs: unknown[]) => {
+          const w = elem();
           let out = '[';
-          for (let i = 0; i < xs.length; i++) out += (i ? ',' : '') + elem()(xs[i]);
+          for (let i = 0; i < xs.length; i++) out += (i ? ',' : '') + w(xs[i]);
           return out + ']';
         };
+        if (isStringLike(t.of)) return (v) => jsonStringSet(v, each);
+        return (v) => each((v as unknown[] | undefined) ?? []);
       }
       case 'map': {
         const val = this.lazy(t.val, 'json');
-        return (v) => {
-          const m = (v as Record<string, unknown> | undefined) ?? {};
+        const each = (m: Record<string, unknown>) => {
+          const w = val();
           let out = '{';
           let first = true;
           for (const k of Object.keys(m)) {
-            out += (first ? '' : ',') + jsonString(k) + ':' + val()(m[k]);
+            out += (first ? '' : ',') + jsonString(k) + ':' + w(m[k]);
             first = false;
           }
           return out + '}';
         };
+        if (isStringLike(t.val)) return (v) => jsonStringMap(v, each);
+        return (v) => each((v as Record<string, unknown> | undefined) ?? {});
       }
       case 'option': {
         const inner = this.lazy(t.of, 'json');
         return (v) => (v === undefined ? 'null' : inner()(v));
       }
-      case 'record': {
+      case 'record':
         if (t.cls === 'event') return (v) => jsonRpcValue(v as Rpc);
-        const fields = this.wireFields(t.cls, 'json', (name) => jsonString(name) + ':');
-        return (v) => {
-          const row = v as Record<string, unknown>;
-          let out = '{';
-          let first = true;
-          for (const f of fields) {
-            const x = row[f.name];
-            if (f.optional && x === undefined) continue;
-            out += (first ? '' : ',') + f.prefix + f.write()(x);
-            first = false;
-          }
-          return out + '}';
-        };
-      }
+        return this.rowText.json.wrap(this.compileRecord(t.cls, 'json'));
       default:
         return (v) => jsonRpcValue(v as Rpc);
     }
@@ -284,11 +321,24 @@ export class Marshal {
     return () => (w ??= this.writer(t, wire));
   }
 
-  private wireFields(cls: string, wire: Wire, prefix: (name: string) => string) {
-    return this.schema
-      .cls(cls)
-      .fields.filter((f) => !f.internal)
-      .map((f) => ({ name: f.name, optional: f.type.k === 'option', prefix: prefix(f.name), write: this.lazy(f.type, wire) }));
+  /**
+   * One function per class and wire that writes a whole record: the field names and the markup
+   * between values are constants in its code, and scalar fields are written inline, so a record
+   * costs a handful of string concatenations rather than a closure call per value. Fields of
+   * other types call the compiled writer of their type.
+   */
+  private compileRecord(cls: string, wire: Wire): Writer {
+    const fields = this.schema.cls(cls).fields.filter((f) => !f.internal);
+    const sub: Writer[] = [];
+    const subOf = (t: Type): string => {
+      const i = sub.length;
+      // Resolved on first call, then the real writer replaces the stub.
+      sub.push((v) => (sub[i] = this.writer(t, wire))(v));
+      return `w[${i}]`;
+    };
+    const code = wire === 'json' ? recordJsonCode(fields, subOf) : recordXmlCode(fields, subOf);
+    const make = new Function('h', 'w', `"use strict";\nreturn function write_${cls.replace(/\W/g, '_')}(row) {\n${code}\n};`);
+    return make(helpers, sub) as Writer;
   }
 
   recordToRpc(clsName: string, row: Record<string, unknown>): RpcStruct {
@@ -305,6 +355,226 @@ export class Marshal {
 
 type Wire = 'xml' | 'json';
 type Writer = (v: unknown) => string;
+
+type FieldDefLike = { name: string; type: Type };
+
+/** The characters of row text one wire's cache holds before it starts afresh. */
+const ROW_TEXT_BUDGET = 32 * 1024 * 1024;
+
+/**
+ * Text of frozen rows by identity (see Marshal.rowText): one map per record writer (so a row is
+ * only ever found under its own class), one budget for all of a wire's.
+ */
+class RowTextCache {
+  /** Bumped when the budget is spent: every writer's map then starts afresh. */
+  private generation = 0;
+  private size = 0;
+
+  wrap(write: Writer): Writer {
+    let texts = new WeakMap<object, string>();
+    let generation = this.generation;
+    return (v) => {
+      // Only frozen objects are the database's immutable rows; anything else is written afresh.
+      if (typeof v !== 'object' || v === null || !Object.isFrozen(v)) return write(v);
+      if (generation !== this.generation) {
+        texts = new WeakMap();
+        generation = this.generation;
+      }
+      let text = texts.get(v);
+      if (text === undefined) {
+        text = flat(write(v));
+        this.size += text.length;
+        if (this.size > ROW_TEXT_BUDGET) {
+          generation = ++this.generation;
+          texts = new WeakMap();
+          this.size = text.length;
+        }
+        texts.set(v, text);
+      }
+      return text;
+    };
+  }
+}
+
+/**
+ * Makes V8 store a concatenated string as one flat string (ToNumber flattens it), so text
+ * reused many times is copied, not walked as a tree of fragments, each time it is written.
+ */
+function flat(s: string): string {
+  void ((s as unknown as number) | 0);
+  return s;
+}
+
+/** What the generated record writers call. */
+const helpers = {
+  jsonString,
+  jsonText,
+  jsonDate: (v: unknown) => jsonString(v === undefined || v === null ? EPOCH : String(v)),
+  jsonFloat: (v: unknown) => jsonFloat(Number(v ?? 0)),
+  escapeXml,
+  xmlText,
+  xmlDate: (v: unknown) => escapeXml(String(v ?? EPOCH)),
+  xmlFloat: (v: unknown) => formatG(Number(v ?? 0), 16),
+  intText,
+};
+
+const lit = (s: string) => JSON.stringify(s);
+
+/** The body of a JSON record writer: `row` in, the record's JSON text returned. */
+function recordJsonCode(fields: FieldDefLike[], subOf: (t: Type) => string): string {
+  const value = (t: Type, v: string): string => {
+    switch (t.k) {
+      case 'string':
+      case 'ref':
+      case 'enum':
+        return `(typeof ${v} === 'string' ? h.jsonString(${v}) : h.jsonText(${v}))`;
+      case 'datetime':
+        return `(typeof ${v} === 'string' ? h.jsonString(${v}) : h.jsonDate(${v}))`;
+      case 'int':
+        return `(typeof ${v} === 'number' && Number.isInteger(${v}) ? '' + ${v} : h.intText(${v}))`;
+      case 'float':
+        return `h.jsonFloat(${v})`;
+      case 'bool':
+        return `(${v} === true ? 'true' : 'false')`;
+      case 'void':
+        return `'""'`;
+      default:
+        return `${subOf(t)}(${v})`;
+    }
+  };
+  const lines: string[] = [];
+  // When the first field may be absent, the separator before each field is decided at run time.
+  const leadingOptional = fields.length > 0 && fields[0]!.type.k === 'option';
+  lines.push(leadingOptional ? `let out = '{', sep = '';` : `let out = '{';`);
+  fields.forEach((f, i) => {
+    const v = `v${i}`;
+    const optional = f.type.k === 'option';
+    const t = f.type.k === 'option' ? f.type.of : f.type;
+    const key = lit(jsonString(f.name) + ':');
+    const write = leadingOptional
+      ? `{ out += sep + ${key} + ${value(t, v)}; sep = ','; }`
+      : `out += ${i === 0 ? key : lit(',') + ' + ' + key} + ${value(t, v)};`;
+    lines.push(`const ${v} = row[${lit(f.name)}];`);
+    lines.push(optional ? `if (${v} !== undefined) ${write}` : write);
+  });
+  lines.push(`return out + '}';`);
+  return lines.join('\n');
+}
+
+/** The body of an XML-RPC record writer; adjacent constant markup is emitted as one literal. */
+function recordXmlCode(fields: FieldDefLike[], subOf: (t: Type) => string): string {
+  type Part = { c: string } | { e: string };
+  const value = (t: Type, v: string): Part[] => {
+    switch (t.k) {
+      case 'string':
+      case 'ref':
+      case 'enum':
+        return [{ c: '<value>' }, { e: `(typeof ${v} === 'string' ? h.escapeXml(${v}) : h.xmlText(${v}))` }, { c: '</value>' }];
+      case 'datetime':
+        return [{ c: '<value><dateTime.iso8601>' }, { e: `h.xmlDate(${v})` }, { c: '</dateTime.iso8601></value>' }];
+      case 'int':
+        return [{ c: '<value>' }, { e: `(typeof ${v} === 'number' && Number.isInteger(${v}) ? '' + ${v} : h.intText(${v}))` }, { c: '</value>' }];
+      case 'float':
+        return [{ c: '<value><double>' }, { e: `h.xmlFloat(${v})` }, { c: '</double></value>' }];
+      case 'bool':
+        return [{ e: `(${v} === true ? '<value><boolean>1</boolean></value>' : '<value><boolean>0</boolean></value>')` }];
+      case 'void':
+        return [{ c: '<value></value>' }];
+      default:
+        return [{ e: `${subOf(t)}(${v})` }];
+    }
+  };
+  const expr = (parts: Part[]): string => {
+    const merged: string[] = [];
+    let c = '';
+    for (const p of parts) {
+      if ('c' in p) c += p.c;
+      else {
+        if (c) merged.push(lit(c));
+        c = '';
+        merged.push(p.e);
+      }
+    }
+    if (c) merged.push(lit(c));
+    return merged.join(' + ');
+  };
+  const lines: string[] = [`let out = '';`];
+  let pending: Part[] = [{ c: '<value><struct>' }];
+  fields.forEach((f, i) => {
+    const v = `v${i}`;
+    lines.push(`const ${v} = row[${lit(f.name)}];`);
+    const t = f.type.k === 'option' ? f.type.of : f.type;
+    const member: Part[] = [{ c: '<member><name>' + escapeXml(f.name) + '</name>' }, ...value(t, v), { c: '</member>' }];
+    if (f.type.k !== 'option') {
+      pending.push(...member);
+      return;
+    }
+    lines.push(`out += ${expr(pending)};`);
+    pending = [];
+    lines.push(`if (${v} !== undefined) out += ${expr(member)};`);
+  });
+  pending.push({ c: '</struct></value>' });
+  lines.push(`return out + ${expr(pending)};`);
+  return lines.join('\n');
+}
+
+const isStringLike = (t: Type) => t.k === 'string' || t.k === 'ref' || t.k === 'enum';
+
+/** A string-typed value's text inside <value> (absent values are empty). */
+function xmlText(v: unknown): string {
+  return v === undefined || v === null ? '' : escapeXml(String(v));
+}
+
+/** A string-typed value as JSON (absent values are ""). */
+function jsonText(v: unknown): string {
+  return typeof v === 'string' ? jsonString(v) : jsonString(v === undefined || v === null ? '' : String(v));
+}
+
+function xmlStringSet(v: unknown): string {
+  let out = '<value><array><data>';
+  for (const x of (v as unknown[] | undefined) ?? []) out += '<value>' + (typeof x === 'string' ? escapeXml(x) : xmlText(x)) + '</value>';
+  return out + '</data></array></value>';
+}
+
+function xmlStringMap(v: unknown): string {
+  const m = (v as Record<string, unknown> | undefined) ?? {};
+  let out = '<value><struct>';
+  for (const k of Object.keys(m)) {
+    const x = m[k];
+    out += '<member><name>' + escapeXml(k) + '</name><value>' + (typeof x === 'string' ? escapeXml(x) : xmlText(x)) + '</value></member>';
+  }
+  return out + '</struct></value>';
+}
+
+/**
+ * A set of strings as JSON. When every member is a string, JSON.stringify writes the array in
+ * one native call with the same bytes jsonString gives member by member (jsonString escapes as
+ * JSON.stringify does, and DEL besides); anything else goes member by member.
+ */
+function jsonStringSet(v: unknown, each: (xs: unknown[]) => string): string {
+  if (v === undefined || v === null) return '[]';
+  const xs = v as unknown[];
+  if (xs.length === 0) return '[]';
+  for (let i = 0; i < xs.length; i++) if (typeof xs[i] !== 'string') return each(xs);
+  return escapeDel(JSON.stringify(xs));
+}
+
+/** A map with string values as JSON, natively when every value is a string (see jsonStringSet). */
+function jsonStringMap(v: unknown, each: (m: Record<string, unknown>) => string): string {
+  if (v === undefined || v === null) return '{}';
+  const m = v as Record<string, unknown>;
+  let empty = true;
+  for (const k in m) {
+    if (typeof m[k] !== 'string') return each(m);
+    empty = false;
+  }
+  return empty ? '{}' : escapeDel(JSON.stringify(m));
+}
+
+/** Yojson escapes DEL, which JSON.stringify leaves as is. */
+function escapeDel(s: string): string {
+  return s.includes('\x7f') ? s.replace(/\x7f/g, '\\u007f') : s;
+}
 
 /** An int64 as decimal text (values are JS numbers; a bigint or a numeric string is kept exact). */
 function intText(v: unknown): string {

@@ -1,7 +1,7 @@
 // The check every session-taking call goes through (xapi's session_check.ml): the session must
 // exist; its last_active is refreshed only when older than threshold_last_active, so a busy
 // client does not turn every read into a database write.
-import { XapiError } from './errors.js';
+import { WriteRefused, XapiError } from './errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import type { Rpc } from './rpc.js';
 import type { Row } from '../db/interface.js';
@@ -28,13 +28,21 @@ export async function checkSession(host: HostContext, param: Rpc): Promise<Sessi
   const row = await host.db.tryGet('session', ref);
   if (!row) {
     const local = host.localSessions.get(ref);
-    if (local) return { ref, row: local };
-    throw new XapiError('SESSION_INVALID', [ref]);
+    if (!local) throw new XapiError('SESSION_INVALID', [ref]);
+    // Kept fresh like a database session, so the session GC ends only idle local sessions.
+    const now = host.now();
+    if (now - lastActive(local) <= THRESHOLD_LAST_ACTIVE_S * 1000) return { ref, row: local };
+    const fresh = { ...local, last_active: formatDateTime(new Date(now)) };
+    host.localSessions.set(ref, fresh);
+    return { ref, row: fresh };
   }
   const last = lastActive(row);
   const now = host.now();
   if (now - last > THRESHOLD_LAST_ACTIVE_S * 1000) {
-    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) });
+    // Bookkeeping: a database refusing writes (a full disk) must not refuse the call with it.
+    await host.db.update('session', ref, { last_active: formatDateTime(new Date(now)) }).catch((e: unknown) => {
+      if (!(e instanceof WriteRefused)) throw e;
+    });
   }
   return { ref, row };
 }

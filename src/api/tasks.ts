@@ -8,6 +8,7 @@ import { newRef } from './implicit.js';
 import type { Db } from '../db/interface.js';
 import type { task_record } from '../schema/generated.js';
 import { EPOCH, NULL_REF, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
+import { untilStored } from '../db/until-stored.js';
 
 export const COMPLETED_TASK_TIMEOUT_S = 3900;
 export const PENDING_TASK_TIMEOUT_S = 86400;
@@ -44,6 +45,7 @@ export async function markCancelled(host: HostContext, task: string): Promise<vo
     allowed_operations: [],
   });
 }
+export type TaskOutcome = { ok: true; resultXml: string } | { ok: false; error: unknown };
 
 export class TaskManager {
   /** pending task -> progress seen at the previous GC pass */
@@ -87,14 +89,41 @@ export class TaskManager {
 
   /** Runs `fn` as the task's work and records its outcome; never throws. */
   async run(task: string, fn: () => Promise<unknown> | unknown, resultType: Type): Promise<void> {
+    const epoch = this.host.db.epoch();
+    let outcome: TaskOutcome;
     try {
       const result = await fn();
-      await this.succeed(task, this.host.marshal.xml(resultType, result));
+      outcome = { ok: true, resultXml: this.host.marshal.xml(resultType, result) };
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, task }, 'task failed with an internal error');
-      await this.fail(task, e);
+      outcome = { ok: false, error: e };
     }
-    await this.host.db.commit().catch(() => undefined);
+    await this.finish(task, epoch, outcome);
+  }
+
+  /**
+   * Records the outcome of work that began at database `epoch`, and makes it durable. A success
+   * is recorded only if the work's writes are all stored: if a flush failed meanwhile (some may
+   * have been undone) the task fails with that error instead. An outcome that cannot be stored
+   * now (the disk is full) is retried in the background until it can; this never throws.
+   */
+  async finish(task: string, epoch: number, outcome: TaskOutcome): Promise<void> {
+    let error = outcome.ok ? undefined : outcome.error;
+    if (outcome.ok) {
+      try {
+        // a flush failed during the work: fail without ever showing success
+        if (this.host.db.epoch() !== epoch) await this.host.db.commit(epoch);
+        await this.succeed(task, outcome.resultXml);
+        // the work's writes and the success share this flush: if it fails, both are undone
+        await this.host.db.commit(epoch);
+        return;
+      } catch (e) {
+        error = e;
+      }
+    }
+    await untilStored(this.host.db, () => this.fail(task, error)).catch((e) =>
+      this.host.log.error({ err: e, task }, 'the outcome of a task could not be recorded'),
+    );
   }
 
   async succeed(task: string, resultXml: string): Promise<void> {
@@ -138,8 +167,10 @@ export class TaskManager {
     if (await isCancelling(this.host.db, task)) throw new XapiError('TASK_CANCELLED', [task]);
   }
 
-  /** At start-up: nothing from a previous run is still running, so its pending tasks are over. */
-  /** Cancels the tasks a previous process left pending; returns them. */
+  /**
+   * At start-up: nothing from a previous run is still running, so the pending tasks it left are
+   * over; they are cancelled and returned.
+   */
   async cancelLeftovers(): Promise<Set<string>> {
     const cancelled = new Set<string>();
     for (const [ref, row] of await this.host.db.find('task', { status: 'pending' })) {
@@ -179,5 +210,10 @@ export class TaskManager {
   async forget(task: string): Promise<void> {
     this.lastProgress.delete(task);
     if (await this.host.db.tryGet('task', task)) await this.host.db.destroy('task', task);
+  }
+
+  /** forget() for a sync call's own task: if the database refuses the write, the task GC removes it later. */
+  async forgetQuietly(task: string): Promise<void> {
+    await this.forget(task).catch(() => undefined);
   }
 }

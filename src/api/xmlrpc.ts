@@ -520,19 +520,20 @@ export function xmlRpcSuccess(value: Rpc): string {
 
 /** The success envelope around a value already encoded as `<value>…</value>`. */
 export function xmlRpcSuccessEncoded(valueXml: string): string {
-  return (
-    RESPONSE_HEAD +
-    '<value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>' +
-    valueXml +
-    '</member></struct></value>' +
-    RESPONSE_TAIL
-  );
+  return XML_SUCCESS[0] + valueXml + XML_SUCCESS[1];
 }
 
 /** A bare methodResponse around an encoded value (system.listMethods). */
 export function xmlRpcBareEncoded(valueXml: string): string {
-  return RESPONSE_HEAD + valueXml + RESPONSE_TAIL;
+  return XML_BARE[0] + valueXml + XML_BARE[1];
 }
+
+/** The text before and after the encoded value, in the success envelope and the bare one. */
+export const XML_SUCCESS: readonly [string, string] = [
+  RESPONSE_HEAD + '<value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>',
+  '</member></struct></value>' + RESPONSE_TAIL,
+];
+export const XML_BARE: readonly [string, string] = [RESPONSE_HEAD, RESPONSE_TAIL];
 
 /** xapi's failure envelope: struct {Status: "Failure", ErrorDescription: [code, params...]}. */
 export function xmlRpcFailure(errorDescription: string[]): string {

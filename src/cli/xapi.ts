@@ -12,6 +12,7 @@ const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] 
                   [--backend simulator] [--root-password-file F]
                   [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
+                  [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
 root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start`;
 
@@ -52,6 +53,8 @@ async function serve(argv: string[]): Promise<void> {
       'sim-nics': { type: 'string' },
       'sim-boot-ms': { type: 'string' },
       'sim-shutdown-ms': { type: 'string' },
+      'rpc-body-timeout-ms': { type: 'string' },
+      'upload-idle-timeout-ms': { type: 'string' },
       'log-level': { type: 'string', default: 'info' },
     },
     strict: true,
@@ -78,6 +81,10 @@ async function serve(argv: string[]): Promise<void> {
       simTiming: {
         bootTimeMs: nonNegative(values['sim-boot-ms'], '--sim-boot-ms'),
         shutdownTimeMs: nonNegative(values['sim-shutdown-ms'], '--sim-shutdown-ms'),
+      },
+      http: {
+        rpcBodyTimeoutMs: positive(values['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),
+        uploadIdleTimeoutMs: positive(values['upload-idle-timeout-ms'], '--upload-idle-timeout-ms'),
       },
     });
   } catch (e) {

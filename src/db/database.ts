@@ -4,8 +4,15 @@
 // call's reply waits on commit(), and all writes made before a flush share its one fsync.
 //
 // Rows are immutable: a write replaces the row object, so a reader holding a row (a snapshot in
-// an event, a record being marshalled) never sees it change underneath.
-import { XapiError, handleInvalid } from '../api/errors.js';
+// an event, a record being marshalled) never sees it change underneath. They are frozen, which
+// enforces that and tells the marshaller it may keep a row's serialised text (marshal.ts).
+//
+// A flush that fails (a full disk) must not leave memory ahead of the disk: the rows its batch
+// changed are put back as they were before it (the very objects, still frozen), its waiters
+// fail, and every write is refused until a probe write succeeds again (the disk got space back).
+// Calls that were running across the failure may have had writes rolled back under them:
+// commit(since) fails them too.
+import { WriteRefused, XapiError, handleInvalid } from '../api/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import { SqliteStore, type Batch, type Tombstone } from './store.js';
@@ -17,6 +24,13 @@ interface Entry {
   modified: number;
 }
 
+/** A dirty row, with what it was before the batch that will write it (null: it did not exist). */
+interface Dirty {
+  cls: string;
+  ref: string;
+  before: Readonly<Entry> | null;
+}
+
 interface LogEntry {
   gen: number;
   cls: string;
@@ -26,6 +40,8 @@ interface LogEntry {
 const LOG_LIMIT = 200_000;
 const ALL = '*';
 const TOMBSTONE_LIMIT = 100_000;
+/** While writes are refused, how often a probe write checks whether the store takes them again. */
+const PROBE_INTERVAL_MS = 1000;
 
 export class LocalDb implements AnyDb {
   private readonly tables = new Map<string, Map<string, Entry>>();
@@ -39,11 +55,16 @@ export class LocalDb implements AnyDb {
   /** relations indexed by the "many" side: class -> field -> the "one" side */
   private readonly manySide = new Map<string, { field: string; oneClass: string; oneField: string }[]>();
 
-  private dirty = new Map<string, { cls: string; ref: string }>();
+  private dirty = new Map<string, Dirty>();
   private pendingTombstones: Tombstone[] = [];
   private flushScheduled = false;
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
-  private broken: unknown;
+  /** Set while the store refuses writes: the error every write gets. */
+  private unwritable: WriteRefused | undefined;
+  /** How many flushes failed (and were rolled back); see commit(since). */
+  private failures = 0;
+  private lastFailure: WriteRefused | undefined;
+  private probeTimer: NodeJS.Timeout | undefined;
 
   /** Wake-up keys changed since the last notify: `<class>`, `<class>/<ref>`, `deleted/<ref>`. */
   private changedKeys = new Set<string>();
@@ -52,13 +73,17 @@ export class LocalDb implements AnyDb {
   private readonly watchers = new Map<string, Set<() => void>>();
 
   private readonly logLimit: number;
+  private readonly onWritable: (writable: boolean, cause?: unknown) => void;
+  private readonly probeIntervalMs: number;
 
   constructor(
     readonly schema: Schema,
     private readonly store: SqliteStore | null,
-    opts: { logLimit?: number } = {},
+    opts: { logLimit?: number; onWritable?: (writable: boolean, cause?: unknown) => void; probeIntervalMs?: number } = {},
   ) {
     this.logLimit = opts.logLimit ?? LOG_LIMIT;
+    this.probeIntervalMs = opts.probeIntervalMs ?? PROBE_INTERVAL_MS;
+    this.onWritable = opts.onWritable ?? (() => {});
     for (const c of schema.dbClasses()) {
       this.tables.set(c.name, new Map());
       this.uuidIndex.set(c.name, new Map());
@@ -83,7 +108,7 @@ export class LocalDb implements AnyDb {
         const stored = JSON.parse(r.data) as Record<string, unknown>;
         const row: Record<string, unknown> = {};
         for (const f of cls.fields) row[f.name] = f.name in stored ? stored[f.name] : this.defaultOf(cls, f.name);
-        table.set(r.ref, { row, created: r.created, modified: r.modified });
+        table.set(r.ref, { row: Object.freeze(row), created: r.created, modified: r.modified });
         if (typeof row.uuid === 'string') uuids.set(row.uuid, r.ref);
       }
     }
@@ -159,8 +184,9 @@ export class LocalDb implements AnyDb {
     }
     const row: Record<string, unknown> = {};
     for (const f of def.fields) row[f.name] = f.name in fields ? fields[f.name] : this.defaultOf(def, f.name);
+    this.remember(cls, ref, undefined);
     const gen = ++this.gen;
-    table.set(ref, { row, created: gen, modified: gen });
+    table.set(ref, { row: Object.freeze(row), created: gen, modified: gen });
     if (typeof row.uuid === 'string') this.uuidIndex.get(cls)!.set(row.uuid, ref);
     this.touched(gen, cls, ref);
     for (const rel of this.manySide.get(cls) ?? []) this.relink(gen, rel.oneClass, rel.oneField, NULL_REF, row[rel.field], ref);
@@ -172,7 +198,8 @@ export class LocalDb implements AnyDb {
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
     const old = e.row;
-    const row = { ...old, ...changes };
+    const row = Object.freeze({ ...old, ...changes });
+    this.remember(cls, ref, e);
     const gen = ++this.gen;
     e.row = row;
     e.modified = gen;
@@ -227,6 +254,7 @@ export class LocalDb implements AnyDb {
     const table = this.table(cls);
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
+    this.remember(cls, ref, e);
     table.delete(ref);
     if (typeof e.row.uuid === 'string') this.uuidIndex.get(cls)!.delete(e.row.uuid);
     const gen = ++this.gen;
@@ -253,7 +281,8 @@ export class LocalDb implements AnyDb {
       if (e) {
         const s = (e.row[oneField] as string[]) ?? [];
         if (s.includes(manyRef)) {
-          e.row = { ...e.row, [oneField]: s.filter((x) => x !== manyRef) };
+          this.remember(oneClass, from, e);
+          e.row = Object.freeze({ ...e.row, [oneField]: s.filter((x) => x !== manyRef) });
           e.modified = gen;
           this.touched(gen, oneClass, from);
         }
@@ -265,7 +294,8 @@ export class LocalDb implements AnyDb {
         const s = (e.row[oneField] as string[]) ?? [];
         if (!s.includes(manyRef)) {
           // xapi prepends new members
-          e.row = { ...e.row, [oneField]: [manyRef, ...s] };
+          this.remember(oneClass, to, e);
+          e.row = Object.freeze({ ...e.row, [oneField]: [manyRef, ...s] });
           e.modified = gen;
           this.touched(gen, oneClass, to);
         }
@@ -280,10 +310,6 @@ export class LocalDb implements AnyDb {
       this.logStart = this.log[cut - 1]!.gen;
       this.log = this.log.slice(cut);
     }
-    if (this.store) {
-      this.dirty.set(cls + '\u0000' + ref, { cls, ref });
-      this.scheduleFlush();
-    }
     const lower = cls.toLowerCase();
     this.changedKeys.add(lower);
     this.changedKeys.add(`${lower}/${ref}`);
@@ -293,15 +319,35 @@ export class LocalDb implements AnyDb {
     }
   }
 
+  /** Marks a row dirty before its first change in this batch, keeping what it was. */
+  private remember(cls: string, ref: string, e: Entry | undefined): void {
+    if (!this.store) return;
+    const key = cls + '\u0000' + ref;
+    if (this.dirty.has(key)) return;
+    this.dirty.set(key, { cls, ref, before: e ? { row: e.row, created: e.created, modified: e.modified } : null });
+    this.scheduleFlush();
+  }
+
   private assertWritable(): void {
-    if (this.broken) throw new XapiError('INTERNAL_ERROR', [`database is not writable: ${String(this.broken)}`]);
+    if (this.unwritable) throw this.unwritable;
   }
 
   // ---- durability -----------------------------------------------------------------------------
 
-  commit(): Promise<void> {
+  /**
+   * Resolves once every write made before the call is durable. With `since` (an epoch() read
+   * when a call began), fails if any flush failed since then: the call's earlier writes may have
+   * been rolled back, so it must not be acknowledged.
+   */
+  commit(since?: number): Promise<void> {
+    if (since !== undefined && since !== this.failures) return Promise.reject(this.lastFailure);
     if (!this.store || (this.dirty.size === 0 && !this.flushScheduled)) return Promise.resolve();
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** Counts failed flushes; pass it to commit() to learn whether one happened meanwhile. */
+  epoch(): number {
+    return this.failures;
   }
 
   private scheduleFlush(): void {
@@ -314,8 +360,9 @@ export class LocalDb implements AnyDb {
     this.flushScheduled = false;
     const waiters = this.waiters;
     this.waiters = [];
+    const dirty = this.dirty;
     const batch: Batch = { upserts: [], deletes: [], tombstones: this.pendingTombstones, generation: this.gen };
-    for (const { cls, ref } of this.dirty.values()) {
+    for (const { cls, ref } of dirty.values()) {
       const e = this.tables.get(cls)!.get(ref);
       if (e) batch.upserts.push({ cls, ref, created: e.created, modified: e.modified, data: JSON.stringify(e.row) });
       else batch.deletes.push({ cls, ref });
@@ -324,16 +371,76 @@ export class LocalDb implements AnyDb {
     this.pendingTombstones = [];
     try {
       this.store!.writeBatch(batch);
-      if (batch.tombstones.length && this.tombstoneOrder.length % 1000 < batch.tombstones.length) {
-        this.store!.trimTombstones(TOMBSTONE_LIMIT);
-      }
     } catch (e) {
-      // Memory is now ahead of the disk: refuse further writes rather than acknowledge them.
-      this.broken = e;
-      for (const w of waiters) w.reject(new XapiError('INTERNAL_ERROR', [`database write failed: ${String(e)}`]));
+      this.rollBack(dirty, batch.tombstones);
+      this.refuseWrites(e);
+      for (const w of waiters) w.reject(this.unwritable);
       return;
     }
     for (const w of waiters) w.resolve();
+    if (batch.tombstones.length && this.tombstoneOrder.length % 1000 < batch.tombstones.length) {
+      try {
+        this.store!.trimTombstones(TOMBSTONE_LIMIT);
+      } catch {
+        // only housekeeping: the next trim catches up
+      }
+    }
+  }
+
+  /**
+   * Puts the rows of a batch that could not be written back as they were before it, so memory
+   * shows only what is stored. Each restored row gets a new generation (and a row that had been
+   * created a tombstone), so event watchers that saw the change see it undone.
+   */
+  private rollBack(dirty: Map<string, Dirty>, tombstones: Tombstone[]): void {
+    const gen = ++this.gen;
+    const undone = new Set(tombstones);
+    for (const { cls, ref, before } of dirty.values()) {
+      const table = this.tables.get(cls)!;
+      const uuids = this.uuidIndex.get(cls)!;
+      const now = table.get(ref);
+      if (!before && !now) continue; // made and destroyed in the batch: its tombstone stays true
+      if (now && typeof now.row.uuid === 'string' && uuids.get(now.row.uuid) === ref) uuids.delete(now.row.uuid);
+      if (before) {
+        table.set(ref, { row: before.row, created: before.created, modified: gen });
+        if (typeof before.row.uuid === 'string') uuids.set(before.row.uuid, ref);
+        const t = this.tombstones.get(ref);
+        if (t && undone.has(t)) this.tombstones.delete(ref);
+      } else {
+        table.delete(ref);
+        const t: Tombstone = { cls, ref, created: now!.created, deleted: gen };
+        this.tombstones.set(ref, t);
+        this.tombstoneOrder.push(t);
+        this.changedKeys.add(`deleted/${ref}`);
+      }
+      this.touched(gen, cls, ref);
+    }
+  }
+
+  /** After a failed flush: refuse writes with a clear error until a probe write succeeds. */
+  private refuseWrites(cause: unknown): void {
+    this.failures++;
+    const code = (cause as { code?: unknown })?.code;
+    this.unwritable =
+      code === 'SQLITE_FULL' || code === 'ENOSPC'
+        ? new WriteRefused('OUT_OF_SPACE', [this.store!.dir])
+        : new WriteRefused('INTERNAL_ERROR', [`database write failed: ${String(cause)}`]);
+    this.lastFailure = this.unwritable;
+    if (this.probeTimer) return;
+    this.onWritable(false, cause);
+    this.probeTimer = setTimeout(() => this.probe(), this.probeIntervalMs).unref();
+  }
+
+  private probe(): void {
+    try {
+      this.store!.writeBatch({ upserts: [], deletes: [], tombstones: [], generation: this.gen });
+    } catch {
+      this.probeTimer = setTimeout(() => this.probe(), this.probeIntervalMs).unref();
+      return;
+    }
+    this.probeTimer = undefined;
+    this.unwritable = undefined;
+    this.onWritable(true);
   }
 
   // ---- changes, for events --------------------------------------------------------------------
@@ -389,8 +496,10 @@ export class LocalDb implements AnyDb {
 
   /** Bumps an object's generation so a `mod` event appears (event.inject). */
   async touch(cls: string, ref: string): Promise<number> {
+    this.assertWritable();
     const e = this.table(cls).get(ref);
     if (!e) throw handleInvalid(cls, ref);
+    this.remember(cls, ref, e);
     const gen = ++this.gen;
     e.modified = gen;
     this.touched(gen, cls, ref);
@@ -429,6 +538,7 @@ export class LocalDb implements AnyDb {
   }
 
   close(): void {
+    clearTimeout(this.probeTimer);
     if (this.flushScheduled) this.flush();
     this.store?.close();
   }

@@ -32,8 +32,13 @@ export interface ChangeSet {
 interface DbCommon {
   readonly schema: Schema;
 
-  /** Resolves once every write made before the call is durable (group commit). */
-  commit(): Promise<void>;
+  /**
+   * Resolves once every write made before the call is durable (group commit). With `since` (an
+   * epoch() value), fails if a flush failed since: writes made before it may have been undone.
+   */
+  commit(since?: number): Promise<void>;
+  /** How many flushes have failed; read it when a call begins and give it to commit(). */
+  epoch(): number;
 
   generation(): number;
   /** The oldest generation after which every change is still individually known. */

@@ -2,6 +2,7 @@
 // synchronous=FULL, so a committed transaction survives kill -9 and power loss. One SQLite table
 // per datamodel class, a row per object holding its JSON, plus the generation counter and the
 // tombstones that event.from needs to report deletions.
+import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 
 /** Bump when the on-disk layout (not the datamodel) changes; older files are upgraded on open. */
@@ -38,7 +39,11 @@ export class SqliteStore {
   private readonly remove = new Map<string, Database.Statement>();
   private readonly writeBatchTx: (b: Batch) => void;
 
+  /** The directory the store lives in (where a full disk is reported). */
+  readonly dir: string;
+
   constructor(path: string) {
+    this.dir = dirname(path);
     this.db = new Database(path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');

@@ -44,6 +44,7 @@ import { SimulatorBackend } from '../xenopsd/backends/simulator.js';
 import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from '../util/files.js';
+import { LogFile } from './log-file.js';
 import { syncDatabase } from './dbsync.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
@@ -66,6 +67,8 @@ export interface HostOptions {
   sim?: { cpus?: number; memoryMiB?: number; nics?: string[] };
   /** Simulated boot and shutdown times (ms). */
   simTiming?: { bootTimeMs?: number; shutdownTimeMs?: number };
+  /** Bounds on how long a request body may take (defaults in src/http/server.ts). */
+  http?: { rpcBodyTimeoutMs?: number; uploadIdleTimeoutMs?: number };
   logLevel?: string;
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
@@ -132,11 +135,9 @@ export function buildApi(
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
-  const log: Logger = pino(
-    { level: opts.logLevel ?? 'info', base: { host: opts.address }, redact: ['password', 'pwd'] },
-    // Buffered: one write per 4 KiB of log lines, not one per call (flushed at close).
-    pino.destination({ dest: join(opts.stateDir, 'xapi.log'), sync: false, mkdir: true, minLength: 4096 }),
-  );
+  // Buffered: one write per 4 KiB of log lines, not one per call (flushed at close).
+  const logFile = new LogFile(join(opts.stateDir, 'xapi.log'));
+  const log: Logger = pino({ level: opts.logLevel ?? 'info', base: { host: opts.address }, redact: ['password', 'pwd'] }, logFile);
 
   const passwords = PasswordFile.at(opts.stateDir);
   const existed = await passwords.load();
@@ -149,7 +150,12 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   }
   const poolSecret = await loadOrCreatePoolSecret(opts.stateDir);
 
-  const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')));
+  const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')), {
+    onWritable: (writable, cause) => {
+      if (writable) log.warn('database writes work again');
+      else log.error({ err: cause }, 'database writes fail: refusing writes until they work again');
+    },
+  });
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
   const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, { hostname, address: opts.address, machine });
@@ -176,7 +182,15 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     authFailureDelayMs: session.AUTH_FAILURE_DELAY_MS,
   };
 
-  const domains = new SimulatorBackend({ machine, stateDir: opts.stateDir, ...opts.simTiming });
+  const domains = new SimulatorBackend({
+    machine,
+    stateDir: opts.stateDir,
+    ...opts.simTiming,
+    onSaving: (works, cause) => {
+      if (works) log.warn('the domain manager saves its state again');
+      else log.error({ err: cause }, 'the domain manager cannot save its state: its operations wait until it can');
+    },
+  });
   const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
   const cancelled = await dispatcher.tasks.cancelLeftovers();
   await storage.clearStaleOperations();
@@ -199,10 +213,10 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   gcTimer.unref();
 
   const table = new HandlerTable()
-    .add('POST', '/', xmlRpcHandler(dispatcher, log))
-    .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log))
-    .add('POST', '/json', xmlRpcHandler(dispatcher, log))
-    .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log));
+    .add('POST', '/', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
+    .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
+    .add('POST', '/json', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
+    .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs));
   registerVdiTransfers(table, dispatcher, storage);
   registerVmTransfers(table, dispatcher, storage);
 
@@ -215,6 +229,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       httpsPort: opts.httpsPort,
       tls,
       table,
+      uploadIdleTimeoutMs: opts.http?.uploadIdleTimeoutMs,
       log: {
         info: (o, m) => log.info(o, m),
         warn: (o, m) => log.warn(o, m),
@@ -225,6 +240,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     clearInterval(gcTimer);
     await xenops.stop();
     db.close();
+    await logFile.close();
     throw e;
   }
   log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef }, 'host started');
@@ -241,7 +257,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       await xenops.stop();
       await db.commit().catch(() => undefined);
       db.close();
-      await new Promise<void>((resolve) => log.flush(() => resolve()));
+      await logFile.close();
     },
   };
 }

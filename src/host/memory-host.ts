@@ -28,6 +28,8 @@ export async function memoryHost(
     shutdownTimeMs?: number;
     /** From a guest's first unpause to its agent reporting (default bootTimeMs). */
     agentDelayMs?: number;
+    /** A database of the caller's (e.g. over a store whose writes can be made to fail). */
+    db?: LocalDb;
     /** Where the host logs (default: nowhere); tests that check what is logged pass their own. */
     log?: Logger;
     /** Whether simulated guests run an agent (PV drivers); default true. */
@@ -39,7 +41,7 @@ export async function memoryHost(
   const stateDir = opts.stateDir ?? (await mkdtemp(join(tmpdir(), 'xapi-memhost-')));
   if (!opts.stateDir) process.once('exit', () => rmSync(stateDir, { recursive: true, force: true }));
   const schema = opts.schema ?? loadSchema();
-  const db = new LocalDb(schema, null, { logLimit: opts.logLimit });
+  const db = opts.db ?? new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
   const { hostRef, poolRef } = await syncDatabase(typed(db), schema, { hostname: 'memhost', address: '127.0.0.1', machine });
   let rootPassword = opts.rootPassword ?? 'secret';

@@ -5,20 +5,21 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Dispatcher, Outcome } from '../api/dispatch.js';
 import { MalformedRequest, type RpcCall } from '../api/rpc.js';
-import { InvalidUtf8Param, parseXmlRpcCall, xmlRpcBareEncoded, xmlRpcFailure, xmlRpcSuccessEncoded } from '../api/xmlrpc.js';
-import { jsonRpcFailure, jsonRpcSuccessEncoded, parseJsonRpcCall } from '../api/jsonrpc.js';
-import { BodyAborted, BodyTooLarge, readBody } from './body.js';
-import { RPC_BODY_LIMIT, sendHttpError } from './server.js';
+import { InvalidUtf8Param, parseXmlRpcCall, XML_BARE, XML_SUCCESS, xmlRpcFailure } from '../api/xmlrpc.js';
+import { jsonRpcFailure, jsonRpcSuccessAround, parseJsonRpcCall } from '../api/jsonrpc.js';
+import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from './body.js';
+import { RPC_BODY_LIMIT, RPC_BODY_TIMEOUT_MS, sendHttpError } from './server.js';
 import type { Handler } from './handlers.js';
 
 const CORS = { 'access-control-allow-origin': '*', 'access-control-allow-headers': 'X-Requested-With' };
 
-async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
+async function readCall<T>(req: IncomingMessage, res: ServerResponse, timeoutMs: number, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
   let body: Buffer;
   try {
-    body = await readBody(req, RPC_BODY_LIMIT);
+    body = await readBody(req, RPC_BODY_LIMIT, timeoutMs);
   } catch (e) {
     if (e instanceof BodyTooLarge) sendHttpError(res, 500, e.message);
+    else if (e instanceof BodyTimeout) sendHttpError(res, 408);
     else if (!(e instanceof BodyAborted)) throw e;
     return undefined;
   }
@@ -34,9 +35,20 @@ async function readCall<T>(req: IncomingMessage, res: ServerResponse, decode: (b
   }
 }
 
-function reply(res: ServerResponse, contentType: string, body: string): void {
-  res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), ...CORS });
-  res.end(body);
+function reply(res: ServerResponse, contentType: string, body: string | string[]): void {
+  const bytes = typeof body === 'string' ? Buffer.from(body) : encode(body);
+  res.writeHead(200, { 'content-type': contentType, 'content-length': bytes.length, ...CORS });
+  res.end(bytes);
+}
+
+/** A reply's pieces (Marshal.xmlParts/jsonParts) as UTF-8, each written into one buffer in turn. */
+function encode(parts: string[]): Buffer {
+  let length = 0;
+  for (const p of parts) length += Buffer.byteLength(p);
+  const bytes = Buffer.allocUnsafe(length);
+  let at = 0;
+  for (const p of parts) at += bytes.write(p, at);
+  return bytes;
 }
 
 async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string): Promise<Outcome> {
@@ -59,21 +71,24 @@ async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: str
 
 const invalidUtf8 = (e: InvalidUtf8Param) => ['INVALID_VALUE', 'Invalid UTF-8 string in parameter', e.value];
 
-export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
+export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs = RPC_BODY_TIMEOUT_MS): Handler {
   return async (req, res) => {
-    const call = await readCall(req, res, parseXmlRpcCall);
+    const call = await readCall(req, res, bodyTimeoutMs, parseXmlRpcCall);
     if (call === undefined) return;
     const outcome: Outcome =
       call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml');
     if (!outcome.ok) return reply(res, 'text/xml', xmlRpcFailure(outcome.error));
-    const value = dispatcher.host.marshal.xml(outcome.type, outcome.value);
-    reply(res, 'text/xml', outcome.bare ? xmlRpcBareEncoded(value) : xmlRpcSuccessEncoded(value));
+    const [head, tail] = outcome.bare ? XML_BARE : XML_SUCCESS;
+    const parts = [head];
+    dispatcher.host.marshal.xmlParts(outcome.type, outcome.value, parts);
+    parts.push(tail);
+    reply(res, 'text/xml', parts);
   };
 }
 
-export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
+export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs = RPC_BODY_TIMEOUT_MS): Handler {
   return async (req, res) => {
-    const decoded = await readCall(req, res, parseJsonRpcCall);
+    const decoded = await readCall(req, res, bodyTimeoutMs, parseJsonRpcCall);
     if (decoded === undefined) return;
     if (decoded instanceof InvalidUtf8Param) {
       // xapi checks UTF-8 before its error wrapper, so the error escapes to the JSON-RPC handler,
@@ -84,8 +99,11 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger): Handler {
     const outcome = await run(dispatcher, log, decoded.call, 'json');
     if (outcome.ok) {
       // xapi skips the v2 translation for system.listMethods: it answers in v1 shape
-      const json = dispatcher.host.marshal.json(outcome.type, outcome.value);
-      reply(res, 'application/json', jsonRpcSuccessEncoded(outcome.bare ? '1.0' : decoded.version, decoded.id, json));
+      const [head, tail] = jsonRpcSuccessAround(outcome.bare ? '1.0' : decoded.version, decoded.id);
+      const parts = [head];
+      dispatcher.host.marshal.jsonParts(outcome.type, outcome.value, parts);
+      parts.push(tail);
+      reply(res, 'application/json', parts);
     }
     else reply(res, 'application/json', jsonRpcFailure(decoded.version, decoded.id, outcome.error));
   };

@@ -10,6 +10,17 @@ export class BodyTooLarge extends Error {
   }
 }
 
+/** The body did not arrive within its time bound (the caller answers 408). */
+export class BodyTimeout extends Error {
+  constructor(
+    readonly timeoutMs: number,
+    readonly idle = false,
+  ) {
+    super(idle ? `the request body sent nothing for ${timeoutMs / 1000} s` : `the request body did not arrive within ${timeoutMs / 1000} s`);
+    this.name = 'BodyTimeout';
+  }
+}
+
 /** The client went away before sending the whole body; there is nobody left to answer. */
 export class BodyAborted extends Error {
   constructor() {
@@ -22,9 +33,10 @@ export class BodyAborted extends Error {
  * Reads the body (Content-Length or chunked; node's parser undoes the chunking) into one Buffer.
  * Rejects with BodyTooLarge as soon as the limit is passed — at once if Content-Length already
  * says so — and then keeps no more of the body: the rest is discarded as it arrives, and the
- * error page the caller sends (sendHttpError) closes the connection.
+ * error page the caller sends (sendHttpError) closes the connection. Rejects with BodyTimeout if
+ * the whole body has not arrived `timeoutMs` after the call (the same discarding follows).
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, limit: number, timeoutMs = 0): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const declared = req.headers['content-length'];
     if (declared !== undefined && Number(declared) > limit) {
@@ -55,7 +67,17 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       cleanup();
       reject(new BodyAborted());
     };
+    const timer =
+      timeoutMs > 0
+        ? setTimeout(() => {
+            cleanup();
+            chunks.length = 0;
+            discard(req);
+            reject(new BodyTimeout(timeoutMs));
+          }, timeoutMs)
+        : undefined;
     const cleanup = () => {
+      clearTimeout(timer);
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onGone);

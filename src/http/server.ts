@@ -7,10 +7,23 @@ import http, { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'n
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { corsPreflight, type Handler, type HandlerTable } from './handlers.js';
+import { BodyTimeout } from './body.js';
 
 /** Db_globs.http_limit_max_rpc_size: the biggest XML-RPC / JSON-RPC request body. */
 export const RPC_BODY_LIMIT = 300 * 1024;
 
+/**
+ * The whole body of an RPC request must arrive within this (xapi bounds only the headers, by
+ * header_total_timeout_tcp = 60 s; the same bound for the body, which is at most 300 KiB, means
+ * at least 5 KB/s). RPC bodies are read before any authentication, so without a bound anyone
+ * could hold connections open for ever.
+ */
+export const RPC_BODY_TIMEOUT_MS = 60_000;
+/**
+ * An upload (disk and VM imports, streaming for minutes) is never bounded in total time, only
+ * in idleness: it fails if nothing arrives for this long while the handler waits for data.
+ */
+export const UPLOAD_IDLE_TIMEOUT_MS = 300_000;
 /** Header read timeout (xapi_globs header_read_timeout_tcp: 10 s). */
 const HEADERS_TIMEOUT_MS = 10_000;
 /** Idle keep-alive connections. xapi itself never times them out; a minute is long enough that
@@ -34,6 +47,8 @@ export interface HttpServersOptions {
   tls: { key: string; cert: string };
   table: HandlerTable;
   log: { info: LogFn; warn: LogFn; error: LogFn };
+  /** How long a request body may send nothing while its handler waits for it (UPLOAD_IDLE_TIMEOUT_MS). */
+  uploadIdleTimeoutMs?: number;
 }
 
 export interface HttpServers {
@@ -157,6 +172,118 @@ function lingerOnClose(res: ServerResponse): void {
   };
 }
 
+/** The status xapi's http_svr answers a request it cannot parse with (node's parser error codes). */
+function parseErrorStatus(code: string | undefined): number {
+  if (code === 'HPE_HEADER_OVERFLOW') return 431;
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return 408; // headersTimeout
+  if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return 413;
+  return 400;
+}
+
+/** Per connection: the responses not yet finished, the latest request, and a pending refusal. */
+interface ConnectionState {
+  unfinished: number;
+  latest?: { req: IncomingMessage; res: ServerResponse };
+  refusal?: number;
+}
+const connections = new WeakMap<Socket, ConnectionState>();
+
+function countResponse(req: IncomingMessage, res: ServerResponse): void {
+  const socket = req.socket;
+  let state = connections.get(socket);
+  if (!state) connections.set(socket, (state = { unfinished: 0 }));
+  state.unfinished++;
+  state.latest = { req, res };
+  const st = state;
+  res.once('close', () => {
+    st.unfinished--;
+    if (st.unfinished === 0 && st.refusal !== undefined) refuse(socket, st.refusal);
+  });
+}
+
+/**
+ * What follows an unparsable request on a connection. Requests before it in the same stream
+ * (HTTP/1.1 pipelining) are still answered, in order; only then does the error page go out and
+ * the connection close. Node's default would write its bare error at once and destroy the
+ * socket, losing the replies still being computed.
+ */
+function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  const state = connections.get(socket) ?? { unfinished: 0 };
+  // The parser reports every later chunk again; the first report decides.
+  if (state.refusal !== undefined) return;
+  const parseError = err.code?.startsWith('HPE_') || err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+  if (!parseError || err.code === 'HPE_INVALID_EOF_STATE') {
+    socket.destroy(err); // a reset, or the client closed mid-request: nobody to answer
+    return;
+  }
+  const status = parseErrorStatus(err.code);
+  const latest = state.latest;
+  if (latest && !latest.req.complete) {
+    // The error is inside the body of the request being received: that request is lost with
+    // the connection (its handler sees the abort). Answer if nothing is queued before it.
+    if (socket.writable && state.unfinished === 1 && !latest.res.headersSent) {
+      const [reason, body] = errorPage(status, '');
+      socket.write(rawResponse(status, reason, body));
+    }
+    socket.destroy(err);
+    return;
+  }
+  state.refusal = status;
+  connections.set(socket, state);
+  if (state.unfinished === 0) refuse(socket, status);
+}
+
+function rawResponse(status: number, reason: string, body: string): string {
+  return (
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-length: ${Buffer.byteLength(body)}\r\ncontent-type: text/html\r\n` +
+    `connection: close\r\ncache-control: no-cache, no-store\r\n\r\n${body}`
+  );
+}
+
+/** Writes xapi's error page straight to the connection and closes it, lingering (see lingerOnClose). */
+function refuse(socket: Socket, status: number): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [reason, body] = errorPage(status, '');
+  socket.write(rawResponse(status, reason, body));
+  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+  timer.unref();
+  socket.once('end', () => socket.destroy());
+  socket.once('close', () => clearTimeout(timer));
+  socket.end();
+}
+
+/**
+ * Bounds how long a request body may go quiet while its handler waits for it. Progress is the
+ * connection's received-byte count; data buffered and not yet taken by the handler is the
+ * handler's delay, not the client's, so it counts as progress too. A quiet body is aborted: the
+ * handler sees its stream fail (an upload fails its task) and the connection closes.
+ */
+function watchBodyIdle(req: IncomingMessage, idleMs: number, log: HttpServersOptions['log']): void {
+  const socket = req.socket;
+  let bytes = socket.bytesRead;
+  let quietSince = performance.now();
+  const check = () => {
+    if (req.complete || req.destroyed) return;
+    const now = performance.now();
+    if (socket.bytesRead !== bytes || req.readableLength > 0) {
+      bytes = socket.bytesRead;
+      quietSince = now;
+    } else if (now - quietSince >= idleMs) {
+      log.warn({ method: req.method, path: req.url?.replace(/\?.*/, ''), idleMs }, 'request body idle: connection closed');
+      req.destroy(new BodyTimeout(idleMs, true));
+      return;
+    }
+    timer = setTimeout(check, Math.min(idleMs, 1000));
+  };
+  let timer = setTimeout(check, Math.min(idleMs, 1000));
+  const stop = () => clearTimeout(timer);
+  req.once('end', stop);
+  req.once('close', stop);
+}
+
 function listen(server: http.Server, address: string, port: number, flag: '--http-port' | '--https-port'): Promise<number> {
   return new Promise((resolve, reject) => {
     const onError = (e: NodeJS.ErrnoException) => {
@@ -228,11 +355,19 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
     requestTimeout: 0, // node's default (5 min for the whole request) would cut VM imports
     connectionsCheckingInterval: 1_000, // how often headersTimeout is enforced
   };
-  const listener = (req: IncomingMessage, res: ServerResponse) => void route(req, res);
+  const idleMs = opts.uploadIdleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS;
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    countResponse(req, res);
+    watchBodyIdle(req, idleMs, log);
+    void route(req, res);
+  };
   const plain = http.createServer(serverOptions, listener);
   const secure = https.createServer({ ...serverOptions, key: opts.tls.key, cert: opts.tls.cert }, listener);
   const servers = [plain, secure];
-  for (const s of servers) s.on('connect', onConnect);
+  for (const s of servers) {
+    s.on('connect', onConnect);
+    s.on('clientError', onClientError);
+  }
 
   let httpPort: number;
   let httpsPort: number;

@@ -127,6 +127,7 @@ export function transferHandler(d: Dispatcher, action: string, label: string, ro
         sendHttpError(res, 403);
         return;
       }
+      const epoch = host.db.epoch();
       let task = taskParam && (await host.db.tryGet('task', taskParam)) ? taskParam : undefined;
       task ??= await d.tasks.create(auth.session, label, true);
       await host.db.commit();
@@ -148,15 +149,14 @@ export function transferHandler(d: Dispatcher, action: string, label: string, ro
       };
       try {
         const result = await fn(transfer);
-        await d.tasks.succeed(task, result ? host.marshal.xml(result.type, result.value) : '');
+        await d.tasks.finish(task, epoch, { ok: true, resultXml: result ? host.marshal.xml(result.type, result.value) : '' });
       } catch (e) {
         if (!(e instanceof XapiError)) host.log.warn({ err: e, action, task }, 'HTTP transfer failed');
-        await d.tasks.fail(task, e);
         req.resume();
         if (!res.headersSent) sendHttpError(res, statusOf(e), e instanceof Error ? e.message : String(e));
         else res.destroy();
+        await d.tasks.finish(task, epoch, { ok: false, error: e });
       }
-      await host.db.commit();
     } finally {
       await auth.logout?.().catch(() => undefined);
     }

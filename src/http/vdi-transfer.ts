@@ -131,6 +131,7 @@ async function importRawVdi(storage: Storage, t: Transfer) {
     });
     made = true;
   }
+  const srRef = (await call.db.get('VDI', vdi)).SR;
   // Durable once, at close: the import's result is only reported after that.
   const target = await openVdi(storage, vdi, false, { deferSync: true });
   // As xapi: the answer goes out before the data is read; the outcome is on the task.
@@ -142,12 +143,19 @@ async function importRawVdi(storage: Storage, t: Transfer) {
     else await importVhd(req, target, { onProgress });
   } catch (e) {
     await target.close().catch(() => undefined);
-    if (made) await destroyVdi(storage, call, vdi).catch(() => undefined);
-    throw transferError(e, vdi, target.size);
+    if (made) await destroyVdi(storage, call, vdi).catch((err) => call.host.log.warn({ err, vdi }, 'removing a failed import'));
+    // a full SR is SR_FULL, not an INTERNAL_ERROR about ENOSPC
+    throw transferError(await storage.spaceError(e, srRef, target.size), vdi, target.size);
   }
-  await target.close();
+  try {
+    await target.close();
+  } catch (e) {
+    // the last writes (the VHD's allocation table) may find the disk full too
+    if (made) await destroyVdi(storage, call, vdi).catch((err) => call.host.log.warn({ err, vdi }, 'removing a failed import'));
+    throw await storage.spaceError(e, srRef, target.size);
+  }
   await storage.updateVdi(vdi);
-  await storage.updateStats((await call.db.get('VDI', vdi)).SR);
+  await storage.updateStats(srRef);
   res.end();
   return { type: VDI_REF, value: vdi };
 }

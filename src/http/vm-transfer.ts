@@ -103,10 +103,11 @@ async function importVm(storage: Storage, t: Transfer) {
       },
     });
   } catch (e) {
+    const requested = open.reduce((n, d) => n + d.size, 0);
     for (const d of open.splice(0)) await d.close().catch(() => undefined);
     if (made && !force) await made.undo();
     if (e instanceof XvaImportError) throw new XapiError(e.code, e.params);
-    throw e;
+    throw await storage.spaceError(e, sr, requested); // a full SR is SR_FULL
   } finally {
     for (const d of open) await d.close();
   }

@@ -28,6 +28,8 @@ export interface VdiInfo {
 export interface SrStat {
   physicalSize: number;
   physicalUtilisation: number;
+  /** Bytes a write can still get, when the filesystem has less than size − utilisation (it holds other data too). */
+  free?: number;
 }
 
 /** A VDI's data opened for I/O (import/export, the simulator's guest workload). */

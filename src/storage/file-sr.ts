@@ -174,7 +174,8 @@ export class FileSrDriver implements SmDriver {
     const fs = await statfs(dir);
     const fsTotal = fs.blocks * fs.bsize;
     const physicalSize = meta?.quota ?? fsTotal;
-    return { physicalSize, physicalUtilisation: Math.min(used, physicalSize) };
+    const physicalUtilisation = Math.min(used, physicalSize);
+    return { physicalSize, physicalUtilisation, free: Math.min(physicalSize - physicalUtilisation, fs.bavail * fs.bsize) };
   }
 
   private async assertSpace(sr: SrContext, size: number): Promise<void> {

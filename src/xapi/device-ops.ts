@@ -8,6 +8,7 @@ import type { Ref, vbd_operations, vif_operations } from '../schema/generated.js
 import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
 import { assertVbdOperation, assertVifOperation, updateVbdAllowedOperations, updateVifAllowedOperations } from './device-checks.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
+import { untilStored } from '../db/until-stored.js';
 
 /**
  * Runs `check` then `mark` under the global lock; while `check` refuses with
@@ -21,9 +22,12 @@ async function markWhenFree(call: Call, check: () => Promise<void>, mark: () => 
   });
 }
 
-/** Removes the call's mark under the lock, then wakes whoever waits for the device. */
+/**
+ * Removes the call's mark under the lock, then wakes whoever waits for the device. The mark must
+ * come off even if the database refuses writes just now (a full disk).
+ */
 async function unmark(call: Call, fn: () => Promise<void>): Promise<void> {
-  await withGlobalLock(call.host, fn);
+  await untilStored(call.db, () => withGlobalLock(call.host, fn));
   gateOf(call.host).broadcast();
 }
 

@@ -3,14 +3,24 @@
 // The legacy register/next pair is served from the same change log, with EVENTS_LOST when the
 // log no longer reaches back to a registration's position.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { XapiError } from '../api/errors.js';
+import { WriteRefused, XapiError } from '../api/errors.js';
 import type { Call, HostContext, Registry } from '../api/context.js';
 import { newStruct, type Rpc, type RpcStruct } from '../api/rpc.js';
 import type { ChangeSet } from '../db/interface.js';
 import type { LocalDb } from '../db/database.js';
 
+/** xapi's event_from_delay (schema constants): how far apart event.from answers a busy watcher. */
 export const EVENT_FROM_DELAY_MS = 50;
 const MAX_TIMEOUT_S = 86400;
+
+/**
+ * How event.from spaces its answers: `delayMs` apart per session, waited with `sleep`
+ * (injectable so tests can hold a batching window open and watch what it gathers).
+ */
+export interface EventBatching {
+  delayMs: number;
+  sleep(ms: number): Promise<void>;
+}
 
 interface Subscription {
   all: boolean;
@@ -73,34 +83,78 @@ function eventRecords(host: HostContext, changes: ChangeSet, timestamp: string, 
 export class EventService {
   /** session -> legacy registration */
   private readonly registrations = new Map<string, { entries: string[]; position: number }>();
+  /**
+   * session -> when event.from last handed it events (host clock). Only entries younger than
+   * the batching delay matter; older ones are swept out as the map grows.
+   */
+  private readonly lastAnswer = new Map<string, number>();
 
   constructor(
     private readonly host: HostContext,
     private readonly db: LocalDb,
+    private readonly batching: EventBatching = { delayMs: EVENT_FROM_DELAY_MS, sleep: (ms) => sleep(ms) },
   ) {}
 
+  /**
+   * xapi sleeps its batching delay before every event.from and again after every wake-up, so a
+   * single change reaches an idle watcher ~50 ms late. Here the delay spaces a session's answers
+   * instead: a watcher that was handed events less than the delay ago waits out the rest of it
+   * (so a watcher in a tight loop still gets changes in batches, at most one answer per delay),
+   * and one that has heard nothing for that long is answered at once.
+   */
   async from(call: Call, classes: string[], token: string, timeoutS: number): Promise<RpcStruct> {
     const since = parseToken(token);
     const sub = parseSubscriptions(classes);
     const wanted = matcher(this.host, sub);
     const timeout = Number.isFinite(timeoutS) && timeoutS >= 0 && timeoutS <= MAX_TIMEOUT_S ? timeoutS : MAX_TIMEOUT_S;
     const deadline = this.host.now() + timeout * 1000;
+    const session = call.session!.ref;
+    // xapi has no delay before a task-only watcher's call (event_from_task_delay)
     const taskOnly = !sub.all && [...sub.classes].every((c) => c === 'task') && sub.objects.size === 0;
-    if (since >= 0 && !taskOnly) await sleep(EVENT_FROM_DELAY_MS);
+    if (since >= 0 && !taskOnly) await this.batchWindow(session);
     for (;;) {
+      // Only what is on disk is handed out: a watcher never sees a change a crash then undoes.
+      // (This also gathers the rest of the writes of the call that woke us: they share a flush.)
+      // A flush that fails rolls its rows back, so memory is again what is stored: the scan
+      // still hands out only stored changes, and the watcher, which wrote nothing, goes on.
+      await this.db.commit().catch((e: unknown) => {
+        if (!(e instanceof WriteRefused)) throw e;
+      });
       await this.assertSessionAlive(call);
       const scannedAt = this.db.generation();
       const changes = this.db.changesSince(since, wanted);
       const remaining = deadline - this.host.now();
-      if (changes.adds.length + changes.mods.length + changes.dels.length > 0 || remaining <= 0) {
+      const found = changes.adds.length + changes.mods.length + changes.dels.length > 0;
+      if (found || remaining <= 0) {
         const result = newStruct();
         result.events = eventRecords(this.host, changes, '0.0');
         result.valid_ref_counts = await this.validRefCounts();
         result.token = formatToken(Math.max(scannedAt, since, 0));
+        if (found) this.answered(session);
         return result;
       }
-      await this.db.waitForChange(wakeKeys(sub, call.session!.ref), Math.min(remaining, 60_000));
-      await sleep(EVENT_FROM_DELAY_MS);
+      await this.db.waitForChange(wakeKeys(sub, session), Math.min(remaining, 60_000));
+      await this.batchWindow(session);
+    }
+  }
+
+  /** Waits out what is left of the session's batching window, if anything. */
+  private async batchWindow(session: string): Promise<void> {
+    const last = this.lastAnswer.get(session);
+    if (last === undefined) return;
+    const wait = last + this.batching.delayMs - this.host.now();
+    if (wait > 0) await this.batching.sleep(wait);
+  }
+
+  private answered(session: string): void {
+    const now = this.host.now();
+    this.lastAnswer.delete(session); // re-inserted last: the map stays in answer order
+    this.lastAnswer.set(session, now);
+    if (this.lastAnswer.size > 1024) {
+      for (const [s, at] of this.lastAnswer) {
+        if (at + this.batching.delayMs > now) break;
+        this.lastAnswer.delete(s);
+      }
     }
   }
 

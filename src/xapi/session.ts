@@ -6,6 +6,7 @@ import { XapiError } from '../api/errors.js';
 import type { Call, HostContext, Registry } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
 import { NULL_REF, formatDateTime, parseDateTime } from '../schema/types.js';
+import type { Row } from '../db/interface.js';
 import type { Messages } from '../schema/generated.js';
 
 /** Failed logins are answered late, as xapi does, to slow down password guessing. */
@@ -77,7 +78,7 @@ async function changePassword(call: Call, [, newPwd]: Params<'session.change_pas
 }
 
 /** A session kept only in this host's memory (emergency mode: the coordinator is unreachable). */
-function createLocalSession(host: HostContext, userName: string): string {
+function createLocalSession(host: HostContext, userName: string, pool: boolean): string {
   const ref = newRef();
   const now = formatDateTime(new Date(host.now()));
   // A whole row, as the database would hold it (the fields not set here at their defaults).
@@ -87,7 +88,7 @@ function createLocalSession(host: HostContext, userName: string): string {
     this_user: NULL_REF,
     last_active: now,
     validation_time: now,
-    pool: false,
+    pool,
     other_config: {},
     is_local_superuser: true,
     subject: NULL_REF,
@@ -112,14 +113,14 @@ export function register(r: Registry, setPassword: SetPassword): void {
         await sleep(call.host.authFailureDelayMs);
         throw new XapiError('SESSION_AUTHENTICATION_FAILED', ['', 'Pool credentials invalid']);
       }
-      return createLocalSession(call.host, '');
+      return createLocalSession(call.host, '', true); // xapi: a pool session
     })
     .implement('session.slave_local_login_with_password', async (call, [uname, pwd]) => {
       if (uname !== 'root' || !(await call.host.verifyLocalPassword('root', pwd))) {
         await sleep(call.host.authFailureDelayMs);
         throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);
       }
-      return createLocalSession(call.host, 'root');
+      return createLocalSession(call.host, 'root', false);
     })
     .implement('session.local_logout', (call) => {
       call.host.localSessions.delete(call.session!.ref);
@@ -148,28 +149,28 @@ async function hasUnfinishedTasks(host: HostContext, tasks: string[]): Promise<b
   return false;
 }
 
+/** The group a session counts against for the limits of the session GC. */
+function gcGroup(row: Row<'session'>): string {
+  const user = row.auth_user_name;
+  if (row.pool) return 'internal';
+  if (user === '' || user === 'root') return row.originator === '' ? 'external' : `originator:${row.originator}`;
+  return `user:${user}`;
+}
+
 /**
- * One pass of xapi's session GC: sessions idle for a day go, then the least recently active
- * above each group's limit. Sessions with unfinished tasks are kept (not disposable).
+ * Which sessions of one kind (database or local) a GC pass removes: those idle for a day, then
+ * the least recently active above each group's limit.
  */
-export async function sessionGc(host: HostContext): Promise<void> {
-  const now = host.now();
+function sessionsToCollect(now: number, sessions: { ref: string; row: Row<'session'> }[]): string[] {
+  const out: string[] = [];
   const groups = new Map<string, { ref: string; last: number }[]>();
-  for (const [ref, row] of await host.db.all('session')) {
-    if (await hasUnfinishedTasks(host, row.tasks)) continue;
+  for (const { ref, row } of sessions) {
     const last = parseDateTime(row.last_active)?.getTime() ?? 0;
     if ((now - last) / 1000 > INACTIVE_SESSION_TIMEOUT_S) {
-      await host.db.destroy('session', ref);
+      out.push(ref);
       continue;
     }
-    const user = row.auth_user_name;
-    const key = row.pool
-      ? 'internal'
-      : user === '' || user === 'root'
-        ? row.originator === ''
-          ? 'external'
-          : `originator:${row.originator}`
-        : `user:${user}`;
+    const key = gcGroup(row);
     const list = groups.get(key) ?? [];
     list.push({ ref, last });
     groups.set(key, list);
@@ -178,6 +179,31 @@ export async function sessionGc(host: HostContext): Promise<void> {
     const limit = key === 'internal' || key === 'external' ? MAX_SESSIONS_PER_GROUP : MAX_SESSIONS_PER_ORIGINATOR;
     if (list.length <= limit) continue;
     list.sort((a, b) => a.last - b.last);
-    for (const s of list.slice(0, list.length - limit)) await host.db.destroy('session', s.ref);
+    for (const s of list.slice(0, list.length - limit)) out.push(s.ref);
   }
+  return out;
+}
+
+/**
+ * One pass of xapi's session GC: sessions idle for a day go, then the least recently active
+ * above each group's limit. Sessions with unfinished tasks are kept (not disposable).
+ * Local sessions (slave_local_login*) get the same treatment, counted on their own: xapi never
+ * collects them, so a client that logs in locally in a loop would grow its table without end.
+ */
+export async function sessionGc(host: HostContext): Promise<void> {
+  const now = host.now();
+  // Local sessions first: collecting them needs no database write.
+  const local: { ref: string; row: Row<'session'> }[] = [];
+  const pending = new Set<string>();
+  for (const status of ['pending', 'cancelling'] as const) {
+    for (const [, task] of await host.db.find('task', { status })) pending.add(task.session);
+  }
+  for (const [ref, row] of host.localSessions) if (!pending.has(ref)) local.push({ ref, row });
+  for (const ref of sessionsToCollect(now, local)) host.localSessions.delete(ref);
+
+  const disposable: { ref: string; row: Row<'session'> }[] = [];
+  for (const [ref, row] of await host.db.all('session')) {
+    if (!(await hasUnfinishedTasks(host, row.tasks))) disposable.push({ ref, row });
+  }
+  for (const ref of sessionsToCollect(now, disposable)) await host.db.destroy('session', ref);
 }

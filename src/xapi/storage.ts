@@ -13,6 +13,7 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { SmError, type SmDriver, type SrContext, type VdiInfo } from '../storage/driver.js';
 import { makeDrivers } from '../storage/drivers.js';
 import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
+import { untilStored } from '../db/until-stored.js';
 import { srOperationError, updateSrAllowedOperations, updateVdiAllowedOperations, vdiOperationError } from './storage-operations.js';
 
 const GC_DELAY_MS = 200;
@@ -81,6 +82,23 @@ export class Storage {
     }
   }
 
+  /**
+   * A write into an SR that found no space (ENOSPC) as SR_FULL [requested; maximum]: the bytes
+   * the operation needed and those still free on the SR. Other failures are returned as they are.
+   */
+  async spaceError(e: unknown, srRef: string, requested: number): Promise<unknown> {
+    if ((e as NodeJS.ErrnoException | undefined)?.code !== 'ENOSPC') return e;
+    let free = 0;
+    try {
+      const { driver, ctx } = await this.context(srRef);
+      const st = await driver.stat(ctx);
+      free = Math.max(0, st.free ?? st.physicalSize - st.physicalUtilisation);
+    } catch {
+      // the SR cannot say: report nothing free
+    }
+    return new XapiError('SR_FULL', [String(requested), String(free)]);
+  }
+
   /** Runs a driver call, its failures mapped. */
   async sm<T>(srRef: string, fn: () => Promise<T>, vdiRef?: string): Promise<T> {
     try {
@@ -127,10 +145,13 @@ export class Storage {
     try {
       return await fn();
     } finally {
-      await withGlobalLock(this.host, async () => {
-        if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
-        if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
-      }).catch((e) => this.host.log.warn({ err: e }, 'unmarking a storage operation failed'));
+      // the marks must come off even if the database refuses writes just now (a full disk)
+      await untilStored(db, () =>
+        withGlobalLock(this.host, async () => {
+          if (target.vdi) await this.mark('VDI', target.vdi[0], call.task, undefined);
+          if (target.sr) await this.mark('SR', target.sr[0], call.task, undefined);
+        }),
+      ).catch((e) => this.host.log.warn({ err: e }, 'unmarking a storage operation failed'));
       gateOf(this.host).broadcast();
     }
   }

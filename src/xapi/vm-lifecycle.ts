@@ -8,6 +8,7 @@ import type { Db, Row } from '../db/interface.js';
 import type { vm_appliance_operation, vm_operations, vm_power_state } from '../schema/generated.js';
 import { NULL_REF } from '../schema/types.js';
 import { gateOf, globalGate, retryWithGlobalLock, withGlobalLock, type RetryPolicy } from './retry.js';
+import { untilStored } from '../db/until-stored.js';
 import { updateDevicesAllowedOperations } from './device-checks.js';
 
 type PS = vm_power_state;
@@ -377,15 +378,18 @@ export async function withVmOperation<T>(
   try {
     return await fn();
   } finally {
-    await withGlobalLock(call.host, async () => {
-      const vm = await db.tryGet('VM', ref);
-      if (vm && key in vm.current_operations) {
-        const current = { ...vm.current_operations };
-        delete current[key];
-        await db.update('VM', ref, { current_operations: current });
-        await updateAllowedOperations(db, ref);
-      }
-    }).catch((e) => call.host.log.warn({ err: e, vm: ref }, 'unmarking a VM operation failed'));
+    // the mark must come off even if the database refuses writes just now (a full disk)
+    await untilStored(db, () =>
+      withGlobalLock(call.host, async () => {
+        const vm = await db.tryGet('VM', ref);
+        if (vm && key in vm.current_operations) {
+          const current = { ...vm.current_operations };
+          delete current[key];
+          await db.update('VM', ref, { current_operations: current });
+          await updateAllowedOperations(db, ref);
+        }
+      }),
+    ).catch((e) => call.host.log.warn({ err: e, vm: ref }, 'unmarking a VM operation failed'));
     gateOf(call.host).broadcast();
   }
 }

@@ -19,6 +19,7 @@ import { parseDisksXml } from '../host/templates.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
 import { allowedVbdDevices } from './vbd.js';
+import { untilStored } from '../db/until-stored.js';
 
 
 export class VmService {
@@ -36,7 +37,9 @@ export class VmService {
     } catch (e) {
       outcome = { ok: false, error: e };
     }
-    await this.sync.refresh(vmRef);
+    // What the domain did must reach the database even if it refuses writes just now (a full
+    // disk): the update loop left this VM to the operation meanwhile.
+    await untilStored(call.db, () => this.sync.refresh(vmRef));
     await call.checkCancelled();
     if (!outcome.ok) throw xenopsError(vmRef, outcome.error);
     return outcome.value;

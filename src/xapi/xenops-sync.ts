@@ -325,7 +325,6 @@ export class XenopsSync {
       while (!this.stopped) {
         try {
           const { updates, token } = await this.backend.updates(this.token, 5_000);
-          this.token = token;
           const vms = new Set<string>();
           for (const u of updates) vms.add(u.kind === 'vm' ? u.id : u.vm);
           for (const uuid of vms) {
@@ -333,6 +332,9 @@ export class XenopsSync {
             if (ref) await this.onUpdate(ref);
           }
           await this.host.db.commit();
+          // Only once stored: if the database refused them (a full disk), the same updates
+          // come again on the next round, so what the domains did still reaches the database.
+          this.token = token;
         } catch (e) {
           if (this.stopped) return;
           this.host.log.error({ err: e }, 'xenopsd update loop');

@@ -72,6 +72,15 @@ export class Squeezed {
   private readonly domainsById = new Map<number, SqueezedDomain>();
   private readonly reservations = new Map<string, Reservation>();
   private nextReservation = 0;
+  /**
+   * Running sums over the domains, kept by every change to one (account()), so that the
+   * policy costs O(1) while memory is plentiful rather than a pass over every domain several
+   * times per start or stop: `held` Σ max(target, actual) + overhead; `fixed` what the
+   * ballooning domains cannot share (every overhead, and what non-ballooning domains hold);
+   * `min`/`max` Σ dynamic range of the ballooning domains; `offMax` how many of those are not
+   * at their dynamic_max. All are whole bytes (or counts), so the sums are exact.
+   */
+  private readonly sums = { held: 0, fixed: 0, min: 0, max: 0, offMax: 0 };
 
   constructor(private readonly opts: SqueezedOptions) {
     this.total = opts.total;
@@ -101,12 +110,8 @@ export class Squeezed {
    */
   reserveMemoryRange(client: string, min: number, max: number): { amount: number; id: string } {
     if (min < 0 || max < min) throw new DomainError('Internal_error', [`bad reservation range [${min}, ${max}]`]);
-    const ballooning = this.ballooning();
-    const pool = this.pool();
-    const targets = balloon(pool, [...ballooning.map(rangeOf), { min, max }]);
-    if (!targets) throw this.cannotFree(min, pool, ballooning);
-    const amount = Math.max(min, Math.min(max, targets[targets.length - 1]!));
-    this.apply(ballooning, targets);
+    const share = this.balance(min, { min, max });
+    const amount = Math.max(min, Math.min(max, share));
     const id = `reservation-${++this.nextReservation}`;
     this.reservations.set(id, { id, client, amount });
     return { amount, id };
@@ -122,7 +127,7 @@ export class Squeezed {
     if (this.domainsById.has(domid)) throw new DomainError('Already_exists', ['domain', String(domid)]);
     const initial = pageDown(target ?? Math.min(memory.dynamicMax, r.amount - memory.overhead));
     this.reservations.delete(id);
-    this.domainsById.set(domid, { ...memory, domid, target: initial, actual: initial, balloon: false });
+    this.addDomain({ ...memory, domid, target: initial, actual: initial, balloon: false });
     // anything the reservation held beyond target + overhead goes back to the others
     this.rebalanceQuietly();
     return initial;
@@ -142,7 +147,7 @@ export class Squeezed {
    * rebuilds its view from what the domains hold). No reservation, no squeezing.
    */
   adoptDomain(domid: number, memory: DomainMemory, target: number, balloon: boolean): void {
-    this.domainsById.set(domid, { ...memory, domid, target, actual: target, balloon });
+    this.addDomain({ ...memory, domid, target, actual: target, balloon });
   }
 
   /**
@@ -152,11 +157,11 @@ export class Squeezed {
   setBalloon(domid: number, on: boolean): void {
     const d = this.mustGet(domid);
     if (d.balloon === on) return;
-    d.balloon = on;
+    this.change(d, () => (d.balloon = on));
     try {
       this.rebalance();
     } catch {
-      d.balloon = false;
+      this.change(d, () => (d.balloon = false));
     }
   }
 
@@ -169,14 +174,13 @@ export class Squeezed {
     const d = this.mustGet(domid);
     if (dynamicMin < 0 || dynamicMax < dynamicMin) throw new DomainError('Internal_error', [`bad dynamic range [${dynamicMin}, ${dynamicMax}]`]);
     const old = { dynamicMin: d.dynamicMin, dynamicMax: d.dynamicMax };
-    d.dynamicMin = dynamicMin;
-    d.dynamicMax = dynamicMax;
+    this.change(d, () => Object.assign(d, { dynamicMin, dynamicMax }));
     if (!d.balloon) return; // no balloon driver: the range takes effect when one appears
     const ballooning = this.ballooning();
     const pool = this.pool();
     const targets = balloon(pool, ballooning.map(rangeOf));
     if (!targets) {
-      Object.assign(d, old);
+      this.change(d, () => Object.assign(d, old));
       throw this.cannotFree(dynamicMin, pool, ballooning.filter((b) => b !== d));
     }
     this.apply(ballooning, targets);
@@ -184,7 +188,10 @@ export class Squeezed {
 
   /** The domain was destroyed: its memory is free again and the others may grow back. */
   releaseDomain(domid: number): void {
-    if (!this.domainsById.delete(domid)) return;
+    const d = this.domainsById.get(domid);
+    if (!d) return;
+    this.account(d, -1);
+    this.domainsById.delete(domid);
     this.rebalanceQuietly();
   }
 
@@ -198,10 +205,7 @@ export class Squeezed {
 
   /** Host free memory now: total − dom0 − what domains hold − reservations (the slush fund is free memory). */
   free(): number {
-    let used = this.dom0;
-    for (const d of this.domainsById.values()) used += Math.max(d.target, d.actual) + d.overhead;
-    for (const r of this.reservations.values()) used += r.amount;
-    return this.total - used;
+    return this.total - this.dom0 - this.sums.held - this.reserved();
   }
 
   /** Σ reservations not yet transferred. */
@@ -213,11 +217,7 @@ export class Squeezed {
 
   /** Applies the policy to the ballooning domains (squeezed's periodic/triggered balance). */
   rebalance(): void {
-    const ballooning = this.ballooning();
-    const pool = this.pool();
-    const targets = balloon(pool, ballooning.map(rangeOf));
-    if (!targets) throw this.cannotFree(0, pool, ballooning);
-    this.apply(ballooning, targets);
+    this.balance(0);
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -228,12 +228,39 @@ export class Squeezed {
    * target and actual, as squeezed counts booting domains).
    */
   private pool(): number {
-    let pool = this.total - this.dom0 - this.slush - this.reserved();
-    for (const d of this.domainsById.values()) {
-      pool -= d.overhead;
-      if (!d.balloon) pool -= Math.max(d.target, d.actual);
+    return this.total - this.dom0 - this.slush - this.reserved() - this.sums.fixed;
+  }
+
+  /**
+   * The fraction policy over the ballooning domains, with `extra` (a reservation being made) as
+   * one more member: moves their targets and returns extra's share, or throws
+   * Cannot_free_this_much_memory(needed, ...) when even everyone at dynamic_min does not fit.
+   * It runs several times per domain start or stop: when memory is plentiful (everyone at
+   * dynamic_max, balloon()'s first case and the usual one) and nobody has to move, it costs
+   * nothing but the running sums; only a host where someone moves pays for a pass.
+   */
+  private balance(needed: number, extra?: { min: number; max: number }): number {
+    const pool = this.pool();
+    const sumMin = this.sums.min + (extra?.min ?? 0);
+    const sumMax = this.sums.max + (extra?.max ?? 0);
+    if (sumMin > pool) throw this.cannotFree(needed, pool, this.ballooning());
+    if (sumMax <= pool) {
+      const moving: SqueezedDomain[] = [];
+      if (this.sums.offMax > 0) {
+        for (const d of this.domainsById.values()) {
+          if (d.balloon && (d.target !== d.dynamicMax || d.actual !== d.dynamicMax)) moving.push(d);
+        }
+      }
+      moving.sort((a, b) => a.domid - b.domid);
+      this.apply(moving, moving.map((d) => d.dynamicMax));
+      return extra?.max ?? 0;
     }
-    return pool;
+    const ballooning = this.ballooning();
+    const ranges = ballooning.map(rangeOf);
+    if (extra) ranges.push(extra);
+    const targets = balloon(pool, ranges)!;
+    this.apply(ballooning, targets);
+    return extra ? targets[targets.length - 1]! : 0;
   }
 
   private ballooning(): SqueezedDomain[] {
@@ -244,10 +271,52 @@ export class Squeezed {
     ballooning.forEach((d, i) => {
       const t = targets[i]!;
       if (d.target === t && d.actual === t) return;
-      d.target = t;
-      d.actual = t; // co-operative guest: reaches its target at once
+      this.change(d, () => {
+        d.target = t;
+        d.actual = t; // co-operative guest: reaches its target at once
+      });
       this.opts.onTarget?.(d.domid, t);
     });
+  }
+
+  private addDomain(d: SqueezedDomain): void {
+    const old = this.domainsById.get(d.domid);
+    if (old) this.account(old, -1);
+    this.domainsById.set(d.domid, d);
+    this.account(d, 1);
+  }
+
+  /** Changes a domain's fields, keeping the running sums. */
+  private change(d: SqueezedDomain, fn: () => void): void {
+    this.account(d, -1);
+    fn();
+    this.account(d, 1);
+  }
+
+  /** Adds (1) or takes away (-1) a domain's part of the running sums. */
+  private account(d: SqueezedDomain, sign: 1 | -1): void {
+    const holds = Math.max(d.target, d.actual);
+    this.sums.held += sign * (holds + d.overhead);
+    this.sums.fixed += sign * (d.overhead + (d.balloon ? 0 : holds));
+    if (!d.balloon) return;
+    this.sums.min += sign * d.dynamicMin;
+    this.sums.max += sign * d.dynamicMax;
+    if (d.target !== d.dynamicMax || d.actual !== d.dynamicMax) this.sums.offMax += sign;
+  }
+
+  /** Throws if the running sums disagree with the domains (for tests). */
+  checkSums(): void {
+    const sums = { held: 0, fixed: 0, min: 0, max: 0, offMax: 0 };
+    for (const d of this.domainsById.values()) {
+      const holds = Math.max(d.target, d.actual);
+      sums.held += holds + d.overhead;
+      sums.fixed += d.overhead + (d.balloon ? 0 : holds);
+      if (!d.balloon) continue;
+      sums.min += d.dynamicMin;
+      sums.max += d.dynamicMax;
+      if (d.target !== d.dynamicMax || d.actual !== d.dynamicMax) sums.offMax++;
+    }
+    if (JSON.stringify(sums) !== JSON.stringify(this.sums)) throw new Error(`squeezed sums ${JSON.stringify(this.sums)}, domains say ${JSON.stringify(sums)}`);
   }
 
   private rebalanceQuietly(): void {

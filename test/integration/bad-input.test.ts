@@ -512,6 +512,26 @@ test('garbage on the socket (bad request line, unknown method) is refused', { ti
   }
 });
 
+test('pipelined requests followed by garbage: every valid request is answered, in order, then a 400 page', { timeout: 30_000 }, async () => {
+  const call = (id: number) => {
+    const body = JSON.stringify({ jsonrpc: '2.0', method: 'host.get_all', params: [session], id });
+    return `POST /jsonrpc HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  };
+  for (const valid of [[1], [1, 2, 3]]) {
+    const res = await rawSocket(valid.map(call).join('') + '\u0000\u0001garbage\r\n\r\n', { timeoutMs: 15_000 });
+    assert.ok(res.closedByServer, 'the server closes the connection after the garbage');
+    const statuses = [...res.received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
+    assert.deepEqual(statuses, [...valid.map(() => 200), 400], res.received.slice(0, 2000));
+    for (const id of valid) assert.ok(res.received.includes(`"result":["${hostRef}"],"id":${id}`), `reply ${id} missing: ${res.received.slice(0, 2000)}`);
+    assert.match(res.received, /HTTP 400 bad request/);
+    await assertHealthy();
+  }
+  // garbage alone still gets the 400 page at once
+  const alone = await rawSocket('\u0000\u0001garbage\r\n\r\n', { timeoutMs: 15_000 });
+  assert.match(alone.received, /^HTTP\/1\.1 400 /);
+  await assertHealthy();
+});
+
 // ---------------------------------------------------------------------------------------------
 // XML entity expansion
 

@@ -1,6 +1,6 @@
 // Every acknowledged write survives kill -9: writers run flat out, the process is killed with
-// SIGKILL at an arbitrary moment, and after a restart every write that had been acknowledged
-// is there.
+// SIGKILL once a hundred writes were acknowledged (at no particular point of any write), and
+// after a restart every write that had been acknowledged is there.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';

@@ -54,6 +54,8 @@ export interface StartOptions {
   args?: string[];
   /** Resolve as soon as the process prints this (default: the ready line). */
   waitFor?: RegExp;
+  /** A command that runs node for us (e.g. nsenter into a namespace); it must exec node, so the pid stays node's. */
+  wrap?: string[];
 }
 
 export async function makeStateDir(): Promise<string> {
@@ -65,9 +67,11 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
   const httpPort = o.httpPort ?? (await freePort(address));
   const httpsPort = o.httpsPort ?? (await freePort(address));
   const stateDir = o.stateDir ?? (await makeStateDir());
+  const wrap = o.wrap ?? [];
   const proc = spawn(
-    process.execPath,
+    wrap[0] ?? process.execPath,
     [
+      ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
       join(ROOT, 'bin/xapi.js'),
       'serve',
       '--address',

@@ -9,6 +9,9 @@ import Database from 'better-sqlite3';
 import { schema } from '../../src/schema/schema.js';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore, StoreFormatError } from '../../src/db/store.js';
+import type { XapiError } from '../../src/api/errors.js';
+import { Marshal } from '../../src/api/marshal.js';
+import { parseType } from '../../src/schema/types.js';
 
 async function withDir(fn: (dir: string) => Promise<void>) {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-db-'));
@@ -96,4 +99,90 @@ test('MAP_DUPLICATE_KEY and uuid uniqueness', () =>
       (e: { code: string; params: string[] }) => e.code === 'MAP_DUPLICATE_KEY' && e.params.join() === 'network,other_config,OpaqueRef:n,k');
     await assert.rejects(db.create('network', 'OpaqueRef:m', { uuid: 'same' }));
     db.close();
+  }));
+
+/** A store whose writes fail with SQLITE_FULL while `full` is set, as on a full disk. */
+function fillable(dir: string) {
+  const store = new SqliteStore(join(dir, 'xapi.db'));
+  const state = { full: false };
+  const write = store.writeBatch.bind(store);
+  store.writeBatch = (b) => {
+    if (state.full) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    write(b);
+  };
+  return { store, state };
+}
+
+test('a failed flush undoes its batch in memory, refuses writes until the store takes them again, and loses nothing acknowledged', () =>
+  withDir(async (dir) => {
+    const { store, state } = fillable(dir);
+    const db = new LocalDb(schema(), store, { probeIntervalMs: 10 });
+    await db.create('network', 'OpaqueRef:n1', { uuid: 'u1', name_label: 'kept' });
+    await db.create('VIF', 'OpaqueRef:v1', { uuid: 'v1', network: 'OpaqueRef:n1', device: '0' });
+    await db.create('network', 'OpaqueRef:gone', { uuid: 'ug' });
+    await db.commit();
+    const epoch = db.epoch();
+    const token = db.generation();
+    // the marshaller keeps the text of frozen rows by identity
+    const marshal = new Marshal(db.schema);
+    const record = parseType('network record');
+    const keptRow = await db.get('network', 'OpaqueRef:n1');
+    const keptText = marshal.xml(record, keptRow);
+
+    state.full = true;
+    // one batch: an update, a create that joins a one-to-many set, a create + destroy, a destroy
+    await db.update('network', 'OpaqueRef:n1', { name_label: 'changed' });
+    const undoneText = marshal.xml(record, await db.get('network', 'OpaqueRef:n1')); // kept too
+    await db.create('VIF', 'OpaqueRef:v2', { uuid: 'v2', network: 'OpaqueRef:n1', device: '1' });
+    await db.create('network', 'OpaqueRef:brief', { uuid: 'ub' });
+    await db.destroy('network', 'OpaqueRef:brief');
+    await db.destroy('network', 'OpaqueRef:gone');
+    const seenBefore = db.changesSince(token, () => true);
+    assert.ok(seenBefore.adds.some((a) => a.ref === 'OpaqueRef:v2'));
+    await assert.rejects(db.commit(), (e: XapiError) => e.code === 'OUT_OF_SPACE' && e.params[0] === dir);
+
+    // memory is back to what is stored: the very row object of before, whose kept text is its own
+    assert.equal(await db.get('network', 'OpaqueRef:n1'), keptRow);
+    assert.ok(Object.isFrozen(keptRow));
+    assert.notEqual(undoneText, keptText);
+    assert.equal(marshal.xml(record, await db.get('network', 'OpaqueRef:n1')), keptText);
+    assert.equal((await db.get('network', 'OpaqueRef:n1')).name_label, 'kept');
+    assert.deepEqual((await db.get('network', 'OpaqueRef:n1')).VIFs, ['OpaqueRef:v1']);
+    assert.equal(await db.tryGet('VIF', 'OpaqueRef:v2'), undefined);
+    assert.equal(await db.refByUuid('VIF', 'v2'), undefined);
+    assert.equal(await db.tryGet('network', 'OpaqueRef:brief'), undefined);
+    assert.equal((await db.get('network', 'OpaqueRef:gone')).uuid, 'ug');
+    assert.equal(await db.refByUuid('network', 'ug'), 'OpaqueRef:gone');
+    // a watcher that saw the undone changes sees them undone: the VIF goes, the rest is modified back
+    const after = db.changesSince(seenBefore.lastGen, () => true);
+    assert.deepEqual(after.dels.map((d) => d.ref), ['OpaqueRef:v2']);
+    assert.deepEqual(after.mods.map((m) => m.ref).sort(), ['OpaqueRef:gone', 'OpaqueRef:n1']);
+
+    // writes are refused, with the same error, without touching memory
+    await assert.rejects(db.update('network', 'OpaqueRef:n1', { name_label: 'again' }), (e: XapiError) => e.code === 'OUT_OF_SPACE');
+    assert.equal((await db.get('network', 'OpaqueRef:n1')).name_label, 'kept');
+    // a call that began before the failure is not acknowledged, even once writes work again
+    await assert.rejects(db.commit(epoch), (e: XapiError) => e.code === 'OUT_OF_SPACE');
+
+    state.full = false;
+    for (;;) {
+      try {
+        await db.update('network', 'OpaqueRef:n1', { name_label: 'later' });
+        break;
+      } catch (e) {
+        assert.equal((e as XapiError).code, 'OUT_OF_SPACE');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    await db.commit(db.epoch());
+    await assert.rejects(db.commit(epoch));
+    db.close();
+
+    const again = open(dir);
+    assert.equal((await again.get('network', 'OpaqueRef:n1')).name_label, 'later');
+    assert.deepEqual((await again.get('network', 'OpaqueRef:n1')).VIFs, ['OpaqueRef:v1']);
+    assert.equal(await again.tryGet('VIF', 'OpaqueRef:v2'), undefined);
+    assert.ok(await again.tryGet('network', 'OpaqueRef:gone'));
+    assert.equal(await again.tryGet('network', 'OpaqueRef:brief'), undefined);
+    again.close();
   }));

@@ -70,3 +70,30 @@ test('local sessions live only in memory and end with local_logout', async () =>
   const o = await t.dispatcher.dispatch('VM.get_all', [local]);
   assert.deepEqual(o.ok ? [] : o.error, ['SESSION_INVALID', local]);
 });
+
+test('local sessions are collected like the others: idle for a day, and at most 400 per group', async () => {
+  const t = await setup();
+  const idle = (await t.ok('session.slave_local_login_with_password', 'root', 'pw')) as string;
+  const used = (await t.ok('session.slave_local_login_with_password', 'root', 'pw')) as string;
+  t.advance(86401 - 60);
+  await t.ok('VM.get_all', used); // activity keeps a local session, as it keeps a database one
+  t.advance(60);
+  await sessionGc(t.host);
+  assert.equal(t.host.localSessions.has(idle), false, 'a local session idle for a day must go');
+  assert.equal(t.host.localSessions.has(used), true, 'a local session in use must stay');
+  const flood: string[] = [];
+  for (let i = 0; i < 450; i++) {
+    flood.push((await t.ok('session.slave_local_login_with_password', 'root', 'pw')) as string);
+    t.advance(1);
+  }
+  await sessionGc(t.host);
+  assert.equal(t.host.localSessions.size, 400);
+  // the least recently active went first: the oldest of the flood, and `used`
+  assert.equal(t.host.localSessions.has(flood[0]!), false);
+  assert.equal(t.host.localSessions.has(used), false);
+  assert.equal(t.host.localSessions.has(flood[449]!), true);
+  // database sessions are counted on their own: the local flood did not push them out
+  const s = (await t.ok('session.login_with_password', 'root', 'pw')) as string;
+  await sessionGc(t.host);
+  assert.ok(await t.db.tryGet('session', s));
+});

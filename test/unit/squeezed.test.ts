@@ -117,6 +117,56 @@ test('memory comes back when a domain is destroyed; overheads count but do not b
   assert.equal(s.free(), 4105 * MiB);
 });
 
+test('the running sums the policy uses agree with the domains through any sequence of changes', () => {
+  // A fixed pseudo-random walk (same every run): boots, balloon drivers coming and going,
+  // range changes (some refused), releases, adoptions, on a host that is sometimes scarce.
+  let seed = 42;
+  const next = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const { s } = broker(8192, 512);
+  const live = new Set<number>();
+  let domid = 0;
+  for (let step = 0; step < 2000; step++) {
+    const pick = [...live][next(Math.max(1, live.size))];
+    try {
+      switch (next(6)) {
+        case 0:
+        case 1: {
+          const min = (1 + next(8)) * 64 * MiB;
+          boot(s, ++domid, min, min + next(8) * 64 * MiB, next(3) * 8 * MiB);
+          live.add(domid);
+          break;
+        }
+        case 2:
+          if (pick !== undefined) s.setBalloon(pick, next(2) === 0);
+          break;
+        case 3:
+          if (pick !== undefined) {
+            const min = next(16) * 64 * MiB;
+            s.setDomainRange(pick, min, min + next(16) * 64 * MiB);
+          }
+          break;
+        case 4:
+          if (pick !== undefined) {
+            s.releaseDomain(pick);
+            live.delete(pick);
+          }
+          break;
+        case 5:
+          s.adoptDomain(++domid, { dynamicMin: 64 * MiB, dynamicMax: 128 * MiB, overhead: MiB }, 96 * MiB, next(2) === 0);
+          live.add(domid);
+          break;
+      }
+    } catch (e) {
+      if (!(e instanceof DomainError) || e.kind !== 'Cannot_free_this_much_memory') throw e;
+    }
+    s.checkSums();
+  }
+  assert.ok(domid > 500);
+});
+
 test('the overhead model (memory.ml), in bytes', () => {
   // HVM, 1 GiB, 1 vCPU: shadow = ceil((256 + 1024 + 1024) / 256) = 9 MiB; per-vCPU 1 MiB; extras 1 + 1
   assert.equal(shadowMib({ domainType: 'hvm', staticMax: GiB, vcpus: 1 }), 9);

@@ -17,13 +17,17 @@
 // - Operations on one VM run one at a time (xenopsd's per-VM queue); hard shutdown (and the
 //   destroy half of hard reboot) pre-empt them, as xapi's hard_shutdown pre-empts other ops.
 // - Every change is recorded as an Update, coalesced per object and delivered by token.
-// - State lives under <stateDir>/xenopsd/ (vm/<id>.json, domain/<id>.json, host.json), written
-//   atomically, so a new SimulatorBackend on the same directory (after the xapi process died)
-//   still has the same domains — they live in the backend like xenopsd's, and guest-side
-//   timers (the OS coming up, a guest halting) resume from their recorded deadlines.
+// - State lives under <stateDir>/xenopsd/ (a snapshot and a journal, sim-state.ts), so a new
+//   SimulatorBackend on the same directory (after the xapi process died) still has the same
+//   domains — they live in the backend like xenopsd's, and guest-side timers (the OS coming
+//   up, a guest halting) resume from their recorded deadlines. Changes are saved together,
+//   before anything about them leaves the backend (an operation returning, stat, updates):
+//   what xapi was told is on disk, and one operation's many steps cost one append (save()).
+//   On a full disk that rule holds by waiting: nothing about an unsaved change is told until
+//   the save is retried successfully (see save()).
 // - Faults can be injected for tests: see Fault and inject().
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { mkdir, open, rename } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
@@ -43,6 +47,7 @@ import { overheadBytes } from '../overhead.js';
 import { Squeezed, type DomainMemory } from '../squeezed.js';
 import { Mutex } from '../../util/mutex.js';
 import { openDiskFile } from '../../storage/disk-file.js';
+import { SimStateStore } from './sim-state.js';
 
 /**
  * Misbehaviour to inject into a VM's guest (inject()):
@@ -84,6 +89,10 @@ export interface SimulatorOptions {
   now?: () => number;
   /** Whether guests run an agent (PV drivers); default true. Without one, guests never balloon. */
   guestAgent?: boolean;
+  /** Told when saving the state starts failing (a full disk: `cause`) and when it works again. */
+  onSaving?: (works: boolean, cause?: unknown) => void;
+  /** While saves fail, how often one is tried again; default 1000 ms. */
+  saveRetryMs?: number;
 }
 
 type Reason = NonNullable<VmState['lastShutdownReason']>;
@@ -153,6 +162,16 @@ export class SimulatorBackend implements DomainManager {
   private readonly queues = new Map<string, Mutex>();
   private lastDomid = 0;
   private closed = false;
+  private readonly store: SimStateStore<Vm>;
+  /** VMs whose saved state is behind (see save()). */
+  private readonly unsaved = new Set<string>();
+  private saveScheduled = false;
+  /** Whether the last try at saving failed; then saveRetry is the timer of the next one. */
+  private saveFailing = false;
+  private saveRetry: NodeJS.Timeout | undefined;
+  /** Those waiting for the unsaved state to be stored (save()). */
+  private readonly saveWaiters = new Set<{ resolve: () => void; reject: (e: DomainError) => void }>();
+  private readonly saveRetryMs: number;
 
   private readonly bootTimeMs: number;
   private readonly agentDelayMs: number;
@@ -180,9 +199,10 @@ export class SimulatorBackend implements DomainManager {
     this.maxWaitMs = opts.maxWaitMs ?? 1000;
     this.now = opts.now ?? Date.now;
     this.agentEnabled = opts.guestAgent ?? true;
+    this.saveRetryMs = opts.saveRetryMs ?? 1000;
     this.dir = join(opts.stateDir, 'xenopsd');
-    mkdirSync(join(this.dir, 'vm'), { recursive: true });
-    mkdirSync(join(this.dir, 'domain'), { recursive: true });
+    mkdirSync(this.dir, { recursive: true });
+    this.store = new SimStateStore(this.dir);
     this.squeezed = new Squeezed({
       total: opts.machine.memoryBytes,
       dom0: dom0MemoryBytes(opts.machine),
@@ -190,57 +210,85 @@ export class SimulatorBackend implements DomainManager {
     });
     this.squeezed.login(CLIENT);
     this.load();
+    this.trySave();
   }
 
   // ---- persistence ----------------------------------------------------------------------------
 
-  private path(kind: 'vm' | 'domain', id: string): string {
-    return join(this.dir, kind, `${encodeURIComponent(id)}.json`);
-  }
-
-  private writeJson(path: string, value: unknown): void {
-    if (this.closed) return; // a closed backend changes nothing on disk
-    const tmp = `${path}.${process.pid}.tmp`;
-    writeFileSync(tmp, JSON.stringify(value));
-    renameSync(tmp, path); // atomic: a reader (or a restarted process) sees old or new, never half
-  }
-
+  /** Marks a VM's saved state as behind; the next save() writes it. */
   private persist(id: string): void {
-    const vm = this.vms.get(id);
-    if (this.closed) return;
-    if (!vm) {
-      rmSync(this.path('vm', id), { force: true });
-      rmSync(this.path('domain', id), { force: true });
-      return;
+    if (this.closed) return; // a closed backend changes nothing on disk
+    this.unsaved.add(id);
+    if (!this.saveScheduled) {
+      this.saveScheduled = true;
+      setImmediate(() => this.trySave()); // for changes nobody asks about (a guest halting itself)
     }
-    this.writeJson(this.path('vm', id), { config: vm.config, status: vm.status });
-    if (vm.domain) this.writeJson(this.path('domain', id), vm.domain);
-    else rmSync(this.path('domain', id), { force: true });
+  }
+
+  /**
+   * Writes every VM whose state changed since the last save, in one journal append
+   * (sim-state.ts). Awaited before anything leaves the backend: at the end of every operation
+   * and before stat, list and updates answer. So whatever xapi has heard of (and may have
+   * committed to its database) is on disk first and a kill -9 finds it; a change nobody has
+   * heard of yet may be lost, which to xapi is as if it never happened (a build it never saw
+   * start is simply not there).
+   *
+   * If the state cannot be written (the disk is full), the caller waits, and the save is
+   * retried every saveRetryMs until it is stored. An operation whose save fails has already
+   * happened to the domain (built, destroyed...), so failing it would tell xapi something
+   * untrue, and undoing it is not possible in general; so it returns only once its state is
+   * stored. Its VM's queue waits with it, and so do stat and updates: xapi hears of nothing
+   * while the disk is full, then of everything once space is back. (Real xenopsd keeps its
+   * state on a tmpfs of its own, which a full state disk does not reach.) close() ends the
+   * wait with Cancelled.
+   */
+  private async save(): Promise<void> {
+    if (this.trySave()) return;
+    // closed: what its last try could not save is lost with the process; not to be reported
+    if (this.closed) throw new DomainError('Cancelled', ['backend closed']);
+    await new Promise<void>((resolve, reject) => this.saveWaiters.add({ resolve, reject }));
+  }
+
+  /** One try at save(), without waiting: false if it failed (a retry is then scheduled). */
+  private trySave(): boolean {
+    this.saveScheduled = false;
+    if (this.closed) return this.unsaved.size === 0; // a closed backend changes nothing on disk
+    if (this.saveRetry) return false; // failing: the next try is the timer's
+    const changed = new Map<string, Vm | undefined>();
+    for (const id of this.unsaved) {
+      const vm = this.vms.get(id);
+      changed.set(id, vm && { config: vm.config, status: vm.status, domain: vm.domain });
+    }
+    try {
+      this.store.save(this.lastDomid, changed);
+    } catch (e) {
+      // Nothing is stored (sim-state.ts): the same VMs, still unsaved, are written by a later try.
+      if (!this.saveFailing) this.opts.onSaving?.(false, e);
+      this.saveFailing = true;
+      this.saveRetry = setTimeout(() => this.retrySave(), this.saveRetryMs).unref();
+      return false;
+    }
+    this.unsaved.clear();
+    if (this.saveFailing) {
+      this.saveFailing = false;
+      this.opts.onSaving?.(true);
+    }
+    return true;
+  }
+
+  private retrySave(): void {
+    this.saveRetry = undefined;
+    if (!this.trySave()) return;
+    const waiters = [...this.saveWaiters];
+    this.saveWaiters.clear();
+    for (const w of waiters) w.resolve();
   }
 
   /** Reads the backend's "DB" back: the domains are still there, as they would be under xenopsd. */
   private load(): void {
-    try {
-      this.lastDomid = (JSON.parse(readFileSync(join(this.dir, 'host.json'), 'utf8')) as { lastDomid: number }).lastDomid;
-    } catch {
-      this.lastDomid = 0;
-    }
-    for (const f of readdirSync(join(this.dir, 'vm'))) {
-      if (!f.endsWith('.json')) continue; // leftovers of an interrupted write (.tmp) are ignored
-      const { config, status } = JSON.parse(readFileSync(join(this.dir, 'vm', f), 'utf8')) as Vm;
-      this.vms.set(config.id, { config, status });
-    }
-    for (const f of readdirSync(join(this.dir, 'domain'))) {
-      if (!f.endsWith('.json')) continue;
-      const id = decodeURIComponent(f.slice(0, -'.json'.length));
-      const domain = JSON.parse(readFileSync(join(this.dir, 'domain', f), 'utf8')) as Domain;
-      const vm = this.vms.get(id);
-      if (!vm) {
-        rmSync(join(this.dir, 'domain', f), { force: true });
-        continue;
-      }
-      vm.domain = domain;
-    }
+    const saved = this.store.load();
+    this.lastDomid = saved.lastDomid;
+    for (const [id, vm] of saved.vms) this.vms.set(id, vm);
     for (const [id, vm] of this.vms) {
       const d = vm.domain;
       if (d && !d.built) {
@@ -339,7 +387,11 @@ export class SimulatorBackend implements DomainManager {
     if (!q) this.queues.set(id, (q = new Mutex()));
     return q.run(async () => {
       if (this.closed) throw new DomainError('Cancelled', ['backend closed']);
-      return fn();
+      try {
+        return await fn();
+      } finally {
+        await this.save(); // the caller is about to hear how it went
+      }
     });
   }
 
@@ -382,9 +434,7 @@ export class SimulatorBackend implements DomainManager {
 
   /** Domain ids only grow (as Xen's do): max of every id handed out + 1, starting at 1. */
   private allocateDomid(): number {
-    for (const d of this.domids.keys()) this.lastDomid = Math.max(this.lastDomid, d);
-    this.lastDomid += 1;
-    this.writeJson(join(this.dir, 'host.json'), { lastDomid: this.lastDomid });
+    this.lastDomid += 1; // load() made it at least every existing domain's id
     return this.lastDomid;
   }
 
@@ -621,6 +671,7 @@ export class SimulatorBackend implements DomainManager {
   }
 
   async stat(id: string): Promise<VmState> {
+    await this.save();
     const vm = this.get(id);
     const d = vm.domain;
     const consoles: VmState['consoles'] = !d
@@ -686,6 +737,7 @@ export class SimulatorBackend implements DomainManager {
         vm.status.lastShutdownReason = 'halt';
         this.vmChanged(vm);
       }
+      await this.save();
       return;
     }
     await this.serial(id, async () => {
@@ -911,6 +963,7 @@ export class SimulatorBackend implements DomainManager {
   }
 
   async deviceState(vmId: string, id: string): Promise<DeviceState> {
+    await this.save();
     const vm = this.get(vmId);
     const vbd = vm.config.vbds.find((v) => v.id === id);
     const vif = vm.config.vifs.find((v) => v.id === id);
@@ -950,6 +1003,7 @@ export class SimulatorBackend implements DomainManager {
         this.updateWaiters.add(done);
       });
     }
+    await this.save();
     return { updates: pending().map((c) => c.update), token: `${this.epoch}/${this.seq}` };
   }
 
@@ -966,12 +1020,12 @@ export class SimulatorBackend implements DomainManager {
     else if (fault === 'crash') {
       this.live(vm);
       this.destroyDomain(vm, 'crash');
-      return;
     } else {
       this.built(vm);
       this.scheduleHalt(vm, fault === 'guest-reboot' ? 'reboot' : 'halt', this.shutdownTimeMs);
     }
     this.persist(id);
+    this.trySave();
   }
 
   /**
@@ -1005,6 +1059,7 @@ export class SimulatorBackend implements DomainManager {
   clearFaults(id: string): void {
     this.get(id).status.faults = {};
     this.persist(id);
+    this.trySave();
   }
 
   /** The squeezed broker's view, for tests and diagnostics. */
@@ -1018,10 +1073,16 @@ export class SimulatorBackend implements DomainManager {
    */
   async close(): Promise<void> {
     if (this.closed) return;
+    clearTimeout(this.saveRetry);
+    this.saveRetry = undefined;
+    this.trySave(); // a last try (what it cannot save, nobody has been told of)
     this.closed = true;
+    this.store.close();
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     const cancel = new DomainError('Cancelled', ['backend closed']);
+    for (const w of this.saveWaiters) w.reject(cancel);
+    this.saveWaiters.clear();
     for (const s of [...this.sleepers]) s(cancel);
     this.sleepers.clear();
     this.kicks.clear();
