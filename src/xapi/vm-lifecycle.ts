@@ -139,17 +139,22 @@ function hasPvDrivers(guest: Row<'VM_guest_metrics'> | undefined): boolean {
   return v !== undefined && int(v.major) && int(v.minor) && opt(v.micro) && opt(v.build);
 }
 
+/** An error description: the code, then its parameters. */
+type Refusal = readonly [code: string, ...params: string[]];
+
+const refusalError = ([code, ...params]: Refusal) => new XapiError(code, params);
+
 /** check_op_for_feature: operations that need the guest's help, on a guest that cannot give it. */
-function featureError(f: VmFacts, op: vm_operations, strict: boolean): XapiError | undefined {
+function featureError(f: VmFacts, op: vm_operations, strict: boolean): Refusal | undefined {
   const live = isLive(f.vm);
   const type = f.metrics?.current_domain_type;
   const implicit = !live || type === 'pv' || type === 'pv_in_pvh' || type === 'pvh' || hasPvDrivers(f.guest);
   const other = f.guest?.other ?? {};
   const lacks = (feature: string) => other[feature] !== '1';
-  const err = () => new XapiError('VM_LACKS_FEATURE', [f.ref]);
+  const err = (): Refusal => ['VM_LACKS_FEATURE', f.ref];
   if (MOVES_MEMORY.has(op) && live) {
     const reason = other['data-cant-suspend-reason'];
-    if (reason !== undefined) return new XapiError('VM_NON_SUSPENDABLE', [f.ref, reason]);
+    if (reason !== undefined) return ['VM_NON_SUSPENDABLE', f.ref, reason];
     if (!implicit && strict && lacks('feature-suspend')) return err();
     return undefined;
   }
@@ -161,25 +166,30 @@ function featureError(f: VmFacts, op: vm_operations, strict: boolean): XapiError
 }
 
 /** check_vgpu: which operations a VM with vGPUs may do. */
-function vgpuError(f: VmFacts, op: vm_operations): XapiError | undefined {
+function vgpuError(f: VmFacts, op: vm_operations): Refusal | undefined {
   const all = f.vgpusSuspendable.every(Boolean);
   const power = f.vm.power_state;
   if (op === 'migrate_send' && power === 'Halted') return undefined;
   if ((op === 'pool_migrate' || op === 'migrate_send') && all) return undefined;
   if (op === 'checkpoint' && power === 'Suspended') return undefined;
   if ((op === 'suspend' || op === 'checkpoint') && all) return undefined;
-  if (MOVES_MEMORY.has(op)) return new XapiError('VM_HAS_VGPU', [f.ref]);
+  if (MOVES_MEMORY.has(op)) return ['VM_HAS_VGPU', f.ref];
   return undefined;
 }
 
-/** check_operation_error: the first reason `op` may not start on the VM now, in xapi's order. */
-export function checkOperation(f: VmFacts, op: vm_operations, strict = true): XapiError | undefined {
+/**
+ * check_operation_error: the first reason `op` may not start on the VM now, in xapi's order, as
+ * an error description (code and parameters). Not an XapiError: allowed_operations asks this of
+ * every operation after every change, and making an Error (with its stack) per refusal would
+ * cost more than all the checks.
+ */
+export function checkOperation(f: VmFacts, op: vm_operations, strict = true): Refusal | undefined {
   const { ref, vm } = f;
   const blocked = vm.blocked_operations;
-  if (Object.prototype.hasOwnProperty.call(blocked, op)) return new XapiError('OPERATION_BLOCKED', [ref, blocked[op]!]);
+  if (Object.prototype.hasOwnProperty.call(blocked, op)) return ['OPERATION_BLOCKED', ref, blocked[op]!];
   const allowed = allowedPowerStates(f, op);
   if (!allowed.includes(vm.power_state)) {
-    return new XapiError('VM_BAD_POWER_STATE', [ref, allowed.map((s) => s.toLowerCase()).join(', '), vm.power_state.toLowerCase()]);
+    return ['VM_BAD_POWER_STATE', ref, allowed.map((s) => s.toLowerCase()).join(', '), vm.power_state.toLowerCase()];
   }
   const current = Object.entries(vm.current_operations);
   if (current.length > 0 && !allowedConcurrently(op, current.map(([, o]) => o))) {
@@ -187,42 +197,42 @@ export function checkOperation(f: VmFacts, op: vm_operations, strict = true): Xa
       current.length === 1
         ? [current[0]![0], vmOperationString(current[0]![1])]
         : [`{${current.map(([t]) => t).join(',')}}`, `{${current.map(([, o]) => vmOperationString(o)).join(',')}}`];
-    return new XapiError('OTHER_OPERATION_IN_PROGRESS', ['VM', ref, what, task]);
+    return ['OTHER_OPERATION_IN_PROGRESS', 'VM', ref, what, task];
   }
   if (vm.is_a_template && !vm.is_a_snapshot && !TEMPLATE_OK.has(op) && !((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) {
-    return new XapiError('VM_IS_TEMPLATE', [ref, vmOperationString(op)]);
+    return ['VM_IS_TEMPLATE', ref, vmOperationString(op)];
   }
-  if (vm.is_a_snapshot && !SNAPSHOT_OK.has(op)) return new XapiError('VM_IS_SNAPSHOT', [ref, vmOperationString(op)]);
-  if (op === 'provision' && !vm.is_a_template) return new XapiError('ONLY_PROVISION_TEMPLATE', []);
-  if (op === 'revert' && !vm.is_a_snapshot) return new XapiError('ONLY_REVERT_SNAPSHOT', []);
+  if (vm.is_a_snapshot && !SNAPSHOT_OK.has(op)) return ['VM_IS_SNAPSHOT', ref, vmOperationString(op)];
+  if (op === 'provision' && !vm.is_a_template) return ['ONLY_PROVISION_TEMPLATE'];
+  if (op === 'revert' && !vm.is_a_snapshot) return ['ONLY_REVERT_SNAPSHOT'];
   // Whether the VM may move: what the domain was built with (VM_metrics), else its platform.
   const nomigrate = f.metrics ? f.metrics.nomigrate : platformTrue(vm.platform, 'nomigrate');
   const nestedVirt = f.metrics ? f.metrics.nested_virt : platformTrue(vm.platform, 'nested-virt');
-  if (MOVES_MEMORY.has(op) && strict && (nomigrate || nestedVirt)) return new XapiError('VM_IS_IMMOBILE', [ref]);
-  if (op === 'changing_dynamic_range' && nestedVirt && strict) return new XapiError('VM_IS_USING_NESTED_VIRT', [ref]);
-  if ((op === 'changing_VCPUs' || op === 'destroy') && f.isDomainZero) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on dom0']);
-  if (vm.is_control_domain && !CONTROL_DOMAIN_OK.has(op)) return new XapiError('OPERATION_NOT_ALLOWED', ['This operation is not allowed on a control domain']);
+  if (MOVES_MEMORY.has(op) && strict && (nomigrate || nestedVirt)) return ['VM_IS_IMMOBILE', ref];
+  if (op === 'changing_dynamic_range' && nestedVirt && strict) return ['VM_IS_USING_NESTED_VIRT', ref];
+  if ((op === 'changing_VCPUs' || op === 'destroy') && f.isDomainZero) return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on dom0'];
+  if (vm.is_control_domain && !CONTROL_DOMAIN_OK.has(op)) return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on a control domain'];
   const feature = featureError(f, op, strict);
   if (feature) return feature;
-  if (op === 'snapshot_with_quiesce') return new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [ref]);
+  if (op === 'snapshot_with_quiesce') return ['VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', ref];
   if ((op === 'checkpoint' || op === 'snapshot' || op === 'suspend') && f.disks.some((d) => d.reset)) {
-    return new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
+    return ['VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION'];
   }
-  if (op === 'pool_migrate' && f.disks.some((d) => d.reset && d.caching)) return new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
-  if (MOVES_MEMORY.has(op) && vm.attached_PCIs.some((p) => !f.sriovPcis.has(p))) return new XapiError('VM_HAS_PCI_ATTACHED', [ref]);
+  if (op === 'pool_migrate' && f.disks.some((d) => d.reset && d.caching)) return ['VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION'];
+  if (MOVES_MEMORY.has(op) && vm.attached_PCIs.some((p) => !f.sriovPcis.has(p))) return ['VM_HAS_PCI_ATTACHED', ref];
   if (vm.VGPUs.length > 0) {
     const e = vgpuError(f, op);
     if (e) return e;
   }
-  if ((MOVES_MEMORY.has(op) || op === 'snapshot') && vm.VUSBs.length > 0) return new XapiError('VM_HAS_VUSBS', [ref]);
+  if ((MOVES_MEMORY.has(op) || op === 'snapshot') && vm.VUSBs.length > 0) return ['VM_HAS_VUSBS', ref];
   if (op === 'make_into_template') {
-    if (f.applianceValid) return new XapiError('VM_IS_PART_OF_AN_APPLIANCE', [ref, vm.appliance]);
-    if (f.protectionPolicyValid) return new XapiError('VM_ASSIGNED_TO_PROTECTION_POLICY', [ref, vm.protection_policy]);
-    if (f.snapshotScheduleValid) return new XapiError('VM_ASSIGNED_TO_SNAPSHOT_SCHEDULE', [ref, vm.snapshot_schedule]);
+    if (f.applianceValid) return ['VM_IS_PART_OF_AN_APPLIANCE', ref, vm.appliance];
+    if (f.protectionPolicyValid) return ['VM_ASSIGNED_TO_PROTECTION_POLICY', ref, vm.protection_policy];
+    if (f.snapshotScheduleValid) return ['VM_ASSIGNED_TO_SNAPSHOT_SCHEDULE', ref, vm.snapshot_schedule];
   }
-  if (op === 'query_services' && !flag(vm.other_config, 'is_system_domain')) return new XapiError('NOT_SYSTEM_DOMAIN', [ref]);
-  if (f.rollingUpgrade && !RPU_ALLOWED.has(op)) return new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []);
-  if (op === 'create_vtpm' && vm.VTPMs.length > 0) return new XapiError('VTPM_MAX_AMOUNT_REACHED', [String(vm.VTPMs.length)]);
+  if (op === 'query_services' && !flag(vm.other_config, 'is_system_domain')) return ['NOT_SYSTEM_DOMAIN', ref];
+  if (f.rollingUpgrade && !RPU_ALLOWED.has(op)) return ['NOT_SUPPORTED_DURING_UPGRADE'];
+  if (op === 'create_vtpm' && vm.VTPMs.length > 0) return ['VTPM_MAX_AMOUNT_REACHED', String(vm.VTPMs.length)];
   return undefined;
 }
 
@@ -272,7 +282,8 @@ export async function vmFacts(db: Db, ref: string, vm?: Row<'VM'>): Promise<VmFa
 
 /** assert_operation_valid's question: why `op` may not start on the VM now, or undefined. */
 export async function operationError(db: Db, ref: string, op: vm_operations, strict = true): Promise<XapiError | undefined> {
-  return checkOperation(await vmFacts(db, ref), op, strict);
+  const refusal = checkOperation(await vmFacts(db, ref), op, strict);
+  return refusal && refusalError(refusal);
 }
 
 /**
@@ -368,8 +379,8 @@ export async function withVmOperation<T>(
     call,
     async () => {
       const vm = await db.get('VM', ref);
-      const err = checkOperation(await vmFacts(db, ref, vm), op, opts.strict ?? true);
-      if (err) throw err;
+      const refusal = checkOperation(await vmFacts(db, ref, vm), op, opts.strict ?? true);
+      if (refusal) throw refusalError(refusal);
       await db.update('VM', ref, { current_operations: { ...vm.current_operations, [key]: op } });
       await updateAllowedOperations(db, ref);
     },

@@ -47,6 +47,9 @@ test('template to destroy through xen-api, states seen through events', { timeou
       });
     await waitState('Halted');
     let before = 'Halted';
+    // The cache may have had the clone's Halted before vmRef was known: start from it, so a
+    // later event that repeats it is no change.
+    last = before;
     for (const [method, args, state] of [
       ['VM.start', [false, false], 'Running'],
       ['VM.pause', [], 'Paused'],

@@ -62,11 +62,11 @@ test('operation names in errors are xapi\'s, several operations in progress are 
     const vm = await t.makeVm('names');
     const f = await vmFacts(t.host.db, vm);
     const busy = { ...f, vm: { ...f.vm, current_operations: { t1: 'changing_VCPUs' as const, t2: 'export' as const } } };
-    assert.deepEqual(checkOperation(busy, 'start')?.params, ['VM', vm, '{(unknown operation),export}', '{t1,t2}']);
+    assert.deepEqual(checkOperation(busy, 'start')?.slice(1), ['VM', vm, '{(unknown operation),export}', '{t1,t2}']);
     const one = { ...f, vm: { ...f.vm, current_operations: { t1: 'data_source_op' as const } } };
-    assert.deepEqual(checkOperation(one, 'start')?.params, ['VM', vm, 'data_sources_op', 't1']);
+    assert.deepEqual(checkOperation(one, 'start')?.slice(1), ['VM', vm, 'data_sources_op', 't1']);
     const template = { ...f, vm: { ...f.vm, is_a_template: true } };
-    assert.deepEqual(checkOperation(template, 'start')?.params, [vm, 'start']);
+    assert.deepEqual(checkOperation(template, 'start')?.slice(1), [vm, 'start']);
     // clones and exports run together
     assert.equal(checkOperation({ ...f, vm: { ...f.vm, current_operations: { t1: 'export' as const } } }, 'clone'), undefined);
   } finally {
