@@ -22,19 +22,22 @@
 //   domains — they live in the backend like xenopsd's, and guest-side timers (the OS coming
 //   up, a guest halting) resume from their recorded deadlines. Changes are saved together,
 //   before anything about them leaves the backend (an operation returning, stat, updates):
-//   what xapi was told is on disk, and one operation's many steps cost one append (save()).
+//   what xapi was told is on disk, and one operation's many steps cost one append (sim-saver.ts).
 //   On a full disk that rule holds by waiting: nothing about an unsaved change is told until
-//   the save is retried successfully (see save()).
+//   the save is retried successfully (see SimSaver.save()).
 // - Faults can be injected for tests: see Fault and inject().
-import { createHash, randomBytes } from 'node:crypto';
+//
+// This file is the domain life cycle and the DomainManager operations. Beside it: sim-model.ts
+// (the records kept per VM and domain), sim-guest.ts (what the guest agent reports),
+// sim-suspend-image.ts (suspend images), sim-devices.ts (device positions and media),
+// sim-timers.ts (guest timers and waits), sim-updates.ts (the updates feed), sim-saver.ts (when
+// the state is saved) and sim-state.ts (how it is stored).
 import { mkdirSync } from 'node:fs';
-import { mkdir, open, rename } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import {
   DomainError,
   type DeviceState,
   type DomainManager,
-  type GuestAgent,
   type HostMemory,
   type Update,
   type VbdConfig,
@@ -43,32 +46,20 @@ import {
   type VmState,
 } from '../interface.js';
 import { dom0MemoryBytes, type Machine } from '../machine.js';
-import { overheadBytes } from '../overhead.js';
-import { Squeezed, type DomainMemory } from '../squeezed.js';
+import { Squeezed } from '../squeezed.js';
 import { Mutex } from '../../util/mutex.js';
 import { openDiskFile } from '../../storage/disk-file.js';
 import { SimStateStore } from './sim-state.js';
+import { balloons, domainMemory, powerState, type Domain, type Fault, type Reason, type Vm } from './sim-model.js';
+import { guestAgentReport, meminfo } from './sim-guest.js';
+import { readImage, writeImage } from './sim-suspend-image.js';
+import { assertNoDuplicates, deviceStateOf, freeVbdPosition, removableVbd, storeVbd, upsert } from './sim-devices.js';
+import { SimTimers } from './sim-timers.js';
+import { UpdateFeed } from './sim-updates.js';
+import { SimSaver } from './sim-saver.js';
 
-/**
- * Misbehaviour to inject into a VM's guest (inject()):
- * - 'crash': the guest crashes now; the domain goes away with lastShutdownReason 'crash'.
- * - 'guest-shutdown' / 'guest-reboot': the guest halts / reboots itself (taking shutdownTimeMs);
- *   the domain goes away with reason 'halt' / 'reboot' for xapi to apply actions_after_*.
- * - 'refuse-shutdown' (sticky): acknowledges shutdown/reboot/suspend requests but never carries
- *   them out → Failed_to_shutdown / Failed_to_suspend.
- * - 'ignore-shutdown' (sticky): never acknowledges them → Failed_to_acknowledge_shutdown_request.
- * - 'refuse-unplug' (sticky): rejects non-forced unplugs → Device_detach_rejected.
- * - { slowBootMs } (sticky): building the domain takes this long instead of bootTimeMs.
- * clearFaults() removes the sticky ones.
- */
-export type Fault =
-  | 'crash'
-  | 'guest-shutdown'
-  | 'guest-reboot'
-  | 'refuse-shutdown'
-  | 'ignore-shutdown'
-  | 'refuse-unplug'
-  | { slowBootMs: number };
+export type { Fault } from './sim-model.js';
+export { ipv4ForMac, linkLocalForMac } from './sim-guest.js';
 
 export interface SimulatorOptions {
   machine: Machine;
@@ -95,83 +86,19 @@ export interface SimulatorOptions {
   saveRetryMs?: number;
 }
 
-type Reason = NonNullable<VmState['lastShutdownReason']>;
-
-interface Faults {
-  refuseShutdown?: boolean;
-  ignoreShutdown?: boolean;
-  refuseUnplug?: boolean;
-  slowBootMs?: number;
-}
-
-/** What the backend keeps about a VM beyond its configuration (vm/<id>.json with the config). */
-interface VmStatus {
-  suspended: boolean;
-  lastShutdownReason?: Reason;
-  lastStartTime: number;
-  /** Boots so far: seeds the simulated memory contents, so a reboot has different memory. */
-  bootCount: number;
-  faults: Faults;
-}
-
-/** A domain: what Xen + xenstore would hold (domain/<id>.json). */
-interface Domain {
-  domid: number;
-  /** False while VM_build runs; a domain found unbuilt after a restart is torn down. */
-  built: boolean;
-  paused: boolean;
-  vcpus: number;
-  memory: DomainMemory;
-  memoryTarget: number;
-  memoryActual: number;
-  startTime: number;
-  bootCount: number;
-  /** The guest OS is up and answers control/shutdown requests. */
-  osUp: boolean;
-  /** Deadline (Date.now) at which the OS comes up, while it is booting unpaused. */
-  osUpAt?: number;
-  vbds: Record<string, { position: string; backend?: string }>;
-  vifs: Record<string, { position: number }>;
-  /** The domain's xenstore data (VM.xenstore_data as pushed at build or since). */
-  xenstore?: Record<string, string>;
-  guestAgent?: GuestAgent;
-  /** control/shutdown, as written by the toolstack, and whether the guest acknowledged it. */
-  request?: 'halt' | 'reboot' | 'suspend';
-  acked?: boolean;
-  /** The guest is halting itself: when, and why. */
-  haltAt?: number;
-  haltReason?: Reason;
-}
-
-interface Vm {
-  config: VmConfig;
-  status: VmStatus;
-  domain?: Domain;
-}
-
 /** Our client name with squeezed (xenopsd logs in as itself). */
 const CLIENT = 'xenopsd';
 /** How long a suspend waits for the guest to acknowledge and save (xenopsd's is similar). */
 const SUSPEND_TIMEOUT_MS = 1_200_000;
 
 export class SimulatorBackend implements DomainManager {
-  private readonly dir: string;
   private readonly vms = new Map<string, Vm>();
   private readonly domids = new Map<number, string>();
   private readonly squeezed: Squeezed;
   private readonly queues = new Map<string, Mutex>();
   private lastDomid = 0;
   private closed = false;
-  private readonly store: SimStateStore<Vm>;
-  /** VMs whose saved state is behind (see save()). */
-  private readonly unsaved = new Set<string>();
-  private saveScheduled = false;
-  /** Whether the last try at saving failed; then saveRetry is the timer of the next one. */
-  private saveFailing = false;
-  private saveRetry: NodeJS.Timeout | undefined;
-  /** Those waiting for the unsaved state to be stored (save()). */
-  private readonly saveWaiters = new Set<{ resolve: () => void; reject: (e: DomainError) => void }>();
-  private readonly saveRetryMs: number;
+  private readonly saver: SimSaver<Vm>;
 
   private readonly bootTimeMs: number;
   private readonly agentDelayMs: number;
@@ -180,113 +107,46 @@ export class SimulatorBackend implements DomainManager {
   private readonly now: () => number;
   private readonly agentEnabled: boolean;
 
-  // timers and waits, so close() can stop everything
-  private readonly timers = new Set<NodeJS.Timeout>();
-  private readonly sleepers = new Set<(e: DomainError) => void>();
-  /** Internal state-change listeners (waitFor). */
-  private readonly kicks = new Set<() => void>();
+  private readonly timers = new SimTimers();
+  private readonly feed = new UpdateFeed();
 
-  // updates: the latest change per object, in sequence order
-  private readonly epoch = randomBytes(4).toString('hex');
-  private seq = 0;
-  private readonly changes = new Map<string, { seq: number; update: Update }>();
-  private updateWaiters = new Set<() => void>();
-
-  constructor(private readonly opts: SimulatorOptions) {
+  constructor(opts: SimulatorOptions) {
     this.bootTimeMs = opts.bootTimeMs ?? 50;
     this.agentDelayMs = opts.agentDelayMs ?? this.bootTimeMs;
     this.shutdownTimeMs = opts.shutdownTimeMs ?? 50;
     this.maxWaitMs = opts.maxWaitMs ?? 1000;
     this.now = opts.now ?? Date.now;
     this.agentEnabled = opts.guestAgent ?? true;
-    this.saveRetryMs = opts.saveRetryMs ?? 1000;
-    this.dir = join(opts.stateDir, 'xenopsd');
-    mkdirSync(this.dir, { recursive: true });
-    this.store = new SimStateStore(this.dir);
+    const dir = join(opts.stateDir, 'xenopsd');
+    mkdirSync(dir, { recursive: true });
+    const store = new SimStateStore<Vm>(dir);
+    this.saver = new SimSaver(
+      store,
+      {
+        record: (id) => {
+          const vm = this.vms.get(id);
+          return vm && { config: vm.config, status: vm.status, domain: vm.domain };
+        },
+        lastDomid: () => this.lastDomid,
+      },
+      { retryMs: opts.saveRetryMs ?? 1000, onSaving: opts.onSaving },
+    );
     this.squeezed = new Squeezed({
       total: opts.machine.memoryBytes,
       dom0: dom0MemoryBytes(opts.machine),
       onTarget: (domid, target) => this.onTarget(domid, target),
     });
     this.squeezed.login(CLIENT);
-    this.load();
-    this.trySave();
+    this.load(store);
+    this.saver.trySave();
   }
 
   // ---- persistence ----------------------------------------------------------------------------
-
-  /** Marks a VM's saved state as behind; the next save() writes it. */
-  private persist(id: string): void {
-    if (this.closed) return; // a closed backend changes nothing on disk
-    this.unsaved.add(id);
-    if (!this.saveScheduled) {
-      this.saveScheduled = true;
-      setImmediate(() => this.trySave()); // for changes nobody asks about (a guest halting itself)
-    }
-  }
-
-  /**
-   * Writes every VM whose state changed since the last save, in one journal append
-   * (sim-state.ts). Awaited before anything leaves the backend: at the end of every operation
-   * and before stat, list and updates answer. So whatever xapi has heard of (and may have
-   * committed to its database) is on disk first and a kill -9 finds it; a change nobody has
-   * heard of yet may be lost, which to xapi is as if it never happened (a build it never saw
-   * start is simply not there).
-   *
-   * If the state cannot be written (the disk is full), the caller waits, and the save is
-   * retried every saveRetryMs until it is stored. An operation whose save fails has already
-   * happened to the domain (built, destroyed...), so failing it would tell xapi something
-   * untrue, and undoing it is not possible in general; so it returns only once its state is
-   * stored. Its VM's queue waits with it, and so do stat and updates: xapi hears of nothing
-   * while the disk is full, then of everything once space is back. (Real xenopsd keeps its
-   * state on a tmpfs of its own, which a full state disk does not reach.) close() ends the
-   * wait with Cancelled.
-   */
-  private async save(): Promise<void> {
-    if (this.trySave()) return;
-    // closed: what its last try could not save is lost with the process; not to be reported
-    if (this.closed) throw new DomainError('Cancelled', ['backend closed']);
-    await new Promise<void>((resolve, reject) => this.saveWaiters.add({ resolve, reject }));
-  }
-
-  /** One try at save(), without waiting: false if it failed (a retry is then scheduled). */
-  private trySave(): boolean {
-    this.saveScheduled = false;
-    if (this.closed) return this.unsaved.size === 0; // a closed backend changes nothing on disk
-    if (this.saveRetry) return false; // failing: the next try is the timer's
-    const changed = new Map<string, Vm | undefined>();
-    for (const id of this.unsaved) {
-      const vm = this.vms.get(id);
-      changed.set(id, vm && { config: vm.config, status: vm.status, domain: vm.domain });
-    }
-    try {
-      this.store.save(this.lastDomid, changed);
-    } catch (e) {
-      // Nothing is stored (sim-state.ts): the same VMs, still unsaved, are written by a later try.
-      if (!this.saveFailing) this.opts.onSaving?.(false, e);
-      this.saveFailing = true;
-      this.saveRetry = setTimeout(() => this.retrySave(), this.saveRetryMs).unref();
-      return false;
-    }
-    this.unsaved.clear();
-    if (this.saveFailing) {
-      this.saveFailing = false;
-      this.opts.onSaving?.(true);
-    }
-    return true;
-  }
-
-  private retrySave(): void {
-    this.saveRetry = undefined;
-    if (!this.trySave()) return;
-    const waiters = [...this.saveWaiters];
-    this.saveWaiters.clear();
-    for (const w of waiters) w.resolve();
-  }
+  // A change marks its VM (saver.mark); whatever leaves the backend awaits saver.save() first.
 
   /** Reads the backend's "DB" back: the domains are still there, as they would be under xenopsd. */
-  private load(): void {
-    const saved = this.store.load();
+  private load(store: SimStateStore<Vm>): void {
+    const saved = store.load();
     this.lastDomid = saved.lastDomid;
     for (const [id, vm] of saved.vms) this.vms.set(id, vm);
     for (const [id, vm] of this.vms) {
@@ -295,11 +155,11 @@ export class SimulatorBackend implements DomainManager {
         // VM_create ran but VM_build never finished (the process died): like xenopsd's
         // "reboot me" marker, the half-built domain is not trusted; it is torn down.
         vm.domain = undefined;
-        this.persist(id);
+        this.saver.mark(id);
       } else if (d) {
         this.domids.set(d.domid, id);
         this.lastDomid = Math.max(this.lastDomid, d.domid);
-        this.squeezed.adoptDomain(d.domid, d.memory, d.memoryTarget, this.balloons(vm));
+        this.squeezed.adoptDomain(d.domid, d.memory, d.memoryTarget, balloons(vm));
         this.resumeGuest(vm);
       }
       this.changed({ kind: 'vm', id }); // a fresh client ("" token) learns about every VM
@@ -322,63 +182,21 @@ export class SimulatorBackend implements DomainManager {
     }
     if (d.haltAt !== undefined) this.scheduleHalt(vm, d.haltReason ?? 'halt', Math.max(0, d.haltAt - Date.now()));
     if (!d.osUp && !d.paused) this.scheduleOsUp(vm, d.osUpAt !== undefined ? Math.max(0, d.osUpAt - Date.now()) : this.agentDelayMs);
-    this.persist(vm.config.id);
+    this.saver.mark(vm.config.id);
   }
 
-  // ---- updates and waiting ------------------------------------------------------------------
+  // ---- changes and the per-VM queue ---------------------------------------------------------
 
+  /** Records a change in the updates feed, and has the waits in progress re-check their condition. */
   private changed(update: Update): void {
-    const key = update.kind === 'vm' ? `vm/${update.id}` : `${update.kind}/${update.vm}/${update.id}`;
-    this.changes.delete(key); // re-insert: the map stays in sequence order, one entry per object
-    this.changes.set(key, { seq: ++this.seq, update });
-    const waiters = this.updateWaiters;
-    this.updateWaiters = new Set();
-    for (const w of waiters) w();
-    for (const k of [...this.kicks]) k();
+    this.feed.add(update);
+    this.timers.kick();
   }
 
   /** Persist + announce a VM's change. */
   private vmChanged(vm: Vm): void {
-    this.persist(vm.config.id);
+    this.saver.mark(vm.config.id);
     this.changed({ kind: 'vm', id: vm.config.id });
-  }
-
-  private timer(ms: number, fn: () => void): void {
-    const t = setTimeout(() => {
-      this.timers.delete(t);
-      if (!this.closed) fn();
-    }, ms);
-    this.timers.add(t);
-  }
-
-  /**
-   * Waits until `pred` holds (re-checked on every state change) or `ms` pass; true if it held.
-   * A close() meanwhile makes the waiting operation fail with Cancelled.
-   */
-  private waitFor(pred: () => boolean, ms: number): Promise<boolean> {
-    if (pred()) return Promise.resolve(true);
-    return new Promise((resolve, reject) => {
-      const finish = (ok: boolean) => {
-        clearTimeout(t);
-        this.timers.delete(t);
-        this.kicks.delete(kick);
-        this.sleepers.delete(cancel);
-        resolve(ok);
-      };
-      const kick = () => {
-        if (pred()) finish(true);
-      };
-      const cancel = (e: DomainError) => {
-        clearTimeout(t);
-        this.timers.delete(t);
-        this.kicks.delete(kick);
-        reject(e);
-      };
-      const t = setTimeout(() => finish(pred()), Math.max(0, ms));
-      this.timers.add(t);
-      this.kicks.add(kick);
-      this.sleepers.add(cancel);
-    });
   }
 
   /** One operation at a time per VM, in arrival order (xenopsd's per-VM queue). */
@@ -390,7 +208,7 @@ export class SimulatorBackend implements DomainManager {
       try {
         return await fn();
       } finally {
-        await this.save(); // the caller is about to hear how it went
+        await this.saver.save(); // the caller is about to hear how it went
       }
     });
   }
@@ -403,13 +221,9 @@ export class SimulatorBackend implements DomainManager {
     return vm;
   }
 
-  private powerState(vm: Vm): VmState['powerState'] {
-    return vm.domain ? (vm.domain.paused ? 'Paused' : 'Running') : vm.status.suspended ? 'Suspended' : 'Halted';
-  }
-
   /** The VM's domain; Bad_power_state(found, 'Running') when it has none. */
   private live(vm: Vm): Domain {
-    if (!vm.domain) throw new DomainError('Bad_power_state', [this.powerState(vm), 'Running']);
+    if (!vm.domain) throw new DomainError('Bad_power_state', [powerState(vm), 'Running']);
     return vm.domain;
   }
 
@@ -417,19 +231,6 @@ export class SimulatorBackend implements DomainManager {
     const d = this.live(vm);
     if (!d.built) throw new DomainError('Domain_not_built', []);
     return d;
-  }
-
-  /** Memory squeezed manages for the VM's domain: its dynamic range and overhead. */
-  private domainMemory(c: VmConfig): DomainMemory {
-    const overhead = overheadBytes({ domainType: c.domainType, staticMax: c.memoryStaticMax, vcpus: c.vcpuMax, shadowMultiplier: c.shadowMultiplier });
-    // a PV-in-PVH guest cannot balloon inside the shim: it needs static_max (memory_check does the same)
-    if (c.domainType === 'pv_in_pvh') return { dynamicMin: c.memoryStaticMax, dynamicMax: c.memoryStaticMax, overhead };
-    return { dynamicMin: c.memoryDynamicMin, dynamicMax: c.memoryDynamicMax, overhead };
-  }
-
-  /** Whether the domain's guest balloons (its agent advertised feature-balloon). */
-  private balloons(vm: Vm): boolean {
-    return vm.config.domainType !== 'pv_in_pvh' && vm.domain?.guestAgent?.other['feature-balloon'] === '1';
   }
 
   /** Domain ids only grow (as Xen's do): max of every id handed out + 1, starting at 1. */
@@ -460,7 +261,7 @@ export class SimulatorBackend implements DomainManager {
    */
   private async createDomain(vm: Vm, o: { paused: boolean; bootCount: number; restore?: { memory: number; vcpus: number } }): Promise<void> {
     const c = vm.config;
-    const mem = this.domainMemory(c);
+    const mem = domainMemory(c);
     const [lo, hi] = o.restore ? [o.restore.memory, o.restore.memory] : [mem.dynamicMin, mem.dynamicMax];
     const res = this.squeezed.reserveMemoryRange(CLIENT, lo + mem.overhead, hi + mem.overhead);
     const domid = this.allocateDomid();
@@ -495,14 +296,14 @@ export class SimulatorBackend implements DomainManager {
     this.vmChanged(vm);
 
     // building takes its time, unless a hard shutdown or a crash ends it early
-    await this.waitFor(() => vm.domain !== d, vm.status.faults.slowBootMs ?? this.bootTimeMs);
+    await this.timers.until(() => vm.domain !== d, vm.status.faults.slowBootMs ?? this.bootTimeMs);
     if (vm.domain !== d) throw new DomainError('Cancelled', [c.id, 'the domain was destroyed while being built']);
 
     const order = [...c.vbds.filter((v) => v.mode === 'RW'), ...c.vbds.filter((v) => v.mode !== 'RW')];
     for (const v of order) {
       if (v.backend === undefined && v.type === 'Disk') continue; // nothing to attach
-      const position = v.position ?? this.freeVbdPosition(vm);
-      this.storeVbd(vm, { ...v, position });
+      const position = v.position ?? freeVbdPosition(vm);
+      storeVbd(vm, { ...v, position });
       d.vbds[v.id] = { position, backend: v.backend };
       this.changed({ kind: 'vbd', vm: c.id, id: v.id });
     }
@@ -527,7 +328,7 @@ export class SimulatorBackend implements DomainManager {
     const d = vm.domain!;
     const at = Date.now() + ms;
     d.osUpAt = at;
-    this.timer(ms, () => {
+    this.timers.after(ms, () => {
       const now = vm.domain;
       if (now !== d || d.paused || d.osUpAt !== at) return; // destroyed, paused or rescheduled
       this.osUp(vm);
@@ -541,8 +342,8 @@ export class SimulatorBackend implements DomainManager {
     d.osUp = true;
     d.osUpAt = undefined;
     if (!this.agentEnabled) return;
-    d.guestAgent = this.agentFor(vm);
-    if (this.balloons(vm)) this.squeezed.setBalloon(d.domid, true);
+    d.guestAgent = guestAgentReport(vm.config, d);
+    if (balloons(vm)) this.squeezed.setBalloon(d.domid, true);
     this.changed({ kind: 'vm', id: vm.config.id });
   }
 
@@ -552,7 +353,7 @@ export class SimulatorBackend implements DomainManager {
     const at = Date.now() + ms;
     d.haltAt = at;
     d.haltReason = reason;
-    this.timer(ms, () => {
+    this.timers.after(ms, () => {
       if (vm.domain !== d || d.haltAt !== at) return;
       this.destroyDomain(vm, reason);
     });
@@ -565,7 +366,7 @@ export class SimulatorBackend implements DomainManager {
     vm.domain = undefined;
     vm.status.lastShutdownReason = reason;
     this.domids.delete(d.domid);
-    this.persist(vm.config.id);
+    this.saver.mark(vm.config.id);
     this.squeezed.releaseDomain(d.domid); // others may balloon back up (onTarget → updates)
     this.changed({ kind: 'vm', id: vm.config.id });
     for (const id of Object.keys(d.vbds)) this.changed({ kind: 'vbd', vm: vm.config.id, id });
@@ -593,7 +394,7 @@ export class SimulatorBackend implements DomainManager {
     const f = vm.status.faults;
     // a paused guest cannot run its drivers, and nothing can unpause it while we hold the queue
     const neverAcks = d.paused || !!f.ignoreShutdown;
-    const acked = await this.waitFor(() => gone() || this.canAck(vm), neverAcks ? Math.min(timeoutMs, this.maxWaitMs) : timeoutMs);
+    const acked = await this.timers.until(() => gone() || this.canAck(vm), neverAcks ? Math.min(timeoutMs, this.maxWaitMs) : timeoutMs);
     if (gone()) return vm.status.lastShutdownReason ?? 'halt';
     if (!acked) {
       d.request = undefined;
@@ -604,7 +405,7 @@ export class SimulatorBackend implements DomainManager {
     if (!f.refuseShutdown) this.scheduleHalt(vm, kind, this.shutdownTimeMs);
     this.vmChanged(vm);
     const remaining = Math.max(0, deadline - Date.now());
-    const done = await this.waitFor(gone, f.refuseShutdown ? Math.min(remaining, this.maxWaitMs) : remaining);
+    const done = await this.timers.until(gone, f.refuseShutdown ? Math.min(remaining, this.maxWaitMs) : remaining);
     if (!done) {
       d.request = undefined;
       d.acked = false;
@@ -612,35 +413,6 @@ export class SimulatorBackend implements DomainManager {
       throw new DomainError('Failed_to_shutdown', [id, String(timeoutMs / 1000)]);
     }
     return vm.status.lastShutdownReason ?? kind;
-  }
-
-  /** What the simulated guest agent reports once the OS is up. */
-  private agentFor(vm: Vm): GuestAgent {
-    const d = vm.domain!;
-    const networks: Record<string, string> = {};
-    for (const v of vm.config.vifs) {
-      if (!d.vifs[v.id]) continue;
-      networks[`${v.position}/ip`] = ipv4ForMac(v.mac);
-      networks[`${v.position}/ipv4/0`] = ipv4ForMac(v.mac);
-      networks[`${v.position}/ipv6/0`] = linkLocalForMac(v.mac);
-    }
-    const os = osFor(vm.config);
-    return {
-      osVersion: os.osVersion,
-      pvDriversVersion: os.pvDriversVersion,
-      networks,
-      other: {
-        'feature-shutdown': '1',
-        'feature-poweroff': '1',
-        'feature-reboot': '1',
-        'feature-suspend': '1',
-        'feature-balloon': '1',
-        'feature-vcpu-hotplug': '1',
-        'has-vendor-device': '0',
-        'platform-feature-multiprocessor-suspend': '1',
-      },
-      memory: meminfo(d.memoryActual),
-    };
   }
 
   // ---- DomainManager: VMs -------------------------------------------------------------------
@@ -652,16 +424,16 @@ export class SimulatorBackend implements DomainManager {
       // a running domain keeps what it was built with; the config is for the next build
       if (vm) vm.config = structuredClone(config);
       else this.vms.set(config.id, { config: structuredClone(config), status: { suspended: false, lastStartTime: 0, bootCount: 0, faults: {} } });
-      this.persist(config.id);
+      this.saver.mark(config.id);
     });
   }
 
   async remove(id: string): Promise<void> {
     await this.serial(id, async () => {
       const vm = this.get(id);
-      if (vm.domain) throw new DomainError('Bad_power_state', [this.powerState(vm), 'Halted']);
+      if (vm.domain) throw new DomainError('Bad_power_state', [powerState(vm), 'Halted']);
       this.vms.delete(id);
-      this.persist(id);
+      this.saver.mark(id);
       this.changed({ kind: 'vm', id });
     });
   }
@@ -671,7 +443,7 @@ export class SimulatorBackend implements DomainManager {
   }
 
   async stat(id: string): Promise<VmState> {
-    await this.save();
+    await this.saver.save();
     const vm = this.get(id);
     const d = vm.domain;
     const consoles: VmState['consoles'] = !d
@@ -684,7 +456,7 @@ export class SimulatorBackend implements DomainManager {
           ];
     return {
       id,
-      powerState: this.powerState(vm),
+      powerState: powerState(vm),
       domid: d ? d.domid : -1,
       memoryTarget: d ? d.memoryTarget : 0,
       memoryActual: d ? d.memoryActual : 0,
@@ -701,7 +473,7 @@ export class SimulatorBackend implements DomainManager {
   async start(id: string, opts: { paused: boolean }): Promise<void> {
     await this.serial(id, async () => {
       const vm = this.get(id);
-      if (vm.domain || vm.status.suspended) throw new DomainError('Bad_power_state', [this.powerState(vm), 'Halted']);
+      if (vm.domain || vm.status.suspended) throw new DomainError('Bad_power_state', [powerState(vm), 'Halted']);
       await this.createDomain(vm, { paused: opts.paused, bootCount: vm.status.bootCount + 1 });
     });
   }
@@ -737,7 +509,7 @@ export class SimulatorBackend implements DomainManager {
         vm.status.lastShutdownReason = 'halt';
         this.vmChanged(vm);
       }
-      await this.save();
+      await this.saver.save();
       return;
     }
     await this.serial(id, async () => {
@@ -785,14 +557,14 @@ export class SimulatorBackend implements DomainManager {
         return new DomainError('Failed_to_suspend', [id, String(SUSPEND_TIMEOUT_MS / 1000)]);
       };
       const neverAcks = d.paused || !!f.ignoreShutdown;
-      const acked = await this.waitFor(() => gone() || this.canAck(vm), neverAcks ? Math.min(SUSPEND_TIMEOUT_MS, this.maxWaitMs) : SUSPEND_TIMEOUT_MS);
+      const acked = await this.timers.until(() => gone() || this.canAck(vm), neverAcks ? Math.min(SUSPEND_TIMEOUT_MS, this.maxWaitMs) : SUSPEND_TIMEOUT_MS);
       if (gone()) throw new DomainError('Cancelled', [id, 'the domain went away while suspending']);
       if (!acked) throw failed();
       d.acked = true;
       if (f.refuseShutdown) {
         // acknowledged, but the guest never gets to its suspended state
         this.vmChanged(vm);
-        await this.waitFor(gone, Math.min(SUSPEND_TIMEOUT_MS, this.maxWaitMs));
+        await this.timers.until(gone, Math.min(SUSPEND_TIMEOUT_MS, this.maxWaitMs));
         if (gone()) throw new DomainError('Cancelled', [id, 'the domain went away while suspending']);
         throw failed();
       }
@@ -810,7 +582,7 @@ export class SimulatorBackend implements DomainManager {
       const vm = this.get(id);
       // As xenopsd: a VM without a domain resumes from whatever image its configuration names
       // (a reverted checkpoint's image was written before this backend knew the VM as suspended).
-      if (vm.domain || (!vm.status.suspended && !vm.config.suspendImage)) throw new DomainError('Bad_power_state', [this.powerState(vm), 'Suspended']);
+      if (vm.domain || (!vm.status.suspended && !vm.config.suspendImage)) throw new DomainError('Bad_power_state', [powerState(vm), 'Suspended']);
       const path = vm.config.suspendImage;
       if (!path) throw new DomainError('Internal_error', [`VM ${id} has no suspend image path`]);
       const image = await readImage(path, id);
@@ -859,31 +631,17 @@ export class SimulatorBackend implements DomainManager {
 
   // ---- DomainManager: devices ---------------------------------------------------------------
 
-  /** The lowest disk number no VBD of the VM uses (configured or plugged). */
-  private freeVbdPosition(vm: Vm): string {
-    const used = new Set<string>();
-    for (const v of vm.config.vbds) if (v.position !== undefined) used.add(v.position);
-    for (const v of Object.values(vm.domain?.vbds ?? {})) used.add(v.position);
-    let n = 0;
-    while (used.has(String(n))) n++;
-    return String(n);
-  }
-
-  private storeVbd(vm: Vm, vbd: VbdConfig): void {
-    vm.config = { ...vm.config, vbds: upsert(vm.config.vbds, vbd) };
-  }
-
   async vbdPlug(vmId: string, vbd: VbdConfig): Promise<void> {
     await this.serial(vmId, async () => {
       const vm = this.get(vmId);
       const d = this.built(vm);
       if (d.vbds[vbd.id]) throw new DomainError('Device_is_connected', [vbd.id]);
-      const position = vbd.position ?? this.freeVbdPosition({ ...vm, config: { ...vm.config, vbds: vm.config.vbds.filter((v) => v.id !== vbd.id) } });
+      const position = vbd.position ?? freeVbdPosition({ ...vm, config: { ...vm.config, vbds: vm.config.vbds.filter((v) => v.id !== vbd.id) } });
       const clash = vm.config.vbds.find((v) => v.id !== vbd.id && v.position === position) ?? Object.entries(d.vbds).find(([, v]) => v.position === position);
       if (clash) throw new DomainError('Already_exists', ['VBD', position]);
-      this.storeVbd(vm, { ...vbd, position });
+      storeVbd(vm, { ...vbd, position });
       d.vbds[vbd.id] = { position, backend: vbd.backend };
-      this.persist(vmId);
+      this.saver.mark(vmId);
       this.changed({ kind: 'vbd', vm: vmId, id: vbd.id });
     });
   }
@@ -895,29 +653,19 @@ export class SimulatorBackend implements DomainManager {
       if (!d.vbds[vbd]) throw new DomainError('Device_not_connected', [vbd]);
       if (!force && vm.status.faults.refuseUnplug) throw new DomainError('Device_detach_rejected', ['VBD', vbd, 'the guest refused to release the device']);
       delete d.vbds[vbd];
-      this.persist(vmId);
+      this.saver.mark(vmId);
       this.changed({ kind: 'vbd', vm: vmId, id: vbd });
     });
-  }
-
-  /** A removable-media VBD of the VM, and its live state if plugged. */
-  private removable(vm: Vm, vbd: string): { config: VbdConfig; plugged?: { position: string; backend?: string } } {
-    const config = vm.config.vbds.find((v) => v.id === vbd);
-    if (!config) throw new DomainError('Does_not_exist', ['VBD', vbd]);
-    if (config.type === 'Disk') throw new DomainError('Media_not_ejectable', [vbd]);
-    const plugged = vm.domain?.vbds[vbd];
-    if (vm.domain && !plugged) throw new DomainError('Device_not_connected', [vbd]);
-    return { config, plugged };
   }
 
   async vbdInsert(vmId: string, vbd: string, backend: string): Promise<void> {
     await this.serial(vmId, async () => {
       const vm = this.get(vmId);
-      const { config, plugged } = this.removable(vm, vbd);
+      const { config, plugged } = removableVbd(vm, vbd);
       if ((plugged ? plugged.backend : config.backend) !== undefined) throw new DomainError('Media_present', [vbd]);
       if (plugged) plugged.backend = backend;
-      this.storeVbd(vm, { ...config, backend });
-      this.persist(vmId);
+      storeVbd(vm, { ...config, backend });
+      this.saver.mark(vmId);
       this.changed({ kind: 'vbd', vm: vmId, id: vbd });
     });
   }
@@ -925,11 +673,11 @@ export class SimulatorBackend implements DomainManager {
   async vbdEject(vmId: string, vbd: string): Promise<void> {
     await this.serial(vmId, async () => {
       const vm = this.get(vmId);
-      const { config, plugged } = this.removable(vm, vbd);
+      const { config, plugged } = removableVbd(vm, vbd);
       if ((plugged ? plugged.backend : config.backend) === undefined) throw new DomainError('Media_not_present', [vbd]);
       if (plugged) plugged.backend = undefined;
-      this.storeVbd(vm, { ...config, backend: undefined });
-      this.persist(vmId);
+      storeVbd(vm, { ...config, backend: undefined });
+      this.saver.mark(vmId);
       this.changed({ kind: 'vbd', vm: vmId, id: vbd });
     });
   }
@@ -943,7 +691,7 @@ export class SimulatorBackend implements DomainManager {
       if (clash) throw new DomainError('Already_exists', ['VIF', String(vif.position)]);
       vm.config = { ...vm.config, vifs: upsert(vm.config.vifs, vif) };
       d.vifs[vif.id] = { position: vif.position };
-      if (d.guestAgent) d.guestAgent = this.agentFor(vm); // the guest configures the new interface
+      if (d.guestAgent) d.guestAgent = guestAgentReport(vm.config, d); // the guest configures the new interface
       this.vmChanged(vm);
       this.changed({ kind: 'vif', vm: vmId, id: vif.id });
     });
@@ -956,24 +704,15 @@ export class SimulatorBackend implements DomainManager {
       if (!d.vifs[vif]) throw new DomainError('Device_not_connected', [vif]);
       if (!force && vm.status.faults.refuseUnplug) throw new DomainError('Device_detach_rejected', ['VIF', vif, 'the guest refused to release the device']);
       delete d.vifs[vif];
-      if (d.guestAgent) d.guestAgent = this.agentFor(vm);
+      if (d.guestAgent) d.guestAgent = guestAgentReport(vm.config, d);
       this.vmChanged(vm);
       this.changed({ kind: 'vif', vm: vmId, id: vif });
     });
   }
 
   async deviceState(vmId: string, id: string): Promise<DeviceState> {
-    await this.save();
-    const vm = this.get(vmId);
-    const vbd = vm.config.vbds.find((v) => v.id === id);
-    const vif = vm.config.vifs.find((v) => v.id === id);
-    const liveVbd = vm.domain?.vbds[id];
-    const liveVif = vm.domain?.vifs[id];
-    if (!vbd && !vif && !liveVbd && !liveVif) throw new DomainError('Does_not_exist', ['device', id]);
-    if (vbd || liveVbd) {
-      return { vm: vmId, id, plugged: !!liveVbd, position: liveVbd?.position ?? vbd?.position, backend: liveVbd ? liveVbd.backend : vbd?.backend };
-    }
-    return { vm: vmId, id, plugged: !!liveVif, position: String(liveVif?.position ?? vif!.position) };
+    await this.saver.save();
+    return deviceStateOf(vmId, this.get(vmId), id);
   }
 
   // ---- DomainManager: host, updates ---------------------------------------------------------
@@ -989,22 +728,10 @@ export class SimulatorBackend implements DomainManager {
    * lost across a restart.
    */
   async updates(token: string, timeoutMs: number): Promise<{ updates: Update[]; token: string }> {
-    const [epoch, n] = token.split('/');
-    const since = epoch === this.epoch ? Number(n) || 0 : 0;
-    const pending = () => [...this.changes.values()].filter((c) => c.seq > since);
-    if (pending().length === 0 && !this.closed) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(t);
-          this.updateWaiters.delete(done);
-          resolve();
-        };
-        const t = setTimeout(done, timeoutMs);
-        this.updateWaiters.add(done);
-      });
-    }
-    await this.save();
-    return { updates: pending().map((c) => c.update), token: `${this.epoch}/${this.seq}` };
+    const since = this.feed.since(token);
+    await this.feed.wait(since, timeoutMs);
+    await this.saver.save();
+    return this.feed.after(since);
   }
 
   // ---- faults -------------------------------------------------------------------------------
@@ -1024,8 +751,8 @@ export class SimulatorBackend implements DomainManager {
       this.built(vm);
       this.scheduleHalt(vm, fault === 'guest-reboot' ? 'reboot' : 'halt', this.shutdownTimeMs);
     }
-    this.persist(id);
-    this.trySave();
+    this.saver.mark(id);
+    this.saver.trySave();
   }
 
   /**
@@ -1058,8 +785,8 @@ export class SimulatorBackend implements DomainManager {
   /** Removes the sticky faults (refuse/ignore shutdown, refuse unplug, slow boot). */
   clearFaults(id: string): void {
     this.get(id).status.faults = {};
-    this.persist(id);
-    this.trySave();
+    this.saver.mark(id);
+    this.saver.trySave();
   }
 
   /** The squeezed broker's view, for tests and diagnostics. */
@@ -1073,208 +800,11 @@ export class SimulatorBackend implements DomainManager {
    */
   async close(): Promise<void> {
     if (this.closed) return;
-    clearTimeout(this.saveRetry);
-    this.saveRetry = undefined;
-    this.trySave(); // a last try (what it cannot save, nobody has been told of)
-    this.closed = true;
-    this.store.close();
-    for (const t of this.timers) clearTimeout(t);
-    this.timers.clear();
     const cancel = new DomainError('Cancelled', ['backend closed']);
-    for (const w of this.saveWaiters) w.reject(cancel);
-    this.saveWaiters.clear();
-    for (const s of [...this.sleepers]) s(cancel);
-    this.sleepers.clear();
-    this.kicks.clear();
-    const waiters = this.updateWaiters;
-    this.updateWaiters = new Set();
-    for (const w of waiters) w();
+    this.saver.close(cancel); // after a last try at saving (what it cannot save, nobody has been told of)
+    this.closed = true;
+    this.timers.close(cancel);
+    this.feed.close();
   }
 }
 
-// ---- helpers ------------------------------------------------------------------------------------
-
-function upsert<T extends { id: string }>(list: T[], item: T): T[] {
-  return list.some((x) => x.id === item.id) ? list.map((x) => (x.id === item.id ? item : x)) : [...list, item];
-}
-
-/** xenopsd's VBD.add / VIF.add refuse two devices at one position. */
-function assertNoDuplicates(c: VmConfig): void {
-  const seen = new Set<string>();
-  for (const v of c.vbds) {
-    if (v.position === undefined) continue;
-    if (seen.has(v.position)) throw new DomainError('Already_exists', ['VBD', v.position]);
-    seen.add(v.position);
-  }
-  const vifs = new Set<number>();
-  for (const v of c.vifs) {
-    if (vifs.has(v.position)) throw new DomainError('Already_exists', ['VIF', String(v.position)]);
-    vifs.add(v.position);
-  }
-}
-
-/** data/meminfo_total and data/meminfo_free, KiB, as a Linux guest reports them. */
-function meminfo(bytes: number): Record<string, string> {
-  const kib = Math.floor(bytes / 1024);
-  return { total: String(kib), free: String(Math.floor(kib * 0.6)) };
-}
-
-/** A stable private address for a MAC: the guest's DHCP lease on the simulated network. */
-export function ipv4ForMac(mac: string): string {
-  const h = createHash('sha256').update(mac.toLowerCase()).digest();
-  return `10.${h[0]! % 250}.${h[1]! % 250}.${(h[2]! % 250) + 2}`;
-}
-
-/** The IPv6 link-local address (EUI-64) an interface with this MAC configures for itself. */
-export function linkLocalForMac(mac: string): string {
-  const b = mac.split(':').map((x) => parseInt(x, 16));
-  if (b.length !== 6 || b.some((x) => Number.isNaN(x))) return 'fe80::1';
-  const eui = [b[0]! ^ 0x02, b[1]!, b[2]!, 0xff, 0xfe, b[3]!, b[4]!, b[5]!];
-  const groups = [0, 2, 4, 6].map((i) => ((eui[i]! << 8) | eui[i + 1]!).toString(16));
-  return `fe80::${groups.join(':')}`;
-}
-
-/** The OS a simulated guest runs, guessed from the VM's name (as installed from its template). */
-function osFor(c: VmConfig): { osVersion: Record<string, string>; pvDriversVersion: Record<string, string> } {
-  const name = c.name.toLowerCase();
-  const linuxTools = { major: '8', minor: '4', micro: '0', build: '1' };
-  if (/windows|\bwin(10|11|20\d\d)\b/.test(name)) {
-    const desktop = /(windows|win) ?1[01]\b/.exec(name);
-    return {
-      osVersion: desktop
-        ? { name: `Microsoft Windows ${desktop[0].endsWith('11') ? '11' : '10'} Pro|C:\\Windows|\\Device\\Harddisk0\\Partition2`, distro: 'windows', major: '10', minor: '0', spmajor: '0', spminor: '0' }
-        : { name: 'Microsoft Windows Server 2022 Standard|C:\\Windows|\\Device\\Harddisk0\\Partition2', distro: 'windows', major: '10', minor: '0', spmajor: '0', spminor: '0' },
-      pvDriversVersion: { major: '9', minor: '4', micro: '0', build: '146' },
-    };
-  }
-  if (/ubuntu/.test(name)) {
-    return { osVersion: { name: 'Ubuntu 22.04.4 LTS', distro: 'ubuntu', major: '22', minor: '04', uname: '5.15.0-simulated' }, pvDriversVersion: linuxTools };
-  }
-  if (/centos|rhel|red ?hat|rocky|alma|oracle/.test(name)) {
-    return { osVersion: { name: 'Rocky Linux 9.3 (Blue Onyx)', distro: 'rocky', major: '9', minor: '3', uname: '5.14.0-simulated.el9' }, pvDriversVersion: linuxTools };
-  }
-  return { osVersion: { name: 'Debian GNU/Linux 12', distro: 'debian', major: '12', minor: '0', uname: '6.1.0-simulated' }, pvDriversVersion: linuxTools };
-}
-
-// ---- suspend images -----------------------------------------------------------------------------
-//
-// Layout: page 0 holds a JSON header (magic, VM id, memory size, vCPUs, boot count, sample
-// offsets, SHA-256 of the sample pages); a few pages of pseudo-random "guest memory" (seeded by
-// the VM id and boot count) sit at offsets spread over the image, the last at its very end; the
-// rest is a hole. The file's logical size is the guest's memory, its allocation a few pages.
-
-const IMAGE_MAGIC = 'xapi-ts simulated suspend image';
-const IMAGE_VERSION = 1;
-const PAGE = 4096;
-const SAMPLE_PAGES = 8;
-
-interface ImageHeader {
-  magic: string;
-  version: number;
-  vm: string;
-  memory: number;
-  vcpus: number;
-  bootCount: number;
-  domainType: string;
-  offsets: number[];
-  sha256: string;
-}
-
-/** A page of the guest's simulated memory: deterministic for (VM, boot, page number). */
-function memoryPage(vm: string, bootCount: number, n: number): Buffer {
-  const out = Buffer.alloc(PAGE);
-  let block = createHash('sha256').update(`${vm}/${bootCount}/${n}`).digest();
-  for (let off = 0; off < PAGE; off += block.length) {
-    block.copy(out, off);
-    block = createHash('sha256').update(block).digest();
-  }
-  return out;
-}
-
-/** Where the sample pages go: spread over [PAGE, memory), the last one at the end. */
-function sampleOffsets(memory: number): number[] {
-  const pages = Math.floor(memory / PAGE);
-  if (pages < 2) return [];
-  const count = Math.min(SAMPLE_PAGES, pages - 1);
-  const offsets = new Set<number>();
-  for (let i = 0; i < count; i++) offsets.add((1 + Math.floor(((pages - 2) * i) / Math.max(1, count - 1))) * PAGE);
-  return [...offsets].sort((a, b) => a - b);
-}
-
-function samplesDigest(vm: string, bootCount: number, offsets: number[]): string {
-  const sum = createHash('sha256');
-  offsets.forEach((_, i) => sum.update(memoryPage(vm, bootCount, i)));
-  return sum.digest('hex');
-}
-
-async function writeImage(path: string, h: { vm: string; memory: number; vcpus: number; bootCount: number; domainType: string }): Promise<void> {
-  const offsets = sampleOffsets(h.memory);
-  const header: ImageHeader = { magic: IMAGE_MAGIC, version: IMAGE_VERSION, ...h, offsets, sha256: samplesDigest(h.vm, h.bootCount, offsets) };
-  const head = Buffer.alloc(PAGE);
-  const json = Buffer.from(JSON.stringify(header));
-  if (json.length > PAGE) throw new DomainError('Internal_error', ['suspend image header too large']);
-  json.copy(head);
-  if (path.endsWith('.vhd')) {
-    // A suspend VDI: xapi made it at least as large as the memory. The header goes last, so an
-    // image cut short by a crash never verifies.
-    const disk = await openDiskFile(path, { readOnly: false });
-    try {
-      if (disk.size < h.memory) throw new DomainError('Internal_error', [`suspend VDI ${path} is smaller than the memory (${h.memory})`]);
-      for (const [i, off] of offsets.entries()) await disk.write(off, memoryPage(h.vm, h.bootCount, i));
-      await disk.write(0, head);
-    } finally {
-      await disk.close();
-    }
-    return;
-  }
-  await mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.partial`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.truncate(h.memory); // the logical size: all of the guest's memory, as a hole
-    for (const [i, off] of offsets.entries()) await fh.write(memoryPage(h.vm, h.bootCount, i), 0, PAGE, off);
-    await fh.write(head, 0, PAGE, 0);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  // a crash mid-write leaves the .partial file, never a plausible-looking truncated image
-  await rename(tmp, path);
-}
-
-/** Reads and verifies a memory image; any damage is Internal_error (the VM stays Suspended). */
-async function readImage(path: string, vm: string): Promise<{ memory: number; vcpus: number; bootCount: number }> {
-  const bad = (why: string) => new DomainError('Internal_error', [`suspend image ${path}: ${why}`]);
-  let disk;
-  try {
-    disk = await openDiskFile(path, { readOnly: true });
-  } catch (e) {
-    throw bad(`cannot open: ${(e as Error).message}`);
-  }
-  // A raw image file is exactly the memory; a suspend VDI may be larger (rounded to its blocks).
-  const exact = !path.endsWith('.vhd');
-  try {
-    const size = disk.size;
-    if (size < PAGE) throw bad('truncated (no header)');
-    const head = await disk.read(0, PAGE);
-    let h: ImageHeader;
-    try {
-      const end = head.indexOf(0);
-      h = JSON.parse(head.subarray(0, end === -1 ? PAGE : end).toString('utf8')) as ImageHeader;
-    } catch {
-      throw bad('corrupt header');
-    }
-    if (h.magic !== IMAGE_MAGIC || h.version !== IMAGE_VERSION) throw bad('not a suspend image');
-    if (h.vm !== vm) throw bad(`belongs to VM ${h.vm}`);
-    if (exact ? size !== h.memory : size < h.memory) throw bad(`is ${size} bytes, the header says ${h.memory} (truncated?)`);
-    if (JSON.stringify(h.offsets) !== JSON.stringify(sampleOffsets(h.memory))) throw bad('corrupt header');
-    const sum = createHash('sha256');
-    for (const off of h.offsets) sum.update(await disk.read(off, PAGE));
-    const digest = sum.digest('hex');
-    // the pages must match the header, and the header must match the memory the VM had
-    if (digest !== h.sha256 || digest !== samplesDigest(vm, h.bootCount, h.offsets)) throw bad('checksum mismatch');
-    return { memory: h.memory, vcpus: h.vcpus, bootCount: h.bootCount };
-  } finally {
-    await disk.close();
-  }
-}
