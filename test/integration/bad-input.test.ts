@@ -30,7 +30,6 @@ interface RawResponse {
   headers: IncomingHttpHeaders;
   body: Buffer;
   text: string;
-  ms: number;
 }
 
 /**
@@ -48,7 +47,6 @@ function raw(opts: {
   const headers: Record<string, string | number> = { ...(opts.headers ?? {}) };
   const lower = Object.keys(headers).map((k) => k.toLowerCase());
   if (body !== undefined && !lower.includes('content-length') && !lower.includes('transfer-encoding')) headers['content-length'] = body.length;
-  const started = performance.now();
   return new Promise((resolve, reject) => {
     let settled = false;
     let answer: IncomingMessage | undefined;
@@ -64,7 +62,7 @@ function raw(opts: {
           settled = true;
           clearTimeout(timer);
           const b = Buffer.concat(chunks);
-          resolve({ status: res.statusCode!, headers: res.headers, body: b, text: b.toString('utf8'), ms: performance.now() - started });
+          resolve({ status: res.statusCode!, headers: res.headers, body: b, text: b.toString('utf8') });
         });
       },
     );
@@ -423,11 +421,12 @@ test('bodies over 300 KiB get HTTP 500 and the server keeps serving', { timeout:
     'chunked 400 KiB',
   );
   await assertHealthy();
-  // a huge declared length is refused without waiting for the body
-  const started = performance.now();
+  // A huge declared length is refused without waiting for the body: not one byte of it is ever
+  // sent, so a server waiting for it could only end with its body timeout (a 408); the 500 page
+  // naming the size limit says it judged the declared length alone.
   const declared = await rawSocket(`POST / HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: text/xml\r\nContent-Length: 10000000000\r\n\r\n`, { timeoutMs: 10_000 });
   assert.match(declared.received, /^HTTP\/1\.[01] 500/, `declared 10 GB: ${declared.received.slice(0, 200)}`);
-  assert.ok(performance.now() - started < 5_000, 'the refusal should not wait for the body');
+  assert.match(declared.received, /Client_requested_size_over_limit/, `declared 10 GB: ${declared.received.slice(0, 500)}`);
   await assertHealthy();
 });
 
@@ -535,20 +534,22 @@ test('pipelined requests followed by garbage: every valid request is answered, i
 // ---------------------------------------------------------------------------------------------
 // XML entity expansion
 
-test('XML with a DOCTYPE / entity expansion (billion laughs, external entity) is refused quickly', { timeout: 30_000 }, async () => {
+// Refused at the DOCTYPE itself, before any entity is expanded: a harmless DOCTYPE is refused
+// alike (and test/unit/xmlrpc.test.ts pins it in the parser), so the expansions below never run.
+test('XML with a DOCTYPE / entity expansion (billion laughs, external entity) is refused', { timeout: 30_000 }, async () => {
+  const harmless = await postXml(`${XML_HEAD}<!DOCTYPE methodCall><methodCall><methodName>host.get_all</methodName><params><param><value>${session}</value></param></params></methodCall>`);
+  assertHttp500(harmless, 'a DOCTYPE without entities');
   const ents = ['<!ENTITY lol "lol">'];
   for (let i = 2; i <= 9; i++) ents.push(`<!ENTITY lol${i} "${`&lol${i === 2 ? '' : i - 1};`.repeat(10)}">`);
   const laughs = `${XML_HEAD}<!DOCTYPE lolz [${ents.join('')}]><methodCall><methodName>VM.get_by_name_label</methodName><params><param><value>${session}</value></param><param><value>&lol9;</value></param></params></methodCall>`;
   const r = await postXml(laughs);
   assertHttp500(r, 'billion laughs');
-  assert.ok(r.ms < 3_000, `refusal took ${Math.round(r.ms)} ms`);
   assert.doesNotMatch(r.text, /lollollol/);
   await assertHealthy();
   // quadratic blowup: one big entity referenced many times
   const quad = `${XML_HEAD}<!DOCTYPE q [<!ENTITY a "${'a'.repeat(50_000)}">]><methodCall><methodName>VM.get_by_name_label</methodName><params><param><value>${session}</value></param><param><value>${'&a;'.repeat(50_000)}</value></param></params></methodCall>`;
   const q = await postXml(quad);
   assertHttp500(q, 'quadratic blowup');
-  assert.ok(q.ms < 3_000, `refusal took ${Math.round(q.ms)} ms`);
   await assertHealthy();
   // external entity (XXE)
   const xxe = `${XML_HEAD}<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><methodCall><methodName>VM.get_by_name_label</methodName><params><param><value>${session}</value></param><param><value>&e;</value></param></params></methodCall>`;

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { RpcFailure, jsonCall, login } from './client.js';
 import { SmallDisks } from './small-disk.js';
+import { waitUntil, within } from '../wait.js';
 
 const MiB = 1024 * 1024;
 
@@ -146,7 +147,7 @@ test('SIGTERM stops a host whose disk is full, promptly, losing nothing it ackno
     await writeUntilRefused(x, session, 'term-full');
     for (let i = 0; i < 50; i++) await jsonCall(x.url, 'network.get_all', [session]); // the log cannot be written either
     x.kill('SIGTERM');
-    const stopped = await Promise.race([x.exited, new Promise((r) => setTimeout(() => r('still running'), 30_000))]);
+    const stopped = await within('xapi to stop on SIGTERM', x.exited).catch(() => 'still running');
     assert.equal(stopped, 0, `xapi did not stop on SIGTERM:\n${x.output().slice(-2000)}`);
 
     await disks.free('state');
@@ -174,13 +175,7 @@ async function makeVm(x: XapiProcess, s: string, name: string): Promise<string> 
 }
 
 /** Polls until `cond` holds (a wait on a condition, bounded only to fail instead of hanging). */
-async function until(what: string, cond: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  while (!(await cond())) {
-    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const until = (what: string, cond: () => Promise<boolean>) => waitUntil(what, cond, { timeoutMs: 60_000, intervalMs: 100 });
 
 // (The ordering of guest timers against the outage cannot be observed from outside; the
 // in-process tests pin that: test/unit/full-disk.test.ts and the simulator's own test.)

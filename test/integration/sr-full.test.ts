@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, login } from './client.js';
 import { SmallDisks } from './small-disk.js';
+import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
 const IMAGE = 16 * MiB;
@@ -37,13 +38,7 @@ after(async () => {
 
 const vhds = () => readdirSync(srDir).filter((f) => f.endsWith('.vhd'));
 
-async function until(what: string, cond: () => boolean | Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (!(await cond())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = (what: string, cond: () => boolean | Promise<boolean>) => waitUntil(what, cond, { intervalMs: 20 });
 
 /** Starts a raw upload that makes a new VDI; returns the task and a way to send the rest. */
 async function startImport(size: number) {

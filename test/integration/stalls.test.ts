@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { jsonCall, login } from './client.js';
+import { jsonCall, login, waitTask } from './client.js';
 
 const RPC_BODY_TIMEOUT_MS = 1000;
 const UPLOAD_IDLE_TIMEOUT_MS = 1500;
@@ -90,11 +90,8 @@ async function upload(vdi: string, size: number, send: (s: Socket) => Promise<vo
   const task = /\r\ntask-id: (\S+)\r\n/i.exec(c.received())?.[1];
   assert.ok(task, `no task-id in the answer: ${c.received().slice(0, 500)}`);
   // the outcome is on the task
-  for (;;) {
-    const status = (await jsonCall(x.url, 'task.get_status', [session, task])) as string;
-    if (status !== 'pending') return { status, error: (await jsonCall(x.url, 'task.get_error_info', [session, task])) as string[] };
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const done = await waitTask(x.url, session, task);
+  return { status: done.status as string, error: done.error_info as string[] };
 }
 
 test('an upload that goes quiet is cut; one that keeps sending is not, however long it takes', { timeout: 60_000 }, async () => {

@@ -12,6 +12,7 @@ import { SqliteStore, StoreFormatError } from '../../src/db/store.js';
 import type { XapiError } from '../../src/api/errors.js';
 import { Marshal } from '../../src/api/marshal.js';
 import { parseType } from '../../src/schema/types.js';
+import { waitUntil } from '../wait.js';
 
 async function withDir(fn: (dir: string) => Promise<void>) {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-db-'));
@@ -165,15 +166,15 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     await assert.rejects(db.commit(epoch), (e: XapiError) => e.code === 'OUT_OF_SPACE');
 
     state.full = false;
-    for (;;) {
+    await waitUntil('the store to take writes again', async () => {
       try {
         await db.update('network', 'OpaqueRef:n1', { name_label: 'later' });
-        break;
+        return true;
       } catch (e) {
         assert.equal((e as XapiError).code, 'OUT_OF_SPACE');
-        await new Promise((r) => setTimeout(r, 5));
+        return false;
       }
-    }
+    }, { intervalMs: 5 });
     await db.commit(db.epoch());
     await assert.rejects(db.commit(epoch));
     db.close();

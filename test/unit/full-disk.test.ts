@@ -7,23 +7,17 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { schema } from '../../src/schema/schema.js';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore } from '../../src/db/store.js';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
+import { waitUntil } from '../wait.js';
 
 const GiB = 1024 ** 3;
 
-async function until(what: string, cond: () => boolean | Promise<boolean>): Promise<void> {
-  const end = Date.now() + 20_000;
-  while (!(await cond())) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+const until = (what: string, cond: () => boolean | Promise<boolean>) => waitUntil(what, cond, { intervalMs: 5 });
 
 test('once the store takes writes again, the database catches up with what the domains did meanwhile', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-full-'));

@@ -246,14 +246,12 @@ test('request helper and response parser round trip', () => {
   assert.throws(() => parseJsonRpcResponse('[]'), MalformedRequest);
 });
 
-test('large body parses quickly', () => {
+// How fast is for `npm run bench -- parse`, beside JSON.parse of the same body.
+test('a large body parses whole', () => {
   const items: Rpc[] = [];
   for (let i = 0; i < 5000; i++) items.push(struct([['uuid', `u-${i}`], ['n', BigInt(i)], ['f', i / 7], ['tags', ['a', 'b\n']]]));
   const body = Buffer.from(jsonRpcRequest('m', [items]));
-  const t0 = performance.now();
   const { call } = parse(body);
-  const ms = performance.now() - t0;
   assert.equal((call.params[0] as Rpc[]).length, 5000);
   assert.deepEqual(call.params[0], items);
-  assert.ok(ms < 2000, `took ${ms} ms`);
 });

@@ -7,7 +7,6 @@ import { cpSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { ipv4ForMac, SimulatorBackend, type SimulatorOptions } from '../../src/xenopsd/backends/simulator.js';
 import { simulatedMachine } from '../../src/xenopsd/machine.js';
 import { DomainError, type VmConfig } from '../../src/xenopsd/interface.js';
@@ -472,10 +471,13 @@ test('guests without an agent never report and never balloon, but still halt on 
     await b.start('b', { paused: false });
     assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
     assert.ok((await b.stat('b')).memoryTarget < 3 * GiB);
-    // Past the moment an agent would report: a's OS comes up on a timer of agentDelayMs set at
-    // its start, and Node fires timers of one length in the order they were set.
-    await sleep(FAST.agentDelayMs);
+    // A guest that acknowledges a shutdown request but never halts has its OS up (only a
+    // running OS answers control/shutdown), and stays so: past the moment an agent would report.
+    b.inject('a', 'refuse-shutdown');
+    await assert.rejects(b.shutdown('a', 5000), is('Failed_to_shutdown'));
+    assert.equal((await b.stat('a')).powerState, 'Running');
     assert.equal((await b.stat('a')).guestAgent, undefined);
+    b.clearFaults('a');
     await b.shutdown('a', 5000);
     assert.equal((await b.stat('a')).powerState, 'Halted');
     await b.shutdown('b');

@@ -300,22 +300,16 @@ test('recovery rolls a re-parent forward, and rolls a leaf commit back if the le
 
 interface ChildResult { signal: NodeJS.Signals | null; code: number | null; out: string }
 
-/**
- * Run the GC child; optionally SIGKILL it (by its PID) after killAfterMs: a kill at an arbitrary
- * moment is the point of those runs (any outcome must be consistent), not a wait for anything.
- */
-function runChild(dir: string, env: Record<string, string>, killAfterMs?: number): Promise<ChildResult> {
+/** Run the GC child (sr-gc-child.ts; `env` says where it kills itself, if anywhere). */
+function runChild(dir: string, env: Record<string, string>): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CHILD, dir], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { err += d; });
-    let timer: NodeJS.Timeout | undefined;
-    if (killAfterMs !== undefined) timer = setTimeout(() => { if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL'); }, killAfterMs);
     child.on('error', reject);
     child.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
       if (code !== 0 && signal === null) reject(new Error(`GC child failed (${code}): ${err}`));
       else resolve({ code, signal, out });
     });
@@ -333,12 +327,10 @@ async function checkAfterKill(sr: Sr, label: string): Promise<void> {
 
 test('kill -9 at every instrumented crash point loses nothing (and a second kill during recovery)', { timeout: 120_000 }, async () => {
   const active = { GC_ACTIVE: template.ids.L4 };
-  // A clean child run tells how many crash points a whole GC passes.
+  // A clean child run tells how many crash points a whole GC passes, and how many changes to files it makes.
   const clean = cloneSr(template, path.join(root, 'kill-clean'));
-  const t0 = Date.now();
   const res = await runChild(clean.dir, active);
-  const cleanMs = Date.now() - t0;
-  const { points } = JSON.parse(res.out) as { points: string[] };
+  const { points, changes } = JSON.parse(res.out) as { points: string[]; changes: number };
   await assertFinalShape(clean);
   assert.ok(points.length > 20, `enough crash points (${points.length})`);
   for (const must of ['coalesce:copy-run', 'coalesce:journal-reparent', 'reparented-one', 'coalesce:unlinked', 'leaf:copy-run', 'leaf:journal-commit', 'leaf:unhidden', 'leaf:renamed', 'garbage']) {
@@ -358,12 +350,15 @@ test('kill -9 at every instrumented crash point loses nothing (and a second kill
     await checkAfterKill(sr, `killed at ${k} (${points[k - 1]})`);
     rmSync(sr.dir, { recursive: true, force: true });
   }
-  // Externally timed kills, spread over the child's whole run time (startup included).
-  const spread = Math.max(cleanMs, 50);
+  // Kills between the instrumented points: just before a file-system change, at seven changes
+  // spread over the whole run (the first, before anything changed, to the last).
+  assert.ok(changes > 20, `enough changes to files (${changes})`);
   for (let i = 0; i <= 6; i++) {
-    const sr = cloneSr(template, path.join(root, `kill-t${i}`));
-    await runChild(sr.dir, active, Math.round((spread * i) / 6));
-    await checkAfterKill(sr, `killed after ${Math.round((spread * i) / 6)} ms`);
+    const k = 1 + Math.round(((changes - 1) * i) / 6);
+    const sr = cloneSr(template, path.join(root, `kill-c${i}`));
+    const r = await runChild(sr.dir, { ...active, GC_KILL_AT_CHANGE: String(k) });
+    assert.equal(r.signal, 'SIGKILL', `child killed before change ${k} of ${changes}`);
+    await checkAfterKill(sr, `killed before change ${k} of ${changes}`);
     rmSync(sr.dir, { recursive: true, force: true });
   }
 });

@@ -428,13 +428,12 @@ test('request encoding uses <int> for ints and untyped strings', () => {
   );
 });
 
-test('large body parses quickly', () => {
+// How fast is for `npm run bench -- parse`, beside saxes alone over the same body.
+test('a large body parses whole', () => {
   const items: Rpc[] = [];
   for (let i = 0; i < 2000; i++) items.push(struct([['uuid', `u-${i}`], ['n', BigInt(i)], ['tags', ['a', 'b']]]));
   const body = Buffer.from(xmlRpcRequest('m', [items]));
-  const t0 = performance.now();
   const c = parseXmlRpcCall(body);
-  const ms = performance.now() - t0;
   assert.equal((c.params[0] as Rpc[]).length, 2000);
-  assert.ok(ms < 2000, `took ${ms} ms`);
+  assert.deepEqual(c.params[0], items);
 });
