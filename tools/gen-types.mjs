@@ -99,7 +99,7 @@ export function renderTypes(schema) {
   line('//');
   line('// Values are in the internal representation (src/schema/types.ts): maps are plain objects');
   line('// with stringified keys, sets are arrays, options may be undefined.');
-  line("import type { Rpc } from '../api/rpc.js';");
+  line("import type { Rpc } from '../rpc/rpc.js';");
   line();
   line('/** A reference to an object of class C: plain text, the parameter says which class it names. */');
   line('export type Ref<C extends ClassName> = string;');

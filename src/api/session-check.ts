@@ -1,7 +1,8 @@
 // The check every session-taking call goes through (xapi's session_check.ml): the session must
 // exist; its last_active is refreshed only when older than threshold_last_active, so a busy
 // client does not turn every read into a database write.
-import { WriteRefused, XapiError } from './errors.js';
+import { XapiError } from './errors.js';
+import { WriteRefused } from '../db/interface.js';
 import type { HostContext, SessionInfo } from './context.js';
 import type { Rpc } from './rpc.js';
 import type { Row } from '../db/interface.js';

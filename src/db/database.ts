@@ -12,11 +12,11 @@
 // fail, and every write is refused until a probe write succeeds again (the disk got space back).
 // Calls that were running across the failure may have had writes rolled back under them:
 // commit(since) fails them too.
-import { WriteRefused, XapiError, handleInvalid } from '../api/errors.js';
+import { XapiError, handleInvalid } from '../rpc/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import { SqliteStore, type Batch, type Tombstone } from './store.js';
-import type { AnyDb, AnyRow as Row, ChangeSet } from './interface.js';
+import { WriteRefused, type AnyDb, type AnyRow as Row, type ChangeSet } from './interface.js';
 
 interface Entry {
   row: Row;

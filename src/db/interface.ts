@@ -8,6 +8,10 @@
 // switch between them; they are the same object at run time.
 import type { FieldDef, Schema } from '../schema/schema.js';
 import type { DbClassName, MapFields, Records, Ref, SetFields } from '../schema/generated.js';
+import { XapiError } from '../rpc/errors.js';
+
+/** A write the database store refused (or undid): the disk is full, or the store failed. */
+export class WriteRefused extends XapiError {}
 
 /** A row of class C: its record, every field present. Never mutated in place. */
 export type Row<C extends DbClassName> = Readonly<Records[C]>;

@@ -2,8 +2,7 @@
 // operation's mark taken off an object, a task's outcome. Tried at once; if refused (or undone by
 // a failed flush), tried again every second in the background until the store takes writes.
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Db } from './interface.js';
-import { WriteRefused } from '../api/errors.js';
+import { WriteRefused, type Db } from './interface.js';
 
 const RETRY_MS = 1000;
 

@@ -12,10 +12,8 @@ import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { smRecords } from '../storage/drivers.js';
+import { PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
 import { defaultTemplates } from './templates.js';
-
-export const PRODUCT_VERSION = '8.4.0';
-export const XAPI_VERSION = '25.0.0';
 
 export interface HostIdentity {
   hostname: string;

@@ -3,7 +3,7 @@
 //
 // Values are in the internal representation (src/schema/types.ts): maps are plain objects
 // with stringified keys, sets are arrays, options may be undefined.
-import type { Rpc } from '../api/rpc.js';
+import type { Rpc } from '../rpc/rpc.js';
 
 /** A reference to an object of class C: plain text, the parameter says which class it names. */
 export type Ref<C extends ClassName> = string;

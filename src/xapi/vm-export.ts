@@ -12,7 +12,7 @@ import type { Rpc, RpcStruct } from '../api/rpc.js';
 import { pickFields, type AnyRow } from '../db/interface.js';
 import type { DbClassName, Records } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
-import { PRODUCT_VERSION } from '../host/dbsync.js';
+import { PRODUCT_VERSION } from './version.js';
 import { XVA_EXPORT_VSN, type XvaHeader, type XvaObject } from '../storage/xva/index.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { randomMac } from './vif.js';

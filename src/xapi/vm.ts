@@ -15,7 +15,7 @@ import { withVmPlacedOnHost } from './host-operations.js';
 import { updateVmDisksAllowedOperations } from './storage-operations.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryConstraints } from './memory.js';
-import { parseDisksXml } from '../host/templates.js';
+import { parseDisksXml } from './provision-disks.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
 import { allowedVbdDevices } from './vbd.js';

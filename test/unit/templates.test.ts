@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { defaultTemplates, parseDisksXml, nameBasedUuid, templateMemoryDefaults } from '../../src/host/templates.js';
+import { defaultTemplates, nameBasedUuid, templateMemoryDefaults } from '../../src/host/templates.js';
+import { parseDisksXml } from '../../src/xapi/provision-disks.js';
 
 interface SchemaField {
   name: string;

@@ -21,8 +21,8 @@ import { createHash } from 'node:crypto';
 import xxhash from 'xxhash-wasm';
 import { BLOCK, ByteSource, PrematureEof, TarFormatError, ZERO_BLOCK, decodeHeader, encodeHeader, headerChecksumOk, nextEntry, padding, type TarEntry } from './tar.js';
 import { OvaXmlError, XVA_EXPORT_VSN, buildOvaXml, parseOvaXml, type XvaHeader, type XvaMetadata, type XvaObject } from './ova.js';
-import { parseXmlRpcResponse } from '../../api/xmlrpc.js';
-import { isStruct } from '../../api/rpc.js';
+import { parseXmlRpcResponse } from '../../rpc/xmlrpc.js';
+import { isStruct } from '../../rpc/rpc.js';
 
 export { buildOvaXml, parseOvaXml, OvaXmlError, XVA_EXPORT_VSN };
 export type { XvaHeader, XvaObject, XvaMetadata };

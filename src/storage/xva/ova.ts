@@ -13,8 +13,8 @@
 //
 // rpclib writes ints untagged (<value>2</value>), so on the way back they arrive as strings, and
 // version_of_rpc accepts both (Rpc.int_of_rpc). export_vsn is optional on import (0 if missing).
-import { parseXmlRpcResponse, xmlRpcValue } from '../../api/xmlrpc.js';
-import { isStruct, newStruct, type Rpc, type RpcStruct } from '../../api/rpc.js';
+import { parseXmlRpcResponse, xmlRpcValue } from '../../rpc/xmlrpc.js';
+import { isStruct, newStruct, type Rpc, type RpcStruct } from '../../rpc/rpc.js';
 
 /** Importexport.version: identifies the exporting host; checked by the importer. */
 export interface XvaHeader {
