@@ -9,6 +9,7 @@
 import http from 'node:http';
 import { JsonRpc, type Target } from './lib/http-load.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from '../test/integration/harness.js';
+import { vmRecord } from '../test/vm-record.js';
 
 const VMS = 1000;
 const CONCURRENCY = 32;
@@ -41,14 +42,7 @@ export async function run(args: string[]): Promise<void> {
       vms.push(
         (await rpc.call('VM.create', [
           s,
-          {
-            name_label: `bench-${i}`, name_description: '', user_version: 1, is_a_template: false, affinity: 'OpaqueRef:NULL',
-            memory_static_max: 64 * MiB, memory_dynamic_max: 64 * MiB, memory_dynamic_min: 64 * MiB, memory_static_min: 64 * MiB,
-            VCPUs_params: {}, VCPUs_max: 1, VCPUs_at_startup: 1,
-            actions_after_shutdown: 'destroy', actions_after_reboot: 'restart', actions_after_crash: 'restart',
-            PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-            HVM_boot_policy: 'BIOS order', HVM_boot_params: {}, platform: {}, PCI_bus: '', other_config: {}, recommendations: '',
-          },
+          vmRecord(`bench-${i}`, { memory: 64 * MiB }),
         ])) as string,
       );
     });

@@ -9,6 +9,7 @@ import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { RpcFailure, jsonCall, login } from './client.js';
 import { SmallDisks } from './small-disk.js';
 import { waitUntil, within } from '../wait.js';
+import { vmRecord } from '../vm-record.js';
 
 const MiB = 1024 * 1024;
 
@@ -163,14 +164,7 @@ const GiB = 1024 ** 3;
 async function makeVm(x: XapiProcess, s: string, name: string): Promise<string> {
   return (await jsonCall(x.url, 'VM.create', [
     s,
-    {
-      name_label: name, name_description: '', user_version: 1, is_a_template: false, affinity: 'OpaqueRef:NULL',
-      memory_static_max: GiB, memory_dynamic_max: GiB, memory_dynamic_min: GiB, memory_static_min: GiB,
-      VCPUs_params: {}, VCPUs_max: 1, VCPUs_at_startup: 1,
-      actions_after_shutdown: 'destroy', actions_after_reboot: 'restart', actions_after_crash: 'restart',
-      PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-      HVM_boot_policy: 'BIOS order', HVM_boot_params: {}, platform: {}, PCI_bus: '', other_config: {}, recommendations: '',
-    },
+    vmRecord(name, { memory: GiB }),
   ])) as string;
 }
 

@@ -8,20 +8,14 @@ import { rm } from 'node:fs/promises';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
 import { jsonCall, login } from './client.js';
 import { waitUntil } from '../wait.js';
+import { vmRecord } from '../vm-record.js';
 
 const GiB = 1024 ** 3;
 
 async function makeVm(url: string, s: string, name: string, memory = GiB): Promise<string> {
   return (await jsonCall(url, 'VM.create', [
     s,
-    {
-      name_label: name, name_description: '', user_version: 1, is_a_template: false, affinity: 'OpaqueRef:NULL',
-      memory_static_max: memory, memory_dynamic_max: memory, memory_dynamic_min: memory, memory_static_min: memory,
-      VCPUs_params: {}, VCPUs_max: 1, VCPUs_at_startup: 1,
-      actions_after_shutdown: 'destroy', actions_after_reboot: 'restart', actions_after_crash: 'restart',
-      PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-      HVM_boot_policy: 'BIOS order', HVM_boot_params: {}, platform: {}, PCI_bus: '', other_config: {}, recommendations: '',
-    },
+    vmRecord(name, { memory }),
   ])) as string;
 }
 

@@ -13,6 +13,7 @@ import { seededMac } from '../../src/xapi/vif.js';
 import { possibleDevices, validUserdevice } from '../../src/xapi/device-number.js';
 import { assertVifOperation, sortedOperations } from '../../src/xapi/device-checks.js';
 import type { XapiError } from '../../src/api/errors.js';
+import { vmStruct } from '../vm-record.js';
 
 const GiB = 1024 ** 3;
 const NULL = 'OpaqueRef:NULL';
@@ -30,15 +31,7 @@ async function setup(opts: { guestAgent?: boolean } = {}) {
     (await ok(
       'VM.create',
       s,
-      struct({
-        name_label: name, name_description: '', user_version: 1n, is_a_template: false, affinity: NULL,
-        memory_static_max: BigInt(GiB), memory_dynamic_max: BigInt(GiB), memory_dynamic_min: BigInt(GiB), memory_static_min: BigInt(GiB),
-        VCPUs_params: newStruct(), VCPUs_max: 1n, VCPUs_at_startup: 1n,
-        actions_after_shutdown: 'destroy', actions_after_reboot: 'restart', actions_after_crash: 'restart',
-        PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-        HVM_boot_policy: 'BIOS order', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '',
-        other_config: newStruct(), recommendations: '', domain_type: 'hvm', ...extra,
-      }),
+      vmStruct(name, { memory: GiB }, extra),
     )) as string;
   const makeVdi = async (extra: Record<string, Rpc> = {}) =>
     (await ok('VDI.create', s, struct({

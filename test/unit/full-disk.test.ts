@@ -14,6 +14,7 @@ import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { waitUntil } from '../wait.js';
+import { vmStruct } from '../vm-record.js';
 
 const GiB = 1024 ** 3;
 
@@ -37,15 +38,7 @@ test('once the store takes writes again, the database catches up with what the d
     const vm = (await ok(
       'VM.create',
       s,
-      struct({
-        name_label: 'guest', name_description: '', user_version: 1n, is_a_template: false, affinity: 'OpaqueRef:NULL',
-        memory_static_max: BigInt(GiB), memory_dynamic_max: BigInt(GiB), memory_dynamic_min: BigInt(GiB), memory_static_min: BigInt(GiB),
-        VCPUs_params: newStruct(), VCPUs_max: 1n, VCPUs_at_startup: 1n,
-        actions_after_shutdown: 'destroy', actions_after_reboot: 'restart', actions_after_crash: 'restart',
-        PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-        HVM_boot_policy: 'BIOS order', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '',
-        other_config: newStruct(), recommendations: '', domain_type: 'hvm',
-      }),
+      vmStruct('guest', { memory: GiB }),
     )) as string;
     const uuid = (await db.get('VM', vm)).uuid as string;
     const power = async () => (await db.get('VM', vm)).power_state;

@@ -13,6 +13,7 @@ import { Dispatcher } from '../../src/api/dispatch.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import type { Type } from '../../src/schema/types.js';
 import { apiClient, struct } from './api-client.js';
+import { vmStruct } from '../vm-record.js';
 
 const GiB = 1024 ** 3;
 const NULL = 'OpaqueRef:NULL';
@@ -160,14 +161,7 @@ test('VM.set_xenstore_data is recorded, and reaches a running domain', async () 
   const t = await setup();
   t.xenops.start();
   try {
-    const vm = (await t.ok('VM.create', t.s, struct({
-      name_label: 'xs', name_description: '', user_version: 1n, is_a_template: false, affinity: NULL,
-      memory_static_max: BigInt(GiB), memory_dynamic_max: BigInt(GiB), memory_dynamic_min: BigInt(GiB), memory_static_min: BigInt(GiB),
-      VCPUs_params: newStruct(), VCPUs_max: 1n, VCPUs_at_startup: 1n, actions_after_shutdown: 'destroy', actions_after_reboot: 'restart',
-      actions_after_crash: 'restart', PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-      HVM_boot_policy: 'BIOS order', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '', other_config: newStruct(),
-      recommendations: '', domain_type: 'hvm', xenstore_data: struct({ 'vm-data/boot': 'yes' }),
-    }))) as string;
+    const vm = (await t.ok('VM.create', t.s, vmStruct('xs', { memory: GiB }, { xenstore_data: struct({ 'vm-data/boot': 'yes' }) }))) as string;
     const uuid = (await t.rec('VM', vm)).uuid as string;
     await t.ok('VM.start', t.s, vm, false, false);
     assert.deepEqual((await t.domains.stat(uuid)).xenstoreData, { 'vm-data/boot': 'yes' });

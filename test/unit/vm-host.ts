@@ -4,6 +4,7 @@ import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { waitUntil } from '../wait.js';
+import { vmStruct } from '../vm-record.js';
 
 export const GiB = 1024 ** 3;
 export const MiB = 1024 ** 2;
@@ -23,14 +24,7 @@ export async function vmHost(opts: { bootTimeMs?: number; shutdownTimeMs?: numbe
     (await ok(
       'VM.create',
       s,
-      struct({
-        name_label: name, name_description: '', user_version: 1n, is_a_template: false, affinity: 'OpaqueRef:NULL',
-        memory_static_max: BigInt(memory), memory_dynamic_max: BigInt(memory), memory_dynamic_min: BigInt(memory), memory_static_min: BigInt(memory),
-        VCPUs_params: newStruct(), VCPUs_max: 2n, VCPUs_at_startup: 2n, actions_after_shutdown: 'destroy', actions_after_reboot: 'restart',
-        actions_after_crash: 'restart', PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-        HVM_boot_policy: 'BIOS order', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '', other_config: newStruct(),
-        recommendations: '', domain_type: 'hvm', ...extra,
-      }),
+      vmStruct(name, { memory, vcpus: 2 }, extra),
     )) as string;
   const rec = async (cls: string, ref: string) => (await ok(`${cls}.get_record`, s, ref)) as RpcStruct;
   const vmRec = (vm: string) => rec('VM', vm);
