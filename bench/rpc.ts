@@ -316,13 +316,6 @@ async function manyObjects(
 // ---------------------------------------------------------------------------------------------
 // 3. event.from fan-out
 
-interface FanoutResult {
-  deliveriesPerS: number;
-  p50: number;
-  p99: number;
-  replyBytes: number;
-}
-
 /**
  * Generic fan-out driver: `watchers` long-poll loops (poll(i) resolves with the highest write
  * index the watcher has seen), a sequential writer (write(i)), the writer waiting after each

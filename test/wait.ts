@@ -89,7 +89,7 @@ export async function within<T>(what: string, p: Promise<T>, timeoutMs = DEFAULT
  */
 export function countCalls<O extends object, K extends keyof O>(obj: O, method: K): { readonly count: number; readonly settled: number; calls(n: number): Promise<void>; restore(): void } {
   const original = obj[method] as unknown as (...a: unknown[]) => unknown;
-  const ownBefore = Object.prototype.hasOwnProperty.call(obj, method);
+  const ownBefore = Object.hasOwn(obj, method);
   let count = 0;
   let settled = 0;
   const waiters: Array<{ n: number; resolve: () => void }> = [];

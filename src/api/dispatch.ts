@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Rpc } from './rpc.js';
 import { XapiError, errorDescription } from './errors.js';
-import { Registry, type Call, type HostContext, type SessionInfo } from './context.js';
+import type { Registry, Call, HostContext, SessionInfo } from './context.js';
 import { implicitImpl } from './implicit.js';
 import { checkSession } from './session-check.js';
 import { checkPermission } from './rbac.js';

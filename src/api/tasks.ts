@@ -26,7 +26,7 @@ export async function isCancelling(db: Db, task: string): Promise<boolean> {
 /** TaskHelper.set_cancellable / set_not_cancellable: advertises (or not) `cancel` on the task. */
 export async function setCancellable(db: Db, task: string, on: boolean): Promise<void> {
   const row = await db.tryGet('task', task);
-  if (!row || row.status !== 'pending') return;
+  if (row?.status !== 'pending') return;
   const want = on ? ['cancel' as const] : [];
   if (row.allowed_operations.length !== want.length) await db.update('task', task, { allowed_operations: want });
 }

@@ -15,7 +15,7 @@
 import { XapiError, handleInvalid } from '../rpc/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
-import { SqliteStore, type Batch, type Tombstone } from './store.js';
+import type { SqliteStore, Batch, Tombstone } from './store.js';
 import { WriteRefused, type AnyDb, type AnyRow as Row, type ChangeSet } from './interface.js';
 
 interface Entry {
@@ -220,7 +220,7 @@ export class LocalDb implements AnyDb {
   async mapAdd(cls: string, ref: string, field: string, key: string, value: unknown): Promise<void> {
     const row = await this.get(cls, ref);
     const m = (row[field] as Record<string, unknown>) ?? {};
-    if (Object.prototype.hasOwnProperty.call(m, key)) {
+    if (Object.hasOwn(m, key)) {
       throw new XapiError('MAP_DUPLICATE_KEY', [cls, field, ref, key]);
     }
     await this.update(cls, ref, { [field]: withMember(m, key, value) });
@@ -229,7 +229,7 @@ export class LocalDb implements AnyDb {
   async mapRemove(cls: string, ref: string, field: string, key: string): Promise<void> {
     const row = await this.get(cls, ref);
     const m = (row[field] as Record<string, unknown>) ?? {};
-    if (!Object.prototype.hasOwnProperty.call(m, key)) return;
+    if (!Object.hasOwn(m, key)) return;
     const next = { ...m };
     delete next[key];
     await this.update(cls, ref, { [field]: next });
@@ -523,7 +523,10 @@ export class LocalDb implements AnyDb {
       const timer = setTimeout(wake, Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
       for (const k of keys) {
         let set = this.watchers.get(k);
-        if (!set) this.watchers.set(k, (set = new Set()));
+        if (!set) {
+          set = new Set();
+          this.watchers.set(k, set);
+        }
         set.add(wake);
       }
     });

@@ -31,7 +31,7 @@ export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Pr
   let hostRef: string;
   const firstStart = !pool;
   if (!pool) {
-    hostRef = await createLocalhost(db, schema, id, now);
+    hostRef = await createLocalhost(db, id, now);
     const poolRef = newRef();
     await db.create('pool', poolRef, {
       uuid: randomUUID(),
@@ -113,7 +113,7 @@ function cpuInfo(m: Machine): Record<string, string> {
   };
 }
 
-async function createLocalhost(db: Db, schema: Schema, id: HostIdentity, now: string): Promise<string> {
+async function createLocalhost(db: Db, id: HostIdentity, now: string): Promise<string> {
   const m = id.machine;
   const hostRef = newRef();
   const metricsRef = newRef();

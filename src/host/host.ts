@@ -6,7 +6,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { Schema, schema as loadSchema } from '../schema/schema.js';
+import { type Schema, schema as loadSchema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
 import { typed } from '../db/interface.js';
 import { SqliteStore } from '../db/store.js';
@@ -48,7 +48,7 @@ import { LogFile } from './log-file.js';
 import { syncDatabase } from './dbsync.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
-import { startHttpServers } from '../http/server.js';
+import { startHttpServers, type HttpServers } from '../http/server.js';
 import { loadOrCreateCertificate } from '../http/tls.js';
 import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
 import { registerVdiTransfers } from '../http/vdi-transfer.js';
@@ -221,7 +221,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   registerVmTransfers(table, dispatcher, storage);
 
   const tls = await loadOrCreateCertificate(opts.stateDir, hostname);
-  let servers;
+  let servers: HttpServers;
   try {
     servers = await startHttpServers({
       address: opts.address,

@@ -52,7 +52,7 @@ export class PasswordFile {
   }
 
   async verify(user: string, password: string): Promise<boolean> {
-    const stored = Object.prototype.hasOwnProperty.call(this.entries, user) ? this.entries[user] : undefined;
+    const stored = Object.hasOwn(this.entries, user) ? this.entries[user] : undefined;
     return stored !== undefined && verifyPassword(password, stored);
   }
 }

@@ -191,7 +191,10 @@ const connections = new WeakMap<Socket, ConnectionState>();
 function countResponse(req: IncomingMessage, res: ServerResponse): void {
   const socket = req.socket;
   let state = connections.get(socket);
-  if (!state) connections.set(socket, (state = { unfinished: 0 }));
+  if (!state) {
+    state = { unfinished: 0 };
+    connections.set(socket, state);
+  }
   state.unfinished++;
   state.latest = { req, res };
   const st = state;
@@ -389,9 +392,14 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
       closing = true;
       const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
       // Busy keep-alive connections become idle one response later; close them as they do.
-      const idle = setInterval(() => servers.forEach((s) => s.closeIdleConnections()), 100);
-      const force = setTimeout(() => servers.forEach((s) => s.closeAllConnections()), graceMs);
-      servers.forEach((s) => s.closeIdleConnections());
+      const closeIdle = () => {
+        for (const s of servers) s.closeIdleConnections();
+      };
+      const idle = setInterval(closeIdle, 100);
+      const force = setTimeout(() => {
+        for (const s of servers) s.closeAllConnections();
+      }, graceMs);
+      closeIdle();
       try {
         await closed;
       } finally {

@@ -268,7 +268,7 @@ export function jsonString(s: string): string {
 
 /** Yojson's write_float: %.16g, or %.17g when that does not read back; ".0" when it looks like an int. */
 export function jsonFloat(x: number): string {
-  if (x !== x) return 'NaN';
+  if (Number.isNaN(x)) return 'NaN';
   if (x === Infinity) return 'Infinity';
   if (x === -Infinity) return '-Infinity';
   let s = formatG(x, 16);

@@ -61,7 +61,7 @@ function exactlyDecimal(x: number, digits: bigint, pow10: number): boolean {
  * JS's toExponential rounds exact ties away from zero, so ties are detected and fixed.
  */
 export function formatG(x: number, p = 6): string {
-  if (x !== x) return 'nan';
+  if (Number.isNaN(x)) return 'nan';
   if (x === Infinity) return 'inf';
   if (x === -Infinity) return '-inf';
   if (x === 0) return Object.is(x, -0) ? '-0' : '0';
@@ -85,7 +85,7 @@ export function formatG(x: number, p = 6): string {
   const neg = s.charCodeAt(0) === 45;
   const digits = s.slice(neg ? 1 : 0, ei).replace('.', '');
   if (exp < -4 || exp >= p) {
-    let frac = digits.slice(1).replace(/0+$/, '');
+    const frac = digits.slice(1).replace(/0+$/, '');
     const ae = exp < 0 ? -exp : exp;
     return (neg ? '-' : '') + digits[0] + (frac ? '.' + frac : '') + 'e' + (exp < 0 ? '-' : '+') + (ae < 10 ? '0' : '') + ae;
   }

@@ -173,6 +173,7 @@ export function parseOcamlFloat(text: string): number {
 // ---------------------------------------------------------------------------------------------
 // Parser: one frame per open element
 
+// biome-ignore lint/suspicious/noConstEnum: module-local (no other file or bundler sees it); tsc inlines the members in the parser's hot loop
 const enum K {
   Doc, // before/after the root element
   MethodCall,

@@ -213,5 +213,6 @@ export class Schema {
 let loaded: Schema | undefined;
 /** The schema, parsed once per process (it is immutable). */
 export function schema(): Schema {
-  return (loaded ??= Schema.load());
+  loaded ??= Schema.load();
+  return loaded;
 }

@@ -13,7 +13,7 @@ import { mkdir, readdir, rename, rm, stat, statfs, readFile } from 'node:fs/prom
 import { join } from 'node:path';
 import { Mutex } from '../util/mutex.js';
 import { fsyncDir, writeFileAtomic } from '../util/files.js';
-import { createDifferencing, createDynamic, open as openVhd, format } from './vhd/index.js';
+import { createDifferencing, createDynamic, open as openVhd, format, type Vhd } from './vhd/index.js';
 import { listNodes, readNode, vhdPath, type VhdNode } from './file-layout.js';
 import { recoverJournals, runGc } from './gc.js';
 import { pauseLeaf } from './leaf-gate.js';
@@ -52,7 +52,10 @@ export class FileSrDriver implements SmDriver {
 
   lock(sr: SrContext): Mutex {
     let m = this.locks.get(sr.uuid);
-    if (!m) this.locks.set(sr.uuid, (m = new Mutex()));
+    if (!m) {
+      m = new Mutex();
+      this.locks.set(sr.uuid, m);
+    }
     return m;
   }
 
@@ -197,7 +200,7 @@ export class FileSrDriver implements SmDriver {
   async vdiDelete(sr: SrContext, location: string): Promise<void> {
     const file = this.file(sr, location);
     await this.lock(sr).run(async () => {
-      let vhd;
+      let vhd: Vhd;
       try {
         vhd = await openVhd(file);
       } catch (e) {

@@ -275,7 +275,7 @@ function coalesceTarget(tree: VhdTree, c: VhdNode, isUsed: (u: string) => boolea
   const kids = tree.children.get(c.uuid)!;
   if (kids.length === 0) return null;
   const p = tree.byUuid.get(c.parentUuid);
-  if (!p || !p.hidden || onlyChild(tree, p.uuid)?.uuid !== c.uuid || tree.orphans.includes(c)) return null;
+  if (!p?.hidden || onlyChild(tree, p.uuid)?.uuid !== c.uuid || tree.orphans.includes(c)) return null;
   // Re-parenting rewrites the children's headers: not under a VM that has the leaf open.
   if (kids.some((k) => isUsed(k.uuid))) return null;
   return p;
@@ -285,7 +285,7 @@ function coalesceTarget(tree: VhdTree, c: VhdNode, isUsed: (u: string) => boolea
 function leafTarget(tree: VhdTree, l: VhdNode, isUsed: (u: string) => boolean): VhdNode | null {
   if (l.hidden || !l.parentUuid || (tree.children.get(l.uuid)?.length ?? 0) > 0 || isUsed(l.uuid)) return null;
   const p = tree.byUuid.get(l.parentUuid);
-  if (!p || !p.hidden || onlyChild(tree, p.uuid)?.uuid !== l.uuid || tree.orphans.includes(l)) return null;
+  if (!p?.hidden || onlyChild(tree, p.uuid)?.uuid !== l.uuid || tree.orphans.includes(l)) return null;
   // The VDI's size must not change: a parent larger than its leaf cannot take its place.
   if (p.virtualSize > l.virtualSize) return null;
   return p;

@@ -20,7 +20,10 @@ const gates = new Map<string, Gate>();
 
 function gate(key: string): Gate {
   let g = gates.get(key);
-  if (!g) gates.set(key, (g = { users: 0 }));
+  if (!g) {
+    g = { users: 0 };
+    gates.set(key, g);
+  }
   return g;
 }
 

@@ -215,7 +215,7 @@ export class EventService {
 
   async inject(cls: string, ref: string): Promise<string> {
     const def = this.host.schema.classes.get(cls) ?? this.host.schema.byLower.get(cls.toLowerCase());
-    if (!def || !def.inDb || !(await this.db.tryGet(def.name, ref))) throw new XapiError('HANDLE_INVALID', [cls, ref]);
+    if (!def?.inDb || !(await this.db.tryGet(def.name, ref))) throw new XapiError('HANDLE_INVALID', [cls, ref]);
     const gen = await this.db.touch(def.name, ref);
     return formatToken(gen - 1);
   }

@@ -203,7 +203,7 @@ export function register(r: Registry, storage: Storage): void {
         await storage.destroyVdiRecord(self);
       }),
     )
-    .implement('VDI.db_forget', (call, [self]) => storage.destroyVdiRecord(self))
+    .implement('VDI.db_forget', (_call, [self]) => storage.destroyVdiRecord(self))
     .implement('VDI.introduce', async (call, args) => {
       const a = introduceArgs(args);
       const srRef = a.SR;

@@ -186,7 +186,7 @@ function vgpuError(f: VmFacts, op: vm_operations): Refusal | undefined {
 export function checkOperation(f: VmFacts, op: vm_operations, strict = true): Refusal | undefined {
   const { ref, vm } = f;
   const blocked = vm.blocked_operations;
-  if (Object.prototype.hasOwnProperty.call(blocked, op)) return ['OPERATION_BLOCKED', ref, blocked[op]!];
+  if (Object.hasOwn(blocked, op)) return ['OPERATION_BLOCKED', ref, blocked[op]!];
   const allowed = allowedPowerStates(f, op);
   if (!allowed.includes(vm.power_state)) {
     return ['VM_BAD_POWER_STATE', ref, allowed.map((s) => s.toLowerCase()).join(', '), vm.power_state.toLowerCase()];

@@ -77,20 +77,26 @@ async function checkpoint(svc: VmService, call: Call, ref: string, name: string)
     if (e instanceof XapiError && e.code === 'OTHER_OPERATION_IN_PROGRESS') throw e;
     throw new XapiError('VM_CHECKPOINT_SUSPEND_FAILED', [ref]);
   }
-  let snapshot: string | undefined;
+  let snapshot: string;
   try {
     snapshot = await cloneVm(svc.sync.storage, call, ref, { name, diskOp: 'checkpoint' });
     await db.update('VM', snapshot, { snapshot_info: { 'disk-snapshot-type': 'crash_consistent', 'power-state-at-snapshot': 'Running' } });
-  } finally {
-    try {
-      await svc.resumeNow(call, ref, false);
-    } catch {
-      // the checkpoint is taken, but the VM stays suspended: the caller must know
-      // eslint-disable-next-line no-unsafe-finally
-      throw new XapiError('VM_CHECKPOINT_RESUME_FAILED', [ref]);
-    }
+  } catch (e) {
+    // the VM is resumed whether or not the snapshot was taken; a failed resume is what the caller hears
+    await resumeAfterCheckpoint(svc, call, ref);
+    throw e;
   }
+  await resumeAfterCheckpoint(svc, call, ref);
   return snapshot;
+}
+
+/** Resumes the VM checkpoint suspended; if it cannot, the VM stays suspended and the caller must know. */
+async function resumeAfterCheckpoint(svc: VmService, call: Call, ref: string): Promise<void> {
+  try {
+    await svc.resumeNow(call, ref, false);
+  } catch {
+    throw new XapiError('VM_CHECKPOINT_RESUME_FAILED', [ref]);
+  }
 }
 
 async function revert(svc: VmService, call: Call, snapshot: string, ref: string): Promise<void> {

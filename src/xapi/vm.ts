@@ -58,7 +58,7 @@ export class VmService {
   }
 
   /** VCPU and memory settings a VM must satisfy to boot (xapi's validate_basic_parameters). */
-  private static validateForBoot(ref: string, vm: Row<'VM'>): void {
+  private static validateForBoot(vm: Row<'VM'>): void {
     if (vm.VCPUs_max < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_max', String(vm.VCPUs_max)]);
     if (vm.VCPUs_at_startup < 1) throw new XapiError('INVALID_VALUE', ['VCPUs_at_startup', String(vm.VCPUs_at_startup)]);
     if (vm.VCPUs_at_startup > vm.VCPUs_max) {
@@ -71,10 +71,10 @@ export class VmService {
   async assertCanBootHere(call: Call, ref: string, hostRef: string): Promise<void> {
     const db = call.db;
     const vm = await db.get('VM', ref);
-    VmService.validateForBoot(ref, vm);
+    VmService.validateForBoot(vm);
     const host = await db.get('host', hostRef);
     const metrics = await db.tryGet('host_metrics', host.metrics);
-    if (!metrics || metrics.live !== true) throw new XapiError('HOST_NOT_LIVE', []);
+    if (metrics?.live !== true) throw new XapiError('HOST_NOT_LIVE', []);
     if (host.enabled !== true && vm.is_control_domain !== true) throw new XapiError('HOST_DISABLED', [hostRef]);
     for (const vbdRef of vm.VBDs) {
       const vbd = await db.get('VBD', vbdRef);

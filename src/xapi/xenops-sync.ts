@@ -116,7 +116,10 @@ export class XenopsSync {
 
   private lockOf(vmRef: string): Mutex {
     let lock = this.refreshLocks.get(vmRef);
-    if (!lock) this.refreshLocks.set(vmRef, (lock = new Mutex()));
+    if (!lock) {
+      lock = new Mutex();
+      this.refreshLocks.set(vmRef, lock);
+    }
     return lock;
   }
 
@@ -196,7 +199,7 @@ export class XenopsSync {
       }
     }
     if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
-    if (live) await this.syncDevices(vmRef, vm);
+    if (live) await this.syncDevices(vm);
     await this.syncConsoles(vmRef, live ? state?.consoles ?? [] : []);
     await updateAllowedOperations(db, vmRef);
   }
@@ -242,7 +245,7 @@ export class XenopsSync {
   }
 
   /** update_vbd / update_vif: currently_attached is what the backend says is plugged. */
-  private async syncDevices(vmRef: string, vm: Row<'VM'>): Promise<void> {
+  private async syncDevices(vm: Row<'VM'>): Promise<void> {
     const db = this.host.db;
     for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
       for (const ref of refs) {

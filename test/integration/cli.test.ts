@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { PASSWORD, freePort, loopbackAddress, makeStateDir, startXapi, stopXapi } from './harness.js';
-import { jsonCall, login, RpcFailure } from './client.js';
+import { jsonCall, login, type RpcFailure } from './client.js';
 
 test('first start generates a root password, prints it once, and stores it hashed', { timeout: 60_000 }, async () => {
   const first = await startXapi({ env: { XAPI_ROOT_PASSWORD: undefined } });

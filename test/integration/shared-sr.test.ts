@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
-import { RpcFailure, jsonCall, login } from './client.js';
+import { type RpcFailure, jsonCall, login } from './client.js';
 
 test('a shared SR is refused to a second pool; the first pool keeps using it', { timeout: 60_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-shared-'));

@@ -55,7 +55,10 @@ async function startImport(size: number) {
 
 async function outcome(task: string): Promise<{ status: string; error: string[]; result: string }> {
   let status = '';
-  await until('the task to finish', async () => (status = (await jsonCall(x.url, 'task.get_status', [session, task])) as string) !== 'pending');
+  await until('the task to finish', async () => {
+    status = (await jsonCall(x.url, 'task.get_status', [session, task])) as string;
+    return status !== 'pending';
+  });
   return {
     status,
     error: (await jsonCall(x.url, 'task.get_error_info', [session, task])) as string[],

@@ -25,8 +25,20 @@ const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 const NULL_REF = 'OpaqueRef:NULL';
 
+/** What these tests use of Xen Orchestra's connector (which ships no type declarations). */
+interface XoConnector {
+  connect(): Promise<void>;
+  readonly objectsFetched: Promise<void>;
+  disconnect(): Promise<void>;
+  call(method: string, ...args: unknown[]): Promise<unknown>;
+  /** A download: the HTTP response (undici's), with the task the connector made for it. */
+  getResource(path: string, opts: { query: Record<string, string> }): Promise<{ headers: IncomingHttpHeaders; body: Readable & { arrayBuffer(): Promise<ArrayBuffer> }; task: Promise<unknown> }>;
+  /** An upload; resolves with the task's result. */
+  putResource(body: Buffer | (Readable & { length: number }), path: string, opts: { query: Record<string, string> }): Promise<unknown>;
+}
+
 let x: XapiProcess;
-let xapi: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+let xapi: XoConnector;
 let dir: string;
 let session: string;
 let sr: string;

@@ -25,7 +25,10 @@ test('template to destroy through xen-api, states seen through events', { timeou
     let vmRef = '';
     xapi.objects.on('update', (objs: Record<string, XoObject>) => {
       for (const o of Object.values(objs)) {
-        if (o.$ref === vmRef && o.power_state !== last) seen.push((last = o.power_state) as string);
+        if (o.$ref === vmRef && o.power_state !== last) {
+          last = o.power_state;
+          seen.push(last as string);
+        }
       }
     });
     const templates = Object.values(xapi.objects.indexes.type.VM as Record<string, XoObject>).filter((v) => v.is_a_template === true);

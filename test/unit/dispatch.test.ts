@@ -323,7 +323,7 @@ test('idle watchers cost nothing: writes to other classes wake none of them', as
   const [pool] = (await t.ok('pool.get_all', t.session)) as string[];
   await t.ok('pool.set_name_label', t.session, pool!, 'wake up');
   const results = await Promise.all(watchers);
-  assert.ok(results.every((r) => r.ok && (t.host.marshal.toRpc(r.type, r.value) as RpcStruct).events instanceof Array));
+  assert.ok(results.every((r) => r.ok && Array.isArray((t.host.marshal.toRpc(r.type, r.value) as RpcStruct).events)));
   assert.ok(scans > afterStart);
 });
 

@@ -11,8 +11,7 @@ import { schema } from '../../src/schema/schema.js';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore } from '../../src/db/store.js';
 import { memoryHost } from '../../src/host/memory-host.js';
-import { newStruct } from '../../src/api/rpc.js';
-import { apiClient, struct } from './api-client.js';
+import { apiClient } from './api-client.js';
 import { waitUntil } from '../wait.js';
 import { vmStruct } from '../vm-record.js';
 

@@ -124,6 +124,7 @@ test('__proto__ members are data; duplicate keys keep the first', () => {
   const v = value('{"__proto__":{"polluted":1},"constructor":"c","a":1,"a":2}') as Record<string, Rpc>;
   assert.equal(Object.getPrototypeOf(v), null);
   assert.deepEqual(Object.keys(v), ['__proto__', 'constructor', 'a']);
+  // biome-ignore lint/suspicious/noProto: the decoded struct's own member named __proto__ (a null-prototype object), which is what this test checks
   assert.deepEqual(v['__proto__'], struct([['polluted', 1n]]));
   assert.equal(v['a'], 1n);
   assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
@@ -192,6 +193,7 @@ test('floats as Yojson writes them', () => {
     [1e20, '1e+20'],
     [1e15, '1000000000000000.0'],
     [1e16, '1e+16'],
+    // biome-ignore lint/correctness/noPrecisionLoss: a double that needs 17 significant digits, on purpose
     [123456789012345678, '1.2345678901234568e+17'], // %.16g does not read back → %.17g
     [5e-324, '4.940656458412465e-324'],
     [NaN, 'NaN'],
@@ -199,6 +201,7 @@ test('floats as Yojson writes them', () => {
     [-Infinity, '-Infinity'],
   ];
   for (const [v, s] of cases) assert.equal(jsonFloat(v), s, String(v));
+  // biome-ignore lint/correctness/noPrecisionLoss: a double that needs 17 significant digits, on purpose
   for (const v of [0.1, 1 / 3, 123456789012345678, 2 ** -1074, 1.7976931348623157e308, 1e-300, Math.PI]) {
     assert.equal(value(jsonFloat(v)), v);
   }

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { Registry } from '../../src/api/context.js';
+import type { Registry } from '../../src/api/context.js';
 import type { Db } from '../../src/db/interface.js';
 
 const root = new URL('../../../', import.meta.url);

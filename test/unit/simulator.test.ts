@@ -525,8 +525,12 @@ test('a full state disk: guest timers crash nothing, operations return only once
     // pause) wait for their state to be stored, across failed tries
     let settled = 0;
     const outcome: Record<string, string> = {};
-    const shutdown = b.shutdown('op1').then(() => void (outcome.op1 = crashCopy()));
-    const pause = b.pause('op2').then(() => void (outcome.op2 = crashCopy()));
+    const shutdown = b.shutdown('op1').then(() => {
+      outcome.op1 = crashCopy();
+    });
+    const pause = b.pause('op2').then(() => {
+      outcome.op2 = crashCopy();
+    });
     void Promise.allSettled([shutdown, pause]).then(() => settled++);
     await saves.calls(saves.count + 3);
     assert.equal(settled, 0, 'nothing returned while its state could not be saved');

@@ -118,7 +118,7 @@ test('VDIs: create, resize, snapshot, clone, destroy as VHD files that qemu-img 
   const t = await setup();
   try {
     const vdi = await t.vdiCreate(t.localSr, 30 * MiB + 1);
-    let r = await t.rec('VDI', vdi);
+    const r = await t.rec('VDI', vdi);
     assert.equal(r.virtual_size, BigInt(32 * MiB), 'rounded up to whole 2 MiB blocks');
     assert.equal(r.managed, true);
     assert.equal((r.sm_config as Record<string, string>).vdi_type, 'vhd');

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createDynamic, createDifferencing, open, type Vhd } from '../../src/storage/vhd/index.js';
+import { createDynamic, createDifferencing, open } from '../../src/storage/vhd/index.js';
 import { ensureJudges } from './vhd-judge.js';
 import { ImportError, exportRaw, exportVhd, importRaw, importVhd, vhdStreamSize } from '../../src/storage/vhd/stream.js';
 

@@ -2,7 +2,7 @@
 // for the tests of VM operations.
 import { memoryHost } from '../../src/host/memory-host.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
-import { apiClient, struct } from './api-client.js';
+import { apiClient } from './api-client.js';
 import { waitUntil } from '../wait.js';
 import { vmStruct } from '../vm-record.js';
 
@@ -32,7 +32,10 @@ export async function vmHost(opts: { bootTimeMs?: number; shutdownTimeMs?: numbe
   const waitAgent = (vm: string) => waitFor(async () => (await vmRec(vm)).guest_metrics !== 'OpaqueRef:NULL', 'the guest agent reporting');
   const waitTask = async (task: string) => {
     let r: RpcStruct = newStruct();
-    await waitFor(async () => (r = await rec('task', task)).status !== 'pending', `task ${task} finishing`);
+    await waitFor(async () => {
+      r = await rec('task', task);
+      return r.status !== 'pending';
+    }, `task ${task} finishing`);
     return r;
   };
   const dom0 = Object.keys((await ok('VM.get_all_records_where', s, 'field "is_control_domain" = "true"')) as RpcStruct)[0]!;

@@ -125,6 +125,7 @@ test('__proto__ and constructor members are ordinary data; first duplicate wins'
   ) as Record<string, Rpc>;
   assert.equal(Object.getPrototypeOf(v), null);
   assert.deepEqual(Object.keys(v), ['__proto__', 'constructor']);
+  // biome-ignore lint/suspicious/noProto: the decoded struct's own member named __proto__ (a null-prototype object), which is what this test checks
   assert.equal(v['__proto__'], 'p');
   assert.equal(v['constructor'], 1n);
   assert.equal(({} as Record<string, unknown>)['p'], undefined);
@@ -317,6 +318,7 @@ test('%.16g formatting of doubles', () => {
     [1e20, '1e+20'],
     [1e16, '1e+16'],
     [1e15, '1000000000000000'],
+    // biome-ignore lint/correctness/noPrecisionLoss: a double that needs 17 significant digits, on purpose (%.16g rounds it)
     [123456789012345678, '1.234567890123457e+17'],
     [1e-4, '0.0001'],
     [1e-5, '1e-05'],

@@ -12,7 +12,7 @@ import { Readable } from 'node:stream';
 import {
   BAT_UNUSED, DEFAULT_BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, FOOTER_SIZE, HEADER_OFFSET,
   HEADER_SIZE, MAX_VHD_SIZE, SECTOR, bitmapSize, decodeFooter, decodeHeader, emptyLocators, encodeFooter,
-  encodeHeader, newUuid, roundUp, testBit, vhdTime, type Footer,
+  encodeHeader, newUuid, roundUp, testBit, vhdTime, type Footer, type Header,
 } from './format.js';
 import type { Vhd } from './vhd.js';
 
@@ -557,7 +557,7 @@ async function importDynamic(reader: StreamReader, footer: Footer, writer: Write
   const headerAt = Number(footer.dataOffset);
   if (!Number.isSafeInteger(headerAt) || headerAt < reader.pos) throw new ImportError('BAD_FORMAT', `VHD import: header offset ${footer.dataOffset} is not after the footer copy`);
   await reader.skip(headerAt - reader.pos, 'the dynamic header');
-  let header;
+  let header: Header;
   try {
     header = decodeHeader(await reader.read(HEADER_SIZE, 'the dynamic header'));
   } catch (e) {

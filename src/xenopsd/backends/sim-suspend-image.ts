@@ -11,6 +11,7 @@ import { mkdir, open, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DomainError } from '../interface.js';
 import { openDiskFile } from '../../storage/disk-file.js';
+import type { OpenDisk } from '../../storage/driver.js';
 
 const IMAGE_MAGIC = 'xapi-ts simulated suspend image';
 const IMAGE_VERSION = 1;
@@ -52,7 +53,7 @@ function sampleOffsets(memory: number): number[] {
 
 function samplesDigest(vm: string, bootCount: number, offsets: number[]): string {
   const sum = createHash('sha256');
-  offsets.forEach((_, i) => sum.update(memoryPage(vm, bootCount, i)));
+  for (let i = 0; i < offsets.length; i++) sum.update(memoryPage(vm, bootCount, i));
   return sum.digest('hex');
 }
 
@@ -95,7 +96,7 @@ export async function writeImage(path: string, h: { vm: string; memory: number; 
 /** Reads and verifies a memory image; any damage is Internal_error (the VM stays Suspended). */
 export async function readImage(path: string, vm: string): Promise<{ memory: number; vcpus: number; bootCount: number }> {
   const bad = (why: string) => new DomainError('Internal_error', [`suspend image ${path}: ${why}`]);
-  let disk;
+  let disk: OpenDisk;
   try {
     disk = await openDiskFile(path, { readOnly: true });
   } catch (e) {

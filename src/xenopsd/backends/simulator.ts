@@ -202,7 +202,10 @@ export class SimulatorBackend implements DomainManager {
   /** One operation at a time per VM, in arrival order (xenopsd's per-VM queue). */
   private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
     let q = this.queues.get(id);
-    if (!q) this.queues.set(id, (q = new Mutex()));
+    if (!q) {
+      q = new Mutex();
+      this.queues.set(id, q);
+    }
     return q.run(async () => {
       if (this.closed) throw new DomainError('Cancelled', ['backend closed']);
       try {
