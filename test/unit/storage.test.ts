@@ -15,6 +15,8 @@ import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { openDiskFile } from '../../src/storage/disk-file.js';
 import type { FileSrDriver } from '../../src/storage/file-sr.js';
+import { SmError } from '../../src/storage/driver.js';
+import { DomainError } from '../../src/xenopsd/interface.js';
 import { leafPaused } from '../../src/storage/leaf-gate.js';
 import { openVdi } from '../../src/xapi/vdi.js';
 import { countCalls, waitUntil, within } from '../wait.js';
@@ -523,6 +525,55 @@ test('VM.checkpoint keeps the memory image with the disks; reverting to it gives
     await t.ok('VM.revert', t.s, snap);
     assert.equal((await t.rec('VM', vm)).power_state, 'Halted');
     assert.deepEqual(await t.err('VM.revert', t.s, vm), ['ONLY_REVERT_SNAPSHOT']);
+  } finally {
+    await t.close();
+  }
+});
+
+test('VM.checkpoint resumes the VM whether or not its snapshot was taken; a resume that fails is VM_CHECKPOINT_RESUME_FAILED', async () => {
+  const t = await setup();
+  try {
+    const vm = await t.provisionedVm('cp-fail');
+    await t.ok('VM.set_memory_limits', t.s, vm, BigInt(256 * MiB), BigInt(256 * MiB), BigInt(256 * MiB), BigInt(256 * MiB));
+    await t.ok('VM.start', t.s, vm, false, false);
+    await waitUntil('the guest agent to report', async () => (await t.rec('VM', vm)).guest_metrics !== 'OpaqueRef:NULL');
+    const driver = t.storage.driver((await t.rec('SR', t.localSr)).type as string) as FileSrDriver;
+    const backend = t.xenops.backend;
+    const failSnapshot = () => {
+      driver.vdiSnapshot = async () => {
+        throw new SmError('SR_BACKEND_FAILURE_1', ['', 'injected snapshot failure', '']);
+      };
+    };
+    const failResume = () => {
+      backend.resume = async () => {
+        throw new DomainError('Internal_error', ['injected resume failure']);
+      };
+    };
+    const heal = () => {
+      delete (driver as Partial<FileSrDriver>).vdiSnapshot;
+      delete (backend as Partial<typeof backend>).resume;
+    };
+    try {
+      // the disk snapshot fails, the resume works: the caller hears the snapshot's failure, the VM runs on
+      failSnapshot();
+      assert.deepEqual(await t.err('VM.checkpoint', t.s, vm, 'no disk'), ['SR_BACKEND_FAILURE_1', '', 'injected snapshot failure', '']);
+      assert.equal((await t.rec('VM', vm)).power_state, 'Running');
+      assert.deepEqual((await t.rec('VM', vm)).snapshots, []);
+      // both fail: the VM stays suspended, and that is what the caller hears
+      failResume();
+      assert.deepEqual(await t.err('VM.checkpoint', t.s, vm, 'neither'), ['VM_CHECKPOINT_RESUME_FAILED', vm]);
+      assert.equal((await t.rec('VM', vm)).power_state, 'Suspended');
+      assert.deepEqual((await t.rec('VM', vm)).snapshots, []);
+      heal();
+      await t.ok('VM.resume', t.s, vm, false, false);
+      // the snapshot is taken, the resume fails: the checkpoint exists, the VM stays suspended
+      failResume();
+      assert.deepEqual(await t.err('VM.checkpoint', t.s, vm, 'no resume'), ['VM_CHECKPOINT_RESUME_FAILED', vm]);
+      assert.equal((await t.rec('VM', vm)).power_state, 'Suspended');
+      assert.equal(((await t.rec('VM', vm)).snapshots as string[]).length, 1);
+    } finally {
+      heal();
+    }
   } finally {
     await t.close();
   }
