@@ -35,20 +35,80 @@ async function readCall<T>(req: IncomingMessage, res: ServerResponse, timeoutMs:
   }
 }
 
-function reply(res: ServerResponse, contentType: string, body: string | string[]): void {
-  const bytes = typeof body === 'string' ? Buffer.from(body) : encode(body);
-  res.writeHead(200, { 'content-type': contentType, 'content-length': bytes.length, ...CORS });
-  res.end(bytes);
+/**
+ * A successful reply: its text whole, or in pieces (Marshal.xmlParts/jsonParts) whose byte length
+ * is counted first, for the content-length header. Settles when the last byte is handed to the
+ * socket, or when the client has gone.
+ */
+export function reply(res: ServerResponse, contentType: string, body: string | string[]): Promise<void> | undefined {
+  if (typeof body === 'string') {
+    const bytes = Buffer.from(body);
+    res.writeHead(200, { 'content-type': contentType, 'content-length': bytes.length, ...CORS });
+    res.end(bytes);
+    return;
+  }
+  let length = 0;
+  for (const p of body) length += Buffer.byteLength(p);
+  res.writeHead(200, { 'content-type': contentType, 'content-length': length, ...CORS });
+  if (length <= PIECE_BYTES) res.end(encode(body, length));
+  else return writeInPieces(res, body);
 }
 
 /** A reply's pieces (Marshal.xmlParts/jsonParts) as UTF-8, each written into one buffer in turn. */
-function encode(parts: string[]): Buffer {
-  let length = 0;
-  for (const p of parts) length += Buffer.byteLength(p);
+function encode(parts: string[], length: number): Buffer {
   const bytes = Buffer.allocUnsafe(length);
   let at = 0;
   for (const p of parts) at += bytes.write(p, at);
   return bytes;
+}
+
+/** Replies longer than this are sent a piece of about this size at a time (see writeInPieces). */
+const PIECE_BYTES = 64 * 1024;
+
+/**
+ * Sends a large reply (get_all_records of thousands of objects: megabytes) a piece at a time,
+ * each piece encoded into one of two buffers while the other is on its way out, so the client
+ * receives the start of the reply while the rest is being encoded. The reply is never one buffer
+ * of its whole size: each megabyte freshly allocated costs the kernel a page fault per 4 KiB
+ * page as it is first written, which on a busy host took longer than the encoding itself (a
+ * 4 MB reply: 20-45 ms to encode and hand over whole, 10 ms in pieces), while the two piece
+ * buffers are written again and again in pages already mapped.
+ */
+async function writeInPieces(res: ServerResponse, parts: string[]): Promise<void> {
+  const buffers = [Buffer.allocUnsafe(PIECE_BYTES), Buffer.allocUnsafe(PIECE_BYTES)];
+  const sending: (Promise<boolean> | undefined)[] = [undefined, undefined];
+  let b = 0;
+  let at = 0;
+  for (const p of parts) {
+    // A UTF-16 code unit takes at most 3 bytes in UTF-8.
+    if (at + p.length * 3 > PIECE_BYTES) {
+      if (at > 0) {
+        sending[b] = sent(res, buffers[b]!.subarray(0, at));
+        b ^= 1;
+        at = 0;
+        // The buffer is reused once the socket is done with it (and not at all if the client left).
+        if (sending[b] && !(await sending[b])) return;
+      }
+      if (p.length * 3 > PIECE_BYTES) {
+        res.write(p);
+        continue;
+      }
+    }
+    at += buffers[b]!.write(p, at);
+  }
+  res.end(buffers[b]!.subarray(0, at));
+}
+
+/** Writes a chunk; true once the socket has taken it, false if the connection went first. */
+function sent(res: ServerResponse, chunk: Buffer): Promise<boolean> {
+  return new Promise((resolve) => {
+    const onClose = () => resolve(false);
+    res.once('close', onClose);
+    res.write(chunk, (err) => {
+      res.off('close', onClose);
+      resolve(!err);
+    });
+  });
 }
 
 async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string): Promise<Outcome> {
@@ -82,7 +142,7 @@ export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs
     const parts = [head];
     dispatcher.host.marshal.xmlParts(outcome.type, outcome.value, parts);
     parts.push(tail);
-    reply(res, 'text/xml', parts);
+    await reply(res, 'text/xml', parts);
   };
 }
 
@@ -103,7 +163,7 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutM
       const parts = [head];
       dispatcher.host.marshal.jsonParts(outcome.type, outcome.value, parts);
       parts.push(tail);
-      reply(res, 'application/json', parts);
+      await reply(res, 'application/json', parts);
     }
     else reply(res, 'application/json', jsonRpcFailure(decoded.version, decoded.id, outcome.error));
   };

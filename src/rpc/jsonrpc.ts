@@ -258,7 +258,7 @@ export function parseJsonRpcCall(body: Buffer | string): { call: RpcCall; versio
 // Strings with surrogates take JSON.stringify too, which writes a lone one as a \u escape (it
 // cannot come off the wire, where it is refused as invalid UTF-8): so jsonString(s) is always
 // JSON.stringify(s) with DEL escaped, and the result writers may stringify whole string arrays.
-const JSON_SPECIAL = /["\\\x00-\x1f\x7f\ud800-\udfff]/;
+export const JSON_SPECIAL = /["\\\x00-\x1f\x7f\ud800-\udfff]/;
 
 export function jsonString(s: string): string {
   if (!JSON_SPECIAL.test(s)) return '"' + s + '"';

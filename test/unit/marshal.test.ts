@@ -7,7 +7,9 @@ import { randomUUID } from 'node:crypto';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { xmlRpcValue } from '../../src/api/xmlrpc.js';
 import { jsonRpcValue } from '../../src/api/jsonrpc.js';
-import { parseType } from '../../src/schema/types.js';
+import { parseType, type Type } from '../../src/schema/types.js';
+import { schema as loadSchema } from '../../src/schema/schema.js';
+import { Marshal } from '../../src/api/marshal.js';
 
 test('typed writers match the wire-tree path for every record of every class', async () => {
   const { host, db } = await memoryHost();
@@ -109,4 +111,156 @@ test('a row is written again after a write replaces it; objects that are not fro
   assert.throws(() => {
     (db.getSync('network', ref) as Record<string, unknown>)['name_label'] = 'in place';
   }, TypeError);
+});
+
+// The JSON record writers are generated code; this pins their bytes against text built here from
+// JSON.stringify, field by field in schema order, independently of the project's own writers:
+// strings as JSON.stringify writes them (a lone surrogate as a \u escape) with DEL escaped as
+// Yojson does, int64s as decimal digits, floats as Yojson's %.16g/%.17g (listed by hand).
+test('JSON record writers give JSON.stringify text for awkward values, fresh, kept and in pieces', () => {
+  const schema = loadSchema();
+  const m = new Marshal(schema);
+  const FLOATS = new Map<number, string>([
+    [0.5, '0.5'],
+    [1, '1.0'],
+    [-3, '-3.0'],
+    [1 / 3, '0.3333333333333333'],
+    [0.1 + 0.2, '0.30000000000000004'],
+    [-2.5e-7, '-2.5e-07'],
+    [1e21, '1e+21'],
+  ]);
+  const str = (s: string) => JSON.stringify(s).replace(/\x7f/g, '\\u007f');
+  const expectValue = (t: Type, v: unknown): string => {
+    switch (t.k) {
+      case 'string':
+      case 'ref':
+      case 'enum':
+        return str(v === undefined ? '' : (v as string));
+      case 'datetime':
+        return str(v === undefined ? '19700101T00:00:00Z' : (v as string));
+      case 'int':
+        return v === undefined ? '0' : BigInt(v as string | number | bigint).toString();
+      case 'float': {
+        const text = FLOATS.get(v as number);
+        assert.ok(text !== undefined, `no expected text for float ${String(v)}`);
+        return text;
+      }
+      case 'bool':
+        return v === true ? 'true' : 'false';
+      case 'set':
+        return '[' + ((v as unknown[] | undefined) ?? []).map((x) => expectValue(t.of, x)).join(',') + ']';
+      case 'map':
+        return '{' + Object.entries((v as object | undefined) ?? {}).map(([k, x]) => str(k) + ':' + expectValue(t.val, x)).join(',') + '}';
+      case 'record':
+        return expectRecord(t.cls, v as Record<string, unknown>);
+      default:
+        throw new Error(`no expectation for ${t.k}`);
+    }
+  };
+  const expectRecord = (cls: string, row: Record<string, unknown>): string => {
+    const members: string[] = [];
+    for (const f of schema.cls(cls).fields) {
+      if (f.internal) continue;
+      if (f.type.k === 'option' && row[f.name] === undefined) continue;
+      members.push(JSON.stringify(f.name) + ':' + expectValue(f.type.k === 'option' ? f.type.of : f.type, row[f.name]));
+    }
+    return '{' + members.join(',') + '}';
+  };
+
+  const awkward = [
+    'plain',
+    '',
+    'quote " backslash \\ slash /',
+    'controls \x00\x01\x08\t\n\x0b\x0c\r\x1b\x1f',
+    'DEL \x7f',
+    'lone high \ud800 end',
+    'lone low \udc00',
+    'pair \ud83d\ude00, ñ é 中文 \u2028\u2029',
+    '</script> & <tag>',
+  ];
+  const pairs = Object.fromEntries(awkward.map((s, i) => [s, awkward[(i + 1) % awkward.length]!]));
+  const records: [string, Record<string, unknown>][] = [
+    [
+      'VM_metrics',
+      {
+        uuid: awkward[2],
+        memory_actual: '9007199254740993', // int64 beyond 2^53, kept exact as a string
+        VCPUs_number: 2n ** 62n,
+        VCPUs_utilisation: { 0: 0.5, 1: 1, 2: 1 / 3, 3: -2.5e-7, 4: 1e21, 5: 0.1 + 0.2 },
+        VCPUs_CPU: { 0: '-9223372036854775808', 1: 7, 2: -3 },
+        VCPUs_params: pairs,
+        VCPUs_flags: { 0: awkward, 1: [] },
+        state: awkward,
+        start_time: '20260101T00:00:00Z',
+        install_time: undefined, // the epoch
+        last_updated: 'not "quite" a date \x7f',
+        other_config: JSON.parse('{"__proto__":"kept as a key","k\\u007f":"\\ud800"}'),
+        hvm: true,
+        nested_virt: false,
+        nomigrate: undefined,
+        current_domain_type: 'hvm',
+      },
+    ],
+    [
+      'task',
+      {
+        uuid: awkward[7],
+        name_label: awkward[3],
+        name_description: awkward[4],
+        allowed_operations: ['cancel'],
+        current_operations: { [awkward[5]!]: 'cancel' },
+        created: '20260101T00:00:00Z',
+        finished: '20260101T00:00:01Z',
+        status: 'success',
+        resident_on: 'OpaqueRef:NULL',
+        progress: -3,
+        type: awkward[8],
+        result: '<value>x</value>',
+        error_info: [],
+        other_config: {},
+        subtask_of: 'OpaqueRef:NULL',
+        subtasks: [awkward[6], awkward[1]],
+        backtrace: '()',
+        // internal: never on the wire
+        session: 'OpaqueRef:secret',
+        externalpid: 1,
+        stunnelpid: 2,
+        forwarded: true,
+        forwarded_to: 'OpaqueRef:x',
+      },
+    ],
+    ['sr_stat', { name_label: awkward[5], name_description: awkward[6], free_space: 0, total_space: '18446744073709551615', clustered: false, health: 'healthy' }],
+    ['sr_stat', { uuid: awkward[3], name_label: '', name_description: '', free_space: 1, total_space: 2, clustered: true, health: 'recovering' }],
+    ['probe_result', { configuration: pairs, complete: true, extra_info: {} }],
+    [
+      'probe_result',
+      { configuration: {}, complete: false, sr: { uuid: awkward[4], name_label: 'n', name_description: 'd', free_space: 1, total_space: 2, clustered: false, health: 'healthy' }, extra_info: pairs },
+    ],
+  ];
+  for (const [cls, row] of records) {
+    const want = expectRecord(cls, row);
+    JSON.parse(want); // the expectation itself is JSON
+    const t = parseType(`${cls} record`);
+    assert.equal(m.json(t, row), want, `${cls} written afresh`);
+    // A frozen row is a database row: written once, then its kept text.
+    const frozen = Object.freeze({ ...row });
+    assert.equal(m.json(t, frozen), want, `${cls} frozen`);
+    assert.equal(m.json(t, frozen), want, `${cls} from its kept text`);
+    // As get_all_records hands rows over (a Map), written whole and in pieces.
+    const all = parseType(`(${cls} ref -> ${cls} record) map`);
+    const rows = new Map([['OpaqueRef:a"\x7f', frozen], ['OpaqueRef:b', Object.freeze({ ...row })]]);
+    const wantAll = '{' + str('OpaqueRef:a"\x7f') + ':' + want + ',"OpaqueRef:b":' + want + '}';
+    assert.equal(m.json(all, rows), wantAll, `${cls} map`);
+    const pieces: string[] = [];
+    m.jsonParts(all, rows, pieces);
+    assert.equal(pieces.join(''), wantAll, `${cls} map in pieces`);
+    // The other paths take a Map as they take an object.
+    const asObject = Object.fromEntries(rows);
+    assert.equal(m.json(all, asObject), wantAll, `${cls} object`);
+    assert.equal(m.xml(all, rows), m.xml(all, asObject), `${cls} map XML`);
+    const xmlPieces: string[] = [];
+    m.xmlParts(all, rows, xmlPieces);
+    assert.equal(xmlPieces.join(''), m.xml(all, asObject), `${cls} map XML in pieces`);
+    assert.deepEqual(m.toRpc(all, rows), m.toRpc(all, asObject), `${cls} map as a wire tree`);
+  }
 });
