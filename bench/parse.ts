@@ -17,9 +17,9 @@
 // Prints a table; the LAST line is one JSON object {"bench":"parse", <figure>: {value, unit,
 // limit, ratio}, ...}. --quick: sizes 1,000 and 10,000 (for smoke runs).
 import { SaxesParser } from 'saxes';
-import { jsonRpcRequest, parseJsonRpcCall } from '../src/api/jsonrpc.js';
-import { newStruct, type Rpc } from '../src/api/rpc.js';
-import { parseXmlRpcCall, xmlRpcRequest } from '../src/api/xmlrpc.js';
+import { jsonRpcRequest, parseJsonRpcCall } from '../src/rpc/jsonrpc.js';
+import { newStruct, type Rpc } from '../src/rpc/rpc.js';
+import { parseXmlRpcCall, xmlRpcRequest } from '../src/rpc/xmlrpc.js';
 import { median } from './lib/http-load.js';
 
 interface Figure {

@@ -63,8 +63,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { startXapi, stopXapi, loopbackAddress, PASSWORD, type XapiProcess } from '../test/integration/harness.js';
-import { jsonRpcRequest, parseJsonRpcResponse } from '../src/api/jsonrpc.js';
-import { parseXmlRpcResponse, xmlRpcRequest } from '../src/api/xmlrpc.js';
+import { jsonRpcRequest, parseJsonRpcResponse } from '../src/rpc/jsonrpc.js';
+import { parseXmlRpcResponse, xmlRpcRequest } from '../src/rpc/xmlrpc.js';
 import { EVENT_FROM_DELAY_MS } from '../src/xapi/event.js';
 import { alternating, closedLoop, JsonRpc, median, pct, post, type Reply, type Target } from './lib/http-load.js';
 

@@ -2,7 +2,7 @@
 // memory limits) and `vcpus` vCPUs, every other field at the value a client sends for "nothing".
 // `vmRecord` is JSON-shaped (for a real process over the wire), `vmStruct` the in-process wire
 // tree (int64 as bigint, maps as structs).
-import { newStruct, type Rpc, type RpcStruct } from '../src/api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../src/rpc/rpc.js';
 
 export interface VmShape {
   memory: number;

@@ -4,8 +4,8 @@
 // The wire codecs sit on one side and the message implementations on the other; neither sees
 // the other (DESIGN.md).
 import { randomUUID } from 'node:crypto';
-import type { Rpc } from './rpc.js';
-import { XapiError, errorDescription } from './errors.js';
+import type { Rpc } from '../rpc/rpc.js';
+import { XapiError, errorDescription } from '../rpc/errors.js';
 import type { Registry, Call, HostContext, SessionInfo } from './context.js';
 import { implicitImpl } from './implicit.js';
 import { checkSession } from './session-check.js';

@@ -2,7 +2,7 @@
 // get_record, get_by_uuid, get_all*, generated create/destroy), implemented once, generically,
 // from the schema: what xapi's IDL generates per class.
 import { randomUUID } from 'node:crypto';
-import { XapiError } from './errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Impl, MessageImpl } from './context.js';
 import type { ClassDef, FieldDef, MessageDef, Schema } from '../schema/schema.js';
 import type { DbClassName, MessageName, Records, Ref } from '../schema/generated.js';

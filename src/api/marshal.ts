@@ -3,12 +3,12 @@
 // it does in xapi's rpclib unmarshallers, INTERNAL_ERROR ["Failure(\"Expected <type>, got '<value>'\")"],
 // and an enum value outside the enum as INTERNAL_ERROR ["Failure(\"Unknown tag/contents\")"].
 // Enum names are matched case-insensitively.
-import { XapiError } from './errors.js';
-import { RpcDateTime, newStruct, isStruct, formatG, rpcDebugString, type Rpc, type RpcStruct } from './rpc.js';
+import { XapiError } from '../rpc/errors.js';
+import { RpcDateTime, newStruct, isStruct, formatG, rpcDebugString, type Rpc, type RpcStruct } from '../rpc/rpc.js';
 import { EPOCH, formatDateTime, parseDateTime, type Type } from '../schema/types.js';
 import type { Schema } from '../schema/schema.js';
-import { escapeXml, parseOcamlInt64, xmlRpcValue } from './xmlrpc.js';
-import { JSON_SPECIAL, jsonFloat, jsonRpcValue, jsonString } from './jsonrpc.js';
+import { escapeXml, parseOcamlInt64, xmlRpcValue } from '../rpc/xmlrpc.js';
+import { JSON_SPECIAL, jsonFloat, jsonRpcValue, jsonString } from '../rpc/jsonrpc.js';
 
 export const typeError = (expected: string, v: Rpc) =>
   new XapiError('INTERNAL_ERROR', [`Failure("Expected ${expected}, got '${rpcDebugString(v)}'")`]);

@@ -1,7 +1,7 @@
 // Role-based access control from the datamodel's roles (xapi's rbac.ml). A permission is the
 // lower-cased sync wire name; map keys with their own roles add `/key:<key>`. The local
 // superuser (root, pool sessions) bypasses the check, as in xapi.
-import { XapiError } from './errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import type { Row } from '../db/interface.js';
 import type { MessageDef, Schema } from '../schema/schema.js';

@@ -1,10 +1,10 @@
 // The check every session-taking call goes through (xapi's session_check.ml): the session must
 // exist; its last_active is refreshed only when older than threshold_last_active, so a busy
 // client does not turn every read into a database write.
-import { XapiError } from './errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { WriteRefused } from '../db/interface.js';
 import type { HostContext, SessionInfo } from './context.js';
-import type { Rpc } from './rpc.js';
+import type { Rpc } from '../rpc/rpc.js';
 import type { Row } from '../db/interface.js';
 import { typeError } from './marshal.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';

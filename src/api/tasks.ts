@@ -2,7 +2,7 @@
 // table, created pending, completed with the result as an XML-RPC fragment (on every wire, as
 // xapi does) or failed with error_info, cancelled on request, and garbage-collected.
 import { randomUUID } from 'node:crypto';
-import { XapiError, errorDescription } from './errors.js';
+import { XapiError, errorDescription } from '../rpc/errors.js';
 import type { HostContext, SessionInfo } from './context.js';
 import { newRef } from './implicit.js';
 import type { Db } from '../db/interface.js';

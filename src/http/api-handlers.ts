@@ -4,9 +4,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Dispatcher, Outcome } from '../api/dispatch.js';
-import { MalformedRequest, type RpcCall } from '../api/rpc.js';
-import { InvalidUtf8Param, parseXmlRpcCall, XML_BARE, XML_SUCCESS, xmlRpcFailure } from '../api/xmlrpc.js';
-import { jsonRpcFailure, jsonRpcSuccessAround, parseJsonRpcCall } from '../api/jsonrpc.js';
+import { MalformedRequest, type RpcCall } from '../rpc/rpc.js';
+import { InvalidUtf8Param, parseXmlRpcCall, XML_BARE, XML_SUCCESS, xmlRpcFailure } from '../rpc/xmlrpc.js';
+import { jsonRpcFailure, jsonRpcSuccessAround, parseJsonRpcCall } from '../rpc/jsonrpc.js';
 import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from './body.js';
 import { RPC_BODY_LIMIT, RPC_BODY_TIMEOUT_MS, sendHttpError } from './server.js';
 import type { Handler } from './handlers.js';

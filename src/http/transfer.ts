@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Call, SessionInfo } from '../api/context.js';
 import type { Dispatcher } from '../api/dispatch.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { checkPermission } from '../api/rbac.js';
 import { checkSession } from '../api/session-check.js';
 import type { DbClassName } from '../schema/generated.js';

@@ -2,7 +2,7 @@
 // wire only: query parameters, headers, the streams in and out, status codes. What a transfer does
 // to VDIs is src/xapi/vdi-import-export.ts. Import answers 200 before it reads the data, as xapi
 // does (clients probe with an empty body first); its outcome is on the task.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Dispatcher } from '../api/dispatch.js';
 import { createImportVdi, exportVdi, openVdiImport, type Storage } from '../xapi/vdi-import-export.js';
 import type { HandlerTable } from './handlers.js';

@@ -3,7 +3,7 @@
 // src/xapi/vm-import-export.ts: whole VMs as XVA archives, streamed with bounded memory. Import
 // answers 200 before reading (clients probe with an empty body first); the new VMs are the task's
 // result.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Dispatcher } from '../api/dispatch.js';
 import { exportVm, exportVmMetadata, importSr, importVm, type Storage } from '../xapi/vm-import-export.js';
 import type { HandlerTable } from './handlers.js';

@@ -3,7 +3,7 @@
 // order, refuses some operations with an error unless an earlier rule already refused them. The
 // same table answers a call (its error, raised as is) and fills allowed_operations (the
 // operations without one), which is recomputed whenever the device, its VM or its disk changes.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Db, Row } from '../db/interface.js';
 import type { Ref, domain_type, tristate_type, vbd_operations, vif_operations } from '../schema/generated.js';
 import { NULL_REF } from '../schema/types.js';

@@ -3,10 +3,10 @@
 // The legacy register/next pair is served from the same change log, with EVENTS_LOST when the
 // log no longer reaches back to a registration's position.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { WriteRefused } from '../db/interface.js';
 import type { Call, HostContext, Registry } from '../api/context.js';
-import { newStruct, type Rpc, type RpcStruct } from '../api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../rpc/rpc.js';
 import type { ChangeSet } from '../db/interface.js';
 import type { LocalDb } from '../db/database.js';
 

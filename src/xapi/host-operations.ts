@@ -3,7 +3,7 @@
 // or resume marks its host as allocate_vm_to_host does), and host.enable / host.disable, which
 // change what is allowed.
 import type { Call, Registry } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Db, Row } from '../db/interface.js';
 import type { host_allowed_operations } from '../schema/generated.js';
 import { NULL_REF } from '../schema/types.js';

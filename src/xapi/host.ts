@@ -1,6 +1,6 @@
 // host.* explicit messages (xapi's xapi_host.ml, xapi_plugins.ml). A call naming another host
 // would be forwarded to it by xapi; a single host can only say it cannot reach it.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { Ref } from '../schema/generated.js';
 import { formatDateTime } from '../schema/types.js';

@@ -1,7 +1,7 @@
 // Memory as xapi accounts for it (memory_check.ml, vm_memory_constraints.ml): constraint
 // checks, the per-VM overhead, host free memory computed from the database, and the memory
 // and VCPU setters with their power-state rules.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
 import type { VM_record } from '../schema/generated.js';

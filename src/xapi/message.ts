@@ -2,7 +2,7 @@
 // beside the database; here they are rows of the message table, so they are durable and
 // produce add/del events like any object.
 import { randomUUID } from 'node:crypto';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { MessageImpl, Registry } from '../api/context.js';
 import { newRef, rowsWhere } from '../api/implicit.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';

@@ -3,7 +3,7 @@
 // a network still carrying PIFs or attached VIFs, or the host-internal management network, is
 // refused destruction; the VIFs left on it go with it.
 import { randomUUID } from 'node:crypto';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import type { Db } from '../db/interface.js';
 import { constructorArgs, newRef } from '../api/implicit.js';

@@ -3,7 +3,7 @@
 // (refused while VDIs are in use), destroy of a detached PBD.
 import { randomUUID } from 'node:crypto';
 import type { Registry } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 

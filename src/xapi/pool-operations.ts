@@ -2,7 +2,7 @@
 // a blocking operation (HA, clustering, updates...) in progress refuses the others with its own
 // "in progress" error; a waiting one (certificates, eject...) makes everything wait; with none
 // in progress, HA and cluster state decide.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Db, Row } from '../db/interface.js';
 import type { pool_allowed_operations } from '../schema/generated.js';
 

@@ -1,5 +1,5 @@
 // pool.* explicit messages (xapi's xapi_pool.ml, xapi_pool_license.ml, license_check.ml).
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 

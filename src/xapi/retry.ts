@@ -5,7 +5,7 @@
 // any marked operation ends. Every other refusal is raised at once. The caller's task is
 // cancellable meanwhile; a cancelled wait ends the task at once, as xapi's does.
 import type { Call, HostContext } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { isCancelling, markCancelled, setCancellable } from '../api/tasks.js';
 import { Mutex } from '../util/mutex.js';
 

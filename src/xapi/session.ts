@@ -2,7 +2,7 @@
 // superuser exists without external authentication, so a successful password login is root.
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, HostContext, Registry } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
 import { NULL_REF, formatDateTime, parseDateTime } from '../schema/types.js';

@@ -1,6 +1,6 @@
 // SM failures as the XenAPI errors xapi raises for them (Storage_utils.transform_storage_exn), and
 // a write into an SR that found no space as SR_FULL.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { SmError } from '../storage/driver.js';
 
 /**

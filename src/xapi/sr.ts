@@ -2,7 +2,7 @@
 // plug), introduce, probe, scan, update, forget, destroy, and the setters xapi checks.
 import { randomUUID } from 'node:crypto';
 import type { Registry } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 import { plugPbd } from './pbd.js';

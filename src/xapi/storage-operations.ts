@@ -2,7 +2,7 @@
 // xapi_vdi.ml check_operation_error): the checks in xapi's order, and allowed_operations in
 // the order xapi lists them. Everything is read from the database (the SM record of the SR's
 // type gives its features), so any code that changes what the checks read can recompute.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Db, Row } from '../db/interface.js';
 import type { storage_operations, vdi_operations } from '../schema/generated.js';
 import { NULL_REF } from '../schema/types.js';

@@ -5,7 +5,7 @@
 // and VDIs), sr-scan.ts (records from what drivers report, scan's reconciliation), sr-gc.ts (the
 // per-SR garbage collector's scheduling), storage-recovery.ts (clearing up after a dead process).
 import type { Call, HostContext } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Row } from '../db/interface.js';
 import type { VDI_record } from '../schema/generated.js';
 import type { SmDriver, SrContext, VdiInfo } from '../storage/driver.js';

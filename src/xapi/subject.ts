@@ -3,7 +3,7 @@
 // disabled (this host's only mode) that query fails with AUTH_IS_DISABLED, after the duplicate
 // check, and nothing is created. Destroying a subject removes the row (the hook script xapi then
 // runs is skipped while external authentication is disabled).
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Registry } from '../api/context.js';
 import { constructorArgs, genericImpl } from '../api/implicit.js';
 import type { Schema } from '../schema/schema.js';

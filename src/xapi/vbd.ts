@@ -3,7 +3,7 @@
 // the domain manager, CD insert/eject; each operation checked and marked as xapi does
 // (device-ops.ts, device-checks.ts).
 import { randomUUID } from 'node:crypto';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import { constructorArgs, newRef } from '../api/implicit.js';
 import type { Ref, VBD_record, vdi_type } from '../schema/generated.js';

@@ -6,7 +6,7 @@
 // image or a VHD, a delta against a `base` VDI if one is given, never buffered whole.
 import { Readable } from 'node:stream';
 import type { Call } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { importChunked } from '../storage/chunked.js';
 import type { OpenDisk } from '../storage/driver.js';
 import type { ImportTarget, Vhd } from '../storage/vhd/index.js';

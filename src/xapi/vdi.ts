@@ -3,7 +3,7 @@
 // forget, update, and the setters. Every driver call runs under the SR/VDI operation marks.
 import type { Call, MessageImpl, Registry } from '../api/context.js';
 import type { Messages, VDI_record } from '../schema/generated.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { formatDateTime, NULL_REF } from '../schema/types.js';
 import { copyDisk } from '../storage/copy.js';
 import type { OpenDisk } from '../storage/driver.js';

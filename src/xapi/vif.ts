@@ -4,7 +4,7 @@
 // checked and marked as xapi does (device-ops.ts, device-checks.ts).
 import { createHash, randomUUID } from 'node:crypto';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import { constructorArgs, newRef } from '../api/implicit.js';
 import type { Ref, VIF_record } from '../schema/generated.js';

@@ -6,9 +6,9 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Call } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
-import type { Rpc, RpcStruct } from '../api/rpc.js';
+import type { Rpc, RpcStruct } from '../rpc/rpc.js';
 import { pickFields, type AnyRow } from '../db/interface.js';
 import type { DbClassName, Records } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';

@@ -6,7 +6,7 @@
 // `force`); a full SR is SR_FULL.
 import type { Readable } from 'node:stream';
 import type { Call } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { NULL_REF } from '../schema/types.js';
 import { candidateChunks } from '../storage/copy.js';
 import type { OpenDisk } from '../storage/driver.js';

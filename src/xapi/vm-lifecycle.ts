@@ -2,7 +2,7 @@
 // operation needs, the checks in xapi's order, which operations may run together, and the
 // protocol every operation follows: check and mark current_operations under the host's lock
 // (waiting while another operation holds the VM), run, unmark, recompute allowed_operations.
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call } from '../api/context.js';
 import type { Db, Row } from '../db/interface.js';
 import type { vm_appliance_operation, vm_operations, vm_power_state } from '../schema/generated.js';

@@ -6,7 +6,7 @@
 // power state is the snapshot's.
 import { randomUUID } from 'node:crypto';
 import type { Call, Registry } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import { pickFields } from '../db/interface.js';
 import { NULL_REF } from '../schema/types.js';

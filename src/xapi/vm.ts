@@ -3,7 +3,7 @@
 // device numbering. Every power operation runs under withVmOperation, and its outcome is what
 // the backend reports afterwards (XenopsSync.refresh), not what was asked for.
 import { randomUUID } from 'node:crypto';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Impl, MessageImpl, Registry } from '../api/context.js';
 import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';

@@ -4,7 +4,7 @@
 // 1..10. A schedule that still has VMs cannot be destroyed; its messages go with it.
 // (xapi also checks the VMSS licence feature, which XCP-ng's editions all enable.)
 import { randomUUID } from 'node:crypto';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import { constructorArgs, newRef } from '../api/implicit.js';
 import type { Ref, VMSS_record, vmss_frequency } from '../schema/generated.js';

@@ -5,7 +5,7 @@
 // it re-reads the backend's state and writes what it finds.
 import { randomUUID } from 'node:crypto';
 import type { HostContext } from '../api/context.js';
-import { XapiError } from '../api/errors.js';
+import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import { untyped, type Row } from '../db/interface.js';
 import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_record } from '../schema/generated.js';

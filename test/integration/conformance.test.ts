@@ -8,9 +8,9 @@ import { rm } from 'node:fs/promises';
 import { startHost, type RunningHost } from '../../src/host/host.js';
 import { newRef } from '../../src/api/implicit.js';
 import { untyped } from '../../src/db/interface.js';
-import { RpcDateTime, isStruct, type Rpc } from '../../src/api/rpc.js';
-import { parseXmlRpcResponse, xmlRpcRequest } from '../../src/api/xmlrpc.js';
-import { parseJsonRpcResponse } from '../../src/api/jsonrpc.js';
+import { RpcDateTime, isStruct, type Rpc } from '../../src/rpc/rpc.js';
+import { parseXmlRpcResponse, xmlRpcRequest } from '../../src/rpc/xmlrpc.js';
+import { parseJsonRpcResponse } from '../../src/rpc/jsonrpc.js';
 import type { Type } from '../../src/schema/types.js';
 import { PASSWORD, loopbackAddress, makeStateDir } from './harness.js';
 

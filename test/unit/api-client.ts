@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import type { Dispatcher } from '../../src/api/dispatch.js';
 import type { HostContext } from '../../src/api/context.js';
-import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
 
 export function apiClient(h: { dispatcher: Dispatcher; host: HostContext }) {
   const call = (method: string, ...params: Rpc[]) => h.dispatcher.dispatch(method, params);

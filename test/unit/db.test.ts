@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { schema } from '../../src/schema/schema.js';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore, StoreFormatError } from '../../src/db/store.js';
-import type { XapiError } from '../../src/api/errors.js';
+import type { XapiError } from '../../src/rpc/errors.js';
 import { Marshal } from '../../src/api/marshal.js';
 import { parseType } from '../../src/schema/types.js';
 import { waitUntil } from '../wait.js';

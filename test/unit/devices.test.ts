@@ -7,12 +7,12 @@ import { globalGate } from '../../src/xapi/retry.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { memoryHost } from '../../src/host/memory-host.js';
-import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { seededMac } from '../../src/xapi/vif.js';
 import { possibleDevices, validUserdevice } from '../../src/xapi/device-number.js';
 import { assertVifOperation, sortedOperations } from '../../src/xapi/device-checks.js';
-import type { XapiError } from '../../src/api/errors.js';
+import type { XapiError } from '../../src/rpc/errors.js';
 import { vmStruct } from '../vm-record.js';
 
 const GiB = 1024 ** 3;

@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { memoryHost } from '../../src/host/memory-host.js';
-import { newStruct, isStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, isStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
 import { permissionsOfRoles } from '../../src/api/rbac.js';
-import { XapiError } from '../../src/api/errors.js';
+import { XapiError } from '../../src/rpc/errors.js';
 import { apiClient, struct } from './api-client.js';
 import { countCalls, waitUntil, within } from '../wait.js';
 

@@ -14,7 +14,7 @@ import { typed } from '../../src/db/interface.js';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { EventService } from '../../src/xapi/event.js';
 import type { Call } from '../../src/api/context.js';
-import type { RpcStruct } from '../../src/api/rpc.js';
+import type { RpcStruct } from '../../src/rpc/rpc.js';
 import { apiClient } from './api-client.js';
 
 const DELAY = 1000;

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { memoryHost } from '../../src/host/memory-host.js';
 import { Registry } from '../../src/api/context.js';
 import { Dispatcher } from '../../src/api/dispatch.js';
-import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
 import type { Type } from '../../src/schema/types.js';
 import { apiClient, struct } from './api-client.js';
 import { vmStruct } from '../vm-record.js';

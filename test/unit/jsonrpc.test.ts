@@ -10,9 +10,9 @@ import {
   parseJson,
   parseJsonRpcCall,
   parseJsonRpcResponse,
-} from '../../src/api/jsonrpc.js';
-import { InvalidUtf8Param } from '../../src/api/xmlrpc.js';
-import { MalformedRequest, RpcDateTime, newStruct, type Rpc } from '../../src/api/rpc.js';
+} from '../../src/rpc/jsonrpc.js';
+import { InvalidUtf8Param } from '../../src/rpc/xmlrpc.js';
+import { MalformedRequest, RpcDateTime, newStruct, type Rpc } from '../../src/rpc/rpc.js';
 
 const parse = (s: string | Buffer) => parseJsonRpcCall(typeof s === 'string' ? Buffer.from(s) : s);
 const bad = (s: string | Buffer, re?: RegExp) =>

@@ -2,7 +2,7 @@
 // current as things change; the errors of the checks with xapi's parameters.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type RpcStruct } from '../../src/rpc/rpc.js';
 import { struct } from './api-client.js';
 import { GiB, vmHost, waitFor } from './vm-host.js';
 import { checkOperation, vmFacts } from '../../src/xapi/vm-lifecycle.js';

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { memoryHost } from '../../src/host/memory-host.js';
-import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type RpcStruct } from '../../src/rpc/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { openDiskFile } from '../../src/storage/disk-file.js';
 import type { FileSrDriver } from '../../src/storage/file-sr.js';

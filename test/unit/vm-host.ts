@@ -1,7 +1,7 @@
 // An in-process host with a logged-in client and helpers to make VMs and wait on conditions,
 // for the tests of VM operations.
 import { memoryHost } from '../../src/host/memory-host.js';
-import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
 import { apiClient } from './api-client.js';
 import { waitUntil } from '../wait.js';
 import { vmStruct } from '../vm-record.js';

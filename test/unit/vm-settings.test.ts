@@ -3,7 +3,7 @@
 // and no state a domain passes through during an operation leaking into events.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { newStruct, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type RpcStruct } from '../../src/rpc/rpc.js';
 import { GiB, MiB, vmHost, waitFor } from './vm-host.js';
 
 const VCPU_RULE = 'VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max';

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { memoryHost } from '../../src/host/memory-host.js';
-import { newStruct, type Rpc, type RpcStruct } from '../../src/api/rpc.js';
+import { newStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
 import { apiClient, struct } from './api-client.js';
 import { waitUntil } from '../wait.js';
 import { vmStruct } from '../vm-record.js';

@@ -14,8 +14,8 @@ import {
   xmlRpcSuccess,
   xmlRpcValue,
   writeXmlRpcValue,
-} from '../../src/api/xmlrpc.js';
-import { MalformedRequest, RpcDateTime, formatG, newStruct, rpcDebugString, type Rpc } from '../../src/api/rpc.js';
+} from '../../src/rpc/xmlrpc.js';
+import { MalformedRequest, RpcDateTime, formatG, newStruct, rpcDebugString, type Rpc } from '../../src/rpc/rpc.js';
 
 const call = (params: string, method = 'VM.get_all') =>
   parseXmlRpcCall(Buffer.from(`<?xml version="1.0"?><methodCall><methodName>${method}</methodName><params>${params}</params></methodCall>`));

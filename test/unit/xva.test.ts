@@ -26,7 +26,7 @@ import {
   type XvaHeader,
   type XvaObject,
 } from '../../src/storage/xva/index.js';
-import { RpcDateTime, newStruct, type Rpc } from '../../src/api/rpc.js';
+import { RpcDateTime, newStruct, type Rpc } from '../../src/rpc/rpc.js';
 
 const MiB = 1024 * 1024;
 let dir = '';
