@@ -329,7 +329,11 @@ export class Marshal {
     const subOf = (t: Type): string => {
       const i = sub.length;
       // Resolved on first call, then the real writer replaces the stub.
-      sub.push((v) => (sub[i] = this.writer(t, wire))(v));
+      sub.push((v) => {
+        const writer = this.writer(t, wire);
+        sub[i] = writer;
+        return writer(v);
+      });
       return `w[${i}]`;
     };
     const code = wire === 'json' ? recordJsonCode(fields, subOf) : recordXmlCode(fields, subOf);
@@ -451,10 +455,10 @@ function recordJsonCode(fields: FieldDefLike[], subOf: (t: Type) => string): str
     }
   };
   const lines: string[] = [];
-  fields.forEach((f, i) => lines.push(`const v${i} = row[${lit(f.name)}];`));
+  for (const [i, f] of fields.entries()) lines.push(`const v${i} = row[${lit(f.name)}];`);
   if (!fields.some((f) => f.type.k === 'option')) {
     const parts: Part[] = [{ c: '{' }];
-    fields.forEach((f, i) => parts.push({ c: (i === 0 ? '' : ',') + jsonString(f.name) + ':' }, ...value(f.type, `v${i}`)));
+    for (const [i, f] of fields.entries()) parts.push({ c: (i === 0 ? '' : ',') + jsonString(f.name) + ':' }, ...value(f.type, `v${i}`));
     parts.push({ c: '}' });
     lines.push(`return [${joinParts(parts).join(', ')}].join('');`);
     return lines.join('\n');

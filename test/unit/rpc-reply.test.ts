@@ -149,7 +149,7 @@ test('pipelined requests: a large reply, then a small one, each whole and in ord
     });
     socket.destroy();
     const want = [large, small, large, small].map((p) => Buffer.from(p.join('')));
-    bodies.forEach((b, i) => assert.ok(b.equals(want[i]!), `response ${i + 1}`));
+    for (const [i, b] of bodies.entries()) assert.ok(b.equals(want[i]!), `response ${i + 1}`);
   } finally {
     await close(server);
   }
