@@ -81,14 +81,23 @@ export async function run(args: string[]): Promise<void> {
     const params = [items(n)];
     const label = n >= 1000 ? `${n / 1000}k` : String(n);
     const bodies = {
-      jsonrpc: { body: Buffer.from(jsonRpcRequest('VM.m', params)), ours: parseJsonRpcCall, limit: (b: Buffer) => JSON.parse(b.toString('utf8')) as unknown },
+      jsonrpc: {
+        body: Buffer.from(jsonRpcRequest('VM.m', params)),
+        ours: parseJsonRpcCall,
+        limit: (b: Buffer) => JSON.parse(b.toString('utf8')) as unknown,
+      },
       xmlrpc: { body: Buffer.from(xmlRpcRequest('VM.m', params)), ours: parseXmlRpcCall, limit: saxesOnly },
     };
     for (const [wire, t] of Object.entries(bodies)) {
-      const r = measure(() => t.ours(t.body), () => t.limit(t.body));
+      const r = measure(
+        () => t.ours(t.body),
+        () => t.limit(t.body),
+      );
       const name = `${wire}_parse_${label}`;
       figures[name] = { value: round(r.ours), unit: 'ms', limit: round(r.limit), ratio: round(r.limit / r.ours, 3) };
-      console.log(`${name.padEnd(26)} ${r.ours.toFixed(2).padStart(9)} ${r.limit.toFixed(2).padStart(10)} ${(r.limit / r.ours).toFixed(3).padStart(7)}   ${(t.body.length / 1024 / 1024).toFixed(1)} MiB`);
+      console.log(
+        `${name.padEnd(26)} ${r.ours.toFixed(2).padStart(9)} ${r.limit.toFixed(2).padStart(10)} ${(r.limit / r.ours).toFixed(3).padStart(7)}   ${(t.body.length / 1024 / 1024).toFixed(1)} MiB`,
+      );
     }
   }
   console.log(JSON.stringify({ bench: 'parse', ...figures }));

@@ -92,7 +92,9 @@ interface Bare {
 }
 
 async function startBare(address: string): Promise<Bare> {
-  const proc = fork(fileURLToPath(new URL('./lib/bare-server.js', import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const proc = fork(fileURLToPath(new URL('./lib/bare-server.js', import.meta.url)), [], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   const request = <T>(msg: object, expect: string) =>
     new Promise<T>((resolve, reject) => {
@@ -165,11 +167,22 @@ async function smallCalls(
   let bareJsonC32 = NaN;
   log('');
   log('1. host.get_record, authenticated, keep-alive closed loop');
-  log(`   ${'figure'.padEnd(14)} ${'reply B'.padStart(8)} ${'xapi calls/s'.padStart(13)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'bare calls/s'.padStart(13)} ${'p50 ms'.padStart(7)} ${'ratio'.padStart(6)}`);
+  log(
+    `   ${'figure'.padEnd(14)} ${'reply B'.padStart(8)} ${'xapi calls/s'.padStart(13)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'bare calls/s'.padStart(13)} ${'p50 ms'.padStart(7)} ${'ratio'.padStart(6)}`,
+  );
   // Warm both servers up (JIT, first allocations) on both wires before anything is counted.
   // (The bare server is warmed up by alternating(), once it has its bodies.)
   for (const p of protocols) {
-    await closedLoop({ target: xapi, path: p.path, body: p.body, contentType: p.contentType, concurrency: 8, warmupMs: 0, durationMs: warmupMs, check: () => true });
+    await closedLoop({
+      target: xapi,
+      path: p.path,
+      body: p.body,
+      contentType: p.contentType,
+      concurrency: 8,
+      warmupMs: 0,
+      durationMs: warmupMs,
+      check: () => true,
+    });
   }
   for (const p of protocols) {
     // Capture xapi's reply and hand the exact bytes and headers to the bare server.
@@ -178,7 +191,8 @@ async function smallCalls(
     p.verify(sample);
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(sample.headers)) {
-      if (v !== undefined && !['date', 'connection', 'keep-alive', 'transfer-encoding'].includes(k)) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+      if (v !== undefined && !['date', 'connection', 'keep-alive', 'transfer-encoding'].includes(k))
+        headers[k] = Array.isArray(v) ? v.join(', ') : v;
     }
     await bare.request({ type: 'body', path: p.path, body: sample.body.toString(), headers }, 'ok');
     const check = (r: Reply) => r.status === 200 && r.body.indexOf(p.ok) >= 0;
@@ -189,7 +203,12 @@ async function smallCalls(
       const [ours, base] = await alternating(common, xapi, bare.target, warmupMs, durationMs / 5, 5);
       if (ours.errors > 0 || base.errors > 0) log(`   (errors: xapi ${ours.errors}, bare ${base.errors})`);
       const key = `${p.name}_c${c}`;
-      figures[key] = { value: round(ours.perSecond, 0), unit: 'calls/s', limit: round(base.perSecond, 0), ratio: round(ours.perSecond / base.perSecond, 3) };
+      figures[key] = {
+        value: round(ours.perSecond, 0),
+        unit: 'calls/s',
+        limit: round(base.perSecond, 0),
+        ratio: round(ours.perSecond / base.perSecond, 3),
+      };
       if (p.name === 'jsonrpc' && c === 32) bareJsonC32 = base.perSecond;
       log(
         `   ${key.padEnd(14)} ${String(sample.body.length).padStart(8)} ${ours.perSecond.toFixed(0).padStart(13)} ${ours.p50.toFixed(2).padStart(7)} ${ours.p99.toFixed(2).padStart(7)} ${base.perSecond.toFixed(0).padStart(13)} ${base.p50.toFixed(2).padStart(7)} ${(ours.perSecond / base.perSecond).toFixed(3).padStart(6)}`,
@@ -250,14 +269,24 @@ async function manyObjects(
   await Promise.all(
     Array.from({ length: 32 }, async () => {
       for (let i = next++; i < count; i = next++) {
-        const ref = (await rpc.call('network.create', [session, { name_label: `bench-${i}`, name_description: 'bench/rpc', MTU: 1500, other_config: { bench: String(i) } }])) as string;
+        const ref = (await rpc.call('network.create', [
+          session,
+          { name_label: `bench-${i}`, name_description: 'bench/rpc', MTU: 1500, other_config: { bench: String(i) } },
+        ])) as string;
         if (i === 0) first = ref;
       }
     }),
   );
   const createS = (performance.now() - t0) / 1000;
-  figures['network_create_c32'] = { value: round(count / createS, 0), unit: 'calls/s', limit: round(bareJsonC32, 0), ratio: round(count / createS / bareJsonC32, 3) };
-  log(`   network.create x${count}, 32 concurrent, JSON-RPC: ${createS.toFixed(2)} s = ${(count / createS).toFixed(0)} calls/s (bare c32 limit ${bareJsonC32.toFixed(0)})`);
+  figures['network_create_c32'] = {
+    value: round(count / createS, 0),
+    unit: 'calls/s',
+    limit: round(bareJsonC32, 0),
+    ratio: round(count / createS / bareJsonC32, 3),
+  };
+  log(
+    `   network.create x${count}, 32 concurrent, JSON-RPC: ${createS.toFixed(2)} s = ${(count / createS).toFixed(0)} calls/s (bare c32 limit ${bareJsonC32.toFixed(0)})`,
+  );
 
   const one = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const time = async (path: string, body: Buffer, ct: string) => {
@@ -291,7 +320,8 @@ async function manyObjects(
   const n = Object.keys(records).length;
   if (n < count) throw new Error(`get_all_records returned ${n} networks, expected >= ${count}`);
   const xml = await time('/', Buffer.from(xmlRpcRequest('network.get_all_records', [session])), 'text/xml');
-  if (xml.reply.body.indexOf(XML_OK) < 0) throw new Error(`network.get_all_records over XML-RPC failed: ${xml.reply.body.toString().slice(0, 300)}`);
+  if (xml.reply.body.indexOf(XML_OK) < 0)
+    throw new Error(`network.get_all_records over XML-RPC failed: ${xml.reply.body.toString().slice(0, 300)}`);
   const jsonLimit = inProcess(() => JSON.stringify({ jsonrpc: '2.0', result: records, id: 1 }));
   const xmlLimit = inProcess(() => naiveXmlResponse(records));
   const figure = (key: string, ms: number, limit: number) => {
@@ -302,8 +332,13 @@ async function manyObjects(
   figure('get_all_records_10k_xmlrpc_first', xml.first, xmlLimit.ms);
   figure('get_all_records_10k_xmlrpc', xml.ms, xmlLimit.ms);
   log(`   network.get_all_records (${n} records): the first call, then the median of ${runs} more (after 2 not counted)`);
-  log(`   ${'protocol'.padEnd(10)} ${'reply MB'.padStart(9)} ${'first ms'.padStart(9)} ${'ratio'.padStart(6)} ${'next ms'.padStart(9)} ${'ratio'.padStart(6)} ${'limit ms'.padStart(9)} ${'limit MB'.padStart(9)}`);
-  for (const [name, r, l] of [['jsonrpc', json, jsonLimit], ['xmlrpc', xml, xmlLimit]] as const) {
+  log(
+    `   ${'protocol'.padEnd(10)} ${'reply MB'.padStart(9)} ${'first ms'.padStart(9)} ${'ratio'.padStart(6)} ${'next ms'.padStart(9)} ${'ratio'.padStart(6)} ${'limit ms'.padStart(9)} ${'limit MB'.padStart(9)}`,
+  );
+  for (const [name, r, l] of [
+    ['jsonrpc', json, jsonLimit],
+    ['xmlrpc', xml, xmlLimit],
+  ] as const) {
     log(
       `   ${name.padEnd(10)} ${(r.reply.body.length / 1e6).toFixed(2).padStart(9)} ${r.first.toFixed(1).padStart(9)} ${(l.ms / r.first).toFixed(3).padStart(6)} ${r.ms.toFixed(1).padStart(9)} ${(l.ms / r.ms).toFixed(3).padStart(6)} ${l.ms.toFixed(1).padStart(9)} ${(l.len / 1e6).toFixed(2).padStart(9)}`,
     );
@@ -345,7 +380,12 @@ async function fanout(
       }
     }
   };
-  const loops = Array.from({ length: watchers }, (_, w) => startWatcher(w, (idx) => update(w, idx), () => stop).catch((e: unknown) => {
+  const loops = Array.from({ length: watchers }, (_, w) =>
+    startWatcher(
+      w,
+      (idx) => update(w, idx),
+      () => stop,
+    ).catch((e: unknown) => {
       if (stop) return; // the agent was destroyed under a pending poll
       watcherError ??= e;
       waiting?.reject(e);
@@ -359,7 +399,10 @@ async function fanout(
     const all = new Promise<void>((resolve, reject) => {
       waiting = { idx: i, resolve, reject };
       if (watcherError !== undefined) reject(watcherError);
-      timer = setTimeout(() => reject(new Error(`fan-out: write ${i} not seen by all watchers within 30 s (min seen ${Math.min(...seen)})`)), 30_000);
+      timer = setTimeout(
+        () => reject(new Error(`fan-out: write ${i} not seen by all watchers within 30 s (min seen ${Math.min(...seen)})`)),
+        30_000,
+      );
     });
     all.catch(() => {});
     try {
@@ -462,7 +505,12 @@ async function xapiEvents(xapi: Target, session: string, netRef: string, watcher
   const setup = new http.Agent({ keepAlive: true, maxSockets: 32 });
   const setupRpc = new JsonRpc(xapi, setup);
   // one more session than watchers, for the idle watcher
-  const sessions = await Promise.all(Array.from({ length: watchers + 1 }, () => setupRpc.call('session.login_with_password', ['root', PASSWORD, '1.0', 'bench']) as Promise<string>));
+  const sessions = await Promise.all(
+    Array.from(
+      { length: watchers + 1 },
+      () => setupRpc.call('session.login_with_password', ['root', PASSWORD, '1.0', 'bench']) as Promise<string>,
+    ),
+  );
   const watchAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
   const writeAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const writer = new JsonRpc(xapi, writeAgent);
@@ -475,13 +523,19 @@ async function xapiEvents(xapi: Target, session: string, netRef: string, watcher
       let token = from;
       let id = 0;
       while (!stopped()) {
-        const body = Buffer.from(JSON.stringify({ jsonrpc: '2.0', method: 'event.from', params: [sessions[w], ['network'], token, 30], id: ++id }));
+        const body = Buffer.from(
+          JSON.stringify({ jsonrpc: '2.0', method: 'event.from', params: [sessions[w], ['network'], token, 30], id: ++id }),
+        );
         const r = await post(watchAgent, xapi, '/jsonrpc', body, 'application/json');
-        const doc = JSON.parse(r.body.toString()) as { result?: { token: string; events: { ref: string; snapshot?: { name_label: string } }[] }; error?: unknown };
+        const doc = JSON.parse(r.body.toString()) as {
+          result?: { token: string; events: { ref: string; snapshot?: { name_label: string } }[] };
+          error?: unknown;
+        };
         if (!doc.result) throw new Error(`event.from failed: ${r.body.toString().slice(0, 300)}`);
         token = doc.result.token;
         let idx = 0;
-        for (const ev of doc.result.events) if (ev.ref === netRef && ev.snapshot) idx = Math.max(idx, labelIndex(prefix, ev.snapshot.name_label));
+        for (const ev of doc.result.events)
+          if (ev.ref === netRef && ev.snapshot) idx = Math.max(idx, labelIndex(prefix, ev.snapshot.name_label));
         if (idx > 0) {
           if (w === 0 && doc.result.events.length === 1) side.replyBytes = r.body.length;
           seen(idx);
@@ -546,13 +600,27 @@ async function events(
   const warmup = 10;
   const D = EVENT_FROM_DELAY_MS;
   log('');
-  log(`3. event.from, batching delay ${D} ms on both sides (answers to one watcher at least ${D} ms apart; a watcher idle for that long is answered at once)`);
+  log(
+    `3. event.from, batching delay ${D} ms on both sides (answers to one watcher at least ${D} ms apart; a watcher idle for that long is answered at once)`,
+  );
 
   const run = async (side: EventSide) => {
     let from = await side.start();
-    const idle = await idleLatency(3, idleWrites, 2 * D, (seen, stopped) => side.watch(watchers, 'idle-', from, seen, stopped), (i) => side.write(`idle-${i}`));
+    const idle = await idleLatency(
+      3,
+      idleWrites,
+      2 * D,
+      (seen, stopped) => side.watch(watchers, 'idle-', from, seen, stopped),
+      (i) => side.write(`idle-${i}`),
+    );
     from = await side.start();
-    const fan = await fanout(watchers, warmup, writes, (w, seen, stopped) => side.watch(w, 'fan-', from, seen, stopped), (i) => side.write(`fan-${i}`));
+    const fan = await fanout(
+      watchers,
+      warmup,
+      writes,
+      (w, seen, stopped) => side.watch(w, 'fan-', from, seen, stopped),
+      (i) => side.write(`fan-${i}`),
+    );
     await side.close();
     return { idle, fan };
   };
@@ -560,21 +628,58 @@ async function events(
   const { idle: oursIdle, fan: oursFan } = await run(ours);
   const { idle: baseIdle, fan: baseFan } = await run(await bareEvents(bare, ours.replyBytes));
 
-  figures['event_idle_latency_p50'] = { value: round(oursIdle.p50, 1), unit: 'ms', limit: round(baseIdle.p50, 1), ratio: round(baseIdle.p50 / oursIdle.p50, 3) };
-  figures['event_idle_latency_p99'] = { value: round(oursIdle.p99, 1), unit: 'ms', limit: round(baseIdle.p99, 1), ratio: round(baseIdle.p99 / oursIdle.p99, 3) };
-  figures['event_fanout_deliveries'] = { value: round(oursFan.deliveriesPerS, 0), unit: 'events/s', limit: round(baseFan.deliveriesPerS, 0), ratio: round(oursFan.deliveriesPerS / baseFan.deliveriesPerS, 3) };
-  figures['event_fanout_latency_p50'] = { value: round(oursFan.p50, 1), unit: 'ms', limit: round(baseFan.p50, 1), ratio: round(baseFan.p50 / oursFan.p50, 3) };
-  figures['event_fanout_latency_p99'] = { value: round(oursFan.p99, 1), unit: 'ms', limit: round(baseFan.p99, 1), ratio: round(baseFan.p99 / oursFan.p99, 3) };
-  log(`   a. one idle watcher, ${idleWrites} single writes (+3 warm-up) ${2 * D} ms apart: ms from sending the write to the watcher seeing it`);
+  figures['event_idle_latency_p50'] = {
+    value: round(oursIdle.p50, 1),
+    unit: 'ms',
+    limit: round(baseIdle.p50, 1),
+    ratio: round(baseIdle.p50 / oursIdle.p50, 3),
+  };
+  figures['event_idle_latency_p99'] = {
+    value: round(oursIdle.p99, 1),
+    unit: 'ms',
+    limit: round(baseIdle.p99, 1),
+    ratio: round(baseIdle.p99 / oursIdle.p99, 3),
+  };
+  figures['event_fanout_deliveries'] = {
+    value: round(oursFan.deliveriesPerS, 0),
+    unit: 'events/s',
+    limit: round(baseFan.deliveriesPerS, 0),
+    ratio: round(oursFan.deliveriesPerS / baseFan.deliveriesPerS, 3),
+  };
+  figures['event_fanout_latency_p50'] = {
+    value: round(oursFan.p50, 1),
+    unit: 'ms',
+    limit: round(baseFan.p50, 1),
+    ratio: round(baseFan.p50 / oursFan.p50, 3),
+  };
+  figures['event_fanout_latency_p99'] = {
+    value: round(oursFan.p99, 1),
+    unit: 'ms',
+    limit: round(baseFan.p99, 1),
+    ratio: round(baseFan.p99 / oursFan.p99, 3),
+  };
+  log(
+    `   a. one idle watcher, ${idleWrites} single writes (+3 warm-up) ${2 * D} ms apart: ms from sending the write to the watcher seeing it`,
+  );
   log(`      (xapi hands out a change once it is durable: the write's own time to its acknowledgement, fsync included, is in it)`);
   log(`   ${''.padEnd(6)} ${'p50 ms'.padStart(8)} ${'p99 ms'.padStart(8)} ${'write ack p50 ms'.padStart(17)}`);
-  log(`   ${'xapi'.padEnd(6)} ${oursIdle.p50.toFixed(1).padStart(8)} ${oursIdle.p99.toFixed(1).padStart(8)} ${oursIdle.ackP50.toFixed(1).padStart(17)}`);
-  log(`   ${'bare'.padEnd(6)} ${baseIdle.p50.toFixed(1).padStart(8)} ${baseIdle.p99.toFixed(1).padStart(8)} ${baseIdle.ackP50.toFixed(1).padStart(17)}`);
-  log(`   b. fan-out: ${watchers} watchers, ${writes} sequential writes (+${warmup} warm-up), each write waiting until all have seen the previous one`);
+  log(
+    `   ${'xapi'.padEnd(6)} ${oursIdle.p50.toFixed(1).padStart(8)} ${oursIdle.p99.toFixed(1).padStart(8)} ${oursIdle.ackP50.toFixed(1).padStart(17)}`,
+  );
+  log(
+    `   ${'bare'.padEnd(6)} ${baseIdle.p50.toFixed(1).padStart(8)} ${baseIdle.p99.toFixed(1).padStart(8)} ${baseIdle.ackP50.toFixed(1).padStart(17)}`,
+  );
+  log(
+    `   b. fan-out: ${watchers} watchers, ${writes} sequential writes (+${warmup} warm-up), each write waiting until all have seen the previous one`,
+  );
   log(`   event.from reply with one event: ${ours.replyBytes} B (bare replies padded to the same size)`);
   log(`   ${''.padEnd(6)} ${'deliveries/s'.padStart(13)} ${'ack->all p50 ms'.padStart(16)} ${'p99 ms'.padStart(8)}`);
-  log(`   ${'xapi'.padEnd(6)} ${oursFan.deliveriesPerS.toFixed(0).padStart(13)} ${oursFan.p50.toFixed(1).padStart(16)} ${oursFan.p99.toFixed(1).padStart(8)}`);
-  log(`   ${'bare'.padEnd(6)} ${baseFan.deliveriesPerS.toFixed(0).padStart(13)} ${baseFan.p50.toFixed(1).padStart(16)} ${baseFan.p99.toFixed(1).padStart(8)}`);
+  log(
+    `   ${'xapi'.padEnd(6)} ${oursFan.deliveriesPerS.toFixed(0).padStart(13)} ${oursFan.p50.toFixed(1).padStart(16)} ${oursFan.p99.toFixed(1).padStart(8)}`,
+  );
+  log(
+    `   ${'bare'.padEnd(6)} ${baseFan.deliveriesPerS.toFixed(0).padStart(13)} ${baseFan.p50.toFixed(1).padStart(16)} ${baseFan.p99.toFixed(1).padStart(8)}`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +712,9 @@ export async function run(args: string[]): Promise<void> {
     const bareAddress = loopbackAddress();
     bare = await startBare(bareAddress);
     const target: Target = { host: xapi.address, port: xapi.httpPort };
-    log(`xapi pid ${xapi.pid} at ${xapi.url}; bare node:http pid ${bare.proc.pid} at http://${bare.target.host}:${bare.target.port}; ${quick ? 'QUICK mode' : ''}`);
+    log(
+      `xapi pid ${xapi.pid} at ${xapi.url}; bare node:http pid ${bare.proc.pid} at http://${bare.target.host}:${bare.target.port}; ${quick ? 'QUICK mode' : ''}`,
+    );
 
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const rpc = new JsonRpc(target, agent);

@@ -75,7 +75,9 @@ async function sha256(file: string): Promise<string> {
   return h.digest('hex');
 }
 
-const debug = (m: string) => { if (process.env['BENCH_DEBUG']) process.stderr.write(`[storage] ${m}\n`); };
+const debug = (m: string) => {
+  if (process.env['BENCH_DEBUG']) process.stderr.write(`[storage] ${m}\n`);
+};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls a task until it leaves pending; throws with its error_info if it did not succeed. */
@@ -115,7 +117,11 @@ async function putFile(url: string, file: string): Promise<{ task: string; socke
         socket.off('data', onData);
         const lines = head.slice(0, end).split('\r\n');
         const status = lines[0]!.split(' ')[1];
-        const task = lines.find((l) => /^task-id:/i.test(l))?.slice('task-id:'.length).trim() ?? '';
+        const task =
+          lines
+            .find((l) => /^task-id:/i.test(l))
+            ?.slice('task-id:'.length)
+            .trim() ?? '';
         debug(`PUT answered ${status}, task ${task}`);
         if (status !== '200') reject(new Error(`PUT ${u.pathname}: ${lines[0]}`));
         else if (!task) reject(new Error(`PUT ${u.pathname}: no task-id header`));
@@ -178,8 +184,17 @@ async function overHttp(dir: string, rawFile: string, size: number, expectHash: 
       (await jsonCall(url, 'VDI.create', [
         s,
         {
-          SR: sr, virtual_size: size, name_label: name, name_description: 'bench', type: 'user', sharable: false,
-          read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [],
+          SR: sr,
+          virtual_size: size,
+          name_label: name,
+          name_description: 'bench',
+          type: 'user',
+          sharable: false,
+          read_only: false,
+          other_config: {},
+          xenstore_data: {},
+          sm_config: {},
+          tags: [],
         },
       ])) as string;
     const q = (vdi: string, format: string) =>
@@ -190,7 +205,11 @@ async function overHttp(dir: string, rawFile: string, size: number, expectHash: 
     debug(`xapi at ${url}, VDI A ${a}`);
     const rawImportMs = await timed(async () => {
       const { task, socket } = await putFile(q(a, 'import:raw'), rawFile);
-      try { await awaitTask(url, s, task); } finally { socket.destroy(); }
+      try {
+        await awaitTask(url, s, task);
+      } finally {
+        socket.destroy();
+      }
     });
     debug('raw import done');
     const rawExportMs = await timed(async () => {
@@ -211,7 +230,11 @@ async function overHttp(dir: string, rawFile: string, size: number, expectHash: 
     debug('VHD export done and raw content checked');
     const vhdImportMs = await timed(async () => {
       const { task, socket } = await putFile(q(b, 'import:vhd'), f('http-export.vhd'));
-      try { await awaitTask(url, s, task); } finally { socket.destroy(); }
+      try {
+        await awaitTask(url, s, task);
+      } finally {
+        socket.destroy();
+      }
     });
     await rm(f('http-export.vhd'));
     const check = await getFile(q(b, 'export:raw'), f('http-check.raw'));
@@ -261,7 +284,11 @@ export async function run(args: string[]): Promise<void> {
     const copyFsyncMs = await timed(async () => {
       await copyFile(f('export.raw'), f('copy3.raw'));
       const fh = await fsOpen(f('copy3.raw'), 'r+');
-      try { await fh.sync(); } finally { await fh.close(); }
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
     });
     for (const c of ['copy1.raw', 'copy2.raw', 'copy3.raw']) await rm(f(c));
 
@@ -309,7 +336,13 @@ export async function run(args: string[]): Promise<void> {
     const pipeRate = mbps(size, pipeMs);
     const figure = (bytes: number, ms: number) => {
       const v = mbps(bytes, ms);
-      return { value: round(v), unit: 'MB/s', limit: round(copyRate), ratio: round(v / copyRate, 3), ratio_to_stream_copy: round(v / pipeRate, 3) };
+      return {
+        value: round(v),
+        unit: 'MB/s',
+        limit: round(copyRate),
+        ratio: round(v / copyRate, 3),
+        ratio_to_stream_copy: round(v / pipeRate, 3),
+      };
     };
     const figures = {
       raw_export: figure(size, rawExportMs),
@@ -320,9 +353,13 @@ export async function run(args: string[]): Promise<void> {
       vhd_import_defer_sync: figure(vhdLength, deferred.vhdMs),
     };
     const copyFsyncRate = mbps(size, copyFsyncMs);
-    console.log(`plain copy:   fs.copyFile ${round(copyRate)} MB/s, stream pipeline ${round(pipeRate)} MB/s, copyFile+fsync ${round(copyFsyncRate)} MB/s (${sizeMiB} MiB)`);
+    console.log(
+      `plain copy:   fs.copyFile ${round(copyRate)} MB/s, stream pipeline ${round(pipeRate)} MB/s, copyFile+fsync ${round(copyFsyncRate)} MB/s (${sizeMiB} MiB)`,
+    );
     const line = (name: string, x: { value: number; ratio: number; ratio_to_stream_copy: number }, bytes: number) =>
-      console.log(`${name.padEnd(22)} ${String(x.value).padStart(8)} MB/s  (${(bytes / MiB).toFixed(0)} MiB)  ratio to copyFile ${x.ratio}, to stream copy ${x.ratio_to_stream_copy}`);
+      console.log(
+        `${name.padEnd(22)} ${String(x.value).padStart(8)} MB/s  (${(bytes / MiB).toFixed(0)} MiB)  ratio to copyFile ${x.ratio}, to stream copy ${x.ratio_to_stream_copy}`,
+      );
     line('raw export:', figures.raw_export, size);
     line('VHD export:', figures.vhd_export, vhdLength);
     line('raw import:', figures.raw_import, size);
@@ -368,7 +405,10 @@ export async function run(args: string[]): Promise<void> {
       // The identical parent, by cp of the same file, under the same name in a second directory.
       await copyFile(path.join(ours, 'parent.vhd'), path.join(theirs, 'parent.vhd'));
       const overlay = path.join(theirs, 'child.qcow2');
-      const mk = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'parent.vhd', '-F', 'vpc', overlay], { cwd: theirs, encoding: 'utf8' });
+      const mk = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'parent.vhd', '-F', 'vpc', overlay], {
+        cwd: theirs,
+        encoding: 'utf8',
+      });
       if (mk.status !== 0) throw new Error(`qemu-img create: ${mk.stderr}`);
       const cmds = rewritten.flatMap((b) => ['-c', `write -P ${(b & 0xff) | 1} ${b * BLOCK} ${BLOCK}`]);
       const io = spawnSync('qemu-io', ['-f', 'qcow2', ...cmds, overlay], { cwd: theirs, encoding: 'utf8', maxBuffer: 64 * MiB });
@@ -385,7 +425,16 @@ export async function run(args: string[]): Promise<void> {
     await childRo.close();
     if (qemuMs !== null) {
       // Both parents must now hold the same disk.
-      const cmp = spawnSync('qemu-img', ['compare', '-q', '-f', 'vpc', '-F', 'vpc', path.join(ours, 'parent.vhd'), path.join(theirs, 'parent.vhd')]);
+      const cmp = spawnSync('qemu-img', [
+        'compare',
+        '-q',
+        '-f',
+        'vpc',
+        '-F',
+        'vpc',
+        path.join(ours, 'parent.vhd'),
+        path.join(theirs, 'parent.vhd'),
+      ]);
       if (cmp.status !== 0) throw new Error('coalesced parents differ from qemu-img commit result');
     }
     const coalesceRate = mbps(coalesceBytes, coalesceMs);
@@ -403,7 +452,8 @@ export async function run(args: string[]): Promise<void> {
         ...figures,
         ...httpFigures,
         coalesce: {
-          value: round(coalesceRate), unit: 'MB/s',
+          value: round(coalesceRate),
+          unit: 'MB/s',
           limit: qemuRate === null ? null : round(qemuRate),
           ratio: qemuRate === null ? null : round(coalesceRate / qemuRate, 3),
         },

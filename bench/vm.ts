@@ -31,21 +31,31 @@ export async function run(args: string[]): Promise<void> {
   let xapi: XapiProcess | undefined;
   try {
     xapi = await startXapi({
-      args: ['--sim-boot-ms', '0', '--sim-shutdown-ms', '0', '--sim-memory-mib', String(count * 80 + 16384), '--sim-cpus', '8', '--log-level', 'warn'],
+      args: [
+        '--sim-boot-ms',
+        '0',
+        '--sim-shutdown-ms',
+        '0',
+        '--sim-memory-mib',
+        String(count * 80 + 16384),
+        '--sim-cpus',
+        '8',
+        '--log-level',
+        'warn',
+      ],
     });
     const target: Target = { host: xapi.address, port: xapi.httpPort };
     const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
     const rpc = new JsonRpc(target, agent);
     const s = (await rpc.call('session.login_with_password', ['root', PASSWORD])) as string;
     const vms: string[] = [];
-    await pool(Array.from({ length: count }, (_, i) => i), CONCURRENCY, async (i) => {
-      vms.push(
-        (await rpc.call('VM.create', [
-          s,
-          vmRecord(`bench-${i}`, { memory: 64 * MiB }),
-        ])) as string,
-      );
-    });
+    await pool(
+      Array.from({ length: count }, (_, i) => i),
+      CONCURRENCY,
+      async (i) => {
+        vms.push((await rpc.call('VM.create', [s, vmRecord(`bench-${i}`, { memory: 64 * MiB })])) as string);
+      },
+    );
     console.log(`created ${vms.length} VMs`);
 
     const writesMs = await pool(vms, CONCURRENCY, async (vm) => {

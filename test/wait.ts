@@ -46,7 +46,13 @@ export interface Emitter {
  * `events`, not on a timer: for state a library keeps and announces changes of (the xen-api
  * connector's object cache).
  */
-export function waitForEmitted<T>(what: string, source: Emitter, events: string[], probe: () => T, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<Truthy<T>> {
+export function waitForEmitted<T>(
+  what: string,
+  source: Emitter,
+  events: string[],
+  probe: () => T,
+  timeoutMs = DEFAULT_TIMEOUT_MS,
+): Promise<Truthy<T>> {
   return new Promise((resolve, reject) => {
     let last: T | undefined;
     const done = (f: () => void) => {
@@ -62,7 +68,10 @@ export function waitForEmitted<T>(what: string, source: Emitter, events: string[
         done(() => reject(e));
       }
     };
-    const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last seen: ${describe(last)})`))), timeoutMs);
+    const timer = setTimeout(
+      () => done(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last seen: ${describe(last)})`))),
+      timeoutMs,
+    );
     for (const e of events) source.on(e, check);
     check();
   });
@@ -87,7 +96,10 @@ export async function within<T>(what: string, p: Promise<T>, timeoutMs = DEFAULT
  * blocking, a lock being asked for) instead of sleeping and hoping it has. `settled` counts the
  * calls whose returned promise has settled (a wait that ended).
  */
-export function countCalls<O extends object, K extends keyof O>(obj: O, method: K): { readonly count: number; readonly settled: number; calls(n: number): Promise<void>; restore(): void } {
+export function countCalls<O extends object, K extends keyof O>(
+  obj: O,
+  method: K,
+): { readonly count: number; readonly settled: number; calls(n: number): Promise<void>; restore(): void } {
   const original = obj[method] as unknown as (...a: unknown[]) => unknown;
   const ownBefore = Object.hasOwn(obj, method);
   let count = 0;

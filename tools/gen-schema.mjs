@@ -46,7 +46,11 @@ function parseBraced(text, isMap, type) {
   const tokens = inner.match(re);
   let cur = [];
   for (const tok of tokens) {
-    if (tok === ',') { items.push(cur); cur = []; continue; }
+    if (tok === ',') {
+      items.push(cur);
+      cur = [];
+      continue;
+    }
     cur.push(tok);
   }
   items.push(cur);
@@ -187,5 +191,7 @@ const schema = {
   classes,
 };
 writeFileSync(outPath, JSON.stringify(schema, null, 1) + '\n');
-console.log(`wrote ${outPath}: ${classes.length} classes, ${classes.reduce((n, c) => n + c.fields.length, 0)} fields, ${classes.reduce((n, c) => n + c.messages.length, 0)} messages, ${Object.keys(enums).length} enums, ${Object.keys(facts.errors ?? {}).length} errors`);
+console.log(
+  `wrote ${outPath}: ${classes.length} classes, ${classes.reduce((n, c) => n + c.fields.length, 0)} fields, ${classes.reduce((n, c) => n + c.messages.length, 0)} messages, ${Object.keys(enums).length} enums, ${Object.keys(facts.errors ?? {}).length} errors`,
+);
 if (!existsSync(factsPath)) process.exitCode = 1;

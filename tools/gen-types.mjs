@@ -23,10 +23,11 @@ const recordName = (cls) => `${cls}_record`;
 
 // Tuple labels must be identifiers that are not reserved words.
 const reserved = new Set(
-  ('break case catch class const continue debugger default delete do else enum export extends false finally for ' +
+  (
+    'break case catch class const continue debugger default delete do else enum export extends false finally for ' +
     'function if import in instanceof new null return super switch this throw true try typeof var void while with ' +
-    'implements interface let package private protected public static yield')
-    .split(' '),
+    'implements interface let package private protected public static yield'
+  ).split(' '),
 );
 const label = (name) => (identifier.test(name) && !reserved.has(name) ? name : `${name.replace(/\W/g, '_')}_`);
 
@@ -112,7 +113,7 @@ export function renderTypes(schema) {
     line(`export type ${name} = ${values.map(quote).join(' | ')};`);
   }
   line();
-  line('/** Each enum\'s union by enum name (Schema.enumValues). */');
+  line("/** Each enum's union by enum name (Schema.enumValues). */");
   line('export interface Enums {');
   for (const name of Object.keys(schema.enums)) line(`  ${key(name)}: ${name};`);
   line('}');
@@ -124,7 +125,7 @@ export function renderTypes(schema) {
     line('};');
   }
   line();
-  line('/** Each class\'s record type, by class name as the datamodel spells it. */');
+  line("/** Each class's record type, by class name as the datamodel spells it. */");
   line('export interface Records {');
   for (const c of schema.classes) line(`  ${key(c.name)}: ${recordName(c.name)};`);
   line('}');
@@ -132,7 +133,12 @@ export function renderTypes(schema) {
   line('export type ClassName = keyof Records;');
   line();
   line('/** The classes that have a table in the database. */');
-  line(`export type DbClassName = ${schema.classes.filter((c) => c.inDb).map((c) => quote(c.name)).join(' | ')};`);
+  line(
+    `export type DbClassName = ${schema.classes
+      .filter((c) => c.inDb)
+      .map((c) => quote(c.name))
+      .join(' | ')};`,
+  );
   line();
   const fieldsOfKind = (title, doc, pick) => {
     line(`/** ${doc} */`);

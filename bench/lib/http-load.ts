@@ -28,7 +28,9 @@ export function post(agent: http.Agent, t: Target, path: string, body: Buffer, c
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) }),
+        );
         res.on('error', reject);
       },
     );
@@ -128,7 +130,14 @@ export async function alternating(
   }
   for (const ag of agents) ag.destroy();
   const seconds = (sliceMs * rounds) / 1000;
-  return acc.map((x) => ({ calls: x.calls, seconds, perSecond: x.calls / seconds, errors: x.errors, p50: median(x.p50), p99: median(x.p99) })) as [LoadResult, LoadResult];
+  return acc.map((x) => ({
+    calls: x.calls,
+    seconds,
+    perSecond: x.calls / seconds,
+    errors: x.errors,
+    p50: median(x.p50),
+    p99: median(x.p99),
+  })) as [LoadResult, LoadResult];
 }
 
 export function pct(sorted: number[], p: number): number {
@@ -137,7 +146,10 @@ export function pct(sorted: number[], p: number): number {
 }
 
 export function median(xs: number[]): number {
-  return pct([...xs].sort((a, b) => a - b), 0.5);
+  return pct(
+    [...xs].sort((a, b) => a - b),
+    0.5,
+  );
 }
 
 export class RpcError extends Error {}

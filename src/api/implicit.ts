@@ -6,7 +6,7 @@ import { XapiError } from '../rpc/errors.js';
 import type { Call, Impl, MessageImpl } from './context.js';
 import type { ClassDef, FieldDef, MessageDef, Schema } from '../schema/schema.js';
 import type { DbClassName, MessageName, Records, Ref } from '../schema/generated.js';
-import { parseWhere, evalWhere, WhereParseError , type WhereExpr } from '../db/where.js';
+import { parseWhere, evalWhere, WhereParseError, type WhereExpr } from '../db/where.js';
 import { untyped, type AnyRow, type Row } from '../db/interface.js';
 import type { Type } from '../schema/types.js';
 

@@ -13,7 +13,6 @@ import { JSON_SPECIAL, jsonFloat, jsonRpcValue, jsonString } from '../rpc/jsonrp
 export const typeError = (expected: string, v: Rpc) =>
   new XapiError('INTERNAL_ERROR', [`Failure("Expected ${expected}, got '${rpcDebugString(v)}'")`]);
 
-
 export class Marshal {
   /** enum name -> (lower-case value -> datamodel spelling) */
   private readonly enumIndex = new Map<string, Map<string, string>>();
@@ -502,7 +501,11 @@ function recordXmlCode(fields: FieldDefLike[], subOf: (t: Type) => string): stri
       case 'datetime':
         return [{ c: '<value><dateTime.iso8601>' }, { e: `h.xmlDate(${v})` }, { c: '</dateTime.iso8601></value>' }];
       case 'int':
-        return [{ c: '<value>' }, { e: `(typeof ${v} === 'number' && Number.isInteger(${v}) ? '' + ${v} : h.intText(${v}))` }, { c: '</value>' }];
+        return [
+          { c: '<value>' },
+          { e: `(typeof ${v} === 'number' && Number.isInteger(${v}) ? '' + ${v} : h.intText(${v}))` },
+          { c: '</value>' },
+        ];
       case 'float':
         return [{ c: '<value><double>' }, { e: `h.xmlFloat(${v})` }, { c: '</double></value>' }];
       case 'bool':

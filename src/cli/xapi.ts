@@ -18,7 +18,8 @@ root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generate
 
 function port(text: string, flag: string): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`${flag} takes a port number (0-65535), not ${JSON.stringify(text)}`);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new UsageError(`${flag} takes a port number (0-65535), not ${JSON.stringify(text)}`);
   return n;
 }
 

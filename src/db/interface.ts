@@ -74,8 +74,18 @@ export interface Db extends DbCommon {
     value: MapValue<C, F>,
   ): Promise<void>;
   mapRemove<C extends DbClassName>(cls: C, ref: Ref<C>, field: MapFields[C], key: string): Promise<void>;
-  setAdd<C extends DbClassName, F extends SetFields[C] & keyof Records[C]>(cls: C, ref: Ref<C>, field: F, value: SetElement<C, F>): Promise<void>;
-  setRemove<C extends DbClassName, F extends SetFields[C] & keyof Records[C]>(cls: C, ref: Ref<C>, field: F, value: SetElement<C, F>): Promise<void>;
+  setAdd<C extends DbClassName, F extends SetFields[C] & keyof Records[C]>(
+    cls: C,
+    ref: Ref<C>,
+    field: F,
+    value: SetElement<C, F>,
+  ): Promise<void>;
+  setRemove<C extends DbClassName, F extends SetFields[C] & keyof Records[C]>(
+    cls: C,
+    ref: Ref<C>,
+    field: F,
+    value: SetElement<C, F>,
+  ): Promise<void>;
   destroy(cls: DbClassName, ref: string): Promise<void>;
   touch(cls: DbClassName, ref: string): Promise<number>;
 }

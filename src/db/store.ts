@@ -97,10 +97,7 @@ export class SqliteStore {
     this.db.exec(
       `CREATE TABLE IF NOT EXISTS ${tableName(cls)} (ref TEXT PRIMARY KEY, created INTEGER NOT NULL, modified INTEGER NOT NULL, data TEXT NOT NULL)`,
     );
-    this.upsert.set(
-      cls,
-      this.db.prepare(`INSERT OR REPLACE INTO ${tableName(cls)} (ref, created, modified, data) VALUES (?, ?, ?, ?)`),
-    );
+    this.upsert.set(cls, this.db.prepare(`INSERT OR REPLACE INTO ${tableName(cls)} (ref, created, modified, data) VALUES (?, ?, ?, ?)`));
     this.remove.set(cls, this.db.prepare(`DELETE FROM ${tableName(cls)} WHERE ref = ?`));
   }
 
@@ -110,9 +107,7 @@ export class SqliteStore {
 
   loadTombstones(limit: number): Tombstone[] {
     return (
-      this.db
-        .prepare('SELECT cls, ref, created, deleted FROM tombstones ORDER BY seq DESC LIMIT ?')
-        .all(limit) as Tombstone[]
+      this.db.prepare('SELECT cls, ref, created, deleted FROM tombstones ORDER BY seq DESC LIMIT ?').all(limit) as Tombstone[]
     ).reverse();
   }
 

@@ -33,9 +33,7 @@ export class WhereParseError extends Error {
   }
 }
 
-type Token =
-  | { t: 'eq' | 'true' | 'false' | 'lparen' | 'rparen' | 'field' | 'and' | 'or' | 'not' | 'eof' }
-  | { t: 'ident'; s: string };
+type Token = { t: 'eq' | 'true' | 'false' | 'lparen' | 'rparen' | 'field' | 'and' | 'or' | 'not' | 'eof' } | { t: 'ident'; s: string };
 
 // Order does not matter: at most one keyword can match at a position (they differ in their
 // first letters or, for "false"/"field", in the second).

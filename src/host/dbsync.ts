@@ -25,7 +25,11 @@ const ROLE_ORDER = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin',
 const POOL_ADMIN_ROLE_UUID = '0165f154-ba3e-034e-6b27-5d271af109ba';
 
 /** Returns [hostRef, poolRef], creating the pool and this host on first start. */
-export async function syncDatabase(db: Db, schema: Schema, id: HostIdentity): Promise<{ hostRef: string; poolRef: string; firstStart: boolean }> {
+export async function syncDatabase(
+  db: Db,
+  schema: Schema,
+  id: HostIdentity,
+): Promise<{ hostRef: string; poolRef: string; firstStart: boolean }> {
   const now = formatDateTime(new Date());
   let [pool] = await db.all('pool');
   let hostRef: string;
@@ -283,8 +287,7 @@ async function createNetworks(db: Db, id: HostIdentity, hostRef: string): Promis
 /** The static roles as role records; their permissions are the subroles, as in xapi. */
 async function createRoles(db: Db, schema: Schema): Promise<void> {
   const uuids = schema.roleUuids;
-  const roleUuid = (name: string) =>
-    uuids[name] ?? (name === 'pool-admin' ? POOL_ADMIN_ROLE_UUID : uuidFromName(name));
+  const roleUuid = (name: string) => uuids[name] ?? (name === 'pool-admin' ? POOL_ADMIN_ROLE_UUID : uuidFromName(name));
   const permissionRefs = new Map<string, string>();
   for (const p of permissionsOfRoles(schema, ROLE_ORDER)) {
     if (permissionRefs.has(p)) continue;

@@ -60,7 +60,12 @@ export async function memoryHost(
     authFailureDelayMs: 0,
   };
   const domains = new SimulatorBackend({
-    machine, stateDir, bootTimeMs: opts.bootTimeMs ?? 0, shutdownTimeMs: opts.shutdownTimeMs ?? 0, agentDelayMs: opts.agentDelayMs, guestAgent: opts.guestAgent,
+    machine,
+    stateDir,
+    bootTimeMs: opts.bootTimeMs ?? 0,
+    shutdownTimeMs: opts.shutdownTimeMs ?? 0,
+    agentDelayMs: opts.agentDelayMs,
+    guestAgent: opts.guestAgent,
   });
   const { registry, dispatcher, xenops, storage } = buildApi(
     host,

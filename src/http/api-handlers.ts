@@ -13,7 +13,12 @@ import type { Handler } from './handlers.js';
 
 const CORS = { 'access-control-allow-origin': '*', 'access-control-allow-headers': 'X-Requested-With' };
 
-async function readCall<T>(req: IncomingMessage, res: ServerResponse, timeoutMs: number, decode: (b: Buffer) => T): Promise<T | InvalidUtf8Param | undefined> {
+async function readCall<T>(
+  req: IncomingMessage,
+  res: ServerResponse,
+  timeoutMs: number,
+  decode: (b: Buffer) => T,
+): Promise<T | InvalidUtf8Param | undefined> {
   let body: Buffer;
   try {
     body = await readBody(req, RPC_BODY_LIMIT, timeoutMs);
@@ -164,7 +169,6 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutM
       dispatcher.host.marshal.jsonParts(outcome.type, outcome.value, parts);
       parts.push(tail);
       await reply(res, 'application/json', parts);
-    }
-    else reply(res, 'application/json', jsonRpcFailure(decoded.version, decoded.id, outcome.error));
+    } else reply(res, 'application/json', jsonRpcFailure(decoded.version, decoded.id, outcome.error));
   };
 }

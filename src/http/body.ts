@@ -16,7 +16,9 @@ export class BodyTimeout extends Error {
     readonly timeoutMs: number,
     readonly idle = false,
   ) {
-    super(idle ? `the request body sent nothing for ${timeoutMs / 1000} s` : `the request body did not arrive within ${timeoutMs / 1000} s`);
+    super(
+      idle ? `the request body sent nothing for ${timeoutMs / 1000} s` : `the request body did not arrive within ${timeoutMs / 1000} s`,
+    );
     this.name = 'BodyTimeout';
   }
 }

@@ -62,4 +62,3 @@ function parsePem(text: string, path: string): { key: string; cert: string } {
   }
   return { key: `${key}\n`, cert: `${cert}\n` };
 }
-

@@ -81,7 +81,11 @@ function cookie(req: IncomingMessage, name: string): string | undefined {
   return undefined;
 }
 
-async function authenticate(d: Dispatcher, req: IncomingMessage, url: URL): Promise<{ session: SessionInfo; logout?: () => Promise<void> } | undefined> {
+async function authenticate(
+  d: Dispatcher,
+  req: IncomingMessage,
+  url: URL,
+): Promise<{ session: SessionInfo; logout?: () => Promise<void> } | undefined> {
   const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
   if (given) {
     try {
@@ -107,13 +111,20 @@ async function authenticate(d: Dispatcher, req: IncomingMessage, url: URL): Prom
  * and records its outcome on the task. `fn` writes the response itself; if it throws before
  * the response started, an HTTP error page goes out (else the connection is cut).
  */
-export function transferHandler(d: Dispatcher, action: string, label: string, roles: string[], fn: (t: Transfer) => Promise<TransferResult>): Handler {
+export function transferHandler(
+  d: Dispatcher,
+  action: string,
+  label: string,
+  roles: string[],
+  fn: (t: Transfer) => Promise<TransferResult>,
+): Handler {
   return async (req, res, url) => {
     const host = d.host;
     const taskParam = url.searchParams.get('task_id') ?? undefined;
     const auth = await authenticate(d, req, url);
     if (!auth) {
-      if (taskParam && (await host.db.tryGet('task', taskParam))) await d.tasks.fail(taskParam, new XapiError('SESSION_AUTHENTICATION_FAILED', []));
+      if (taskParam && (await host.db.tryGet('task', taskParam)))
+        await d.tasks.fail(taskParam, new XapiError('SESSION_AUTHENTICATION_FAILED', []));
       req.resume();
       sendHttpError(res, 401, '', { 'www-authenticate': `Basic realm="${action}"` });
       return;

@@ -26,7 +26,8 @@ async function importRawVdi(storage: Storage, t: Transfer) {
   if (!vdi) {
     const sr = (await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid')));
     if (!sr) throw new XapiError('INTERNAL_ERROR', ['one of vdi, sr_id or sr_uuid is needed']);
-    if (format !== 'raw' || chunked) throw withStatus(400, new XapiError('INTERNAL_ERROR', ['a new VDI can only be made from a plain raw image']));
+    if (format !== 'raw' || chunked)
+      throw withStatus(400, new XapiError('INTERNAL_ERROR', ['a new VDI can only be made from a plain raw image']));
     const size = Number(req.headers['content-length']);
     if (size === 0 && req.headers['content-length'] === '0') {
       // Nothing to import: Xen Orchestra's putResource probes with an empty body (and no task)
@@ -35,7 +36,8 @@ async function importRawVdi(storage: Storage, t: Transfer) {
       res.end();
       return undefined;
     }
-    if (!Number.isSafeInteger(size) || size <= 0) throw new XapiError('INTERNAL_ERROR', ['a new VDI needs the Content-Length of its image']);
+    if (!Number.isSafeInteger(size) || size <= 0)
+      throw new XapiError('INTERNAL_ERROR', ['a new VDI needs the Content-Length of its image']);
     vdi = await createImportVdi(storage, call, sr, size);
     made = true;
   }
@@ -69,6 +71,14 @@ async function exportRawVdi(storage: Storage, t: Transfer) {
 
 export function registerVdiTransfers(table: HandlerTable, d: Dispatcher, storage: Storage): void {
   table
-    .add('PUT', '/import_raw_vdi', transferHandler(d, 'put_import_raw_vdi', 'VDI import', VM_ADMIN, (t) => importRawVdi(storage, t)))
-    .add('GET', '/export_raw_vdi', transferHandler(d, 'get_export_raw_vdi', 'VDI export', VM_ADMIN, (t) => exportRawVdi(storage, t)));
+    .add(
+      'PUT',
+      '/import_raw_vdi',
+      transferHandler(d, 'put_import_raw_vdi', 'VDI import', VM_ADMIN, (t) => importRawVdi(storage, t)),
+    )
+    .add(
+      'GET',
+      '/export_raw_vdi',
+      transferHandler(d, 'get_export_raw_vdi', 'VDI export', VM_ADMIN, (t) => exportRawVdi(storage, t)),
+    );
 }

@@ -38,7 +38,11 @@ async function getExportMetadata(t: Transfer) {
   const { call, res } = t;
   const vm = await vmOf(t);
   const stream = await exportVmMetadata(call, vm);
-  res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-disposition': 'attachment; filename="export.xva"', 'task-id': call.task });
+  res.writeHead(200, {
+    'content-type': 'application/octet-stream',
+    'content-disposition': 'attachment; filename="export.xva"',
+    'task-id': call.task,
+  });
   await sendStream(res, stream);
   return undefined;
 }
@@ -55,7 +59,19 @@ async function putImport(storage: Storage, t: Transfer) {
 
 export function registerVmTransfers(table: HandlerTable, d: Dispatcher, storage: Storage): void {
   table
-    .add('GET', '/export', transferHandler(d, 'get_export', 'VM export', VM_ADMIN, (t) => getExport(storage, t)))
-    .add('GET', '/export_metadata', transferHandler(d, 'get_export_metadata', 'VM metadata export', VM_ADMIN, (t) => getExportMetadata(t)))
-    .add('PUT', '/import', transferHandler(d, 'put_import', 'VM import', VM_ADMIN, (t) => putImport(storage, t)));
+    .add(
+      'GET',
+      '/export',
+      transferHandler(d, 'get_export', 'VM export', VM_ADMIN, (t) => getExport(storage, t)),
+    )
+    .add(
+      'GET',
+      '/export_metadata',
+      transferHandler(d, 'get_export_metadata', 'VM metadata export', VM_ADMIN, (t) => getExportMetadata(t)),
+    )
+    .add(
+      'PUT',
+      '/import',
+      transferHandler(d, 'put_import', 'VM import', VM_ADMIN, (t) => putImport(storage, t)),
+    );
 }

@@ -86,14 +86,30 @@ export function parseJson(s: string): Parsed {
       const c = s.charCodeAt(b + 1);
       j = b + 2;
       switch (c) {
-        case 34: out += '"'; break;
-        case 92: out += '\\'; break;
-        case 47: out += '/'; break;
-        case 98: out += '\b'; break;
-        case 102: out += '\f'; break;
-        case 110: out += '\n'; break;
-        case 114: out += '\r'; break;
-        case 116: out += '\t'; break;
+        case 34:
+          out += '"';
+          break;
+        case 92:
+          out += '\\';
+          break;
+        case 47:
+          out += '/';
+          break;
+        case 98:
+          out += '\b';
+          break;
+        case 102:
+          out += '\f';
+          break;
+        case 110:
+          out += '\n';
+          break;
+        case 114:
+          out += '\r';
+          break;
+        case 116:
+          out += '\t';
+          break;
         case 117: {
           const u = hex4(b + 2);
           j = b + 6;
@@ -325,7 +341,9 @@ export function jsonRpcSuccessEncoded(version: JsonRpcVersion, id: JsonRpcId, re
 
 /** The success envelope as the text before and after the result. */
 export function jsonRpcSuccessAround(version: JsonRpcVersion, id: JsonRpcId): [string, string] {
-  return version === '2.0' ? ['{"jsonrpc":"2.0","result":', ',"id":' + jsonId(id) + '}'] : ['{"result":', ',"error":null,"id":' + jsonId(id) + '}'];
+  return version === '2.0'
+    ? ['{"jsonrpc":"2.0","result":', ',"id":' + jsonId(id) + '}']
+    : ['{"result":', ',"error":null,"id":' + jsonId(id) + '}'];
 }
 
 /**

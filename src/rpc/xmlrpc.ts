@@ -460,7 +460,8 @@ export function parseXmlRpcResponse(body: Buffer | string): Rpc {
   const r = parseDocument(text, true);
   if (r.fault !== undefined) {
     const f = r.fault;
-    if (f === null || typeof f !== 'object' || Array.isArray(f) || f instanceof RpcDateTime) throw new MalformedRequest('<fault> value is not a struct');
+    if (f === null || typeof f !== 'object' || Array.isArray(f) || f instanceof RpcDateTime)
+      throw new MalformedRequest('<fault> value is not a struct');
     throw new XmlRpcFault(f['faultCode'] ?? null, f['faultString'] ?? null);
   }
   if (r.params.length !== 1) throw new MalformedRequest(`expected one <param> in <methodResponse>, got ${r.params.length}`);

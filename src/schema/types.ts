@@ -124,8 +124,7 @@ export function nowDateTime(): string {
  * (YYYY-MM-DDTHH:MM:SS[.frac][Z|+hh:mm]); a missing zone means UTC. Returns undefined if neither.
  */
 export function parseDateTime(text: string): Date | undefined {
-  const m =
-    /^(\d{4})-?(\d{2})-?(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|[+-]\d{2}:?\d{2})?$/.exec(text);
+  const m = /^(\d{4})-?(\d{2})-?(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(Z|[+-]\d{2}:?\d{2})?$/.exec(text);
   if (!m) return undefined;
   const [, y, mo, d, h, mi, s, zone] = m;
   let ms = Date.UTC(+y!, +mo! - 1, +d!, +h!, +mi!, +s!);

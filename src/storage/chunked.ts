@@ -10,7 +10,11 @@ const HEADER = 12;
 const MAX_CHUNK = 64 * 1024 * 1024;
 
 /** Applies a chunked upload to `target`; returns the bytes written. */
-export async function importChunked(input: Readable, target: ImportTarget & { size: number }, opts: { onProgress?(bytes: number): void } = {}): Promise<number> {
+export async function importChunked(
+  input: Readable,
+  target: ImportTarget & { size: number },
+  opts: { onProgress?(bytes: number): void } = {},
+): Promise<number> {
   let pending: Buffer[] = [];
   let have = 0;
   const it = input[Symbol.asyncIterator]();
@@ -36,7 +40,8 @@ export async function importChunked(input: Readable, target: ImportTarget & { si
     const length = h.readUInt32LE(8);
     if (offset === 0n && length === 0) break;
     if (length > MAX_CHUNK) throw new ImportError('BAD_FORMAT', `chunk of ${length} bytes is too large`);
-    if (offset + BigInt(length) > BigInt(target.size)) throw new ImportError('TOO_LARGE', `chunk at ${offset} (+${length}) is beyond the end of the disk (${target.size})`);
+    if (offset + BigInt(length) > BigInt(target.size))
+      throw new ImportError('TOO_LARGE', `chunk at ${offset} (+${length}) is beyond the end of the disk (${target.size})`);
     const data = await take(length);
     if (!data) throw new ImportError('TRUNCATED', `the upload ended inside the chunk at ${offset}`);
     await target.write(Number(offset), Buffer.from(data));

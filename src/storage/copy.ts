@@ -15,7 +15,10 @@ export function candidateChunks(disk: OpenDisk): number[] {
     if (node.type === 'fixed') return Array.from({ length: Math.ceil(disk.size / CHUNK) }, (_, i) => i * CHUNK);
     for (const b of node.allocatedBlocks()) blocks.add(b);
   }
-  return [...blocks].sort((a, b) => a - b).map((b) => b * CHUNK).filter((o) => o < disk.size);
+  return [...blocks]
+    .sort((a, b) => a - b)
+    .map((b) => b * CHUNK)
+    .filter((o) => o < disk.size);
 }
 
 const isZero = (b: Buffer) => b.every((x) => x === 0);
@@ -24,9 +27,15 @@ const isZero = (b: Buffer) => b.every((x) => x === 0);
  * Copies src into dst (dst at least as large, freshly created or holding `base`'s content).
  * With `base`, pieces equal to base's are skipped; otherwise all-zero pieces are.
  */
-export async function copyDisk(src: OpenDisk, dst: OpenDisk, opts: { base?: OpenDisk; onProgress?(f: number): Promise<void> | void; checkCancelled?(): Promise<void> } = {}): Promise<void> {
+export async function copyDisk(
+  src: OpenDisk,
+  dst: OpenDisk,
+  opts: { base?: OpenDisk; onProgress?(f: number): Promise<void> | void; checkCancelled?(): Promise<void> } = {},
+): Promise<void> {
   // Where the base holds data the source may hold zeros: those pieces are compared too.
-  const chunks = opts.base ? [...new Set([...candidateChunks(src), ...candidateChunks(opts.base).filter((o) => o < src.size)])].sort((a, b) => a - b) : candidateChunks(src);
+  const chunks = opts.base
+    ? [...new Set([...candidateChunks(src), ...candidateChunks(opts.base).filter((o) => o < src.size)])].sort((a, b) => a - b)
+    : candidateChunks(src);
   let done = 0;
   let lastReported = -1;
   for (const off of chunks) {

@@ -9,7 +9,10 @@ export function makeDrivers(): Map<string, SmDriver> {
   return new Map(list.map((d) => [d.type, d]));
 }
 
-const DESCRIPTIONS: Record<string, { name_label: string; name_description: string; configuration: Record<string, string>; driver: string }> = {
+const DESCRIPTIONS: Record<
+  string,
+  { name_label: string; name_description: string; configuration: Record<string, string>; driver: string }
+> = {
   ext: {
     name_label: 'Local EXT3 VHD',
     name_description: 'SR plugin which represents disks as VHD files stored on a local path',

@@ -52,13 +52,24 @@ export async function readNode(dir: string, uuid: string): Promise<VhdNode> {
     // (relative locator first). A parent outside the SR is not part of the tree.
     for (const c of info.parentCandidates) {
       const pu = uuidOfPath(c);
-      if (pu && path.resolve(path.dirname(c)) === path.resolve(dir)) { parentUuid = pu; break; }
+      if (pu && path.resolve(path.dirname(c)) === path.resolve(dir)) {
+        parentUuid = pu;
+        break;
+      }
     }
     if (!parentUuid) throw new Error(`no parent locator inside the SR (${info.parentCandidates.join(', ')})`);
   }
   return {
-    uuid, path: p, vhdUuid: info.uuid, type: info.type, hidden: info.hidden, virtualSize: info.virtualSize,
-    parentUuid, parentVhdUuid: info.parentUuid, size: st.size, allocated: st.blocks * 512,
+    uuid,
+    path: p,
+    vhdUuid: info.uuid,
+    type: info.type,
+    hidden: info.hidden,
+    virtualSize: info.virtualSize,
+    parentUuid,
+    parentVhdUuid: info.parentUuid,
+    size: st.size,
+    allocated: st.blocks * 512,
   };
 }
 
@@ -98,9 +109,15 @@ export function buildTree(nodes: VhdNode[]): VhdTree {
   const roots: VhdNode[] = [];
   const orphans: VhdNode[] = [];
   for (const n of nodes) {
-    if (n.parentUuid === null) { roots.push(n); continue; }
+    if (n.parentUuid === null) {
+      roots.push(n);
+      continue;
+    }
     const p = byUuid.get(n.parentUuid);
-    if (!p || p.vhdUuid !== n.parentVhdUuid) { orphans.push(n); continue; }
+    if (!p || p.vhdUuid !== n.parentVhdUuid) {
+      orphans.push(n);
+      continue;
+    }
     children.get(p.uuid)!.push(n);
   }
   const leaves = nodes.filter((n) => children.get(n.uuid)!.length === 0);

@@ -26,9 +26,23 @@ const BLOCK = 2 * 1024 * 1024;
 const MAX_SIZE = format.MAX_VHD_SIZE;
 
 export const VHD_FEATURES: Readonly<Record<string, number>> = {
-  SR_PROBE: 1, SR_UPDATE: 1, SR_SUPPORTS_LOCAL_CACHING: 1, VDI_CREATE: 1, VDI_DELETE: 1, VDI_ATTACH: 1,
-  VDI_DETACH: 1, VDI_UPDATE: 1, VDI_CLONE: 1, VDI_SNAPSHOT: 1, VDI_RESIZE: 1, VDI_GENERATE_CONFIG: 1,
-  VDI_MIRROR: 1, VDI_RESET_ON_BOOT: 2, VDI_CONFIG_CBT: 1, ATOMIC_PAUSE: 1, THIN_PROVISIONING: 1,
+  SR_PROBE: 1,
+  SR_UPDATE: 1,
+  SR_SUPPORTS_LOCAL_CACHING: 1,
+  VDI_CREATE: 1,
+  VDI_DELETE: 1,
+  VDI_ATTACH: 1,
+  VDI_DETACH: 1,
+  VDI_UPDATE: 1,
+  VDI_CLONE: 1,
+  VDI_SNAPSHOT: 1,
+  VDI_RESIZE: 1,
+  VDI_GENERATE_CONFIG: 1,
+  VDI_MIRROR: 1,
+  VDI_RESET_ON_BOOT: 2,
+  VDI_CONFIG_CBT: 1,
+  ATOMIC_PAUSE: 1,
+  THIN_PROVISIONING: 1,
 };
 
 interface SrMeta {
@@ -64,7 +78,8 @@ export class FileSrDriver implements SmDriver {
     const key = this.type === 'ext' ? 'device' : this.type === 'file' ? 'location' : 'serverpath';
     const v = deviceConfig[key];
     if (!v) throw new SmError('SR_BACKEND_FAILURE_1', ['', `The request is missing the ${key} parameter`, '']);
-    if (this.type === 'nfs' && !deviceConfig.server) throw new SmError('SR_BACKEND_FAILURE_1', ['', 'The request is missing the server parameter', '']);
+    if (this.type === 'nfs' && !deviceConfig.server)
+      throw new SmError('SR_BACKEND_FAILURE_1', ['', 'The request is missing the server parameter', '']);
     return v;
   }
 
@@ -342,7 +357,10 @@ export class FileSrDriver implements SmDriver {
       }
       for (const name of names.filter((n) => n.startsWith('snapshot-') && n.endsWith('.json'))) {
         const j = JSON.parse(await readFile(join(jdir, name), 'utf8')) as { leaf: string; parent: string; fresh: string };
-        const moved = await stat(this.file(sr, j.parent)).then(() => true, () => false);
+        const moved = await stat(this.file(sr, j.parent)).then(
+          () => true,
+          () => false,
+        );
         const leaf = await readNode(this.dir(sr), j.leaf).catch(() => undefined);
         if (moved && leaf?.parentUuid !== j.parent) await this.finishSnapshot(sr, j.leaf, j.parent);
         // The new leaf was never reported to xapi: nothing refers to it.
@@ -373,4 +391,3 @@ export class FileSrDriver implements SmDriver {
     };
   }
 }
-

@@ -89,7 +89,6 @@ const JOURNAL_DIR = '.journal';
 const MAX_PASSES = 10_000;
 const running = new Set<string>();
 
-
 function journalPath(dir: string, node: string): string {
   return path.join(dir, JOURNAL_DIR, `${node}.json`);
 }
@@ -136,7 +135,10 @@ async function readJournals(dir: string): Promise<Journal[]> {
     if (n.startsWith('snapshot-')) continue;
     const p = path.join(jdir, n);
     // A journal update that never got renamed into place: the previous state stands.
-    if (GC_JOURNAL_TMP.test(n)) { await unlink(p).catch(() => undefined); continue; }
+    if (GC_JOURNAL_TMP.test(n)) {
+      await unlink(p).catch(() => undefined);
+      continue;
+    }
     if (!GC_JOURNAL.test(n)) continue; // another writer's (the driver's snapshot journals)
     out.push(JSON.parse(await readFile(p, 'utf8')) as Journal);
   }
@@ -195,7 +197,9 @@ export interface RecoverOptions {
 export async function recoverJournals(dir: string, opts: RecoverOptions = {}): Promise<GcReport['recovered']> {
   const lock = opts.lock ?? (<T>(fn: () => Promise<T>) => fn());
   const log = opts.log ?? (() => undefined);
-  const point = async (n: string) => { await opts.crashPoint?.(`recover:${n}`); };
+  const point = async (n: string) => {
+    await opts.crashPoint?.(`recover:${n}`);
+  };
   // One lock hold for the whole recovery: the journals are read under it, and each step is short.
   return lock(async () => {
     const out: GcReport['recovered'] = [];
@@ -211,7 +215,12 @@ export async function recoverJournals(dir: string, opts: RecoverOptions = {}): P
 }
 
 /** Finishes or undoes one journalled step (under the SR lock). */
-async function recoverOne(dir: string, j: Journal, isUsed: (uuid: string) => boolean, point: (n: string) => Promise<void>): Promise<GcReport['recovered'][number]['action']> {
+async function recoverOne(
+  dir: string,
+  j: Journal,
+  isUsed: (uuid: string) => boolean,
+  point: (n: string) => Promise<void>,
+): Promise<GcReport['recovered'][number]['action']> {
   const parentPath = vhdPath(dir, j.parent);
   const nodePath = vhdPath(dir, j.node);
   if (j.phase === 'copy') {
@@ -254,7 +263,10 @@ async function recoverOne(dir: string, j: Journal, isUsed: (uuid: string) => boo
 /** Nodes named by journals still pending: never picked by a pass until recovery finishes them. Under the SR lock. */
 async function busyNodes(dir: string): Promise<Set<string>> {
   const s = new Set<string>();
-  for (const j of await readJournals(dir)) { s.add(j.node); s.add(j.parent); }
+  for (const j of await readJournals(dir)) {
+    s.add(j.node);
+    s.add(j.parent);
+  }
   return s;
 }
 
@@ -304,13 +316,18 @@ export async function runGc(dir: string, opts: GcOptions): Promise<GcReport> {
 
 async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
   const log = opts.log ?? (() => undefined);
-  const point = async (n: string) => { await opts.crashPoint?.(n); };
+  const point = async (n: string) => {
+    await opts.crashPoint?.(n);
+  };
   const report: GcReport = { garbage: [], coalesced: [], leafCoalesced: [], recovered: [], passes: 0, aborted: false };
   report.recovered = await recoverJournals(dir, { lock: opts.lock, inUse: opts.inUse, log, crashPoint: opts.crashPoint });
   const aborted = () => opts.signal?.aborted === true;
 
   while (report.passes < MAX_PASSES) {
-    if (aborted()) { report.aborted = true; break; }
+    if (aborted()) {
+      report.aborted = true;
+      break;
+    }
     report.passes++;
     let changed = false;
 
@@ -339,7 +356,11 @@ async function gcLoop(dir: string, opts: GcOptions): Promise<GcReport> {
     // (b) then (c): one step per pass, from a fresh scan, since each step reshapes the tree.
     // Read under the lock: a snapshot half done (leaf renamed, its journal being written) is
     // not a tree to plan from. The step itself re-checks its choice under the lock.
-    const { tree, busy, used } = await opts.lock(async () => ({ tree: await scan(dir), busy: await busyNodes(dir), used: await opts.inUse() }));
+    const { tree, busy, used } = await opts.lock(async () => ({
+      tree: await scan(dir),
+      busy: await busyNodes(dir),
+      used: await opts.inUse(),
+    }));
     const isUsed = (u: string) => used.has(u);
     let did = false;
     // Root-most candidates first (deterministic; each merge also shortens every chain below it).
@@ -398,10 +419,12 @@ async function coalesceNonLeaf(dir: string, c: string, p: string, opts: GcOption
   log(`GC: coalescing ${c} into ${p}`);
   try {
     await copyPhase(dir, c, async () => {
-      await withVhd(vhdPath(dir, c), true, (child) => withVhd(vhdPath(dir, p), false, async (parent) => {
-        await coalesceInto(child, parent, { signal: opts.signal, onRun: () => point('coalesce:copy-run') });
-        await parent.sync(); // the data must be durable before any child is pointed at it
-      }));
+      await withVhd(vhdPath(dir, c), true, (child) =>
+        withVhd(vhdPath(dir, p), false, async (parent) => {
+          await coalesceInto(child, parent, { signal: opts.signal, onRun: () => point('coalesce:copy-run') });
+          await parent.sync(); // the data must be durable before any child is pointed at it
+        }),
+      );
     });
   } catch (e) {
     if (isAbort(e, opts.signal)) return false;
@@ -442,17 +465,27 @@ async function coalesceLeaf(dir: string, l: string, p: string, opts: GcOptions, 
     log(`GC: leaf-coalescing ${l} into ${p}`);
     try {
       await copyPhase(dir, l, async () => {
-        await withVhd(leafPath, true, (leaf) => withVhd(parentPath, false, async (parent) => {
-          await coalesceInto(leaf, parent, { signal: opts.signal, onRun: () => point('leaf:copy-run') });
-          await parent.sync();
-        }));
+        await withVhd(leafPath, true, (leaf) =>
+          withVhd(parentPath, false, async (parent) => {
+            await coalesceInto(leaf, parent, { signal: opts.signal, onRun: () => point('leaf:copy-run') });
+            await parent.sync();
+          }),
+        );
       });
     } catch (e) {
       if (isAbort(e, opts.signal)) return false;
       throw e;
     }
     await point('leaf:copied');
-    await writeJournal(dir, { v: 1, op: 'leaf', node: l, parent: p, phase: 'commit', time: new Date().toISOString(), ...(await fingerprint(leafPath)) });
+    await writeJournal(dir, {
+      v: 1,
+      op: 'leaf',
+      node: l,
+      parent: p,
+      phase: 'commit',
+      time: new Date().toISOString(),
+      ...(await fingerprint(leafPath)),
+    });
     await point('leaf:journal-commit');
     // Un-hide before the rename: once renamed, `<l>.vhd` is complete even if the journal were lost.
     await withVhd(parentPath, false, (v) => v.setHidden(false));

@@ -6,7 +6,15 @@ import { open as fsOpen, readdir, rm, stat, statfs, truncate } from 'node:fs/pro
 import { basename, join } from 'node:path';
 import { SmError, type OpenDisk, type SmDriver, type SrContext, type SrStat, type VdiInfo } from './driver.js';
 
-const FEATURES: Readonly<Record<string, number>> = { VDI_CREATE: 1, VDI_DELETE: 1, VDI_ATTACH: 1, VDI_DETACH: 1, SR_SCAN: 1, SR_ATTACH: 1, SR_DETACH: 1 };
+const FEATURES: Readonly<Record<string, number>> = {
+  VDI_CREATE: 1,
+  VDI_DELETE: 1,
+  VDI_ATTACH: 1,
+  VDI_DETACH: 1,
+  SR_SCAN: 1,
+  SR_ATTACH: 1,
+  SR_DETACH: 1,
+};
 
 /** An ISO file name: a plain name in the library directory, nothing that walks out of it. */
 const isIsoName = (n: string) => n.toLowerCase().endsWith('.iso') && n === basename(n) && !n.startsWith('.') && !n.includes('\\');
@@ -27,8 +35,12 @@ export class IsoSrDriver implements SmDriver {
   }
 
   private async assertDir(dir: string): Promise<void> {
-    const ok = await stat(dir).then((s) => s.isDirectory(), () => false);
-    if (!ok) throw new SmError('SR_BACKEND_FAILURE_222', ['', `Could not mount the directory specified in Device Configuration [${dir}]`, '']);
+    const ok = await stat(dir).then(
+      (s) => s.isDirectory(),
+      () => false,
+    );
+    if (!ok)
+      throw new SmError('SR_BACKEND_FAILURE_222', ['', `Could not mount the directory specified in Device Configuration [${dir}]`, '']);
   }
 
   async create(sr: SrContext): Promise<Record<string, string>> {

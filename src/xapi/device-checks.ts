@@ -103,11 +103,21 @@ const VBD_PARALLEL: readonly vbd_operations[] = ['pause', 'unpause'];
  * The VBD operations table. `sharingChecks` adds the checks against other VBDs of the same disk,
  * which xapi makes when asserting an operation but not when recomputing allowed_operations.
  */
-export async function vbdOperations(db: Db, ref: Ref<'VBD'>, vbd: Row<'VBD'>, sharingChecks: boolean): Promise<OperationTable<vbd_operations>> {
+export async function vbdOperations(
+  db: Db,
+  ref: Ref<'VBD'>,
+  vbd: Row<'VBD'>,
+  sharingChecks: boolean,
+): Promise<OperationTable<vbd_operations>> {
   const table = new OperationTable(VBD_OPS);
   const current = sortedOperations(vbd.current_operations);
   const busy = (entry: [string, vbd_operations]) => ['VBD', ref, entry[1], entry[0]];
-  if (current.length > 0) table.refuse('OTHER_OPERATION_IN_PROGRESS', busy(current[0]!), VBD_OPS.filter((o) => !VBD_PARALLEL.includes(o)));
+  if (current.length > 0)
+    table.refuse(
+      'OTHER_OPERATION_IN_PROGRESS',
+      busy(current[0]!),
+      VBD_OPS.filter((o) => !VBD_PARALLEL.includes(o)),
+    );
   const serial = current.find(([, op]) => !VBD_PARALLEL.includes(op));
   if (serial) table.refuse('OTHER_OPERATION_IN_PROGRESS', busy(serial), ['pause']);
   const blocksUnpause = current.find(([, op]) => op !== 'attach' && !VBD_PARALLEL.includes(op));
@@ -129,7 +139,8 @@ export async function vbdOperations(db: Db, ref: Ref<'VBD'>, vbd: Row<'VBD'>, sh
       plug: 'plug',
       unplug: ['unplug', 'unplug_force'],
       // A paused VM's disks may still be paused and unpaused.
-      badPowerState: vm.power_state === 'Paused' ? ['plug', 'unplug', 'unplug_force'] : ['pause', 'unpause', 'plug', 'unplug', 'unplug_force'],
+      badPowerState:
+        vm.power_state === 'Paused' ? ['plug', 'unplug', 'unplug_force'] : ['pause', 'unpause', 'plug', 'unplug', 'unplug_force'],
       hotplug: ['plug', 'unplug', 'unplug_force'],
       blockedByVm: ['plug', 'unplug'],
     },
@@ -137,7 +148,11 @@ export async function vbdOperations(db: Db, ref: Ref<'VBD'>, vbd: Row<'VBD'>, sh
     'VBD',
   );
   if (vm.power_state === 'Running' && vbd.type === 'CD' && (await currentDomainType(db, vm)) === 'hvm') {
-    table.refuse('OPERATION_NOT_ALLOWED', ['HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected'], ['plug', 'unplug', 'unplug_force']);
+    table.refuse(
+      'OPERATION_NOT_ALLOWED',
+      ['HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected'],
+      ['plug', 'unplug', 'unplug_force'],
+    );
   }
   if (vbd.type === 'CD' && vm.power_state === 'Suspended') {
     table.refuse('VM_BAD_POWER_STATE', [vbd.VM, 'halted, running', 'suspended'], ['insert', 'eject']);
@@ -179,7 +194,11 @@ export async function vifOperations(db: Db, ref: Ref<'VIF'>, vif: Row<'VIF'>): P
   if (current.length > 0) {
     // Every operation and every task, newest first, each list in braces.
     const list = (xs: string[]) => `{${xs.reverse().join('; ')}}`;
-    table.refuse('OTHER_OPERATION_IN_PROGRESS', ['VIF', ref, list(current.map(([, op]) => op)), list(current.map(([task]) => task))], VIF_OPS);
+    table.refuse(
+      'OTHER_OPERATION_IN_PROGRESS',
+      ['VIF', ref, list(current.map(([, op]) => op)), list(current.map(([task]) => task))],
+      VIF_OPS,
+    );
   }
   const vm = await db.get('VM', vif.VM);
   if (await isDomainZero(db, vif.VM, vm)) table.refuse('OPERATION_NOT_ALLOWED', ['Control domain does not support hotplug'], ['plug']);

@@ -82,7 +82,11 @@ export function validUserdevice(name: string, type: 'CD' | 'Disk' | 'Floppy'): b
 }
 
 /** The devices a new VBD of `type` may take (allowed_VBD_devices before removing those in use). */
-export function candidateDevices(type: 'CD' | 'Disk' | 'Floppy', hvm: boolean, controlDomain: boolean): DeviceNumber[] | 'floppy-unsupported' {
+export function candidateDevices(
+  type: 'CD' | 'Disk' | 'Floppy',
+  hvm: boolean,
+  controlDomain: boolean,
+): DeviceNumber[] | 'floppy-unsupported' {
   const range = (hvmNumbering: boolean, last: number) =>
     Array.from({ length: last + 1 }, (_, n) => ofDiskNumber(hvmNumbering, n)).filter((d): d is DeviceNumber => d !== undefined);
   if (type === 'Floppy') return hvm ? [0, 1].map((disk) => makeDevice('Floppy', disk, 0)!) : 'floppy-unsupported';

@@ -42,8 +42,7 @@ function parseSubscriptions(entries: string[]): Subscription {
 
 function matcher(host: HostContext, sub: Subscription): (cls: string, ref: string) => boolean {
   return (cls, ref) =>
-    host.schema.byLower.get(cls)?.genEvents === true &&
-    (sub.all || sub.classes.has(cls) || sub.objects.has(`${cls}/${ref}`));
+    host.schema.byLower.get(cls)?.genEvents === true && (sub.all || sub.classes.has(cls) || sub.objects.has(`${cls}/${ref}`));
 }
 
 /** What can wake this watcher (null = anything): its classes, its objects, and the end of its session. */
@@ -222,9 +221,7 @@ export class EventService {
 }
 
 export function register(r: Registry, events: EventService): void {
-  r.implement('event.from', (call, [classes, token, timeout]) =>
-    events.from(call, classes, token, timeout),
-  )
+  r.implement('event.from', (call, [classes, token, timeout]) => events.from(call, classes, token, timeout))
     .implement('event.register', (call, [classes]) => events.register(call, classes))
     .implement('event.unregister', (call, [classes]) => events.unregister(call, classes))
     .implement('event.next', (call) => events.next(call))

@@ -56,7 +56,9 @@ export async function assertEnoughMemory(call: Call, ref: string, vm: Row<'VM'>,
 }
 
 /** The memory fields the setters write (memory_target follows dynamic_min, as xapi keeps it). */
-type MemoryLimits = Partial<Pick<VM_record, 'memory_static_min' | 'memory_static_max' | 'memory_dynamic_min' | 'memory_dynamic_max' | 'memory_target'>>;
+type MemoryLimits = Partial<
+  Pick<VM_record, 'memory_static_min' | 'memory_static_max' | 'memory_dynamic_min' | 'memory_dynamic_max' | 'memory_target'>
+>;
 
 /**
  * assert_valid_for_current_context: the order static_min <= dynamic_min <= dynamic_max <=
@@ -98,7 +100,13 @@ export function register(r: Registry, sync: XenopsSync): void {
   };
 
   const setLimits = (call: Call, ref: string, smin: number, smax: number, dmin: number, dmax: number) =>
-    setStatic(call, ref, { memory_static_min: smin, memory_static_max: smax, memory_dynamic_min: dmin, memory_dynamic_max: dmax, memory_target: dmin });
+    setStatic(call, ref, {
+      memory_static_min: smin,
+      memory_static_max: smax,
+      memory_dynamic_min: dmin,
+      memory_dynamic_max: dmax,
+      memory_target: dmin,
+    });
 
   const setStaticRange = (call: Call, ref: string, min: number, max: number) =>
     withVmOperation(call, ref, 'changing_static_range', () => setStatic(call, ref, { memory_static_min: min, memory_static_max: max }));
@@ -136,7 +144,8 @@ export function register(r: Registry, sync: XenopsSync): void {
       try {
         await local();
       } catch (e) {
-        if (reserved) await db.update('VM', ref, { memory_dynamic_min: before.memory_dynamic_min, memory_dynamic_max: before.memory_dynamic_max });
+        if (reserved)
+          await db.update('VM', ref, { memory_dynamic_min: before.memory_dynamic_min, memory_dynamic_max: before.memory_dynamic_max });
         throw e;
       }
     });
@@ -178,7 +187,8 @@ export function register(r: Registry, sync: XenopsSync): void {
     // Not an operation in xapi: no power-state rule, no current_operations entry.
     .implement('VM.set_VCPUs_at_startup', async (call, [self, value]) => {
       const vm = await call.db.get('VM', self);
-      if (await isDomainZero(call.db, self, vm)) throw new XapiError('OPERATION_NOT_ALLOWED', ['set_VCPUs_at_startup is not allowed on dom0']);
+      if (await isDomainZero(call.db, self, vm))
+        throw new XapiError('OPERATION_NOT_ALLOWED', ['set_VCPUs_at_startup is not allowed on dom0']);
       if (value < 1 || value > vm.VCPUs_max) throw new XapiError('INVALID_VALUE', [VCPU_RULE, String(value)]);
       await call.db.update('VM', self, { VCPUs_at_startup: value, memory_overhead: vmOverhead({ ...vm, VCPUs_at_startup: value }) });
     })

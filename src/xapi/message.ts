@@ -60,9 +60,7 @@ export function register(r: Registry): void {
     })
     .implement('message.get_all', async (call) => (await call.db.all('message')).map(([ref]) => ref))
     .implement('message.get_all_records', async (call) => Object.fromEntries(await call.db.all('message')))
-    .implement('message.get_all_records_where', async (call, [expr]) =>
-      Object.fromEntries(await rowsWhere(call, 'message', expr)),
-    )
+    .implement('message.get_all_records_where', async (call, [expr]) => Object.fromEntries(await rowsWhere(call, 'message', expr)))
     .implement('message.get_since', async (call, [t]) => Object.fromEntries(since(await call.db.all('message'), t)))
     .implement('message.get', async (call, [c, objUuid, t]) =>
       Object.fromEntries(since(await call.db.find('message', { cls: c, obj_uuid: objUuid }), t)),

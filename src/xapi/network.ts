@@ -124,5 +124,7 @@ export class NetworkService {
 }
 
 export function register(r: Registry, svc: NetworkService): void {
-  r.implement('network.create', (call, [record]) => svc.create(call, record)).implement('network.destroy', (call, [self]) => svc.destroy(call, self));
+  r.implement('network.create', (call, [record]) => svc.create(call, record)).implement('network.destroy', (call, [self]) =>
+    svc.destroy(call, self),
+  );
 }

@@ -65,14 +65,22 @@ export function register(r: Registry, storage: Storage): void {
       const existing = await call.db.find('PBD', { SR: sr, host });
       if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
       const ref = newRef();
-      await call.db.create('PBD', ref, { uuid: randomUUID(), host, SR: sr, device_config: dc, currently_attached: false, other_config: rec.other_config ?? {} });
+      await call.db.create('PBD', ref, {
+        uuid: randomUUID(),
+        host,
+        SR: sr,
+        device_config: dc,
+        currently_attached: false,
+        other_config: rec.other_config ?? {},
+      });
       return ref;
     });
   })
     .implement('PBD.destroy', async (call, [self]) => {
       const pbd = await call.db.get('PBD', self);
       await storage.withOp(call, { sr: [pbd.SR, 'pbd_destroy'] }, async () => {
-        if ((await call.db.get('PBD', self)).currently_attached) throw new XapiError('OPERATION_NOT_ALLOWED', ['PBD is currently attached']);
+        if ((await call.db.get('PBD', self)).currently_attached)
+          throw new XapiError('OPERATION_NOT_ALLOWED', ['PBD is currently attached']);
         await call.db.destroy('PBD', self);
       });
     })
@@ -82,7 +90,9 @@ export function register(r: Registry, storage: Storage): void {
     })
     .implement('PBD.unplug', async (call, [self]) => {
       const pbd = await call.db.get('PBD', self);
-      await storage.withOp(call, { sr: [pbd.SR, 'unplug'], precheck: () => assertVdisIdle(storage, pbd.SR) }, () => unplugPbd(storage, self));
+      await storage.withOp(call, { sr: [pbd.SR, 'unplug'], precheck: () => assertVdisIdle(storage, pbd.SR) }, () =>
+        unplugPbd(storage, self),
+      );
     })
     .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', self, { device_config: value }));
 }

@@ -19,7 +19,14 @@ const BLOCKING: [Op, string][] = [
   ['sync_updates', 'SYNC_UPDATES_IN_PROGRESS'],
   ['apply_updates', 'APPLY_UPDATES_IN_PROGRESS'],
 ];
-const WAITING: Op[] = ['cert_refresh', 'exchange_certificates_on_join', 'exchange_ca_certificates_on_join', 'copy_primary_host_certs', 'eject', 'get_updates'];
+const WAITING: Op[] = [
+  'cert_refresh',
+  'exchange_certificates_on_join',
+  'exchange_ca_certificates_on_join',
+  'copy_primary_host_certs',
+  'eject',
+  'get_updates',
+];
 /** xapi's all_operations: blocking then waiting; allowed_operations keeps this order. */
 const ALL: Op[] = [...BLOCKING.map(([op]) => op), ...WAITING];
 
@@ -34,7 +41,11 @@ export async function poolOperationErrors(db: Db, ref: string, pool: Row<'pool'>
   const waiting = current.find(([, c]) => WAITING.includes(c));
   const inProgress = ['OTHER_OPERATION_IN_PROGRESS', ['pool', ref, ...(waiting ? [waiting[1], waiting[0]] : [])]] as const;
   if (blocking) {
-    setErrors(BLOCKING.map(([op]) => op), blocking[1], []);
+    setErrors(
+      BLOCKING.map(([op]) => op),
+      blocking[1],
+      [],
+    );
     setErrors(WAITING, inProgress[0], [...inProgress[1]]);
   } else if (waiting) {
     setErrors(ALL, inProgress[0], [...inProgress[1]]);

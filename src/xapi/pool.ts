@@ -31,7 +31,10 @@ async function licenseState(call: Call): Promise<Record<string, string>> {
       if (!date) throw new XapiError('INTERNAL_ERROR', [`Invalid_argument("Clock__Date.of_iso8601: ${text}")`]);
       return date.getTime();
     });
-  const earliest = expiries.reduce<number | undefined>((min, t) => (t === undefined ? min : min === undefined || t < min ? t : min), undefined);
+  const earliest = expiries.reduce<number | undefined>(
+    (min, t) => (t === undefined ? min : min === undefined || t < min ? t : min),
+    undefined,
+  );
   const expiry = earliest === undefined || earliest === NEVER ? 'never' : formatDateTime(new Date(earliest));
   return { edition, expiry };
 }

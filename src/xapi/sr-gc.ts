@@ -47,7 +47,8 @@ export class SrGc {
     for (const ref of sr?.VDIs ?? []) {
       const vdi = await db.tryGet('VDI', ref);
       if (!vdi) continue;
-      const busy = vdi.on_boot === 'reset' || Object.keys(vdi.current_operations).length > 0 || this.writers.has(ref) || (await this.usedByVm(vdi));
+      const busy =
+        vdi.on_boot === 'reset' || Object.keys(vdi.current_operations).length > 0 || this.writers.has(ref) || (await this.usedByVm(vdi));
       if (busy) used.add(vdi.location);
     }
     return used;
@@ -103,7 +104,10 @@ export class SrGc {
         await this.host.db.commit();
       }
     });
-    this.running.set(srRef, run.catch(() => undefined));
+    this.running.set(
+      srRef,
+      run.catch(() => undefined),
+    );
     return run;
   }
 

@@ -75,7 +75,11 @@ export async function updateSrStats(storage: Storage, srRef: string): Promise<vo
     const v = await db.tryGet('VDI', ref);
     if (v) allocation += v.virtual_size;
   }
-  await db.update('SR', srRef, { physical_size: st.physicalSize, physical_utilisation: st.physicalUtilisation, virtual_allocation: allocation });
+  await db.update('SR', srRef, {
+    physical_size: st.physicalSize,
+    physical_utilisation: st.physicalUtilisation,
+    virtual_allocation: allocation,
+  });
 }
 
 /**

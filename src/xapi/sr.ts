@@ -7,7 +7,6 @@ import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 import { plugPbd } from './pbd.js';
 
-
 export interface SrSpec {
   host: string;
   deviceConfig: Record<string, string>;
@@ -30,7 +29,8 @@ export async function createSr(storage: Storage, spec: SrSpec): Promise<string> 
   const db = storage.host.db;
   const type = spec.type.toLowerCase();
   const driver = storage.driver(type);
-  if ('SRmaster' in spec.deviceConfig) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', spec.deviceConfig.SRmaster!, 'This key is for internal use only']);
+  if ('SRmaster' in spec.deviceConfig)
+    throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', spec.deviceConfig.SRmaster!, 'This key is for internal use only']);
   await db.get('host', spec.host);
   const srRef = newRef();
   const uuid = randomUUID();
@@ -51,7 +51,14 @@ export async function createSr(storage: Storage, spec: SrSpec): Promise<string> 
   const pbds: string[] = [];
   for (const host of hosts) {
     const pbd = newRef();
-    await db.create('PBD', pbd, { uuid: randomUUID(), host, SR: srRef, device_config: spec.deviceConfig, currently_attached: false, other_config: {} });
+    await db.create('PBD', pbd, {
+      uuid: randomUUID(),
+      host,
+      SR: srRef,
+      device_config: spec.deviceConfig,
+      currently_attached: false,
+      other_config: {},
+    });
     pbds.push(pbd);
   }
   let deviceConfig: Record<string, string>;
@@ -74,23 +81,32 @@ export async function createSr(storage: Storage, spec: SrSpec): Promise<string> 
 }
 
 export function register(r: Registry, storage: Storage): void {
-  r.implement('SR.create', async (_call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig]) =>
-    createSr(storage, {
-      host,
-      deviceConfig,
-      physicalSize,
-      nameLabel,
-      nameDescription,
-      type,
-      contentType,
-      shared: shared === true,
-      smConfig,
-    }),
+  r.implement(
+    'SR.create',
+    async (_call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig]) =>
+      createSr(storage, {
+        host,
+        deviceConfig,
+        physicalSize,
+        nameLabel,
+        nameDescription,
+        type,
+        contentType,
+        shared: shared === true,
+        smConfig,
+      }),
   )
     .implement('SR.make', async (call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, smConfig]) => {
       const ref = await createSr(storage, {
-        host, deviceConfig, physicalSize, nameLabel,
-        nameDescription, type, contentType, shared: false, smConfig,
+        host,
+        deviceConfig,
+        physicalSize,
+        nameLabel,
+        nameDescription,
+        type,
+        contentType,
+        shared: false,
+        smConfig,
       });
       return (await call.db.get('SR', ref)).uuid;
     })
@@ -99,9 +115,17 @@ export function register(r: Registry, storage: Storage): void {
       if (await call.db.refByUuid('SR', id)) throw new XapiError('SR_UUID_EXISTS', [id]);
       const ref = newRef();
       await call.db.create('SR', ref, {
-        uuid: id, name_label: nameLabel, name_description: nameDescription, type: type.toLowerCase(),
-        content_type: contentType, shared: shared === true, sm_config: smConfig, other_config: {},
-        physical_size: -1, physical_utilisation: -1, virtual_allocation: 0,
+        uuid: id,
+        name_label: nameLabel,
+        name_description: nameDescription,
+        type: type.toLowerCase(),
+        content_type: contentType,
+        shared: shared === true,
+        sm_config: smConfig,
+        other_config: {},
+        physical_size: -1,
+        physical_utilisation: -1,
+        virtual_allocation: 0,
       });
       await storage.updateSrAllowed(ref);
       return ref;
@@ -109,7 +133,8 @@ export function register(r: Registry, storage: Storage): void {
     .implement('SR.probe', async (_call, [host, deviceConfig, type]) => {
       await storage.host.db.get('host', host);
       const driver = storage.driver(type);
-      if (!('SR_PROBE' in driver.features)) throw new XapiError('SR_BACKEND_FAILURE', ["Operation 'sr_probe' not supported by this SR type", '', '']);
+      if (!('SR_PROBE' in driver.features))
+        throw new XapiError('SR_BACKEND_FAILURE', ["Operation 'sr_probe' not supported by this SR type", '', '']);
       return storage.sm('', () => driver.probe(deviceConfig));
     })
     .implement('SR.probe_ext', async (_call, [, , type]) => {

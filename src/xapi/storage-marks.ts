@@ -53,7 +53,13 @@ export async function withStorageOp<T>(host: HostContext, call: Call, target: St
   }
 }
 
-async function mark(host: HostContext, cls: 'SR' | 'VDI', ref: string, task: string, op: storage_operations | vdi_operations | undefined): Promise<void> {
+async function mark(
+  host: HostContext,
+  cls: 'SR' | 'VDI',
+  ref: string,
+  task: string,
+  op: storage_operations | vdi_operations | undefined,
+): Promise<void> {
   // Either class: the same field, written through the database's by-name face.
   const db = untyped(host.db);
   const row = await db.tryGet(cls, ref);

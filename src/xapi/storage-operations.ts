@@ -10,44 +10,124 @@ import { compareVariants, hashtblFoldOrder } from './ocaml-order.js';
 
 /** xapi's SR all_ops, in its order (vdi_revert is not an operation of this datamodel version). */
 const SR_ALL_OPS = [
-  'scan', 'destroy', 'forget', 'plug', 'unplug', 'vdi_create', 'vdi_destroy', 'vdi_resize', 'vdi_clone', 'vdi_snapshot',
-  'vdi_mirror', 'vdi_enable_cbt', 'vdi_disable_cbt', 'vdi_data_destroy', 'vdi_list_changed_blocks', 'vdi_set_on_boot',
-  'vdi_introduce', 'vdi_revert', 'update', 'pbd_create', 'pbd_destroy',
+  'scan',
+  'destroy',
+  'forget',
+  'plug',
+  'unplug',
+  'vdi_create',
+  'vdi_destroy',
+  'vdi_resize',
+  'vdi_clone',
+  'vdi_snapshot',
+  'vdi_mirror',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
+  'vdi_list_changed_blocks',
+  'vdi_set_on_boot',
+  'vdi_introduce',
+  'vdi_revert',
+  'update',
+  'pbd_create',
+  'pbd_destroy',
 ] as const;
 /** The order of SR.allowed_operations: xapi's Hashtbl of all_ops, folded. */
 const SR_LIST_ORDER = hashtblFoldOrder(SR_ALL_OPS, 10) as storage_operations[];
 
 /** The SR operations older releases know; the others are refused during a rolling upgrade. */
 const SR_RPU_OPS = new Set<string>([
-  'scan', 'destroy', 'forget', 'plug', 'unplug', 'vdi_create', 'vdi_destroy', 'vdi_resize', 'vdi_clone', 'vdi_snapshot',
-  'vdi_introduce', 'update', 'pbd_create', 'pbd_destroy',
+  'scan',
+  'destroy',
+  'forget',
+  'plug',
+  'unplug',
+  'vdi_create',
+  'vdi_destroy',
+  'vdi_resize',
+  'vdi_clone',
+  'vdi_snapshot',
+  'vdi_introduce',
+  'update',
+  'pbd_create',
+  'pbd_destroy',
 ]);
 
 /** sm_cap_table: the SM feature an SR operation needs (the others need none). */
 const SR_FEATURE: Partial<Record<storage_operations, string>> = {
-  vdi_create: 'VDI_CREATE', vdi_destroy: 'VDI_DELETE', vdi_resize: 'VDI_RESIZE', vdi_introduce: 'VDI_INTRODUCE',
-  vdi_mirror: 'VDI_MIRROR', vdi_enable_cbt: 'VDI_CONFIG_CBT', vdi_disable_cbt: 'VDI_CONFIG_CBT',
-  vdi_data_destroy: 'VDI_CONFIG_CBT', vdi_list_changed_blocks: 'VDI_CONFIG_CBT', vdi_set_on_boot: 'VDI_RESET_ON_BOOT',
-  update: 'SR_UPDATE', vdi_snapshot: 'VDI_SNAPSHOT',
+  vdi_create: 'VDI_CREATE',
+  vdi_destroy: 'VDI_DELETE',
+  vdi_resize: 'VDI_RESIZE',
+  vdi_introduce: 'VDI_INTRODUCE',
+  vdi_mirror: 'VDI_MIRROR',
+  vdi_enable_cbt: 'VDI_CONFIG_CBT',
+  vdi_disable_cbt: 'VDI_CONFIG_CBT',
+  vdi_data_destroy: 'VDI_CONFIG_CBT',
+  vdi_list_changed_blocks: 'VDI_CONFIG_CBT',
+  vdi_set_on_boot: 'VDI_RESET_ON_BOOT',
+  update: 'SR_UPDATE',
+  vdi_snapshot: 'VDI_SNAPSHOT',
 };
 
 /** feature_of_op: the SM feature a VDI operation needs. */
 const VDI_FEATURE: Partial<Record<vdi_operations, string>> = {
-  snapshot: 'VDI_SNAPSHOT', destroy: 'VDI_DELETE', resize: 'VDI_RESIZE', update: 'VDI_UPDATE', resize_online: 'VDI_RESIZE_ONLINE',
-  generate_config: 'VDI_GENERATE_CONFIG', clone: 'VDI_CLONE', mirror: 'VDI_MIRROR', enable_cbt: 'VDI_CONFIG_CBT',
-  disable_cbt: 'VDI_CONFIG_CBT', data_destroy: 'VDI_CONFIG_CBT', list_changed_blocks: 'VDI_CONFIG_CBT', set_on_boot: 'VDI_RESET_ON_BOOT',
+  snapshot: 'VDI_SNAPSHOT',
+  destroy: 'VDI_DELETE',
+  resize: 'VDI_RESIZE',
+  update: 'VDI_UPDATE',
+  resize_online: 'VDI_RESIZE_ONLINE',
+  generate_config: 'VDI_GENERATE_CONFIG',
+  clone: 'VDI_CLONE',
+  mirror: 'VDI_MIRROR',
+  enable_cbt: 'VDI_CONFIG_CBT',
+  disable_cbt: 'VDI_CONFIG_CBT',
+  data_destroy: 'VDI_CONFIG_CBT',
+  list_changed_blocks: 'VDI_CONFIG_CBT',
+  set_on_boot: 'VDI_RESET_ON_BOOT',
 };
 
 /**
  * The VDI operations xapi lists in allowed_operations (the pre-Ely set less blocked and
  * force_unlock), in the order of its Set: by variant.
  */
-const VDI_LISTED = (['clone', 'copy', 'resize', 'resize_online', 'snapshot', 'destroy', 'forget', 'update', 'generate_config'] as vdi_operations[]).sort(compareVariants);
+const VDI_LISTED = (
+  ['clone', 'copy', 'resize', 'resize_online', 'snapshot', 'destroy', 'forget', 'update', 'generate_config'] as vdi_operations[]
+).sort(compareVariants);
 /** During a rolling upgrade only the pre-Ely operations are allowed. */
-const VDI_RPU_OPS = new Set<vdi_operations>(['clone', 'copy', 'resize', 'resize_online', 'snapshot', 'destroy', 'forget', 'update', 'force_unlock', 'generate_config', 'blocked']);
+const VDI_RPU_OPS = new Set<vdi_operations>([
+  'clone',
+  'copy',
+  'resize',
+  'resize_online',
+  'snapshot',
+  'destroy',
+  'forget',
+  'update',
+  'force_unlock',
+  'generate_config',
+  'blocked',
+]);
 
-const LIVE_OK = new Set<vdi_operations>(['snapshot', 'resize_online', 'blocked', 'clone', 'mirror', 'enable_cbt', 'disable_cbt', 'data_destroy']);
-const CBT_METADATA_OK = new Set<vdi_operations>(['blocked', 'data_destroy', 'destroy', 'list_changed_blocks', 'force_unlock', 'forget', 'generate_config', 'update']);
+const LIVE_OK = new Set<vdi_operations>([
+  'snapshot',
+  'resize_online',
+  'blocked',
+  'clone',
+  'mirror',
+  'enable_cbt',
+  'disable_cbt',
+  'data_destroy',
+]);
+const CBT_METADATA_OK = new Set<vdi_operations>([
+  'blocked',
+  'data_destroy',
+  'destroy',
+  'list_changed_blocks',
+  'force_unlock',
+  'forget',
+  'generate_config',
+  'update',
+]);
 
 async function poolFacts(db: Db): Promise<{ rollingUpgrade: boolean; haEnabled: boolean; haEnabling: boolean; haDisabling: boolean }> {
   const [pool] = await db.all('pool');
@@ -77,10 +157,19 @@ export async function srOperationErrors(db: Db, ref: string, sr: Row<'SR'>): Pro
     for (const op of ops) if (table.has(op) && table.get(op) === undefined) table.set(op, new XapiError(code, params));
   };
   const all = [...table.keys()];
-  if ((await poolFacts(db)).rollingUpgrade) setErrors('NOT_SUPPORTED_DURING_UPGRADE', [], all.filter((op) => !SR_RPU_OPS.has(op)));
+  if ((await poolFacts(db)).rollingUpgrade)
+    setErrors(
+      'NOT_SUPPORTED_DURING_UPGRADE',
+      [],
+      all.filter((op) => !SR_RPU_OPS.has(op)),
+    );
   const features = await smFeatures(db, sr.type);
   if (sr.is_tools_sr) for (const f of ['VDI_CREATE', 'VDI_DELETE']) features.delete(f);
-  setErrors('SR_OPERATION_NOT_SUPPORTED', [ref], all.filter((op) => SR_FEATURE[op] !== undefined && !features.has(SR_FEATURE[op]!)));
+  setErrors(
+    'SR_OPERATION_NOT_SUPPORTED',
+    [ref],
+    all.filter((op) => SR_FEATURE[op] !== undefined && !features.has(SR_FEATURE[op]!)),
+  );
   const pbds = await Promise.all(sr.PBDs.map((p) => db.tryGet('PBD', p)));
   if (pbds.some((p) => p?.currently_attached === true)) setErrors('SR_HAS_PBD', [ref], ['destroy', 'forget']);
   if (sr.PBDs.length === 0) setErrors('SR_NO_PBDS', [ref], ['destroy']);
@@ -97,7 +186,11 @@ export async function srOperationErrors(db: Db, ref: string, sr: Row<'SR'>): Pro
   current.sort((a, b) => compareVariants(a[1], b[1]));
   if (current.length > 0) {
     const [task, op] = current[0]!;
-    setErrors('OTHER_OPERATION_IN_PROGRESS', ['SR', ref, srOpString(op), task], all.filter((o) => o !== 'plug'));
+    setErrors(
+      'OTHER_OPERATION_IN_PROGRESS',
+      ['SR', ref, srOpString(op), task],
+      all.filter((o) => o !== 'plug'),
+    );
     const serial = current.find(([, o]) => o !== 'plug');
     if (serial) setErrors('OTHER_OPERATION_IN_PROGRESS', ['SR', ref, srOpString(serial[1]), serial[0]], ['plug']);
   }
@@ -147,8 +240,14 @@ async function vdiFacts(db: Db, ref: string, vdi: Row<'VDI'>): Promise<VdiFacts>
     if (Object.keys(vbd.current_operations).length > 0) busyVbds.push(vbd);
   }
   return {
-    ref, vdi, sr, features: await smFeatures(db, sr?.type ?? ''), pbdsAttached: pbds.some((p) => p?.currently_attached === true),
-    active, busyVbds, pool: await poolFacts(db),
+    ref,
+    vdi,
+    sr,
+    features: await smFeatures(db, sr?.type ?? ''),
+    pbdsAttached: pbds.some((p) => p?.currently_attached === true),
+    active,
+    busyVbds,
+    pool: await poolFacts(db),
   };
 }
 
@@ -204,12 +303,15 @@ function checkVdi(f: VdiFacts, op: vdi_operations): XapiError | undefined {
     case 'snapshot':
       if (vdi.sharable) return new XapiError('VDI_IS_SHARABLE', [ref]);
       if (reset) return new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
-      if (current.some(([, o]) => o === 'copy')) return new XapiError('OPERATION_NOT_ALLOWED', ['Snapshot operation not allowed during copy.']);
+      if (current.some(([, o]) => o === 'copy'))
+        return new XapiError('OPERATION_NOT_ALLOWED', ['Snapshot operation not allowed during copy.']);
       return undefined;
     case 'copy':
       if (reset) return new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
       if (haState) {
-        return new XapiError('OPERATION_NOT_ALLOWED', ["VDI containing HA statefile or redo log cannot be copied (check the VDI's allowed operations)."]);
+        return new XapiError('OPERATION_NOT_ALLOWED', [
+          "VDI containing HA statefile or redo log cannot be copied (check the VDI's allowed operations).",
+        ]);
       }
       return undefined;
     case 'enable_cbt':

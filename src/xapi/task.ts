@@ -17,9 +17,7 @@ async function assertOwn(call: Call, task: string): Promise<void> {
 }
 
 export function register(r: Registry, tasks: TaskManager): void {
-  r.implement('task.create', (call, [label, description]) =>
-    tasks.create(call.session, label, false, description),
-  )
+  r.implement('task.create', (call, [label, description]) => tasks.create(call.session, label, false, description))
     .implement('task.destroy', async (call, [self]) => {
       const ref = self;
       const row = await call.db.get('task', ref);

@@ -34,7 +34,11 @@ async function usedDevices(call: Call, vm: Ref<'VM'>): Promise<DeviceNumber[]> {
  * allowed_VBD_devices: the devices a new VBD of `type` could take on the VM; for a floppy on a
  * guest without an emulator, none is possible.
  */
-export async function allowedVbdDevices(call: Call, vmRef: Ref<'VM'>, type: VBD_record['type']): Promise<DeviceNumber[] | 'floppy-unsupported'> {
+export async function allowedVbdDevices(
+  call: Call,
+  vmRef: Ref<'VM'>,
+  type: VBD_record['type'],
+): Promise<DeviceNumber[] | 'floppy-unsupported'> {
   const vm = await call.db.get('VM', vmRef);
   const candidates = candidateDevices(type, vm.domain_type === 'hvm', vm.is_control_domain);
   if (candidates === 'floppy-unsupported') return candidates;
@@ -154,7 +158,9 @@ export function register(r: Registry, sync: XenopsSync): void {
         if (!vbd.empty) throw new XapiError('VBD_NOT_EMPTY', [self]);
         if (!(await call.db.get('VDI', vdi)).managed) throw new XapiError('VDI_NOT_MANAGED', [vdi]);
         if (vm.power_state !== 'Halted') {
-          await onDomain(sync, vbd.VM, self, async () => sync.backend.vbdInsert(vm.uuid, vbd.uuid, await sync.storage.attachPath(vdi, false)));
+          await onDomain(sync, vbd.VM, self, async () =>
+            sync.backend.vbdInsert(vm.uuid, vbd.uuid, await sync.storage.attachPath(vdi, false)),
+          );
         }
         await call.db.update('VBD', self, { VDI: vdi, empty: false });
       }),

@@ -106,8 +106,15 @@ const ZEROS = Buffer.alloc(64 * 1024);
  */
 export async function createImportVdi(storage: Storage, call: Call, sr: string, size: number): Promise<string> {
   return createVdi(storage, call, sr, size, {
-    name_label: 'Imported VDI', name_description: '', type: 'user', sharable: false, read_only: false,
-    other_config: {}, xenstore_data: {}, sm_config: { import_task: call.task }, tags: [],
+    name_label: 'Imported VDI',
+    name_description: '',
+    type: 'user',
+    sharable: false,
+    read_only: false,
+    other_config: {},
+    xenstore_data: {},
+    sm_config: { import_task: call.task },
+    tags: [],
   });
 }
 
@@ -128,7 +135,8 @@ export async function openVdiImport(storage: Storage, call: Call, vdi: string, m
     const onProgress = (f: number) => void call.setProgress(f);
     try {
       if (chunked) await importChunked(body, target);
-      else if (format === 'raw') await importRaw(body, made ? target : sparseTarget(target), { size: target.size, exact: false, skipZeros: made, onProgress });
+      else if (format === 'raw')
+        await importRaw(body, made ? target : sparseTarget(target), { size: target.size, exact: false, skipZeros: made, onProgress });
       else await importVhd(body, target, { onProgress });
     } catch (e) {
       await target.close().catch(() => undefined);

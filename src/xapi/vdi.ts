@@ -75,7 +75,9 @@ export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, 
       allow_caching: vdi.allow_caching,
       tags: vdi.tags,
       sm_config: smConfig,
-      ...(kind === 'snapshot' ? { is_a_snapshot: true, snapshot_of: vdiRef, snapshot_time: formatDateTime(new Date(storage.host.now())) } : {}),
+      ...(kind === 'snapshot'
+        ? { is_a_snapshot: true, snapshot_of: vdiRef, snapshot_time: formatDateTime(new Date(storage.host.now())) }
+        : {}),
     });
     // The source now sits over the new hidden parent.
     await storage.updateVdi(vdiRef);
@@ -108,7 +110,14 @@ export async function openVdi(storage: Storage, vdiRef: string, readOnly: boolea
  * empty sm_config); data copied block-wise, with `base` only what differs from it. A VDI this
  * call made is destroyed again when the copy fails.
  */
-export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRef: string, baseRef: string, intoRef: string): Promise<string> {
+export async function copyVdi(
+  storage: Storage,
+  call: Call,
+  vdiRef: string,
+  srRef: string,
+  baseRef: string,
+  intoRef: string,
+): Promise<string> {
   const db = call.db;
   return storage.withOp(call, { vdi: [vdiRef, 'copy'] }, async () => {
     await assertManaged(call, vdiRef);
@@ -169,8 +178,48 @@ export async function copyVdi(storage: Storage, call: Call, vdiRef: string, srRe
 type IntroduceParams = [...Messages['VDI.introduce']['params'], cbt_enabled?: boolean];
 
 const introduceArgs = (a: IntroduceParams) => {
-  const [uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled] = a;
-  return { uuid, name_label, name_description, SR, type, sharable, read_only, other_config, location, xenstore_data, sm_config, managed, virtual_size, physical_utilisation, metadata_of_pool, is_a_snapshot, snapshot_time, snapshot_of, cbt_enabled };
+  const [
+    uuid,
+    name_label,
+    name_description,
+    SR,
+    type,
+    sharable,
+    read_only,
+    other_config,
+    location,
+    xenstore_data,
+    sm_config,
+    managed,
+    virtual_size,
+    physical_utilisation,
+    metadata_of_pool,
+    is_a_snapshot,
+    snapshot_time,
+    snapshot_of,
+    cbt_enabled,
+  ] = a;
+  return {
+    uuid,
+    name_label,
+    name_description,
+    SR,
+    type,
+    sharable,
+    read_only,
+    other_config,
+    location,
+    xenstore_data,
+    sm_config,
+    managed,
+    virtual_size,
+    physical_utilisation,
+    metadata_of_pool,
+    is_a_snapshot,
+    snapshot_time,
+    snapshot_of,
+    cbt_enabled,
+  };
 };
 
 export function register(r: Registry, storage: Storage): void {
@@ -182,7 +231,12 @@ export function register(r: Registry, storage: Storage): void {
     const ref = `OpaqueRef:${crypto.randomUUID()}`;
     // The parameters are VDI fields of the same names.
     const fields = Object.fromEntries(Object.entries(a).filter(([, v]) => v !== undefined)) as Partial<VDI_record>;
-    await call.db.create('VDI', ref, { ...fields, xenstore_data: a.xenstore_data ?? {}, other_config: a.other_config ?? {}, sm_config: a.sm_config ?? {} });
+    await call.db.create('VDI', ref, {
+      ...fields,
+      xenstore_data: a.xenstore_data ?? {},
+      other_config: a.other_config ?? {},
+      sm_config: a.sm_config ?? {},
+    });
     return ref;
   };
 
@@ -215,8 +269,12 @@ export function register(r: Registry, storage: Storage): void {
         const uuid = a.uuid;
         if (uuid && (await call.db.refByUuid('VDI', uuid))) throw new XapiError('UUID_INVALID', ['VDI', uuid]);
         const fields: Partial<VDI_record> = {
-          type: a.type, sharable: a.sharable, other_config: a.other_config, xenstore_data: a.xenstore_data,
-          sm_config: a.sm_config, managed: a.managed ?? true,
+          type: a.type,
+          sharable: a.sharable,
+          other_config: a.other_config,
+          xenstore_data: a.xenstore_data,
+          sm_config: a.sm_config,
+          managed: a.managed ?? true,
           ...(a.name_label ? { name_label: a.name_label } : {}),
           ...(a.name_description ? { name_description: a.name_description } : {}),
         };

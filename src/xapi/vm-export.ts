@@ -106,7 +106,12 @@ export interface VmImport {
   undo(): Promise<void>;
 }
 
-export async function importObjects(storage: Storage, call: Call, objects: XvaObject[], opts: { sr: string; restore: boolean }): Promise<VmImport> {
+export async function importObjects(
+  storage: Storage,
+  call: Call,
+  objects: XvaObject[],
+  opts: { sr: string; restore: boolean },
+): Promise<VmImport> {
   const db = call.db;
   const made: Array<[DbClassName, string]> = [];
   const disks = new Map<string, string>();
@@ -124,9 +129,15 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
     for (const o of byClass('VDI')) {
       const f = fieldsOf(call, 'VDI', o.snapshot);
       const vdi = await createVdi(storage, call, opts.sr, Number(f.virtual_size ?? 0), {
-        name_label: f.name_label ?? '', name_description: f.name_description ?? '', type: f.type ?? 'user',
-        sharable: f.sharable === true, read_only: false, other_config: f.other_config ?? {},
-        xenstore_data: f.xenstore_data ?? {}, sm_config: { import_task: call.task }, tags: f.tags ?? [],
+        name_label: f.name_label ?? '',
+        name_description: f.name_description ?? '',
+        type: f.type ?? 'user',
+        sharable: f.sharable === true,
+        read_only: false,
+        other_config: f.other_config ?? {},
+        xenstore_data: f.xenstore_data ?? {},
+        sm_config: { import_task: call.task },
+        tags: f.tags ?? [],
       });
       made.push(['VDI', vdi]);
       refs.set(o.id, vdi);
@@ -134,13 +145,22 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
     }
     for (const o of byClass('network')) {
       const f = fieldsOf(call, 'network', o.snapshot);
-      const existing = (f.uuid ? await db.refByUuid('network', f.uuid) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
+      const existing =
+        (f.uuid ? await db.refByUuid('network', f.uuid) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
       if (existing) {
         refs.set(o.id, existing);
         continue;
       }
       const net = newRef();
-      await db.create('network', net, { uuid: randomUUID(), name_label: f.name_label, name_description: f.name_description ?? '', bridge: `xapi${(await db.count('network')) + 1}`, MTU: f.MTU ?? 1500, other_config: f.other_config ?? {}, managed: true });
+      await db.create('network', net, {
+        uuid: randomUUID(),
+        name_label: f.name_label,
+        name_description: f.name_description ?? '',
+        bridge: `xapi${(await db.count('network')) + 1}`,
+        MTU: f.MTU ?? 1500,
+        other_config: f.other_config ?? {},
+        managed: true,
+      });
       made.push(['network', net]);
       refs.set(o.id, net);
     }
@@ -180,8 +200,15 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       const vdi = ref(f.VDI);
       const vbd = newRef();
       await db.create('VBD', vbd, {
-        ...f, uuid: randomUUID(), VM: ref(f.VM), VDI: vdi, empty: vdi === NULL_REF, currently_attached: false,
-        current_operations: {}, allowed_operations: [], metrics: NULL_REF,
+        ...f,
+        uuid: randomUUID(),
+        VM: ref(f.VM),
+        VDI: vdi,
+        empty: vdi === NULL_REF,
+        currently_attached: false,
+        current_operations: {},
+        allowed_operations: [],
+        metrics: NULL_REF,
       });
       made.push(['VBD', vbd]);
     }
@@ -189,8 +216,15 @@ export async function importObjects(storage: Storage, call: Call, objects: XvaOb
       const f = fieldsOf(call, 'VIF', o.snapshot);
       const vif = newRef();
       await db.create('VIF', vif, {
-        ...f, uuid: randomUUID(), VM: ref(f.VM), network: ref(f.network), MAC: opts.restore ? f.MAC : randomMac(),
-        currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF,
+        ...f,
+        uuid: randomUUID(),
+        VM: ref(f.VM),
+        network: ref(f.network),
+        MAC: opts.restore ? f.MAC : randomMac(),
+        currently_attached: false,
+        current_operations: {},
+        allowed_operations: [],
+        metrics: NULL_REF,
       });
       made.push(['VIF', vif]);
     }

@@ -10,7 +10,15 @@ import { XapiError } from '../rpc/errors.js';
 import { NULL_REF } from '../schema/types.js';
 import { candidateChunks } from '../storage/copy.js';
 import type { OpenDisk } from '../storage/driver.js';
-import { XvaImportError, readXva, writeMetadataTar, writeXva, type XvaCompression, type XvaDisk, type XvaDiskTarget } from '../storage/xva/index.js';
+import {
+  XvaImportError,
+  readXva,
+  writeMetadataTar,
+  writeXva,
+  type XvaCompression,
+  type XvaDisk,
+  type XvaDiskTarget,
+} from '../storage/xva/index.js';
 import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
 import { exportHeader, exportObjects, importObjects } from './vm-export.js';
@@ -80,7 +88,12 @@ export async function importSr(call: Call, given: string | undefined): Promise<s
  * Imports the XVA archive `body` into `sr` (see importSr): the VMs it made. A failed import undoes
  * what it made, unless `force`; `restore` keeps the archive's uuids and MACs.
  */
-export async function importVm(storage: Storage, call: Call, body: Readable, opts: { sr: string; force: boolean; restore: boolean }): Promise<string[]> {
+export async function importVm(
+  storage: Storage,
+  call: Call,
+  body: Readable,
+  opts: { sr: string; force: boolean; restore: boolean },
+): Promise<string[]> {
   const { sr, force } = opts;
   let made: Awaited<ReturnType<typeof importObjects>> | undefined;
   const open: OpenDisk[] = [];

@@ -22,28 +22,87 @@ const platformTrue = (platform: Record<string, string>, key: string) => ['true',
 
 /** Operations xapi still allows during a rolling pool upgrade. */
 const RPU_ALLOWED = new Set<vm_operations>([
-  'assert_operation_valid', 'changing_memory_live', 'changing_shadow_memory_live', 'changing_VCPUs_live', 'clean_reboot',
-  'clean_shutdown', 'clone', 'copy', 'csvm', 'destroy', 'export', 'get_boot_record', 'hard_reboot', 'hard_shutdown', 'import',
-  'make_into_template', 'migrate_send', 'pause', 'pool_migrate', 'power_state_reset', 'provision', 'resume', 'resume_on',
-  'send_sysrq', 'send_trigger', 'start', 'start_on', 'suspend', 'unpause', 'update_allowed_operations',
+  'assert_operation_valid',
+  'changing_memory_live',
+  'changing_shadow_memory_live',
+  'changing_VCPUs_live',
+  'clean_reboot',
+  'clean_shutdown',
+  'clone',
+  'copy',
+  'csvm',
+  'destroy',
+  'export',
+  'get_boot_record',
+  'hard_reboot',
+  'hard_shutdown',
+  'import',
+  'make_into_template',
+  'migrate_send',
+  'pause',
+  'pool_migrate',
+  'power_state_reset',
+  'provision',
+  'resume',
+  'resume_on',
+  'send_sysrq',
+  'send_trigger',
+  'start',
+  'start_on',
+  'suspend',
+  'unpause',
+  'update_allowed_operations',
 ]);
 
 /** Never listed in allowed_operations (xapi's ignored_ops). */
 const IGNORED = new Set<vm_operations>([
-  'create_template', 'power_state_reset', 'csvm', 'get_boot_record', 'send_sysrq', 'send_trigger', 'query_services',
-  'shutdown', 'call_plugin', 'changing_memory_live', 'awaiting_memory_live', 'changing_memory_limits',
-  'changing_shadow_memory_live', 'changing_VCPUs', 'assert_operation_valid', 'data_source_op',
-  'update_allowed_operations', 'import', 'reverting',
+  'create_template',
+  'power_state_reset',
+  'csvm',
+  'get_boot_record',
+  'send_sysrq',
+  'send_trigger',
+  'query_services',
+  'shutdown',
+  'call_plugin',
+  'changing_memory_live',
+  'awaiting_memory_live',
+  'changing_memory_limits',
+  'changing_shadow_memory_live',
+  'changing_VCPUs',
+  'assert_operation_valid',
+  'data_source_op',
+  'update_allowed_operations',
+  'import',
+  'reverting',
 ]);
 
 const TEMPLATE_OK = new Set<vm_operations>([
-  'changing_dynamic_range', 'changing_static_range', 'changing_memory_limits', 'changing_shadow_memory',
-  'changing_VCPUs', 'changing_NVRAM', 'clone', 'copy', 'export', 'metadata_export', 'provision',
+  'changing_dynamic_range',
+  'changing_static_range',
+  'changing_memory_limits',
+  'changing_shadow_memory',
+  'changing_VCPUs',
+  'changing_NVRAM',
+  'clone',
+  'copy',
+  'export',
+  'metadata_export',
+  'provision',
 ]);
 const SNAPSHOT_OK = new Set<vm_operations>(['revert', 'clone', 'copy', 'export', 'destroy', 'hard_shutdown', 'metadata_export']);
 const CONTROL_DOMAIN_OK = new Set<vm_operations>([
-  'data_source_op', 'changing_memory_live', 'awaiting_memory_live', 'metadata_export', 'changing_dynamic_range',
-  'changing_memory_limits', 'changing_static_range', 'start', 'start_on', 'changing_VCPUs', 'destroy',
+  'data_source_op',
+  'changing_memory_live',
+  'awaiting_memory_live',
+  'metadata_export',
+  'changing_dynamic_range',
+  'changing_memory_limits',
+  'changing_static_range',
+  'start',
+  'start_on',
+  'changing_VCPUs',
+  'destroy',
 ]);
 /** Operations a non-mobile VM (platform nomigrate / nested-virt) may not do. */
 const MOVES_MEMORY = new Set<vm_operations>(['suspend', 'checkpoint', 'pool_migrate', 'migrate_send']);
@@ -73,28 +132,54 @@ function allowedPowerStates(f: VmFacts, op: vm_operations): PS[] {
   switch (op) {
     case 'import':
       return [];
-    case 'changing_VCPUs': case 'changing_static_range': case 'changing_memory_limits':
+    case 'changing_VCPUs':
+    case 'changing_static_range':
+    case 'changing_memory_limits':
       return f.vm.is_control_domain ? ['Halted', 'Running'] : ['Halted'];
-    case 'changing_shadow_memory': case 'changing_NVRAM': case 'make_into_template': case 'provision': case 'start': case 'start_on':
+    case 'changing_shadow_memory':
+    case 'changing_NVRAM':
+    case 'make_into_template':
+    case 'provision':
+    case 'start':
+    case 'start_on':
     case 'create_vtpm':
       return ['Halted'];
     case 'unpause':
       return ['Paused'];
-    case 'csvm': case 'resume': case 'resume_on':
+    case 'csvm':
+    case 'resume':
+    case 'resume_on':
       return ['Suspended'];
-    case 'awaiting_memory_live': case 'call_plugin': case 'clean_reboot': case 'clean_shutdown': case 'changing_memory_live':
-    case 'changing_shadow_memory_live': case 'changing_VCPUs_live': case 'data_source_op': case 'pause': case 'pool_migrate':
-    case 'send_sysrq': case 'send_trigger': case 'snapshot_with_quiesce': case 'suspend':
+    case 'awaiting_memory_live':
+    case 'call_plugin':
+    case 'clean_reboot':
+    case 'clean_shutdown':
+    case 'changing_memory_live':
+    case 'changing_shadow_memory_live':
+    case 'changing_VCPUs_live':
+    case 'data_source_op':
+    case 'pause':
+    case 'pool_migrate':
+    case 'send_sysrq':
+    case 'send_trigger':
+    case 'snapshot_with_quiesce':
+    case 'suspend':
       return ['Running'];
     case 'changing_dynamic_range':
       return ['Halted', 'Running'];
-    case 'clone': case 'copy':
+    case 'clone':
+    case 'copy':
       return f.vm.is_a_snapshot || f.cloneSuspended ? ['Halted', 'Suspended'] : ['Halted'];
-    case 'create_template': case 'destroy': case 'export':
+    case 'create_template':
+    case 'destroy':
+    case 'export':
       return ['Halted', 'Suspended'];
     case 'hard_reboot':
       return ['Paused', 'Running'];
-    case 'checkpoint': case 'get_boot_record': case 'shutdown': case 'hard_shutdown':
+    case 'checkpoint':
+    case 'get_boot_record':
+    case 'shutdown':
+    case 'hard_shutdown':
       return ['Paused', 'Suspended', 'Running'];
     case 'migrate_send':
       return ['Halted', 'Suspended', 'Running'];
@@ -110,21 +195,30 @@ function allowedPowerStates(f: VmFacts, op: vm_operations): PS[] {
 export function vmOperationString(op: vm_operations): string {
   if (op === 'assert_operation_valid') return 'assertoperationvalid';
   if (op === 'data_source_op') return 'data_sources_op';
-  if (op === 'create_template' || op === 'query_services' || op === 'changing_memory_limits' || op === 'changing_VCPUs') return '(unknown operation)';
+  if (op === 'create_template' || op === 'query_services' || op === 'changing_memory_limits' || op === 'changing_VCPUs')
+    return '(unknown operation)';
   return op;
 }
 
-const inGroup = (op: vm_operations, current: vm_operations[], group: vm_operations[]) => group.includes(op) && current.every((o) => group.includes(o));
+const inGroup = (op: vm_operations, current: vm_operations[], group: vm_operations[]) =>
+  group.includes(op) && current.every((o) => group.includes(o));
 
 /** is_allowed_concurrently: may `op` start while `current` (in current_operations order) run? */
 function allowedConcurrently(op: vm_operations, current: vm_operations[]): boolean {
-  if (inGroup(op, current, ['clone', 'copy', 'export']) || inGroup(op, current, ['snapshot', 'checkpoint']) || inGroup(op, current, ['get_boot_record'])) {
+  if (
+    inGroup(op, current, ['clone', 'copy', 'export']) ||
+    inGroup(op, current, ['snapshot', 'checkpoint']) ||
+    inGroup(op, current, ['get_boot_record'])
+  ) {
     return true;
   }
   if (op === 'hard_shutdown') return !current.includes('hard_shutdown');
   if (op === 'hard_reboot') return !current.includes('hard_shutdown') && !current.includes('hard_reboot');
   const only = current.length === 1 ? current[0] : undefined;
-  return (only === 'snapshot_with_quiesce' && op === 'snapshot') || (only === 'migrate_send' && ['metadata_export', 'clean_shutdown', 'clean_reboot'].includes(op));
+  return (
+    (only === 'snapshot_with_quiesce' && op === 'snapshot') ||
+    (only === 'migrate_send' && ['metadata_export', 'clean_shutdown', 'clean_reboot'].includes(op))
+  );
 }
 
 export const isDefaultTemplate = (vm: Row<'VM'>) => vm.is_default_template || flag(vm.other_config, 'default_template');
@@ -192,14 +286,25 @@ export function checkOperation(f: VmFacts, op: vm_operations, strict = true): Re
     return ['VM_BAD_POWER_STATE', ref, allowed.map((s) => s.toLowerCase()).join(', '), vm.power_state.toLowerCase()];
   }
   const current = Object.entries(vm.current_operations);
-  if (current.length > 0 && !allowedConcurrently(op, current.map(([, o]) => o))) {
+  if (
+    current.length > 0 &&
+    !allowedConcurrently(
+      op,
+      current.map(([, o]) => o),
+    )
+  ) {
     const [task, what] =
       current.length === 1
         ? [current[0]![0], vmOperationString(current[0]![1])]
         : [`{${current.map(([t]) => t).join(',')}}`, `{${current.map(([, o]) => vmOperationString(o)).join(',')}}`];
     return ['OTHER_OPERATION_IN_PROGRESS', 'VM', ref, what, task];
   }
-  if (vm.is_a_template && !vm.is_a_snapshot && !TEMPLATE_OK.has(op) && !((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))) {
+  if (
+    vm.is_a_template &&
+    !vm.is_a_snapshot &&
+    !TEMPLATE_OK.has(op) &&
+    !((op === 'destroy' || op === 'migrate_send') && !isDefaultTemplate(vm))
+  ) {
     return ['VM_IS_TEMPLATE', ref, vmOperationString(op)];
   }
   if (vm.is_a_snapshot && !SNAPSHOT_OK.has(op)) return ['VM_IS_SNAPSHOT', ref, vmOperationString(op)];
@@ -210,8 +315,10 @@ export function checkOperation(f: VmFacts, op: vm_operations, strict = true): Re
   const nestedVirt = f.metrics ? f.metrics.nested_virt : platformTrue(vm.platform, 'nested-virt');
   if (MOVES_MEMORY.has(op) && strict && (nomigrate || nestedVirt)) return ['VM_IS_IMMOBILE', ref];
   if (op === 'changing_dynamic_range' && nestedVirt && strict) return ['VM_IS_USING_NESTED_VIRT', ref];
-  if ((op === 'changing_VCPUs' || op === 'destroy') && f.isDomainZero) return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on dom0'];
-  if (vm.is_control_domain && !CONTROL_DOMAIN_OK.has(op)) return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on a control domain'];
+  if ((op === 'changing_VCPUs' || op === 'destroy') && f.isDomainZero)
+    return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on dom0'];
+  if (vm.is_control_domain && !CONTROL_DOMAIN_OK.has(op))
+    return ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on a control domain'];
   const feature = featureError(f, op, strict);
   if (feature) return feature;
   if (op === 'snapshot_with_quiesce') return ['VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', ref];
@@ -347,9 +454,12 @@ export async function forceStateReset(db: Db, ref: string, state: PS): Promise<v
   if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
   await db.update('VM', ref, { power_state: state });
   if (state === 'Halted') {
-    for (const vbd of vm.VBDs) if (await db.tryGet('VBD', vbd)) await db.update('VBD', vbd, { currently_attached: false, current_operations: {} });
-    for (const vif of vm.VIFs) if (await db.tryGet('VIF', vif)) await db.update('VIF', vif, { currently_attached: false, current_operations: {} });
-    for (const vusb of vm.VUSBs) if (await db.tryGet('VUSB', vusb)) await db.update('VUSB', vusb, { currently_attached: false, current_operations: {} });
+    for (const vbd of vm.VBDs)
+      if (await db.tryGet('VBD', vbd)) await db.update('VBD', vbd, { currently_attached: false, current_operations: {} });
+    for (const vif of vm.VIFs)
+      if (await db.tryGet('VIF', vif)) await db.update('VIF', vif, { currently_attached: false, current_operations: {} });
+    for (const vusb of vm.VUSBs)
+      if (await db.tryGet('VUSB', vusb)) await db.update('VUSB', vusb, { currently_attached: false, current_operations: {} });
     await db.update('VM', ref, { requires_reboot: false });
   }
   if (state === 'Halted' || state === 'Suspended') {

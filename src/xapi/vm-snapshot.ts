@@ -17,10 +17,34 @@ import type { VmService } from './vm.js';
 
 /** Fields revert does not take from the snapshot (xapi's do_not_copy list, in spirit). */
 const KEEP = new Set([
-  'uuid', 'name_label', 'is_a_snapshot', 'is_a_template', 'snapshot_of', 'snapshots', 'snapshot_time', 'snapshot_info',
-  'snapshot_metadata', 'transportable_snapshot_id', 'parent', 'children', 'suspend_VDI', 'power_state', 'resident_on',
-  'affinity', 'metrics', 'guest_metrics', 'VBDs', 'VIFs', 'consoles', 'allowed_operations', 'current_operations',
-  'blocked_operations', 'domid', 'is_default_template', 'tags', 'attached_PCIs',
+  'uuid',
+  'name_label',
+  'is_a_snapshot',
+  'is_a_template',
+  'snapshot_of',
+  'snapshots',
+  'snapshot_time',
+  'snapshot_info',
+  'snapshot_metadata',
+  'transportable_snapshot_id',
+  'parent',
+  'children',
+  'suspend_VDI',
+  'power_state',
+  'resident_on',
+  'affinity',
+  'metrics',
+  'guest_metrics',
+  'VBDs',
+  'VIFs',
+  'consoles',
+  'allowed_operations',
+  'current_operations',
+  'blocked_operations',
+  'domid',
+  'is_default_template',
+  'tags',
+  'attached_PCIs',
 ]);
 
 export function register(r: Registry, svc: VmService): void {
@@ -39,10 +63,12 @@ export function register(r: Registry, svc: VmService): void {
       const vm = snap.snapshot_of;
       if (vm === NULL_REF || !(await call.db.tryGet('VM', vm))) {
         // xapi would recreate the VM from the snapshot's metadata here; we do not (yet).
-        call.host.log.error({ vm, snapshot }, 'VM.revert: the snapshot\'s VM no longer exists');
+        call.host.log.error({ vm, snapshot }, "VM.revert: the snapshot's VM no longer exists");
         throw revertFailed(snapshot, vm);
       }
-      await withVmOperation(call, snapshot, 'revert', () => withVmOperation(call, vm, 'reverting', () => revert(svc, call, snapshot, vm), { strict: false }));
+      await withVmOperation(call, snapshot, 'revert', () =>
+        withVmOperation(call, vm, 'reverting', () => revert(svc, call, snapshot, vm), { strict: false }),
+      );
     });
 }
 
@@ -134,8 +160,14 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
         vdi = clone;
       }
       await db.create('VBD', newRef(), {
-        ...sv, uuid: randomUUID(), VM: ref, VDI: vdi, currently_attached: false,
-        current_operations: {}, allowed_operations: [], metrics: NULL_REF,
+        ...sv,
+        uuid: randomUUID(),
+        VM: ref,
+        VDI: vdi,
+        currently_attached: false,
+        current_operations: {},
+        allowed_operations: [],
+        metrics: NULL_REF,
         other_config: { ...sv.other_config, ...(sv.type !== 'CD' ? { owner: 'true' } : {}) },
       });
     }
@@ -149,20 +181,34 @@ async function revert(svc: VmService, call: Call, snapshot: string, ref: string)
     for (const vif of (await db.get('VM', ref)).VIFs) await db.destroy('VIF', vif);
     for (const vifRef of snap.VIFs) {
       const vif = await db.get('VIF', vifRef);
-      await db.create('VIF', newRef(), { ...vif, uuid: randomUUID(), VM: ref, currently_attached: false, current_operations: {}, allowed_operations: [], metrics: NULL_REF });
+      await db.create('VIF', newRef(), {
+        ...vif,
+        uuid: randomUUID(),
+        VM: ref,
+        currently_attached: false,
+        current_operations: {},
+        allowed_operations: [],
+        metrics: NULL_REF,
+      });
     }
     // The configuration, and the power state the snapshot was taken in.
     const fields = pickFields(db.schema, 'VM', snap, (f) => f.qualifier !== 'RO/runtime' && !KEEP.has(f.name));
     let suspend = NULL_REF;
-    if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF) suspend = await snapshotVdi(storage, call, snap.suspend_VDI, 'clone');
-    await db.update('VM', ref, { ...fields, parent: snapshot, suspend_VDI: suspend, power_state: suspend !== NULL_REF ? 'Suspended' : 'Halted' });
+    if (snap.power_state === 'Suspended' && snap.suspend_VDI !== NULL_REF)
+      suspend = await snapshotVdi(storage, call, snap.suspend_VDI, 'clone');
+    await db.update('VM', ref, {
+      ...fields,
+      parent: snapshot,
+      suspend_VDI: suspend,
+      power_state: suspend !== NULL_REF ? 'Suspended' : 'Halted',
+    });
     if (suspend !== NULL_REF) await svc.sync.backend.add(await svc.sync.config(ref));
     await updateAllowedOperations(db, ref);
   } catch (e) {
     // Out of space and a too-long chain reach the caller as they are; anything else becomes
     // VM_REVERT_FAILED, so the log must say what it was (with its stack and causes).
     call.host.log.error({ err: e, vm: ref, snapshot }, 'VM.revert failed');
-    if (e instanceof XapiError && (['SR_BACKEND_FAILURE_44', 'SR_BACKEND_FAILURE_109', 'VDI_INCOMPATIBLE_TYPE'].includes(e.code))) throw e;
+    if (e instanceof XapiError && ['SR_BACKEND_FAILURE_44', 'SR_BACKEND_FAILURE_109', 'VDI_INCOMPATIBLE_TYPE'].includes(e.code)) throw e;
     throw revertFailed(snapshot, ref, e);
   }
 }

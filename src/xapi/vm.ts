@@ -21,7 +21,6 @@ import { cloneVm } from './vm-clone.js';
 import { allowedVbdDevices } from './vbd.js';
 import { untilStored } from '../db/until-stored.js';
 
-
 export class VmService {
   constructor(readonly sync: XenopsSync) {}
 
@@ -53,7 +52,8 @@ export class VmService {
    */
   private async cancelOperations(call: Call, ref: string, ops: vm_operations[]): Promise<void> {
     for (const [task, op] of Object.entries((await call.db.get('VM', ref)).current_operations)) {
-      if (ops.includes(op) && (await call.db.tryGet('task', task))) await call.db.update('task', task, { current_operations: { [call.task]: 'cancel' } });
+      if (ops.includes(op) && (await call.db.tryGet('task', task)))
+        await call.db.update('task', task, { current_operations: { [call.task]: 'cancel' } });
     }
   }
 
@@ -102,7 +102,8 @@ export class VmService {
   async chooseHost(call: Call, ref: string): Promise<string> {
     const vm = await call.db.get('VM', ref);
     const hosts = (await call.db.all('host')).map(([h]) => h);
-    const ordered = vm.affinity !== NULL_REF && hosts.includes(vm.affinity) ? [vm.affinity, ...hosts.filter((h) => h !== vm.affinity)] : hosts;
+    const ordered =
+      vm.affinity !== NULL_REF && hosts.includes(vm.affinity) ? [vm.affinity, ...hosts.filter((h) => h !== vm.affinity)] : hosts;
     let lastError: unknown;
     for (const h of ordered) {
       try {
@@ -174,7 +175,15 @@ export class VmService {
   /** hard_shutdown also works on a Suspended VM: its memory image is discarded. */
   async hardShutdown(call: Call, ref: string, op: vm_operations = 'hard_shutdown'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
-      await this.cancelOperations(call, ref, ['clean_shutdown', 'clean_reboot', 'hard_reboot', 'pool_migrate', 'call_plugin', 'shutdown', 'suspend']);
+      await this.cancelOperations(call, ref, [
+        'clean_shutdown',
+        'clean_reboot',
+        'hard_reboot',
+        'pool_migrate',
+        'call_plugin',
+        'shutdown',
+        'suspend',
+      ]);
       const vm = await call.db.get('VM', ref);
       await this.hardShutdownNow(call, ref, vm);
     });
@@ -256,11 +265,19 @@ export class VmService {
       let vdi: string;
       try {
         vdi = await createVdi(this.sync.storage, call, sr, space, {
-          name_label: 'Suspend image', name_description: 'Suspend image', type: 'suspend', sharable: false, read_only: false,
-          other_config: {}, xenstore_data: {}, sm_config: { vmhint: vm.uuid, initial_allocation: String(space) }, tags: [],
+          name_label: 'Suspend image',
+          name_description: 'Suspend image',
+          type: 'suspend',
+          sharable: false,
+          read_only: false,
+          other_config: {},
+          xenstore_data: {},
+          sm_config: { vmhint: vm.uuid, initial_allocation: String(space) },
+          tags: [],
         });
       } catch (e) {
-        if (e instanceof XapiError && (e.code === 'SR_FULL' || e.code === 'SR_BACKEND_FAILURE_44')) throw new XapiError('SR_SUSPEND_SPACE_INSUFFICIENT', [sr]);
+        if (e instanceof XapiError && (e.code === 'SR_FULL' || e.code === 'SR_BACKEND_FAILURE_44'))
+          throw new XapiError('SR_SUSPEND_SPACE_INSUFFICIENT', [sr]);
         throw e;
       }
       await call.db.update('VM', ref, { suspend_VDI: vdi });
@@ -317,7 +334,10 @@ export class VmService {
       await db.destroy('VIF', r);
     }
     for (const r of vm.consoles) await db.destroy('console', r);
-    for (const [cls, field] of [['VM_metrics', 'metrics'], ['VM_guest_metrics', 'guest_metrics']] as const) {
+    for (const [cls, field] of [
+      ['VM_metrics', 'metrics'],
+      ['VM_guest_metrics', 'guest_metrics'],
+    ] as const) {
       if (vm[field] !== NULL_REF && (await db.tryGet(cls, vm[field]))) await db.destroy(cls, vm[field]);
     }
     await db.destroy('VM', ref);
@@ -329,7 +349,9 @@ export class VmService {
     // Checked before anything is written, so a refused VM leaves nothing behind; a record
     // missing fields is the constructor's to refuse (Dispatcher_FieldNotFound), as in xapi.
     const setsMemory = (r: Partial<VM_record>): r is Partial<VM_record> & MemoryConstraints =>
-      (['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'] as const).every((f) => typeof r[f] === 'number');
+      (['memory_static_min', 'memory_dynamic_min', 'memory_dynamic_max', 'memory_static_max'] as const).every(
+        (f) => typeof r[f] === 'number',
+      );
     if (setsMemory(record)) assertMemoryConstraints(record);
     // Every VM gets a seed its VIFs' MACs derive from, unless the caller brings one.
     if (record.other_config && record.other_config.mac_seed === undefined) {
@@ -359,12 +381,29 @@ export class VmService {
         const sr = (d.sr ? await db.refByUuid('SR', d.sr) : undefined) ?? pool.default_SR;
         await db.get('SR', sr);
         const vdi = await createVdi(this.sync.storage, call, sr, d.size, {
-          name_label: `${vm.name_label} ${d.device}`, name_description: 'Created by template provisioner', type: d.type || 'system',
-          sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [],
+          name_label: `${vm.name_label} ${d.device}`,
+          name_description: 'Created by template provisioner',
+          type: d.type || 'system',
+          sharable: false,
+          read_only: false,
+          other_config: {},
+          xenstore_data: {},
+          sm_config: {},
+          tags: [],
         });
         await db.create('VBD', newRef(), {
-          uuid: randomUUID(), VM: ref, VDI: vdi, userdevice: d.device, bootable: d.bootable, mode: 'RW', type: 'Disk',
-          unpluggable: false, empty: false, other_config: { owner: 'true' }, qos_algorithm_type: '', qos_algorithm_params: {},
+          uuid: randomUUID(),
+          VM: ref,
+          VDI: vdi,
+          userdevice: d.device,
+          bootable: d.bootable,
+          mode: 'RW',
+          type: 'Disk',
+          unpluggable: false,
+          empty: false,
+          other_config: { owner: 'true' },
+          qos_algorithm_type: '',
+          qos_algorithm_params: {},
         });
       }
       delete other.disks;
@@ -463,9 +502,16 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
   // Setters of fields the operation checks read: the generic write, then allowed_operations
   // recomputed (xapi does it for blocked_operations; the others are kept current here too).
   const recomputing = [
-    'VM.set_blocked_operations', 'VM.add_to_blocked_operations', 'VM.remove_from_blocked_operations',
-    'VM.set_other_config', 'VM.add_to_other_config', 'VM.remove_from_other_config',
-    'VM.set_platform', 'VM.add_to_platform', 'VM.remove_from_platform', 'VM.set_appliance',
+    'VM.set_blocked_operations',
+    'VM.add_to_blocked_operations',
+    'VM.remove_from_blocked_operations',
+    'VM.set_other_config',
+    'VM.add_to_other_config',
+    'VM.remove_from_other_config',
+    'VM.set_platform',
+    'VM.add_to_platform',
+    'VM.remove_from_platform',
+    'VM.set_appliance',
   ] as const;
   for (const wire of recomputing) {
     const generic = genericImpl(schema, wire) as Impl;

@@ -11,7 +11,9 @@ import type { Ref, VMSS_record, vmss_frequency } from '../schema/generated.js';
 import { EPOCH } from '../schema/types.js';
 import { ocamlInt } from './device-number.js';
 
-type KeyRule = { kind: 'enum' | 'enum-set'; values: string[]; default: string } | { kind: 'int'; min: number; max: number; default: string };
+type KeyRule =
+  | { kind: 'enum' | 'enum-set'; values: string[]; default: string }
+  | { kind: 'int'; min: number; max: number; default: string };
 
 const MINUTES: KeyRule = { kind: 'enum', values: ['0', '15', '30', '45'], default: '0' };
 const HOUR: KeyRule = { kind: 'int', min: 0, max: 23, default: '0' };
@@ -24,8 +26,15 @@ const DAYS: KeyRule = {
 /** The schedule keys each frequency takes, in xapi's order. */
 const SCHEDULE_KEYS: Record<vmss_frequency, [string, KeyRule][]> = {
   hourly: [['min', MINUTES]],
-  daily: [['hour', HOUR], ['min', MINUTES]],
-  weekly: [['hour', HOUR], ['min', MINUTES], ['days', DAYS]],
+  daily: [
+    ['hour', HOUR],
+    ['min', MINUTES],
+  ],
+  weekly: [
+    ['hour', HOUR],
+    ['min', MINUTES],
+    ['days', DAYS],
+  ],
 };
 
 const invalid = (key: string, value: string) => new XapiError('INVALID_VALUE', [`schedule:${key}`, value]);
@@ -99,5 +108,7 @@ async function destroyVmss(call: Call, ref: Ref<'VMSS'>): Promise<void> {
 }
 
 export function register(r: Registry): void {
-  r.implement('VMSS.create', (call, [record]) => createVmss(call, record)).implement('VMSS.destroy', (call, [self]) => destroyVmss(call, self));
+  r.implement('VMSS.create', (call, [record]) => createVmss(call, record)).implement('VMSS.destroy', (call, [self]) =>
+    destroyVmss(call, self),
+  );
 }

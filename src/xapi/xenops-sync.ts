@@ -175,7 +175,8 @@ export class XenopsSync {
     if (!live) {
       // force_state_reset: nothing is attached to a VM that is not running
       for (const ref of vm.VIFs) await this.updateChanged('VIF', ref, { currently_attached: false });
-      for (const ref of vm.VBDs) if (await this.updateChanged('VBD', ref, { currently_attached: false })) await this.vbdAttachmentChanged(ref);
+      for (const ref of vm.VBDs)
+        if (await this.updateChanged('VBD', ref, { currently_attached: false })) await this.vbdAttachmentChanged(ref);
       if (power === 'Halted') changes.requires_reboot = false;
     }
     await this.updateChanged('VM', vmRef, changes);
@@ -200,7 +201,7 @@ export class XenopsSync {
     }
     if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
     if (live) await this.syncDevices(vm);
-    await this.syncConsoles(vmRef, live ? state?.consoles ?? [] : []);
+    await this.syncConsoles(vmRef, live ? (state?.consoles ?? []) : []);
     await updateAllowedOperations(db, vmRef);
   }
 
@@ -236,7 +237,8 @@ export class XenopsSync {
     } as const;
     const existing = vm.guest_metrics;
     if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
-      if (await this.updateChanged('VM_guest_metrics', existing, fields)) await db.update('VM_guest_metrics', existing, { last_updated: now });
+      if (await this.updateChanged('VM_guest_metrics', existing, fields))
+        await db.update('VM_guest_metrics', existing, { last_updated: now });
     } else {
       const ref = newRef();
       await db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields, last_updated: now });
@@ -247,7 +249,10 @@ export class XenopsSync {
   /** update_vbd / update_vif: currently_attached is what the backend says is plugged. */
   private async syncDevices(vm: Row<'VM'>): Promise<void> {
     const db = this.host.db;
-    for (const [cls, refs] of [['VBD', vm.VBDs], ['VIF', vm.VIFs]] as const) {
+    for (const [cls, refs] of [
+      ['VBD', vm.VBDs],
+      ['VIF', vm.VIFs],
+    ] as const) {
       for (const ref of refs) {
         const dev = await db.get(cls, ref);
         let plugged = false;
@@ -360,7 +365,9 @@ export class XenopsSync {
       reason === 'reboot' ? after.actions_after_reboot : reason === 'crash' ? after.actions_after_crash : after.actions_after_shutdown;
     if (action === 'restart' || action === 'coredump_and_restart') {
       await this.backend.add(await this.config(ref));
-      await this.backend.start(after.uuid, { paused: false }).catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
+      await this.backend
+        .start(after.uuid, { paused: false })
+        .catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
       await this.refresh(ref);
     }
   }

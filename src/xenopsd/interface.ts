@@ -89,10 +89,7 @@ export interface DeviceState {
 }
 
 /** A change the backend reports: xapi re-reads the object's state (like xenopsd's UPDATES). */
-export type Update =
-  | { kind: 'vm'; id: string }
-  | { kind: 'vbd'; vm: string; id: string }
-  | { kind: 'vif'; vm: string; id: string };
+export type Update = { kind: 'vm'; id: string } | { kind: 'vbd'; vm: string; id: string } | { kind: 'vif'; vm: string; id: string };
 
 /**
  * Errors as xenopsd's Errors.error; xapi maps them to XenAPI errors (src/xapi/xenops-sync.ts).

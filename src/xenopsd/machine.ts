@@ -52,7 +52,8 @@ export function simulatedMachine(o: SimulatedMachineOptions): Machine {
       model: 85,
       stepping: 7,
       speedMHz: 2400,
-      flags: 'fpu de tsc msr pae mce cx8 apic sep mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm constant_tsc rep_good nopl pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm abm',
+      flags:
+        'fpu de tsc msr pae mce cx8 apic sep mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm constant_tsc rep_good nopl pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm abm',
     },
     memoryBytes: (o.memoryMiB ?? 16384) * 1024 * 1024,
     nics: (o.nics ?? ['eth0', 'eth1']).map((device) => ({ device, mac: macFor(o.seed, device), mtu: 1500, speedMbit: 10000 })),

@@ -172,7 +172,8 @@ export class Squeezed {
    */
   setDomainRange(domid: number, dynamicMin: number, dynamicMax: number): void {
     const d = this.mustGet(domid);
-    if (dynamicMin < 0 || dynamicMax < dynamicMin) throw new DomainError('Internal_error', [`bad dynamic range [${dynamicMin}, ${dynamicMax}]`]);
+    if (dynamicMin < 0 || dynamicMax < dynamicMin)
+      throw new DomainError('Internal_error', [`bad dynamic range [${dynamicMin}, ${dynamicMax}]`]);
     const old = { dynamicMin: d.dynamicMin, dynamicMax: d.dynamicMax };
     this.change(d, () => Object.assign(d, { dynamicMin, dynamicMax }));
     if (!d.balloon) return; // no balloon driver: the range takes effect when one appears
@@ -181,7 +182,11 @@ export class Squeezed {
     const targets = balloon(pool, ballooning.map(rangeOf));
     if (!targets) {
       this.change(d, () => Object.assign(d, old));
-      throw this.cannotFree(dynamicMin, pool, ballooning.filter((b) => b !== d));
+      throw this.cannotFree(
+        dynamicMin,
+        pool,
+        ballooning.filter((b) => b !== d),
+      );
     }
     this.apply(ballooning, targets);
   }
@@ -252,7 +257,10 @@ export class Squeezed {
         }
       }
       moving.sort((a, b) => a.domid - b.domid);
-      this.apply(moving, moving.map((d) => d.dynamicMax));
+      this.apply(
+        moving,
+        moving.map((d) => d.dynamicMax),
+      );
       return extra?.max ?? 0;
     }
     const ballooning = this.ballooning();
@@ -316,7 +324,8 @@ export class Squeezed {
       sums.max += d.dynamicMax;
       if (d.target !== d.dynamicMax || d.actual !== d.dynamicMax) sums.offMax++;
     }
-    if (JSON.stringify(sums) !== JSON.stringify(this.sums)) throw new Error(`squeezed sums ${JSON.stringify(this.sums)}, domains say ${JSON.stringify(sums)}`);
+    if (JSON.stringify(sums) !== JSON.stringify(this.sums))
+      throw new Error(`squeezed sums ${JSON.stringify(this.sums)}, domains say ${JSON.stringify(sums)}`);
   }
 
   private rebalanceQuietly(): void {

@@ -46,7 +46,8 @@ function raw(opts: {
   const body = opts.body === undefined ? undefined : typeof opts.body === 'string' ? Buffer.from(opts.body, 'utf8') : opts.body;
   const headers: Record<string, string | number> = { ...(opts.headers ?? {}) };
   const lower = Object.keys(headers).map((k) => k.toLowerCase());
-  if (body !== undefined && !lower.includes('content-length') && !lower.includes('transfer-encoding')) headers['content-length'] = body.length;
+  if (body !== undefined && !lower.includes('content-length') && !lower.includes('transfer-encoding'))
+    headers['content-length'] = body.length;
   return new Promise((resolve, reject) => {
     let settled = false;
     let answer: IncomingMessage | undefined;
@@ -93,7 +94,10 @@ function raw(opts: {
  * `destroyAfterMs`: the client gives up after that long, whatever happened (an impatient client
  * is what those tests are about; they judge the server afterwards, not at that moment).
  */
-function rawSocket(bytes: Buffer | string, opts: { halfClose?: boolean; destroyAfterMs?: number; timeoutMs?: number } = {}): Promise<{ received: string; closedByServer: boolean }> {
+function rawSocket(
+  bytes: Buffer | string,
+  opts: { halfClose?: boolean; destroyAfterMs?: number; timeoutMs?: number } = {},
+): Promise<{ received: string; closedByServer: boolean }> {
   return new Promise((resolve) => {
     let received = '';
     let done = false;
@@ -138,7 +142,11 @@ function xmlCall(method: string, params: string[]): string {
 const RESPONSE_HEAD = '<?xml version="1.0"?><methodResponse><params><param><value><struct><member><name>Status</name><value>';
 const unescapeXml = (s: string) =>
   s.replace(/&(lt|gt|quot|apos|amp|#x([0-9a-fA-F]+)|#([0-9]+));/g, (_m, name: string, hex?: string, dec?: string) =>
-    hex ? String.fromCodePoint(parseInt(hex, 16)) : dec ? String.fromCodePoint(Number(dec)) : ({ lt: '<', gt: '>', quot: '"', apos: "'", amp: '&' } as Record<string, string>)[name]!,
+    hex
+      ? String.fromCodePoint(parseInt(hex, 16))
+      : dec
+        ? String.fromCodePoint(Number(dec))
+        : ({ lt: '<', gt: '>', quot: '"', apos: "'", amp: '&' } as Record<string, string>)[name]!,
   );
 
 /** The ErrorDescription of an XML-RPC failure envelope (xapi writes no whitespace and bare string values). */
@@ -157,7 +165,10 @@ function xmlFailure(r: RawResponse): string[] {
 
 function assertXmlSuccess(r: RawResponse, what: string): void {
   assert.equal(r.status, 200, `${what}: HTTP ${r.status}: ${r.text.slice(0, 500)}`);
-  assert.ok(r.text.startsWith(`${RESPONSE_HEAD}Success</value></member><member><name>Value</name>`), `${what}: not a Success envelope: ${r.text.slice(0, 500)}`);
+  assert.ok(
+    r.text.startsWith(`${RESPONSE_HEAD}Success</value></member><member><name>Value</name>`),
+    `${what}: not a Success envelope: ${r.text.slice(0, 500)}`,
+  );
 }
 
 /** Transport-level refusal: an HTTP 500 HTML page, never an API envelope. */
@@ -212,7 +223,10 @@ test('malformed XML-RPC bodies get an HTTP 500 page', { timeout: 30_000 }, async
     ['missing params', `${XML_HEAD}<methodCall><methodName>host.get_all</methodName></methodCall>`],
     ['unknown value tag', xmlCall('host.get_all', [`<foo>${session}</foo>`])],
     ['unclosed elements', `${XML_HEAD}<methodCall><methodName>host.get_all</methodName><params><param><value>${session}`],
-    ['mismatched closing tag', `${XML_HEAD}<methodCall><methodName>host.get_all</methodName><params><param><value>${session}</string></param></params></methodCall>`],
+    [
+      'mismatched closing tag',
+      `${XML_HEAD}<methodCall><methodName>host.get_all</methodName><params><param><value>${session}</string></param></params></methodCall>`,
+    ],
     ['bad entity reference', xmlCall('host.get_all', [`${session}&nosuch;`])],
     ['binary garbage', '\u0000\u0001\u0002<\u00ff\u00fe>'],
   ];
@@ -272,7 +286,9 @@ test('JSON-RPC edge cases that are valid get envelopes (id echoed with its type)
 // ---------------------------------------------------------------------------------------------
 // Wrong parameter types: the rpclib converter fails inside dispatch → INTERNAL_ERROR
 
-test('XML-RPC: a value of the wrong type where a ref is expected → INTERNAL_ERROR Failure("Expected string, ...")', { timeout: 30_000 }, async () => {
+test('XML-RPC: a value of the wrong type where a ref is expected → INTERNAL_ERROR Failure("Expected string, ...")', {
+  timeout: 30_000,
+}, async () => {
   const cases: [string, string][] = [
     ['<int>5</int>', 'I(5)'],
     ['<i4>5</i4>', 'I(5)'],
@@ -293,7 +309,10 @@ test('JSON-RPC: a value of the wrong type where a ref or an int is expected → 
   assert.deepEqual(jsonFailure2(await call('VM.get_record', `["${session}",true]`), 41), internalError('string', 'B(true)'));
   assert.deepEqual(jsonFailure2(await call('VM.get_record', `["${session}",null]`), 41), internalError('string', 'N'));
   assert.deepEqual(jsonFailure2(await call('VM.get_record', `["${session}",["a"]]`), 41), internalError('string', '[S(a)]'));
-  const net = (await jsonCall(x.url, 'network.create', [session, { name_label: 'types', name_description: '', MTU: 1500, other_config: {} }])) as string;
+  const net = (await jsonCall(x.url, 'network.create', [
+    session,
+    { name_label: 'types', name_description: '', MTU: 1500, other_config: {} },
+  ])) as string;
   assert.deepEqual(jsonFailure2(await call('network.set_MTU', `["${session}","${net}",true]`), 41), internalError('int64', 'B(true)'));
   assert.deepEqual(jsonFailure2(await call('network.set_MTU', `["${session}","${net}",1.5]`), 41), internalError('int64', 'F(1.5)'));
   assert.equal(await jsonCall(x.url, 'network.get_MTU', [session, net]), 1500, 'a failed setter changed nothing');
@@ -307,7 +326,10 @@ test('JSON-RPC: a value of the wrong type where a ref or an int is expected → 
 test('a non-string session parameter → INTERNAL_ERROR Failure("Expected string, ...")', { timeout: 30_000 }, async () => {
   assert.deepEqual(xmlFailure(await postXml(xmlCall('host.get_all', ['<int>5</int>']))), internalError('string', 'I(5)'));
   assert.deepEqual(xmlFailure(await postXml(xmlCall('host.get_all', ['<boolean>0</boolean>']))), internalError('string', 'B(false)'));
-  assert.deepEqual(jsonFailure2(await postJson('{"jsonrpc":"2.0","method":"host.get_all","params":[5],"id":1}'), 1), internalError('string', 'I(5)'));
+  assert.deepEqual(
+    jsonFailure2(await postJson('{"jsonrpc":"2.0","method":"host.get_all","params":[5],"id":1}'), 1),
+    internalError('string', 'I(5)'),
+  );
   // v2 params given as an object = one struct parameter, which then is the session
   assert.deepEqual(
     jsonFailure2(await postJson('{"jsonrpc":"2.0","method":"host.get_all","params":{"x":1},"id":"obj"}'), 'obj'),
@@ -317,7 +339,10 @@ test('a non-string session parameter → INTERNAL_ERROR Failure("Expected string
 });
 
 test('int parameters: a non-decimal string fails in Int64.of_string', { timeout: 30_000 }, async () => {
-  const net = (await jsonCall(x.url, 'network.create', [session, { name_label: 'mtu', name_description: '', MTU: 1500, other_config: {} }])) as string;
+  const net = (await jsonCall(x.url, 'network.create', [
+    session,
+    { name_label: 'mtu', name_description: '', MTU: 1500, other_config: {} },
+  ])) as string;
   // decimal strings are accepted for int params ...
   await jsonCall(x.url, 'network.set_MTU', [session, net, '9000']);
   assert.equal(await jsonCall(x.url, 'network.get_MTU', [session, net]), 9000);
@@ -333,7 +358,9 @@ test('int parameters: a non-decimal string fails in Int64.of_string', { timeout:
 
 test('XML-RPC: invalid UTF-8 in a string parameter → INVALID_VALUE', { timeout: 30_000 }, async () => {
   const body = Buffer.concat([
-    Buffer.from(`${XML_HEAD}<methodCall><methodName>VM.get_by_name_label</methodName><params><param><value>${session}</value></param><param><value>caf`),
+    Buffer.from(
+      `${XML_HEAD}<methodCall><methodName>VM.get_by_name_label</methodName><params><param><value>${session}</value></param><param><value>caf`,
+    ),
     Buffer.from([0xe9, 0xff]),
     Buffer.from('</value></param></params></methodCall>'),
   ]);
@@ -351,7 +378,9 @@ test('XML-RPC: invalid UTF-8 in a string parameter → INVALID_VALUE', { timeout
 // Jsonrpc.string_of_response ~version:V2 (Rpc.failure (Enum [CODE; params...])): the request's id
 // is not passed (ocaml-rpc's default id is Int 0L) and the error is the bare array (the v2
 // error-object translation happens in callback1, which was skipped).
-test('JSON-RPC: invalid UTF-8 in a string parameter → INVALID_VALUE, written as xapi writes escaped errors', { timeout: 30_000 }, async () => {
+test('JSON-RPC: invalid UTF-8 in a string parameter → INVALID_VALUE, written as xapi writes escaped errors', {
+  timeout: 30_000,
+}, async () => {
   const problems: string[] = [];
   for (const [version, head] of [
     ['2.0', '{"jsonrpc":"2.0","id":77,'],
@@ -385,7 +414,8 @@ test('JSON-RPC: invalid UTF-8 in a string parameter → INVALID_VALUE, written a
 
 test('a truncated body (Content-Length larger than what is sent) does not hurt the server', { timeout: 30_000 }, async () => {
   const partial = xmlCall('host.get_all', [session]).slice(0, 60);
-  const head = (path: string, ct: string) => `POST ${path} HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: ${ct}\r\nContent-Length: 1000\r\n\r\n`;
+  const head = (path: string, ct: string) =>
+    `POST ${path} HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: ${ct}\r\nContent-Length: 1000\r\n\r\n`;
   // the client gives up and resets the connection
   await rawSocket(head('/', 'text/xml') + partial, { destroyAfterMs: 200 });
   await assertHealthy();
@@ -411,20 +441,30 @@ test('bodies over 300 KiB get HTTP 500 and the server keeps serving', { timeout:
   await assertHealthy();
   assertHttp500(await postXml('x'.repeat(LIMIT + 10 * 1024)), 'XML-RPC 310 KiB');
   await assertHealthy();
-  assertHttp500(await postJson(`{"jsonrpc":"2.0","method":"host.get_all","params":["${session}","${'y'.repeat(LIMIT)}"],"id":1}`), 'JSON-RPC > 300 KiB');
+  assertHttp500(
+    await postJson(`{"jsonrpc":"2.0","method":"host.get_all","params":["${session}","${'y'.repeat(LIMIT)}"],"id":1}`),
+    'JSON-RPC > 300 KiB',
+  );
   await assertHealthy();
   assertHttp500(await postXml(Buffer.alloc(4 * 1024 * 1024, 0x20)), 'XML-RPC 4 MiB');
   await assertHealthy();
   // chunked, no Content-Length
   assertHttp500(
-    await raw({ path: '/', body: Buffer.alloc(LIMIT + 100 * 1024, 0x41), headers: { 'content-type': 'text/xml', 'transfer-encoding': 'chunked' } }),
+    await raw({
+      path: '/',
+      body: Buffer.alloc(LIMIT + 100 * 1024, 0x41),
+      headers: { 'content-type': 'text/xml', 'transfer-encoding': 'chunked' },
+    }),
     'chunked 400 KiB',
   );
   await assertHealthy();
   // A huge declared length is refused without waiting for the body: not one byte of it is ever
   // sent, so a server waiting for it could only end with its body timeout (a 408); the 500 page
   // naming the size limit says it judged the declared length alone.
-  const declared = await rawSocket(`POST / HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: text/xml\r\nContent-Length: 10000000000\r\n\r\n`, { timeoutMs: 10_000 });
+  const declared = await rawSocket(
+    `POST / HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: text/xml\r\nContent-Length: 10000000000\r\n\r\n`,
+    { timeoutMs: 10_000 },
+  );
   assert.match(declared.received, /^HTTP\/1\.[01] 500/, `declared 10 GB: ${declared.received.slice(0, 200)}`);
   assert.match(declared.received, /Client_requested_size_over_limit/, `declared 10 GB: ${declared.received.slice(0, 500)}`);
   await assertHealthy();
@@ -458,11 +498,20 @@ test('10,000-deep nested arrays in XML-RPC: an error, no crash', { timeout: 60_0
   assertNotSuccess(r7, '7,000-deep arrays');
   await assertHealthy();
   // 10,000 levels of <array><data> (no <value> between them) fit too
-  assertNotSuccess(await postXml(xmlCall('host.get_all', [session, '<array><data>'.repeat(10_000) + '</data></array>'.repeat(10_000)])), '10,000 bare <array><data>');
+  assertNotSuccess(
+    await postXml(xmlCall('host.get_all', [session, '<array><data>'.repeat(10_000) + '</data></array>'.repeat(10_000)])),
+    '10,000 bare <array><data>',
+  );
   await assertHealthy();
   // 10,000 nested <value> and 100,000 unclosed elements
-  assertNotSuccess(await postXml(xmlCall('host.get_all', [session, '<value>'.repeat(10_000) + '</value>'.repeat(10_000)])), '10,000 nested <value>');
-  assertNotSuccess(await postXml(`${XML_HEAD}<methodCall><methodName>host.get_all</methodName><params><param><value>${'<a>'.repeat(100_000)}`), '100,000 unclosed elements');
+  assertNotSuccess(
+    await postXml(xmlCall('host.get_all', [session, '<value>'.repeat(10_000) + '</value>'.repeat(10_000)])),
+    '10,000 nested <value>',
+  );
+  assertNotSuccess(
+    await postXml(`${XML_HEAD}<methodCall><methodName>host.get_all</methodName><params><param><value>${'<a>'.repeat(100_000)}`),
+    '100,000 unclosed elements',
+  );
   await assertHealthy();
 });
 
@@ -507,14 +556,21 @@ test('unknown paths: GET /nonexistent → 404, POST paths reach a handler by lon
 });
 
 test('garbage on the socket (bad request line, unknown method) is refused', { timeout: 30_000 }, async () => {
-  for (const bytes of ['\u0000\u0001garbage\r\n\r\n', 'BREW / HTTP/1.1\r\nHost: x\r\n\r\n', 'POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n', 'POST / HTTP/9.9\r\n\r\n']) {
+  for (const bytes of [
+    '\u0000\u0001garbage\r\n\r\n',
+    'BREW / HTTP/1.1\r\nHost: x\r\n\r\n',
+    'POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n',
+    'POST / HTTP/9.9\r\n\r\n',
+  ]) {
     const res = await rawSocket(bytes, { timeoutMs: 15_000 });
     assert.doesNotMatch(res.received, /^HTTP\/1\.[01] 200/, JSON.stringify(bytes));
     await assertHealthy();
   }
 });
 
-test('pipelined requests followed by garbage: every valid request is answered, in order, then a 400 page', { timeout: 30_000 }, async () => {
+test('pipelined requests followed by garbage: every valid request is answered, in order, then a 400 page', {
+  timeout: 30_000,
+}, async () => {
   const call = (id: number) => {
     const body = JSON.stringify({ jsonrpc: '2.0', method: 'host.get_all', params: [session], id });
     return `POST /jsonrpc HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
@@ -524,7 +580,8 @@ test('pipelined requests followed by garbage: every valid request is answered, i
     assert.ok(res.closedByServer, 'the server closes the connection after the garbage');
     const statuses = [...res.received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
     assert.deepEqual(statuses, [...valid.map(() => 200), 400], res.received.slice(0, 2000));
-    for (const id of valid) assert.ok(res.received.includes(`"result":["${hostRef}"],"id":${id}`), `reply ${id} missing: ${res.received.slice(0, 2000)}`);
+    for (const id of valid)
+      assert.ok(res.received.includes(`"result":["${hostRef}"],"id":${id}`), `reply ${id} missing: ${res.received.slice(0, 2000)}`);
     assert.match(res.received, /HTTP 400 bad request/);
     await assertHealthy();
   }
@@ -540,7 +597,9 @@ test('pipelined requests followed by garbage: every valid request is answered, i
 // Refused at the DOCTYPE itself, before any entity is expanded: a harmless DOCTYPE is refused
 // alike (and test/unit/xmlrpc.test.ts pins it in the parser), so the expansions below never run.
 test('XML with a DOCTYPE / entity expansion (billion laughs, external entity) is refused', { timeout: 30_000 }, async () => {
-  const harmless = await postXml(`${XML_HEAD}<!DOCTYPE methodCall><methodCall><methodName>host.get_all</methodName><params><param><value>${session}</value></param></params></methodCall>`);
+  const harmless = await postXml(
+    `${XML_HEAD}<!DOCTYPE methodCall><methodCall><methodName>host.get_all</methodName><params><param><value>${session}</value></param></params></methodCall>`,
+  );
   assertHttp500(harmless, 'a DOCTYPE without entities');
   const ents = ['<!ENTITY lol "lol">'];
   for (let i = 2; i <= 9; i++) ents.push(`<!ENTITY lol${i} "${`&lol${i === 2 ? '' : i - 1};`.repeat(10)}">`);
@@ -566,7 +625,10 @@ test('XML with a DOCTYPE / entity expansion (billion laughs, external entity) is
 // __proto__ and friends are data
 
 test('__proto__ as a struct member / map key is stored as data and pollutes nothing', { timeout: 30_000 }, async () => {
-  const net = (await jsonCall(x.url, 'network.create', [session, { name_label: 'proto', name_description: '', MTU: 1500, other_config: {} }])) as string;
+  const net = (await jsonCall(x.url, 'network.create', [
+    session,
+    { name_label: 'proto', name_description: '', MTU: 1500, other_config: {} },
+  ])) as string;
   // add_to_other_config with the key "__proto__" (JSON-RPC)
   assert.equal(await jsonCall(x.url, 'network.add_to_other_config', [session, net, '__proto__', 'polluted']), '');
   const oc = (await jsonCall(x.url, 'network.get_other_config', [session, net])) as Record<string, unknown>;
@@ -592,17 +654,17 @@ test('__proto__ as a struct member / map key is stored as data and pollutes noth
   const created = jsonBody(await postJson(createBody));
   const net2 = created.result as string;
   assert.ok(typeof net2 === 'string' && net2.startsWith('OpaqueRef:'), JSON.stringify(created));
-  const rec = (await jsonCall(x.url, 'network.get_record', [session, net2])) as { name_label: string; other_config: Record<string, string> };
+  const rec = (await jsonCall(x.url, 'network.get_record', [session, net2])) as {
+    name_label: string;
+    other_config: Record<string, string>;
+  };
   assert.equal(rec.name_label, 'proto2', 'an unknown "__proto__" member of the record is ignored');
-  assert.deepEqual(
-    Object.entries(rec.other_config).sort(),
-    [
-      ['__proto__', 'p'],
-      ['constructor', 'c'],
-      ['hasOwnProperty', 'h'],
-      ['toString', 't'],
-    ],
-  );
+  assert.deepEqual(Object.entries(rec.other_config).sort(), [
+    ['__proto__', 'p'],
+    ['constructor', 'c'],
+    ['hasOwnProperty', 'h'],
+    ['toString', 't'],
+  ]);
 
   // an XML-RPC struct member named __proto__ in the constructor record
   const xmlCreate = xmlCall('network.create', [
@@ -615,13 +677,10 @@ test('__proto__ as a struct member / map key is stored as data and pollutes noth
   const xc = await postXml(xmlCreate);
   assertXmlSuccess(xc, 'XML-RPC network.create with __proto__ members');
   const net3 = /<name>Value<\/name><value>(OpaqueRef:[^<]+)<\/value>/.exec(xc.text)![1]!;
-  assert.deepEqual(
-    Object.entries((await jsonCall(x.url, 'network.get_other_config', [session, net3])) as Record<string, string>).sort(),
-    [
-      ['__proto__', 'xml'],
-      ['polluted', 'yes'],
-    ],
-  );
+  assert.deepEqual(Object.entries((await jsonCall(x.url, 'network.get_other_config', [session, net3])) as Record<string, string>).sort(), [
+    ['__proto__', 'xml'],
+    ['polluted', 'yes'],
+  ]);
 
   // a top-level "__proto__" member in a JSON-RPC request does not supply jsonrpc or id
   const v1 = jsonBody(await postJson(`{"__proto__":{"jsonrpc":"2.0"},"method":"host.get_all","params":["${session}"],"id":1}`));
@@ -629,7 +688,10 @@ test('__proto__ as a struct member / map key is stored as data and pollutes noth
   assertHttp500(await postJson(`{"__proto__":{"id":5},"method":"host.get_all","params":["${session}"]}`), '"id" only inside __proto__');
 
   // nothing leaked into other objects: a fresh network has an empty other_config, and records list normally
-  const fresh = (await jsonCall(x.url, 'network.create', [session, { name_label: 'fresh', name_description: '', MTU: 1500, other_config: {} }])) as string;
+  const fresh = (await jsonCall(x.url, 'network.create', [
+    session,
+    { name_label: 'fresh', name_description: '', MTU: 1500, other_config: {} },
+  ])) as string;
   assert.deepEqual(await jsonCall(x.url, 'network.get_other_config', [session, fresh]), {});
   const freshRec = (await jsonCall(x.url, 'network.get_record', [session, fresh])) as Record<string, unknown>;
   assert.equal(freshRec['polluted'], undefined);
@@ -637,7 +699,10 @@ test('__proto__ as a struct member / map key is stored as data and pollutes noth
   const all = (await jsonCall(x.url, 'network.get_all_records', [session])) as Record<string, { other_config: Record<string, string> }>;
   for (const [ref, r] of Object.entries(all)) {
     if (ref === net2 || ref === net3) continue;
-    assert.ok(!Object.hasOwn(r.other_config, 'polluted') && !Object.hasOwn(r.other_config, '__proto__'), `${ref}: ${JSON.stringify(r.other_config)}`);
+    assert.ok(
+      !Object.hasOwn(r.other_config, 'polluted') && !Object.hasOwn(r.other_config, '__proto__'),
+      `${ref}: ${JSON.stringify(r.other_config)}`,
+    );
   }
   const hostRec = (await jsonCall(x.url, 'host.get_record', [session, hostRef])) as Record<string, unknown>;
   assert.equal(hostRec['polluted'], undefined);
@@ -654,10 +719,17 @@ test('200 concurrent bad requests, then a good one succeeds', { timeout: 90_000 
     async () => assertHttp500(await postXml('not xml <<<'), 'malformed XML'),
     async () => assertHttp500(await postJson('{"jsonrpc":'), 'malformed JSON'),
     async () => assertHttp500(await postJson(`{"jsonrpc":"2.0","method":"host.get_all","params":["${session}"]}`), 'no id'),
-    async () => assert.deepEqual(xmlFailure(await postXml(xmlCall('VM.get_record', [session, '<int>5</int>']))), internalError('string', 'I(5)')),
+    async () =>
+      assert.deepEqual(xmlFailure(await postXml(xmlCall('VM.get_record', [session, '<int>5</int>']))), internalError('string', 'I(5)')),
     async () => assert.equal(xmlFailure(await postXml(xmlCall('VM.get_record', ['OpaqueRef:bad', 'OpaqueRef:bad'])))[0], 'SESSION_INVALID'),
     async () => assertHttp500(await postXml('x'.repeat(LIMIT + 1024)), 'huge'),
-    async () => assertNotSuccess(await postJson(`{"jsonrpc":"2.0","method":"host.get_all","params":["${session}",${'['.repeat(10_000)}${']'.repeat(10_000)}],"id":1}`), 'deep JSON'),
+    async () =>
+      assertNotSuccess(
+        await postJson(
+          `{"jsonrpc":"2.0","method":"host.get_all","params":["${session}",${'['.repeat(10_000)}${']'.repeat(10_000)}],"id":1}`,
+        ),
+        'deep JSON',
+      ),
     async () => assertHttp500(await postXml(`${XML_HEAD}<!DOCTYPE a [<!ENTITY a "aaaa">]><methodCall/>`), 'DOCTYPE'),
     async () => rawSocket(`POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n<methodCall>`, { destroyAfterMs: 50 }),
     async () => rawSocket('\u0000\u0001garbage\r\n\r\n', { timeoutMs: 15_000 }),
@@ -666,7 +738,9 @@ test('200 concurrent bad requests, then a good one succeeds', { timeout: 90_000 
   // good calls interleaved with the storm still succeed
   const good = Array.from({ length: 10 }, () => jsonCall(x.url, 'host.get_all', [session]));
   const results = await Promise.allSettled(jobs);
-  const failures = results.flatMap((r, i) => (r.status === 'rejected' ? [`#${i}: ${String((r.reason as Error)?.message ?? r.reason)}`] : []));
+  const failures = results.flatMap((r, i) =>
+    r.status === 'rejected' ? [`#${i}: ${String((r.reason as Error)?.message ?? r.reason)}`] : [],
+  );
   assert.deepEqual(failures, [], failures.slice(0, 5).join('\n'));
   for (const g of await Promise.all(good)) assert.deepEqual(g, [hostRef]);
   await assertHealthy();

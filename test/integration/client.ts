@@ -37,7 +37,9 @@ export async function waitTask(url: string, session: string, task: string, timeo
     const left = deadline - Date.now();
     if (left <= 0) throw new Error(`task ${task} still pending after ${timeoutMs} ms`);
     // The first call (empty token) answers at once with a token; later ones block until the task changes.
-    const batch = (await jsonCall(url, 'event.from', [session, [`task/${task}`], token, Math.min(left, 10_000) / 1000])) as { token: string };
+    const batch = (await jsonCall(url, 'event.from', [session, [`task/${task}`], token, Math.min(left, 10_000) / 1000])) as {
+      token: string;
+    };
     token = batch.token;
   }
 }

@@ -74,8 +74,11 @@ function check(wire: 'xml' | 'json', t: Type, v: Rpc, enums: Record<string, stri
     case 'enum':
       return typeof v === 'string' && enums[t.name]!.includes(v) ? undefined : `expected a ${t.name} value, got ${String(v)}`;
     case 'int':
-      if (wire === 'xml') return typeof v === 'string' && /^-?\d+$/.test(v) ? undefined : `expected int64 as a decimal string, got ${typeof v}`;
-      return typeof v === 'bigint' || (typeof v === 'number' && Number.isInteger(v)) ? undefined : `expected a JSON integer, got ${typeof v}`;
+      if (wire === 'xml')
+        return typeof v === 'string' && /^-?\d+$/.test(v) ? undefined : `expected int64 as a decimal string, got ${typeof v}`;
+      return typeof v === 'bigint' || (typeof v === 'number' && Number.isInteger(v))
+        ? undefined
+        : `expected a JSON integer, got ${typeof v}`;
     case 'float':
       return typeof v === 'number' ? undefined : `expected a double, got ${typeof v}`;
     case 'bool':

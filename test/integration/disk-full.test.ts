@@ -69,7 +69,9 @@ async function assertNothingLost(x: XapiProcess, session: string): Promise<void>
   for (const label of now.values()) assert.ok(!refused.has(label), `refused ${label} is there`);
 }
 
-test('a full state disk: reads work, writes fail cleanly, recovery without restart, nothing acknowledged lost', { timeout: 180_000 }, async () => {
+test('a full state disk: reads work, writes fail cleanly, recovery without restart, nothing acknowledged lost', {
+  timeout: 180_000,
+}, async () => {
   let x = await start();
   address = x.address;
   try {
@@ -125,7 +127,10 @@ test('a full state disk: reads work, writes fail cleanly, recovery without resta
     const [pool] = (await jsonCall(x.url, 'pool.get_all', [session])) as string[];
     await jsonCall(x.url, 'pool.add_to_other_config', [session, pool, 'after', 'recovery']);
     const seen = (await watching) as { events: { class: string; operation: string }[] };
-    assert.deepEqual(seen.events.map((e) => `${e.class} ${e.operation}`), ['pool mod']);
+    assert.deepEqual(
+      seen.events.map((e) => `${e.class} ${e.operation}`),
+      ['pool mod'],
+    );
     for (let i = 0; i < 20; i++) await create(x, session, `more-${i}`, 1024);
     await assertNothingLost(x, session);
 
@@ -162,10 +167,7 @@ test('SIGTERM stops a host whose disk is full, promptly, losing nothing it ackno
 const GiB = 1024 ** 3;
 
 async function makeVm(x: XapiProcess, s: string, name: string): Promise<string> {
-  return (await jsonCall(x.url, 'VM.create', [
-    s,
-    vmRecord(name, { memory: GiB }),
-  ])) as string;
+  return (await jsonCall(x.url, 'VM.create', [s, vmRecord(name, { memory: GiB })])) as string;
 }
 
 /** Polls until `cond` holds (a wait on a condition, bounded only to fail instead of hanging). */
@@ -173,7 +175,9 @@ const until = (what: string, cond: () => Promise<boolean>) => waitUntil(what, co
 
 // (The ordering of guest timers against the outage cannot be observed from outside; the
 // in-process tests pin that: test/unit/full-disk.test.ts and the simulator's own test.)
-test('running VMs on a full disk: the host stays up, and once space is back the database agrees with the domains', { timeout: 180_000 }, async () => {
+test('running VMs on a full disk: the host stays up, and once space is back the database agrees with the domains', {
+  timeout: 180_000,
+}, async () => {
   const dir = `${disks.path('state')}/vms`;
   const startVms = () => startXapi({ stateDir: dir, address, wrap: disks.enter(), args: ['--sim-boot-ms', '1500'] });
   let x = await startVms();
@@ -196,7 +200,10 @@ test('running VMs on a full disk: the host stays up, and once space is back the 
     await until('the start to finish', async () => (await jsonCall(x.url, 'task.get_status', [s, task])) !== 'pending');
     for (const vm of [running, booting]) {
       await until('the database to say Running', async () => (await jsonCall(x.url, 'VM.get_power_state', [s, vm])) === 'Running');
-      await until('no operation left on the VM', async () => Object.keys((await jsonCall(x.url, 'VM.get_current_operations', [s, vm])) as object).length === 0);
+      await until(
+        'no operation left on the VM',
+        async () => Object.keys((await jsonCall(x.url, 'VM.get_current_operations', [s, vm])) as object).length === 0,
+      );
     }
     x.kill('SIGKILL');
     await x.exited;

@@ -24,7 +24,22 @@ test('a shared SR is refused to a second pool; the first pool keeps using it', {
     assert.equal(rec.shared, true);
     const [pbdA] = rec.PBDs as string[];
     assert.equal(await jsonCall(a.url, 'PBD.get_currently_attached', [sa, pbdA]), true);
-    const vdi = (await jsonCall(a.url, 'VDI.create', [sa, { name_label: 'on shared', name_description: '', SR: sr, virtual_size: 8 * 1024 * 1024, type: 'user', sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [] }])) as string;
+    const vdi = (await jsonCall(a.url, 'VDI.create', [
+      sa,
+      {
+        name_label: 'on shared',
+        name_description: '',
+        SR: sr,
+        virtual_size: 8 * 1024 * 1024,
+        type: 'user',
+        sharable: false,
+        read_only: false,
+        other_config: {},
+        xenstore_data: {},
+        sm_config: {},
+        tags: [],
+      },
+    ])) as string;
 
     // the second pool can see the SR (probe) but not plug it
     const probe = (await jsonCall(b.url, 'SR.probe', [sb, hostB, dc, 'nfs', {}])) as string;
@@ -42,7 +57,10 @@ test('a shared SR is refused to a second pool; the first pool keeps using it', {
     await jsonCall(a.url, 'SR.scan', [sa, sr]);
     assert.deepEqual(await jsonCall(a.url, 'SR.get_VDIs', [sa, sr]), [vdi]);
     // a second PBD for the same host is refused
-    await assert.rejects(jsonCall(a.url, 'PBD.create', [sa, { host: hostA, SR: sr, device_config: dc, other_config: {} }]), (e: RpcFailure) => e.error[0] === 'PBD_EXISTS');
+    await assert.rejects(
+      jsonCall(a.url, 'PBD.create', [sa, { host: hostA, SR: sr, device_config: dc, other_config: {} }]),
+      (e: RpcFailure) => e.error[0] === 'PBD_EXISTS',
+    );
   } finally {
     await stopXapi(a);
     await stopXapi(b);

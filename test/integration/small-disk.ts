@@ -21,9 +21,13 @@ export class SmallDisks {
     const mounts = Object.entries(sizes)
       .map(([name, bytes]) => `mkdir -p '${base}/${name}' && mount -t tmpfs -o size=${bytes} tmpfs '${base}/${name}'`)
       .join(' && ');
-    const holder = spawn('unshare', ['--user', '--map-root-user', '--mount', 'sh', '-c', `${mounts} && echo mounted && exec sleep 100000`], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const holder = spawn(
+      'unshare',
+      ['--user', '--map-root-user', '--mount', 'sh', '-c', `${mounts} && echo mounted && exec sleep 100000`],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     await new Promise<void>((resolve, reject) => {
       holder.stdout!.on('data', (d: Buffer) => {

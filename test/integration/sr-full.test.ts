@@ -27,7 +27,18 @@ before(async () => {
   x = await startXapi({ wrap: disks.enter() });
   session = await login(x.url, PASSWORD);
   const [host] = (await jsonCall(x.url, 'host.get_all', [session])) as string[];
-  sr = (await jsonCall(x.url, 'SR.create', [session, host, { location: disks.path('sr') }, 0, 'small', '', 'file', 'user', false, {}])) as string;
+  sr = (await jsonCall(x.url, 'SR.create', [
+    session,
+    host,
+    { location: disks.path('sr') },
+    0,
+    'small',
+    '',
+    'file',
+    'user',
+    false,
+    {},
+  ])) as string;
   srDir = join(disks.outside('sr'), (await jsonCall(x.url, 'SR.get_uuid', [session, sr])) as string);
 });
 
@@ -47,7 +58,9 @@ async function startImport(size: number) {
   socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
   socket.on('error', () => undefined); // the server may close while we still send
   await new Promise((r) => socket.once('connect', r));
-  socket.write(`PUT /import_raw_vdi?session_id=${session}&sr_id=${sr}&format=raw HTTP/1.1\r\nHost: ${x.address}\r\nContent-Length: ${size}\r\n\r\n`);
+  socket.write(
+    `PUT /import_raw_vdi?session_id=${session}&sr_id=${sr}&format=raw HTTP/1.1\r\nHost: ${x.address}\r\nContent-Length: ${size}\r\n\r\n`,
+  );
   await until('the task id', () => /\r\ntask-id: \S+\r\n/i.test(received));
   const task = /\r\ntask-id: (\S+)\r\n/i.exec(received)![1]!;
   return { socket, task };

@@ -52,7 +52,9 @@ function open(): Promise<{ socket: Socket; received: () => string; closed: Promi
 const rpcHead = (length: number) =>
   `POST /jsonrpc HTTP/1.1\r\nHost: ${x.address}\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n\r\n`;
 
-test('an RPC body that stalls is answered 408 and closed, without a session, and others are served meanwhile', { timeout: 30_000 }, async () => {
+test('an RPC body that stalls is answered 408 and closed, without a session, and others are served meanwhile', {
+  timeout: 30_000,
+}, async () => {
   const stalled = await Promise.all(Array.from({ length: 5 }, () => open()));
   for (const c of stalled) c.socket.write(rpcHead(1000) + '{"jsonrpc":"2.0",');
   // the held connections do not keep others waiting
@@ -106,7 +108,10 @@ test('an upload that goes quiet is cut; one that keeps sending is not, however l
   const stalled = await upload(vdi, size, async (s) => {
     for (let i = 0; i < 8; i++) s.write(piece);
   });
-  assert.deepEqual(stalled, { status: 'failure', error: ['INTERNAL_ERROR', `the request body sent nothing for ${UPLOAD_IDLE_TIMEOUT_MS / 1000} s`] });
+  assert.deepEqual(stalled, {
+    status: 'failure',
+    error: ['INTERNAL_ERROR', `the request body sent nothing for ${UPLOAD_IDLE_TIMEOUT_MS / 1000} s`],
+  });
   await assertServing();
 
   // 16 pieces, one every 400 ms: longer in total than both bounds, never quiet for long

@@ -26,7 +26,9 @@ function put(url: string, path: string, body: Buffer): Promise<number> {
 async function exportedHash(url: string, session: string, vdi: string): Promise<string> {
   const res = await fetch(`${url}/export_raw_vdi?session_id=${session}&vdi=${vdi}&format=raw`);
   assert.equal(res.status, 200);
-  return createHash('sha256').update(Buffer.from(await res.arrayBuffer())).digest('hex');
+  return createHash('sha256')
+    .update(Buffer.from(await res.arrayBuffer()))
+    .digest('hex');
 }
 
 test('kill -9 during VDI.copy: disks survive, the half-made copy goes, no operation stays marked', { timeout: 120_000 }, async () => {
@@ -35,7 +37,19 @@ test('kill -9 during VDI.copy: disks survive, the half-made copy goes, no operat
     let s = await login(x.url, PASSWORD);
     const [pool] = (await jsonCall(x.url, 'pool.get_all', [s])) as string[];
     const sr = (await jsonCall(x.url, 'pool.get_default_SR', [s, pool])) as string;
-    const vdiRecord = (name: string, size: number) => ({ name_label: name, name_description: '', SR: sr, virtual_size: size, type: 'user', sharable: false, read_only: false, other_config: {}, xenstore_data: {}, sm_config: {}, tags: [] });
+    const vdiRecord = (name: string, size: number) => ({
+      name_label: name,
+      name_description: '',
+      SR: sr,
+      virtual_size: size,
+      type: 'user',
+      sharable: false,
+      read_only: false,
+      other_config: {},
+      xenstore_data: {},
+      sm_config: {},
+      tags: [],
+    });
     const size = 192 * MiB;
     const src = (await jsonCall(x.url, 'VDI.create', [s, vdiRecord('source', size)])) as string;
     const data = Buffer.alloc(size);
@@ -49,7 +63,10 @@ test('kill -9 during VDI.copy: disks survive, the half-made copy goes, no operat
     await jsonCall(x.url, 'Async.VDI.copy', [s, src, sr, 'OpaqueRef:NULL', 'OpaqueRef:NULL']);
     // Seen marked through a call whose answer waited for the group commit (every answer does,
     // when writes are pending): the mark is on disk when the process is killed.
-    await waitUntil('the copy to be seen in progress', async () => Object.keys((await jsonCall(x.url, 'VDI.get_current_operations', [s, src])) as object).length > 0);
+    await waitUntil(
+      'the copy to be seen in progress',
+      async () => Object.keys((await jsonCall(x.url, 'VDI.get_current_operations', [s, src])) as object).length > 0,
+    );
     x.kill('SIGKILL');
     await x.exited;
 

@@ -32,7 +32,10 @@ interface XoConnector {
   disconnect(): Promise<void>;
   call(method: string, ...args: unknown[]): Promise<unknown>;
   /** A download: the HTTP response (undici's), with the task the connector made for it. */
-  getResource(path: string, opts: { query: Record<string, string> }): Promise<{ headers: IncomingHttpHeaders; body: Readable & { arrayBuffer(): Promise<ArrayBuffer> }; task: Promise<unknown> }>;
+  getResource(
+    path: string,
+    opts: { query: Record<string, string> },
+  ): Promise<{ headers: IncomingHttpHeaders; body: Readable & { arrayBuffer(): Promise<ArrayBuffer> }; task: Promise<unknown> }>;
   /** An upload; resolves with the task's result. */
   putResource(body: Buffer | (Readable & { length: number }), path: string, opts: { query: Record<string, string> }): Promise<unknown>;
 }
@@ -91,8 +94,17 @@ async function call(method: string, ...params: unknown[]): Promise<unknown> {
 
 async function createVdi(name: string, size = SIZE): Promise<string> {
   return (await xapi.call('VDI.create', {
-    name_label: name, name_description: '', SR: sr, virtual_size: size, type: 'user', sharable: false, read_only: false,
-    other_config: {}, xenstore_data: {}, sm_config: {}, tags: [],
+    name_label: name,
+    name_description: '',
+    SR: sr,
+    virtual_size: size,
+    type: 'user',
+    sharable: false,
+    read_only: false,
+    other_config: {},
+    xenstore_data: {},
+    sm_config: {},
+    tags: [],
   })) as string;
 }
 
@@ -131,7 +143,9 @@ function http(method: string, path: string, o: { headers?: Record<string, string
 }
 
 const importedVdis = async () =>
-  Object.values((await call('VDI.get_all_records')) as Record<string, { name_label: string }>).filter((v) => v.name_label === 'Imported VDI').length;
+  Object.values((await call('VDI.get_all_records')) as Record<string, { name_label: string }>).filter(
+    (v) => v.name_label === 'Imported VDI',
+  ).length;
 
 const qemuImg = (...args: string[]) => execFileSync('qemu-img', args, { encoding: 'utf8' });
 
@@ -145,7 +159,12 @@ let rawBContent: Buffer;
 
 test('raw upload and raw/VHD export through xen-api', { timeout: 60_000 }, async () => {
   main = await createVdi('transfer main');
-  mainContent = pattern(SIZE, [[0, 512], [5 * MiB + 123, MiB], [33 * MiB, 2 * MiB + 7], [SIZE - 4096, 4096]]);
+  mainContent = pattern(SIZE, [
+    [0, 512],
+    [5 * MiB + 123, MiB],
+    [33 * MiB, 2 * MiB + 7],
+    [SIZE - 4096, 4096],
+  ]);
   const rawA = join(dir, 'a.raw');
   await writeFile(rawA, mainContent);
   const result = await xapi.putResource(fileStream(rawA), '/import_raw_vdi', { query: { vdi: main, format: 'raw' } });
@@ -170,7 +189,11 @@ test('raw upload and raw/VHD export through xen-api', { timeout: 60_000 }, async
 });
 
 test('import of a qemu-made dynamic VHD through xen-api', { timeout: 60_000 }, async () => {
-  rawBContent = pattern(SIZE, [[MiB, 3 * MiB], [40 * MiB + 512, 1000], [SIZE - 512, 512]]);
+  rawBContent = pattern(SIZE, [
+    [MiB, 3 * MiB],
+    [40 * MiB + 512, 1000],
+    [SIZE - 512, 512],
+  ]);
   const rawB = join(dir, 'b.raw');
   await writeFile(rawB, rawBContent);
   vhdB = join(dir, 'b.vhd');
@@ -217,10 +240,15 @@ test('delta export against a snapshot, applied to a copy of the snapshot', { tim
 
 test('raw upload to an SR makes a VDI sized by the upload', { timeout: 60_000 }, async () => {
   const size = 8 * MiB;
-  const content = pattern(size, [[0, 4096], [3 * MiB, MiB]]);
+  const content = pattern(size, [
+    [0, 4096],
+    [3 * MiB, MiB],
+  ]);
   const before = await importedVdis();
   // A stream: the connector first probes with an empty body, which must not make a VDI.
-  const vdi = (await xapi.putResource(Object.assign(Readable.from([content]), { length: size }), '/import_raw_vdi', { query: { sr_id: sr } })) as string;
+  const vdi = (await xapi.putResource(Object.assign(Readable.from([content]), { length: size }), '/import_raw_vdi', {
+    query: { sr_id: sr },
+  })) as string;
   assert.equal(await importedVdis(), before + 1, 'one VDI made, none for the probe');
   assert.match(vdi, /^OpaqueRef:/);
   assert.equal(Number(await xapi.call('VDI.get_virtual_size', vdi)), size);
@@ -238,8 +266,7 @@ test('raw upload to an SR makes a VDI sized by the upload', { timeout: 60_000 },
 // ---------------------------------------------------------------------------------------------
 // 2. Bad requests, plain HTTP
 
-
-test('chunked upload: only the chunks sent are written (xapi\'s offset/length protocol)', { timeout: 30_000 }, async () => {
+test("chunked upload: only the chunks sent are written (xapi's offset/length protocol)", { timeout: 30_000 }, async () => {
   const vdi = await createVdi('chunked', 8 * MiB);
   const chunk = (offset: number, data: Buffer) => {
     const h = Buffer.alloc(12);
@@ -265,50 +292,63 @@ test('chunked upload: only the chunks sent are written (xapi\'s offset/length pr
   assert.deepEqual(failed.error_info, ['INTERNAL_ERROR', 'Cannot handle chunked VHD']);
 });
 
-test('a transfer reports its progress on the caller\'s task', { timeout: 30_000 }, async () => {
+test("a transfer reports its progress on the caller's task", { timeout: 30_000 }, async () => {
   const task = (await call('task.create', 'slow export', '')) as string;
   const seen = new Set<number>();
   await new Promise<void>((resolve, reject) => {
-    const req = request({ host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=raw` }, (res) => {
-      assert.equal(res.statusCode, 200);
-      assert.equal(res.headers['task-id'], task);
-      // a slow reader: the export advances only as fast as it is read
-      res.on('data', () => {
-        res.pause();
-        void (call('task.get_progress', task) as Promise<number>).then((p) => {
-          seen.add(p);
-          res.resume();
-        }, reject);
-      });
-      res.on('end', resolve);
-      res.on('error', reject);
-    });
+    const req = request(
+      { host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=raw` },
+      (res) => {
+        assert.equal(res.statusCode, 200);
+        assert.equal(res.headers['task-id'], task);
+        // a slow reader: the export advances only as fast as it is read
+        res.on('data', () => {
+          res.pause();
+          void (call('task.get_progress', task) as Promise<number>).then((p) => {
+            seen.add(p);
+            res.resume();
+          }, reject);
+        });
+        res.on('end', resolve);
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
     req.end();
   });
   const done = await waitTask(task);
   assert.equal(done.status, 'success');
   assert.equal(done.progress, 1);
-  assert.ok([...seen].some((p) => p > 0 && p < 1), `progress between 0 and 1 was seen: ${[...seen].join(' ')}`);
+  assert.ok(
+    [...seen].some((p) => p > 0 && p < 1),
+    `progress between 0 and 1 was seen: ${[...seen].join(' ')}`,
+  );
 });
 
 test('credentials: none, bad, HTTP Basic', { timeout: 30_000 }, async () => {
   assert.ok(main);
-  for (const [method, path] of [['PUT', `/import_raw_vdi?vdi=${main}`], ['GET', `/export_raw_vdi?vdi=${main}`]] as const) {
+  for (const [method, path] of [
+    ['PUT', `/import_raw_vdi?vdi=${main}`],
+    ['GET', `/export_raw_vdi?vdi=${main}`],
+  ] as const) {
     const r = await http(method, path);
     assert.equal(r.status, 401, `${method} ${path}`);
     assert.match(String(r.headers['www-authenticate']), /^Basic realm=/);
   }
   // A task made beforehand and named with a bad session fails with SESSION_AUTHENTICATION_FAILED.
   const task = (await call('task.create', 'upload', '')) as string;
-  const r = await http('PUT', `/import_raw_vdi?session_id=OpaqueRef:00000000-0000-0000-0000-000000000000&task_id=${task}&vdi=${main}`, { body: randomBytes(4096) });
+  const r = await http('PUT', `/import_raw_vdi?session_id=OpaqueRef:00000000-0000-0000-0000-000000000000&task_id=${task}&vdi=${main}`, {
+    body: randomBytes(4096),
+  });
   assert.equal(r.status, 401);
   const rec = await waitTask(task);
   assert.equal(rec.status, 'failure');
   assert.equal((rec.error_info as string[])[0], 'SESSION_AUTHENTICATION_FAILED');
   assert.deepEqual(await exportedSha(main), { hash: sha(mainContent), bytes: SIZE }, 'nothing was written');
   // Wrong password in Basic auth: 401.
-  const wrong = await http('GET', `/export_raw_vdi?vdi=${main}`, { headers: { authorization: `Basic ${Buffer.from('root:nope').toString('base64')}` } });
+  const wrong = await http('GET', `/export_raw_vdi?vdi=${main}`, {
+    headers: { authorization: `Basic ${Buffer.from('root:nope').toString('base64')}` },
+  });
   assert.equal(wrong.status, 401);
 
   // HTTP Basic with root's password works.
@@ -326,7 +366,9 @@ test('credentials: none, bad, HTTP Basic', { timeout: 30_000 }, async () => {
 
 test('unknown format, path-like VDI names', { timeout: 30_000 }, async () => {
   const task = (await call('task.create', 'qcow9', '')) as string;
-  const r = await http('PUT', `/import_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=qcow9`, { body: randomBytes(4096) });
+  const r = await http('PUT', `/import_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=qcow9`, {
+    body: randomBytes(4096),
+  });
   assert.equal(r.status, 404, 'as xapi');
   assert.equal(r.headers['task-id'], task);
   const rec = await waitTask(task);
@@ -336,7 +378,9 @@ test('unknown format, path-like VDI names', { timeout: 30_000 }, async () => {
   assert.equal(ex.status, 404);
   // A chunked body (no Content-Length) is refused, as xapi does; nothing is written.
   const t2 = (await call('task.create', 'chunked', '')) as string;
-  const ch = await http('PUT', `/import_raw_vdi?session_id=${session}&task_id=${t2}&vdi=${main}`, { body: Readable.from([randomBytes(4096)]) });
+  const ch = await http('PUT', `/import_raw_vdi?session_id=${session}&task_id=${t2}&vdi=${main}`, {
+    body: Readable.from([randomBytes(4096)]),
+  });
   assert.equal(ch.status, 403, 'as xapi');
   const rec2 = await waitTask(t2);
   assert.equal(rec2.status, 'failure');
@@ -382,13 +426,19 @@ test('a truncated VHD fails its task and the server keeps serving', { timeout: 3
 
 test('a VHD larger than its target fails with VDI_TOO_LARGE and changes nothing', { timeout: 30_000 }, async () => {
   const big = join(dir, 'big.raw');
-  const bigContent = pattern(2 * SIZE, [[0, MiB], [SIZE + MiB, MiB]]);
+  const bigContent = pattern(2 * SIZE, [
+    [0, MiB],
+    [SIZE + MiB, MiB],
+  ]);
   await writeFile(big, bigContent);
   const bigVhd = join(dir, 'big.vhd');
   qemuImg('convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', big, bigVhd);
   const task = (await call('task.create', 'too large', '')) as string;
   // The server may cut the connection while the body is still being sent.
-  const r = await http('PUT', `/import_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=vhd`, { body: createReadStream(bigVhd), headers: { 'content-length': String(statSync(bigVhd).size) } }).catch(() => ({ status: 0 }));
+  const r = await http('PUT', `/import_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}&format=vhd`, {
+    body: createReadStream(bigVhd),
+    headers: { 'content-length': String(statSync(bigVhd).size) },
+  }).catch(() => ({ status: 0 }));
   assert.ok([0, 200, 400].includes(r.status), `status ${r.status}`);
   const rec = await waitTask(task);
   assert.equal(rec.status, 'failure');
@@ -400,16 +450,20 @@ test('a raw upload to an SR cut mid-body leaves no VDI behind', { timeout: 30_00
   const before = await importedVdis();
   const task = (await call('task.create', 'cut', '')) as string;
   const req = request({
-    host: x.address, port: x.httpPort, method: 'PUT',
+    host: x.address,
+    port: x.httpPort,
+    method: 'PUT',
     path: `/import_raw_vdi?session_id=${session}&task_id=${task}&sr_id=${sr}`,
     headers: { 'content-length': String(16 * MiB) },
   });
   req.on('error', () => undefined); // the cut below
   // The server answers 200 once it has made the VDI, before it reads the data (as xapi).
-  const answered = new Promise<number>((resolve) => req.on('response', (res) => {
-    res.resume();
-    resolve(res.statusCode!);
-  }));
+  const answered = new Promise<number>((resolve) =>
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode!);
+    }),
+  );
   req.write(randomBytes(4 * MiB));
   assert.equal(await answered, 200);
   // Once the server has taken some of the data, the connection is cut.
@@ -425,22 +479,28 @@ test('a raw upload to an SR cut mid-body leaves no VDI behind', { timeout: 30_00
 
 test('a client that goes away mid-export fails the task; the VDI exports again', { timeout: 30_000 }, async () => {
   const task = (await call('task.create', 'abort', '')) as string;
-  await within('4 MiB of the export', new Promise<void>((resolve) => {
-    const req = request({ host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}` }, (res) => {
-      assert.equal(res.statusCode, 200);
-      let got = 0;
-      res.on('data', (c: Buffer) => {
-        got += c.length;
-        if (got >= 4 * MiB) {
-          req.destroy();
-          resolve();
-        }
-      });
-    });
-    req.on('error', () => undefined);
-    req.on('close', () => resolve());
-    req.end();
-  }));
+  await within(
+    '4 MiB of the export',
+    new Promise<void>((resolve) => {
+      const req = request(
+        { host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&task_id=${task}&vdi=${main}` },
+        (res) => {
+          assert.equal(res.statusCode, 200);
+          let got = 0;
+          res.on('data', (c: Buffer) => {
+            got += c.length;
+            if (got >= 4 * MiB) {
+              req.destroy();
+              resolve();
+            }
+          });
+        },
+      );
+      req.on('error', () => undefined);
+      req.on('close', () => resolve());
+      req.end();
+    }),
+  );
   const rec = await waitTask(task);
   assert.equal(rec.status, 'failure');
   assert.equal((rec.error_info as string[])[0], 'VDI_IO_ERROR');
@@ -466,18 +526,21 @@ test('a sparse 4 GiB VDI exports raw with bounded server memory', { timeout: 60_
   const sampler = setInterval(() => (peak = Math.max(peak, rssOf(x.pid))), 50);
   try {
     const r = await new Promise<{ bytes: number; hash: string }>((resolve, reject) => {
-      const req = request({ host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&vdi=${vdi}&format=raw` }, (res) => {
-        assert.equal(res.statusCode, 200);
-        assert.equal(Number(res.headers['content-length']), size);
-        const h = createHash('sha256');
-        let bytes = 0;
-        res.on('data', (c: Buffer) => {
-          if (bytes < head.length) h.update(c.subarray(0, Math.min(c.length, head.length - bytes)));
-          bytes += c.length;
-        });
-        res.on('end', () => resolve({ bytes, hash: h.digest('hex') }));
-        res.on('error', reject);
-      });
+      const req = request(
+        { host: x.address, port: x.httpPort, path: `/export_raw_vdi?session_id=${session}&vdi=${vdi}&format=raw` },
+        (res) => {
+          assert.equal(res.statusCode, 200);
+          assert.equal(Number(res.headers['content-length']), size);
+          const h = createHash('sha256');
+          let bytes = 0;
+          res.on('data', (c: Buffer) => {
+            if (bytes < head.length) h.update(c.subarray(0, Math.min(c.length, head.length - bytes)));
+            bytes += c.length;
+          });
+          res.on('end', () => resolve({ bytes, hash: h.digest('hex') }));
+          res.on('error', reject);
+        },
+      );
       req.on('error', reject);
       req.end();
     });

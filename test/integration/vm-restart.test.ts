@@ -13,10 +13,7 @@ import { vmRecord } from '../vm-record.js';
 const GiB = 1024 ** 3;
 
 async function makeVm(url: string, s: string, name: string, memory = GiB): Promise<string> {
-  return (await jsonCall(url, 'VM.create', [
-    s,
-    vmRecord(name, { memory }),
-  ])) as string;
+  return (await jsonCall(url, 'VM.create', [s, vmRecord(name, { memory })])) as string;
 }
 
 test('kill -9 while VMs run and during a start: the database agrees with the domain manager', { timeout: 120_000 }, async () => {
@@ -31,7 +28,10 @@ test('kill -9 while VMs run and during a start: the database agrees with the dom
   // The start is under way: current_operations holds it. The
   // call that sees the mark answers after the group commit, so the mark is on disk for the kill.
   const mid = await waitUntil('the start to be marked', async () => {
-    const r = (await jsonCall(first.url, 'VM.get_record', [s, starting])) as { current_operations: Record<string, string>; power_state: string };
+    const r = (await jsonCall(first.url, 'VM.get_record', [s, starting])) as {
+      current_operations: Record<string, string>;
+      power_state: string;
+    };
     return Object.keys(r.current_operations).length > 0 ? r : undefined;
   });
   assert.deepEqual(Object.values(mid.current_operations), ['start']);
@@ -41,11 +41,19 @@ test('kill -9 while VMs run and during a start: the database agrees with the dom
   const second = await startXapi({ stateDir: first.stateDir, address: first.address, args: ['--sim-boot-ms', '0'] });
   try {
     const s2 = await login(second.url, PASSWORD);
-    const r = (await jsonCall(second.url, 'VM.get_record', [s2, running])) as { power_state: string; domid: number; current_operations: object };
+    const r = (await jsonCall(second.url, 'VM.get_record', [s2, running])) as {
+      power_state: string;
+      domid: number;
+      current_operations: object;
+    };
     assert.equal(r.power_state, 'Running');
     assert.equal(r.domid, domid);
     assert.deepEqual(r.current_operations, {});
-    const st = (await jsonCall(second.url, 'VM.get_record', [s2, starting])) as { power_state: string; current_operations: object; allowed_operations: string[] };
+    const st = (await jsonCall(second.url, 'VM.get_record', [s2, starting])) as {
+      power_state: string;
+      current_operations: object;
+      allowed_operations: string[];
+    };
     assert.deepEqual(st.current_operations, {});
     assert.ok(['Running', 'Halted'].includes(st.power_state), st.power_state);
     // whichever it is, the VM can be driven on from there
@@ -113,7 +121,11 @@ test('kill -9 amid many starts and shutdowns: every acknowledged power state sur
   try {
     const s2 = await login(second.url, PASSWORD);
     for (const vm of vms) {
-      const r = (await jsonCall(second.url, 'VM.get_record', [s2, vm])) as { power_state: string; domid: number; current_operations: object };
+      const r = (await jsonCall(second.url, 'VM.get_record', [s2, vm])) as {
+        power_state: string;
+        domid: number;
+        current_operations: object;
+      };
       assert.deepEqual(r.current_operations, {}, vm);
       const was = known.get(vm);
       if (was) {

@@ -39,7 +39,16 @@ test('template to destroy through xen-api, states seen through events', { timeou
     vmRef = (await xapi.callAsync('VM.clone', other.$ref, 'my-vm')) as string;
     await xapi.call('VM.provision', vmRef);
     const net = Object.values(xapi.objects.indexes.type.network as Record<string, XoObject>).find((n) => n.bridge === 'xenbr0')!;
-    await xapi.call('VIF.create', { device: '0', network: net.$ref, VM: vmRef, MAC: '', MTU: 1500, other_config: {}, qos_algorithm_type: '', qos_algorithm_params: {} });
+    await xapi.call('VIF.create', {
+      device: '0',
+      network: net.$ref,
+      VM: vmRef,
+      MAC: '',
+      MTU: 1500,
+      other_config: {},
+      qos_algorithm_type: '',
+      qos_algorithm_params: {},
+    });
     // Re-checked each time the connector's event loop updates its cache.
     const inCache = <T>(what: string, check: () => T) => waitForEmitted(what, xapi.objects, ['add', 'update', 'remove'], check);
     // The operation over and its outcome in the cache.
@@ -67,16 +76,22 @@ test('template to destroy through xen-api, states seen through events', { timeou
       await waitState(state);
       // Each operation shows only where it ends: the Paused a domain passes through while it is
       // built, saved or restored never reaches the events (xapi leaves the VM alone meanwhile).
-      assert.ok(seen.every((s) => s === state), `${method}: states seen ${seen.join(' -> ')}`);
+      assert.ok(
+        seen.every((s) => s === state),
+        `${method}: states seen ${seen.join(' -> ')}`,
+      );
       if (state !== before) assert.ok(seen.length > 0, `${method}: ${state} arrived through an event`);
       before = state;
       // an HVM guest suspends and shuts down cleanly only once its agent has told its features
       if (method === 'VM.start') {
-        await inCache('the guest agent reported', () => (xapi.getObjectByRef(vmRef) as XoObject).guest_metrics !== 'OpaqueRef:NULL' || undefined);
+        await inCache(
+          'the guest agent reported',
+          () => (xapi.getObjectByRef(vmRef) as XoObject).guest_metrics !== 'OpaqueRef:NULL' || undefined,
+        );
       }
     }
     await xapi.callAsync('VM.destroy', vmRef);
-    await inCache('the VM gone from the connector\'s cache', () => xapi.getObjectByRef(vmRef, undefined) === undefined);
+    await inCache("the VM gone from the connector's cache", () => xapi.getObjectByRef(vmRef, undefined) === undefined);
   } finally {
     await xapi.disconnect();
     await stopXapi(x);

@@ -24,7 +24,8 @@ after(async () => {
 });
 
 /** Until `check` holds in the connector's cache, re-checked as its event loop updates it. */
-const inCache = <T>(xapi: { objects: Emitter }, check: () => T, what: string) => waitForEmitted(what, xapi.objects, ['add', 'update', 'remove'], check);
+const inCache = <T>(xapi: { objects: Emitter }, check: () => T, what: string) =>
+  waitForEmitted(what, xapi.objects, ['add', 'update', 'remove'], check);
 
 for (const [transport, secure] of [
   ['auto', false],
@@ -89,11 +90,14 @@ for (const [transport, secure] of [
       else assert.match(time as string, /^\d{8}T\d{2}:\d{2}:\d{2}Z$/);
       assert.ok(stamp.getTime() >= before && stamp.getTime() <= Date.now(), `the server's clock: ${String(time)}`);
       assert.deepEqual(await xapi.call('pool.get_license_state', pool.$ref), { edition: 'xcp-ng', expiry: 'never' });
-      await assert.rejects(xapi.call('host.call_plugin', host.$ref, 'updater.py', 'check_update', {}), (e: { code: string; params: string[] }) => {
-        assert.equal(e.code, 'XENAPI_MISSING_PLUGIN');
-        assert.deepEqual(e.params, ['updater.py']);
-        return true;
-      });
+      await assert.rejects(
+        xapi.call('host.call_plugin', host.$ref, 'updater.py', 'check_update', {}),
+        (e: { code: string; params: string[] }) => {
+          assert.equal(e.code, 'XENAPI_MISSING_PLUGIN');
+          assert.deepEqual(e.params, ['updater.py']);
+          return true;
+        },
+      );
 
       // errors, sync and through a task
       await assert.rejects(xapi.call('VM.get_record', 'OpaqueRef:nope'), (e: { code: string; params: string[] }) => {

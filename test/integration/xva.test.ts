@@ -52,7 +52,11 @@ test('XVA export and import through xen-api', { timeout: 120_000 }, async () => 
     await pipeline((exported as { body: Readable }).body, createWriteStream(xva));
 
     // the layout XenServer expects: ova.xml first, then the disk's chunks, each with its xxhash
-    const names = execFileSync('python3', ['-c', 'import sys,tarfile\nfor m in tarfile.open(sys.argv[1]): print(m.name)', xva], { encoding: 'utf8' }).trim().split('\n');
+    const names = execFileSync('python3', ['-c', 'import sys,tarfile\nfor m in tarfile.open(sys.argv[1]): print(m.name)', xva], {
+      encoding: 'utf8',
+    })
+      .trim()
+      .split('\n');
     assert.equal(names[0], 'ova.xml');
     const diskId = names[1]!.split('/')[0]!;
     assert.match(names[1]!, /^Ref:\d+\/00000000$/);
@@ -60,7 +64,11 @@ test('XVA export and import through xen-api', { timeout: 120_000 }, async () => 
     assert.ok(names.includes(`${diskId}/00010239`), 'the last chunk of a 10 GiB disk is always there');
     assert.ok(names.length < 40, `zero chunks are left out (${names.length} members)`);
     assert.ok(statSync(xva).size < 64 * MiB);
-    const ova = execFileSync('python3', ['-c', 'import sys,tarfile\nprint(tarfile.open(sys.argv[1]).extractfile("ova.xml").read().decode())', xva], { encoding: 'utf8' });
+    const ova = execFileSync(
+      'python3',
+      ['-c', 'import sys,tarfile\nprint(tarfile.open(sys.argv[1]).extractfile("ova.xml").read().decode())', xva],
+      { encoding: 'utf8' },
+    );
     assert.ok(ova.startsWith('<value><struct>'));
     for (const cls of ['VM', 'VBD', 'VDI', 'SR']) assert.ok(ova.includes(`<value>${cls}</value>`), cls);
 
@@ -76,7 +84,10 @@ test('XVA export and import through xen-api', { timeout: 120_000 }, async () => 
     assert.notEqual(newVdi, vdi);
     assert.equal(await xapi.call('VDI.get_virtual_size', newVdi), 10 * 1024 * MiB);
     // the start of the imported disk (the rest is zeros; a full raw read of 10 GiB is not needed)
-    const raw = (await xapi.getResource('/export_raw_vdi', { query: { vdi: newVdi, format: 'raw' } })) as { body: Readable; headers: Record<string, string> };
+    const raw = (await xapi.getResource('/export_raw_vdi', { query: { vdi: newVdi, format: 'raw' } })) as {
+      body: Readable;
+      headers: Record<string, string>;
+    };
     assert.equal(raw.headers['content-length'], String(10 * 1024 * MiB));
     let head = Buffer.alloc(0);
     for await (const c of raw.body) {
@@ -89,7 +100,11 @@ test('XVA export and import through xen-api', { timeout: 120_000 }, async () => 
     // metadata only: a tar holding just ova.xml
     const meta = await bodyOf(await xapi.getResource('/export_metadata', { query: { uuid: await xapi.call('VM.get_uuid', vm) } }));
     writeFileSync(join(dir, 'meta.tar'), meta);
-    const metaNames = execFileSync('python3', ['-c', 'import sys,tarfile\nfor m in tarfile.open(sys.argv[1]): print(m.name)', join(dir, 'meta.tar')], { encoding: 'utf8' }).trim();
+    const metaNames = execFileSync(
+      'python3',
+      ['-c', 'import sys,tarfile\nfor m in tarfile.open(sys.argv[1]): print(m.name)', join(dir, 'meta.tar')],
+      { encoding: 'utf8' },
+    ).trim();
     assert.equal(metaNames, 'ova.xml');
 
     // a truncated archive: the task fails with the premature end, and nothing is left behind
@@ -104,7 +119,10 @@ test('XVA export and import through xen-api', { timeout: 120_000 }, async () => 
     const isoDir = await mkdtemp(join(tmpdir(), 'xapi-iso-'));
     const host = ((await xapi.call('host.get_all')) as string[])[0];
     const iso = (await xapi.call('SR.create', host, { location: isoDir }, 0, 'ISOs', '', 'iso', 'iso', false, {})) as string;
-    await assert.rejects(xapi.putResource(sized(readFileSync(xva)), '/import', { query: { sr_id: iso } }), (e: { code?: string; message?: string }) => e.code === 'SR_OPERATION_NOT_SUPPORTED' || /^400 /.test(e.message ?? ''));
+    await assert.rejects(
+      xapi.putResource(sized(readFileSync(xva)), '/import', { query: { sr_id: iso } }),
+      (e: { code?: string; message?: string }) => e.code === 'SR_OPERATION_NOT_SUPPORTED' || /^400 /.test(e.message ?? ''),
+    );
     await rm(isoDir, { recursive: true, force: true });
   } finally {
     await xapi.disconnect().catch(() => undefined);

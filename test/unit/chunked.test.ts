@@ -27,7 +27,10 @@ test('chunks land at their offsets, however the stream is split', async () => {
   assert.ok(t.disk.subarray(0, 10).equals(Buffer.alloc(10, 2)));
   assert.ok(t.disk.subarray(4096, 4196).equals(Buffer.alloc(100, 1)));
   assert.ok(t.disk.subarray(65536, 68536).equals(Buffer.alloc(3000, 3)));
-  assert.equal(t.disk.subarray(10, 4096).every((b) => b === 0), true);
+  assert.equal(
+    t.disk.subarray(10, 4096).every((b) => b === 0),
+    true,
+  );
 });
 
 test('a missing end marker, a cut chunk or a chunk beyond the disk are refused', async () => {

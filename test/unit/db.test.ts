@@ -48,7 +48,10 @@ test('committed writes are read back after reopening, with defaults filled', () 
     assert.equal(again.generation(), gen);
     // the deletion is still reported to a token from before it
     const changes = again.changesSince(gen - 1, () => true);
-    assert.deepEqual(changes.dels.map((d) => d.ref), ['OpaqueRef:n2']);
+    assert.deepEqual(
+      changes.dels.map((d) => d.ref),
+      ['OpaqueRef:n2'],
+    );
     again.close();
   }));
 
@@ -95,9 +98,12 @@ test('MAP_DUPLICATE_KEY and uuid uniqueness', () =>
   withDir(async (dir) => {
     const db = open(dir);
     await db.create('network', 'OpaqueRef:n', { uuid: 'same' });
-    await assert.rejects(db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v').then(() =>
-      db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')),
-      (e: { code: string; params: string[] }) => e.code === 'MAP_DUPLICATE_KEY' && e.params.join() === 'network,other_config,OpaqueRef:n,k');
+    await assert.rejects(
+      db
+        .mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')
+        .then(() => db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')),
+      (e: { code: string; params: string[] }) => e.code === 'MAP_DUPLICATE_KEY' && e.params.join() === 'network,other_config,OpaqueRef:n,k',
+    );
     await assert.rejects(db.create('network', 'OpaqueRef:m', { uuid: 'same' }));
     db.close();
   }));
@@ -156,7 +162,10 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     assert.equal(await db.refByUuid('network', 'ug'), 'OpaqueRef:gone');
     // a watcher that saw the undone changes sees them undone: the VIF goes, the rest is modified back
     const after = db.changesSince(seenBefore.lastGen, () => true);
-    assert.deepEqual(after.dels.map((d) => d.ref), ['OpaqueRef:v2']);
+    assert.deepEqual(
+      after.dels.map((d) => d.ref),
+      ['OpaqueRef:v2'],
+    );
     assert.deepEqual(after.mods.map((m) => m.ref).sort(), ['OpaqueRef:gone', 'OpaqueRef:n1']);
 
     // writes are refused, with the same error, without touching memory
@@ -166,15 +175,19 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     await assert.rejects(db.commit(epoch), (e: XapiError) => e.code === 'OUT_OF_SPACE');
 
     state.full = false;
-    await waitUntil('the store to take writes again', async () => {
-      try {
-        await db.update('network', 'OpaqueRef:n1', { name_label: 'later' });
-        return true;
-      } catch (e) {
-        assert.equal((e as XapiError).code, 'OUT_OF_SPACE');
-        return false;
-      }
-    }, { intervalMs: 5 });
+    await waitUntil(
+      'the store to take writes again',
+      async () => {
+        try {
+          await db.update('network', 'OpaqueRef:n1', { name_label: 'later' });
+          return true;
+        } catch (e) {
+          assert.equal((e as XapiError).code, 'OUT_OF_SPACE');
+          return false;
+        }
+      },
+      { intervalMs: 5 },
+    );
     await db.commit(db.epoch());
     await assert.rejects(db.commit(epoch));
     db.close();

@@ -28,25 +28,52 @@ async function setup(opts: { guestAgent?: boolean } = {}) {
   const sr = (await ok('pool.get_default_SR', s, pool)) as string;
   const rec = async (cls: string, ref: string) => (await ok(`${cls}.get_record`, s, ref)) as RpcStruct;
   const makeVm = async (name: string, extra: Record<string, Rpc> = {}) =>
-    (await ok(
-      'VM.create',
-      s,
-      vmStruct(name, { memory: GiB }, extra),
-    )) as string;
+    (await ok('VM.create', s, vmStruct(name, { memory: GiB }, extra))) as string;
   const makeVdi = async (extra: Record<string, Rpc> = {}) =>
-    (await ok('VDI.create', s, struct({
-      name_label: 'disk', name_description: '', SR: sr, virtual_size: 4n * 1024n * 1024n, type: 'user', sharable: false, read_only: false,
-      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [], ...extra,
-    }))) as string;
+    (await ok(
+      'VDI.create',
+      s,
+      struct({
+        name_label: 'disk',
+        name_description: '',
+        SR: sr,
+        virtual_size: 4n * 1024n * 1024n,
+        type: 'user',
+        sharable: false,
+        read_only: false,
+        other_config: newStruct(),
+        xenstore_data: newStruct(),
+        sm_config: newStruct(),
+        tags: [],
+        ...extra,
+      }),
+    )) as string;
   const vbdRecord = (vm: string, vdi: string, extra: Record<string, Rpc> = {}) =>
     struct({
-      VM: vm, VDI: vdi, userdevice: 'autodetect', bootable: false, mode: 'RW', type: 'Disk', unpluggable: true, empty: false,
-      other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct(), ...extra,
+      VM: vm,
+      VDI: vdi,
+      userdevice: 'autodetect',
+      bootable: false,
+      mode: 'RW',
+      type: 'Disk',
+      unpluggable: true,
+      empty: false,
+      other_config: newStruct(),
+      qos_algorithm_type: '',
+      qos_algorithm_params: newStruct(),
+      ...extra,
     });
   const vifRecord = (vm: string, extra: Record<string, Rpc> = {}) =>
     struct({
-      device: '0', network: network!, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '',
-      qos_algorithm_params: newStruct(), ...extra,
+      device: '0',
+      network: network!,
+      VM: vm,
+      MAC: '',
+      MTU: 1500n,
+      other_config: newStruct(),
+      qos_algorithm_type: '',
+      qos_algorithm_params: newStruct(),
+      ...extra,
     });
   /** Running, with its guest agent reporting (what HVM hotplug needs). */
   const startVm = async (vm: string) => {
@@ -81,7 +108,10 @@ test('VBD.create refuses as xapi does: empty Disk, writable CD, writable read-on
     assert.equal(r.userdevice, '0');
     assert.equal(r.device, '');
     for (const name of ['0', 'xvda', 'hda']) {
-      assert.deepEqual(await t.err('VBD.create', t.s, t.vbdRecord(vm, await t.makeVdi(), { userdevice: name })), ['DEVICE_ALREADY_EXISTS', name]);
+      assert.deepEqual(await t.err('VBD.create', t.s, t.vbdRecord(vm, await t.makeVdi(), { userdevice: name })), [
+        'DEVICE_ALREADY_EXISTS',
+        name,
+      ]);
     }
     const second = (await t.ok('VBD.create', t.s, t.vbdRecord(vm, await t.makeVdi(), { userdevice: 'xvde' }))) as string;
     assert.equal((await t.rec('VBD', second)).userdevice, 'xvde');
@@ -91,7 +121,10 @@ test('VBD.create refuses as xapi does: empty Disk, writable CD, writable read-on
     const cd = (await t.ok('VBD.create', t.s, t.vbdRecord(vm, NULL, { type: 'CD', mode: 'RO', empty: true }))) as string;
     assert.equal((await t.rec('VBD', cd)).userdevice, '2');
     const pv = await t.makeVm('pv', { domain_type: 'pv' });
-    assert.deepEqual(await t.err('VBD.create', t.s, t.vbdRecord(pv, NULL, { type: 'Floppy', mode: 'RO', empty: true })), ['VBD_NOT_REMOVABLE_MEDIA', 'in constructor']);
+    assert.deepEqual(await t.err('VBD.create', t.s, t.vbdRecord(pv, NULL, { type: 'Floppy', mode: 'RO', empty: true })), [
+      'VBD_NOT_REMOVABLE_MEDIA',
+      'in constructor',
+    ]);
     assert.deepEqual(await t.err('VBD.create', t.s, t.vbdRecord(pv, await t.makeVdi(), { type: 'Floppy' })), [
       'NOT_IMPLEMENTED',
       "VBD of type 'floppy' is not supported on PV domain",
@@ -105,11 +138,26 @@ test('VBD.create refuses as xapi does: empty Disk, writable CD, writable read-on
 });
 
 test('device names read as xapi-idl Device_number does', () => {
-  assert.deepEqual(possibleDevices('0'), [{ bus: 'Ide', disk: 0, partition: 0 }, { bus: 'Xen', disk: 0, partition: 0 }]);
-  assert.deepEqual(possibleDevices('5'), [{ bus: 'Xen', disk: 5, partition: 0 }, { bus: 'Xen', disk: 5, partition: 0 }]);
-  assert.deepEqual(possibleDevices('xvdaa2'), [{ bus: 'Xen', disk: 26, partition: 2 }, { bus: 'Xen', disk: 26, partition: 2 }]);
-  assert.deepEqual(possibleDevices('d3p1'), [{ bus: 'Xen', disk: 3, partition: 1 }, { bus: 'Xen', disk: 3, partition: 1 }]);
-  assert.deepEqual(possibleDevices('sdb'), [{ bus: 'Scsi', disk: 1, partition: 0 }, { bus: 'Scsi', disk: 1, partition: 0 }]);
+  assert.deepEqual(possibleDevices('0'), [
+    { bus: 'Ide', disk: 0, partition: 0 },
+    { bus: 'Xen', disk: 0, partition: 0 },
+  ]);
+  assert.deepEqual(possibleDevices('5'), [
+    { bus: 'Xen', disk: 5, partition: 0 },
+    { bus: 'Xen', disk: 5, partition: 0 },
+  ]);
+  assert.deepEqual(possibleDevices('xvdaa2'), [
+    { bus: 'Xen', disk: 26, partition: 2 },
+    { bus: 'Xen', disk: 26, partition: 2 },
+  ]);
+  assert.deepEqual(possibleDevices('d3p1'), [
+    { bus: 'Xen', disk: 3, partition: 1 },
+    { bus: 'Xen', disk: 3, partition: 1 },
+  ]);
+  assert.deepEqual(possibleDevices('sdb'), [
+    { bus: 'Scsi', disk: 1, partition: 0 },
+    { bus: 'Scsi', disk: 1, partition: 0 },
+  ]);
   // Any integer is a valid userdevice but for floppies (valid_device's "n >= 0 || n < 16").
   assert.equal(validUserdevice('-1', 'Disk'), true);
   assert.equal(validUserdevice('-1', 'Floppy'), false);
@@ -156,8 +204,14 @@ test('VIF.create: MACs from the VM mac_seed as xapi derives them, MAC and device
     r = await t.rec('VIF', given);
     assert.equal(r.MAC, 'AA:bb:cc:dd:ee:ff');
     assert.equal(r.MAC_autogenerated, false);
-    assert.deepEqual(await t.err('VIF.create', t.s, t.vifRecord(vm, { device: '3', MAC: 'aa:bb:cc:dd:ee' })), ['MAC_INVALID', 'aa:bb:cc:dd:ee']);
-    assert.deepEqual(await t.err('VIF.create', t.s, t.vifRecord(vm, { device: '3', MAC: 'aa-bb-cc-dd-ee-ff' })), ['MAC_INVALID', 'aa-bb-cc-dd-ee-ff']);
+    assert.deepEqual(await t.err('VIF.create', t.s, t.vifRecord(vm, { device: '3', MAC: 'aa:bb:cc:dd:ee' })), [
+      'MAC_INVALID',
+      'aa:bb:cc:dd:ee',
+    ]);
+    assert.deepEqual(await t.err('VIF.create', t.s, t.vifRecord(vm, { device: '3', MAC: 'aa-bb-cc-dd-ee-ff' })), [
+      'MAC_INVALID',
+      'aa-bb-cc-dd-ee-ff',
+    ]);
     // Devices are unsigned integers, compared as numbers; xapi sets no upper bound.
     assert.deepEqual(await t.err('VIF.create', t.s, t.vifRecord(vm, { device: '-1' })), ['INVALID_DEVICE', '-1']);
     assert.deepEqual(await t.err('VIF.create', t.s, t.vifRecord(vm, { device: 'eth0' })), ['INVALID_DEVICE', 'eth0']);
@@ -218,7 +272,10 @@ test('allowed_operations of VBDs and VIFs follow the VM through its life', async
     assert.deepEqual(await t.allowed('VIF', vif), ['attach', 'unplug']);
     assert.deepEqual(await t.err('VBD.unplug', t.s, fixed), ['VBD_NOT_UNPLUGGABLE', fixed]);
     assert.deepEqual(await t.err('VBD.plug', t.s, disk), ['DEVICE_ALREADY_ATTACHED', disk]);
-    assert.deepEqual(await t.err('VBD.unplug', t.s, cd), ['OPERATION_NOT_ALLOWED', 'HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected']);
+    assert.deepEqual(await t.err('VBD.unplug', t.s, cd), [
+      'OPERATION_NOT_ALLOWED',
+      'HVM CDROMs cannot be hotplugged/unplugged, only inserted or ejected',
+    ]);
 
     await t.ok('VIF.unplug', t.s, vif);
     assert.deepEqual(await t.allowed('VIF', vif), ['attach', 'plug']);
@@ -318,13 +375,17 @@ test('a device operation waits while another holds the device, and can be cancel
 test('current operations sort as OCaml compares constant variants', () => {
   // The order of the tags' hashes (caml_hash_variant), checked against OCaml 4.13's List.sort_uniq compare.
   const ops = { a: 'unplug', b: 'attach', c: 'plug', d: 'pause', e: 'insert', f: 'eject', g: 'unplug_force', h: 'unpause' } as const;
-  assert.deepEqual(sortedOperations(ops).map(([, op]) => op), ['plug', 'attach', 'unplug', 'unplug_force', 'eject', 'insert', 'unpause', 'pause']);
+  assert.deepEqual(
+    sortedOperations(ops).map(([, op]) => op),
+    ['plug', 'attach', 'unplug', 'unplug_force', 'eject', 'insert', 'unpause', 'pause'],
+  );
 });
 
 test('network.create names bridges and defaults the MTU as xapi; network.destroy refuses what xapi refuses', async () => {
   const t = await setup();
   try {
-    const net = (extra: Record<string, Rpc> = {}) => struct({ name_label: 'n', name_description: '', MTU: 1500n, other_config: newStruct(), ...extra });
+    const net = (extra: Record<string, Rpc> = {}) =>
+      struct({ name_label: 'n', name_description: '', MTU: 1500n, other_config: newStruct(), ...extra });
     const a = (await t.ok('network.create', t.s, net({ MTU: 0n }))) as string;
     let r = await t.rec('network', a);
     assert.equal(r.bridge, 'xapi0');

@@ -18,7 +18,6 @@ async function setup() {
   return { ...h, call, ok, err, session };
 }
 
-
 async function controlDomain(ok: (m: string, ...p: Rpc[]) => Promise<Rpc>, s: string): Promise<string> {
   const where = (await ok('VM.get_all_records_where', s, 'field "is_control_domain" = "true"')) as RpcStruct;
   return Object.keys(where)[0]!;
@@ -50,12 +49,7 @@ test('login, logout and SESSION_INVALID', async () => {
 test('parameter count, unknown methods, async mode', async () => {
   const t = await setup();
   assert.deepEqual(await t.err('VM.get_record', t.session), ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.get_record', '1', '0']);
-  assert.deepEqual(await t.err('VM.get_record', t.session, 'a', 'b'), [
-    'MESSAGE_PARAMETER_COUNT_MISMATCH',
-    'VM.get_record',
-    '1',
-    '2',
-  ]);
+  assert.deepEqual(await t.err('VM.get_record', t.session, 'a', 'b'), ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.get_record', '1', '2']);
   assert.deepEqual(await t.err('VM.no_such_thing', t.session), ['MESSAGE_METHOD_UNKNOWN', 'VM.no_such_thing']);
   assert.deepEqual(await t.err('VM.no_such_thing'), ['MESSAGE_METHOD_UNKNOWN', 'VM.no_such_thing']);
   assert.deepEqual(await t.err('VM.no_such_thing', 'OpaqueRef:bad'), ['SESSION_INVALID', 'OpaqueRef:bad']);
@@ -106,10 +100,7 @@ test('implicit messages: getters, setters, maps, sets, lookups', async () => {
 
   // int params accept decimal strings; wrong types fail as xapi's unmarshaller does
   await t.ok('VM.set_VCPUs_max', t.session, dom0, '3').catch(() => undefined);
-  assert.deepEqual(await t.err('VM.set_name_label', t.session, dom0, 5n), [
-    'INTERNAL_ERROR',
-    `Failure("Expected string, got 'I(5)'")`,
-  ]);
+  assert.deepEqual(await t.err('VM.set_name_label', t.session, dom0, 5n), ['INTERNAL_ERROR', `Failure("Expected string, got 'I(5)'")`]);
   const where = (await t.ok(
     'VM.get_all_records_where',
     t.session,
@@ -123,7 +114,11 @@ test('implicit messages: getters, setters, maps, sets, lookups', async () => {
 
 test('generated create/destroy with defaults, and the Async twin', async () => {
   const t = await setup();
-  const net = (await t.ok('network.create', t.session, struct({ name_label: 'n1', name_description: '', MTU: 1500n, other_config: newStruct() }))) as string;
+  const net = (await t.ok(
+    'network.create',
+    t.session,
+    struct({ name_label: 'n1', name_description: '', MTU: 1500n, other_config: newStruct() }),
+  )) as string;
   const rec = (await t.ok('network.get_record', t.session, net)) as RpcStruct;
   assert.equal(rec.name_label, 'n1');
   assert.equal(rec.MTU, 1500n);
@@ -132,7 +127,11 @@ test('generated create/destroy with defaults, and the Async twin', async () => {
   assert.equal(e[0], 'INTERNAL_ERROR');
   assert.match(e[1]!, /Dispatcher_FieldNotFound/);
 
-  const task = (await t.ok('Async.network.create', t.session, struct({ name_label: 'n2', name_description: '', MTU: 9000n, other_config: newStruct() }))) as string;
+  const task = (await t.ok(
+    'Async.network.create',
+    t.session,
+    struct({ name_label: 'n2', name_description: '', MTU: 9000n, other_config: newStruct() }),
+  )) as string;
   const done = await waitTask(t.ok, t.session, task);
   assert.equal(done.status, 'success');
   assert.equal(done.name_label, 'Async.network.create');
@@ -172,7 +171,10 @@ test('RBAC: a read-only session can read but not write', async () => {
   const denied = await t.err('VM.set_name_label', ref, vms[0]!, 'x');
   assert.equal(denied[0], 'RBAC_PERMISSION_DENIED');
   assert.equal(denied[1], 'vm.set_name_label');
-  assert.match(denied[2]!, /^No permission in user session\. \(Roles with this permission: pool-admin, pool-operator, vm-power-admin, vm-admin\)$/);
+  assert.match(
+    denied[2]!,
+    /^No permission in user session\. \(Roles with this permission: pool-admin, pool-operator, vm-power-admin, vm-admin\)$/,
+  );
 });
 
 test('task.cancel reaches a running call', async () => {
@@ -245,7 +247,10 @@ test('event.from: initial sync, then one coalesced event per object', async () =
   blocks.restore();
   await t.ok('VM.set_name_label', t.session, dom0!, 'wake');
   const woke = (await waiting) as RpcStruct;
-  assert.deepEqual((woke.events as RpcStruct[]).map((e) => [e.operation, e.class, e.ref]), [['mod', 'vm', dom0]]);
+  assert.deepEqual(
+    (woke.events as RpcStruct[]).map((e) => [e.operation, e.class, e.ref]),
+    [['mod', 'vm', dom0]],
+  );
 
   assert.deepEqual(await t.err('event.from', t.session, ['*'], 'garbage', 1), ['EVENT_FROM_TOKEN_PARSE_FAILURE', 'garbage']);
 });
@@ -255,7 +260,10 @@ test('event.inject and the legacy register/next', async () => {
   const [pool] = (await t.ok('pool.get_all', t.session)) as string[];
   const token = (await t.ok('event.inject', t.session, 'pool', pool!)) as string;
   const batch = (await t.ok('event.from', t.session, ['pool'], token, 1)) as RpcStruct;
-  assert.deepEqual((batch.events as RpcStruct[]).map((e) => [e.operation, e.class]), [['mod', 'pool']]);
+  assert.deepEqual(
+    (batch.events as RpcStruct[]).map((e) => [e.operation, e.class]),
+    [['mod', 'pool']],
+  );
   assert.deepEqual(await t.err('event.inject', t.session, 'pool', 'OpaqueRef:x'), ['HANDLE_INVALID', 'pool', 'OpaqueRef:x']);
 
   assert.deepEqual(await t.err('event.next', t.session), ['SESSION_NOT_REGISTERED', t.session]);
@@ -263,7 +271,10 @@ test('event.inject and the legacy register/next', async () => {
   const dom0 = await controlDomain(t.ok, t.session);
   await t.ok('VM.set_name_label', t.session, dom0!, 'x');
   const evs = (await t.ok('event.next', t.session)) as RpcStruct[];
-  assert.deepEqual(evs.map((e) => [e.operation, e.class, e.ref]), [['mod', 'vm', dom0]]);
+  assert.deepEqual(
+    evs.map((e) => [e.operation, e.class, e.ref]),
+    [['mod', 'vm', dom0]],
+  );
   assert.match(evs[0]!.timestamp as string, /^\d+\.$/);
   await t.ok('event.unregister', t.session, ['vm']);
 });
@@ -334,7 +345,11 @@ test('pool logins, password change and removed messages', async () => {
   const rec = (await t.ok('session.get_record', pool, pool)) as RpcStruct;
   assert.equal(rec.pool, true);
   assert.equal(rec.auth_user_name, host);
-  assert.deepEqual(await t.err('session.slave_login', host!, 'wrong'), ['SESSION_AUTHENTICATION_FAILED', host!, 'Pool credentials invalid']);
+  assert.deepEqual(await t.err('session.slave_login', host!, 'wrong'), [
+    'SESSION_AUTHENTICATION_FAILED',
+    host!,
+    'Pool credentials invalid',
+  ]);
 
   // xapi does not check old_pwd: the local superuser's session is the credential.
   await t.ok('session.change_password', t.session, 'not-the-password', 'new-pw');

@@ -127,15 +127,23 @@ test('a change is handed out only once it is on disk', async () => {
     // no batching delay, so nothing but the wait for the disk stands between the write and the answer
     const events = new EventService({ ...h.host, db: typed(db) }, db, { delayMs: 0, sleep: async () => {} });
     const call: Call = {
-      host: h.host, db: typed(db), wireName: 'event.from', session: { ref: session, row: await typed(db).get('session', session) },
-      task: 'DummyRef:|test|event.from', checkCancelled: async () => {}, setProgress: async () => {},
+      host: h.host,
+      db: typed(db),
+      wireName: 'event.from',
+      session: { ref: session, row: await typed(db).get('session', session) },
+      task: 'DummyRef:|test|event.from',
+      checkCancelled: async () => {},
+      setProgress: async () => {},
     };
     const initial = (await events.from(call, ['pool'], '', 0)) as RpcStruct;
     const waiting = events.from(call, ['pool'], initial.token as string, 30) as Promise<RpcStruct>;
     written.length = 0;
     await db.update('pool', pool, { name_label: 'durable first' }); // not waiting for its commit
     const got = await waiting;
-    assert.deepEqual((got.events as RpcStruct[]).map((e) => e.ref), [pool]);
+    assert.deepEqual(
+      (got.events as RpcStruct[]).map((e) => e.ref),
+      [pool],
+    );
     assert.ok(written.includes(pool), 'the change was handed out before it was written');
     db.close();
   } finally {
@@ -162,8 +170,13 @@ test('a watcher waiting for a flush that fails is not failed by it, and sees onl
     await db.commit();
     const events = new EventService({ ...h.host, db: typed(db) }, db, { delayMs: 0, sleep: async () => {} });
     const call: Call = {
-      host: h.host, db: typed(db), wireName: 'event.from', session: { ref: session, row: await typed(db).get('session', session) },
-      task: 'DummyRef:|test|event.from', checkCancelled: async () => {}, setProgress: async () => {},
+      host: h.host,
+      db: typed(db),
+      wireName: 'event.from',
+      session: { ref: session, row: await typed(db).get('session', session) },
+      task: 'DummyRef:|test|event.from',
+      checkCancelled: async () => {},
+      setProgress: async () => {},
     };
     const initial = (await events.from(call, ['pool'], '', 0)) as RpcStruct;
     const waiting = events.from(call, ['pool'], initial.token as string, 30) as Promise<RpcStruct>;

@@ -34,11 +34,7 @@ test('once the store takes writes again, the database catches up with what the d
   const { ok } = apiClient(h);
   try {
     const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
-    const vm = (await ok(
-      'VM.create',
-      s,
-      vmStruct('guest', { memory: GiB }),
-    )) as string;
+    const vm = (await ok('VM.create', s, vmStruct('guest', { memory: GiB }))) as string;
     const uuid = (await db.get('VM', vm)).uuid as string;
     const power = async () => (await db.get('VM', vm)).power_state;
 
@@ -56,9 +52,13 @@ test('once the store takes writes again, the database catches up with what the d
     // 2. an operation whose mark is stored, cut short by the store refusing its writes
     await ok('VM.start', s, vm, false, false);
     // a clean shutdown needs the guest's agent (VM_LACKS_FEATURE before it reports)
-    await until('the guest agent to report', async () => ((await db.get('VM', vm)).allowed_operations as string[]).includes('clean_shutdown'));
+    await until('the guest agent to report', async () =>
+      ((await db.get('VM', vm)).allowed_operations as string[]).includes('clean_shutdown'),
+    );
     const task = (await ok('Async.VM.clean_shutdown', s, vm)) as string;
-    await until('the operation to be marked and stored', async () => Object.values((await db.get('VM', vm)).current_operations as object).includes('clean_shutdown'));
+    await until('the operation to be marked and stored', async () =>
+      Object.values((await db.get('VM', vm)).current_operations as object).includes('clean_shutdown'),
+    );
     await db.commit();
     const marked = db.epoch();
     full = true;

@@ -68,7 +68,12 @@ test('every implicit message xapi implements by hand is hand-registered or answe
     // What is left for later (VM.set_is_a_template is being implemented elsewhere): the PVS cache
     // and tracing observers, which need a PVS proxy and a tracing exporter; VMPP is removed.
     assert.deepEqual(missing.filter((w) => w !== 'VM.set_is_a_template').sort(), [
-      'Observer.create', 'Observer.destroy', 'PVS_cache_storage.create', 'PVS_cache_storage.destroy', 'VMPP.create', 'VMPP.destroy',
+      'Observer.create',
+      'Observer.destroy',
+      'PVS_cache_storage.create',
+      'PVS_cache_storage.destroy',
+      'VMPP.create',
+      'VMPP.destroy',
     ]);
   } finally {
     await t.close();
@@ -105,12 +110,16 @@ test('console, subject, secret, user and VM_appliance constructors answer as xap
     const [console] = (await t.ok('console.get_all', t.s)) as string[];
     assert.deepEqual(await t.err('console.destroy', t.s, console!), ['NOT_IMPLEMENTED', 'Console.destroy']);
     // Without external authentication a subject cannot be resolved, and nothing is created.
-    assert.deepEqual(await t.err('subject.create', t.s, struct({ subject_identifier: 'S-1-5-21-1', other_config: newStruct() })), ['AUTH_IS_DISABLED']);
+    assert.deepEqual(await t.err('subject.create', t.s, struct({ subject_identifier: 'S-1-5-21-1', other_config: newStruct() })), [
+      'AUTH_IS_DISABLED',
+    ]);
     assert.deepEqual(await t.ok('subject.get_all', t.s), []);
     // A subject already there is refused first.
     const ref = `OpaqueRef:${randomUUID()}`;
     await t.db.create('subject', ref, { uuid: randomUUID(), subject_identifier: 'S-1-5-21-2', other_config: {}, roles: [] });
-    assert.deepEqual(await t.err('subject.create', t.s, struct({ subject_identifier: 'S-1-5-21-2', other_config: newStruct() })), ['SUBJECT_ALREADY_EXISTS']);
+    assert.deepEqual(await t.err('subject.create', t.s, struct({ subject_identifier: 'S-1-5-21-2', other_config: newStruct() })), [
+      'SUBJECT_ALREADY_EXISTS',
+    ]);
     await t.ok('subject.destroy', t.s, ref);
     // secret, user, VM_appliance: the database action xapi's own code performs.
     const secret = (await t.ok('secret.create', t.s, struct({ value: 'hush', other_config: newStruct() }))) as string;
@@ -130,7 +139,14 @@ test('VMSS.create checks and completes the schedule; VMSS.destroy refuses while 
   const t = await setup();
   try {
     const vmss = (frequency: string, schedule: Record<string, string>, retained = 7n) =>
-      struct({ name_label: 'every', name_description: '', type: 'snapshot', frequency, retained_snapshots: retained, schedule: struct(schedule) });
+      struct({
+        name_label: 'every',
+        name_description: '',
+        type: 'snapshot',
+        frequency,
+        retained_snapshots: retained,
+        schedule: struct(schedule),
+      });
     const daily = (await t.ok('VMSS.create', t.s, vmss('daily', { min: '15' }))) as string;
     assert.deepEqual((await t.rec('VMSS', daily)).schedule, struct({ hour: '0', min: '15' }));
     const weekly = (await t.ok('VMSS.create', t.s, vmss('weekly', { days: 'monday,Friday', hour: '23' }))) as string;
@@ -138,8 +154,16 @@ test('VMSS.create checks and completes the schedule; VMSS.destroy refuses while 
     assert.deepEqual(await t.err('VMSS.create', t.s, vmss('hourly', { hour: '1' })), ['INVALID_VALUE', 'schedule:hour', '1']);
     assert.deepEqual(await t.err('VMSS.create', t.s, vmss('daily', { hour: '24' })), ['INVALID_VALUE', 'schedule:hour', '24']);
     assert.deepEqual(await t.err('VMSS.create', t.s, vmss('hourly', { min: '10' })), ['INVALID_VALUE', 'schedule:min', '10']);
-    assert.deepEqual(await t.err('VMSS.create', t.s, vmss('weekly', { days: 'Monday,Someday' })), ['INVALID_VALUE', 'schedule:days', 'Someday']);
-    assert.deepEqual(await t.err('VMSS.create', t.s, vmss('weekly', { days: 'Monday,monday' })), ['INVALID_VALUE', 'schedule:days', 'Monday,monday']);
+    assert.deepEqual(await t.err('VMSS.create', t.s, vmss('weekly', { days: 'Monday,Someday' })), [
+      'INVALID_VALUE',
+      'schedule:days',
+      'Someday',
+    ]);
+    assert.deepEqual(await t.err('VMSS.create', t.s, vmss('weekly', { days: 'Monday,monday' })), [
+      'INVALID_VALUE',
+      'schedule:days',
+      'Monday,monday',
+    ]);
     assert.deepEqual(await t.err('VMSS.create', t.s, vmss('daily', {}, 0n)), ['INVALID_VALUE', 'retained_snapshots', '0']);
     assert.deepEqual(await t.err('VMSS.create', t.s, vmss('daily', {}, 11n)), ['INVALID_VALUE', 'retained_snapshots', '11']);
 
@@ -161,7 +185,11 @@ test('VM.set_xenstore_data is recorded, and reaches a running domain', async () 
   const t = await setup();
   t.xenops.start();
   try {
-    const vm = (await t.ok('VM.create', t.s, vmStruct('xs', { memory: GiB }, { xenstore_data: struct({ 'vm-data/boot': 'yes' }) }))) as string;
+    const vm = (await t.ok(
+      'VM.create',
+      t.s,
+      vmStruct('xs', { memory: GiB }, { xenstore_data: struct({ 'vm-data/boot': 'yes' }) }),
+    )) as string;
     const uuid = (await t.rec('VM', vm)).uuid as string;
     await t.ok('VM.start', t.s, vm, false, false);
     assert.deepEqual((await t.domains.stat(uuid)).xenstoreData, { 'vm-data/boot': 'yes' });
@@ -187,11 +215,26 @@ test('session.change_password ignores old_pwd as xapi does, and needs the local 
     // A session granted the permission but not the local superuser's is refused by the check itself.
     const other = `OpaqueRef:${randomUUID()}`;
     await t.db.create('session', other, {
-      uuid: randomUUID(), this_host: t.host.hostRef, this_user: NULL, last_active: '20260101T00:00:00Z', pool: false, other_config: {},
-      is_local_superuser: false, subject: NULL, validation_time: '20260101T00:00:00Z', auth_user_sid: 'S-1', auth_user_name: 'alice',
-      rbac_permissions: ['session.change_password'], parent: NULL, originator: '', client_certificate: false,
+      uuid: randomUUID(),
+      this_host: t.host.hostRef,
+      this_user: NULL,
+      last_active: '20260101T00:00:00Z',
+      pool: false,
+      other_config: {},
+      is_local_superuser: false,
+      subject: NULL,
+      validation_time: '20260101T00:00:00Z',
+      auth_user_sid: 'S-1',
+      auth_user_name: 'alice',
+      rbac_permissions: ['session.change_password'],
+      parent: NULL,
+      originator: '',
+      client_certificate: false,
     });
-    assert.deepEqual(await t.err('session.change_password', other, 'x', 'y'), ['USER_IS_NOT_LOCAL_SUPERUSER', 'Failed to change password for user root']);
+    assert.deepEqual(await t.err('session.change_password', other, 'x', 'y'), [
+      'USER_IS_NOT_LOCAL_SUPERUSER',
+      'Failed to change password for user root',
+    ]);
   } finally {
     await t.close();
   }
@@ -207,7 +250,14 @@ test('host.get_servertime, get_server_localtime, call_plugin and pool.get_licens
     // A datetime in xapi's UTC form, sent as such.
     const text = String(o.value);
     assert.match(text, /^\d{8}T\d{2}:\d{2}:\d{2}Z$/);
-    const at = Date.UTC(+text.slice(0, 4), +text.slice(4, 6) - 1, +text.slice(6, 8), +text.slice(9, 11), +text.slice(12, 14), +text.slice(15, 17));
+    const at = Date.UTC(
+      +text.slice(0, 4),
+      +text.slice(4, 6) - 1,
+      +text.slice(6, 8),
+      +text.slice(9, 11),
+      +text.slice(12, 14),
+      +text.slice(15, 17),
+    );
     assert.ok(at >= Math.floor(before / 1000) * 1000 && at <= Date.now(), 'the server clock');
     const local = await t.call('host.get_server_localtime', t.s, host);
     assert.ok(local.ok);
@@ -230,4 +280,3 @@ test('host.get_servertime, get_server_localtime, call_plugin and pool.get_licens
     await t.close();
   }
 });
-

@@ -60,7 +60,12 @@ function request(
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () =>
-        resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString(), localPort: req.socket?.localPort }),
+        resolve({
+          status: res.statusCode!,
+          headers: res.headers,
+          body: Buffer.concat(chunks).toString(),
+          localPort: req.socket?.localPort,
+        }),
       );
       res.on('error', reject);
     });
@@ -235,13 +240,23 @@ test('certificate: created once (key+cert, mode 0600), then reused', async () =>
 test('ListenError names the flag for a port already in use, and nothing stays bound', async () => {
   const table = new HandlerTable();
   await assert.rejects(
-    startHttpServers({ address: '127.0.0.1', httpPort: servers.httpPort, httpsPort: 0, tls: await loadOrCreateCertificate(stateDir, 'x'), table, log: quiet }),
+    startHttpServers({
+      address: '127.0.0.1',
+      httpPort: servers.httpPort,
+      httpsPort: 0,
+      tls: await loadOrCreateCertificate(stateDir, 'x'),
+      table,
+      log: quiet,
+    }),
     (e: unknown) => {
       assert.ok(e instanceof ListenError);
       assert.equal(e.code, 'EADDRINUSE');
       assert.equal(e.flag, '--http-port');
       assert.equal(e.port, servers.httpPort);
-      assert.match(e.message, /^cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE: address already in use\); choose another port with --http-port$/);
+      assert.match(
+        e.message,
+        /^cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE: address already in use\); choose another port with --http-port$/,
+      );
       return true;
     },
   );
@@ -251,7 +266,14 @@ test('ListenError names the flag for a port already in use, and nothing stays bo
   const freePort = (probe.address() as net.AddressInfo).port;
   await new Promise((r) => probe.close(r));
   await assert.rejects(
-    startHttpServers({ address: '127.0.0.1', httpPort: freePort, httpsPort: servers.httpsPort, tls: await loadOrCreateCertificate(stateDir, 'x'), table, log: quiet }),
+    startHttpServers({
+      address: '127.0.0.1',
+      httpPort: freePort,
+      httpsPort: servers.httpsPort,
+      tls: await loadOrCreateCertificate(stateDir, 'x'),
+      table,
+      log: quiet,
+    }),
     (e: unknown) => e instanceof ListenError && e.flag === '--https-port' && /--https-port/.test(e.message),
   );
   const again = net.createServer();
@@ -268,7 +290,14 @@ test('close() ends idle keep-alive connections at once, without waiting out the 
     const table = new HandlerTable().add('GET', '/', (_req, res) => {
       res.end('ok');
     });
-    const s = await startHttpServers({ address: '127.0.0.1', httpPort: 0, httpsPort: 0, tls: await loadOrCreateCertificate(dir, 'h'), table, log: quiet });
+    const s = await startHttpServers({
+      address: '127.0.0.1',
+      httpPort: 0,
+      httpsPort: 0,
+      tls: await loadOrCreateCertificate(dir, 'h'),
+      table,
+      log: quiet,
+    });
     const agent = new http.Agent({ keepAlive: true });
     assert.equal((await request(s.httpPort, { path: '/', agent })).body, 'ok');
     // the connection stays open, idle, in the agent's pool

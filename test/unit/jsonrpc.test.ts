@@ -16,11 +16,14 @@ import { MalformedRequest, RpcDateTime, newStruct, type Rpc } from '../../src/rp
 
 const parse = (s: string | Buffer) => parseJsonRpcCall(typeof s === 'string' ? Buffer.from(s) : s);
 const bad = (s: string | Buffer, re?: RegExp) =>
-  assert.throws(() => parse(s), (e: unknown) => {
-    assert.ok(e instanceof MalformedRequest, `expected MalformedRequest, got ${String(e)}`);
-    if (re) assert.match((e as Error).message, re);
-    return true;
-  });
+  assert.throws(
+    () => parse(s),
+    (e: unknown) => {
+      assert.ok(e instanceof MalformedRequest, `expected MalformedRequest, got ${String(e)}`);
+      if (re) assert.match((e as Error).message, re);
+      return true;
+    },
+  );
 const value = (json: string): Rpc => parseJson(json).value;
 
 function struct(entries: [string, Rpc][]) {
@@ -145,7 +148,11 @@ test('deep nesting: 10,000 levels is refused without crashing', () => {
 });
 
 test('invalid UTF-8 → InvalidUtf8Param carrying version and id', () => {
-  const body = Buffer.concat([Buffer.from('{"jsonrpc":"2.0","method":"VM.set_name_label","params":["OpaqueRef:s","caf'), Buffer.from([0xe9]), Buffer.from('"],"id":42}')]);
+  const body = Buffer.concat([
+    Buffer.from('{"jsonrpc":"2.0","method":"VM.set_name_label","params":["OpaqueRef:s","caf'),
+    Buffer.from([0xe9]),
+    Buffer.from('"],"id":42}'),
+  ]);
   assert.throws(
     () => parse(body),
     (e: unknown) => {
@@ -177,7 +184,18 @@ test('output values', () => {
   assert.equal(jsonRpcValue(new RpcDateTime('20250319T04:16:24Z')), '"20250319T04:16:24Z"');
   assert.equal(jsonRpcValue([]), '[]');
   assert.equal(jsonRpcValue(newStruct()), '{}');
-  assert.equal(jsonRpcValue(['a', 1n, [true], struct([['k', null], ['__proto__', 'x']])]), '["a",1,[true],{"k":null,"__proto__":"x"}]');
+  assert.equal(
+    jsonRpcValue([
+      'a',
+      1n,
+      [true],
+      struct([
+        ['k', null],
+        ['__proto__', 'x'],
+      ]),
+    ]),
+    '["a",1,[true],{"k":null,"__proto__":"x"}]',
+  );
   assert.equal(jsonRpcValue(struct([['a"b', 1n]])), '{"a\\"b":1}');
 });
 
@@ -219,7 +237,10 @@ test('response envelopes, byte for byte', () => {
     jsonRpcFailure('2.0', 'i', ['SESSION_INVALID', 'OpaqueRef:x']),
     '{"jsonrpc":"2.0","error":{"code":1,"message":"SESSION_INVALID","data":["OpaqueRef:x"]},"id":"i"}',
   );
-  assert.equal(jsonRpcFailure('2.0', 7, ['MESSAGE_REMOVED']), '{"jsonrpc":"2.0","error":{"code":1,"message":"MESSAGE_REMOVED","data":[]},"id":7}');
+  assert.equal(
+    jsonRpcFailure('2.0', 7, ['MESSAGE_REMOVED']),
+    '{"jsonrpc":"2.0","error":{"code":1,"message":"MESSAGE_REMOVED","data":[]},"id":7}',
+  );
   assert.equal(jsonRpcFailure('2.0', null, []), '{"jsonrpc":"2.0","error":{"code":1,"message":"","data":[]},"id":null}');
   assert.equal(jsonRpcFailure('1.0', 'x"y', ['E']), '{"result":null,"error":["E"],"id":"x\\"y"}');
 });
@@ -244,7 +265,14 @@ test('request helper and response parser round trip', () => {
   assert.deepEqual(ok2, { ok: true, version: '2.0', id: 2, value: null });
   const err2 = parseJsonRpcResponse(jsonRpcFailure('2.0', 3, ['E', 'p']));
   assert.equal(err2.ok, false);
-  assert.deepEqual(!err2.ok && err2.error, struct([['code', 1n], ['message', 'E'], ['data', ['p']]]));
+  assert.deepEqual(
+    !err2.ok && err2.error,
+    struct([
+      ['code', 1n],
+      ['message', 'E'],
+      ['data', ['p']],
+    ]),
+  );
   assert.throws(() => parseJsonRpcResponse('{"jsonrpc":"2.0","id":1}'), MalformedRequest);
   assert.throws(() => parseJsonRpcResponse('[]'), MalformedRequest);
 });
@@ -252,7 +280,15 @@ test('request helper and response parser round trip', () => {
 // How fast is for `npm run bench -- parse`, beside JSON.parse of the same body.
 test('a large body parses whole', () => {
   const items: Rpc[] = [];
-  for (let i = 0; i < 5000; i++) items.push(struct([['uuid', `u-${i}`], ['n', BigInt(i)], ['f', i / 7], ['tags', ['a', 'b\n']]]));
+  for (let i = 0; i < 5000; i++)
+    items.push(
+      struct([
+        ['uuid', `u-${i}`],
+        ['n', BigInt(i)],
+        ['f', i / 7],
+        ['tags', ['a', 'b\n']],
+      ]),
+    );
   const body = Buffer.from(jsonRpcRequest('m', [items]));
   const { call } = parse(body);
   assert.equal((call.params[0] as Rpc[]).length, 5000);

@@ -27,7 +27,10 @@ async function readRules(): Promise<Rules> {
   assert.ok(rows.length > 0, 'the Layers section has no table of layers');
   const rules: Rules = new Map();
   for (const row of rows) {
-    const [layer, allowed] = row.split('|').slice(1, 3).map((c) => c.trim());
+    const [layer, allowed] = row
+      .split('|')
+      .slice(1, 3)
+      .map((c) => c.trim());
     const name = /^`([^`]+)`$/.exec(layer ?? '')?.[1];
     assert.ok(name, `a Layers row names its layer in backquotes: ${row}`);
     const targets = [...(allowed ?? '').matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
@@ -110,7 +113,9 @@ test('imports between layers follow the directions of docs/architecture.md', asy
     if (!allows(rules.get(from) ?? [], target)) offending.push(`  src/${file} -> src/${target}`);
   }
   if (offending.length > 0) {
-    assert.fail(`${offending.length} import(s) against the Layers table of docs/architecture.md (move the code to the layer it belongs to):\n${offending.join('\n')}`);
+    assert.fail(
+      `${offending.length} import(s) against the Layers table of docs/architecture.md (move the code to the layer it belongs to):\n${offending.join('\n')}`,
+    );
   }
 });
 
@@ -122,7 +127,11 @@ test('the layering check itself: a folder entry covers its files, a file entry o
   assert.ok(!allows(['storage'], 'storage-extra/x.ts'));
   assert.ok(allows(['xapi/vm-import-export.ts'], 'xapi/vm-import-export.ts'));
   assert.ok(!allows(['xapi/vm-import-export.ts'], 'xapi/vm.ts'));
-  const found = ts.preProcessFile("import type { A } from './a.js';\nexport * from '../b.js';\nconst c = await import('./c.js');\nimport './d.js';", true, true);
+  const found = ts.preProcessFile(
+    "import type { A } from './a.js';\nexport * from '../b.js';\nconst c = await import('./c.js');\nimport './d.js';",
+    true,
+    true,
+  );
   assert.deepEqual(
     found.importedFiles.map((f) => f.fileName),
     ['./a.js', '../b.js', './c.js', './d.js'],

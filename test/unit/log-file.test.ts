@@ -23,7 +23,10 @@ test('a log on a good disk keeps every line, in order, written at close', async 
     for (let i = 0; i < 1000; i++) log.write(line(i));
     await log.close();
     const lines = (await readFile(join(dir, 'xapi.log'), 'utf8')).trimEnd().split('\n');
-    assert.deepEqual(lines.map((l) => (JSON.parse(l) as { i: number }).i), Array.from({ length: 1000 }, (_, i) => i));
+    assert.deepEqual(
+      lines.map((l) => (JSON.parse(l) as { i: number }).i),
+      Array.from({ length: 1000 }, (_, i) => i),
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

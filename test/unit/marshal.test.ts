@@ -34,7 +34,11 @@ test('typed writers match the wire-tree path for every record of every class', a
     // in pieces, as replies are written: the same text
     const set = parseType(`${cls.name} record set`);
     const refs = parseType(`${cls.name} ref set`);
-    for (const [type, value] of [[t, all], [set, Object.values(all)], [refs, Object.keys(all)]] as const) {
+    for (const [type, value] of [
+      [t, all],
+      [set, Object.values(all)],
+      [refs, Object.keys(all)],
+    ] as const) {
       const xml: string[] = [];
       const json: string[] = [];
       m.xmlParts(type, value, xml);
@@ -70,10 +74,22 @@ test('typed writers match the wire-tree path for values of unexpected shapes and
   // A network whose sets and maps hold what their types do not promise, and strings that need
   // escaping inside them (the JSON writer stringifies all-string arrays and maps natively).
   const odd = {
-    uuid: 'u', name_label: null, name_description: undefined, MTU: 1.5, managed: 'yes',
-    allowed_operations: ['attaching', 5], current_operations: { a: 'attaching', b: undefined },
-    VIFs: ['OpaqueRef:a\x7f', 'b"\\\u{1F600}\ud800'], PIFs: undefined, other_config: { 'k\x7f': 'v\x01\u2028', n: 3 },
-    bridge: 7, blobs: {}, tags: [], default_locking_mode: 'unlocked', assigned_ips: { x: '1.2.3.4' }, purpose: [],
+    uuid: 'u',
+    name_label: null,
+    name_description: undefined,
+    MTU: 1.5,
+    managed: 'yes',
+    allowed_operations: ['attaching', 5],
+    current_operations: { a: 'attaching', b: undefined },
+    VIFs: ['OpaqueRef:a\x7f', 'b"\\\u{1F600}\ud800'],
+    PIFs: undefined,
+    other_config: { 'k\x7f': 'v\x01\u2028', n: 3 },
+    bridge: 7,
+    blobs: {},
+    tags: [],
+    default_locking_mode: 'unlocked',
+    assigned_ips: { x: '1.2.3.4' },
+    purpose: [],
   };
   same('network record', odd, 'odd network');
   const frozen = Object.freeze({ ...odd });
@@ -150,7 +166,13 @@ test('JSON record writers give JSON.stringify text for awkward values, fresh, ke
       case 'set':
         return '[' + ((v as unknown[] | undefined) ?? []).map((x) => expectValue(t.of, x)).join(',') + ']';
       case 'map':
-        return '{' + Object.entries((v as object | undefined) ?? {}).map(([k, x]) => str(k) + ':' + expectValue(t.val, x)).join(',') + '}';
+        return (
+          '{' +
+          Object.entries((v as object | undefined) ?? {})
+            .map(([k, x]) => str(k) + ':' + expectValue(t.val, x))
+            .join(',') +
+          '}'
+        );
       case 'record':
         return expectRecord(t.cls, v as Record<string, unknown>);
       default:
@@ -229,12 +251,38 @@ test('JSON record writers give JSON.stringify text for awkward values, fresh, ke
         forwarded_to: 'OpaqueRef:x',
       },
     ],
-    ['sr_stat', { name_label: awkward[5], name_description: awkward[6], free_space: 0, total_space: '18446744073709551615', clustered: false, health: 'healthy' }],
-    ['sr_stat', { uuid: awkward[3], name_label: '', name_description: '', free_space: 1, total_space: 2, clustered: true, health: 'recovering' }],
+    [
+      'sr_stat',
+      {
+        name_label: awkward[5],
+        name_description: awkward[6],
+        free_space: 0,
+        total_space: '18446744073709551615',
+        clustered: false,
+        health: 'healthy',
+      },
+    ],
+    [
+      'sr_stat',
+      { uuid: awkward[3], name_label: '', name_description: '', free_space: 1, total_space: 2, clustered: true, health: 'recovering' },
+    ],
     ['probe_result', { configuration: pairs, complete: true, extra_info: {} }],
     [
       'probe_result',
-      { configuration: {}, complete: false, sr: { uuid: awkward[4], name_label: 'n', name_description: 'd', free_space: 1, total_space: 2, clustered: false, health: 'healthy' }, extra_info: pairs },
+      {
+        configuration: {},
+        complete: false,
+        sr: {
+          uuid: awkward[4],
+          name_label: 'n',
+          name_description: 'd',
+          free_space: 1,
+          total_space: 2,
+          clustered: false,
+          health: 'healthy',
+        },
+        extra_info: pairs,
+      },
     ],
   ];
   for (const [cls, row] of records) {
@@ -248,7 +296,10 @@ test('JSON record writers give JSON.stringify text for awkward values, fresh, ke
     assert.equal(m.json(t, frozen), want, `${cls} from its kept text`);
     // As get_all_records hands rows over (a Map), written whole and in pieces.
     const all = parseType(`(${cls} ref -> ${cls} record) map`);
-    const rows = new Map([['OpaqueRef:a"\x7f', frozen], ['OpaqueRef:b', Object.freeze({ ...row })]]);
+    const rows = new Map([
+      ['OpaqueRef:a"\x7f', frozen],
+      ['OpaqueRef:b', Object.freeze({ ...row })],
+    ]);
     const wantAll = '{' + str('OpaqueRef:a"\x7f') + ':' + want + ',"OpaqueRef:b":' + want + '}';
     assert.equal(m.json(all, rows), wantAll, `${cls} map`);
     const pieces: string[] = [];

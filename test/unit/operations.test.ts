@@ -11,13 +11,26 @@ import { srOperationError } from '../../src/xapi/storage-operations.js';
 
 const allowed = (r: RpcStruct) => r.allowed_operations as string[];
 
-test('a halted VM: xapi\'s allowed_operations, in xapi\'s order (the datamodel\'s, reversed)', async () => {
+test("a halted VM: xapi's allowed_operations, in xapi's order (the datamodel's, reversed)", async () => {
   const t = await vmHost();
   try {
     const vm = await t.makeVm('halted');
     assert.deepEqual(allowed(await t.vmRec(vm)), [
-      'create_vtpm', 'destroy', 'metadata_export', 'export', 'make_into_template', 'changing_NVRAM', 'changing_shadow_memory',
-      'changing_static_range', 'changing_dynamic_range', 'migrate_send', 'start_on', 'start', 'copy', 'clone', 'snapshot',
+      'create_vtpm',
+      'destroy',
+      'metadata_export',
+      'export',
+      'make_into_template',
+      'changing_NVRAM',
+      'changing_shadow_memory',
+      'changing_static_range',
+      'changing_dynamic_range',
+      'migrate_send',
+      'start_on',
+      'start',
+      'copy',
+      'clone',
+      'snapshot',
     ]);
   } finally {
     await t.close();
@@ -38,7 +51,7 @@ test('blocked operations: refused with the reason, and gone from allowed_operati
   }
 });
 
-test('an HVM guest without its agent: clean operations lack the guest\'s features', async () => {
+test("an HVM guest without its agent: clean operations lack the guest's features", async () => {
   // the agent never reports within the test
   const t = await vmHost({ agentDelayMs: 600_000 });
   try {
@@ -56,7 +69,7 @@ test('an HVM guest without its agent: clean operations lack the guest\'s feature
   }
 });
 
-test('operation names in errors are xapi\'s, several operations in progress are listed together', async () => {
+test("operation names in errors are xapi's, several operations in progress are listed together", async () => {
   const t = await vmHost();
   try {
     const vm = await t.makeVm('names');
@@ -74,7 +87,7 @@ test('operation names in errors are xapi\'s, several operations in progress are 
   }
 });
 
-test('host: allowed_operations in xapi\'s order; disabling allows reboot and shutdown and stops VM starts', async () => {
+test("host: allowed_operations in xapi's order; disabling allows reboot and shutdown and stops VM starts", async () => {
   const t = await vmHost();
   try {
     const host = t.host.hostRef;
@@ -83,7 +96,15 @@ test('host: allowed_operations in xapi\'s order; disabling allows reboot and shu
     assert.deepEqual((await hostOperationError(t.host.db, host, 'power_on'))?.params, [host]);
     await t.ok('host.disable', t.s, host);
     assert.deepEqual(allowed(await t.rec('host', host)), [
-      'vm_migrate', 'provision', 'vm_resume', 'apply_updates', 'enable', 'reboot', 'evacuate', 'vm_start', 'shutdown',
+      'vm_migrate',
+      'provision',
+      'vm_resume',
+      'apply_updates',
+      'enable',
+      'reboot',
+      'evacuate',
+      'vm_start',
+      'shutdown',
     ]);
     const vm = await t.makeVm('nowhere');
     assert.deepEqual(await t.err('VM.start', t.s, vm, false, false), ['HOST_DISABLED', host]);
@@ -105,31 +126,69 @@ test('pool: every operation but disabling HA, which is not enabled', async () =>
   try {
     const [pool] = (await t.ok('pool.get_all', t.s)) as string[];
     assert.deepEqual(allowed(await t.rec('pool', pool!)), [
-      'ha_enable', 'cluster_create', 'designate_new_master', 'tls_verification_enable', 'configure_repositories', 'sync_updates',
-      'apply_updates', 'cert_refresh', 'exchange_certificates_on_join', 'exchange_ca_certificates_on_join', 'copy_primary_host_certs',
-      'eject', 'get_updates',
+      'ha_enable',
+      'cluster_create',
+      'designate_new_master',
+      'tls_verification_enable',
+      'configure_repositories',
+      'sync_updates',
+      'apply_updates',
+      'cert_refresh',
+      'exchange_certificates_on_join',
+      'exchange_ca_certificates_on_join',
+      'copy_primary_host_certs',
+      'eject',
+      'get_updates',
     ]);
   } finally {
     await t.close();
   }
 });
 
-test('SR: allowed_operations from the driver\'s features and the PBDs, in xapi\'s order; recomputed on unplug', async () => {
+test("SR: allowed_operations from the driver's features and the PBDs, in xapi's order; recomputed on unplug", async () => {
   const t = await vmHost();
   try {
     const [sr] = (await t.ok('SR.get_by_name_label', t.s, 'Local storage')) as string[];
     const plugged = [
-      'vdi_enable_cbt', 'vdi_list_changed_blocks', 'unplug', 'plug', 'pbd_create', 'vdi_disable_cbt', 'update', 'pbd_destroy', 'vdi_resize',
-      'vdi_clone', 'vdi_data_destroy', 'scan', 'vdi_snapshot', 'vdi_mirror', 'vdi_create', 'vdi_destroy', 'vdi_set_on_boot',
+      'vdi_enable_cbt',
+      'vdi_list_changed_blocks',
+      'unplug',
+      'plug',
+      'pbd_create',
+      'vdi_disable_cbt',
+      'update',
+      'pbd_destroy',
+      'vdi_resize',
+      'vdi_clone',
+      'vdi_data_destroy',
+      'scan',
+      'vdi_snapshot',
+      'vdi_mirror',
+      'vdi_create',
+      'vdi_destroy',
+      'vdi_set_on_boot',
     ];
     assert.deepEqual(allowed(await t.rec('SR', sr!)), plugged);
     assert.deepEqual((await srOperationError(t.host.db, sr!, 'destroy'))?.params, [sr]);
     assert.equal((await srOperationError(t.host.db, sr!, 'destroy'))?.code, 'SR_HAS_PBD');
     assert.deepEqual((await srOperationError(t.host.db, sr!, 'vdi_introduce'))?.params, [sr]);
-    const vdi = (await t.ok('VDI.create', t.s, struct({
-      name_label: 'd', name_description: '', SR: sr!, virtual_size: BigInt(GiB), type: 'user', sharable: false, read_only: false,
-      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [],
-    }))) as string;
+    const vdi = (await t.ok(
+      'VDI.create',
+      t.s,
+      struct({
+        name_label: 'd',
+        name_description: '',
+        SR: sr!,
+        virtual_size: BigInt(GiB),
+        type: 'user',
+        sharable: false,
+        read_only: false,
+        other_config: newStruct(),
+        xenstore_data: newStruct(),
+        sm_config: newStruct(),
+        tags: [],
+      }),
+    )) as string;
     const [pbd] = (await t.rec('SR', sr!)).PBDs as string[];
     await t.ok('PBD.unplug', t.s, pbd!);
     const unplugged = allowed(await t.rec('SR', sr!));
@@ -151,24 +210,50 @@ test('SR: allowed_operations from the driver\'s features and the PBDs, in xapi\'
   }
 });
 
-test('VDI: allowed_operations follow its disk\'s attachment to a running VM', async () => {
+test("VDI: allowed_operations follow its disk's attachment to a running VM", async () => {
   const t = await vmHost();
   try {
     const [sr] = (await t.ok('SR.get_by_name_label', t.s, 'Local storage')) as string[];
-    const vdi = (await t.ok('VDI.create', t.s, struct({
-      name_label: 'disk', name_description: '', SR: sr!, virtual_size: BigInt(GiB), type: 'user', sharable: false, read_only: false,
-      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [],
-    }))) as string;
+    const vdi = (await t.ok(
+      'VDI.create',
+      t.s,
+      struct({
+        name_label: 'disk',
+        name_description: '',
+        SR: sr!,
+        virtual_size: BigInt(GiB),
+        type: 'user',
+        sharable: false,
+        read_only: false,
+        other_config: newStruct(),
+        xenstore_data: newStruct(),
+        sm_config: newStruct(),
+        tags: [],
+      }),
+    )) as string;
     // xapi's Set order (by variant); resize_online needs a feature this driver lacks
     const detached = ['copy', 'generate_config', 'clone', 'forget', 'update', 'resize', 'snapshot', 'destroy'];
     assert.deepEqual(allowed(await t.rec('VDI', vdi)), detached);
     const vm = await t.makeVm('with-disk');
-    await t.ok('VBD.create', t.s, struct({
-      VM: vm, VDI: vdi, userdevice: '0', bootable: true, mode: 'RW', type: 'Disk', unpluggable: false, empty: false,
-      other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct(),
-    }));
+    await t.ok(
+      'VBD.create',
+      t.s,
+      struct({
+        VM: vm,
+        VDI: vdi,
+        userdevice: '0',
+        bootable: true,
+        mode: 'RW',
+        type: 'Disk',
+        unpluggable: false,
+        empty: false,
+        other_config: newStruct(),
+        qos_algorithm_type: '',
+        qos_algorithm_params: newStruct(),
+      }),
+    );
     await t.ok('VM.start', t.s, vm, false, false);
-    await waitFor(async () => allowed(await t.rec('VDI', vdi)).length === 2, 'the VDI\'s operations following the attached disk');
+    await waitFor(async () => allowed(await t.rec('VDI', vdi)).length === 2, "the VDI's operations following the attached disk");
     assert.deepEqual(allowed(await t.rec('VDI', vdi)), ['clone', 'snapshot']);
     assert.deepEqual(await t.err('VDI.destroy', t.s, vdi), ['VDI_IN_USE', vdi, 'destroy']);
     await t.ok('VM.hard_shutdown', t.s, vm);

@@ -67,7 +67,13 @@ test('a large reply arrives as its pieces joined, with their byte length, over H
       const want = Buffer.from(parts.join(''));
       for (const [mod, server] of [
         [http, http.createServer(replying(() => parts))],
-        [https, https.createServer({ key, cert }, replying(() => parts))],
+        [
+          https,
+          https.createServer(
+            { key, cert },
+            replying(() => parts),
+          ),
+        ],
       ] as const) {
         const port = await listen(server);
         try {

@@ -65,7 +65,13 @@ test('a line cut short by the process dying is dropped; a snapshot left with its
     store.close();
     // the process died in the middle of writing the next line
     appendFileSync(join(dir, 'journal'), '{"lastDomid":3,"vms":{"a":{"n"');
-    assert.deepEqual(reopen(dir), { lastDomid: 2, vms: new Map([['a', { n: 1 }], ['b', { n: 2 }]]) });
+    assert.deepEqual(reopen(dir), {
+      lastDomid: 2,
+      vms: new Map([
+        ['a', { n: 1 }],
+        ['b', { n: 2 }],
+      ]),
+    });
 
     // a compaction that wrote its snapshot but died before emptying the journal
     const again = new SimStateStore<State>(dir);

@@ -44,7 +44,11 @@ function backend(dir: string, memoryMiB = 8192, extra: Partial<SimulatorOptions>
   return new SimulatorBackend({ machine: simulatedMachine({ seed: 's', memoryMiB }), stateDir: dir, ...FAST, ...extra });
 }
 
-async function withBackend(fn: (b: SimulatorBackend, dir: string) => Promise<void>, memoryMiB = 8192, extra: Partial<SimulatorOptions> = {}) {
+async function withBackend(
+  fn: (b: SimulatorBackend, dir: string) => Promise<void>,
+  memoryMiB = 8192,
+  extra: Partial<SimulatorOptions> = {},
+) {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-sim-'));
   const b = backend(dir, memoryMiB, extra);
   try {
@@ -87,7 +91,8 @@ test('life cycle: start, guest agent, pause, unpause, suspend (sparse image), re
     assert.match(ip, /^10\.\d+\.\d+\.\d+$/);
     assert.equal(ga.networks['0/ip'], ip);
     assert.equal(ga.networks['0/ipv4/0'], ip);
-    for (const f of ['feature-shutdown', 'feature-reboot', 'feature-suspend', 'feature-balloon', 'feature-vcpu-hotplug']) assert.equal(ga.other[f], '1', f);
+    for (const f of ['feature-shutdown', 'feature-reboot', 'feature-suspend', 'feature-balloon', 'feature-vcpu-hotplug'])
+      assert.equal(ga.other[f], '1', f);
 
     await b.pause('vm1');
     assert.equal((await b.stat('vm1')).powerState, 'Paused');
@@ -198,7 +203,10 @@ test('faults: crash, guest-initiated halt and reboot, refused and ignored shutdo
     // acknowledges but never halts: Failed_to_shutdown(id, timeout in seconds), still running
     await up();
     b.inject('f', 'refuse-shutdown');
-    await assert.rejects(b.shutdown('f', 60_000), (e: DomainError) => e.kind === 'Failed_to_shutdown' && e.args[0] === 'f' && e.args[1] === '60');
+    await assert.rejects(
+      b.shutdown('f', 60_000),
+      (e: DomainError) => e.kind === 'Failed_to_shutdown' && e.args[0] === 'f' && e.args[1] === '60',
+    );
     assert.equal((await b.stat('f')).powerState, 'Running');
     await assert.rejects(b.reboot('f', 60_000), is('Failed_to_shutdown'));
     await assert.rejects(b.suspend('f'), is('Failed_to_suspend'));
@@ -247,7 +255,10 @@ test('devices: plug/unplug/insert/eject with xenopsd errors; the guest reports n
     // a new disk without a position gets the lowest free one (0 and 3 are taken)
     await b.vbdPlug('d', { id: 'd-data', mode: 'RW', type: 'Disk', backend: join(dir, 'data.vhd'), unpluggable: true });
     assert.equal((await b.deviceState('d', 'd-data')).position, '1');
-    await assert.rejects(b.vbdPlug('d', { id: 'd-clash', position: '0', mode: 'RW', type: 'Disk', backend: 'x', unpluggable: true }), is('Already_exists'));
+    await assert.rejects(
+      b.vbdPlug('d', { id: 'd-clash', position: '0', mode: 'RW', type: 'Disk', backend: 'x', unpluggable: true }),
+      is('Already_exists'),
+    );
     // removable media
     await assert.rejects(b.vbdEject('d', 'd-cd'), is('Media_not_present'));
     await b.vbdInsert('d', 'd-cd', join(dir, 'debian.iso'));
@@ -260,7 +271,10 @@ test('devices: plug/unplug/insert/eject with xenopsd errors; the guest reports n
     // a second NIC: the guest configures it and reports its address
     await b.vifPlug('d', { id: 'd-vif2', position: 1, mac: '02:00:00:00:00:02', mtu: 1500, bridge: 'xenbr1' });
     assert.equal((await b.stat('d')).guestAgent!.networks['1/ip'], ipv4ForMac('02:00:00:00:00:02'));
-    await assert.rejects(b.vifPlug('d', { id: 'd-vif3', position: 1, mac: '02:00:00:00:00:03', mtu: 1500, bridge: 'xenbr1' }), is('Already_exists'));
+    await assert.rejects(
+      b.vifPlug('d', { id: 'd-vif3', position: 1, mac: '02:00:00:00:00:03', mtu: 1500, bridge: 'xenbr1' }),
+      is('Already_exists'),
+    );
     await b.vifUnplug('d', 'd-vif2', false);
     assert.equal((await b.stat('d')).guestAgent!.networks['1/ip'], undefined);
     await assert.rejects(b.vifUnplug('d', 'd-vif2', false), is('Device_not_connected'));
@@ -280,8 +294,14 @@ test('updates: delivered by token, coalesced per object, waking a waiting caller
     await b.pause('u');
     await b.unpause('u');
     const u = await b.updates(first.token, 1000);
-    assert.deepEqual(u.updates.filter((x) => x.kind === 'vm'), [{ kind: 'vm', id: 'u' }]);
-    assert.ok(u.updates.some((x) => x.kind === 'vbd' && x.id === 'u-disk'), 'device updates too');
+    assert.deepEqual(
+      u.updates.filter((x) => x.kind === 'vm'),
+      [{ kind: 'vm', id: 'u' }],
+    );
+    assert.ok(
+      u.updates.some((x) => x.kind === 'vbd' && x.id === 'u-disk'),
+      'device updates too',
+    );
     assert.ok(u.updates.some((x) => x.kind === 'vif' && x.id === 'u-vif'));
     // nothing new: the caller waits; a change wakes it
     await waitUntil('the guest agent', async () => (await b.stat('u')).guestAgent !== undefined);
@@ -429,12 +449,18 @@ test('a damaged suspend image is refused and the VM stays Suspended', () =>
     const fh = await open(path, 'r+');
     await fh.write(Buffer.from([good[16 * MiB - 100]! ^ 0xff]), 0, 1, 16 * MiB - 100);
     await fh.close();
-    await assert.rejects(b.resume('vm1', { paused: false }), (e: DomainError) => e.kind === 'Internal_error' && /checksum/.test(e.args[0]!));
+    await assert.rejects(
+      b.resume('vm1', { paused: false }),
+      (e: DomainError) => e.kind === 'Internal_error' && /checksum/.test(e.args[0]!),
+    );
     assert.equal((await b.stat('vm1')).powerState, 'Suspended');
 
     // truncated
     await writeFile(path, good.subarray(0, 8 * MiB));
-    await assert.rejects(b.resume('vm1', { paused: false }), (e: DomainError) => e.kind === 'Internal_error' && /truncated/.test(e.args[0]!));
+    await assert.rejects(
+      b.resume('vm1', { paused: false }),
+      (e: DomainError) => e.kind === 'Internal_error' && /truncated/.test(e.args[0]!),
+    );
     await writeFile(path, 'short');
     await assert.rejects(b.resume('vm1', { paused: false }), is('Internal_error'));
 
@@ -463,25 +489,29 @@ test('a damaged suspend image is refused and the VM stays Suspended', () =>
   }));
 
 test('guests without an agent never report and never balloon, but still halt on request', () =>
-  withBackend(async (b, dir) => {
-    await b.add(config(dir, 'a', GiB, 3 * GiB));
-    await b.start('a', { paused: false });
-    await b.add(config(dir, 'b', GiB, 3 * GiB));
-    // a keeps all it was given (no balloon driver to squeeze), so b gets only what is left
-    await b.start('b', { paused: false });
-    assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
-    assert.ok((await b.stat('b')).memoryTarget < 3 * GiB);
-    // A guest that acknowledges a shutdown request but never halts has its OS up (only a
-    // running OS answers control/shutdown), and stays so: past the moment an agent would report.
-    b.inject('a', 'refuse-shutdown');
-    await assert.rejects(b.shutdown('a', 5000), is('Failed_to_shutdown'));
-    assert.equal((await b.stat('a')).powerState, 'Running');
-    assert.equal((await b.stat('a')).guestAgent, undefined);
-    b.clearFaults('a');
-    await b.shutdown('a', 5000);
-    assert.equal((await b.stat('a')).powerState, 'Halted');
-    await b.shutdown('b');
-  }, 5120, { guestAgent: false }));
+  withBackend(
+    async (b, dir) => {
+      await b.add(config(dir, 'a', GiB, 3 * GiB));
+      await b.start('a', { paused: false });
+      await b.add(config(dir, 'b', GiB, 3 * GiB));
+      // a keeps all it was given (no balloon driver to squeeze), so b gets only what is left
+      await b.start('b', { paused: false });
+      assert.equal((await b.stat('a')).memoryTarget, 3 * GiB);
+      assert.ok((await b.stat('b')).memoryTarget < 3 * GiB);
+      // A guest that acknowledges a shutdown request but never halts has its OS up (only a
+      // running OS answers control/shutdown), and stays so: past the moment an agent would report.
+      b.inject('a', 'refuse-shutdown');
+      await assert.rejects(b.shutdown('a', 5000), is('Failed_to_shutdown'));
+      assert.equal((await b.stat('a')).powerState, 'Running');
+      assert.equal((await b.stat('a')).guestAgent, undefined);
+      b.clearFaults('a');
+      await b.shutdown('a', 5000);
+      assert.equal((await b.stat('a')).powerState, 'Halted');
+      await b.shutdown('b');
+    },
+    5120,
+    { guestAgent: false },
+  ));
 
 test('a full state disk: guest timers crash nothing, operations return only once their state is stored, later saves are read back', async () => {
   const disks = await SmallDisks.create({ state: 4 * MiB }); // a real ENOSPC (small-disk.ts)

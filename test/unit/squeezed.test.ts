@@ -11,14 +11,35 @@ const MiB = 1024 ** 2;
 const GiB = 1024 * MiB;
 
 test('balloon policy: all at max when plentiful, one shared fraction when scarce, none below min', () => {
-  assert.deepEqual(balloon(10 * GiB, [{ min: GiB, max: 2 * GiB }, { min: GiB, max: 4 * GiB }]), [2 * GiB, 4 * GiB]);
+  assert.deepEqual(
+    balloon(10 * GiB, [
+      { min: GiB, max: 2 * GiB },
+      { min: GiB, max: 4 * GiB },
+    ]),
+    [2 * GiB, 4 * GiB],
+  );
   // 4 GiB for two [1, 3] GiB domains: both at half their range
-  assert.deepEqual(balloon(4 * GiB, [{ min: GiB, max: 3 * GiB }, { min: GiB, max: 3 * GiB }]), [2 * GiB, 2 * GiB]);
+  assert.deepEqual(
+    balloon(4 * GiB, [
+      { min: GiB, max: 3 * GiB },
+      { min: GiB, max: 3 * GiB },
+    ]),
+    [2 * GiB, 2 * GiB],
+  );
   // different ranges, same fraction: (t − min)/(max − min) equal for both
-  const [a, b] = balloon(3 * GiB, [{ min: GiB, max: 2 * GiB }, { min: 0, max: 4 * GiB }])!;
+  const [a, b] = balloon(3 * GiB, [
+    { min: GiB, max: 2 * GiB },
+    { min: 0, max: 4 * GiB },
+  ])!;
   assert.ok(Math.abs((a! - GiB) / GiB - b! / (4 * GiB)) < 0.001, `${a} ${b}`);
   assert.ok(a! + b! <= 3 * GiB);
-  assert.equal(balloon(GiB, [{ min: GiB, max: 2 * GiB }, { min: GiB, max: 2 * GiB }]), undefined);
+  assert.equal(
+    balloon(GiB, [
+      { min: GiB, max: 2 * GiB },
+      { min: GiB, max: 2 * GiB },
+    ]),
+    undefined,
+  );
 });
 
 function broker(totalMiB: number, dom0MiB: number) {
@@ -58,7 +79,10 @@ test('a new domain squeezes ballooning domains toward dynamic_min, all at one fr
   assert.equal(boot(s, 2, GiB, 3 * GiB), 2 * GiB); // 4 GiB for two: both at half range
   assert.equal(s.domain(1)!.target, 2 * GiB);
   assert.equal(s.domain(1)!.actual, 2 * GiB, 'a co-operative guest reaches its target at once');
-  assert.ok(moves.some(([d, t]) => d === 1 && t === 2 * GiB), 'the squeezed domain was told');
+  assert.ok(
+    moves.some(([d, t]) => d === 1 && t === 2 * GiB),
+    'the squeezed domain was told',
+  );
   // a third one: everybody at dynamic_min + a third of what is left over
   const t3 = boot(s, 3, GiB, 3 * GiB);
   for (const d of [1, 2]) assert.ok(Math.abs(s.domain(d)!.target - t3) <= 4096);
@@ -88,7 +112,10 @@ test('domains without a balloon driver keep what they were given', () => {
   const { id } = s.reserveMemoryRange('xenopsd', GiB, 3 * GiB);
   s.transferReservationToDomain('xenopsd', id, 1, { dynamicMin: GiB, dynamicMax: 3 * GiB, overhead: 0 });
   // domain 1 is still booting (no feature-balloon): it cannot be squeezed
-  assert.throws(() => s.reserveMemoryRange('xenopsd', 2 * GiB, 2 * GiB), (e: DomainError) => e.kind === 'Cannot_free_this_much_memory');
+  assert.throws(
+    () => s.reserveMemoryRange('xenopsd', 2 * GiB, 2 * GiB),
+    (e: DomainError) => e.kind === 'Cannot_free_this_much_memory',
+  );
   const r = s.reserveMemoryRange('xenopsd', 0, GiB);
   assert.equal(r.amount, GiB);
 });
@@ -100,7 +127,10 @@ test('changing a dynamic range rebalances, or is refused leaving everything as i
   s.setDomainRange(1, GiB, GiB); // domain 1 gives up its headroom: domain 2 grows to max
   assert.equal(s.domain(1)!.target, GiB);
   assert.equal(s.domain(2)!.target, 3 * GiB);
-  assert.throws(() => s.setDomainRange(1, 4 * GiB, 4 * GiB), (e: DomainError) => e.kind === 'Cannot_free_this_much_memory');
+  assert.throws(
+    () => s.setDomainRange(1, 4 * GiB, 4 * GiB),
+    (e: DomainError) => e.kind === 'Cannot_free_this_much_memory',
+  );
   assert.equal(s.domain(1)!.dynamicMin, GiB);
   assert.equal(s.domain(2)!.target, 3 * GiB);
 });
@@ -180,9 +210,12 @@ test('the overhead model (memory.ml), in bytes', () => {
   // PV-in-PVH: the shim, 23 + static_max_mib / 90
   assert.equal(overheadMib({ domainType: 'pv_in_pvh', staticMax: GiB, vcpus: 1 }), 12 + 23 + 11);
   // 38 pages per vCPU: 8 vCPUs = 304 pages = 2 MiB
-  assert.equal(overheadMib({ domainType: 'hvm', staticMax: GiB, vcpus: 8 }), 2 + ((8 * 256 + 2048) / 256) + 2);
+  assert.equal(overheadMib({ domainType: 'hvm', staticMax: GiB, vcpus: 8 }), 2 + (8 * 256 + 2048) / 256 + 2);
   // footprint rounds the target up to MiB
-  assert.equal(footprintBytes(GiB + 1, { domainType: 'hvm', staticMax: 2 * GiB, vcpus: 1 }), (1025 + overheadMib({ domainType: 'hvm', staticMax: 2 * GiB, vcpus: 1 })) * MiB);
+  assert.equal(
+    footprintBytes(GiB + 1, { domainType: 'hvm', staticMax: 2 * GiB, vcpus: 1 }),
+    (1025 + overheadMib({ domainType: 'hvm', staticMax: 2 * GiB, vcpus: 1 })) * MiB,
+  );
   const req = requiredMemory(GiB, { domainType: 'hvm', staticMax: GiB, vcpus: 1 });
   assert.equal(req.shadow, 9 * MiB);
   assert.equal(req.main + req.shadow, GiB + 12 * MiB);

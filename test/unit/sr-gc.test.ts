@@ -66,14 +66,56 @@ async function buildSr(dir: string): Promise<Sr> {
     }
   };
   const K = 1024;
-  await mk('R', null, [[0, 2 * MiB], [5 * MiB, 512 * K]], true);
-  await mk('A', 'R', [[MiB, MiB], [3 * MiB + 4 * K, 2 * MiB]], true); // crosses a block boundary
-  await mk('B', 'A', [[MiB + 4 * K, 8 * K], [6 * MiB, MiB], [3 * MiB + 512 * K, 64 * K]], true);
-  await mk('L1', 'B', [[0, 8 * K], [7 * MiB, 512 * K]], false);
+  await mk(
+    'R',
+    null,
+    [
+      [0, 2 * MiB],
+      [5 * MiB, 512 * K],
+    ],
+    true,
+  );
+  await mk(
+    'A',
+    'R',
+    [
+      [MiB, MiB],
+      [3 * MiB + 4 * K, 2 * MiB],
+    ],
+    true,
+  ); // crosses a block boundary
+  await mk(
+    'B',
+    'A',
+    [
+      [MiB + 4 * K, 8 * K],
+      [6 * MiB, MiB],
+      [3 * MiB + 512 * K, 64 * K],
+    ],
+    true,
+  );
+  await mk(
+    'L1',
+    'B',
+    [
+      [0, 8 * K],
+      [7 * MiB, 512 * K],
+    ],
+    false,
+  );
   await mk('L2', 'B', [[2 * MiB + 256 * K, MiB]], false);
   await mk('G', 'B', [[6 * MiB, 512 * K]], true);
   await mk('S', null, [[0, 2 * MiB]], true);
-  await mk('L3', 'S', [[MiB, 2 * MiB], [SIZE + MiB, 512 * K]], false, SIZE + 2 * MiB);
+  await mk(
+    'L3',
+    'S',
+    [
+      [MiB, 2 * MiB],
+      [SIZE + MiB, 512 * K],
+    ],
+    false,
+    SIZE + 2 * MiB,
+  );
   await mk('T', null, [[0, MiB]], true);
   await mk('L4', 'T', [[4 * K, 4 * K]], false);
   await mk('D', null, [[0, 512 * K]], true);
@@ -109,7 +151,9 @@ function cloneSr(sr: Sr, dir: string): Sr {
 /** The shape every complete GC must reach from buildSr's tree. */
 async function assertFinalShape(sr: Sr): Promise<void> {
   const { ids } = sr;
-  const files = readdirSync(sr.dir).filter((f) => f.endsWith('.vhd')).sort();
+  const files = readdirSync(sr.dir)
+    .filter((f) => f.endsWith('.vhd'))
+    .sort();
   assert.deepEqual(files, [ids.R, ids.L1, ids.L2, ids.L3, ids.T, ids.L4].map((u) => `${u}.vhd`).sort(), 'files left');
   const tree = buildTree(await listNodes(sr.dir));
   assert.deepEqual(chainOf(tree, ids.L1), [ids.L1, ids.R]);
@@ -143,7 +187,13 @@ test('file-layout lists nodes and builds the tree from locators', async () => {
   const tree = buildTree(nodes);
   assert.deepEqual(tree.roots.map((n) => n.uuid).sort(), [ids.R, ids.S, ids.T, ids.D].sort());
   assert.deepEqual(tree.leaves.map((n) => n.uuid).sort(), [ids.L1, ids.L2, ids.G, ids.L3, ids.L4, ids.E].sort());
-  assert.deepEqual(tree.children.get(ids.B)!.map((n) => n.uuid).sort(), [ids.L1, ids.L2, ids.G].sort());
+  assert.deepEqual(
+    tree.children
+      .get(ids.B)!
+      .map((n) => n.uuid)
+      .sort(),
+    [ids.L1, ids.L2, ids.G].sort(),
+  );
   assert.deepEqual(chainOf(tree, ids.L1), [ids.L1, ids.B, ids.A, ids.R]);
   const b = tree.byUuid.get(ids.B)!;
   assert.equal(b.hidden, true);
@@ -189,7 +239,9 @@ test('runGc removes garbage, coalesces hidden chains, leaf-coalesces idle leaves
   const l3 = vhdPath(sr.dir, ids.L3);
   execFileSync('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', l3, raw]);
   for (const n of ['L1', 'L3'] as const) {
-    const info = JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', '-f', 'vpc', vhdPath(sr.dir, ids[n])], { encoding: 'utf8' })) as unknown[];
+    const info = JSON.parse(
+      execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', '-f', 'vpc', vhdPath(sr.dir, ids[n])], { encoding: 'utf8' }),
+    ) as unknown[];
     assert.equal(info.length, 1);
   }
   // A second run has nothing to do.
@@ -209,7 +261,7 @@ test('leafCoalesce:false keeps leaves; a concurrent runGc on the same SR is refu
   await assertHashes(sr, templateHashes, 'without leaf-coalesce');
 });
 
-test('a snapshot writing its journal under the SR lock: the GC waits for the lock and leaves the driver\'s journal alone', async () => {
+test("a snapshot writing its journal under the SR lock: the GC waits for the lock and leaves the driver's journal alone", async () => {
   const sr = cloneSr(template, path.join(root, 'gc-foreign-journal'));
   const jdir = path.join(sr.dir, '.journal');
   mkdirSync(jdir, { recursive: true });
@@ -231,13 +283,19 @@ test('a snapshot writing its journal under the SR lock: the GC waits for the loc
   await written;
   let askedForLock!: () => void;
   const gcWaiting = new Promise<void>((r) => (askedForLock = r));
-  const gc = runGc(sr.dir, { lock: (fn) => { askedForLock(); return lock.run(fn); }, inUse: () => sr.active });
+  const gc = runGc(sr.dir, {
+    lock: (fn) => {
+      askedForLock();
+      return lock.run(fn);
+    },
+    inUse: () => sr.active,
+  });
   await gcWaiting;
   assert.ok(existsSync(tmp), 'the journal being written is still there when the GC first needs the lock');
   finish();
   await snapshot;
   await gc;
-  assert.ok(existsSync(journal), 'the driver\'s journal is not the GC\'s to recover or remove');
+  assert.ok(existsSync(journal), "the driver's journal is not the GC's to recover or remove");
   rmSync(journal); // the driver's recovery would
   await assertFinalShape(sr);
   await assertHashes(sr, templateHashes, 'after a GC beside a snapshot journal');
@@ -247,10 +305,15 @@ test('abort signal stops the GC between steps with a consistent tree', async () 
   const sr = cloneSr(template, path.join(root, 'gc3'));
   const ac = new AbortController();
   let runs = 0;
-  const report = await runGc(sr.dir, gcOpts(sr, {
-    signal: ac.signal,
-    crashPoint: (n) => { if (n === 'coalesce:copy-run' && ++runs === 2) ac.abort(); },
-  }));
+  const report = await runGc(
+    sr.dir,
+    gcOpts(sr, {
+      signal: ac.signal,
+      crashPoint: (n) => {
+        if (n === 'coalesce:copy-run' && ++runs === 2) ac.abort();
+      },
+    }),
+  );
   assert.equal(report.aborted, true);
   assert.deepEqual(report.coalesced, []);
   assert.deepEqual(readdirSync(path.join(sr.dir, '.journal')), [], 'copy-phase journal dropped');
@@ -264,7 +327,9 @@ test('abort signal stops the GC between steps with a consistent tree', async () 
 class Crash extends Error {}
 const crashAt = (name: string, nth = 1): GcOptions['crashPoint'] => {
   let seen = 0;
-  return (n) => { if (n === name && ++seen === nth) throw new Crash(name); };
+  return (n) => {
+    if (n === name && ++seen === nth) throw new Crash(name);
+  };
 };
 
 test('recovery rolls a re-parent forward, and rolls a leaf commit back if the leaf changed', async () => {
@@ -274,7 +339,10 @@ test('recovery rolls a re-parent forward, and rolls a leaf commit back if the le
   await assert.rejects(runGc(sr.dir, gcOpts(sr, { crashPoint: crashAt('reparented-one', 2) })), Crash);
   await assertHashes(sr, templateHashes, 'mid re-parent, before recovery');
   const rec = await recoverJournals(sr.dir);
-  assert.deepEqual(rec.map((r) => [r.node, r.phase, r.action]), [[ids.B, 'reparent', 'rolled-forward']]);
+  assert.deepEqual(
+    rec.map((r) => [r.node, r.phase, r.action]),
+    [[ids.B, 'reparent', 'rolled-forward']],
+  );
   assert.ok(!existsSync(vhdPath(sr.dir, ids.B)));
   await assertHashes(sr, templateHashes, 'after re-parent recovery');
 
@@ -287,7 +355,10 @@ test('recovery rolls a re-parent forward, and rolls a leaf commit back if the le
   await l3.close();
   const changed = await ourHash(vhdPath(sr.dir, ids.L3));
   const rec2 = await recoverJournals(sr.dir);
-  assert.deepEqual(rec2.map((r) => [r.node, r.phase, r.action]), [[ids.L3, 'commit', 'rolled-back']]);
+  assert.deepEqual(
+    rec2.map((r) => [r.node, r.phase, r.action]),
+    [[ids.L3, 'commit', 'rolled-back']],
+  );
   assert.equal(await ourHash(vhdPath(sr.dir, ids.L3)), changed, 'the new write survives');
   const tree = buildTree(await listNodes(sr.dir));
   assert.equal(tree.byUuid.get(ids.S)!.hidden, true, 'parent hidden again');
@@ -298,7 +369,11 @@ test('recovery rolls a re-parent forward, and rolls a leaf commit back if the le
   await assertFinalShape(sr);
 });
 
-interface ChildResult { signal: NodeJS.Signals | null; code: number | null; out: string }
+interface ChildResult {
+  signal: NodeJS.Signals | null;
+  code: number | null;
+  out: string;
+}
 
 /** Run the GC child (sr-gc-child.ts; `env` says where it kills itself, if anywhere). */
 function runChild(dir: string, env: Record<string, string>): Promise<ChildResult> {
@@ -306,8 +381,12 @@ function runChild(dir: string, env: Record<string, string>): Promise<ChildResult
     const child = spawn(process.execPath, [CHILD, dir], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      err += d;
+    });
     child.on('error', reject);
     child.on('close', (code, signal) => {
       if (code !== 0 && signal === null) reject(new Error(`GC child failed (${code}): ${err}`));
@@ -333,7 +412,17 @@ test('kill -9 at every instrumented crash point loses nothing (and a second kill
   const { points, changes } = JSON.parse(res.out) as { points: string[]; changes: number };
   await assertFinalShape(clean);
   assert.ok(points.length > 20, `enough crash points (${points.length})`);
-  for (const must of ['coalesce:copy-run', 'coalesce:journal-reparent', 'reparented-one', 'coalesce:unlinked', 'leaf:copy-run', 'leaf:journal-commit', 'leaf:unhidden', 'leaf:renamed', 'garbage']) {
+  for (const must of [
+    'coalesce:copy-run',
+    'coalesce:journal-reparent',
+    'reparented-one',
+    'coalesce:unlinked',
+    'leaf:copy-run',
+    'leaf:journal-commit',
+    'leaf:unhidden',
+    'leaf:renamed',
+    'garbage',
+  ]) {
     assert.ok(points.includes(must), `crash point ${must} reached`);
   }
   for (let k = 1; k <= points.length; k++) {

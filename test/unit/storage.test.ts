@@ -39,10 +39,24 @@ async function setup(opts: { log?: Logger } = {}) {
   };
   const rec = async (cls: string, ref: string) => (await ok(`${cls}.get_record`, s, ref)) as RpcStruct;
   const vdiCreate = async (sr: string, size: number, name = 'disk', extra: Record<string, unknown> = {}) =>
-    (await ok('VDI.create', s, struct({
-      name_label: name, name_description: '', SR: sr, virtual_size: BigInt(size), type: 'user', sharable: false, read_only: false,
-      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [], ...(extra as RpcStruct),
-    }))) as string;
+    (await ok(
+      'VDI.create',
+      s,
+      struct({
+        name_label: name,
+        name_description: '',
+        SR: sr,
+        virtual_size: BigInt(size),
+        type: 'user',
+        sharable: false,
+        read_only: false,
+        other_config: newStruct(),
+        xenstore_data: newStruct(),
+        sm_config: newStruct(),
+        tags: [],
+        ...(extra as RpcStruct),
+      }),
+    )) as string;
   const srDir = async (sr: string) => {
     const r = await rec('SR', sr);
     const pbd = await rec('PBD', (r.PBDs as string[])[0]!);
@@ -56,7 +70,19 @@ async function setup(opts: { log?: Logger } = {}) {
   const fileSr = async (name: string, physicalSize = 0, type = 'file', shared = false) => {
     const dir = tmp();
     const dc: Record<string, string> = type === 'nfs' ? { server: '127.0.0.1', serverpath: dir } : { location: dir };
-    return (await ok('SR.create', s, h.host.hostRef, struct(dc), BigInt(physicalSize), name, '', type, 'user', shared, newStruct())) as string;
+    return (await ok(
+      'SR.create',
+      s,
+      h.host.hostRef,
+      struct(dc),
+      BigInt(physicalSize),
+      name,
+      '',
+      type,
+      'user',
+      shared,
+      newStruct(),
+    )) as string;
   };
   /** A VM from the Debian template, provisioned: one 10 GiB system disk on the default SR. */
   const provisionedVm = async (name: string) => {
@@ -72,7 +98,11 @@ async function setup(opts: { log?: Logger } = {}) {
   return { ...h, ok, err, s, pool, localSr, tmp, rec, vdiCreate, vhdFile, srDir, fileSr, provisionedVm, close };
 }
 
-const qemuInfo = (file: string) => JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-f', 'vpc', file], { encoding: 'utf8' })) as { 'virtual-size': number; format: string };
+const qemuInfo = (file: string) =>
+  JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-f', 'vpc', file], { encoding: 'utf8' })) as {
+    'virtual-size': number;
+    format: string;
+  };
 
 /** The sha256 of a disk's content (of its first `limit` bytes: the 10 GiB template disks are written near the start). */
 async function contentHash(file: string, limit = 64 * MiB): Promise<string> {
@@ -190,10 +220,23 @@ test('SR life: create with a size, SR_FULL, scan finds and loses files, destroy 
     assert.equal(r.type, 'file');
     const [pbd] = r.PBDs as string[];
     assert.equal((await t.rec('PBD', pbd!)).currently_attached, true);
-    const [code, requested, maximum] = await t.err('VDI.create', t.s, struct({
-      name_label: 'big', name_description: '', SR: sr, virtual_size: BigInt(1024 * MiB), type: 'user', sharable: false, read_only: false,
-      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [],
-    }));
+    const [code, requested, maximum] = await t.err(
+      'VDI.create',
+      t.s,
+      struct({
+        name_label: 'big',
+        name_description: '',
+        SR: sr,
+        virtual_size: BigInt(1024 * MiB),
+        type: 'user',
+        sharable: false,
+        read_only: false,
+        other_config: newStruct(),
+        xenstore_data: newStruct(),
+        sm_config: newStruct(),
+        tags: [],
+      }),
+    );
     assert.equal(code, 'SR_FULL');
     assert.equal(requested, String(1024 * MiB));
     assert.ok(Number(maximum) <= 64 * MiB);
@@ -202,7 +245,16 @@ test('SR life: create with a size, SR_FULL, scan finds and loses files, destroy 
     const vdi = await t.vdiCreate(sr, 8 * MiB);
     // a VHD that appears in the directory is found by scan; one that vanishes loses its record
     const dir = await t.srDir(sr);
-    execFileSync('qemu-img', ['create', '-q', '-f', 'vpc', '-o', 'subformat=dynamic', join(dir, '0b0b0b0b-1111-4222-8333-444455556666.vhd'), '4M']);
+    execFileSync('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'vpc',
+      '-o',
+      'subformat=dynamic',
+      join(dir, '0b0b0b0b-1111-4222-8333-444455556666.vhd'),
+      '4M',
+    ]);
     await t.ok('SR.scan', t.s, sr);
     const found = (await t.ok('VDI.get_by_uuid', t.s, '0b0b0b0b-1111-4222-8333-444455556666')) as string;
     assert.equal((await t.rec('VDI', found)).location, '0b0b0b0b-1111-4222-8333-444455556666');
@@ -213,10 +265,81 @@ test('SR life: create with a size, SR_FULL, scan finds and loses files, destroy 
     // VHD SRs have no VDI_INTRODUCE (as EXTSR/FileSR); a record made in the database alone
     // cannot point the driver outside the SR
     const loc = (await t.rec('VDI', vdi)).location as string;
-    assert.deepEqual(await t.err('VDI.introduce', t.s, '', 'x', '', sr, 'user', false, false, newStruct(), loc, newStruct(), newStruct(), true, 0n, 0n, NULL, false, '19700101T00:00:00Z', NULL), ['SR_OPERATION_NOT_SUPPORTED', sr]);
-    const bogus = (await t.ok('VDI.db_introduce', t.s, '0c0c0c0c-1111-4222-8333-444455556666', 'evil', '', sr, 'user', false, false, newStruct(), '../../etc/passwd', newStruct(), newStruct(), true, 0n, 0n, NULL, false, '19700101T00:00:00Z', NULL, false)) as string;
+    assert.deepEqual(
+      await t.err(
+        'VDI.introduce',
+        t.s,
+        '',
+        'x',
+        '',
+        sr,
+        'user',
+        false,
+        false,
+        newStruct(),
+        loc,
+        newStruct(),
+        newStruct(),
+        true,
+        0n,
+        0n,
+        NULL,
+        false,
+        '19700101T00:00:00Z',
+        NULL,
+      ),
+      ['SR_OPERATION_NOT_SUPPORTED', sr],
+    );
+    const bogus = (await t.ok(
+      'VDI.db_introduce',
+      t.s,
+      '0c0c0c0c-1111-4222-8333-444455556666',
+      'evil',
+      '',
+      sr,
+      'user',
+      false,
+      false,
+      newStruct(),
+      '../../etc/passwd',
+      newStruct(),
+      newStruct(),
+      true,
+      0n,
+      0n,
+      NULL,
+      false,
+      '19700101T00:00:00Z',
+      NULL,
+      false,
+    )) as string;
     assert.deepEqual(await t.err('VDI.update', t.s, bogus), ['VDI_LOCATION_MISSING', sr, '../../etc/passwd']);
-    assert.deepEqual(await t.err('VDI.db_introduce', t.s, 'not-a-uuid', 'x', '', sr, 'user', false, false, newStruct(), 'y', newStruct(), newStruct(), true, 0n, 0n, NULL, false, '19700101T00:00:00Z', NULL, false), ['UUID_INVALID', 'VDI', 'not-a-uuid']);
+    assert.deepEqual(
+      await t.err(
+        'VDI.db_introduce',
+        t.s,
+        'not-a-uuid',
+        'x',
+        '',
+        sr,
+        'user',
+        false,
+        false,
+        newStruct(),
+        'y',
+        newStruct(),
+        newStruct(),
+        true,
+        0n,
+        0n,
+        NULL,
+        false,
+        '19700101T00:00:00Z',
+        NULL,
+        false,
+      ),
+      ['UUID_INVALID', 'VDI', 'not-a-uuid'],
+    );
     await t.ok('VDI.db_forget', t.s, bogus);
     // forget drops the record only; a scan finds the disk again
     await t.ok('VDI.forget', t.s, vdi);
@@ -229,18 +352,54 @@ test('SR life: create with a size, SR_FULL, scan finds and loses files, destroy 
     assert.deepEqual(await t.err('PBD.destroy', t.s, pbd!), ['OPERATION_NOT_ALLOWED', 'PBD is currently attached']);
     await t.ok('PBD.unplug', t.s, pbd!);
     assert.deepEqual(await t.err('SR.destroy', t.s, sr), ['SR_NOT_EMPTY']);
-    assert.deepEqual(await t.err('VDI.create', t.s, struct({
-      name_label: 'x', name_description: '', SR: sr, virtual_size: 1n, type: 'user', sharable: false, read_only: false,
-      other_config: newStruct(), xenstore_data: newStruct(), sm_config: newStruct(), tags: [],
-    })), ['SR_HAS_NO_PBDS', sr]);
+    assert.deepEqual(
+      await t.err(
+        'VDI.create',
+        t.s,
+        struct({
+          name_label: 'x',
+          name_description: '',
+          SR: sr,
+          virtual_size: 1n,
+          type: 'user',
+          sharable: false,
+          read_only: false,
+          other_config: newStruct(),
+          xenstore_data: newStruct(),
+          sm_config: newStruct(),
+          tags: [],
+        }),
+      ),
+      ['SR_HAS_NO_PBDS', sr],
+    );
     await t.ok('PBD.plug', t.s, pbd!);
     await t.ok('VDI.destroy', t.s, back);
     await t.ok('PBD.unplug', t.s, pbd!);
     await t.ok('SR.destroy', t.s, sr);
     assert.equal(existsSync(dir), false);
     assert.deepEqual(await t.err('SR.get_record', t.s, sr), ['HANDLE_INVALID', 'SR', sr]);
-    assert.deepEqual(await t.err('PBD.create', t.s, struct({ host: t.host.hostRef, SR: t.localSr, device_config: struct({}), other_config: newStruct() })).then((e) => e.slice(0, 3)), ['PBD_EXISTS', t.localSr, t.host.hostRef]);
-    assert.deepEqual(await t.err('SR.create', t.s, t.host.hostRef, struct({ location: '/nonexistent/x' }), 0n, 'n', '', 'no-such-type', 'user', false, newStruct()), ['SR_UNKNOWN_DRIVER', 'no-such-type']);
+    assert.deepEqual(
+      await t
+        .err('PBD.create', t.s, struct({ host: t.host.hostRef, SR: t.localSr, device_config: struct({}), other_config: newStruct() }))
+        .then((e) => e.slice(0, 3)),
+      ['PBD_EXISTS', t.localSr, t.host.hostRef],
+    );
+    assert.deepEqual(
+      await t.err(
+        'SR.create',
+        t.s,
+        t.host.hostRef,
+        struct({ location: '/nonexistent/x' }),
+        0n,
+        'n',
+        '',
+        'no-such-type',
+        'user',
+        false,
+        newStruct(),
+      ),
+      ['SR_UNKNOWN_DRIVER', 'no-such-type'],
+    );
     const uuid = (await t.rec('SR', t.localSr)).uuid as string;
     assert.deepEqual(await t.err('SR.introduce', t.s, uuid, 'dup', '', 'ext', 'user', false, newStruct()), ['SR_UUID_EXISTS', uuid]);
   } finally {
@@ -254,7 +413,19 @@ test('ISO library: one read-only VDI per .iso file; names cannot leave the direc
     const dir = t.tmp();
     writeFileSync(join(dir, 'debian.iso'), pattern(3, 2 * MiB));
     writeFileSync(join(dir, 'notes.txt'), 'not an image');
-    const sr = (await t.ok('SR.create', t.s, t.host.hostRef, struct({ location: dir }), 0n, 'ISOs', '', 'iso', 'iso', false, newStruct())) as string;
+    const sr = (await t.ok(
+      'SR.create',
+      t.s,
+      t.host.hostRef,
+      struct({ location: dir }),
+      0n,
+      'ISOs',
+      '',
+      'iso',
+      'iso',
+      false,
+      newStruct(),
+    )) as string;
     const vdis = (await t.rec('SR', sr)).VDIs as string[];
     assert.equal(vdis.length, 1);
     const iso = await t.rec('VDI', vdis[0]!);
@@ -266,7 +437,12 @@ test('ISO library: one read-only VDI per .iso file; names cannot leave the direc
     await t.ok('SR.scan', t.s, sr);
     assert.equal(((await t.rec('SR', sr)).VDIs as string[]).length, 2);
     assert.deepEqual(await t.err('VDI.snapshot', t.s, vdis[0]!, newStruct()), ['SR_OPERATION_NOT_SUPPORTED', sr]);
-    assert.deepEqual(await t.err('SR.probe', t.s, t.host.hostRef, struct({ location: dir }), 'iso', newStruct()), ['SR_BACKEND_FAILURE', "Operation 'sr_probe' not supported by this SR type", '', '']);
+    assert.deepEqual(await t.err('SR.probe', t.s, t.host.hostRef, struct({ location: dir }), 'iso', newStruct()), [
+      'SR_BACKEND_FAILURE',
+      "Operation 'sr_probe' not supported by this SR type",
+      '',
+      '',
+    ]);
   } finally {
     await t.close();
   }
@@ -584,13 +760,38 @@ test('CD drives: insert and eject an ISO on a running VM; disks are not ejectabl
   try {
     const dir = t.tmp();
     writeFileSync(join(dir, 'tools.iso'), pattern(9, MiB));
-    const sr = (await t.ok('SR.create', t.s, t.host.hostRef, struct({ location: dir }), 0n, 'ISOs', '', 'iso', 'iso', false, newStruct())) as string;
+    const sr = (await t.ok(
+      'SR.create',
+      t.s,
+      t.host.hostRef,
+      struct({ location: dir }),
+      0n,
+      'ISOs',
+      '',
+      'iso',
+      'iso',
+      false,
+      newStruct(),
+    )) as string;
     const [iso] = (await t.rec('SR', sr)).VDIs as string[];
     const vm = await t.provisionedVm('cd');
-    const cd = (await t.ok('VBD.create', t.s, struct({
-      VM: vm, VDI: NULL, userdevice: '3', bootable: false, mode: 'RO', type: 'CD', unpluggable: true, empty: true,
-      other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct(),
-    }))) as string;
+    const cd = (await t.ok(
+      'VBD.create',
+      t.s,
+      struct({
+        VM: vm,
+        VDI: NULL,
+        userdevice: '3',
+        bootable: false,
+        mode: 'RO',
+        type: 'CD',
+        unpluggable: true,
+        empty: true,
+        other_config: newStruct(),
+        qos_algorithm_type: '',
+        qos_algorithm_params: newStruct(),
+      }),
+    )) as string;
     await t.ok('VM.start', t.s, vm, false, false);
     await t.ok('VBD.insert', t.s, cd, iso!);
     assert.equal((await t.rec('VBD', cd)).VDI, iso);
@@ -635,13 +836,20 @@ test('a snapshot cut short by a crash is finished or dropped when the SR is atta
     await t.ok('PBD.plug', t.s, pbd!);
     assert.equal(await contentHash(file), before, 'the VDI reads as before');
     assert.equal(existsSync(join(dir, `${fresh}.vhd`)), false);
-    assert.deepEqual(readdirSync(join(dir, '.journal')).filter((f) => f.startsWith('snapshot-')), [], 'the snapshot journal is done with');
+    assert.deepEqual(
+      readdirSync(join(dir, '.journal')).filter((f) => f.startsWith('snapshot-')),
+      [],
+      'the snapshot journal is done with',
+    );
     assert.equal(((await t.rec('SR', sr)).VDIs as string[]).length, 1, 'the hidden parent is no VDI');
     // The plug kicked the GC, which may already be merging the leaf into the recovered parent:
     // once it is done, the VDI is one file again, reading the same.
     await t.storage.settleGc(sr);
     assert.deepEqual(readdirSync(join(dir, '.journal')), []);
-    assert.deepEqual(readdirSync(dir).filter((f) => f.endsWith('.vhd')), [`${location}.vhd`]);
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.endsWith('.vhd')),
+      [`${location}.vhd`],
+    );
     assert.equal(((await t.rec('VDI', vdi)).sm_config as Record<string, string>)['vhd-parent'], undefined);
     assert.equal(await contentHash(file), before, 'and reads as before');
   } finally {
@@ -670,8 +878,19 @@ test('SR.forget keeps the data: introduce, a new PBD and a plug bring the SR and
     const again = (await t.ok('SR.introduce', t.s, rec.uuid as string, 'roaming', '', 'file', 'user', false, newStruct())) as string;
     const r = await t.rec('SR', again);
     assert.equal(r.physical_size, -1n);
-    const newPbd = (await t.ok('PBD.create', t.s, struct({ host: t.host.hostRef, SR: again, device_config: struct(dc), other_config: newStruct() }))) as string;
-    assert.deepEqual(await t.err('PBD.create', t.s, struct({ host: t.host.hostRef, SR: again, device_config: struct({ SRmaster: 'true', ...dc }), other_config: newStruct() })), ['VALUE_NOT_SUPPORTED', 'SRmaster', 'true', 'This key is for internal use only']);
+    const newPbd = (await t.ok(
+      'PBD.create',
+      t.s,
+      struct({ host: t.host.hostRef, SR: again, device_config: struct(dc), other_config: newStruct() }),
+    )) as string;
+    assert.deepEqual(
+      await t.err(
+        'PBD.create',
+        t.s,
+        struct({ host: t.host.hostRef, SR: again, device_config: struct({ SRmaster: 'true', ...dc }), other_config: newStruct() }),
+      ),
+      ['VALUE_NOT_SUPPORTED', 'SRmaster', 'true', 'This key is for internal use only'],
+    );
     await t.ok('PBD.plug', t.s, newPbd);
     const [back] = (await t.rec('SR', again)).VDIs as string[];
     assert.equal((await t.rec('VDI', back!)).location, location);
@@ -712,7 +931,7 @@ test('on_boot=reset: every boot starts from the content the disk had when reset 
     await t.ok('VDI.set_on_boot', t.s, disk, 'persist');
     await t.ok('VM.start', t.s, vm, false, false);
     const kept = await t.domains.guestDiskIo(uuid, vbdUuid, { offset: 0, length: MiB });
-    assert.ok(kept.equals(pattern(31, MiB)), 'with persist the last run\'s writes stay');
+    assert.ok(kept.equals(pattern(31, MiB)), "with persist the last run's writes stay");
     await t.ok('VM.hard_shutdown', t.s, vm);
   } finally {
     await t.close();

@@ -36,7 +36,7 @@ function typeProblem(type: string, v: unknown): string {
     return Object.values(v).every((x) => typeof x === 'string') ? '' : 'a map value is not a string';
   }
   const set = /^(.+) set$/.exec(type);
-  if (set) return Array.isArray(v) ? v.map((x) => typeProblem(set[1]!, x)).find((p) => p) ?? '' : 'not a set';
+  if (set) return Array.isArray(v) ? (v.map((x) => typeProblem(set[1]!, x)).find((p) => p) ?? '') : 'not a set';
   return `unchecked type ${type}`;
 }
 
@@ -123,7 +123,12 @@ test('memory and vCPU settings are consistent', () => {
     assert.ok(smax! <= maxMem, `${n}: static_max above the recommendation`);
     assert.ok(max! <= maxVcpus, `${n}: VCPUs_max above the recommendation`);
   }
-  assert.deepEqual(templateMemoryDefaults(1024), { memory_static_min: 1024, memory_dynamic_min: 2048, memory_dynamic_max: 2048, memory_static_max: 2048 });
+  assert.deepEqual(templateMemoryDefaults(1024), {
+    memory_static_min: 1024,
+    memory_dynamic_min: 2048,
+    memory_dynamic_max: 2048,
+    memory_static_max: 2048,
+  });
 });
 
 test('every field is a VM field of the schema, with a value of its type', () => {
@@ -145,7 +150,8 @@ test('template flags, boot settings and other_config', () => {
     assert.equal(f.is_default_template, true, n);
     assert.equal(other.default_template, 'true', n);
     assert.ok(other['install-methods'], `${n}: no install-methods`);
-    for (const m of other['install-methods']!.split(',')) assert.ok(['cdrom', 'nfs', 'http', 'ftp'].includes(m), `${n}: install method ${m}`);
+    for (const m of other['install-methods']!.split(','))
+      assert.ok(['cdrom', 'nfs', 'http', 'ftp'].includes(m), `${n}: install method ${m}`);
     assert.match(other.mac_seed!, UUID_RE);
     assert.equal(f.HVM_boot_policy, 'BIOS order', n);
     assert.equal(f.domain_type, 'hvm', n);

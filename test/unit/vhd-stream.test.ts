@@ -33,7 +33,7 @@ const p = (name: string): string => path.join(dir, name);
 /** Deterministic, offset-dependent bytes so misplaced data is detected. */
 function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
-  for (let i = 0; i < len; i++) b[i] = ((i * 7 + seed * 13 + (i >> 9)) & 0xff) || 1;
+  for (let i = 0; i < len; i++) b[i] = (i * 7 + seed * 13 + (i >> 9)) & 0xff || 1;
   return b;
 }
 
@@ -53,7 +53,9 @@ function memTarget(size: number, init?: Buffer) {
   const mem = init ? Buffer.from(init) : Buffer.alloc(size);
   const writes: Array<[number, number]> = [];
   return {
-    mem, writes, size,
+    mem,
+    writes,
+    size,
     async write(offset: number, data: Buffer): Promise<void> {
       assert.ok(offset >= 0 && offset + data.length <= size, `write [${offset}, +${data.length}) beyond ${size}`);
       data.copy(mem, offset);
@@ -166,7 +168,10 @@ test('delta exportVhd with baseUuid carries only the upper blocks; importVhd ont
     const r = await importVhd(s, target);
     assert.equal(r.virtualSize, size);
     const touched = new Set(target.writes.map(([o]) => Math.floor(o / BLOCK)));
-    assert.deepEqual([...touched].sort((a, b) => a - b), [1, 3, 5, 7, 10]);
+    assert.deepEqual(
+      [...touched].sort((a, b) => a - b),
+      [1, 3, 5, 7, 10],
+    );
     assert.equal(sha256(target.mem), sha256(await leaf.read(0, size)));
     // The leaf as its own base: an empty delta.
     const empty = exportVhd(leaf, { baseUuid: leaf.uuid });
@@ -214,7 +219,10 @@ test('importVhd of a qemu-img fixed VHD', async () => {
   assert.ok(target.mem.subarray(0, data.length).equals(data));
   // With the length known up front, an oversized fixed image is refused before any write.
   const small = memTarget(4 * MiB);
-  await assert.rejects(importVhd(createReadStream(vhd), small, { length: statSync(vhd).size }), (e: unknown) => e instanceof ImportError && e.code === 'TOO_LARGE');
+  await assert.rejects(
+    importVhd(createReadStream(vhd), small, { length: statSync(vhd).size }),
+    (e: unknown) => e instanceof ImportError && e.code === 'TOO_LARGE',
+  );
   assert.equal(small.writes.length, 0);
 });
 
@@ -232,11 +240,13 @@ async function sampleVhd(): Promise<{ bytes: Buffer; size: number }> {
   }
 }
 
-const isCode = (code: string) => (e: unknown): boolean => {
-  assert.ok(e instanceof ImportError, `expected ImportError, got ${String(e)}`);
-  assert.equal(e.code, code, e.message);
-  return true;
-};
+const isCode =
+  (code: string) =>
+  (e: unknown): boolean => {
+    assert.ok(e instanceof ImportError, `expected ImportError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    return true;
+  };
 
 test('importVhd: a truncated VHD is TRUNCATED', async () => {
   const { bytes, size } = await sampleVhd();
@@ -306,7 +316,10 @@ test('importRaw: round trip, skipZeros, TOO_LARGE, TRUNCATED and exact:false', a
   assert.equal(await importRaw(Readable.from(chunks(data)), t, { size, skipZeros: true }), size);
   assert.ok(t.mem.equals(data));
   // Pieces 3 and 4 (70000 bytes from 196708) plus the last one; contiguous pieces merge.
-  assert.deepEqual(t.writes, [[3 * 65536, 2 * 65536], [size - 65536, 65536]]);
+  assert.deepEqual(t.writes, [
+    [3 * 65536, 2 * 65536],
+    [size - 65536, 65536],
+  ]);
   const full = memTarget(size);
   await importRaw(Readable.from(chunks(data)), full, { size });
   assert.ok(full.mem.equals(data));

@@ -178,7 +178,10 @@ test('resize grows within the reserved BAT and keeps data', async () => {
   assert.equal(qemuInfo(vhdPath)['virtual-size'], 50 * MiB);
   qemuCheck(vhdPath);
   const rawPath = path.join(dir, 'grow.raw');
-  writeRaw(rawPath, 50 * MiB, [[19 * MiB, pattern(MiB, 7)], [50 * MiB - 512, pattern(512, 8)]]);
+  writeRaw(rawPath, 50 * MiB, [
+    [19 * MiB, pattern(MiB, 7)],
+    [50 * MiB - 512, pattern(512, 8)],
+  ]);
   qemu('compare', '-f', 'vpc', '-F', 'raw', vhdPath, rawPath);
 });
 
@@ -187,7 +190,10 @@ test('resize beyond the reserved BAT moves blocks out of the way and keeps data'
   // Reserve exactly one BAT sector (128 entries = 256 MiB), then grow past it.
   const v = await createDynamic(vhdPath, 20 * MiB, { maxSize: 20 * MiB });
   assert.equal(v.maxTableEntries, 10);
-  const writes: Array<[number, Buffer]> = [[0, pattern(3 * MiB, 10)], [19 * MiB, pattern(MiB, 11)]];
+  const writes: Array<[number, Buffer]> = [
+    [0, pattern(3 * MiB, 10)],
+    [19 * MiB, pattern(MiB, 11)],
+  ];
   for (const [off, b] of writes) await v.write(off, b);
   await v.resize(300 * MiB);
   assert.equal(v.maxTableEntries, 150);
@@ -278,16 +284,36 @@ test('setParent re-points a child at its grandparent after the middle node is co
   const { mkdirSync } = await import('node:fs');
   const d = path.join(dir, 'reparent');
   mkdirSync(d);
-  const r = path.join(d, 'r.vhd'), m = path.join(d, 'm.vhd'), c = path.join(d, 'c.vhd');
+  const r = path.join(d, 'r.vhd'),
+    m = path.join(d, 'm.vhd'),
+    c = path.join(d, 'c.vhd');
   const writes: Array<[number, Buffer]> = [];
   const base = await createDynamic(r, SIZE);
-  for (const w of [[0, pattern(3 * MiB, 50)], [20 * MiB, pattern(MiB, 51)]] as Array<[number, Buffer]>) { await base.write(w[0], w[1]); writes.push(w); }
+  for (const w of [
+    [0, pattern(3 * MiB, 50)],
+    [20 * MiB, pattern(MiB, 51)],
+  ] as Array<[number, Buffer]>) {
+    await base.write(w[0], w[1]);
+    writes.push(w);
+  }
   await base.close();
   const mid = await createDifferencing(m, r);
-  for (const w of [[MiB + 8192, pattern(12288, 52)], [30 * MiB, pattern(2 * MiB, 53)]] as Array<[number, Buffer]>) { await mid.write(w[0], w[1]); writes.push(w); }
+  for (const w of [
+    [MiB + 8192, pattern(12288, 52)],
+    [30 * MiB, pattern(2 * MiB, 53)],
+  ] as Array<[number, Buffer]>) {
+    await mid.write(w[0], w[1]);
+    writes.push(w);
+  }
   await mid.close();
   const child = await createDifferencing(c, m);
-  for (const w of [[MiB + 12288, pattern(4096, 54)], [31 * MiB, pattern(4096, 55)]] as Array<[number, Buffer]>) { await child.write(w[0], w[1]); writes.push(w); }
+  for (const w of [
+    [MiB + 12288, pattern(4096, 54)],
+    [31 * MiB, pattern(4096, 55)],
+  ] as Array<[number, Buffer]>) {
+    await child.write(w[0], w[1]);
+    writes.push(w);
+  }
   const expected = rawHash(path.join(d, 'expect.raw'), SIZE, writes);
   assert.equal(await ourHash(c), expected);
   assert.equal(vhdiChain(c).hash, expected, 'libvhdi agrees before');
@@ -304,7 +330,11 @@ test('setParent re-points a child at its grandparent after the middle node is co
   assert.equal(child.parentPath, r);
   assert.equal(child.parentUuid, rUuid);
   assert.equal((await child.read(31 * MiB, 4096)).equals(pattern(4096, 55)), true);
-  assert.equal((await child.read(30 * MiB, 4096)).equals(pattern(2 * MiB, 53).subarray(0, 4096)), true, 'reads the coalesced data via the new parent');
+  assert.equal(
+    (await child.read(30 * MiB, 4096)).equals(pattern(2 * MiB, 53).subarray(0, 4096)),
+    true,
+    'reads the coalesced data via the new parent',
+  );
   await child.close();
   rmSync(m); // the old parent is gone: only the new locators can make this work
 
@@ -331,7 +361,9 @@ test('setParent locators appended where the BAT later grows are moved out of its
   const { mkdirSync } = await import('node:fs');
   const d = path.join(dir, 'reparent-grow');
   mkdirSync(d);
-  const a = path.join(d, 'a.vhd'), b = path.join(d, 'b.vhd'), c = path.join(d, 'c.vhd');
+  const a = path.join(d, 'a.vhd'),
+    b = path.join(d, 'b.vhd'),
+    c = path.join(d, 'c.vhd');
   const pa = await createDynamic(a, 20 * MiB, { maxSize: 20 * MiB });
   await pa.write(0, pattern(MiB, 60));
   await pa.close();
@@ -353,7 +385,11 @@ test('setParent locators appended where the BAT later grows are moved out of its
   assert.ok((await r.read(300 * MiB - 4096, 4096)).equals(pattern(4096, 61)));
   await r.close();
   assert.equal(vhdiInfo(c).parentName, 'b.vhd');
-  const expected = rawHash(path.join(d, 'e.raw'), 300 * MiB, [[0, pattern(MiB, 60)], [5 * MiB, pattern(MiB, 62)], [300 * MiB - 4096, pattern(4096, 61)]]);
+  const expected = rawHash(path.join(d, 'e.raw'), 300 * MiB, [
+    [0, pattern(MiB, 60)],
+    [5 * MiB, pattern(MiB, 62)],
+    [300 * MiB - 4096, pattern(4096, 61)],
+  ]);
   assert.equal(await ourHash(c), expected);
   // libvhdi reports the footer's original size (20 MiB), not the resized current size, so
   // only its view of the chain (parent identity) is checked here.
@@ -371,8 +407,14 @@ test('deferSync: no datasync per allocation; close makes it durable, reads back,
   let syncs = 0;
   const origData = fh.datasync.bind(fh);
   const origSync = fh.sync.bind(fh);
-  fh.datasync = () => { datasyncs++; return origData(); };
-  fh.sync = () => { syncs++; return origSync(); };
+  fh.datasync = () => {
+    datasyncs++;
+    return origData();
+  };
+  fh.sync = () => {
+    syncs++;
+    return origSync();
+  };
   for (const [off, b] of WRITES) await w.write(off, b);
   // a rewrite inside an already allocated block, too
   const again = pattern(1536, 7);
@@ -398,7 +440,10 @@ test('deferSync: no datasync per allocation; close makes it durable, reads back,
   const dfh = (d as unknown as { fh: { datasync(): Promise<void> } }).fh;
   let n = 0;
   const o = dfh.datasync.bind(dfh);
-  dfh.datasync = () => { n++; return o(); };
+  dfh.datasync = () => {
+    n++;
+    return o();
+  };
   await d.write(30 * MiB, pattern(512, 8));
   assert.equal(n, 2);
   await d.close();

@@ -21,11 +21,7 @@ export async function vmHost(opts: { bootTimeMs?: number; shutdownTimeMs?: numbe
   const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
   const [network] = (await ok('network.get_by_name_label', s, 'Pool-wide network associated with eth0')) as string[];
   const makeVm = async (name: string, memory = 1 * GiB, extra: Record<string, Rpc> = {}) =>
-    (await ok(
-      'VM.create',
-      s,
-      vmStruct(name, { memory, vcpus: 2 }, extra),
-    )) as string;
+    (await ok('VM.create', s, vmStruct(name, { memory, vcpus: 2 }, extra))) as string;
   const rec = async (cls: string, ref: string) => (await ok(`${cls}.get_record`, s, ref)) as RpcStruct;
   const vmRec = (vm: string) => rec('VM', vm);
   /** Until the guest agent has reported (an HVM guest needs its features for clean operations). */

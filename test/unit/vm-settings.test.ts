@@ -29,8 +29,17 @@ test('VM.set_is_a_template: the make_into_template operation, refused for a runn
     assert.deepEqual(r.current_operations, newStruct());
     // what a template may do, recomputed as the operation ended
     assert.deepEqual(r.allowed_operations, [
-      'destroy', 'metadata_export', 'export', 'changing_NVRAM', 'changing_shadow_memory', 'changing_static_range',
-      'changing_dynamic_range', 'migrate_send', 'provision', 'copy', 'clone',
+      'destroy',
+      'metadata_export',
+      'export',
+      'changing_NVRAM',
+      'changing_shadow_memory',
+      'changing_static_range',
+      'changing_dynamic_range',
+      'migrate_send',
+      'provision',
+      'copy',
+      'clone',
     ]);
     assert.deepEqual(await t.err('VM.start', t.s, vm, false, false), ['VM_IS_TEMPLATE', vm, 'start']);
     assert.deepEqual(await t.err('VM.set_is_a_template', t.s, vm, true), ['VM_IS_TEMPLATE', vm, 'make_into_template']);
@@ -70,10 +79,15 @@ test('VM.set_memory keeps static_min: a value below it is refused and changes no
 test('the single-bound memory setters are the range setters, with their power states and checks', async () => {
   const t = await vmHost();
   try {
-    const range = { memory_static_min: BigInt(GiB), memory_dynamic_min: BigInt(GiB), memory_dynamic_max: BigInt(2 * GiB), memory_static_max: BigInt(2 * GiB) };
+    const range = {
+      memory_static_min: BigInt(GiB),
+      memory_dynamic_min: BigInt(GiB),
+      memory_dynamic_max: BigInt(2 * GiB),
+      memory_static_max: BigInt(2 * GiB),
+    };
     const vm = await t.makeVm('bounds', 2 * GiB, range);
     // static bounds: changing_static_range, for a halted VM
-    assert.deepEqual(await t.err('VM.set_memory_static_min', t.s, vm, BigInt(3 * GiB / 2)), ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
+    assert.deepEqual(await t.err('VM.set_memory_static_min', t.s, vm, BigInt((3 * GiB) / 2)), ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
     await t.ok('VM.set_memory_static_max', t.s, vm, BigInt(4 * GiB));
     await t.ok('VM.set_memory_static_min', t.s, vm, BigInt(512 * MiB));
     let r = await t.vmRec(vm);
@@ -99,7 +113,7 @@ test('the single-bound memory setters are the range setters, with their power st
   }
 });
 
-test('VCPU setters: xapi\'s INVALID_VALUE, VCPUs_max only when halted, VCPUs_at_startup any time, not on dom0', async () => {
+test("VCPU setters: xapi's INVALID_VALUE, VCPUs_max only when halted, VCPUs_at_startup any time, not on dom0", async () => {
   const t = await vmHost();
   try {
     const vm = await t.makeVm('cpus');
@@ -113,7 +127,10 @@ test('VCPU setters: xapi\'s INVALID_VALUE, VCPUs_max only when halted, VCPUs_at_
     await t.ok('VM.set_VCPUs_at_startup', t.s, vm, 3n);
     assert.equal((await t.vmRec(vm)).VCPUs_at_startup, 3n);
     await t.ok('VM.hard_shutdown', t.s, vm);
-    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, t.dom0, 1n), ['OPERATION_NOT_ALLOWED', 'set_VCPUs_at_startup is not allowed on dom0']);
+    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, t.dom0, 1n), [
+      'OPERATION_NOT_ALLOWED',
+      'set_VCPUs_at_startup is not allowed on dom0',
+    ]);
     assert.deepEqual(await t.err('VM.set_VCPUs_max', t.s, t.dom0, 1n), ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on dom0']);
   } finally {
     await t.close();
@@ -167,7 +184,10 @@ test('an event.from watcher never sees the Paused a domain passes through during
     await watcher;
     assert.ok(!seen.includes('Paused'), `seen: ${seen.join(' ')}`);
     // (the start's own writes before the domain runs may show the VM still Halted)
-    assert.deepEqual(seen.filter((state) => state !== 'Halted'), ['Running', 'Suspended', 'Running']);
+    assert.deepEqual(
+      seen.filter((state) => state !== 'Halted'),
+      ['Running', 'Suspended', 'Running'],
+    );
     await t.ok('VM.hard_shutdown', t.s, vm);
   } finally {
     await t.close();

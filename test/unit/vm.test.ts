@@ -27,12 +27,21 @@ async function setup(opts: { bootTimeMs?: number; shutdownTimeMs?: number; agent
   const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
   const [network] = (await ok('network.get_by_name_label', s, 'Pool-wide network associated with eth0')) as string[];
   const makeVm = async (name: string, memory = 1 * GiB, extra: Record<string, Rpc> = {}) => {
-    const vm = (await ok(
-      'VM.create',
+    const vm = (await ok('VM.create', s, vmStruct(name, { memory, vcpus: 2 }, extra))) as string;
+    await ok(
+      'VIF.create',
       s,
-      vmStruct(name, { memory, vcpus: 2 }, extra),
-    )) as string;
-    await ok('VIF.create', s, struct({ device: '0', network: network!, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }));
+      struct({
+        device: '0',
+        network: network!,
+        VM: vm,
+        MAC: '',
+        MTU: 1500n,
+        other_config: newStruct(),
+        qos_algorithm_type: '',
+        qos_algorithm_params: newStruct(),
+      }),
+    );
     return vm;
   };
   const rec = async (vm: string) => (await ok('VM.get_record', s, vm)) as RpcStruct;
@@ -127,15 +136,27 @@ test('wrong power state, templates, the control domain, constraints', async () =
     assert.deepEqual(await t.err('VM.start', t.s, tpl, false, false), ['VM_IS_TEMPLATE', tpl, 'start']);
 
     const dom0Ref = Object.keys((await t.ok('VM.get_all_records_where', t.s, 'field "is_control_domain" = "true"')) as RpcStruct)[0]!;
-    assert.deepEqual(await t.err('VM.clean_shutdown', t.s, dom0Ref), ['OPERATION_NOT_ALLOWED', 'This operation is not allowed on a control domain']);
+    assert.deepEqual(await t.err('VM.clean_shutdown', t.s, dom0Ref), [
+      'OPERATION_NOT_ALLOWED',
+      'This operation is not allowed on a control domain',
+    ]);
     // the power state is checked first, as in xapi: dom0 is running
     assert.deepEqual(await t.err('VM.destroy', t.s, dom0Ref), ['VM_BAD_POWER_STATE', dom0Ref, 'halted, suspended', 'running']);
 
-    assert.deepEqual(await t.err('VM.set_memory_limits', t.s, vm, BigInt(GiB), BigInt(GiB), BigInt(2 * GiB), BigInt(GiB)), ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
+    assert.deepEqual(await t.err('VM.set_memory_limits', t.s, vm, BigInt(GiB), BigInt(GiB), BigInt(2 * GiB), BigInt(GiB)), [
+      'MEMORY_CONSTRAINT_VIOLATION_ORDER',
+    ]);
     await t.ok('VM.set_memory_limits', t.s, vm, BigInt(512 * MiB), BigInt(2 * GiB), BigInt(1 * GiB), BigInt(2 * GiB));
     assert.equal((await t.rec(vm)).memory_static_max, BigInt(2 * GiB));
-    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, vm, 3n), ['INVALID_VALUE', 'VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max', '3']);
-    assert.deepEqual(await t.ok('VM.get_allowed_VIF_devices', t.s, vm), Array.from({ length: 15 }, (_, i) => String(i + 1)));
+    assert.deepEqual(await t.err('VM.set_VCPUs_at_startup', t.s, vm, 3n), [
+      'INVALID_VALUE',
+      'VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max',
+      '3',
+    ]);
+    assert.deepEqual(
+      await t.ok('VM.get_allowed_VIF_devices', t.s, vm),
+      Array.from({ length: 15 }, (_, i) => String(i + 1)),
+    );
   } finally {
     await t.close();
   }
@@ -171,7 +192,13 @@ test('a conflicting operation waits for the one in progress, then meets the new 
     assert.deepEqual((await t.rec(vm)).current_operations, struct({ [task]: 'clean_shutdown' }));
     assert.ok(!((await t.rec(vm)).allowed_operations as string[]).includes('pause'));
     // assert_operation_valid does not wait: it reports the operation in progress
-    assert.deepEqual(await t.err('VM.assert_operation_valid', t.s, vm, 'pause'), ['OTHER_OPERATION_IN_PROGRESS', 'VM', vm, 'clean_shutdown', task]);
+    assert.deepEqual(await t.err('VM.assert_operation_valid', t.s, vm, 'pause'), [
+      'OTHER_OPERATION_IN_PROGRESS',
+      'VM',
+      vm,
+      'clean_shutdown',
+      task,
+    ]);
     // the pause waits for the shutdown, then finds the VM halted (xapi's retry, not a refusal)
     assert.deepEqual(await t.err('VM.pause', t.s, vm), ['VM_BAD_POWER_STATE', vm, 'running', 'halted']);
     assert.equal((await waitTask(t.ok, t.s, task)).status, 'success');
@@ -233,7 +260,9 @@ test('task.cancel ends an operation waiting for a busy VM, as xapi does', async 
     await waitUntil('the clean shutdown to be marked', async () => Object.keys((await t.rec(vm)).current_operations as object).length > 0);
     // xapi creates tasks not cancellable; an operation that may wait makes its task cancellable
     const pause = (await t.ok('Async.VM.pause', t.s, vm)) as string;
-    await waitUntil('the waiting pause to be cancellable', async () => ((await t.ok('task.get_allowed_operations', t.s, pause)) as string[]).includes('cancel'));
+    await waitUntil('the waiting pause to be cancellable', async () =>
+      ((await t.ok('task.get_allowed_operations', t.s, pause)) as string[]).includes('cancel'),
+    );
     await t.ok('task.cancel', t.s, pause);
     const cancelled = await waitTask(t.ok, t.s, pause);
     assert.equal(cancelled.status, 'cancelled');
@@ -246,7 +275,7 @@ test('task.cancel ends an operation waiting for a busy VM, as xapi does', async 
     await waitTask(t.ok, t.s, shutdown);
     // cancelling a finished task is accepted (xapi records the request and nothing happens)
     await t.ok('task.cancel', t.s, pause);
-    assert.equal((await t.ok('task.get_status', t.s, pause)), 'cancelled');
+    assert.equal(await t.ok('task.get_status', t.s, pause), 'cancelled');
   } finally {
     await t.close();
   }
@@ -259,14 +288,43 @@ test('VIF hotplug on a running VM', async () => {
     await t.ok('VM.start', t.s, vm, false, false);
     // An HVM guest hotplugs once its PV drivers report (xapi: VM_MISSING_PV_DRIVERS before).
     await waitUntil('the guest agent reports', async () => (await t.rec(vm)).guest_metrics !== 'OpaqueRef:NULL');
-    const vif = (await t.ok('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }))) as string;
+    const vif = (await t.ok(
+      'VIF.create',
+      t.s,
+      struct({
+        device: '1',
+        network: t.network,
+        VM: vm,
+        MAC: '',
+        MTU: 1500n,
+        other_config: newStruct(),
+        qos_algorithm_type: '',
+        qos_algorithm_params: newStruct(),
+      }),
+    )) as string;
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
     await t.ok('VIF.plug', t.s, vif);
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), true);
     assert.deepEqual(await t.err('VIF.plug', t.s, vif), ['DEVICE_ALREADY_ATTACHED', vif]);
     await t.ok('VIF.unplug', t.s, vif);
     assert.equal(await t.ok('VIF.get_currently_attached', t.s, vif), false);
-    assert.deepEqual(await t.err('VIF.create', t.s, struct({ device: '1', network: t.network, VM: vm, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() })), ['DEVICE_ALREADY_EXISTS', '1']);
+    assert.deepEqual(
+      await t.err(
+        'VIF.create',
+        t.s,
+        struct({
+          device: '1',
+          network: t.network,
+          VM: vm,
+          MAC: '',
+          MTU: 1500n,
+          other_config: newStruct(),
+          qos_algorithm_type: '',
+          qos_algorithm_params: newStruct(),
+        }),
+      ),
+      ['DEVICE_ALREADY_EXISTS', '1'],
+    );
     await t.ok('VM.hard_shutdown', t.s, vm);
   } finally {
     await t.close();
@@ -322,7 +380,20 @@ test('clone and copy make a new VM with its own identity; provision turns a temp
     r = await t.rec(clone);
     assert.equal(r.is_a_template, false);
     assert.ok((r.allowed_operations as string[]).includes('start'));
-    await t.ok('VIF.create', t.s, struct({ device: '0', network: t.network, VM: clone, MAC: '', MTU: 1500n, other_config: newStruct(), qos_algorithm_type: '', qos_algorithm_params: newStruct() }));
+    await t.ok(
+      'VIF.create',
+      t.s,
+      struct({
+        device: '0',
+        network: t.network,
+        VM: clone,
+        MAC: '',
+        MTU: 1500n,
+        other_config: newStruct(),
+        qos_algorithm_type: '',
+        qos_algorithm_params: newStruct(),
+      }),
+    );
     r = await t.rec(clone);
     const copy = (await t.ok('VM.copy', t.s, clone, 'copied', 'OpaqueRef:NULL')) as string;
     const c = await t.rec(copy);
@@ -343,13 +414,39 @@ test('VM.create refuses bad memory constraints and leaves nothing behind', async
   const t = await setup();
   try {
     const before = ((await t.ok('VM.get_all', t.s)) as string[]).length;
-    const e = await t.err('VM.create', t.s, struct({
-      name_label: 'bad', name_description: '', user_version: 1n, is_a_template: false, affinity: 'OpaqueRef:NULL',
-      memory_static_max: BigInt(GiB), memory_dynamic_max: BigInt(2 * GiB), memory_dynamic_min: BigInt(GiB), memory_static_min: BigInt(GiB),
-      VCPUs_params: newStruct(), VCPUs_max: 1n, VCPUs_at_startup: 1n, actions_after_shutdown: 'destroy', actions_after_reboot: 'restart',
-      actions_after_crash: 'restart', PV_bootloader: '', PV_kernel: '', PV_ramdisk: '', PV_args: '', PV_bootloader_args: '', PV_legacy_args: '',
-      HVM_boot_policy: '', HVM_boot_params: newStruct(), platform: newStruct(), PCI_bus: '', other_config: newStruct(), recommendations: '',
-    }));
+    const e = await t.err(
+      'VM.create',
+      t.s,
+      struct({
+        name_label: 'bad',
+        name_description: '',
+        user_version: 1n,
+        is_a_template: false,
+        affinity: 'OpaqueRef:NULL',
+        memory_static_max: BigInt(GiB),
+        memory_dynamic_max: BigInt(2 * GiB),
+        memory_dynamic_min: BigInt(GiB),
+        memory_static_min: BigInt(GiB),
+        VCPUs_params: newStruct(),
+        VCPUs_max: 1n,
+        VCPUs_at_startup: 1n,
+        actions_after_shutdown: 'destroy',
+        actions_after_reboot: 'restart',
+        actions_after_crash: 'restart',
+        PV_bootloader: '',
+        PV_kernel: '',
+        PV_ramdisk: '',
+        PV_args: '',
+        PV_bootloader_args: '',
+        PV_legacy_args: '',
+        HVM_boot_policy: '',
+        HVM_boot_params: newStruct(),
+        platform: newStruct(),
+        PCI_bus: '',
+        other_config: newStruct(),
+        recommendations: '',
+      }),
+    );
     assert.deepEqual(e, ['MEMORY_CONSTRAINT_VIOLATION_ORDER']);
     assert.equal(((await t.ok('VM.get_all', t.s)) as string[]).length, before);
   } finally {

@@ -35,7 +35,10 @@ const parses: [string, string][] = [
   ['notfalse', 'Not(F)'],
   ['not not true', 'Not(Not(T))'],
   ['("a"="b")and(field"c"="d")', 'And(Eq(L"a",L"b"),Eq(F"c",L"d"))'],
-  ['field "is_a_template"="false" and field "is_control_domain"="false"', 'And(Eq(F"is_a_template",L"false"),Eq(F"is_control_domain",L"false"))'],
+  [
+    'field "is_a_template"="false" and field "is_control_domain"="false"',
+    'And(Eq(F"is_a_template",L"false"),Eq(F"is_control_domain",L"false"))',
+  ],
 ];
 
 test('parses values, keywords without word boundaries, strings without escapes', () => {
@@ -48,10 +51,7 @@ test('and/or share one level, left-associative; not has the lowest precedence', 
   assert.equal(show(parseWhere('not true and false')), 'Not(And(T,F))');
   assert.equal(show(parseWhere('true and not false or true')), 'And(T,Not(Or(F,T)))');
   assert.equal(show(parseWhere('(not true) and false')), 'And(Not(T),F)');
-  assert.equal(
-    show(parseWhere('not "a"="b" or not "c"="d" and true')),
-    'Not(Or(Eq(L"a",L"b"),Not(And(Eq(L"c",L"d"),T))))',
-  );
+  assert.equal(show(parseWhere('not "a"="b" or not "c"="d" and true')), 'Not(Or(Eq(L"a",L"b"),Not(And(Eq(L"c",L"d"),T))))');
 });
 
 test('errors carry the exception text xapi prints', () => {
@@ -74,7 +74,11 @@ test('errors carry the exception text xapi prints', () => {
     ['()', PARSE_ERROR],
   ];
   for (const [text, msg] of cases) {
-    assert.throws(() => parseWhere(text), (e: unknown) => e instanceof WhereParseError && e.message === msg, JSON.stringify(text));
+    assert.throws(
+      () => parseWhere(text),
+      (e: unknown) => e instanceof WhereParseError && e.message === msg,
+      JSON.stringify(text),
+    );
   }
   assert.equal(LEX_ERROR, 'Failure("lexing: empty token")');
   assert.equal(PARSE_ERROR, 'Xapi_database__Db_filter_parse.MenhirBasics.Error');

@@ -18,14 +18,19 @@ import {
 import { MalformedRequest, RpcDateTime, formatG, newStruct, rpcDebugString, type Rpc } from '../../src/rpc/rpc.js';
 
 const call = (params: string, method = 'VM.get_all') =>
-  parseXmlRpcCall(Buffer.from(`<?xml version="1.0"?><methodCall><methodName>${method}</methodName><params>${params}</params></methodCall>`));
+  parseXmlRpcCall(
+    Buffer.from(`<?xml version="1.0"?><methodCall><methodName>${method}</methodName><params>${params}</params></methodCall>`),
+  );
 const one = (value: string): Rpc => call(`<param>${value}</param>`).params[0]!;
 const bad = (body: string | Buffer, re?: RegExp) =>
-  assert.throws(() => parseXmlRpcCall(typeof body === 'string' ? Buffer.from(body) : body), (e: unknown) => {
-    assert.ok(e instanceof MalformedRequest, `expected MalformedRequest, got ${String(e)}`);
-    if (re) assert.match((e as Error).message, re);
-    return true;
-  });
+  assert.throws(
+    () => parseXmlRpcCall(typeof body === 'string' ? Buffer.from(body) : body),
+    (e: unknown) => {
+      assert.ok(e instanceof MalformedRequest, `expected MalformedRequest, got ${String(e)}`);
+      if (re) assert.match((e as Error).message, re);
+      return true;
+    },
+  );
 const badValue = (value: string, re?: RegExp) =>
   bad(`<methodCall><methodName>m</methodName><params><param>${value}</param></params></methodCall>`, re);
 
@@ -60,8 +65,13 @@ test('value types', () => {
   assert.equal(one('<value><nil/></value>'), null);
   assert.deepEqual(one('<value><array><data><value>a</value><value><int>1</int></value></data></array></value>'), ['a', 1n]);
   assert.deepEqual(
-    one('<value><struct><member><name>a</name><value>x</value></member><member><name>b</name><value><boolean>1</boolean></value></member></struct></value>'),
-    struct([['a', 'x'], ['b', true]]),
+    one(
+      '<value><struct><member><name>a</name><value>x</value></member><member><name>b</name><value><boolean>1</boolean></value></member></struct></value>',
+    ),
+    struct([
+      ['a', 'x'],
+      ['b', true],
+    ]),
   );
 });
 
@@ -284,12 +294,20 @@ test('output encoding of every type (xapi byte layout)', () => {
   assert.equal(xmlRpcValue(true), '<value><boolean>1</boolean></value>');
   assert.equal(xmlRpcValue(false), '<value><boolean>0</boolean></value>');
   assert.equal(xmlRpcValue(null), '<value><nil/></value>');
-  assert.equal(xmlRpcValue(new RpcDateTime('20250319T04:16:24Z')), '<value><dateTime.iso8601>20250319T04:16:24Z</dateTime.iso8601></value>');
+  assert.equal(
+    xmlRpcValue(new RpcDateTime('20250319T04:16:24Z')),
+    '<value><dateTime.iso8601>20250319T04:16:24Z</dateTime.iso8601></value>',
+  );
   assert.equal(xmlRpcValue([]), '<value><array><data></data></array></value>');
   assert.equal(xmlRpcValue(['a', 1n]), '<value><array><data><value>a</value><value>1</value></data></array></value>');
   assert.equal(xmlRpcValue(newStruct()), '<value><struct></struct></value>');
   assert.equal(
-    xmlRpcValue(struct([['name_label', 'x'], ['VCPUs_max', 4n]])),
+    xmlRpcValue(
+      struct([
+        ['name_label', 'x'],
+        ['VCPUs_max', 4n],
+      ]),
+    ),
     '<value><struct><member><name>name_label</name><value>x</value></member><member><name>VCPUs_max</name><value>4</value></member></struct></value>',
   );
   const out: string[] = ['<pre>'];
@@ -298,7 +316,7 @@ test('output encoding of every type (xapi byte layout)', () => {
 });
 
 test('escaping and dropped control characters', () => {
-  assert.equal(xmlRpcValue('a&b<c>d"e\'f'), '<value>a&amp;b&lt;c&gt;d&quot;e\'f</value>');
+  assert.equal(xmlRpcValue('a&b<c>d"e\'f'), "<value>a&amp;b&lt;c&gt;d&quot;e'f</value>");
   assert.equal(xmlRpcValue('t\tn\nr\r'), '<value>t\tn\nr\r</value>');
   assert.equal(xmlRpcValue('\u0000a\u0001b\u0008\u000b\u000c\u000e\u001fc\u007f'), '<value>abc\u007f</value>');
   assert.equal(xmlRpcValue('caf\u00e9 \u{1F600}'), '<value>caf\u00e9 \u{1F600}</value>');
@@ -346,7 +364,21 @@ test('%.16g formatting of doubles', () => {
 });
 
 test('rpcDebugString mirrors Rpc.to_string', () => {
-  assert.equal(rpcDebugString(['a', 1n, 1.5, true, null, new RpcDateTime('d'), struct([['k', 'v'], ['j', []]])]), '[S(a);I(1);F(1.5);B(true);N;D(d);{k:S(v);j:[]}]');
+  assert.equal(
+    rpcDebugString([
+      'a',
+      1n,
+      1.5,
+      true,
+      null,
+      new RpcDateTime('d'),
+      struct([
+        ['k', 'v'],
+        ['j', []],
+      ]),
+    ]),
+    '[S(a);I(1);F(1.5);B(true);N;D(d);{k:S(v);j:[]}]',
+  );
 });
 
 test('response envelopes, byte for byte', () => {
@@ -407,7 +439,11 @@ test('round trips through request encoding and output encoding', () => {
     [],
     newStruct(),
     ['x', [1n, ['y']], struct([['k', 'v']])],
-    struct([['__proto__', 'p'], ['nested', struct([['a', [true, null]]])], ['emoji \u{1F600}', 'caf\u00e9']]),
+    struct([
+      ['__proto__', 'p'],
+      ['nested', struct([['a', [true, null]]])],
+      ['emoji \u{1F600}', 'caf\u00e9'],
+    ]),
   ];
   const c = parseXmlRpcCall(Buffer.from(xmlRpcRequest('VM.foo', params)));
   assert.equal(c.method, 'VM.foo');
@@ -433,7 +469,14 @@ test('request encoding uses <int> for ints and untyped strings', () => {
 // How fast is for `npm run bench -- parse`, beside saxes alone over the same body.
 test('a large body parses whole', () => {
   const items: Rpc[] = [];
-  for (let i = 0; i < 2000; i++) items.push(struct([['uuid', `u-${i}`], ['n', BigInt(i)], ['tags', ['a', 'b']]]));
+  for (let i = 0; i < 2000; i++)
+    items.push(
+      struct([
+        ['uuid', `u-${i}`],
+        ['n', BigInt(i)],
+        ['tags', ['a', 'b']],
+      ]),
+    );
   const body = Buffer.from(xmlRpcRequest('m', [items]));
   const c = parseXmlRpcCall(body);
   assert.equal((c.params[0] as Rpc[]).length, 2000);

@@ -224,7 +224,10 @@ print(json.dumps([[m.name, m.size, m.isfile(), t.extractfile(m).read().decode('l
     members.map((m) => m[0]),
     EXPECTED_NAMES,
   );
-  assert.ok(members.every((m) => m[2]), 'all members are regular files (no directory entries)');
+  assert.ok(
+    members.every((m) => m[2]),
+    'all members are regular files (no directory entries)',
+  );
   const sizes = Object.fromEntries(members.map((m) => [m[0], m[1]]));
   assert.equal(sizes['Ref:10/00000000'], MiB);
   assert.equal(sizes['Ref:10/00000005'], 12345);
@@ -272,12 +275,17 @@ print(json.dumps({'version': v['version'], 'ids': [o['id'] for o in v['objects']
   // And back.
   const back = parseOvaXml(xml);
   assert.deepEqual(back.header, header);
-  assert.deepEqual(back.objects.map((o) => o.id), ['Ref:0', 'Ref:10', 'Ref:2']);
+  assert.deepEqual(
+    back.objects.map((o) => o.id),
+    ['Ref:0', 'Ref:10', 'Ref:2'],
+  );
   assert.equal(buildOvaXml(back.header, back.objects), xml, 'parse then build gives the same document');
   // With an XML declaration and typed ints (other writers), missing export_vsn -> 0.
   const other = parseOvaXml(
     '<?xml version="1.0"?>\n<value><struct><member><name>version</name><value><struct>' +
-      ['hostname', 'date', 'product_version', 'product_brand', 'build_number'].map((k) => `<member><name>${k}</name><value>x</value></member>`).join('') +
+      ['hostname', 'date', 'product_version', 'product_brand', 'build_number']
+        .map((k) => `<member><name>${k}</name><value>x</value></member>`)
+        .join('') +
       '<member><name>xapi_major</name><value><int>1</int></value></member><member><name>xapi_minor</name><value><i4>2</i4></value></member>' +
       '</struct></value></member><member><name>objects</name><value><array><data/></array></value></member></struct></value>',
   );
@@ -289,7 +297,11 @@ print(json.dumps({'version': v['version'], 'ids': [o['id'] for o in v['objects']
 test('writeMetadataTar holds only ova.xml', async () => {
   const file = path.join(dir, 'meta.tar');
   writeFileSync(file, await collect(writeMetadataTar(header, objects)));
-  const out = py(`import tarfile, sys\nt = tarfile.open(sys.argv[1])\nprint([m.name for m in t.getmembers()], t.extractfile('ova.xml').read().decode() == sys.argv[2])`, file, buildOvaXml(header, objects));
+  const out = py(
+    `import tarfile, sys\nt = tarfile.open(sys.argv[1])\nprint([m.name for m in t.getmembers()], t.extractfile('ova.xml').read().decode() == sys.argv[2])`,
+    file,
+    buildOvaXml(header, objects),
+  );
   assert.equal(out.trim(), "['ova.xml'] True");
   // And it imports as an archive with no disks.
   const { meta } = await importBuffer(await collect(writeMetadataTar(header, objects)), {});
@@ -315,7 +327,10 @@ test('a corrupted chunk fails the checksum check; force=true imports anyway', as
   const at = memberDataOffset(bad, 'Ref:10/00000003') + 100;
   bad[at]! ^= 0xff;
   const e = await rejectsWith(importBuffer(bad, { 'Ref:10': a.length, 'Ref:2': b.length }), 'IMPORT_ERROR');
-  assert.match(e.params[0]!, /^INTERNAL_ERROR: \[ Stream_vdi\.Invalid_checksum\("Block Ref:10\/00000003 checksum failed: original = [0-9A-F]{16}; recomputed = [0-9A-F]{16}"\) \]$/);
+  assert.match(
+    e.params[0]!,
+    /^INTERNAL_ERROR: \[ Stream_vdi\.Invalid_checksum\("Block Ref:10\/00000003 checksum failed: original = [0-9A-F]{16}; recomputed = [0-9A-F]{16}"\) \]$/,
+  );
   const { targets } = await importBuffer(bad, { 'Ref:10': a.length, 'Ref:2': b.length }, true);
   const got = targets.get('Ref:10')!.data;
   assert.notEqual(got[3 * MiB + 100], a[3 * MiB + 100]);
@@ -331,7 +346,11 @@ test('a truncated stream -> IMPORT_ERROR_PREMATURE_EOF', async () => {
   }
   // Gzip cut short, too.
   const gz = zlib.gzipSync(archive);
-  await rejectsWith(importBuffer(gz.subarray(0, gz.length >> 1), { 'Ref:10': a.length, 'Ref:2': b.length }), 'IMPORT_ERROR_PREMATURE_EOF', []);
+  await rejectsWith(
+    importBuffer(gz.subarray(0, gz.length >> 1), { 'Ref:10': a.length, 'Ref:2': b.length }),
+    'IMPORT_ERROR_PREMATURE_EOF',
+    [],
+  );
 });
 
 async function packTar(entries: [string, Buffer | string][]): Promise<Buffer> {
@@ -350,7 +369,9 @@ test('first member other than ova.xml -> IMPORT_ERROR_UNEXPECTED_FILE', async ()
   // Not a tar and not compressed.
   await rejectsWith(importBuffer(Buffer.alloc(4096, 'x'), {}), 'IMPORT_ERROR');
   // Malformed metadata.
-  await rejectsWith(importBuffer(await packTar([['ova.xml', '<value><struct></struct></value>']]), {}), 'IMPORT_ERROR', ["Failed to find key 'version' in header"]);
+  await rejectsWith(importBuffer(await packTar([['ova.xml', '<value><struct></struct></value>']]), {}), 'IMPORT_ERROR', [
+    "Failed to find key 'version' in header",
+  ]);
 });
 
 test('gzip round trip (and zstd only where Node.js has it)', async () => {
@@ -400,12 +421,20 @@ test('older archives: .checksum (SHA-1) members, directory entries, checksum tab
 
   // export_vsn 1: a checksum table member follows the disks (pre-Miami layout).
   const table = (sums: Record<string, string>) =>
-    '<value><struct>' + Object.entries(sums).map(([k, v]) => `<member><name>${k}</name><value>${v}</value></member>`).join('') + '</struct></value>';
+    '<value><struct>' +
+    Object.entries(sums)
+      .map(([k, v]) => `<member><name>${k}</name><value>${v}</value></member>`)
+      .join('') +
+    '</struct></value>';
   const good = { 'Ref:7/00000000': sha1Hex(c0), 'Ref:7/00000003': sha1Hex(c3) };
   const r3 = await importBuffer(await packTar([...entries(1), ['checksums.xml', table(good)]]), { 'Ref:7': disk.length });
   assert.ok(r3.targets.get('Ref:7')!.data.equals(disk));
   const wrong = { ...good, 'Ref:7/00000003': sha1Hex(Buffer.from('nope')) };
-  await rejectsWith(importBuffer(await packTar([...entries(1), ['checksums.xml', table(wrong)]]), { 'Ref:7': disk.length }), 'IMPORT_ERROR_SOME_CHECKSUMS_FAILED', []);
+  await rejectsWith(
+    importBuffer(await packTar([...entries(1), ['checksums.xml', table(wrong)]]), { 'Ref:7': disk.length }),
+    'IMPORT_ERROR_SOME_CHECKSUMS_FAILED',
+    [],
+  );
   await importBuffer(await packTar([...entries(1), ['checksums.xml', table(wrong)]]), { 'Ref:7': disk.length }, true);
 
   // Uppercase SHA-1 does not match: xapi compares the text exactly.
@@ -417,7 +446,13 @@ test('chunk names must increase; a chunk of another disk is refused', async () =
   const c = randomBytes(MiB);
   const sum = await xxhashHex(c);
   const base: [string, Buffer | string][] = [['ova.xml', buildOvaXml(header, objects)]];
-  const dup = await packTar([...base, ['Ref:1/00000000', c], ['Ref:1/00000000.xxhash', sum], ['Ref:1/00000000', c], ['Ref:1/00000000.xxhash', sum]]);
+  const dup = await packTar([
+    ...base,
+    ['Ref:1/00000000', c],
+    ['Ref:1/00000000.xxhash', sum],
+    ['Ref:1/00000000', c],
+    ['Ref:1/00000000.xxhash', sum],
+  ]);
   const e1 = await rejectsWith(importBuffer(dup, { 'Ref:1': 3 * MiB }), 'IMPORT_ERROR');
   assert.match(e1.params[0]!, /Invalid XVA file/);
   const other = await packTar([...base, ['Ref:2/00000000', c], ['Ref:2/00000000.xxhash', sum]]);
@@ -452,11 +487,21 @@ test("xapi's keep-alive chunks (empty, numbered in sequence) do not shift the da
 test('small and chunk-aligned disks; an input that breaks off -> IMPORT_ERROR_PREMATURE_EOF', async () => {
   const small = randomBytes(4000);
   const aligned = Buffer.alloc(3 * MiB); // all zeros: only the first and last chunks are stored
-  const archive = await collect(writeXva({ header, objects, disks: [memDisk('Ref:1', small), memDisk('Ref:2', aligned), memDisk('Ref:3', Buffer.alloc(0))] }));
+  const archive = await collect(
+    writeXva({ header, objects, disks: [memDisk('Ref:1', small), memDisk('Ref:2', aligned), memDisk('Ref:3', Buffer.alloc(0))] }),
+  );
   const file = path.join(dir, 'small.xva');
   writeFileSync(file, archive);
   const names = py(`import tarfile, sys\nprint(' '.join(m.name for m in tarfile.open(sys.argv[1])))`, file).trim().split(' ');
-  assert.deepEqual(names, ['ova.xml', 'Ref:1/00000000', 'Ref:1/00000000.xxhash', 'Ref:2/00000000', 'Ref:2/00000000.xxhash', 'Ref:2/00000002', 'Ref:2/00000002.xxhash']);
+  assert.deepEqual(names, [
+    'ova.xml',
+    'Ref:1/00000000',
+    'Ref:1/00000000.xxhash',
+    'Ref:2/00000000',
+    'Ref:2/00000000.xxhash',
+    'Ref:2/00000002',
+    'Ref:2/00000002.xxhash',
+  ]);
   const { targets } = await importBuffer(archive, { 'Ref:1': small.length, 'Ref:2': aligned.length, 'Ref:3': 0 });
   assert.ok(targets.get('Ref:1')!.data.equals(small));
   assert.ok(targets.get('Ref:2')!.data.equals(aligned));

@@ -148,7 +148,9 @@ for (const name of Object.keys(raw.constants)) {
   if (!(name in constants)) throw new Error(`evaluated constant ${name} has no entry in hand-facts.json`);
 }
 
-const subActionNotes = httpActions.filter((a) => a.subActions).map((a) => `${a.name} (${list(a.subActions.map((s) => `${s.name}: ${list(s.roles)}`))})`);
+const subActionNotes = httpActions
+  .filter((a) => a.subActions)
+  .map((a) => `${a.name} (${list(a.subActions.map((s) => `${s.name}: ${list(s.roles)}`))})`);
 const facts = {
   source,
   errors: declaredErrors,
@@ -230,7 +232,10 @@ const typeMismatches = relationRefs
 const hiddenFields = Object.fromEntries(
   hand.relations.hiddenFieldsFor.map((cls) => [
     cls,
-    raw.classes.find((c) => c.name === cls).fields.filter((f) => f.internalOnly).map((f) => ({ name: f.name, type: f.type })),
+    raw.classes
+      .find((c) => c.name === cls)
+      .fields.filter((f) => f.internalOnly)
+      .map((f) => ({ name: f.name, type: f.type })),
   ]),
 );
 

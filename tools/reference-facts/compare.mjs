@@ -18,12 +18,16 @@ const canon = (v) =>
   Array.isArray(v)
     ? `[${v.map(canon).join(',')}]`
     : v && typeof v === 'object'
-      ? `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canon(v[k])}`).join(',')}}`
+      ? `{${Object.keys(v)
+          .sort()
+          .map((k) => `${JSON.stringify(k)}:${canon(v[k])}`)
+          .join(',')}}`
       : JSON.stringify(v);
 // The identity of a list element, for reporting which element changed.
 const identity = (x) =>
   x && typeof x === 'object' && !Array.isArray(x)
-    ? (x.class ? `${x.class}.` : '') + (x.name ?? x.exception ?? (x.one ? `${x.one.class}.${x.one.field}` : x.a ? `${x.a.class}.${x.a.field}` : canon(x)))
+    ? (x.class ? `${x.class}.` : '') +
+      (x.name ?? x.exception ?? (x.one ? `${x.one.class}.${x.one.field}` : x.a ? `${x.a.class}.${x.a.field}` : canon(x)))
     : canon(x);
 
 let differences = 0;

@@ -10,9 +10,28 @@
 //    blocks in ascending index order, each a full sector bitmap followed by the block's data.
 import { Readable } from 'node:stream';
 import {
-  BAT_UNUSED, DEFAULT_BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, FOOTER_SIZE, HEADER_OFFSET,
-  HEADER_SIZE, MAX_VHD_SIZE, SECTOR, bitmapSize, decodeFooter, decodeHeader, emptyLocators, encodeFooter,
-  encodeHeader, newUuid, roundUp, testBit, vhdTime, type Footer, type Header,
+  BAT_UNUSED,
+  DEFAULT_BLOCK_SIZE,
+  DISK_DIFFERENCING,
+  DISK_DYNAMIC,
+  DISK_FIXED,
+  FOOTER_SIZE,
+  HEADER_OFFSET,
+  HEADER_SIZE,
+  MAX_VHD_SIZE,
+  SECTOR,
+  bitmapSize,
+  decodeFooter,
+  decodeHeader,
+  emptyLocators,
+  encodeFooter,
+  encodeHeader,
+  newUuid,
+  roundUp,
+  testBit,
+  vhdTime,
+  type Footer,
+  type Header,
 } from './format.js';
 import type { Vhd } from './vhd.js';
 
@@ -28,7 +47,10 @@ export type ImportErrorCode = 'TOO_LARGE' | 'TRUNCATED' | 'BAD_FORMAT';
 
 /** A rejected import. `code` lets the HTTP handler map it to a status without parsing messages. */
 export class ImportError extends Error {
-  constructor(readonly code: ImportErrorCode, message: string) {
+  constructor(
+    readonly code: ImportErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'ImportError';
   }
@@ -111,7 +133,10 @@ function allocationMap(nodes: Vhd[], virtualSize: number, blockSize: number): Ui
 class PullStream extends Readable {
   private busy = false;
 
-  constructor(private readonly next: () => Promise<Buffer | null>, highWaterMark: number) {
+  constructor(
+    private readonly next: () => Promise<Buffer | null>,
+    highWaterMark: number,
+  ) {
     super({ highWaterMark });
   }
 
@@ -252,8 +277,13 @@ export function exportVhd(leaf: Vhd, opts: VhdExportOptions = {}): ExportStream 
       const head = Buffer.alloc(l.dataStart, 0xff); // BAT defaults to unused
       footer.copy(head, 0);
       encodeHeader({
-        tableOffset: HEADER_OFFSET + HEADER_SIZE, maxTableEntries: l.entries, blockSize: l.blockSize,
-        parentUuid: Buffer.alloc(16), parentTimestamp: 0, parentName: '', locators: emptyLocators(),
+        tableOffset: HEADER_OFFSET + HEADER_SIZE,
+        maxTableEntries: l.entries,
+        blockSize: l.blockSize,
+        parentUuid: Buffer.alloc(16),
+        parentTimestamp: 0,
+        parentName: '',
+        locators: emptyLocators(),
       }).copy(head, HEADER_OFFSET);
       const batAt = HEADER_OFFSET + HEADER_SIZE;
       l.blocks.forEach((b, i) => {
@@ -355,7 +385,8 @@ class StreamReader {
   /** Exactly n bytes, or TRUNCATED. */
   async read(n: number, what: string): Promise<Buffer> {
     const b = await this.readUpTo(n);
-    if (b.length < n) throw new ImportError('TRUNCATED', `input ended at byte ${this.pos} while reading ${what} (${n - b.length} bytes missing)`);
+    if (b.length < n)
+      throw new ImportError('TRUNCATED', `input ended at byte ${this.pos} while reading ${what} (${n - b.length} bytes missing)`);
     return b;
   }
 
@@ -540,10 +571,13 @@ export async function importVhd(input: Readable, target: VhdImportTarget, opts: 
     } catch (e) {
       throw badFormat('footer', e);
     }
-    if (footer.diskType === DISK_DIFFERENCING) throw new ImportError('BAD_FORMAT', 'VHD import: differencing images need their parent; send a dynamic (or delta) VHD');
-    if (footer.diskType !== DISK_DYNAMIC) throw new ImportError('BAD_FORMAT', `VHD import: unexpected disk type ${footer.diskType} in the footer copy`);
+    if (footer.diskType === DISK_DIFFERENCING)
+      throw new ImportError('BAD_FORMAT', 'VHD import: differencing images need their parent; send a dynamic (or delta) VHD');
+    if (footer.diskType !== DISK_DYNAMIC)
+      throw new ImportError('BAD_FORMAT', `VHD import: unexpected disk type ${footer.diskType} in the footer copy`);
     const virtualSize = footer.currentSize;
-    if (virtualSize % SECTOR !== 0) throw new ImportError('BAD_FORMAT', `VHD import: virtual size ${virtualSize} is not a whole number of sectors`);
+    if (virtualSize % SECTOR !== 0)
+      throw new ImportError('BAD_FORMAT', `VHD import: virtual size ${virtualSize} is not a whole number of sectors`);
     checkSize(virtualSize, target, opts);
     return await importDynamic(reader, footer, writer, opts);
   } finally {
@@ -552,10 +586,16 @@ export async function importVhd(input: Readable, target: VhdImportTarget, opts: 
   }
 }
 
-async function importDynamic(reader: StreamReader, footer: Footer, writer: Writer, opts: VhdImportOptions): Promise<{ virtualSize: number }> {
+async function importDynamic(
+  reader: StreamReader,
+  footer: Footer,
+  writer: Writer,
+  opts: VhdImportOptions,
+): Promise<{ virtualSize: number }> {
   const virtualSize = footer.currentSize;
   const headerAt = Number(footer.dataOffset);
-  if (!Number.isSafeInteger(headerAt) || headerAt < reader.pos) throw new ImportError('BAD_FORMAT', `VHD import: header offset ${footer.dataOffset} is not after the footer copy`);
+  if (!Number.isSafeInteger(headerAt) || headerAt < reader.pos)
+    throw new ImportError('BAD_FORMAT', `VHD import: header offset ${footer.dataOffset} is not after the footer copy`);
   await reader.skip(headerAt - reader.pos, 'the dynamic header');
   let header: Header;
   try {
@@ -564,9 +604,11 @@ async function importDynamic(reader: StreamReader, footer: Footer, writer: Write
     throw e instanceof ImportError ? e : badFormat('dynamic header', e);
   }
   const { blockSize, maxTableEntries, tableOffset } = header;
-  if (blockSize < SECTOR || blockSize % SECTOR !== 0 || blockSize > 256 * 1024 * KiB) throw new ImportError('BAD_FORMAT', `VHD import: unsupported block size ${blockSize}`);
+  if (blockSize < SECTOR || blockSize % SECTOR !== 0 || blockSize > 256 * 1024 * KiB)
+    throw new ImportError('BAD_FORMAT', `VHD import: unsupported block size ${blockSize}`);
   const needed = Math.ceil(virtualSize / blockSize);
-  if (maxTableEntries < needed || maxTableEntries > MAX_BAT_ENTRIES) throw new ImportError('BAD_FORMAT', `VHD import: BAT of ${maxTableEntries} entries does not fit virtual size ${virtualSize}`);
+  if (maxTableEntries < needed || maxTableEntries > MAX_BAT_ENTRIES)
+    throw new ImportError('BAD_FORMAT', `VHD import: BAT of ${maxTableEntries} entries does not fit virtual size ${virtualSize}`);
   // Streaming means everything must come in order; a BAT before the header cannot be reached.
   if (tableOffset < reader.pos) throw new ImportError('BAD_FORMAT', `VHD import: BAT at ${tableOffset} precedes the end of the header`);
   await reader.skip(tableOffset - reader.pos, 'the BAT'); // parent locators etc. are irrelevant here
@@ -592,7 +634,10 @@ async function importDynamic(reader: StreamReader, footer: Footer, writer: Write
     // Coalesce runs of present sectors into single writes, clipped to the virtual size.
     let s = 0;
     while (s < spb) {
-      if (!testBit(bm, s)) { s++; continue; }
+      if (!testBit(bm, s)) {
+        s++;
+        continue;
+      }
       let e = s + 1;
       while (e < spb && testBit(bm, e)) e++;
       const len = Math.min(e * SECTOR, virtualSize - base) - s * SECTOR;
@@ -611,7 +656,13 @@ async function importDynamic(reader: StreamReader, footer: Footer, writer: Write
  * A fixed VHD is the raw data followed by a footer. Stream it through while holding back the last
  * 512 bytes seen; at end of input those are the footer, which must describe exactly the data seen.
  */
-async function importFixed(reader: StreamReader, first: Buffer, target: VhdImportTarget, writer: Writer, opts: VhdImportOptions): Promise<{ virtualSize: number }> {
+async function importFixed(
+  reader: StreamReader,
+  first: Buffer,
+  target: VhdImportTarget,
+  writer: Writer,
+  opts: VhdImportOptions,
+): Promise<{ virtualSize: number }> {
   if (opts.length !== undefined) checkSize(opts.length - FOOTER_SIZE, target, opts);
   const limit = Math.min(target.size, opts.maxSize ?? Infinity);
   const progress = progressReporter(opts.length !== undefined ? opts.length - FOOTER_SIZE : target.size, opts.onProgress);
@@ -638,9 +689,13 @@ async function importFixed(reader: StreamReader, first: Buffer, target: VhdImpor
   } catch (e) {
     throw badFormat('not a VHD (no valid footer at the start or the end)', e);
   }
-  if (footer.diskType !== DISK_FIXED) throw new ImportError('BAD_FORMAT', `VHD import: trailing footer has disk type ${footer.diskType}, expected fixed`);
+  if (footer.diskType !== DISK_FIXED)
+    throw new ImportError('BAD_FORMAT', `VHD import: trailing footer has disk type ${footer.diskType}, expected fixed`);
   if (footer.currentSize !== pos) {
-    throw new ImportError(pos < footer.currentSize ? 'TRUNCATED' : 'BAD_FORMAT', `VHD import: fixed image holds ${pos} bytes of data but its footer says ${footer.currentSize}`);
+    throw new ImportError(
+      pos < footer.currentSize ? 'TRUNCATED' : 'BAD_FORMAT',
+      `VHD import: fixed image holds ${pos} bytes of data but its footer says ${footer.currentSize}`,
+    );
   }
   progress.finish();
   return { virtualSize: footer.currentSize };

@@ -5,10 +5,34 @@
 import { open as fsOpen, stat, type FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
-  BAT_UNUSED, DEFAULT_BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, FOOTER_SIZE, HEADER_OFFSET,
-  HEADER_SIZE, MAX_VHD_SIZE, PLAT_MACX, PLAT_W2KU, PLAT_W2RU, SECTOR, bitmapSize, decodeFooter, decodeHeader,
-  emptyLocators, encodeFooter, encodeHeader, newUuid, roundUp, setBit, testBit, uuidString, vhdTime,
-  type Footer, type Header, type Locator,
+  BAT_UNUSED,
+  DEFAULT_BLOCK_SIZE,
+  DISK_DIFFERENCING,
+  DISK_DYNAMIC,
+  DISK_FIXED,
+  FOOTER_SIZE,
+  HEADER_OFFSET,
+  HEADER_SIZE,
+  MAX_VHD_SIZE,
+  PLAT_MACX,
+  PLAT_W2KU,
+  PLAT_W2RU,
+  SECTOR,
+  bitmapSize,
+  decodeFooter,
+  decodeHeader,
+  emptyLocators,
+  encodeFooter,
+  encodeHeader,
+  newUuid,
+  roundUp,
+  setBit,
+  testBit,
+  uuidString,
+  vhdTime,
+  type Footer,
+  type Header,
+  type Locator,
 } from './format.js';
 
 export type VhdType = 'fixed' | 'dynamic' | 'differencing';
@@ -63,7 +87,8 @@ async function writeExact(fh: FileHandle, buf: Buffer, pos: number): Promise<voi
 }
 
 function checkSize(size: number): void {
-  if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR !== 0) throw new RangeError(`VHD: size ${size} must be a positive multiple of 512`);
+  if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR !== 0)
+    throw new RangeError(`VHD: size ${size} must be a positive multiple of 512`);
   if (size > MAX_VHD_SIZE) throw new RangeError(`VHD: size ${size} exceeds the 2040 GiB maximum`);
 }
 
@@ -91,22 +116,38 @@ export class Vhd {
   }
 
   /** The opened parent (read-only), or null for dynamic/fixed disks. Changes after setParent. */
-  get parent(): Vhd | null { return this._parent; }
-  get parentPath(): string | null { return this._parentPath; }
+  get parent(): Vhd | null {
+    return this._parent;
+  }
+  get parentPath(): string | null {
+    return this._parentPath;
+  }
   /** The parent's VHD unique id as recorded in our header (differencing disks only). */
   get parentUuid(): string | null {
     return this.footer.diskType === DISK_DIFFERENCING && this.header ? uuidString(this.header.parentUuid) : null;
   }
 
-  get virtualSize(): number { return this.footer.currentSize; }
+  get virtualSize(): number {
+    return this.footer.currentSize;
+  }
   get type(): VhdType {
     return this.footer.diskType === DISK_FIXED ? 'fixed' : this.footer.diskType === DISK_DIFFERENCING ? 'differencing' : 'dynamic';
   }
-  get uuid(): string { return uuidString(this.footer.uuid); }
-  get blockSize(): number { return this.header?.blockSize ?? DEFAULT_BLOCK_SIZE; }
-  get maxTableEntries(): number { return this.header?.maxTableEntries ?? 0; }
-  private get bmSize(): number { return bitmapSize(this.blockSize); }
-  private get sectorsPerBlock(): number { return this.blockSize / SECTOR; }
+  get uuid(): string {
+    return uuidString(this.footer.uuid);
+  }
+  get blockSize(): number {
+    return this.header?.blockSize ?? DEFAULT_BLOCK_SIZE;
+  }
+  get maxTableEntries(): number {
+    return this.header?.maxTableEntries ?? 0;
+  }
+  private get bmSize(): number {
+    return bitmapSize(this.blockSize);
+  }
+  private get sectorsPerBlock(): number {
+    return this.blockSize / SECTOR;
+  }
 
   /** Serialise mutating operations: two concurrent allocations must not both append at footerPos. */
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -124,7 +165,8 @@ export class Vhd {
       if (footer.diskType === DISK_FIXED) {
         return new Vhd(file, fh, footer, null, new Uint32Array(0), size, null, null, readOnly, deferSync);
       }
-      if (footer.diskType !== DISK_DYNAMIC && footer.diskType !== DISK_DIFFERENCING) throw new Error(`VHD: unsupported disk type ${footer.diskType}`);
+      if (footer.diskType !== DISK_DYNAMIC && footer.diskType !== DISK_DIFFERENCING)
+        throw new Error(`VHD: unsupported disk type ${footer.diskType}`);
       const hb = Buffer.alloc(HEADER_SIZE);
       await readExact(fh, hb, Number(footer.dataOffset));
       const header = decodeHeader(hb);
@@ -203,7 +245,8 @@ export class Vhd {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    if (offset < 0 || length < 0 || offset + length > this.virtualSize) throw new RangeError(`VHD: read [${offset}, +${length}) beyond ${this.virtualSize}`);
+    if (offset < 0 || length < 0 || offset + length > this.virtualSize)
+      throw new RangeError(`VHD: read [${offset}, +${length}) beyond ${this.virtualSize}`);
     const buf = Buffer.alloc(length);
     await this.readInto(buf, offset);
     return buf;
@@ -251,7 +294,8 @@ export class Vhd {
   async write(offset: number, data: Buffer): Promise<void> {
     if (this.readOnly) throw new Error('VHD: opened read-only');
     if (this.footer.diskType === DISK_FIXED) throw new Error('VHD: writing fixed disks is not supported');
-    if (offset < 0 || offset + data.length > this.virtualSize) throw new RangeError(`VHD: write [${offset}, +${data.length}) beyond ${this.virtualSize}`);
+    if (offset < 0 || offset + data.length > this.virtualSize)
+      throw new RangeError(`VHD: write [${offset}, +${data.length}) beyond ${this.virtualSize}`);
     if (data.length === 0) return;
     return this.exclusive(async () => {
       // Widen to whole sectors: the bitmap has sector granularity, so partial sectors are merged
@@ -302,7 +346,11 @@ export class Vhd {
     await writeExact(this.fh, data, base + this.bmSize + inBlock);
     const bm = await this.bitmap(block);
     let changed = false;
-    for (let s = first; s < first + count; s++) if (!testBit(bm, s)) { setBit(bm, s); changed = true; }
+    for (let s = first; s < first + count; s++)
+      if (!testBit(bm, s)) {
+        setBit(bm, s);
+        changed = true;
+      }
     if (changed) await writeExact(this.fh, bm, base);
   }
 
@@ -337,7 +385,9 @@ export class Vhd {
   }
 
   /** blktap's "hidden" flag (footer byte 85): set on VHD SRs when a VDI is deleted but still a parent. */
-  get hidden(): boolean { return this.footer.hidden !== 0; }
+  get hidden(): boolean {
+    return this.footer.hidden !== 0;
+  }
 
   async setHidden(hidden: boolean): Promise<void> {
     if (this.readOnly) throw new Error('VHD: opened read-only');
@@ -401,7 +451,12 @@ export class Vhd {
       }
       const offsets = await this.appendLocators(datas);
       let k = 0;
-      for (const l of moved) if (l.offset === -1) { l.offset = offsets[k]!; l.space = roundUp(Math.max(l.length, 1), SECTOR); k++; }
+      for (const l of moved)
+        if (l.offset === -1) {
+          l.offset = offsets[k]!;
+          l.space = roundUp(Math.max(l.length, 1), SECTOR);
+          k++;
+        }
       this.header = { ...h, locators: moved };
       await writeExact(this.fh, encodeHeader(this.header), HEADER_OFFSET);
       await this.fh.datasync();
@@ -544,7 +599,14 @@ export async function readInfo(file: string): Promise<VhdInfo> {
       parentUuid = uuidString(header.parentUuid);
       parentCandidates = await locatorCandidates(fh, file, header);
     }
-    return { uuid: uuidString(footer.uuid), type, hidden: footer.hidden !== 0, virtualSize: footer.currentSize, parentUuid, parentCandidates };
+    return {
+      uuid: uuidString(footer.uuid),
+      type,
+      hidden: footer.hidden !== 0,
+      virtualSize: footer.currentSize,
+      parentUuid,
+      parentCandidates,
+    };
   } finally {
     await fh.close();
   }
@@ -629,8 +691,13 @@ export async function createDynamic(file: string, virtualSize: number, opts: Cre
   checkSize(virtualSize);
   const l = batLayout(HEADER_OFFSET + HEADER_SIZE, virtualSize, opts);
   const header: Header = {
-    tableOffset: l.tableOffset, maxTableEntries: l.entries, blockSize: l.blockSize,
-    parentUuid: Buffer.alloc(16), parentTimestamp: 0, parentName: '', locators: emptyLocators(),
+    tableOffset: l.tableOffset,
+    maxTableEntries: l.entries,
+    blockSize: l.blockSize,
+    parentUuid: Buffer.alloc(16),
+    parentTimestamp: 0,
+    parentName: '',
+    locators: emptyLocators(),
   };
   await writeNew(file, baseFooter(virtualSize, DISK_DYNAMIC), header, l.batBytes, []);
   return Vhd.open(file);
@@ -663,9 +730,13 @@ export async function createDifferencing(file: string, parentPath: string, opts:
   });
   const l = batLayout(at, size, opts);
   const header: Header = {
-    tableOffset: l.tableOffset, maxTableEntries: l.entries, blockSize: l.blockSize,
-    parentUuid, parentTimestamp: vhdTime((await stat(absParent)).mtimeMs),
-    parentName: path.basename(absParent), locators,
+    tableOffset: l.tableOffset,
+    maxTableEntries: l.entries,
+    blockSize: l.blockSize,
+    parentUuid,
+    parentTimestamp: vhdTime((await stat(absParent)).mtimeMs),
+    parentName: path.basename(absParent),
+    locators,
   };
   await writeNew(file, baseFooter(size, DISK_DIFFERENCING), header, l.batBytes, extra);
   return Vhd.open(file);
@@ -694,7 +765,10 @@ export async function coalesceInto(child: Vhd, parent: Vhd, opts: CoalesceOption
     const spb = bs / SECTOR;
     let s = 0;
     while (s < spb) {
-      if (!present(s)) { s++; continue; }
+      if (!present(s)) {
+        s++;
+        continue;
+      }
       let e = s + 1;
       while (e < spb && present(e) && (e - s) * SECTOR < MAX_RUN) e++;
       const off = block * bs + s * SECTOR;

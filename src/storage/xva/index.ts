@@ -19,7 +19,19 @@ import { Readable, pipeline } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { createHash } from 'node:crypto';
 import xxhash from 'xxhash-wasm';
-import { BLOCK, ByteSource, PrematureEof, TarFormatError, ZERO_BLOCK, decodeHeader, encodeHeader, headerChecksumOk, nextEntry, padding, type TarEntry } from './tar.js';
+import {
+  BLOCK,
+  ByteSource,
+  PrematureEof,
+  TarFormatError,
+  ZERO_BLOCK,
+  decodeHeader,
+  encodeHeader,
+  headerChecksumOk,
+  nextEntry,
+  padding,
+  type TarEntry,
+} from './tar.js';
 import { OvaXmlError, XVA_EXPORT_VSN, buildOvaXml, parseOvaXml, type XvaHeader, type XvaMetadata, type XvaObject } from './ova.js';
 import { parseXmlRpcResponse } from '../../rpc/xmlrpc.js';
 import { isStruct } from '../../rpc/rpc.js';
@@ -147,7 +159,8 @@ async function* xvaBlocks(opts: WriteXvaOptions): AsyncGenerator<Buffer> {
   for (const d of disks) {
     if (!Number.isSafeInteger(d.size) || d.size < 0) throw new RangeError(`disk ${d.id}: bad size ${d.size}`);
     // Chunk names are "<id>/%08d(.xxhash)" and must fit the 100-byte ustar name field.
-    if (d.id === '' || d.id.includes('/') || Buffer.byteLength(d.id) > 80) throw new RangeError(`disk id ${JSON.stringify(d.id)} cannot be a tar directory name`);
+    if (d.id === '' || d.id.includes('/') || Buffer.byteLength(d.id) > 80)
+      throw new RangeError(`disk id ${JSON.stringify(d.id)} cannot be a tar directory name`);
   }
   const xml = Buffer.from(buildOvaXml(opts.header, opts.objects), 'utf8');
   yield* member(OVA_XML, xml, opts.mtime ?? Math.floor(Date.now() / 1000));
@@ -423,7 +436,8 @@ async function importArchive(archive: OpenArchive, opts: ReadXvaOptions): Promis
     while (offset < target.size) {
       signal?.throwIfAborted();
       const e = await nextFile();
-      if (!e.name.startsWith(prefix)) throw internal('Stream_vdi.Failure', `Invalid XVA file: expected VDI chunk prefixed ${id}; got ${e.name}`);
+      if (!e.name.startsWith(prefix))
+        throw internal('Stream_vdi.Failure', `Invalid XVA file: expected VDI chunk prefixed ${id}; got ${e.name}`);
       const suffix = e.name.slice(prefix.length);
       if (!/^\d+$/.test(suffix)) throw internal('Stream_vdi.Failure', `Invalid XVA file: unexpected member ${e.name}`);
       const n = parseInt(suffix, 10);
@@ -440,7 +454,8 @@ async function importArchive(archive: OpenArchive, opts: ReadXvaOptions): Promis
       if (c.name.endsWith('.xxhash')) computed = h64(data).toString(16).toUpperCase().padStart(16, '0');
       else if (c.name.endsWith('.checksum')) computed = sha1Hex(data);
       else throw internal('Stream_vdi.Failure', `Found unsupported checksum file: ${c.name}`);
-      if (c.name.slice(0, c.name.lastIndexOf('.')) !== e.name) throw internal('Stream_vdi.Failure', `checksum member ${c.name} does not follow its chunk ${e.name}`);
+      if (c.name.slice(0, c.name.lastIndexOf('.')) !== e.name)
+        throw internal('Stream_vdi.Failure', `checksum member ${c.name} does not follow its chunk ${e.name}`);
       if (c.size > MAX_CHECKSUM_MEMBER) throw importError(`checksum member ${c.name} too large`);
       const stored = (await src.read(c.size)).toString('latin1');
       await src.skip(padding(c.size));
@@ -467,7 +482,9 @@ async function importArchive(archive: OpenArchive, opts: ReadXvaOptions): Promis
     await src.skip(padding(e.size));
     let expected: Map<string, string>;
     try {
-      const v = parseXmlRpcResponse('<methodResponse><params><param>' + xml.replace(/^\uFEFF?\s*<\?xml[^>]*\?>/, '') + '</param></params></methodResponse>');
+      const v = parseXmlRpcResponse(
+        '<methodResponse><params><param>' + xml.replace(/^\uFEFF?\s*<\?xml[^>]*\?>/, '') + '</param></params></methodResponse>',
+      );
       if (!isStruct(v)) throw new Error('not a struct');
       expected = new Map(Object.entries(v).map(([k, x]) => [k, String(x)]));
     } catch (err) {

@@ -66,7 +66,8 @@ export function buildOvaXml(header: XvaHeader, objects: readonly XvaObject[]): s
   version['xapi_minor'] = BigInt(header.xapi_minor);
   version['export_vsn'] = BigInt(header.export_vsn);
   // Built as one string per object so a large export does not need one huge intermediate tree.
-  let s = '<value><struct><member><name>version</name>' + xmlRpcValue(version) + '</member><member><name>objects</name><value><array><data>';
+  let s =
+    '<value><struct><member><name>version</name>' + xmlRpcValue(version) + '</member><member><name>objects</name><value><array><data>';
   for (const o of objects) {
     const obj = newStruct();
     obj['class'] = o.class;

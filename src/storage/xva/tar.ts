@@ -92,7 +92,8 @@ export class ByteSource {
       } catch (e) {
         // A connection that drops mid-upload is a truncated archive, like xapi's End_of_file.
         const code = (e as NodeJS.ErrnoException | undefined)?.code;
-        if (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE') throw new PrematureEof(`input ended: ${code}`);
+        if (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE')
+          throw new PrematureEof(`input ended: ${code}`);
         throw e;
       }
       if (r.done) {
@@ -196,7 +197,10 @@ function parseNumber(b: Buffer, off: number, len: number): number {
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new TarFormatError('tar number too large');
     return Number(v);
   }
-  const s = b.toString('latin1', off, off + len).replace(/[\0 ]+$/, '').replace(/^[\0 ]+/, '');
+  const s = b
+    .toString('latin1', off, off + len)
+    .replace(/[\0 ]+$/, '')
+    .replace(/^[\0 ]+/, '');
   if (s === '') return 0;
   if (!/^[0-7]+$/.test(s)) throw new TarFormatError(`invalid tar number field "${s}"`);
   return parseInt(s, 8);

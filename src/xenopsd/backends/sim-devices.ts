@@ -56,7 +56,13 @@ export function deviceStateOf(vmId: string, vm: Vm, id: string): DeviceState {
   const liveVif = vm.domain?.vifs[id];
   if (!vbd && !vif && !liveVbd && !liveVif) throw new DomainError('Does_not_exist', ['device', id]);
   if (vbd || liveVbd) {
-    return { vm: vmId, id, plugged: !!liveVbd, position: liveVbd?.position ?? vbd?.position, backend: liveVbd ? liveVbd.backend : vbd?.backend };
+    return {
+      vm: vmId,
+      id,
+      plugged: !!liveVbd,
+      position: liveVbd?.position ?? vbd?.position,
+      backend: liveVbd ? liveVbd.backend : vbd?.backend,
+    };
   }
   return { vm: vmId, id, plugged: !!liveVif, position: String(liveVif?.position ?? vif!.position) };
 }

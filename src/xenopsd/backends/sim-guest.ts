@@ -61,16 +61,39 @@ function osFor(c: VmConfig): { osVersion: Record<string, string>; pvDriversVersi
     const desktop = /(windows|win) ?1[01]\b/.exec(name);
     return {
       osVersion: desktop
-        ? { name: `Microsoft Windows ${desktop[0].endsWith('11') ? '11' : '10'} Pro|C:\\Windows|\\Device\\Harddisk0\\Partition2`, distro: 'windows', major: '10', minor: '0', spmajor: '0', spminor: '0' }
-        : { name: 'Microsoft Windows Server 2022 Standard|C:\\Windows|\\Device\\Harddisk0\\Partition2', distro: 'windows', major: '10', minor: '0', spmajor: '0', spminor: '0' },
+        ? {
+            name: `Microsoft Windows ${desktop[0].endsWith('11') ? '11' : '10'} Pro|C:\\Windows|\\Device\\Harddisk0\\Partition2`,
+            distro: 'windows',
+            major: '10',
+            minor: '0',
+            spmajor: '0',
+            spminor: '0',
+          }
+        : {
+            name: 'Microsoft Windows Server 2022 Standard|C:\\Windows|\\Device\\Harddisk0\\Partition2',
+            distro: 'windows',
+            major: '10',
+            minor: '0',
+            spmajor: '0',
+            spminor: '0',
+          },
       pvDriversVersion: { major: '9', minor: '4', micro: '0', build: '146' },
     };
   }
   if (/ubuntu/.test(name)) {
-    return { osVersion: { name: 'Ubuntu 22.04.4 LTS', distro: 'ubuntu', major: '22', minor: '04', uname: '5.15.0-simulated' }, pvDriversVersion: linuxTools };
+    return {
+      osVersion: { name: 'Ubuntu 22.04.4 LTS', distro: 'ubuntu', major: '22', minor: '04', uname: '5.15.0-simulated' },
+      pvDriversVersion: linuxTools,
+    };
   }
   if (/centos|rhel|red ?hat|rocky|alma|oracle/.test(name)) {
-    return { osVersion: { name: 'Rocky Linux 9.3 (Blue Onyx)', distro: 'rocky', major: '9', minor: '3', uname: '5.14.0-simulated.el9' }, pvDriversVersion: linuxTools };
+    return {
+      osVersion: { name: 'Rocky Linux 9.3 (Blue Onyx)', distro: 'rocky', major: '9', minor: '3', uname: '5.14.0-simulated.el9' },
+      pvDriversVersion: linuxTools,
+    };
   }
-  return { osVersion: { name: 'Debian GNU/Linux 12', distro: 'debian', major: '12', minor: '0', uname: '6.1.0-simulated' }, pvDriversVersion: linuxTools };
+  return {
+    osVersion: { name: 'Debian GNU/Linux 12', distro: 'debian', major: '12', minor: '0', uname: '6.1.0-simulated' },
+    pvDriversVersion: linuxTools,
+  };
 }

@@ -88,7 +88,12 @@ export function powerState(vm: Vm): VmState['powerState'] {
 
 /** Memory squeezed manages for the VM's domain: its dynamic range and overhead. */
 export function domainMemory(c: VmConfig): DomainMemory {
-  const overhead = overheadBytes({ domainType: c.domainType, staticMax: c.memoryStaticMax, vcpus: c.vcpuMax, shadowMultiplier: c.shadowMultiplier });
+  const overhead = overheadBytes({
+    domainType: c.domainType,
+    staticMax: c.memoryStaticMax,
+    vcpus: c.vcpuMax,
+    shadowMultiplier: c.shadowMultiplier,
+  });
   // a PV-in-PVH guest cannot balloon inside the shim: it needs static_max (memory_check does the same)
   if (c.domainType === 'pv_in_pvh') return { dynamicMin: c.memoryStaticMax, dynamicMax: c.memoryStaticMax, overhead };
   return { dynamicMin: c.memoryDynamicMin, dynamicMax: c.memoryDynamicMax, overhead };

@@ -20,7 +20,18 @@
 //
 // Directories written before the journal (vm/<id>.json, domain/<id>.json, host.json) are read
 // when there is no snapshot yet, and removed once one has been written.
-import { closeSync, existsSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 const SNAPSHOT = 'state.json';

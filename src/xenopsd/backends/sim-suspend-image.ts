@@ -58,9 +58,18 @@ function samplesDigest(vm: string, bootCount: number, offsets: number[]): string
 }
 
 /** Writes the suspend image of a guest with this memory, vCPUs and boot count to `path`. */
-export async function writeImage(path: string, h: { vm: string; memory: number; vcpus: number; bootCount: number; domainType: string }): Promise<void> {
+export async function writeImage(
+  path: string,
+  h: { vm: string; memory: number; vcpus: number; bootCount: number; domainType: string },
+): Promise<void> {
   const offsets = sampleOffsets(h.memory);
-  const header: ImageHeader = { magic: IMAGE_MAGIC, version: IMAGE_VERSION, ...h, offsets, sha256: samplesDigest(h.vm, h.bootCount, offsets) };
+  const header: ImageHeader = {
+    magic: IMAGE_MAGIC,
+    version: IMAGE_VERSION,
+    ...h,
+    offsets,
+    sha256: samplesDigest(h.vm, h.bootCount, offsets),
+  };
   const head = Buffer.alloc(PAGE);
   const json = Buffer.from(JSON.stringify(header));
   if (json.length > PAGE) throw new DomainError('Internal_error', ['suspend image header too large']);

@@ -262,7 +262,10 @@ export class SimulatorBackend implements DomainManager {
    * first, then RO) and VIFs, then unpause unless `paused`. A restore starts from the image's
    * memory and vCPUs with the guest already booted.
    */
-  private async createDomain(vm: Vm, o: { paused: boolean; bootCount: number; restore?: { memory: number; vcpus: number } }): Promise<void> {
+  private async createDomain(
+    vm: Vm,
+    o: { paused: boolean; bootCount: number; restore?: { memory: number; vcpus: number } },
+  ): Promise<void> {
     const c = vm.config;
     const mem = domainMemory(c);
     const [lo, hi] = o.restore ? [o.restore.memory, o.restore.memory] : [mem.dynamicMin, mem.dynamicMax];
@@ -426,7 +429,11 @@ export class SimulatorBackend implements DomainManager {
       const vm = this.vms.get(config.id);
       // a running domain keeps what it was built with; the config is for the next build
       if (vm) vm.config = structuredClone(config);
-      else this.vms.set(config.id, { config: structuredClone(config), status: { suspended: false, lastStartTime: 0, bootCount: 0, faults: {} } });
+      else
+        this.vms.set(config.id, {
+          config: structuredClone(config),
+          status: { suspended: false, lastStartTime: 0, bootCount: 0, faults: {} },
+        });
       this.saver.mark(config.id);
     });
   }
@@ -560,7 +567,10 @@ export class SimulatorBackend implements DomainManager {
         return new DomainError('Failed_to_suspend', [id, String(SUSPEND_TIMEOUT_MS / 1000)]);
       };
       const neverAcks = d.paused || !!f.ignoreShutdown;
-      const acked = await this.timers.until(() => gone() || this.canAck(vm), neverAcks ? Math.min(SUSPEND_TIMEOUT_MS, this.maxWaitMs) : SUSPEND_TIMEOUT_MS);
+      const acked = await this.timers.until(
+        () => gone() || this.canAck(vm),
+        neverAcks ? Math.min(SUSPEND_TIMEOUT_MS, this.maxWaitMs) : SUSPEND_TIMEOUT_MS,
+      );
       if (gone()) throw new DomainError('Cancelled', [id, 'the domain went away while suspending']);
       if (!acked) throw failed();
       d.acked = true;
@@ -585,11 +595,16 @@ export class SimulatorBackend implements DomainManager {
       const vm = this.get(id);
       // As xenopsd: a VM without a domain resumes from whatever image its configuration names
       // (a reverted checkpoint's image was written before this backend knew the VM as suspended).
-      if (vm.domain || (!vm.status.suspended && !vm.config.suspendImage)) throw new DomainError('Bad_power_state', [powerState(vm), 'Suspended']);
+      if (vm.domain || (!vm.status.suspended && !vm.config.suspendImage))
+        throw new DomainError('Bad_power_state', [powerState(vm), 'Suspended']);
       const path = vm.config.suspendImage;
       if (!path) throw new DomainError('Internal_error', [`VM ${id} has no suspend image path`]);
       const image = await readImage(path, id);
-      await this.createDomain(vm, { paused: opts.paused, bootCount: image.bootCount, restore: { memory: image.memory, vcpus: image.vcpus } });
+      await this.createDomain(vm, {
+        paused: opts.paused,
+        bootCount: image.bootCount,
+        restore: { memory: image.memory, vcpus: image.vcpus },
+      });
     });
   }
 
@@ -639,8 +654,11 @@ export class SimulatorBackend implements DomainManager {
       const vm = this.get(vmId);
       const d = this.built(vm);
       if (d.vbds[vbd.id]) throw new DomainError('Device_is_connected', [vbd.id]);
-      const position = vbd.position ?? freeVbdPosition({ ...vm, config: { ...vm.config, vbds: vm.config.vbds.filter((v) => v.id !== vbd.id) } });
-      const clash = vm.config.vbds.find((v) => v.id !== vbd.id && v.position === position) ?? Object.entries(d.vbds).find(([, v]) => v.position === position);
+      const position =
+        vbd.position ?? freeVbdPosition({ ...vm, config: { ...vm.config, vbds: vm.config.vbds.filter((v) => v.id !== vbd.id) } });
+      const clash =
+        vm.config.vbds.find((v) => v.id !== vbd.id && v.position === position) ??
+        Object.entries(d.vbds).find(([, v]) => v.position === position);
       if (clash) throw new DomainError('Already_exists', ['VBD', position]);
       storeVbd(vm, { ...vbd, position });
       d.vbds[vbd.id] = { position, backend: vbd.backend };
@@ -654,7 +672,8 @@ export class SimulatorBackend implements DomainManager {
       const vm = this.get(vmId);
       const d = this.live(vm);
       if (!d.vbds[vbd]) throw new DomainError('Device_not_connected', [vbd]);
-      if (!force && vm.status.faults.refuseUnplug) throw new DomainError('Device_detach_rejected', ['VBD', vbd, 'the guest refused to release the device']);
+      if (!force && vm.status.faults.refuseUnplug)
+        throw new DomainError('Device_detach_rejected', ['VBD', vbd, 'the guest refused to release the device']);
       delete d.vbds[vbd];
       this.saver.mark(vmId);
       this.changed({ kind: 'vbd', vm: vmId, id: vbd });
@@ -705,7 +724,8 @@ export class SimulatorBackend implements DomainManager {
       const vm = this.get(vmId);
       const d = this.live(vm);
       if (!d.vifs[vif]) throw new DomainError('Device_not_connected', [vif]);
-      if (!force && vm.status.faults.refuseUnplug) throw new DomainError('Device_detach_rejected', ['VIF', vif, 'the guest refused to release the device']);
+      if (!force && vm.status.faults.refuseUnplug)
+        throw new DomainError('Device_detach_rejected', ['VIF', vif, 'the guest refused to release the device']);
       delete d.vifs[vif];
       if (d.guestAgent) d.guestAgent = guestAgentReport(vm.config, d);
       this.vmChanged(vm);
@@ -810,4 +830,3 @@ export class SimulatorBackend implements DomainManager {
     this.feed.close();
   }
 }
-
