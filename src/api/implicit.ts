@@ -46,12 +46,13 @@ export function implicitImpl(msg: MessageDef): Impl | undefined {
       return async (call, [label]) => (await db(call).find(c, { name_label: label })).map(([ref]) => ref);
     case 'get_all':
       return async (call) => (await db(call).all(c)).map(([ref]) => ref);
-    // A Map, not an object: the marshaller writes either, and a Map of 10,000 rows is far
-    // cheaper to build than an object with 10,000 keys (see marshal.ts, members).
+    // The [ref, row] pairs as the database lists them, not an object with a key per row: the
+    // marshaller writes either, and 10,000 keys cost more to build than to write (see
+    // marshal.ts, members).
     case 'get_all_records':
-      return async (call) => new Map(await db(call).all(c));
+      return (call) => db(call).all(c);
     case 'get_all_records_where':
-      return async (call, [expr]) => new Map(await where(call, cls, expr as string));
+      return (call, [expr]) => where(call, cls, expr as string);
     case 'get_all_where':
       return async (call, [expr]) => (await where(call, cls, expr as string)).map(([ref]) => ref);
     case 'create':

@@ -9,6 +9,7 @@ import { EPOCH, formatDateTime, parseDateTime, type Type } from '../schema/types
 import type { Schema } from '../schema/schema.js';
 import { escapeXml, parseOcamlInt64, xmlRpcValue } from '../rpc/xmlrpc.js';
 import { JSON_SPECIAL, jsonFloat, jsonRpcValue, jsonString } from '../rpc/jsonrpc.js';
+import { flat } from '../util/flat.js';
 
 export const typeError = (expected: string, v: Rpc) =>
   new XapiError('INTERNAL_ERROR', [`Failure("Expected ${expected}, got '${rpcDebugString(v)}'")`]);
@@ -395,16 +396,6 @@ class RowTextCache {
   }
 }
 
-/**
- * Makes V8 store a concatenated string as one flat string (ToNumber flattens it), so text
- * reused many times is copied, not walked as a tree of fragments, each time it is written.
- * (The XML record writers concatenate; the JSON ones join an array, which is flat already.)
- */
-function flat(s: string): string {
-  void ((s as unknown as number) | 0);
-  return s;
-}
-
 /** What the generated record writers call. */
 const helpers = {
   jsonInner,
@@ -533,6 +524,8 @@ function recordXmlCode(fields: FieldDefLike[], subOf: (t: Type) => string): stri
     lines.push(`if (${v} !== undefined) out += ${expr(member)};`);
   });
   pending.push({ c: '</struct></value>' });
+  // Concatenated text is a tree of fragments: flattened once here, so text kept and written many
+  // times is copied, not walked, each time (the JSON writers join an array, flat already).
   lines.push(`return h.flat(out + ${expr(pending)});`);
   return lines.join('\n');
 }
@@ -586,7 +579,7 @@ function jsonStringSet(v: unknown, each: (xs: unknown[]) => string): string {
 /** A map with string values as JSON, natively when every value is a string (see jsonStringSet). */
 function jsonStringMap(v: unknown, each: (m: unknown) => string): string {
   if (v === undefined || v === null) return '{}';
-  if (v instanceof Map) return each(v);
+  if (Array.isArray(v)) return each(v);
   const m = v as Record<string, unknown>;
   let empty = true;
   for (const k in m) {
@@ -597,12 +590,13 @@ function jsonStringMap(v: unknown, each: (m: unknown) => string): string {
 }
 
 /**
- * The members of a map-typed value: a plain object, or a Map. get_all_records hands its rows over
- * as a Map (see implicit.ts): an object with 10,000 keys, each key interned and the object
- * turned into a hash table as it grows, took 20-35 ms to build where the Map takes 4-5.
+ * The members of a map-typed value: a plain object, or an array of [key, value] pairs, as
+ * get_all_records hands over its rows, listed so by the database (see implicit.ts). An object
+ * with 10,000 keys (each key interned, the object turned into a hash table as it grows) took
+ * 20-35 ms to build, a Map 4-6 ms: more than a tenth of a first call, for nothing.
  */
-function members(v: unknown): Iterable<[string, unknown]> {
-  if (v instanceof Map) return v as Map<string, unknown>;
+function members(v: unknown): Iterable<readonly [string, unknown]> {
+  if (Array.isArray(v)) return v as [string, unknown][];
   return v === undefined || v === null ? [] : Object.entries(v as Record<string, unknown>);
 }
 

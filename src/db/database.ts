@@ -17,6 +17,7 @@ import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import type { SqliteStore, Batch, Tombstone } from './store.js';
 import { WriteRefused, type AnyDb, type AnyRow as Row, type ChangeSet } from './interface.js';
+import { flat } from '../util/flat.js';
 
 interface Entry {
   row: Row;
@@ -182,6 +183,12 @@ export class LocalDb implements AnyDb {
     if (typeof uuid === 'string' && this.uuidIndex.get(cls)!.has(uuid)) {
       throw new XapiError('DB_UNIQUENESS_CONSTRAINT_VIOLATION', [cls, 'uuid', uuid]);
     }
+    // A ref or uuid just made by crypto.randomUUID is a tree of some fifteen string fragments
+    // (~490 bytes; under 130 once flat, as those of rows read from disk are). Flattened here,
+    // once, rather than by the first reply that writes the row: for the 20,000 ids of 10,000 new
+    // rows that took 13-24 ms here, inside one get_all_records.
+    flat(ref);
+    if (typeof uuid === 'string') flat(uuid);
     const row: Record<string, unknown> = {};
     for (const f of def.fields) row[f.name] = f.name in fields ? fields[f.name] : this.defaultOf(def, f.name);
     this.remember(cls, ref, undefined);

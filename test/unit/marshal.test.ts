@@ -294,18 +294,18 @@ test('JSON record writers give JSON.stringify text for awkward values, fresh, ke
     const frozen = Object.freeze({ ...row });
     assert.equal(m.json(t, frozen), want, `${cls} frozen`);
     assert.equal(m.json(t, frozen), want, `${cls} from its kept text`);
-    // As get_all_records hands rows over (a Map), written whole and in pieces.
+    // As get_all_records hands rows over ([ref, row] pairs), written whole and in pieces.
     const all = parseType(`(${cls} ref -> ${cls} record) map`);
-    const rows = new Map([
+    const rows: [string, object][] = [
       ['OpaqueRef:a"\x7f', frozen],
       ['OpaqueRef:b', Object.freeze({ ...row })],
-    ]);
+    ];
     const wantAll = '{' + str('OpaqueRef:a"\x7f') + ':' + want + ',"OpaqueRef:b":' + want + '}';
     assert.equal(m.json(all, rows), wantAll, `${cls} map`);
     const pieces: string[] = [];
     m.jsonParts(all, rows, pieces);
     assert.equal(pieces.join(''), wantAll, `${cls} map in pieces`);
-    // The other paths take a Map as they take an object.
+    // The other paths take pairs as they take an object.
     const asObject = Object.fromEntries(rows);
     assert.equal(m.json(all, asObject), wantAll, `${cls} object`);
     assert.equal(m.xml(all, rows), m.xml(all, asObject), `${cls} map XML`);
