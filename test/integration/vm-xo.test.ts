@@ -59,9 +59,6 @@ test('template to destroy through xen-api, states seen through events', { timeou
       });
     await waitState('Halted');
     let before = 'Halted';
-    // The cache may have had the clone's Halted before vmRef was known: start from it, so a
-    // later event that repeats it is no change.
-    last = before;
     for (const [method, args, state] of [
       ['VM.start', [false, false], 'Running'],
       ['VM.pause', [], 'Paused'],
@@ -71,7 +68,11 @@ test('template to destroy through xen-api, states seen through events', { timeou
       ['VM.clean_reboot', [], 'Running'],
       ['VM.clean_shutdown', [], 'Halted'],
     ] as const) {
+      // Counted from the state just waited for: an update from before (the clone's provisioning,
+      // the VIF, or one the cache had before vmRef was known) may still arrive, carrying that
+      // same state, and is no change.
       seen.length = 0;
+      last = before;
       await xapi.callAsync(method, vmRef, ...args);
       await waitState(state);
       // Each operation shows only where it ends: the Paused a domain passes through while it is
