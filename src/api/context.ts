@@ -16,8 +16,12 @@ export interface HostConfig {
   backend: string;
 }
 
+/** What this host is in its pool, from pool.conf at start (fixed for the process's life). */
+export type HostRole = { kind: 'master' } | { kind: 'slave'; master: string } | { kind: 'broken' };
+
 export interface HostContext {
   readonly schema: Schema;
+  readonly role: HostRole;
   readonly db: Db;
   readonly marshal: Marshal;
   readonly log: Logger;
@@ -34,6 +38,16 @@ export interface HostContext {
   readonly localSessions: Map<string, Row<'session'>>;
   /** Pool secrets accepted from other hosts (a list, to allow rotation). */
   poolSecrets(): string[];
+  /**
+   * Set while the host serves only the emergency calls (xapi's emergency mode: a member still
+   * booting, or one that cannot reach its coordinator at start): every other call gets this error.
+   */
+  emergency: { code: string; params: string[] } | undefined;
+  /**
+   * Asks for this host to be restarted in place (xapi exits with its restart code and is started
+   * again): after a role change is written, the host closes and `xapi serve` starts it afresh.
+   */
+  requestRestart(reason: string): void;
   /** Milliseconds since the epoch; injectable for tests. */
   now(): number;
   /** How long a failed login waits before answering (xapi: 5 s, against password guessing). */

@@ -30,6 +30,7 @@ export type Outcome = ({ ok: true; type: Type; value: unknown; bare?: boolean } 
 
 export class Dispatcher {
   private readonly byAlternative = new Map<string, MessageDef>();
+  private readonly emergencyCalls: Set<string>;
   readonly tasks: TaskManager;
 
   constructor(
@@ -47,6 +48,7 @@ export class Dispatcher {
       }
     }
     this.tasks = new TaskManager(host);
+    this.emergencyCalls = new Set(host.schema.emergencyCalls);
   }
 
   /** Names served, as system.listMethods gives them: every sync wire name. */
@@ -91,6 +93,9 @@ export class Dispatcher {
     if (async && !msg.async) {
       throw new XapiError('Fault', [`No async mode for this operation (rpc: ${method})`]);
     }
+
+    const emergency = this.host.emergency;
+    if (emergency && !this.emergencyCalls.has(msg.wire)) throw new XapiError(emergency.code, emergency.params);
 
     const offset = msg.sessionChecked ? 1 : 0;
     const received = params.length - offset;

@@ -22,20 +22,30 @@ function lastActive(row: Row<'session'>): number {
   return ms;
 }
 
-export async function checkSession(host: HostContext, param: Rpc): Promise<SessionInfo> {
+/**
+ * The session a call or an HTTP handler presents. On a pool member (xapi's session_check.ml)
+ * only pool sessions (host to host) and this host's local sessions pass a call's check: a
+ * client's session belongs on the coordinator, so it gets HOST_IS_SLAVE [coordinator address].
+ * HTTP handlers take any valid session of the pool (`anyPoolSession`): members serve transfers.
+ */
+export async function checkSession(host: HostContext, param: Rpc, opts: { anyPoolSession?: boolean } = {}): Promise<SessionInfo> {
   // The session is a ref parameter like any other: it must unmarshal as a string first.
   if (typeof param !== 'string') throw typeError('string', param);
   const ref = param;
-  const row = await host.db.tryGet('session', ref);
-  if (!row) {
-    const local = host.localSessions.get(ref);
-    if (!local) throw new XapiError('SESSION_INVALID', [ref]);
+  const local = host.localSessions.get(ref);
+  if (local) {
     // Kept fresh like a database session, so the session GC ends only idle local sessions.
     const now = host.now();
     if (now - lastActive(local) <= THRESHOLD_LAST_ACTIVE_S * 1000) return { ref, row: local };
     const fresh = { ...local, last_active: formatDateTime(new Date(now)) };
     host.localSessions.set(ref, fresh);
     return { ref, row: fresh };
+  }
+  const row = await host.db.tryGet('session', ref);
+  if (!row) throw new XapiError('SESSION_INVALID', [ref]);
+  if (host.role.kind !== 'master') {
+    if (!row.pool && !opts.anyPoolSession) throw new XapiError('HOST_IS_SLAVE', [await coordinatorAddress(host)]);
+    return { ref, row };
   }
   const last = lastActive(row);
   const now = host.now();
@@ -46,4 +56,10 @@ export async function checkSession(host: HostContext, param: Rpc): Promise<Sessi
     });
   }
   return { ref, row };
+}
+
+/** The coordinator's address as the pool database has it (Host.address of Pool.master). */
+async function coordinatorAddress(host: HostContext): Promise<string> {
+  const pool = await host.db.get('pool', host.poolRef);
+  return (await host.db.get('host', pool.master)).address;
 }

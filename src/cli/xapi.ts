@@ -4,7 +4,8 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startHost, type RunningHost } from '../host/host.js';
+import { startHost, type HostOptions, type RunningHost } from '../host/host.js';
+import { roleText } from '../host/pool-role.js';
 import { ListenError } from '../http/server.js';
 import { StoreFormatError } from '../db/store.js';
 
@@ -64,41 +65,47 @@ async function serve(argv: string[]): Promise<void> {
   let rootPassword = process.env.XAPI_ROOT_PASSWORD;
   if (values['root-password-file']) rootPassword = (await readFile(values['root-password-file'], 'utf8')).replace(/\r?\n$/, '');
 
-  let running: RunningHost;
-  try {
-    running = await startHost({
-      address: values.address!,
-      httpPort: port(values['http-port']!, '--http-port'),
-      httpsPort: port(values['https-port']!, '--https-port'),
-      stateDir: resolve(values['state-dir']!),
-      backend: 'simulator',
-      rootPassword,
-      logLevel: values['log-level'],
-      sim: {
-        cpus: positive(values['sim-cpus'], '--sim-cpus'),
-        memoryMiB: positive(values['sim-memory-mib'], '--sim-memory-mib'),
-        nics: values['sim-nics']?.split(',').filter(Boolean),
-      },
-      simTiming: {
-        bootTimeMs: nonNegative(values['sim-boot-ms'], '--sim-boot-ms'),
-        shutdownTimeMs: nonNegative(values['sim-shutdown-ms'], '--sim-shutdown-ms'),
-      },
-      http: {
-        rpcBodyTimeoutMs: positive(values['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),
-        uploadIdleTimeoutMs: positive(values['upload-idle-timeout-ms'], '--upload-idle-timeout-ms'),
-      },
-    });
-  } catch (e) {
-    if (e instanceof ListenError || e instanceof StoreFormatError) {
-      console.error(`xapi: ${e.message}`);
-      process.exit(1);
+  const options: HostOptions = {
+    address: values.address!,
+    httpPort: port(values['http-port']!, '--http-port'),
+    httpsPort: port(values['https-port']!, '--https-port'),
+    stateDir: resolve(values['state-dir']!),
+    backend: 'simulator',
+    rootPassword,
+    logLevel: values['log-level'],
+    sim: {
+      cpus: positive(values['sim-cpus'], '--sim-cpus'),
+      memoryMiB: positive(values['sim-memory-mib'], '--sim-memory-mib'),
+      nics: values['sim-nics']?.split(',').filter(Boolean),
+    },
+    simTiming: {
+      bootTimeMs: nonNegative(values['sim-boot-ms'], '--sim-boot-ms'),
+      shutdownTimeMs: nonNegative(values['sim-shutdown-ms'], '--sim-shutdown-ms'),
+    },
+    http: {
+      rpcBodyTimeoutMs: positive(values['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),
+      uploadIdleTimeoutMs: positive(values['upload-idle-timeout-ms'], '--upload-idle-timeout-ms'),
+    },
+  };
+  const start = async (): Promise<RunningHost> => {
+    try {
+      return await startHost(options);
+    } catch (e) {
+      if (e instanceof ListenError || e instanceof StoreFormatError) {
+        console.error(`xapi: ${e.message}`);
+        process.exit(1);
+      }
+      throw e;
     }
-    throw e;
-  }
+  };
   const shown = values.address === '0.0.0.0' ? '127.0.0.1' : values.address;
-  console.log(
-    `xapi: host ready: http://${shown}:${running.httpPort}/ and https://${shown}:${running.httpsPort}/ (user root, state in ${resolve(values['state-dir']!)})`,
-  );
+  const announce = (r: RunningHost) =>
+    console.log(
+      `xapi: host ready (${roleText(r.host.role)}): http://${shown}:${r.httpPort}/ and https://${shown}:${r.httpsPort}/ (user root, state in ${options.stateDir})`,
+    );
+
+  let running = await start();
+  announce(running);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -114,6 +121,18 @@ async function serve(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+
+  // xapi restarts itself when its role changes (joining a pool, an eject, a transition): the host
+  // closes and starts again in this process, reading its new role; there is no supervisor.
+  for (;;) {
+    const reason = await running.restartRequested;
+    if (stopping) return;
+    console.log(`xapi: restarting: ${reason}`);
+    await running.close();
+    if (stopping) return;
+    running = await start();
+    announce(running);
+  }
 }
 
 export async function main(argv: string[]): Promise<void> {

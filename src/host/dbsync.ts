@@ -10,12 +10,15 @@ import type { pool_record } from '../schema/generated.js';
 import { newRef } from '../api/implicit.js';
 import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
+import { XapiError } from '../rpc/errors.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { smRecords } from '../storage/drivers.js';
 import { PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
 import { defaultTemplates } from './templates.js';
 
 export interface HostIdentity {
+  /** The inventory's INSTALLATION_UUID: how this host finds its row. */
+  uuid: string;
   hostname: string;
   address: string;
   machine: Machine;
@@ -24,17 +27,24 @@ export interface HostIdentity {
 const ROLE_ORDER = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin', 'vm-operator', 'read-only'];
 const POOL_ADMIN_ROLE_UUID = '0165f154-ba3e-034e-6b27-5d271af109ba';
 
-/** Returns [hostRef, poolRef], creating the pool and this host on first start. */
+/**
+ * Returns this host's and its pool's refs. A coordinator's first start creates the pool and this
+ * host; a member's host row was made by the coordinator when it joined (HOST_UNKNOWN_TO_MASTER
+ * if it is not there). Every start refreshes what describes the running software.
+ */
 export async function syncDatabase(
   db: Db,
   schema: Schema,
   id: HostIdentity,
+  role: 'master' | 'slave' = 'master',
 ): Promise<{ hostRef: string; poolRef: string; firstStart: boolean }> {
   const now = formatDateTime(new Date());
   let [pool] = await db.all('pool');
-  let hostRef: string;
+  let hostRef = await db.refByUuid('host', id.uuid);
   const firstStart = !pool;
-  if (!pool) {
+  if (role === 'slave') {
+    if (!pool || !hostRef) throw new XapiError('HOST_UNKNOWN_TO_MASTER', [id.uuid]);
+  } else if (!pool) {
     hostRef = await createLocalhost(db, id, now);
     const poolRef = newRef();
     await db.create('pool', poolRef, {
@@ -50,10 +60,11 @@ export async function syncDatabase(
     pool = [poolRef, await db.get('pool', poolRef)];
     await createRoles(db, schema);
     await db.create('user', newRef(), { uuid: randomUUID(), short_name: 'root', fullname: 'Super User', other_config: {} });
-  } else {
-    hostRef = pool[1].master;
+  } else if (!hostRef) {
+    // A database whose pool does not know this host (a copy from elsewhere): nothing to run as.
+    throw new XapiError('HOST_UNKNOWN_TO_MASTER', [id.uuid]);
   }
-  await ensureDefaultTemplates(db);
+  if (role === 'master') await ensureDefaultTemplates(db);
   // Every start: the software running now.
   await db.update('host', hostRef, {
     API_version_major: schema.apiVersion.major,
@@ -64,6 +75,15 @@ export async function syncDatabase(
   });
   await db.commit();
   return { hostRef, poolRef: pool[0], firstStart };
+}
+
+/**
+ * The uuid of the database's coordinator, if it has a pool: the identity of a host whose state
+ * directory predates the inventory file (before pools, every database was its host's own).
+ */
+export async function coordinatorUuid(db: Db): Promise<string | undefined> {
+  const [pool] = await db.all('pool');
+  return pool ? (await db.tryGet('host', pool[1].master))?.uuid : undefined;
 }
 
 /** Default templates missing from the database are (re)created, so an upgrade brings new ones. */
@@ -132,7 +152,7 @@ async function createLocalhost(db: Db, id: HostIdentity, now: string): Promise<s
     other_config: {},
   });
   await db.create('host', hostRef, {
-    uuid: randomUUID(),
+    uuid: id.uuid,
     name_label: id.hostname,
     name_description: 'Default install',
     hostname: id.hostname,

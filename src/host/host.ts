@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { type Schema, schema as loadSchema } from '../schema/schema.js';
 import { LocalDb } from '../db/database.js';
-import { typed } from '../db/interface.js';
+import { typed, type AnyDb } from '../db/interface.js';
 import { SqliteStore } from '../db/store.js';
 import { Marshal } from '../api/marshal.js';
 import { Registry, type HostContext } from '../api/context.js';
@@ -45,7 +45,8 @@ import { EventService } from '../xapi/event.js';
 import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from '../util/files.js';
 import { LogFile } from './log-file.js';
-import { syncDatabase } from './dbsync.js';
+import { coordinatorUuid, syncDatabase } from './dbsync.js';
+import { readInstallationUuid, readPoolRole, writeInstallationUuid } from './pool-role.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
 import { startHttpServers, type HttpServers } from '../http/server.js';
@@ -79,6 +80,8 @@ export interface RunningHost {
   readonly dispatcher: Dispatcher;
   readonly httpPort: number;
   readonly httpsPort: number;
+  /** Settles when the host asked to be restarted (a role change), with the reason. */
+  readonly restartRequested: Promise<string>;
   close(): Promise<void>;
 }
 
@@ -97,7 +100,7 @@ async function loadOrCreatePoolSecret(stateDir: string): Promise<string> {
 /** The API of a host: every class's implementations registered behind one dispatcher. */
 export function buildApi(
   host: HostContext,
-  db: LocalDb,
+  db: AnyDb,
   setPassword: session.SetPassword,
   domains: DomainManager,
 ): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage } {
@@ -156,9 +159,17 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       else log.error({ err: cause }, 'database writes fail: refusing writes until they work again');
     },
   });
+  const role = await readPoolRole(opts.stateDir);
+  const uuid =
+    (await readInstallationUuid(opts.stateDir)) ??
+    (await writeInstallationUuid(opts.stateDir, (await coordinatorUuid(typed(db))) ?? randomUUID()));
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
-  const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, { hostname, address: opts.address, machine });
+  const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, { uuid, hostname, address: opts.address, machine });
+  let restart!: (reason: string) => void;
+  const restartRequested = new Promise<string>((resolve) => {
+    restart = resolve;
+  });
 
   const host: HostContext = {
     schema,
@@ -173,8 +184,14 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       httpsPort: opts.httpsPort,
       backend: opts.backend,
     },
+    role,
+    emergency: undefined,
     hostRef,
     poolRef,
+    requestRestart: (reason) => {
+      log.info({ reason }, 'restart requested');
+      restart(reason);
+    },
     verifyLocalPassword: (user, password) => passwords.verify(user, password),
     localSessions: new Map(),
     poolSecrets: () => [poolSecret],
@@ -245,19 +262,25 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   }
   log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef }, 'host started');
 
+  let closed: Promise<void> | undefined;
   return {
     host,
     dispatcher,
     httpPort: servers.httpPort,
     httpsPort: servers.httpsPort,
-    async close() {
-      clearInterval(gcTimer);
-      await servers.close();
-      await storage.close();
-      await xenops.stop();
-      await db.commit().catch(() => undefined);
-      db.close();
-      await logFile.close();
+    restartRequested,
+    // Idempotent: a signal may arrive while a restart is closing the host.
+    close() {
+      closed ??= (async () => {
+        clearInterval(gcTimer);
+        await servers.close();
+        await storage.close();
+        await xenops.stop();
+        await db.commit().catch(() => undefined);
+        db.close();
+        await logFile.close();
+      })();
+      return closed;
     },
   };
 }

@@ -1,5 +1,6 @@
 // A host with its database in memory only and no HTTP: the same API as a real host, for unit
 // tests, benchmarks of the core and the coverage tool. Nothing here is durable.
+import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,7 @@ import { LocalDb } from '../db/database.js';
 import { typed } from '../db/interface.js';
 import { Marshal } from '../api/marshal.js';
 import type { HostContext } from '../api/context.js';
-import { syncDatabase } from './dbsync.js';
+import { coordinatorUuid, syncDatabase } from './dbsync.js';
 import { buildApi } from './host.js';
 import { updateAllAllowedOperations } from '../xapi/host-operations.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
@@ -43,8 +44,10 @@ export async function memoryHost(
   const schema = opts.schema ?? loadSchema();
   const db = opts.db ?? new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
-  const { hostRef, poolRef } = await syncDatabase(typed(db), schema, { hostname: 'memhost', address: '127.0.0.1', machine });
+  const uuid = (await coordinatorUuid(typed(db))) ?? randomUUID();
+  const { hostRef, poolRef } = await syncDatabase(typed(db), schema, { uuid, hostname: 'memhost', address: '127.0.0.1', machine });
   let rootPassword = opts.rootPassword ?? 'secret';
+  const restartRequests: string[] = [];
   const host: HostContext = {
     schema,
     db: typed(db),
@@ -54,6 +57,10 @@ export async function memoryHost(
     hostRef,
     poolRef,
     verifyLocalPassword: async (user, password) => user === 'root' && password === rootPassword,
+    role: { kind: 'master' },
+    emergency: undefined,
+    // An in-memory host has no process to restart: tests read what was asked.
+    requestRestart: (reason) => void restartRequests.push(reason),
     localSessions: new Map(),
     poolSecrets: () => ['memory-pool-secret'],
     now: opts.now ?? (() => Date.now()),
@@ -84,5 +91,5 @@ export async function memoryHost(
     await xenops.stop();
     if (!opts.stateDir) await rm(stateDir, { recursive: true, force: true });
   };
-  return { host, db, registry, dispatcher, xenops, domains, storage, close };
+  return { host, db, registry, dispatcher, xenops, domains, storage, restartRequests, close };
 }

@@ -89,7 +89,7 @@ async function authenticate(
   const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
   if (given) {
     try {
-      return { session: await checkSession(d.host, given) };
+      return { session: await checkSession(d.host, given, { anyPoolSession: true }) };
     } catch {
       return undefined;
     }

@@ -117,6 +117,8 @@ export class Schema {
   /** One-to-many relations: the "one" side's set field is kept from the "many" side's ref. */
   readonly relations: Relation[];
   readonly constants: Record<string, unknown>;
+  /** The calls a host serves in emergency mode (datamodel.ml's emergency_calls), by wire name. */
+  readonly emergencyCalls: readonly string[];
 
   constructor(raw: RawSchema) {
     this.enums = raw.enums;
@@ -127,6 +129,7 @@ export class Schema {
     this.extraPermissions = raw.rbac.extraPermissions ?? [];
     this.relations = raw.relations ?? [];
     this.constants = raw.constants;
+    this.emergencyCalls = raw.emergencyCalls;
     for (const rc of raw.classes) {
       const cls: ClassDef = {
         name: rc.name,

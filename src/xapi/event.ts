@@ -8,7 +8,7 @@ import { WriteRefused } from '../db/interface.js';
 import type { Call, HostContext, Registry } from '../api/context.js';
 import { newStruct, type Rpc, type RpcStruct } from '../rpc/rpc.js';
 import type { ChangeSet } from '../db/interface.js';
-import type { LocalDb } from '../db/database.js';
+import type { AnyDb } from '../db/interface.js';
 
 /** xapi's event_from_delay (schema constants): how far apart event.from answers a busy watcher. */
 export const EVENT_FROM_DELAY_MS = 50;
@@ -91,7 +91,7 @@ export class EventService {
 
   constructor(
     private readonly host: HostContext,
-    private readonly db: LocalDb,
+    private readonly db: AnyDb,
     private readonly batching: EventBatching = { delayMs: EVENT_FROM_DELAY_MS, sleep: (ms) => sleep(ms) },
   ) {}
 

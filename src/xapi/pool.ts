@@ -1,6 +1,7 @@
 // pool.* explicit messages (xapi's xapi_pool.ml, xapi_pool_license.ml, license_check.ml).
 import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
+import { callOn } from './forward.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 
 /**
@@ -39,7 +40,33 @@ async function licenseState(call: Call): Promise<Record<string, string>> {
   return { edition, expiry };
 }
 
+/**
+ * pool.hello, on the coordinator: a member that (re)started says who it is. The coordinator
+ * checks it can call the member back, takes the host as live (without HA) but disabled until the
+ * member enables itself, and forgets what it had on that host's behalf (xapi_pool.ml hello).
+ */
+async function hello(call: Call, uuid: string, address: string): Promise<string> {
+  const db = call.db;
+  const hostRef = await db.refByUuid('host', uuid);
+  if (!hostRef) return 'unknown_host';
+  if ((await db.get('host', hostRef)).address !== address) await db.update('host', hostRef, { address });
+  try {
+    await callOn(call.host, hostRef, address, 'pool.is_slave', [hostRef]);
+  } catch (e) {
+    call.host.log.warn({ err: e, host: hostRef }, 'pool.hello: cannot call the member back');
+    return 'cannot_talk_back';
+  }
+  await db.update('host', hostRef, { enabled: false });
+  const pool = await db.get('pool', call.host.poolRef);
+  if (!pool.ha_enabled) await db.update('host_metrics', (await db.get('host', hostRef)).metrics, { live: true });
+  return 'ok';
+}
+
 export function register(r: Registry): void {
   // The pool argument is not even looked at by xapi.
-  r.implement('pool.get_license_state', (call) => licenseState(call));
+  r.implement('pool.get_license_state', (call) => licenseState(call))
+    .implement('pool.hello', (call, [uuid, address]) => hello(call, uuid, address))
+    // The secret goes to whoever may call it (pool-operator and above), as xapi's does.
+    .implement('pool.initial_auth', (call) => call.host.poolSecrets()[0]!)
+    .implement('pool.is_slave', (call) => call.host.role.kind !== 'master');
 }

@@ -50,6 +50,8 @@ type Params<W extends keyof Messages> = Messages[W]['params'];
 
 async function loginWithPassword(call: Call, [uname, pwd, , originator]: Params<'session.login_with_password'>): Promise<string> {
   const host = call.host;
+  // Clients log in to the coordinator; a member names it (xapi_session.ml, before any password check).
+  if (host.role.kind === 'slave') throw new XapiError('HOST_IS_SLAVE', [host.role.master]);
   if (!(await host.verifyLocalPassword(uname, pwd))) {
     await sleep(host.authFailureDelayMs);
     throw new XapiError('SESSION_AUTHENTICATION_FAILED', [uname, 'Authentication failure']);

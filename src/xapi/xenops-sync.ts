@@ -160,6 +160,9 @@ export class XenopsSync {
     const vm = await db.tryGet('VM', vmRef);
     if (!vm || vm.is_control_domain === true) return;
     const state = await this.stat(vm);
+    // A VM that runs on another host of the pool is that host's domain manager's to report.
+    const elsewhere = vm.resident_on !== NULL_REF && vm.resident_on !== this.host.hostRef;
+    if (elsewhere && (!state || state.powerState === 'Halted')) return;
     const now = formatDateTime(new Date(this.host.now()));
     let power = state?.powerState ?? 'Halted';
     // A domain-less VM with a memory image stays Suspended: the backend only knows it has no domain.
@@ -306,11 +309,16 @@ export class XenopsSync {
   async resync(): Promise<void> {
     const db = this.host.db;
     const known = new Map((await this.backend.list()).map((s) => [s.id, s]));
+    // Operations are the coordinator's, in its memory in xapi: they end when it restarts, not
+    // when a member does.
+    const coordinator = this.host.role.kind === 'master';
     for (const [ref, vm] of await db.all('VM')) {
-      if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
-      await clearDeviceOperations(db, vm);
+      if (coordinator) {
+        if (Object.keys(vm.current_operations).length > 0) await db.update('VM', ref, { current_operations: {} });
+        await clearDeviceOperations(db, vm);
+      }
       if (vm.is_control_domain === true) {
-        await updateAllowedOperations(db, ref);
+        if (coordinator) await updateAllowedOperations(db, ref);
         continue;
       }
       const state = known.get(vm.uuid);
@@ -319,7 +327,8 @@ export class XenopsSync {
       if (state && state.powerState !== 'Halted' && !here) {
         await this.backend.shutdown(state.id).catch(() => undefined);
       }
-      await this.refresh(ref);
+      // a member looks only at what it runs or has a domain for (the rest is not its to report)
+      if (coordinator || state || vm.resident_on === this.host.hostRef) await this.refresh(ref);
     }
     for (const orphan of known.values()) {
       if (orphan.powerState !== 'Halted') await this.backend.shutdown(orphan.id).catch(() => undefined);
