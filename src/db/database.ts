@@ -547,6 +547,16 @@ export class LocalDb implements AnyDb {
     for (const w of woken) w();
   }
 
+  /**
+   * A consistent image of the stored database (an SQLite file), once every write made before the
+   * call is durable: the pool backup a member downloads (GET /pool/xmldbdump).
+   */
+  async backupImage(): Promise<Buffer> {
+    if (!this.store) throw new XapiError('INTERNAL_ERROR', ['this database has no store to back up']);
+    await this.commit();
+    return this.store.serialize();
+  }
+
   close(): void {
     clearTimeout(this.probeTimer);
     if (this.flushScheduled) this.flush();

@@ -128,6 +128,14 @@ export class SqliteStore {
     })();
   }
 
+  /**
+   * The whole database as one SQLite file image, as of the last committed transaction (it reads
+   * through the WAL, in one read transaction): what a pool member keeps as its backup.
+   */
+  serialize(): Buffer {
+    return this.db.serialize();
+  }
+
   close(): void {
     this.db.close();
   }

@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
  * Writes via a temporary file in the same directory, fsync, rename and an fsync of the directory:
  * after a crash the file is the old one or the new one, never torn.
  */
-export async function writeFileAtomic(path: string, data: string, mode = 0o644): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
   await rm(tmp, { force: true }); // a leftover from a crash could carry other permissions
   const fh = await open(tmp, 'wx', mode);

@@ -1,5 +1,8 @@
 // LocalDb on a real SQLite file: writes are durable after commit, relations are kept, the
 // generation counter and tombstones survive a reopen, older files are upgraded and newer refused.
+// The behaviour every Db must have runs twice: on a LocalDb, and on a pool member's RemoteDb
+// talking over HTTPS to a LocalDb served as a coordinator serves it (remote-db-fixture.ts); the
+// change log and row identities are read on the LocalDb underneath, as only it keeps them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -9,10 +12,11 @@ import Database from 'better-sqlite3';
 import { schema } from '../../src/schema/schema.js';
 import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore, StoreFormatError } from '../../src/db/store.js';
-import type { XapiError } from '../../src/rpc/errors.js';
+import { XapiError } from '../../src/rpc/errors.js';
 import { Marshal } from '../../src/api/marshal.js';
 import { parseType } from '../../src/schema/types.js';
 import { waitUntil } from '../wait.js';
+import { fillable, openLocal, openRemote, type DbFixture } from './remote-db-fixture.js';
 
 async function withDir(fn: (dir: string) => Promise<void>) {
   const dir = await mkdtemp(join(tmpdir(), 'xapi-db-'));
@@ -25,50 +29,111 @@ async function withDir(fn: (dir: string) => Promise<void>) {
 
 const open = (dir: string) => new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
 
-test('committed writes are read back after reopening, with defaults filled', () =>
-  withDir(async (dir) => {
-    const db = open(dir);
-    await db.create('network', 'OpaqueRef:n1', { uuid: 'u1', name_label: 'one' });
-    await db.create('VIF', 'OpaqueRef:v1', { uuid: 'u2', network: 'OpaqueRef:n1', device: '0' });
-    await db.mapAdd('network', 'OpaqueRef:n1', 'other_config', 'k', 'v');
-    await db.create('network', 'OpaqueRef:n2', { uuid: 'u3' });
-    await db.destroy('network', 'OpaqueRef:n2');
-    await db.commit();
-    const gen = db.generation();
-    db.close();
+const kinds: [string, (dir: string) => Promise<DbFixture>][] = [
+  ['LocalDb', (dir) => openLocal(dir)],
+  ['RemoteDb', (dir) => openRemote(dir)],
+];
 
-    const again = open(dir);
-    const n1 = await again.get('network', 'OpaqueRef:n1');
-    assert.equal(n1.name_label, 'one');
-    assert.deepEqual(n1.other_config, { k: 'v' });
-    assert.deepEqual(n1.VIFs, ['OpaqueRef:v1']);
-    assert.equal(n1.MTU, 1500); // datamodel default
-    assert.equal(await again.tryGet('network', 'OpaqueRef:n2'), undefined);
-    assert.equal(await again.refByUuid('network', 'u1'), 'OpaqueRef:n1');
-    assert.equal(again.generation(), gen);
-    // the deletion is still reported to a token from before it
-    const changes = again.changesSince(gen - 1, () => true);
-    assert.deepEqual(
-      changes.dels.map((d) => d.ref),
-      ['OpaqueRef:n2'],
-    );
-    again.close();
-  }));
+for (const [kind, openDb] of kinds) {
+  test(`${kind}: committed writes are read back after reopening, with defaults filled`, () =>
+    withDir(async (dir) => {
+      const fx = await openDb(dir);
+      const db = fx.db;
+      await db.create('network', 'OpaqueRef:n1', { uuid: 'u1', name_label: 'one' });
+      await db.create('VIF', 'OpaqueRef:v1', { uuid: 'u2', network: 'OpaqueRef:n1', device: '0' });
+      await db.mapAdd('network', 'OpaqueRef:n1', 'other_config', 'k', 'v');
+      await db.create('network', 'OpaqueRef:n2', { uuid: 'u3' });
+      await db.destroy('network', 'OpaqueRef:n2');
+      await db.commit();
+      const gen = fx.local.generation();
+      await fx.close();
 
-test('one-to-many sets follow the ref on the many side', () =>
-  withDir(async (dir) => {
-    const db = open(dir);
-    await db.create('network', 'OpaqueRef:a', { uuid: 'a' });
-    await db.create('network', 'OpaqueRef:b', { uuid: 'b' });
-    await db.create('VIF', 'OpaqueRef:v', { uuid: 'v', network: 'OpaqueRef:a' });
-    assert.deepEqual((await db.get('network', 'OpaqueRef:a')).VIFs, ['OpaqueRef:v']);
-    await db.update('VIF', 'OpaqueRef:v', { network: 'OpaqueRef:b' });
-    assert.deepEqual((await db.get('network', 'OpaqueRef:a')).VIFs, []);
-    assert.deepEqual((await db.get('network', 'OpaqueRef:b')).VIFs, ['OpaqueRef:v']);
-    await db.destroy('VIF', 'OpaqueRef:v');
-    assert.deepEqual((await db.get('network', 'OpaqueRef:b')).VIFs, []);
-    db.close();
-  }));
+      const fx2 = await openDb(dir);
+      const again = fx2.db;
+      const n1 = await again.get('network', 'OpaqueRef:n1');
+      assert.equal(n1.name_label, 'one');
+      assert.deepEqual(n1.other_config, { k: 'v' });
+      assert.deepEqual(n1.VIFs, ['OpaqueRef:v1']);
+      assert.equal(n1.MTU, 1500); // datamodel default
+      assert.ok(Object.isFrozen(n1));
+      assert.equal(await again.tryGet('network', 'OpaqueRef:n2'), undefined);
+      assert.equal(await again.refByUuid('network', 'u1'), 'OpaqueRef:n1');
+      assert.equal(await again.refByUuid('network', 'u3'), undefined);
+      assert.deepEqual(
+        (await again.all('network')).map(([ref, row]) => [ref, row.uuid]),
+        [['OpaqueRef:n1', 'u1']],
+      );
+      assert.deepEqual(
+        (await again.find('VIF', { network: 'OpaqueRef:n1', device: '0' })).map(([ref]) => ref),
+        ['OpaqueRef:v1'],
+      );
+      assert.deepEqual(await again.find('VIF', { device: '1' }), []);
+      assert.equal(await again.count('VIF'), 1);
+      assert.equal(fx2.local.generation(), gen);
+      // the deletion is still reported to a token from before it
+      const changes = fx2.local.changesSince(gen - 1, () => true);
+      assert.deepEqual(
+        changes.dels.map((d) => d.ref),
+        ['OpaqueRef:n2'],
+      );
+      // touch bumps the row's generation and says which
+      const touched = await again.touch('network', 'OpaqueRef:n1');
+      assert.equal(touched, gen + 1);
+      assert.equal(fx2.local.generation(), gen + 1);
+      await fx2.close();
+    }));
+
+  test(`${kind}: one-to-many sets follow the ref on the many side`, () =>
+    withDir(async (dir) => {
+      const fx = await openDb(dir);
+      const db = fx.db;
+      await db.create('network', 'OpaqueRef:a', { uuid: 'a' });
+      await db.create('network', 'OpaqueRef:b', { uuid: 'b' });
+      await db.create('VIF', 'OpaqueRef:v', { uuid: 'v', network: 'OpaqueRef:a' });
+      assert.deepEqual((await db.get('network', 'OpaqueRef:a')).VIFs, ['OpaqueRef:v']);
+      await db.update('VIF', 'OpaqueRef:v', { network: 'OpaqueRef:b' });
+      assert.deepEqual((await db.get('network', 'OpaqueRef:a')).VIFs, []);
+      assert.deepEqual((await db.get('network', 'OpaqueRef:b')).VIFs, ['OpaqueRef:v']);
+      await db.destroy('VIF', 'OpaqueRef:v');
+      assert.deepEqual((await db.get('network', 'OpaqueRef:b')).VIFs, []);
+      await fx.close();
+    }));
+
+  test(`${kind}: MAP_DUPLICATE_KEY, uuid uniqueness, HANDLE_INVALID, set and map edits`, () =>
+    withDir(async (dir) => {
+      const fx = await openDb(dir);
+      const db = fx.db;
+      await db.create('network', 'OpaqueRef:n', { uuid: 'same' });
+      await assert.rejects(
+        db
+          .mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')
+          .then(() => db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')),
+        (e: { code: string; params: string[] }) =>
+          e instanceof XapiError && e.code === 'MAP_DUPLICATE_KEY' && e.params.join() === 'network,other_config,OpaqueRef:n,k',
+      );
+      await assert.rejects(
+        db.create('network', 'OpaqueRef:m', { uuid: 'same' }),
+        (e: XapiError) =>
+          e instanceof XapiError && e.code === 'DB_UNIQUENESS_CONSTRAINT_VIOLATION' && e.params.join() === 'network,uuid,same',
+      );
+      await assert.rejects(
+        db.get('network', 'OpaqueRef:nope'),
+        (e: XapiError) => e instanceof XapiError && e.code === 'HANDLE_INVALID' && e.params.join() === 'network,OpaqueRef:nope',
+      );
+      await assert.rejects(db.update('network', 'OpaqueRef:nope', { name_label: 'x' }), (e: XapiError) => e.code === 'HANDLE_INVALID');
+      await assert.rejects(db.destroy('network', 'OpaqueRef:nope'), (e: XapiError) => e.code === 'HANDLE_INVALID');
+      await db.mapRemove('network', 'OpaqueRef:n', 'other_config', 'k');
+      await db.mapRemove('network', 'OpaqueRef:n', 'other_config', 'absent');
+      await db.setAdd('network', 'OpaqueRef:n', 'tags', 't1');
+      await db.setAdd('network', 'OpaqueRef:n', 'tags', 't1');
+      await db.setAdd('network', 'OpaqueRef:n', 'tags', 't2');
+      await db.setRemove('network', 'OpaqueRef:n', 'tags', 't1');
+      const n = await db.get('network', 'OpaqueRef:n');
+      assert.deepEqual(n.other_config, {});
+      assert.deepEqual(n.tags, ['t2']);
+      await fx.close();
+    }));
+}
 
 test('rows from an older datamodel are upgraded; a newer store format is refused', () =>
   withDir(async (dir) => {
@@ -93,32 +158,6 @@ test('rows from an older datamodel are upgraded; a newer store format is refused
     raw2.close();
     assert.throws(() => open(dir), StoreFormatError);
   }));
-
-test('MAP_DUPLICATE_KEY and uuid uniqueness', () =>
-  withDir(async (dir) => {
-    const db = open(dir);
-    await db.create('network', 'OpaqueRef:n', { uuid: 'same' });
-    await assert.rejects(
-      db
-        .mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')
-        .then(() => db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v')),
-      (e: { code: string; params: string[] }) => e.code === 'MAP_DUPLICATE_KEY' && e.params.join() === 'network,other_config,OpaqueRef:n,k',
-    );
-    await assert.rejects(db.create('network', 'OpaqueRef:m', { uuid: 'same' }));
-    db.close();
-  }));
-
-/** A store whose writes fail with SQLITE_FULL while `full` is set, as on a full disk. */
-function fillable(dir: string) {
-  const store = new SqliteStore(join(dir, 'xapi.db'));
-  const state = { full: false };
-  const write = store.writeBatch.bind(store);
-  store.writeBatch = (b) => {
-    if (state.full) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
-    write(b);
-  };
-  return { store, state };
-}
 
 test('a failed flush undoes its batch in memory, refuses writes until the store takes them again, and loses nothing acknowledged', () =>
   withDir(async (dir) => {

@@ -1,0 +1,102 @@
+// The coordinator's side of the remote database protocol (remote-protocol.ts): one request body
+// in, one reply body out, against the coordinator's own database. The HTTP handler around it
+// (secret, role, body bound) is src/host/pool-db.ts.
+import type { AnyDb } from './interface.js';
+import { type RemoteReply, type RemoteRequest, failureReply, isRemoteOp, isWriteOp } from './remote-protocol.js';
+
+/** The request is not the protocol (HTTP 400): a bug or a stranger, never retried. */
+export class BadRemoteRequest extends Error {}
+
+/**
+ * How long and how many write replies are remembered by request id. A member resends after its
+ * back-off (up to 256 s between attempts), so ten minutes covers a few attempts; the count bounds
+ * the memory (a write's reply is a few dozen bytes).
+ */
+export const REPLY_TTL_MS = 10 * 60_000;
+export const REPLY_LIMIT = 100_000;
+
+const MAX_ARGS = 5;
+const MAX_ID_LENGTH = 128;
+
+export interface RemoteDbServerOptions {
+  replyTtlMs?: number;
+  replyLimit?: number;
+  now?: () => number;
+}
+
+export class RemoteDbServer {
+  /** Write replies by request id, oldest first (a Map keeps insertion order). */
+  private readonly recent = new Map<string, { op: string; at: number; reply: Promise<string> }>();
+  private readonly ttlMs: number;
+  private readonly limit: number;
+  private readonly now: () => number;
+  /** How many requests were answered from `recent` (for tests and logs). */
+  resent = 0;
+
+  constructor(
+    private readonly db: AnyDb,
+    opts: RemoteDbServerOptions = {},
+  ) {
+    this.ttlMs = opts.replyTtlMs ?? REPLY_TTL_MS;
+    this.limit = opts.replyLimit ?? REPLY_LIMIT;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /**
+   * The reply body to one request body. A write is answered once it is durable (after the group
+   * commit holding it); a write whose id was seen before gets the first one's reply, waiting for
+   * it if it is still under way. Throws BadRemoteRequest for a body that is not a request.
+   */
+  serve(body: string | Buffer): Promise<string> {
+    const req = parseRequest(body);
+    if (!isWriteOp(req.op)) return this.run(req);
+    const seen = this.recent.get(req.id);
+    if (seen) {
+      if (seen.op !== req.op) return Promise.reject(new BadRemoteRequest(`request id ${req.id} was used for another operation`));
+      this.resent++;
+      return seen.reply;
+    }
+    const reply = this.run(req);
+    this.remember(req.id, req.op, reply);
+    return reply;
+  }
+
+  private async run(req: RemoteRequest): Promise<string> {
+    let reply: RemoteReply;
+    try {
+      const f = this.db[req.op] as (...a: unknown[]) => Promise<unknown>;
+      const result = await f.apply(this.db, req.args);
+      if (isWriteOp(req.op)) await this.db.commit();
+      reply = { ok: true, result };
+    } catch (e) {
+      reply = failureReply(e);
+    }
+    return JSON.stringify(reply);
+  }
+
+  private remember(id: string, op: string, reply: Promise<string>): void {
+    const now = this.now();
+    this.recent.set(id, { op, at: now, reply });
+    for (const [oldId, r] of this.recent) {
+      if (this.recent.size <= this.limit && now - r.at < this.ttlMs) break;
+      this.recent.delete(oldId);
+    }
+  }
+}
+
+function parseRequest(body: string | Buffer): RemoteRequest {
+  let v: unknown;
+  try {
+    v = JSON.parse(typeof body === 'string' ? body : body.toString('utf8'));
+  } catch (e) {
+    throw new BadRemoteRequest(`request is not JSON: ${(e as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadRemoteRequest('request is not a JSON object');
+  const { id, op, args } = v as Record<string, unknown>;
+  if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH)
+    throw new BadRemoteRequest('request id must be a string of 1 to 128 characters');
+  if (typeof op !== 'string' || !isRemoteOp(op)) throw new BadRemoteRequest(`unknown operation ${JSON.stringify(op)}`);
+  if (!Array.isArray(args) || args.length > MAX_ARGS)
+    throw new BadRemoteRequest(`args of ${op} must be an array of at most ${MAX_ARGS} values`);
+  return { id, op, args };
+}
