@@ -12,7 +12,7 @@ import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { smRecords } from '../storage/drivers.js';
-import { PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
+import { DB_SCHEMA, PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
 import { defaultTemplates } from './templates.js';
 
 export interface HostIdentity {
@@ -99,6 +99,7 @@ function softwareVersion(): Record<string, string> {
     xen: '4.17.0',
     linux: '6.1.0',
     network_backend: 'bridge',
+    db_schema: DB_SCHEMA,
   };
 }
 
