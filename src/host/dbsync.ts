@@ -13,7 +13,7 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { XapiError } from '../rpc/errors.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { smRecords } from '../storage/drivers.js';
-import { PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
+import { DB_SCHEMA, PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
 import { defaultTemplates } from './templates.js';
 
 export interface HostIdentity {
@@ -119,6 +119,7 @@ function softwareVersion(): Record<string, string> {
     xen: '4.17.0',
     linux: '6.1.0',
     network_backend: 'bridge',
+    db_schema: DB_SCHEMA,
   };
 }
 

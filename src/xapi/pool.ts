@@ -8,7 +8,7 @@ import { formatDateTime, parseDateTime } from '../schema/types.js';
  * The editions the licensing daemon offers, with their rank. XCP-ng's daemon offers one,
  * "xcp-ng", with every feature (it is what hosts here report as their edition).
  */
-const EDITIONS: Record<string, number> = { 'xcp-ng': 100 };
+export const EDITIONS: Record<string, number> = { 'xcp-ng': 100 };
 
 /** license_check.ml's "never": an expiry of exactly 2100-01-01 is written as no expiry. */
 const NEVER = Date.UTC(2100, 0, 1);
