@@ -48,6 +48,12 @@ export interface HostContext {
    * again): after a role change is written, the host closes and `xapi serve` starts it afresh.
    */
   requestRestart(reason: string): void;
+  /**
+   * Writes this host's new role (and, joining a pool, the pool's secret) where the next start
+   * reads them, then restarts the host shortly after: the reply to the call that asked goes
+   * out first (xapi's 10 s fuse, shortened).
+   */
+  changeRole(role: HostRole, reason: string, poolSecret?: string): Promise<void>;
   /** Milliseconds since the epoch; injectable for tests. */
   now(): number;
   /** How long a failed login waits before answering (xapi: 5 s, against password guessing). */

@@ -46,7 +46,12 @@ import { PasswordFile } from './passwords.js';
 import { writeFileAtomic } from '../util/files.js';
 import { LogFile } from './log-file.js';
 import { coordinatorUuid, syncDatabase } from './dbsync.js';
-import { readInstallationUuid, readPoolRole, writeInstallationUuid } from './pool-role.js';
+import { startMember } from './member.js';
+import { registerPoolDbHandlers } from './pool-db.js';
+import { RemoteDb } from '../db/remote.js';
+import { DB_FILE } from '../db/backup.js';
+import { closePeers } from '../xapi/forward.js';
+import { readInstallationUuid, readPoolRole, writeInstallationUuid, writePoolRole } from './pool-role.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
 import { startHttpServers, type HttpServers } from '../http/server.js';
@@ -85,6 +90,13 @@ export interface RunningHost {
   close(): Promise<void>;
 }
 
+/** How long after a role change the host restarts: time for the reply to the call that asked. */
+export const ROLE_CHANGE_FUSE_MS = 300;
+
+async function writePoolSecret(stateDir: string, secret: string): Promise<void> {
+  await writeFileAtomic(join(stateDir, 'ptoken'), secret + '\n', 0o600);
+}
+
 async function loadOrCreatePoolSecret(stateDir: string): Promise<string> {
   const path = join(stateDir, 'ptoken');
   try {
@@ -93,7 +105,7 @@ async function loadOrCreatePoolSecret(stateDir: string): Promise<string> {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
   const secret = [randomUUID(), randomUUID(), randomUUID()].join('/');
-  await writeFileAtomic(path, secret + '\n', 0o600);
+  await writePoolSecret(stateDir, secret);
   return secret;
 }
 
@@ -153,19 +165,34 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   }
   const poolSecret = await loadOrCreatePoolSecret(opts.stateDir);
 
-  const db = new LocalDb(schema, new SqliteStore(join(opts.stateDir, 'xapi.db')), {
-    onWritable: (writable, cause) => {
-      if (writable) log.warn('database writes work again');
-      else log.error({ err: cause }, 'database writes fail: refusing writes until they work again');
-    },
-  });
+  // A coordinator runs its own database; a member reads and writes the coordinator's, and keeps
+  // the backups it is sent in xapi.db (what it would start from as coordinator).
   const role = await readPoolRole(opts.stateDir);
+  const local =
+    role.kind === 'slave'
+      ? undefined
+      : new LocalDb(schema, new SqliteStore(join(opts.stateDir, DB_FILE)), {
+          onWritable: (writable, cause) => {
+            if (writable) log.warn('database writes work again');
+            else log.error({ err: cause }, 'database writes fail: refusing writes until they work again');
+          },
+        });
+  const remote =
+    role.kind === 'slave'
+      ? new RemoteDb(schema, {
+          address: role.master,
+          port: opts.httpsPort,
+          poolSecret: () => poolSecret,
+          onRetry: (cause, delayMs) => log.warn({ err: cause, delayMs }, 'the coordinator does not answer: retrying'),
+        })
+      : undefined;
+  const db: AnyDb = local ?? remote!;
   const uuid =
     (await readInstallationUuid(opts.stateDir)) ??
-    (await writeInstallationUuid(opts.stateDir, (await coordinatorUuid(typed(db))) ?? randomUUID()));
+    (await writeInstallationUuid(opts.stateDir, (local && (await coordinatorUuid(typed(local)))) ?? randomUUID()));
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
-  const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, { uuid, hostname, address: opts.address, machine });
+  const identity = { uuid, hostname, address: opts.address, machine };
   let restart!: (reason: string) => void;
   const restartRequested = new Promise<string>((resolve) => {
     restart = resolve;
@@ -185,12 +212,24 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       backend: opts.backend,
     },
     role,
-    emergency: undefined,
-    hostRef,
-    poolRef,
+    // A member serves only the emergency calls until its coordinator has taken it back.
+    emergency:
+      role.kind === 'slave'
+        ? { code: 'HOST_STILL_BOOTING', params: [] }
+        : role.kind === 'broken'
+          ? { code: 'HOST_BROKEN', params: [] }
+          : undefined,
+    hostRef: '',
+    poolRef: '',
     requestRestart: (reason) => {
       log.info({ reason }, 'restart requested');
       restart(reason);
+    },
+    changeRole: async (next, reason, secret) => {
+      if (secret !== undefined) await writePoolSecret(opts.stateDir, secret);
+      await writePoolRole(opts.stateDir, next);
+      log.info({ role: next, reason }, 'role changed: restarting');
+      setTimeout(() => host.requestRestart(reason), ROLE_CHANGE_FUSE_MS).unref();
     },
     verifyLocalPassword: (user, password) => passwords.verify(user, password),
     localSessions: new Map(),
@@ -209,22 +248,28 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     },
   });
   const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
-  const cancelled = await dispatcher.tasks.cancelLeftovers();
-  await storage.clearStaleOperations();
-  if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
-  await plugLocalPbds(storage);
-  await storage.sweepUnfinishedImports(cancelled);
-  // The domain manager is the truth about what runs: reconcile before serving.
-  await xenops.resync();
-  await hostOperations.updateAllAllowedOperations(host.db);
-  xenops.start();
-  await db.commit();
+
+  let firstStart = false;
+  if (local) {
+    ({ hostRef: host.hostRef, poolRef: host.poolRef, firstStart } = await syncDatabase(typed(local), schema, identity));
+    const cancelled = await dispatcher.tasks.cancelLeftovers();
+    await storage.clearStaleOperations();
+    if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
+    await plugLocalPbds(storage);
+    await storage.sweepUnfinishedImports(cancelled);
+    // The domain manager is the truth about what runs: reconcile before serving.
+    await xenops.resync();
+    await hostOperations.updateAllAllowedOperations(host.db);
+    xenops.start();
+    await local.commit();
+  }
 
   const gcTimer = setInterval(() => {
+    if (!local) return; // the coordinator collects the pool's garbage
     void (async () => {
       await dispatcher.tasks.gc();
       await session.sessionGc(host);
-      await db.commit();
+      await local.commit();
     })().catch((e) => log.error({ err: e }, 'database GC failed'));
   }, DB_GC_INTERVAL_MS);
   gcTimer.unref();
@@ -236,6 +281,12 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs));
   registerVdiTransfers(table, dispatcher, storage);
   registerVmTransfers(table, dispatcher, storage);
+  registerPoolDbHandlers(table, {
+    role: local ? { coordinator: true, db: local } : { coordinator: false, coordinatorAddress: (role as { master: string }).master },
+    poolSecrets: host.poolSecrets,
+    bodyTimeoutMs: opts.http?.rpcBodyTimeoutMs,
+    log,
+  });
 
   const tls = await loadOrCreateCertificate(opts.stateDir, hostname);
   let servers: HttpServers;
@@ -256,11 +307,18 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   } catch (e) {
     clearInterval(gcTimer);
     await xenops.stop();
-    db.close();
+    local?.close();
+    remote?.close();
     await logFile.close();
     throw e;
   }
-  log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef }, 'host started');
+  log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef: host.hostRef, role: role.kind }, 'host started');
+
+  // A member's own records wait for its coordinator, which must be able to call it back first.
+  const member =
+    role.kind === 'slave'
+      ? startMember({ host, identity, schema, xenops, storage, poolSecret, master: role.master, remote: remote! })
+      : undefined;
 
   let closed: Promise<void> | undefined;
   return {
@@ -273,11 +331,14 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     close() {
       closed ??= (async () => {
         clearInterval(gcTimer);
+        await member?.stop();
         await servers.close();
+        closePeers(host);
         await storage.close();
         await xenops.stop();
         await db.commit().catch(() => undefined);
-        db.close();
+        local?.close();
+        remote?.close();
         await logFile.close();
       })();
       return closed;

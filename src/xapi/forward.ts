@@ -14,9 +14,15 @@ const clients = new WeakMap<HostContext, Map<string, XapiClient>>();
 /** The kept-alive client to another host of the pool: all hosts listen on the same ports. */
 export function peer(host: HostContext, address: string): XapiClient {
   let byAddress = clients.get(host);
-  if (!byAddress) clients.set(host, (byAddress = new Map()));
+  if (!byAddress) {
+    byAddress = new Map();
+    clients.set(host, byAddress);
+  }
   let client = byAddress.get(address);
-  if (!client) byAddress.set(address, (client = new XapiClient(`https://${address}:${host.config.httpsPort}`)));
+  if (!client) {
+    client = new XapiClient(`https://${address}:${host.config.httpsPort}`);
+    byAddress.set(address, client);
+  }
   return client;
 }
 

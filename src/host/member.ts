@@ -1,0 +1,98 @@
+// A pool member's start-up (xapi.ml's slave path; pool.md §2.4). The member serves only the
+// emergency calls while it asks its coordinator to take it back: a local login with the pool
+// secret, then pool.hello, in which the coordinator calls it back. Until that works the member
+// answers every other call with what went wrong (xapi's emergency errors, retried after 5 s or,
+// for a coordinator that does not know it, 60 s). Then it brings its own records up to date in
+// the coordinator's database, plugs its storage, reconciles its domains and enables itself.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { HostContext } from '../api/context.js';
+import type { RemoteDb } from '../db/remote.js';
+import type { Schema } from '../schema/schema.js';
+import { XapiError } from '../rpc/errors.js';
+import type { Storage } from '../xapi/storage.js';
+import type { XenopsSync } from '../xapi/xenops-sync.js';
+import { peer } from '../xapi/forward.js';
+import { fetchBackup } from '../db/backup.js';
+import { syncDatabase, type HostIdentity } from './dbsync.js';
+import { plugLocalPbds } from './local-storage.js';
+
+/** xapi's waits between attempts to be taken back: 5 s, or 60 s when the coordinator does not know this host. */
+export const HELLO_RETRY_MS = 5_000;
+export const UNKNOWN_RETRY_MS = 60_000;
+
+export interface MemberStart {
+  host: HostContext;
+  identity: HostIdentity;
+  schema: Schema;
+  xenops: XenopsSync;
+  storage: Storage;
+  poolSecret: string;
+  master: string;
+  remote: RemoteDb;
+}
+
+export function startMember(o: MemberStart): { stop(): Promise<void> } {
+  const { host } = o;
+  const stopping = new AbortController();
+  const run = (async () => {
+    await helloUntilTakenBack(o, stopping.signal);
+    o.remote.wake();
+    const { hostRef, poolRef } = await syncDatabase(host.db, o.schema, o.identity, 'slave');
+    host.hostRef = hostRef;
+    host.poolRef = poolRef;
+    await plugLocalPbds(o.storage);
+    await o.xenops.resync();
+    o.xenops.start();
+    // xapi's consider_enabling_host: storage and domains are in order, so VMs may start here.
+    await host.db.update('host', hostRef, { enabled: true });
+    await host.db.commit();
+    host.emergency = undefined;
+    host.log.info({ coordinator: o.master }, 'member of the pool: serving');
+    // The copy of the pool's database this member would start from as coordinator.
+    await fetchBackup({ address: o.master, port: host.config.httpsPort, poolSecret: o.poolSecret, stateDir: host.config.stateDir }).catch(
+      (e: unknown) => host.log.warn({ err: e }, 'fetching the database backup failed'),
+    );
+  })().catch((e: unknown) => {
+    if (!stopping.signal.aborted) host.log.error({ err: e }, 'member start-up failed');
+  });
+  return {
+    async stop() {
+      stopping.abort();
+      await run;
+    },
+  };
+}
+
+/** Logs in to the coordinator with the pool secret and says hello, until it answers ok. */
+async function helloUntilTakenBack(o: MemberStart, signal: AbortSignal): Promise<void> {
+  const { host } = o;
+  const coordinator = peer(host, o.master);
+  for (;;) {
+    let retryMs = HELLO_RETRY_MS;
+    try {
+      const session = await coordinator.call('session.slave_local_login', [o.poolSecret]);
+      let answer: unknown;
+      try {
+        answer = await coordinator.call('pool.hello', [session, o.identity.uuid, o.identity.address]);
+      } finally {
+        await coordinator.call('session.local_logout', [session]).catch(() => undefined);
+      }
+      if (answer === 'ok') return;
+      if (answer === 'cannot_talk_back') host.emergency = { code: 'HOST_MASTER_CANNOT_TALK_BACK', params: [o.identity.address] };
+      else {
+        host.emergency = { code: 'HOST_UNKNOWN_TO_MASTER', params: [o.identity.uuid] };
+        retryMs = UNKNOWN_RETRY_MS;
+      }
+    } catch (e) {
+      if (e instanceof XapiError && e.code === 'SESSION_AUTHENTICATION_FAILED') {
+        // a coordinator with another secret: this host is not (or no longer) in its pool
+        host.emergency = { code: 'HOST_UNKNOWN_TO_MASTER', params: [o.identity.uuid] };
+        retryMs = UNKNOWN_RETRY_MS;
+      } else if (e instanceof XapiError) host.emergency = { code: e.code, params: e.params };
+      else host.emergency = { code: 'INTERNAL_ERROR', params: [e instanceof Error ? e.message : String(e)] };
+    }
+    host.log.warn({ emergency: host.emergency, retryMs }, 'the coordinator has not taken this member back yet');
+    await sleep(retryMs, undefined, { signal }).catch(() => undefined);
+    if (signal.aborted) throw new Error('stopped');
+  }
+}
