@@ -66,7 +66,9 @@ export interface JoinMergeResult {
 export async function collectJoinContribution(db: Db, hostRef: string): Promise<JoinContribution> {
   const rows: JoinContribution['rows'] = {};
   const add = (cls: ContributionClass, ref: string, row: AnyRow) => {
-    (rows[cls] ??= []).push([ref, { ...row }]);
+    const list = rows[cls] ?? [];
+    list.push([ref, { ...row }]);
+    rows[cls] = list;
   };
   const any = untyped(db);
   const follow = async (cls: ContributionClass, ref: string) => {
