@@ -205,6 +205,14 @@ class Merge {
     });
   }
 
+  /** Records the mapping of a row the coordinator has already (same uuid); creates nothing. */
+  private async matchOnly(cls: ContributionClass, ref: string): Promise<void> {
+    const row = this.row(cls, ref);
+    if (!row) return;
+    const existing = await this.any.refByUuid(cls, row.uuid as string);
+    if (existing) this.refs.set(ref, existing);
+  }
+
   async run(): Promise<JoinMergeResult> {
     const hostRef = await this.host();
     await this.hostCpus();
@@ -393,6 +401,7 @@ class Merge {
         const existing = await this.db.refByUuid('VM', row.uuid as string);
         if (existing) {
           this.refs.set(ref, existing);
+          await this.matchOnly('VM_metrics', row.metrics as string);
           return;
         }
         const otherConfig = (row.other_config ?? {}) as Record<string, string>;
@@ -440,7 +449,11 @@ class Merge {
       ['VIF', 'VIF_metrics'],
     ] as const) {
       for (const [ref, row] of this.rows(cls)) {
-        if (!ofCreatedVm(row)) continue;
+        if (!ofCreatedVm(row)) {
+          await this.matchOnly(metricsCls, row.metrics as string);
+          await this.matchOnly(cls, ref);
+          continue;
+        }
         const metrics = this.row(metricsCls, row.metrics as string);
         if (metrics) await this.byUuid(metricsCls, row.metrics as string, metrics, () => this.translate(metricsCls, metrics));
         await this.byUuid(cls, ref, row, () => this.translate(cls, row, { current_operations: {} }));
@@ -448,6 +461,7 @@ class Merge {
     }
     for (const [ref, row] of this.rows('console')) {
       if (ofCreatedVm(row)) await this.byUuid('console', ref, row, () => this.translate('console', row));
+      else await this.matchOnly('console', ref);
     }
   }
 
