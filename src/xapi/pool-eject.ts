@@ -32,12 +32,7 @@ export async function isHostLive(db: Db, host: string): Promise<boolean> {
  * What the coordinator checks once it holds the pool operation: the target must be live (unless
  * it is the coordinator itself, which cannot be ejected).
  */
-export async function assertEjectTarget(
-  db: Db,
-  host: string,
-  coordinator: string,
-  live: (host: string) => Promise<boolean>,
-): Promise<void> {
+export async function assertEjectTarget(host: string, coordinator: string, live: (host: string) => Promise<boolean>): Promise<void> {
   if (host !== coordinator && !(await live(host))) throw new XapiError('HOST_OFFLINE', [host]);
   if (host === coordinator) throw new XapiError('INTERNAL_ERROR', ['Xapi_pool.Cannot_eject_master']);
 }
@@ -57,7 +52,7 @@ export async function assertCanEjectSelf(db: Db, host: string): Promise<void> {
 /** Every refusal of pool.eject after the pool operation, in xapi's order. */
 export async function assertCanEject(db: Db, host: string, coordinator: string, live = (h: string) => isHostLive(db, h)): Promise<void> {
   await db.get('host', host);
-  await assertEjectTarget(db, host, coordinator, live);
+  await assertEjectTarget(host, coordinator, live);
   await assertCanEjectSelf(db, host);
 }
 

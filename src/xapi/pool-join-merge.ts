@@ -66,7 +66,9 @@ export interface JoinMergeResult {
 export async function collectJoinContribution(db: Db, hostRef: string): Promise<JoinContribution> {
   const rows: JoinContribution['rows'] = {};
   const add = (cls: ContributionClass, ref: string, row: AnyRow) => {
-    (rows[cls] ??= []).push([ref, { ...row }]);
+    const list = rows[cls] ?? [];
+    list.push([ref, { ...row }]);
+    rows[cls] = list;
   };
   const any = untyped(db);
   const follow = async (cls: ContributionClass, ref: string) => {
@@ -201,6 +203,14 @@ class Merge {
       this.refs.set(ref, created);
       this.created.add(created);
     });
+  }
+
+  /** Records the mapping of a row the coordinator has already (same uuid); creates nothing. */
+  private async matchOnly(cls: ContributionClass, ref: string): Promise<void> {
+    const row = this.row(cls, ref);
+    if (!row) return;
+    const existing = await this.any.refByUuid(cls, row.uuid as string);
+    if (existing) this.refs.set(ref, existing);
   }
 
   async run(): Promise<JoinMergeResult> {
@@ -391,6 +401,7 @@ class Merge {
         const existing = await this.db.refByUuid('VM', row.uuid as string);
         if (existing) {
           this.refs.set(ref, existing);
+          await this.matchOnly('VM_metrics', row.metrics as string);
           return;
         }
         const otherConfig = (row.other_config ?? {}) as Record<string, string>;
@@ -438,7 +449,11 @@ class Merge {
       ['VIF', 'VIF_metrics'],
     ] as const) {
       for (const [ref, row] of this.rows(cls)) {
-        if (!ofCreatedVm(row)) continue;
+        if (!ofCreatedVm(row)) {
+          await this.matchOnly(metricsCls, row.metrics as string);
+          await this.matchOnly(cls, ref);
+          continue;
+        }
         const metrics = this.row(metricsCls, row.metrics as string);
         if (metrics) await this.byUuid(metricsCls, row.metrics as string, metrics, () => this.translate(metricsCls, metrics));
         await this.byUuid(cls, ref, row, () => this.translate(cls, row, { current_operations: {} }));
@@ -446,6 +461,7 @@ class Merge {
     }
     for (const [ref, row] of this.rows('console')) {
       if (ofCreatedVm(row)) await this.byUuid('console', ref, row, () => this.translate('console', row));
+      else await this.matchOnly('console', ref);
     }
   }
 
