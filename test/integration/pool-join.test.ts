@@ -9,7 +9,9 @@ import { loopbackAddress, PASSWORD, startXapi, stopXapi, type XapiProcess } from
 import { jsonCall, login, RpcFailure } from './client.js';
 import { joinPool, startHosts, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
-import { waitUntil } from '../wait.js';
+import { waitForEmitted, waitUntil } from '../wait.js';
+// @ts-expect-error: the connector ships no type declarations
+import { Xapi } from 'xen-api';
 
 const run = promisify(execFile);
 
@@ -95,6 +97,27 @@ describe('a pool of three hosts formed with pool.join', () => {
       'root',
       'Authentication failure',
     ]);
+  });
+
+  it("Xen Orchestra's connector pointed at a member follows HOST_IS_SLAVE and stays connected", { timeout: 60_000 }, async () => {
+    const m = pool.members[1]!;
+    const xapi = new Xapi({ url: m.httpsUrl, auth: { user: 'root', password: PASSWORD }, allowUnauthorized: true, eventPollDelay: 500 });
+    try {
+      await xapi.connect();
+      assert.equal(xapi.status, 'connected');
+      await xapi.objectsFetched;
+      const hosts = Object.values((xapi.objects.indexes.type.host ?? {}) as Record<string, { address: string }>);
+      assert.deepEqual(hosts.map((h) => h.address).sort(), pool.hosts.map((h) => h.address).sort());
+      // it talks to the coordinator now, and follows changes there
+      assert.equal(xapi._url.hostname, pool.coordinator.address);
+      const [poolRef] = Object.keys((xapi.objects.indexes.type.pool ?? {}) as Record<string, unknown>);
+      await xapi.call('pool.set_name_label', (xapi.objects.indexes.type.pool as Record<string, { $ref: string }>)[poolRef!]!.$ref, 'followed');
+      await waitForEmitted('the new pool name in the cache', xapi.objects, ['update'], () =>
+        Object.values((xapi.objects.indexes.type.pool ?? {}) as Record<string, { name_label: string }>).some((p) => p.name_label === 'followed'),
+      );
+    } finally {
+      await xapi.disconnect();
+    }
   });
 
   it('refuses a join aimed at a member: HOST_IS_SLAVE [coordinator]', async () => {
