@@ -207,6 +207,7 @@ export class RemoteDb implements AnyDb {
         reply = await this.attempt(body);
       } catch (e) {
         if (!(e instanceof Unreachable)) throw e;
+        if (this.closed) continue; // cut by close(): fail now, not after a wait
         this.opts.onRetry?.(e, delay);
         const woken = await this.pause(delay);
         delay = woken ? this.initialMs : Math.min(delay * 2, this.maxMs);

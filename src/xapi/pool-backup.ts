@@ -92,6 +92,7 @@ export function startBackupLoop<M>(o: BackupLoopOptions<M>): { stop(): Promise<v
   let wakeUp: (() => void) | undefined;
   const pause = () =>
     new Promise<void>((resolve) => {
+      if (stopped) return resolve();
       const timer = setTimeout(done, intervalMs);
       timer.unref();
       function done() {
