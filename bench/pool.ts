@@ -1,0 +1,300 @@
+// `npm run bench -- pool [--hosts N] [--vms M] [--quick]`: a pool of real processes formed by
+// `xapi pool` (default 16 hosts) on loopback addresses. Figures, each beside the limit measured in
+// the same run:
+// - formation: from launching `xapi pool` to its "ready" line (every member joined, enabled and
+//   live), beside one host's own start-up time;
+// - RSS per idle host (from /proc), beside the aim of 80 MB and a bare idle node process's RSS;
+// - VM lifecycle across the pool: M VMs (64 MiB, no simulated boot time) started and shut down
+//   through the coordinator by 32 concurrent clients, beside the single-host lifecycle rate
+//   (the same on one standalone host);
+// - a member's database: reads and acknowledged writes per second of a RemoteDb holding the
+//   pool's secret, against the coordinator, beside the same calls on a local LocalDb;
+// - event.from latency on the coordinator for a change a member makes (p50/p99), beside the
+//   same for a change made on the coordinator itself.
+import http from 'node:http';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { JsonRpc, type Target } from './lib/http-load.js';
+import { freePort, PASSWORD, ROOT, startXapi, stopXapi } from '../test/integration/harness.js';
+import { vmRecord } from '../test/vm-record.js';
+import { schema as loadSchema } from '../src/schema/schema.js';
+import { RemoteDb } from '../src/db/remote.js';
+import { LocalDb } from '../src/db/database.js';
+import { SqliteStore } from '../src/db/store.js';
+import type { AnyDb } from '../src/db/interface.js';
+
+const MiB = 1024 ** 2;
+const CONCURRENCY = 32;
+const SIM_ARGS = ['--sim-boot-ms', '0', '--sim-shutdown-ms', '0', '--log-level', 'warn'];
+
+function arg(args: string[], name: string, dflt: number): number {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+}
+
+async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<void>): Promise<number> {
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+  return performance.now() - started;
+}
+
+async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) / 1024;
+}
+
+const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
+
+/** Calls per second of `op`, `concurrency` loops at once for `ms`. */
+async function rate(concurrency: number, ms: number, op: (i: number) => Promise<unknown>): Promise<number> {
+  const end = performance.now() + ms;
+  let done = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) await op(done++);
+    }),
+  );
+  return done / ((performance.now() - started) / 1000);
+}
+
+interface Launched {
+  proc: ChildProcess;
+  output: () => string;
+  hosts: { address: string; pid: number }[];
+  readyMs: number;
+}
+
+async function launchPool(
+  hosts: number,
+  base: string,
+  stateDir: string,
+  httpPort: number,
+  httpsPort: number,
+  memoryMiB: number,
+): Promise<Launched> {
+  const started = performance.now();
+  const proc = spawn(
+    process.execPath,
+    [
+      join(ROOT, 'bin/xapi.js'),
+      'pool',
+      '--hosts',
+      String(hosts),
+      '--base-address',
+      base,
+      '--state-dir',
+      stateDir,
+      '--http-port',
+      String(httpPort),
+      '--https-port',
+      String(httpsPort),
+      '--sim-memory-mib',
+      String(memoryMiB),
+      '--sim-cpus',
+      '8',
+      ...SIM_ARGS,
+    ],
+    { env: { ...process.env, XAPI_ROOT_PASSWORD: PASSWORD }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  await new Promise<void>((resolve, reject) => {
+    const check = () => {
+      if (/xapi pool: ready/.test(out)) resolve();
+    };
+    proc.stdout!.on('data', check);
+    proc.on('exit', (code) => reject(new Error(`xapi pool exited (${code}) before it was ready:\n${out}`)));
+  });
+  const readyMs = performance.now() - started;
+  const listed = [...out.matchAll(/^\s+\S+\s+(\d+\.\d+\.\d+\.\d+)\s+\S+\s+pid (\d+)/gm)].map((m) => ({
+    address: m[1]!,
+    pid: Number(m[2]),
+  }));
+  return { proc, output: () => out, hosts: listed, readyMs };
+}
+
+async function stopPool(l: Launched): Promise<void> {
+  if (l.proc.exitCode !== null) return;
+  const exited = new Promise((r) => l.proc.on('exit', r));
+  l.proc.kill('SIGTERM');
+  await exited;
+}
+
+/** event.from latency on `watchUrl` for changes `change(i)` makes, n samples one at a time. */
+async function eventLatency(rpc: JsonRpc, session: string, n: number, change: (i: number) => Promise<unknown>): Promise<number[]> {
+  let token = ((await rpc.call('event.from', [session, ['pool'], '', 0])) as { token: string }).token;
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const seen = (async () => {
+      for (;;) {
+        const r = (await rpc.call('event.from', [session, ['pool'], token, 30])) as { token: string; events: unknown[] };
+        token = r.token;
+        if (r.events.length > 0) return performance.now() - t0;
+      }
+    })();
+    await change(i);
+    out.push(await seen);
+  }
+  return out;
+}
+
+export async function run(args: string[]): Promise<void> {
+  const quick = args.includes('--quick');
+  const hosts = arg(args, '--hosts', quick ? 4 : 16);
+  const vmCount = arg(args, '--vms', quick ? 100 : 1000);
+  const perHostMiB = Math.ceil((vmCount * 80) / hosts) + 8192;
+  const third = 100 + (process.pid % 100);
+  const base = `127.0.${third}.10`;
+  const stateDir = await mkdtemp(join(tmpdir(), 'xapi-bench-pool-'));
+  const httpPort = await freePort(base);
+  const httpsPort = await freePort(base);
+  const figures: Record<string, unknown> = {};
+  const round = (x: number) => Math.round(x * 1000) / 1000;
+  let launched: Launched | undefined;
+  try {
+    // One standalone host first: its start-up time and its lifecycle rate are limits below.
+    const single = await (async () => {
+      const t0 = performance.now();
+      const x = await startXapi({ args: [...SIM_ARGS, '--sim-memory-mib', String(vmCount * 80 + 8192), '--sim-cpus', '8'] });
+      const startMs = performance.now() - t0;
+      try {
+        const rpc = new JsonRpc({ host: x.address, port: x.httpPort }, new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY }));
+        const s = (await rpc.call('session.login_with_password', ['root', PASSWORD])) as string;
+        const rate = await lifecycle(rpc, s, vmCount);
+        const idleRss = await rssMiB(x.pid);
+        return { startMs, rate, idleRss };
+      } finally {
+        await stopXapi(x);
+      }
+    })();
+    console.log(`one host: start-up ${single.startMs.toFixed(0)} ms, lifecycle ${single.rate.toFixed(0)} ops/s`);
+
+    launched = await launchPool(hosts, base, stateDir, httpPort, httpsPort, perHostMiB);
+    console.log(
+      `xapi pool --hosts ${hosts}: ready in ${launched.readyMs.toFixed(0)} ms (one host starts in ${single.startMs.toFixed(0)} ms)`,
+    );
+    figures.formation = { value: Math.round(launched.readyMs), unit: 'ms', hosts, limit_one_host_start_ms: Math.round(single.startMs) };
+
+    const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+    // idle: a few heartbeat-free seconds after forming
+    await new Promise((r) => setTimeout(r, 3000));
+    const rss = await Promise.all(launched.hosts.map((h) => rssMiB(h.pid)));
+    const bareRss = await rssMiB(bare.pid!);
+    bare.kill();
+    const memberRss = rss.slice(1);
+    const meanMember = memberRss.reduce((a, b) => a + b, 0) / Math.max(1, memberRss.length);
+    console.log(
+      `RSS: coordinator ${rss[0]!.toFixed(1)} MiB, members mean ${meanMember.toFixed(1)} max ${Math.max(...memberRss).toFixed(1)} MiB (aim 80; bare node ${bareRss.toFixed(1)})`,
+    );
+    figures.rss_idle_member = {
+      value: round(meanMember),
+      unit: 'MiB',
+      max: round(Math.max(...memberRss)),
+      aim: 80,
+      bare_node: round(bareRss),
+    };
+    figures.rss_idle_coordinator = { value: round(rss[0]!), unit: 'MiB' };
+
+    const coordinator = launched.hosts[0]!;
+    const target: Target = { host: coordinator.address, port: httpPort };
+    const rpc = new JsonRpc(target, new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY }));
+    const s = (await rpc.call('session.login_with_password', ['root', PASSWORD])) as string;
+
+    // VM lifecycle across the pool, through the coordinator
+    try {
+      const poolRate = await lifecycle(rpc, s, vmCount);
+      console.log(`lifecycle across ${hosts} hosts: ${poolRate.toFixed(0)} ops/s (one host: ${single.rate.toFixed(0)})`);
+      figures.vm_lifecycle_pool = {
+        value: Math.round(poolRate),
+        unit: 'ops/s',
+        limit: Math.round(single.rate),
+        ratio: round(poolRate / single.rate),
+      };
+    } catch (e) {
+      console.log(`lifecycle across the pool failed: ${(e as Error).message}`);
+      figures.vm_lifecycle_pool = { error: (e as Error).message.slice(0, 200) };
+    }
+
+    // a member's database access, through the coordinator
+    const schema = loadSchema();
+    const secret = (await readFile(join(stateDir, 'host1', 'ptoken'), 'utf8')).trim();
+    const remote = new RemoteDb(schema, { address: coordinator.address, port: httpsPort, poolSecret: () => secret });
+    const dbDir = await mkdtemp(join(tmpdir(), 'xapi-bench-pool-db-'));
+    const local = new LocalDb(schema, new SqliteStore(join(dbDir, 'xapi.db')));
+    try {
+      const [poolRef] = (await rpc.call('pool.get_all', [s])) as string[];
+      await local.create('pool', poolRef!, { uuid: 'bench', name_label: 'bench' });
+      await local.commit();
+      const reads = (db: AnyDb) => () => db.get('pool', poolRef!);
+      const writes = (db: AnyDb) => async (i: number) => {
+        await db.update('pool', poolRef!, { name_description: `d${i}` });
+        await db.commit();
+      };
+      const ms = quick ? 500 : 2000;
+      await rate(CONCURRENCY, ms / 4, reads(remote));
+      const rr = await rate(CONCURRENCY, ms, reads(remote));
+      const lr = await rate(CONCURRENCY, ms, reads(local));
+      const rw = await rate(CONCURRENCY, ms, writes(remote));
+      const lw = await rate(CONCURRENCY, ms, writes(local));
+      console.log(
+        `member DB via coordinator: reads ${rr.toFixed(0)}/s (local ${lr.toFixed(0)}), writes ${rw.toFixed(0)}/s (local ${lw.toFixed(0)})`,
+      );
+      figures.member_db_reads = { value: Math.round(rr), unit: '/s', limit: Math.round(lr) };
+      figures.member_db_writes = { value: Math.round(rw), unit: '/s', limit: Math.round(lw), ratio: round(rw / lw) };
+
+      // event.from on the coordinator: a member's change (through its RemoteDb) vs the coordinator's own
+      const samples = quick ? 20 : 100;
+      const viaMember = await eventLatency(rpc, s, samples, (i) => remote.update('pool', poolRef!, { name_description: `m${i}` }));
+      const local2 = await eventLatency(rpc, s, samples, (i) => rpc.call('pool.set_name_description', [s, poolRef, `c${i}`]));
+      console.log(
+        `event.from latency, member change: p50 ${percentile(viaMember, 50).toFixed(1)} ms p99 ${percentile(viaMember, 99).toFixed(1)} ms (coordinator change p50 ${percentile(local2, 50).toFixed(1)} p99 ${percentile(local2, 99).toFixed(1)})`,
+      );
+      figures.event_latency_member_change = {
+        p50_ms: round(percentile(viaMember, 50)),
+        p99_ms: round(percentile(viaMember, 99)),
+        limit_p50_ms: round(percentile(local2, 50)),
+        limit_p99_ms: round(percentile(local2, 99)),
+      };
+    } finally {
+      remote.close();
+      local.close();
+      await rm(dbDir, { recursive: true, force: true });
+    }
+  } finally {
+    if (launched) await stopPool(launched);
+    await rm(stateDir, { recursive: true, force: true });
+  }
+  console.log(JSON.stringify({ bench: 'pool', ...figures }));
+}
+
+/** Lifecycle operations (start or hard_shutdown) per second over `count` fresh VMs. */
+async function lifecycle(rpc: JsonRpc, s: string, count: number): Promise<number> {
+  const vms: string[] = [];
+  await inParallel(
+    Array.from({ length: count }, (_, i) => i),
+    CONCURRENCY,
+    async (i) => {
+      vms.push((await rpc.call('VM.create', [s, vmRecord(`bench-${i}`, { memory: 64 * MiB })])) as string);
+    },
+  );
+  const startMs = await inParallel(vms, CONCURRENCY, async (vm) => {
+    await rpc.call('VM.start', [s, vm, false, false]);
+  });
+  const shutdownMs = await inParallel(vms, CONCURRENCY, async (vm) => {
+    await rpc.call('VM.hard_shutdown', [s, vm]);
+  });
+  await inParallel(vms, CONCURRENCY, async (vm) => {
+    await rpc.call('VM.destroy', [s, vm]);
+  });
+  return (2 * vms.length) / ((startMs + shutdownMs) / 1000);
+}
