@@ -39,13 +39,15 @@ export interface PoolStartOptions {
   /** Resolve once the output matches this (default: the ready line); rejects if the launcher exits first. */
   waitFor?: RegExp;
   timeoutMs?: number;
+  /** Start on these (a pool started again on its state) rather than fresh ones. */
+  again?: { addresses: string[]; httpPort: number; httpsPort: number; stateDir: string };
 }
 
 export async function startPool(o: PoolStartOptions): Promise<PoolProcess> {
-  const addresses = loopbackRange(o.hosts);
-  const httpPort = await freePort(addresses[0]!);
-  const httpsPort = await freePort(addresses[0]!);
-  const stateDir = await makeStateDir();
+  const addresses = o.again?.addresses ?? loopbackRange(o.hosts);
+  const httpPort = o.again?.httpPort ?? (await freePort(addresses[0]!));
+  const httpsPort = o.again?.httpsPort ?? (await freePort(addresses[0]!));
+  const stateDir = o.again?.stateDir ?? (await makeStateDir());
   const args = [
     'pool',
     '--hosts',
@@ -105,8 +107,8 @@ export async function waitGone(pids: number[], what: string, timeoutMs = 30_000)
   await waitUntil(`${what} (pids ${pids.join(', ')}) to exit`, () => pids.every((p) => !isRunning(p)), { intervalMs: 50, timeoutMs });
 }
 
-/** Stops a launcher we started (SIGTERM, then SIGKILL of it and its hosts past a deadline) and removes its state. */
-export async function stopPool(p: PoolProcess): Promise<void> {
+/** Stops a launcher we started (SIGTERM, then SIGKILL of it and its hosts past a deadline) and removes its state unless asked to keep it. */
+export async function stopPool(p: PoolProcess, keepState = false): Promise<void> {
   const pids = [p.launcherPid, ...p.hostPids].filter((pid) => pid > 0);
   for (const pid of pids.slice(0, 1)) if (isRunning(pid)) process.kill(pid, 'SIGTERM');
   const t = setTimeout(() => {
@@ -114,5 +116,5 @@ export async function stopPool(p: PoolProcess): Promise<void> {
   }, 30_000); // a deadline for a clean exit, not a wait
   await waitGone(pids, 'the launcher and its hosts', 40_000);
   clearTimeout(t);
-  await rm(p.stateDir, { recursive: true, force: true });
+  if (!keepState) await rm(p.stateDir, { recursive: true, force: true });
 }

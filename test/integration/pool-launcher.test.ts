@@ -9,6 +9,7 @@ import { readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PASSWORD, ROOT, makeStateDir } from './harness.js';
 import { jsonCall, login } from './client.js';
+import { XapiClient } from '../../src/rpc/client.js';
 import { isRunning, startPool, stopPool, waitGone } from './pool-harness.js';
 
 test('xapi pool --hosts 1: one coordinator, its address and the generated password printed, serve flags passed on', {
@@ -51,6 +52,11 @@ test("a password given in XAPI_ROOT_PASSWORD is the hosts' and is not printed", 
     assert.ok(!p.output().includes(PASSWORD));
     assert.match(p.output(), /root password: as given \(XAPI_ROOT_PASSWORD\)/);
     await login(`http://${p.addresses[0]}:${p.httpPort}`, PASSWORD);
+    // XapiClient (the hosts' own client) over HTTPS, the self-signed certificate accepted.
+    const client = new XapiClient(`https://${p.addresses[0]}:${p.httpsPort}`);
+    const session = await client.call('session.login_with_password', ['root', PASSWORD]);
+    assert.match(String(session), /^OpaqueRef:/);
+    client.close();
   } finally {
     await stopPool(p);
   }
