@@ -1,95 +1,46 @@
-// `xapi serve`: the host daemon's command line. The flag names are a contract that scripts and
-// tests depend on: --address, --http-port, --https-port, --state-dir, --backend,
-// --root-password-file; root's password may also come from XAPI_ROOT_PASSWORD.
+// `xapi serve`: the host daemon's command line (and `xapi pool`, src/cli/pool.ts, which runs
+// several). The flag names are a contract that scripts and tests depend on: --address,
+// --http-port, --https-port, --state-dir, --backend, --root-password-file,
+// --host-assumed-dead-interval (src/cli/flags.ts); root's password may also come from
+// XAPI_ROOT_PASSWORD.
 import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startHost, type HostOptions, type RunningHost } from '../host/host.js';
 import { roleText } from '../host/pool-role.js';
 import { ListenError } from '../http/server.js';
 import { StoreFormatError } from '../db/store.js';
+import { SERVE_OPTIONS, UsageError, hostOptions } from './flags.js';
+import { POOL_USAGE, pool } from './pool.js';
 
 const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] [--state-dir D]
-                  [--backend simulator] [--root-password-file F]
+                  [--backend simulator] [--root-password-file F] [--host-assumed-dead-interval S]
                   [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
                   [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
-root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start`;
+          --host-assumed-dead-interval 600 (seconds)
+root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start
 
-function port(text: string, flag: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 0 || n > 65535)
-    throw new UsageError(`${flag} takes a port number (0-65535), not ${JSON.stringify(text)}`);
-  return n;
-}
-
-function positive(text: string | undefined, flag: string): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} takes a positive whole number, not ${JSON.stringify(text)}`);
-  return n;
-}
-
-function nonNegative(text: string | undefined, flag: string): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`${flag} takes a whole number of milliseconds, not ${JSON.stringify(text)}`);
-  return n;
-}
-
-class UsageError extends Error {}
+${POOL_USAGE}`;
 
 async function serve(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      address: { type: 'string', default: '0.0.0.0' },
-      'http-port': { type: 'string', default: '80' },
-      'https-port': { type: 'string', default: '443' },
-      'state-dir': { type: 'string', default: './state' },
-      backend: { type: 'string', default: 'simulator' },
-      'root-password-file': { type: 'string' },
-      'sim-cpus': { type: 'string' },
-      'sim-memory-mib': { type: 'string' },
-      'sim-nics': { type: 'string' },
-      'sim-boot-ms': { type: 'string' },
-      'sim-shutdown-ms': { type: 'string' },
-      'rpc-body-timeout-ms': { type: 'string' },
-      'upload-idle-timeout-ms': { type: 'string' },
-      'log-level': { type: 'string', default: 'info' },
-    },
-    strict: true,
-  });
-  if (values.backend !== 'simulator') throw new UsageError(`unknown --backend ${values.backend}: the available backend is "simulator"`);
+  const { values } = parseArgs({ args: argv, options: SERVE_OPTIONS, strict: true });
+  const options: HostOptions = hostOptions(values);
   let rootPassword = process.env.XAPI_ROOT_PASSWORD;
   if (values['root-password-file']) rootPassword = (await readFile(values['root-password-file'], 'utf8')).replace(/\r?\n$/, '');
 
-  const options: HostOptions = {
-    address: values.address!,
-    httpPort: port(values['http-port']!, '--http-port'),
-    httpsPort: port(values['https-port']!, '--https-port'),
-    stateDir: resolve(values['state-dir']!),
-    backend: 'simulator',
-    rootPassword,
-    logLevel: values['log-level'],
-    sim: {
-      cpus: positive(values['sim-cpus'], '--sim-cpus'),
-      memoryMiB: positive(values['sim-memory-mib'], '--sim-memory-mib'),
-      nics: values['sim-nics']?.split(',').filter(Boolean),
-    },
-    simTiming: {
-      bootTimeMs: nonNegative(values['sim-boot-ms'], '--sim-boot-ms'),
-      shutdownTimeMs: nonNegative(values['sim-shutdown-ms'], '--sim-shutdown-ms'),
-    },
-    http: {
-      rpcBodyTimeoutMs: positive(values['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),
-      uploadIdleTimeoutMs: positive(values['upload-idle-timeout-ms'], '--upload-idle-timeout-ms'),
-    },
+  // Started by `xapi pool` with an IPC channel: when the launcher goes (even by SIGKILL, or under
+  // a wrapper such as npx that does not pass signals on), the channel closes and this host stops,
+  // so no host outlives its launcher.
+  let parentGone = false;
+  let onParentGone = () => {
+    parentGone = true;
   };
+  if (process.send) process.on('disconnect', () => onParentGone());
+
   const start = async (): Promise<RunningHost> => {
     try {
-      return await startHost(options);
+      return await startHost({ ...options, rootPassword });
     } catch (e) {
       if (e instanceof ListenError || e instanceof StoreFormatError) {
         console.error(`xapi: ${e.message}`);
@@ -98,7 +49,7 @@ async function serve(argv: string[]): Promise<void> {
       throw e;
     }
   };
-  const shown = values.address === '0.0.0.0' ? '127.0.0.1' : values.address;
+  const shown = options.address === '0.0.0.0' ? '127.0.0.1' : options.address;
   const announce = (r: RunningHost) =>
     console.log(
       `xapi: host ready (${roleText(r.host.role)}): http://${shown}:${r.httpPort}/ and https://${shown}:${r.httpsPort}/ (user root, state in ${options.stateDir})`,
@@ -121,6 +72,8 @@ async function serve(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  onParentGone = () => stop('launcher gone');
+  if (parentGone) stop('launcher gone');
 
   // xapi restarts itself when its role changes (joining a pool, an eject, a transition): the host
   // closes and starts again in this process, reading its new role; there is no supervisor.
@@ -139,6 +92,7 @@ export async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   try {
     if (command === 'serve') return await serve(rest);
+    if (command === 'pool') return await pool(rest);
     console.error(USAGE);
     process.exit(command === undefined || command === 'help' || command === '--help' ? 0 : 2);
   } catch (e) {

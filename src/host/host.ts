@@ -76,6 +76,12 @@ export interface HostOptions {
   /** Bounds on how long a request body may take (defaults in src/http/server.ts). */
   http?: { rpcBodyTimeoutMs?: number; uploadIdleTimeoutMs?: number };
   logLevel?: string;
+  /**
+   * Seconds without a heartbeat after which the coordinator takes a member for dead
+   * (host_metrics.live false): xapi's host_assumed_dead_interval, 600 by default. From
+   * `--host-assumed-dead-interval`; absent = the default.
+   */
+  hostAssumedDeadIntervalS?: number;
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
 }

@@ -1,0 +1,95 @@
+// The flags of `xapi serve`, shared with `xapi pool` (which passes every serve flag on to each of
+// its hosts and checks them first, so a typo is one usage error rather than N dead hosts).
+import { resolve } from 'node:path';
+import type { HostOptions } from '../host/host.js';
+
+/** A command line that cannot be run as given: reported with the usage text, exit status 2. */
+export class UsageError extends Error {}
+
+/** xapi's host_assumed_dead_interval (xapi_globs.ml: 10 minutes). */
+export const DEFAULT_HOST_ASSUMED_DEAD_INTERVAL_S = 600;
+
+/** serve's options, in node:util parseArgs form. */
+export const SERVE_OPTIONS = {
+  address: { type: 'string', default: '0.0.0.0' },
+  'http-port': { type: 'string', default: '80' },
+  'https-port': { type: 'string', default: '443' },
+  'state-dir': { type: 'string', default: './state' },
+  backend: { type: 'string', default: 'simulator' },
+  'root-password-file': { type: 'string' },
+  'host-assumed-dead-interval': { type: 'string', default: String(DEFAULT_HOST_ASSUMED_DEAD_INTERVAL_S) },
+  'sim-cpus': { type: 'string' },
+  'sim-memory-mib': { type: 'string' },
+  'sim-nics': { type: 'string' },
+  'sim-boot-ms': { type: 'string' },
+  'sim-shutdown-ms': { type: 'string' },
+  'rpc-body-timeout-ms': { type: 'string' },
+  'upload-idle-timeout-ms': { type: 'string' },
+  'log-level': { type: 'string', default: 'info' },
+} as const;
+
+export type ServeFlag = keyof typeof SERVE_OPTIONS;
+export type ServeValues = { [K in ServeFlag]?: string };
+
+export function port(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new UsageError(`${flag} takes a port number (0-65535), not ${JSON.stringify(text)}`);
+  return n;
+}
+
+function positive(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} takes a positive whole number, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+function nonNegative(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`${flag} takes a whole number of milliseconds, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** A duration in seconds: positive, fractions allowed (tests use short intervals). */
+function seconds(text: string, flag: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n) || n <= 0)
+    throw new UsageError(`${flag} takes a positive number of seconds, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** The host's options from serve's flags (defaults filled in); root's password is the caller's. */
+export function hostOptions(given: ServeValues): HostOptions {
+  const v: ServeValues = { ...defaults(), ...given };
+  if (v.backend !== 'simulator') throw new UsageError(`unknown --backend ${v.backend}: the available backend is "simulator"`);
+  return {
+    address: v.address!,
+    httpPort: port(v['http-port']!, '--http-port'),
+    httpsPort: port(v['https-port']!, '--https-port'),
+    stateDir: resolve(v['state-dir']!),
+    backend: 'simulator',
+    logLevel: v['log-level'],
+    hostAssumedDeadIntervalS: seconds(v['host-assumed-dead-interval']!, '--host-assumed-dead-interval'),
+    sim: {
+      cpus: positive(v['sim-cpus'], '--sim-cpus'),
+      memoryMiB: positive(v['sim-memory-mib'], '--sim-memory-mib'),
+      nics: v['sim-nics']?.split(',').filter(Boolean),
+    },
+    simTiming: {
+      bootTimeMs: nonNegative(v['sim-boot-ms'], '--sim-boot-ms'),
+      shutdownTimeMs: nonNegative(v['sim-shutdown-ms'], '--sim-shutdown-ms'),
+    },
+    http: {
+      rpcBodyTimeoutMs: positive(v['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),
+      uploadIdleTimeoutMs: positive(v['upload-idle-timeout-ms'], '--upload-idle-timeout-ms'),
+    },
+  };
+}
+
+function defaults(): ServeValues {
+  const out: Record<string, string> = {};
+  for (const [name, o] of Object.entries(SERVE_OPTIONS)) if ('default' in o) out[name] = o.default;
+  return out;
+}
