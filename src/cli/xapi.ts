@@ -14,6 +14,7 @@ const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] 
                   [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
                   [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
+                  [--pool-db-sync-interval S]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
 root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start`;
 
@@ -29,6 +30,14 @@ function positive(text: string | undefined, flag: string): number | undefined {
   const n = Number(text);
   if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} takes a positive whole number, not ${JSON.stringify(text)}`);
   return n;
+}
+
+/** Seconds (fractions allowed) as milliseconds. */
+function seconds(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${flag} takes a positive number of seconds, not ${JSON.stringify(text)}`);
+  return Math.round(n * 1000);
 }
 
 function nonNegative(text: string | undefined, flag: string): number | undefined {
@@ -57,6 +66,7 @@ async function serve(argv: string[]): Promise<void> {
       'sim-shutdown-ms': { type: 'string' },
       'rpc-body-timeout-ms': { type: 'string' },
       'upload-idle-timeout-ms': { type: 'string' },
+      'pool-db-sync-interval': { type: 'string' },
       'log-level': { type: 'string', default: 'info' },
     },
     strict: true,
@@ -82,6 +92,7 @@ async function serve(argv: string[]): Promise<void> {
       bootTimeMs: nonNegative(values['sim-boot-ms'], '--sim-boot-ms'),
       shutdownTimeMs: nonNegative(values['sim-shutdown-ms'], '--sim-shutdown-ms'),
     },
+    poolDbSyncIntervalMs: seconds(values['pool-db-sync-interval'], '--pool-db-sync-interval'),
     http: {
       rpcBodyTimeoutMs: positive(values['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),
       uploadIdleTimeoutMs: positive(values['upload-idle-timeout-ms'], '--upload-idle-timeout-ms'),
