@@ -27,7 +27,10 @@ async function failure(p: Promise<unknown>): Promise<string[] | undefined> {
 
 /** A session on `x` once it serves as coordinator (it may still be restarting or checking). */
 function coordinatorSession(x: XapiProcess): Promise<string> {
-  return waitUntil(`${x.address} serving as coordinator`, () => login(x.url, PASSWORD).catch(() => ''), { timeoutMs: 60_000, intervalMs: 100 });
+  return waitUntil(`${x.address} serving as coordinator`, () => login(x.url, PASSWORD).catch(() => ''), {
+    timeoutMs: 60_000,
+    intervalMs: 100,
+  });
 }
 
 /** Waits until `member` is an enabled, live member of the coordinator `c`, answering HOST_IS_SLAVE [c]. */
@@ -50,7 +53,9 @@ async function poolRef(url: string, session: string): Promise<string> {
   return ((await jsonCall(url, 'pool.get_all', [session])) as string[])[0]!;
 }
 
-test('designate_new_master: the new host is coordinator, the others its members, nothing acknowledged lost', { timeout: 240_000 }, async () => {
+test('designate_new_master: the new host is coordinator, the others its members, nothing acknowledged lost', {
+  timeout: 240_000,
+}, async () => {
   const pool = await startPool(3);
   const [a, b, c] = pool.hosts as [XapiProcess, XapiProcess, XapiProcess];
   try {
@@ -95,7 +100,9 @@ test('designate_new_master: the new host is coordinator, the others its members,
   }
 });
 
-test('coordinator killed: emergency_transition_to_master, recover_slaves; the old one comes back as a member and never serves logins', { timeout: 300_000 }, async () => {
+test('coordinator killed: emergency_transition_to_master, recover_slaves; the old one comes back as a member and never serves logins', {
+  timeout: 300_000,
+}, async () => {
   const pool = await startPool(3);
   const [a, b, c] = pool.hosts as [XapiProcess, XapiProcess, XapiProcess];
   let restarted: XapiProcess | undefined;
