@@ -54,6 +54,8 @@ export interface HostContext {
    * out first (xapi's 10 s fuse, shortened).
    */
   changeRole(role: HostRole, reason: string, poolSecret?: string): Promise<void>;
+  /** Writes the role the next start reads, without restarting (xapi's set_role). */
+  writeRole(role: HostRole): Promise<void>;
   /** Milliseconds since the epoch; injectable for tests. */
   now(): number;
   /** How long a failed login waits before answering (xapi: 5 s, against password guessing). */

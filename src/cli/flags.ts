@@ -25,6 +25,7 @@ export const SERVE_OPTIONS = {
   'sim-shutdown-ms': { type: 'string' },
   'rpc-body-timeout-ms': { type: 'string' },
   'upload-idle-timeout-ms': { type: 'string' },
+  'pool-db-sync-interval': { type: 'string' },
   'log-level': { type: 'string', default: 'info' },
 } as const;
 
@@ -72,6 +73,8 @@ export function hostOptions(given: ServeValues): HostOptions {
     backend: 'simulator',
     logLevel: v['log-level'],
     hostAssumedDeadIntervalS: seconds(v['host-assumed-dead-interval']!, '--host-assumed-dead-interval'),
+    poolDbSyncIntervalMs:
+      v['pool-db-sync-interval'] === undefined ? undefined : 1000 * seconds(v['pool-db-sync-interval'], '--pool-db-sync-interval'),
     sim: {
       cpus: positive(v['sim-cpus'], '--sim-cpus'),
       memoryMiB: positive(v['sim-memory-mib'], '--sim-memory-mib'),

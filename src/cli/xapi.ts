@@ -17,6 +17,7 @@ const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] 
                   [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
                   [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
+                  [--pool-db-sync-interval S]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
           --host-assumed-dead-interval 600 (seconds)
 root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start

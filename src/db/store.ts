@@ -133,7 +133,13 @@ export class SqliteStore {
    * through the WAL, in one read transaction): what a pool member keeps as its backup.
    */
   serialize(): Buffer {
-    return this.db.serialize();
+    const image = this.db.serialize();
+    // The header still says WAL (bytes 18-19 = 2), which an image opened from memory cannot use
+    // ("unable to open database file"): mark it a rollback-journal file; whoever opens it as a
+    // live store switches it back to WAL.
+    image[18] = 1;
+    image[19] = 1;
+    return image;
   }
 
   close(): void {

@@ -64,7 +64,11 @@ export async function syncDatabase(
     // A database whose pool does not know this host (a copy from elsewhere): nothing to run as.
     throw new XapiError('HOST_UNKNOWN_TO_MASTER', [id.uuid]);
   }
-  if (role === 'master') await ensureDefaultTemplates(db);
+  if (role === 'master') {
+    // The coordinator is whoever starts as one (a transition starts from another's database).
+    if (pool[1].master !== hostRef) await db.update('pool', pool[0], { master: hostRef });
+    await ensureDefaultTemplates(db);
+  }
   // Every start: the software running now.
   await db.update('host', hostRef, {
     API_version_major: schema.apiVersion.major,

@@ -51,6 +51,9 @@ import { registerPoolDbHandlers } from './pool-db.js';
 import { RemoteDb } from '../db/remote.js';
 import { DB_FILE } from '../db/backup.js';
 import { closePeers } from '../xapi/forward.js';
+import * as poolBackup from '../xapi/pool-backup.js';
+import * as poolTransition from '../xapi/pool-transition.js';
+import { CHECKING, guardCoordinator, type CoordinatorGuard } from './coordinator-check.js';
 import { readInstallationUuid, readPoolRole, writeInstallationUuid, writePoolRole } from './pool-role.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
@@ -82,6 +85,8 @@ export interface HostOptions {
    * `--host-assumed-dead-interval`; absent = the default.
    */
   hostAssumedDeadIntervalS?: number;
+  /** The coordinator's pause before each member's database backup (xapi: 300 s). */
+  poolDbSyncIntervalMs?: number;
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
 }
@@ -135,6 +140,8 @@ export function buildApi(
   secret.register(registry, host.schema);
   hostApi.register(registry);
   pool.register(registry);
+  poolBackup.register(registry);
+  poolTransition.register(registry);
   network.register(registry, new network.NetworkService());
   consoleApi.register(registry);
   vmAppliance.register(registry, host.schema);
@@ -204,6 +211,15 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     restart = resolve;
   });
 
+  // A member serves only the emergency calls until its coordinator has taken it back; a broken
+  // host only them until its role changes.
+  let emergency: HostContext['emergency'] =
+    role.kind === 'slave'
+      ? { code: 'HOST_STILL_BOOTING', params: [] }
+      : role.kind === 'broken'
+        ? { code: 'HOST_BROKEN', params: [] }
+        : undefined;
+  let guard: CoordinatorGuard | undefined;
   const host: HostContext = {
     schema,
     db: typed(db),
@@ -218,13 +234,14 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       backend: opts.backend,
     },
     role,
-    // A member serves only the emergency calls until its coordinator has taken it back.
-    emergency:
-      role.kind === 'slave'
-        ? { code: 'HOST_STILL_BOOTING', params: [] }
-        : role.kind === 'broken'
-          ? { code: 'HOST_BROKEN', params: [] }
-          : undefined,
+    // A coordinator whose event loop was just stalled refuses calls until it has checked again
+    // that no other host took over meanwhile (coordinator-check.ts).
+    get emergency() {
+      return guard?.stalled() ? CHECKING : emergency;
+    },
+    set emergency(state) {
+      emergency = state;
+    },
     hostRef: '',
     poolRef: '',
     requestRestart: (reason) => {
@@ -237,6 +254,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       log.info({ role: next, reason }, 'role changed: restarting');
       setTimeout(() => host.requestRestart(reason), ROLE_CHANGE_FUSE_MS).unref();
     },
+    writeRole: (next) => writePoolRole(opts.stateDir, next),
     verifyLocalPassword: (user, password) => passwords.verify(user, password),
     localSessions: new Map(),
     poolSecrets: () => [poolSecret],
@@ -256,6 +274,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
 
   let firstStart = false;
+  let justBecame = false;
   if (local) {
     ({ hostRef: host.hostRef, poolRef: host.poolRef, firstStart } = await syncDatabase(typed(local), schema, identity));
     const cancelled = await dispatcher.tasks.cancelLeftovers();
@@ -268,6 +287,12 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     await hostOperations.updateAllAllowedOperations(host.db);
     xenops.start();
     await local.commit();
+    // A coordinator of a pool serves only the emergency calls until it has made sure that no
+    // other host is coordinator (coordinator-check.ts).
+    if (role.kind === 'master') {
+      justBecame = await poolTransition.justBecameCoordinator(host);
+      if ((await local.count('host')) > 1) host.emergency = CHECKING;
+    }
   }
 
   const gcTimer = setInterval(() => {
@@ -320,6 +345,14 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   }
   log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef: host.hostRef, role: role.kind }, 'host started');
 
+  let backups: { stop(): Promise<void> } | undefined;
+  let closing = false;
+  if (role.kind === 'master') {
+    guard = guardCoordinator(host, justBecame, () => {
+      if (!closing) backups = poolBackup.startCoordinatorBackups(host, opts.poolDbSyncIntervalMs);
+    });
+  }
+
   // A member's own records wait for its coordinator, which must be able to call it back first.
   const member =
     role.kind === 'slave'
@@ -336,7 +369,10 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     // Idempotent: a signal may arrive while a restart is closing the host.
     close() {
       closed ??= (async () => {
+        closing = true;
         clearInterval(gcTimer);
+        guard?.stop();
+        await backups?.stop();
         await member?.stop();
         await servers.close();
         closePeers(host);

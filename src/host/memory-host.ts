@@ -62,6 +62,7 @@ export async function memoryHost(
     // An in-memory host has no process to restart: tests read what was asked.
     requestRestart: (reason) => void restartRequests.push(reason),
     changeRole: async (next, reason) => void restartRequests.push(`${reason} (${next.kind})`),
+    writeRole: async () => undefined,
     localSessions: new Map(),
     poolSecrets: () => ['memory-pool-secret'],
     now: opts.now ?? (() => Date.now()),

@@ -2,8 +2,10 @@
 // and the coordinator's loop that keeps every member's copy recent. The transfer itself (the
 // coordinator's image, the member's atomic install) is src/db/backup.ts.
 import { internalError } from '../rpc/errors.js';
+import type { Call, HostContext, Registry } from '../api/context.js';
 import { fetchBackup, storedGeneration } from '../db/backup.js';
 import { Mutex } from '../util/mutex.js';
+import { callOn, isForwardedHere, runOn } from './forward.js';
 
 /** xapi_globs.pool_db_sync_interval: the coordinator's pause before each member's backup. */
 export const POOL_DB_SYNC_INTERVAL_MS = 300_000;
@@ -133,4 +135,59 @@ export function startBackupLoop<M>(o: BackupLoopOptions<M>): { stop(): Promise<v
       return loop;
     },
   };
+}
+
+/** host.request_backup run here: this host's own backup (see requestBackup). */
+function requestBackupHere(call: Call, hostRef: string, generation: number, force: boolean) {
+  const host = call.host;
+  return requestBackup({
+    host: hostRef,
+    localHost: host.hostRef,
+    generation,
+    force,
+    coordinator: host.role.kind === 'master' ? { commit: () => host.db.commit() } : null,
+    coordinatorAddress: host.role.kind === 'slave' ? host.role.master : host.config.address,
+    httpsPort: host.config.httpsPort,
+    poolSecret: host.poolSecrets()[0]!,
+    stateDir: host.config.stateDir,
+  });
+}
+
+/** host.request_backup on the coordinator: forwarded to the host it names. */
+async function requestBackupOn(call: Call, hostRef: string, generation: number, force: boolean): Promise<void> {
+  if (call.host.role.kind === 'master' && !isForwardedHere(call)) {
+    await call.db.get('host', hostRef);
+    await runOn(call, hostRef, 'host.request_backup', [hostRef, generation, force], () =>
+      requestBackupHere(call, hostRef, generation, force),
+    );
+  } else await requestBackupHere(call, hostRef, generation, force);
+}
+
+export function register(r: Registry): void {
+  r.implement('host.request_backup', (call, [hostRef, generation, force]) => requestBackupOn(call, hostRef, generation, force)).implement(
+    'pool.sync_database',
+    async (call) => {
+      // xapi flushes to the HA metadata VDI first when HA is on; this build has no HA yet.
+      const hosts = (await call.db.all('host')).map(([ref]) => ref);
+      await syncDatabase({ hosts, generation: call.db.generation(), requestBackup: (h, g, f) => requestBackupOn(call, h, g, f) });
+    },
+  );
+}
+
+/**
+ * The coordinator's backup loop over its members (every host but itself), each asked through
+ * host.request_backup(force=false) under a pool session.
+ */
+export function startCoordinatorBackups(host: HostContext, intervalMs?: number): { stop(): Promise<void> } {
+  return startBackupLoop<string>({
+    members: async () => (await host.db.all('host')).map(([ref]) => ref).filter((ref) => ref !== host.hostRef),
+    generation: () => host.db.generation(),
+    push: async (ref, generation) => {
+      const member = await host.db.tryGet('host', ref);
+      if (!member) return;
+      await callOn(host, ref, member.address, 'host.request_backup', [ref, generation, false]);
+    },
+    intervalMs,
+    onError: (member, error) => host.log.warn({ err: error, host: member }, 'database backup to a member failed'),
+  });
 }

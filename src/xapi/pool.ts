@@ -3,6 +3,7 @@ import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import { callOn } from './forward.js';
 import { join } from './pool-join.js';
+import { nextRole } from './pool-transition.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 
 /**
@@ -69,7 +70,9 @@ export function register(r: Registry): void {
     .implement('pool.hello', (call, [uuid, address]) => hello(call, uuid, address))
     // The secret goes to whoever may call it (pool-operator and above), as xapi's does.
     .implement('pool.initial_auth', (call) => call.host.poolSecrets()[0]!)
-    .implement('pool.is_slave', (call) => call.host.role.kind !== 'master')
+    // By the role written for the next start: a coordinator that committed to another host is
+    // already that host's member for whoever asks (pool-transition.ts).
+    .implement('pool.is_slave', (call) => nextRole(call.host).kind !== 'master')
     .implement('pool.join', (call, [address, user, password]) => join(call, address, user, password, false))
     .implement('pool.join_force', (call, [address, user, password]) => join(call, address, user, password, true));
 }
