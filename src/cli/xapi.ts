@@ -1,6 +1,9 @@
 // `xapi serve`: the host daemon's command line. The flag names are a contract that scripts and
 // tests depend on: --address, --http-port, --https-port, --state-dir, --backend,
-// --root-password-file; root's password may also come from XAPI_ROOT_PASSWORD.
+// --root-password-file, --host-assumed-dead-interval; root's password may also come from
+// XAPI_ROOT_PASSWORD. Two environment variables, for tests only and not in the usage text,
+// shorten the liveness timings: XAPI_HEARTBEAT_INTERVAL_MS (a member's heartbeat period, 30 s)
+// and XAPI_DB_GC_INTERVAL_MS (the database GC and liveness check period, 30 s).
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -10,11 +13,12 @@ import { ListenError } from '../http/server.js';
 import { StoreFormatError } from '../db/store.js';
 
 const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] [--state-dir D]
-                  [--backend simulator] [--root-password-file F]
+                  [--backend simulator] [--root-password-file F] [--host-assumed-dead-interval S]
                   [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
                   [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
+          --host-assumed-dead-interval 600 (seconds)
 root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start`;
 
 function port(text: string, flag: string): number {
@@ -38,6 +42,24 @@ function nonNegative(text: string | undefined, flag: string): number | undefined
   return n;
 }
 
+/** A duration in seconds: positive, fractions allowed (tests use short intervals). */
+function seconds(text: string, flag: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n) || n <= 0)
+    throw new UsageError(`${flag} takes a positive number of seconds, not ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** A test-only timing from the environment (milliseconds, positive), or undefined. */
+function envMs(name: string): number | undefined {
+  const text = process.env[name];
+  if (text === undefined || text === '') return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0)
+    throw new UsageError(`${name} takes a positive whole number of milliseconds, not ${JSON.stringify(text)}`);
+  return n;
+}
+
 class UsageError extends Error {}
 
 async function serve(argv: string[]): Promise<void> {
@@ -50,6 +72,7 @@ async function serve(argv: string[]): Promise<void> {
       'state-dir': { type: 'string', default: './state' },
       backend: { type: 'string', default: 'simulator' },
       'root-password-file': { type: 'string' },
+      'host-assumed-dead-interval': { type: 'string', default: '600' },
       'sim-cpus': { type: 'string' },
       'sim-memory-mib': { type: 'string' },
       'sim-nics': { type: 'string' },
@@ -73,6 +96,8 @@ async function serve(argv: string[]): Promise<void> {
     backend: 'simulator',
     rootPassword,
     logLevel: values['log-level'],
+    hostAssumedDeadIntervalS: seconds(values['host-assumed-dead-interval']!, '--host-assumed-dead-interval'),
+    timing: { heartbeatIntervalMs: envMs('XAPI_HEARTBEAT_INTERVAL_MS'), dbGcIntervalMs: envMs('XAPI_DB_GC_INTERVAL_MS') },
     sim: {
       cpus: positive(values['sim-cpus'], '--sim-cpus'),
       memoryMiB: positive(values['sim-memory-mib'], '--sim-memory-mib'),

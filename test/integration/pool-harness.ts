@@ -1,0 +1,93 @@
+// A pool of real `xapi serve` processes for the integration tests: N hosts on their own 127.x
+// addresses sharing one pair of ports (a host finds another by address alone, as in a real
+// pool), the first the coordinator and the others joined to it with pool.join, as an operator
+// would. Waits on conditions only: each member back as a member, enabled and live.
+import { createServer } from 'node:net';
+import { freePort, loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
+import { jsonCall, login } from './client.js';
+import { waitUntil } from '../wait.js';
+
+export interface TestPool {
+  hosts: XapiProcess[];
+  coordinator: XapiProcess;
+  members: XapiProcess[];
+  /** A session on the coordinator (root). */
+  session: string;
+  /** The host refs, in the order of `hosts`. */
+  refs: string[];
+  stop(keepState?: boolean): Promise<void>;
+}
+
+/** Ports free on every one of the addresses. */
+async function commonPorts(addresses: string[]): Promise<[number, number]> {
+  for (;;) {
+    const http = await freePort(addresses[0]!);
+    const https = await freePort(addresses[0]!);
+    if (http === https) continue;
+    let free = true;
+    for (const a of addresses.slice(1)) {
+      try {
+        await listenOnce(a, http);
+        await listenOnce(a, https);
+      } catch {
+        free = false;
+      }
+    }
+    if (free) return [http, https];
+  }
+}
+
+async function listenOnce(address: string, port: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(port, address, () => s.close(() => resolve()));
+  });
+}
+
+/** Starts standalone hosts with the pool's ports (not joined). */
+export async function startHosts(n: number, o: Omit<StartOptions, 'address' | 'httpPort' | 'httpsPort'> = {}): Promise<XapiProcess[]> {
+  const addresses = Array.from({ length: n }, () => loopbackAddress());
+  const [httpPort, httpsPort] = await commonPorts(addresses);
+  return Promise.all(addresses.map((address) => startXapi({ ...o, address, httpPort, httpsPort })));
+}
+
+/** Makes `member` join the pool of `coordinator` and waits until it is back as an enabled, live member. */
+export async function joinPool(coordinator: XapiProcess, member: XapiProcess): Promise<void> {
+  const s = await login(member.url, PASSWORD);
+  await jsonCall(member.url, 'pool.join', [s, coordinator.address, 'root', PASSWORD]);
+  const cs = await login(coordinator.url, PASSWORD);
+  await waitUntil(`${member.address} enabled and live in the pool of ${coordinator.address}`, async () => {
+    const hosts = (await jsonCall(coordinator.url, 'host.get_all_records', [cs])) as Record<string, Record<string, unknown>>;
+    const mine = Object.values(hosts).find((h) => h.address === member.address);
+    if (!mine?.enabled) return false;
+    return (await jsonCall(coordinator.url, 'host_metrics.get_live', [cs, mine.metrics])) === true;
+  });
+}
+
+export async function startPool(n: number, o: Omit<StartOptions, 'address' | 'httpPort' | 'httpsPort'> = {}): Promise<TestPool> {
+  const hosts = await startHosts(n, o);
+  const [coordinator, ...members] = hosts as [XapiProcess, ...XapiProcess[]];
+  try {
+    for (const m of members) await joinPool(coordinator, m);
+  } catch (e) {
+    await Promise.all(hosts.map((h) => stopXapi(h)));
+    throw e;
+  }
+  const session = await login(coordinator.url, PASSWORD);
+  const refs: string[] = [];
+  for (const h of hosts) {
+    const all = (await jsonCall(coordinator.url, 'host.get_all_records', [session])) as Record<string, Record<string, unknown>>;
+    refs.push(Object.entries(all).find(([, r]) => r.address === h.address)![0]);
+  }
+  return {
+    hosts,
+    coordinator,
+    members,
+    session,
+    refs,
+    stop: async (keepState = false) => {
+      await Promise.all(hosts.map((h) => stopXapi(h, keepState)));
+    },
+  };
+}
