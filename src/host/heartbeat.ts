@@ -13,7 +13,7 @@ import { HEARTBEAT_SHUTTING_DOWN, HEARTBEAT_TIME, HOST_HEARTBEAT_INTERVAL_MS } f
 /** A heartbeat call that stays silent this long is abandoned (the next one tries again). */
 export const HEARTBEAT_CALL_TIMEOUT_MS = 20_000;
 /** How long a stopping member waits for its last heartbeat to be taken. */
-export const LAST_HEARTBEAT_TIMEOUT_MS = 2_000;
+export const LAST_HEARTBEAT_TIMEOUT_MS = 5_000;
 
 export interface HeartbeatOptions {
   host: HostContext;
