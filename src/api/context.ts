@@ -56,6 +56,11 @@ export interface HostContext {
   changeRole(role: HostRole, reason: string, poolSecret?: string): Promise<void>;
   /** Writes the role the next start reads, without restarting (xapi's set_role). */
   writeRole(role: HostRole): Promise<void>;
+  /**
+   * Told when the coordinator has just called this host (pool.is_slave): on a member, database
+   * calls waiting to retry try again at once. Absent where there is nothing to wake.
+   */
+  coordinatorContacted?(): void;
   /** Milliseconds since the epoch; injectable for tests. */
   now(): number;
   /** How long a failed login waits before answering (xapi: 5 s, against password guessing). */

@@ -61,6 +61,16 @@ function seconds(text: string, flag: string): number {
   return n;
 }
 
+/** A test-only timing from the environment (milliseconds, positive), or undefined. */
+function envMs(name: string): number | undefined {
+  const text = process.env[name];
+  if (text === undefined || text === '') return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0)
+    throw new UsageError(`${name} takes a positive whole number of milliseconds, not ${JSON.stringify(text)}`);
+  return n;
+}
+
 /** The host's options from serve's flags (defaults filled in); root's password is the caller's. */
 export function hostOptions(given: ServeValues): HostOptions {
   const v: ServeValues = { ...defaults(), ...given };
@@ -73,6 +83,7 @@ export function hostOptions(given: ServeValues): HostOptions {
     backend: 'simulator',
     logLevel: v['log-level'],
     hostAssumedDeadIntervalS: seconds(v['host-assumed-dead-interval']!, '--host-assumed-dead-interval'),
+    timing: { heartbeatIntervalMs: envMs('XAPI_HEARTBEAT_INTERVAL_MS'), dbGcIntervalMs: envMs('XAPI_DB_GC_INTERVAL_MS') },
     poolDbSyncIntervalMs:
       v['pool-db-sync-interval'] === undefined ? undefined : 1000 * seconds(v['pool-db-sync-interval'], '--pool-db-sync-interval'),
     sim: {

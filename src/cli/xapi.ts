@@ -2,7 +2,9 @@
 // several). The flag names are a contract that scripts and tests depend on: --address,
 // --http-port, --https-port, --state-dir, --backend, --root-password-file,
 // --host-assumed-dead-interval (src/cli/flags.ts); root's password may also come from
-// XAPI_ROOT_PASSWORD.
+// XAPI_ROOT_PASSWORD. Two environment variables, for tests only and not in the usage text,
+// shorten the liveness timings: XAPI_HEARTBEAT_INTERVAL_MS (a member's heartbeat period, 30 s)
+// and XAPI_DB_GC_INTERVAL_MS (the database GC and liveness check period, 30 s).
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { startHost, type HostOptions, type RunningHost } from '../host/host.js';

@@ -23,6 +23,7 @@ import * as user from '../xapi/user.js';
 import * as secret from '../xapi/secret.js';
 import * as hostApi from '../xapi/host.js';
 import * as pool from '../xapi/pool.js';
+import * as liveness from '../xapi/liveness.js';
 import * as network from '../xapi/network.js';
 import * as consoleApi from '../xapi/console.js';
 import * as vmAppliance from '../xapi/vm-appliance.js';
@@ -74,6 +75,11 @@ export interface HostOptions {
   /** Sets root's password at start (from XAPI_ROOT_PASSWORD or --root-password-file). */
   rootPassword?: string;
   sim?: { cpus?: number; memoryMiB?: number; nics?: string[] };
+  /**
+   * Liveness timings shorter than xapi's, for tests: a member's heartbeat period (30 s) and the
+   * database GC period, which runs the coordinator's liveness check (30 s).
+   */
+  timing?: { heartbeatIntervalMs?: number; dbGcIntervalMs?: number };
   /** Simulated boot and shutdown times (ms). */
   simTiming?: { bootTimeMs?: number; shutdownTimeMs?: number };
   /** Bounds on how long a request body may take (defaults in src/http/server.ts). */
@@ -126,8 +132,10 @@ export function buildApi(
   db: AnyDb,
   setPassword: session.SetPassword,
   domains: DomainManager,
-): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage } {
+  livenessOptions: liveness.LivenessOptions = {},
+): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness } {
   const registry = new Registry();
+  const hosts = new liveness.Liveness(host, livenessOptions);
   const events = new EventService(host, db);
   const storage = new Storage(host);
   const xenops = new XenopsSync(host, domains, storage);
@@ -139,7 +147,8 @@ export function buildApi(
   user.register(registry, host.schema);
   secret.register(registry, host.schema);
   hostApi.register(registry);
-  pool.register(registry);
+  liveness.register(registry, hosts);
+  pool.register(registry, hosts);
   poolBackup.register(registry);
   poolTransition.register(registry);
   network.register(registry, new network.NetworkService());
@@ -158,7 +167,7 @@ export function buildApi(
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
   hostOperations.register(registry);
-  return { registry, dispatcher, xenops, storage };
+  return { registry, dispatcher, xenops, storage, liveness: hosts };
 }
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
@@ -260,6 +269,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     poolSecrets: () => [poolSecret],
     now: () => Date.now(),
     authFailureDelayMs: session.AUTH_FAILURE_DELAY_MS,
+    coordinatorContacted: () => remote?.wake(),
   };
 
   const domains = new SimulatorBackend({
@@ -271,7 +281,14 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       else log.error({ err: cause }, 'the domain manager cannot save its state: its operations wait until it can');
     },
   });
-  const { dispatcher, xenops, storage } = buildApi(host, db, (user, password) => passwords.set(user, password), domains);
+  const {
+    dispatcher,
+    xenops,
+    storage,
+    liveness: hosts,
+  } = buildApi(host, db, (user, password) => passwords.set(user, password), domains, {
+    deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined,
+  });
 
   let firstStart = false;
   let justBecame = false;
@@ -300,9 +317,11 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     void (async () => {
       await dispatcher.tasks.gc();
       await session.sessionGc(host);
+      // Without HA, which members are live is decided here from their heartbeats.
+      await hosts.check(host.db);
       await local.commit();
     })().catch((e) => log.error({ err: e }, 'database GC failed'));
-  }, DB_GC_INTERVAL_MS);
+  }, opts.timing?.dbGcIntervalMs ?? DB_GC_INTERVAL_MS);
   gcTimer.unref();
 
   const table = new HandlerTable()
@@ -356,7 +375,17 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   // A member's own records wait for its coordinator, which must be able to call it back first.
   const member =
     role.kind === 'slave'
-      ? startMember({ host, identity, schema, xenops, storage, poolSecret, master: role.master, remote: remote! })
+      ? startMember({
+          host,
+          identity,
+          schema,
+          xenops,
+          storage,
+          poolSecret,
+          master: role.master,
+          remote: remote!,
+          heartbeatIntervalMs: opts.timing?.heartbeatIntervalMs,
+        })
       : undefined;
 
   let closed: Promise<void> | undefined;

@@ -15,6 +15,7 @@ import { peer } from '../xapi/forward.js';
 import { fetchBackup } from '../db/backup.js';
 import { syncDatabase, type HostIdentity } from './dbsync.js';
 import { plugLocalPbds } from './local-storage.js';
+import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 
 /** xapi's waits between attempts to be taken back: 5 s, or 60 s when the coordinator does not know this host. */
 export const HELLO_RETRY_MS = 5_000;
@@ -29,24 +30,37 @@ export interface MemberStart {
   poolSecret: string;
   master: string;
   remote: RemoteDb;
+  /** Between two heartbeats (default xapi's 30 s). */
+  heartbeatIntervalMs?: number;
 }
 
 export function startMember(o: MemberStart): { stop(): Promise<void> } {
   const { host } = o;
   const stopping = new AbortController();
+  let heartbeat: Heartbeat | undefined;
   const run = (async () => {
     await helloUntilTakenBack(o, stopping.signal);
     o.remote.wake();
     const { hostRef, poolRef } = await syncDatabase(host.db, o.schema, o.identity, 'slave');
     host.hostRef = hostRef;
     host.poolRef = poolRef;
+    if (stopping.signal.aborted) return;
+    // Heartbeats from here on: the coordinator took this host back at hello and knows its ref.
+    heartbeat = startHeartbeat({
+      host,
+      master: o.master,
+      poolSecret: o.poolSecret,
+      intervalMs: o.heartbeatIntervalMs,
+      onCoordinatorBack: () => o.remote.wake(),
+    });
     await plugLocalPbds(o.storage);
     await o.xenops.resync();
     o.xenops.start();
+    // Serving before the host says it may run VMs: whoever sees it enabled can call it.
+    host.emergency = undefined;
     // xapi's consider_enabling_host: storage and domains are in order, so VMs may start here.
     await host.db.update('host', hostRef, { enabled: true });
     await host.db.commit();
-    host.emergency = undefined;
     host.log.info({ coordinator: o.master }, 'member of the pool: serving');
     // The copy of the pool's database this member would start from as coordinator.
     await fetchBackup({ address: o.master, port: host.config.httpsPort, poolSecret: o.poolSecret, stateDir: host.config.stateDir }).catch(
@@ -56,8 +70,10 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
     if (!stopping.signal.aborted) host.log.error({ err: e }, 'member start-up failed');
   });
   return {
+    // A clean stop: the coordinator is told (the last heartbeat says shutting-down).
     async stop() {
       stopping.abort();
+      await heartbeat?.stop(true);
       await run;
     },
   };

@@ -63,7 +63,16 @@ export async function assertCanEject(db: Db, host: string, coordinator: string, 
  * CPUs, PIFs with their metrics, PBDs and every other row bound to the host; disk VBDs of VDIs
  * that went, while CD VBDs are emptied). Other VMs stay. Returns what was removed.
  */
-export async function removeEjectedHost(db: Db, host: string): Promise<[string, string][]> {
+export function removeEjectedHost(db: Db, host: string): Promise<[string, string][]> {
+  return removeHostRecords(db, host, { forgetLocalSrs: true });
+}
+
+/**
+ * The records removal itself. With `forgetLocalSrs` false (host.destroy), the SRs only this host
+ * saw stay in the database with their VDIs, losing only their PBD, as xapi's database GC leaves
+ * them.
+ */
+export async function removeHostRecords(db: Db, host: string, opts: { forgetLocalSrs: boolean }): Promise<[string, string][]> {
   const removed: [string, string][] = [];
   const destroy = async (cls: Parameters<Db['destroy']>[0], ref: string) => {
     if (ref === NULL_REF || !(await db.tryGet(cls, ref))) return;
@@ -75,7 +84,9 @@ export async function removeEjectedHost(db: Db, host: string): Promise<[string, 
 
   // SRs whose only PBD is this host's: SR.forget, with their VDIs.
   const localSrs = new Set<string>();
-  for (const [, pbd] of myPbds) if ((await db.find('PBD', { SR: pbd.SR })).length === 1) localSrs.add(pbd.SR);
+  if (opts.forgetLocalSrs) {
+    for (const [, pbd] of myPbds) if ((await db.find('PBD', { SR: pbd.SR })).length === 1) localSrs.add(pbd.SR);
+  }
   const goneVdis = new Set<string>();
   for (const sr of localSrs) for (const [vdi] of await db.find('VDI', { SR: sr })) goneVdis.add(vdi);
 

@@ -2,6 +2,7 @@
 import { XapiError } from '../rpc/errors.js';
 import type { Call, Registry } from '../api/context.js';
 import { callOn } from './forward.js';
+import type { Liveness } from './liveness.js';
 import { join } from './pool-join.js';
 import { nextRole } from './pool-transition.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
@@ -45,9 +46,10 @@ async function licenseState(call: Call): Promise<Record<string, string>> {
 /**
  * pool.hello, on the coordinator: a member that (re)started says who it is. The coordinator
  * checks it can call the member back, takes the host as live (without HA) but disabled until the
- * member enables itself, and forgets what it had on that host's behalf (xapi_pool.ml hello).
+ * member enables itself, and forgets what it had on that host's behalf: the tasks that ran there,
+ * a shutdown it announced; its heartbeat timer starts afresh (xapi_pool.ml hello).
  */
-async function hello(call: Call, uuid: string, address: string): Promise<string> {
+async function hello(call: Call, liveness: Liveness, uuid: string, address: string): Promise<string> {
   const db = call.db;
   const hostRef = await db.refByUuid('host', uuid);
   if (!hostRef) return 'unknown_host';
@@ -61,18 +63,23 @@ async function hello(call: Call, uuid: string, address: string): Promise<string>
   await db.update('host', hostRef, { enabled: false });
   const pool = await db.get('pool', call.host.poolRef);
   if (!pool.ha_enabled) await db.update('host_metrics', (await db.get('host', hostRef)).metrics, { live: true });
+  await liveness.hello(db, hostRef);
   return 'ok';
 }
 
-export function register(r: Registry): void {
+export function register(r: Registry, liveness: Liveness): void {
   // The pool argument is not even looked at by xapi.
   r.implement('pool.get_license_state', (call) => licenseState(call))
-    .implement('pool.hello', (call, [uuid, address]) => hello(call, uuid, address))
+    .implement('pool.hello', (call, [uuid, address]) => hello(call, liveness, uuid, address))
     // The secret goes to whoever may call it (pool-operator and above), as xapi's does.
     .implement('pool.initial_auth', (call) => call.host.poolSecrets()[0]!)
     // By the role written for the next start: a coordinator that committed to another host is
-    // already that host's member for whoever asks (pool-transition.ts).
-    .implement('pool.is_slave', (call) => nextRole(call.host).kind !== 'master')
+    // already that host's member for whoever asks (pool-transition.ts). The coordinator asking
+    // is also the sign it is back: a member's database calls waiting to retry try again now.
+    .implement('pool.is_slave', (call) => {
+      call.host.coordinatorContacted?.();
+      return nextRole(call.host).kind !== 'master';
+    })
     .implement('pool.join', (call, [address, user, password]) => join(call, address, user, password, false))
     .implement('pool.join_force', (call, [address, user, password]) => join(call, address, user, password, true));
 }

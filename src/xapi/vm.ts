@@ -20,6 +20,7 @@ import { createVdi, destroyVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
 import { allowedVbdDevices } from './vbd.js';
 import { untilStored } from '../db/until-stored.js';
+import { isHostAlive } from './liveness.js';
 
 export class VmService {
   constructor(readonly sync: XenopsSync) {}
@@ -527,7 +528,8 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
  * VM.power_state_reset (xapi_vm.ml): for when the database thinks a VM runs and it does not.
  * Refused for a control domain; for a live VM placed here, refused if the domain manager says
  * it runs (DOMAIN_EXISTS, with the VM only), otherwise the backend forgets it; placed on another
- * host that is alive, refused (HOST_IS_LIVE). Then the VM is Halted, whatever its state.
+ * host that is alive (marked live and answering when asked), refused (HOST_IS_LIVE). Then the VM
+ * is Halted, whatever its state.
  */
 async function powerStateReset(call: Call, sync: XenopsSync, ref: string): Promise<void> {
   const db = call.db;
@@ -538,10 +540,8 @@ async function powerStateReset(call: Call, sync: XenopsSync, ref: string): Promi
       const state = await sync.stat(vm).catch(() => undefined);
       if (state?.powerState === 'Running') throw new XapiError('DOMAIN_EXISTS', [ref]);
       await sync.backend.remove(vm.uuid).catch(() => undefined);
-    } else {
-      const host = vm.resident_on !== NULL_REF ? await db.tryGet('host', vm.resident_on) : undefined;
-      const metrics = host && host.metrics !== NULL_REF ? await db.tryGet('host_metrics', host.metrics) : undefined;
-      if (metrics?.live) throw new XapiError('HOST_IS_LIVE', [vm.resident_on]);
+    } else if (await isHostAlive(call.host, db, vm.resident_on)) {
+      throw new XapiError('HOST_IS_LIVE', [vm.resident_on]);
     }
   }
   await forceStateReset(db, ref, 'Halted');
