@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { PASSWORD, type XapiProcess } from './harness.js';
 import { jsonCall, login, RpcFailure } from './client.js';
 import { joinPool, startPool, type TestPool } from './pool-harness.js';
+import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 async function failure(p: Promise<unknown>): Promise<string[]> {
@@ -43,6 +44,25 @@ describe('pool.eject in a pool of three', () => {
     assert.deepEqual(await jsonCall(c.url, 'pool.get_current_operations', [s, poolRef]), {});
     assert.ok(((await jsonCall(c.url, 'pool.get_allowed_operations', [s, poolRef])) as string[]).includes('eject'));
     assert.equal(((await jsonCall(c.url, 'host.get_all', [s])) as string[]).length, 3);
+  });
+
+  it('refuses to eject a member a VM runs on: OPERATION_NOT_ALLOWED ["VM resident on host"]', async () => {
+    const { coordinator: c, session: s } = pool;
+    const m = pool.members[1]!;
+    const ref = pool.refs[2]!;
+    // Started on the member itself, under a local session there.
+    const local = (await jsonCall(m.url, 'session.slave_local_login_with_password', ['root', PASSWORD])) as string;
+    const vm = (await jsonCall(m.url, 'VM.create', [local, vmRecord('on-the-member', { memory: 256 * 2 ** 20 })])) as string;
+    await jsonCall(m.url, 'VM.start_on', [local, vm, ref, false, false]);
+    assert.equal(await jsonCall(c.url, 'VM.get_resident_on', [s, vm]), ref);
+    assert.deepEqual(await failure(jsonCall(c.url, 'pool.eject', [s, ref])), ['OPERATION_NOT_ALLOWED', 'VM resident on host']);
+    // Nothing was let go: the member is still the pool's, with its storage.
+    assert.equal(await jsonCall(m.url, 'pool.is_slave', [local, ref]), true);
+    assert.equal(((await jsonCall(c.url, 'host.get_all', [s])) as string[]).length, 3);
+    assert.equal(((await jsonCall(c.url, 'host.get_PBDs', [s, ref])) as string[]).length, 1);
+    await jsonCall(m.url, 'VM.hard_shutdown', [local, vm]);
+    await jsonCall(m.url, 'VM.destroy', [local, vm]);
+    await jsonCall(m.url, 'session.local_logout', [local]);
   });
 
   it('ejects a member: it restarts as a pool of its own, the pool keeps the others, and it can join again', async () => {
