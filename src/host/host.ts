@@ -24,6 +24,7 @@ import * as secret from '../xapi/secret.js';
 import * as hostApi from '../xapi/host.js';
 import * as pool from '../xapi/pool.js';
 import * as liveness from '../xapi/liveness.js';
+import * as poolEject from '../xapi/pool-eject.js';
 import * as network from '../xapi/network.js';
 import * as consoleApi from '../xapi/console.js';
 import * as vmAppliance from '../xapi/vm-appliance.js';
@@ -163,6 +164,7 @@ export function buildApi(
   vif.register(registry, xenops);
   sr.register(registry, storage);
   pbd.register(registry, storage);
+  poolEject.register(registry, storage);
   vdi.register(registry, storage);
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
@@ -172,9 +174,13 @@ export function buildApi(
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
+  // A host ejected from its pool finishes its reset before anything of the old pool is read.
+  const ejected = await poolEject.finishEject(opts.stateDir);
   // Buffered: one write per 4 KiB of log lines, not one per call (flushed at close).
   const logFile = new LogFile(join(opts.stateDir, 'xapi.log'));
   const log: Logger = pino({ level: opts.logLevel ?? 'info', base: { host: opts.address }, redact: ['password', 'pwd'] }, logFile);
+
+  if (ejected) log.info('ejected from its pool: starting as a pool of its own');
 
   const passwords = PasswordFile.at(opts.stateDir);
   const existed = await passwords.load();

@@ -1,6 +1,7 @@
-// pool.eject's data side (message_forwarding.ml Pool.eject, xapi_pool.ml eject and eject_self):
-// the refusals in xapi's order, the records the pool's database loses, and what the ejected
-// host's state directory keeps when it starts again as a pool of its own.
+// pool.eject (message_forwarding.ml Pool.eject, xapi_pool.ml eject and eject_self): the
+// refusals in xapi's order, the call's course through the pool, the records the pool's database
+// loses, and what the ejected host's state directory keeps when it starts again as a pool of its
+// own.
 //
 // Order of the refusals: the coordinator first takes the pool operation `eject` (its waiting
 // and OTHER_OPERATION_IN_PROGRESS are the caller's, with the other pool operations), then
@@ -9,17 +10,30 @@
 // reaches the client as INTERNAL_ERROR with its printed name, before any HA check; on a member,
 // eject_self checks HA, a pool update in progress, then the VMs resident there.
 //
+// Course: the ejected host first (its checks again, its PBDs unplugged, then its commitment to
+// leave: a marker file, after which it restarts as a pool of its own), then the other members
+// (best effort: xapi drops the host's certificate files there; nothing is kept per host here),
+// and last the coordinator, which removes the host's records. So the member has left before the
+// pool forgets it: a member that restarts before its marker is written is still a member the
+// pool knows; once the marker is written, every start finishes the reset (finishEject) and it
+// never comes back as a member of the pool it left.
+//
 // The host's uuid survives: xapi's eject deletes the local databases, the pool secret and the
 // pool certificates, and resets pool.conf to master, but the inventory (INSTALLATION_UUID) is
 // left alone (the reset-and-reboot script only rewrites its TLS verification line), so the host
 // record its next start creates has the same uuid. What it had on local storage is gone (the
 // pool forgot those SRs, and a fresh standalone host makes a new local SR).
-import { rm } from 'node:fs/promises';
+import { access, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { XapiError } from '../rpc/errors.js';
+import type { Call, Registry } from '../api/context.js';
 import type { Db } from '../db/interface.js';
 import { NULL_REF } from '../schema/types.js';
-import { writeFileAtomic } from '../util/files.js';
+import { fsyncDir, writeFileAtomic } from '../util/files.js';
+import { callOn, isForwardedHere, runOn } from './forward.js';
+import { unplugPbd } from './pbd.js';
+import { withPoolOperation } from './pool-operations.js';
+import type { Storage } from './storage.js';
 
 /** Whether a host counts as live: its metrics say so (the coordinator always is, to itself). */
 export async function isHostLive(db: Db, host: string): Promise<boolean> {
@@ -159,4 +173,92 @@ export async function resetEjectedStateDir(stateDir: string): Promise<void> {
   // coordinator starting from a backup of the pool it left (a second coordinator of that pool).
   for (const name of EJECT_REMOVES) await rm(join(stateDir, name), { recursive: true, force: true });
   await writeFileAtomic(join(stateDir, 'pool.conf'), 'master');
+}
+
+/**
+ * The file that says this host has left its pool: written (durably) before the ejected host
+ * answers, so the reset cannot be half done whatever moment the process dies at.
+ */
+export const EJECTED_MARKER = 'ejected';
+
+/** The ejected host's commitment to leave: from here on every start finishes the reset. */
+export async function markEjected(stateDir: string): Promise<void> {
+  await writeFileAtomic(join(stateDir, EJECTED_MARKER), 'ejected from its pool\n', 0o600);
+}
+
+/**
+ * At start, before anything is read: a host that was ejected (marker present) resets its state
+ * directory, then drops the marker. Idempotent, so a crash during it only repeats it. Returns
+ * whether there was a reset to finish.
+ */
+export async function finishEject(stateDir: string): Promise<boolean> {
+  const marker = join(stateDir, EJECTED_MARKER);
+  try {
+    await access(marker);
+  } catch {
+    return false;
+  }
+  await resetEjectedStateDir(stateDir); // its last write (pool.conf) makes the removals durable
+  await rm(marker, { force: true });
+  await fsyncDir(stateDir);
+  return true;
+}
+
+/** eject_self: on the ejected member, its checks, its storage let go, then it leaves. */
+async function ejectSelf(call: Call, storage: Storage, host: string): Promise<void> {
+  await assertCanEjectSelf(call.db, host);
+  // A PBD that will not unplug (a disk still in use) stops the eject before anything is lost.
+  for (const [pbd] of await call.db.find('PBD', { host })) await unplugPbd(storage, pbd);
+  await markEjected(call.host.config.stateDir);
+  call.host.log.info({ host }, 'pool.eject: this host leaves its pool');
+  // pool.conf says coordinator again; the restart (after this call's reply) finishes the reset.
+  await call.host.changeRole({ kind: 'master' }, 'ejected from the pool');
+}
+
+/** xapi_pool.ml eject: each host's part, told apart by which host this is. */
+async function ejectPart(call: Call, storage: Storage, host: string): Promise<void> {
+  const here = call.host.hostRef;
+  const coordinator = (await call.db.get('pool', call.host.poolRef)).master;
+  if (host === here && here !== coordinator) return ejectSelf(call, storage, host);
+  // Another member: xapi removes the ejected host's certificate files; no such files here.
+  if (host !== here && here !== coordinator) return;
+  if (host !== here) {
+    const removed = await removeEjectedHost(call.db, host);
+    await call.db.commit();
+    call.host.log.info({ host, removed: removed.length }, 'pool.eject: the host and its records removed');
+    return;
+  }
+  throw new XapiError('INTERNAL_ERROR', ['Xapi_pool.Cannot_eject_master']);
+}
+
+/** Message_forwarding's Pool.eject, on the coordinator: the pool operation, then each host's part. */
+async function ejectFromPool(call: Call, storage: Storage, host: string): Promise<void> {
+  const db = call.db;
+  await withPoolOperation(call, call.host.poolRef, 'eject', async () => {
+    const coordinator = (await db.get('pool', call.host.poolRef)).master;
+    await assertCanEject(db, host, coordinator);
+    const others = (await db.all('host')).map(([ref]) => ref).filter((h) => h !== host && h !== coordinator);
+    const part = () => ejectPart(call, storage, host);
+    await runOn(call, host, 'pool.eject', [host], part);
+    // Once the host has left there is no going back: the others' parts are best effort.
+    for (const other of others) {
+      try {
+        await runOn(call, other, 'pool.eject', [host], part);
+      } catch (e) {
+        call.host.log.warn({ err: e, host, other }, 'pool.eject: a member could not clean up after the ejected host');
+      }
+    }
+    await runOn(call, coordinator, 'pool.eject', [host], part);
+  });
+}
+
+export function register(r: Registry, storage: Storage): void {
+  r.implement('pool.eject', async (call, [host]) => {
+    if (call.host.role.kind === 'master') return ejectFromPool(call, storage, host);
+    if (isForwardedHere(call)) return ejectPart(call, storage, host);
+    // Called on a member under a local session: the coordinator runs it for the whole pool.
+    const coordinator = (await call.db.get('pool', call.host.poolRef)).master;
+    const address = (call.host.role as { master: string }).master;
+    await callOn(call.host, coordinator, address, 'pool.eject', [host]);
+  });
 }

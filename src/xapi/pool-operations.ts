@@ -5,6 +5,8 @@
 import { XapiError } from '../rpc/errors.js';
 import type { Db, Row } from '../db/interface.js';
 import type { pool_allowed_operations } from '../schema/generated.js';
+import type { Call } from '../api/context.js';
+import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
 
 type Op = pool_allowed_operations;
 
@@ -75,5 +77,36 @@ export async function updatePoolAllowedOperations(db: Db, ref: string): Promise<
   const allowed = ALL.filter((op) => table.get(op) === undefined);
   if (pool.allowed_operations.length !== allowed.length || pool.allowed_operations.some((o, i) => o !== allowed[i])) {
     await db.update('pool', ref, { allowed_operations: allowed });
+  }
+}
+
+/**
+ * with_pool_operation: waits while another pool operation makes this one wait, refuses it during
+ * a pool secret rotation or when another refuses it, marks it on the pool for the call's task,
+ * runs `fn` and unmarks, waking whoever waits on the pool.
+ */
+export async function withPoolOperation<T>(call: Call, ref: string, op: Op, fn: () => Promise<T>): Promise<T> {
+  const db = call.db;
+  await retryWithGlobalLock(call, async () => {
+    const pool = await db.get('pool', ref);
+    if (pool.is_psr_pending) throw new XapiError('POOL_SECRET_ROTATION_PENDING', []);
+    const refusal = (await poolOperationErrors(db, ref, pool)).get(op);
+    if (refusal) throw refusal;
+    await db.update('pool', ref, { current_operations: { ...pool.current_operations, [call.task]: op } });
+  });
+  await updatePoolAllowedOperations(db, ref);
+  try {
+    return await fn();
+  } finally {
+    await withGlobalLock(call.host, async () => {
+      const pool = await db.tryGet('pool', ref);
+      if (pool && call.task in pool.current_operations) {
+        const current = { ...pool.current_operations };
+        delete current[call.task];
+        await db.update('pool', ref, { current_operations: current });
+      }
+      await updatePoolAllowedOperations(db, ref);
+    }).catch((e) => call.host.log.warn({ err: e, pool: ref, op }, 'unmarking a pool operation failed'));
+    gateOf(call.host).broadcast();
   }
 }
