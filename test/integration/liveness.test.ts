@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, login, RpcFailure } from './client.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { loginWhenServing, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
@@ -157,7 +157,7 @@ describe('liveness with a short dead interval (3 s)', () => {
     });
     pool.hosts[0] = c2;
     pool.coordinator = c2;
-    pool.session = await login(c2.url, PASSWORD);
+    pool.session = await loginWhenServing(c2.url);
     assert.equal(await live(pool, refs[1]!), true);
     // The member answers when asked (pool.is_slave), so its VM cannot be reset.
     assert.deepEqual(await failure(jsonCall(c2.url, 'VM.power_state_reset', [pool.session, vm])), ['HOST_IS_LIVE', refs[1]]);

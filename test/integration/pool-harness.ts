@@ -4,7 +4,7 @@
 // would. Waits on conditions only: each member back as a member, enabled and live.
 import { createServer } from 'node:net';
 import { freePort, loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
-import { jsonCall, login } from './client.js';
+import { jsonCall, login, RpcFailure } from './client.js';
 import { waitUntil } from '../wait.js';
 
 export interface TestPool {
@@ -90,4 +90,19 @@ export async function startPool(n: number, o: Omit<StartOptions, 'address' | 'ht
       await Promise.all(hosts.map((h) => stopXapi(h, keepState)));
     },
   };
+}
+
+/**
+ * A session on a coordinator that has just (re)started: a coordinator of a pool serves only
+ * emergency calls (HOST_STILL_BOOTING) until it has made sure no other host is coordinator.
+ */
+export async function loginWhenServing(url: string): Promise<string> {
+  return waitUntil(`${url} serving logins`, async () => {
+    try {
+      return await login(url, PASSWORD);
+    } catch (e) {
+      if (e instanceof RpcFailure && e.error[0] === 'HOST_STILL_BOOTING') return undefined;
+      throw e;
+    }
+  });
 }
