@@ -111,9 +111,15 @@ describe('a pool of three hosts formed with pool.join', () => {
       // it talks to the coordinator now, and follows changes there
       assert.equal(xapi._url.hostname, pool.coordinator.address);
       const [poolRef] = Object.keys((xapi.objects.indexes.type.pool ?? {}) as Record<string, unknown>);
-      await xapi.call('pool.set_name_label', (xapi.objects.indexes.type.pool as Record<string, { $ref: string }>)[poolRef!]!.$ref, 'followed');
+      await xapi.call(
+        'pool.set_name_label',
+        (xapi.objects.indexes.type.pool as Record<string, { $ref: string }>)[poolRef!]!.$ref,
+        'followed',
+      );
       await waitForEmitted('the new pool name in the cache', xapi.objects, ['update'], () =>
-        Object.values((xapi.objects.indexes.type.pool ?? {}) as Record<string, { name_label: string }>).some((p) => p.name_label === 'followed'),
+        Object.values((xapi.objects.indexes.type.pool ?? {}) as Record<string, { name_label: string }>).some(
+          (p) => p.name_label === 'followed',
+        ),
       );
     } finally {
       await xapi.disconnect();
