@@ -59,8 +59,24 @@ export interface Transfer {
   resolve(cls: DbClassName, value: string | undefined): Promise<string | undefined>;
 }
 
-/** The result a transfer reports on its task. */
-export type TransferResult = { type: Type; value: unknown } | undefined;
+/**
+ * The result a transfer reports on its task; or, for a transfer another host of the pool must
+ * serve, that host's address: the client is sent there and that host completes the task.
+ */
+export type TransferResult = { type: Type; value: unknown } | { redirect: string } | undefined;
+
+/**
+ * 302 to the same path and query on another host (importexport.ml return_302_redirect):
+ * cookies do not follow a redirect, so the session and the task go into the query.
+ */
+function redirect(res: ServerResponse, url: URL, address: string, httpsPort: number, session: string, task: string): void {
+  const target = new URL(`https://${address}:${httpsPort}${url.pathname}`);
+  for (const [k, v] of url.searchParams) target.searchParams.append(k, v);
+  target.searchParams.set('session_id', session);
+  target.searchParams.set('task_id', task);
+  res.writeHead(302, { location: target.toString(), connection: 'close', 'content-length': 0 });
+  res.end();
+}
 
 /** Maps a failure to the HTTP status sent when the response has not started yet. */
 export function statusOf(e: unknown): number {
@@ -121,7 +137,7 @@ export function transferHandler(
   return async (req, res, url) => {
     const host = d.host;
     const taskParam = url.searchParams.get('task_id') ?? undefined;
-    const auth = await authenticate(d, req, url);
+    const auth: { session: SessionInfo; logout?: () => Promise<void> } | undefined = await authenticate(d, req, url);
     if (!auth) {
       if (taskParam && (await host.db.tryGet('task', taskParam)))
         await d.tasks.fail(taskParam, new XapiError('SESSION_AUTHENTICATION_FAILED', []));
@@ -160,6 +176,13 @@ export function transferHandler(
       };
       try {
         const result = await fn(transfer);
+        if (result && 'redirect' in result) {
+          req.resume();
+          redirect(res, url, result.redirect, host.config.httpsPort, auth.session.ref, task);
+          // the session goes on to the other host: one made from Basic credentials stays open
+          auth.logout = undefined;
+          return;
+        }
         await d.tasks.finish(task, epoch, { ok: true, resultXml: result ? host.marshal.xml(result.type, result.value) : '' });
       } catch (e) {
         if (!(e instanceof XapiError)) host.log.warn({ err: e, action, task }, 'HTTP transfer failed');

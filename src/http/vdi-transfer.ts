@@ -4,7 +4,7 @@
 // does (clients probe with an empty body first); its outcome is on the task.
 import { XapiError } from '../rpc/errors.js';
 import type { Dispatcher } from '../api/dispatch.js';
-import { createImportVdi, exportVdi, openVdiImport, type Storage } from '../xapi/vdi-import-export.js';
+import { createImportVdi, exportVdi, openVdiImport, vdiTransferHost, type Storage } from '../xapi/vdi-import-export.js';
 import type { HandlerTable } from './handlers.js';
 import { VM_ADMIN, acceptUpload, sendStream, transferHandler, type Transfer } from './transfer.js';
 
@@ -23,8 +23,10 @@ async function importRawVdi(storage: Storage, t: Transfer) {
   if (chunked && format !== 'raw') throw withStatus(404, new XapiError('INTERNAL_ERROR', ['Cannot handle chunked VHD']));
   let vdi = await t.resolve('VDI', t.param('vdi'));
   let made = false;
+  const sr = vdi ? undefined : ((await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid'))));
+  const elsewhere = await vdiTransferHost(call, { vdi, sr });
+  if (elsewhere) return { redirect: elsewhere };
   if (!vdi) {
-    const sr = (await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid')));
     if (!sr) throw new XapiError('INTERNAL_ERROR', ['one of vdi, sr_id or sr_uuid is needed']);
     if (format !== 'raw' || chunked)
       throw withStatus(400, new XapiError('INTERNAL_ERROR', ['a new VDI can only be made from a plain raw image']));
@@ -55,6 +57,8 @@ async function exportRawVdi(storage: Storage, t: Transfer) {
   if (format !== 'raw' && format !== 'vhd') throw withStatus(404, new XapiError('INTERNAL_ERROR', [`Unknown format ${format}`]));
   const vdi = await t.resolve('VDI', t.param('vdi'));
   if (!vdi) throw new XapiError('INTERNAL_ERROR', ['the vdi parameter is needed']);
+  const elsewhere = await vdiTransferHost(call, { vdi });
+  if (elsewhere) return { redirect: elsewhere };
   const baseRef = await t.resolve('VDI', t.param('base'));
   if (baseRef && format !== 'vhd') throw new XapiError('INTERNAL_ERROR', ['base needs format=vhd']);
   await exportVdi(storage, call, { vdi, base: baseRef, format }, async ({ uuid, stream, length }) => {

@@ -5,7 +5,7 @@
 // result.
 import { XapiError } from '../rpc/errors.js';
 import type { Dispatcher } from '../api/dispatch.js';
-import { exportVm, exportVmMetadata, importSr, importVm, type Storage } from '../xapi/vm-import-export.js';
+import { exportVm, exportVmMetadata, importHost, importSr, importVm, vmExportHost, type Storage } from '../xapi/vm-import-export.js';
 import type { HandlerTable } from './handlers.js';
 import { VM_ADMIN, acceptUpload, sendStream, transferHandler, type Transfer } from './transfer.js';
 
@@ -21,6 +21,8 @@ async function vmOf(t: Transfer): Promise<string> {
 async function getExport(storage: Storage, t: Transfer) {
   const { call, res } = t;
   const vm = await vmOf(t);
+  const elsewhere = await vmExportHost(call, vm);
+  if (elsewhere) return { redirect: elsewhere };
   const compression = t.param('use_compression');
   const mode = compression === 'true' || compression === 'gzip' ? 'gzip' : compression === 'zstd' ? 'zstd' : 'none';
   await exportVm(storage, call, vm, { compression: mode, withSuspendImage: truthy(t.param('preserve_power_state')) }, async (stream) => {
@@ -50,6 +52,8 @@ async function getExportMetadata(t: Transfer) {
 async function putImport(storage: Storage, t: Transfer) {
   const { call, req, res } = t;
   const sr = await importSr(call, (await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid'))));
+  const elsewhere = await importHost(call, sr);
+  if (elsewhere) return { redirect: elsewhere };
   // As xapi: 200 before the data; the outcome is on the task.
   acceptUpload(res, call.task);
   const vms = await importVm(storage, call, req, { sr, force: truthy(t.param('force')), restore: truthy(t.param('restore')) });

@@ -10,6 +10,11 @@ export interface SrContext {
   deviceConfig: Record<string, string>;
   /** The pool the calling host belongs to (shared SRs remember their owning pool). */
   poolUuid: string;
+  /**
+   * Whether the SR is shared. Only a shared SR is held to its owning pool: a local SR goes with
+   * its host, into the pool the host joins.
+   */
+  shared?: boolean;
 }
 
 /** What an SM call says about one VDI (vdi_create / scan / stat results). */

@@ -125,7 +125,7 @@ export class FileSrDriver implements SmDriver {
     const meta = await this.meta(sr);
     if (!meta) throw backendFailure(this.type === 'nfs' ? 73 : 47, `The SR is not available: ${this.dir(sr)} holds no SR`);
     // The pool that made a shared SR owns it: a second pool's GC would corrupt the tree.
-    if (meta.pool !== sr.poolUuid) throw new SmError('SR_OWNED_BY_ANOTHER_POOL', [meta.pool]);
+    if (sr.shared !== false && meta.pool !== sr.poolUuid) throw new SmError('SR_OWNED_BY_ANOTHER_POOL', [meta.pool]);
     await this.recover(sr);
     await recoverJournals(this.dir(sr), { lock: (fn) => this.lock(sr).run(fn) });
   }

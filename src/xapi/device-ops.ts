@@ -9,6 +9,7 @@ import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
 import { assertVbdOperation, assertVifOperation, updateVbdAllowedOperations, updateVifAllowedOperations } from './device-checks.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 import { untilStored } from '../db/until-stored.js';
+import { isForwardedHere } from './forward.js';
 
 /**
  * Runs `check` then `mark` under the global lock; while `check` refuses with
@@ -32,6 +33,7 @@ async function unmark(call: Call, fn: () => Promise<void>): Promise<void> {
 }
 
 export async function withVbdMarked<T>(call: Call, ref: Ref<'VBD'>, op: vbd_operations, fn: () => Promise<T>): Promise<T> {
+  if (isForwardedHere(call)) return fn(); // the coordinator holds the mark
   const db = call.db;
   await markWhenFree(
     call,
@@ -57,6 +59,7 @@ export async function withVbdMarked<T>(call: Call, ref: Ref<'VBD'>, op: vbd_oper
 }
 
 export async function withVifMarked<T>(call: Call, ref: Ref<'VIF'>, op: vif_operations, fn: () => Promise<T>): Promise<T> {
+  if (isForwardedHere(call)) return fn(); // the coordinator holds the mark
   const db = call.db;
   await markWhenFree(
     call,

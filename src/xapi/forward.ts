@@ -8,6 +8,7 @@ import { XapiClient } from '../rpc/client.js';
 import type { Rpc } from '../rpc/rpc.js';
 import type { Call, HostContext } from '../api/context.js';
 import { createSession } from './session.js';
+import { NULL_REF } from '../schema/types.js';
 
 const clients = new WeakMap<HostContext, Map<string, XapiClient>>();
 
@@ -67,4 +68,65 @@ export async function callOn(host: HostContext, hostRef: string, address: string
   } finally {
     await host.db.destroy('session', session).catch(() => undefined);
   }
+}
+
+/**
+ * forward_vbd_op / forward_vif_op: a device operation runs on the host its VM is resident on
+ * (whatever its power state says), here if the VM is on none. A forwarded call runs here.
+ */
+export async function runOnVmHost(call: Call, vmRef: string, wire: string, args: Rpc[], local: () => Promise<void>): Promise<void> {
+  if (isForwardedHere(call)) return local();
+  const resident = (await call.db.get('VM', vmRef)).resident_on;
+  if (resident === NULL_REF) return local();
+  await runOn(call, resident, wire, args, local);
+}
+
+/**
+ * The host that runs an SR's storage operations (message_forwarding.ml choose_pbds_for_sr, with
+ * plugged PBDs only): an SR with several PBDs is worked on by the coordinator, whose PBD must be
+ * plugged; one with a single PBD by that PBD's host, if plugged; SR_HAS_NO_PBDS [sr] otherwise.
+ */
+export async function srMaster(call: Call, srRef: string): Promise<string> {
+  const sr = await call.db.get('SR', srRef);
+  const pbds = [];
+  for (const ref of sr.PBDs) {
+    const pbd = await call.db.tryGet('PBD', ref);
+    if (pbd?.currently_attached === true) pbds.push(pbd);
+  }
+  const candidates = sr.PBDs.length > 1 ? pbds.filter((p) => p.host === call.host.hostRef) : pbds;
+  const chosen = candidates[0];
+  if (!chosen) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
+  return chosen.host;
+}
+
+/** A storage operation on the SR's master (forward_sr_op); a forwarded call runs here. */
+export async function runOnSrMaster<T>(call: Call, srRef: string, wire: string, args: Rpc[], local: () => Promise<T>): Promise<T> {
+  if (isForwardedHere(call)) return local();
+  return (await runOn(call, await srMaster(call, srRef), wire, args, local)) as T;
+}
+
+/** Whether `hostRef` has a plugged PBD for each SR (assert_can_see_specified_SRs). */
+async function seesSrs(call: Call, hostRef: string, srs: string[]): Promise<boolean> {
+  for (const sr of srs) {
+    const pbds = await call.db.find('PBD', { SR: sr, host: hostRef });
+    if (!pbds.some(([, p]) => p.currently_attached === true)) return false;
+  }
+  return true;
+}
+
+/**
+ * Where an HTTP transfer touching these SRs' disks is served (importexport.ml: each host reads
+ * and writes the disks of the SRs plugged on it): undefined for this host, else the address of
+ * a live host that sees them all, picked at random, for a 302. With no such host the transfer
+ * runs here and fails with this host's own error.
+ */
+export async function transferHost(call: Call, srs: string[]): Promise<string | undefined> {
+  if (await seesSrs(call, call.host.hostRef, srs)) return undefined;
+  const able: string[] = [];
+  for (const [ref, host] of await call.db.all('host')) {
+    if (ref === call.host.hostRef) continue;
+    const metrics = await call.db.tryGet('host_metrics', host.metrics);
+    if (metrics?.live === true && (await seesSrs(call, ref, srs))) able.push(host.address);
+  }
+  return able[Math.floor(Math.random() * able.length)];
 }

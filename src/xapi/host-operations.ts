@@ -12,6 +12,8 @@ import { updatePoolAllowedOperations } from './pool-operations.js';
 import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
 import { updateSrAllowedOperations, updateVdiAllowedOperations } from './storage-operations.js';
 import { updateAllowedOperations as updateVmAllowedOperations } from './vm-lifecycle.js';
+import { untilStored } from '../db/until-stored.js';
+import { isForwardedHere, runOn } from './forward.js';
 
 type Op = host_allowed_operations;
 
@@ -123,15 +125,33 @@ export async function withHostOperation<T>(call: Call, ref: string, op: Op, fn: 
 }
 
 /**
- * allocate_vm_to_host's host operation (vm_start, vm_resume): checked and marked once, without
- * waiting (an OTHER_OPERATION_IN_PROGRESS is the caller's answer), cleared when `fn` ends.
+ * allocate_vm_to_host (message_forwarding.ml forward_to_suitable_host, reserve_memory_for_vm):
+ * under the global lock the host is chosen (or checked), its host operation (vm_start,
+ * vm_resume) checked and marked without waiting (an OTHER_OPERATION_IN_PROGRESS is the caller's
+ * answer) and the VM reserved there (scheduled_to_be_resident_on, which free memory counts);
+ * when `fn` ends, however it ends, both come off again. Coordinator only.
  */
-export async function withVmPlacedOnHost<T>(call: Call, ref: string, op: Op, fn: () => Promise<T>): Promise<T> {
-  await withGlobalLock(call.host, () => markHost(call, ref, op));
+export async function withVmPlacedOnHost<T>(
+  call: Call,
+  vmRef: string,
+  choose: () => Promise<string>,
+  op: Op,
+  fn: (hostRef: string) => Promise<T>,
+): Promise<T> {
+  const hostRef = await withGlobalLock(call.host, async () => {
+    const chosen = await choose();
+    await markHost(call, chosen, op);
+    await call.db.update('VM', vmRef, { scheduled_to_be_resident_on: chosen });
+    return chosen;
+  });
   try {
-    return await fn();
+    return await fn(hostRef);
   } finally {
-    await unmarkHost(call, ref);
+    await unmarkHost(call, hostRef);
+    await untilStored(call.db, async () => {
+      const vm = await call.db.tryGet('VM', vmRef);
+      if (vm && vm.scheduled_to_be_resident_on !== NULL_REF) await call.db.update('VM', vmRef, { scheduled_to_be_resident_on: NULL_REF });
+    }).catch((e) => call.host.log.warn({ err: e, vm: vmRef }, 'clearing a VM reservation failed'));
   }
 }
 
@@ -149,17 +169,20 @@ export async function updateAllAllowedOperations(db: Db): Promise<void> {
 
 /** host.disable / host.enable: whether new VMs may start here; it decides reboot and shutdown. */
 export function register(r: Registry): void {
+  // Each runs on the host it names (do_op_on); the coordinator keeps enable's host operation.
   r.implement('host.disable', async (call, [host]) => {
-    const row = await call.db.get('host', host);
-    if (host !== call.host.hostRef) throw new XapiError('CANNOT_CONTACT_HOST', [host]);
-    if (row.enabled) await call.db.update('host', host, { enabled: false });
+    await call.db.get('host', host);
+    await runOn(call, host, 'host.disable', [host], async () => {
+      if ((await call.db.get('host', host)).enabled) await call.db.update('host', host, { enabled: false });
+    });
     await updateHostAllowedOperations(call.db, host);
   }).implement('host.enable', async (call, [host]) => {
     await call.db.get('host', host);
-    if (host !== call.host.hostRef) throw new XapiError('CANNOT_CONTACT_HOST', [host]);
-    await withHostOperation(call, host, 'enable', async () => {
+    const enable = async () => {
       if (!(await call.db.get('host', host)).enabled) await call.db.update('host', host, { enabled: true });
-    });
+    };
+    if (isForwardedHere(call)) return enable();
+    await withHostOperation(call, host, 'enable', () => runOn(call, host, 'host.enable', [host], enable));
     await updateHostAllowedOperations(call.db, host);
   });
 }

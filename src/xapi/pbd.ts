@@ -2,7 +2,8 @@
 // plug (the driver's sr_attach, refused for a non-shared SR attached elsewhere), unplug
 // (refused while VDIs are in use), destroy of a detached PBD.
 import { randomUUID } from 'node:crypto';
-import type { Registry } from '../api/context.js';
+import type { Call, Registry } from '../api/context.js';
+import { isForwardedHere, runOn } from './forward.js';
 import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
@@ -52,6 +53,12 @@ async function assertVdisIdle(storage: Storage, srRef: string): Promise<void> {
   }
 }
 
+/** forward_pbd_op: a PBD is plugged and unplugged by its host; a forwarded call runs here. */
+async function runOnPbdHost(call: Call, host: string, wire: string, pbd: string, local: () => Promise<void>): Promise<void> {
+  if (isForwardedHere(call)) return local();
+  await runOn(call, host, wire, [pbd], local);
+}
+
 export function register(r: Registry, storage: Storage): void {
   // Creating and destroying PBDs are operations on the SR: they change whether it may be destroyed.
   r.implement('PBD.create', async (call, [rec]) => {
@@ -86,12 +93,14 @@ export function register(r: Registry, storage: Storage): void {
     })
     .implement('PBD.plug', async (call, [self]) => {
       const pbd = await call.db.get('PBD', self);
-      await storage.withOp(call, { sr: [pbd.SR, 'plug'] }, () => plugPbd(storage, self));
+      await storage.withOp(call, { sr: [pbd.SR, 'plug'] }, () =>
+        runOnPbdHost(call, pbd.host, 'PBD.plug', self, () => plugPbd(storage, self)),
+      );
     })
     .implement('PBD.unplug', async (call, [self]) => {
       const pbd = await call.db.get('PBD', self);
       await storage.withOp(call, { sr: [pbd.SR, 'unplug'], precheck: () => assertVdisIdle(storage, pbd.SR) }, () =>
-        unplugPbd(storage, self),
+        runOnPbdHost(call, pbd.host, 'PBD.unplug', self, () => unplugPbd(storage, self)),
       );
     })
     .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', self, { device_config: value }));

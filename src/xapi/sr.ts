@@ -1,7 +1,9 @@
 // SR.* explicit messages (xapi's xapi_sr.ml): create (records, PBDs, the driver's sr_create,
 // plug), introduce, probe, scan, update, forget, destroy, and the setters xapi checks.
 import { randomUUID } from 'node:crypto';
-import type { Registry } from '../api/context.js';
+import type { Call, Registry } from '../api/context.js';
+import type { Rpc } from '../rpc/rpc.js';
+import { isForwardedHere, runOn, runOnSrMaster } from './forward.js';
 import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
@@ -80,11 +82,25 @@ export async function createSr(storage: Storage, spec: SrSpec): Promise<string> 
   return srRef;
 }
 
+/**
+ * After SR.create on the coordinator, the PBDs of the other hosts are plugged there, each on its
+ * host (xapi plugs every PBD through the API and waits for all, whatever each one's outcome).
+ */
+async function plugOnOtherHosts(call: Call, storage: Storage, srRef: string): Promise<void> {
+  for (const pbdRef of (await call.db.get('SR', srRef)).PBDs) {
+    const pbd = await call.db.get('PBD', pbdRef);
+    if (pbd.host === call.host.hostRef || pbd.currently_attached) continue;
+    await runOn(call, pbd.host, 'PBD.plug', [pbdRef], () => plugPbd(storage, pbdRef)).catch((e) =>
+      call.host.log.warn({ err: e, pbd: pbdRef, host: pbd.host }, 'plugging a new SR on a host failed'),
+    );
+  }
+}
+
 export function register(r: Registry, storage: Storage): void {
-  r.implement(
-    'SR.create',
-    async (_call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig]) =>
-      createSr(storage, {
+  r.implement('SR.create', async (call, args) => {
+    const [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig] = args;
+    const create = async () => {
+      const sr = await createSr(storage, {
         host,
         deviceConfig,
         physicalSize,
@@ -94,9 +110,20 @@ export function register(r: Registry, storage: Storage): void {
         contentType,
         shared: shared === true,
         smConfig,
-      }),
-  )
-    .implement('SR.make', async (call, [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, smConfig]) => {
+      });
+      if (!isForwardedHere(call)) await plugOnOtherHosts(call, storage, sr);
+      return sr;
+    };
+    // a shared SR is made by the coordinator (the host named is ignored), a local one by its host
+    if (shared === true || isForwardedHere(call)) return create();
+    await call.db.get('host', host);
+    return (await runOn(call, host, 'SR.create', args as Rpc[], create)) as string;
+  })
+    .implement('SR.make', async (call, args) => {
+      const [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, smConfig] = args;
+      await call.db.get('host', host);
+      if (!isForwardedHere(call) && host !== call.host.hostRef)
+        return (await runOn(call, host, 'SR.make', args as Rpc[], async () => '')) as string;
       const ref = await createSr(storage, {
         host,
         deviceConfig,
@@ -142,8 +169,12 @@ export function register(r: Registry, storage: Storage): void {
       throw new XapiError('SR_OPERATION_NOT_SUPPORTED', []);
     })
     .implement('SR.get_supported_types', () => [...storage.drivers.keys()])
-    .implement('SR.scan', (call, [sr]) => storage.withOp(call, { sr: [sr, 'scan'] }, () => storage.scan(sr)))
-    .implement('SR.update', (call, [sr]) => storage.withOp(call, { sr: [sr, 'update'] }, () => storage.updateStats(sr)))
+    .implement('SR.scan', (call, [sr]) =>
+      storage.withOp(call, { sr: [sr, 'scan'] }, () => runOnSrMaster(call, sr, 'SR.scan', [sr], () => storage.scan(sr))),
+    )
+    .implement('SR.update', (call, [sr]) =>
+      storage.withOp(call, { sr: [sr, 'update'] }, () => runOnSrMaster(call, sr, 'SR.update', [sr], () => storage.updateStats(sr))),
+    )
     .implement('SR.forget', (call, [sr]) =>
       storage.withOp(call, { sr: [sr, 'forget'] }, async () => {
         const row = await call.db.get('SR', sr);

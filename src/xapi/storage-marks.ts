@@ -6,6 +6,7 @@ import { untyped } from '../db/interface.js';
 import { untilStored } from '../db/until-stored.js';
 import type { storage_operations, vdi_operations } from '../schema/generated.js';
 import { gateOf, retryWithGlobalLock, withGlobalLock } from './retry.js';
+import { isForwardedHere } from './forward.js';
 import { srOperationError, updateSrAllowedOperations, updateVdiAllowedOperations, vdiOperationError } from './storage-operations.js';
 
 /** What an operation marks: an SR operation, a VDI operation, or both, and a check run first. */
@@ -22,6 +23,8 @@ export interface StorageOpTarget {
  * lock (PBD.unplug's check of the SR's VDIs).
  */
 export async function withStorageOp<T>(host: HostContext, call: Call, target: StorageOpTarget, fn: () => Promise<T>): Promise<T> {
+  // the member's half of a forwarded call: the coordinator holds the marks
+  if (isForwardedHere(call)) return fn();
   const db = host.db;
   await retryWithGlobalLock(call, async () => {
     await target.precheck?.();

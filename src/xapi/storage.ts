@@ -49,7 +49,7 @@ export class Storage {
     const [, pbd] = await this.myPbd(srRef);
     if (opts.plugged !== false && pbd.currently_attached !== true) throw new XapiError('SR_HAS_NO_PBDS', [srRef]);
     const deviceConfig = { ...pbd.device_config, SRmaster: 'true' };
-    return { sr, driver, ctx: { uuid: sr.uuid, deviceConfig, poolUuid: await this.poolUuid() } };
+    return { sr, driver, ctx: { uuid: sr.uuid, deviceConfig, poolUuid: await this.poolUuid(), shared: sr.shared === true } };
   }
 
   /** Does the SR's driver have this SM feature? */

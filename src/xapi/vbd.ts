@@ -13,6 +13,7 @@ import type { XenopsSync } from './xenops-sync.js';
 import { onDomain, withVbdMarked } from './device-ops.js';
 import { assertVbdOperation, updateVbdAllowedOperations, sortedOperations } from './device-checks.js';
 import { candidateDevices, linuxDeviceName, possibleDevices, sameDevice, validUserdevice, type DeviceNumber } from './device-number.js';
+import { runOnVmHost } from './forward.js';
 
 /** VDI types a VBD may point at (VDI_INCOMPATIBLE_TYPE otherwise). */
 const ATTACHABLE_VDI_TYPES = new Set<vdi_type>(['system', 'user', 'ephemeral', 'suspend', 'crashdump', 'metadata', 'rrd', 'pvs_cache']);
@@ -127,6 +128,11 @@ export function register(r: Registry, sync: XenopsSync): void {
   const hotplug = (call: Call, ref: Ref<'VBD'>, op: 'plug' | 'unplug' | 'unplug_force') =>
     withVbdMarked(call, ref, op, async () => {
       const vbd = await call.db.get('VBD', ref);
+      await runOnVmHost(call, vbd.VM, `VBD.${op}`, [ref], () => hotplugHere(call, ref, op));
+    });
+  const hotplugHere = async (call: Call, ref: Ref<'VBD'>, op: 'plug' | 'unplug' | 'unplug_force') => {
+    {
+      const vbd = await call.db.get('VBD', ref);
       const vm = await call.db.get('VM', vbd.VM);
       if (op === 'plug') {
         // An emulated disk cannot be read-only (CA-83260).
@@ -141,7 +147,8 @@ export function register(r: Registry, sync: XenopsSync): void {
           await sync.backend.vbdPlug(vm.uuid, config.vbds.find((v) => v.id === vbd.uuid)!);
         } else await sync.backend.vbdUnplug(vm.uuid, vbd.uuid, op === 'unplug_force');
       });
-    });
+    }
+  };
 
   r.implement('VBD.create', (call, [record]) => createVbd(call, record))
     .implement('VBD.destroy', (call, [self]) => destroyVbd(call, self))
@@ -150,30 +157,34 @@ export function register(r: Registry, sync: XenopsSync): void {
     .implement('VBD.unplug_force', (call, [self]) => hotplug(call, self, 'unplug_force'))
     .implement('VBD.assert_attachable', (call, [self]) => assertVbdOperation(call.db, self, 'attach'))
     .implement('VBD.insert', (call, [self, vdi]) =>
-      withVbdMarked(call, self, 'insert', async () => {
-        const vbd = await call.db.get('VBD', self);
-        const vm = await call.db.get('VM', vbd.VM);
-        assertNotSuspended(vbd.VM, vm.power_state);
-        if (vbd.type !== 'CD') throw new XapiError('VBD_NOT_REMOVABLE_MEDIA', [self]);
-        if (!vbd.empty) throw new XapiError('VBD_NOT_EMPTY', [self]);
-        if (!(await call.db.get('VDI', vdi)).managed) throw new XapiError('VDI_NOT_MANAGED', [vdi]);
-        if (vm.power_state !== 'Halted') {
-          await onDomain(sync, vbd.VM, self, async () =>
-            sync.backend.vbdInsert(vm.uuid, vbd.uuid, await sync.storage.attachPath(vdi, false)),
-          );
-        }
-        await call.db.update('VBD', self, { VDI: vdi, empty: false });
-      }),
+      withVbdMarked(call, self, 'insert', async () =>
+        runOnVmHost(call, (await call.db.get('VBD', self)).VM, 'VBD.insert', [self, vdi], async () => {
+          const vbd = await call.db.get('VBD', self);
+          const vm = await call.db.get('VM', vbd.VM);
+          assertNotSuspended(vbd.VM, vm.power_state);
+          if (vbd.type !== 'CD') throw new XapiError('VBD_NOT_REMOVABLE_MEDIA', [self]);
+          if (!vbd.empty) throw new XapiError('VBD_NOT_EMPTY', [self]);
+          if (!(await call.db.get('VDI', vdi)).managed) throw new XapiError('VDI_NOT_MANAGED', [vdi]);
+          if (vm.power_state !== 'Halted') {
+            await onDomain(sync, vbd.VM, self, async () =>
+              sync.backend.vbdInsert(vm.uuid, vbd.uuid, await sync.storage.attachPath(vdi, false)),
+            );
+          }
+          await call.db.update('VBD', self, { VDI: vdi, empty: false });
+        }),
+      ),
     )
     .implement('VBD.eject', (call, [self]) =>
-      withVbdMarked(call, self, 'eject', async () => {
-        const vbd = await call.db.get('VBD', self);
-        const vm = await call.db.get('VM', vbd.VM);
-        if (vbd.type !== 'CD') throw new XapiError('VBD_NOT_REMOVABLE_MEDIA', [self]);
-        if (vbd.empty) throw new XapiError('VBD_IS_EMPTY', [self]);
-        assertNotSuspended(vbd.VM, vm.power_state);
-        if (vm.power_state !== 'Halted') await onDomain(sync, vbd.VM, self, () => sync.backend.vbdEject(vm.uuid, vbd.uuid));
-        await call.db.update('VBD', self, { VDI: NULL_REF, empty: true });
-      }),
+      withVbdMarked(call, self, 'eject', async () =>
+        runOnVmHost(call, (await call.db.get('VBD', self)).VM, 'VBD.eject', [self], async () => {
+          const vbd = await call.db.get('VBD', self);
+          const vm = await call.db.get('VM', vbd.VM);
+          if (vbd.type !== 'CD') throw new XapiError('VBD_NOT_REMOVABLE_MEDIA', [self]);
+          if (vbd.empty) throw new XapiError('VBD_IS_EMPTY', [self]);
+          assertNotSuspended(vbd.VM, vm.power_state);
+          if (vm.power_state !== 'Halted') await onDomain(sync, vbd.VM, self, () => sync.backend.vbdEject(vm.uuid, vbd.uuid));
+          await call.db.update('VBD', self, { VDI: NULL_REF, empty: true });
+        }),
+      ),
     );
 }

@@ -14,8 +14,18 @@ import { ImportError, exportRaw, exportVhd, importRaw, importVhd } from '../stor
 import { MAX_VHD_SIZE } from '../storage/vhd/format.js';
 import type { Storage } from './storage.js';
 import { createVdi, destroyVdi, openVdi } from './vdi.js';
+import { transferHost } from './forward.js';
 
 export type { Storage } from './storage.js';
+
+/**
+ * The address of the host a transfer of this SR's disks must be redirected to, or undefined to
+ * serve it here (import_raw_vdi.ml, export_raw_vdi.ml: a host sees only its plugged SRs).
+ */
+export async function vdiTransferHost(call: Call, target: { vdi?: string; sr?: string }): Promise<string | undefined> {
+  const sr = target.vdi ? (await call.db.get('VDI', target.vdi)).SR : target.sr;
+  return sr ? transferHost(call, [sr]) : undefined;
+}
 
 /** The formats of a disk's content on the wire. */
 export type DiskFormat = 'raw' | 'vhd';

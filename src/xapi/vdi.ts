@@ -8,6 +8,8 @@ import { formatDateTime, NULL_REF } from '../schema/types.js';
 import { copyDisk } from '../storage/copy.js';
 import type { OpenDisk } from '../storage/driver.js';
 import type { Storage } from './storage.js';
+import { runOnSrMaster } from './forward.js';
+import type { Rpc } from '../rpc/rpc.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -22,13 +24,16 @@ async function assertManaged(call: Call, vdiRef: string): Promise<void> {
 /** VDI.create's work, for the API and for xapi's own disks (provision, import, suspend images). */
 export async function createVdi(storage: Storage, call: Call, srRef: string, size: number, fields: VdiFields): Promise<string> {
   if (fields.type === 'cbt_metadata') throw new XapiError('VDI_INCOMPATIBLE_TYPE', ['', 'cbt_metadata']);
-  return storage.withOp(call, { sr: [srRef, 'vdi_create'] }, async () => {
-    const { driver, ctx } = await storage.context(srRef);
-    const info = await storage.sm(srRef, () => driver.vdiCreate(ctx, size, { nameLabel: fields.name_label ?? '' }));
-    const ref = await storage.createVdi(srRef, info, { ...fields, sm_config: fields.sm_config ?? {} });
-    await storage.updateStats(srRef);
-    return ref;
-  });
+  const record = { ...fields, SR: srRef, virtual_size: size } as unknown as Rpc;
+  return storage.withOp(call, { sr: [srRef, 'vdi_create'] }, () =>
+    runOnSrMaster(call, srRef, 'VDI.create', [record], async () => {
+      const { driver, ctx } = await storage.context(srRef);
+      const info = await storage.sm(srRef, () => driver.vdiCreate(ctx, size, { nameLabel: fields.name_label ?? '' }));
+      const ref = await storage.createVdi(srRef, info, { ...fields, sm_config: fields.sm_config ?? {} });
+      await storage.updateStats(srRef);
+      return ref;
+    }),
+  );
 }
 
 /** VDI.destroy's work: the driver hides or removes the data, the record goes, the GC is kicked. */
@@ -36,14 +41,16 @@ export async function destroyVdi(storage: Storage, call: Call, vdiRef: string): 
   const vdi = await call.db.get('VDI', vdiRef);
   const srRef = vdi.SR;
   if (vdi.type === 'rrd') throw new XapiError('VDI_HAS_RRDS', [vdiRef]);
-  await storage.withOp(call, { sr: [srRef, 'vdi_destroy'], vdi: [vdiRef, 'destroy'] }, async () => {
-    await assertManaged(call, vdiRef);
-    const { driver, ctx } = await storage.context(srRef);
-    await storage.sm(srRef, () => driver.vdiDelete(ctx, vdi.location), vdiRef);
-    await storage.destroyVdiRecord(vdiRef);
-  });
-  await storage.updateStats(srRef).catch(() => undefined);
-  storage.kickGc(srRef);
+  await storage.withOp(call, { sr: [srRef, 'vdi_destroy'], vdi: [vdiRef, 'destroy'] }, () =>
+    runOnSrMaster(call, srRef, 'VDI.destroy', [vdiRef], async () => {
+      await assertManaged(call, vdiRef);
+      const { driver, ctx } = await storage.context(srRef);
+      await storage.sm(srRef, () => driver.vdiDelete(ctx, vdi.location), vdiRef);
+      await storage.destroyVdiRecord(vdiRef);
+      await storage.updateStats(srRef).catch(() => undefined);
+      storage.kickGc(srRef);
+    }),
+  );
 }
 
 /**
@@ -57,33 +64,35 @@ export async function snapshotVdi(storage: Storage, call: Call, vdiRef: string, 
   if (kind === 'snapshot' && vdi.sharable === true) throw new XapiError('VDI_IS_SHARABLE', [vdiRef]);
   if (kind === 'snapshot' && vdi.on_boot === 'reset') throw new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', []);
   const srOp = kind === 'snapshot' ? 'vdi_snapshot' : 'vdi_clone';
-  return storage.withOp(call, { sr: [srRef, srOp], vdi: [vdiRef, kind] }, async () => {
-    await assertManaged(call, vdiRef);
-    const { driver, ctx } = await storage.context(srRef);
-    const info = await storage.sm(srRef, () => driver.vdiSnapshot(ctx, vdi.location, kind), vdiRef);
-    const smConfig: Record<string, string> = {};
-    const base = vdi.sm_config.base_mirror;
-    if (base !== undefined) smConfig.base_mirror = base;
-    const ref = await storage.createVdi(srRef, info, {
-      name_label: vdi.name_label,
-      name_description: vdi.name_description,
-      type: vdi.type,
-      sharable: vdi.sharable,
-      other_config: vdi.other_config,
-      xenstore_data: vdi.xenstore_data,
-      on_boot: vdi.on_boot,
-      allow_caching: vdi.allow_caching,
-      tags: vdi.tags,
-      sm_config: smConfig,
-      ...(kind === 'snapshot'
-        ? { is_a_snapshot: true, snapshot_of: vdiRef, snapshot_time: formatDateTime(new Date(storage.host.now())) }
-        : {}),
-    });
-    // The source now sits over the new hidden parent.
-    await storage.updateVdi(vdiRef);
-    await storage.updateStats(srRef);
-    return ref;
-  });
+  return storage.withOp(call, { sr: [srRef, srOp], vdi: [vdiRef, kind] }, () =>
+    runOnSrMaster(call, srRef, kind === 'snapshot' ? 'VDI.snapshot' : 'VDI.clone', [vdiRef, {}], async () => {
+      await assertManaged(call, vdiRef);
+      const { driver, ctx } = await storage.context(srRef);
+      const info = await storage.sm(srRef, () => driver.vdiSnapshot(ctx, vdi.location, kind), vdiRef);
+      const smConfig: Record<string, string> = {};
+      const base = vdi.sm_config.base_mirror;
+      if (base !== undefined) smConfig.base_mirror = base;
+      const ref = await storage.createVdi(srRef, info, {
+        name_label: vdi.name_label,
+        name_description: vdi.name_description,
+        type: vdi.type,
+        sharable: vdi.sharable,
+        other_config: vdi.other_config,
+        xenstore_data: vdi.xenstore_data,
+        on_boot: vdi.on_boot,
+        allow_caching: vdi.allow_caching,
+        tags: vdi.tags,
+        sm_config: smConfig,
+        ...(kind === 'snapshot'
+          ? { is_a_snapshot: true, snapshot_of: vdiRef, snapshot_time: formatDateTime(new Date(storage.host.now())) }
+          : {}),
+      });
+      // The source now sits over the new hidden parent.
+      await storage.updateVdi(vdiRef);
+      await storage.updateStats(srRef);
+      return ref;
+    }),
+  );
 }
 
 /**
@@ -249,7 +258,12 @@ export function register(r: Registry, storage: Storage): void {
     .implement('VDI.copy', (call, [vdi, sr, base, into]) => copyVdi(storage, call, vdi, sr, base, into))
     .implement('VDI.resize', (call, [self, size]) => resize(call, self, size, 'resize'))
     .implement('VDI.resize_online', (call, [self, size]) => resize(call, self, size, 'resize_online'))
-    .implement('VDI.update', (call, [self]) => storage.withOp(call, { vdi: [self, 'update'] }, () => storage.updateVdi(self)))
+    .implement('VDI.update', async (call, [self]) => {
+      const srRef = (await call.db.get('VDI', self)).SR;
+      await storage.withOp(call, { vdi: [self, 'update'] }, () =>
+        runOnSrMaster(call, srRef, 'VDI.update', [self], () => storage.updateVdi(self)),
+      );
+    })
     .implement('VDI.forget', (call, [self]) =>
       storage.withOp(call, { vdi: [self, 'forget'] }, async () => {
         const vdi = await call.db.get('VDI', self);
@@ -300,11 +314,13 @@ export function register(r: Registry, storage: Storage): void {
   async function resize(call: Call, vdiRef: string, size: number, op: 'resize' | 'resize_online'): Promise<void> {
     const vdi = await call.db.get('VDI', vdiRef);
     const srRef = vdi.SR;
-    await storage.withOp(call, { sr: [srRef, 'vdi_resize'], vdi: [vdiRef, op] }, async () => {
-      await assertManaged(call, vdiRef);
-      const { driver, ctx } = await storage.context(srRef);
-      await storage.refreshVdi(vdiRef, await storage.sm(srRef, () => driver.vdiResize(ctx, vdi.location, size), vdiRef));
-      await storage.updateStats(srRef);
-    });
+    await storage.withOp(call, { sr: [srRef, 'vdi_resize'], vdi: [vdiRef, op] }, () =>
+      runOnSrMaster(call, srRef, `VDI.${op}`, [vdiRef, size], async () => {
+        await assertManaged(call, vdiRef);
+        const { driver, ctx } = await storage.context(srRef);
+        await storage.refreshVdi(vdiRef, await storage.sm(srRef, () => driver.vdiResize(ctx, vdi.location, size), vdiRef));
+        await storage.updateStats(srRef);
+      }),
+    );
   }
 }

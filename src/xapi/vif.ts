@@ -14,6 +14,7 @@ import type { XenopsSync } from './xenops-sync.js';
 import { onDomain, withVifMarked } from './device-ops.js';
 import { updateVifAllowedOperations } from './device-checks.js';
 import { ocamlInt } from './device-number.js';
+import { runOnVmHost } from './forward.js';
 
 /** A MAC for a VIF copied without a seed to derive one from: locally administered, unicast. */
 export function randomMac(): string {
@@ -107,16 +108,18 @@ async function destroyVif(call: Call, ref: Ref<'VIF'>): Promise<void> {
 export function register(r: Registry, sync: XenopsSync): void {
   // VIF.unplug_force is marked as an unplug, as in xapi.
   const hotplug = (call: Call, ref: Ref<'VIF'>, op: 'plug' | 'unplug' | 'unplug_force') =>
-    withVifMarked(call, ref, op === 'plug' ? 'plug' : 'unplug', async () => {
-      const vif = await call.db.get('VIF', ref);
-      const vm = await call.db.get('VM', vif.VM);
-      await onDomain(sync, vif.VM, ref, async () => {
-        if (op === 'plug') {
-          const config = await sync.config(vif.VM);
-          await sync.backend.vifPlug(vm.uuid, config.vifs.find((v) => v.id === vif.uuid)!);
-        } else await sync.backend.vifUnplug(vm.uuid, vif.uuid, op === 'unplug_force');
-      });
-    });
+    withVifMarked(call, ref, op === 'plug' ? 'plug' : 'unplug', async () =>
+      runOnVmHost(call, (await call.db.get('VIF', ref)).VM, `VIF.${op}`, [ref], async () => {
+        const vif = await call.db.get('VIF', ref);
+        const vm = await call.db.get('VM', vif.VM);
+        await onDomain(sync, vif.VM, ref, async () => {
+          if (op === 'plug') {
+            const config = await sync.config(vif.VM);
+            await sync.backend.vifPlug(vm.uuid, config.vifs.find((v) => v.id === vif.uuid)!);
+          } else await sync.backend.vifUnplug(vm.uuid, vif.uuid, op === 'unplug_force');
+        });
+      }),
+    );
 
   r.implement('VIF.create', (call, [record]) => createVif(call, record))
     .implement('VIF.destroy', (call, [self]) => destroyVif(call, self))

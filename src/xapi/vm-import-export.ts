@@ -23,8 +23,29 @@ import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
 import { exportHeader, exportObjects, importObjects } from './vm-export.js';
 import { withVmOperation } from './vm-lifecycle.js';
+import { transferHost } from './forward.js';
 
 export type { Storage } from './storage.js';
+
+/**
+ * The address of the host a VM export must be redirected to (export.ml: one that sees every SR
+ * of the VM's disks), or undefined to serve it here.
+ */
+export async function vmExportHost(call: Call, vm: string): Promise<string | undefined> {
+  const srs = new Set<string>();
+  for (const vbdRef of (await call.db.get('VM', vm)).VBDs) {
+    const vbd = await call.db.get('VBD', vbdRef);
+    if (vbd.empty || vbd.VDI === NULL_REF) continue;
+    const vdi = await call.db.tryGet('VDI', vbd.VDI);
+    if (vdi) srs.add(vdi.SR);
+  }
+  return transferHost(call, [...srs]);
+}
+
+/** The address of the host an import into `sr` must be redirected to, or undefined for here. */
+export function importHost(call: Call, sr: string): Promise<string | undefined> {
+  return transferHost(call, [sr]);
+}
 
 /** A VDI's data as the XVA writer reads it; only the chain's allocated blocks are visited. */
 function xvaDisk(id: string, disk: OpenDisk): XvaDisk {

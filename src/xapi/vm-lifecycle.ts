@@ -10,6 +10,7 @@ import { NULL_REF } from '../schema/types.js';
 import { gateOf, globalGate, retryWithGlobalLock, withGlobalLock, type RetryPolicy } from './retry.js';
 import { untilStored } from '../db/until-stored.js';
 import { updateDevicesAllowedOperations } from './device-checks.js';
+import { isForwardedHere } from './forward.js';
 
 type PS = vm_power_state;
 const ALL: PS[] = ['Halted', 'Paused', 'Suspended', 'Running'];
@@ -483,6 +484,8 @@ export async function withVmOperation<T>(
   fn: () => Promise<T>,
   opts: { strict?: boolean; policy?: RetryPolicy } = {},
 ): Promise<T> {
+  // the member's half of a forwarded call: the coordinator holds the mark
+  if (isForwardedHere(call)) return fn();
   const db = call.db;
   const key = call.task;
   await retryWithGlobalLock(

@@ -9,9 +9,12 @@ import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';
 import type { Ref, VM_record, vm_operations } from '../schema/generated.js';
 import type { Schema } from '../schema/schema.js';
+import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { forceStateReset, isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import { withVmPlacedOnHost } from './host-operations.js';
+import { chooseHostForVm } from './vm-placement.js';
+import { isForwardedHere, runOn } from './forward.js';
 import { updateVmDisksAllowedOperations } from './storage-operations.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryConstraints } from './memory.js';
@@ -68,8 +71,11 @@ export class VmService {
     assertMemoryConstraints(vm);
   }
 
-  /** assert_can_boot_here, for the checks this host can make. */
-  async assertCanBootHere(call: Call, ref: string, hostRef: string): Promise<void> {
+  /**
+   * assert_can_boot_here, for the checks this implementation can make; every host is judged by
+   * its own records (liveness, PBDs, PIFs, CPUs, free memory), whichever host asks.
+   */
+  async assertCanBootHere(call: Call, ref: string, hostRef: string, memoryCheck = true): Promise<void> {
     const db = call.db;
     const vm = await db.get('VM', ref);
     VmService.validateForBoot(vm);
@@ -96,35 +102,64 @@ export class VmService {
     if (vm.VCPUs_max > cpus && platform['vcpu-unrestricted'] !== 'true') {
       throw new XapiError('HOST_NOT_ENOUGH_PCPUS', [String(vm.VCPUs_max), String(cpus)]);
     }
-    await assertEnoughMemory(call, ref, vm, hostRef);
+    if (memoryCheck) await assertEnoughMemory(call, ref, vm, hostRef);
   }
 
-  /** choose_host_for_vm: affinity first, then any host that passes assert_can_boot_here. */
-  async chooseHost(call: Call, ref: string): Promise<string> {
-    const vm = await call.db.get('VM', ref);
-    const hosts = (await call.db.all('host')).map(([h]) => h);
-    const ordered =
-      vm.affinity !== NULL_REF && hosts.includes(vm.affinity) ? [vm.affinity, ...hosts.filter((h) => h !== vm.affinity)] : hosts;
-    let lastError: unknown;
-    for (const h of ordered) {
-      try {
-        await this.assertCanBootHere(call, ref, h);
-        return h;
-      } catch (e) {
-        lastError = e;
-      }
+  /**
+   * vm_can_run_on_host: enabled (a control domain may start on a disabled host), live, not
+   * being evacuated, and assert_can_boot_here.
+   */
+  private async canRunOn(call: Call, ref: string, hostRef: string, memoryCheck: boolean): Promise<boolean> {
+    try {
+      const host = await call.db.get('host', hostRef);
+      if (Object.values(host.current_operations).includes('evacuate')) return false;
+      await this.assertCanBootHere(call, ref, hostRef, memoryCheck);
+      return true;
+    } catch {
+      return false;
     }
-    // One host: its reason is the useful answer. Several: xapi's generic one.
-    if (hosts.length === 1 && lastError) throw lastError;
-    throw new XapiError('NO_HOSTS_AVAILABLE', []);
   }
 
+  /**
+   * choose_host_for_vm (vm-placement.ts). On a host alone its own refusal is the answer, which
+   * says more than NO_HOSTS_AVAILABLE.
+   */
+  async chooseHost(call: Call, ref: string): Promise<string> {
+    const hosts = await call.db.all('host');
+    if (hosts.length === 1) {
+      await this.assertCanBootHere(call, ref, hosts[0]![0]);
+      return hosts[0]![0];
+    }
+    return chooseHostForVm(call, ref, (h, memoryCheck) => this.canRunOn(call, ref, h, memoryCheck));
+  }
+
+  /**
+   * Where a start or resume goes (forward_to_suitable_host / reserve_memory_for_vm): the host
+   * named (checked with assert_can_boot_here), else the one already reserved, else one chosen.
+   */
+  private placement(call: Call, ref: string, on: string | undefined): () => Promise<string> {
+    return async () => {
+      if (on) {
+        await this.assertCanBootHere(call, ref, on);
+        return on;
+      }
+      const scheduled = (await call.db.get('VM', ref)).scheduled_to_be_resident_on;
+      if (scheduled !== NULL_REF && (await call.db.tryGet('host', scheduled))) return scheduled;
+      return this.chooseHost(call, ref);
+    };
+  }
+
+  /**
+   * VM.start / start_on. On the coordinator: the VM's operation marked, a host chosen and
+   * reserved, then the start runs there (forwarded as VM.start). The member's half (a forwarded
+   * VM.start) starts the VM here, the coordinator having checked, marked and chosen.
+   */
   async start(call: Call, ref: string, paused: boolean, on?: string, op: vm_operations = 'start'): Promise<void> {
+    if (isForwardedHere(call)) return this.startHere(call, ref, call.host.hostRef, paused);
     await withVmOperation(call, ref, op, async () => {
-      const hostRef = on ?? (await this.chooseHost(call, ref));
-      if (on) await this.assertCanBootHere(call, ref, hostRef);
-      if (hostRef !== call.host.hostRef) throw new XapiError('CANNOT_CONTACT_HOST', [hostRef]);
-      await withVmPlacedOnHost(call, hostRef, 'vm_start', () => this.startHere(call, ref, hostRef, paused));
+      await withVmPlacedOnHost(call, ref, this.placement(call, ref, on), 'vm_start', (hostRef) =>
+        runOn(call, hostRef, 'VM.start', [ref, paused, false], () => this.startHere(call, ref, hostRef, paused)),
+      );
     });
   }
 
@@ -156,26 +191,44 @@ export class VmService {
     if (actual !== expected) throw new XapiError('VM_BAD_POWER_STATE', [ref, expected.toLowerCase(), actual.toLowerCase()]);
   }
 
+  /**
+   * forward_vm_op: an operation on a Running or Paused VM runs on the host it is resident on
+   * (the same message, forwarded); on a VM that is not running, here. A forwarded call runs here.
+   */
+  private async onResident(call: Call, ref: string, wire: string, args: Rpc[], local: () => Promise<void>): Promise<void> {
+    if (isForwardedHere(call)) return local();
+    const vm = await call.db.get('VM', ref);
+    if (vm.power_state !== 'Running' && vm.power_state !== 'Paused') return local();
+    await runOn(call, vm.resident_on, wire, [ref, ...args], local);
+  }
+
   async simple(call: Call, ref: string, op: vm_operations, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
-    await withVmOperation(call, ref, op, async () => {
-      const vm = await call.db.get('VM', ref);
-      await this.backend(call, ref, () => run(vm.uuid));
-      await this.assertPowerState(call, ref, expect);
-    });
+    await withVmOperation(call, ref, op, () =>
+      this.onResident(call, ref, `VM.${op}`, [], async () => {
+        const vm = await call.db.get('VM', ref);
+        await this.backend(call, ref, () => run(vm.uuid));
+        await this.assertPowerState(call, ref, expect);
+      }),
+    );
   }
 
   async hardReboot(call: Call, ref: string): Promise<void> {
     await withVmOperation(call, ref, 'hard_reboot', async () => {
-      await this.cancelOperations(call, ref, ['clean_shutdown', 'clean_reboot', 'pool_migrate', 'call_plugin', 'suspend']);
-      const vm = await call.db.get('VM', ref);
-      await this.backend(call, ref, () => this.sync.backend.reboot(vm.uuid));
-      await this.assertPowerState(call, ref, 'Running');
+      if (!isForwardedHere(call)) {
+        await this.cancelOperations(call, ref, ['clean_shutdown', 'clean_reboot', 'pool_migrate', 'call_plugin', 'suspend']);
+      }
+      await this.onResident(call, ref, 'VM.hard_reboot', [], async () => {
+        const vm = await call.db.get('VM', ref);
+        await this.backend(call, ref, () => this.sync.backend.reboot(vm.uuid));
+        await this.assertPowerState(call, ref, 'Running');
+      });
     });
   }
 
   /** hard_shutdown also works on a Suspended VM: its memory image is discarded. */
   async hardShutdown(call: Call, ref: string, op: vm_operations = 'hard_shutdown'): Promise<void> {
     await withVmOperation(call, ref, op, async () => {
+      if (isForwardedHere(call)) return this.hardShutdownNow(call, ref, await call.db.get('VM', ref));
       await this.cancelOperations(call, ref, [
         'clean_shutdown',
         'clean_reboot',
@@ -185,8 +238,7 @@ export class VmService {
         'shutdown',
         'suspend',
       ]);
-      const vm = await call.db.get('VM', ref);
-      await this.hardShutdownNow(call, ref, vm);
+      await this.onResident(call, ref, 'VM.hard_shutdown', [], async () => this.hardShutdownNow(call, ref, await call.db.get('VM', ref)));
     });
   }
 
@@ -206,7 +258,11 @@ export class VmService {
 
   /** VM.shutdown: one `shutdown` operation; clean (within shutdown_delay) if it can, else hard. */
   async shutdown(call: Call, ref: string): Promise<void> {
-    await withVmOperation(call, ref, 'shutdown', async () => {
+    await withVmOperation(call, ref, 'shutdown', () => this.onResident(call, ref, 'VM.shutdown', [], () => this.shutdownHere(call, ref)));
+  }
+
+  private async shutdownHere(call: Call, ref: string): Promise<void> {
+    {
       const vm = await call.db.get('VM', ref);
       if (vm.power_state === 'Running') {
         try {
@@ -218,7 +274,7 @@ export class VmService {
         }
       }
       await this.hardShutdownNow(call, ref, await call.db.get('VM', ref));
-    });
+    }
   }
 
   cleanTimeout(vm: Row<'VM'>): number {
@@ -227,25 +283,27 @@ export class VmService {
   }
 
   async resume(call: Call, ref: string, paused: boolean, on?: string, op: vm_operations = 'resume'): Promise<void> {
+    if (isForwardedHere(call)) return this.resumeHere(call, ref, call.host.hostRef, paused);
     await withVmOperation(call, ref, op, () => this.resumeNow(call, ref, paused, on));
   }
 
   /** The work of resume, for callers already holding a VM operation (checkpoint). */
   async resumeNow(call: Call, ref: string, paused: boolean, on?: string): Promise<void> {
-    {
-      const hostRef = on ?? (await this.chooseHost(call, ref));
-      if (on) await this.assertCanBootHere(call, ref, hostRef);
-      const vm = await call.db.get('VM', ref);
-      await withVmPlacedOnHost(call, hostRef, 'vm_resume', async () => {
-        await call.db.update('VM', ref, { scheduled_to_be_resident_on: hostRef });
-        await this.backend(call, ref, async () => {
-          await this.sync.backend.add(await this.sync.config(ref));
-          await this.sync.backend.resume(vm.uuid, { paused });
-        });
-      });
-      await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
-      await this.discardSuspendImage(call, ref);
-    }
+    await withVmPlacedOnHost(call, ref, this.placement(call, ref, on), 'vm_resume', (hostRef) =>
+      runOn(call, hostRef, 'VM.resume', [ref, paused, false], () => this.resumeHere(call, ref, hostRef, paused)),
+    );
+  }
+
+  /** The resume itself, on the host chosen and reserved for it. */
+  private async resumeHere(call: Call, ref: string, hostRef: string, paused: boolean): Promise<void> {
+    const vm = await call.db.get('VM', ref);
+    await call.db.update('VM', ref, { scheduled_to_be_resident_on: hostRef });
+    await this.backend(call, ref, async () => {
+      await this.sync.backend.add(await this.sync.config(ref));
+      await this.sync.backend.resume(vm.uuid, { paused });
+    });
+    await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
+    await this.discardSuspendImage(call, ref);
   }
 
   /**
@@ -254,7 +312,7 @@ export class VmService {
    * suspend_VDI; the domain manager writes the image into it. On failure the VDI goes again.
    */
   async suspend(call: Call, ref: string): Promise<void> {
-    await withVmOperation(call, ref, 'suspend', () => this.suspendNow(call, ref));
+    await withVmOperation(call, ref, 'suspend', () => this.onResident(call, ref, 'VM.suspend', [], () => this.suspendNow(call, ref)));
   }
 
   /** The work of suspend, for callers already holding a VM operation (checkpoint). */
@@ -470,6 +528,9 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.copy', (call, [vm, name, sr]) => svc.clone(call, vm, name, 'copy', sr))
     .implement('VM.assert_can_boot_here', (call, [vm, host]) => svc.assertCanBootHere(call, vm, host))
     .implement('VM.get_possible_hosts', async (call, [vm]) => {
+      // a VM already reserved on a host can only go there (get_possible_hosts_for_vm)
+      const scheduled = (await call.db.get('VM', vm)).scheduled_to_be_resident_on;
+      if (scheduled !== NULL_REF) return [scheduled];
       const out: string[] = [];
       for (const [h] of await call.db.all('host')) {
         try {

@@ -45,11 +45,19 @@ async function listenOnce(address: string, port: number): Promise<void> {
   });
 }
 
+/** Options for every host; `hostArgs[i]`, extra `xapi serve` flags for host i only. */
+type PoolOptions = Omit<StartOptions, 'address' | 'httpPort' | 'httpsPort'> & { hostArgs?: string[][] };
+
 /** Starts standalone hosts with the pool's ports (not joined). */
-export async function startHosts(n: number, o: Omit<StartOptions, 'address' | 'httpPort' | 'httpsPort'> = {}): Promise<XapiProcess[]> {
+export async function startHosts(n: number, o: PoolOptions = {}): Promise<XapiProcess[]> {
   const addresses = Array.from({ length: n }, () => loopbackAddress());
   const [httpPort, httpsPort] = await commonPorts(addresses);
-  return Promise.all(addresses.map((address) => startXapi({ ...o, address, httpPort, httpsPort })));
+  const { hostArgs, ...common } = o;
+  return Promise.all(
+    addresses.map((address, i) =>
+      startXapi({ ...common, args: [...(common.args ?? []), ...(hostArgs?.[i] ?? [])], address, httpPort, httpsPort }),
+    ),
+  );
 }
 
 /** Makes `member` join the pool of `coordinator` and waits until it is back as an enabled, live member. */
@@ -65,7 +73,7 @@ export async function joinPool(coordinator: XapiProcess, member: XapiProcess): P
   });
 }
 
-export async function startPool(n: number, o: Omit<StartOptions, 'address' | 'httpPort' | 'httpsPort'> = {}): Promise<TestPool> {
+export async function startPool(n: number, o: PoolOptions = {}): Promise<TestPool> {
   const hosts = await startHosts(n, o);
   const [coordinator, ...members] = hosts as [XapiProcess, ...XapiProcess[]];
   try {
