@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { hostEnv } from '../../src/cli/host-process.js';
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const PASSWORD = 'test-root-password';
@@ -84,7 +85,7 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
       stateDir,
       ...(o.args ?? []),
     ],
-    { env: { ...process.env, XAPI_ROOT_PASSWORD: PASSWORD, ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env: hostEnv({ ...process.env, XAPI_ROOT_PASSWORD: PASSWORD, ...o.env }), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
