@@ -58,7 +58,9 @@ function generateInWorker(request: CertificateRequest): Promise<GeneratedPems> {
     let pems: GeneratedPems | undefined;
     worker.once('message', (m: GeneratedPems) => (pems = m));
     worker.once('error', reject);
-    worker.once('exit', (code) => (pems ? resolve(pems) : reject(new Error(`certificate generation ended (exit code ${code}) without a certificate`))));
+    worker.once('exit', (code) =>
+      pems ? resolve(pems) : reject(new Error(`certificate generation ended (exit code ${code}) without a certificate`)),
+    );
   });
 }
 
