@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hostEnv } from '../../src/cli/host-process.js';
+import { HOST_NODE_FLAGS, hostEnv } from '../../src/cli/host-process.js';
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const PASSWORD = 'test-root-password';
@@ -73,6 +73,7 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
     wrap[0] ?? process.execPath,
     [
       ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
+      ...HOST_NODE_FLAGS,
       join(ROOT, 'bin/xapi.js'),
       'serve',
       '--address',

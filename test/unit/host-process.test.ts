@@ -8,14 +8,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { HOST_GLIBC_TUNABLES, hostEnv } from '../../src/cli/host-process.js';
+import { HOST_GLIBC_TUNABLES, HOST_NODE_FLAGS, hostEnv } from '../../src/cli/host-process.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const bin = join(root, 'bin/xapi.js');
 
 test("bin/xapi.js's first line sets the host process's settings", () => {
   const first = readFileSync(bin, 'utf8').split('\n')[0];
-  assert.equal(first, `#!/usr/bin/env -S GLIBC_TUNABLES=${HOST_GLIBC_TUNABLES} node`);
+  assert.equal(first, `#!/usr/bin/env -S GLIBC_TUNABLES=${HOST_GLIBC_TUNABLES} node ${HOST_NODE_FLAGS.join(' ')}`);
 });
 
 test('the first line runs on this system and the settings reach node', async () => {
@@ -24,9 +24,15 @@ test('the first line runs on this system and the settings reach node', async () 
     // The same first line over a script that reports what node got.
     const script = join(dir, 'probe.mjs');
     const first = readFileSync(bin, 'utf8').split('\n')[0];
-    writeFileSync(script, `${first}\nconsole.log(JSON.stringify({ tunables: process.env.GLIBC_TUNABLES, flags: process.execArgv }));\n`, { mode: 0o755 });
-    const got = JSON.parse(execFileSync(script, { encoding: 'utf8', env: { PATH: process.env.PATH } })) as { tunables: string; flags: string[] };
+    writeFileSync(script, `${first}\nconsole.log(JSON.stringify({ tunables: process.env.GLIBC_TUNABLES, flags: process.execArgv }));\n`, {
+      mode: 0o755,
+    });
+    const got = JSON.parse(execFileSync(script, { encoding: 'utf8', env: { PATH: process.env.PATH } })) as {
+      tunables: string;
+      flags: string[];
+    };
     assert.equal(got.tunables, HOST_GLIBC_TUNABLES);
+    assert.deepEqual(got.flags, HOST_NODE_FLAGS);
     // and bin/xapi.js itself starts through it
     const help = spawnSync(bin, ['help'], { encoding: 'utf8' });
     assert.equal(help.status, 0);
