@@ -7,6 +7,7 @@
 // launcher stops when the process that started it goes, so a wrapper that passes no signal on
 // (npx, `npm run`) still stops the pool. A host that dies is reported, not restarted: a real
 // pool has no supervisor (xapi restarts itself, in-process, where it must).
+import { HOST_NODE_FLAGS, hostEnv } from './host-process.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -229,6 +230,7 @@ class Launcher {
   private start(index: number, address: string): void {
     const name = `host${index}`;
     const args = [
+      ...HOST_NODE_FLAGS,
       this.bin,
       'serve',
       '--address',
@@ -244,7 +246,7 @@ class Launcher {
     // The host's output goes straight to ours; the IPC channel is how it knows we are gone.
     const proc = spawn(process.execPath, args, {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, XAPI_ROOT_PASSWORD: this.password },
+      env: hostEnv({ ...process.env, XAPI_ROOT_PASSWORD: this.password }),
     });
     const host: PoolHost = { name, address, proc, pid: proc.pid ?? -1, running: proc.pid !== undefined, exited: Promise.resolve('') };
     host.exited = new Promise<string>((resolve) => {

@@ -7,7 +7,8 @@ import { isIP } from 'node:net';
 import { mkdir, readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/files.js';
 import { join } from 'node:path';
-import { generate } from 'selfsigned';
+import { Worker } from 'node:worker_threads';
+import type { CertificateRequest, GeneratedPems } from './cert-worker.js';
 
 export const CERT_FILE = 'xapi-ssl.pem';
 const VALID_DAYS = 365 * 10;
@@ -24,23 +25,43 @@ export async function loadOrCreateCertificate(stateDir: string, hostname: string
   // replacing it would change the identity clients have pinned.
   if (text !== undefined) return parsePem(text, path);
 
-  const pems = await generate([{ name: 'commonName', value: hostname }], {
-    keyType: 'rsa',
-    keySize: 2048,
-    algorithm: 'sha256', // selfsigned's default is sha1, which current TLS stacks reject
-    notBeforeDate: new Date(),
-    notAfterDate: new Date(Date.now() + VALID_DAYS * 86_400_000),
-    extensions: [
-      { name: 'basicConstraints', cA: false },
-      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-      { name: 'extKeyUsage', serverAuth: true },
-      { name: 'subjectAltName', altNames: subjectAltNames(hostname) },
-    ],
+  const pems = await generateInWorker({
+    attrs: [{ name: 'commonName', value: hostname }],
+    options: {
+      keyType: 'rsa',
+      keySize: 2048,
+      algorithm: 'sha256', // selfsigned's default is sha1, which current TLS stacks reject
+      notBeforeDate: new Date(),
+      notAfterDate: new Date(Date.now() + VALID_DAYS * 86_400_000),
+      extensions: [
+        { name: 'basicConstraints', cA: false },
+        { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+        { name: 'extKeyUsage', serverAuth: true },
+        { name: 'subjectAltName', altNames: subjectAltNames(hostname) },
+      ],
+    },
   });
   // Same layout as gencert: key, blank line, certificate.
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   await writeFileAtomic(path, `${pems.private.trim()}\n\n${pems.cert.trim()}\n`, 0o600);
   return { key: pems.private, cert: pems.cert };
+}
+
+/**
+ * Runs selfsigned in a worker thread that ends when the certificate is made: the library and its
+ * ASN.1 stack (~0.7 MB of source, several MB of heap) then leave with the worker's heap instead of
+ * staying loaded for the life of a host that needed them once, on its first start.
+ */
+function generateInWorker(request: CertificateRequest): Promise<GeneratedPems> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL('./cert-worker.js', import.meta.url), { workerData: request });
+    let pems: GeneratedPems | undefined;
+    worker.once('message', (m: GeneratedPems) => (pems = m));
+    worker.once('error', reject);
+    worker.once('exit', (code) =>
+      pems ? resolve(pems) : reject(new Error(`certificate generation ended (exit code ${code}) without a certificate`)),
+    );
+  });
 }
 
 function subjectAltNames(hostname: string): { type: 2 | 7; value?: string; ip?: string }[] {

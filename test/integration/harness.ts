@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { HOST_NODE_FLAGS, hostEnv } from '../../src/cli/host-process.js';
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const PASSWORD = 'test-root-password';
@@ -72,6 +73,7 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
     wrap[0] ?? process.execPath,
     [
       ...(wrap.length ? [...wrap.slice(1), process.execPath] : []),
+      ...HOST_NODE_FLAGS,
       join(ROOT, 'bin/xapi.js'),
       'serve',
       '--address',
@@ -84,7 +86,7 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
       stateDir,
       ...(o.args ?? []),
     ],
-    { env: { ...process.env, XAPI_ROOT_PASSWORD: PASSWORD, ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env: hostEnv({ ...process.env, XAPI_ROOT_PASSWORD: PASSWORD, ...o.env }), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
