@@ -10,7 +10,10 @@
 // - a member's database: reads and acknowledged writes per second of a RemoteDb holding the
 //   pool's secret, against the coordinator, beside the same calls on a local LocalDb;
 // - event.from latency on the coordinator for a change a member makes (p50/p99), beside the
-//   same for a change made on the coordinator itself.
+//   same for a change made on the coordinator itself;
+// - coordinator transitions: from pool.designate_new_master, and from a SIGKILL of the coordinator
+//   followed at once by the emergency calls on a member, to the new coordinator acknowledging a
+//   write, beside one host's start-up time.
 import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -186,8 +189,8 @@ export async function run(args: string[]): Promise<void> {
     figures.formation = { value: Math.round(launched.readyMs), unit: 'ms', hosts, limit_one_host_start_ms: Math.round(single.startMs) };
 
     const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
-    // idle: a few heartbeat-free seconds after forming
-    await new Promise((r) => setTimeout(r, 3000));
+    // idle for a while after forming (start-up's garbage collected, heartbeats going)
+    await new Promise((r) => setTimeout(r, quick ? 3000 : 15_000));
     const rss = await Promise.all(launched.hosts.map((h) => rssMiB(h.pid)));
     const bareRss = await rssMiB(bare.pid!);
     bare.kill();
@@ -270,11 +273,49 @@ export async function run(args: string[]): Promise<void> {
       local.close();
       await rm(dbDir, { recursive: true, force: true });
     }
+
+    // Coordinator transitions: from the call (or the SIGKILL) to the new coordinator
+    // acknowledging a write.
+    const [next, third] = [launched.hosts[1]!, launched.hosts[2]!];
+    const hostRecords = (await rpc.call('host.get_all_records', [s])) as Record<string, { address: string }>;
+    const nextRef = Object.entries(hostRecords).find(([, h]) => h.address === next.address)![0];
+    let t0 = performance.now();
+    await rpc.call('pool.designate_new_master', [s, nextRef]);
+    await firstWrite(next.address, httpPort);
+    const designateMs = performance.now() - t0;
+    t0 = performance.now();
+    process.kill(next.pid, 'SIGKILL');
+    const thirdRpc = new JsonRpc({ host: third.address, port: httpPort }, new http.Agent({ keepAlive: true }));
+    const local3 = await thirdRpc.call('session.slave_local_login_with_password', ['root', PASSWORD]);
+    await thirdRpc.call('pool.emergency_transition_to_master', [local3]);
+    await firstWrite(third.address, httpPort);
+    const emergencyMs = performance.now() - t0;
+    console.log(
+      `transitions: designate_new_master to a write acknowledged ${designateMs.toFixed(0)} ms; SIGKILL + emergency_transition_to_master to a write ${emergencyMs.toFixed(0)} ms (one host starts in ${single.startMs.toFixed(0)} ms)`,
+    );
+    figures.designate_new_master = { value: Math.round(designateMs), unit: 'ms', limit_one_host_start_ms: Math.round(single.startMs) };
+    figures.emergency_transition = { value: Math.round(emergencyMs), unit: 'ms', limit_one_host_start_ms: Math.round(single.startMs) };
   } finally {
     if (launched) await stopPool(launched);
     await rm(stateDir, { recursive: true, force: true });
   }
   console.log(JSON.stringify({ bench: 'pool', ...figures }));
+}
+
+/** Resolves once `address` takes a login and acknowledges a write (it is the coordinator). */
+async function firstWrite(address: string, port: number): Promise<void> {
+  const rpc = new JsonRpc({ host: address, port }, new http.Agent({ keepAlive: false }));
+  for (;;) {
+    try {
+      const s = (await rpc.call('session.login_with_password', ['root', PASSWORD])) as string;
+      const [poolRef] = (await rpc.call('pool.get_all', [s])) as string[];
+      await rpc.call('pool.set_name_description', [s, poolRef, `written ${Date.now()}`]);
+      return;
+    } catch {
+      // not serving yet (restarting, or checking that no other host is coordinator)
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
 }
 
 /** Lifecycle operations (start or hard_shutdown) per second over `count` fresh VMs. */
