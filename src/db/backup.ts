@@ -10,11 +10,11 @@
 // folded in and removed) before the rename. Nothing may hold xapi.db open as a live database
 // meanwhile: a member never opens it, a host joining a pool must close its database first.
 import https from 'node:https';
-import { open, rename, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { XapiError } from '../rpc/errors.js';
-import { fsyncDir } from '../util/files.js';
+import { writeFileAtomic } from '../util/files.js';
 import { STORE_FORMAT } from './store.js';
 
 export const BACKUP_PATH = '/pool/xmldbdump';
@@ -124,21 +124,7 @@ export function checkImage(image: Buffer): number {
 
 /** Writes the image as `path`, atomically, with no stale WAL beside it. */
 export async function installImage(path: string, image: Buffer): Promise<void> {
-  const tmp = `${path}.download-${process.pid}`;
-  await rm(tmp, { force: true });
-  const fh = await open(tmp, 'wx', 0o600);
-  try {
-    await fh.writeFile(image);
-    await fh.sync();
-  } catch (e) {
-    await fh.close();
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await fh.close();
-  await foldWal(path);
-  await rename(tmp, path);
-  await fsyncDir(join(path, '..'));
+  await writeFileAtomic(path, image, 0o600, () => foldWal(path));
 }
 
 /** Folds the old database's WAL into it (closing the last connection does) and removes the rest. */

@@ -6,7 +6,13 @@ import { dirname } from 'node:path';
  * Writes via a temporary file in the same directory, fsync, rename and an fsync of the directory:
  * after a crash the file is the old one or the new one, never torn.
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  data: string | Uint8Array,
+  mode = 0o644,
+  /** Runs once the new content is durable, just before it replaces the old file. */
+  beforeRename?: () => Promise<void>,
+): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
   await rm(tmp, { force: true }); // a leftover from a crash could carry other permissions
   const fh = await open(tmp, 'wx', mode);
@@ -19,6 +25,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     throw e;
   }
   await fh.close();
+  await beforeRename?.();
   await rename(tmp, path);
   await fsyncDir(dirname(path));
 }

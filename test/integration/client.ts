@@ -20,6 +20,17 @@ export async function jsonCall(url: string, method: string, params: unknown[] = 
   return body.result;
 }
 
+/** The ErrorDescription a call fails with; fails the test if it succeeds or fails otherwise. */
+export async function xapiFailure(p: Promise<unknown>): Promise<string[]> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RpcFailure) return e.error;
+    throw e;
+  }
+  throw new Error('expected a XenAPI failure, the call succeeded');
+}
+
 export async function login(url: string, password: string): Promise<string> {
   return (await jsonCall(url, 'session.login_with_password', ['root', password])) as string;
 }

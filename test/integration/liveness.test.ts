@@ -8,23 +8,13 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { jsonCall, RpcFailure } from './client.js';
+import { jsonCall, xapiFailure } from './client.js';
 import { loginWhenServing, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 /** Short liveness timings for every host: heartbeats and liveness checks five times a second. */
 const FAST = { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200' };
-
-async function failure(p: Promise<unknown>): Promise<string[]> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RpcFailure) return e.error;
-    throw e;
-  }
-  assert.fail('expected a XenAPI failure');
-}
 
 async function live(pool: TestPool, host: string): Promise<boolean> {
   const metrics = await jsonCall(pool.coordinator.url, 'host.get_metrics', [pool.session, host]);
@@ -67,19 +57,19 @@ describe('liveness with the default dead interval (10 min)', () => {
 
   it('refuses to declare dead a live member, or the coordinator itself: HOST_IS_LIVE', async () => {
     const { coordinator: c, session: s, refs } = pool;
-    assert.deepEqual(await failure(jsonCall(c.url, 'host.declare_dead', [s, refs[1]])), ['HOST_IS_LIVE', refs[1]]);
-    assert.deepEqual(await failure(jsonCall(c.url, 'host.declare_dead', [s, refs[0]])), ['HOST_IS_LIVE', refs[0]]);
-    assert.deepEqual(await failure(jsonCall(c.url, 'host.destroy', [s, refs[1]])), ['HOST_IS_LIVE', refs[1]]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'host.declare_dead', [s, refs[1]])), ['HOST_IS_LIVE', refs[1]]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'host.declare_dead', [s, refs[0]])), ['HOST_IS_LIVE', refs[0]]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'host.destroy', [s, refs[1]])), ['HOST_IS_LIVE', refs[1]]);
   });
 
   it('VM.power_state_reset: CANNOT_RESET_CONTROL_DOMAIN, DOMAIN_EXISTS here, HOST_IS_LIVE for a live member', async () => {
     const { coordinator: c, session: s, refs } = pool;
     const dom0 = (await jsonCall(c.url, 'host.get_control_domain', [s, refs[1]])) as string;
-    assert.deepEqual(await failure(jsonCall(c.url, 'VM.power_state_reset', [s, dom0])), ['CANNOT_RESET_CONTROL_DOMAIN', dom0]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'VM.power_state_reset', [s, dom0])), ['CANNOT_RESET_CONTROL_DOMAIN', dom0]);
     const here = await runningVmOn(pool, 0, 'on-coordinator');
-    assert.deepEqual(await failure(jsonCall(c.url, 'VM.power_state_reset', [s, here])), ['DOMAIN_EXISTS', here]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'VM.power_state_reset', [s, here])), ['DOMAIN_EXISTS', here]);
     const there = await runningVmOn(pool, 1, 'on-member');
-    assert.deepEqual(await failure(jsonCall(c.url, 'VM.power_state_reset', [s, there])), ['HOST_IS_LIVE', refs[1]]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'VM.power_state_reset', [s, there])), ['HOST_IS_LIVE', refs[1]]);
     assert.equal(await jsonCall(c.url, 'VM.get_power_state', [s, there]), 'Running');
     await jsonCall(c.url, 'VM.hard_shutdown', [s, here]);
   });
@@ -104,7 +94,7 @@ describe('liveness with the default dead interval (10 min)', () => {
     await stopXapi(pool.hosts[2]!, true);
     assert.equal(await live(pool, refs[2]!), false);
 
-    assert.deepEqual(await failure(jsonCall(c.url, 'host.destroy', [s, refs[2]])), ['HOST_HAS_RESIDENT_VMS', refs[2]]);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'host.destroy', [s, refs[2]])), ['HOST_HAS_RESIDENT_VMS', refs[2]]);
     await jsonCall(c.url, 'host.declare_dead', [s, refs[2]]);
     assert.equal(await jsonCall(c.url, 'VM.get_power_state', [s, vm]), 'Halted');
     assert.equal(await jsonCall(c.url, 'VM.get_resident_on', [s, vm]), 'OpaqueRef:NULL');
@@ -113,7 +103,7 @@ describe('liveness with the default dead interval (10 min)', () => {
     assert.equal(await jsonCall(c.url, 'VM.get_power_state', [s, dom0]), 'Running');
 
     await jsonCall(c.url, 'host.destroy', [s, refs[2]]);
-    const gone = async (cls: string, ref: string) => (await failure(jsonCall(c.url, `${cls}.get_record`, [s, ref])))[0];
+    const gone = async (cls: string, ref: string) => (await xapiFailure(jsonCall(c.url, `${cls}.get_record`, [s, ref])))[0];
     assert.equal(await gone('host', refs[2]!), 'HANDLE_INVALID');
     assert.equal(await gone('VM', dom0), 'HANDLE_INVALID');
     assert.equal(await gone('host_metrics', metrics), 'HANDLE_INVALID');
@@ -160,7 +150,7 @@ describe('liveness with a short dead interval (3 s)', () => {
     pool.session = await loginWhenServing(c2.url);
     assert.equal(await live(pool, refs[1]!), true);
     // The member answers when asked (pool.is_slave), so its VM cannot be reset.
-    assert.deepEqual(await failure(jsonCall(c2.url, 'VM.power_state_reset', [pool.session, vm])), ['HOST_IS_LIVE', refs[1]]);
+    assert.deepEqual(await xapiFailure(jsonCall(c2.url, 'VM.power_state_reset', [pool.session, vm])), ['HOST_IS_LIVE', refs[1]]);
     assert.equal(await jsonCall(c2.url, 'VM.get_power_state', [pool.session, vm]), 'Running');
     assert.equal(await jsonCall(c2.url, 'VM.get_resident_on', [pool.session, vm]), refs[1]);
     // Its heartbeats reach the new coordinator process: silenced past the interval it is taken

@@ -6,20 +6,10 @@ import assert from 'node:assert/strict';
 import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PASSWORD, type XapiProcess } from './harness.js';
-import { jsonCall, login, RpcFailure } from './client.js';
+import { jsonCall, login, xapiFailure } from './client.js';
 import { joinPool, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
-
-async function failure(p: Promise<unknown>): Promise<string[]> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RpcFailure) return e.error;
-    throw e;
-  }
-  assert.fail('expected a XenAPI failure');
-}
 
 type Records = Record<string, Record<string, unknown>>;
 
@@ -39,7 +29,10 @@ describe('pool.eject in a pool of three', () => {
 
   it('refuses to eject the coordinator: INTERNAL_ERROR, and the pool operation is released', async () => {
     const { coordinator: c, session: s } = pool;
-    assert.deepEqual(await failure(jsonCall(c.url, 'pool.eject', [s, pool.refs[0]])), ['INTERNAL_ERROR', 'Xapi_pool.Cannot_eject_master']);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'pool.eject', [s, pool.refs[0]])), [
+      'INTERNAL_ERROR',
+      'Xapi_pool.Cannot_eject_master',
+    ]);
     const [poolRef] = (await jsonCall(c.url, 'pool.get_all', [s])) as string[];
     assert.deepEqual(await jsonCall(c.url, 'pool.get_current_operations', [s, poolRef]), {});
     assert.ok(((await jsonCall(c.url, 'pool.get_allowed_operations', [s, poolRef])) as string[]).includes('eject'));
@@ -55,7 +48,7 @@ describe('pool.eject in a pool of three', () => {
     const vm = (await jsonCall(m.url, 'VM.create', [local, vmRecord('on-the-member', { memory: 256 * 2 ** 20 })])) as string;
     await jsonCall(m.url, 'VM.start_on', [local, vm, ref, false, false]);
     assert.equal(await jsonCall(c.url, 'VM.get_resident_on', [s, vm]), ref);
-    assert.deepEqual(await failure(jsonCall(c.url, 'pool.eject', [s, ref])), ['OPERATION_NOT_ALLOWED', 'VM resident on host']);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'pool.eject', [s, ref])), ['OPERATION_NOT_ALLOWED', 'VM resident on host']);
     // Nothing was let go: the member is still the pool's, with its storage.
     assert.equal(await jsonCall(m.url, 'pool.is_slave', [local, ref]), true);
     assert.equal(((await jsonCall(c.url, 'host.get_all', [s])) as string[]).length, 3);
@@ -115,6 +108,6 @@ describe('pool.eject in a pool of three', () => {
     const all = (await jsonCall(c.url, 'host.get_all_records', [s])) as Records;
     assert.equal(Object.keys(all).length, 3);
     assert.equal(Object.values(all).find((h) => h.address === m.address)?.uuid, uuid);
-    assert.deepEqual(await failure(login(m.url, PASSWORD)), ['HOST_IS_SLAVE', c.address]);
+    assert.deepEqual(await xapiFailure(login(m.url, PASSWORD)), ['HOST_IS_SLAVE', c.address]);
   });
 });

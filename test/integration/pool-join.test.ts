@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { loopbackAddress, PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { jsonCall, login, RpcFailure } from './client.js';
+import { jsonCall, login, xapiFailure } from './client.js';
 import { joinPool, startHosts, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 import { waitForEmitted, waitUntil } from '../wait.js';
@@ -14,16 +14,6 @@ import { waitForEmitted, waitUntil } from '../wait.js';
 import { Xapi } from 'xen-api';
 
 const run = promisify(execFile);
-
-async function failure(p: Promise<unknown>): Promise<string[]> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RpcFailure) return e.error;
-    throw e;
-  }
-  assert.fail('expected a XenAPI failure');
-}
 
 /** The ErrorDescription Python's xmlrpc.client gets for login_with_password at `url`. */
 async function pythonLogin(url: string): Promise<string[]> {
@@ -75,13 +65,13 @@ describe('a pool of three hosts formed with pool.join', () => {
   it('answers HOST_IS_SLAVE [coordinator] on a member, JSON-RPC and XML-RPC, HTTP and HTTPS', async () => {
     const m = pool.members[0]!;
     const expected = ['HOST_IS_SLAVE', pool.coordinator.address];
-    assert.deepEqual(await failure(login(m.url, PASSWORD)), expected);
+    assert.deepEqual(await xapiFailure(login(m.url, PASSWORD)), expected);
     assert.deepEqual(await pythonLogin(m.url), expected);
     assert.deepEqual(await pythonLogin(m.httpsUrl), expected);
     // a client's session from the coordinator is not for a member's calls
-    assert.deepEqual(await failure(jsonCall(m.url, 'host.get_all', [pool.session])), expected);
+    assert.deepEqual(await xapiFailure(jsonCall(m.url, 'host.get_all', [pool.session])), expected);
     // even for an emergency call: the session check comes first
-    assert.deepEqual(await failure(jsonCall(m.url, 'pool.is_slave', [pool.session, pool.refs[1]])), expected);
+    assert.deepEqual(await xapiFailure(jsonCall(m.url, 'pool.is_slave', [pool.session, pool.refs[1]])), expected);
   });
 
   it('lets root log in locally on a member (slave_local_login_with_password)', async () => {
@@ -92,7 +82,7 @@ describe('a pool of three hosts formed with pool.join', () => {
     const hosts = (await jsonCall(m.url, 'host.get_all', [local])) as string[];
     assert.equal(hosts.length, 3);
     await jsonCall(m.url, 'session.local_logout', [local]);
-    assert.deepEqual(await failure(jsonCall(m.url, 'session.slave_local_login_with_password', ['root', 'wrong'])), [
+    assert.deepEqual(await xapiFailure(jsonCall(m.url, 'session.slave_local_login_with_password', ['root', 'wrong'])), [
       'SESSION_AUTHENTICATION_FAILED',
       'root',
       'Authentication failure',
@@ -131,7 +121,7 @@ describe('a pool of three hosts formed with pool.join', () => {
     const extra = await startXapi({ address: loopbackAddress(), httpPort: c.httpPort, httpsPort: c.httpsPort });
     try {
       const s = await login(extra.url, PASSWORD);
-      assert.deepEqual(await failure(jsonCall(extra.url, 'pool.join', [s, pool.members[0]!.address, 'root', PASSWORD])), [
+      assert.deepEqual(await xapiFailure(jsonCall(extra.url, 'pool.join', [s, pool.members[0]!.address, 'root', PASSWORD])), [
         'HOST_IS_SLAVE',
         pool.coordinator.address,
       ]);
@@ -153,7 +143,7 @@ describe('pool.join refusals', () => {
   it('a wrong password: SESSION_AUTHENTICATION_FAILED from the coordinator', async () => {
     const [c, j] = hosts as [XapiProcess, XapiProcess];
     const s = await login(j.url, PASSWORD);
-    assert.deepEqual(await failure(jsonCall(j.url, 'pool.join', [s, c.address, 'root', 'not-the-password'])), [
+    assert.deepEqual(await xapiFailure(jsonCall(j.url, 'pool.join', [s, c.address, 'root', 'not-the-password'])), [
       'SESSION_AUTHENTICATION_FAILED',
       'root',
       'Authentication failure',
@@ -163,7 +153,7 @@ describe('pool.join refusals', () => {
   it('joining itself: OPERATION_NOT_ALLOWED', async () => {
     const [, j] = hosts as [XapiProcess, XapiProcess];
     const s = await login(j.url, PASSWORD);
-    assert.deepEqual(await failure(jsonCall(j.url, 'pool.join', [s, j.address, 'root', PASSWORD])), [
+    assert.deepEqual(await xapiFailure(jsonCall(j.url, 'pool.join', [s, j.address, 'root', PASSWORD])), [
       'OPERATION_NOT_ALLOWED',
       'Host cannot become slave of itself',
     ]);
@@ -174,7 +164,7 @@ describe('pool.join refusals', () => {
     const s = await login(j.url, PASSWORD);
     const vm = (await jsonCall(j.url, 'VM.create', [s, vmRecord('joiner-vm', { memory: 256 * 2 ** 20 })])) as string;
     await jsonCall(j.url, 'VM.start', [s, vm, false, false]);
-    assert.deepEqual(await failure(jsonCall(j.url, 'pool.join', [s, c.address, 'root', PASSWORD])), [
+    assert.deepEqual(await xapiFailure(jsonCall(j.url, 'pool.join', [s, c.address, 'root', PASSWORD])), [
       'JOINING_HOST_CANNOT_HAVE_RUNNING_VMS',
     ]);
     await jsonCall(j.url, 'VM.hard_shutdown', [s, vm]);
@@ -192,7 +182,7 @@ describe('pool.join refusals', () => {
     hosts[1] = again;
     assert.match(again.output(), /host ready \(slave:/);
     await joinPoolBack(c, again);
-    assert.deepEqual(await failure(login(again.url, PASSWORD)), ['HOST_IS_SLAVE', c.address]);
+    assert.deepEqual(await xapiFailure(login(again.url, PASSWORD)), ['HOST_IS_SLAVE', c.address]);
   });
 });
 
