@@ -70,9 +70,15 @@ export async function startPool(o: PoolStartOptions): Promise<PoolProcess> {
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
   const waitFor = o.waitFor ?? /xapi pool: ready/;
-  const timeoutMs = o.timeoutMs ?? 60_000;
+  // npx's first run in a fresh checkout installs the package into its cache (about a minute here)
+  const timeoutMs = o.timeoutMs ?? (o.via === 'npx' ? 240_000 : 60_000);
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`xapi pool was not ready in time:\n${out}`)), timeoutMs);
+    const timer = setTimeout(() => {
+      // Not ready: end what was started, so no host outlives the test (SIGTERM: npx passes it on
+      // to its shell, whose end the launcher notices).
+      proc.kill('SIGTERM');
+      reject(new Error(`xapi pool was not ready in time:\n${out}`));
+    }, timeoutMs);
     const check = () => {
       if (waitFor.test(out)) {
         clearTimeout(timer);

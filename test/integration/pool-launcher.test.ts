@@ -87,7 +87,7 @@ test('SIGKILL of the launcher: every host notices its channel close and exits', 
 });
 
 test('started through npx (which passes no signal on): SIGTERM to npx still stops the launcher and every host', {
-  timeout: 120_000,
+  timeout: 300_000,
 }, async () => {
   const p = await startPool({ hosts: 1, via: 'npx', env: { XAPI_ROOT_PASSWORD: PASSWORD } });
   try {
