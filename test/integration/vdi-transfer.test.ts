@@ -301,8 +301,11 @@ test("a transfer reports its progress on the caller's task", { timeout: 30_000 }
       (res) => {
         assert.equal(res.statusCode, 200);
         assert.equal(res.headers['task-id'], task);
-        // a slow reader: the export advances only as fast as it is read
+        // a slow reader (the export advances only as fast as it is read) until it has seen the
+        // progress part-way: then it reads at full speed, so the test's length does not depend on
+        // how fast a loaded machine answers a call per chunk
         res.on('data', () => {
+          if ([...seen].some((p) => p > 0 && p < 1)) return;
           res.pause();
           void (call('task.get_progress', task) as Promise<number>).then((p) => {
             seen.add(p);
