@@ -250,10 +250,14 @@ export class VmService {
   /** hard_shutdown's work: a suspended VM loses its image, a live one its domain. */
   async hardShutdownNow(call: Call, ref: string, vm: Row<'VM'>): Promise<void> {
     if (vm.power_state === 'Suspended') {
-      await this.discardSuspendImage(call, ref);
-      await this.sync.backend.remove(vm.uuid).catch(() => undefined);
-      // as xapi: force_state_reset, which also clears current_operations
-      await forceStateReset(call.db, ref, 'Halted');
+      // the update loop kept off the VM: a refresh it began on the backend's removal event
+      // would otherwise write back the Suspended it read before the reset
+      await this.sync.whileOperating(ref, async () => {
+        await this.discardSuspendImage(call, ref);
+        await this.sync.backend.remove(vm.uuid).catch(() => undefined);
+        // as xapi: force_state_reset, which also clears current_operations
+        await forceStateReset(call.db, ref, 'Halted');
+      });
       return;
     }
     if (vm.power_state === 'Halted') return;
