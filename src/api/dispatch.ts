@@ -56,17 +56,21 @@ export class Dispatcher {
     return [...this.host.schema.messages.values()].filter((m) => m.cls.name !== 'system').map((m) => m.wire);
   }
 
-  async dispatch(method: string, params: Rpc[]): Promise<Outcome> {
+  /**
+   * `forwardedTask`: the `task-id` header of a call the coordinator forwarded here, naming its
+   * own task (see run).
+   */
+  async dispatch(method: string, params: Rpc[], forwardedTask?: string): Promise<Outcome> {
     const state: { task?: string; session?: string } = {};
     try {
-      return await this.run(method, params, state);
+      return await this.run(method, params, state, forwardedTask);
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, method }, 'internal error');
       return { ok: false, error: errorDescription(e), task: state.task, session: state.session };
     }
   }
 
-  private async run(method: string, params: Rpc[], state: { task?: string; session?: string }): Promise<Outcome> {
+  private async run(method: string, params: Rpc[], state: { task?: string; session?: string }, forwardedTask?: string): Promise<Outcome> {
     // A flush failing while the call runs may undo writes it made: then it must not succeed.
     const epoch = this.host.db.epoch();
     if (method === 'system.listMethods') return { ok: true, type: STRING_SET, value: this.listMethods(), bare: true };
@@ -128,10 +132,15 @@ export class Dispatcher {
       return { ok: true, type: TASK_REF, value: task, task, session: state.session };
     }
     let task = NULL_REF;
-    if (msg.syncTask) state.task = task = await this.tasks.create(session, method, false);
+    // A call the coordinator forwarded here runs under the coordinator's task (xapi's
+    // from_forwarded_task): progress is written to that row, but the coordinator completes it
+    // when the call returns, so it is neither made nor forgotten here.
+    const adopted = await this.adoptForwardedTask(session, forwardedTask);
+    if (adopted) state.task = adopted;
+    else if (msg.syncTask) state.task = task = await this.tasks.create(session, method, false);
     // A call without a database task still needs an identity for current_operations: xapi's
     // dummy refs.
-    const call = this.makeCall(msg, method, session, task === NULL_REF ? `DummyRef:|${randomUUID()}|${msg.wire}` : task);
+    const call = this.makeCall(msg, method, session, adopted ?? (task === NULL_REF ? `DummyRef:|${randomUUID()}|${msg.wire}` : task));
     let result: unknown;
     try {
       result = await impl(call, args);
@@ -149,6 +158,16 @@ export class Dispatcher {
     // likely: they only wait for what they read to be stored.
     await this.host.db.commit(msg.cls.name === 'event' && msg.name !== 'inject' ? undefined : epoch);
     return { ok: true, type: msg.result, value: result, task: state.task, session: state.session };
+  }
+
+  /**
+   * The coordinator's task a forwarded call runs under: only a pool session (the coordinator's,
+   * minted for the call) may name one, and only a pending task of the database.
+   */
+  private async adoptForwardedTask(session: SessionInfo | undefined, task: string | undefined): Promise<string | undefined> {
+    if (!task || session?.row.pool !== true) return undefined;
+    const row = await this.host.db.tryGet('task', task);
+    return row?.status === 'pending' ? task : undefined;
   }
 
   /** A Call for work that runs on a task outside any message (the HTTP data handlers). */

@@ -116,9 +116,9 @@ function sent(res: ServerResponse, chunk: Buffer): Promise<boolean> {
   });
 }
 
-async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string): Promise<Outcome> {
+async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string, forwardedTask?: string): Promise<Outcome> {
   const started = performance.now();
-  const outcome = await dispatcher.dispatch(call.method, call.params);
+  const outcome = await dispatcher.dispatch(call.method, call.params, forwardedTask);
   log.info(
     {
       wire,
@@ -134,6 +134,12 @@ async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: str
   return outcome;
 }
 
+/** The `task-id` header a coordinator sends with a forwarded call (its own task's ref). */
+function taskHeader(req: IncomingMessage): string | undefined {
+  const v = req.headers['task-id'];
+  return typeof v === 'string' && v.startsWith('OpaqueRef:') ? v : undefined;
+}
+
 const invalidUtf8 = (e: InvalidUtf8Param) => ['INVALID_VALUE', 'Invalid UTF-8 string in parameter', e.value];
 
 export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs = RPC_BODY_TIMEOUT_MS): Handler {
@@ -141,7 +147,7 @@ export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs
     const call = await readCall(req, res, bodyTimeoutMs, parseXmlRpcCall);
     if (call === undefined) return;
     const outcome: Outcome =
-      call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml');
+      call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml', taskHeader(req));
     if (!outcome.ok) return reply(res, 'text/xml', xmlRpcFailure(outcome.error));
     const [head, tail] = outcome.bare ? XML_BARE : XML_SUCCESS;
     const parts = [head];
@@ -161,7 +167,7 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutM
       reply(res, 'application/json', JSON.stringify({ jsonrpc: '2.0', error: invalidUtf8(decoded), id: 0 }));
       return;
     }
-    const outcome = await run(dispatcher, log, decoded.call, 'json');
+    const outcome = await run(dispatcher, log, decoded.call, 'json', taskHeader(req));
     if (outcome.ok) {
       // xapi skips the v2 translation for system.listMethods: it answers in v1 shape
       const [head, tail] = jsonRpcSuccessAround(outcome.bare ? '1.0' : decoded.version, decoded.id);

@@ -52,15 +52,28 @@ export async function runOn<T>(call: Call, hostRef: string, wire: string, args: 
   const target = await call.db.get('host', hostRef);
   const metrics = await call.db.tryGet('host_metrics', target.metrics);
   if (!metrics?.live) throw new XapiError('HOST_OFFLINE', [hostRef]);
-  return callOn(host, hostRef, target.address, wire, args);
+  return callOn(host, hostRef, target.address, wire, args, await forwardTask(call, hostRef));
 }
 
-/** Calls `wire` on another host of the pool under a pool session minted for the call. */
-export async function callOn(host: HostContext, hostRef: string, address: string, wire: string, args: Rpc[]): Promise<Rpc> {
+/**
+ * xapi's set_forwarding_on_task: the call's task (if it is a row of the database) is marked
+ * forwarded to the host, which writes its progress there; the coordinator still completes it.
+ */
+async function forwardTask(call: Call, hostRef: string): Promise<string | undefined> {
+  if (!call.task.startsWith('OpaqueRef:') || !(await call.db.tryGet('task', call.task))) return undefined;
+  await call.db.update('task', call.task, { forwarded: true, forwarded_to: hostRef, resident_on: hostRef });
+  return call.task;
+}
+
+/**
+ * Calls `wire` on another host of the pool under a pool session minted for the call; `task`,
+ * the coordinator's task the host runs it under (header task-id).
+ */
+export async function callOn(host: HostContext, hostRef: string, address: string, wire: string, args: Rpc[], task?: string): Promise<Rpc> {
   const session = await createSession(host, { pool: true, userName: host.hostRef, originator: 'forwarded' });
   await host.db.commit();
   try {
-    return await peer(host, address).call(wire, [session, ...args]);
+    return await peer(host, address).call(wire, [session, ...args], task ? { 'task-id': task } : {});
   } catch (e) {
     if (e instanceof XapiError) throw e;
     host.log.warn({ err: e, host: hostRef, wire }, 'forwarded call failed');
@@ -106,7 +119,7 @@ export async function runOnSrMaster<T>(call: Call, srRef: string, wire: string, 
 }
 
 /** Whether `hostRef` has a plugged PBD for each SR (assert_can_see_specified_SRs). */
-async function seesSrs(call: Call, hostRef: string, srs: string[]): Promise<boolean> {
+export async function seesSrs(call: Call, hostRef: string, srs: string[]): Promise<boolean> {
   for (const sr of srs) {
     const pbds = await call.db.find('PBD', { SR: sr, host: hostRef });
     if (!pbds.some(([, p]) => p.currently_attached === true)) return false;

@@ -8,6 +8,8 @@ import type { VM_record } from '../schema/generated.js';
 import { overheadBytes } from '../xenopsd/overhead.js';
 import { NULL_REF } from '../schema/types.js';
 import { withVmOperation } from './vm-lifecycle.js';
+import { isForwardedHere } from './forward.js';
+import { runOnResident } from './forward-to.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 
 /** VM.memory_overhead from the overhead model, for the VM's static_max, VCPUs and type. */
@@ -133,7 +135,8 @@ export function register(r: Registry, sync: XenopsSync): void {
           await sync.refresh(ref);
         }
       };
-      if (before.power_state !== 'Running') return local();
+      // a forwarded call: the coordinator has reserved the memory
+      if (before.power_state !== 'Running' || isForwardedHere(call)) return local();
       const free = await computeFreeMemory(db, before.resident_on);
       const change = before.memory_dynamic_min - min;
       if (free + change < 0) {
@@ -142,7 +145,7 @@ export function register(r: Registry, sync: XenopsSync): void {
       const reserved = change < 0;
       if (reserved) await db.update('VM', ref, { memory_dynamic_min: min, memory_dynamic_max: max });
       try {
-        await local();
+        await runOnResident(call, ref, 'VM.set_memory_dynamic_range', [ref, min, max], local);
       } catch (e) {
         if (reserved)
           await db.update('VM', ref, { memory_dynamic_min: before.memory_dynamic_min, memory_dynamic_max: before.memory_dynamic_max });
@@ -193,16 +196,18 @@ export function register(r: Registry, sync: XenopsSync): void {
       await call.db.update('VM', self, { VCPUs_at_startup: value, memory_overhead: vmOverhead({ ...vm, VCPUs_at_startup: value }) });
     })
     .implement('VM.set_VCPUs_number_live', (call, [self, value]) =>
-      withVmOperation(call, self, 'changing_VCPUs_live', async () => {
-        const vm = await call.db.get('VM', self);
-        if (value < 1 || value > vm.VCPUs_max) throw new XapiError('INVALID_VALUE', ['nvcpu', String(value)]);
-        try {
-          await sync.backend.setVcpus(vm.uuid, value);
-        } catch (e) {
-          throw xenopsError(self, e);
-        }
-        await sync.refresh(self);
-      }),
+      withVmOperation(call, self, 'changing_VCPUs_live', () =>
+        runOnResident(call, self, 'VM.set_VCPUs_number_live', [self, value], async () => {
+          const vm = await call.db.get('VM', self);
+          if (value < 1 || value > vm.VCPUs_max) throw new XapiError('INVALID_VALUE', ['nvcpu', String(value)]);
+          try {
+            await sync.backend.setVcpus(vm.uuid, value);
+          } catch (e) {
+            throw xenopsError(self, e);
+          }
+          await sync.refresh(self);
+        }),
+      ),
     )
     .implement('host.compute_free_memory', (call, [host]) => computeFreeMemory(call.db, host))
     .implement('host.compute_memory_overhead', async (call, [host]) => (await call.db.get('host', host)).memory_overhead);

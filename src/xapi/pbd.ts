@@ -25,7 +25,9 @@ export async function plugPbd(storage: Storage, pbdRef: string): Promise<void> {
   const { driver, ctx } = await storage.context(srRef, { plugged: false });
   await storage.sm(srRef, () => driver.attach(ctx));
   await db.update('PBD', pbdRef, { currently_attached: true });
-  await storage.scan(srRef);
+  // The SR's master learns its contents at once (xapi's synchronous scan after the coordinator's
+  // PBD of a shared SR is plugged); another host plugging a shared SR leaves its records alone.
+  if (sr.PBDs.length <= 1 || storage.host.role.kind === 'master') await storage.scan(srRef);
   await storage.updateSrAllowed(srRef);
   storage.kickGc(srRef);
 }

@@ -78,6 +78,12 @@ export class SrGc {
   }
 
   /** Runs a kicked GC now instead of after its delay, and waits until the SR's GC runs are done. */
+  /** Drops a pass planned for an SR this host no longer knows (SR.forget); one running ends on its own. */
+  drop(srRef: string): void {
+    clearTimeout(this.timers.get(srRef));
+    this.timers.delete(srRef);
+  }
+
   async settle(srRef: string): Promise<void> {
     const pending = this.timers.get(srRef);
     if (pending) {

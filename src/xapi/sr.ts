@@ -8,6 +8,7 @@ import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 import { plugPbd } from './pbd.js';
+import { runOnAllSrHosts, srPbdHosts } from './forward-to.js';
 
 export interface SrSpec {
   host: string;
@@ -175,17 +176,27 @@ export function register(r: Registry, storage: Storage): void {
     .implement('SR.update', (call, [sr]) =>
       storage.withOp(call, { sr: [sr, 'update'] }, () => runOnSrMaster(call, sr, 'SR.update', [sr], () => storage.updateStats(sr))),
     )
-    .implement('SR.forget', (call, [sr]) =>
-      storage.withOp(call, { sr: [sr, 'forget'] }, async () => {
+    // SR.forget and SR.destroy: checked and marked on the coordinator; destroy's driver call on
+    // the SR's master (unplugged PBDs count), then every host holding a PBD forgets the SR
+    // (an offline one is skipped), then the records go (message_forwarding.ml forward_sr_all_op).
+    .implement('SR.forget', (call, [sr]) => {
+      if (isForwardedHere(call)) return storage.forgetSr(sr);
+      return storage.withOp(call, { sr: [sr, 'forget'] }, async () => {
         const row = await call.db.get('SR', sr);
         for (const pbd of row.PBDs) {
           if ((await call.db.get('PBD', pbd)).currently_attached === true) throw new XapiError('SR_HAS_PBD', [sr]);
         }
+        await runOnAllSrHosts(call, sr, 'SR.forget', async () => storage.forgetSr(sr));
         await forgetRecords(storage, sr);
-      }),
-    )
-    .implement('SR.destroy', (call, [sr]) =>
-      storage.withOp(call, { sr: [sr, 'destroy'] }, async () => {
+      });
+    })
+    .implement('SR.destroy', (call, [sr]) => {
+      const destroyHere = async () => {
+        const { driver, ctx } = await storage.context(sr, { plugged: false });
+        await storage.sm(sr, () => driver.delete(ctx));
+      };
+      if (isForwardedHere(call)) return destroyHere();
+      return storage.withOp(call, { sr: [sr, 'destroy'] }, async () => {
         const row = await call.db.get('SR', sr);
         const pbds = row.PBDs;
         for (const pbd of pbds) if ((await call.db.get('PBD', pbd)).currently_attached === true) throw new XapiError('SR_HAS_PBD', [sr]);
@@ -195,11 +206,12 @@ export function register(r: Registry, storage: Storage): void {
           const vdi = await call.db.tryGet('VDI', v);
           if (vdi && vdi.managed === true && vdi.type !== 'rrd') throw new XapiError('SR_NOT_EMPTY', []);
         }
-        const { driver, ctx } = await storage.context(sr, { plugged: false });
-        await storage.sm(sr, () => driver.delete(ctx));
+        const [master] = await srPbdHosts(call, sr);
+        await runOn(call, master!, 'SR.destroy', [sr], destroyHere);
+        await runOnAllSrHosts(call, sr, 'SR.forget', async () => storage.forgetSr(sr));
         await forgetRecords(storage, sr);
-      }),
-    )
+      });
+    })
     .implement('SR.set_shared', async (call, [sr, value]) => {
       const row = await call.db.get('SR', sr);
       if (value !== true && row.PBDs.length > 1) throw new XapiError('SR_HAS_MULTIPLE_PBDS', row.PBDs);

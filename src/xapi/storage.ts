@@ -139,6 +139,11 @@ export class Storage {
     this.gc.kick(srRef);
   }
 
+  /** This host's part of SR.forget: what it keeps in memory for the SR goes. */
+  forgetSr(srRef: string): void {
+    this.gc.drop(srRef);
+  }
+
   settleGc(srRef: string): Promise<void> {
     return this.gc.settle(srRef);
   }

@@ -5,6 +5,8 @@ import type { Call, Registry } from '../api/context.js';
 import type { TaskManager } from '../api/tasks.js';
 import { untyped } from '../db/interface.js';
 import { gateOf } from './retry.js';
+import { isForwardedHere, runOn } from './forward.js';
+import { NULL_REF } from '../schema/types.js';
 
 /** xapi's "own task": created by a session of the same user. */
 async function assertOwn(call: Call, task: string): Promise<void> {
@@ -33,10 +35,14 @@ export function register(r: Registry, tasks: TaskManager): void {
     })
     .implement('task.cancel', async (call, [task]) => {
       await assertOwn(call, task);
-      await tasks.requestCancel(task, call.task);
-      // A call sleeping until a busy object frees re-checks now rather than after its back-off
-      // (xapi's sleeper notices at its next wake-up, up to 20 s later).
-      gateOf(call.host).broadcast();
+      // a task forwarded to a host is cancelled there, where its work runs (message_forwarding
+      // Task.cancel); a forwarded cancel runs here
+      const to = (await call.db.get('task', task)).forwarded_to;
+      if (!isForwardedHere(call) && to !== NULL_REF && (await call.db.tryGet('host', to))) {
+        await runOn(call, to, 'task.cancel', [task], () => cancelHere(call, tasks, task));
+        return;
+      }
+      await cancelHere(call, tasks, task);
     });
   for (const field of ['status', 'progress', 'result', 'error_info'] as const) {
     r.implement(`task.set_${field}`, async (call, [self, value]) => {
@@ -46,4 +52,12 @@ export function register(r: Registry, tasks: TaskManager): void {
       await untyped(call.db).update('task', self, { [field]: value });
     });
   }
+}
+
+/** Records the cancel; the work notices it at its next check. */
+async function cancelHere(call: Call, tasks: TaskManager, task: string): Promise<void> {
+  await tasks.requestCancel(task, call.task);
+  // A call sleeping until a busy object frees re-checks now rather than after its back-off
+  // (xapi's sleeper notices at its next wake-up, up to 20 s later).
+  gateOf(call.host).broadcast();
 }

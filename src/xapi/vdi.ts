@@ -8,7 +8,8 @@ import { formatDateTime, NULL_REF } from '../schema/types.js';
 import { copyDisk } from '../storage/copy.js';
 import type { OpenDisk } from '../storage/driver.js';
 import type { Storage } from './storage.js';
-import { runOnSrMaster } from './forward.js';
+import { isForwardedHere, runOn, runOnSrMaster } from './forward.js';
+import { hostSeeing } from './forward-to.js';
 import type { Rpc } from '../rpc/rpc.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -127,8 +128,25 @@ export async function copyVdi(
   baseRef: string,
   intoRef: string,
 ): Promise<string> {
-  const db = call.db;
   return storage.withOp(call, { vdi: [vdiRef, 'copy'] }, async () => {
+    // forward_sr_multiple_op: a host seeing both SRs (a member rather than the coordinator),
+    // else one seeing the source's; with neither, xapi's Not_found escapes as it is
+    const work = () => copyHere(storage, call, vdiRef, srRef, baseRef, intoRef);
+    if (isForwardedHere(call)) return work();
+    const srcSr = (await call.db.get('VDI', vdiRef)).SR;
+    const host = await hostSeeing(call, [srcSr, srRef], true).catch(() =>
+      hostSeeing(call, [srcSr], true).catch(() => {
+        throw new XapiError('INTERNAL_ERROR', ['Not_found']);
+      }),
+    );
+    return (await runOn(call, host, 'VDI.copy', [vdiRef, srRef, baseRef, intoRef], work)) as string;
+  });
+}
+
+/** VDI.copy's work, on a host that sees the SRs. */
+async function copyHere(storage: Storage, call: Call, vdiRef: string, srRef: string, baseRef: string, intoRef: string): Promise<string> {
+  const db = call.db;
+  {
     await assertManaged(call, vdiRef);
     const src = await db.get('VDI', vdiRef);
     let dst = intoRef;
@@ -180,7 +198,7 @@ export async function copyVdi(
     await storage.updateVdi(dst);
     await storage.updateStats((await db.get('VDI', dst)).SR);
     return dst;
-  });
+  }
 }
 
 /** VDI.introduce's parameters, and db_introduce's, which add cbt_enabled. */

@@ -14,6 +14,8 @@ import { destroyVdi, snapshotVdi } from './vdi.js';
 import { cloneVm } from './vm-clone.js';
 import { updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import type { VmService } from './vm.js';
+import { isForwardedHere } from './forward.js';
+import { runOnAccessSrs, runOnHostSeeing, runOnResident, vmSrs } from './forward-to.js';
 
 /** Fields revert does not take from the snapshot (xapi's do_not_copy list, in spirit). */
 const KEEP = new Set([
@@ -50,13 +52,25 @@ const KEEP = new Set([
 export function register(r: Registry, svc: VmService): void {
   const storage = svc.sync.storage;
 
+  // A snapshot, and a checkpoint of a VM that is not running, run on a live host that sees all
+  // the VM's SRs; a running VM's checkpoint on its host (message_forwarding.ml).
   r.implement('VM.snapshot', (call, [vm, name, ignore]) =>
-    withVmOperation(call, vm, 'snapshot', () => cloneVm(storage, call, vm, { name, diskOp: 'snapshot', ignoreVdis: ignore ?? [] })),
+    withVmOperation(call, vm, 'snapshot', () =>
+      runOnAccessSrs(call, vm, 'VM.snapshot', [vm, name, ignore ?? []], () =>
+        cloneVm(storage, call, vm, { name, diskOp: 'snapshot', ignoreVdis: ignore ?? [] }),
+      ),
+    ),
   )
     .implement('VM.snapshot_with_quiesce', (_call, [vm]) => {
       throw new XapiError('VM_SNAPSHOT_WITH_QUIESCE_NOT_SUPPORTED', [vm, 'the simulated guest has no VSS provider']);
     })
-    .implement('VM.checkpoint', (call, [vm, name]) => withVmOperation(call, vm, 'checkpoint', () => checkpoint(svc, call, vm, name)))
+    .implement('VM.checkpoint', (call, [vm, name]) =>
+      withVmOperation(call, vm, 'checkpoint', async () => {
+        const work = () => checkpoint(svc, call, vm, name);
+        if ((await call.db.get('VM', vm)).power_state === 'Running') return runOnResident(call, vm, 'VM.checkpoint', [vm, name], work);
+        return runOnAccessSrs(call, vm, 'VM.checkpoint', [vm, name], work);
+      }),
+    )
     .implement('VM.revert', async (call, [snapshot]) => {
       const snap = await call.db.get('VM', snapshot);
       if (snap.is_a_snapshot !== true) throw new XapiError('ONLY_REVERT_SNAPSHOT', []);
@@ -67,9 +81,24 @@ export function register(r: Registry, svc: VmService): void {
         throw revertFailed(snapshot, vm);
       }
       await withVmOperation(call, snapshot, 'revert', () =>
-        withVmOperation(call, vm, 'reverting', () => revert(svc, call, snapshot, vm), { strict: false }),
+        withVmOperation(call, vm, 'reverting', () => revertOnSomeHost(svc, call, snapshot, vm), { strict: false }),
       );
     });
+}
+
+/**
+ * Where a revert runs (message_forwarding.ml VM.revert): a running VM is first shut down on its
+ * host, then the revert runs on a live host that sees the SRs of the VM's and the snapshot's
+ * disks. The member's half of a forwarded revert runs here.
+ */
+async function revertOnSomeHost(svc: VmService, call: Call, snapshot: string, vm: string): Promise<void> {
+  if (isForwardedHere(call)) return revert(svc, call, snapshot, vm);
+  const row = await call.db.get('VM', vm);
+  if (row.power_state === 'Running' || row.power_state === 'Paused') {
+    await runOnResident(call, vm, 'VM.hard_shutdown', [vm], () => svc.hardShutdownNow(call, vm, row));
+  }
+  const srs = new Set([...(await vmSrs(call, vm)), ...(await vmSrs(call, snapshot))]);
+  await runOnHostSeeing(call, [...srs], 'VM.revert', [snapshot], () => revert(svc, call, snapshot, vm));
 }
 
 /**
@@ -119,7 +148,8 @@ async function checkpoint(svc: VmService, call: Call, ref: string, name: string)
 /** Resumes the VM checkpoint suspended; if it cannot, the VM stays suspended and the caller must know. */
 async function resumeAfterCheckpoint(svc: VmService, call: Call, ref: string): Promise<void> {
   try {
-    await svc.resumeNow(call, ref, false);
+    // on the host it was suspended from: the checkpoint runs on the VM's host
+    await svc.resumeNow(call, ref, false, call.host.hostRef);
   } catch {
     throw new XapiError('VM_CHECKPOINT_RESUME_FAILED', [ref]);
   }

@@ -15,6 +15,7 @@ import { forceStateReset, isDefaultTemplate, operationError, updateAllowedOperat
 import { withVmPlacedOnHost } from './host-operations.js';
 import { chooseHostForVm } from './vm-placement.js';
 import { isForwardedHere, runOn } from './forward.js';
+import { runOnAccessSrs, runOnHostSeeing, runOnResident } from './forward-to.js';
 import { updateVmDisksAllowedOperations } from './storage-operations.js';
 import { xenopsError, type XenopsSync } from './xenops-sync.js';
 import { assertEnoughMemory, assertMemoryConstraints, vmOverhead, type MemoryConstraints } from './memory.js';
@@ -238,17 +239,25 @@ export class VmService {
         'shutdown',
         'suspend',
       ]);
-      await this.onResident(call, ref, 'VM.hard_shutdown', [], async () => this.hardShutdownNow(call, ref, await call.db.get('VM', ref)));
+      const local = async () => this.hardShutdownNow(call, ref, await call.db.get('VM', ref));
+      // a Suspended VM has no host: its image is dropped by a live host that sees its disks
+      const vm = await call.db.get('VM', ref);
+      if (vm.power_state === 'Suspended') await runOnHostSeeing(call, await diskSrs(call, vm), 'VM.hard_shutdown', [ref], local);
+      else await this.onResident(call, ref, 'VM.hard_shutdown', [], local);
     });
   }
 
   /** hard_shutdown's work: a suspended VM loses its image, a live one its domain. */
-  private async hardShutdownNow(call: Call, ref: string, vm: Row<'VM'>): Promise<void> {
+  async hardShutdownNow(call: Call, ref: string, vm: Row<'VM'>): Promise<void> {
     if (vm.power_state === 'Suspended') {
-      await this.discardSuspendImage(call, ref);
-      await this.sync.backend.remove(vm.uuid).catch(() => undefined);
-      // as xapi: force_state_reset, which also clears current_operations
-      await forceStateReset(call.db, ref, 'Halted');
+      // the update loop kept off the VM: a refresh it began on the backend's removal event
+      // would otherwise write back the Suspended it read before the reset
+      await this.sync.whileOperating(ref, async () => {
+        await this.discardSuspendImage(call, ref);
+        await this.sync.backend.remove(vm.uuid).catch(() => undefined);
+        // as xapi: force_state_reset, which also clears current_operations
+        await forceStateReset(call.db, ref, 'Halted');
+      });
       return;
     }
     if (vm.power_state === 'Halted') return;
@@ -289,6 +298,8 @@ export class VmService {
 
   /** The work of resume, for callers already holding a VM operation (checkpoint). */
   async resumeNow(call: Call, ref: string, paused: boolean, on?: string): Promise<void> {
+    // the member's half of a forwarded call (a running checkpoint): the VM resumes where it was
+    if (isForwardedHere(call)) return this.resumeHere(call, ref, call.host.hostRef, paused);
     await withVmPlacedOnHost(call, ref, this.placement(call, ref, on), 'vm_resume', (hostRef) =>
       runOn(call, hostRef, 'VM.resume', [ref, paused, false], () => this.resumeHere(call, ref, hostRef, paused)),
     );
@@ -472,7 +483,10 @@ export class VmService {
 
   /** VM.clone / VM.copy: a new VM with the same configuration, new identity, new MACs, its own disks. */
   async clone(call: Call, ref: string, name: string, op: 'clone' | 'copy' = 'clone', sr?: string): Promise<string> {
-    return withVmOperation(call, ref, op, () => cloneVm(this.sync.storage, call, ref, { name, diskOp: op, sr }));
+    const work = () => cloneVm(this.sync.storage, call, ref, { name, diskOp: op, sr });
+    // a clone runs on a live host seeing all the VM's SRs; a copy on the coordinator, each
+    // VDI.copy going where it can (message_forwarding.ml)
+    return withVmOperation(call, ref, op, () => (op === 'clone' ? runOnAccessSrs(call, ref, 'VM.clone', [ref, name], work) : work()));
   }
 }
 
@@ -485,14 +499,29 @@ async function freeVifDevices(call: Call, ref: Ref<'VM'>): Promise<string[]> {
 
 /** VM.set_xenstore_data: recorded, and pushed into a running domain's xenstore. */
 async function setXenstoreData(call: Call, sync: XenopsSync, ref: Ref<'VM'>, value: Record<string, string>): Promise<void> {
-  await call.db.update('VM', ref, { xenstore_data: value });
+  if (!isForwardedHere(call)) await call.db.update('VM', ref, { xenstore_data: value });
   const vm = await call.db.get('VM', ref);
   if (vm.power_state !== 'Running') return;
-  try {
-    await sync.backend.setXenstoreData(vm.uuid, value);
-  } catch (e) {
-    throw xenopsError(ref, e);
+  // the running domain's xenstore is on the host it runs on
+  await runOnResident(call, ref, 'VM.set_xenstore_data', [ref, value], async () => {
+    try {
+      await sync.backend.setXenstoreData(vm.uuid, value);
+    } catch (e) {
+      throw xenopsError(ref, e);
+    }
+  });
+}
+
+/** The SRs of a VM's disks (compute_required_SRs_for_shutting_down_suspended_domains). */
+async function diskSrs(call: Call, vm: Row<'VM'>): Promise<string[]> {
+  const srs = new Set<string>();
+  for (const ref of vm.VBDs) {
+    const vbd = await call.db.get('VBD', ref);
+    if (vbd.empty === true || vbd.VDI === NULL_REF) continue;
+    const vdi = await call.db.tryGet('VDI', vbd.VDI);
+    if (vdi) srs.add(vdi.SR);
   }
+  return [...srs];
 }
 
 export function register(r: Registry, svc: VmService, schema: Schema): void {
