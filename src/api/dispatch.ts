@@ -56,17 +56,26 @@ export class Dispatcher {
     return [...this.host.schema.messages.values()].filter((m) => m.cls.name !== 'system').map((m) => m.wire);
   }
 
-  async dispatch(method: string, params: Rpc[]): Promise<Outcome> {
+  /**
+   * `forwardedTask` is the `task-id` header: on a pool member, the coordinator's task a call it
+   * forwarded runs under (message_forwarding.ml sends it, Context.from_forwarded_task takes it).
+   */
+  async dispatch(method: string, params: Rpc[], forwardedTask?: string): Promise<Outcome> {
     const state: { task?: string; session?: string } = {};
     try {
-      return await this.run(method, params, state);
+      return await this.run(method, params, state, forwardedTask);
     } catch (e) {
       if (!(e instanceof XapiError)) this.host.log.error({ err: e, method }, 'internal error');
       return { ok: false, error: errorDescription(e), task: state.task, session: state.session };
     }
   }
 
-  private async run(method: string, params: Rpc[], state: { task?: string; session?: string }): Promise<Outcome> {
+  private async run(
+    method: string,
+    params: Rpc[],
+    state: { task?: string; session?: string },
+    forwardedTask: string | undefined,
+  ): Promise<Outcome> {
     // A flush failing while the call runs may undo writes it made: then it must not succeed.
     const epoch = this.host.db.epoch();
     if (method === 'system.listMethods') return { ok: true, type: STRING_SET, value: this.listMethods(), bare: true };
@@ -127,11 +136,17 @@ export class Dispatcher {
       void this.tasks.run(task, () => impl(this.makeCall(msg, method, session, task), args), msg.result);
       return { ok: true, type: TASK_REF, value: task, task, session: state.session };
     }
+    // The member's half of a forwarded call runs under the coordinator's task, which the
+    // coordinator completes: no task of its own here (xapi's forwarded task). Only a pool
+    // session on a member carries one; anywhere else the header is ignored.
+    const forwarded =
+      session?.row.pool === true && this.host.role.kind !== 'master' && forwardedTask?.startsWith('OpaqueRef:') ? forwardedTask : undefined;
     let task = NULL_REF;
-    if (msg.syncTask) state.task = task = await this.tasks.create(session, method, false);
+    if (forwarded) state.task = forwarded;
+    else if (msg.syncTask) state.task = task = await this.tasks.create(session, method, false);
     // A call without a database task still needs an identity for current_operations: xapi's
     // dummy refs.
-    const call = this.makeCall(msg, method, session, task === NULL_REF ? `DummyRef:|${randomUUID()}|${msg.wire}` : task);
+    const call = this.makeCall(msg, method, session, forwarded ?? (task === NULL_REF ? `DummyRef:|${randomUUID()}|${msg.wire}` : task));
     let result: unknown;
     try {
       result = await impl(call, args);

@@ -116,9 +116,15 @@ function sent(res: ServerResponse, chunk: Buffer): Promise<boolean> {
   });
 }
 
-async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string): Promise<Outcome> {
+/** The `task-id` header: the coordinator's task a forwarded call runs under. */
+function forwardedTask(req: IncomingMessage): string | undefined {
+  const v = req.headers['task-id'];
+  return typeof v === 'string' && v.length > 0 ? v : undefined;
+}
+
+async function run(dispatcher: Dispatcher, log: Logger, call: RpcCall, wire: string, task: string | undefined): Promise<Outcome> {
   const started = performance.now();
-  const outcome = await dispatcher.dispatch(call.method, call.params);
+  const outcome = await dispatcher.dispatch(call.method, call.params, task);
   log.info(
     {
       wire,
@@ -141,7 +147,9 @@ export function xmlRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutMs
     const call = await readCall(req, res, bodyTimeoutMs, parseXmlRpcCall);
     if (call === undefined) return;
     const outcome: Outcome =
-      call instanceof InvalidUtf8Param ? { ok: false, error: invalidUtf8(call) } : await run(dispatcher, log, call, 'xml');
+      call instanceof InvalidUtf8Param
+        ? { ok: false, error: invalidUtf8(call) }
+        : await run(dispatcher, log, call, 'xml', forwardedTask(req));
     if (!outcome.ok) return reply(res, 'text/xml', xmlRpcFailure(outcome.error));
     const [head, tail] = outcome.bare ? XML_BARE : XML_SUCCESS;
     const parts = [head];
@@ -161,7 +169,7 @@ export function jsonRpcHandler(dispatcher: Dispatcher, log: Logger, bodyTimeoutM
       reply(res, 'application/json', JSON.stringify({ jsonrpc: '2.0', error: invalidUtf8(decoded), id: 0 }));
       return;
     }
-    const outcome = await run(dispatcher, log, decoded.call, 'json');
+    const outcome = await run(dispatcher, log, decoded.call, 'json', forwardedTask(req));
     if (outcome.ok) {
       // xapi skips the v2 translation for system.listMethods: it answers in v1 shape
       const [head, tail] = jsonRpcSuccessAround(outcome.bare ? '1.0' : decoded.version, decoded.id);

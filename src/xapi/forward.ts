@@ -1,7 +1,8 @@
 // Running a call on the host that must do the work (xapi's message_forwarding.ml do_op_on): the
 // coordinator has made its checks, taken its marks and chosen the host; the work runs here if
 // that host is this one, else the same message is called on that host over HTTPS with a pool
-// session minted for the call and destroyed after it (the client's session is never passed on).
+// session minted for the call and destroyed after it (the client's session is never passed on),
+// under the caller's task (header `task-id`), which the member uses rather than making its own.
 // The member runs it with its local implementation and takes no locks (isForwardedHere).
 import { XapiError } from '../rpc/errors.js';
 import { XapiClient } from '../rpc/client.js';
@@ -52,15 +53,18 @@ export async function runOn<T>(call: Call, hostRef: string, wire: string, args: 
   const target = await call.db.get('host', hostRef);
   const metrics = await call.db.tryGet('host_metrics', target.metrics);
   if (!metrics?.live) throw new XapiError('HOST_OFFLINE', [hostRef]);
-  return callOn(host, hostRef, target.address, wire, args);
+  return callOn(host, hostRef, target.address, wire, args, call.task);
 }
 
-/** Calls `wire` on another host of the pool under a pool session minted for the call. */
-export async function callOn(host: HostContext, hostRef: string, address: string, wire: string, args: Rpc[]): Promise<Rpc> {
+/**
+ * Calls `wire` on another host of the pool under a pool session minted for the call. A `task`
+ * in the database goes with it (header `task-id`): the member runs the call under it.
+ */
+export async function callOn(host: HostContext, hostRef: string, address: string, wire: string, args: Rpc[], task?: string): Promise<Rpc> {
   const session = await createSession(host, { pool: true, userName: host.hostRef, originator: 'forwarded' });
   await host.db.commit();
   try {
-    return await peer(host, address).call(wire, [session, ...args]);
+    return await peer(host, address).call(wire, [session, ...args], task?.startsWith('OpaqueRef:') ? { 'task-id': task } : {});
   } catch (e) {
     if (e instanceof XapiError) throw e;
     host.log.warn({ err: e, host: hostRef, wire }, 'forwarded call failed');
