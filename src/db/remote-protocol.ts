@@ -21,11 +21,21 @@
 // Anything else the coordinator threw comes back as INTERNAL_ERROR [message]. A member asked to
 // serve the protocol answers HOST_IS_SLAVE [its coordinator's address].
 //
+// Several operations may travel in one request, a batch (a member sends together the calls its
+// code made at the same moment):
+//
+//   {"id": "<uuid>", "batch": [{"op": "<operation>", "args": [...]}, ...]}
+//   reply: {"ok": true, "result": [<one reply as above per operation, in order>]}
+//
+// The coordinator runs them in order, each on its own (one failing does not stop the others), and
+// a batch holding writes is answered once they are all durable (one group commit). A member puts
+// reads and writes in separate batches, so a read never waits for a commit.
+//
 // A write is acknowledged only once it is durable on the coordinator (its reply waits for the
 // group commit that holds it), so an acknowledged write survives kill -9 of the coordinator.
 //
 // `id` is unique per request, kept when the request is resent. The coordinator remembers the
-// replies to recent writes by id, so a write resent after its connection broke (the write may
+// replies to recent writes (and batches holding writes) by id, so a write resent after its connection broke (the write may
 // have been applied, its reply lost) is answered with the first reply, not applied twice. Reads
 // are not remembered: running one again is harmless.
 //
@@ -59,6 +69,14 @@ export interface RemoteRequest {
   id: string;
   op: RemoteOp;
   args: unknown[];
+}
+
+/** The most operations one batch may hold. */
+export const REMOTE_DB_BATCH_LIMIT = 256;
+
+export interface RemoteBatch {
+  id: string;
+  batch: { op: RemoteOp; args: unknown[] }[];
 }
 
 export type RemoteReply = { ok: true; result?: unknown } | { ok: false; code: string; params: string[]; refused?: true };

@@ -2,7 +2,15 @@
 // in, one reply body out, against the coordinator's own database. The HTTP handler around it
 // (secret, role, body bound) is src/host/pool-db.ts.
 import type { AnyDb } from './interface.js';
-import { type RemoteReply, type RemoteRequest, failureReply, isRemoteOp, isWriteOp } from './remote-protocol.js';
+import {
+  type RemoteBatch,
+  type RemoteReply,
+  type RemoteRequest,
+  REMOTE_DB_BATCH_LIMIT,
+  failureReply,
+  isRemoteOp,
+  isWriteOp,
+} from './remote-protocol.js';
 
 /** The request is not the protocol (HTTP 400): a bug or a stranger, never retried. */
 export class BadRemoteRequest extends Error {}
@@ -49,16 +57,42 @@ export class RemoteDbServer {
    */
   serve(body: string | Buffer): Promise<string> {
     const req = parseRequest(body);
-    if (!isWriteOp(req.op)) return this.run(req);
+    const op = 'batch' in req ? 'batch' : req.op;
+    const writes = 'batch' in req ? req.batch.some((r) => isWriteOp(r.op)) : isWriteOp(req.op);
+    const run = () => ('batch' in req ? this.runBatch(req) : this.run(req));
+    if (!writes) return run();
     const seen = this.recent.get(req.id);
     if (seen) {
-      if (seen.op !== req.op) return Promise.reject(new BadRemoteRequest(`request id ${req.id} was used for another operation`));
+      if (seen.op !== op) return Promise.reject(new BadRemoteRequest(`request id ${req.id} was used for another operation`));
       this.resent++;
       return seen.reply;
     }
-    const reply = this.run(req);
-    this.remember(req.id, req.op, reply);
+    const reply = run();
+    this.remember(req.id, op, reply);
     return reply;
+  }
+
+  /** A batch: each operation in order, then one commit for all its writes. */
+  private async runBatch(req: RemoteBatch): Promise<string> {
+    const replies: RemoteReply[] = [];
+    const written: number[] = [];
+    for (const { op, args } of req.batch) {
+      try {
+        const f = this.db[op] as (...a: unknown[]) => Promise<unknown>;
+        replies.push({ ok: true, result: await f.apply(this.db, args) });
+        if (isWriteOp(op)) written.push(replies.length - 1);
+      } catch (e) {
+        replies.push(failureReply(e));
+      }
+    }
+    if (written.length > 0) {
+      try {
+        await this.db.commit();
+      } catch (e) {
+        for (const i of written) replies[i] = failureReply(e);
+      }
+    }
+    return JSON.stringify({ ok: true, result: replies });
   }
 
   private async run(req: RemoteRequest): Promise<string> {
@@ -84,7 +118,7 @@ export class RemoteDbServer {
   }
 }
 
-function parseRequest(body: string | Buffer): RemoteRequest {
+function parseRequest(body: string | Buffer): RemoteRequest | RemoteBatch {
   let v: unknown;
   try {
     v = JSON.parse(typeof body === 'string' ? body : body.toString('utf8'));
@@ -92,11 +126,20 @@ function parseRequest(body: string | Buffer): RemoteRequest {
     throw new BadRemoteRequest(`request is not JSON: ${(e as Error).message}`);
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadRemoteRequest('request is not a JSON object');
-  const { id, op, args } = v as Record<string, unknown>;
+  const { id, batch } = v as Record<string, unknown>;
   if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH)
     throw new BadRemoteRequest('request id must be a string of 1 to 128 characters');
+  if (batch === undefined) return { id, ...parseOperation(v) };
+  if (!Array.isArray(batch) || batch.length === 0 || batch.length > REMOTE_DB_BATCH_LIMIT)
+    throw new BadRemoteRequest(`batch must be an array of 1 to ${REMOTE_DB_BATCH_LIMIT} operations`);
+  return { id, batch: batch.map(parseOperation) };
+}
+
+function parseOperation(v: unknown): { op: RemoteRequest['op']; args: unknown[] } {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadRemoteRequest('an operation is not a JSON object');
+  const { op, args } = v as Record<string, unknown>;
   if (typeof op !== 'string' || !isRemoteOp(op)) throw new BadRemoteRequest(`unknown operation ${JSON.stringify(op)}`);
   if (!Array.isArray(args) || args.length > MAX_ARGS)
     throw new BadRemoteRequest(`args of ${op} must be an array of at most ${MAX_ARGS} values`);
-  return { id, op, args };
+  return { op, args };
 }

@@ -8,6 +8,13 @@
 // coordinator has just contacted this member, so it is back). The request keeps its id across
 // attempts, so a write whose reply was lost is not applied twice.
 //
+// Calls made at the same moment share a request (a batch, remote-protocol.ts): the calls of one
+// turn of the event loop go out together, reads apart from writes so that a read never waits for
+// the coordinator's commit, and at most maxInFlight requests of each kind are under way at once
+// (the calls made meanwhile wait and leave together when one is answered). A busy member thus
+// sends few large requests rather than many small ones, each a TLS record, an HTTP exchange and,
+// for writes, a commit on the coordinator.
+//
 // What a member cannot answer: the change log (generation, retainedSince, changesSince) and the
 // wake-ups on changes (waitForChange) live in the coordinator's memory, and the only readers of
 // them are event.from/event.next (and the bridge-name cache of network.create), which a member
@@ -21,13 +28,23 @@ import { randomUUID } from 'node:crypto';
 import { XapiError } from '../rpc/errors.js';
 import type { Schema } from '../schema/schema.js';
 import { type AnyDb, type AnyRow, type ChangeSet, WriteRefused } from './interface.js';
-import { REMOTE_DB_PATH, REMOTE_DB_REQUEST_LIMIT, type RemoteOp, type RemoteReply, replyError, isWriteOp } from './remote-protocol.js';
+import {
+  REMOTE_DB_BATCH_LIMIT,
+  REMOTE_DB_PATH,
+  REMOTE_DB_REQUEST_LIMIT,
+  type RemoteOp,
+  type RemoteReply,
+  replyError,
+  isWriteOp,
+} from './remote-protocol.js';
 
 /** xapi's master_connection back-off: 2 s, doubling, at most 256 s. */
 export const RETRY_INITIAL_MS = 2_000;
 export const RETRY_MAX_MS = 256_000;
 /** An attempt with no reply after this long is abandoned and retried (xapi's watchdog: 120 s). */
 export const ATTEMPT_TIMEOUT_MS = 120_000;
+/** Requests of each kind (reads, writes) under way at once; further calls wait to share the next. */
+export const MAX_IN_FLIGHT = 4;
 
 export interface RemoteDbOptions {
   /** The coordinator's address and HTTPS port. */
@@ -39,6 +56,22 @@ export interface RemoteDbOptions {
   attemptTimeoutMs?: number;
   /** Told of each failed attempt before the wait that follows it. */
   onRetry?: (cause: unknown, delayMs: number) => void;
+  /** Requests of each kind under way at once (MAX_IN_FLIGHT by default). */
+  maxInFlight?: number;
+}
+
+/** A call waiting for its request: the operation as sent, and its caller's promise. */
+interface Queued {
+  json: string;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** The calls of one kind waiting to be sent, and how many requests of that kind are under way. */
+interface Lane {
+  queue: Queued[];
+  inFlight: number;
+  scheduled: boolean;
 }
 
 /** The coordinator refused the request for good (secret, bound, protocol): raised, never retried. */
@@ -65,6 +98,8 @@ export class RemoteDb implements AnyDb {
   private readonly sleepers = new Set<() => void>();
   /** This member's writes not answered yet (commit() waits for them). */
   private readonly writes = new Set<Promise<unknown>>();
+  private readonly lanes = { read: newLane(), write: newLane() };
+  private readonly maxInFlight: number;
   private closed = false;
 
   constructor(
@@ -74,6 +109,7 @@ export class RemoteDb implements AnyDb {
     this.initialMs = opts.retry?.initialMs ?? RETRY_INITIAL_MS;
     this.maxMs = opts.retry?.maxMs ?? RETRY_MAX_MS;
     this.attemptTimeoutMs = opts.attemptTimeoutMs ?? ATTEMPT_TIMEOUT_MS;
+    this.maxInFlight = opts.maxInFlight ?? MAX_IN_FLIGHT;
     // Host-to-host TLS is not verified (xapi's default with TLS verification off).
     this.agent = new https.Agent({ keepAlive: true, rejectUnauthorized: false, maxSockets: 16 });
   }
@@ -85,9 +121,12 @@ export class RemoteDb implements AnyDb {
     for (const w of woken) w();
   }
 
-  /** Ends the connections; calls waiting to retry fail. */
+  /** Ends the connections; calls waiting to retry or to be sent fail. */
   close(): void {
     this.closed = true;
+    for (const lane of Object.values(this.lanes)) {
+      for (const q of lane.queue.splice(0)) q.reject(closedError());
+    }
     this.wake();
     this.agent.destroy();
   }
@@ -183,7 +222,7 @@ export class RemoteDb implements AnyDb {
   // ---- the protocol ---------------------------------------------------------------------------
 
   private call(op: RemoteOp, args: unknown[]): Promise<unknown> {
-    const p = this.send(op, args);
+    const p = this.enqueue(op, args);
     if (isWriteOp(op)) {
       this.writes.add(p);
       const done = () => this.writes.delete(p);
@@ -192,29 +231,92 @@ export class RemoteDb implements AnyDb {
     return p;
   }
 
-  private async send(op: RemoteOp, args: unknown[]): Promise<unknown> {
-    const body = Buffer.from(JSON.stringify({ id: randomUUID(), op, args }));
-    if (body.length > REMOTE_DB_REQUEST_LIMIT) {
-      throw new RemoteDbRefused(
-        `remote database request too large: ${op} on ${String(args[0])} is ${body.length} bytes, the limit is ${REMOTE_DB_REQUEST_LIMIT}`,
+  private enqueue(op: RemoteOp, args: unknown[]): Promise<unknown> {
+    if (this.closed) return Promise.reject(closedError());
+    const json = JSON.stringify({ op, args });
+    // the bound holds for one operation's request; a batch never grows past it (see flush)
+    if (Buffer.byteLength(json) + REQUEST_OVERHEAD > REMOTE_DB_REQUEST_LIMIT) {
+      return Promise.reject(
+        new RemoteDbRefused(
+          `remote database request too large: ${op} on ${String(args[0])} is ${Buffer.byteLength(json) + REQUEST_OVERHEAD} bytes, the limit is ${REMOTE_DB_REQUEST_LIMIT}`,
+        ),
       );
     }
+    const lane = isWriteOp(op) ? this.lanes.write : this.lanes.read;
+    return new Promise((resolve, reject) => {
+      lane.queue.push({ json, resolve, reject });
+      this.schedule(lane);
+    });
+  }
+
+  /** Sends the lane's waiting calls at the end of this turn of the event loop, if a request may go. */
+  private schedule(lane: Lane): void {
+    if (lane.scheduled || lane.inFlight >= this.maxInFlight || lane.queue.length === 0) return;
+    lane.scheduled = true;
+    setImmediate(() => {
+      lane.scheduled = false;
+      this.flush(lane);
+    });
+  }
+
+  /** Sends waiting calls, as many requests as the lane may have under way, each as full as the bounds allow. */
+  private flush(lane: Lane): void {
+    while (lane.queue.length > 0 && lane.inFlight < this.maxInFlight) {
+      let bytes = REQUEST_OVERHEAD;
+      let n = 0;
+      while (n < lane.queue.length && n < REMOTE_DB_BATCH_LIMIT) {
+        const size = Buffer.byteLength(lane.queue[n]!.json) + 1;
+        if (n > 0 && bytes + size > REMOTE_DB_REQUEST_LIMIT) break;
+        bytes += size;
+        n++;
+      }
+      const calls = lane.queue.splice(0, n);
+      lane.inFlight++;
+      void this.sendBatch(calls).finally(() => {
+        lane.inFlight--;
+        this.schedule(lane);
+      });
+    }
+  }
+
+  /** One request for `calls` (a lone call as a plain request), each caller answered from its reply. */
+  private async sendBatch(calls: Queued[]): Promise<void> {
+    const id = randomUUID();
+    const body =
+      calls.length === 1
+        ? Buffer.from(`{"id":${JSON.stringify(id)},${calls[0]!.json.slice(1)}`)
+        : Buffer.from(`{"id":${JSON.stringify(id)},"batch":[${calls.map((c) => c.json).join(',')}]}`);
+    let reply: RemoteReply;
+    try {
+      reply = await this.send(body);
+    } catch (e) {
+      for (const c of calls) c.reject(e);
+      return;
+    }
+    if (calls.length === 1) return settle(calls[0]!, reply);
+    const replies = reply.ok && Array.isArray(reply.result) ? (reply.result as RemoteReply[]) : undefined;
+    if (!replies || replies.length !== calls.length) {
+      const e = reply.ok ? new RemoteDbRefused('remote database reply to a batch does not answer each operation') : replyError(reply);
+      for (const c of calls) c.reject(e);
+      return;
+    }
+    for (const [i, c] of calls.entries()) settle(c, replies[i]!);
+  }
+
+  /** Sends `body` until the coordinator answers it (see the top of the file). */
+  private async send(body: Buffer): Promise<RemoteReply> {
     let delay = this.initialMs;
     for (;;) {
-      if (this.closed) throw new RemoteDbRefused('the remote database was closed (the host is shutting down or restarting)');
-      let reply: RemoteReply;
+      if (this.closed) throw closedError();
       try {
-        reply = await this.attempt(body);
+        return await this.attempt(body);
       } catch (e) {
         if (!(e instanceof Unreachable)) throw e;
         if (this.closed) continue; // cut by close(): fail now, not after a wait
         this.opts.onRetry?.(e, delay);
         const woken = await this.pause(delay);
         delay = woken ? this.initialMs : Math.min(delay * 2, this.maxMs);
-        continue;
       }
-      if (reply.ok) return reply.result;
-      throw replyError(reply);
     }
   }
 
@@ -282,6 +384,18 @@ export class RemoteDb implements AnyDb {
       req.end(body);
     });
   }
+}
+
+/** The bytes a request adds around its operations: the id, the keys, the brackets. */
+const REQUEST_OVERHEAD = 80;
+
+const newLane = (): Lane => ({ queue: [], inFlight: 0, scheduled: false });
+
+const closedError = () => new RemoteDbRefused('the remote database was closed (the host is shutting down or restarting)');
+
+function settle(c: Queued, reply: RemoteReply): void {
+  if (reply.ok) c.resolve(reply.result);
+  else c.reject(replyError(reply));
 }
 
 function frozenPairs(v: unknown): [string, AnyRow][] {

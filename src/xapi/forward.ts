@@ -1,7 +1,8 @@
 // Running a call on the host that must do the work (xapi's message_forwarding.ml do_op_on): the
 // coordinator has made its checks, taken its marks and chosen the host; the work runs here if
 // that host is this one, else the same message is called on that host over HTTPS with a pool
-// session minted for the call and destroyed after it (the client's session is never passed on).
+// session minted for the call and destroyed after it (the client's session is never passed on),
+// under the caller's task (header `task-id`), which the member uses rather than making its own.
 // The member runs it with its local implementation and takes no locks (isForwardedHere).
 import { XapiError } from '../rpc/errors.js';
 import { XapiClient } from '../rpc/client.js';

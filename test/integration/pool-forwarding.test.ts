@@ -4,7 +4,8 @@
 // forwarded there; VM.start_on a member (through Python's xmlrpc.client); the member's disk
 // exported through the coordinator's 302 (Python's urllib follows it); event.from on the
 // coordinator sees what the member did; a member killed mid forwarded VM.start gives the caller
-// CANNOT_CONTACT_HOST and leaves nothing in current_operations.
+// CANNOT_CONTACT_HOST and leaves nothing in current_operations; the member's half runs under
+// the coordinator's task.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -204,6 +205,15 @@ test('a member killed mid forwarded VM.start: CANNOT_CONTACT_HOST, and no marks 
   await waitUntil('the slow member to be building the domain', async () => new RegExp(uuid).test(await simulatorState(slow.stateDir)), {
     intervalMs: 50,
   });
+  // the member runs its half under the coordinator's task (header task-id), which says where it
+  // went (resident_on the member, as xapi's forwarded task): no task of the member's own
+  const tasks = (await call('task.get_all_records')) as Record<string, { resident_on: string; name_label: string }>;
+  assert.deepEqual(
+    Object.entries(tasks)
+      .filter(([, t]) => t.resident_on === pool.refs[2])
+      .map(([ref]) => ref),
+    [task],
+  );
   slow.kill('SIGKILL');
   const result = await waitTask(url, s, task, 60_000);
   assert.equal(result.status, 'failure');

@@ -215,6 +215,77 @@ test('a remote id reused for another operation is refused; old replies are forgo
   assert.equal(server.resent, 0);
 });
 
+test('a batch: its operations run in order, each answered on its own; one holding writes is resent once', async () => {
+  const local = new LocalDb(schema(), null);
+  const server = new RemoteDbServer(local);
+  const batch = JSON.stringify({
+    id: 'b1',
+    batch: [
+      { op: 'create', args: ['network', 'OpaqueRef:a', { uuid: 'a', name_label: 'A' }] },
+      { op: 'get', args: ['network', 'OpaqueRef:missing'] },
+      { op: 'get', args: ['network', 'OpaqueRef:a'] },
+      { op: 'count', args: ['network'] },
+    ],
+  });
+  const reply = JSON.parse(await server.serve(batch));
+  assert.equal(reply.ok, true);
+  assert.equal(reply.result.length, 4);
+  assert.deepEqual(reply.result[0], { ok: true });
+  assert.equal(reply.result[1].code, 'HANDLE_INVALID');
+  assert.equal(reply.result[2].result.name_label, 'A');
+  assert.deepEqual(reply.result[3], { ok: true, result: 1 });
+  // resent after a lost reply: the first reply, nothing applied twice
+  assert.deepEqual(JSON.parse(await server.serve(batch)), reply);
+  assert.equal(server.resent, 1);
+  assert.equal(await local.count('network'), 1);
+  assert.throws(() => server.serve(JSON.stringify({ id: 'b2', batch: [] })), /batch must be an array of 1 to/);
+  assert.throws(() => server.serve(JSON.stringify({ id: 'b3', batch: [{ op: 'close', args: [] }] })), /unknown operation/);
+});
+
+test('calls a member makes at the same moment share requests, reads apart from writes, each answered', () =>
+  withDir(async (dir) => {
+    let requests = 0;
+    const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
+    const counting =
+      (h: Handler): Handler =>
+      (req, res, url) => {
+        requests++;
+        return h(req, res, url);
+      };
+    const { servers, port } = await servePoolDb({ coordinator: true, db: local }, { wrap: counting });
+    const db = new RemoteDb(schema(), { address: ADDRESS, port, poolSecret: () => SECRET });
+    try {
+      const refs = Array.from({ length: 20 }, (_, i) => `OpaqueRef:n${i}`);
+      await Promise.all(refs.map((ref, i) => db.create('network', ref, { uuid: `n${i}`, name_label: `N${i}` })));
+      assert.ok(requests < 20, `20 writes in ${requests} requests`);
+      const before = requests;
+      const [rows, missing] = await Promise.all([
+        Promise.all(refs.map((ref) => db.get('network', ref))),
+        db.get('network', 'OpaqueRef:missing').then(
+          () => undefined,
+          (e: XapiError) => e.code,
+        ),
+      ]);
+      assert.deepEqual(
+        rows.map((r) => r.name_label),
+        refs.map((_, i) => `N${i}`),
+      );
+      assert.equal(missing, 'HANDLE_INVALID');
+      assert.ok(requests - before < 21, `21 reads in ${requests - before} requests`);
+      // every acknowledged write is in the coordinator's file
+      const file = new Database(join(dir, 'xapi.db'), { readonly: true });
+      try {
+        assert.equal((file.prepare('SELECT count(*) AS n FROM "t_network"').get() as { n: number }).n, 20);
+      } finally {
+        file.close();
+      }
+    } finally {
+      db.close();
+      await servers.close();
+      local.close();
+    }
+  }));
+
 test('the coordinator down: calls wait and retry, and complete when woken after it is back', () =>
   withDir(async (dir) => {
     const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
