@@ -6,7 +6,11 @@
 // attempt timeout, a 5xx), a call waits and sends the same request again, for ever, as xapi's
 // member does: 2 s, doubling up to 256 s between attempts. wake() cuts every wait short (the
 // coordinator has just contacted this member, so it is back). The request keeps its id across
-// attempts, so a write whose reply was lost is not applied twice.
+// attempts, so a write whose reply was lost is not applied twice. The coordinator remembers ids
+// only in memory, though: if it was killed after making the write durable and before replying,
+// the restarted coordinator applies the resent request again. A create then finds its own row
+// (refs are random: no one else made it), a destroy finds the row gone, an add_to_map finds its
+// own key: after a resend, those refusals are the first attempt's success (see sentBefore).
 //
 // What a member cannot answer: the change log (generation, retainedSince, changesSince) and the
 // wake-ups on changes (waitForChange) live in the coordinator's memory, and the only readers of
@@ -200,6 +204,7 @@ export class RemoteDb implements AnyDb {
       );
     }
     let delay = this.initialMs;
+    let resent = false;
     for (;;) {
       if (this.closed) throw new RemoteDbRefused('the remote database was closed (the host is shutting down or restarting)');
       let reply: RemoteReply;
@@ -207,6 +212,7 @@ export class RemoteDb implements AnyDb {
         reply = await this.attempt(body);
       } catch (e) {
         if (!(e instanceof Unreachable)) throw e;
+        resent = isWriteOp(op);
         if (this.closed) continue; // cut by close(): fail now, not after a wait
         this.opts.onRetry?.(e, delay);
         const woken = await this.pause(delay);
@@ -214,8 +220,28 @@ export class RemoteDb implements AnyDb {
         continue;
       }
       if (reply.ok) return reply.result;
-      throw replyError(reply);
+      const error = replyError(reply);
+      if (resent && (await this.sentBefore(op, args, error))) return undefined;
+      throw error;
     }
+  }
+
+  /**
+   * Whether a resent write's refusal only says that an earlier attempt of it was applied (its
+   * reply lost with a coordinator that died, which forgot the request's id): the row it created
+   * is there, the row it destroyed is gone, the key it added holds its value.
+   */
+  private async sentBefore(op: RemoteOp, args: unknown[], error: XapiError): Promise<boolean> {
+    const [cls, ref] = args as [string, string];
+    if (op === 'destroy') return error.code === 'HANDLE_INVALID';
+    if (op === 'create') return (await this.send('tryGet', [cls, ref])) !== undefined;
+    if (op === 'mapAdd' && error.code === 'MAP_DUPLICATE_KEY') {
+      const [, , field, key, value] = args as [string, string, string, string, unknown];
+      const row = (await this.send('tryGet', [cls, ref])) as AnyRow | undefined;
+      const map = row?.[field] as Record<string, unknown> | undefined;
+      return map !== undefined && JSON.stringify(map[key]) === JSON.stringify(value);
+    }
+    return false;
   }
 
   /** Resolves true if wake() (or close()) cut the pause short. */
