@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { XapiError } from '../rpc/errors.js';
 import { fsyncDir } from '../util/files.js';
+import { faultPoint } from '../util/fault-point.js';
 import { STORE_FORMAT } from './store.js';
 
 export const BACKUP_PATH = '/pool/xmldbdump';
@@ -36,6 +37,7 @@ export interface FetchBackupOptions {
 export async function fetchBackup(opts: FetchBackupOptions): Promise<{ generation: number; bytes: number }> {
   const image = await download(opts);
   const generation = checkImage(image);
+  faultPoint('backup.downloaded');
   await installImage(join(opts.stateDir, DB_FILE), image);
   return { generation, bytes: image.length };
 }
@@ -136,7 +138,9 @@ export async function installImage(path: string, image: Buffer): Promise<void> {
     throw e;
   }
   await fh.close();
+  faultPoint('backup.written');
   await foldWal(path);
+  faultPoint('backup.folded');
   await rename(tmp, path);
   await fsyncDir(join(path, '..'));
 }
