@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { XapiError } from '../rpc/errors.js';
 import { writeFileAtomic } from '../util/files.js';
+import { faultPoint } from '../util/fault-point.js';
 import { STORE_FORMAT } from './store.js';
 
 export const BACKUP_PATH = '/pool/xmldbdump';
@@ -36,6 +37,7 @@ export interface FetchBackupOptions {
 export async function fetchBackup(opts: FetchBackupOptions): Promise<{ generation: number; bytes: number }> {
   const image = await download(opts);
   const generation = checkImage(image);
+  faultPoint('backup.downloaded');
   await installImage(join(opts.stateDir, DB_FILE), image);
   return { generation, bytes: image.length };
 }
@@ -124,7 +126,11 @@ export function checkImage(image: Buffer): number {
 
 /** Writes the image as `path`, atomically, with no stale WAL beside it. */
 export async function installImage(path: string, image: Buffer): Promise<void> {
-  await writeFileAtomic(path, image, 0o600, () => foldWal(path));
+  await writeFileAtomic(path, image, 0o600, async () => {
+    faultPoint('backup.written');
+    await foldWal(path);
+    faultPoint('backup.folded');
+  });
 }
 
 /** Folds the old database's WAL into it (closing the last connection does) and removes the rest. */

@@ -2,6 +2,7 @@
 // in, one reply body out, against the coordinator's own database. The HTTP handler around it
 // (secret, role, body bound) is src/host/pool-db.ts.
 import type { AnyDb } from './interface.js';
+import { faultPoint } from '../util/fault-point.js';
 import {
   type RemoteBatch,
   type RemoteReply,
@@ -100,7 +101,10 @@ export class RemoteDbServer {
     try {
       const f = this.db[req.op] as (...a: unknown[]) => Promise<unknown>;
       const result = await f.apply(this.db, req.args);
-      if (isWriteOp(req.op)) await this.db.commit();
+      if (isWriteOp(req.op)) {
+        await this.db.commit();
+        faultPoint('remote-db.write-committed');
+      }
       reply = { ok: true, result };
     } catch (e) {
       reply = failureReply(e);

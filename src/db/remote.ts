@@ -6,7 +6,11 @@
 // attempt timeout, a 5xx), a call waits and sends the same request again, for ever, as xapi's
 // member does: 2 s, doubling up to 256 s between attempts. wake() cuts every wait short (the
 // coordinator has just contacted this member, so it is back). The request keeps its id across
-// attempts, so a write whose reply was lost is not applied twice.
+// attempts, so a write whose reply was lost is not applied twice. The coordinator remembers ids
+// only in memory, though: if it was killed after making the write durable and before replying,
+// the restarted coordinator applies the resent request again. A create then finds its own row
+// (refs are random: no one else made it), a destroy finds the row gone, an add_to_map finds its
+// own key: after a resend, those refusals are the first attempt's success (see sentBefore).
 //
 // Calls made at the same moment share a request (a batch, remote-protocol.ts): the calls of one
 // turn of the event loop go out together, reads apart from writes so that a read never waits for
@@ -62,6 +66,8 @@ export interface RemoteDbOptions {
 
 /** A call waiting for its request: the operation as sent, and its caller's promise. */
 interface Queued {
+  op: RemoteOp;
+  args: unknown[];
   json: string;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
@@ -244,7 +250,7 @@ export class RemoteDb implements AnyDb {
     }
     const lane = isWriteOp(op) ? this.lanes.write : this.lanes.read;
     return new Promise((resolve, reject) => {
-      lane.queue.push({ json, resolve, reject });
+      lane.queue.push({ op, args, json, resolve, reject });
       this.schedule(lane);
     });
   }
@@ -286,38 +292,74 @@ export class RemoteDb implements AnyDb {
       calls.length === 1
         ? Buffer.from(`{"id":${JSON.stringify(id)},${calls[0]!.json.slice(1)}`)
         : Buffer.from(`{"id":${JSON.stringify(id)},"batch":[${calls.map((c) => c.json).join(',')}]}`);
-    let reply: RemoteReply;
+    let sent: { reply: RemoteReply; resent: boolean };
     try {
-      reply = await this.send(body);
+      sent = await this.send(body);
     } catch (e) {
       for (const c of calls) c.reject(e);
       return;
     }
-    if (calls.length === 1) return settle(calls[0]!, reply);
+    const { reply, resent } = sent;
+    if (calls.length === 1) return this.settle(calls[0]!, reply, resent);
     const replies = reply.ok && Array.isArray(reply.result) ? (reply.result as RemoteReply[]) : undefined;
     if (!replies || replies.length !== calls.length) {
       const e = reply.ok ? new RemoteDbRefused('remote database reply to a batch does not answer each operation') : replyError(reply);
       for (const c of calls) c.reject(e);
       return;
     }
-    for (const [i, c] of calls.entries()) settle(c, replies[i]!);
+    for (const [i, c] of calls.entries()) void this.settle(c, replies[i]!, resent);
   }
 
-  /** Sends `body` until the coordinator answers it (see the top of the file). */
-  private async send(body: Buffer): Promise<RemoteReply> {
+  /** Answers one caller from its reply: a resent write refused for its own earlier effect succeeded. */
+  private async settle(c: Queued, reply: RemoteReply, resent: boolean): Promise<void> {
+    if (reply.ok) return c.resolve(reply.result);
+    const error = replyError(reply);
+    try {
+      if (resent && isWriteOp(c.op) && (await this.sentBefore(c.op, c.args, error))) return c.resolve(undefined);
+    } catch (e) {
+      return c.reject(e);
+    }
+    c.reject(error);
+  }
+
+  /**
+   * Sends `body` until the coordinator answers it (see the top of the file); `resent` says whether
+   * it went more than once (a write's refusal may then be its own first attempt's effect).
+   */
+  private async send(body: Buffer): Promise<{ reply: RemoteReply; resent: boolean }> {
     let delay = this.initialMs;
+    let resent = false;
     for (;;) {
       if (this.closed) throw closedError();
       try {
-        return await this.attempt(body);
+        return { reply: await this.attempt(body), resent };
       } catch (e) {
         if (!(e instanceof Unreachable)) throw e;
+        resent = true;
         if (this.closed) continue; // cut by close(): fail now, not after a wait
         this.opts.onRetry?.(e, delay);
         const woken = await this.pause(delay);
         delay = woken ? this.initialMs : Math.min(delay * 2, this.maxMs);
       }
     }
+  }
+
+  /**
+   * Whether a resent write's refusal only says that an earlier attempt of it was applied (its
+   * reply lost with a coordinator that died, which forgot the request's id): the row it created
+   * is there, the row it destroyed is gone, the key it added holds its value.
+   */
+  private async sentBefore(op: RemoteOp, args: unknown[], error: XapiError): Promise<boolean> {
+    const [cls, ref] = args as [string, string];
+    if (op === 'destroy') return error.code === 'HANDLE_INVALID';
+    if (op === 'create') return (await this.enqueue('tryGet', [cls, ref])) !== undefined;
+    if (op === 'mapAdd' && error.code === 'MAP_DUPLICATE_KEY') {
+      const [, , field, key, value] = args as [string, string, string, string, unknown];
+      const row = (await this.enqueue('tryGet', [cls, ref])) as AnyRow | undefined;
+      const map = row?.[field] as Record<string, unknown> | undefined;
+      return map !== undefined && JSON.stringify(map[key]) === JSON.stringify(value);
+    }
+    return false;
   }
 
   /** Resolves true if wake() (or close()) cut the pause short. */
@@ -392,11 +434,6 @@ const REQUEST_OVERHEAD = 80;
 const newLane = (): Lane => ({ queue: [], inFlight: 0, scheduled: false });
 
 const closedError = () => new RemoteDbRefused('the remote database was closed (the host is shutting down or restarting)');
-
-function settle(c: Queued, reply: RemoteReply): void {
-  if (reply.ok) c.resolve(reply.result);
-  else c.reject(replyError(reply));
-}
 
 function frozenPairs(v: unknown): [string, AnyRow][] {
   const pairs = v as [string, AnyRow][];

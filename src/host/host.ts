@@ -64,6 +64,7 @@ import { loadOrCreateCertificate } from '../http/tls.js';
 import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
 import { registerVdiTransfers } from '../http/vdi-transfer.js';
 import { registerVmTransfers } from '../http/vm-transfer.js';
+import { faultPoint } from '../util/fault-point.js';
 
 export const DB_GC_INTERVAL_MS = 30_000;
 
@@ -264,8 +265,16 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       restart(reason);
     },
     changeRole: async (next, reason, secret) => {
-      if (secret !== undefined) await writePoolSecret(opts.stateDir, secret);
+      // The role before the secret: a host killed between the two must not restart as a
+      // coordinator holding its new pool's secret, for the pool's coordinator would take it
+      // for a rival at its start-up check and yield to it. Killed there, it restarts as a member
+      // its coordinator refuses (HOST_UNKNOWN_TO_MASTER), from which emergency_transition_to_master
+      // frees it. (Only pool.join passes a secret.)
       await writePoolRole(opts.stateDir, next);
+      if (secret !== undefined) {
+        faultPoint('join.role-written');
+        await writePoolSecret(opts.stateDir, secret);
+      }
       log.info({ role: next, reason }, 'role changed: restarting');
       setTimeout(() => host.requestRestart(reason), ROLE_CHANGE_FUSE_MS).unref();
     },

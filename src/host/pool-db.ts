@@ -12,6 +12,7 @@ import { BadRemoteRequest, RemoteDbServer } from '../db/remote-serve.js';
 import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from '../http/body.js';
 import type { Handler, HandlerTable } from '../http/handlers.js';
 import { RPC_BODY_TIMEOUT_MS, sendHttpError } from '../http/server.js';
+import { faultPoint } from '../util/fault-point.js';
 
 export type PoolDbRole =
   /** This host is the coordinator: it serves its own database. */
@@ -91,6 +92,7 @@ export function remoteDbAccessHandler(opts: PoolDbHandlerOptions, server: Remote
       sendJson(res, JSON.stringify({ ok: false, code: 'HOST_IS_SLAVE', params: [role.coordinator ? '' : role.coordinatorAddress] }));
       return;
     }
+    faultPoint('remote-db.received');
     let reply: string;
     try {
       reply = await server.serve(body);
@@ -118,6 +120,11 @@ export function databaseDumpHandler(opts: PoolDbHandlerOptions): Handler {
       'content-length': image.length,
       'cache-control': 'no-cache, no-store',
     });
-    res.end(image);
+    // Half the image on its way, for a test that kills the coordinator while serving it.
+    res.write(image.subarray(0, image.length >> 1), (err) => {
+      if (err) return; // the member went away
+      faultPoint('backup.serving');
+      res.end(image.subarray(image.length >> 1));
+    });
   };
 }

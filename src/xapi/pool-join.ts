@@ -11,6 +11,7 @@ import { typed } from '../db/interface.js';
 import { RemoteDb } from '../db/remote.js';
 import { preJoinChecks } from './pool-join-checks.js';
 import { applyJoinContribution, collectJoinContribution } from './pool-join-merge.js';
+import { faultPoint } from '../util/fault-point.js';
 
 /** The joiner's calls to the coordinator while joining fail fast rather than wait for it. */
 const JOIN_DB_RETRY = { initialMs: 200, maxMs: 1_000 };
@@ -35,8 +36,11 @@ export async function join(call: Call, address: string, user: string, password: 
     } finally {
       await client.call('session.logout', [session]).catch(() => undefined);
     }
+    faultPoint('join.before-merge');
     await mergeInto(call, address, secret);
+    faultPoint('join.after-merge');
     await host.changeRole({ kind: 'slave', master: address }, `joined the pool of ${address}`, secret);
+    faultPoint('join.after-role');
   } finally {
     client.close();
   }

@@ -19,6 +19,7 @@ import type { Call, HostContext, HostRole, Registry } from '../api/context.js';
 import { fetchBackup } from '../db/backup.js';
 import { formatDateTime } from '../schema/types.js';
 import { writeFileAtomic } from '../util/files.js';
+import { faultPoint } from '../util/fault-point.js';
 import { callOn, isForwardedHere, runOn } from './forward.js';
 import { poolOperationErrors, updatePoolAllowedOperations } from './pool-operations.js';
 
@@ -162,6 +163,7 @@ export function proposeNewMaster(host: HostContext, address: string, _manual: bo
       host.log.warn({ proposed: address }, 'no commit came for the proposed coordinator: serving again');
     }, HANDOVER_TIMEOUT_MS);
     proposal.handoverTimer.unref();
+    faultPoint('designate.old-agreed');
   }
 }
 
@@ -185,7 +187,10 @@ export async function commitNewMaster(host: HostContext, address: string): Promi
   if (p.handoverTimer) clearTimeout(p.handoverTimer);
   p.handoverTimer = undefined;
   if (address === host.config.address) await becomeMaster(host, 'committed as the new coordinator');
-  else await becomeMemberOf(host, address, `committed to the new coordinator ${address}`);
+  else {
+    await becomeMemberOf(host, address, `committed to the new coordinator ${address}`);
+    faultPoint('designate.peer-committed');
+  }
 }
 
 export interface TwoPhaseCommit {
@@ -214,6 +219,7 @@ export async function twoPhaseCommit(host: HostContext, o: TwoPhaseCommit): Prom
       await emergencyCall(host, address, 'host.propose_new_master', [o.myAddress, o.manual]);
       agreed.push(address);
     }
+    faultPoint('designate.all-agreed');
     await o.beforeCommit?.();
   } catch (e) {
     host.log.warn({ err: e }, 'the proposal failed: aborting');
@@ -226,6 +232,7 @@ export async function twoPhaseCommit(host: HostContext, o: TwoPhaseCommit): Prom
   }
   const wasMaster = host.role.kind === 'master';
   await setRole(host, { kind: 'broken' });
+  faultPoint('designate.broken-written');
   const failed: string[] = [];
   for (const address of o.peers) {
     try {
@@ -235,6 +242,7 @@ export async function twoPhaseCommit(host: HostContext, o: TwoPhaseCommit): Prom
       failed.push(address);
     }
   }
+  faultPoint('designate.peers-committed');
   // This host's own proposal is settled by the outcome below.
   const own = proposals.get(host);
   if (own) endHandover(host, own);

@@ -202,6 +202,52 @@ test('a write whose reply is lost is resent with its id and applied once', () =>
     }
   }));
 
+test('a write resent to a coordinator that forgot its id (restarted): its own row, key or destroy counts as done', () =>
+  withDir(async (dir) => {
+    const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
+    // Remembers no id at all: every resend is applied again, as by a coordinator restarted
+    // after it made the first attempt durable and before it replied.
+    const server = new RemoteDbServer(local, { replyLimit: 0 });
+    let loseNext = 0;
+    const losing =
+      (h: Handler): Handler =>
+      (req, res, url) => {
+        if (loseNext > 0) {
+          loseNext--;
+          res.writeHead = (() => {
+            res.socket?.destroy();
+            return res;
+          }) as unknown as typeof res.writeHead;
+        }
+        return h(req, res, url);
+      };
+    const { servers, port } = await servePoolDb({ coordinator: true, db: local, server }, { wrap: losing });
+    const db = new RemoteDb(schema(), { address: ADDRESS, port, poolSecret: () => SECRET, retry: { initialMs: 1, maxMs: 1 } });
+    try {
+      loseNext = 1;
+      await db.create('network', 'OpaqueRef:n', { uuid: 'n' });
+      loseNext = 1;
+      await db.mapAdd('network', 'OpaqueRef:n', 'other_config', 'k', 'v');
+      assert.deepEqual((await db.get('network', 'OpaqueRef:n')).other_config, { k: 'v' });
+      loseNext = 1;
+      await db.destroy('network', 'OpaqueRef:n');
+      assert.equal(await db.count('network'), 0);
+      assert.equal(server.resent, 0);
+      // A refusal that is not the first attempt's own doing is still raised.
+      await db.create('network', 'OpaqueRef:m', { uuid: 'm', other_config: { k: 'theirs' } });
+      loseNext = 1;
+      await assert.rejects(
+        db.mapAdd('network', 'OpaqueRef:m', 'other_config', 'k', 'mine'),
+        (e: XapiError) => e.code === 'MAP_DUPLICATE_KEY',
+      );
+      await assert.rejects(db.create('network', 'OpaqueRef:m', { uuid: 'm2' }), /duplicate reference/);
+    } finally {
+      db.close();
+      await servers.close();
+      local.close();
+    }
+  }));
+
 test('a remote id reused for another operation is refused; old replies are forgotten past their bound', async () => {
   const local = new LocalDb(schema(), null);
   const server = new RemoteDbServer(local, { replyLimit: 2 });
