@@ -243,6 +243,21 @@ async function stopAll(hosts: Array<XapiProcess | undefined>): Promise<void> {
   );
 }
 
+/**
+ * Restarts the pool's coordinator (hosts[0]) armed with a fault point and returns it once the
+ * two others are its members again, with a session on it and the second host's ref.
+ */
+async function armCoordinator(hosts: XapiProcess[], point: string): Promise<{ armed: XapiProcess; sa: string; bRef: string }> {
+  const [a, b, c] = hosts as [XapiProcess, XapiProcess, XapiProcess];
+  await stopXapi(a, true);
+  const armed = await restart(a, { env: { ...FAST, XAPI_TEST_FAULT_POINT: point } });
+  hosts[0] = armed;
+  const sa = await coordinatorSession(armed);
+  await waitMember(armed, sa, b);
+  await waitMember(armed, sa, c);
+  return { armed, sa, bRef: await hostRef(armed, sa, b) };
+}
+
 describe('mid-join faults', { timeout: 600_000 }, () => {
   for (const point of ['join.before-merge', 'join.after-merge', 'join.after-role']) {
     it(`the joiner killed at ${point}: the pool is intact, the joiner restarted joins (again)`, { timeout: 180_000 }, async () => {
@@ -437,14 +452,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
     const [a, b, c] = hosts;
     let a2: XapiProcess | undefined;
     try {
-      // Armed now, on the running coordinator: restart it with the point.
-      await stopXapi(a, true);
-      const armed = await restart(a, { env: { ...FAST, XAPI_TEST_FAULT_POINT: 'designate.old-agreed' } });
-      hosts[0] = armed;
-      const sa = await coordinatorSession(armed);
-      await waitMember(armed, sa, b);
-      await waitMember(armed, sa, c);
-      const bRef = await hostRef(armed, sa, b);
+      const { armed, sa, bRef } = await armCoordinator(hosts, 'designate.old-agreed');
       const designate = jsonCall(armed.url, 'pool.designate_new_master', [sa, bRef]);
       designate.catch(() => undefined);
       await killedAt(armed, 'designate.old-agreed');
@@ -467,13 +475,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
     const [a, b, c] = hosts;
     let a2: XapiProcess | undefined;
     try {
-      await stopXapi(a, true);
-      const armed = await restart(a, { env: { ...FAST, XAPI_TEST_FAULT_POINT: 'designate.peer-committed' } });
-      hosts[0] = armed;
-      const sa = await coordinatorSession(armed);
-      await waitMember(armed, sa, b);
-      await waitMember(armed, sa, c);
-      const bRef = await hostRef(armed, sa, b);
+      const { armed, sa, bRef } = await armCoordinator(hosts, 'designate.peer-committed');
       await jsonCall(armed.url, 'pool.designate_new_master', [sa, bRef]).catch(() => undefined);
       await killedAt(armed, 'designate.peer-committed');
       // The old coordinator's commit got no answer: the new one cannot know it happened.
@@ -495,15 +497,9 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
     timeout: 240_000,
   }, async () => {
     const { hosts, acked } = await designatePool();
-    const [a, b, c] = hosts;
+    const [, b, c] = hosts;
     try {
-      await stopXapi(a, true);
-      const armed = await restart(a, { env: { ...FAST, XAPI_TEST_FAULT_POINT: 'designate.old-agreed:SIGSTOP' } });
-      hosts[0] = armed;
-      const sa = await coordinatorSession(armed);
-      await waitMember(armed, sa, b);
-      await waitMember(armed, sa, c);
-      const bRef = await hostRef(armed, sa, b);
+      const { armed, sa, bRef } = await armCoordinator(hosts, 'designate.old-agreed:SIGSTOP');
       const designate = jsonCall(armed.url, 'pool.designate_new_master', [sa, bRef]);
       designate.catch(() => undefined);
       await reachedPoint(armed, 'designate.old-agreed');
