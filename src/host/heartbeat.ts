@@ -105,7 +105,9 @@ export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
         clearTimeout(timer);
       }
       client.close();
-      await run;
+      // Bounded too: a call still waiting for a silent coordinator (a stopped process answers
+      // no TLS handshake) must not hold the host's close; it fails once the client is gone.
+      await Promise.race([run, sleep(LAST_HEARTBEAT_TIMEOUT_MS, undefined, { ref: false })]);
     },
   };
 }

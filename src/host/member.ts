@@ -20,6 +20,8 @@ import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 /** xapi's waits between attempts to be taken back: 5 s, or 60 s when the coordinator does not know this host. */
 export const HELLO_RETRY_MS = 5_000;
 export const UNKNOWN_RETRY_MS = 60_000;
+/** How long a stopping member waits for its start-up to notice. */
+const STOP_WAIT_MS = 2_000;
 
 export interface MemberStart {
   host: HostContext;
@@ -74,7 +76,9 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
     async stop() {
       stopping.abort();
       await heartbeat?.stop(true);
-      await run;
+      // A start-up still waiting for its coordinator (database calls retried for ever) must not
+      // hold the host's close: it fails at its next call once the host closes its RemoteDb.
+      await Promise.race([run, sleep(STOP_WAIT_MS, undefined, { ref: false })]);
     },
   };
 }
