@@ -100,27 +100,33 @@ test('a member asked for the database answers HOST_IS_SLAVE with its coordinator
   }
 });
 
+/** A coordinator on a fresh database in `dir` that counts the requests it is sent, and a member's RemoteDb on it. */
+async function countingCoordinator(dir: string) {
+  const sent = { requests: 0 };
+  const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
+  const counting =
+    (h: Handler): Handler =>
+    (req, res, url) => {
+      sent.requests++;
+      return h(req, res, url);
+    };
+  const { servers, port } = await servePoolDb({ coordinator: true, db: local }, { wrap: counting });
+  const db = new RemoteDb(schema(), { address: ADDRESS, port, poolSecret: () => SECRET });
+  return { local, servers, port, db, sent };
+}
+
 test('a request over the bound fails at once, unsent; the coordinator answers 413 to one', () =>
   withDir(async (dir) => {
-    let requests = 0;
-    const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
-    const counting =
-      (h: Handler): Handler =>
-      (req, res, url) => {
-        requests++;
-        return h(req, res, url);
-      };
-    const { servers, port } = await servePoolDb({ coordinator: true, db: local }, { wrap: counting });
-    const db = new RemoteDb(schema(), { address: ADDRESS, port, poolSecret: () => SECRET });
+    const { local, servers, port, db, sent } = await countingCoordinator(dir);
     try {
       await db.create('network', 'OpaqueRef:n', { uuid: 'n' });
-      assert.equal(requests, 1);
+      assert.equal(sent.requests, 1);
       const big = 'x'.repeat(REMOTE_DB_REQUEST_LIMIT);
       await assert.rejects(
         db.update('network', 'OpaqueRef:n', { name_description: big }),
         (e: XapiError) => e instanceof RemoteDbRefused && e.code === 'INTERNAL_ERROR' && /too large: update on network/.test(e.params[0]!),
       );
-      assert.equal(requests, 1);
+      assert.equal(sent.requests, 1);
       const raw = await request(
         port,
         'POST',
@@ -290,21 +296,12 @@ test('a batch: its operations run in order, each answered on its own; one holdin
 
 test('calls a member makes at the same moment share requests, reads apart from writes, each answered', () =>
   withDir(async (dir) => {
-    let requests = 0;
-    const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
-    const counting =
-      (h: Handler): Handler =>
-      (req, res, url) => {
-        requests++;
-        return h(req, res, url);
-      };
-    const { servers, port } = await servePoolDb({ coordinator: true, db: local }, { wrap: counting });
-    const db = new RemoteDb(schema(), { address: ADDRESS, port, poolSecret: () => SECRET });
+    const { local, servers, db, sent } = await countingCoordinator(dir);
     try {
       const refs = Array.from({ length: 20 }, (_, i) => `OpaqueRef:n${i}`);
       await Promise.all(refs.map((ref, i) => db.create('network', ref, { uuid: `n${i}`, name_label: `N${i}` })));
-      assert.ok(requests < 20, `20 writes in ${requests} requests`);
-      const before = requests;
+      assert.ok(sent.requests < 20, `20 writes in ${sent.requests} requests`);
+      const before = sent.requests;
       const [rows, missing] = await Promise.all([
         Promise.all(refs.map((ref) => db.get('network', ref))),
         db.get('network', 'OpaqueRef:missing').then(
@@ -317,7 +314,7 @@ test('calls a member makes at the same moment share requests, reads apart from w
         refs.map((_, i) => `N${i}`),
       );
       assert.equal(missing, 'HANDLE_INVALID');
-      assert.ok(requests - before < 21, `21 reads in ${requests - before} requests`);
+      assert.ok(sent.requests - before < 21, `21 reads in ${sent.requests - before} requests`);
       // every acknowledged write is in the coordinator's file
       const file = new Database(join(dir, 'xapi.db'), { readonly: true });
       try {
