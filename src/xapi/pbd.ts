@@ -1,6 +1,7 @@
 // PBD.* explicit messages (xapi's xapi_pbd.ml): create with its uniqueness and key checks,
 // plug (the driver's sr_attach, refused for a non-shared SR attached elsewhere), unplug
-// (refused while VDIs are in use), destroy of a detached PBD.
+// (refused while VDIs are in use), destroy of a detached PBD, set_device_config (the storage
+// backend's own call, run by the PBD's host).
 import { randomUUID } from 'node:crypto';
 import type { Call, Registry } from '../api/context.js';
 import { isForwardedHere, runOn } from './forward.js';
@@ -55,6 +56,33 @@ async function assertVdisIdle(storage: Storage, srRef: string): Promise<void> {
   }
 }
 
+/**
+ * Whether the call's session may act as the storage backend of this SR (sm.ml's
+ * session_has_internal_sr_access): xapi gives the sessions it makes for its SM plugins the key
+ * `_sm_session` naming their SR in the session's other_config.
+ */
+function hasInternalSrAccess(call: Call, srRef: string): boolean {
+  return call.session?.row.other_config._sm_session === srRef;
+}
+
+/**
+ * Xapi_secret.move_passwds_to_secrets: a device_config key ending in `password` is deprecated;
+ * its value goes into a new secret and the key becomes `<key>_secret`, naming the secret's uuid.
+ */
+async function movePasswordsToSecrets(call: Call, config: Record<string, string>): Promise<Record<string, string>> {
+  const moved: Record<string, string> = {};
+  for (const [key, value] of Object.entries(config)) {
+    if (!key.endsWith('password')) {
+      moved[key] = value;
+      continue;
+    }
+    const uuid = randomUUID();
+    await call.db.create('secret', newRef(), { uuid, value, other_config: {} });
+    moved[`${key}_secret`] = uuid;
+  }
+  return moved;
+}
+
 /** forward_pbd_op: a PBD is plugged and unplugged by its host; a forwarded call runs here. */
 async function runOnPbdHost(call: Call, host: string, wire: string, pbd: string, local: () => Promise<void>): Promise<void> {
   if (isForwardedHere(call)) return local();
@@ -105,5 +133,20 @@ export function register(r: Registry, storage: Storage): void {
         runOnPbdHost(call, pbd.host, 'PBD.unplug', self, () => unplugPbd(storage, self)),
       );
     })
-    .implement('PBD.set_device_config', (call, [self, value]) => call.db.update('PBD', self, { device_config: value }));
+    .implement('PBD.set_device_config', async (call, [self, value]) => {
+      // The PBD's host stores it (xapi_pbd.ml: the SRmaster key is for xapi alone).
+      const store = async () => {
+        if ('SRmaster' in value)
+          throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', value.SRmaster!, 'This key is for internal use only']);
+        await call.db.update('PBD', self, { device_config: value });
+      };
+      if (isForwardedHere(call)) return store();
+      // The coordinator (message_forwarding.ml): only a session the SR's backend holds may change
+      // how its hosts reach the SR. xapi moves passwords into secrets before this check, so a
+      // refused call still leaves secrets behind; here they are made only for a call that runs.
+      const pbd = await call.db.get('PBD', self);
+      if (!hasInternalSrAccess(call, pbd.SR)) throw new XapiError('PERMISSION_DENIED', ['']);
+      value = await movePasswordsToSecrets(call, value);
+      await runOn(call, pbd.host, 'PBD.set_device_config', [self, value], store);
+    });
 }

@@ -2,14 +2,16 @@
 // two real processes: a VM whose disk is on the member's local SR (only the member sees it) is
 // cloned, snapshotted and checkpointed there; its running domain's VCPUs and xenstore are set
 // there; its disk is copied to a shared SR by the member; SR.destroy and SR.forget reach the
-// hosts holding PBDs. Which host did the work shows in the coordinator's task (resident_on, set
-// with xapi's forwarded / forwarded_to), kept by an Async call; errors on that path too.
+// hosts holding PBDs; PBD.set_device_config is stored by the PBD's host. Which host did the
+// work shows in the coordinator's task (resident_on, set with xapi's forwarded / forwarded_to),
+// kept by an Async call; errors on that path too.
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { RpcFailure, jsonCall, waitTask } from './client.js';
+import { RpcFailure, jsonCall, login, waitTask } from './client.js';
+import { PASSWORD } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 
@@ -216,4 +218,26 @@ test('SR.forget goes to every PBD host; SR.destroy runs on the SR master', { tim
   assertForwarded(await asyncCall('SR.destroy', sr), member);
   assert.deepEqual(await readdir(own), []);
   await rejects(call('SR.get_record', sr), ['HANDLE_INVALID', 'SR', sr]);
+});
+
+test('PBD.set_device_config: the coordinator checks the backend session, the PBD host stores it', { timeout: 60_000 }, async () => {
+  const sr = await localSrOf(member);
+  const [pbd] = (await call('SR.get_PBDs', sr)) as string[];
+  const dc = (await call('PBD.get_device_config', pbd)) as Record<string, string>;
+  await rejects(call('PBD.set_device_config', pbd, { ...dc, note: 'x' }), ['PERMISSION_DENIED', '']);
+  // a session given the SR as its storage backend's (xapi's SM sessions carry _sm_session)
+  const sm = await login(url, PASSWORD);
+  const smCall = (method: string, ...params: unknown[]) => jsonCall(url, method, [sm, ...params]);
+  await smCall('session.add_to_other_config', sm, '_sm_session', sr);
+  try {
+    const refusedTask = (await smCall('Async.PBD.set_device_config', pbd, { ...dc, SRmaster: 'true' })) as string;
+    const refused = await waitTask(url, sm, refusedTask, 30_000);
+    assert.deepEqual(refused.error_info, ['VALUE_NOT_SUPPORTED', 'SRmaster', 'true', 'This key is for internal use only']);
+    assert.equal(refused.resident_on, member);
+    const task = (await smCall('Async.PBD.set_device_config', pbd, { ...dc, note: 'x' })) as string;
+    assertForwarded(await waitTask(url, sm, task, 30_000), member);
+    assert.deepEqual(await call('PBD.get_device_config', pbd), { ...dc, note: 'x' });
+  } finally {
+    await smCall('session.logout');
+  }
 });

@@ -901,6 +901,40 @@ test('SR.forget keeps the data: introduce, a new PBD and a plug bring the SR and
   }
 });
 
+test('PBD.set_device_config: only the SR backend session may call it; passwords move to secrets; SRmaster refused', async () => {
+  const t = await setup();
+  try {
+    const sr = await t.fileSr('reconfigured');
+    const pbd = ((await t.rec('SR', sr)).PBDs as string[])[0]!;
+    const dc = (await t.rec('PBD', pbd)).device_config as Record<string, string>;
+    const bogus = 'OpaqueRef:00000000-0000-0000-0000-000000000000';
+    assert.deepEqual(await t.err('PBD.set_device_config', t.s, bogus, struct({})), ['HANDLE_INVALID', 'PBD', bogus]);
+    // a client's session, even the pool admin's: refused, nothing changed, no secret made
+    assert.deepEqual(await t.err('PBD.set_device_config', t.s, pbd, struct({ location: '/elsewhere' })), ['PERMISSION_DENIED', '']);
+    // xapi's SM sessions carry `_sm_session` naming their SR; another SR's is refused too
+    await t.ok('session.add_to_other_config', t.s, t.s, '_sm_session', t.localSr);
+    assert.deepEqual(await t.err('PBD.set_device_config', t.s, pbd, struct({ location: '/elsewhere' })), ['PERMISSION_DENIED', '']);
+    assert.deepEqual((await t.rec('PBD', pbd)).device_config, dc);
+    assert.deepEqual(await t.ok('secret.get_all', t.s), []);
+    await t.ok('session.remove_from_other_config', t.s, t.s, '_sm_session');
+    await t.ok('session.add_to_other_config', t.s, t.s, '_sm_session', sr);
+    assert.deepEqual(await t.err('PBD.set_device_config', t.s, pbd, struct({ ...dc, SRmaster: 'true' })), [
+      'VALUE_NOT_SUPPORTED',
+      'SRmaster',
+      'true',
+      'This key is for internal use only',
+    ]);
+    await t.ok('PBD.set_device_config', t.s, pbd, struct({ ...dc, chappassword: 'hunter2' }));
+    const stored = (await t.rec('PBD', pbd)).device_config as Record<string, string>;
+    const secretUuid = stored.chappassword_secret!;
+    assert.deepEqual({ ...stored }, { ...dc, chappassword_secret: secretUuid });
+    const secret = (await t.ok('secret.get_by_uuid', t.s, secretUuid)) as string;
+    assert.equal(await t.ok('secret.get_value', t.s, secret), 'hunter2');
+  } finally {
+    await t.close();
+  }
+});
+
 test('on_boot=reset: every boot starts from the content the disk had when reset was set', async () => {
   const t = await setup();
   try {
