@@ -15,6 +15,7 @@ import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { smRecords } from '../storage/drivers.js';
 import { DB_SCHEMA, PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
 import { defaultTemplates } from './templates.js';
+import { refreshPoolDerived, xcpNgLicenseParams } from '../xapi/pool-derived.js';
 
 export interface HostIdentity {
   /** The inventory's INSTALLATION_UUID: how this host finds its row. */
@@ -55,7 +56,6 @@ export async function syncDatabase(
       suspend_image_SR: NULL_REF,
       crash_dump_SR: NULL_REF,
       ...poolDefaults(schema),
-      cpu_info: cpuInfo(id.machine),
     });
     pool = [poolRef, await db.get('pool', poolRef)];
     await createRoles(db, schema);
@@ -69,14 +69,20 @@ export async function syncDatabase(
     if (pool[1].master !== hostRef) await db.update('pool', pool[0], { master: hostRef });
     await ensureDefaultTemplates(db);
   }
-  // Every start: the software running now.
+  // Every start: the software running now, the machine's CPUs (create_host_cpu) and the license
+  // (License_init); then what the pool derives from its hosts (create_pool_cpuinfo,
+  // update_pool_features), on a member too: its first start as one is how a joiner counts.
   await db.update('host', hostRef, {
     API_version_major: schema.apiVersion.major,
     API_version_minor: schema.apiVersion.minor,
     API_version_vendor: 'XenSource',
     software_version: softwareVersion(),
     address: id.address,
+    cpu_info: cpuInfo(id.machine),
+    license_params: xcpNgLicenseParams(),
   });
+  await syncHostCpus(db, hostRef, id.machine);
+  await refreshPoolDerived(db);
   await db.commit();
   return { hostRef, poolRef: pool[0], firstStart };
 }
@@ -127,10 +133,13 @@ function softwareVersion(): Record<string, string> {
   };
 }
 
+/** host.cpu_info as create_host_cpu writes it (the guest policies: the host's whole featuresets). */
 function cpuInfo(m: Machine): Record<string, string> {
   return {
     cpu_count: String(m.cpus),
     socket_count: '1',
+    threads_per_core: '1',
+    nr_nodes: '1',
     vendor: m.cpu.vendor,
     speed: m.cpu.speedMHz.toFixed(3),
     modelname: m.cpu.modelname,
@@ -138,8 +147,39 @@ function cpuInfo(m: Machine): Record<string, string> {
     model: String(m.cpu.model),
     stepping: String(m.cpu.stepping),
     flags: m.cpu.flags,
-    features: '1fcbfbff-f7fa3223-2c100800-00000121',
+    features_pv: m.cpu.featuresPvHost,
+    features_hvm: m.cpu.featuresHvmHost,
+    features_hvm_host: m.cpu.featuresHvmHost,
+    features_pv_host: m.cpu.featuresPvHost,
   };
+}
+
+/** One host_cpu per CPU of the machine: made again if their number changed (xapi remakes them at every start). */
+async function syncHostCpus(db: Db, hostRef: string, m: Machine): Promise<void> {
+  const existing = await db.find('host_cpu', { host: hostRef });
+  if (existing.length === m.cpus) return;
+  for (const [ref] of existing) await db.destroy('host_cpu', ref);
+  await createHostCpus(db, hostRef, m);
+}
+
+async function createHostCpus(db: Db, hostRef: string, m: Machine): Promise<void> {
+  for (let i = 0; i < m.cpus; i++) {
+    await db.create('host_cpu', newRef(), {
+      uuid: randomUUID(),
+      host: hostRef,
+      number: i,
+      vendor: m.cpu.vendor,
+      speed: m.cpu.speedMHz,
+      modelname: m.cpu.modelname,
+      family: m.cpu.family,
+      model: m.cpu.model,
+      stepping: String(m.cpu.stepping),
+      flags: m.cpu.flags,
+      features: '',
+      utilisation: 0,
+      other_config: {},
+    });
+  }
 }
 
 async function createLocalhost(db: Db, id: HostIdentity, now: string): Promise<string> {
@@ -169,29 +209,13 @@ async function createLocalhost(db: Db, id: HostIdentity, now: string): Promise<s
     capabilities: ['xen-3.0-x86_64', 'hvm-3.0-x86_32', 'hvm-3.0-x86_32p', 'hvm-3.0-x86_64'],
     sched_policy: 'credit',
     edition: 'xcp-ng',
-    license_params: { sku_type: 'free' },
+    license_params: xcpNgLicenseParams(),
     https_only: false,
     control_domain: dom0Ref,
     external_auth_type: '',
     external_auth_service_name: '',
   });
-  for (let i = 0; i < m.cpus; i++) {
-    await db.create('host_cpu', newRef(), {
-      uuid: randomUUID(),
-      host: hostRef,
-      number: i,
-      vendor: m.cpu.vendor,
-      speed: m.cpu.speedMHz,
-      modelname: m.cpu.modelname,
-      family: m.cpu.family,
-      model: m.cpu.model,
-      stepping: String(m.cpu.stepping),
-      flags: m.cpu.flags,
-      features: '',
-      utilisation: 0,
-      other_config: {},
-    });
-  }
+  await createHostCpus(db, hostRef, m);
   await createControlDomain(db, id, hostRef, dom0Ref, dom0Memory, now);
   for (const sm of smRecords()) await db.create('SM', newRef(), { uuid: randomUUID(), ...sm });
   await createNetworks(db, id, hostRef);

@@ -6,6 +6,7 @@ import type { Ref } from '../schema/generated.js';
 import { formatDateTime } from '../schema/types.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { runOn } from './forward.js';
+import { refreshPoolRestrictions } from './pool-derived.js';
 
 /** The work runs on the host named (do_op_on); HANDLE_INVALID for no host at all. */
 async function onHost(call: Call, host: Ref<'host'>, wire: string, args: Rpc[], local: () => Promise<string>): Promise<string> {
@@ -33,5 +34,10 @@ export function register(r: Registry): void {
       onHost(call, host, 'host.call_plugin', [plugin, fn, args], async () => {
         throw new XapiError('XENAPI_MISSING_PLUGIN', [plugin]);
       }),
-    );
+    )
+    // A host's licensing sets what it may do; the pool may do what every host may.
+    .implement('host.set_license_params', async (call, [self, value]) => {
+      await call.db.update('host', self, { license_params: value });
+      await refreshPoolRestrictions(call.db);
+    });
 }

@@ -32,6 +32,7 @@ import { NULL_REF } from '../schema/types.js';
 import { fsyncDir, writeFileAtomic } from '../util/files.js';
 import { callOn, isForwardedHere, runOn } from './forward.js';
 import { unplugPbd } from './pbd.js';
+import { refreshPoolDerived } from './pool-derived.js';
 import { withPoolOperation } from './pool-operations.js';
 import type { Storage } from './storage.js';
 
@@ -156,6 +157,8 @@ export async function removeHostRecords(db: Db, host: string, opts: { forgetLoca
   }
   await destroy('host_metrics', hostRow.metrics);
   await destroy('host', host);
+  // The pool's CPU features and license restrictions no longer count this host.
+  await refreshPoolDerived(db);
   return removed;
 }
 

@@ -18,6 +18,12 @@ export interface Cpu {
   stepping: number;
   speedMHz: number;
   flags: string;
+  /**
+   * The CPU features Xen can offer PV and HVM guests on this machine (its featuresets: 32-bit
+   * words in hex joined by dashes, as host.cpu_info carries them).
+   */
+  featuresPvHost: string;
+  featuresHvmHost: string;
 }
 
 export interface Machine {
@@ -54,6 +60,11 @@ export function simulatedMachine(o: SimulatedMachineOptions): Machine {
       speedMHz: 2400,
       flags:
         'fpu de tsc msr pae mce cx8 apic sep mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm constant_tsc rep_good nopl pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm abm',
+      // The featuresets an XCP-ng host with an Intel Xeon of this family reports.
+      featuresPvHost:
+        '1fc9cbf5-80b82201-2991cbf5-00000003-00000000-00000000-00000000-00000000-00001000-8c000000-00000000-00000000-00000000-00000000-00000000',
+      featuresHvmHost:
+        '1fcbfbff-80b82221-2993fbff-00000403-00000000-00000000-00000000-00000000-00001000-9c000000-00000000-00000000-00000000-00000000-00000000',
     },
     memoryBytes: (o.memoryMiB ?? 16384) * 1024 * 1024,
     nics: (o.nics ?? ['eth0', 'eth1']).map((device) => ({ device, mac: macFor(o.seed, device), mtu: 1500, speedMbit: 10000 })),

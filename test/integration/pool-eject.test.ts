@@ -1,6 +1,7 @@
 // pool.eject through the API against real processes: ejecting the coordinator refused as xapi
 // refuses it, a member ejected (it restarts as a pool of its own with its uuid and root password,
-// the pool keeps the other hosts only), and the ejected host joining again.
+// the pool keeps the other hosts only, its CPUs no longer counted in pool.cpu_info), and the
+// ejected host joining again.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { access, readFile } from 'node:fs/promises';
@@ -21,7 +22,8 @@ function lastRole(x: XapiProcess): string | undefined {
 describe('pool.eject in a pool of three', () => {
   let pool: TestPool;
   before(async () => {
-    pool = await startPool(3);
+    // The member ejected below has 2 CPUs, the others 4.
+    pool = await startPool(3, { hostArgs: [[], ['--sim-cpus', '2'], []] });
   });
   after(async () => {
     await pool?.stop();
@@ -67,8 +69,12 @@ describe('pool.eject in a pool of three', () => {
     const oldPoolUuid = await jsonCall(c.url, 'pool.get_uuid', [s, oldPool]);
     const passwd = await readFile(join(m.stateDir, 'passwd'), 'utf8');
     const secret = await readFile(join(m.stateDir, 'ptoken'), 'utf8');
+    const cpuCount = async (url: string, session: string, poolRef: string) =>
+      ((await jsonCall(url, 'pool.get_cpu_info', [session, poolRef])) as Record<string, string>).cpu_count;
+    assert.equal(await cpuCount(c.url, s, oldPool!), '10');
 
     await jsonCall(c.url, 'pool.eject', [s, ref]);
+    assert.equal(await cpuCount(c.url, s, oldPool!), '8');
 
     // The pool lists the remaining hosts only, and nothing of the ejected host is left.
     const hosts = (await jsonCall(c.url, 'host.get_all', [s])) as string[];
@@ -90,6 +96,7 @@ describe('pool.eject in a pool of three', () => {
     assert.equal(await jsonCall(m.url, 'pool.get_master', [ms, newPool]), mine[0]);
     assert.notEqual(await jsonCall(m.url, 'pool.get_uuid', [ms, newPool]), oldPoolUuid);
     assert.equal(await jsonCall(m.url, 'pool.is_slave', [ms, mine[0]]), false);
+    assert.equal(await cpuCount(m.url, ms, newPool!), '2');
     assert.equal(await readFile(join(m.stateDir, 'passwd'), 'utf8'), passwd);
     assert.notEqual(await readFile(join(m.stateDir, 'ptoken'), 'utf8'), secret);
     await assert.rejects(access(join(m.stateDir, 'ejected')), 'the reset is finished');
@@ -108,6 +115,7 @@ describe('pool.eject in a pool of three', () => {
     const all = (await jsonCall(c.url, 'host.get_all_records', [s])) as Records;
     assert.equal(Object.keys(all).length, 3);
     assert.equal(Object.values(all).find((h) => h.address === m.address)?.uuid, uuid);
+    assert.equal(await cpuCount(c.url, s, oldPool!), '10');
     assert.deepEqual(await xapiFailure(login(m.url, PASSWORD)), ['HOST_IS_SLAVE', c.address]);
   });
 });
