@@ -15,7 +15,7 @@
 import { XapiError, handleInvalid } from '../rpc/errors.js';
 import type { ClassDef, Schema } from '../schema/schema.js';
 import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
-import type { SqliteStore, Batch, Tombstone } from './store.js';
+import type { SqliteStore, Batch, StoredReply, Tombstone } from './store.js';
 import { WriteRefused, type AnyDb, type AnyRow as Row, type ChangeSet } from './interface.js';
 import { flat } from '../util/flat.js';
 
@@ -58,6 +58,7 @@ export class LocalDb implements AnyDb {
 
   private dirty = new Map<string, Dirty>();
   private pendingTombstones: Tombstone[] = [];
+  private pendingReplies: StoredReply[] = [];
   private flushScheduled = false;
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   /** Set while the store refuses writes: the error every write gets. */
@@ -369,6 +370,7 @@ export class LocalDb implements AnyDb {
     this.waiters = [];
     const dirty = this.dirty;
     const batch: Batch = { upserts: [], deletes: [], tombstones: this.pendingTombstones, generation: this.gen };
+    if (this.pendingReplies.length > 0) batch.replies = this.pendingReplies;
     for (const { cls, ref } of dirty.values()) {
       const e = this.tables.get(cls)!.get(ref);
       if (e) batch.upserts.push({ cls, ref, created: e.created, modified: e.modified, data: JSON.stringify(e.row) });
@@ -376,6 +378,7 @@ export class LocalDb implements AnyDb {
     }
     this.dirty = new Map();
     this.pendingTombstones = [];
+    this.pendingReplies = [];
     try {
       this.store!.writeBatch(batch);
     } catch (e) {
@@ -448,6 +451,33 @@ export class LocalDb implements AnyDb {
     this.probeTimer = undefined;
     this.unwritable = undefined;
     this.onWritable(true);
+  }
+
+  // ---- replies to members' writes (remote-serve.ts) --------------------------------------------
+
+  /**
+   * Stores a reply in the same transaction as the writes made before it and not yet flushed (the
+   * writes it answers): both are durable, or neither (a failed flush drops it with them).
+   */
+  recordReply(reply: StoredReply): void {
+    if (!this.store) return;
+    this.pendingReplies.push(reply);
+    this.scheduleFlush();
+  }
+
+  /** The newest `limit` stored replies, oldest first (none without a store). */
+  storedReplies(limit: number): StoredReply[] {
+    return this.store?.loadReplies(limit) ?? [];
+  }
+
+  /** Drops stored replies older than `notBefore` and all but the newest `keep` (housekeeping: a failure waits for the next). */
+  pruneReplies(notBefore: number, keep: number): void {
+    if (this.unwritable) return;
+    try {
+      this.store?.pruneReplies(notBefore, keep);
+    } catch {
+      // the next prune catches up
+    }
   }
 
   // ---- changes, for events --------------------------------------------------------------------

@@ -35,9 +35,11 @@
 // group commit that holds it), so an acknowledged write survives kill -9 of the coordinator.
 //
 // `id` is unique per request, kept when the request is resent. The coordinator remembers the
-// replies to recent writes (and batches holding writes) by id, so a write resent after its connection broke (the write may
-// have been applied, its reply lost) is answered with the first reply, not applied twice. Reads
-// are not remembered: running one again is harmless.
+// replies to recent writes (and batches holding writes) by id, so a write resent after its
+// connection broke (the write may have been applied, its reply lost) is answered with the first
+// reply, not applied twice; it stores each such reply with the writes it answers, so this holds
+// across a restart of the coordinator too. Reads are not remembered: running one again is
+// harmless.
 //
 // Status codes other than 200: 400 a request that is not the protocol, 401/403 the secret, 413 a
 // body over REMOTE_DB_REQUEST_LIMIT; the member raises these to its caller at once. 5xx and

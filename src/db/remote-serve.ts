@@ -1,7 +1,15 @@
 // The coordinator's side of the remote database protocol (remote-protocol.ts): one request body
 // in, one reply body out, against the coordinator's own database. The HTTP handler around it
 // (secret, role, body bound) is src/host/pool-db.ts.
+//
+// Applied once, across restarts too: the reply to a request that wrote is stored (through the
+// journal, the coordinator's LocalDb) in the same transaction as its writes, so a coordinator
+// killed after making them durable and before its reply reached the member answers the resent
+// request, once restarted, with that stored reply rather than running it again. The reply is
+// recorded right after the request's operations ran, in the same turn of the event loop, so no
+// flush can fall between them (flushes run on setImmediate).
 import type { AnyDb } from './interface.js';
+import type { StoredReply } from './store.js';
 import { faultPoint } from '../util/fault-point.js';
 import {
   type RemoteBatch,
@@ -27,10 +35,25 @@ export const REPLY_LIMIT = 100_000;
 const MAX_ARGS = 5;
 const MAX_ID_LENGTH = 128;
 
+/** Where replies to writes are kept durably, with the writes they answer (LocalDb). */
+export interface ReplyJournal {
+  /** Stores a reply in the same transaction as the writes made just before it. */
+  recordReply(reply: StoredReply): void;
+  /** The newest `limit` stored replies, oldest first. */
+  storedReplies(limit: number): StoredReply[];
+  /** Drops replies stored before `notBefore` and all but the newest `keep`. */
+  pruneReplies(notBefore: number, keep: number): void;
+}
+
+/** How many replies are recorded between two prunes of the journal. */
+const PRUNE_EVERY = 1000;
+
 export interface RemoteDbServerOptions {
   replyTtlMs?: number;
   replyLimit?: number;
   now?: () => number;
+  /** Keeps replies across restarts; without it they are remembered in memory only. */
+  journal?: ReplyJournal;
 }
 
 export class RemoteDbServer {
@@ -39,6 +62,8 @@ export class RemoteDbServer {
   private readonly ttlMs: number;
   private readonly limit: number;
   private readonly now: () => number;
+  private readonly journal: ReplyJournal | undefined;
+  private recordedSincePrune = 0;
   /** How many requests were answered from `recent` (for tests and logs). */
   resent = 0;
 
@@ -49,6 +74,13 @@ export class RemoteDbServer {
     this.ttlMs = opts.replyTtlMs ?? REPLY_TTL_MS;
     this.limit = opts.replyLimit ?? REPLY_LIMIT;
     this.now = opts.now ?? Date.now;
+    this.journal = opts.journal;
+    // The replies of the previous run. Their time starts again now: a member resends within its
+    // back-off of the coordinator being back, however long it was down.
+    const now = this.now();
+    for (const r of this.journal?.storedReplies(this.limit) ?? []) {
+      this.recent.set(r.id, { op: r.op, at: now, reply: Promise.resolve(r.reply) });
+    }
   }
 
   /**
@@ -73,6 +105,17 @@ export class RemoteDbServer {
     return reply;
   }
 
+  /** Stores the reply to request `id`, before the commit of its writes, in their transaction. */
+  private record(id: string, op: string, reply: string): void {
+    if (!this.journal) return;
+    const at = this.now();
+    this.journal.recordReply({ id, op, at, reply });
+    if (++this.recordedSincePrune >= PRUNE_EVERY) {
+      this.recordedSincePrune = 0;
+      this.journal.pruneReplies(at - this.ttlMs, this.limit);
+    }
+  }
+
   /** A batch: each operation in order, then one commit for all its writes. */
   private async runBatch(req: RemoteBatch): Promise<string> {
     const replies: RemoteReply[] = [];
@@ -86,14 +129,18 @@ export class RemoteDbServer {
         replies.push(failureReply(e));
       }
     }
-    if (written.length > 0) {
-      try {
-        await this.db.commit();
-      } catch (e) {
-        for (const i of written) replies[i] = failureReply(e);
-      }
+    if (written.length === 0) return JSON.stringify({ ok: true, result: replies });
+    const reply = JSON.stringify({ ok: true, result: replies });
+    this.record(req.id, 'batch', reply);
+    try {
+      await this.db.commit();
+    } catch (e) {
+      // Nothing of the batch was stored, its reply included: say so for each write.
+      for (const i of written) replies[i] = failureReply(e);
+      return JSON.stringify({ ok: true, result: replies });
     }
-    return JSON.stringify({ ok: true, result: replies });
+    faultPoint('remote-db.write-committed');
+    return reply;
   }
 
   private async run(req: RemoteRequest): Promise<string> {
@@ -101,11 +148,14 @@ export class RemoteDbServer {
     try {
       const f = this.db[req.op] as (...a: unknown[]) => Promise<unknown>;
       const result = await f.apply(this.db, req.args);
+      reply = { ok: true, result };
       if (isWriteOp(req.op)) {
+        const text = JSON.stringify(reply);
+        this.record(req.id, req.op, text);
         await this.db.commit();
         faultPoint('remote-db.write-committed');
+        return text;
       }
-      reply = { ok: true, result };
     } catch (e) {
       reply = failureReply(e);
     }

@@ -6,11 +6,12 @@
 // attempt timeout, a 5xx), a call waits and sends the same request again, for ever, as xapi's
 // member does: 2 s, doubling up to 256 s between attempts. wake() cuts every wait short (the
 // coordinator has just contacted this member, so it is back). The request keeps its id across
-// attempts, so a write whose reply was lost is not applied twice. The coordinator remembers ids
-// only in memory, though: if it was killed after making the write durable and before replying,
-// the restarted coordinator applies the resent request again. A create then finds its own row
-// (refs are random: no one else made it), a destroy finds the row gone, an add_to_map finds its
-// own key: after a resend, those refusals are the first attempt's success (see sentBefore).
+// attempts, so a write whose reply was lost is not applied twice: the coordinator keeps the
+// replies to recent writes by id, stored with the writes themselves, so across its own restart
+// too (remote-serve.ts). Should it no longer hold an id (100,000 newer writes pushed it out), the
+// resent request runs again: a create then finds its own row (refs are random: no one else made
+// it), a destroy finds the row gone, an add_to_map finds its own key: after a resend, those
+// refusals are the first attempt's success (see sentBefore).
 //
 // Calls made at the same moment share a request (a batch, remote-protocol.ts): the calls of one
 // turn of the event loop go out together, reads apart from writes so that a read never waits for

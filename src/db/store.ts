@@ -22,10 +22,23 @@ export interface Tombstone {
   deleted: number;
 }
 
+/**
+ * The reply to a pool member's write request, kept with the write (remote-serve.ts): `at` is
+ * when it was recorded (ms since the epoch), `reply` the reply body.
+ */
+export interface StoredReply {
+  id: string;
+  op: string;
+  at: number;
+  reply: string;
+}
+
 export interface Batch {
   upserts: { cls: string; ref: string; created: number; modified: number; data: string }[];
   deletes: { cls: string; ref: string }[];
   tombstones: Tombstone[];
+  /** Replies to the member requests whose writes this batch holds (absent: none). */
+  replies?: StoredReply[];
   generation: number;
 }
 
@@ -49,13 +62,17 @@ export class SqliteStore {
     this.db.pragma('synchronous = FULL');
     this.db.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS tombstones (seq INTEGER PRIMARY KEY AUTOINCREMENT, cls TEXT NOT NULL,
-        ref TEXT NOT NULL, created INTEGER NOT NULL, deleted INTEGER NOT NULL);`);
+        ref TEXT NOT NULL, created INTEGER NOT NULL, deleted INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS remote_replies (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, op TEXT NOT NULL,
+        at INTEGER NOT NULL, reply TEXT NOT NULL);`);
+    const putReply = this.db.prepare('INSERT INTO remote_replies (id, op, at, reply) VALUES (?, ?, ?, ?)');
     const putTomb = this.db.prepare('INSERT INTO tombstones (cls, ref, created, deleted) VALUES (?, ?, ?, ?)');
     const putMeta = this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
     this.writeBatchTx = this.db.transaction((b: Batch) => {
       for (const u of b.upserts) this.upsert.get(u.cls)!.run(u.ref, u.created, u.modified, u.data);
       for (const d of b.deletes) this.remove.get(d.cls)!.run(d.ref);
       for (const t of b.tombstones) putTomb.run(t.cls, t.ref, t.created, t.deleted);
+      for (const r of b.replies ?? []) putReply.run(r.id, r.op, r.at, r.reply);
       putMeta.run('generation', String(b.generation));
     });
   }
@@ -113,6 +130,18 @@ export class SqliteStore {
 
   trimTombstones(keep: number): void {
     this.db.prepare('DELETE FROM tombstones WHERE seq <= (SELECT MAX(seq) FROM tombstones) - ?').run(keep);
+  }
+
+  /** The newest `limit` stored replies, oldest first. */
+  loadReplies(limit: number): StoredReply[] {
+    return (
+      this.db.prepare('SELECT id, op, at, reply FROM remote_replies ORDER BY seq DESC LIMIT ?').all(limit) as StoredReply[]
+    ).reverse();
+  }
+
+  /** Drops the stored replies recorded before `notBefore` and all but the newest `keep`. */
+  pruneReplies(notBefore: number, keep: number): void {
+    this.db.prepare('DELETE FROM remote_replies WHERE at < ? OR seq <= (SELECT MAX(seq) FROM remote_replies) - ?').run(notBefore, keep);
   }
 
   /** One transaction, one fsync: the group commit. */

@@ -30,7 +30,8 @@ export interface PoolDbHandlerOptions {
 
 /** Registers POST /remote_db_access and GET /pool/xmldbdump; returns the protocol's server (coordinator) . */
 export function registerPoolDbHandlers(table: HandlerTable, opts: PoolDbHandlerOptions): RemoteDbServer | undefined {
-  const server = opts.role.coordinator ? (opts.role.server ?? new RemoteDbServer(opts.role.db)) : undefined;
+  // The coordinator's database keeps the replies to members' writes with the writes themselves.
+  const server = opts.role.coordinator ? (opts.role.server ?? new RemoteDbServer(opts.role.db, { journal: opts.role.db })) : undefined;
   table.add('POST', REMOTE_DB_PATH, remoteDbAccessHandler(opts, server));
   table.add('GET', BACKUP_PATH, databaseDumpHandler(opts));
   return server;

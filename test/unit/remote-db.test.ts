@@ -267,6 +267,86 @@ test('a remote id reused for another operation is refused; old replies are forgo
   assert.equal(server.resent, 0);
 });
 
+test('replies to writes are stored with them: a coordinator reopened from its file answers a resent request with the first reply', () =>
+  withDir(async (dir) => {
+    const open = () => {
+      const local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
+      return { local, server: new RemoteDbServer(local, { journal: local }) };
+    };
+    const create = jsonRequest('create', ['network', 'OpaqueRef:a', { uuid: 'a' }], 'create-a');
+    const touch = jsonRequest('touch', ['network', 'OpaqueRef:a'], 'touch-a');
+    const batch = JSON.stringify({
+      id: 'batch-b',
+      batch: [
+        { op: 'create', args: ['network', 'OpaqueRef:b', { uuid: 'b' }] },
+        { op: 'mapAdd', args: ['network', 'OpaqueRef:b', 'other_config', 'k', 'v'] },
+        { op: 'destroy', args: ['network', 'OpaqueRef:missing'] },
+      ],
+    });
+    const failed = jsonRequest('destroy', ['network', 'OpaqueRef:missing'], 'failed');
+    let { local, server } = open();
+    const first = [await server.serve(create), await server.serve(touch), await server.serve(batch)];
+    assert.match(await server.serve(failed), /HANDLE_INVALID/);
+    local.close();
+
+    // The coordinator restarted: each resend gets the reply the first attempt got, nothing runs twice.
+    ({ local, server } = open());
+    try {
+      assert.deepEqual([await server.serve(create), await server.serve(touch), await server.serve(batch)], first);
+      assert.equal(server.resent, 3);
+      assert.equal(await local.count('network'), 2);
+      assert.deepEqual((await local.get('network', 'OpaqueRef:b')).other_config, { k: 'v' });
+      // a request that wrote nothing was not stored: resent, it runs again
+      assert.match(await server.serve(failed), /HANDLE_INVALID/);
+      assert.equal(server.resent, 3);
+    } finally {
+      local.close();
+    }
+  }));
+
+test('a write whose flush fails stores no reply; stored replies are pruned by age and count', () =>
+  withDir(async (dir) => {
+    const { store, state } = fillable(dir);
+    let now = 1_000_000;
+    let local = new LocalDb(schema(), store, { probeIntervalMs: 10 });
+    let server = new RemoteDbServer(local, { journal: local, now: () => now, replyLimit: 1500, replyTtlMs: 60_000 });
+    const create = jsonRequest('create', ['network', 'OpaqueRef:full', { uuid: 'full' }], 'on-a-full-disk');
+    state.full = true;
+    assert.equal(JSON.parse(await server.serve(create)).code, 'OUT_OF_SPACE');
+    state.full = false;
+    await waitUntil('writes accepted again', async () => {
+      try {
+        await local.create('network', 'OpaqueRef:probe', { uuid: 'probe' });
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    await local.commit();
+    assert.deepEqual(local.storedReplies(10), []);
+    // 1,000 replies, then a minute later 1,000 more: the prune after the 2,000th (every 1,000
+    // recorded) drops those over a minute old, then keeps the newest 1,500 at most.
+    for (let i = 0; i < 2000; i++) {
+      if (i === 1000) now += 60_001;
+      await server.serve(jsonRequest('touch', ['network', 'OpaqueRef:probe'], `t${i}`));
+    }
+    const kept = local.storedReplies(5000);
+    assert.equal(kept.length, 1000);
+    assert.equal(kept[0]!.id, 't1000');
+    local.close();
+    // reopened, the replies kept are loaded (newest first within the limit)
+    local = new LocalDb(schema(), new SqliteStore(join(dir, 'xapi.db')));
+    server = new RemoteDbServer(local, { journal: local, replyLimit: 10 });
+    try {
+      assert.equal((await server.serve(jsonRequest('touch', ['network', 'OpaqueRef:probe'], 't1999'))).length > 0, true);
+      assert.equal(server.resent, 1);
+      await server.serve(jsonRequest('touch', ['network', 'OpaqueRef:probe'], 't1000'));
+      assert.equal(server.resent, 1, 'older than the newest 10: not loaded, run again');
+    } finally {
+      local.close();
+    }
+  }));
+
 test('a batch: its operations run in order, each answered on its own; one holding writes is resent once', async () => {
   const local = new LocalDb(schema(), null);
   const server = new RemoteDbServer(local);
