@@ -26,6 +26,28 @@ import type { Schema } from '../schema/schema.js';
 import { NULL_REF, type Type } from '../schema/types.js';
 import { newRef } from '../api/implicit.js';
 
+/**
+ * The host fields xapi's Host.create sets to its own values whatever the joiner had, and that
+ * nothing recomputes afterwards: the joiner's description, tags, logging, guest VCPU
+ * parameters, power-on settings, HA state, pending guidances and UEFI certificates stay behind.
+ */
+const HOST_CREATE_FRESH = {
+  name_description: 'Default install',
+  tags: [],
+  logging: {},
+  guest_VCPUs_params: {},
+  power_on_mode: '',
+  power_on_config: {},
+  sched_policy: 'credit',
+  cpu_configuration: {},
+  ha_statefiles: [],
+  ha_network_peers: [],
+  updates_requiring_reboot: [],
+  pending_guidances: [],
+  uefi_certificates: '',
+  ssl_legacy: false,
+};
+
 /** The classes a contribution holds, in the order they are applied. */
 export const CONTRIBUTION_CLASSES = [
   'host',
@@ -231,7 +253,9 @@ class Merge {
   /**
    * Host.create: the joiner's uuid and description of itself; disabled, its metrics not live
    * (the member's start-up changes both), no operations; TLS verification as the pool has it.
-   * Its SRs and control domain are set once they exist (fixUp).
+   * Its SRs and control domain are set once they exist (fixUp). What Host.create does not take
+   * from the joiner starts afresh (HOST_CREATE_FRESH); what a member's start-up rewrites anyway
+   * (capabilities, cpu_info, bios strings, memory figures...) is carried over meanwhile.
    */
   private async host(): Promise<string> {
     const ref = this.doc.host;
@@ -265,6 +289,7 @@ class Merge {
         suspend_image_sr: NULL_REF,
         local_cache_sr: NULL_REF,
         tls_verification_enabled: pool?.[1].tls_verification_enabled ?? false,
+        ...HOST_CREATE_FRESH,
       }),
     );
     this.refs.set(ref, created);

@@ -432,6 +432,44 @@ test('merge: the joiner’s records appear on the coordinator, refs translated, 
   }
 });
 
+test('merge: the new host record is Host.create’s: what it takes from the joiner, what starts afresh', async () => {
+  const p = await pair();
+  try {
+    const { jdb, cdb } = p;
+    await jdb.update('host', p.J, {
+      name_label: 'joiner',
+      name_description: 'my own words',
+      tags: ['rack-4'],
+      other_config: { kept: 'yes' },
+      logging: { syslog_destination: 'somewhere' },
+      guest_VCPUs_params: { mask: '1' },
+      power_on_mode: 'wake-on-lan',
+      power_on_config: { a: 'b' },
+      ha_statefiles: ['x'],
+      pending_guidances_full: ['reboot_host'],
+      license_params: { restrict_vlan: 'true' },
+      edition: 'xcp-ng',
+    });
+    const r = await applyJoinContribution(cdb, await collectJoinContribution(jdb, p.J));
+    const host = await cdb.get('host', r.host);
+    // taken from the joiner
+    assert.equal(host.name_label, 'joiner');
+    assert.deepEqual(host.other_config, { kept: 'yes' });
+    assert.deepEqual(host.license_params, { restrict_vlan: 'true' });
+    assert.deepEqual(host.pending_guidances_full, ['reboot_host']);
+    // Host.create's own
+    assert.equal(host.name_description, 'Default install');
+    assert.deepEqual(host.tags, []);
+    assert.deepEqual(host.logging, {});
+    assert.deepEqual(host.guest_VCPUs_params, {});
+    assert.equal(host.power_on_mode, '');
+    assert.deepEqual(host.power_on_config, {});
+    assert.deepEqual(host.ha_statefiles, []);
+  } finally {
+    await p.close();
+  }
+});
+
 test('eject: refusals in xapi order', async () => {
   const p = await pair();
   try {
