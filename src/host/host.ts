@@ -67,6 +67,8 @@ import { registerVmTransfers } from '../http/vm-transfer.js';
 import { faultPoint } from '../util/fault-point.js';
 
 export const DB_GC_INTERVAL_MS = 30_000;
+/** How long a closing member's database calls may still wait for the coordinator. */
+const MEMBER_CLOSE_DB_WAIT_MS = 5_000;
 
 export interface HostOptions {
   address: string;
@@ -414,6 +416,10 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     close() {
       closed ??= (async () => {
         closing = true;
+        // A member's database calls wait for a silent (stopped) coordinator for ever, and the
+        // steps below wait for some of them (the storage GC, the update loop, the commit of the
+        // writes in flight): a few seconds into the close, the RemoteDb is closed, failing them.
+        const cut = remote ? setTimeout(() => remote.close(), MEMBER_CLOSE_DB_WAIT_MS) : undefined;
         clearInterval(gcTimer);
         guard?.stop();
         await backups?.stop();
@@ -423,6 +429,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
         await storage.close();
         await xenops.stop();
         await db.commit().catch(() => undefined);
+        clearTimeout(cut);
         local?.close();
         remote?.close();
         await logFile.close();

@@ -13,7 +13,7 @@ import { lookup } from 'node:dns/promises';
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { XapiError } from '../rpc/errors.js';
-import { XapiClient } from '../rpc/client.js';
+import { ConnectionFailed, XapiClient } from '../rpc/client.js';
 import type { Rpc } from '../rpc/rpc.js';
 import type { Call, HostContext, HostRole, Registry } from '../api/context.js';
 import { fetchBackup } from '../db/backup.js';
@@ -30,7 +30,7 @@ export const PROPOSAL_LIFETIME_MS = 10 * 60_000;
  * (or the abort); after it, it forgets the proposal (a late commit is refused) and serves again.
  */
 export const HANDOVER_TIMEOUT_MS = 60_000;
-/** A peer that sends nothing back for this long is taken as unreachable. */
+/** A peer that has not answered an emergency call within this long is taken as unreachable. */
 export const PEER_CALL_TIMEOUT_MS = 30_000;
 
 interface Proposal {
@@ -100,7 +100,10 @@ export async function becomeMemberOf(host: HostContext, address: string, reason:
 /**
  * Calls `wire` on the host at `address` under an emergency-mode session (session.slave_local_login
  * with the pool secret), as xapi's call_emergency_mode_functions: it works whatever that host's
- * database is doing.
+ * database is doing. The login, the call and the logout share one deadline: a socket's idle timer
+ * alone lets a silent (stopped) host hold the caller for several periods, since each call after a
+ * failed one opens a new connection and a TLS handshake waiting for its answer is given the idle
+ * period twice over by node. A call that missed the deadline fails with ConnectionFailed.
  */
 export async function emergencyCall(
   host: HostContext,
@@ -110,17 +113,29 @@ export async function emergencyCall(
   timeoutMs = PEER_CALL_TIMEOUT_MS,
 ): Promise<Rpc> {
   const client = new XapiClient(`https://${address}:${host.config.httpsPort}`, { idleTimeoutMs: timeoutMs });
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<typeof EXPIRED>((resolve) => {
+    timer = setTimeout(() => resolve(EXPIRED), timeoutMs);
+  });
+  const bounded = async (p: Promise<Rpc>): Promise<Rpc> => {
+    const r = await Promise.race([p, expired]);
+    if (r === EXPIRED) throw new ConnectionFailed(client.url, new Error(`no answer within ${timeoutMs} ms`));
+    return r;
+  };
   try {
-    const session = await client.call('session.slave_local_login', [host.poolSecrets()[0]!]);
+    const session = await bounded(client.call('session.slave_local_login', [host.poolSecrets()[0]!]));
     try {
-      return await client.call(wire, [session, ...args]);
+      return await bounded(client.call(wire, [session, ...args]));
     } finally {
-      await client.call('session.local_logout', [session]).catch(() => undefined);
+      await bounded(client.call('session.local_logout', [session])).catch(() => undefined);
     }
   } finally {
-    client.close();
+    clearTimeout(timer);
+    client.close(); // a call still waiting fails now, rather than holding its socket
   }
 }
+
+const EXPIRED = Symbol('expired');
 
 const abortError = (reason: string) => new XapiError('HA_ABORT_NEW_MASTER', [reason]);
 

@@ -2,12 +2,14 @@
 // silent member (SIGSTOP) is taken for dead after the dead interval and live again when it
 // speaks, a member that stops cleanly is dead at once and live again at its pool.hello;
 // host.declare_dead, host.destroy and VM.power_state_reset with xapi's errors; a member whose
-// coordinator is killed keeps its VM and comes back to the restarted coordinator by itself.
+// coordinator is killed keeps its VM and comes back to the restarted coordinator by itself; a
+// member whose coordinator refuses its pool secret restarts and reports HOST_UNKNOWN_TO_MASTER.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startXapi, stopXapi, type XapiProcess } from './harness.js';
+import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, xapiFailure } from './client.js';
 import { loginWhenServing, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
@@ -165,5 +167,37 @@ describe('liveness with a short dead interval (3 s)', () => {
     const poolSession = await jsonCall(c2.url, 'session.slave_login', [refs[1], secret]);
     await jsonCall(m.url, 'VM.hard_shutdown', [poolSession, vm]);
     assert.equal(await jsonCall(c2.url, 'VM.get_power_state', [pool.session, vm]), 'Halted');
+  });
+
+  it('a member whose coordinator refuses its pool secret restarts itself, then says HOST_UNKNOWN_TO_MASTER', async () => {
+    const m = pool.members[0]!;
+    const c = pool.coordinator;
+    const uuid = (await jsonCall(c.url, 'host.get_uuid', [pool.session, pool.refs[1]])) as string;
+    const said = m.output().length;
+    // The coordinator comes back with another pool secret (one the member never got).
+    await stopXapi(c, true);
+    await writeFile(join(c.stateDir, 'ptoken'), [randomUUID(), randomUUID(), randomUUID()].join('/'));
+    const c2 = await startXapi({
+      stateDir: c.stateDir,
+      address: c.address,
+      httpPort: c.httpPort,
+      httpsPort: c.httpsPort,
+      env: FAST,
+      args: ['--host-assumed-dead-interval', '3'],
+    });
+    pool.hosts[0] = c2;
+    pool.coordinator = c2;
+    pool.session = await loginWhenServing(c2.url);
+    // Its heartbeat refused, the member restarts (xapi exits with its restart code) and asks to
+    // be taken back with pool.hello, which the coordinator refuses too.
+    await waitUntil('the member restarted', () =>
+      /restarting: the coordinator does not know this host\n[\s\S]*host ready/.test(m.output().slice(said)),
+    );
+    assert.equal(m.proc.exitCode, null);
+    const answer = await waitUntil('the member in emergency mode', async () => {
+      const f = await xapiFailure(jsonCall(m.url, 'session.login_with_password', ['root', PASSWORD]));
+      return f[0] === 'HOST_UNKNOWN_TO_MASTER' ? f : undefined;
+    });
+    assert.deepEqual(answer, ['HOST_UNKNOWN_TO_MASTER', uuid]);
   });
 });

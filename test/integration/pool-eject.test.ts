@@ -1,12 +1,12 @@
 // pool.eject through the API against real processes: ejecting the coordinator refused as xapi
 // refuses it, a member ejected (it restarts as a pool of its own with its uuid and root password,
-// the pool keeps the other hosts only, its CPUs no longer counted in pool.cpu_info), and the
-// ejected host joining again.
+// the pool keeps the other hosts only, its CPUs no longer counted in pool.cpu_info), the ejected
+// host joining again, and an offline member refused (HOST_OFFLINE).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PASSWORD, type XapiProcess } from './harness.js';
+import { PASSWORD, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, login, xapiFailure } from './client.js';
 import { joinPool, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
@@ -117,5 +117,20 @@ describe('pool.eject in a pool of three', () => {
     assert.equal(Object.values(all).find((h) => h.address === m.address)?.uuid, uuid);
     assert.equal(await cpuCount(c.url, s, oldPool!), '10');
     assert.deepEqual(await xapiFailure(login(m.url, PASSWORD)), ['HOST_IS_SLAVE', c.address]);
+  });
+
+  it('refuses to eject an offline member: HOST_OFFLINE [host], and the pool keeps it', async () => {
+    const { coordinator: c, session: s } = pool;
+    const ref = pool.refs[2]!;
+    // Stopped cleanly, its last heartbeat says so: the coordinator takes it for dead at once.
+    await stopXapi(pool.members[1]!, true);
+    const metrics = (await jsonCall(c.url, 'host.get_metrics', [s, ref])) as string;
+    assert.equal(await jsonCall(c.url, 'host_metrics.get_live', [s, metrics]), false);
+    assert.deepEqual(await xapiFailure(jsonCall(c.url, 'pool.eject', [s, ref])), ['HOST_OFFLINE', ref]);
+    const [poolRef] = (await jsonCall(c.url, 'pool.get_all', [s])) as string[];
+    assert.deepEqual(await jsonCall(c.url, 'pool.get_current_operations', [s, poolRef]), {});
+    assert.ok(((await jsonCall(c.url, 'pool.get_allowed_operations', [s, poolRef])) as string[]).includes('eject'));
+    assert.ok(((await jsonCall(c.url, 'host.get_all', [s])) as string[]).includes(ref));
+    assert.equal(((await jsonCall(c.url, 'host.get_PBDs', [s, ref])) as string[]).length, 1);
   });
 });

@@ -514,7 +514,69 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await stopAll(hosts);
     }
   });
+
+  it('the old coordinator stopped (SIGSTOP) after committing: the new one restarts broken and, transitioned, serves; resumed, the old one is its member', {
+    timeout: 300_000,
+  }, async () => {
+    const { hosts, acked } = await designatePool();
+    const [, b, c] = hosts;
+    const watch = watchCoordinators(hosts);
+    try {
+      const { armed, sa, bRef } = await armCoordinator(hosts, 'designate.peer-committed:SIGSTOP');
+      watch.start();
+      const designate = jsonCall(armed.url, 'pool.designate_new_master', [sa, bRef]);
+      designate.catch(() => undefined);
+      await reachedPoint(armed, 'designate.peer-committed');
+      // Its commit unanswered (PEER_CALL_TIMEOUT_MS), the new coordinator cannot know whether the
+      // old one committed: it restarts broken, however silent the old one stays meanwhile.
+      await restartedBroken(b);
+      const local = (await jsonCall(b.url, 'session.slave_local_login_with_password', ['root', PASSWORD])) as string;
+      await jsonCall(b.url, 'pool.emergency_transition_to_master', [local]);
+      const sb = await coordinatorSession(b);
+      await waitMember(b, sb, c);
+      // Writes the new coordinator acknowledges (its pool description replaces the earlier one).
+      const later = await acknowledge(b, sb, 'while-the-old-one-is-stopped');
+      const all = [...acked.filter((a) => !a.what.startsWith('pool description')), ...later];
+      // Resumed, the old coordinator finishes its commit: it restarts as the new one's member.
+      armed.kill('SIGCONT');
+      await waitMember(b, sb, armed);
+      await checkPool(b, [armed, b, c], all);
+      await watch.stop();
+      assert.deepEqual(watch.violations(), [], 'two hosts accepted logins as coordinator at once');
+    } finally {
+      await watch.stop();
+      await stopAll(hosts);
+    }
+  });
 });
+
+/**
+ * Asks every host for a login, round after round (a tenth of a second apart), from start() to
+ * stop(): the rounds in which more than one host granted it. The hosts are read at each round
+ * (a restarted one replaces its entry in `hosts`).
+ */
+function watchCoordinators(hosts: XapiProcess[]) {
+  let running = false;
+  let loop: Promise<void> | undefined;
+  const bad: string[] = [];
+  return {
+    start() {
+      running = true;
+      loop = (async () => {
+        while (running) {
+          const answers = await Promise.all(hosts.map(async (h) => [h.address, await loginOutcome(h)] as const));
+          if (answers.filter(([, a]) => a === 'SESSION').length > 1) bad.push(JSON.stringify(answers));
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      })();
+    },
+    stop() {
+      running = false;
+      return loop;
+    },
+    violations: () => bad,
+  };
+}
 
 /** Whether the file at `path` is an SQLite database that passes quick_check, with the store's meta table. */
 function validDatabase(path: string): boolean {

@@ -6,14 +6,15 @@
 // work shows in the coordinator's task (resident_on, set with xapi's forwarded / forwarded_to),
 // kept by an Async call; errors on that path too.
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { RpcFailure, jsonCall, login, waitTask } from './client.js';
-import { PASSWORD } from './harness.js';
+import { PASSWORD, startXapi, stopXapi } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
+import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
 let pool: TestPool;
@@ -241,3 +242,108 @@ test('PBD.set_device_config: the coordinator checks the backend session, the PBD
     await smCall('session.logout');
   }
 });
+let sharedToForget: string;
+
+test("PBD.plug on the member: its own SR is scanned there at once; a shared SR's records are left to the coordinator", {
+  timeout: 120_000,
+}, async () => {
+  // A non-shared SR of the member: the member is its master, and learns at plug what it holds.
+  const own = join(dir, 'plug-own');
+  await mkdir(own);
+  const sr = (await call(
+    'SR.create',
+    member,
+    { server: '127.0.0.1', serverpath: own },
+    0,
+    'plug own',
+    '',
+    'nfs',
+    'user',
+    false,
+    {},
+  )) as string;
+  const disk = await createDisk(sr, 'known again at plug');
+  const uuid = (await call('VDI.get_uuid', disk)) as string;
+  const size = await call('VDI.get_virtual_size', disk);
+  const [pbd] = (await call('SR.get_PBDs', sr)) as string[];
+  assertForwarded(await asyncCall('PBD.unplug', pbd), member);
+  await call('VDI.forget', disk);
+  await rejects(call('VDI.get_by_uuid', uuid), ['UUID_INVALID', 'VDI', uuid]);
+  assertForwarded(await asyncCall('PBD.plug', pbd), member);
+  const found = (await call('VDI.get_by_uuid', uuid)) as string;
+  assert.equal(await call('VDI.get_SR', found), sr);
+  assert.equal(await call('VDI.get_virtual_size', found), size);
+  await call('VDI.destroy', found);
+  await call('PBD.unplug', pbd);
+  await call('SR.destroy', sr);
+
+  // A shared SR: its master is the coordinator; the member plugging it scans nothing.
+  const there = join(dir, 'plug-shared');
+  await mkdir(there);
+  sharedToForget = (await call(
+    'SR.create',
+    coordinator,
+    { server: '127.0.0.1', serverpath: there },
+    0,
+    'plug shared',
+    '',
+    'nfs',
+    'user',
+    true,
+    {},
+  )) as string;
+  const shared = await createDisk(sharedToForget, 'forgotten while the member plugs');
+  const sharedUuid = (await call('VDI.get_uuid', shared)) as string;
+  const pbds = (await call('SR.get_PBDs', sharedToForget)) as string[];
+  const memberPbd = [];
+  for (const p of pbds) if ((await call('PBD.get_host', p)) === member) memberPbd.push(p);
+  assert.equal(memberPbd.length, 1);
+  await call('PBD.unplug', memberPbd[0]);
+  await call('VDI.forget', shared);
+  assertForwarded(await asyncCall('PBD.plug', memberPbd[0]), member);
+  await rejects(call('VDI.get_by_uuid', sharedUuid), ['UUID_INVALID', 'VDI', sharedUuid]);
+  // An SR.scan (on the coordinator, its master) finds it.
+  await call('SR.scan', sharedToForget);
+  assert.equal(await call('VDI.get_SR', await call('VDI.get_by_uuid', sharedUuid)), sharedToForget);
+});
+
+test('task.cancel of a task forwarded to the member runs there; the member offline: HOST_OFFLINE for it, and SR.forget skips it', {
+  timeout: 120_000,
+}, async () => {
+  // A task the coordinator forwarded to the member (only the member sees the disk's SR).
+  const task = (await call('Async.VDI.copy', memberDisk, sharedToForget, 'OpaqueRef:NULL', 'OpaqueRef:NULL')) as string;
+  assertForwarded(await waitTask(url, s, task, 60_000), member);
+  await call('task.cancel', task);
+  assert.ok(Object.values((await call('task.get_current_operations', task)) as Record<string, string>).includes('cancel'));
+  for (const pbd of (await call('SR.get_PBDs', sharedToForget)) as string[]) await call('PBD.unplug', pbd);
+
+  // The member stopped cleanly is offline at once; its call log, written out at its close, holds
+  // the cancel it was forwarded.
+  const m = pool.hosts[1]!;
+  await stopXapi(m, true);
+  assert.match(await readFile(join(m.stateDir, 'xapi.log'), 'utf8'), /"method":"task\.cancel"[^\n]*"ok":true/);
+  assert.equal(await call('host_metrics.get_live', await call('host.get_metrics', member)), false);
+  await rejects(call('task.cancel', task), ['HOST_OFFLINE', member]);
+
+  // SR.forget goes on without the offline host (forward_sr_all_op): the SR and its PBDs are gone.
+  const pbds = (await call('SR.get_PBDs', sharedToForget)) as string[];
+  await call('SR.forget', sharedToForget);
+  await rejects(call('SR.get_record', sharedToForget), ['HANDLE_INVALID', 'SR', sharedToForget]);
+  for (const pbd of pbds) await rejects(call('PBD.get_record', pbd), ['HANDLE_INVALID', 'PBD', pbd]);
+
+  // Back, the member is live again (at its pool.hello) without the SR.
+  const again = await startXapi({ stateDir: m.stateDir, address: m.address, httpPort: m.httpPort, httpsPort: m.httpsPort });
+  pool.hosts[1] = again;
+  await waitUntil(
+    'the member live again',
+    async () => (await call('host_metrics.get_live', await call('host.get_metrics', member))) === true,
+  );
+  assert.deepEqual(await call('host.get_PBDs', member), [await pbdOf(member, await localSrOf(member))]);
+});
+
+async function pbdOf(host: string, sr: string): Promise<string> {
+  const [[ref]] = Object.entries((await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>).filter(
+    ([, p]) => p.host === host && p.SR === sr,
+  ) as [[string, unknown]];
+  return ref;
+}

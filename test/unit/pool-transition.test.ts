@@ -2,9 +2,21 @@
 // in-memory host: the errors with their exact parameters, and the coordinator's handover.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { HostContext } from '../../src/api/context.js';
 import { memoryHost } from '../../src/host/memory-host.js';
-import { abortNewMaster, commitNewMaster, nextRole, PROPOSAL_LIFETIME_MS, proposeNewMaster } from '../../src/xapi/pool-transition.js';
+import { ConnectionFailed } from '../../src/rpc/client.js';
+import {
+  abortNewMaster,
+  commitNewMaster,
+  emergencyCall,
+  nextRole,
+  PROPOSAL_LIFETIME_MS,
+  proposeNewMaster,
+} from '../../src/xapi/pool-transition.js';
 import type { XapiError } from '../../src/rpc/errors.js';
+import { certificate } from './remote-db-fixture.js';
 
 test('commit_new_master without a proposal, or for another address, gives HA_ABORT_NEW_MASTER', async () => {
   const { host, close } = await memoryHost();
@@ -76,5 +88,39 @@ test('the coordinator agreeing to hand over serves only emergency calls until th
     assert.deepEqual(restartRequests, ['committed to the new coordinator 10.0.0.2 (slave)']);
   } finally {
     await close();
+  }
+});
+
+test('an emergency call to a host that never finishes its answer fails at its deadline, however busy the connection', {
+  timeout: 30_000,
+}, async () => {
+  // The peer logs in, then answers the call with a reply it never ends, a byte at a time: the
+  // connection is never idle, so only the call's own deadline can end the wait.
+  const server = createServer(await certificate(), (req, res) => {
+    let body = '';
+    req.on('data', (d: Buffer) => (body += d.toString()));
+    req.on('end', () => {
+      const { method, id } = JSON.parse(body) as { method: string; id: number };
+      if (method === 'session.slave_local_login') {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ jsonrpc: '2.0', result: 'OpaqueRef:session', id }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const drip = setInterval(() => res.write(' '), 20);
+      res.on('close', () => clearInterval(drip));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  const host = { config: { httpsPort: port }, poolSecrets: () => ['secret'] } as unknown as HostContext;
+  try {
+    await assert.rejects(
+      emergencyCall(host, '127.0.0.1', 'host.commit_new_master', ['127.0.0.2'], 300),
+      (e: unknown) => e instanceof ConnectionFailed && /no answer within 300 ms/.test(e.message),
+    );
+  } finally {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
   }
 });
