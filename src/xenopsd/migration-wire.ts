@@ -41,6 +41,8 @@ export const Frame = {
 export type Frame = (typeof Frame)[keyof typeof Frame];
 
 const HEADER = 8;
+/** Memory travels in pages of this size. */
+export const PAGE_SIZE = 4096;
 /** No frame is larger: a control frame is small, a memory frame a few MiB. */
 export const MAX_FRAME = 64 * 1024 * 1024;
 
@@ -60,28 +62,33 @@ export class MigrationBroken extends Error {}
 /** Writes frames, waiting whenever the stream asks to (backpressure); fails once it is broken. */
 export class FrameWriter {
   private failed: Error | undefined;
+  /** Settles (with the failure) once the stream broke. */
+  readonly broken: Promise<MigrationBroken>;
+
   constructor(private readonly out: Writable) {
+    let broke!: (e: MigrationBroken) => void;
+    this.broken = new Promise((r) => (broke = r));
     out.on('error', (e) => {
       this.failed ??= e;
+      broke(new MigrationBroken(e.message));
     });
     out.on('close', () => {
       this.failed ??= new MigrationBroken('connection closed');
+      broke(new MigrationBroken(this.failed.message));
     });
   }
 
-  /** Sends one frame; a payload given in pieces is sent without joining them. */
-  async send(type: Frame, payload: Buffer | Buffer[] | object = Buffer.alloc(0)): Promise<number> {
+  /**
+   * Sends one frame. `written` is called once the stream is done with a binary payload (so its
+   * buffer may be filled again): a large payload is not copied on its way out.
+   */
+  async send(type: Frame, payload: Buffer | object = Buffer.alloc(0), written?: () => void): Promise<number> {
     if (this.failed) throw new MigrationBroken(this.failed.message);
-    const parts = Buffer.isBuffer(payload)
-      ? [payload]
-      : Array.isArray(payload)
-        ? (payload as Buffer[])
-        : [Buffer.from(JSON.stringify(payload))];
-    const length = parts.reduce((n, p) => n + p.length, 0);
-    let room = this.out.write(frameHeader(type, length));
-    for (const p of parts) room = this.out.write(p);
+    const body = Buffer.isBuffer(payload) ? payload : Buffer.from(JSON.stringify(payload));
+    this.out.write(frameHeader(type, body.length));
+    const room = this.out.write(body, written && (() => written()));
     if (!room) await this.drained();
-    return HEADER + length;
+    return HEADER + body.length;
   }
 
   private drained(): Promise<void> {
@@ -102,51 +109,128 @@ export class FrameWriter {
   }
 }
 
-/** Reads frames off a stream, one at a time. */
-export class FrameReader {
-  private readonly chunks: Buffer[] = [];
-  private buffered = 0;
-  private readonly it: AsyncIterator<Buffer>;
+/** Bytes buffered unread before the reader pauses the stream (and after which it resumes it). */
+const READ_HIGH = 4 * 1024 * 1024;
+const READ_LOW = 1024 * 1024;
 
-  constructor(input: Readable) {
-    this.it = input[Symbol.asyncIterator]();
+/**
+ * Reads frames off a stream, taking its chunks as they come (never joining them into frames:
+ * a memory frame's pages are handed over where they lie, so megabytes pass without a copy).
+ */
+export class FrameReader {
+  private readonly queue: Buffer[] = [];
+  private queued = 0;
+  private over: Error | undefined;
+  private wake: (() => void) | undefined;
+  private readonly scratch = Buffer.alloc(PAGE_SIZE);
+
+  constructor(private readonly input: Readable) {
+    input.on('data', (chunk: Buffer) => {
+      this.queue.push(chunk);
+      this.queued += chunk.length;
+      if (this.queued > READ_HIGH) input.pause();
+      this.poke();
+    });
+    const stop = (why: string) => () => {
+      this.over ??= new MigrationBroken(why);
+      this.poke();
+    };
+    input.on('end', stop('End_of_file'));
+    input.on('close', stop('End_of_file'));
+    input.on('error', (e) => stop(e.message)());
   }
 
-  /** The next frame; MigrationBroken when the stream ends or fails first. */
-  async next(): Promise<{ type: Frame; payload: Buffer }> {
-    const head = await this.take(HEADER);
-    const type = head[0] as Frame;
+  private poke(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  /** Waits for at least one byte; MigrationBroken once the stream is over. */
+  private async ready(): Promise<void> {
+    while (this.queued === 0) {
+      if (this.over) throw this.over;
+      await new Promise<void>((r) => {
+        this.wake = r;
+      });
+    }
+  }
+
+  /** Up to `max` bytes from the front, as they lie in the chunk they came in. */
+  private shift(max: number): Buffer {
+    const first = this.queue[0]!;
+    let piece: Buffer;
+    if (first.length <= max) {
+      piece = first;
+      this.queue.shift();
+    } else {
+      piece = first.subarray(0, max);
+      this.queue[0] = first.subarray(max);
+    }
+    this.queued -= piece.length;
+    if (this.queued < READ_LOW && this.input.isPaused()) this.input.resume();
+    return piece;
+  }
+
+  /** Exactly `n` bytes (a header, a control frame): joined when they came in pieces. */
+  private async bytes(n: number): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let got = 0;
+    while (got < n) {
+      await this.ready();
+      const piece = this.shift(n - got);
+      parts.push(piece);
+      got += piece.length;
+    }
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
+  }
+
+  /** The next frame's type and length; its payload is read with payload() or pages(). */
+  async next(): Promise<{ type: Frame; length: number }> {
+    const head = await this.bytes(HEADER);
     const length = head.readUInt32BE(4);
     if (length > MAX_FRAME) throw new MigrationBroken(`a frame of ${length} bytes`);
-    return { type, payload: await this.take(length) };
+    return { type: head[0] as Frame, length };
+  }
+
+  payload(length: number): Promise<Buffer> {
+    return this.bytes(length);
+  }
+
+  /** A payload of whole 4 KiB pages, each handed to `page` (the buffer and the page's offset in it). */
+  async pages(length: number, page: (buf: Buffer, offset: number) => void): Promise<void> {
+    if (length % PAGE_SIZE !== 0) throw new MigrationBroken(`a memory frame of ${length} bytes`);
+    let left = length;
+    let partial = 0; // bytes of a page split across chunks, gathered in scratch
+    while (left > 0) {
+      await this.ready();
+      const piece = this.shift(left);
+      left -= piece.length;
+      let off = 0;
+      if (partial > 0) {
+        const take = Math.min(PAGE_SIZE - partial, piece.length);
+        piece.copy(this.scratch, partial, 0, take);
+        partial += take;
+        off = take;
+        if (partial < PAGE_SIZE) continue;
+        page(this.scratch, 0);
+        partial = 0;
+      }
+      for (; off + PAGE_SIZE <= piece.length; off += PAGE_SIZE) page(piece, off);
+      if (off < piece.length) {
+        piece.copy(this.scratch, 0, off);
+        partial = piece.length - off;
+      }
+    }
   }
 
   /** The next frame, which must be of `type` (an Error frame becomes the DomainError it names). */
   async expect(type: Frame): Promise<Buffer> {
     const f = await this.next();
-    if (f.type === Frame.Error) throw errorOf(f.payload);
+    const payload = await this.payload(f.length);
+    if (f.type === Frame.Error) throw errorOf(payload);
     if (f.type !== type) throw new MigrationBroken(`expected frame ${type}, got ${f.type}`);
-    return f.payload;
-  }
-
-  private async take(n: number): Promise<Buffer> {
-    while (this.buffered < n) {
-      let r: IteratorResult<Buffer>;
-      try {
-        r = await this.it.next();
-      } catch (e) {
-        throw new MigrationBroken((e as Error).message);
-      }
-      if (r.done) throw new MigrationBroken('End_of_file');
-      this.chunks.push(r.value);
-      this.buffered += r.value.length;
-    }
-    const whole = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
-    this.chunks.length = 0;
-    const out = whole.subarray(0, n);
-    if (whole.length > n) this.chunks.push(whole.subarray(n));
-    this.buffered = whole.length - n;
-    return out;
+    return payload;
   }
 }
 

@@ -30,10 +30,10 @@ import {
 } from '../interface.js';
 import type { Squeezed } from '../squeezed.js';
 import { faultPoint } from '../../util/fault-point.js';
-import { FrameReader, FrameWriter, Frame, MigrationBroken, errorPayload, json, openMigration } from '../migration-wire.js';
+import { FrameReader, FrameWriter, Frame, MigrationBroken, PAGE_SIZE, errorPayload, json, openMigration } from '../migration-wire.js';
 import { domainMemory, type Arrival, type Domain, type Reason, type Vm } from './sim-model.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_SIZE;
 /** Pages per memory frame (1 MiB). */
 const CHUNK_PAGES = 256;
 /** libxc migration v2: at most 5 live iterations, stopping early below 50 dirty pages. */
@@ -154,17 +154,44 @@ export class GuestWrites {
   }
 }
 
-/** Pages pageAt(from) .. pageAt(to - 1), stamped with their numbers and versions: a frame's payload. */
-function pagesPayload(pageAt: (i: number) => number, from: number, to: number, versions: Uint32Array): Buffer {
+/**
+ * The memory frames' buffers, used in turn: each holds the filler already, so a frame costs
+ * only the stamps of its pages, and no fresh memory (whose first touch costs a page fault per
+ * 4 KiB) is taken per megabyte sent.
+ */
+class FrameBuffers {
+  private readonly free: Buffer[] = [];
+  private waiting: (() => void) | undefined;
+  constructor(count: number) {
+    for (let i = 0; i < count; i++) this.free.push(Buffer.from(FILLER));
+  }
+
+  /** A free buffer; MigrationBroken if the stream breaks while all are on their way. */
+  async take(broken: Promise<MigrationBroken>): Promise<Buffer> {
+    while (this.free.length === 0) {
+      const e = await Promise.race([new Promise<void>((r) => (this.waiting = r)), broken]);
+      if (e) throw e;
+    }
+    return this.free.pop()!;
+  }
+
+  give(b: Buffer): void {
+    this.free.push(b);
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.();
+  }
+}
+
+/** Stamps pages pageAt(from) .. pageAt(to - 1) with their numbers and versions into `buf`. */
+function stampPages(buf: Buffer, pageAt: (i: number) => number, from: number, to: number, versions: Uint32Array): Buffer {
   const n = to - from;
-  const buf = Buffer.allocUnsafe(n * PAGE);
-  FILLER.copy(buf, 0, 0, n * PAGE);
   for (let i = 0; i < n; i++) {
     const p = pageAt(from + i);
     buf.writeUInt32LE(p, i * PAGE);
     buf.writeUInt32LE(versions[p]!, i * PAGE + 4);
   }
-  return buf;
+  return buf.subarray(0, n * PAGE);
 }
 
 /** What of a domain goes to the destination besides its memory (its device and guest state). */
@@ -262,6 +289,7 @@ export async function sendMigration(
     bytes += await writer.send(Frame.Hello, { vm: id, memory: d.memoryActual, pages } satisfies Hello);
     await reader.expect(Frame.Ready);
     const guest = new GuestWrites(pages, wasPaused ? 0 : rate, performance.now());
+    const buffers = new FrameBuffers(4);
     /** Sends `count` pages, pageAt(0) .. pageAt(count - 1), as one round. */
     const round = async (count: number, pageAt: (i: number) => number, final: boolean, share: [number, number]) => {
       const t0 = performance.now();
@@ -270,7 +298,8 @@ export async function sendMigration(
         if (gone()) throw wentAway();
         if (!final) guest.advance(performance.now());
         const to = Math.min(count, from + CHUNK_PAGES);
-        roundBytes += await writer.send(Frame.Pages, pagesPayload(pageAt, from, to, guest.memory.versions));
+        const buf = await buffers.take(writer.broken);
+        roundBytes += await writer.send(Frame.Pages, stampPages(buf, pageAt, from, to, guest.memory.versions), () => buffers.give(buf));
         progress(share[0] + ((share[1] - share[0]) * to) / count);
       }
       bytes += roundBytes;
@@ -353,7 +382,8 @@ export async function sendMigration(
         if (!wasPaused && d.paused) core.run(vm);
         core.changed(vm);
       }
-      if (e instanceof MigrationBroken) throw new DomainError('Internal_error', [e.message]);
+      // the connection ended under us, whatever the socket said (xapi tries again on this)
+      if (e instanceof MigrationBroken) throw new DomainError('Internal_error', ['End_of_file']);
       throw e;
     }
     // Committed: the VM is the destination's even if it did not confirm (it finds its paused
@@ -409,21 +439,21 @@ export async function receiveMigration(
     await writer.send(Frame.Ready);
 
     let carried: CarriedState | undefined;
+    const page = (buf: Buffer, off: number) => {
+      const p = buf.readUInt32LE(off);
+      if (p >= hello.pages) throw new DomainError('Internal_error', [`page ${p} beyond the memory's ${hello.pages}`]);
+      memory.set(p, buf.readUInt32LE(off + 4));
+      if (!seen[p]) {
+        seen[p] = 1;
+        seenCount++;
+      }
+    };
     while (!carried) {
       const f = await reader.next();
       if (f.type === Frame.Pages) {
-        const buf = f.payload;
-        for (let off = 0; off + PAGE <= buf.length; off += PAGE) {
-          const p = buf.readUInt32LE(off);
-          if (p >= hello.pages) throw new DomainError('Internal_error', [`page ${p} beyond the memory's ${hello.pages}`]);
-          memory.set(p, buf.readUInt32LE(off + 4));
-          if (!seen[p]) {
-            seen[p] = 1;
-            seenCount++;
-          }
-        }
+        await reader.pages(f.length, page);
         faultPoint('migrate.receive-pages');
-      } else if (f.type === Frame.Final) carried = json<CarriedState>(f.payload);
+      } else if (f.type === Frame.Final) carried = json<CarriedState>(await reader.payload(f.length));
       else if (f.type === Frame.Abort) throw new MigrationBroken('the sender gave up');
       else throw new MigrationBroken(`unexpected frame ${f.type}`);
     }
@@ -479,8 +509,10 @@ export async function receiveMigration(
       if (e instanceof MigrationBroken) return undefined;
       throw e;
     });
+    if (f) await reader.payload(f.length).catch(() => undefined);
     if (vm.incoming !== incoming) return; // settled meanwhile (resolveMigration)
     if (f?.type === Frame.Go) {
+      faultPoint('migrate.go');
       install(core, vm);
       await core.save();
       await writer.send(Frame.Done).catch(() => 0);
