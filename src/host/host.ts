@@ -30,6 +30,7 @@ import * as consoleApi from '../xapi/console.js';
 import * as vmAppliance from '../xapi/vm-appliance.js';
 import * as vmss from '../xapi/vmss.js';
 import * as vm from '../xapi/vm.js';
+import * as vmMigrate from '../xapi/vm-migrate.js';
 import * as memory from '../xapi/memory.js';
 import * as vbd from '../xapi/vbd.js';
 import * as vif from '../xapi/vif.js';
@@ -50,6 +51,7 @@ import { LogFile } from './log-file.js';
 import { coordinatorUuid, syncDatabase } from './dbsync.js';
 import { startMember } from './member.js';
 import { registerPoolDbHandlers } from './pool-db.js';
+import { registerMigrationReceiver } from './migrate-receive.js';
 import { RemoteDb } from '../db/remote.js';
 import { DB_FILE } from '../db/backup.js';
 import { closePeers } from '../xapi/forward.js';
@@ -137,7 +139,7 @@ export function buildApi(
   setPassword: session.SetPassword,
   domains: DomainManager,
   livenessOptions: liveness.LivenessOptions = {},
-): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness } {
+): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness; vms: vm.VmService } {
   const registry = new Registry();
   const hosts = new liveness.Liveness(host, livenessOptions);
   const events = new EventService(host, db);
@@ -161,6 +163,7 @@ export function buildApi(
   vmss.register(registry);
   const vms = new vm.VmService(xenops);
   vm.register(registry, vms, host.schema);
+  vmMigrate.register(registry, vms);
   vmSnapshot.register(registry, vms);
   memory.register(registry, xenops);
   vbd.register(registry, xenops);
@@ -172,7 +175,7 @@ export function buildApi(
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
   hostOperations.register(registry);
-  return { registry, dispatcher, xenops, storage, liveness: hosts };
+  return { registry, dispatcher, xenops, storage, liveness: hosts, vms };
 }
 
 export async function startHost(opts: HostOptions, schema: Schema = loadSchema()): Promise<RunningHost> {
@@ -303,6 +306,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     xenops,
     storage,
     liveness: hosts,
+    vms,
   } = buildApi(host, db, (user, password) => passwords.set(user, password), domains, {
     deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined,
   });
@@ -348,6 +352,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs));
   registerVdiTransfers(table, dispatcher, storage);
   registerVmTransfers(table, dispatcher, storage);
+  registerMigrationReceiver(table, host, (uuid, channel) => vmMigrate.receiveMigration(host, vms, uuid, channel));
   registerPoolDbHandlers(table, {
     role: local ? { coordinator: true, db: local } : { coordinator: false, coordinatorAddress: (role as { master: string }).master },
     poolSecrets: host.poolSecrets,

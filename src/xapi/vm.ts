@@ -83,7 +83,9 @@ export class VmService {
     const host = await db.get('host', hostRef);
     const metrics = await db.tryGet('host_metrics', host.metrics);
     if (metrics?.live !== true) throw new XapiError('HOST_NOT_LIVE', []);
-    if (host.enabled !== true && vm.is_control_domain !== true) throw new XapiError('HOST_DISABLED', [hostRef]);
+    // a VM migrating to the host it runs on may (a live migration to the same host)
+    const localLiveMigration = vm.power_state === 'Running' && vm.resident_on === hostRef;
+    if (host.enabled !== true && vm.is_control_domain !== true && !localLiveMigration) throw new XapiError('HOST_DISABLED', [hostRef]);
     for (const vbdRef of vm.VBDs) {
       const vbd = await db.get('VBD', vbdRef);
       const vdi = vbd.empty === true || vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI);
@@ -98,12 +100,12 @@ export class VmService {
       const internal = network.PIFs.length === 0;
       if (!internal && !pifs.some((p) => p.host === hostRef)) throw new XapiError('VM_REQUIRES_NET', [ref, vif.network]);
     }
+    if (memoryCheck) await assertEnoughMemory(call, ref, vm, hostRef);
     const cpus = host.host_CPUs.length;
     const platform = vm.platform;
     if (vm.VCPUs_max > cpus && platform['vcpu-unrestricted'] !== 'true') {
       throw new XapiError('HOST_NOT_ENOUGH_PCPUS', [String(vm.VCPUs_max), String(cpus)]);
     }
-    if (memoryCheck) await assertEnoughMemory(call, ref, vm, hostRef);
   }
 
   /**

@@ -17,6 +17,13 @@ import { Mutex } from '../util/mutex.js';
 import type { Storage } from './storage.js';
 import { updateVdiAllowedOperations } from './storage-operations.js';
 
+/** VM.other_config `simulator_dirty_rate`: how fast a simulated guest writes its memory, bytes/s. */
+function dirtyRateOf(vm: Row<'VM'>): number | undefined {
+  const text = vm.other_config.simulator_dirty_rate;
+  const rate = text === undefined ? Number.NaN : Number(text);
+  return Number.isFinite(rate) && rate >= 0 ? rate : undefined;
+}
+
 /** xapi's transform_xenops_exn: backend errors as XenAPI errors. */
 export function xenopsError(vmRef: string, e: unknown, deviceRef?: string): unknown {
   if (!(e instanceof DomainError)) return e;
@@ -35,6 +42,8 @@ export function xenopsError(vmRef: string, e: unknown, deviceRef?: string): unkn
       return new XapiError('VM_BAD_POWER_STATE', [vmRef, (e.args[1] ?? '').toLowerCase(), (e.args[0] ?? '').toLowerCase()]);
     case 'Cancelled':
       return new XapiError('TASK_CANCELLED', e.args);
+    case 'Failed_to_contact_remote_service':
+      return new XapiError('VM_MIGRATE_CONTACT_REMOTE_SERVICE_FAILED', []);
     default:
       return new XapiError('INTERNAL_ERROR', [e.message]);
   }
@@ -90,6 +99,7 @@ export class XenopsSync {
       xenstoreData: vm.xenstore_data,
       vbds,
       vifs,
+      simDirtyRate: dirtyRateOf(vm),
     };
   }
 
@@ -160,6 +170,9 @@ export class XenopsSync {
     const vm = await db.tryGet('VM', vmRef);
     if (!vm || vm.is_control_domain === true) return;
     const state = await this.stat(vm);
+    // A live migration not settled yet (a paused copy waiting for resolveMigration): nothing
+    // to report until it is, or the VM would show Halted or on two hosts meanwhile.
+    if (state?.migration) return;
     // A VM that runs on another host of the pool is that host's domain manager's to report.
     const elsewhere = vm.resident_on !== NULL_REF && vm.resident_on !== this.host.hostRef;
     if (elsewhere && (!state || state.powerState === 'Halted')) return;
@@ -287,7 +300,14 @@ export class XenopsSync {
       if (c) have.set(c.protocol, ref);
     }
     const want = new Set<console_protocol>(consoles.map((c) => c.protocol));
-    for (const [protocol, ref] of have) if (!want.has(protocol)) await db.destroy('console', ref);
+    for (const [protocol, ref] of have) {
+      // a console on another host (the VM migrated here) is made again with this host's address
+      const here = (await db.tryGet('console', ref))?.location.startsWith(`https://${this.host.config.address}/`);
+      if (!want.has(protocol) || !here) {
+        await db.destroy('console', ref);
+        have.delete(protocol);
+      }
+    }
     for (const protocol of want) {
       if (have.has(protocol)) continue;
       const uuid = randomUUID();
@@ -321,8 +341,17 @@ export class XenopsSync {
         if (coordinator) await updateAllowedOperations(db, ref);
         continue;
       }
-      const state = known.get(vm.uuid);
+      let state = known.get(vm.uuid);
       known.delete(vm.uuid);
+      if (state?.migration) {
+        // A live migration this host's previous process left half done: the database says which
+        // domain is the VM (the commit wrote resident_on and domid); the other one goes.
+        const keep = vm.resident_on === this.host.hostRef ? vm.domid : undefined;
+        await this.backend
+          .resolveMigration(vm.uuid, keep)
+          .catch((e) => this.host.log.warn({ err: e, vm: ref }, 'settling a migration failed'));
+        state = await this.stat(vm);
+      }
       const here = vm.resident_on === this.host.hostRef || vm.resident_on === NULL_REF;
       if (state && state.powerState !== 'Halted' && !here) {
         await this.backend.shutdown(state.id).catch(() => undefined);

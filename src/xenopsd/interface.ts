@@ -2,6 +2,7 @@
 // operations, and learns the outcome from the backend's state and events, never by assuming an
 // operation worked. A backend (the simulator; later QEMU) implements DomainManager. Ids are
 // XenAPI VM uuids; devices are (vm id, device position).
+import type { Readable, Writable } from 'node:stream';
 
 export type PowerState = 'Running' | 'Halted' | 'Suspended' | 'Paused';
 export type DomainType = 'hvm' | 'pv' | 'pvh' | 'pv_in_pvh';
@@ -47,6 +48,12 @@ export interface VmConfig {
   xenstoreData?: Record<string, string>;
   vbds: VbdConfig[];
   vifs: VifConfig[];
+  /**
+   * For a simulated guest: how fast it writes its memory (bytes/s), which decides how many
+   * pre-copy rounds a live migration needs (VM.other_config `simulator_dirty_rate`). Absent:
+   * the backend's default.
+   */
+  simDirtyRate?: number;
 }
 
 export interface GuestAgent {
@@ -76,6 +83,13 @@ export interface VmState {
   xenstoreData?: Record<string, string>;
   /** Why the last domain went away, so xapi can apply actions_after_shutdown/reboot/crash. */
   lastShutdownReason?: 'halt' | 'reboot' | 'crash' | 'suspend';
+  /**
+   * A live migration left half done by a process that died, waiting for xapi to say which
+   * domain is the VM (resolveMigration): `incoming`, the id of a domain whose whole image
+   * arrived here, kept paused (the VM itself may have no domain here: powerState says Halted);
+   * `outgoing`, the id of this host's domain, paused for its last copy to another host.
+   */
+  migration?: { incoming?: number; outgoing?: number };
 }
 
 export interface DeviceState {
@@ -103,6 +117,7 @@ export type Update = { kind: 'vm'; id: string } | { kind: 'vbd'; vm: string; id:
  * - Device_is_connected / Device_not_connected / Media_present / Media_not_present /
  *   Media_not_ejectable [device id]; Device_detach_rejected [kind ('VBD' | 'VIF'), device id, message]
  * - Cancelled [vm id?, why]; Internal_error [message]
+ * - Failed_to_contact_remote_service [url]: a migration could not reach the destination
  */
 export class DomainError extends Error {
   constructor(
@@ -123,6 +138,7 @@ export class DomainError extends Error {
       | 'Media_not_present'
       | 'Media_not_ejectable'
       | 'Cancelled'
+      | 'Failed_to_contact_remote_service'
       | 'Internal_error',
     readonly args: string[] = [],
   ) {
@@ -135,6 +151,67 @@ export interface HostMemory {
   total: number;
   /** Free now (total - dom0 - domains - reservations), bytes. */
   free: number;
+}
+
+/** Where a live migration sends a VM: the destination host's memory-receive endpoint. */
+export interface MigrationTarget {
+  /**
+   * The URL the source opens (xenopsd's /migrate/vm/<id> on the destination), carrying in its
+   * query what the receiver authenticates (a session of the pool). HTTPS with the pool's
+   * self-signed certificates, which are not verified (as xapi's default).
+   */
+  url: string;
+}
+
+/** One round of a migration's memory copy. */
+export interface MigrationRound {
+  /** Pages sent (4 KiB each) and bytes on the wire for them. */
+  pages: number;
+  bytes: number;
+  ms: number;
+  /** The stop-and-copy round, with the guest paused. */
+  final: boolean;
+}
+
+/** What a live migration did, for the logs and the benchmark. */
+export interface MigrationReport {
+  /** The live pre-copy rounds, then the final one. */
+  rounds: MigrationRound[];
+  /** Every byte sent to the destination. */
+  bytes: number;
+  memoryBytes: number;
+  /** The guest's memory write rate during the migration, bytes/s. */
+  dirtyRate: number;
+  /** From pausing the guest here to the destination confirming it runs there. */
+  downtimeMs: number;
+  totalMs: number;
+  destinationDomid: number;
+}
+
+export interface MigrationSendHooks {
+  /**
+   * The destination holds the whole image, paused, and the guest is paused here: make the move
+   * the truth (xapi: the VM's resident_on, durably) before the destination unpauses it. Throwing
+   * aborts the migration: the destination drops its copy and the guest resumes here.
+   */
+  commit(destinationDomid: number): Promise<void>;
+  /** Progress of the copy, 0..1. */
+  progress?(fraction: number): void;
+}
+
+export interface MigrationReceiveHooks {
+  /**
+   * The sender went away after the whole image had arrived, as domain `domid`: is that domain
+   * the VM now (the sender committed it)? true: it runs; false: it is dropped; undefined: not
+   * known yet (asked again a second later).
+   */
+  owned(domid: number): Promise<boolean | undefined>;
+}
+
+/** The receiving end of one migration connection: what the sender sends, and the replies. */
+export interface MigrationChannel {
+  input: Readable;
+  output: Writable;
 }
 
 export interface DomainManager {
@@ -190,6 +267,29 @@ export interface DomainManager {
   deviceState(vm: string, id: string): Promise<DeviceState>;
 
   hostMemory(): Promise<HostMemory>;
+
+  /**
+   * Live migration, the sender (xenopsd's VM_migrate): streams the running domain's memory to
+   * `target` in pre-copy rounds while the guest runs, pauses it for a last round and its device
+   * state, lets `hooks.commit` decide, then has the destination unpause it and destroys the
+   * domain here (the VM is forgotten here too). Any failure before the commit leaves the guest
+   * running here. Failed_to_contact_remote_service when the destination cannot be reached;
+   * Cannot_free_this_much_memory when it has no room; Cancelled when the domain goes away
+   * meanwhile (a hard shutdown).
+   */
+  migrateSend(id: string, target: MigrationTarget, hooks: MigrationSendHooks): Promise<MigrationReport>;
+  /**
+   * Live migration, the receiver (xenopsd's VM_receive_memory): serves one sender on `channel`,
+   * building the VM's domain here from what arrives, with `config` (this host's paths for its
+   * disks). Resolves when the connection is over, whichever way it went.
+   */
+  migrateReceive(config: VmConfig, channel: MigrationChannel, hooks: MigrationReceiveHooks): Promise<void>;
+  /**
+   * Settles a migration a dead process left half done (VmState.migration): the domain `keep`
+   * is the VM (xapi's domid for a VM resident here) and carries on, running; the other one
+   * goes. `keep` undefined, or naming neither: both go (the VM is another host's).
+   */
+  resolveMigration(id: string, keep: number | undefined): Promise<void>;
   /**
    * Waits up to timeoutMs for changes after `token` (initially ""); returns them and the next
    * token. Updates are coalesced per object (only ids: re-read the object with stat /

@@ -73,6 +73,25 @@ export interface Domain {
   /** The guest is halting itself: when, and why. */
   haltAt?: number;
   haltReason?: Reason;
+  /** Its memory is being sent to another host (a live migration, sim-migrate.ts). */
+  migratingOut?: boolean;
+  /** Paused by that migration for its last copy: only xapi can say where the VM belongs now. */
+  pausedForMigration?: boolean;
+  /** What identifies its memory contents (a boot's, or what a migration carried over). */
+  memoryIdentity?: string;
+  /** An incoming domain's state on the source, for when it takes over (see Vm.incoming). */
+  arrival?: Arrival;
+}
+
+/** How a domain a migration brought was doing on its source, to carry on likewise here. */
+export interface Arrival {
+  paused: boolean;
+  /** The OS was still booting: it comes up this much later. */
+  osUpInMs?: number;
+  /** The guest was halting itself: it halts this much later, for this reason. */
+  haltInMs?: number;
+  haltReason?: Reason;
+  status: Pick<VmStatus, 'lastStartTime' | 'bootCount' | 'faults'>;
 }
 
 /** One VM as the backend holds it, and as it is saved. */
@@ -80,6 +99,11 @@ export interface Vm {
   config: VmConfig;
   status: VmStatus;
   domain?: Domain;
+  /**
+   * A domain whose whole image a live migration brought here, kept paused until the sender
+   * commits the move (then it becomes `domain`) or gives up (then it goes).
+   */
+  incoming?: Domain;
 }
 
 export function powerState(vm: Vm): VmState['powerState'] {

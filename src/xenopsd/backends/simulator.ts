@@ -39,6 +39,11 @@ import {
   type DeviceState,
   type DomainManager,
   type HostMemory,
+  type MigrationChannel,
+  type MigrationReceiveHooks,
+  type MigrationReport,
+  type MigrationSendHooks,
+  type MigrationTarget,
   type Update,
   type VbdConfig,
   type VifConfig,
@@ -57,6 +62,7 @@ import { assertNoDuplicates, deviceStateOf, freeVbdPosition, removableVbd, store
 import { SimTimers } from './sim-timers.js';
 import { UpdateFeed } from './sim-updates.js';
 import { SimSaver } from './sim-saver.js';
+import { DEFAULT_DIRTY_RATE, discard, install, receiveMigration, sendMigration, type SimMigrationCore } from './sim-migrate.js';
 
 export type { Fault } from './sim-model.js';
 export { ipv4ForMac, linkLocalForMac } from './sim-guest.js';
@@ -84,6 +90,8 @@ export interface SimulatorOptions {
   onSaving?: (works: boolean, cause?: unknown) => void;
   /** While saves fail, how often one is tried again; default 1000 ms. */
   saveRetryMs?: number;
+  /** How fast a guest writes its memory when its VM names no rate (bytes/s); default 4 MiB/s. */
+  dirtyRate?: number;
 }
 
 /** Our client name with squeezed (xenopsd logs in as itself). */
@@ -109,6 +117,10 @@ export class SimulatorBackend implements DomainManager {
 
   private readonly timers = new SimTimers();
   private readonly feed = new UpdateFeed();
+  /** VMs a live migration is arriving for now. */
+  private readonly receiving = new Set<string>();
+  private readonly dirtyRate: number;
+  private readonly migrationCore: SimMigrationCore;
 
   constructor(opts: SimulatorOptions) {
     this.bootTimeMs = opts.bootTimeMs ?? 50;
@@ -117,6 +129,7 @@ export class SimulatorBackend implements DomainManager {
     this.maxWaitMs = opts.maxWaitMs ?? 1000;
     this.now = opts.now ?? Date.now;
     this.agentEnabled = opts.guestAgent ?? true;
+    this.dirtyRate = opts.dirtyRate ?? DEFAULT_DIRTY_RATE;
     const dir = join(opts.stateDir, 'xenopsd');
     mkdirSync(dir, { recursive: true });
     const store = new SimStateStore<Vm>(dir);
@@ -125,7 +138,7 @@ export class SimulatorBackend implements DomainManager {
       {
         record: (id) => {
           const vm = this.vms.get(id);
-          return vm && { config: vm.config, status: vm.status, domain: vm.domain };
+          return vm && { config: vm.config, status: vm.status, domain: vm.domain, incoming: vm.incoming };
         },
         lastDomid: () => this.lastDomid,
       },
@@ -137,6 +150,7 @@ export class SimulatorBackend implements DomainManager {
       onTarget: (domid, target) => this.onTarget(domid, target),
     });
     this.squeezed.login(CLIENT);
+    this.migrationCore = this.makeMigrationCore();
     this.load(store);
     this.saver.trySave();
   }
@@ -160,7 +174,19 @@ export class SimulatorBackend implements DomainManager {
         this.domids.set(d.domid, id);
         this.lastDomid = Math.max(this.lastDomid, d.domid);
         this.squeezed.adoptDomain(d.domid, d.memory, d.memoryTarget, balloons(vm));
+        // A migration that died during its live rounds never paused the guest: it just carries
+        // on. One that paused it waits for xapi to say where the VM is (resolveMigration).
+        if (d.migratingOut && !d.pausedForMigration) {
+          d.migratingOut = undefined;
+          this.saver.mark(id);
+        }
         this.resumeGuest(vm);
+      }
+      if (vm.incoming) {
+        // a whole image that arrived before the process died, paused until resolveMigration
+        this.domids.set(vm.incoming.domid, id);
+        this.lastDomid = Math.max(this.lastDomid, vm.incoming.domid);
+        this.squeezed.adoptDomain(vm.incoming.domid, vm.incoming.memory, vm.incoming.memoryTarget, false);
       }
       this.changed({ kind: 'vm', id }); // a fresh client ("" token) learns about every VM
       for (const v of vm.config.vbds) this.changed({ kind: 'vbd', vm: id, id: v.id });
@@ -477,6 +503,10 @@ export class SimulatorBackend implements DomainManager {
       consoles,
       lastShutdownReason: vm.status.lastShutdownReason,
       xenstoreData: d ? { ...d.xenstore } : undefined,
+      migration:
+        vm.incoming || d?.pausedForMigration
+          ? { incoming: vm.incoming?.domid, outgoing: d?.pausedForMigration ? d.domid : undefined }
+          : undefined,
     };
   }
 
@@ -755,6 +785,91 @@ export class SimulatorBackend implements DomainManager {
     await this.feed.wait(since, timeoutMs);
     await this.saver.save();
     return this.feed.after(since);
+  }
+
+  // ---- DomainManager: live migration (sim-migrate.ts) --------------------------------------
+
+  async migrateSend(id: string, target: MigrationTarget, hooks: MigrationSendHooks): Promise<MigrationReport> {
+    return this.serial(id, () => sendMigration(this.migrationCore, this.get(id), target, hooks));
+  }
+
+  /**
+   * Not in the VM's queue: in a migration to this same host the sender holds it for the whole
+   * migration. The receiver touches only the incoming domain until the sender says GO.
+   */
+  async migrateReceive(config: VmConfig, channel: MigrationChannel, hooks: MigrationReceiveHooks): Promise<void> {
+    if (this.closed) throw new DomainError('Cancelled', ['backend closed']);
+    assertNoDuplicates(config);
+    await receiveMigration(this.migrationCore, structuredClone(config), channel, (domid) => hooks.owned(domid), this.receiving);
+  }
+
+  async resolveMigration(id: string, keep: number | undefined): Promise<void> {
+    await this.serial(id, async () => {
+      const vm = this.get(id);
+      const d = vm.domain;
+      const outgoing = d?.pausedForMigration ? d : undefined;
+      if (vm.incoming && vm.incoming.domid === keep) install(this.migrationCore, vm);
+      else discard(this.migrationCore, vm);
+      if (outgoing && vm.domain === outgoing) {
+        if (outgoing.domid === keep) {
+          // it never left: it carries on here
+          outgoing.migratingOut = undefined;
+          outgoing.pausedForMigration = undefined;
+          this.run(vm);
+          this.vmChanged(vm);
+        } else this.migrationCore.dropDomain(vm, outgoing);
+      }
+    });
+  }
+
+  /** What the migrations use of this backend's insides. */
+  private makeMigrationCore(): SimMigrationCore {
+    return {
+      squeezed: this.squeezed,
+      client: CLIENT,
+      defaultDirtyRate: this.dirtyRate,
+      vm: (id) => this.vms.get(id),
+      adopt: (config) => {
+        const vm = this.vms.get(config.id);
+        if (vm) {
+          if (!vm.domain) vm.config = config; // one leaving for this same host keeps its own
+          return { vm, created: false };
+        }
+        const fresh: Vm = { config, status: { suspended: false, lastStartTime: 0, bootCount: 0, faults: {} } };
+        this.vms.set(config.id, fresh);
+        return { vm: fresh, created: true };
+      },
+      allocateDomid: () => this.allocateDomid(),
+      registerDomain: (vm, d) => {
+        this.domids.set(d.domid, vm.config.id);
+      },
+      dropDomain: (vm, d) => {
+        if (vm.domain === d) vm.domain = undefined;
+        if (vm.incoming === d) vm.incoming = undefined;
+        if (this.domids.get(d.domid) === vm.config.id) this.domids.delete(d.domid);
+        this.squeezed.releaseDomain(d.domid);
+        this.vmChanged(vm);
+        for (const id of Object.keys(d.vbds)) this.changed({ kind: 'vbd', vm: vm.config.id, id });
+        for (const id of Object.keys(d.vifs)) this.changed({ kind: 'vif', vm: vm.config.id, id });
+      },
+      forget: (id) => {
+        this.vms.delete(id);
+        this.saver.mark(id);
+        this.changed({ kind: 'vm', id });
+      },
+      changed: (vm) => this.vmChanged(vm),
+      save: () => this.saver.save(),
+      run: (vm) => this.run(vm),
+      scheduleOsUp: (vm, ms) => this.scheduleOsUp(vm, ms),
+      scheduleHalt: (vm, reason, ms) => this.scheduleHalt(vm, reason, ms),
+      setBalloon: (vm) => {
+        const d = vm.domain;
+        if (d && balloons(vm)) this.squeezed.setBalloon(d.domid, true);
+      },
+      sleep: async (ms) => {
+        await this.timers.until(() => false, ms);
+      },
+    };
   }
 
   // ---- faults -------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+// The destination's HTTP end of a live migration: PUT /services/xenops/migrate/vm/<vm uuid>
+// (migration-wire.ts describes the conversation), authenticated as xapi's /services/xenops is,
+// by a session of the pool (`session_id` in the query or a cookie; the source passes its call's
+// session, as xapi does). It answers 200 at once and then streams the replies while the source
+// streams the memory. Here and not in src/http because it hands the connection to the domain
+// manager through xapi (src/xapi/vm-migrate.ts), which the wire layer does not reach.
+import type { IncomingMessage } from 'node:http';
+import type { HostContext } from '../api/context.js';
+import { checkSession } from '../api/session-check.js';
+import type { HandlerTable } from '../http/handlers.js';
+import { sendHttpError } from '../http/server.js';
+import type { MigrationChannel } from '../xenopsd/interface.js';
+import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
+
+function cookie(req: IncomingMessage, name: string): string | undefined {
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const [k, ...v] = part.trim().split('=');
+    if (k === name) return decodeURIComponent(v.join('='));
+  }
+  return undefined;
+}
+
+export function registerMigrationReceiver(
+  table: HandlerTable,
+  host: HostContext,
+  receive: (vmUuid: string, channel: MigrationChannel) => Promise<void>,
+): void {
+  table.add('PUT', MIGRATION_PATH, async (req, res, url) => {
+    const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
+    try {
+      if (given === undefined) throw new Error('no session');
+      await checkSession(host, given, { anyPoolSession: true });
+    } catch {
+      req.resume();
+      sendHttpError(res, 401);
+      return;
+    }
+    const uuid = decodeURIComponent(url.pathname.slice(MIGRATION_PATH.length));
+    if (!(await host.db.refByUuid('VM', uuid))) {
+      req.resume();
+      sendHttpError(res, 404);
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-cache, no-store' });
+    res.flushHeaders();
+    res.socket?.setNoDelay(true);
+    try {
+      await receive(uuid, { input: req, output: res });
+    } catch (e) {
+      host.log.warn({ err: e, vm: uuid }, 'receiving a migration failed');
+    } finally {
+      if (!res.writableEnded) res.end();
+    }
+  });
+}

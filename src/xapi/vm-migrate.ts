@@ -1,0 +1,263 @@
+// VM.pool_migrate: live migration of a running VM to another host of the pool (xapi's
+// message_forwarding.ml VM.pool_migrate, xapi_vm_migrate.ml pool_migrate and
+// pool_migrate_complete). The coordinator checks and marks, reserves the destination and hands
+// the work to the source host, whose domain manager streams the memory straight to the
+// destination's (src/host/migrate-receive.ts serves that end); the coordinator never carries it.
+//
+// What decides where the VM is: the source writes resident_on (and the new domid) once the
+// destination holds the whole image, paused, and before it unpauses it. Before that write any
+// failure leaves the VM running on the source; after it the VM is the destination's, even if a
+// process dies before the end (each host's next start settles its paused copy by the database,
+// XenopsSync.resync; a destination whose sender vanished asks the database until the
+// coordinator's operation is over). event.from never sees the VM Halted or on two hosts:
+// resident_on changes once.
+import { randomUUID } from 'node:crypto';
+import { appendFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Call, HostContext, Registry } from '../api/context.js';
+import { newRef } from '../api/implicit.js';
+import { XapiError } from '../rpc/errors.js';
+import type { Row } from '../db/interface.js';
+import { formatDateTime } from '../schema/types.js';
+import { untilStored } from '../db/until-stored.js';
+import { DomainError, type MigrationChannel, type MigrationReport } from '../xenopsd/interface.js';
+import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
+import { withVmOperation } from './vm-lifecycle.js';
+import { withVmPlacedOnHost } from './host-operations.js';
+import { callOn, isForwardedHere, runOn } from './forward.js';
+import { runOnResident } from './forward-to.js';
+import { xenopsError } from './xenops-sync.js';
+import type { VmService } from './vm.js';
+
+/** xapi's bool_of_string on an option: "true"/"false" only; anything else is false. */
+const option = (options: Record<string, string>, key: string) => options[key] === 'true';
+
+/** How many times the source tries a migration the guest interrupted (xapi's migrate_with_retry). */
+const MIGRATE_TRIES = 3;
+
+/** The file each host appends its migrations' figures to, one JSON line each (the benchmark reads it). */
+export const MIGRATION_LOG = 'migrations.log';
+
+/**
+ * Cpuid_helpers.assert_vm_is_compatible, for a VM that is not Halted: the CPU it last booted on
+ * (VM.last_boot_CPU_flags) against the host's (cpu_info): the same vendor, and its features a
+ * subset of the host's for the VM's domain type. xapi fails when the host lacks the leveling
+ * keys altogether; hosts here report none yet, and domains report no featureset, so the
+ * features are compared only when both sides have them.
+ */
+async function assertCpuCompatible(call: Call, vmRef: string, vm: Row<'VM'>, hostRef: string): Promise<void> {
+  if (vm.power_state === 'Halted') return;
+  const host = await call.db.get('host', hostRef);
+  const fail = (why: string) => new XapiError('VM_INCOMPATIBLE_WITH_THIS_HOST', [vmRef, hostRef, why]);
+  const flags = vm.last_boot_CPU_flags;
+  if (flags.vendor !== undefined && flags.vendor !== host.cpu_info.vendor)
+    throw fail('VM last booted on a host which had a CPU from a different vendor.');
+  const hostFeatures = host.cpu_info[vm.domain_type === 'pv' ? 'features_pv' : 'features_hvm'];
+  if (flags.features !== undefined && hostFeatures !== undefined && !featuresWithin(flags.features, hostFeatures))
+    throw fail("VM last booted on a CPU with features this host's CPU does not have.");
+}
+
+/** CPU policies as xapi writes them (hex words joined by '-'): is every bit of `a` in `b`? */
+function featuresWithin(a: string, b: string): boolean {
+  const words = (s: string) => s.split('-').map((w) => Number.parseInt(w, 16) >>> 0);
+  const [wa, wb] = [words(a), words(b)];
+  return wa.every((w, i) => (w & ~(wb[i] ?? 0)) >>> 0 === 0);
+}
+
+/** Helpers.compare_versions on dotted numbers; a missing version is 0.0.0. */
+function compareVersions(a: string | undefined, b: string | undefined): number {
+  const parts = (s: string | undefined) => (s ?? '0.0.0').split('.').map((p) => Number.parseInt(p, 10) || 0);
+  const [pa, pb] = [parts(a), parts(b)];
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
+    if (d !== 0) return Math.sign(d);
+  }
+  return 0;
+}
+
+/** Helpers.Checks.Migration.host_versions_not_decreasing: platform, xapi build and xen versions. */
+async function versionsNotDecreasing(call: Call, from: string, to: string): Promise<boolean> {
+  const a = (await call.db.get('host', from)).software_version;
+  const b = (await call.db.get('host', to)).software_version;
+  return ['platform_version', 'xapi_build', 'xen'].every((k) => compareVersions(b[k], a[k]) >= 0);
+}
+
+/**
+ * VM.pool_migrate on the coordinator, in xapi's order: the CPU check (unless `force`), the VM's
+ * operation (VM_BAD_POWER_STATE, OTHER_OPERATION_IN_PROGRESS... strict unless `force`), a
+ * rolling upgrade's direction, the destination reserved under the lock with assert_can_boot_here
+ * (HOST_NOT_LIVE, HOST_DISABLED, VM_REQUIRES_SR/NET, HOST_NOT_ENOUGH_FREE_MEMORY...) and its
+ * host operation vm_migrate, then the work forwarded to the source (HOST_OFFLINE if it is not
+ * live). The member's half (the forwarded call) migrates.
+ */
+export async function poolMigrate(
+  call: Call,
+  svc: VmService,
+  vmRef: string,
+  hostRef: string,
+  options: Record<string, string>,
+): Promise<void> {
+  if (isForwardedHere(call)) return migrateHere(call, svc, vmRef, hostRef);
+  const db = call.db;
+  const vm = await db.get('VM', vmRef);
+  await db.get('host', hostRef);
+  const force = option(options, 'force');
+  if (!force) await assertCpuCompatible(call, vmRef, vm, hostRef);
+  const source = vm.resident_on;
+  await withVmOperation(
+    call,
+    vmRef,
+    'pool_migrate',
+    async () => {
+      const [pool] = await db.all('pool');
+      const upgrading = pool !== undefined && 'rolling_upgrade_in_progress' in pool[1].other_config;
+      if (upgrading && !(await versionsNotDecreasing(call, (await db.get('VM', vmRef)).resident_on, hostRef)))
+        throw new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []);
+      // reserve_memory_for_vm: the destination checked and reserved under the lock, so two
+      // migrations (or a start) cannot both count on the same free memory
+      const choose = async () => {
+        await svc.assertCanBootHere(call, vmRef, hostRef);
+        return hostRef;
+      };
+      await withVmPlacedOnHost(call, vmRef, choose, 'vm_migrate', () =>
+        runOnResident(call, vmRef, 'VM.pool_migrate', [vmRef, hostRef, options], () => migrateHere(call, svc, vmRef, hostRef)),
+      );
+    },
+    { strict: !force },
+  );
+  await migratedMessage(call, vmRef, source, hostRef);
+}
+
+/** The VM_MIGRATED message (priority 5) xapi leaves on the VM. */
+async function migratedMessage(call: Call, vmRef: string, from: string, to: string): Promise<void> {
+  const vm = await call.db.get('VM', vmRef);
+  const a = await call.db.tryGet('host', from);
+  const b = await call.db.tryGet('host', to);
+  const body = `VM '${vm.name_label}' (uuid: ${vm.uuid}) migrated from host '${a?.name_label ?? ''}' (uuid: ${a?.uuid ?? ''}) to host '${b?.name_label ?? ''}' (uuid: ${b?.uuid ?? ''})`;
+  await call.db.create('message', newRef(), {
+    uuid: randomUUID(),
+    name: 'VM_MIGRATED',
+    priority: 5,
+    cls: 'VM',
+    obj_uuid: vm.uuid,
+    timestamp: formatDateTime(new Date(call.host.now())),
+    body,
+  });
+}
+
+/**
+ * The source's work (xapi_vm_migrate.ml pool_migrate): the domain manager migrates the domain
+ * straight to the destination's, the commit writing resident_on there; tried again if the
+ * guest interrupted it; then the destination brings its records up to date
+ * (VM.pool_migrate_complete).
+ */
+async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: string): Promise<void> {
+  const { sync } = svc;
+  const db = call.db;
+  const vm = await db.get('VM', vmRef);
+  const dest = await db.get('host', hostRef);
+  const session = call.session?.ref ?? '';
+  const url = `https://${dest.address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}`;
+  let report: MigrationReport | undefined;
+  for (let attempt = 1; !report; attempt++) {
+    try {
+      report = await sync.whileOperating(vmRef, async () => {
+        await sync.backend.add(await sync.config(vmRef));
+        return sync.backend.migrateSend(
+          vm.uuid,
+          { url },
+          {
+            commit: async (domid) => {
+              // the move itself: once stored, the VM is the destination's
+              await db.update('VM', vmRef, { resident_on: hostRef, domid });
+              await db.commit();
+            },
+            progress: (f) => void call.setProgress(f).catch(() => undefined),
+          },
+        );
+      });
+    } catch (e) {
+      // CA-86347: a guest rebooting mid-migration interrupts it once or twice; then try again
+      const interrupted =
+        e instanceof DomainError && (e.kind === 'Cancelled' || (e.kind === 'Internal_error' && e.args[0] === 'End_of_file'));
+      const cancelling = await call.checkCancelled().then(
+        () => false,
+        () => true,
+      );
+      if (interrupted && !cancelling && attempt < MIGRATE_TRIES) {
+        call.host.log.warn({ err: e, vm: vmRef, attempt }, 'migration interrupted: trying again');
+        continue;
+      }
+      await untilStored(db, () => sync.refresh(vmRef));
+      throw xenopsError(vmRef, e);
+    }
+  }
+  await untilStored(db, () => sync.refresh(vmRef));
+  logMigration(call.host, vmRef, vm.uuid, hostRef, report);
+  if (hostRef === call.host.hostRef) await completeHere(call, svc, vmRef);
+  else await callOn(call.host, hostRef, dest.address, 'VM.pool_migrate_complete', [vmRef, hostRef]);
+}
+
+/** Each migration's rounds, bytes and downtime: in the host's log, and a line in migrations.log. */
+function logMigration(host: HostContext, vmRef: string, uuid: string, to: string, r: MigrationReport): void {
+  const line = {
+    time: new Date(host.now()).toISOString(),
+    vm: uuid,
+    from: host.hostRef,
+    to,
+    memoryBytes: r.memoryBytes,
+    dirtyRate: r.dirtyRate,
+    rounds: r.rounds.map((x) => ({ pages: x.pages, bytes: x.bytes, ms: Math.round(x.ms * 1000) / 1000, final: x.final })),
+    bytes: r.bytes,
+    downtimeMs: Math.round(r.downtimeMs * 1000) / 1000,
+    totalMs: Math.round(r.totalMs * 1000) / 1000,
+  };
+  host.log.info({ vm: vmRef, migration: line }, 'VM migrated');
+  try {
+    appendFileSync(join(host.config.stateDir, MIGRATION_LOG), JSON.stringify(line) + '\n');
+  } catch (e) {
+    host.log.warn({ err: e }, 'the migration log could not be written');
+  }
+}
+
+/**
+ * pool_migrate_complete on the destination: the VM is resident here, its records are brought
+ * up to date from this host's domain manager (consoles, devices, memory).
+ */
+async function completeHere(call: Call, svc: VmService, vmRef: string): Promise<void> {
+  const vm = await call.db.get('VM', vmRef);
+  if (vm.resident_on !== call.host.hostRef) return;
+  await untilStored(call.db, () => svc.sync.refresh(vmRef));
+}
+
+/**
+ * The destination's end of a migration (src/host/migrate-receive.ts hands it the connection):
+ * this host's configuration of the VM (its disks attached here) and the question the domain
+ * manager asks if the sender vanishes with the image here: the domain is the VM once resident_on
+ * and domid say so; it is not once the coordinator's operation is over without that.
+ */
+export async function receiveMigration(host: HostContext, svc: VmService, vmUuid: string, channel: MigrationChannel): Promise<void> {
+  const vmRef = await host.db.refByUuid('VM', vmUuid);
+  if (!vmRef) throw new XapiError('UUID_INVALID', ['VM', vmUuid]);
+  const config = await svc.sync.config(vmRef);
+  await svc.sync.backend.migrateReceive(config, channel, {
+    owned: async (domid) => {
+      const vm = await host.db.tryGet('VM', vmRef);
+      if (!vm) return false;
+      if (vm.resident_on === host.hostRef && vm.domid === domid) return true;
+      if (vm.scheduled_to_be_resident_on === host.hostRef) return undefined;
+      return false;
+    },
+  });
+}
+
+export function register(r: Registry, svc: VmService): void {
+  r.implement('VM.pool_migrate', (call, [vm, host, options]) => poolMigrate(call, svc, vm, host, options)).implement(
+    'VM.pool_migrate_complete',
+    async (call, [vm, host]) => {
+      await call.db.get('VM', vm);
+      if (isForwardedHere(call)) return completeHere(call, svc, vm);
+      await runOn(call, host, 'VM.pool_migrate_complete', [vm, host], () => completeHere(call, svc, vm));
+    },
+  );
+}
