@@ -56,17 +56,28 @@ async function rssMiB(pid: number): Promise<number> {
   return (await rssParts(pid)).rss;
 }
 
-/** A process's resident memory (MiB): all of it, and its anonymous (heap, stacks, malloc) and file-backed (node's binary, shared libraries) parts. */
+/**
+ * A process's resident memory (MiB): all of it, its anonymous (V8's heap, malloc, stacks) and
+ * file-backed (node's binary, shared libraries) parts, and its PSS: the file-backed pages shared
+ * by N processes counted 1/N in each, so what the process adds to the machine's memory.
+ */
 interface RssParts {
   rss: number;
   anon: number;
   file: number;
+  pss: number;
 }
 
 async function rssParts(pid: number): Promise<RssParts> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)![1]) / 1024;
-  return { rss: kib('VmRSS'), anon: kib('RssAnon'), file: kib('RssFile') + kib('RssShmem') };
+  const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const kib = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)![1]) / 1024;
+  return {
+    rss: kib(status, 'VmRSS'),
+    anon: kib(status, 'RssAnon'),
+    file: kib(status, 'RssFile') + kib(status, 'RssShmem'),
+    pss: kib(rollup, 'Pss'),
+  };
 }
 
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
@@ -221,20 +232,29 @@ export async function run(args: string[]): Promise<void> {
     const meanMember = mean(members.map((m) => m.rss));
     const maxMember = Math.max(...members.map((m) => m.rss));
     const over = rss.filter((r) => r.rss >= 80).length;
-    const parts = (r: RssParts) => `anon ${r.anon.toFixed(1)} + file ${r.file.toFixed(1)}`;
+    const parts = (r: RssParts) => `anon ${r.anon.toFixed(1)} + file ${r.file.toFixed(1)}; PSS ${r.pss.toFixed(1)}`;
+    const memberMean = (k: keyof RssParts) => mean(members.map((m) => m[k]));
     console.log(
-      `RSS after ${idleS} s idle: coordinator ${coord.rss.toFixed(1)} MiB (${parts(coord)}), members mean ${meanMember.toFixed(1)} (anon ${mean(members.map((m) => m.anon)).toFixed(1)} + file ${mean(members.map((m) => m.file)).toFixed(1)}) min ${Math.min(...members.map((m) => m.rss)).toFixed(1)} max ${maxMember.toFixed(1)} MiB; ${over} of ${rss.length} hosts at or over the aim of 80 (bare node ${bareRss.rss.toFixed(1)}: ${parts(bareRss)}); load ${loadavg()[0]!.toFixed(1)}`,
+      `RSS after ${idleS} s idle: coordinator ${coord.rss.toFixed(1)} MiB (${parts(coord)}), members mean ${meanMember.toFixed(1)} (anon ${memberMean('anon').toFixed(1)} + file ${memberMean('file').toFixed(1)}; PSS ${memberMean('pss').toFixed(1)}) min ${Math.min(...members.map((m) => m.rss)).toFixed(1)} max ${maxMember.toFixed(1)} MiB; ${over} of ${rss.length} hosts at or over the aim of 80 (bare node ${bareRss.rss.toFixed(1)}: ${parts(bareRss)}); load ${loadavg()[0]!.toFixed(1)}`,
     );
     figures.rss_idle_member = {
       value: round(meanMember),
       unit: 'MiB',
       max: round(maxMember),
-      anon: round(mean(members.map((m) => m.anon))),
-      file: round(mean(members.map((m) => m.file))),
+      anon: round(memberMean('anon')),
+      file: round(memberMean('file')),
+      pss: round(memberMean('pss')),
       aim: 80,
       bare_node: round(bareRss.rss),
     };
-    figures.rss_idle_coordinator = { value: round(coord.rss), unit: 'MiB', anon: round(coord.anon), file: round(coord.file), aim: 80 };
+    figures.rss_idle_coordinator = {
+      value: round(coord.rss),
+      unit: 'MiB',
+      anon: round(coord.anon),
+      file: round(coord.file),
+      pss: round(coord.pss),
+      aim: 80,
+    };
     figures.hosts_over_aim = { value: over, of: rss.length };
     if (rssOnly) {
       report();

@@ -13,8 +13,8 @@
 
 export const CHECK_MS = 10_000;
 /** Under this share of the interval in CPU time, the process is quiet. */
-export const QUIET_CPU_SHARE = 0.02;
-export const GROWTH_BYTES = 2 * 1024 * 1024;
+export const QUIET_CPU_SHARE = 0.05;
+export const GROWTH_BYTES = 1024 * 1024;
 
 export interface IdleCollectorOptions {
   /** The full collection (default: node's `gc`, present with --expose-gc). */
