@@ -34,10 +34,8 @@ export class IdleCollector {
   private readonly rss: () => number;
   private readonly checkMs: number;
   private lastCpu: number;
-  /** The RSS the growth is counted from: the lowest quiet reading since the last collection. */
+  /** The RSS the growth is counted from: the reading just after the last collection, or any lower quiet reading since. */
   private baseline = 0;
-  /** The next quiet reading becomes the baseline (just after a collection). */
-  private rebase = false;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(o: IdleCollectorOptions = {}) {
@@ -77,16 +75,13 @@ export class IdleCollector {
     this.lastCpu = cpu;
     if (!this.gc || used > QUIET_CPU_SHARE * this.checkMs * 1000) return;
     const rss = this.rss();
-    if (this.rebase || rss < this.baseline) {
-      this.rebase = false;
-      this.baseline = rss;
-      return;
-    }
+    if (rss < this.baseline) this.baseline = rss;
     if (rss - this.baseline <= GROWTH_BYTES) return;
     this.gc();
     this.collections++;
-    // V8 gives freed pages back in the background: the next quiet reading is the new floor.
-    this.rebase = true;
+    // Read at once: garbage made from now on is growth. V8 gives some freed pages back in the
+    // background, a little later: a lower quiet reading then lowers the floor.
+    this.baseline = this.rss();
     // The collection's own CPU time does not make the next interval look busy.
     this.lastCpu = this.cpuMicros();
   }
