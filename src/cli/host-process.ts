@@ -20,9 +20,8 @@ export const HOST_GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=131072';
  * Capped at 2 MiB, scavenges come more often. The cost, `npm run bench -- rpc` with and without
  * the flag back to back: small calls 3-13 % lower against their limit, bulk calls
  * (get_all_records of 10,000) and event.from within the run-to-run noise.
- * `--expose-gc`: the host collects its garbage once it falls idle (src/util/idle-gc.ts says why).
  */
-export const HOST_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2', '--expose-gc'];
+export const HOST_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2'];
 
 /** The environment of a host process: `env` with HOST_GLIBC_TUNABLES added to GLIBC_TUNABLES. */
 export function hostEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {

@@ -62,7 +62,7 @@ async function serve(argv: string[]): Promise<void> {
   let running = await start();
   announce(running);
   // The garbage of a busy spell (start-up, a join, a backup) is collected once the host is idle.
-  new IdleCollector().start();
+  new IdleCollector({ onError: (e) => console.error('xapi: the idle garbage collection failed', e) }).start();
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
