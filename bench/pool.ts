@@ -1,9 +1,13 @@
-// `npm run bench -- pool [--hosts N] [--vms M] [--quick]`: a pool of real processes formed by
-// `xapi pool` (default 16 hosts) on loopback addresses. Figures, each beside the limit measured in
-// the same run:
+// `npm run bench -- pool [--hosts N] [--vms M] [--idle-s S] [--rss-only] [--quick]`: a pool of real
+// processes formed by `xapi pool` (default 16 hosts; issue 10's aim is 64: `--hosts 64`) on
+// loopback addresses. Figures, each beside the limit measured in the same run:
 // - formation: from launching `xapi pool` to its "ready" line (every member joined, enabled and
 //   live), beside one host's own start-up time;
-// - RSS per idle host (from /proc), beside the aim of 80 MB and a bare idle node process's RSS;
+// - RSS of every host after S seconds idle (default 15), from /proc/<pid>/status: the coordinator's,
+//   the members' mean and max, each split into anonymous (V8's heap, malloc) and file-backed
+//   (node's binary and libraries, shared between hosts but counted in each) memory, beside the aim
+//   of 80 MiB and a bare idle node process's RSS. `--rss-only` stops here (and skips the single
+//   host's lifecycle run);
 // - VM lifecycle across the pool: M VMs (64 MiB, no simulated boot time) started and shut down
 //   through the coordinator by 32 concurrent clients, beside the single-host lifecycle rate
 //   (the same on one standalone host);
@@ -17,7 +21,7 @@
 import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { JsonRpc, type Target } from './lib/http-load.js';
 import { freePort, PASSWORD, ROOT, startXapi, stopXapi } from '../test/integration/harness.js';
@@ -49,8 +53,31 @@ async function inParallel<T>(items: T[], n: number, fn: (item: T) => Promise<voi
 }
 
 async function rssMiB(pid: number): Promise<number> {
+  return (await rssParts(pid)).rss;
+}
+
+/**
+ * A process's resident memory (MiB): all of it, its anonymous (V8's heap, malloc, stacks) and
+ * file-backed (node's binary, shared libraries) parts, and its PSS: the file-backed pages shared
+ * by N processes counted 1/N in each, so what the process adds to the machine's memory.
+ */
+interface RssParts {
+  rss: number;
+  anon: number;
+  file: number;
+  pss: number;
+}
+
+async function rssParts(pid: number): Promise<RssParts> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) / 1024;
+  const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const kib = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)![1]) / 1024;
+  return {
+    rss: kib(status, 'VmRSS'),
+    anon: kib(status, 'RssAnon'),
+    file: kib(status, 'RssFile') + kib(status, 'RssShmem'),
+    pss: kib(rollup, 'Pss'),
+  };
 }
 
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))]!;
@@ -158,6 +185,8 @@ export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const hosts = arg(args, '--hosts', quick ? 4 : 16);
   const vmCount = arg(args, '--vms', quick ? 100 : 1000);
+  const idleS = arg(args, '--idle-s', quick ? 3 : 15);
+  const rssOnly = args.includes('--rss-only');
   const perHostMiB = Math.ceil((vmCount * 80) / hosts) + 8192;
   const third = 100 + (process.pid % 100);
   const base = `127.0.${third}.10`;
@@ -166,6 +195,7 @@ export async function run(args: string[]): Promise<void> {
   const httpsPort = await freePort(base);
   const figures: Record<string, unknown> = {};
   const round = (x: number) => Math.round(x * 1000) / 1000;
+  const report = () => console.log(JSON.stringify({ bench: 'pool', ...figures }));
   let launched: Launched | undefined;
   try {
     // One standalone host first: its start-up time and its lifecycle rate are limits below.
@@ -176,14 +206,14 @@ export async function run(args: string[]): Promise<void> {
       try {
         const rpc = new JsonRpc({ host: x.address, port: x.httpPort }, new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY }));
         const s = (await rpc.call('session.login_with_password', ['root', PASSWORD])) as string;
-        const rate = await lifecycle(rpc, s, vmCount);
+        const rate = rssOnly ? Number.NaN : await lifecycle(rpc, s, vmCount);
         const idleRss = await rssMiB(x.pid);
         return { startMs, rate, idleRss };
       } finally {
         await stopXapi(x);
       }
     })();
-    console.log(`one host: start-up ${single.startMs.toFixed(0)} ms, lifecycle ${single.rate.toFixed(0)} ops/s`);
+    console.log(`one host: start-up ${single.startMs.toFixed(0)} ms${rssOnly ? '' : `, lifecycle ${single.rate.toFixed(0)} ops/s`}`);
 
     launched = await launchPool(hosts, base, stateDir, httpPort, httpsPort, perHostMiB);
     console.log(
@@ -193,23 +223,43 @@ export async function run(args: string[]): Promise<void> {
 
     const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
     // idle for a while after forming (start-up's garbage collected, heartbeats going)
-    await new Promise((r) => setTimeout(r, quick ? 3000 : 15_000));
-    const rss = await Promise.all(launched.hosts.map((h) => rssMiB(h.pid)));
-    const bareRss = await rssMiB(bare.pid!);
+    await new Promise((r) => setTimeout(r, idleS * 1000));
+    const rss = await Promise.all(launched.hosts.map((h) => rssParts(h.pid)));
+    const bareRss = await rssParts(bare.pid!);
     bare.kill();
-    const memberRss = rss.slice(1);
-    const meanMember = memberRss.reduce((a, b) => a + b, 0) / Math.max(1, memberRss.length);
+    const [coord, ...members] = rss as [RssParts, ...RssParts[]];
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+    const meanMember = mean(members.map((m) => m.rss));
+    const maxMember = Math.max(...members.map((m) => m.rss));
+    const over = rss.filter((r) => r.rss >= 80).length;
+    const parts = (r: RssParts) => `anon ${r.anon.toFixed(1)} + file ${r.file.toFixed(1)}; PSS ${r.pss.toFixed(1)}`;
+    const memberMean = (k: keyof RssParts) => mean(members.map((m) => m[k]));
     console.log(
-      `RSS: coordinator ${rss[0]!.toFixed(1)} MiB, members mean ${meanMember.toFixed(1)} max ${Math.max(...memberRss).toFixed(1)} MiB (aim 80; bare node ${bareRss.toFixed(1)})`,
+      `RSS after ${idleS} s idle: coordinator ${coord.rss.toFixed(1)} MiB (${parts(coord)}), members mean ${meanMember.toFixed(1)} (anon ${memberMean('anon').toFixed(1)} + file ${memberMean('file').toFixed(1)}; PSS ${memberMean('pss').toFixed(1)}) min ${Math.min(...members.map((m) => m.rss)).toFixed(1)} max ${maxMember.toFixed(1)} MiB; ${over} of ${rss.length} hosts at or over the aim of 80 (bare node ${bareRss.rss.toFixed(1)}: ${parts(bareRss)}); load ${loadavg()[0]!.toFixed(1)}`,
     );
     figures.rss_idle_member = {
       value: round(meanMember),
       unit: 'MiB',
-      max: round(Math.max(...memberRss)),
+      max: round(maxMember),
+      anon: round(memberMean('anon')),
+      file: round(memberMean('file')),
+      pss: round(memberMean('pss')),
       aim: 80,
-      bare_node: round(bareRss),
+      bare_node: round(bareRss.rss),
     };
-    figures.rss_idle_coordinator = { value: round(rss[0]!), unit: 'MiB' };
+    figures.rss_idle_coordinator = {
+      value: round(coord.rss),
+      unit: 'MiB',
+      anon: round(coord.anon),
+      file: round(coord.file),
+      pss: round(coord.pss),
+      aim: 80,
+    };
+    figures.hosts_over_aim = { value: over, of: rss.length };
+    if (rssOnly) {
+      report();
+      return;
+    }
 
     const coordinator = launched.hosts[0]!;
     const target: Target = { host: coordinator.address, port: httpPort };
@@ -298,11 +348,11 @@ export async function run(args: string[]): Promise<void> {
     );
     figures.designate_new_master = { value: Math.round(designateMs), unit: 'ms', limit_one_host_start_ms: Math.round(single.startMs) };
     figures.emergency_transition = { value: Math.round(emergencyMs), unit: 'ms', limit_one_host_start_ms: Math.round(single.startMs) };
+    report();
   } finally {
     if (launched) await stopPool(launched);
     await rm(stateDir, { recursive: true, force: true });
   }
-  console.log(JSON.stringify({ bench: 'pool', ...figures }));
 }
 
 /** Resolves once `address` takes a login and acknowledges a write (it is the coordinator). */

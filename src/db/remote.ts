@@ -31,6 +31,7 @@
 import https from 'node:https';
 import { randomUUID } from 'node:crypto';
 import { XapiError } from '../rpc/errors.js';
+import { IDLE_SOCKET_MS } from '../rpc/client.js';
 import type { Schema } from '../schema/schema.js';
 import { type AnyDb, type AnyRow, type ChangeSet, WriteRefused } from './interface.js';
 import {
@@ -118,7 +119,8 @@ export class RemoteDb implements AnyDb {
     this.attemptTimeoutMs = opts.attemptTimeoutMs ?? ATTEMPT_TIMEOUT_MS;
     this.maxInFlight = opts.maxInFlight ?? MAX_IN_FLIGHT;
     // Host-to-host TLS is not verified (xapi's default with TLS verification off).
-    this.agent = new https.Agent({ keepAlive: true, rejectUnauthorized: false, maxSockets: 16 });
+    // Connections unused for IDLE_SOCKET_MS are closed (an idle member holds none open).
+    this.agent = new https.Agent({ keepAlive: true, timeout: IDLE_SOCKET_MS, rejectUnauthorized: false, maxSockets: 16 });
   }
 
   /** The coordinator is back: every call waiting to retry tries again now. */

@@ -34,7 +34,13 @@ export interface Heartbeat {
 export function startHeartbeat(o: HeartbeatOptions): Heartbeat {
   const { host } = o;
   const intervalMs = o.intervalMs ?? HOST_HEARTBEAT_INTERVAL_MS;
-  const client = new XapiClient(`https://${o.master}:${host.config.httpsPort}`, { idleTimeoutMs: HEARTBEAT_CALL_TIMEOUT_MS });
+  // A new connection for each heartbeat, as xapi's (each call of call_emergency_mode_functions
+  // opens its own): kept alive between heartbeats, 63 members' idle connections held ~4 MiB of a
+  // coordinator's RSS; a connection per heartbeat costs a resumed TLS handshake every 30 s.
+  const client = new XapiClient(`https://${o.master}:${host.config.httpsPort}`, {
+    idleTimeoutMs: HEARTBEAT_CALL_TIMEOUT_MS,
+    keepAlive: false,
+  });
   const stopping = new AbortController();
   let session: string | undefined;
 
