@@ -12,6 +12,7 @@ import { checkSession } from './session-check.js';
 import { checkPermission } from './rbac.js';
 import { TaskManager } from './tasks.js';
 import type { MessageDef } from '../schema/schema.js';
+import type { Row } from '../db/interface.js';
 import { NULL_REF, RPC_TYPE, type Type } from '../schema/types.js';
 
 const STRING_SET: Type = { k: 'set', of: { k: 'string' } };
@@ -107,6 +108,10 @@ export class Dispatcher {
       throw new XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', [msg.wire, msg.requiredCount, Math.max(received, 0)]);
     }
 
+    // The task a forwarded call names is read while its session is checked (on a pool member
+    // both are reads from the coordinator, and reads made together share a request).
+    const namedTask = forwardedTask ? this.host.db.tryGet('task', forwardedTask) : undefined;
+    namedTask?.catch(() => undefined); // awaited below only if the call adopts it: never unhandled
     let session: SessionInfo | undefined;
     if (msg.sessionChecked) {
       session = await checkSession(this.host, params[0]!);
@@ -135,7 +140,7 @@ export class Dispatcher {
     // A call the coordinator forwarded here runs under the coordinator's task (xapi's
     // from_forwarded_task): progress is written to that row, but the coordinator completes it
     // when the call returns, so it is neither made nor forgotten here.
-    const adopted = await this.adoptForwardedTask(session, forwardedTask);
+    const adopted = await this.adoptForwardedTask(session, forwardedTask, namedTask);
     if (adopted) state.task = adopted;
     else if (msg.syncTask) state.task = task = await this.tasks.create(session, method, false);
     // A call without a database task still needs an identity for current_operations: xapi's
@@ -164,9 +169,13 @@ export class Dispatcher {
    * The coordinator's task a forwarded call runs under: only a pool session (the coordinator's,
    * minted for the call) may name one, and only a pending task of the database.
    */
-  private async adoptForwardedTask(session: SessionInfo | undefined, task: string | undefined): Promise<string | undefined> {
+  private async adoptForwardedTask(
+    session: SessionInfo | undefined,
+    task: string | undefined,
+    read: Promise<Row<'task'> | undefined> | undefined,
+  ): Promise<string | undefined> {
     if (!task || session?.row.pool !== true) return undefined;
-    const row = await this.host.db.tryGet('task', task);
+    const row = await (read ?? this.host.db.tryGet('task', task));
     return row?.status === 'pending' ? task : undefined;
   }
 

@@ -251,11 +251,14 @@ export async function updateVifAllowedOperations(db: Db, ref: Ref<'VIF'>): Promi
 }
 
 /** A VM's VBDs and VIFs, after a change to the VM (xapi's VM update_allowed_operations does this). */
-export async function updateDevicesAllowedOperations(db: Db, vmRef: Ref<'VM'>): Promise<void> {
-  const vm = await db.tryGet('VM', vmRef);
+export async function updateDevicesAllowedOperations(db: Db, vmRef: Ref<'VM'>, row?: Row<'VM'>): Promise<void> {
+  const vm = row ?? (await db.tryGet('VM', vmRef));
   if (!vm) return;
-  for (const vbd of vm.VBDs) await updateVbdAllowedOperations(db, vbd);
-  for (const vif of vm.VIFs) await updateVifAllowedOperations(db, vif);
+  // Each device's list is its own row's: worked out together (a member's reads share requests).
+  await Promise.all([
+    ...vm.VBDs.map((vbd) => updateVbdAllowedOperations(db, vbd)),
+    ...vm.VIFs.map((vif) => updateVifAllowedOperations(db, vif)),
+  ]);
 }
 
 /**

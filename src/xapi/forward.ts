@@ -71,8 +71,9 @@ async function forwardTask(call: Call, hostRef: string): Promise<string | undefi
  * the coordinator's task the host runs it under (header task-id).
  */
 export async function callOn(host: HostContext, hostRef: string, address: string, wire: string, args: Rpc[], task?: string): Promise<Rpc> {
+  // Not waited to be durable: the host reads it from this database's memory, and it lives only
+  // for this call (a flush that failed meanwhile fails the caller's call anyway).
   const session = await createSession(host, { pool: true, userName: host.hostRef, originator: 'forwarded' });
-  await host.db.commit();
   try {
     return await peer(host, address).call(wire, [session, ...args], task ? { 'task-id': task } : {});
   } catch (e) {

@@ -349,38 +349,55 @@ async function poolOtherConfig(db: Db): Promise<Record<string, string>> {
   return pool?.[1].other_config ?? {};
 }
 
-/** Gathers what checkOperation needs about a VM (`vm` when the caller has the row already). */
+/**
+ * Gathers what checkOperation needs about a VM (`vm` when the caller has the row already). The
+ * rows are read at once: on a pool member each read is a request to the coordinator, and reads
+ * made together share one.
+ */
 export async function vmFacts(db: Db, ref: string, vm?: Row<'VM'>): Promise<VmFacts> {
   vm ??= await db.get('VM', ref);
+  const row = vm;
   const valid = async (cls: 'VM_appliance' | 'VMPP' | 'VMSS', r: string) => r !== NULL_REF && (await db.tryGet(cls, r)) !== undefined;
-  const disks: VmFacts['disks'] = [];
-  for (const vbdRef of vm.VBDs) {
+  const disk = async (vbdRef: string) => {
     const vbd = await db.tryGet('VBD', vbdRef);
     const vdi = vbd && vbd.VDI !== NULL_REF ? await db.tryGet('VDI', vbd.VDI) : undefined;
-    if (vdi) disks.push({ reset: vdi.sm_config.on_boot === 'reset', caching: flag(vdi.sm_config, 'caching') });
-  }
+    return vdi && { reset: vdi.sm_config.on_boot === 'reset', caching: flag(vdi.sm_config, 'caching') };
+  };
+  const vgpu = async (vgpuRef: string) => {
+    const vgpu = await db.tryGet('VGPU', vgpuRef);
+    const [type, pgpu] = await Promise.all([
+      vgpu ? db.tryGet('VGPU_type', vgpu.type) : undefined,
+      vgpu && vgpu.resident_on !== NULL_REF ? db.tryGet('PGPU', vgpu.resident_on) : undefined,
+    ]);
+    return { vgpu, impl: type?.implementation, pgpu };
+  };
+  const [disks, vgpus, host, other, metrics, guest, applianceValid, protectionPolicyValid, snapshotScheduleValid] = await Promise.all([
+    Promise.all(row.VBDs.map(disk)),
+    Promise.all(row.VGPUs.map(vgpu)),
+    row.resident_on !== NULL_REF ? db.tryGet('host', row.resident_on) : undefined,
+    poolOtherConfig(db),
+    row.metrics !== NULL_REF ? db.tryGet('VM_metrics', row.metrics) : undefined,
+    row.guest_metrics !== NULL_REF ? db.tryGet('VM_guest_metrics', row.guest_metrics) : undefined,
+    valid('VM_appliance', row.appliance),
+    valid('VMPP', row.protection_policy),
+    valid('VMSS', row.snapshot_schedule),
+  ]);
   const sriovPcis = new Set<string>();
   const vgpusSuspendable: boolean[] = [];
-  for (const vgpuRef of vm.VGPUs) {
-    const vgpu = await db.tryGet('VGPU', vgpuRef);
-    const type = vgpu ? await db.tryGet('VGPU_type', vgpu.type) : undefined;
-    const impl = type?.implementation;
+  for (const { vgpu, impl, pgpu } of vgpus) {
     if (impl === 'nvidia_sriov' && vgpu) sriovPcis.add(vgpu.PCI);
-    const pgpu = vgpu && vgpu.resident_on !== NULL_REF ? await db.tryGet('PGPU', vgpu.resident_on) : undefined;
     vgpusSuspendable.push((impl === 'nvidia' || impl === 'nvidia_sriov') && pgpu !== undefined && 'nvidia' in pgpu.compatibility_metadata);
   }
-  const host = vm.resident_on !== NULL_REF ? await db.tryGet('host', vm.resident_on) : undefined;
-  const other = await poolOtherConfig(db);
   return {
     ref,
-    vm,
-    metrics: vm.metrics !== NULL_REF ? await db.tryGet('VM_metrics', vm.metrics) : undefined,
-    guest: vm.guest_metrics !== NULL_REF ? await db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
-    disks,
-    isDomainZero: vm.is_control_domain && host?.control_domain === ref,
-    applianceValid: await valid('VM_appliance', vm.appliance),
-    protectionPolicyValid: await valid('VMPP', vm.protection_policy),
-    snapshotScheduleValid: await valid('VMSS', vm.snapshot_schedule),
+    vm: row,
+    metrics,
+    guest,
+    disks: disks.filter((d) => d !== undefined),
+    isDomainZero: row.is_control_domain && host?.control_domain === ref,
+    applianceValid,
+    protectionPolicyValid,
+    snapshotScheduleValid,
     sriovPcis,
     vgpusSuspendable,
     rollingUpgrade: 'rolling_upgrade_in_progress' in other,
@@ -429,20 +446,26 @@ async function updateApplianceOperations(db: Db, ref: string): Promise<void> {
 
 /**
  * update_allowed_operations: the VM's allowed_operations recomputed, then those of its
- * appliance and its vTPMs, and of its VBDs and VIFs, which follow the VM's state.
+ * appliance and its vTPMs, and of its VBDs and VIFs, which follow the VM's state. `row`, the
+ * VM's row when the caller has just read it.
  */
-export async function updateAllowedOperations(db: Db, ref: string): Promise<void> {
-  const vm = await db.tryGet('VM', ref);
+export async function updateAllowedOperations(db: Db, ref: string, row?: Row<'VM'>): Promise<void> {
+  const vm = row ?? (await db.tryGet('VM', ref));
   if (!vm) return;
   const ops = allowedOperations(await vmFacts(db, ref, vm), db.schema.enumValues('vm_operations'));
-  if (!sameList(vm.allowed_operations, ops)) await db.update('VM', ref, { allowed_operations: ops });
-  if (vm.appliance !== NULL_REF) await updateApplianceOperations(db, vm.appliance);
-  for (const vtpm of vm.VTPMs) {
-    const row = await db.tryGet('VTPM', vtpm);
-    const want = vm.power_state === 'Halted' ? (['destroy'] as const) : [];
-    if (row && !sameList(row.allowed_operations, want)) await db.update('VTPM', vtpm, { allowed_operations: [...want] });
-  }
-  await updateDevicesAllowedOperations(db, ref);
+  // The VM's, its appliance's, its vTPMs' and its devices' lists depend on the VM's state, not
+  // on one another: they are worked out together (on a pool member, their reads share requests).
+  const want = vm.power_state === 'Halted' ? (['destroy'] as const) : [];
+  const vtpm = async (ref: string) => {
+    const row = await db.tryGet('VTPM', ref);
+    if (row && !sameList(row.allowed_operations, want)) await db.update('VTPM', ref, { allowed_operations: [...want] });
+  };
+  await Promise.all([
+    sameList(vm.allowed_operations, ops) ? undefined : db.update('VM', ref, { allowed_operations: ops }),
+    vm.appliance !== NULL_REF ? updateApplianceOperations(db, vm.appliance) : undefined,
+    ...vm.VTPMs.map(vtpm),
+    updateDevicesAllowedOperations(db, ref, vm),
+  ]);
 }
 
 /**

@@ -7,7 +7,7 @@ import { XapiError } from '../rpc/errors.js';
 import type { Call, Impl, MessageImpl, Registry } from '../api/context.js';
 import { genericImpl, newRef } from '../api/implicit.js';
 import type { Row } from '../db/interface.js';
-import type { Ref, VM_record, vm_operations } from '../schema/generated.js';
+import type { Ref, VM_record, vm_operations, vm_power_state } from '../schema/generated.js';
 import type { Schema } from '../schema/schema.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
@@ -32,20 +32,25 @@ export class VmService {
   /**
    * Backend calls of an operation: the update loop stays off the VM meanwhile, the outcome is
    * re-read after. An operation whose task was cancelled meanwhile (a hard shutdown cancels
-   * the clean ones it overtakes) ends as cancelled.
+   * the clean ones it overtakes) ends as cancelled; then the backend's error, if any; then, with
+   * `expect`, a VM not left in that power state fails (VM_BAD_POWER_STATE).
    */
-  private async backend<T>(call: Call, vmRef: string, fn: () => Promise<T>): Promise<T> {
+  private async backend<T>(call: Call, vmRef: string, fn: () => Promise<T>, expect?: vm_power_state): Promise<T> {
     let outcome: { ok: true; value: T } | { ok: false; error: unknown };
     try {
-      outcome = { ok: true, value: await this.sync.whileOperating(vmRef, fn) };
+      outcome = { ok: true, value: await this.sync.whileOperating(vmRef, fn, true) };
     } catch (e) {
       outcome = { ok: false, error: e };
     }
     // What the domain did must reach the database even if it refuses writes just now (a full
     // disk): the update loop left this VM to the operation meanwhile.
     await untilStored(call.db, () => this.sync.refresh(vmRef));
-    await call.checkCancelled();
+    // The task and the VM read together (on a pool member: one request to the coordinator).
+    const [cancelled, vm] = await Promise.allSettled([call.checkCancelled(), expect && call.db.get('VM', vmRef)]);
+    if (cancelled.status === 'rejected') throw cancelled.reason;
     if (!outcome.ok) throw xenopsError(vmRef, outcome.error);
+    if (vm.status === 'rejected') throw vm.reason;
+    if (vm.value && expect) VmService.checkPowerState(vmRef, vm.value, expect);
     return outcome.value;
   }
 
@@ -170,27 +175,39 @@ export class VmService {
   private async startHere(call: Call, ref: string, hostRef: string, paused: boolean): Promise<void> {
     {
       const vm = await call.db.get('VM', ref);
+      // read at once, written at once: on a pool member, a request to the coordinator for each
+      const [guest, vbds] = await Promise.all([
+        vm.guest_metrics !== NULL_REF ? call.db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
+        Promise.all(vm.VBDs.map((vbd) => call.db.get('VBD', vbd))),
+      ]);
       // A fresh boot: the old guest metrics go, the overhead is recomputed (xapi's start).
-      if (vm.guest_metrics !== NULL_REF && (await call.db.tryGet('VM_guest_metrics', vm.guest_metrics))) {
-        await call.db.destroy('VM_guest_metrics', vm.guest_metrics);
-      }
-      await call.db.update('VM', ref, { guest_metrics: NULL_REF, scheduled_to_be_resident_on: hostRef, memory_overhead: vmOverhead(vm) });
+      await Promise.all([
+        guest ? call.db.destroy('VM_guest_metrics', vm.guest_metrics) : undefined,
+        call.db.update('VM', ref, { guest_metrics: NULL_REF, scheduled_to_be_resident_on: hostRef, memory_overhead: vmOverhead(vm) }),
+      ]);
       // Disks that reset on boot start from their saved content (the attach does it in xapi).
-      for (const vbd of vm.VBDs) {
-        const disk = (await call.db.get('VBD', vbd)).VDI;
+      for (const { VDI: disk } of vbds) {
         if (disk !== NULL_REF) await this.sync.storage.resetOnBoot(disk);
       }
       await call.db.commit();
-      await this.backend(call, ref, async () => {
-        await this.sync.backend.add(await this.sync.config(ref));
-        await this.sync.backend.start(vm.uuid, { paused });
-      });
-      await this.assertPowerState(call, ref, paused ? 'Paused' : 'Running');
+      await this.backend(
+        call,
+        ref,
+        async () => {
+          await this.sync.backend.add(await this.sync.config(ref, vm));
+          await this.sync.backend.start(vm.uuid, { paused });
+        },
+        paused ? 'Paused' : 'Running',
+      );
     }
   }
 
-  private async assertPowerState(call: Call, ref: string, expected: string): Promise<void> {
-    const actual = (await call.db.get('VM', ref)).power_state;
+  private async assertPowerState(call: Call, ref: string, expected: vm_power_state): Promise<void> {
+    VmService.checkPowerState(ref, await call.db.get('VM', ref), expected);
+  }
+
+  private static checkPowerState(ref: string, vm: Row<'VM'>, expected: vm_power_state): void {
+    const actual = vm.power_state;
     if (actual !== expected) throw new XapiError('VM_BAD_POWER_STATE', [ref, expected.toLowerCase(), actual.toLowerCase()]);
   }
 
@@ -205,12 +222,11 @@ export class VmService {
     await runOn(call, vm.resident_on, wire, [ref, ...args], local);
   }
 
-  async simple(call: Call, ref: string, op: vm_operations, run: (uuid: string) => Promise<void>, expect: string): Promise<void> {
+  async simple(call: Call, ref: string, op: vm_operations, run: (uuid: string) => Promise<void>, expect: vm_power_state): Promise<void> {
     await withVmOperation(call, ref, op, () =>
       this.onResident(call, ref, `VM.${op}`, [], async () => {
         const vm = await call.db.get('VM', ref);
-        await this.backend(call, ref, () => run(vm.uuid));
-        await this.assertPowerState(call, ref, expect);
+        await this.backend(call, ref, () => run(vm.uuid), expect);
       }),
     );
   }
@@ -222,8 +238,7 @@ export class VmService {
       }
       await this.onResident(call, ref, 'VM.hard_reboot', [], async () => {
         const vm = await call.db.get('VM', ref);
-        await this.backend(call, ref, () => this.sync.backend.reboot(vm.uuid));
-        await this.assertPowerState(call, ref, 'Running');
+        await this.backend(call, ref, () => this.sync.backend.reboot(vm.uuid), 'Running');
       });
     });
   }
@@ -263,8 +278,7 @@ export class VmService {
       return;
     }
     if (vm.power_state === 'Halted') return;
-    await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid));
-    await this.assertPowerState(call, ref, 'Halted');
+    await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid), 'Halted');
   }
 
   /** VM.shutdown: one `shutdown` operation; clean (within shutdown_delay) if it can, else hard. */
@@ -277,8 +291,7 @@ export class VmService {
       const vm = await call.db.get('VM', ref);
       if (vm.power_state === 'Running') {
         try {
-          await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid, this.cleanTimeout(vm)));
-          await this.assertPowerState(call, ref, 'Halted');
+          await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid, this.cleanTimeout(vm)), 'Halted');
           return;
         } catch (e) {
           call.host.log.warn({ err: e, vm: ref }, 'clean shutdown failed; shutting down hard');

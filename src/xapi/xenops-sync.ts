@@ -7,8 +7,8 @@ import { randomUUID } from 'node:crypto';
 import type { HostContext } from '../api/context.js';
 import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
-import { untyped, type Row } from '../db/interface.js';
-import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_record } from '../schema/generated.js';
+import { untyped, type Db, type Row } from '../db/interface.js';
+import type { console_protocol, DbClassName, Records, VM_metrics_record, VM_record, vm_power_state } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { DomainError, type DomainManager, type VmConfig, type VmState } from '../xenopsd/interface.js';
 import { updateAllowedOperations } from './vm-lifecycle.js';
@@ -60,14 +60,30 @@ export class XenopsSync {
     readonly storage: Storage,
   ) {}
 
-  /** The configuration pushed to the backend before a start (xapi's Xenopsd_metadata.push). */
-  async config(vmRef: string): Promise<VmConfig> {
+  /**
+   * The configuration pushed to the backend before a start (xapi's Xenopsd_metadata.push);
+   * `row`, the VM's row when the caller has just read it.
+   */
+  async config(vmRef: string, row?: Row<'VM'>): Promise<VmConfig> {
     const db = this.host.db;
-    const vm = await db.get('VM', vmRef);
+    const vm = row ?? (await db.get('VM', vmRef));
+    // the devices' rows read at once (on a pool member: one request to the coordinator)
+    const [disks, nics] = await Promise.all([
+      Promise.all(
+        vm.VBDs.map(async (ref) => {
+          const vbd = await db.get('VBD', ref);
+          return { vbd, vdi: vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI) };
+        }),
+      ),
+      Promise.all(
+        vm.VIFs.map(async (ref) => {
+          const vif = await db.get('VIF', ref);
+          return { vif, net: await db.get('network', vif.network) };
+        }),
+      ),
+    ]);
     const vbds = [];
-    for (const ref of vm.VBDs) {
-      const vbd = await db.get('VBD', ref);
-      const vdi = vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI);
+    for (const { vbd, vdi } of disks) {
       vbds.push({
         id: vbd.uuid,
         position: vbd.userdevice === 'autodetect' ? undefined : vbd.userdevice,
@@ -78,12 +94,13 @@ export class XenopsSync {
         unpluggable: vbd.unpluggable === true,
       });
     }
-    const vifs = [];
-    for (const ref of vm.VIFs) {
-      const vif = await db.get('VIF', ref);
-      const net = await db.get('network', vif.network);
-      vifs.push({ id: vif.uuid, position: Number(vif.device), mac: vif.MAC, mtu: vif.MTU, bridge: net.bridge });
-    }
+    const vifs = nics.map(({ vif, net }) => ({
+      id: vif.uuid,
+      position: Number(vif.device),
+      mac: vif.MAC,
+      mtu: vif.MTU,
+      bridge: net.bridge,
+    }));
     return {
       id: vm.uuid,
       name: vm.name_label,
@@ -123,6 +140,12 @@ export class XenopsSync {
   private readonly refreshLocks = new Map<string, Mutex>();
   /** VMs an API operation is driving through the backend now, with how many operations. */
   private readonly operating = new Map<string, number>();
+  /** Of those, how many operations refresh the VM once their backend calls are done. */
+  private readonly refreshFollows = new Map<string, number>();
+  /** A counter ordering the loop's receipts of updates and the refreshes' reads of the backend. */
+  private tick = 0;
+  /** Per VM, the tick at which a refresh last read the backend's state of it. */
+  private readonly statTick = new Map<string, number>();
 
   private lockOf(vmRef: string): Mutex {
     let lock = this.refreshLocks.get(vmRef);
@@ -144,31 +167,38 @@ export class XenopsSync {
    * one): the states a domain passes through on the way (Paused while it is built, restored
    * or saved) never reach the database; the operation's own refresh writes where it ended.
    * Begins under the VM's refresh lock, so a refresh of the loop already under way finishes
-   * first.
+   * first. `refreshFollows`: the caller refreshes the VM once this returns, which covers every
+   * update the loop received meanwhile (see start).
    */
-  async whileOperating<T>(vmRef: string, fn: () => Promise<T>): Promise<T> {
+  async whileOperating<T>(vmRef: string, fn: () => Promise<T>, refreshFollows = false): Promise<T> {
     await this.lockOf(vmRef).run(async () => {
-      this.operating.set(vmRef, (this.operating.get(vmRef) ?? 0) + 1);
+      count(this.operating, vmRef, 1);
+      if (refreshFollows) count(this.refreshFollows, vmRef, 1);
     });
     try {
       return await fn();
     } finally {
-      const n = (this.operating.get(vmRef) ?? 1) - 1;
-      if (n > 0) this.operating.set(vmRef, n);
-      else this.operating.delete(vmRef);
+      count(this.operating, vmRef, -1);
+      if (refreshFollows) count(this.refreshFollows, vmRef, -1);
     }
   }
 
   /** A destroyed VM needs no refresh lock. */
   forget(vmRef: string): void {
     this.refreshLocks.delete(vmRef);
+    this.statTick.delete(vmRef);
   }
 
-  private async refreshNow(vmRef: string, fromLoop = false): Promise<void> {
+  /**
+   * The refresh itself; returns the power state the VM had and the one written, or undefined if
+   * it was left alone (an operation drives it, it is gone, or it is another host's).
+   */
+  private async refreshNow(vmRef: string, fromLoop = false): Promise<[vm_power_state, vm_power_state] | undefined> {
     if (fromLoop && this.operating.has(vmRef)) return;
     const db = this.host.db;
     const vm = await db.tryGet('VM', vmRef);
     if (!vm || vm.is_control_domain === true) return;
+    this.statTick.set(vmRef, ++this.tick);
     const state = await this.stat(vm);
     // A live migration not settled yet (a paused copy waiting for resolveMigration): nothing
     // to report until it is, or the VM would show Halted or on two hosts meanwhile.
@@ -188,57 +218,89 @@ export class XenopsSync {
       scheduled_to_be_resident_on: NULL_REF,
     };
     if (state && live) changes.memory_target = state.memoryTarget;
+    if (power === 'Halted') changes.requires_reboot = false;
+    const guestAgent = live ? state?.guestAgent : undefined;
+
+    // Every row the refresh compares with, read at once (on a pool member: one request to the
+    // coordinator rather than one per row).
+    const [vifs, vbds, metrics, guest, consoles] = await Promise.all([
+      rowsOf(db, 'VIF', vm.VIFs),
+      rowsOf(db, 'VBD', vm.VBDs),
+      vm.metrics !== NULL_REF ? db.tryGet('VM_metrics', vm.metrics) : undefined,
+      guestAgent && vm.guest_metrics !== NULL_REF ? db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
+      rowsOf(db, 'console', vm.consoles),
+    ]);
+
+    // What the backend says, as writes of the fields that differ (xapi's update_vm compares with
+    // what it saw before: an unchanged object gets no write and no event). They go out together
+    // and touch distinct fields, so the order they land in does not matter.
+    const writes: (() => Promise<unknown>)[] = [];
+    const update = <C extends DbClassName>(cls: C, ref: string, row: Row<C> | undefined, fields: Partial<Records[C]>, stamp?: object) => {
+      const diff = row && changedFields(row, fields);
+      if (!diff) return false;
+      writes.push(() => untyped(db).update(cls, ref, { ...diff, ...stamp }));
+      return true;
+    };
+    /** VBDs whose attachment changes: what may be done to their VDIs follows (xapi's update_vbd). */
+    const reattached: Row<'VBD'>[] = [];
     if (!live) {
       // force_state_reset: nothing is attached to a VM that is not running
-      for (const ref of vm.VIFs) await this.updateChanged('VIF', ref, { currently_attached: false });
-      for (const ref of vm.VBDs)
-        if (await this.updateChanged('VBD', ref, { currently_attached: false })) await this.vbdAttachmentChanged(ref);
-      if (power === 'Halted') changes.requires_reboot = false;
+      for (const [ref, vif] of vifs) update('VIF', ref, vif, { currently_attached: false });
+      for (const [ref, vbd] of vbds) if (update('VBD', ref, vbd, { currently_attached: false })) reattached.push(vbd!);
     }
-    await this.updateChanged('VM', vmRef, changes);
-    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) {
-      const metrics: Partial<VM_metrics_record> = {
+    let vmWritten = update('VM', vmRef, vm, changes);
+    if (metrics) {
+      const fields: Partial<VM_metrics_record> = {
         memory_actual: live && state ? state.memoryActual : 0,
         VCPUs_number: live && state ? state.vcpus : 0,
         current_domain_type: live && state ? state.domainType : 'unspecified',
         hvm: live && state ? state.domainType === 'hvm' : false,
       };
       // start_time stays that of the last boot once the VM stops
-      if (live && state?.lastStartTime) metrics.start_time = formatDateTime(new Date(state.lastStartTime));
+      if (live && state?.lastStartTime) fields.start_time = formatDateTime(new Date(state.lastStartTime));
       // What the domain was built with decides whether it may move (xenopsd reports it at build).
       if (live && vm.power_state !== 'Running' && vm.power_state !== 'Paused') {
         const on = (key: string) => ['true', '1'].includes(vm.platform[key]?.toLowerCase() ?? '');
-        metrics.nomigrate = on('nomigrate');
-        metrics.nested_virt = on('nested-virt');
+        fields.nomigrate = on('nomigrate');
+        fields.nested_virt = on('nested-virt');
       }
-      if (await this.updateChanged('VM_metrics', vm.metrics, metrics)) {
-        await db.update('VM_metrics', vm.metrics, { last_updated: now });
-      }
+      update('VM_metrics', vm.metrics, metrics, fields, { last_updated: now });
     }
-    if (live && state?.guestAgent) await this.updateGuestMetrics(vmRef, vm, state, now);
-    if (live) await this.syncDevices(vm);
-    await this.syncConsoles(vmRef, live ? (state?.consoles ?? []) : []);
-    await updateAllowedOperations(db, vmRef);
+    if (guestAgent && this.guestMetricsWrites(vmRef, guest && [vm.guest_metrics, guest], guestAgent, now, writes)) vmWritten = true;
+    if (live) {
+      // update_vbd / update_vif: currently_attached is what the backend says is plugged
+      for (const [ref, vbd] of vbds) {
+        if (vbd && update('VBD', ref, vbd, { currently_attached: await this.plugged(vm, vbd.uuid) })) reattached.push(vbd);
+      }
+      for (const [ref, vif] of vifs) if (vif) update('VIF', ref, vif, { currently_attached: await this.plugged(vm, vif.uuid) });
+    }
+    this.consoleWrites(vmRef, consoles, live ? (state?.consoles ?? []) : [], writes);
+    await Promise.all(writes.map((w) => w()));
+    await Promise.all(reattached.map((vbd) => (vbd.empty || vbd.VDI === NULL_REF ? undefined : updateVdiAllowedOperations(db, vbd.VDI))));
+    // the VM's row as read, unless this refresh changed it
+    await updateAllowedOperations(db, vmRef, vmWritten ? undefined : vm);
+    return [vm.power_state, power];
   }
 
-  /**
-   * Writes only the fields that differ, as xapi's update_vm compares with what it saw before:
-   * an unchanged object gets no write and no event. Returns whether anything was written.
-   */
-  private async updateChanged<C extends DbClassName>(cls: C, ref: string, changes: Partial<Records[C]>): Promise<boolean> {
-    // Field by field, by name: the database's untyped face.
-    const db = untyped(this.host.db);
-    const row = await db.tryGet(cls, ref);
-    if (!row) return false;
-    const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(row[k]) !== JSON.stringify(v)));
-    if (Object.keys(diff).length === 0) return false;
-    await db.update(cls, ref, diff);
-    return true;
+  /** Whether the backend has a VM's device plugged (a device it does not know is not). */
+  private async plugged(vm: Row<'VM'>, deviceUuid: string): Promise<boolean> {
+    try {
+      return (await this.backend.deviceState(vm.uuid, deviceUuid)).plugged;
+    } catch (e) {
+      if (!(e instanceof DomainError)) throw e;
+      return false;
+    }
   }
 
-  private async updateGuestMetrics(vmRef: string, vm: Row<'VM'>, state: VmState, now: string): Promise<void> {
+  /** The guest agent's report into the VM's guest metrics, made if it has none (true: the VM is written). */
+  private guestMetricsWrites(
+    vmRef: string,
+    existing: [string, Row<'VM_guest_metrics'>] | undefined,
+    ga: NonNullable<VmState['guestAgent']>,
+    now: string,
+    writes: (() => Promise<unknown>)[],
+  ): boolean {
     const db = this.host.db;
-    const ga = state.guestAgent!;
     const fields = {
       os_version: ga.osVersion,
       PV_drivers_version: ga.pvDriversVersion,
@@ -251,73 +313,49 @@ export class XenopsSync {
       can_use_hotplug_vbd: 'yes',
       can_use_hotplug_vif: 'yes',
     } as const;
-    const existing = vm.guest_metrics;
-    if (existing !== NULL_REF && (await db.tryGet('VM_guest_metrics', existing))) {
-      if (await this.updateChanged('VM_guest_metrics', existing, fields))
-        await db.update('VM_guest_metrics', existing, { last_updated: now });
-    } else {
-      const ref = newRef();
-      await db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields, last_updated: now });
-      await db.update('VM', vmRef, { guest_metrics: ref });
+    if (existing) {
+      const [ref, row] = existing;
+      const diff = changedFields(row, fields);
+      if (diff) writes.push(() => db.update('VM_guest_metrics', ref, { ...diff, last_updated: now }));
+      return false;
     }
+    const ref = newRef();
+    writes.push(
+      () => db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields, last_updated: now }),
+      () => db.update('VM', vmRef, { guest_metrics: ref }),
+    );
+    return true;
   }
 
-  /** update_vbd / update_vif: currently_attached is what the backend says is plugged. */
-  private async syncDevices(vm: Row<'VM'>): Promise<void> {
+  /** The VM's consoles made and destroyed to match the protocols the backend offers. */
+  private consoleWrites(
+    vmRef: string,
+    rows: [string, Row<'console'> | undefined][],
+    consoles: VmState['consoles'],
+    writes: (() => Promise<unknown>)[],
+  ): void {
     const db = this.host.db;
-    for (const [cls, refs] of [
-      ['VBD', vm.VBDs],
-      ['VIF', vm.VIFs],
-    ] as const) {
-      for (const ref of refs) {
-        const dev = await db.get(cls, ref);
-        let plugged = false;
-        try {
-          plugged = (await this.backend.deviceState(vm.uuid, dev.uuid)).plugged;
-        } catch (e) {
-          if (!(e instanceof DomainError)) throw e;
-        }
-        if (dev.currently_attached !== plugged) {
-          await db.update(cls, ref, { currently_attached: plugged });
-          if (cls === 'VBD') await this.vbdAttachmentChanged(ref);
-        }
-      }
-    }
-  }
-
-  /** A disk's attachment decides what may be done to its VDI (xapi's update_vbd). */
-  private async vbdAttachmentChanged(vbdRef: string): Promise<void> {
-    const vbd = await this.host.db.tryGet('VBD', vbdRef);
-    if (vbd && !vbd.empty && vbd.VDI !== NULL_REF) await updateVdiAllowedOperations(this.host.db, vbd.VDI);
-  }
-
-  private async syncConsoles(vmRef: string, consoles: VmState['consoles']): Promise<void> {
-    const db = this.host.db;
-    const vm = await db.get('VM', vmRef);
-    const have = new Map<console_protocol, string>();
-    for (const ref of vm.consoles) {
-      const c = await db.tryGet('console', ref);
-      if (c) have.set(c.protocol, ref);
-    }
     const want = new Set<console_protocol>(consoles.map((c) => c.protocol));
-    for (const [protocol, ref] of have) {
-      // a console on another host (the VM migrated here) is made again with this host's address
-      const here = (await db.tryGet('console', ref))?.location.startsWith(`https://${this.host.config.address}/`);
-      if (!want.has(protocol) || !here) {
-        await db.destroy('console', ref);
-        have.delete(protocol);
-      }
+    const here = `https://${this.host.config.address}/`;
+    const have = new Map<console_protocol, string>();
+    for (const [ref, c] of rows) {
+      if (!c) continue;
+      // A console made on another host (the VM migrated here) is made again with this host's address.
+      if (want.has(c.protocol) && c.location.startsWith(here)) have.set(c.protocol, ref);
+      else writes.push(() => db.destroy('console', ref));
     }
     for (const protocol of want) {
       if (have.has(protocol)) continue;
       const uuid = randomUUID();
-      await db.create('console', newRef(), {
-        uuid,
-        protocol,
-        location: `https://${this.host.config.address}/console?uuid=${uuid}`,
-        VM: vmRef,
-        other_config: {},
-      });
+      writes.push(() =>
+        db.create('console', newRef(), {
+          uuid,
+          protocol,
+          location: `https://${this.host.config.address}/console?uuid=${uuid}`,
+          VM: vmRef,
+          other_config: {},
+        }),
+      );
     }
   }
 
@@ -371,12 +409,19 @@ export class XenopsSync {
       while (!this.stopped) {
         try {
           const { updates, token } = await this.backend.updates(this.token, 5_000);
-          const vms = new Set<string>();
-          for (const u of updates) vms.add(u.kind === 'vm' ? u.id : u.vm);
-          for (const uuid of vms) {
-            const ref = await this.host.db.refByUuid('VM', uuid);
-            if (ref) await this.onUpdate(ref);
-          }
+          // Updates a refresh reading the backend after they were made covers already: one
+          // that began since they were received, or the one an operation driving the VM now
+          // makes when its backend calls are done (and that operation's outcome is its own to
+          // write, not a change the guest made). Re-reading and comparing every row of the VM
+          // again would find nothing to write.
+          const received = ++this.tick;
+          const operated = new Set(this.refreshFollows.keys());
+          const covered = (ref: string) => operated.has(ref) || (this.statTick.get(ref) ?? 0) > received;
+          const uuids = new Set<string>();
+          for (const u of updates) uuids.add(u.kind === 'vm' ? u.id : u.vm);
+          // looked up together: on a pool member, one request to the coordinator
+          const refs = await Promise.all([...uuids].map((uuid) => this.host.db.refByUuid('VM', uuid)));
+          for (const ref of refs) if (ref && !covered(ref)) await this.onUpdate(ref);
           await this.host.db.commit();
           // Only once stored: if the database refused them (a full disk), the same updates
           // come again on the next round, so what the domains did still reaches the database.
@@ -392,11 +437,12 @@ export class XenopsSync {
 
   /** A change the API did not ask for (guest agent data, a guest-initiated halt or reboot, a crash). */
   private async onUpdate(ref: string): Promise<void> {
-    const before = await this.host.db.get('VM', ref);
-    await this.lockOf(ref).run(() => this.refreshNow(ref, true));
+    const refreshed = await this.lockOf(ref).run(() => this.refreshNow(ref, true));
+    // only a VM this refresh found halted, not by an operation, may have its action carried out
+    if (!refreshed || refreshed[0] === refreshed[1] || refreshed[1] !== 'Halted') return;
     const after = await this.host.db.get('VM', ref);
     const busy = Object.keys(after.current_operations).length > 0;
-    if (busy || before.power_state === after.power_state || after.power_state !== 'Halted') return;
+    if (busy || after.power_state !== 'Halted') return;
     const state = await this.stat(after);
     const reason = state?.lastShutdownReason;
     const action =
@@ -415,4 +461,23 @@ export class XenopsSync {
     await this.backend.close();
     await this.loop;
   }
+}
+
+/** Rows of `refs`, read at once (a missing one as undefined). */
+function rowsOf<C extends DbClassName>(db: Db, cls: C, refs: string[]): Promise<[string, Row<C> | undefined][]> {
+  return Promise.all(refs.map(async (ref) => [ref, await untyped(db).tryGet(cls, ref)] as [string, Row<C> | undefined]));
+}
+
+/** The fields of `changes` whose values differ from the row's, or undefined if none does. */
+function changedFields(row: object, changes: object): Record<string, unknown> | undefined {
+  const current = row as Record<string, unknown>;
+  const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(current[k]) !== JSON.stringify(v)));
+  return Object.keys(diff).length > 0 ? diff : undefined;
+}
+
+/** Adds `by` to a per-VM count, dropping the VM at zero. */
+function count(counts: Map<string, number>, vmRef: string, by: number): void {
+  const n = (counts.get(vmRef) ?? 0) + by;
+  if (n > 0) counts.set(vmRef, n);
+  else counts.delete(vmRef);
 }
