@@ -4,21 +4,13 @@
 // session, as xapi does). It answers 200 at once and then streams the replies while the source
 // streams the memory. Here and not in src/http because it hands the connection to the domain
 // manager through xapi (src/xapi/vm-migrate.ts), which the wire layer does not reach.
-import type { IncomingMessage } from 'node:http';
 import type { HostContext } from '../api/context.js';
 import { checkSession } from '../api/session-check.js';
 import type { HandlerTable } from '../http/handlers.js';
 import { sendHttpError } from '../http/server.js';
+import { cookie } from '../http/transfer.js';
 import type { MigrationChannel } from '../xenopsd/interface.js';
 import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
-
-function cookie(req: IncomingMessage, name: string): string | undefined {
-  for (const part of (req.headers.cookie ?? '').split(';')) {
-    const [k, ...v] = part.trim().split('=');
-    if (k === name) return decodeURIComponent(v.join('='));
-  }
-  return undefined;
-}
 
 export function registerMigrationReceiver(
   table: HandlerTable,

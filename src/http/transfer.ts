@@ -89,7 +89,8 @@ export function statusOf(e: unknown): number {
   return 500;
 }
 
-function cookie(req: IncomingMessage, name: string): string | undefined {
+/** A request cookie's value, decoded; undefined when the request has none of that name. */
+export function cookie(req: IncomingMessage, name: string): string | undefined {
   for (const part of (req.headers.cookie ?? '').split(';')) {
     const [k, ...v] = part.trim().split('=');
     if (k === name) return decodeURIComponent(v.join('='));
