@@ -95,7 +95,11 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
   const waitFor = o.waitFor ?? /host ready/;
   // Ready when it says so on its output; the timer is only a deadline.
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`xapi did not start in time:\n${out}`)), 30_000);
+    const timer = setTimeout(() => {
+      // Not left running: nobody would stop a host whose start failed.
+      proc.kill('SIGKILL');
+      reject(new Error(`xapi did not start in time:\n${out}`));
+    }, 30_000);
     const check = () => {
       if (waitFor.test(out)) {
         clearTimeout(timer);

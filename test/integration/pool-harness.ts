@@ -53,11 +53,17 @@ export async function startHosts(n: number, o: PoolOptions = {}): Promise<XapiPr
   const addresses = Array.from({ length: n }, () => loopbackAddress());
   const [httpPort, httpsPort] = await commonPorts(addresses);
   const { hostArgs, ...common } = o;
-  return Promise.all(
+  const started = await Promise.allSettled(
     addresses.map((address, i) =>
       startXapi({ ...common, args: [...(common.args ?? []), ...(hostArgs?.[i] ?? [])], address, httpPort, httpsPort }),
     ),
   );
+  const failed = started.find((r) => r.status === 'rejected');
+  if (!failed) return started.map((r) => (r as PromiseFulfilledResult<XapiProcess>).value);
+  // One host did not start: the others are stopped, or they would outlive the test (and hold
+  // its process open).
+  await Promise.all(started.map((r) => (r.status === 'fulfilled' ? stopXapi(r.value) : undefined)));
+  throw failed.reason;
 }
 
 /** Makes `member` join the pool of `coordinator` and waits until it is back as an enabled, live member. */
