@@ -158,6 +158,7 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
   const dest = await db.get('host', hostRef);
   const session = call.session?.ref ?? '';
   const url = `https://${dest.address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}`;
+  const progress = new LatestProgress(call);
   let report: MigrationReport | undefined;
   for (let attempt = 1; !report; attempt++) {
     try {
@@ -172,7 +173,7 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
               await db.update('VM', vmRef, { resident_on: hostRef, domid });
               await db.commit();
             },
-            progress: (f) => void call.setProgress(f).catch(() => undefined),
+            progress: (f) => progress.set(f),
           },
         );
       });
@@ -196,6 +197,32 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
   logMigration(call.host, vmRef, vm.uuid, hostRef, report);
   if (hostRef === call.host.hostRef) await completeHere(call, svc, vmRef);
   else await callOn(call.host, hostRef, dest.address, 'VM.pool_migrate_complete', [vmRef, hostRef]);
+}
+
+/**
+ * The task's progress, written one value at a time: the copy reports faster than a member's
+ * database writes land, and writes in flight together may land in any order, so a value that
+ * comes while one is being written waits, and only the latest is written next.
+ */
+class LatestProgress {
+  private writing = false;
+  private next: number | undefined;
+  constructor(private readonly call: Call) {}
+
+  set(f: number): void {
+    this.next = f;
+    if (!this.writing) void this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    this.writing = true;
+    while (this.next !== undefined) {
+      const f = this.next;
+      this.next = undefined;
+      await this.call.setProgress(f).catch(() => undefined);
+    }
+    this.writing = false;
+  }
 }
 
 /** Each migration's rounds, bytes and downtime: in the host's log, and a line in migrations.log. */
