@@ -255,6 +255,11 @@ test("pool_migrate's checks and errors through Python's xmlrpc.client; the VM st
   const bigRec = (await call('VM.get_record', bigA)) as Rec;
   const needed = String((bigRec.memory_dynamic_min as number) + (bigRec.memory_overhead as number));
   const free = String(await call('host.compute_free_memory', m2));
+  // m2's PIFs: the management one has the host's address, the other none
+  const pifs = (await call('PIF.get_all_records')) as Record<string, { host: string; management: boolean; IP: string; network: string }>;
+  const [bareM2Pif, bare] = Object.entries(pifs).find(([, p]) => p.host === m2 && p.IP === '')!;
+  const management = Object.values(pifs).find((p) => p.host === m2 && p.management)!;
+  const lonely = (await call('network.create', { name_label: 'no PIFs', name_description: '', MTU: 1500, other_config: {} })) as string;
 
   const script = `
 import os, ssl, sys, xmlrpc.client
@@ -270,6 +275,9 @@ fails(["VM_BAD_POWER_STATE", E["HALTED"], "running", "halted"], E["HALTED"], E["
 fails(["HANDLE_INVALID", "host", "OpaqueRef:nope"], E["MOVER"], "OpaqueRef:nope", {})
 fails(["VM_REQUIRES_SR", E["LOCAL"], E["LOCAL_SR"]], E["LOCAL"], E["M2"], {"live": "true"})
 fails(["HOST_NOT_ENOUGH_FREE_MEMORY", E["NEEDED"], E["FREE"]], E["BIG_A"], E["M2"], {"live": "true"})
+# options:network: the memory goes to the destination's address on that network
+fails(["PIF_NOT_PRESENT", E["M2"], E["LONELY"]], E["MOVER"], E["M2"], {"network": E["LONELY"]})
+fails(["INTERFACE_HAS_NO_IP", E["BARE_PIF"]], E["MOVER"], E["M2"], {"network": E["BARE_NET"]})
 assert s.host.disable(session, E["M2"])["Status"] == "Success"
 fails(["HOST_DISABLED", E["M2"]], E["MOVER"], E["M2"], {})
 # to the host it runs on: allowed (a local live migration), even with that host disabled
@@ -284,7 +292,7 @@ print("ok same host", flush=True)
 for h in (E["M1"], E["M2"]):
     assert s.host.enable(session, h)["Status"] == "Success"
 # and asynchronously, back and forth, to the other member
-task = s.Async.VM.pool_migrate(session, E["MOVER"], E["M2"], {"live": "true"})["Value"]
+task = s.Async.VM.pool_migrate(session, E["MOVER"], E["M2"], {"live": "true", "network": E["MANAGEMENT_NET"]})["Value"]
 import time
 while s.task.get_status(session, task)["Value"] == "pending":
     time.sleep(0.05)
@@ -303,6 +311,10 @@ print("ok async", flush=True)
     BIG_A: bigA,
     NEEDED: needed,
     FREE: free,
+    LONELY: lonely,
+    BARE_PIF: bareM2Pif,
+    BARE_NET: bare.network,
+    MANAGEMENT_NET: management.network,
   });
   assert.match(out, /ok async/);
 
