@@ -4,7 +4,8 @@
 // - a VM of N MiB (default 4096; --quick 1024) whose guest writes nothing: the migration's
 //   rate (its memory over the call's time, and the bytes on the wire over the copy's time)
 //   beside a raw loopback TCP copy and an HTTPS PUT of the same bytes between two processes
-//   on the hosts' addresses (the HTTPS one is what the hosts' own link can carry);
+//   on the hosts' addresses (the HTTPS one is what the hosts' own link can carry), measured
+//   before the migrations and again after them (a shared machine's load moves during a run);
 // - the same VM with its guest writing 0, 50 and 200 MB/s (VM.other_config
 //   simulator_dirty_rate): per migration its rounds (pages and bytes each), bytes, downtime
 //   (the guest paused on the source until the destination confirmed it runs) and total time,
@@ -173,9 +174,12 @@ export async function run(args: string[]): Promise<void> {
       const last = m.rounds.find((r) => r.final)!;
       console.log(
         `dirty ${String(rate).padStart(3)} MB/s: ${live.length} live rounds (${live.map((r) => r.pages).join(', ')} pages), ` +
-          `last ${last.pages} pages; ${round(m.bytes / MiB)} MiB sent; downtime ${round(m.downtimeMs)} ms; total ${round(m.totalMs / 1000, 2)} s`,
+          `last ${last.pages} pages; ${round(m.bytes / MiB)} MiB sent at ${round(m.bytes / MB / (m.rounds.reduce((n, r) => n + r.ms, 0) / 1000))} MB/s; ` +
+          `downtime ${round(m.downtimeMs)} ms; total ${round(m.totalMs / 1000, 2)} s`,
       );
+      const copy = m.bytes / MB / (m.rounds.reduce((n, r) => n + r.ms, 0) / 1000);
       byRate[String(rate)] = {
+        copy_mbps: round(copy),
         rounds: m.rounds.map((r) => ({ pages: r.pages, bytes: r.bytes, ms: round(r.ms), final: r.final })),
         bytes: m.bytes,
         downtime_ms: round(m.downtimeMs),
@@ -184,11 +188,14 @@ export async function run(args: string[]): Promise<void> {
       };
     }
     await call('VM.hard_shutdown', vm);
+    const after = await limits(pool.members[0]!.address, memory);
+    console.log(`limits again after the migrations: raw TCP ${round(after.tcp)} MB/s, HTTPS PUT ${round(after.https)} MB/s`);
     console.log(
       JSON.stringify({
         bench: 'migrate',
         memory_mib: memoryMiB,
         limit: { tcp: round(limit.tcp), https: round(limit.https), unit: 'MB/s' },
+        limit_after: { tcp: round(after.tcp), https: round(after.https), unit: 'MB/s' },
         migration: {
           value: round(vmRate),
           unit: 'MB/s',

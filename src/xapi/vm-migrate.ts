@@ -97,7 +97,7 @@ export async function poolMigrate(
   hostRef: string,
   options: Record<string, string>,
 ): Promise<void> {
-  if (isForwardedHere(call)) return migrateHere(call, svc, vmRef, hostRef);
+  if (isForwardedHere(call)) return migrateHere(call, svc, vmRef, hostRef, options);
   const db = call.db;
   const vm = await db.get('VM', vmRef);
   await db.get('host', hostRef);
@@ -120,7 +120,7 @@ export async function poolMigrate(
         return hostRef;
       };
       await withVmPlacedOnHost(call, vmRef, choose, 'vm_migrate', () =>
-        runOnResident(call, vmRef, 'VM.pool_migrate', [vmRef, hostRef, options], () => migrateHere(call, svc, vmRef, hostRef)),
+        runOnResident(call, vmRef, 'VM.pool_migrate', [vmRef, hostRef, options], () => migrateHere(call, svc, vmRef, hostRef, options)),
       );
     },
     { strict: !force },
@@ -151,13 +151,15 @@ async function migratedMessage(call: Call, vmRef: string, from: string, to: stri
  * guest interrupted it; then the destination brings its records up to date
  * (VM.pool_migrate_complete).
  */
-async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: string): Promise<void> {
+async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: string, options: Record<string, string>): Promise<void> {
   const { sync } = svc;
   const db = call.db;
   const vm = await db.get('VM', vmRef);
   const dest = await db.get('host', hostRef);
+  const address = options.network === undefined ? dest.address : await addressOn(call, options.network, hostRef);
   const session = call.session?.ref ?? '';
-  const url = `https://${dest.address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}`;
+  const url = `https://${address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}`;
+  const progress = new LatestProgress(call);
   let report: MigrationReport | undefined;
   for (let attempt = 1; !report; attempt++) {
     try {
@@ -172,7 +174,7 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
               await db.update('VM', vmRef, { resident_on: hostRef, domid });
               await db.commit();
             },
-            progress: (f) => void call.setProgress(f).catch(() => undefined),
+            progress: (f) => progress.set(f),
           },
         );
       });
@@ -196,6 +198,55 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
   logMigration(call.host, vmRef, vm.uuid, hostRef, report);
   if (hostRef === call.host.hostRef) await completeHere(call, svc, vmRef);
   else await callOn(call.host, hostRef, dest.address, 'VM.pool_migrate_complete', [vmRef, hostRef]);
+}
+
+/**
+ * The task's progress, written one value at a time and at most every PROGRESS_EVERY_MS (the
+ * last value always): the copy reports faster than database writes are worth (each one a
+ * commit on the coordinator), and a member's writes in flight together may land in any order.
+ */
+class LatestProgress {
+  private writing = false;
+  private next: number | undefined;
+  private last = 0;
+  constructor(private readonly call: Call) {}
+
+  set(f: number): void {
+    this.next = f;
+    if (!this.writing) void this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    this.writing = true;
+    while (this.next !== undefined) {
+      const wait = this.last + PROGRESS_EVERY_MS - Date.now();
+      if (wait > 0 && this.next < 1) await new Promise((r) => setTimeout(r, wait));
+      const f = this.next;
+      this.next = undefined;
+      this.last = Date.now();
+      await this.call.setProgress(f).catch(() => undefined);
+    }
+    this.writing = false;
+  }
+}
+
+/** The shortest time between two progress writes of a migration. */
+const PROGRESS_EVERY_MS = 250;
+
+/**
+ * options:network (assert_valid_ip_configuration_on_network_for_host): the memory goes to the
+ * destination's address on that network: its PIF there (PIF_NOT_PRESENT [host, network]),
+ * plugged (REQUIRED_PIF_IS_UNPLUGGED [pif]), with an address (INTERFACE_HAS_NO_IP [pif]).
+ */
+async function addressOn(call: Call, network: string, hostRef: string): Promise<string> {
+  const [pif] = await call.db.find('PIF', { network, host: hostRef });
+  if (!pif) throw new XapiError('PIF_NOT_PRESENT', [hostRef, network]);
+  const [ref, row] = pif;
+  if (!row.currently_attached) throw new XapiError('REQUIRED_PIF_IS_UNPLUGGED', [ref]);
+  const ip = row.primary_address_type === 'IPv6' ? row.IPv6.find((a) => !a.toLowerCase().startsWith('fe80')) : row.IP || undefined;
+  if (!ip) throw new XapiError('INTERFACE_HAS_NO_IP', [ref]);
+  // an IPv6 address with its prefix length ("addr/64") as PIF.IPv6 holds it
+  return row.primary_address_type === 'IPv6' ? `[${ip.replace(/\/.*$/, '')}]` : ip;
 }
 
 /** Each migration's rounds, bytes and downtime: in the host's log, and a line in migrations.log. */

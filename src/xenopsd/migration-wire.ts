@@ -56,8 +56,24 @@ export function frameHeader(type: Frame, length: number): Buffer {
   return h;
 }
 
-/** The connection broke, or the other side said something out of turn. */
+/** The connection broke, or the other side said something out of turn (or nothing for too long). */
 export class MigrationBroken extends Error {}
+
+/**
+ * How long either side waits for the other to read or to answer: a host that stopped (frozen,
+ * or its network gone) must not hold the VM's migration, and its operation, for ever.
+ */
+export const IDLE_TIMEOUT_MS = 60_000;
+
+/** Resolves after `ms` (not keeping the process alive), with `cancel` to stop the timer. */
+function idle(ms: number): { elapsed: Promise<'idle'>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const elapsed = new Promise<'idle'>((r) => {
+    timer = setTimeout(() => r('idle'), ms);
+    timer.unref();
+  });
+  return { elapsed, cancel: () => clearTimeout(timer) };
+}
 
 /** Writes frames, waiting whenever the stream asks to (backpressure); fails once it is broken. */
 export class FrameWriter {
@@ -91,17 +107,20 @@ export class FrameWriter {
     return HEADER + body.length;
   }
 
-  private drained(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        this.out.off('drain', done);
-        this.out.off('close', done);
-        if (this.failed) reject(new MigrationBroken(this.failed.message));
-        else resolve();
-      };
-      this.out.on('drain', done);
-      this.out.on('close', done);
-    });
+  private async drained(): Promise<void> {
+    const timeout = idle(IDLE_TIMEOUT_MS);
+    let done!: () => void;
+    const drained = new Promise<void>((r) => (done = r));
+    this.out.on('drain', done);
+    this.out.on('close', done);
+    try {
+      if ((await Promise.race([drained, timeout.elapsed])) === 'idle') throw new MigrationBroken('the other side stopped reading');
+      if (this.failed) throw new MigrationBroken(this.failed.message);
+    } finally {
+      timeout.cancel();
+      this.out.off('drain', done);
+      this.out.off('close', done);
+    }
   }
 
   end(): void {
@@ -150,9 +169,13 @@ export class FrameReader {
   private async ready(): Promise<void> {
     while (this.queued === 0) {
       if (this.over) throw this.over;
-      await new Promise<void>((r) => {
+      const timeout = idle(IDLE_TIMEOUT_MS);
+      const woken = new Promise<void>((r) => {
         this.wake = r;
       });
+      const what = await Promise.race([woken, timeout.elapsed]);
+      timeout.cancel();
+      if (what === 'idle') throw new MigrationBroken('the other side said nothing for too long');
     }
   }
 

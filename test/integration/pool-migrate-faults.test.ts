@@ -114,7 +114,7 @@ async function assertNothingMarked(vm: string): Promise<void> {
 }
 
 test('the destination killed while the memory streams in: the VM runs on at the source, intact', { timeout: 240_000 }, async () => {
-  const vm = (await call('VM.create', vmRecord('faulty', { memory: 256 * MiB }))) as string;
+  const vm = (await call('VM.create', vmRecord('faulty', { memory: 64 * MiB }))) as string;
   const vdi = (await call('VDI.create', {
     SR: shared,
     virtual_size: 8 * MiB,

@@ -36,9 +36,12 @@ const call = (method: string, ...params: unknown[]) => jsonCall(url, method, [s,
 
 before(async () => {
   // Short heartbeats and dead interval, for the last test (a member that dies is soon not live).
+  // The third host is small (1 GiB): a VM that does not fit there, and two that fit only one at a
+  // time, stay small enough to migrate quickly.
   pool = await startPool(3, {
     env: { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200' },
     args: ['--host-assumed-dead-interval', '6'],
+    hostArgs: [[], [], ['--sim-memory-mib', '1024']],
   });
   url = pool.coordinator.url;
   s = pool.session;
@@ -146,7 +149,7 @@ test('VM.pool_migrate through the xen-api connector: the memory moves member to 
   timeout: 180_000,
 }, async () => {
   const [, m1, m2] = pool.refs as [string, string, string];
-  const vm = await runningVm('migrating', m1, { memory: 256 * MiB, dirtyRate: 16 * MiB });
+  const vm = await runningVm('migrating', m1, { memory: 128 * MiB, dirtyRate: 16 * MiB });
   const uuid = (await call('VM.get_uuid', vm)) as string;
   await waitUntil('the guest agent reporting', async () => (await call('VM.get_guest_metrics', vm)) !== NULL);
   const before = (await call('VM.get_record', vm)) as Rec;
@@ -225,9 +228,9 @@ test('VM.pool_migrate through the xen-api connector: the memory moves member to 
   const [line] = (await migrationLog(pool.hosts[1]!.stateDir)).filter((l) => l.vm === uuid);
   assert.ok(line, 'a line in the source host migrations.log');
   const rounds = line.rounds as { pages: number; bytes: number; final: boolean }[];
-  assert.equal(rounds[0]!.pages, (256 * MiB) / 4096);
+  assert.equal(rounds[0]!.pages, (128 * MiB) / 4096);
   assert.ok(rounds.length >= 2 && rounds.at(-1)!.final);
-  assert.ok((line.bytes as number) > 256 * MiB);
+  assert.ok((line.bytes as number) > 128 * MiB);
   assert.equal(typeof line.downtimeMs, 'number');
   assert.ok((line.downtimeMs as number) < (line.totalMs as number));
   assert.equal(line.to, m2);
@@ -247,12 +250,16 @@ test("pool_migrate's checks and errors through Python's xmlrpc.client; the VM st
   const local = await runningVm('on a local SR', m1, { memory: 128 * MiB, sr: await localSrOf(m1) });
   const localSr = await localSrOf(m1);
   const mover = await runningVm('mover', m1, { memory: 128 * MiB });
-  // two big VMs, one per member: neither fits beside the other
-  const bigA = await runningVm('big on m1', m1, { memory: 9 * GiB });
-  const bigB = await runningVm('big on m2', m2, { memory: 9 * GiB });
+  // bigger than all m2 has
+  const bigA = await runningVm('big on m1', m1, { memory: 1 * GiB });
   const bigRec = (await call('VM.get_record', bigA)) as Rec;
   const needed = String((bigRec.memory_dynamic_min as number) + (bigRec.memory_overhead as number));
   const free = String(await call('host.compute_free_memory', m2));
+  // m2's PIFs: the management one has the host's address, the other none
+  const pifs = (await call('PIF.get_all_records')) as Record<string, { host: string; management: boolean; IP: string; network: string }>;
+  const [bareM2Pif, bare] = Object.entries(pifs).find(([, p]) => p.host === m2 && p.IP === '')!;
+  const management = Object.values(pifs).find((p) => p.host === m2 && p.management)!;
+  const lonely = (await call('network.create', { name_label: 'no PIFs', name_description: '', MTU: 1500, other_config: {} })) as string;
 
   const script = `
 import os, ssl, sys, xmlrpc.client
@@ -268,6 +275,9 @@ fails(["VM_BAD_POWER_STATE", E["HALTED"], "running", "halted"], E["HALTED"], E["
 fails(["HANDLE_INVALID", "host", "OpaqueRef:nope"], E["MOVER"], "OpaqueRef:nope", {})
 fails(["VM_REQUIRES_SR", E["LOCAL"], E["LOCAL_SR"]], E["LOCAL"], E["M2"], {"live": "true"})
 fails(["HOST_NOT_ENOUGH_FREE_MEMORY", E["NEEDED"], E["FREE"]], E["BIG_A"], E["M2"], {"live": "true"})
+# options:network: the memory goes to the destination's address on that network
+fails(["PIF_NOT_PRESENT", E["M2"], E["LONELY"]], E["MOVER"], E["M2"], {"network": E["LONELY"]})
+fails(["INTERFACE_HAS_NO_IP", E["BARE_PIF"]], E["MOVER"], E["M2"], {"network": E["BARE_NET"]})
 assert s.host.disable(session, E["M2"])["Status"] == "Success"
 fails(["HOST_DISABLED", E["M2"]], E["MOVER"], E["M2"], {})
 # to the host it runs on: allowed (a local live migration), even with that host disabled
@@ -282,7 +292,7 @@ print("ok same host", flush=True)
 for h in (E["M1"], E["M2"]):
     assert s.host.enable(session, h)["Status"] == "Success"
 # and asynchronously, back and forth, to the other member
-task = s.Async.VM.pool_migrate(session, E["MOVER"], E["M2"], {"live": "true"})["Value"]
+task = s.Async.VM.pool_migrate(session, E["MOVER"], E["M2"], {"live": "true", "network": E["MANAGEMENT_NET"]})["Value"]
 import time
 while s.task.get_status(session, task)["Value"] == "pending":
     time.sleep(0.05)
@@ -301,11 +311,15 @@ print("ok async", flush=True)
     BIG_A: bigA,
     NEEDED: needed,
     FREE: free,
+    LONELY: lonely,
+    BARE_PIF: bareM2Pif,
+    BARE_NET: bare.network,
+    MANAGEMENT_NET: management.network,
   });
   assert.match(out, /ok async/);
 
   // Refused: each stays running where it was, nothing left marked.
-  for (const vm of [local, bigA, bigB]) {
+  for (const vm of [local, bigA]) {
     const r = (await call('VM.get_record', vm)) as Rec;
     assert.equal(r.power_state, 'Running');
     assert.deepEqual(r.current_operations, {});
@@ -316,7 +330,7 @@ print("ok async", flush=True)
   for (const h of [m1, m2]) assert.deepEqual(await call('host.get_current_operations', h), {});
   // the mover went to itself (a new domain), then to m2
   assert.equal(await call('VM.get_resident_on', mover), m2);
-  for (const vm of [local, bigA, bigB, mover]) await call('VM.hard_shutdown', vm);
+  for (const vm of [local, bigA, mover]) await call('VM.hard_shutdown', vm);
 });
 
 test('two migrations at once to a host with room for one: the reservation lets one through, the other is refused', {
