@@ -75,13 +75,25 @@ async function selectFrom(
 }
 
 async function summarise(call: Call, vm: Row<'VM'>, hostRefs: string[], coordinator: string): Promise<HostSummary[]> {
-  const vms = (await call.db.all('VM')).map(([, v]) => v);
+  // the guests of each host, in one pass over the VMs: those resident there, then those
+  // scheduled there (a VM both counts twice, as xapi's two lists have it)
+  const resident = new Map<string, Row<'VM'>[]>();
+  const scheduled = new Map<string, Row<'VM'>[]>();
+  const add = (to: Map<string, Row<'VM'>[]>, host: string, v: Row<'VM'>) => {
+    const list = to.get(host);
+    if (list) list.push(v);
+    else to.set(host, [v]);
+  };
+  for (const [, v] of await call.db.all('VM')) {
+    if (v.resident_on !== NULL_REF) add(resident, v.resident_on, v);
+    if (v.scheduled_to_be_resident_on !== NULL_REF) add(scheduled, v.scheduled_to_be_resident_on, v);
+  }
   const out: HostSummary[] = [];
   for (const ref of hostRefs) {
     const host = await call.db.get('host', ref);
     const metrics = await call.db.tryGet('host_metrics', host.metrics);
     // the VM being placed counts on every host, beside those resident or scheduled there
-    const guests = [...vms.filter((v) => v.resident_on === ref), ...vms.filter((v) => v.scheduled_to_be_resident_on === ref), vm];
+    const guests = [...(resident.get(ref) ?? []), ...(scheduled.get(ref) ?? []), vm];
     const sum = (f: (g: Row<'VM'>) => number) => guests.reduce((a, g) => a + f(g), 0);
     out.push({
       ref,
