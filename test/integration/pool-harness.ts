@@ -53,11 +53,19 @@ export async function startHosts(n: number, o: PoolOptions = {}): Promise<XapiPr
   const addresses = Array.from({ length: n }, () => loopbackAddress());
   const [httpPort, httpsPort] = await commonPorts(addresses);
   const { hostArgs, ...common } = o;
-  return Promise.all(
+  const started = await Promise.allSettled(
     addresses.map((address, i) =>
       startXapi({ ...common, args: [...(common.args ?? []), ...(hostArgs?.[i] ?? [])], address, httpPort, httpsPort }),
     ),
   );
+  const hosts = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) {
+    // The hosts that did start are stopped: none outlives the test.
+    await Promise.all(hosts.map((h) => stopXapi(h)));
+    throw failed.reason;
+  }
+  return hosts;
 }
 
 /** Makes `member` join the pool of `coordinator` and waits until it is back as an enabled, live member. */
