@@ -93,7 +93,8 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
   const waitFor = o.waitFor ?? /host ready/;
-  // Ready when it says so on its output; the timer is only a deadline.
+  // Ready when it says so on its output; the timer is only a deadline. A host not ready by then
+  // is killed: left running, it would outlive the test and keep its test file from ever ending.
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       // Not left running: nobody would stop a host whose start failed.
