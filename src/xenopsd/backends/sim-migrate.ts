@@ -5,9 +5,12 @@
 //   page picked at random in a working set (a quarter of its memory): GuestWrites keeps a
 //   version per page and the set of pages written since the last round.
 // - Round 1 sends every page; each later round sends the pages written during the previous one.
-//   The live rounds stop after MAX_LIVE_ROUNDS, or once fewer than DIRTY_THRESHOLD pages are
-//   dirty (libxc migration v2: 5 iterations, 50 pages). Then the guest is paused, the pages
-//   still dirty and the device state go in a last frame (the downtime starts here).
+//   The live rounds stop once fewer than DIRTY_THRESHOLD pages are dirty, and after
+//   MAX_LIVE_ROUNDS (libxc migration v2: 5 iterations, 50 pages) unless they are still
+//   converging: then they go on while each leaves at most CONVERGING of the pages the one before
+//   sent, within MAX_ROUNDS and MAX_FACTOR times the memory in all (libxc v1's 29 iterations and
+//   3x), since every page less in the last round is downtime saved. Then the guest is paused,
+//   the pages still dirty and the device state go in a last frame (the downtime starts here).
 // - A page on the wire is 4 KiB: its number and version in the first 8 bytes, the rest filler.
 //   Both sides keep a running digest of (page, version) over all pages; the destination builds
 //   the domain only if every page arrived and its digest is the source's at the pause.
@@ -39,6 +42,11 @@ const CHUNK_PAGES = 256;
 /** libxc migration v2: at most 5 live iterations, stopping early below 50 dirty pages. */
 export const MAX_LIVE_ROUNDS = 5;
 export const DIRTY_THRESHOLD = 50;
+/** Beyond MAX_LIVE_ROUNDS: a round must leave at most this share of the pages of the one before. */
+const CONVERGING = 0.75;
+/** libxc v1: at most 29 iterations, at most 3 times the memory sent. */
+const MAX_ROUNDS = 29;
+const MAX_FACTOR = 3;
 /** A guest's memory write rate when its VM names none: an idle server's few MiB/s. */
 export const DEFAULT_DIRTY_RATE = 4 * 1024 * 1024;
 
@@ -307,11 +315,14 @@ export async function sendMigration(
     };
     const dirtyRound = (list: number[], final: boolean, share: [number, number]) => round(list.length, (i) => list[i]!, final, share);
     await round(pages, (i) => i, false, [0, 0.9]);
-    while (rounds.length < MAX_LIVE_ROUNDS) {
+    for (;;) {
       guest.advance(performance.now());
-      if (guest.dirtyCount <= DIRTY_THRESHOLD) break;
+      const dirty = guest.dirtyCount;
+      if (dirty <= DIRTY_THRESHOLD) break;
       const n = rounds.length;
-      await dirtyRound(guest.takeDirty(), false, [0.9 + 0.02 * (n - 1), 0.9 + 0.02 * n]);
+      const converging = dirty <= CONVERGING * rounds[n - 1]!.pages && bytes + dirty * PAGE <= MAX_FACTOR * pages * PAGE;
+      if (n >= MAX_ROUNDS || (n >= MAX_LIVE_ROUNDS && !converging)) break;
+      await dirtyRound(guest.takeDirty(), false, [Math.min(0.97, 0.9 + 0.02 * (n - 1)), Math.min(0.97, 0.9 + 0.02 * n)]);
     }
 
     // Stop and copy: the guest is paused, what it wrote since goes with its device state.
