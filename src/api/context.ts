@@ -14,6 +14,8 @@ export interface HostConfig {
   httpPort: number;
   httpsPort: number;
   backend: string;
+  /** The release this host claims (X.Y.Z; absent: the build's default, src/xapi/version.ts). */
+  platformVersion?: string;
 }
 
 /** What this host is in its pool, from pool.conf at start (fixed for the process's life). */

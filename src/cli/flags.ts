@@ -2,6 +2,7 @@
 // its hosts and checks them first, so a typo is one usage error rather than N dead hosts).
 import { resolve } from 'node:path';
 import type { HostOptions } from '../host/host.js';
+import { isPlatformVersion } from '../xapi/version.js';
 
 /** A command line that cannot be run as given: reported with the usage text, exit status 2. */
 export class UsageError extends Error {}
@@ -26,6 +27,7 @@ export const SERVE_OPTIONS = {
   'rpc-body-timeout-ms': { type: 'string' },
   'upload-idle-timeout-ms': { type: 'string' },
   'pool-db-sync-interval': { type: 'string' },
+  'platform-version': { type: 'string' },
   'log-level': { type: 'string', default: 'info' },
 } as const;
 
@@ -61,6 +63,14 @@ function seconds(text: string, flag: string): number {
   return n;
 }
 
+/** The release a host claims: X.Y.Z, three whole numbers. */
+function platformVersion(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  if (!isPlatformVersion(text))
+    throw new UsageError(`--platform-version takes a version X.Y.Z (three whole numbers), not ${JSON.stringify(text)}`);
+  return text;
+}
+
 /** A test-only timing from the environment (milliseconds, positive), or undefined. */
 function envMs(name: string): number | undefined {
   const text = process.env[name];
@@ -86,6 +96,7 @@ export function hostOptions(given: ServeValues): HostOptions {
     timing: { heartbeatIntervalMs: envMs('XAPI_HEARTBEAT_INTERVAL_MS'), dbGcIntervalMs: envMs('XAPI_DB_GC_INTERVAL_MS') },
     poolDbSyncIntervalMs:
       v['pool-db-sync-interval'] === undefined ? undefined : 1000 * seconds(v['pool-db-sync-interval'], '--pool-db-sync-interval'),
+    platformVersion: platformVersion(v['platform-version']),
     sim: {
       cpus: positive(v['sim-cpus'], '--sim-cpus'),
       memoryMiB: positive(v['sim-memory-mib'], '--sim-memory-mib'),

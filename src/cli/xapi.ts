@@ -20,9 +20,13 @@ const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] 
                   [--sim-cpus N] [--sim-memory-mib M] [--sim-nics eth0,eth1]
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
                   [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
-                  [--pool-db-sync-interval S]
+                  [--pool-db-sync-interval S] [--platform-version X.Y.Z]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
-          --host-assumed-dead-interval 600 (seconds)
+          --host-assumed-dead-interval 600 (seconds) --platform-version 3.4.0
+--platform-version: the release the host claims (software_version: platform X.Y.Z, product (X+5).Y.Z,
+          xapi (X+22).Y.Z). To upgrade a pool host by host, restart each host (coordinator first)
+          alone with its state directory and a higher version: a pool of mixed versions is in a
+          rolling upgrade (Pool.other_config:rolling_upgrade_in_progress) until all match.
 root's password: XAPI_ROOT_PASSWORD, or --root-password-file; otherwise generated on first start
 
 ${POOL_USAGE}`;

@@ -17,6 +17,7 @@ import { XapiError } from '../rpc/errors.js';
 import { writeFileAtomic } from '../util/files.js';
 import { faultPoint } from '../util/fault-point.js';
 import { STORE_FORMAT } from './store.js';
+import { DB_SCHEMA_VERSION } from '../schema/schema.js';
 
 export const BACKUP_PATH = '/pool/xmldbdump';
 export const DB_FILE = 'xapi.db';
@@ -97,6 +98,21 @@ function download(opts: FetchBackupOptions): Promise<Buffer> {
   });
 }
 
+/**
+ * What a coordinator serves instead of its database during a rolling upgrade (xapi sends the
+ * oldest release's minimal database then): an empty store of no format, which every member
+ * refuses (RESTORE_INCOMPATIBLE_VERSION) and so keeps the copy it has, one its own release wrote.
+ */
+export function minimalImage(): Buffer {
+  const db = new Database(':memory:');
+  try {
+    db.exec('CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
+    return db.serialize();
+  } finally {
+    db.close();
+  }
+}
+
 /** Checks an image before it replaces anything; returns its generation. */
 export function checkImage(image: Buffer): number {
   let db: Database.Database;
@@ -114,7 +130,9 @@ export function checkImage(image: Buffer): number {
     if (check !== 'ok') throw new XapiError('INTERNAL_ERROR', [`the database backup is damaged: ${String(check)}`]);
     const meta = (key: string) => (db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
     // xapi's schema check on a backup: a store this build cannot read is refused.
-    if (meta('store_format') !== String(STORE_FORMAT)) throw new XapiError('RESTORE_INCOMPATIBLE_VERSION', []);
+    // A member keeps only an image it can start from as it is: this store format and datamodel.
+    if (meta('store_format') !== String(STORE_FORMAT) || meta('db_schema') !== DB_SCHEMA_VERSION)
+      throw new XapiError('RESTORE_INCOMPATIBLE_VERSION', []);
     return Number(meta('generation') ?? 0);
   } catch (e) {
     if (e instanceof XapiError) throw e;

@@ -4,9 +4,34 @@
 // tombstones that event.from needs to report deletions.
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import { DB_SCHEMA_VERSION } from '../schema/schema.js';
 
-/** Bump when the on-disk layout (not the datamodel) changes; older files are upgraded on open. */
-export const STORE_FORMAT = 1;
+/**
+ * The on-disk layout's version, in meta `store_format`. Bump it when the layout changes, with a
+ * step in UPGRADES from the previous one: an older file is upgraded when it is opened, a newer
+ * one refused.
+ *  1: a table per class (`t_<class>`: ref, created, modified, the row's JSON), `meta`
+ *     (store_format, generation), `tombstones`, `remote_replies`.
+ *  2: meta also holds `db_schema`: the newest datamodel (xapi's schema major.minor) that has read
+ *     the rows. Rows are read through the datamodel of whoever opens the file (fields it adds get
+ *     their defaults), so a build whose datamodel is older than that must not open it.
+ */
+export const STORE_FORMAT = 2;
+
+/** The datamodel every format-1 file was written with (the only one before format 2). */
+const FORMAT_1_DB_SCHEMA = '5.909';
+
+/** The step from format n - 1 to n, run in the transaction that stamps n. */
+const UPGRADES: Record<number, (db: Database.Database) => void> = {
+  2: (db) => db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run('db_schema', FORMAT_1_DB_SCHEMA),
+};
+
+/** Compares two datamodel versions (major.minor, numerically). */
+export function compareDbSchema(a: string, b: string): number {
+  const [a1 = 0, a2 = 0] = a.split('.').map(Number);
+  const [b1 = 0, b2 = 0] = b.split('.').map(Number);
+  return Math.sign(a1 - b1) || Math.sign(a2 - b2);
+}
 
 export interface StoredRow {
   ref: string;
@@ -87,23 +112,32 @@ export class SqliteStore {
   }
 
   /**
-   * Checks the file's layout version. A fresh file is stamped; a newer one is refused (an older
-   * xapi-ts must never misread it); an older one would be upgraded here, step by step.
+   * Checks the file's layout version and brings it up to this build's: a fresh file is stamped;
+   * an older one is upgraded step by step (one transaction: a crash leaves the old format whole);
+   * a newer one, or one whose rows a newer datamodel has read, is refused (an older xapi-ts must
+   * never misread it). Then the file records that this datamodel has read it.
    */
-  checkFormat(): void {
+  checkFormat(dbSchema: string = DB_SCHEMA_VERSION): void {
     const v = this.getMeta('store_format');
-    if (v === undefined) {
-      this.setMeta('store_format', String(STORE_FORMAT));
-      return;
-    }
-    if (Number(v) > STORE_FORMAT) {
+    if (v !== undefined && !/^\d+$/.test(v)) throw new StoreFormatError(`unknown store format ${JSON.stringify(v)} in the state directory`);
+    const found = v === undefined ? STORE_FORMAT : Number(v);
+    if (found > STORE_FORMAT) {
       throw new StoreFormatError(
         `the state directory was written by a newer xapi-ts (store format ${v}, this one reads up to ${STORE_FORMAT}); refusing to start rather than misread it`,
       );
     }
-    if (Number(v) !== STORE_FORMAT || !/^\d+$/.test(v)) {
-      throw new StoreFormatError(`unknown store format ${JSON.stringify(v)} in the state directory`);
-    }
+    if (found < 1) throw new StoreFormatError(`unknown store format ${JSON.stringify(v)} in the state directory`);
+    this.db.transaction(() => {
+      for (let n = found + 1; n <= STORE_FORMAT; n++) UPGRADES[n]!(this.db);
+      const read = this.getMeta('db_schema');
+      if (read !== undefined && compareDbSchema(read, dbSchema) > 0) {
+        throw new StoreFormatError(
+          `the state directory's database was read by a newer datamodel (${read}; this xapi-ts has ${dbSchema}); refusing to start rather than misread it`,
+        );
+      }
+      this.setMeta('store_format', String(STORE_FORMAT));
+      this.setMeta('db_schema', dbSchema);
+    })();
   }
 
   tableExists(cls: string): boolean {

@@ -13,7 +13,7 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { XapiError } from '../rpc/errors.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
 import { smRecords } from '../storage/drivers.js';
-import { DB_SCHEMA, PRODUCT_VERSION, XAPI_VERSION } from '../xapi/version.js';
+import { releaseVersions, softwareVersion } from '../xapi/version.js';
 import { defaultTemplates } from './templates.js';
 import { refreshPoolDerived, xcpNgLicenseParams } from '../xapi/pool-derived.js';
 
@@ -23,6 +23,8 @@ export interface HostIdentity {
   hostname: string;
   address: string;
   machine: Machine;
+  /** The release this host runs (`--platform-version`; absent: the build's default). */
+  platformVersion?: string;
 }
 
 const ROLE_ORDER = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin', 'vm-operator', 'read-only'];
@@ -76,7 +78,7 @@ export async function syncDatabase(
     API_version_major: schema.apiVersion.major,
     API_version_minor: schema.apiVersion.minor,
     API_version_vendor: 'XenSource',
-    software_version: softwareVersion(),
+    software_version: softwareVersion(releaseVersions(id.platformVersion)),
     address: id.address,
     cpu_info: cpuInfo(id.machine),
     license_params: xcpNgLicenseParams(),
@@ -111,26 +113,6 @@ function poolDefaults(schema: Schema): Partial<pool_record> {
   // The schema's constants are plain JSON; these are pool field values.
   const values = (schema.constants.poolDefaults as { values?: Partial<pool_record> } | undefined)?.values ?? {};
   return Object.fromEntries(Object.entries(values).filter(([, v]) => !(typeof v === 'string' && v.startsWith('<'))));
-}
-
-function softwareVersion(): Record<string, string> {
-  return {
-    product_version: PRODUCT_VERSION,
-    product_version_text: PRODUCT_VERSION.split('.').slice(0, 2).join('.'),
-    product_version_text_short: PRODUCT_VERSION.split('.').slice(0, 2).join('.'),
-    platform_name: 'XCP',
-    platform_version: '3.4.0',
-    product_brand: 'xapi-ts',
-    build_number: 'release',
-    hostname: 'localhost',
-    date: '2026-11-25',
-    xapi: XAPI_VERSION.split('.').slice(0, 2).join('.'),
-    xapi_build: XAPI_VERSION,
-    xen: '4.17.0',
-    linux: '6.1.0',
-    network_backend: 'bridge',
-    db_schema: DB_SCHEMA,
-  };
 }
 
 /** host.cpu_info as create_host_cpu writes it (the guest policies: the host's whole featuresets). */

@@ -40,6 +40,7 @@ import * as pbd from '../xapi/pbd.js';
 import * as vdi from '../xapi/vdi.js';
 import * as vmSnapshot from '../xapi/vm-snapshot.js';
 import * as hostOperations from '../xapi/host-operations.js';
+import { detectRollingUpgrade } from '../xapi/rpu.js';
 import { Storage } from '../xapi/storage.js';
 import { ensureLocalStorage, plugLocalPbds } from './local-storage.js';
 import type { DomainManager } from '../xenopsd/interface.js';
@@ -99,6 +100,11 @@ export interface HostOptions {
   hostAssumedDeadIntervalS?: number;
   /** The coordinator's pause before each member's database backup (xapi: 300 s). */
   poolDbSyncIntervalMs?: number;
+  /**
+   * The release this host claims (`--platform-version` X.Y.Z; absent: the build's default): its
+   * software_version, hence where it stands in a rolling pool upgrade.
+   */
+  platformVersion?: string;
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
 }
@@ -111,6 +117,23 @@ export interface RunningHost {
   /** Settles when the host asked to be restarted (a role change), with the reason. */
   readonly restartRequested: Promise<string>;
   close(): Promise<void>;
+}
+
+/**
+ * The coordinator's look at its hosts' releases (db_gc's detect_rolling_upgrade): at start, once
+ * this host's own record says what it runs, then at every database GC pass.
+ */
+async function rollingUpgradeCheck(host: HostContext): Promise<void> {
+  const changed = await detectRollingUpgrade(host.db);
+  if (!changed) return;
+  await host.db.commit();
+  const versions = (await host.db.all('host')).map(([, h]) => `${h.name_label}: ${h.software_version.platform_version}`);
+  host.log.warn(
+    { versions },
+    changed === 'started'
+      ? 'the hosts run different releases: rolling pool upgrade in progress'
+      : 'the hosts run one release again: rolling pool upgrade over',
+  );
 }
 
 /** How long after a role change the host restarts: time for the reply to the call that asked. */
@@ -226,7 +249,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     (await writeInstallationUuid(opts.stateDir, (local && (await coordinatorUuid(typed(local)))) ?? randomUUID()));
   const hostname = osHostname();
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
-  const identity = { uuid, hostname, address: opts.address, machine };
+  const identity = { uuid, hostname, address: opts.address, machine, platformVersion: opts.platformVersion };
   let restart!: (reason: string) => void;
   const restartRequested = new Promise<string>((resolve) => {
     restart = resolve;
@@ -253,6 +276,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       httpPort: opts.httpPort,
       httpsPort: opts.httpsPort,
       backend: opts.backend,
+      platformVersion: opts.platformVersion,
     },
     role,
     // A coordinator whose event loop was just stalled refuses calls until it has checked again
@@ -323,6 +347,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     // The domain manager is the truth about what runs: reconcile before serving.
     await xenops.resync();
     await hostOperations.updateAllAllowedOperations(host.db);
+    if (role.kind === 'master') await rollingUpgradeCheck(host);
     xenops.start();
     await local.commit();
     // A coordinator of a pool serves only the emergency calls until it has made sure that no
@@ -341,6 +366,8 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       // Without HA, which members are live is decided here from their heartbeats.
       await hosts.check(host.db);
       await local.commit();
+      // xapi's GC pass ends with the check for a rolling upgrade, outside the database lock.
+      if (role.kind === 'master') await rollingUpgradeCheck(host);
     })().catch((e) => log.error({ err: e }, 'database GC failed'));
   }, opts.timing?.dbGcIntervalMs ?? DB_GC_INTERVAL_MS);
   gcTimer.unref();

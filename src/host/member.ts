@@ -13,6 +13,7 @@ import type { Storage } from '../xapi/storage.js';
 import type { XenopsSync } from '../xapi/xenops-sync.js';
 import { peer } from '../xapi/forward.js';
 import { fetchBackup } from '../db/backup.js';
+import { compareXapiMajorMinor, releaseVersions } from '../xapi/version.js';
 import { syncDatabase, type HostIdentity } from './dbsync.js';
 import { plugLocalPbds } from './local-storage.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
@@ -87,18 +88,33 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
 async function helloUntilTakenBack(o: MemberStart, signal: AbortSignal): Promise<void> {
   const { host } = o;
   const coordinator = peer(host, o.master);
+  let alerted = false;
   for (;;) {
     let retryMs = HELLO_RETRY_MS;
     try {
       const session = await coordinator.call('session.slave_local_login', [o.poolSecret]);
       let answer: unknown;
+      let tooNew: string | undefined;
       try {
         answer = await coordinator.call('pool.hello', [session, o.identity.uuid, o.identity.address]);
+        if (answer === 'ok') {
+          tooNew = await newerThanCoordinator(host, o.identity.uuid);
+          // the pool is told once (a message on this host) why the member does not come up
+          if (tooNew !== undefined && !alerted) {
+            await coordinator.call('message.create', [session, VERSION_HIGHER_MESSAGE, 2, 'Host', o.identity.uuid, tooNew]);
+            alerted = true;
+          }
+        }
       } finally {
         await coordinator.call('session.local_logout', [session]).catch(() => undefined);
       }
-      if (answer === 'ok') return;
-      if (answer === 'cannot_talk_back') host.emergency = { code: 'HOST_MASTER_CANNOT_TALK_BACK', params: [o.identity.address] };
+      if (answer === 'ok' && tooNew === undefined) return;
+      if (tooNew !== undefined) {
+        // Permanent: this member waits for its coordinator to be upgraded (retried, just in case).
+        host.log.error(tooNew);
+        host.emergency = { code: 'HOST_XAPI_VERSION_HIGHER_THAN_COORDINATOR', params: [myXapiVersion(host)] };
+        retryMs = UNKNOWN_RETRY_MS;
+      } else if (answer === 'cannot_talk_back') host.emergency = { code: 'HOST_MASTER_CANNOT_TALK_BACK', params: [o.identity.address] };
       else {
         host.emergency = { code: 'HOST_UNKNOWN_TO_MASTER', params: [o.identity.uuid] };
         retryMs = UNKNOWN_RETRY_MS;
@@ -115,4 +131,25 @@ async function helloUntilTakenBack(o: MemberStart, signal: AbortSignal): Promise
     await sleep(retryMs, undefined, { signal }).catch(() => undefined);
     if (signal.aborted) throw new Error('stopped');
   }
+}
+
+/** The message a member too new for its coordinator leaves on itself (xapi's, priority 2). */
+const VERSION_HIGHER_MESSAGE = 'XAPI_STARTUP_BLOCKED_AS_VERSION_HIGHER_THAN_COORDINATOR';
+
+const myXapiVersion = (host: HostContext) => releaseVersions(host.config.platformVersion).xapi;
+
+/**
+ * xapi's check once the coordinator has taken a member back: a member whose xapi is newer (by
+ * major.minor) than the coordinator's, as the coordinator's host record says, must not run in the
+ * pool: the coordinator is upgraded first. Returns why, or undefined when it may start.
+ */
+async function newerThanCoordinator(host: HostContext, myUuid: string): Promise<string | undefined> {
+  const [pool] = await host.db.all('pool');
+  if (!pool) return undefined;
+  const theirs = (await host.db.get('host', pool[1].master)).software_version.xapi_build ?? '0.0.0';
+  const mine = myXapiVersion(host);
+  if (compareXapiMajorMinor(mine, theirs) <= 0) return undefined;
+  const myRef = await host.db.refByUuid('host', myUuid);
+  const name = myRef ? (await host.db.get('host', myRef)).name_label : '';
+  return `Xapi startup in pool member ${name} is blocked as its xapi version (${mine}) is higher than xapi version in pool coordinator.`;
 }

@@ -6,7 +6,9 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { LocalDb } from '../db/database.js';
-import { BACKUP_PATH } from '../db/backup.js';
+import { BACKUP_PATH, minimalImage } from '../db/backup.js';
+import { typed } from '../db/interface.js';
+import { rollingUpgradeInProgress } from '../xapi/rpu.js';
 import { REMOTE_DB_PATH, REMOTE_DB_REQUEST_LIMIT } from '../db/remote-protocol.js';
 import { BadRemoteRequest, RemoteDbServer } from '../db/remote-serve.js';
 import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from '../http/body.js';
@@ -115,7 +117,8 @@ export function databaseDumpHandler(opts: PoolDbHandlerOptions): Handler {
       sendHttpError(res, 503, `this host is a pool member: the pool's database is on its coordinator, ${role.coordinatorAddress}`);
       return;
     }
-    const image = await role.db.backupImage();
+    // During a rolling upgrade the members keep the copies they have (their release's).
+    const image = (await rollingUpgradeInProgress(typed(role.db))) ? minimalImage() : await role.db.backupImage();
     res.writeHead(200, {
       'content-type': 'application/octet-stream',
       'content-length': image.length,

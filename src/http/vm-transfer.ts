@@ -5,7 +5,16 @@
 // result.
 import { XapiError } from '../rpc/errors.js';
 import type { Dispatcher } from '../api/dispatch.js';
-import { exportVm, exportVmMetadata, importHost, importSr, importVm, vmExportHost, type Storage } from '../xapi/vm-import-export.js';
+import {
+  assertImportAllowed,
+  exportVm,
+  exportVmMetadata,
+  importHost,
+  importSr,
+  importVm,
+  vmExportHost,
+  type Storage,
+} from '../xapi/vm-import-export.js';
 import type { HandlerTable } from './handlers.js';
 import { VM_ADMIN, acceptUpload, sendStream, transferHandler, type Transfer } from './transfer.js';
 
@@ -54,6 +63,7 @@ async function putImport(storage: Storage, t: Transfer) {
   const sr = await importSr(call, (await t.resolve('SR', t.param('sr_id'))) ?? (await t.resolve('SR', t.param('sr_uuid'))));
   const elsewhere = await importHost(call, sr);
   if (elsewhere) return { redirect: elsewhere };
+  await assertImportAllowed(call);
   // As xapi: 200 before the data; the outcome is on the task.
   acceptUpload(res, call.task);
   const vms = await importVm(storage, call, req, { sr, force: truthy(t.param('force')), restore: truthy(t.param('restore')) });

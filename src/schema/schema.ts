@@ -241,6 +241,12 @@ class Shared {
   }
 }
 
+/**
+ * The version of the datamodel this build implements (xapi's schema_major_vsn.schema_minor_vsn):
+ * software_version's db_schema, and what a database file records it was last read with.
+ */
+export const DB_SCHEMA_VERSION = '5.909';
+
 let loaded: Schema | undefined;
 /** The schema, parsed once per process (it is immutable). */
 export function schema(): Schema {

@@ -9,6 +9,7 @@ import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 import { plugPbd } from './pbd.js';
 import { runOnAllSrHosts, srPbdHosts } from './forward-to.js';
+import { assertRollingUpgradeNotInProgress } from './rpu.js';
 
 export interface SrSpec {
   host: string;
@@ -101,6 +102,8 @@ export function register(r: Registry, storage: Storage): void {
   r.implement('SR.create', async (call, args) => {
     const [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig] = args;
     const create = async () => {
+      // no new SR while the pool's hosts run different releases
+      await assertRollingUpgradeNotInProgress(call.db);
       const sr = await createSr(storage, {
         host,
         deviceConfig,

@@ -24,6 +24,7 @@ import { openVdi } from './vdi.js';
 import { exportHeader, exportObjects, importObjects } from './vm-export.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { transferHost } from './forward.js';
+import { rollingUpgradeInProgress } from './rpu.js';
 
 export type { Storage } from './storage.js';
 
@@ -103,6 +104,11 @@ export async function importSr(call: Call, given: string | undefined): Promise<s
   if (sr === NULL_REF || !(await call.db.tryGet('SR', sr))) throw new XapiError('SR_HAS_NO_PBDS', [sr]);
   if ((await call.db.get('SR', sr)).content_type === 'iso') throw new XapiError('SR_OPERATION_NOT_SUPPORTED', [sr]);
   return sr;
+}
+
+/** No VM import while the pool's hosts run different releases (xapi answers HTTP 400). */
+export async function assertImportAllowed(call: Call): Promise<void> {
+  if (await rollingUpgradeInProgress(call.db)) throw Object.assign(new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []), { httpStatus: 400 });
 }
 
 /**

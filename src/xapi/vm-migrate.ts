@@ -27,6 +27,7 @@ import { withVmPlacedOnHost } from './host-operations.js';
 import { callOn, isForwardedHere, runOn } from './forward.js';
 import { runOnResident } from './forward-to.js';
 import { xenopsError } from './xenops-sync.js';
+import { assertMigrationDirection } from './rpu.js';
 import type { VmService } from './vm.js';
 
 /** xapi's bool_of_string on an option: "true"/"false" only; anything else is false. */
@@ -64,24 +65,6 @@ function featuresWithin(a: string, b: string): boolean {
   return wa.every((w, i) => (w & ~(wb[i] ?? 0)) >>> 0 === 0);
 }
 
-/** Helpers.compare_versions on dotted numbers; a missing version is 0.0.0. */
-function compareVersions(a: string | undefined, b: string | undefined): number {
-  const parts = (s: string | undefined) => (s ?? '0.0.0').split('.').map((p) => Number.parseInt(p, 10) || 0);
-  const [pa, pb] = [parts(a), parts(b)];
-  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
-    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
-    if (d !== 0) return Math.sign(d);
-  }
-  return 0;
-}
-
-/** Helpers.Checks.Migration.host_versions_not_decreasing: platform, xapi build and xen versions. */
-async function versionsNotDecreasing(call: Call, from: string, to: string): Promise<boolean> {
-  const a = (await call.db.get('host', from)).software_version;
-  const b = (await call.db.get('host', to)).software_version;
-  return ['platform_version', 'xapi_build', 'xen'].every((k) => compareVersions(b[k], a[k]) >= 0);
-}
-
 /**
  * VM.pool_migrate on the coordinator, in xapi's order: the CPU check (unless `force`), the VM's
  * operation (VM_BAD_POWER_STATE, OTHER_OPERATION_IN_PROGRESS... strict unless `force`), a
@@ -109,10 +92,7 @@ export async function poolMigrate(
     vmRef,
     'pool_migrate',
     async () => {
-      const [pool] = await db.all('pool');
-      const upgrading = pool !== undefined && 'rolling_upgrade_in_progress' in pool[1].other_config;
-      if (upgrading && !(await versionsNotDecreasing(call, (await db.get('VM', vmRef)).resident_on, hostRef)))
-        throw new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []);
+      await assertMigrationDirection(db, (await db.get('VM', vmRef)).resident_on, hostRef);
       // reserve_memory_for_vm: the destination checked and reserved under the lock, so two
       // migrations (or a start) cannot both count on the same free memory
       const choose = async () => {

@@ -25,6 +25,12 @@ import { cloneVm } from './vm-clone.js';
 import { allowedVbdDevices } from './vbd.js';
 import { untilStored } from '../db/until-stored.js';
 import { isHostAlive } from './liveness.js';
+import {
+  assertHostHasHighestVersion,
+  assertHostVersionsSameAsCoordinator,
+  hostHasHighestVersion,
+  rollingUpgradeInProgress,
+} from './rpu.js';
 
 export class VmService {
   constructor(readonly sync: XenopsSync) {}
@@ -114,11 +120,12 @@ export class VmService {
   }
 
   /**
-   * vm_can_run_on_host: enabled (a control domain may start on a disabled host), live, not
-   * being evacuated, and assert_can_boot_here.
+   * vm_can_run_on_host: during a rolling upgrade one of the newest hosts, enabled (a control
+   * domain may start on a disabled host), live, not being evacuated, and assert_can_boot_here.
    */
   private async canRunOn(call: Call, ref: string, hostRef: string, memoryCheck: boolean): Promise<boolean> {
     try {
+      if ((await rollingUpgradeInProgress(call.db)) && !(await hostHasHighestVersion(call.db, hostRef))) return false;
       const host = await call.db.get('host', hostRef);
       if (Object.values(host.current_operations).includes('evacuate')) return false;
       await this.assertCanBootHere(call, ref, hostRef, memoryCheck);
@@ -546,6 +553,8 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.destroy', (call, [self]) => svc.destroy(call, self))
     .implement('VM.start', (call, [vm, paused]) => svc.start(call, vm, paused === true))
     .implement('VM.start_on', async (call, [vm, host, paused]) => {
+      // during a rolling upgrade, only on one of the newest hosts
+      if (await rollingUpgradeInProgress(call.db)) await assertHostHasHighestVersion(call.db, host);
       // no VM starts on a host being evacuated
       const evacuating = Object.values((await call.db.get('host', host)).current_operations).includes('evacuate');
       if (evacuating) throw new XapiError('HOST_EVACUATE_IN_PROGRESS', [host]);
@@ -566,11 +575,18 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.hard_reboot', (call, [vm]) => svc.hardReboot(call, vm))
     .implement('VM.suspend', (call, [vm]) => svc.suspend(call, vm))
     .implement('VM.resume', (call, [vm, paused]) => svc.resume(call, vm, paused === true))
-    .implement('VM.resume_on', (call, [vm, host, paused]) => svc.resume(call, vm, paused === true, host, 'resume_on'))
+    .implement('VM.resume_on', async (call, [vm, host, paused]) => {
+      if (!isForwardedHere(call) && (await rollingUpgradeInProgress(call.db))) await assertHostHasHighestVersion(call.db, host);
+      await svc.resume(call, vm, paused === true, host, 'resume_on');
+    })
     .implement('VM.clone', (call, [vm, name]) => svc.clone(call, vm, name))
     .implement('VM.provision', (call, [vm]) => svc.provision(call, vm))
     .implement('VM.copy', (call, [vm, name, sr]) => svc.clone(call, vm, name, 'copy', sr))
-    .implement('VM.assert_can_boot_here', (call, [vm, host]) => svc.assertCanBootHere(call, vm, host))
+    .implement('VM.assert_can_boot_here', async (call, [vm, host]) => {
+      // during a rolling upgrade, a host of another release than the coordinator's is refused
+      if (await rollingUpgradeInProgress(call.db)) await assertHostVersionsSameAsCoordinator(call.db, host, vm);
+      await svc.assertCanBootHere(call, vm, host);
+    })
     .implement('VM.get_possible_hosts', async (call, [vm]) => {
       // a VM already reserved on a host can only go there (get_possible_hosts_for_vm)
       const scheduled = (await call.db.get('VM', vm)).scheduled_to_be_resident_on;
