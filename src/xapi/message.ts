@@ -8,6 +8,8 @@ import { newRef, rowsWhere } from '../api/implicit.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 import type { Row } from '../db/interface.js';
 import type { DbClassName, cls } from '../schema/generated.js';
+import { MESSAGE_PRIORITIES } from './message-priorities.js';
+import { rollingUpgradeInProgress } from './rpu.js';
 
 /** The message `cls` enum value -> the datamodel class its obj_uuid names. */
 const CLASS_OF: Partial<Record<cls, DbClassName>> = {
@@ -34,10 +36,14 @@ const create: MessageImpl<'message.create'> = async (call, [name, priority, cls,
     throw new XapiError('UUID_INVALID', [cls, objUuid]);
   }
   const ref = newRef();
+  // During a rolling upgrade the hosts' releases may rank an alert differently: the pool keeps
+  // one ranking, the coordinator's, for the messages it knows.
+  const known = Object.hasOwn(MESSAGE_PRIORITIES, name) ? MESSAGE_PRIORITIES[name] : undefined;
+  const ranked = known !== undefined && (await rollingUpgradeInProgress(call.db)) ? known : priority;
   await call.db.create('message', ref, {
     uuid: randomUUID(),
     name,
-    priority,
+    priority: ranked,
     cls,
     obj_uuid: objUuid,
     timestamp: formatDateTime(new Date(call.host.now())),
