@@ -25,6 +25,7 @@ import { LocalDb } from '../../src/db/database.js';
 import { SqliteStore, STORE_FORMAT, StoreFormatError } from '../../src/db/store.js';
 import { checkImage, minimalImage } from '../../src/db/backup.js';
 import { schema } from '../../src/schema/schema.js';
+import { hostOptions, UsageError } from '../../src/cli/flags.js';
 
 test('a release claims its platform version; product and xapi versions follow it, in order', () => {
   assert.deepEqual(releaseVersions(), { platform: '3.4.0', product: '8.4.0', xapi: '25.4.0' });
@@ -56,6 +57,12 @@ const RPU_VM_OPS = new Set<string>(
     ' ',
   ),
 );
+
+test('--platform-version takes X.Y.Z, on xapi serve and (passed on) xapi pool', () => {
+  assert.equal(hostOptions({ 'platform-version': '3.5.0' }).platformVersion, '3.5.0');
+  assert.equal(hostOptions({}).platformVersion, undefined);
+  for (const bad of ['3.5', '3.5.0.1', 'v3.5.0', '']) assert.throws(() => hostOptions({ 'platform-version': bad }), UsageError);
+});
 
 test('the coordinator marks the pool while its hosts run different releases; the newest hosts; migration only upwards', async () => {
   const c = await memoryHost({ rootPassword: 'pw' });
