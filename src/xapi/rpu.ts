@@ -35,8 +35,9 @@ export async function assertRollingUpgradeNotInProgress(db: Db): Promise<void> {
 }
 
 /**
- * max_version_in_pool: folding the hosts' versions, a host's replaces the running maximum only
- * if it is at least the maximum in every key (so with crossed versions the first one stays).
+ * max_version_in_pool: folding the hosts' versions, the running maximum stays only if it is at
+ * least the next host's in every key, else that host's replaces it (so with crossed versions,
+ * one newer in a key and older in another, the one folded last stands).
  */
 async function maxVersionInPool(db: Db): Promise<Versions | undefined> {
   let max: Versions | undefined;

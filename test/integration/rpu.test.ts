@@ -307,7 +307,8 @@ print("ok guards", flush=True)
   const m2Uuid = (await call('host.get_uuid', m2)) as string;
   const messages = await waitUntil('the message on the member', async () => {
     const all = (await call('message.get_all_records')) as Record<string, Rec>;
-    return Object.values(all).filter((m) => m.name === 'XAPI_STARTUP_BLOCKED_AS_VERSION_HIGHER_THAN_COORDINATOR');
+    const found = Object.values(all).filter((m) => m.name === 'XAPI_STARTUP_BLOCKED_AS_VERSION_HIGHER_THAN_COORDINATOR');
+    return found.length > 0 ? found : undefined;
   });
   assert.equal(messages.length, 1);
   assert.equal(messages[0]!.obj_uuid, m2Uuid);
