@@ -23,10 +23,6 @@ export interface ReleaseVersions {
   xapi: string;
 }
 
-/** The versions of the default release. */
-export const PRODUCT_VERSION = releaseVersions(DEFAULT_PLATFORM_VERSION).product;
-export const XAPI_VERSION = releaseVersions(DEFAULT_PLATFORM_VERSION).xapi;
-
 /** Is `text` a platform version `--platform-version` accepts (three whole numbers)? */
 export function isPlatformVersion(text: string): boolean {
   return /^\d{1,4}\.\d{1,4}\.\d{1,4}$/.test(text);

@@ -12,7 +12,7 @@ import type { Rpc, RpcStruct } from '../rpc/rpc.js';
 import { pickFields, type AnyRow } from '../db/interface.js';
 import type { DbClassName, Records } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
-import { PRODUCT_VERSION } from './version.js';
+import { releaseVersions } from './version.js';
 import { XVA_EXPORT_VSN, type XvaHeader, type XvaObject } from '../storage/xva/index.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import { randomMac } from './vif.js';
@@ -25,7 +25,8 @@ export function exportHeader(call: Call): XvaHeader {
   return {
     hostname: hostname(),
     date: formatDateTime(new Date(call.host.now())),
-    product_version: PRODUCT_VERSION,
+    // the release of the exporting host
+    product_version: releaseVersions(call.host.config.platformVersion).product,
     product_brand: 'XCP-ng',
     build_number: 'xapi-ts',
     xapi_major: major,
