@@ -28,9 +28,13 @@ export async function plugPbd(storage: Storage, pbdRef: string): Promise<void> {
   await db.update('PBD', pbdRef, { currently_attached: true });
   // The SR's master learns its contents at once (xapi's synchronous scan after the coordinator's
   // PBD of a shared SR is plugged); another host plugging a shared SR leaves its records alone.
-  if (sr.PBDs.length <= 1 || storage.host.role.kind === 'master') await storage.scan(srRef);
+  const srMaster = sr.PBDs.length <= 1 || storage.host.role.kind === 'master';
+  if (srMaster) await storage.scan(srRef);
   await storage.updateSrAllowed(srRef);
-  storage.kickGc(srRef);
+  // Only the SR's master collects its garbage: a member's GC on a shared SR would race the
+  // master's changes to the same tree (its SR lock is the master's process's), e.g. delete the
+  // parent a snapshot has just hidden before the new leaf over it exists.
+  if (srMaster) storage.kickGc(srRef);
 }
 
 export async function unplugPbd(storage: Storage, pbdRef: string): Promise<void> {

@@ -347,8 +347,10 @@ print("ok guards", flush=True)
 test("a member's backup in the older store format becomes a coordinator's database, upgraded as it is opened", {
   timeout: 120_000,
 }, async () => {
-  // The pool's coordinator is gone (stopped above). The last member keeps the backup its
-  // coordinator sent; made the older format, as an older coordinator would have sent it.
+  // The pool's coordinator is gone (stopped above, and here should the test above have failed
+  // first). The last member keeps the backup its coordinator sent; made the older format, as an
+  // older coordinator would have sent it.
+  await stopXapi(hosts[0]!, true);
   const member = hosts[2]!;
   await stopXapi(member, true);
   const backup = join(member.stateDir, 'xapi.db');
