@@ -255,14 +255,16 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       backend: opts.backend,
     },
     role,
-    // A coordinator whose event loop was just stalled refuses calls until it has checked again
-    // that no other host took over meanwhile (coordinator-check.ts).
+    // A coordinator whose event loop was just stalled runs no call until it has checked again
+    // that no other host took over meanwhile (coordinator-check.ts): the calls wait for the
+    // check, and a rival asking meanwhile hears that this host is still checking.
     get emergency() {
       return guard?.stalled() ? CHECKING : emergency;
     },
     set emergency(state) {
       emergency = state;
     },
+    recheckInProgress: () => guard?.recheckInProgress(),
     hostRef: '',
     poolRef: '',
     requestRestart: (reason) => {

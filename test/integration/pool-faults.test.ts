@@ -342,15 +342,21 @@ describe('mid-join faults', { timeout: 600_000 }, () => {
 async function designatePool(memberPoint?: { index: number; point: string }) {
   const [a] = await startHosts(1, { env: FAST });
   const hosts: XapiProcess[] = [a!];
-  for (const i of [1, 2]) {
-    const h = await startBeside(a!, memberPoint?.index === i ? memberPoint.point : undefined);
-    await joinPool(a!, h);
-    hosts.push(h);
+  try {
+    for (const i of [1, 2]) {
+      const h = await startBeside(a!, memberPoint?.index === i ? memberPoint.point : undefined);
+      hosts.push(h);
+      await joinPool(a!, h);
+    }
+    const s = await login(a!.url, PASSWORD);
+    const acked = await acknowledge(a!, s, 'before-designate');
+    for (const h of hosts) await runningVmOn(a!, s, h, `on-${h.address}`);
+    return { hosts: hosts as [XapiProcess, XapiProcess, XapiProcess], s, acked };
+  } catch (e) {
+    // Not left running: they would keep the test file from ever ending.
+    await stopAll(hosts);
+    throw e;
   }
-  const s = await login(a!.url, PASSWORD);
-  const acked = await acknowledge(a!, s, 'before-designate');
-  for (const h of hosts) await runningVmOn(a!, s, h, `on-${h.address}`);
-  return { hosts: hosts as [XapiProcess, XapiProcess, XapiProcess], s, acked };
 }
 
 describe('mid-designate faults', { timeout: 900_000 }, () => {
