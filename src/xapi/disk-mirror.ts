@@ -160,11 +160,20 @@ export class DiskMove {
   }
 
   async start(leaf: string | undefined, progress: (f: number) => void, checkCancelled: () => Promise<void>): Promise<void> {
+    try {
+      await this.copy(leaf, progress, checkCancelled);
+    } catch (e) {
+      if (e instanceof XapiError) throw e;
+      // the connection or a disk failed: the copy cannot be the disk's image
+      this.storage.host.log.warn({ err: e, vdi: this.vdi }, 'copying a disk failed');
+      throw this.mirrorFailed();
+    }
+  }
+
+  private async copy(leaf: string | undefined, progress: (f: number) => void, checkCancelled: () => Promise<void>): Promise<void> {
     const t0 = performance.now();
     this.target = this.remoteUrl
-      ? await RemoteTarget.open(this.remoteUrl).catch((e: unknown) => {
-          throw new XapiError('VDI_COPY_FAILED', [`the destination of the copy cannot be reached: ${e instanceof Error ? e.message : e}`]);
-        })
+      ? await RemoteTarget.open(this.remoteUrl)
       : new LocalTarget(await openVdi(this.storage, this.to, false, { deferSync: true }));
     const target = this.target;
     // The mirror first, then the source opened: whatever the copy reads is at least as new as
