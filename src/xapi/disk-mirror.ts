@@ -26,6 +26,15 @@ import { openVdi } from './vdi.js';
 export const DISK_MIRROR_PATH = '/services/SM/mirror/';
 
 const CHUNK = 2 * 1024 * 1024;
+/**
+ * What one read and one frame carry: pieces below the hosts' malloc mmap threshold (128 KiB,
+ * src/cli/host-process.ts), so no buffer on either side is a fresh mapping (a page fault per
+ * 4 KiB: megabyte frames held the copy to a fraction of the link's rate).
+ */
+const PIECE = 32 * 1024;
+const ZEROS = Buffer.alloc(PIECE);
+/** The most received pieces waiting for the disk while the next are read. */
+const WRITES_IN_FLIGHT = 4;
 
 /** Where a disk's copy is written: the new VDI, here or on the host that has its SR. */
 interface DiskTarget {
@@ -132,6 +141,9 @@ export interface DiskCopyReport {
   /** Bytes of the bulk copy (pieces holding data). */
   bytes: number;
   copyMs: number;
+  /** Of the copy's time: waiting for the source's reads, and for the pieces to be taken by the target. */
+  readWaitMs: number;
+  sendMs: number;
   /** Guest writes mirrored during the copy. */
   mirroredWrites: number;
   /** The images' digests at the switch, when checked: the source's and the copy's. */
@@ -156,7 +168,7 @@ export class DiskMove {
     /** The host that has the new VDI's SR: undefined for this one, else the URL of its receiver. */
     private readonly remoteUrl: string | undefined,
   ) {
-    this.report = { vdi, to, virtualSize: 0, bytes: 0, copyMs: 0, mirroredWrites: 0 };
+    this.report = { vdi, to, virtualSize: 0, bytes: 0, copyMs: 0, readWaitMs: 0, sendMs: 0, mirroredWrites: 0 };
   }
 
   async start(leaf: string | undefined, progress: (f: number) => void, checkCancelled: () => Promise<void>): Promise<void> {
@@ -182,19 +194,37 @@ export class DiskMove {
     const src = await openVdi(this.storage, this.vdi, true);
     try {
       this.report.virtualSize = src.size;
-      const chunks = candidateChunks(src);
-      let done = 0;
-      for (const off of chunks) {
-        const data = await src.read(off, Math.min(CHUNK, src.size - off));
-        if (!data.every((b) => b === 0)) {
-          await target.copy(off, data);
-          this.report.bytes += data.length;
-          faultPoint('sxm.copy');
+      // the blocks that may hold data, read and sent in pieces
+      const chunks = candidateChunks(src).flatMap((c) =>
+        Array.from({ length: Math.ceil(Math.min(CHUNK, src.size - c) / PIECE) }, (_, k) => c + k * PIECE),
+      );
+      const read = (i: number) => {
+        const off = chunks[i]!;
+        const p = src.read(off, Math.min(PIECE, src.size - off));
+        p.catch(() => undefined); // awaited below, or dropped with the copy
+        return p;
+      };
+      // each piece read while the one before is on its way
+      let next = chunks.length > 0 ? read(0) : undefined;
+      try {
+        for (let i = 0; i < chunks.length; i++) {
+          const t = performance.now();
+          const data = await next!;
+          this.report.readWaitMs += performance.now() - t;
+          next = i + 1 < chunks.length ? read(i + 1) : undefined;
+          if (!data.equals(ZEROS.subarray(0, data.length))) {
+            const w = performance.now();
+            await target.copy(chunks[i]!, data);
+            this.report.sendMs += performance.now() - w;
+            this.report.bytes += data.length;
+            faultPoint('sxm.copy');
+          }
+          progress((i + 1) / chunks.length);
+          if ((i + 1) % 512 === 0) await checkCancelled();
+          if (this.mirror?.failed) throw this.mirrorFailed();
         }
-        done++;
-        progress(done / chunks.length);
-        if (done % 16 === 0) await checkCancelled();
-        if (this.mirror?.failed) throw this.mirrorFailed();
+      } finally {
+        await next?.catch(() => undefined);
       }
     } finally {
       await src.close();
@@ -254,17 +284,32 @@ export async function receiveDisk(storage: Storage, vdiRef: string, channel: Mig
   const disk = await openVdi(storage, vdiRef, false, { deferSync: true });
   const target = new LocalTarget(disk);
   let ended = false;
+  // Writes go to the disk in order (the target's lock) while the next frames are read, a few
+  // at a time; the first failure stops the reception.
+  const inFlight = new Set<Promise<void>>();
+  let failed: unknown;
   try {
     for (;;) {
       const f = await reader.next();
       const payload = await reader.payload(f.length);
+      if (failed) throw failed;
       if (f.type === Frame.Disk || f.type === Frame.Mirrored) {
         const offset = Number(payload.readBigUInt64BE(0));
         const data = payload.subarray(8);
         if (offset % SECTOR !== 0 || offset + data.length > disk.size) throw new MigrationBroken(`a write at ${offset} outside the disk`);
-        await (f.type === Frame.Disk ? target.copy(offset, data) : target.mirror(offset, data));
+        const w: Promise<void> = (f.type === Frame.Disk ? target.copy(offset, data) : target.mirror(offset, data)).then(
+          () => void inFlight.delete(w),
+          (e: unknown) => {
+            failed ??= e;
+            inFlight.delete(w);
+          },
+        );
+        inFlight.add(w);
+        if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
         faultPoint('sxm.receive');
       } else if (f.type === Frame.DiskEnd) {
+        await Promise.all(inFlight);
+        if (failed) throw failed;
         const { verify } = json<{ verify?: boolean }>(payload);
         const sha256 = await target.end(verify === true);
         ended = true;
@@ -274,6 +319,7 @@ export async function receiveDisk(storage: Storage, vdiRef: string, channel: Mig
     }
   } catch (e) {
     if (!ended) {
+      await Promise.all(inFlight);
       await writer.send(Frame.Error, errorPayload(e)).catch(() => 0);
       await target.abort();
       await removeHalfCopied(storage, vdiRef);

@@ -497,6 +497,8 @@ function reportLine(r: DiskCopyReport): object {
     virtualSize: r.virtualSize,
     bytes: r.bytes,
     copyMs: Math.round(r.copyMs * 1000) / 1000,
+    readWaitMs: Math.round(r.readWaitMs * 1000) / 1000,
+    sendMs: Math.round(r.sendMs * 1000) / 1000,
     mirroredWrites: r.mirroredWrites,
     ...(r.sourceSha256 ? { sourceSha256: r.sourceSha256, destinationSha256: r.destinationSha256 } : {}),
   };
