@@ -141,7 +141,7 @@ function fillDisk(hostUrl: string, session: string, vdi: string, size: number): 
   const body = new Readable({
     read() {
       if (sent >= size) return void this.push(null);
-      for (let i = 0; i < block.length; i += 4096) block.writeUInt32LE((sent + i) ^ 0x5a5a5a5a, i);
+      for (let i = 0; i < block.length; i += 4096) block.writeUInt32LE(((sent + i) ^ 0x5a5a5a5a) >>> 0, i);
       sent += block.length;
       this.push(Buffer.from(block));
     },
@@ -156,6 +156,7 @@ function fillDisk(hostUrl: string, session: string, vdi: string, size: number): 
       res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`import_raw_vdi: ${res.statusCode}`))));
     });
     req.on('error', reject);
+    body.on('error', reject);
     body.pipe(req);
   });
 }

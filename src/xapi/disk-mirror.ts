@@ -220,7 +220,7 @@ export class DiskMove {
             faultPoint('sxm.copy');
           }
           progress((i + 1) / chunks.length);
-          if ((i + 1) % 512 === 0) await checkCancelled();
+          if (i % 512 === 0) await checkCancelled();
           if (this.mirror?.failed) throw this.mirrorFailed();
         }
       } finally {

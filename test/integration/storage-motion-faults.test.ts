@@ -105,8 +105,8 @@ async function contentHash(hostUrl: string, vdi: string): Promise<string> {
     .digest('hex');
 }
 
-/** A running VM on the source member with a 64 MiB disk on its local SR holding 48 MiB of data. */
-async function vmOnSource(name: string): Promise<{ vm: string; disk: string; hash: string; domid: unknown }> {
+/** A running VM on the source member with a 64 MiB disk on its local SR holding `dataMiB` MiB of data. */
+async function vmOnSource(name: string, dataMiB = 48): Promise<{ vm: string; disk: string; hash: string; domid: unknown }> {
   const source = members[0]!;
   const disk = (await call('VDI.create', {
     SR: await localSrOf(refs[1]),
@@ -121,7 +121,7 @@ async function vmOnSource(name: string): Promise<{ vm: string; disk: string; has
     sm_config: {},
     tags: [],
   })) as string;
-  const data = Buffer.alloc(48 * MiB);
+  const data = Buffer.alloc(dataMiB * MiB);
   for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
   assert.equal(await put(source.url, `/import_raw_vdi?session_id=${s}&vdi=${disk}&format=raw`, data), 200);
   const vm = (await call('VM.create', vmRecord(name, { memory: 64 * MiB }))) as string;
@@ -241,4 +241,31 @@ test('task.cancel during the disk copy: the VM stays, untouched, and no copy is 
   await assertIntactOnSource(o);
   await waitUntil('no half copy', async () => (await halfCopies()).length === 0);
   await call('VM.hard_shutdown', o.vm);
+});
+
+test('a fourth storage migration from one host while three run: TOO_MANY_STORAGE_MIGRATES ["3"]', { timeout: 300_000 }, async () => {
+  const vms: Awaited<ReturnType<typeof vmOnSource>>[] = [];
+  for (let i = 0; i < 4; i++) vms.push(await vmOnSource(`concurrent ${i}`, 4));
+  // the destination freezes at the first piece it receives: the migrations that got in wait
+  await restart(1, 'sxm.receive:SIGSTOP');
+  const tasks: string[] = [];
+  for (const o of vms) tasks.push(await migrateSend(o.vm, o.disk));
+  const refused = await waitUntil(
+    'one migration refused',
+    async () => {
+      for (const t of tasks) if ((await call('task.get_status', t)) === 'failure') return t;
+      return undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 100 },
+  );
+  assert.deepEqual(await call('task.get_error_info', refused), ['TOO_MANY_STORAGE_MIGRATES', '3']);
+  await waitUntil('the destination stopped', () => members[1]!.output().includes('fault point sxm.receive reached (SIGSTOP)'));
+  const others = tasks.filter((t) => t !== refused);
+  for (const t of others) assert.equal(await call('task.get_status', t), 'pending');
+  for (const t of others) await call('task.cancel', t);
+  members[1]!.proc.kill('SIGCONT');
+  for (const t of others) assert.equal(((await taskOutcome(t)).error_info as string[])[0], 'TASK_CANCELLED');
+  for (const o of vms) await assertIntactOnSource(o);
+  await waitUntil('no half copy', async () => (await halfCopies()).length === 0);
+  for (const o of vms) await call('VM.hard_shutdown', o.vm);
 });
