@@ -314,6 +314,7 @@ export async function receiveDisk(storage: Storage, vdiRef: string, channel: Mig
         const sha256 = await target.end(verify === true);
         ended = true;
         await writer.send(Frame.DiskDone, sha256 ? { sha256 } : {});
+        void settleCopy(storage, vdiRef);
         return;
       } else throw new MigrationBroken(`unexpected frame ${f.type}`);
     }
@@ -327,6 +328,31 @@ export async function receiveDisk(storage: Storage, vdiRef: string, channel: Mig
     throw e;
   } finally {
     writer.end();
+  }
+}
+
+/** How often a whole copy waiting for its switch asks whether its migration is over. */
+const SETTLE_POLL_MS = 1000;
+
+/**
+ * A whole copy waits for the switch, which removes its migrate_task. If the migration's task
+ * ends without that (the sender died or gave up and could not destroy it), the copy goes: the
+ * VM is still on its old disk.
+ */
+async function settleCopy(storage: Storage, vdiRef: string): Promise<void> {
+  const db = storage.host.db;
+  try {
+    for (;;) {
+      await new Promise((r) => setTimeout(r, SETTLE_POLL_MS).unref());
+      const vdi = await db.tryGet('VDI', vdiRef);
+      const task = vdi?.sm_config.migrate_task;
+      if (task === undefined) return;
+      if ((await db.tryGet('task', task))?.status === 'pending') continue;
+      await removeHalfCopied(storage, vdiRef);
+      return;
+    }
+  } catch {
+    // the host is closing: its next start sweeps what is left (sweepUnfinishedMirrors)
   }
 }
 

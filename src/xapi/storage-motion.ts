@@ -59,6 +59,7 @@ interface Remote {
 }
 
 function remoteOf(dest: Record<string, string>): Remote {
+  destValue(dest, MASTER);
   const xenops = destValue(dest, XENOPS);
   let address: string;
   try {
@@ -639,7 +640,7 @@ export function register(r: Registry, svc: VmService): void {
 
 /**
  * At start-up: the copies a storage migration was filling when a process died (sm_config
- * migrate_task naming a task no longer pending), on SRs of this host, are removed.
+ * migrate_task naming a task no longer pending), on SRs this host has, are removed.
  */
 export async function sweepUnfinishedMirrors(storage: Storage): Promise<void> {
   const host = storage.host;
@@ -649,8 +650,8 @@ export async function sweepUnfinishedMirrors(storage: Storage): Promise<void> {
     if (task === undefined) continue;
     const sr = await db.tryGet('SR', vdi.SR);
     if (!sr) continue;
-    const mine = sr.shared === true ? host.role.kind === 'master' : (await db.find('PBD', { SR: vdi.SR, host: host.hostRef })).length > 0;
-    if (!mine) continue;
+    // on an SR this host has (a shared one: every host that has it may remove the copy)
+    if ((await db.find('PBD', { SR: vdi.SR, host: host.hostRef })).length === 0) continue;
     const row = task.startsWith('OpaqueRef:') ? await db.tryGet('task', task) : undefined;
     if (row?.status === 'pending') continue;
     await removeHalfCopied(storage, ref);
