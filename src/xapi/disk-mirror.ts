@@ -40,6 +40,8 @@ const WRITES_IN_FLIGHT = 4;
 interface DiskTarget {
   copy(offset: number, data: Buffer): Promise<void>;
   mirror(offset: number, data: Buffer): Promise<void>;
+  /** What was written so far made durable (the bulk copy's fsync before the switch, not in it). */
+  sync(): Promise<void>;
   /** All was sent: stored durably; the image's digest if `verify`. */
   end(verify: boolean): Promise<string | undefined>;
   /** Gives up (the connection closed, the disk closed). */
@@ -73,6 +75,12 @@ class LocalTarget implements DiskTarget {
     return this.lock.run(async () => {
       this.mirrored.mark(offset, data.length);
       await this.disk.write(offset, data);
+    });
+  }
+
+  sync(): Promise<void> {
+    return this.lock.run(async () => {
+      await this.disk.vhd?.sync();
     });
   }
 
@@ -117,6 +125,11 @@ class RemoteTarget implements DiskTarget {
 
   mirror(offset: number, data: Buffer): Promise<void> {
     return this.frame(Frame.Mirrored, offset, data);
+  }
+
+  async sync(): Promise<void> {
+    await this.lock.run(() => this.writer.send(Frame.DiskSync));
+    await this.reader.expect(Frame.DiskSynced);
   }
 
   async end(verify: boolean): Promise<string | undefined> {
@@ -229,6 +242,7 @@ export class DiskMove {
     } finally {
       await src.close();
     }
+    await target.sync();
     this.report.copyMs = performance.now() - t0;
   }
 
@@ -307,6 +321,11 @@ export async function receiveDisk(storage: Storage, vdiRef: string, channel: Mig
         inFlight.add(w);
         if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
         faultPoint('sxm.receive');
+      } else if (f.type === Frame.DiskSync) {
+        await Promise.all(inFlight);
+        if (failed) throw failed;
+        await target.sync();
+        await writer.send(Frame.DiskSynced);
       } else if (f.type === Frame.DiskEnd) {
         await Promise.all(inFlight);
         if (failed) throw failed;

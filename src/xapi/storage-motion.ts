@@ -251,8 +251,8 @@ async function migrateSend(
       };
       await withVmPlacedOnHost(call, vmRef, choose, 'vm_migrate', () => runOnResident(call, vmRef, 'VM.migrate_send', args, work));
     } else {
-      const srs = [...new Set([...(await vmSrs(call, vmRef)), ...Object.values(vdiMap)])];
-      await runOn(call, await hostSeeing(call, srs, true), 'VM.migrate_send', args, work);
+      // forward_to_suitable_host: a host that can reach the VM's disks sends them
+      await runOn(call, await hostSeeing(call, await vmSrs(call, vmRef), true), 'VM.migrate_send', args, work);
     }
   });
   if (live) await migratedMessage(call, vmRef, source, hostRef);

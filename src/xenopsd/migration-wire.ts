@@ -28,6 +28,8 @@
 //
 //   DISK {u64 offset, data}      ->     the bulk copy (sectors a mirrored write gave are kept)
 //   MIRRORED {u64 offset, data}  ->     a guest write during the copy
+//   DISK_SYNC {}                 ->     (the bulk copy is over: stored now, not at the switch)
+//                                <-     DISK_SYNCED {}
 //   DISK_END {verify}            ->     (the guest paused, its writes all sent)
 //                                <-     DISK_DONE {sha256?}  (stored; the image's digest if asked) | ERROR
 import { request } from 'node:https';
@@ -49,6 +51,8 @@ export const Frame = {
   Mirrored: 11,
   DiskEnd: 12,
   DiskDone: 13,
+  DiskSync: 14,
+  DiskSynced: 15,
 } as const;
 export type Frame = (typeof Frame)[keyof typeof Frame];
 

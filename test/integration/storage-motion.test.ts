@@ -340,4 +340,16 @@ print("ok assert_can_migrate", flush=True)
   assert.equal(await call('VBD.get_VDI', (r.VBDs as string[])[0]), disk);
   await assertNoHalfCopies();
   await call('VM.hard_shutdown', vm);
+
+  // Halted, its disk moves all the same (copied, nothing to mirror), and it starts there.
+  const dest = await call('host.migrate_receive', m2, network, {});
+  await call('VM.migrate_send', vm, dest, false, { [disk]: to }, {}, {}, {});
+  const moved = (await call('VBD.get_VDI', (r.VBDs as string[])[0])) as string;
+  assert.notEqual(moved, disk);
+  assert.equal(await call('VDI.get_SR', moved), to);
+  assert.deepEqual(await xapiFailure(call('VDI.get_record', disk)), ['HANDLE_INVALID', 'VDI', disk]);
+  assert.equal(await call('VM.get_power_state', vm), 'Halted');
+  await assertNoHalfCopies();
+  await call('VM.start_on', vm, m2, false, false);
+  await call('VM.hard_shutdown', vm);
 });
