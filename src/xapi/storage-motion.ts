@@ -451,6 +451,7 @@ async function moveDisks(
         },
         commitWrites: switchWrites,
         progressFrom: diskShare,
+        progress,
         report: () => reports.map(reportLine),
       });
     } else {

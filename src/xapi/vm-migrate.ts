@@ -157,6 +157,8 @@ export interface DiskSwitch {
   commitWrites(): Promise<unknown>[];
   /** The task's progress is the disks' up to this share; the memory has the rest. */
   progressFrom: number;
+  /** The task's progress writer the disks used (one writer, so the values land in order). */
+  progress: LatestProgress;
   /** What the disks' copies did, for the migration's log line. */
   report(): object[];
 }
@@ -186,7 +188,7 @@ export async function migrateHere(
   const url = `https://${address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}${vdiQuery}`;
   const from = disks?.progressFrom ?? 0;
   let switching = false;
-  const progress = new LatestProgress(call);
+  const progress = disks?.progress ?? new LatestProgress(call);
   let report: MigrationReport | undefined;
   for (let attempt = 1; !report; attempt++) {
     try {

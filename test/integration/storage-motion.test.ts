@@ -178,6 +178,10 @@ test('VM.migrate_send through the xen-api connector: the disk moves member to me
   const disk = await diskWith('moving disk', from, 64 * MiB, 48, p1.url);
   const vm = await runningVm('storage motion', m1, disk, 4 * MiB);
   const uuid = (await call('VM.get_uuid', vm)) as string;
+  // a snapshot: its disk goes with the disk it is a snapshot of
+  const snapshot = (await call('VM.snapshot', vm, 'before the move')) as string;
+  const [snapVbd] = (await call('VM.get_VBDs', snapshot)) as string[];
+  const snapDisk = (await call('VBD.get_VDI', snapVbd)) as string;
   const before = (await call('VM.get_record', vm)) as Rec;
   const progress: number[] = [];
   let { token } = (await call('event.from', ['task'], '', 0)) as { token: string };
@@ -223,6 +227,12 @@ test('VM.migrate_send through the xen-api connector: the disk moves member to me
   assert.equal(await call('VDI.get_SR', moved), to);
   assert.equal(await call('VBD.get_currently_attached', vbd), true);
   assert.deepEqual(await xapiFailure(call('VDI.get_record', disk)), ['HANDLE_INVALID', 'VDI', disk], 'the source disk is gone');
+  const snapMoved = (await call('VBD.get_VDI', snapVbd)) as string;
+  assert.notEqual(snapMoved, snapDisk);
+  assert.equal(await call('VDI.get_SR', snapMoved), to);
+  assert.equal(await call('VDI.get_is_a_snapshot', snapMoved), true);
+  assert.equal(await call('VDI.get_snapshot_of', snapMoved), moved);
+  assert.deepEqual(await xapiFailure(call('VDI.get_record', snapDisk)), ['HANDLE_INVALID', 'VDI', snapDisk]);
   await assertNoHalfCopies();
   // the domain is m2's, on the new disk's file
   const there = simulatorVms(pool.hosts[2]!.stateDir).get(uuid);
@@ -234,8 +244,8 @@ test('VM.migrate_send through the xen-api connector: the disk moves member to me
   // the same image (each its own file).
   const [line] = (await migrationLog(pool.hosts[1]!.stateDir)).filter((l) => l.vm === uuid);
   assert.ok(line, 'a line in the source host migrations.log');
-  const [d] = line.disks as Rec[];
-  assert.equal(d!.vdi, disk);
+  const d = (line.disks as Rec[]).find((x) => x.vdi === disk);
+  assert.ok(d, JSON.stringify(line.disks));
   assert.equal(d!.to, moved);
   assert.ok((d!.bytes as number) >= 48 * MiB, JSON.stringify(d));
   assert.ok((d!.mirroredWrites as number) > 0, JSON.stringify(d));
@@ -244,6 +254,10 @@ test('VM.migrate_send through the xen-api connector: the disk moves member to me
 
   assert.ok(
     progress.some((p) => p > 0 && p < 1),
+    JSON.stringify(progress),
+  );
+  assert.ok(
+    progress.every((p, i) => i === 0 || p >= progress[i - 1]!),
     JSON.stringify(progress),
   );
   const messages = (await call('message.get_all_records')) as Record<string, Rec>;
