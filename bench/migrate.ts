@@ -1,4 +1,4 @@
-// `npm run bench -- migrate [--memory-mib N] [--quick]`: live migration between two hosts of a
+// `npm run bench -- migrate [--memory-mib N] [--disk-mib N] [--quick]`: live migration between two hosts of a
 // pool of real processes (VM.pool_migrate through the coordinator; the memory goes host to
 // host over HTTPS). Figures, each beside a limit measured in the same run:
 // - a VM of N MiB (default 4096; --quick 1024) whose guest writes nothing: the migration's
@@ -11,9 +11,17 @@
 //   (the guest paused on the source until the destination confirmed it runs) and total time,
 //   from the source's migrations.log. The aim: downtime under 100 ms at 50 MB/s (xapi claims
 //   under a second).
+// - storage motion (VM.migrate_send): a running VM's disk of N MiB (default 4096; --quick 1024),
+//   every block holding data, from one host's local SR to the other's (the copy goes host to
+//   host over HTTPS): the copy's MB/s from the source's migrations.log, and the call's, beside a
+//   plain file copy (read and write, then fsync) of the same VHD file on the same filesystem.
 // The last line is JSON, as the other benchmarks'.
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { connect } from 'node:net';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -112,6 +120,47 @@ async function limits(address: string, bytes: number): Promise<{ tcp: number; ht
   }
 }
 
+/** A plain copy of `from` to a new file beside it (streamed read and write, then fsync): MB/s. */
+async function fileCopy(from: string, dir: string): Promise<{ mbps: number; bytes: number }> {
+  const to = join(dir, 'bench-file-copy');
+  const bytes = (await stat(from)).size;
+  const t0 = performance.now();
+  await pipeline(createReadStream(from, { highWaterMark: 2 * MiB }), createWriteStream(to, { highWaterMark: 2 * MiB }));
+  const fh = await open(to, 'r');
+  await fh.sync();
+  await fh.close();
+  const ms = performance.now() - t0;
+  await rm(to, { force: true });
+  return { mbps: bytes / MB / (ms / 1000), bytes };
+}
+
+/** PUT /import_raw_vdi of `size` bytes, every 4 KiB block holding data, streamed (never all in memory). */
+function fillDisk(hostUrl: string, session: string, vdi: string, size: number): Promise<void> {
+  const block = Buffer.alloc(MiB);
+  let sent = 0;
+  const body = new Readable({
+    read() {
+      if (sent >= size) return void this.push(null);
+      for (let i = 0; i < block.length; i += 4096) block.writeUInt32LE(((sent + i) ^ 0x5a5a5a5a) >>> 0, i);
+      sent += block.length;
+      this.push(Buffer.from(block));
+    },
+  });
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${hostUrl}/import_raw_vdi?session_id=${session}&vdi=${vdi}&format=raw`, {
+      method: 'PUT',
+      headers: { 'content-length': size },
+    });
+    req.on('response', (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`import_raw_vdi: ${res.statusCode}`))));
+    });
+    req.on('error', reject);
+    body.on('error', reject);
+    body.pipe(req);
+  });
+}
+
 interface Logged {
   vm: string;
   rounds: { pages: number; bytes: number; ms: number; final: boolean }[];
@@ -125,6 +174,7 @@ interface Logged {
 export async function run(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const memoryMiB = arg(args, '--memory-mib', quick ? 1024 : 4096);
+  const diskMiB = arg(args, '--disk-mib', quick ? 1024 : 4096);
   const memory = memoryMiB * MiB;
   const pool = await startPool(2, { args: ['--log-level', 'warn', '--sim-boot-ms', '0'] });
   try {
@@ -188,6 +238,76 @@ export async function run(args: string[]): Promise<void> {
       };
     }
     await call('VM.hard_shutdown', vm);
+
+    // Storage motion: a running VM's disk from a's local SR to b's.
+    const localSr = async (host: string) => {
+      const pbds = (await call('PBD.get_all_records')) as Record<
+        string,
+        { host: string; SR: string; device_config: Record<string, string> }
+      >;
+      for (const p of Object.values(pbds)) if (p.host === host && (await call('SR.get_type', p.SR)) === 'ext') return p;
+      throw new Error(`no local SR on ${host}`);
+    };
+    const [fromPbd, toPbd] = [await localSr(a), await localSr(b)];
+    const disk = (await call('VDI.create', {
+      SR: fromPbd.SR,
+      virtual_size: diskMiB * MiB,
+      name_label: 'bench disk',
+      name_description: '',
+      type: 'user',
+      sharable: false,
+      read_only: false,
+      other_config: {},
+      xenstore_data: {},
+      sm_config: {},
+      tags: [],
+    })) as string;
+    console.log(`storage motion: filling a ${diskMiB} MiB disk`);
+    await fillDisk(pool.coordinator.url, s, disk, diskMiB * MiB);
+    const srDir = join(fromPbd.device_config.device!, (await call('SR.get_uuid', fromPbd.SR)) as string);
+    const vhdFile = join(srDir, `${(await call('VDI.get_location', disk)) as string}.vhd`);
+    const plain = await fileCopy(vhdFile, srDir);
+    console.log(`  plain file copy of its VHD (${round(plain.bytes / MiB)} MiB): ${round(plain.mbps)} MB/s`);
+    const mover = (await call('VM.create', vmRecord('bench sxm', { memory: 256 * MiB }))) as string;
+    await call('VBD.create', {
+      VM: mover,
+      VDI: disk,
+      userdevice: '0',
+      bootable: true,
+      mode: 'RW',
+      type: 'Disk',
+      unpluggable: false,
+      empty: false,
+      other_config: {},
+      qos_algorithm_type: '',
+      qos_algorithm_params: {},
+    });
+    await call('VM.start_on', mover, a, false, false);
+    for (let i = 0; (await call('VM.get_guest_metrics', mover)) === NULL; i++) {
+      if (i > 3000) throw new Error('the guest agent never reported');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const [mgmt] = Object.values(
+      (await call('PIF.get_all_records')) as Record<string, { host: string; management: boolean; network: string }>,
+    ).filter((p) => p.host === b && p.management);
+    const dest = await call('host.migrate_receive', b, mgmt!.network, {});
+    const t1 = performance.now();
+    await call('VM.migrate_send', mover, dest, true, { [disk]: toPbd.SR }, {}, {}, {});
+    const sxmCallMs = performance.now() - t1;
+    const sxmLines = (await readFile(join(stateOf(a), 'migrations.log'), 'utf8')).trim().split('\n');
+    const sxm = JSON.parse(sxmLines.at(-1)!) as Logged & {
+      disks: { bytes: number; copyMs: number; virtualSize: number; readWaitMs: number; sendMs: number }[];
+    };
+    const [copied] = sxm.disks;
+    const sxmRate = copied!.bytes / MB / (copied!.copyMs / 1000);
+    const sxmCallRate = copied!.virtualSize / MB / (sxmCallMs / 1000);
+    console.log(
+      `storage motion of ${diskMiB} MiB: the copy ${round(sxmRate)} MB/s (${round(sxmRate / plain.mbps, 3)} of the file copy); ` +
+        `the call ${round(sxmCallMs / 1000, 2)} s, ${round(sxmCallRate)} MB/s; the VM's downtime ${round(sxm.downtimeMs)} ms\n` +
+        `  of the copy's ${round(copied!.copyMs)} ms: ${round(copied!.readWaitMs)} ms waiting for the source's reads, ${round(copied!.sendMs)} ms handing pieces to the connection`,
+    );
+    await call('VM.hard_shutdown', mover);
+
     const after = await limits(pool.members[0]!.address, memory);
     console.log(`limits again after the migrations: raw TCP ${round(after.tcp)} MB/s, HTTPS PUT ${round(after.https)} MB/s`);
     console.log(
@@ -206,6 +326,16 @@ export async function run(args: string[]): Promise<void> {
         },
         dirty_rates: byRate,
         downtime_aim_ms: { at_50: 100 },
+        storage_motion: {
+          disk_mib: diskMiB,
+          value: round(sxmRate),
+          unit: 'MB/s',
+          limit_file_copy: round(plain.mbps),
+          ratio_file_copy: round(sxmRate / plain.mbps, 3),
+          call_ms: round(sxmCallMs),
+          call_mbps: round(sxmCallRate),
+          downtime_ms: round(sxm.downtimeMs),
+        },
       }),
     );
   } finally {

@@ -46,6 +46,12 @@ export interface HostContext {
    */
   emergency: { code: string; params: string[] } | undefined;
   /**
+   * While a coordinator whose event loop was stalled checks again that no other host took over,
+   * the check's promise: calls outside the emergency set wait for it rather than run (or be
+   * refused), so a starved coordinator answers late instead of failing.
+   */
+  recheckInProgress(): Promise<void> | undefined;
+  /**
    * Asks for this host to be restarted in place (xapi exits with its restart code and is started
    * again): after a role change is written, the host closes and `xapi serve` starts it afresh.
    */

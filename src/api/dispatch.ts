@@ -99,8 +99,12 @@ export class Dispatcher {
       throw new XapiError('Fault', [`No async mode for this operation (rpc: ${method})`]);
     }
 
-    const emergency = this.host.emergency;
-    if (emergency && !this.emergencyCalls.has(msg.wire)) throw new XapiError(emergency.code, emergency.params);
+    if (!this.emergencyCalls.has(msg.wire)) {
+      const recheck = this.host.recheckInProgress();
+      if (recheck) await recheck;
+      const emergency = this.host.emergency;
+      if (emergency) throw new XapiError(emergency.code, emergency.params);
+    }
 
     const offset = msg.sessionChecked ? 1 : 0;
     const received = params.length - offset;

@@ -10,11 +10,14 @@
 //    stall, yields to any claimant;
 //  - a stall watch: the coordinator's event loop ticks every STALL_TICK_MS; when a tick comes more
 //    than STALL_LIMIT_MS late (the process was stopped, SIGSTOP, or starved), or a call arrives
-//    while the last tick is that old, the API is refused and the check runs again.
+//    while the last tick is that old, the check runs again and the API calls wait for it: they
+//    run once no rival was found, or get HOST_IS_SLAVE once this host has become a member.
+//    (Refusing them instead made a coordinator merely starved of CPU, on a loaded machine, fail
+//    calls now and then with HOST_STILL_BOOTING.)
 // Why this closes the window: a rival asks this host `pool.is_slave` and waits ASK_TIMEOUT_MS for
 // the answer before it goes on alone. If this host's loop turned at least every STALL_LIMIT_MS
 // throughout that wait, it answered (and the rival yielded); if it did not, the stall watch
-// refuses every call from the moment the loop turns again until a new check has found the rival.
+// holds every call from the moment the loop turns again until a new check has found the rival.
 // So STALL_LIMIT_MS plus the time to answer must stay well under ASK_TIMEOUT_MS.
 import { performance } from 'node:perf_hooks';
 import { randomUUID } from 'node:crypto';
@@ -78,7 +81,10 @@ async function claim(host: HostContext, ref: string, address: string): Promise<'
 }
 
 /** Watches the event loop's ticks; `stalled()` says whether the last one is too old. */
-export function startStallWatch(onStall: (lateMs: number) => void, onTick?: () => void): { stalled(): boolean; stop(): void } {
+export function startStallWatch(
+  onStall: (lateMs: number) => void,
+  onTick?: () => void,
+): { stalled(): boolean; lateMs(): number; stop(): void } {
   let last = performance.now();
   const timer = setInterval(() => {
     const now = performance.now();
@@ -90,13 +96,16 @@ export function startStallWatch(onStall: (lateMs: number) => void, onTick?: () =
   timer.unref();
   return {
     stalled: () => performance.now() - last > STALL_LIMIT_MS,
+    lateMs: () => performance.now() - last,
     stop: () => clearInterval(timer),
   };
 }
 
 export interface CoordinatorGuard {
-  /** Whether the event loop was just stalled: calls are refused until the check has run again. */
+  /** Whether the event loop was just stalled and the check has not run again since. */
   stalled(): boolean;
+  /** The check after a stall, while it runs (started here if a call finds the loop stalled). */
+  recheckInProgress(): Promise<void> | undefined;
   /** Settles when the start-up check is over ('alone': serving; 'demoted': restarting). */
   readonly started: Promise<'alone' | 'demoted'>;
   stop(): void;
@@ -108,24 +117,23 @@ export interface CoordinatorGuard {
  * marks cleared, then the API served and the stall watch kept.
  */
 export function guardCoordinator(host: HostContext, justBecame: boolean, onServing: () => void): CoordinatorGuard {
-  let rechecking = false;
+  let rechecking: Promise<void> | undefined;
   let stopped = false;
   let serving = false;
-  // Only a pool can have a rival: a host alone is never refused for being slow.
+  // Only a pool can have a rival: a host alone is never held for being slow.
   let poolSize = 1;
   const recheck = (lateMs: number) => {
     if (rechecking || stopped || !serving || poolSize < 2) return;
-    rechecking = true;
     host.log.warn({ lateMs }, 'this coordinator was stalled: checking that no other host took over');
     const before = host.emergency;
     host.emergency = CHECKING;
-    void checkNoOtherMasters(host, { yieldToAny: true })
+    rechecking = checkNoOtherMasters(host, { yieldToAny: true })
       .then((r) => {
         if (r === 'alone' && host.emergency === CHECKING) host.emergency = before;
       })
       .catch((e: unknown) => host.log.error({ err: e }, 'the no-other-coordinator check failed'))
       .finally(() => {
-        rechecking = false;
+        rechecking = undefined;
       });
   };
   const watch = startStallWatch(recheck, () => {
@@ -167,8 +175,13 @@ export function guardCoordinator(host: HostContext, justBecame: boolean, onServi
     return 'alone' as const;
   })();
   started.catch((e: unknown) => host.log.error({ err: e }, 'coordinator start-up check failed'));
+  const stalled = () => serving && !rechecking && poolSize > 1 && watch.stalled();
   return {
-    stalled: () => serving && !rechecking && poolSize > 1 && watch.stalled(),
+    stalled,
+    recheckInProgress: () => {
+      if (stalled()) recheck(watch.lateMs());
+      return rechecking;
+    },
     started,
     stop() {
       stopped = true;

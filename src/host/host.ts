@@ -31,6 +31,7 @@ import * as vmAppliance from '../xapi/vm-appliance.js';
 import * as vmss from '../xapi/vmss.js';
 import * as vm from '../xapi/vm.js';
 import * as vmMigrate from '../xapi/vm-migrate.js';
+import * as storageMotion from '../xapi/storage-motion.js';
 import * as memory from '../xapi/memory.js';
 import * as vbd from '../xapi/vbd.js';
 import * as vif from '../xapi/vif.js';
@@ -53,6 +54,7 @@ import { coordinatorUuid, syncDatabase } from './dbsync.js';
 import { startMember } from './member.js';
 import { registerPoolDbHandlers } from './pool-db.js';
 import { registerMigrationReceiver } from './migrate-receive.js';
+import { registerDiskMirrorReceiver } from './mirror-receive.js';
 import { RemoteDb } from '../db/remote.js';
 import { DB_FILE } from '../db/backup.js';
 import { closePeers } from '../xapi/forward.js';
@@ -187,6 +189,7 @@ export function buildApi(
   const vms = new vm.VmService(xenops);
   vm.register(registry, vms, host.schema);
   vmMigrate.register(registry, vms);
+  storageMotion.register(registry, vms);
   vmSnapshot.register(registry, vms);
   memory.register(registry, xenops);
   vbd.register(registry, xenops);
@@ -279,14 +282,16 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       platformVersion: opts.platformVersion,
     },
     role,
-    // A coordinator whose event loop was just stalled refuses calls until it has checked again
-    // that no other host took over meanwhile (coordinator-check.ts).
+    // A coordinator whose event loop was just stalled runs no call until it has checked again
+    // that no other host took over meanwhile (coordinator-check.ts): the calls wait for the
+    // check, and a rival asking meanwhile hears that this host is still checking.
     get emergency() {
       return guard?.stalled() ? CHECKING : emergency;
     },
     set emergency(state) {
       emergency = state;
     },
+    recheckInProgress: () => guard?.recheckInProgress(),
     hostRef: '',
     poolRef: '',
     requestRestart: (reason) => {
@@ -344,6 +349,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
     await plugLocalPbds(storage);
     await storage.sweepUnfinishedImports(cancelled);
+    await storageMotion.sweepUnfinishedMirrors(storage);
     // The domain manager is the truth about what runs: reconcile before serving.
     await xenops.resync();
     await hostOperations.updateAllAllowedOperations(host.db);
@@ -379,7 +385,8 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs));
   registerVdiTransfers(table, dispatcher, storage);
   registerVmTransfers(table, dispatcher, storage);
-  registerMigrationReceiver(table, host, (uuid, channel) => vmMigrate.receiveMigration(host, vms, uuid, channel));
+  registerMigrationReceiver(table, host, (uuid, channel, vdiMap) => vmMigrate.receiveMigration(host, vms, uuid, channel, vdiMap));
+  registerDiskMirrorReceiver(table, host, storage);
   registerPoolDbHandlers(table, {
     role: local ? { coordinator: true, db: local } : { coordinator: false, coordinatorAddress: (role as { master: string }).master },
     poolSecrets: host.poolSecrets,

@@ -16,6 +16,7 @@ import { fetchBackup } from '../db/backup.js';
 import { compareXapiMajorMinor, releaseVersions } from '../xapi/version.js';
 import { syncDatabase, type HostIdentity } from './dbsync.js';
 import { plugLocalPbds } from './local-storage.js';
+import { sweepUnfinishedMirrors } from '../xapi/storage-motion.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 
 /** xapi's waits between attempts to be taken back: 5 s, or 60 s when the coordinator does not know this host. */
@@ -57,6 +58,7 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
       onCoordinatorBack: () => o.remote.wake(),
     });
     await plugLocalPbds(o.storage);
+    await sweepUnfinishedMirrors(o.storage);
     await o.xenops.resync();
     o.xenops.start();
     // Serving before the host says it may run VMs: whoever sees it enabled can call it.

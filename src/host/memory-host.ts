@@ -59,6 +59,7 @@ export async function memoryHost(
     verifyLocalPassword: async (user, password) => user === 'root' && password === rootPassword,
     role: { kind: 'master' },
     emergency: undefined,
+    recheckInProgress: () => undefined,
     // An in-memory host has no process to restart: tests read what was asked.
     requestRestart: (reason) => void restartRequests.push(reason),
     changeRole: async (next, reason) => void restartRequests.push(`${reason} (${next.kind})`),

@@ -15,7 +15,7 @@ import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
 export function registerMigrationReceiver(
   table: HandlerTable,
   host: HostContext,
-  receive: (vmUuid: string, channel: MigrationChannel) => Promise<void>,
+  receive: (vmUuid: string, channel: MigrationChannel, vdiMap: Record<string, string>) => Promise<void>,
 ): void {
   table.add('PUT', MIGRATION_PATH, async (req, res, url) => {
     const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
@@ -28,6 +28,18 @@ export function registerMigrationReceiver(
       return;
     }
     const uuid = decodeURIComponent(url.pathname.slice(MIGRATION_PATH.length));
+    // a storage migration's disks: the VDIs the VM's disks are here (old VDI ref -> new), as
+    // xapi passes xenopsd its vdi_map
+    let vdiMap: Record<string, string> = {};
+    try {
+      const given = url.searchParams.get('vdi_map');
+      if (given) vdiMap = JSON.parse(given) as Record<string, string>;
+      if (typeof vdiMap !== 'object' || vdiMap === null || Object.values(vdiMap).some((v) => typeof v !== 'string')) throw new Error();
+    } catch {
+      req.resume();
+      sendHttpError(res, 400);
+      return;
+    }
     if (!(await host.db.refByUuid('VM', uuid))) {
       req.resume();
       sendHttpError(res, 404);
@@ -37,7 +49,7 @@ export function registerMigrationReceiver(
     res.flushHeaders();
     res.socket?.setNoDelay(true);
     try {
-      await receive(uuid, { input: req, output: res });
+      await receive(uuid, { input: req, output: res }, vdiMap);
     } catch (e) {
       host.log.warn({ err: e, vm: uuid }, 'receiving a migration failed');
     } finally {

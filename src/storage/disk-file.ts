@@ -5,13 +5,22 @@ import { open as fsOpen } from 'node:fs/promises';
 import { open as openVhd } from './vhd/index.js';
 import type { OpenDisk } from './driver.js';
 import { useLeaf } from './leaf-gate.js';
+import { mirrorWrite } from './mirror.js';
 
 export async function openDiskFile(path: string, opts: { readOnly: boolean }): Promise<OpenDisk> {
   // In use until closed: a snapshot of this leaf waits for the close (see leaf-gate.ts).
   const release = await useLeaf(path);
   try {
     const disk = await openFile(path, opts);
-    return { ...disk, close: () => disk.close().finally(release) };
+    return {
+      ...disk,
+      // a storage migration under way mirrors what the domain writes (mirror.ts)
+      write: async (offset, data) => {
+        await disk.write(offset, data);
+        await mirrorWrite(path, offset, data.length, disk.size, disk.read);
+      },
+      close: () => disk.close().finally(release),
+    };
   } catch (e) {
     release();
     throw e;

@@ -8,6 +8,7 @@ import { isForwardedHere, runOn } from './forward.js';
 import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
+import { duplicatePasswordSecrets, movePasswordsToSecrets } from './secret.js';
 
 /** PBD.plug: attach through the driver, mark attached, then learn the SR's contents. */
 export async function plugPbd(storage: Storage, pbdRef: string): Promise<void> {
@@ -69,24 +70,6 @@ function hasInternalSrAccess(call: Call, srRef: string): boolean {
   return call.session?.row.other_config._sm_session === srRef;
 }
 
-/**
- * Xapi_secret.move_passwds_to_secrets: a device_config key ending in `password` is deprecated;
- * its value goes into a new secret and the key becomes `<key>_secret`, naming the secret's uuid.
- */
-async function movePasswordsToSecrets(call: Call, config: Record<string, string>): Promise<Record<string, string>> {
-  const moved: Record<string, string> = {};
-  for (const [key, value] of Object.entries(config)) {
-    if (!key.endsWith('password')) {
-      moved[key] = value;
-      continue;
-    }
-    const uuid = randomUUID();
-    await call.db.create('secret', newRef(), { uuid, value, other_config: {} });
-    moved[`${key}_secret`] = uuid;
-  }
-  return moved;
-}
-
 /** forward_pbd_op: a PBD is plugged and unplugged by its host; a forwarded call runs here. */
 async function runOnPbdHost(call: Call, host: string, wire: string, pbd: string, local: () => Promise<void>): Promise<void> {
   if (isForwardedHere(call)) return local();
@@ -99,12 +82,17 @@ export function register(r: Registry, storage: Storage): void {
     // A field the record lacks arrives undefined, and the lookups refuse it.
     const sr = rec.SR!;
     const host = rec.host!;
-    const dc = rec.device_config ?? {};
+    const given = rec.device_config ?? {};
     return storage.withOp(call, { sr: [sr, 'pbd_create'] }, async () => {
       await call.db.get('host', host);
-      if ('SRmaster' in dc) throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', dc.SRmaster!, 'This key is for internal use only']);
+      if ('SRmaster' in given)
+        throw new XapiError('VALUE_NOT_SUPPORTED', ['SRmaster', given.SRmaster!, 'This key is for internal use only']);
       const existing = await call.db.find('PBD', { SR: sr, host });
       if (existing.length > 0) throw new XapiError('PBD_EXISTS', [sr, host, existing[0]![0]]);
+      // Secrets named by the caller are copied for this PBD; passwords given in the clear go
+      // into secrets of its own (xapi moves them first, then copies every secret, leaving the
+      // first ones behind: here nothing is left behind).
+      const dc = await movePasswordsToSecrets(call, await duplicatePasswordSecrets(call, given));
       const ref = newRef();
       await call.db.create('PBD', ref, {
         uuid: randomUUID(),

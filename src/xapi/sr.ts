@@ -8,6 +8,7 @@ import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Storage } from './storage.js';
 import { plugPbd } from './pbd.js';
+import { movePasswordsToSecrets } from './secret.js';
 import { runOnAllSrHosts, srPbdHosts } from './forward-to.js';
 import { assertRollingUpgradeNotInProgress } from './rpu.js';
 
@@ -100,7 +101,9 @@ async function plugOnOtherHosts(call: Call, storage: Storage, srRef: string): Pr
 
 export function register(r: Registry, storage: Storage): void {
   r.implement('SR.create', async (call, args) => {
-    const [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig] = args;
+    const [host, given, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig] = args;
+    // Passwords into secrets, on the coordinator (a forwarded call has them moved already).
+    const deviceConfig = isForwardedHere(call) ? given : await movePasswordsToSecrets(call, given);
     const create = async () => {
       // no new SR while the pool's hosts run different releases
       await assertRollingUpgradeNotInProgress(call.db);
@@ -121,25 +124,14 @@ export function register(r: Registry, storage: Storage): void {
     // a shared SR is made by the coordinator (the host named is ignored), a local one by its host
     if (shared === true || isForwardedHere(call)) return create();
     await call.db.get('host', host);
-    return (await runOn(call, host, 'SR.create', args as Rpc[], create)) as string;
+    const forwarded = [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, shared, smConfig];
+    return (await runOn(call, host, 'SR.create', forwarded as Rpc[], create)) as string;
   })
-    .implement('SR.make', async (call, args) => {
-      const [host, deviceConfig, physicalSize, nameLabel, nameDescription, type, contentType, smConfig] = args;
+    // Deprecated: xapi's refuses it on the host named (after moving the passwords given into
+    // secrets, which here are not made for a call that cannot succeed).
+    .implement('SR.make', async (call, [host]) => {
       await call.db.get('host', host);
-      if (!isForwardedHere(call) && host !== call.host.hostRef)
-        return (await runOn(call, host, 'SR.make', args as Rpc[], async () => '')) as string;
-      const ref = await createSr(storage, {
-        host,
-        deviceConfig,
-        physicalSize,
-        nameLabel,
-        nameDescription,
-        type,
-        contentType,
-        shared: false,
-        smConfig,
-      });
-      return (await call.db.get('SR', ref)).uuid;
+      throw new XapiError('MESSAGE_DEPRECATED', []);
     })
     .implement('SR.introduce', async (call, [uuid, nameLabel, nameDescription, type, contentType, shared, smConfig]) => {
       const id = uuid || randomUUID();
@@ -161,6 +153,8 @@ export function register(r: Registry, storage: Storage): void {
       await storage.updateSrAllowed(ref);
       return ref;
     })
+    // xapi moves probe's passwords into secrets too, then never removes them: a secret left
+    // behind at every probe. Here the driver is given the config as it came.
     .implement('SR.probe', async (_call, [host, deviceConfig, type]) => {
       await storage.host.db.get('host', host);
       const driver = storage.driver(type);

@@ -46,7 +46,7 @@ export const MIGRATION_LOG = 'migrations.log';
  * keys altogether; hosts here report none yet, and domains report no featureset, so the
  * features are compared only when both sides have them.
  */
-async function assertCpuCompatible(call: Call, vmRef: string, vm: Row<'VM'>, hostRef: string): Promise<void> {
+export async function assertCpuCompatible(call: Call, vmRef: string, vm: Row<'VM'>, hostRef: string): Promise<void> {
   if (vm.power_state === 'Halted') return;
   const host = await call.db.get('host', hostRef);
   const fail = (why: string) => new XapiError('VM_INCOMPATIBLE_WITH_THIS_HOST', [vmRef, hostRef, why]);
@@ -109,7 +109,7 @@ export async function poolMigrate(
 }
 
 /** The VM_MIGRATED message (priority 5) xapi leaves on the VM. */
-async function migratedMessage(call: Call, vmRef: string, from: string, to: string): Promise<void> {
+export async function migratedMessage(call: Call, vmRef: string, from: string, to: string): Promise<void> {
   const vm = await call.db.get('VM', vmRef);
   const a = await call.db.tryGet('host', from);
   const b = await call.db.tryGet('host', to);
@@ -125,21 +125,50 @@ async function migratedMessage(call: Call, vmRef: string, from: string, to: stri
   });
 }
 
+/** What a storage migration (VM.migrate_send, storage-motion.ts) adds to the memory's move. */
+export interface DiskSwitch {
+  /** The destination's address (the network host.migrate_receive named). */
+  address: string;
+  /** The VDIs the disks are on at the destination (old ref -> new), for the domain built there. */
+  vdiMap: Record<string, string>;
+  /** The guest is paused here and whole there: the disks' mirrors end, their copies stored. */
+  beforeCommit(): Promise<void>;
+  /** The writes that go with resident_on, in the same batch (the VBDs on their new VDIs). */
+  commitWrites(): Promise<unknown>[];
+  /** The task's progress is the disks' up to this share; the memory has the rest. */
+  progressFrom: number;
+  /** The task's progress writer the disks used (one writer, so the values land in order). */
+  progress: LatestProgress;
+  /** What the disks' copies did, for the migration's log line. */
+  report(): object[];
+}
+
 /**
  * The source's work (xapi_vm_migrate.ml pool_migrate): the domain manager migrates the domain
  * straight to the destination's, the commit writing resident_on there; tried again if the
  * guest interrupted it; then the destination brings its records up to date
- * (VM.pool_migrate_complete).
+ * (VM.pool_migrate_complete). With `disks` (a storage migration) the domain there is built on
+ * the disks' copies, which the commit makes the VM's.
  */
-async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: string, options: Record<string, string>): Promise<void> {
+export async function migrateHere(
+  call: Call,
+  svc: VmService,
+  vmRef: string,
+  hostRef: string,
+  options: Record<string, string>,
+  disks?: DiskSwitch,
+): Promise<void> {
   const { sync } = svc;
   const db = call.db;
   const vm = await db.get('VM', vmRef);
   const dest = await db.get('host', hostRef);
-  const address = options.network === undefined ? dest.address : await addressOn(call, options.network, hostRef);
+  const address = disks ? disks.address : options.network === undefined ? dest.address : await addressOn(call, options.network, hostRef);
   const session = call.session?.ref ?? '';
-  const url = `https://${address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}`;
-  const progress = new LatestProgress(call);
+  const vdiQuery = disks && Object.keys(disks.vdiMap).length > 0 ? `&vdi_map=${encodeURIComponent(JSON.stringify(disks.vdiMap))}` : '';
+  const url = `https://${address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}${vdiQuery}`;
+  const from = disks?.progressFrom ?? 0;
+  let switching = false;
+  const progress = disks?.progress ?? new LatestProgress(call);
   let report: MigrationReport | undefined;
   for (let attempt = 1; !report; attempt++) {
     try {
@@ -150,11 +179,13 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
           { url },
           {
             commit: async (domid) => {
+              switching = true;
+              await disks?.beforeCommit();
               // the move itself: once stored, the VM is the destination's
-              await db.update('VM', vmRef, { resident_on: hostRef, domid });
+              await Promise.all([db.update('VM', vmRef, { resident_on: hostRef, domid }), ...(disks?.commitWrites() ?? [])]);
               await db.commit();
             },
-            progress: (f) => progress.set(f),
+            progress: (f) => progress.set(from + (1 - from) * f),
           },
         );
       });
@@ -166,7 +197,8 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
         () => false,
         () => true,
       );
-      if (interrupted && !cancelling && attempt < MIGRATE_TRIES) {
+      // a storage migration whose mirrors ended at the pause cannot go again
+      if (interrupted && !cancelling && attempt < MIGRATE_TRIES && !switching) {
         call.host.log.warn({ err: e, vm: vmRef, attempt }, 'migration interrupted: trying again');
         continue;
       }
@@ -175,7 +207,7 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
     }
   }
   await untilStored(db, () => sync.refresh(vmRef));
-  logMigration(call.host, vmRef, vm.uuid, hostRef, report);
+  logMigration(call.host, vmRef, vm.uuid, hostRef, report, disks?.report());
   if (hostRef === call.host.hostRef) await completeHere(call, svc, vmRef);
   else await callOn(call.host, hostRef, dest.address, 'VM.pool_migrate_complete', [vmRef, hostRef]);
 }
@@ -185,7 +217,7 @@ async function migrateHere(call: Call, svc: VmService, vmRef: string, hostRef: s
  * last value always): the copy reports faster than database writes are worth (each one a
  * commit on the coordinator), and a member's writes in flight together may land in any order.
  */
-class LatestProgress {
+export class LatestProgress {
   private writing = false;
   private next: number | undefined;
   private last = 0;
@@ -230,7 +262,7 @@ async function addressOn(call: Call, network: string, hostRef: string): Promise<
 }
 
 /** Each migration's rounds, bytes and downtime: in the host's log, and a line in migrations.log. */
-function logMigration(host: HostContext, vmRef: string, uuid: string, to: string, r: MigrationReport): void {
+function logMigration(host: HostContext, vmRef: string, uuid: string, to: string, r: MigrationReport, disks?: object[]): void {
   const line = {
     time: new Date(host.now()).toISOString(),
     vm: uuid,
@@ -242,6 +274,7 @@ function logMigration(host: HostContext, vmRef: string, uuid: string, to: string
     bytes: r.bytes,
     downtimeMs: Math.round(r.downtimeMs * 1000) / 1000,
     totalMs: Math.round(r.totalMs * 1000) / 1000,
+    ...(disks ? { disks } : {}),
   };
   host.log.info({ vm: vmRef, migration: line }, 'VM migrated');
   try {
@@ -267,10 +300,16 @@ async function completeHere(call: Call, svc: VmService, vmRef: string): Promise<
  * manager asks if the sender vanishes with the image here: the domain is the VM once resident_on
  * and domid say so; it is not once the coordinator's operation is over without that.
  */
-export async function receiveMigration(host: HostContext, svc: VmService, vmUuid: string, channel: MigrationChannel): Promise<void> {
+export async function receiveMigration(
+  host: HostContext,
+  svc: VmService,
+  vmUuid: string,
+  channel: MigrationChannel,
+  vdiMap: Record<string, string> = {},
+): Promise<void> {
   const vmRef = await host.db.refByUuid('VM', vmUuid);
   if (!vmRef) throw new XapiError('UUID_INVALID', ['VM', vmUuid]);
-  const config = await svc.sync.config(vmRef);
+  const config = await svc.sync.config(vmRef, undefined, vdiMap);
   await svc.sync.backend.migrateReceive(config, channel, {
     owned: async (domid) => {
       const vm = await host.db.tryGet('VM', vmRef);

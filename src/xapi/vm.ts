@@ -87,7 +87,7 @@ export class VmService {
    * assert_can_boot_here, for the checks this implementation can make; every host is judged by
    * its own records (liveness, PBDs, PIFs, CPUs, free memory), whichever host asks.
    */
-  async assertCanBootHere(call: Call, ref: string, hostRef: string, memoryCheck = true): Promise<void> {
+  async assertCanBootHere(call: Call, ref: string, hostRef: string, memoryCheck = true, srCheck = true): Promise<void> {
     const db = call.db;
     const vm = await db.get('VM', ref);
     VmService.validateForBoot(vm);
@@ -97,7 +97,8 @@ export class VmService {
     // a VM migrating to the host it runs on may (a live migration to the same host)
     const localLiveMigration = vm.power_state === 'Running' && vm.resident_on === hostRef;
     if (host.enabled !== true && vm.is_control_domain !== true && !localLiveMigration) throw new XapiError('HOST_DISABLED', [hostRef]);
-    for (const vbdRef of vm.VBDs) {
+    // a storage migration checks without the SRs (do_sr_check:false): its disks are moving
+    for (const vbdRef of srCheck ? vm.VBDs : []) {
       const vbd = await db.get('VBD', vbdRef);
       const vdi = vbd.empty === true || vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI);
       if (!vdi) continue;

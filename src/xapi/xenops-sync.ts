@@ -18,8 +18,8 @@ import type { Storage } from './storage.js';
 import { updateVdiAllowedOperations } from './storage-operations.js';
 
 /** VM.other_config `simulator_dirty_rate`: how fast a simulated guest writes its memory, bytes/s. */
-function dirtyRateOf(vm: Row<'VM'>): number | undefined {
-  const text = vm.other_config.simulator_dirty_rate;
+function dirtyRateOf(vm: Row<'VM'>, key = 'simulator_dirty_rate'): number | undefined {
+  const text = vm.other_config[key];
   const rate = text === undefined ? Number.NaN : Number(text);
   return Number.isFinite(rate) && rate >= 0 ? rate : undefined;
 }
@@ -64,7 +64,7 @@ export class XenopsSync {
    * The configuration pushed to the backend before a start (xapi's Xenopsd_metadata.push);
    * `row`, the VM's row when the caller has just read it.
    */
-  async config(vmRef: string, row?: Row<'VM'>): Promise<VmConfig> {
+  async config(vmRef: string, row?: Row<'VM'>, vdiMap: Record<string, string> = {}): Promise<VmConfig> {
     const db = this.host.db;
     const vm = row ?? (await db.get('VM', vmRef));
     // the devices' rows read at once (on a pool member: one request to the coordinator)
@@ -72,7 +72,9 @@ export class XenopsSync {
       Promise.all(
         vm.VBDs.map(async (ref) => {
           const vbd = await db.get('VBD', ref);
-          return { vbd, vdi: vbd.VDI === NULL_REF ? undefined : await db.tryGet('VDI', vbd.VDI) };
+          // a storage migration's destination builds the domain on the disks' new VDIs
+          const vdiRef = vdiMap[vbd.VDI] ?? vbd.VDI;
+          return { vbd, vdiRef, vdi: vdiRef === NULL_REF ? undefined : await db.tryGet('VDI', vdiRef) };
         }),
       ),
       Promise.all(
@@ -83,14 +85,14 @@ export class XenopsSync {
       ),
     ]);
     const vbds = [];
-    for (const { vbd, vdi } of disks) {
+    for (const { vbd, vdiRef, vdi } of disks) {
       vbds.push({
         id: vbd.uuid,
         position: vbd.userdevice === 'autodetect' ? undefined : vbd.userdevice,
         mode: vbd.mode,
         type: vbd.type,
         // vdi_attach on this host: the file the domain reads and writes
-        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vbd.VDI, vbd.mode === 'RW'),
+        backend: vbd.empty === true || !vdi ? undefined : await this.storage.attachPath(vdiRef, vbd.mode === 'RW'),
         unpluggable: vbd.unpluggable === true,
       });
     }
@@ -117,6 +119,7 @@ export class XenopsSync {
       vbds,
       vifs,
       simDirtyRate: dirtyRateOf(vm),
+      simDiskWriteRate: dirtyRateOf(vm, 'simulator_disk_write_rate'),
     };
   }
 

@@ -54,6 +54,12 @@ export interface VmConfig {
    * the backend's default.
    */
   simDirtyRate?: number;
+  /**
+   * For a simulated guest: how fast it writes its read-write disks (bytes/s, random 4 KiB
+   * blocks), so a storage migration has writes to mirror (VM.other_config
+   * `simulator_disk_write_rate`). Absent or 0: it writes nothing by itself.
+   */
+  simDiskWriteRate?: number;
 }
 
 export interface GuestAgent {

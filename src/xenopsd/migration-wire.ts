@@ -22,6 +22,16 @@
 //                                <-     DONE {}             (running there)
 //
 // A connection that breaks is the other side gone: each side knows from where it was what to do.
+//
+// A storage migration's disks travel on connections of the same framing, one per disk, to the
+// host whose SR receives it (src/xapi/disk-mirror.ts; SM's DATA.MIRROR and its copy):
+//
+//   DISK {u64 offset, data}      ->     the bulk copy (sectors a mirrored write gave are kept)
+//   MIRRORED {u64 offset, data}  ->     a guest write during the copy
+//   DISK_SYNC {}                 ->     (the bulk copy is over: stored now, not at the switch)
+//                                <-     DISK_SYNCED {}
+//   DISK_END {verify}            ->     (the guest paused, its writes all sent)
+//                                <-     DISK_DONE {sha256?}  (stored; the image's digest if asked) | ERROR
 import { request } from 'node:https';
 import type { IncomingMessage } from 'node:http';
 import type { Readable, Writable } from 'node:stream';
@@ -37,6 +47,12 @@ export const Frame = {
   Go: 7,
   Done: 8,
   Abort: 9,
+  Disk: 10,
+  Mirrored: 11,
+  DiskEnd: 12,
+  DiskDone: 13,
+  DiskSync: 14,
+  DiskSynced: 15,
 } as const;
 export type Frame = (typeof Frame)[keyof typeof Frame];
 

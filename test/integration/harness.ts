@@ -63,6 +63,9 @@ export async function makeStateDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'xapi-ts-test-'));
 }
 
+/** How long a host may take to say it is ready (see startXapi). */
+const START_DEADLINE_MS = 120_000;
+
 export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
   const address = o.address ?? loopbackAddress();
   const httpPort = o.httpPort ?? (await freePort(address));
@@ -93,14 +96,16 @@ export async function startXapi(o: StartOptions = {}): Promise<XapiProcess> {
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
   const waitFor = o.waitFor ?? /host ready/;
-  // Ready when it says so on its output; the timer is only a deadline. A host not ready by then
-  // is killed: left running, it would outlive the test and keep its test file from ever ending.
+  // Ready when it says so on its output; the timer is only a deadline, generous because on a
+  // loaded machine (two test files and their hosts on two cores) a start has taken over 30 s. A
+  // host not ready by then is killed: left running, it would outlive the test and keep its test
+  // file from ever ending.
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       // Not left running: nobody would stop a host whose start failed.
       proc.kill('SIGKILL');
       reject(new Error(`xapi did not start in time:\n${out}`));
-    }, 30_000);
+    }, START_DEADLINE_MS);
     const check = () => {
       if (waitFor.test(out)) {
         clearTimeout(timer);

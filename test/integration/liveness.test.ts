@@ -11,8 +11,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, xapiFailure } from './client.js';
-import { loginWhenServing, startPool, type TestPool } from './pool-harness.js';
-import { vmRecord } from '../vm-record.js';
+import { loginWhenServing, runningVmOn, startPool, type TestPool } from './pool-harness.js';
 import { waitUntil } from '../wait.js';
 
 /** Short liveness timings for every host: heartbeats and liveness checks five times a second. */
@@ -23,18 +22,10 @@ async function live(pool: TestPool, host: string): Promise<boolean> {
   return (await jsonCall(pool.coordinator.url, 'host_metrics.get_live', [pool.session, metrics])) === true;
 }
 
-/** A VM created on the coordinator and started on `host` (a member: under a pool session, as the coordinator forwards). */
-async function runningVmOn(pool: TestPool, index: number, name: string): Promise<string> {
-  const c = pool.coordinator;
-  const vm = (await jsonCall(c.url, 'VM.create', [pool.session, vmRecord(name, { memory: 256 * 1024 * 1024 })])) as string;
-  const target = pool.hosts[index]!;
-  let session = pool.session;
-  if (target !== c) {
-    const secret = (await readFile(join(c.stateDir, 'ptoken'), 'utf8')).trim();
-    session = (await jsonCall(c.url, 'session.slave_login', [pool.refs[index], secret])) as string;
-  }
-  await jsonCall(target.url, 'VM.start_on', [session, vm, pool.refs[index], false, false]);
-  assert.equal(await jsonCall(c.url, 'VM.get_resident_on', [pool.session, vm]), pool.refs[index]);
+/** A VM started on host `index` of the pool, through its coordinator. */
+async function runningVm(pool: TestPool, index: number, name: string): Promise<string> {
+  const vm = await runningVmOn(pool.coordinator, pool.session, pool.hosts[index]!, name, 256 * 1024 * 1024);
+  assert.equal(await jsonCall(pool.coordinator.url, 'VM.get_resident_on', [pool.session, vm]), pool.refs[index]);
   return vm;
 }
 
@@ -68,9 +59,9 @@ describe('liveness with the default dead interval (10 min)', () => {
     const { coordinator: c, session: s, refs } = pool;
     const dom0 = (await jsonCall(c.url, 'host.get_control_domain', [s, refs[1]])) as string;
     assert.deepEqual(await xapiFailure(jsonCall(c.url, 'VM.power_state_reset', [s, dom0])), ['CANNOT_RESET_CONTROL_DOMAIN', dom0]);
-    const here = await runningVmOn(pool, 0, 'on-coordinator');
+    const here = await runningVm(pool, 0, 'on-coordinator');
     assert.deepEqual(await xapiFailure(jsonCall(c.url, 'VM.power_state_reset', [s, here])), ['DOMAIN_EXISTS', here]);
-    const there = await runningVmOn(pool, 1, 'on-member');
+    const there = await runningVm(pool, 1, 'on-member');
     assert.deepEqual(await xapiFailure(jsonCall(c.url, 'VM.power_state_reset', [s, there])), ['HOST_IS_LIVE', refs[1]]);
     assert.equal(await jsonCall(c.url, 'VM.get_power_state', [s, there]), 'Running');
     await jsonCall(c.url, 'VM.hard_shutdown', [s, here]);
@@ -88,7 +79,7 @@ describe('liveness with the default dead interval (10 min)', () => {
 
   it('declare_dead on a dead member halts its VMs and disables it; destroy then removes it', async () => {
     const { coordinator: c, session: s, refs } = pool;
-    const vm = await runningVmOn(pool, 2, 'on-doomed-member');
+    const vm = await runningVm(pool, 2, 'on-doomed-member');
     const dom0 = (await jsonCall(c.url, 'host.get_control_domain', [s, refs[2]])) as string;
     const metrics = (await jsonCall(c.url, 'host.get_metrics', [s, refs[2]])) as string;
     const pifs = (await jsonCall(c.url, 'host.get_PIFs', [s, refs[2]])) as string[];
@@ -133,7 +124,7 @@ describe('liveness with a short dead interval (3 s)', () => {
   it('a member keeps its VM while its coordinator is killed, and is back with it after the coordinator restarts', async () => {
     const { refs } = pool;
     const m = pool.members[0]!;
-    const vm = await runningVmOn(pool, 1, 'survivor');
+    const vm = await runningVm(pool, 1, 'survivor');
     const c = pool.coordinator;
     const said = m.output().length;
     c.kill('SIGKILL');

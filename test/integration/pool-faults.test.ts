@@ -11,13 +11,12 @@
 // there itself, so the fault lands at the same step on every run.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
 import { jsonCall, login } from './client.js';
-import { joinPool, startHosts } from './pool-harness.js';
+import { hostRef, joinPool, runningVmOn, startHosts } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
@@ -125,27 +124,6 @@ const fails = (p: Promise<unknown>) =>
 
 async function poolRef(url: string, session: string): Promise<string> {
   return ((await jsonCall(url, 'pool.get_all', [session])) as string[])[0]!;
-}
-
-async function hostRef(c: XapiProcess, session: string, x: XapiProcess): Promise<string> {
-  const hosts = (await jsonCall(c.url, 'host.get_all_records', [session])) as Records;
-  return Object.entries(hosts).find(([, h]) => h.address === x.address)![0];
-}
-
-/**
- * A VM created through the coordinator and started on `target` (a member: under a pool session
- * on the member itself, as the coordinator's forwarding does).
- */
-async function runningVmOn(c: XapiProcess, session: string, target: XapiProcess, name: string): Promise<string> {
-  const vm = (await jsonCall(c.url, 'VM.create', [session, vmRecord(name, { memory: 128 * 1024 * 1024 })])) as string;
-  const ref = await hostRef(c, session, target);
-  let s = session;
-  if (target !== c) {
-    const secret = (await readFile(join(c.stateDir, 'ptoken'), 'utf8')).trim();
-    s = (await jsonCall(c.url, 'session.slave_login', [ref, secret])) as string;
-  }
-  await jsonCall(target.url, 'VM.start_on', [s, vm, ref, false, false]);
-  return vm;
 }
 
 /** The VMs (by uuid) that have a domain in the simulator of the host whose state is in `stateDir`. */
@@ -364,15 +342,21 @@ describe('mid-join faults', { timeout: 600_000 }, () => {
 async function designatePool(memberPoint?: { index: number; point: string }) {
   const [a] = await startHosts(1, { env: FAST });
   const hosts: XapiProcess[] = [a!];
-  for (const i of [1, 2]) {
-    const h = await startBeside(a!, memberPoint?.index === i ? memberPoint.point : undefined);
-    await joinPool(a!, h);
-    hosts.push(h);
+  try {
+    for (const i of [1, 2]) {
+      const h = await startBeside(a!, memberPoint?.index === i ? memberPoint.point : undefined);
+      hosts.push(h);
+      await joinPool(a!, h);
+    }
+    const s = await login(a!.url, PASSWORD);
+    const acked = await acknowledge(a!, s, 'before-designate');
+    for (const h of hosts) await runningVmOn(a!, s, h, `on-${h.address}`);
+    return { hosts: hosts as [XapiProcess, XapiProcess, XapiProcess], s, acked };
+  } catch (e) {
+    // Not left running: they would keep the test file from ever ending.
+    await stopAll(hosts);
+    throw e;
   }
-  const s = await login(a!.url, PASSWORD);
-  const acked = await acknowledge(a!, s, 'before-designate');
-  for (const h of hosts) await runningVmOn(a!, s, h, `on-${h.address}`);
-  return { hosts: hosts as [XapiProcess, XapiProcess, XapiProcess], s, acked };
 }
 
 describe('mid-designate faults', { timeout: 900_000 }, () => {

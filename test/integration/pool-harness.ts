@@ -4,7 +4,10 @@
 // would. Waits on conditions only: each member back as a member, enabled and live.
 import { createServer } from 'node:net';
 import { freePort, loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { jsonCall, login, RpcFailure } from './client.js';
+import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 export interface TestPool {
@@ -119,4 +122,34 @@ export async function loginWhenServing(url: string): Promise<string> {
       throw e;
     }
   });
+}
+
+/** The ref of the host at `x`'s address, as the coordinator `c` knows it. */
+export async function hostRef(c: XapiProcess, session: string, x: XapiProcess): Promise<string> {
+  const hosts = (await jsonCall(c.url, 'host.get_all_records', [session])) as Record<string, { address: string }>;
+  const found = Object.entries(hosts).find(([, h]) => h.address === x.address);
+  if (!found) throw new Error(`no host at ${x.address}`);
+  return found[0];
+}
+
+/**
+ * A diskless VM created through the coordinator `c` and started on `target`; on a member, under
+ * a pool session on the member itself, as the coordinator's forwarding does.
+ */
+export async function runningVmOn(
+  c: XapiProcess,
+  session: string,
+  target: XapiProcess,
+  name: string,
+  memory = 128 * 1024 * 1024,
+): Promise<string> {
+  const vm = (await jsonCall(c.url, 'VM.create', [session, vmRecord(name, { memory })])) as string;
+  const ref = await hostRef(c, session, target);
+  let s = session;
+  if (target !== c) {
+    const secret = (await readFile(join(c.stateDir, 'ptoken'), 'utf8')).trim();
+    s = (await jsonCall(c.url, 'session.slave_login', [ref, secret])) as string;
+  }
+  await jsonCall(target.url, 'VM.start_on', [s, vm, ref, false, false]);
+  return vm;
 }

@@ -11,6 +11,8 @@ export interface SavedDomain {
   pausedForMigration?: boolean;
   startTime: number;
   memoryIdentity?: string;
+  /** Plugged disks: their device and the file the domain reads and writes. */
+  vbds?: Record<string, { position: string; backend?: string }>;
 }
 
 export interface SavedVm {

@@ -935,6 +935,67 @@ test('PBD.set_device_config: only the SR backend session may call it; passwords 
   }
 });
 
+test('SR.create and PBD.create keep passwords in secrets of their own; SR.make is deprecated', async () => {
+  const t = await setup();
+  try {
+    const secretValue = async (uuid: string) => t.ok('secret.get_value', t.s, (await t.ok('secret.get_by_uuid', t.s, uuid)) as string);
+    const dir = t.tmp();
+    const sr = (await t.ok(
+      'SR.create',
+      t.s,
+      t.host.hostRef,
+      struct({ location: dir, password: 'hunter2' }),
+      0n,
+      'with a password',
+      '',
+      'file',
+      'user',
+      false,
+      newStruct(),
+    )) as string;
+    const [pbd] = (await t.rec('SR', sr)).PBDs as string[];
+    const dc = (await t.rec('PBD', pbd!)).device_config as Record<string, string>;
+    assert.deepEqual(Object.keys(dc).sort(), ['location', 'password_secret']);
+    assert.equal(await secretValue(dc.password_secret!), 'hunter2');
+
+    // A new PBD naming that secret gets a copy of its own; a password in the clear, a new secret.
+    await t.ok('PBD.unplug', t.s, pbd!);
+    await t.ok('PBD.destroy', t.s, pbd!);
+    const again = (await t.ok(
+      'PBD.create',
+      t.s,
+      struct({ host: t.host.hostRef, SR: sr, device_config: struct({ ...dc, chappassword: 's3cret' }), other_config: newStruct() }),
+    )) as string;
+    const dc2 = (await t.rec('PBD', again)).device_config as Record<string, string>;
+    assert.deepEqual(Object.keys(dc2).sort(), ['chappassword_secret', 'location', 'password_secret']);
+    assert.notEqual(dc2.password_secret, dc.password_secret);
+    assert.equal(await secretValue(dc2.password_secret!), 'hunter2');
+    assert.equal(await secretValue(dc2.chappassword_secret!), 's3cret');
+    await t.ok('PBD.destroy', t.s, again);
+    const missing = '00000000-0000-0000-0000-000000000000';
+    assert.deepEqual(
+      await t.err(
+        'PBD.create',
+        t.s,
+        struct({
+          host: t.host.hostRef,
+          SR: sr,
+          device_config: struct({ location: dir, password_secret: missing }),
+          other_config: newStruct(),
+        }),
+      ),
+      ['UUID_INVALID', 'secret', missing],
+    );
+
+    const bogus = 'OpaqueRef:00000000-0000-0000-0000-000000000000';
+    const make = (host: string) => t.err('SR.make', t.s, host, struct({ location: t.tmp() }), 0n, 'made', '', 'file', 'user', newStruct());
+    assert.deepEqual(await make(bogus), ['HANDLE_INVALID', 'host', bogus]);
+    assert.deepEqual(await make(t.host.hostRef), ['MESSAGE_DEPRECATED']);
+  } finally {
+    await t.close();
+  }
+});
+
 test('on_boot=reset: every boot starts from the content the disk had when reset was set', async () => {
   const t = await setup();
   try {

@@ -252,6 +252,8 @@ export interface SimMigrationCore {
   setBalloon(vm: Vm): void;
   /** Sleeps `ms` (fails if the backend closes meanwhile). */
   sleep(ms: number): Promise<void>;
+  /** Resolves once the paused domain's disk write under way is done (its disks are still from then on). */
+  diskIdle(d: Domain): Promise<void>;
 }
 
 /** The identity of the memory a migration carries: what it was, and what was written to it. */
@@ -331,6 +333,7 @@ export async function sendMigration(
     pausedAt = performance.now();
     d.paused = true;
     d.osUpAt = undefined;
+    await core.diskIdle(d);
     await dirtyRound(guest.takeDirty(), true, [0.98, 0.99]);
     const now = Date.now();
     const identity = nextIdentity(identityOf(vm, d), guest.memory.digest);

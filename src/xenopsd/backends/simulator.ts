@@ -60,6 +60,7 @@ import { guestAgentReport, meminfo } from './sim-guest.js';
 import { readImage, writeImage } from './sim-suspend-image.js';
 import { assertNoDuplicates, deviceStateOf, freeVbdPosition, removableVbd, storeVbd, upsert } from './sim-devices.js';
 import { SimTimers } from './sim-timers.js';
+import { DiskWorkload } from './sim-disk-workload.js';
 import { UpdateFeed } from './sim-updates.js';
 import { SimSaver } from './sim-saver.js';
 import { DEFAULT_DIRTY_RATE, discard, install, receiveMigration, sendMigration, type SimMigrationCore } from './sim-migrate.js';
@@ -121,6 +122,11 @@ export class SimulatorBackend implements DomainManager {
   private readonly receiving = new Set<string>();
   private readonly dirtyRate: number;
   private readonly migrationCore: SimMigrationCore;
+  /** The guests' own disk writes (other_config simulator_disk_write_rate); a failed write is dropped, as a guest's I/O error would be. */
+  private readonly diskWorkload = new DiskWorkload(
+    () => this.vms.values(),
+    () => undefined,
+  );
 
   constructor(opts: SimulatorOptions) {
     this.bootTimeMs = opts.bootTimeMs ?? 50;
@@ -869,6 +875,7 @@ export class SimulatorBackend implements DomainManager {
       sleep: async (ms) => {
         await this.timers.until(() => false, ms);
       },
+      diskIdle: (d) => this.diskWorkload.idle(d),
     };
   }
 
@@ -942,6 +949,7 @@ export class SimulatorBackend implements DomainManager {
     this.saver.close(cancel); // after a last try at saving (what it cannot save, nobody has been told of)
     this.closed = true;
     this.timers.close(cancel);
+    this.diskWorkload.close();
     this.feed.close();
   }
 }
