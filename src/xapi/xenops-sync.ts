@@ -283,6 +283,10 @@ export class XenopsSync {
       for (const [ref, vif] of vifs) if (vif) update('VIF', ref, vif, { currently_attached: await this.plugged(vm, vif.uuid) });
     }
     this.consoleWrites(vmRef, consoles, live ? (state?.consoles ?? []) : [], writes);
+    // Nothing differs: the rows allowed_operations are worked out from are as they were, and so
+    // is the list (xapi's update_vm recomputes it only when the power state, the domain or the
+    // guest agent's report changed). An update loop's refresh after an operation's own ends here.
+    if (writes.length === 0) return [vm.power_state, power];
     await Promise.all(writes.map((w) => w()));
     await Promise.all(reattached.map((vbd) => (vbd.empty || vbd.VDI === NULL_REF ? undefined : updateVdiAllowedOperations(db, vbd.VDI))));
     // the VM's row as read, or as this refresh's writes should have made it (read again)
