@@ -159,9 +159,14 @@ export class XenopsSync {
     return lock;
   }
 
-  /** update_vm: write what the backend says about one VM into the database. */
-  async refresh(vmRef: string): Promise<void> {
-    await this.lockOf(vmRef).run(() => this.refreshNow(vmRef));
+  /**
+   * update_vm: write what the backend says about one VM into the database. `known`, the VM's
+   * row as the caller last read it: the rows the refresh compares with are read together with
+   * the VM (on a pool member, one request to the coordinator rather than two), and read again
+   * only if the VM turns out to point at other rows.
+   */
+  async refresh(vmRef: string, known?: Row<'VM'>): Promise<void> {
+    await this.lockOf(vmRef).run(() => this.refreshNow(vmRef, false, known));
   }
 
   /**
@@ -198,9 +203,16 @@ export class XenopsSync {
    * VM is not in the database, undefined if it was left alone (an operation drives it, it is
    * the control domain or it is another host's).
    */
-  private async refreshNow(vmRef: string, fromLoop = false): Promise<[vm_power_state, vm_power_state] | 'gone' | undefined> {
+  private async refreshNow(
+    vmRef: string,
+    fromLoop = false,
+    known?: Row<'VM'>,
+  ): Promise<[vm_power_state, vm_power_state] | 'gone' | undefined> {
     if (fromLoop && this.operating.has(vmRef)) return;
     const db = this.host.db;
+    // started in the same turn as the VM's read, so both share a request
+    const early = known && this.comparedRows(known);
+    early?.catch(() => undefined); // awaited below unless the refresh stops first
     const vm = await db.tryGet('VM', vmRef);
     if (!vm) return 'gone';
     if (vm.is_control_domain === true) return;
@@ -228,15 +240,9 @@ export class XenopsSync {
     if (power === 'Halted') changes.requires_reboot = false;
     const guestAgent = live ? state?.guestAgent : undefined;
 
-    // Every row the refresh compares with, read at once (on a pool member: one request to the
-    // coordinator rather than one per row).
-    const [vifs, vbds, metrics, guest, consoles] = await Promise.all([
-      rowsOf(db, 'VIF', vm.VIFs),
-      rowsOf(db, 'VBD', vm.VBDs),
-      vm.metrics !== NULL_REF ? db.tryGet('VM_metrics', vm.metrics) : undefined,
-      guestAgent && vm.guest_metrics !== NULL_REF ? db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
-      rowsOf(db, 'console', vm.consoles),
-    ]);
+    const [vifs, vbds, metrics, guestRow, consoles] =
+      early && sameComparedRefs(vm, known!) ? await early : await this.comparedRows(vm, guestAgent !== undefined);
+    const guest = guestAgent ? guestRow : undefined;
 
     // What the backend says, as writes of the fields that differ (xapi's update_vm compares with
     // what it saw before: an unchanged object gets no write and no event). They go out together
@@ -294,6 +300,21 @@ export class XenopsSync {
       vmChanges || madeGuestMetrics ? { ...vm, ...vmChanges, ...(madeGuestMetrics && { guest_metrics: madeGuestMetrics }) } : undefined;
     await updateAllowedOperations(db, vmRef, written ? { expected: written as Row<'VM'> } : { row: vm });
     return [vm.power_state, power];
+  }
+
+  /**
+   * Every row a refresh compares with, read at once (on a pool member: one request to the
+   * coordinator rather than one per row).
+   */
+  private comparedRows(vm: Row<'VM'>, guest = true) {
+    const db = this.host.db;
+    return Promise.all([
+      rowsOf(db, 'VIF', vm.VIFs),
+      rowsOf(db, 'VBD', vm.VBDs),
+      vm.metrics !== NULL_REF ? db.tryGet('VM_metrics', vm.metrics) : undefined,
+      guest && vm.guest_metrics !== NULL_REF ? db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
+      rowsOf(db, 'console', vm.consoles),
+    ]);
   }
 
   /** Whether the backend has a VM's device plugged (a device it does not know is not). */
@@ -499,6 +520,18 @@ function changedFields(row: object, changes: object): Record<string, unknown> | 
   const current = row as Record<string, unknown>;
   const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(current[k]) !== JSON.stringify(v)));
   return Object.keys(diff).length > 0 ? diff : undefined;
+}
+
+/** Whether two readings of a VM point at the same rows a refresh compares with. */
+function sameComparedRefs(a: Row<'VM'>, b: Row<'VM'>): boolean {
+  const same = (x: readonly string[], y: readonly string[]) => x.length === y.length && x.every((r, i) => r === y[i]);
+  return (
+    a.metrics === b.metrics &&
+    a.guest_metrics === b.guest_metrics &&
+    same(a.VIFs, b.VIFs) &&
+    same(a.VBDs, b.VBDs) &&
+    same(a.consoles, b.consoles)
+  );
 }
 
 /** Adds `by` to a per-VM count, dropping the VM at zero. */
