@@ -444,15 +444,50 @@ async function updateApplianceOperations(db: Db, ref: string): Promise<void> {
   if (!sameList(app.allowed_operations, ops)) await db.update('VM_appliance', ref, { allowed_operations: ops });
 }
 
+/** The fields of a VM's row that say which other rows vmFacts reads. */
+const FACT_REFS = [
+  'VBDs',
+  'VGPUs',
+  'resident_on',
+  'metrics',
+  'guest_metrics',
+  'appliance',
+  'protection_policy',
+  'snapshot_schedule',
+  'is_control_domain',
+] as const;
+
+const sameFactRefs = (a: Row<'VM'>, b: Row<'VM'>) => FACT_REFS.every((k) => JSON.stringify(a[k]) === JSON.stringify(b[k]));
+
+/** What the caller of updateAllowedOperations knows of the VM's row. */
+export type KnownVm =
+  /** the row, just read: used as it is */
+  | { row: Row<'VM'> }
+  /**
+   * what the caller's own writes should have made of it: the row is read again together with
+   * the rows its facts need (one round of reads on a pool member), those read again only if
+   * the row turns out to point elsewhere
+   */
+  | { expected: Row<'VM'> };
+
 /**
  * update_allowed_operations: the VM's allowed_operations recomputed, then those of its
- * appliance and its vTPMs, and of its VBDs and VIFs, which follow the VM's state. `row`, the
- * VM's row when the caller has just read it.
+ * appliance and its vTPMs, and of its VBDs and VIFs, which follow the VM's state.
  */
-export async function updateAllowedOperations(db: Db, ref: string, row?: Row<'VM'>): Promise<void> {
-  const vm = row ?? (await db.tryGet('VM', ref));
-  if (!vm) return;
-  const ops = allowedOperations(await vmFacts(db, ref, vm), db.schema.enumValues('vm_operations'));
+export async function updateAllowedOperations(db: Db, ref: string, known?: KnownVm): Promise<void> {
+  let vm: Row<'VM'> | undefined;
+  let facts: VmFacts;
+  if (known && 'expected' in known) {
+    const [fresh, guessed] = await Promise.all([db.tryGet('VM', ref), vmFacts(db, ref, known.expected)]);
+    if (!fresh) return;
+    vm = fresh;
+    facts = sameFactRefs(fresh, known.expected) ? { ...guessed, vm: fresh } : await vmFacts(db, ref, fresh);
+  } else {
+    vm = known?.row ?? (await db.tryGet('VM', ref));
+    if (!vm) return;
+    facts = await vmFacts(db, ref, vm);
+  }
+  const ops = allowedOperations(facts, db.schema.enumValues('vm_operations'));
   // The VM's, its appliance's, its vTPMs' and its devices' lists depend on the VM's state, not
   // on one another: they are worked out together (on a pool member, their reads share requests).
   const want = vm.power_state === 'Halted' ? (['destroy'] as const) : [];

@@ -39,9 +39,10 @@ export class VmService {
    * Backend calls of an operation: the update loop stays off the VM meanwhile, the outcome is
    * re-read after. An operation whose task was cancelled meanwhile (a hard shutdown cancels
    * the clean ones it overtakes) ends as cancelled; then the backend's error, if any; then, with
-   * `expect`, a VM not left in that power state fails (VM_BAD_POWER_STATE).
+   * `expect`, a VM not left in that power state fails (VM_BAD_POWER_STATE). `known`, the VM's
+   * row as the caller last read it (see XenopsSync.refresh).
    */
-  private async backend<T>(call: Call, vmRef: string, fn: () => Promise<T>, expect?: vm_power_state): Promise<T> {
+  private async backend<T>(call: Call, vmRef: string, fn: () => Promise<T>, expect?: vm_power_state, known?: Row<'VM'>): Promise<T> {
     let outcome: { ok: true; value: T } | { ok: false; error: unknown };
     try {
       outcome = { ok: true, value: await this.sync.whileOperating(vmRef, fn, true) };
@@ -50,7 +51,7 @@ export class VmService {
     }
     // What the domain did must reach the database even if it refuses writes just now (a full
     // disk): the update loop left this VM to the operation meanwhile.
-    await untilStored(call.db, () => this.sync.refresh(vmRef));
+    await untilStored(call.db, () => this.sync.refresh(vmRef, known));
     // The task and the VM read together (on a pool member: one request to the coordinator).
     const [cancelled, vm] = await Promise.allSettled([call.checkCancelled(), expect && call.db.get('VM', vmRef)]);
     if (cancelled.status === 'rejected') throw cancelled.reason;
@@ -206,6 +207,7 @@ export class VmService {
           await this.sync.backend.start(vm.uuid, { paused });
         },
         paused ? 'Paused' : 'Running',
+        { ...vm, guest_metrics: NULL_REF },
       );
     }
   }
@@ -234,7 +236,7 @@ export class VmService {
     await withVmOperation(call, ref, op, () =>
       this.onResident(call, ref, `VM.${op}`, [], async () => {
         const vm = await call.db.get('VM', ref);
-        await this.backend(call, ref, () => run(vm.uuid), expect);
+        await this.backend(call, ref, () => run(vm.uuid), expect, vm);
       }),
     );
   }
@@ -286,7 +288,7 @@ export class VmService {
       return;
     }
     if (vm.power_state === 'Halted') return;
-    await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid), 'Halted');
+    await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid), 'Halted', vm);
   }
 
   /** VM.shutdown: one `shutdown` operation; clean (within shutdown_delay) if it can, else hard. */
@@ -299,7 +301,7 @@ export class VmService {
       const vm = await call.db.get('VM', ref);
       if (vm.power_state === 'Running') {
         try {
-          await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid, this.cleanTimeout(vm)), 'Halted');
+          await this.backend(call, ref, () => this.sync.backend.shutdown(vm.uuid, this.cleanTimeout(vm)), 'Halted', vm);
           return;
         } catch (e) {
           call.host.log.warn({ err: e, vm: ref }, 'clean shutdown failed; shutting down hard');

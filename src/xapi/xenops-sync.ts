@@ -67,6 +67,7 @@ export class XenopsSync {
   async config(vmRef: string, row?: Row<'VM'>, vdiMap: Record<string, string> = {}): Promise<VmConfig> {
     const db = this.host.db;
     const vm = row ?? (await db.get('VM', vmRef));
+    this.refOfUuid.set(vm.uuid, vmRef); // the updates of the domain it makes name it by uuid
     // the devices' rows read at once (on a pool member: one request to the coordinator)
     const [disks, nics] = await Promise.all([
       Promise.all(
@@ -149,6 +150,8 @@ export class XenopsSync {
   private tick = 0;
   /** Per VM, the tick at which a refresh last read the backend's state of it. */
   private readonly statTick = new Map<string, number>();
+  /** The refs of the VMs refreshed here, by uuid (what the update loop is told of). */
+  private readonly refOfUuid = new Map<string, string>();
 
   private lockOf(vmRef: string): Mutex {
     let lock = this.refreshLocks.get(vmRef);
@@ -159,9 +162,14 @@ export class XenopsSync {
     return lock;
   }
 
-  /** update_vm: write what the backend says about one VM into the database. */
-  async refresh(vmRef: string): Promise<void> {
-    await this.lockOf(vmRef).run(() => this.refreshNow(vmRef));
+  /**
+   * update_vm: write what the backend says about one VM into the database. `known`, the VM's
+   * row as the caller last read it: the rows the refresh compares with are read together with
+   * the VM (on a pool member, one request to the coordinator rather than two), and read again
+   * only if the VM turns out to point at other rows.
+   */
+  async refresh(vmRef: string, known?: Row<'VM'>): Promise<void> {
+    await this.lockOf(vmRef).run(() => this.refreshNow(vmRef, false, known));
   }
 
   /**
@@ -190,17 +198,28 @@ export class XenopsSync {
   forget(vmRef: string): void {
     this.refreshLocks.delete(vmRef);
     this.statTick.delete(vmRef);
+    for (const [uuid, ref] of this.refOfUuid) if (ref === vmRef) this.refOfUuid.delete(uuid);
   }
 
   /**
-   * The refresh itself; returns the power state the VM had and the one written, or undefined if
-   * it was left alone (an operation drives it, it is gone, or it is another host's).
+   * The refresh itself; returns the power state the VM had and the one written, 'gone' if the
+   * VM is not in the database, undefined if it was left alone (an operation drives it, it is
+   * the control domain or it is another host's).
    */
-  private async refreshNow(vmRef: string, fromLoop = false): Promise<[vm_power_state, vm_power_state] | undefined> {
+  private async refreshNow(
+    vmRef: string,
+    fromLoop = false,
+    known?: Row<'VM'>,
+  ): Promise<[vm_power_state, vm_power_state] | 'gone' | undefined> {
     if (fromLoop && this.operating.has(vmRef)) return;
     const db = this.host.db;
+    // started in the same turn as the VM's read, so both share a request
+    const early = known && this.comparedRows(known);
+    early?.catch(() => undefined); // awaited below unless the refresh stops first
     const vm = await db.tryGet('VM', vmRef);
-    if (!vm || vm.is_control_domain === true) return;
+    if (!vm) return 'gone';
+    if (vm.is_control_domain === true) return;
+    this.refOfUuid.set(vm.uuid, vmRef);
     this.statTick.set(vmRef, ++this.tick);
     const state = await this.stat(vm);
     // A live migration not settled yet (a paused copy waiting for resolveMigration): nothing
@@ -224,15 +243,9 @@ export class XenopsSync {
     if (power === 'Halted') changes.requires_reboot = false;
     const guestAgent = live ? state?.guestAgent : undefined;
 
-    // Every row the refresh compares with, read at once (on a pool member: one request to the
-    // coordinator rather than one per row).
-    const [vifs, vbds, metrics, guest, consoles] = await Promise.all([
-      rowsOf(db, 'VIF', vm.VIFs),
-      rowsOf(db, 'VBD', vm.VBDs),
-      vm.metrics !== NULL_REF ? db.tryGet('VM_metrics', vm.metrics) : undefined,
-      guestAgent && vm.guest_metrics !== NULL_REF ? db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
-      rowsOf(db, 'console', vm.consoles),
-    ]);
+    const [vifs, vbds, metrics, guestRow, consoles] =
+      early && sameComparedRefs(vm, known!) ? await early : await this.comparedRows(vm, guestAgent !== undefined);
+    const guest = guestAgent ? guestRow : undefined;
 
     // What the backend says, as writes of the fields that differ (xapi's update_vm compares with
     // what it saw before: an unchanged object gets no write and no event). They go out together
@@ -251,7 +264,8 @@ export class XenopsSync {
       for (const [ref, vif] of vifs) update('VIF', ref, vif, { currently_attached: false });
       for (const [ref, vbd] of vbds) if (update('VBD', ref, vbd, { currently_attached: false })) reattached.push(vbd!);
     }
-    let vmWritten = update('VM', vmRef, vm, changes);
+    const vmChanges = changedFields(vm, changes);
+    if (vmChanges) writes.push(() => db.update('VM', vmRef, vmChanges));
     if (metrics) {
       const fields: Partial<VM_metrics_record> = {
         memory_actual: live && state ? state.memoryActual : 0,
@@ -269,7 +283,7 @@ export class XenopsSync {
       }
       update('VM_metrics', vm.metrics, metrics, fields, { last_updated: now });
     }
-    if (guestAgent && this.guestMetricsWrites(vmRef, guest && [vm.guest_metrics, guest], guestAgent, now, writes)) vmWritten = true;
+    const madeGuestMetrics = guestAgent && this.guestMetricsWrites(vmRef, guest && [vm.guest_metrics, guest], guestAgent, now, writes);
     if (live) {
       // update_vbd / update_vif: currently_attached is what the backend says is plugged
       for (const [ref, vbd] of vbds) {
@@ -278,11 +292,32 @@ export class XenopsSync {
       for (const [ref, vif] of vifs) if (vif) update('VIF', ref, vif, { currently_attached: await this.plugged(vm, vif.uuid) });
     }
     this.consoleWrites(vmRef, consoles, live ? (state?.consoles ?? []) : [], writes);
+    // Nothing differs: the rows allowed_operations are worked out from are as they were, and so
+    // is the list (xapi's update_vm recomputes it only when the power state, the domain or the
+    // guest agent's report changed). An update loop's refresh after an operation's own ends here.
+    if (writes.length === 0) return [vm.power_state, power];
     await Promise.all(writes.map((w) => w()));
     await Promise.all(reattached.map((vbd) => (vbd.empty || vbd.VDI === NULL_REF ? undefined : updateVdiAllowedOperations(db, vbd.VDI))));
-    // the VM's row as read, unless this refresh changed it
-    await updateAllowedOperations(db, vmRef, vmWritten ? undefined : vm);
+    // the VM's row as read, or as this refresh's writes should have made it (read again)
+    const written =
+      vmChanges || madeGuestMetrics ? { ...vm, ...vmChanges, ...(madeGuestMetrics && { guest_metrics: madeGuestMetrics }) } : undefined;
+    await updateAllowedOperations(db, vmRef, written ? { expected: written as Row<'VM'> } : { row: vm });
     return [vm.power_state, power];
+  }
+
+  /**
+   * Every row a refresh compares with, read at once (on a pool member: one request to the
+   * coordinator rather than one per row).
+   */
+  private comparedRows(vm: Row<'VM'>, guest = true) {
+    const db = this.host.db;
+    return Promise.all([
+      rowsOf(db, 'VIF', vm.VIFs),
+      rowsOf(db, 'VBD', vm.VBDs),
+      vm.metrics !== NULL_REF ? db.tryGet('VM_metrics', vm.metrics) : undefined,
+      guest && vm.guest_metrics !== NULL_REF ? db.tryGet('VM_guest_metrics', vm.guest_metrics) : undefined,
+      rowsOf(db, 'console', vm.consoles),
+    ]);
   }
 
   /** Whether the backend has a VM's device plugged (a device it does not know is not). */
@@ -295,14 +330,14 @@ export class XenopsSync {
     }
   }
 
-  /** The guest agent's report into the VM's guest metrics, made if it has none (true: the VM is written). */
+  /** The guest agent's report into the VM's guest metrics, made if it has none (returns the new one's ref). */
   private guestMetricsWrites(
     vmRef: string,
     existing: [string, Row<'VM_guest_metrics'>] | undefined,
     ga: NonNullable<VmState['guestAgent']>,
     now: string,
     writes: (() => Promise<unknown>)[],
-  ): boolean {
+  ): string | undefined {
     const db = this.host.db;
     const fields = {
       os_version: ga.osVersion,
@@ -320,14 +355,14 @@ export class XenopsSync {
       const [ref, row] = existing;
       const diff = changedFields(row, fields);
       if (diff) writes.push(() => db.update('VM_guest_metrics', ref, { ...diff, last_updated: now }));
-      return false;
+      return undefined;
     }
     const ref = newRef();
     writes.push(
       () => db.create('VM_guest_metrics', ref, { uuid: randomUUID(), other_config: {}, disks: {}, ...fields, last_updated: now }),
       () => db.update('VM', vmRef, { guest_metrics: ref }),
     );
-    return true;
+    return ref;
   }
 
   /** The VM's consoles made and destroyed to match the protocols the backend offers. */
@@ -422,9 +457,18 @@ export class XenopsSync {
           const covered = (ref: string) => operated.has(ref) || (this.statTick.get(ref) ?? 0) > received;
           const uuids = new Set<string>();
           for (const u of updates) uuids.add(u.kind === 'vm' ? u.id : u.vm);
-          // looked up together: on a pool member, one request to the coordinator
-          const refs = await Promise.all([...uuids].map((uuid) => this.host.db.refByUuid('VM', uuid)));
-          for (const ref of refs) if (ref && !covered(ref)) await this.onUpdate(ref);
+          // A VM refreshed here before is known by its uuid (a VM keeps its uuid and its ref
+          // for life); the others are looked up together (on a pool member, one request).
+          const refs = await Promise.all([...uuids].map((uuid) => this.refOfUuid.get(uuid) ?? this.host.db.refByUuid('VM', uuid)));
+          for (const [i, ref] of refs.entries()) {
+            if (ref && !covered(ref) && !(await this.onUpdate(ref))) {
+              // gone: a VM made since with the same uuid is another row
+              const uuid = [...uuids][i]!;
+              if (this.refOfUuid.get(uuid) === ref) this.refOfUuid.delete(uuid);
+              const now = await this.host.db.refByUuid('VM', uuid);
+              if (now && now !== ref && !covered(now)) await this.onUpdate(now);
+            }
+          }
           await this.host.db.commit();
           // Only once stored: if the database refused them (a full disk), the same updates
           // come again on the next round, so what the domains did still reaches the database.
@@ -439,13 +483,15 @@ export class XenopsSync {
   }
 
   /** A change the API did not ask for (guest agent data, a guest-initiated halt or reboot, a crash). */
-  private async onUpdate(ref: string): Promise<void> {
+  /** Returns false if the VM is not in the database (any more). */
+  private async onUpdate(ref: string): Promise<boolean> {
     const refreshed = await this.lockOf(ref).run(() => this.refreshNow(ref, true));
+    if (refreshed === 'gone') return false;
     // only a VM this refresh found halted, not by an operation, may have its action carried out
-    if (!refreshed || refreshed[0] === refreshed[1] || refreshed[1] !== 'Halted') return;
+    if (!refreshed || refreshed[0] === refreshed[1] || refreshed[1] !== 'Halted') return true;
     const after = await this.host.db.get('VM', ref);
     const busy = Object.keys(after.current_operations).length > 0;
-    if (busy || after.power_state !== 'Halted') return;
+    if (busy || after.power_state !== 'Halted') return true;
     const state = await this.stat(after);
     const reason = state?.lastShutdownReason;
     const action =
@@ -457,6 +503,7 @@ export class XenopsSync {
         .catch((e) => this.host.log.warn({ err: e }, 'restart after guest shutdown failed'));
       await this.refresh(ref);
     }
+    return true;
   }
 
   async stop(): Promise<void> {
@@ -476,6 +523,18 @@ function changedFields(row: object, changes: object): Record<string, unknown> | 
   const current = row as Record<string, unknown>;
   const diff = Object.fromEntries(Object.entries(changes).filter(([k, v]) => JSON.stringify(current[k]) !== JSON.stringify(v)));
   return Object.keys(diff).length > 0 ? diff : undefined;
+}
+
+/** Whether two readings of a VM point at the same rows a refresh compares with. */
+function sameComparedRefs(a: Row<'VM'>, b: Row<'VM'>): boolean {
+  const same = (x: readonly string[], y: readonly string[]) => x.length === y.length && x.every((r, i) => r === y[i]);
+  return (
+    a.metrics === b.metrics &&
+    a.guest_metrics === b.guest_metrics &&
+    same(a.VIFs, b.VIFs) &&
+    same(a.VBDs, b.VBDs) &&
+    same(a.consoles, b.consoles)
+  );
 }
 
 /** Adds `by` to a per-VM count, dropping the VM at zero. */

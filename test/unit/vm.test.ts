@@ -121,6 +121,47 @@ test('a whole life: start, pause, unpause, suspend, resume, reboot, shutdown, de
   }
 });
 
+test('a refresh that finds the VM as the database has it writes nothing; a stale row passed to it is read again', async () => {
+  // the update loop is not started: only the refreshes called here run (and no guest agent reports)
+  const h = await memoryHost({ rootPassword: 'pw', guestAgent: false });
+  try {
+    const { ok } = apiClient(h);
+    const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
+    const vm = (await ok('VM.create', s, vmStruct('quiet', { memory: 1 * GiB, vcpus: 2 }))) as string;
+    await ok('VM.start', s, vm, false, false);
+    const row = await h.host.db.get('VM', vm);
+    assert.equal(row.power_state, 'Running');
+    assert.ok(row.consoles.length > 0);
+    // allowed_operations is worked out from the pool's row among others: count its reads
+    const db = h.db as unknown as { all: (cls: string) => Promise<unknown> };
+    const all = db.all.bind(db);
+    let poolReads = 0;
+    db.all = (cls) => {
+      if (cls === 'pool') poolReads++;
+      return all(cls);
+    };
+    const generation = h.host.db.generation();
+    await h.xenops.refresh(vm);
+    assert.equal(h.host.db.generation(), generation, 'an unchanged VM gets no write');
+    assert.equal(poolReads, 0, 'nor its allowed_operations worked out again (xapi: only when the power state, domain or agent changed)');
+    // the row the caller passes points at consoles the VM no longer has: the refresh compares
+    // with the VM's own, so it finds nothing to change either
+    await h.xenops.refresh(vm, { ...row, consoles: [], metrics: 'OpaqueRef:NULL' });
+    assert.equal(h.host.db.generation(), generation);
+    assert.deepEqual((await h.host.db.get('VM', vm)).consoles, row.consoles);
+    // once the domain is gone behind the database's back, a refresh passed the old row writes the change
+    await h.domains.shutdown(row.uuid);
+    await h.xenops.refresh(vm, row);
+    const after = await h.host.db.get('VM', vm);
+    assert.equal(after.power_state, 'Halted');
+    assert.deepEqual(after.consoles, []);
+    assert.ok(after.allowed_operations.includes('start'));
+    assert.ok(poolReads > 0);
+  } finally {
+    await h.close();
+  }
+});
+
 test('wrong power state, templates, the control domain, constraints', async () => {
   const t = await setup();
   try {
