@@ -28,6 +28,7 @@ import { createVdi, destroyVdi } from './vdi.js';
 import type { VmService } from './vm.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { assertCpuCompatible, LatestProgress, migratedMessage, migrateHere } from './vm-migrate.js';
+import { versionsNotDecreasing } from './rpu.js';
 
 /** The keys of the map host.migrate_receive returns (xapi_vm_migrate.ml _sm, _xenops...). */
 const SM = 'SM';
@@ -185,7 +186,8 @@ async function assertCanMigrateVdis(call: Call, vdiMap: Record<string, string>):
 
 /**
  * VM.assert_can_migrate within the pool, in xapi's order: the map of the destination, every
- * disk mapped (VDI_NOT_IN_MAP), the SRs able to migrate (SR_DOES_NOT_SUPPORT_MIGRATION), the
+ * disk mapped (VDI_NOT_IN_MAP), the destination's versions not older than the source's
+ * (NOT_SUPPORTED_DURING_UPGRADE), the SRs able to migrate (SR_DOES_NOT_SUPPORT_MIGRATION), the
  * destination able to run the VM but for its SRs (the CPU unless `force`, HOST_NOT_LIVE,
  * HOST_DISABLED, VM_REQUIRES_NET, HOST_NOT_ENOUGH_FREE_MEMORY...), no VIF map
  * (OPERATION_NOT_ALLOWED), and no moving disk with CBT or encryption.
@@ -204,6 +206,9 @@ async function assertCanMigrate(
   const force = flag(options, 'force');
   checkVdiMap(await disksOf(call, vm.VBDs, true), vdiMap);
   await assertIntraPool(call, remote);
+  // Never onto a host with older versions (host_versions_not_decreasing), upgrade or not.
+  const source = vm.resident_on !== NULL_REF ? vm.resident_on : (await call.db.get('pool', call.host.poolRef)).master;
+  if (!(await versionsNotDecreasing(call.db, source, remote.host))) throw new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []);
   await assertSrSupport(call, vdiMap);
   if (!force) await assertCpuCompatible(call, vmRef, vm, remote.host);
   await svc.assertCanBootHere(call, vmRef, remote.host, true, false);

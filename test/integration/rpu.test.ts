@@ -288,6 +288,12 @@ print("ok guards", flush=True)
   await call('VM.pool_migrate', mover.vm, c, { live: 'true' });
   assert.equal(await call('VM.get_resident_on', mover.vm), c);
   assert.deepEqual(await xapiFailure(call('VM.pool_migrate', mover.vm, m2, { live: 'true' })), ['NOT_SUPPORTED_DURING_UPGRADE']);
+  // nor with its disks (storage motion checks the versions, upgrade or not)
+  const pifs = (await call('PIF.get_all_records')) as Record<string, { host: string; management: boolean; network: string }>;
+  const m2Network = Object.values(pifs).find((p) => p.host === m2 && p.management)!.network;
+  const dest = await call('host.migrate_receive', m2, m2Network, {});
+  const vdiMap = { [mover.vdi]: (await call('VDI.get_SR', mover.vdi)) as string };
+  assert.deepEqual(await xapiFailure(call('VM.migrate_send', mover.vm, dest, true, vdiMap, {}, {}, {})), ['NOT_SUPPORTED_DURING_UPGRADE']);
   assert.equal(await call('VM.get_resident_on', mover.vm), c);
   assert.deepEqual(await call('VM.get_current_operations', mover.vm), {});
 
