@@ -18,6 +18,7 @@ import { syncDatabase, type HostIdentity } from './dbsync.js';
 import { plugLocalPbds } from './local-storage.js';
 import { sweepUnfinishedMirrors } from '../xapi/storage-motion.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
+import { updateHostAllowedOperations } from '../xapi/host-operations.js';
 
 /** xapi's waits between attempts to be taken back: 5 s, or 60 s when the coordinator does not know this host. */
 export const HELLO_RETRY_MS = 5_000;
@@ -65,6 +66,7 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
     host.emergency = undefined;
     // xapi's consider_enabling_host: storage and domains are in order, so VMs may start here.
     await host.db.update('host', hostRef, { enabled: true });
+    await updateHostAllowedOperations(host.db, hostRef); // no shutdown or reboot while enabled
     await host.db.commit();
     host.log.info({ coordinator: o.master }, 'member of the pool: serving');
     // The copy of the pool's database this member would start from as coordinator.

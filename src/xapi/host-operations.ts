@@ -14,6 +14,7 @@ import { updateSrAllowedOperations, updateVdiAllowedOperations } from './storage
 import { updateAllowedOperations as updateVmAllowedOperations } from './vm-lifecycle.js';
 import { untilStored } from '../db/until-stored.js';
 import { isForwardedHere, runOn } from './forward.js';
+import { Mutex } from '../util/mutex.js';
 
 type Op = host_allowed_operations;
 
@@ -73,8 +74,34 @@ async function rollingUpgrade(db: Db): Promise<boolean> {
   return pool !== undefined && 'rolling_upgrade_in_progress' in pool[1].other_config;
 }
 
+/**
+ * One recomputation of a host's allowed_operations at a time, per database and host. Each reads
+ * what it depends on (the rolling-upgrade mark among them) and then writes: without this, one
+ * that read the mark before a rolling upgrade ended (a heartbeat's, say) could write its list
+ * after the end's recomputation, leaving the host's operations cut down for good.
+ */
+const hostUpdates = new WeakMap<Db, Map<string, Mutex>>();
+
+function hostUpdateLock(db: Db, ref: string): Mutex {
+  let locks = hostUpdates.get(db);
+  if (!locks) {
+    locks = new Map();
+    hostUpdates.set(db, locks);
+  }
+  let lock = locks.get(ref);
+  if (!lock) {
+    lock = new Mutex();
+    locks.set(ref, lock);
+  }
+  return lock;
+}
+
 /** update_allowed_operations for a host, listed in the order of xapi's Hashtbl. */
-export async function updateHostAllowedOperations(db: Db, ref: string): Promise<void> {
+export function updateHostAllowedOperations(db: Db, ref: string): Promise<void> {
+  return hostUpdateLock(db, ref).run(() => recomputeHostAllowedOperations(db, ref));
+}
+
+async function recomputeHostAllowedOperations(db: Db, ref: string): Promise<void> {
   const host = await db.tryGet('host', ref);
   if (!host) return;
   const table = await hostOperationErrors(db, ref, host);
