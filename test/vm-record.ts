@@ -51,3 +51,42 @@ export function vmStruct(name: string, shape: VmShape, extra: Record<string, Rpc
   }
   return Object.assign(newStruct(), fields, extra);
 }
+
+/** VDI.create's record: a user disk of `size` bytes on `sr`, every other field empty. */
+export function vdiRecord(sr: string, size: number, name: string): Record<string, unknown> {
+  return {
+    SR: sr,
+    virtual_size: size,
+    name_label: name,
+    name_description: '',
+    type: 'user',
+    sharable: false,
+    read_only: false,
+    other_config: {},
+    xenstore_data: {},
+    sm_config: {},
+    tags: [],
+  };
+}
+
+/** VBD.create's record: `vdi` as the VM's bootable read-write disk at position 0. */
+export function vbdRecord(vm: string, vdi: string): Record<string, unknown> {
+  return {
+    VM: vm,
+    VDI: vdi,
+    userdevice: '0',
+    bootable: true,
+    mode: 'RW',
+    type: 'Disk',
+    unpluggable: false,
+    empty: false,
+    other_config: {},
+    qos_algorithm_type: '',
+    qos_algorithm_params: {},
+  };
+}
+
+/** VIF.create's record: the VM's first interface, on `network`, its MAC chosen by the server. */
+export function vifRecord(vm: string, network: string): Record<string, unknown> {
+  return { device: '0', network, VM: vm, MAC: '', MTU: 1500, other_config: {}, qos_algorithm_type: '', qos_algorithm_params: {} };
+}

@@ -16,7 +16,7 @@ import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
-import { vmRecord } from '../vm-record.js';
+import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
@@ -115,32 +115,8 @@ async function assertNothingMarked(vm: string): Promise<void> {
 
 test('the destination killed while the memory streams in: the VM runs on at the source, intact', { timeout: 240_000 }, async () => {
   const vm = (await call('VM.create', vmRecord('faulty', { memory: 64 * MiB }))) as string;
-  const vdi = (await call('VDI.create', {
-    SR: shared,
-    virtual_size: 8 * MiB,
-    name_label: 'faulty disk',
-    name_description: '',
-    type: 'user',
-    sharable: false,
-    read_only: false,
-    other_config: {},
-    xenstore_data: {},
-    sm_config: {},
-    tags: [],
-  })) as string;
-  await call('VBD.create', {
-    VM: vm,
-    VDI: vdi,
-    userdevice: '0',
-    bootable: true,
-    mode: 'RW',
-    type: 'Disk',
-    unpluggable: false,
-    empty: false,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
+  const vdi = (await call('VDI.create', vdiRecord(shared, 8 * MiB, 'faulty disk'))) as string;
+  await call('VBD.create', vbdRecord(vm, vdi));
   await call('VM.start_on', vm, coordinator, false, false);
   await waitUntil('the guest agent reporting', async () => (await call('VM.get_guest_metrics', vm)) !== NULL);
   const before = (await call('VM.get_record', vm)) as Rec;

@@ -17,7 +17,7 @@ import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
-import { vmRecord } from '../vm-record.js';
+import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
@@ -77,42 +77,9 @@ after(async () => {
 async function runningVm(name: string, host: string, o: { memory?: number; sr?: string; dirtyRate?: number } = {}): Promise<string> {
   const other = o.dirtyRate === undefined ? {} : { simulator_dirty_rate: String(o.dirtyRate) };
   const vm = (await call('VM.create', vmRecord(name, { memory: o.memory ?? 256 * MiB }, { other_config: other }))) as string;
-  const vdi = (await call('VDI.create', {
-    SR: o.sr ?? shared,
-    virtual_size: 8 * MiB,
-    name_label: `${name} disk`,
-    name_description: '',
-    type: 'user',
-    sharable: false,
-    read_only: false,
-    other_config: {},
-    xenstore_data: {},
-    sm_config: {},
-    tags: [],
-  })) as string;
-  await call('VBD.create', {
-    VM: vm,
-    VDI: vdi,
-    userdevice: '0',
-    bootable: true,
-    mode: 'RW',
-    type: 'Disk',
-    unpluggable: false,
-    empty: false,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
-  await call('VIF.create', {
-    device: '0',
-    network,
-    VM: vm,
-    MAC: '',
-    MTU: 1500,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
+  const vdi = (await call('VDI.create', vdiRecord(o.sr ?? shared, 8 * MiB, `${name} disk`))) as string;
+  await call('VBD.create', vbdRecord(vm, vdi));
+  await call('VIF.create', vifRecord(vm, network));
   await call('VM.start_on', vm, host, false, false);
   // Until its PV drivers report, an HVM guest cannot be migrated (VM_LACKS_FEATURE), as in xapi.
   await waitUntil('the guest agent reporting', async () => (await call('VM.get_guest_metrics', vm)) !== NULL);

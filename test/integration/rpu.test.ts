@@ -19,7 +19,7 @@ import Database from 'better-sqlite3';
 import { jsonCall, login, RpcFailure, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { loginWhenServing, startPool } from './pool-harness.js';
-import { vmRecord } from '../vm-record.js';
+import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
@@ -78,42 +78,9 @@ after(async () => {
 /** A VM with a disk on the shared SR and a VIF, halted. */
 async function haltedVm(name: string): Promise<{ vm: string; vdi: string }> {
   const vm = (await call('VM.create', vmRecord(name, { memory: 128 * MiB }))) as string;
-  const vdi = (await call('VDI.create', {
-    SR: shared,
-    virtual_size: 8 * MiB,
-    name_label: `${name} disk`,
-    name_description: '',
-    type: 'user',
-    sharable: false,
-    read_only: false,
-    other_config: {},
-    xenstore_data: {},
-    sm_config: {},
-    tags: [],
-  })) as string;
-  await call('VBD.create', {
-    VM: vm,
-    VDI: vdi,
-    userdevice: '0',
-    bootable: true,
-    mode: 'RW',
-    type: 'Disk',
-    unpluggable: false,
-    empty: false,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
-  await call('VIF.create', {
-    device: '0',
-    network,
-    VM: vm,
-    MAC: '',
-    MTU: 1500,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
+  const vdi = (await call('VDI.create', vdiRecord(shared, 8 * MiB, `${name} disk`))) as string;
+  await call('VBD.create', vbdRecord(vm, vdi));
+  await call('VIF.create', vifRecord(vm, network));
   return { vm, vdi };
 }
 

@@ -12,7 +12,7 @@ import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
-import { vmRecord } from '../vm-record.js';
+import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
@@ -108,36 +108,12 @@ async function contentHash(hostUrl: string, vdi: string): Promise<string> {
 /** A running VM on the source member with a 64 MiB disk on its local SR holding `dataMiB` MiB of data. */
 async function vmOnSource(name: string, dataMiB = 48): Promise<{ vm: string; disk: string; hash: string; domid: unknown }> {
   const source = members[0]!;
-  const disk = (await call('VDI.create', {
-    SR: await localSrOf(refs[1]),
-    virtual_size: 64 * MiB,
-    name_label: `${name} disk`,
-    name_description: '',
-    type: 'user',
-    sharable: false,
-    read_only: false,
-    other_config: {},
-    xenstore_data: {},
-    sm_config: {},
-    tags: [],
-  })) as string;
+  const disk = (await call('VDI.create', vdiRecord(await localSrOf(refs[1]), 64 * MiB, `${name} disk`))) as string;
   const data = Buffer.alloc(dataMiB * MiB);
   for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
   assert.equal(await put(source.url, `/import_raw_vdi?session_id=${s}&vdi=${disk}&format=raw`, data), 200);
   const vm = (await call('VM.create', vmRecord(name, { memory: 64 * MiB }))) as string;
-  await call('VBD.create', {
-    VM: vm,
-    VDI: disk,
-    userdevice: '0',
-    bootable: true,
-    mode: 'RW',
-    type: 'Disk',
-    unpluggable: false,
-    empty: false,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
+  await call('VBD.create', vbdRecord(vm, disk));
   await call('VM.start_on', vm, refs[1], false, false);
   await waitUntil('the guest agent reporting', async () => (await call('VM.get_guest_metrics', vm)) !== NULL);
   return { vm, disk, hash: await contentHash(source.url, disk), domid: await call('VM.get_domid', vm) };

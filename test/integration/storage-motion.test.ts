@@ -18,7 +18,7 @@ import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
-import { vmRecord } from '../vm-record.js';
+import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
 const MiB = 1024 * 1024;
@@ -90,19 +90,7 @@ function put(base: string, path: string, body: Buffer): Promise<number> {
 
 /** A disk of `size` on `sr` holding `data` MiB of a pattern, uploaded to the host that has the SR. */
 async function diskWith(name: string, sr: string, size: number, dataMiB: number, hostUrl: string): Promise<string> {
-  const vdi = (await call('VDI.create', {
-    SR: sr,
-    virtual_size: size,
-    name_label: name,
-    name_description: '',
-    type: 'user',
-    sharable: false,
-    read_only: false,
-    other_config: {},
-    xenstore_data: {},
-    sm_config: {},
-    tags: [],
-  })) as string;
+  const vdi = (await call('VDI.create', vdiRecord(sr, size, name))) as string;
   if (dataMiB > 0) {
     const data = Buffer.alloc(dataMiB * MiB);
     for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
@@ -115,29 +103,8 @@ async function diskWith(name: string, sr: string, size: number, dataMiB: number,
 async function runningVm(name: string, host: string, vdi: string, rate = 0): Promise<string> {
   const other = rate > 0 ? { simulator_disk_write_rate: String(rate) } : {};
   const vm = (await call('VM.create', vmRecord(name, { memory: 64 * MiB }, { other_config: other }))) as string;
-  await call('VBD.create', {
-    VM: vm,
-    VDI: vdi,
-    userdevice: '0',
-    bootable: true,
-    mode: 'RW',
-    type: 'Disk',
-    unpluggable: false,
-    empty: false,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
-  await call('VIF.create', {
-    device: '0',
-    network,
-    VM: vm,
-    MAC: '',
-    MTU: 1500,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
+  await call('VBD.create', vbdRecord(vm, vdi));
+  await call('VIF.create', vifRecord(vm, network));
   await call('VM.start_on', vm, host, false, false);
   await waitUntil('the guest agent reporting', async () => (await call('VM.get_guest_metrics', vm)) !== NULL);
   return vm;
