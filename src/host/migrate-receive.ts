@@ -5,10 +5,9 @@
 // streams the memory. Here and not in src/http because it hands the connection to the domain
 // manager through xapi (src/xapi/vm-migrate.ts), which the wire layer does not reach.
 import type { HostContext } from '../api/context.js';
-import { checkSession } from '../api/session-check.js';
 import type { HandlerTable } from '../http/handlers.js';
 import { sendHttpError } from '../http/server.js';
-import { cookie } from '../http/transfer.js';
+import { poolSessionOr401 } from '../http/transfer.js';
 import type { MigrationChannel } from '../xenopsd/interface.js';
 import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
 
@@ -18,15 +17,7 @@ export function registerMigrationReceiver(
   receive: (vmUuid: string, channel: MigrationChannel, vdiMap: Record<string, string>) => Promise<void>,
 ): void {
   table.add('PUT', MIGRATION_PATH, async (req, res, url) => {
-    const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
-    try {
-      if (given === undefined) throw new Error('no session');
-      await checkSession(host, given, { anyPoolSession: true });
-    } catch {
-      req.resume();
-      sendHttpError(res, 401);
-      return;
-    }
+    if (!(await poolSessionOr401(host, req, res, url))) return;
     const uuid = decodeURIComponent(url.pathname.slice(MIGRATION_PATH.length));
     // a storage migration's disks: the VDIs the VM's disks are here (old VDI ref -> new), as
     // xapi passes xenopsd its vdi_map

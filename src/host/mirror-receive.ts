@@ -4,24 +4,15 @@
 // migrate_task) on an SR of this host is written. Answers 200 at once, then streams the reply
 // while the sender streams the disk.
 import type { HostContext } from '../api/context.js';
-import { checkSession } from '../api/session-check.js';
 import type { HandlerTable } from '../http/handlers.js';
 import { sendHttpError } from '../http/server.js';
-import { cookie } from '../http/transfer.js';
+import { poolSessionOr401 } from '../http/transfer.js';
 import { DISK_MIRROR_PATH, receiveDisk } from '../xapi/disk-mirror.js';
 import type { Storage } from '../xapi/storage.js';
 
 export function registerDiskMirrorReceiver(table: HandlerTable, host: HostContext, storage: Storage): void {
   table.add('PUT', DISK_MIRROR_PATH, async (req, res, url) => {
-    const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
-    try {
-      if (given === undefined) throw new Error('no session');
-      await checkSession(host, given, { anyPoolSession: true });
-    } catch {
-      req.resume();
-      sendHttpError(res, 401);
-      return;
-    }
+    if (!(await poolSessionOr401(host, req, res, url))) return;
     const uuid = decodeURIComponent(url.pathname.slice(DISK_MIRROR_PATH.length));
     const ref = await host.db.refByUuid('VDI', uuid);
     const vdi = ref && (await host.db.tryGet('VDI', ref));

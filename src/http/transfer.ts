@@ -6,7 +6,7 @@
 // the caller's task fails with SESSION_AUTHENTICATION_FAILED); no permission: 403.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import type { Call, SessionInfo } from '../api/context.js';
+import type { Call, HostContext, SessionInfo } from '../api/context.js';
 import type { Dispatcher } from '../api/dispatch.js';
 import { XapiError } from '../rpc/errors.js';
 import { checkPermission } from '../api/rbac.js';
@@ -87,6 +87,24 @@ export function statusOf(e: unknown): number {
   if (e.code === 'HANDLE_INVALID' || e.code === 'UUID_INVALID') return 404;
   if (e.code.startsWith('IMPORT_ERROR') || ['VDI_TOO_LARGE', 'SR_FULL', 'SR_OPERATION_NOT_SUPPORTED'].includes(e.code)) return 400;
   return 500;
+}
+
+/**
+ * For the host-to-host services (/services/xenops, /services/SM): whether the request carries a
+ * session of the pool (`session_id` in the query or a cookie), as xapi's are authenticated.
+ * Without one it is answered 401 here and false is returned.
+ */
+export async function poolSessionOr401(host: HostContext, req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
+  const given = url.searchParams.get('session_id') ?? cookie(req, 'session_id');
+  try {
+    if (given === undefined) throw new Error('no session');
+    await checkSession(host, given, { anyPoolSession: true });
+    return true;
+  } catch {
+    req.resume();
+    sendHttpError(res, 401);
+    return false;
+  }
 }
 
 /** A request cookie's value, decoded; undefined when the request has none of that name. */
