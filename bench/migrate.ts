@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import { jsonCall } from '../test/integration/client.js';
 import { freePort, ROOT } from '../test/integration/harness.js';
 import { startPool } from '../test/integration/pool-harness.js';
-import { vmRecord } from '../test/vm-record.js';
+import { vbdRecord, vdiRecord, vmRecord } from '../test/vm-record.js';
 import { HOST_NODE_FLAGS, hostEnv } from '../src/cli/host-process.js';
 
 const MiB = 1024 ** 2;
@@ -249,19 +249,7 @@ export async function run(args: string[]): Promise<void> {
       throw new Error(`no local SR on ${host}`);
     };
     const [fromPbd, toPbd] = [await localSr(a), await localSr(b)];
-    const disk = (await call('VDI.create', {
-      SR: fromPbd.SR,
-      virtual_size: diskMiB * MiB,
-      name_label: 'bench disk',
-      name_description: '',
-      type: 'user',
-      sharable: false,
-      read_only: false,
-      other_config: {},
-      xenstore_data: {},
-      sm_config: {},
-      tags: [],
-    })) as string;
+    const disk = (await call('VDI.create', vdiRecord(fromPbd.SR, diskMiB * MiB, 'bench disk'))) as string;
     console.log(`storage motion: filling a ${diskMiB} MiB disk`);
     await fillDisk(pool.coordinator.url, s, disk, diskMiB * MiB);
     const srDir = join(fromPbd.device_config.device!, (await call('SR.get_uuid', fromPbd.SR)) as string);
@@ -269,19 +257,7 @@ export async function run(args: string[]): Promise<void> {
     const plain = await fileCopy(vhdFile, srDir);
     console.log(`  plain file copy of its VHD (${round(plain.bytes / MiB)} MiB): ${round(plain.mbps)} MB/s`);
     const mover = (await call('VM.create', vmRecord('bench sxm', { memory: 256 * MiB }))) as string;
-    await call('VBD.create', {
-      VM: mover,
-      VDI: disk,
-      userdevice: '0',
-      bootable: true,
-      mode: 'RW',
-      type: 'Disk',
-      unpluggable: false,
-      empty: false,
-      other_config: {},
-      qos_algorithm_type: '',
-      qos_algorithm_params: {},
-    });
+    await call('VBD.create', vbdRecord(mover, disk));
     await call('VM.start_on', mover, a, false, false);
     for (let i = 0; (await call('VM.get_guest_metrics', mover)) === NULL; i++) {
       if (i > 3000) throw new Error('the guest agent never reported');

@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import { RpcFailure, jsonCall, waitTask } from './client.js';
 import { startPool, type TestPool } from './pool-harness.js';
 import { waitUntil } from '../wait.js';
-import { vmRecord } from '../vm-record.js';
+import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 
 const NULL = 'OpaqueRef:NULL';
 const MiB = 1024 * 1024;
@@ -73,33 +73,9 @@ test('VM.start places a VM whose disk is on a member SR there; event.from on the
   const member = pool.refs[1]!;
   const sr = await localSrOf(member);
   // VDI.create runs on the SR's master: the member, whose state directory holds the SR
-  memberDisk = (await call('VDI.create', {
-    SR: sr,
-    virtual_size: MiB,
-    name_label: 'member disk',
-    name_description: '',
-    type: 'user',
-    sharable: false,
-    read_only: false,
-    other_config: {},
-    xenstore_data: {},
-    sm_config: {},
-    tags: [],
-  })) as string;
+  memberDisk = (await call('VDI.create', vdiRecord(sr, MiB, 'member disk'))) as string;
   diskVm = await createVm('on member storage');
-  await call('VBD.create', {
-    VM: diskVm,
-    VDI: memberDisk,
-    userdevice: '0',
-    bootable: true,
-    mode: 'RW',
-    type: 'Disk',
-    unpluggable: false,
-    empty: false,
-    other_config: {},
-    qos_algorithm_type: '',
-    qos_algorithm_params: {},
-  });
+  await call('VBD.create', vbdRecord(diskVm, memberDisk));
   assert.deepEqual(await call('VM.get_possible_hosts', diskVm), [member]);
 
   const { token } = (await call('event.from', ['VM', 'VM_guest_metrics'], '', 0)) as { token: string };

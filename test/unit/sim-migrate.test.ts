@@ -159,9 +159,7 @@ test('the dirty model: writes land in a working set, each round takes what was w
   const first = g.takeDirty();
   assert.ok(first.length > 300 && first.length <= 500, String(first.length));
   assert.equal(g.dirtyCount, 0);
-  g.skip(10_000); // paused: nothing written
-  assert.equal(g.dirtyCount, 0);
-  g.advance(10_100);
+  g.advance(600);
   assert.ok(g.dirtyCount > 50 && g.dirtyCount <= 100);
   const span = Math.max(...first) - Math.min(...first);
   assert.ok(span < 4096 / 4 + 1, 'a quarter of memory is written');

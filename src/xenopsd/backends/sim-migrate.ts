@@ -144,11 +144,6 @@ export class GuestWrites {
     }
   }
 
-  /** Time passed without the guest running (paused): nothing written. */
-  skip(now: number): void {
-    this.last = now;
-  }
-
   get dirtyCount(): number {
     return this.dirtyList.length;
   }
