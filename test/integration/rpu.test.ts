@@ -168,6 +168,8 @@ test('a rolling upgrade, coordinator first: the mark, the guards, a member too n
   await startOn(mover.vm, m1);
   const hostOpsBefore = (await call('host.get_allowed_operations', m2)) as string[];
   assert.ok(hostOpsBefore.includes('vm_start'), 'VMs may start on a host outside an upgrade');
+  // an enabled member recomputed its list when it was enabled (consider_enabling_host)
+  assert.ok(!hostOpsBefore.includes('shutdown'), 'an enabled host is not shut down');
 
   // 1. The coordinator: its state directory made the older store format, started as the new release.
   const coordinatorDb = join(hosts[0]!.stateDir, 'xapi.db');
