@@ -12,6 +12,7 @@ import {
   importHost,
   importSr,
   importVm,
+  importVmMetadata,
   vmExportHost,
   type Storage,
 } from '../xapi/vm-import-export.js';
@@ -71,6 +72,26 @@ async function putImport(storage: Storage, t: Transfer) {
   return { type: VM_SET, value: vms };
 }
 
+/**
+ * PUT /import_metadata (import.ml metadata_handler): 200 at once, then the metadata read and
+ * imported; the VMs are the task's result. `restore`, `force`, `dry_run`, `live`, `check_cpu` as
+ * xapi's; `migration`, a cross-pool migration's mark for a live import (the sender's).
+ */
+async function putImportMetadata(t: Transfer) {
+  const { call, req, res } = t;
+  acceptUpload(res, call.task);
+  const vms = await importVmMetadata(call, req, {
+    restore: truthy(t.param('restore')),
+    force: truthy(t.param('force')),
+    dryRun: truthy(t.param('dry_run')),
+    live: truthy(t.param('live')),
+    checkCpu: truthy(t.param('check_cpu')),
+    migration: t.param('migration'),
+  });
+  res.end();
+  return { type: VM_SET, value: vms };
+}
+
 export function registerVmTransfers(table: HandlerTable, d: Dispatcher, storage: Storage): void {
   table
     .add(
@@ -82,6 +103,11 @@ export function registerVmTransfers(table: HandlerTable, d: Dispatcher, storage:
       'GET',
       '/export_metadata',
       transferHandler(d, 'get_export_metadata', 'VM metadata export', VM_ADMIN, (t) => getExportMetadata(t)),
+    )
+    .add(
+      'PUT',
+      '/import_metadata',
+      transferHandler(d, 'put_import_metadata', 'VM metadata import', VM_ADMIN, (t) => putImportMetadata(t)),
     )
     .add(
       'PUT',

@@ -21,6 +21,7 @@ import type { MigrationChannel } from '../xenopsd/interface.js';
 import { destroyVdiRecord } from './sr-scan.js';
 import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
+import { NULL_REF } from '../schema/types.js';
 
 /** The path a host receives migrating disks on (under it: the new VDI's uuid). */
 export const DISK_MIRROR_PATH = '/services/SM/mirror/';
@@ -42,8 +43,14 @@ interface DiskTarget {
   mirror(offset: number, data: Buffer): Promise<void>;
   /** What was written so far made durable (the bulk copy's fsync before the switch, not in it). */
   sync(): Promise<void>;
-  /** All was sent: stored durably; the image's digest if `verify`. */
-  end(verify: boolean): Promise<string | undefined>;
+  /**
+   * All was sent: stored durably; the image's digest if `verify`. With `hold` (a cross-pool
+   * migration) the connection stays open until `release`: the receiver keeps the copy only if
+   * the migration claimed it by then.
+   */
+  end(verify: boolean, hold?: boolean): Promise<string | undefined>;
+  /** Closes a held connection. */
+  release(): void;
   /** Gives up (the connection closed, the disk closed). */
   abort(): Promise<void>;
 }
@@ -95,6 +102,8 @@ class LocalTarget implements DiskTarget {
   abort(): Promise<void> {
     return this.lock.run(() => this.disk.close().catch(() => undefined));
   }
+
+  release(): void {}
 }
 
 /** The new VDI on another host: frames on one connection, sent one at a time. */
@@ -132,12 +141,16 @@ class RemoteTarget implements DiskTarget {
     await this.reader.expect(Frame.DiskSynced);
   }
 
-  async end(verify: boolean): Promise<string | undefined> {
-    await this.lock.run(() => this.writer.send(Frame.DiskEnd, { verify }));
+  async end(verify: boolean, hold = false): Promise<string | undefined> {
+    await this.lock.run(() => this.writer.send(Frame.DiskEnd, { verify, hold }));
     const { sha256 } = json<{ sha256?: string }>(await this.reader.expect(Frame.DiskDone));
+    if (!hold) this.release();
+    return sha256;
+  }
+
+  release(): void {
     this.writer.end();
     this.channel.close();
-    return sha256;
   }
 
   async abort(): Promise<void> {
@@ -171,6 +184,8 @@ export interface DiskCopyReport {
  */
 export class DiskMove {
   private target: DiskTarget | undefined;
+  /** A cross-pool copy's connection, held open after the copy until the migration is settled. */
+  private held: DiskTarget | undefined;
   private mirror: Mirror | undefined;
   private report: DiskCopyReport;
 
@@ -180,6 +195,8 @@ export class DiskMove {
     readonly to: string,
     /** The host that has the new VDI's SR: undefined for this one, else the URL of its receiver. */
     private readonly remoteUrl: string | undefined,
+    /** A copy in another pool: its connection is held until `release` (see RemoteTarget.end). */
+    private readonly hold = false,
   ) {
     this.report = { vdi, to, virtualSize: 0, bytes: 0, copyMs: 0, readWaitMs: 0, sendMs: 0, mirroredWrites: 0 };
   }
@@ -258,11 +275,12 @@ export class DiskMove {
     if (this.mirror?.failed) throw this.mirrorFailed();
     this.report.mirroredWrites = this.mirror?.writes ?? 0;
     const sourceSha = verify ? await this.sourceDigest() : undefined;
-    const destSha = await target.end(verify).catch((e: unknown) => {
+    const destSha = await target.end(verify, this.hold).catch((e: unknown) => {
       this.storage.host.log.warn({ err: e, vdi: this.vdi }, 'the copy of a disk could not be completed');
       throw this.mirrorFailed();
     });
     this.target = undefined;
+    if (this.hold) this.held = target;
     if (verify && sourceSha !== destSha) throw this.mirrorFailed();
     this.report.sourceSha256 = sourceSha;
     this.report.destinationSha256 = destSha;
@@ -283,6 +301,13 @@ export class DiskMove {
     this.mirror?.stop();
     await this.target?.abort().catch(() => undefined);
     this.target = undefined;
+    this.release();
+  }
+
+  /** Closes a held connection: the receiver keeps the copy if the migration claimed it, else removes it. */
+  release(): void {
+    this.held?.release();
+    this.held = undefined;
   }
 }
 
@@ -329,11 +354,12 @@ export async function receiveDisk(storage: Storage, vdiRef: string, channel: Mig
       } else if (f.type === Frame.DiskEnd) {
         await Promise.all(inFlight);
         if (failed) throw failed;
-        const { verify } = json<{ verify?: boolean }>(payload);
+        const { verify, hold } = json<{ verify?: boolean; hold?: boolean }>(payload);
         const sha256 = await target.end(verify === true);
         ended = true;
         await writer.send(Frame.DiskDone, sha256 ? { sha256 } : {});
-        void settleCopy(storage, vdiRef);
+        if (hold) await settleHeldCopy(storage, vdiRef, reader);
+        else void settleCopy(storage, vdiRef);
         return;
       } else throw new MigrationBroken(`unexpected frame ${f.type}`);
     }
@@ -372,6 +398,40 @@ async function settleCopy(storage: Storage, vdiRef: string): Promise<void> {
     }
   } catch {
     // the host is closing: its next start sweeps what is left (sweepUnfinishedMirrors)
+  }
+}
+
+/**
+ * A cross-pool copy (its migration's task is in the other pool): kept while the sender holds the
+ * connection; once it closes, kept if the migration claimed it (migrate_task removed), else it
+ * goes with everything else the migration brought in (abandonIncoming).
+ */
+async function settleHeldCopy(storage: Storage, vdiRef: string, reader: FrameReader): Promise<void> {
+  await reader.closed();
+  const mark = (await storage.host.db.tryGet('VDI', vdiRef))?.sm_config.migrate_task;
+  if (mark !== undefined) await abandonIncoming(storage, mark);
+}
+
+/**
+ * A cross-pool migration into this pool that will not complete (its sender went, or this host
+ * restarted): the VMs it imported and not yet claimed (other_config migrate_task = `mark`), their
+ * devices, and the copies it filled on this host's SRs.
+ */
+export async function abandonIncoming(storage: Storage, mark: string): Promise<void> {
+  const host = storage.host;
+  const db = host.db;
+  for (const [ref, vm] of await db.all('VM')) {
+    if (vm.other_config.migrate_task !== mark || vm.resident_on !== NULL_REF) continue;
+    for (const vbd of vm.VBDs) if (await db.tryGet('VBD', vbd)) await db.destroy('VBD', vbd);
+    for (const vif of vm.VIFs) if (await db.tryGet('VIF', vif)) await db.destroy('VIF', vif);
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) await db.destroy('VM_metrics', vm.metrics);
+    if (await db.tryGet('VM', ref)) await db.destroy('VM', ref);
+    host.log.warn({ vm: ref }, 'removed a VM whose migration into this pool did not finish');
+  }
+  for (const [ref, vdi] of await db.all('VDI')) {
+    if (vdi.sm_config.migrate_task !== mark) continue;
+    if ((await db.find('PBD', { SR: vdi.SR, host: host.hostRef })).length === 0) continue;
+    await removeHalfCopied(storage, ref);
   }
 }
 

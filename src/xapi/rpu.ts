@@ -82,7 +82,12 @@ export async function assertHostVersionsSameAsCoordinator(db: Db, hostRef: strin
 export async function versionsNotDecreasing(db: Db, from: string, to: string): Promise<boolean> {
   const a = (await db.get('host', from)).software_version;
   const b = (await db.get('host', to)).software_version;
-  return atLeast(MIGRATION_KEYS, b, a);
+  return softwareVersionsNotDecreasing(a, b);
+}
+
+/** The same comparison of two hosts' software_version (one may be another pool's host). */
+export function softwareVersionsNotDecreasing(from: Versions, to: Versions): boolean {
+  return atLeast(MIGRATION_KEYS, to, from);
 }
 
 /**

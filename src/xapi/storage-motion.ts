@@ -18,7 +18,7 @@ import { XapiError } from '../rpc/errors.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF } from '../schema/types.js';
 import { setCancellable } from '../api/tasks.js';
-import { DISK_MIRROR_PATH, type DiskCopyReport, DiskMove, removeHalfCopied } from './disk-mirror.js';
+import { abandonIncoming, DISK_MIRROR_PATH, type DiskCopyReport, DiskMove, removeHalfCopied } from './disk-mirror.js';
 import { callOn, isForwardedHere, runOn, seesSrs, srMaster } from './forward.js';
 import { hostSeeing, runOnResident, vmSrs } from './forward-to.js';
 import { withVmPlacedOnHost } from './host-operations.js';
@@ -29,6 +29,7 @@ import type { VmService } from './vm.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { assertCpuCompatible, LatestProgress, migratedMessage, migrateHere } from './vm-migrate.js';
 import { versionsNotDecreasing } from './rpu.js';
+import { assertCanMigrateCrossPool, inferVifMap, RemotePool, transferMetadata, vifsWithSnapshots } from './cross-pool.js';
 
 /** The keys of the map host.migrate_receive returns (xapi_vm_migrate.ml _sm, _xenops...). */
 const SM = 'SM';
@@ -36,6 +37,9 @@ const XENOPS = 'xenops';
 const HOST = 'host';
 const SESSION = 'session_id';
 const MASTER = 'master';
+
+/** How the marks of what a migration to another pool makes there begin (sm_config / other_config migrate_task). */
+const CROSS_POOL_MARK = 'xpool:';
 
 /** At most this many storage migrations run from one host at once (xapi's with_migrate). */
 const STORAGE_MIGRATES = 3;
@@ -55,27 +59,37 @@ function destValue(dest: Record<string, string>, key: string): string {
 interface Remote {
   host: string;
   address: string;
+  /** The destination pool's coordinator (the master URL's address). */
+  master: string;
   session: string;
   smUrl: string;
 }
 
-function remoteOf(dest: Record<string, string>): Remote {
-  destValue(dest, MASTER);
-  const xenops = destValue(dest, XENOPS);
-  let address: string;
+/** get_ip_from_url: the address a URL of the map names. */
+function addressOf(url: string): string {
   try {
-    address = new URL(xenops).hostname;
+    return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1');
   } catch {
-    throw new XapiError('INTERNAL_ERROR', [`Cannot extract foreign IP address from: ${xenops}`]);
+    throw new XapiError('INTERNAL_ERROR', [`Cannot extract foreign IP address from: ${url}`]);
   }
-  return { host: destValue(dest, HOST), address, session: destValue(dest, SESSION), smUrl: destValue(dest, SM) };
 }
 
-/** Within this pool (the destination host is a host of this database), or another pool's. */
-async function assertIntraPool(call: Call, remote: Remote): Promise<void> {
-  if (!(remote.host.startsWith('OpaqueRef:') && (await call.db.tryGet('host', remote.host)))) {
-    throw new XapiError('NOT_IMPLEMENTED', ['VM.migrate_send to another pool']);
-  }
+function remoteOf(dest: Record<string, string>): Remote {
+  const master = destValue(dest, MASTER);
+  const xenops = destValue(dest, XENOPS);
+  const session = destValue(dest, SESSION);
+  const address = addressOf(xenops);
+  return { host: destValue(dest, HOST), address, master: addressOf(master), session, smUrl: destValue(dest, SM) };
+}
+
+/** migration_type: within this pool (the destination host is a host of this database), or to another pool. */
+async function isIntraPool(call: Call, remote: Remote): Promise<boolean> {
+  return remote.host.startsWith('OpaqueRef:') && (await call.db.tryGet('host', remote.host)) !== undefined;
+}
+
+/** The other pool of a cross-pool migration, reached through the map's session. */
+function remotePool(call: Call, remote: Remote): RemotePool {
+  return new RemotePool(call, remote.host, remote.address, remote.master, remote.session);
 }
 
 // ---- host.migrate_receive ---------------------------------------------------------------------
@@ -161,7 +175,11 @@ async function smFeaturesOf(call: Call, type: string): Promise<Set<string>> {
  * and goes to one that can snapshot and receive a mirror (VDI_MIRROR counts for VDI_MIRROR_IN):
  * SR_DOES_NOT_SUPPORT_MIGRATION [sr, the missing capabilities joined by ';'].
  */
-async function assertSrSupport(call: Call, vdiMap: Record<string, string>): Promise<void> {
+async function assertSrSupport(
+  call: Call,
+  vdiMap: Record<string, string>,
+  destFeatures: (sr: string) => Promise<Set<string>> = async (sr) => smFeaturesOf(call, (await call.db.get('SR', sr)).type),
+): Promise<void> {
   const check = (sr: string, features: Set<string>, ops: string[]) => {
     const missing = ops.filter((op) => !features.has(op) && !(op === 'VDI_MIRROR_IN' && features.has('VDI_MIRROR')));
     if (missing.length > 0) throw new XapiError('SR_DOES_NOT_SUPPORT_MIGRATION', [sr, missing.join(';')]);
@@ -170,7 +188,7 @@ async function assertSrSupport(call: Call, vdiMap: Record<string, string>): Prom
     const source = (await call.db.get('VDI', vdi)).SR;
     if (source === sr) continue;
     check(source, await smFeaturesOf(call, (await call.db.get('SR', source)).type), ['VDI_SNAPSHOT', 'VDI_MIRROR']);
-    check(sr, await smFeaturesOf(call, (await call.db.get('SR', sr)).type), ['VDI_SNAPSHOT', 'VDI_MIRROR_IN']);
+    check(sr, await destFeatures(sr), ['VDI_SNAPSHOT', 'VDI_MIRROR_IN']);
   }
 }
 
@@ -205,7 +223,13 @@ async function assertCanMigrate(
   const remote = remoteOf(dest);
   const force = flag(options, 'force');
   checkVdiMap(await disksOf(call, vm.VBDs, true), vdiMap);
-  await assertIntraPool(call, remote);
+  if (!(await isIntraPool(call, remote))) {
+    await assertCanMigrateCrossPool(call, vmRef, remotePool(call, remote), vifMap, { force, copy: flag(options, 'copy') }, (destFeatures) =>
+      assertSrSupport(call, vdiMap, destFeatures),
+    );
+    await assertCanMigrateVdis(call, vdiMap);
+    return;
+  }
   // Never onto a host with older versions (host_versions_not_decreasing), upgrade or not.
   const source = vm.resident_on !== NULL_REF ? vm.resident_on : (await call.db.get('pool', call.host.poolRef)).master;
   if (!(await versionsNotDecreasing(call.db, source, remote.host))) throw new XapiError('NOT_SUPPORTED_DURING_UPGRADE', []);
@@ -240,16 +264,21 @@ async function migrateSend(
   args: Rpc[],
 ): Promise<string> {
   const storage = svc.sync.storage;
-  if (isForwardedHere(call)) return sendHere(call, svc, storage, vmRef, dest, vdiMap, options);
+  if (isForwardedHere(call)) return sendHere(call, svc, storage, vmRef, dest, vdiMap, vifMap, options);
   const db = call.db;
   const vm = await db.get('VM', vmRef);
   const source = vm.resident_on;
   const hostRef = destValue(dest, HOST);
   const live = vm.power_state === 'Running' || vm.power_state === 'Paused';
+  const crossPool = !(await isIntraPool(call, remoteOf(dest)));
+  let result: string = vmRef;
   await withVmOperation(call, vmRef, 'migrate_send', async () => {
     await assertCanMigrate(call, svc, vmRef, dest, vdiMap, vifMap, options);
-    const work = () => sendHere(call, svc, storage, vmRef, dest, vdiMap, options);
-    if (live) {
+    const work = () => sendHere(call, svc, storage, vmRef, dest, vdiMap, vifMap, options);
+    if (live && crossPool) {
+      // the other pool reserves its host's memory itself, at the metadata import
+      result = (await runOnResident(call, vmRef, 'VM.migrate_send', args, work)) as string;
+    } else if (live) {
       const choose = async () => {
         await svc.assertCanBootHere(call, vmRef, hostRef, true, false);
         return hostRef;
@@ -257,11 +286,12 @@ async function migrateSend(
       await withVmPlacedOnHost(call, vmRef, choose, 'vm_migrate', () => runOnResident(call, vmRef, 'VM.migrate_send', args, work));
     } else {
       // forward_to_suitable_host: a host that can reach the VM's disks sends them
-      await runOn(call, await hostSeeing(call, await vmSrs(call, vmRef), true), 'VM.migrate_send', args, work);
+      result = (await runOn(call, await hostSeeing(call, await vmSrs(call, vmRef), true), 'VM.migrate_send', args, work)) as string;
     }
   });
-  if (live) await migratedMessage(call, vmRef, source, hostRef);
-  return vmRef;
+  if (live && !crossPool) await migratedMessage(call, vmRef, source, hostRef);
+  // to another pool: the VM's reference there
+  return crossPool ? result : vmRef;
 }
 
 /** Runs on the SR's master: here, or forwarded there (a member's work reaches the other host itself). */
@@ -322,6 +352,7 @@ async function sendHere(
   vmRef: string,
   dest: Record<string, string>,
   vdiMap: Record<string, string>,
+  vifMap: Record<string, string>,
   options: Record<string, string>,
 ): Promise<string> {
   let count = running.get(call.host);
@@ -332,7 +363,7 @@ async function sendHere(
   if (count.n >= STORAGE_MIGRATES) throw new XapiError('TOO_MANY_STORAGE_MIGRATES', [String(STORAGE_MIGRATES)]);
   count.n++;
   try {
-    return await moveDisks(call, svc, storage, vmRef, dest, vdiMap, options);
+    return await moveDisks(call, svc, storage, vmRef, dest, vdiMap, vifMap, options);
   } finally {
     count.n--;
   }
@@ -345,12 +376,15 @@ async function moveDisks(
   vmRef: string,
   dest: Record<string, string>,
   vdiMap: Record<string, string>,
+  vifMap: Record<string, string>,
   options: Record<string, string>,
 ): Promise<string> {
   const db = call.db;
   const remote = remoteOf(dest);
-  await assertIntraPool(call, remote);
-  if (flag(options, 'copy')) {
+  const intra = await isIntraPool(call, remote);
+  const other = intra ? undefined : remotePool(call, remote);
+  const copy = flag(options, 'copy');
+  if (copy && intra) {
     throw new XapiError('OPERATION_NOT_ALLOWED', [
       'Copy mode is disallowed on intra pool storage migration, try efficient alternatives, for example, VM.copy/clone.',
     ]);
@@ -359,6 +393,7 @@ async function moveDisks(
   const snapshots = vm.snapshots;
   const vmDisks = await disksOf(call, vm.VBDs, true);
   checkVdiMap(vmDisks, vdiMap);
+  const vifs = other ? await inferVifMap(call, await vifsWithSnapshots(call, vmRef), vifMap) : new Map<string, string>();
   for (const d of vmDisks) {
     if (d.row.on_boot === 'reset') throw new XapiError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION', [d.vdi]);
   }
@@ -371,18 +406,28 @@ async function moveDisks(
     const row = await db.tryGet('VM', ref);
     if (row?.power_state !== 'Suspended' || row.suspend_VDI === NULL_REF) continue;
     const vdi = await db.get('VDI', row.suspend_VDI);
-    if (await seesSrs(call, remote.host, [vdi.SR])) continue;
+    if (intra && (await seesSrs(call, remote.host, [vdi.SR]))) continue;
     suspendDisks.push({ vdi: row.suspend_VDI, row: vdi, mirror: false });
   }
   for (const d of suspendDisks) {
     if (!(await seesSrs(call, call.host.hostRef, [d.row.SR]))) throw new XapiError('SUSPEND_IMAGE_NOT_ACCESSIBLE', [d.vdi]);
   }
   // Where the disks not in the map go: with the disk they are a snapshot of, a suspend image to
-  // the suspend SR, else the default SR.
-  const [pool] = await db.all('pool');
-  const defaultSr = pool?.[1].default_SR ?? NULL_REF;
-  const suspendSr =
-    pool && pool[1].suspend_image_SR !== NULL_REF ? pool[1].suspend_image_SR : (await db.get('host', remote.host)).suspend_image_sr;
+  // the suspend SR, else the default SR (the destination pool's).
+  let defaultSr: string;
+  let suspendSr: string;
+  if (other) {
+    const [destPool] = (await other.call('pool.get_all')) as string[];
+    defaultSr = (await other.call('pool.get_default_SR', destPool!)) as string;
+    const poolSuspend = (await other.call('pool.get_suspend_image_SR', destPool!)) as string;
+    suspendSr = poolSuspend !== NULL_REF ? poolSuspend : ((await other.call('host.get_suspend_image_sr', remote.host)) as string);
+  } else {
+    const [pool] = await db.all('pool');
+    defaultSr = pool?.[1].default_SR ?? NULL_REF;
+    if (defaultSr !== NULL_REF && !(await db.tryGet('SR', defaultSr))) defaultSr = NULL_REF;
+    suspendSr =
+      pool && pool[1].suspend_image_SR !== NULL_REF ? pool[1].suspend_image_SR : (await db.get('host', remote.host)).suspend_image_sr;
+  }
   const fullMap = { ...vdiMap };
   for (const d of [...suspendDisks, ...snapshotDisks]) {
     if (d.vdi in vdiMap) continue;
@@ -392,7 +437,7 @@ async function moveDisks(
         ? vdiMap[d.row.snapshot_of]!
         : isSuspend && suspendSr !== NULL_REF
           ? suspendSr
-          : defaultSr !== NULL_REF && (await db.tryGet('SR', defaultSr))
+          : defaultSr !== NULL_REF
             ? defaultSr
             : undefined;
     if (sr === undefined) throw new XapiError('VDI_NOT_IN_MAP', [d.vdi]);
@@ -415,20 +460,26 @@ async function moveDisks(
   const moves: DiskMove[] = [];
   const made: [string, string][] = [];
   const reports: DiskCopyReport[] = [];
+  // what a cross-pool migration makes in the other pool is marked as its own until claimed
+  const mark = other ? `${CROSS_POOL_MARK}${(await db.tryGet('task', call.task))?.uuid ?? call.task}` : undefined;
+  /** The VM (and its snapshots) as imported into the other pool; the first is the VM. */
+  let imported: string[] = [];
+  let claimed = false;
   await setCancellable(db, call.task, true);
   try {
     let sofar = 0;
     for (const d of unique) {
       await call.checkCancelled();
       const sr = fullMap[d.vdi]!;
-      if (sr === d.row.SR) {
+      if (intra && sr === d.row.SR) {
         sofar += d.row.virtual_size;
         continue;
       }
-      const to = await createTarget(call, storage, d.row, sr);
+      const to = other ? await createRemoteTarget(other, d.row, sr, mark!) : await createTarget(call, storage, d.row, sr);
       made.push([to, sr]);
       moved.set(d.vdi, to);
-      const move = new DiskMove(storage, d.vdi, to, await receiverUrl(call, sr, to, remote));
+      const url = other ? await remoteReceiverUrl(call, other, to) : await receiverUrl(call, sr, to, remote);
+      const move = new DiskMove(storage, d.vdi, to, url, !!other);
       moves.push(move);
       const leaf = live && d.mirror ? await storage.attachPath(d.vdi, true) : undefined;
       const base = sofar;
@@ -444,41 +495,97 @@ async function moveDisks(
     const finishAll = async () => {
       for (const m of moves) reports.push(await m.finish(verify));
     };
-    const switchWrites = await prepareSwitch(call, vmRef, snapshots, moved);
-    if (live) {
-      const vmMap = Object.fromEntries([...moved].filter(([old]) => vmDisks.some((d) => d.vdi === old)));
-      await migrateHere(call, svc, vmRef, remote.host, options, {
-        address: remote.address,
-        vdiMap: vmMap,
-        beforeCommit: async () => {
-          await call.checkCancelled();
-          await finishAll();
-        },
-        commitWrites: switchWrites,
-        progressFrom: diskShare,
-        progress,
-        report: () => reports.map(reportLine),
-      });
-    } else {
-      await finishAll();
+    if (other) {
+      // The VM's records go to the other pool, its VDIs and VIFs on their copies and networks
+      // (inter_pool_metadata_transfer); the import there reserves the destination's memory.
       await call.checkCancelled();
-      await Promise.all(switchWrites());
-      await db.commit();
-    }
-  } catch (e) {
-    // after the switch the copies are the VM's disks, whatever failed after it
-    if (!(await switched(call, vmRef, moved).catch(() => true))) {
-      for (const m of moves) await m.abort();
-      for (const [ref, sr] of made) {
-        await destroyAnywhere(call, storage, ref, sr).catch((err: unknown) =>
-          call.host.log.warn({ err, vdi: ref }, 'a copy of a disk could not be destroyed after a failed migration'),
-        );
+      imported = await transferMetadata(call, other, vmRef, {
+        dryRun: false,
+        copy,
+        checkCpu: !flag(options, 'force') && vm.power_state !== 'Halted',
+        maps: { vdis: moved, vifs },
+        mark,
+      });
+      const newVm = imported[0];
+      if (newVm === undefined) throw new XapiError('INTERNAL_ERROR', ['the metadata import made no VM']);
+      const complete = () => other.call('VM.pool_migrate_complete', newVm, remote.host);
+      if (live) {
+        await migrateHere(call, svc, vmRef, remote.host, options, {
+          address: remote.address,
+          vdiMap: {},
+          beforeCommit: async () => {
+            await call.checkCancelled();
+            await finishAll();
+          },
+          commitWrites: () => [],
+          progressFrom: diskShare,
+          progress,
+          report: () => reports.map(reportLine),
+          crossPool: {
+            session: remote.session,
+            claim: async () => {
+              await complete();
+              claimed = true;
+            },
+            complete: async () => void (await complete()),
+          },
+        });
+      } else {
+        await finishAll();
+        await call.checkCancelled();
+        await complete();
+        claimed = true;
+      }
+      for (const m of moves) m.release();
+    } else {
+      const switchWrites = await prepareSwitch(call, vmRef, snapshots, moved);
+      if (live) {
+        const vmMap = Object.fromEntries([...moved].filter(([old]) => vmDisks.some((d) => d.vdi === old)));
+        await migrateHere(call, svc, vmRef, remote.host, options, {
+          address: remote.address,
+          vdiMap: vmMap,
+          beforeCommit: async () => {
+            await call.checkCancelled();
+            await finishAll();
+          },
+          commitWrites: switchWrites,
+          progressFrom: diskShare,
+          progress,
+          report: () => reports.map(reportLine),
+        });
+      } else {
+        await finishAll();
+        await call.checkCancelled();
+        await Promise.all(switchWrites());
+        await db.commit();
       }
     }
-    throw e;
+  } catch (e) {
+    // after the switch (or the other pool's claim) the copies are the VM's disks, whatever failed after it
+    const done = other ? claimed : await switched(call, vmRef, moved).catch(() => true);
+    if (!done) {
+      for (const m of moves) await m.abort();
+      if (other) await abandonRemote(call, other, imported, made);
+      if (!other) {
+        for (const [ref, sr] of made) {
+          await destroyAnywhere(call, storage, ref, sr).catch((err: unknown) =>
+            call.host.log.warn({ err, vdi: ref }, 'a copy of a disk could not be destroyed after a failed migration'),
+          );
+        }
+      }
+      throw e;
+    }
+    for (const m of moves) m.release();
+    if (intra) throw e;
+    call.host.log.warn({ err: e, vm: vmRef }, 'the migration to another pool was committed, then failed: the VM is there');
   }
-  // The VM runs on the copies: the old disks go (unless the copy stays), a suspend SR the
-  // destination cannot see is forgotten (intra_pool_fix_suspend_sr).
+  if (other) {
+    // The VM is the other pool's: unless copied, it and its disks leave this pool.
+    if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
+    return imported[0]!;
+  }
+  // The VM runs on the copies: the old disks go, a suspend SR the destination cannot see is
+  // forgotten (intra_pool_fix_suspend_sr).
   for (const [old] of moved) {
     const row = await db.tryGet('VDI', old);
     if (row)
@@ -494,6 +601,87 @@ async function moveDisks(
   // a VM that moved to this same host builds on its new disks from now on
   if (live && remote.host === call.host.hostRef) await svc.sync.backend.add(await svc.sync.config(vmRef)).catch(() => undefined);
   return vmRef;
+}
+
+/** A disk's copy in the other pool: a VDI made there like the source, marked as the migration's. */
+async function createRemoteTarget(other: RemotePool, from: Row<'VDI'>, srRef: string, mark: string): Promise<string> {
+  return (await other.call('VDI.create', {
+    name_label: from.name_label,
+    name_description: from.name_description,
+    SR: srRef,
+    virtual_size: from.virtual_size,
+    type: from.type,
+    sharable: from.sharable === true,
+    read_only: from.read_only === true,
+    other_config: from.other_config,
+    xenstore_data: from.xenstore_data,
+    tags: from.tags,
+    sm_config: { migrate_task: mark },
+  } as unknown as Rpc)) as string;
+}
+
+/** The destination host's receiver for a copy in the other pool (its address in the map, the map's session). */
+async function remoteReceiverUrl(call: Call, other: RemotePool, vdi: string): Promise<string> {
+  const uuid = (await other.call('VDI.get_uuid', vdi)) as string;
+  const host = other.address.includes(':') ? `[${other.address}]` : other.address;
+  return `https://${host}:${call.host.config.httpsPort}${DISK_MIRROR_PATH}${uuid}?session_id=${encodeURIComponent(other.session)}`;
+}
+
+/**
+ * A failed migration to another pool, before its claim: what it made there goes (the VMs
+ * imported, by uuid as xapi finds them, and the copies). The receivers remove whatever is left
+ * of it when the held connections close.
+ */
+async function abandonRemote(call: Call, other: RemotePool, imported: string[], made: [string, string][]): Promise<void> {
+  const warn = (err: unknown, what: string) => call.host.log.warn({ err, what }, 'cleaning up a failed migration to another pool');
+  for (const ref of imported) await other.call('VM.destroy', ref).catch((e: unknown) => warn(e, ref));
+  for (const [ref] of made) await other.call('VDI.destroy', ref).catch((e: unknown) => warn(e, ref));
+}
+
+/**
+ * After a migration to another pool: the VM and its snapshots leave this pool's database (with
+ * their devices and metrics) and the disks that moved are destroyed (xapi: force_state_reset,
+ * then the VBDs, the VMs; the VDIs by the storage's clean-up).
+ */
+async function forgetMigrated(
+  call: Call,
+  svc: VmService,
+  storage: Storage,
+  vmRef: string,
+  snapshots: string[],
+  moved: Map<string, string>,
+): Promise<void> {
+  const db = call.db;
+  for (const ref of [vmRef, ...snapshots]) {
+    const vm = await db.tryGet('VM', ref);
+    if (!vm) continue;
+    for (const [cls, list] of [
+      ['VBD', vm.VBDs],
+      ['VIF', vm.VIFs],
+    ] as const) {
+      for (const r of list) {
+        const row = await db.tryGet(cls, r);
+        if (!row) continue;
+        const metricsCls = cls === 'VBD' ? 'VBD_metrics' : 'VIF_metrics';
+        if (row.metrics !== NULL_REF && (await db.tryGet(metricsCls, row.metrics))) await db.destroy(metricsCls, row.metrics);
+        await db.destroy(cls, r);
+      }
+    }
+    for (const r of vm.consoles) if (await db.tryGet('console', r)) await db.destroy('console', r);
+    if (vm.metrics !== NULL_REF && (await db.tryGet('VM_metrics', vm.metrics))) await db.destroy('VM_metrics', vm.metrics);
+    if (vm.guest_metrics !== NULL_REF && (await db.tryGet('VM_guest_metrics', vm.guest_metrics)))
+      await db.destroy('VM_guest_metrics', vm.guest_metrics);
+    await db.destroy('VM', ref);
+    svc.sync.forget(ref);
+  }
+  for (const [old] of moved) {
+    const row = await db.tryGet('VDI', old);
+    if (row)
+      await destroyAnywhere(call, storage, old, row.SR).catch((err: unknown) =>
+        call.host.log.warn({ err, vdi: old }, 'a migrated disk could not be destroyed'),
+      );
+  }
+  await db.commit();
 }
 
 /** A disk's figures as the migration log keeps them. */
@@ -629,7 +817,7 @@ async function vdiPoolMigrateHere(
   if (!management) throw new XapiError('HOST_HAS_NO_MANAGEMENT_IP', []);
   const dest = await migrateReceive(call, destHost, management[1].network);
   await assertCanMigrate(call, svc, vmRef, dest, vdiMap, {}, {});
-  await sendHere(call, svc, svc.sync.storage, vmRef, dest, vdiMap, {});
+  await sendHere(call, svc, svc.sync.storage, vmRef, dest, vdiMap, {}, {});
   return (await db.get('VBD', vbdRef)).VDI;
 }
 
@@ -651,6 +839,13 @@ export function register(r: Registry, svc: VmService): void {
 export async function sweepUnfinishedMirrors(storage: Storage): Promise<void> {
   const host = storage.host;
   const db = host.db;
+  // Migrations from another pool into this one: their sender's connections did not survive
+  // this restart, so what they brought in and nobody claimed goes (abandonIncoming).
+  const incoming = new Set<string>();
+  for (const [, vm] of await db.all('VM')) {
+    const mark = vm.other_config.migrate_task;
+    if (mark !== undefined && vm.resident_on === NULL_REF && vm.scheduled_to_be_resident_on === host.hostRef) incoming.add(mark);
+  }
   for (const [ref, vdi] of await db.all('VDI')) {
     const task = vdi.sm_config.migrate_task;
     if (task === undefined) continue;
@@ -658,8 +853,13 @@ export async function sweepUnfinishedMirrors(storage: Storage): Promise<void> {
     if (!sr) continue;
     // on an SR this host has (a shared one: every host that has it may remove the copy)
     if ((await db.find('PBD', { SR: vdi.SR, host: host.hostRef })).length === 0) continue;
+    if (task.startsWith(CROSS_POOL_MARK)) {
+      incoming.add(task);
+      continue;
+    }
     const row = task.startsWith('OpaqueRef:') ? await db.tryGet('task', task) : undefined;
     if (row?.status === 'pending') continue;
     await removeHalfCopied(storage, ref);
   }
+  for (const mark of incoming) await abandonIncoming(storage, mark);
 }

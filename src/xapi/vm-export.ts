@@ -9,7 +9,7 @@ import type { Call } from '../api/context.js';
 import { XapiError } from '../rpc/errors.js';
 import { newRef } from '../api/implicit.js';
 import type { Rpc, RpcStruct } from '../rpc/rpc.js';
-import { pickFields, type AnyRow } from '../db/interface.js';
+import { pickFields, type AnyRow, type Row } from '../db/interface.js';
 import type { DbClassName, Records } from '../schema/generated.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { releaseVersions } from './version.js';
@@ -41,19 +41,44 @@ export interface VmExport {
   disks: Map<string, string>;
 }
 
-/** The objects describing a VM (export.ml's make_all, for one VM without its snapshots). */
-export async function exportObjects(call: Call, vmRef: string, opts: { withSuspendImage: boolean }): Promise<VmExport> {
+/** What an export of a VM's metadata for a cross-pool migration adds (xapi's storage_migrate map keys). */
+export interface MigrationMaps {
+  /** Local VDI -> the VDI the destination pool holds its copy in. */
+  vdis: Map<string, string>;
+  /** Local VIF -> the network of the destination pool it goes on. */
+  vifs: Map<string, string>;
+}
+
+/** The other_config key naming a migrated object's counterpart in the destination pool (Constants.storage_migrate_*_map_key). */
+export const MAPS_TO = 'maps_to';
+
+/**
+ * The objects describing a VM (export.ml's make_all for one VM): with `snapshots`, its snapshots
+ * and theirs devices too. With `maps`, each VDI and VIF mapped carries other_config:maps_to, what
+ * the destination of a cross-pool migration finds its copy or network by.
+ */
+export async function exportObjects(
+  call: Call,
+  vmRef: string,
+  opts: { withSuspendImage: boolean; snapshots?: boolean; maps?: MigrationMaps },
+): Promise<VmExport> {
   const db = call.db;
   const vm = await db.get('VM', vmRef);
-  const rows: Array<[string, string, AnyRow]> = [['VM', vmRef, vm]];
+  const vms: Array<[string, Row<'VM'>]> = [[vmRef, vm]];
+  if (opts.snapshots) for (const s of vm.snapshots) vms.push([s, await db.get('VM', s)]);
+  const rows: Array<[string, string, AnyRow]> = vms.map(([ref, row]) => ['VM', ref, row]);
   const disks: string[] = [];
-  for (const r of vm.VBDs) {
-    const vbd = await db.get('VBD', r);
-    if (vbd.type === 'CD') continue; // CDs are not exported
-    rows.push(['VBD', r, vbd]);
-    if (vbd.VDI !== NULL_REF) disks.push(vbd.VDI);
+  const vifs: string[] = [];
+  for (const [, row] of vms) {
+    for (const r of row.VBDs) {
+      const vbd = await db.get('VBD', r);
+      if (vbd.type === 'CD') continue; // CDs are not exported
+      rows.push(['VBD', r, vbd]);
+      if (vbd.VDI !== NULL_REF && !disks.includes(vbd.VDI)) disks.push(vbd.VDI);
+    }
+    if (opts.withSuspendImage && row.suspend_VDI !== NULL_REF && !disks.includes(row.suspend_VDI)) disks.push(row.suspend_VDI);
+    vifs.push(...row.VIFs);
   }
-  if (opts.withSuspendImage && vm.suspend_VDI !== NULL_REF) disks.push(vm.suspend_VDI);
   const srs = new Set<string>();
   for (const v of disks) {
     const vdi = await db.get('VDI', v);
@@ -62,7 +87,7 @@ export async function exportObjects(call: Call, vmRef: string, opts: { withSuspe
   }
   for (const sr of srs) rows.push(['SR', sr, await db.get('SR', sr)]);
   const nets = new Set<string>();
-  for (const r of vm.VIFs) {
+  for (const r of vifs) {
     const vif = await db.get('VIF', r);
     rows.push(['VIF', r, vif]);
     nets.add(vif.network);
@@ -78,13 +103,15 @@ export async function exportObjects(call: Call, vmRef: string, opts: { withSuspe
   const objects = rows.map(([cls, ref, row]) => {
     const rec = call.host.marshal.recordToRpc(cls, row);
     for (const k of Object.keys(rec)) rec[k] = rewrite(rec[k]!);
+    const mapped = cls === 'VDI' ? opts.maps?.vdis.get(ref) : cls === 'VIF' ? opts.maps?.vifs.get(ref) : undefined;
+    if (mapped) rec.other_config = { ...(rec.other_config as RpcStruct), [MAPS_TO]: mapped };
     return { class: cls, id: ids.get(ref)!, snapshot: rec };
   });
   return { objects, disks: new Map(disks.map((v) => [ids.get(v)!, v])) };
 }
 
 /** A record from the archive as database values (fields that do not parse keep their defaults). */
-function fieldsOf<C extends DbClassName>(call: Call, cls: C, snapshot: Rpc): Partial<Records[C]> {
+export function fieldsOf<C extends DbClassName>(call: Call, cls: C, snapshot: Rpc): Partial<Records[C]> {
   const out: Record<string, unknown> = {};
   const rec = snapshot as RpcStruct;
   for (const f of call.host.schema.cls(cls).fields) {

@@ -22,6 +22,7 @@ import {
 import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
 import { exportHeader, exportObjects, importObjects } from './vm-export.js';
+import { importMetadata, type MetadataImportOptions } from './vm-metadata-import.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { transferHost } from './forward.js';
 import { rollingUpgradeInProgress } from './rpu.js';
@@ -151,4 +152,25 @@ export async function importVm(
   for (const vdi of made!.disks.values()) await storage.updateVdi(vdi);
   await storage.updateStats(sr);
   return made!.vms;
+}
+
+/**
+ * PUT /import_metadata: the body is a tar holding ova.xml (what GET /export_metadata writes);
+ * the VMs made from it (none for a dry run). See vm-metadata-import.ts.
+ */
+export async function importVmMetadata(call: Call, body: Readable, opts: MetadataImportOptions): Promise<string[]> {
+  let vms: string[] = [];
+  try {
+    await readXva(body, {
+      force: opts.force,
+      onMetadata: async (meta) => {
+        vms = await importMetadata(call, meta.objects, opts);
+        return new Map();
+      },
+    });
+  } catch (e) {
+    if (e instanceof XvaImportError) throw new XapiError(e.code, e.params);
+    throw e;
+  }
+  return vms;
 }

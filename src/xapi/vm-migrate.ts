@@ -18,7 +18,10 @@ import type { Call, HostContext, Registry } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
 import { XapiError } from '../rpc/errors.js';
 import type { Row } from '../db/interface.js';
-import { formatDateTime } from '../schema/types.js';
+import { NULL_REF, formatDateTime } from '../schema/types.js';
+import { faultPoint } from '../util/fault-point.js';
+import { MIGRATE_TASK } from './vm-metadata-import.js';
+import { abandonIncoming } from './disk-mirror.js';
 import { untilStored } from '../db/until-stored.js';
 import { DomainError, type MigrationChannel, type MigrationReport } from '../xenopsd/interface.js';
 import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
@@ -141,6 +144,20 @@ export interface DiskSwitch {
   progress: LatestProgress;
   /** What the disks' copies did, for the migration's log line. */
   report(): object[];
+  /** A migration to another pool: where the VM goes there, and how it is handed over. */
+  crossPool?: CrossPoolSwitch;
+}
+
+/**
+ * A migration to another pool: the destination is not a host of this database, its receivers
+ * take the session its migrate_receive made, and the commit is the other pool's: `claim`, with
+ * the guest paused here and whole there, makes the VM imported there resident on its host
+ * (durably, in that pool's database); `complete`, after, brings its records up to date.
+ */
+export interface CrossPoolSwitch {
+  session: string;
+  claim(domid: number): Promise<void>;
+  complete(): Promise<void>;
 }
 
 /**
@@ -161,9 +178,10 @@ export async function migrateHere(
   const { sync } = svc;
   const db = call.db;
   const vm = await db.get('VM', vmRef);
-  const dest = await db.get('host', hostRef);
-  const address = disks ? disks.address : options.network === undefined ? dest.address : await addressOn(call, options.network, hostRef);
-  const session = call.session?.ref ?? '';
+  const cross = disks?.crossPool;
+  const dest = cross ? undefined : await db.get('host', hostRef);
+  const address = disks ? disks.address : options.network === undefined ? dest!.address : await addressOn(call, options.network, hostRef);
+  const session = cross ? cross.session : (call.session?.ref ?? '');
   const vdiQuery = disks && Object.keys(disks.vdiMap).length > 0 ? `&vdi_map=${encodeURIComponent(JSON.stringify(disks.vdiMap))}` : '';
   const url = `https://${address}:${call.host.config.httpsPort}${MIGRATION_PATH}${vm.uuid}?session_id=${encodeURIComponent(session)}${vdiQuery}`;
   const from = disks?.progressFrom ?? 0;
@@ -181,6 +199,7 @@ export async function migrateHere(
             commit: async (domid) => {
               switching = true;
               await disks?.beforeCommit();
+              if (cross) return claimElsewhere(call, vmRef, vm.resident_on, () => cross.claim(domid));
               // the move itself: once stored, the VM is the destination's
               await Promise.all([db.update('VM', vmRef, { resident_on: hostRef, domid }), ...(disks?.commitWrites() ?? [])]);
               await db.commit();
@@ -206,10 +225,31 @@ export async function migrateHere(
       throw xenopsError(vmRef, e);
     }
   }
-  await untilStored(db, () => sync.refresh(vmRef));
   logMigration(call.host, vmRef, vm.uuid, hostRef, report, disks?.report());
+  if (cross) return cross.complete();
+  await untilStored(db, () => sync.refresh(vmRef));
   if (hostRef === call.host.hostRef) await completeHere(call, svc, vmRef);
-  else await callOn(call.host, hostRef, dest.address, 'VM.pool_migrate_complete', [vmRef, hostRef]);
+  else await callOn(call.host, hostRef, dest!.address, 'VM.pool_migrate_complete', [vmRef, hostRef]);
+}
+
+/**
+ * The commit of a migration to another pool. This pool first stops counting the VM as running
+ * here (resident_on null, stored), so that if this process dies from now on its next start lets
+ * the paused domain go rather than run it beside the other pool's; then the other pool claims
+ * the VM. If the claim fails the VM is put back here and the guest carries on.
+ */
+async function claimElsewhere(call: Call, vmRef: string, source: string, claim: () => Promise<void>): Promise<void> {
+  const db = call.db;
+  await db.update('VM', vmRef, { resident_on: NULL_REF });
+  await db.commit();
+  faultPoint('xpool.leaving');
+  try {
+    await claim();
+  } catch (e) {
+    await untilStored(db, () => db.update('VM', vmRef, { resident_on: source }));
+    throw e;
+  }
+  faultPoint('xpool.claimed');
 }
 
 /**
@@ -290,8 +330,38 @@ function logMigration(host: HostContext, vmRef: string, uuid: string, to: string
  */
 async function completeHere(call: Call, svc: VmService, vmRef: string): Promise<void> {
   const vm = await call.db.get('VM', vmRef);
+  const mark = vm.other_config[MIGRATE_TASK];
+  if (mark !== undefined && vm.resident_on === NULL_REF) return claimHere(call, svc, vmRef, vm, mark);
   if (vm.resident_on !== call.host.hostRef) return;
   await untilStored(call.db, () => svc.sync.refresh(vmRef));
+}
+
+/**
+ * The destination's half of a cross-pool commit (VM.pool_migrate_complete on a VM a migration
+ * into this pool imported and has not claimed yet): for a live migration the whole image must be
+ * here, paused (else INTERNAL_ERROR: its copy was given up); then in one commit the VM becomes
+ * resident here on that domain and it and the disks copied for it lose the migration's mark, so
+ * nothing removes them when the sender's connections close. A halted VM's claim is the marks'
+ * removal alone.
+ */
+async function claimHere(call: Call, svc: VmService, vmRef: string, vm: Row<'VM'>, mark: string): Promise<void> {
+  const db = call.db;
+  const writes: Promise<unknown>[] = [];
+  if (vm.scheduled_to_be_resident_on === call.host.hostRef) {
+    const state = await svc.sync.backend.stat(vm.uuid).catch(() => undefined);
+    const domid = state?.migration?.incoming;
+    if (domid === undefined) throw new XapiError('INTERNAL_ERROR', [`the migrating VM ${vm.uuid} has no image here`]);
+    writes.push(
+      db.update('VM', vmRef, { resident_on: call.host.hostRef, domid, power_state: 'Running', scheduled_to_be_resident_on: NULL_REF }),
+    );
+  }
+  writes.push(db.mapRemove('VM', vmRef, 'other_config', MIGRATE_TASK));
+  for (const [ref, vdi] of await db.all('VDI'))
+    if (vdi.sm_config.migrate_task === mark) writes.push(db.mapRemove('VDI', ref, 'sm_config', 'migrate_task'));
+  for (const s of vm.snapshots)
+    if ((await db.tryGet('VM', s))?.other_config[MIGRATE_TASK] === mark) writes.push(db.mapRemove('VM', s, 'other_config', MIGRATE_TASK));
+  await Promise.all(writes);
+  await db.commit();
 }
 
 /**
@@ -310,15 +380,23 @@ export async function receiveMigration(
   const vmRef = await host.db.refByUuid('VM', vmUuid);
   if (!vmRef) throw new XapiError('UUID_INVALID', ['VM', vmUuid]);
   const config = await svc.sync.config(vmRef, undefined, vdiMap);
+  let abandoned: string | undefined;
   await svc.sync.backend.migrateReceive(config, channel, {
     owned: async (domid) => {
       const vm = await host.db.tryGet('VM', vmRef);
       if (!vm) return false;
       if (vm.resident_on === host.hostRef && vm.domid === domid) return true;
+      // from another pool and not claimed: its sender is gone, so the claim will not come
+      const mark = vm.other_config[MIGRATE_TASK];
+      if (mark !== undefined && vm.resident_on === NULL_REF) {
+        abandoned = mark;
+        return false;
+      }
       if (vm.scheduled_to_be_resident_on === host.hostRef) return undefined;
       return false;
     },
   });
+  if (abandoned !== undefined) await abandonIncoming(svc.sync.storage, abandoned);
 }
 
 export function register(r: Registry, svc: VmService): void {

@@ -213,6 +213,15 @@ export class FrameReader {
     w?.();
   }
 
+  /** Resolves once the stream is over (ended, closed or failed), however long the other side holds it. */
+  async closed(): Promise<void> {
+    while (!this.over) {
+      await new Promise<void>((r) => {
+        this.wake = r;
+      });
+    }
+  }
+
   /** Waits for at least one byte; MigrationBroken once the stream is over. */
   private async ready(): Promise<void> {
     while (this.queued === 0) {

@@ -1,0 +1,193 @@
+// What a VM migration to another pool adds to storage motion (xapi_vm_migrate.ml's cross_pool
+// branches): the other pool reached through the map its host.migrate_receive returned (its
+// coordinator's address, a session there), assert_can_migrate's remote checks, the VIF map
+// inferred, and the VM's metadata sent to the destination host's /import_metadata with its VDIs
+// and VIFs remapped (Importexport.remote_metadata_export_import).
+import type { Call } from '../api/context.js';
+import { XapiError } from '../rpc/errors.js';
+import { ConnectionFailed, type XapiClient } from '../rpc/client.js';
+import type { Rpc } from '../rpc/rpc.js';
+import { writeMetadataTar } from '../storage/xva/index.js';
+import { NULL_REF } from '../schema/types.js';
+import { peer } from './forward.js';
+import { softwareVersionsNotDecreasing } from './rpu.js';
+import { exportHeader, exportObjects, type MigrationMaps } from './vm-export.js';
+import { request } from 'node:https';
+
+/** The destination pool of a cross-pool migration, through the session its migrate_receive made. */
+export class RemotePool {
+  readonly client: XapiClient;
+  constructor(
+    call: Call,
+    /** The destination host's ref there. */
+    readonly host: string,
+    /** The destination host's address (the xenops URL's). */
+    readonly address: string,
+    /** The destination pool's coordinator's address (the master URL's). */
+    readonly master: string,
+    readonly session: string,
+  ) {
+    this.client = peer(call.host, master);
+  }
+
+  /** A call on the other pool's coordinator with the map's session. */
+  call(method: string, ...params: Rpc[]): Promise<Rpc> {
+    return this.client.call(method, [this.session, ...params]);
+  }
+}
+
+/**
+ * infer_vif_map: each VIF (of the VM and of its snapshots) to the network of the other pool
+ * it goes on: the map's, else that of a mapped VIF with the same MAC; else VIF_NOT_IN_MAP [vif].
+ */
+export async function inferVifMap(call: Call, vifs: string[], vifMap: Record<string, string>): Promise<Map<string, string>> {
+  const macs = new Map<string, string>();
+  for (const [vif, net] of Object.entries(vifMap)) {
+    const row = await call.db.tryGet('VIF', vif);
+    if (row) macs.set(row.MAC, net);
+  }
+  const out = new Map<string, string>();
+  for (const vif of vifs) {
+    const given = vifMap[vif];
+    const net = given ?? macs.get((await call.db.get('VIF', vif)).MAC);
+    if (net === undefined) throw new XapiError('VIF_NOT_IN_MAP', [vif]);
+    out.set(vif, net);
+  }
+  return out;
+}
+
+/** The VIFs of the VM and of its snapshots. */
+export async function vifsWithSnapshots(call: Call, vmRef: string): Promise<string[]> {
+  const vm = await call.db.get('VM', vmRef);
+  const out = [...vm.VIFs];
+  for (const s of vm.snapshots) out.push(...((await call.db.tryGet('VM', s))?.VIFs ?? []));
+  return out;
+}
+
+/**
+ * assert_can_migrate's cross-pool half, in xapi's order: the destination's versions not older
+ * (VM_HOST_INCOMPATIBLE_VERSION_MIGRATE [vm, host]); the SRs able to migrate (the destination's
+ * SMs asked of the other pool); `copy` only of a halted VM unless `force` (VM_BAD_POWER_STATE [vm,
+ * halted, actual]); the VM's virtual hardware platform version among the host's; the host
+ * enabled (HOST_DISABLED [host]) and with enough pCPUs (HOST_NOT_ENOUGH_PCPUS [vcpus, pcpus]); every
+ * VIF mapped (VIF_NOT_IN_MAP [vif]); then the metadata import tried as a dry run on the
+ * destination (its memory, its CPU, a VM of the same uuid there...).
+ */
+export async function assertCanMigrateCrossPool(
+  call: Call,
+  vmRef: string,
+  remote: RemotePool,
+  vifMap: Record<string, string>,
+  options: { force: boolean; copy: boolean },
+  assertSrSupport: (destFeatures: (sr: string) => Promise<Set<string>>) => Promise<void>,
+): Promise<void> {
+  const db = call.db;
+  const vm = await db.get('VM', vmRef);
+  const source = vm.resident_on !== NULL_REF ? vm.resident_on : (await db.get('pool', call.host.poolRef)).master;
+  const from = (await db.get('host', source)).software_version;
+  const to = (await remote.call('host.get_software_version', remote.host)) as Record<string, string>;
+  if (!softwareVersionsNotDecreasing(from, to)) throw new XapiError('VM_HOST_INCOMPATIBLE_VERSION_MIGRATE', [vmRef, remote.host]);
+  // the destination SR's SM, as the other pool lists them (one SM of its type, else no features)
+  type Sms = Record<string, { type: string; features: Record<string, number> }>;
+  let sms: Sms | undefined;
+  await assertSrSupport(async (sr) => {
+    const type = (await remote.call('SR.get_type', sr)) as string;
+    sms ??= (await remote.call('SM.get_all_records')) as unknown as Sms;
+    const matching = Object.values(sms!).filter((sm) => sm.type === type);
+    return new Set(matching.length === 1 ? Object.keys(matching[0]!.features) : []);
+  });
+  if (!options.force && options.copy && vm.power_state !== 'Halted')
+    throw new XapiError('VM_BAD_POWER_STATE', [vmRef, 'halted', vm.power_state.toLowerCase()]);
+  const versions = ((await remote.call('host.get_virtual_hardware_platform_versions', remote.host)) as number[]).map(Number);
+  if (!versions.includes(vm.hardware_platform_version))
+    throw new XapiError('VM_HOST_INCOMPATIBLE_VIRTUAL_HARDWARE_PLATFORM_VERSION', [
+      remote.host,
+      `[${versions.join('; ')}]`,
+      vmRef,
+      String(vm.hardware_platform_version),
+    ]);
+  if ((await remote.call('host.get_enabled', remote.host)) !== true) throw new XapiError('HOST_DISABLED', [remote.host]);
+  const cpuInfo = (await remote.call('host.get_cpu_info', remote.host)) as Record<string, string>;
+  const pcpus = Number.parseInt(cpuInfo.cpu_count ?? '0', 10) || 0;
+  const unrestricted = ['true', '1'].includes(vm.platform['vcpu-unrestricted']?.toLowerCase() ?? '');
+  if (vm.VCPUs_max > pcpus && !unrestricted) throw new XapiError('HOST_NOT_ENOUGH_PCPUS', [String(vm.VCPUs_max), String(pcpus)]);
+  const vifs = await inferVifMap(call, await vifsWithSnapshots(call, vmRef), vifMap);
+  try {
+    const made = await transferMetadata(call, remote, vmRef, {
+      dryRun: true,
+      copy: options.copy,
+      checkCpu: !options.force && vm.power_state !== 'Halted',
+      maps: { vdis: new Map(), vifs },
+    });
+    if (made.length > 0)
+      throw new XapiError('INTERNAL_ERROR', ['assert_can_migrate: inter_pool_metadata_transfer returned a nonempty list']);
+  } catch (e) {
+    if (e instanceof ConnectionFailed) throw new XapiError('CANNOT_CONTACT_HOST', [remote.address]);
+    throw e;
+  }
+}
+
+/** How often the sender asks the other pool whether its metadata import is over. */
+const IMPORT_POLL_MS = 50;
+
+/**
+ * inter_pool_metadata_transfer: the VM's metadata (with its snapshots unless `copy`) exported
+ * with the maps written in (other_config maps_to on each VDI and VIF), PUT to the destination
+ * host's /import_metadata under a task of the other pool, whose outcome is the result: the VMs
+ * made there (none for a dry run), or its error. `mark` tags what a live import makes, so the
+ * destination can tell the migration's objects until the commit claims them.
+ */
+export async function transferMetadata(
+  call: Call,
+  remote: RemotePool,
+  vmRef: string,
+  o: { dryRun: boolean; copy: boolean; checkCpu: boolean; maps: MigrationMaps; mark?: string },
+): Promise<string[]> {
+  const { objects } = await exportObjects(call, vmRef, { withSuspendImage: true, snapshots: !o.copy, maps: o.maps });
+  const chunks: Buffer[] = [];
+  for await (const c of writeMetadataTar(exportHeader(call), objects)) chunks.push(c as Buffer);
+  const body = Buffer.concat(chunks);
+  const task = (await remote.call('task.create', 'VM metadata import', '')) as string;
+  try {
+    const query = new URLSearchParams({
+      restore: String(!o.copy),
+      live: 'true',
+      dry_run: String(o.dryRun),
+      export_snapshots: String(!o.copy),
+      check_cpu: String(o.checkCpu),
+      session_id: remote.session,
+      task_id: task,
+      ...(o.mark ? { migration: o.mark } : {}),
+    });
+    const host = remote.address.includes(':') ? `[${remote.address}]` : remote.address;
+    await put(`https://${host}:${call.host.config.httpsPort}/import_metadata?${query}`, body);
+    for (;;) {
+      const status = (await remote.call('task.get_status', task)) as string;
+      if (status === 'success') {
+        const result = (await remote.call('task.get_result', task)) as string;
+        return result.match(/OpaqueRef:[0-9a-fA-F-]+/g) ?? [];
+      }
+      if (status === 'failure') {
+        const [code, ...params] = (await remote.call('task.get_error_info', task)) as string[];
+        throw new XapiError(code ?? 'INTERNAL_ERROR', code ? params : ['VM metadata import failed']);
+      }
+      if (status === 'cancelling' || status === 'cancelled') throw new XapiError('TASK_CANCELLED', [task]);
+      await new Promise((r) => setTimeout(r, IMPORT_POLL_MS));
+    }
+  } finally {
+    await remote.call('task.destroy', task).catch(() => undefined);
+  }
+}
+
+/** One PUT of a small body over HTTPS (certificate not verified, as between xapi hosts); the status is the task's to tell. */
+function put(url: string, body: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: 'PUT', rejectUnauthorized: false, headers: { 'content-length': body.length } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve());
+      res.on('error', (e) => reject(new ConnectionFailed(url, e)));
+    });
+    req.on('error', (e) => reject(new ConnectionFailed(url, e)));
+    req.end(body);
+  });
+}
