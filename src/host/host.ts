@@ -32,6 +32,7 @@ import * as vmss from '../xapi/vmss.js';
 import * as vm from '../xapi/vm.js';
 import * as vmMigrate from '../xapi/vm-migrate.js';
 import * as storageMotion from '../xapi/storage-motion.js';
+import { settleDepartures } from '../xapi/cross-pool.js';
 import * as memory from '../xapi/memory.js';
 import * as vbd from '../xapi/vbd.js';
 import * as vif from '../xapi/vif.js';
@@ -352,6 +353,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     await storageMotion.sweepUnfinishedMirrors(storage);
     // The domain manager is the truth about what runs: reconcile before serving.
     await xenops.resync();
+    void settleDepartures(host, (vm) => storageMotion.forgetDeparted(storage, xenops, vm));
     await hostOperations.updateAllAllowedOperations(host.db);
     if (role.kind === 'master') await rollingUpgradeCheck(host);
     xenops.start();

@@ -16,7 +16,8 @@ import { fetchBackup } from '../db/backup.js';
 import { compareXapiMajorMinor, releaseVersions } from '../xapi/version.js';
 import { syncDatabase, type HostIdentity } from './dbsync.js';
 import { plugLocalPbds } from './local-storage.js';
-import { sweepUnfinishedMirrors } from '../xapi/storage-motion.js';
+import { forgetDeparted, sweepUnfinishedMirrors } from '../xapi/storage-motion.js';
+import { settleDepartures } from '../xapi/cross-pool.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 import { updateHostAllowedOperations } from '../xapi/host-operations.js';
 
@@ -61,6 +62,7 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
     await plugLocalPbds(o.storage);
     await sweepUnfinishedMirrors(o.storage);
     await o.xenops.resync();
+    void settleDepartures(host, (vm) => forgetDeparted(o.storage, o.xenops, vm));
     o.xenops.start();
     // Serving before the host says it may run VMs: whoever sees it enabled can call it.
     host.emergency = undefined;

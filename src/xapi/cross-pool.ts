@@ -3,7 +3,10 @@
 // coordinator's address, a session there), assert_can_migrate's remote checks, the VIF map
 // inferred, and the VM's metadata sent to the destination host's /import_metadata with its VDIs
 // and VIFs remapped (Importexport.remote_metadata_export_import).
-import type { Call } from '../api/context.js';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Call, HostContext } from '../api/context.js';
+import { writeFileAtomic } from '../util/files.js';
 import { XapiError } from '../rpc/errors.js';
 import { ConnectionFailed, type XapiClient } from '../rpc/client.js';
 import type { Rpc } from '../rpc/rpc.js';
@@ -190,4 +193,81 @@ function put(url: string, body: Buffer): Promise<void> {
     req.on('error', (e) => reject(new ConnectionFailed(url, e)));
     req.end(body);
   });
+}
+
+// ---- departures: the source's record of a VM handed over to another pool ----------------------
+
+/** Where a host keeps, one file per VM, the migrations to another pool it committed to. */
+const DEPARTURES = 'xpool-departures';
+
+/** What the source needs to ask the other pool whether it claimed the VM. */
+export interface Departure {
+  vm: string;
+  master: string;
+  session: string;
+}
+
+const departurePath = (host: HostContext, uuid: string) => join(host.config.stateDir, DEPARTURES, `${uuid}.json`);
+
+/**
+ * Written (durably) before the source lets go of a VM migrating to another pool: if this process
+ * dies before it hears whether the other pool claimed the VM, its next start asks that pool
+ * (settleDepartures) instead of keeping a VM that may be running there.
+ */
+export async function recordDeparture(host: HostContext, d: Departure): Promise<void> {
+  await mkdir(join(host.config.stateDir, DEPARTURES), { recursive: true });
+  await writeFileAtomic(departurePath(host, d.vm), JSON.stringify(d));
+}
+
+export async function clearDeparture(host: HostContext, uuid: string): Promise<void> {
+  await rm(departurePath(host, uuid), { force: true });
+}
+
+/** How often a start-up asks an unreachable other pool again about a VM it may have claimed. */
+const DEPARTURE_RETRY_MS = 5_000;
+/** ... for ten minutes; then the file stays for the next start. */
+const DEPARTURE_TRIES = 120;
+
+/**
+ * At start-up, for each migration to another pool this host's previous process committed to
+ * without hearing the outcome: the other pool is asked for the VM (by uuid, with the map's
+ * session). Claimed there (resident on a host, no migrate_task), it leaves this pool's database
+ * with the disks it was copied from (`forget`); not there or not claimed, it stays here, halted
+ * with its disks. An unreachable pool is asked again until it answers.
+ */
+export async function settleDepartures(host: HostContext, forget: (vmRef: string) => Promise<void>): Promise<void> {
+  const dir = join(host.config.stateDir, DEPARTURES);
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names.filter((n) => n.endsWith('.json'))) {
+    const d = JSON.parse(await readFile(join(dir, name), 'utf8')) as Departure;
+    void (async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const ref = await host.db.refByUuid('VM', d.vm);
+          const row = ref ? await host.db.tryGet('VM', ref) : undefined;
+          if (ref && row && row.resident_on === NULL_REF) {
+            const client = peer(host, d.master);
+            const there = (await client.call('VM.get_by_uuid', [d.session, d.vm]).catch((e: unknown) => {
+              if (e instanceof XapiError && e.code === 'UUID_INVALID') return undefined;
+              throw e;
+            })) as string | undefined;
+            const rec = there ? ((await client.call('VM.get_record', [d.session, there])) as Record<string, Rpc>) : undefined;
+            const claimed = rec !== undefined && rec.resident_on !== NULL_REF && !('migrate_task' in (rec.other_config as object));
+            if (claimed) {
+              await forget(ref);
+              host.log.info({ vm: d.vm }, 'a VM this host migrated to another pool was claimed there: it leaves this pool');
+            }
+          }
+          await clearDeparture(host, d.vm);
+          return;
+        } catch (e) {
+          // the session there is gone: nobody can tell any more; the VM stays here, halted
+          if (e instanceof XapiError && e.code === 'SESSION_INVALID') return clearDeparture(host, d.vm);
+          host.log.warn({ err: e, vm: d.vm }, 'cannot ask the other pool about a VM migrated there: trying again');
+          if (attempt >= DEPARTURE_TRIES) return;
+          await new Promise((r) => setTimeout(r, DEPARTURE_RETRY_MS).unref());
+        }
+      }
+    })();
+  }
 }

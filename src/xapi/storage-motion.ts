@@ -13,7 +13,9 @@
 // destination's address on the chosen network and a session there), so a migration to another
 // pool can take the same path: only the intra-pool case is done here.
 import type { Call, Registry } from '../api/context.js';
-import type { Row } from '../db/interface.js';
+import type { Db, Row } from '../db/interface.js';
+import type { XenopsSync } from './xenops-sync.js';
+import { destroyVdiRecord } from './sr-scan.js';
 import { XapiError } from '../rpc/errors.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF } from '../schema/types.js';
@@ -29,7 +31,15 @@ import type { VmService } from './vm.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { assertCpuCompatible, LatestProgress, migratedMessage, migrateHere } from './vm-migrate.js';
 import { versionsNotDecreasing } from './rpu.js';
-import { assertCanMigrateCrossPool, inferVifMap, RemotePool, transferMetadata, vifsWithSnapshots } from './cross-pool.js';
+import {
+  assertCanMigrateCrossPool,
+  clearDeparture,
+  inferVifMap,
+  recordDeparture,
+  RemotePool,
+  transferMetadata,
+  vifsWithSnapshots,
+} from './cross-pool.js';
 
 /** The keys of the map host.migrate_receive returns (xapi_vm_migrate.ml _sm, _xenops...). */
 const SM = 'SM';
@@ -149,12 +159,12 @@ interface DiskConf {
 }
 
 /** vdi_filter: the disks of these VBDs, empty drives and CDs left out. */
-async function disksOf(call: Call, vbdRefs: string[], allowMirror: boolean): Promise<DiskConf[]> {
+async function disksOf(db: Db, vbdRefs: string[], allowMirror: boolean): Promise<DiskConf[]> {
   const out: DiskConf[] = [];
   for (const ref of vbdRefs) {
-    const vbd = await call.db.get('VBD', ref);
+    const vbd = await db.get('VBD', ref);
     if (vbd.empty === true || vbd.type === 'CD' || vbd.VDI === NULL_REF) continue;
-    out.push({ vdi: vbd.VDI, row: await call.db.get('VDI', vbd.VDI), mirror: allowMirror && vbd.mode === 'RW' });
+    out.push({ vdi: vbd.VDI, row: await db.get('VDI', vbd.VDI), mirror: allowMirror && vbd.mode === 'RW' });
   }
   return out;
 }
@@ -222,7 +232,7 @@ async function assertCanMigrate(
   const vm = await call.db.get('VM', vmRef);
   const remote = remoteOf(dest);
   const force = flag(options, 'force');
-  checkVdiMap(await disksOf(call, vm.VBDs, true), vdiMap);
+  checkVdiMap(await disksOf(call.db, vm.VBDs, true), vdiMap);
   if (!(await isIntraPool(call, remote))) {
     await assertCanMigrateCrossPool(call, vmRef, remotePool(call, remote), vifMap, { force, copy: flag(options, 'copy') }, (destFeatures) =>
       assertSrSupport(call, vdiMap, destFeatures),
@@ -391,7 +401,7 @@ async function moveDisks(
   }
   const vm = await db.get('VM', vmRef);
   const snapshots = vm.snapshots;
-  const vmDisks = await disksOf(call, vm.VBDs, true);
+  const vmDisks = await disksOf(call.db, vm.VBDs, true);
   checkVdiMap(vmDisks, vdiMap);
   const vifs = other ? await inferVifMap(call, await vifsWithSnapshots(call, vmRef), vifMap) : new Map<string, string>();
   for (const d of vmDisks) {
@@ -399,7 +409,7 @@ async function moveDisks(
   }
   const snapshotVbds: string[] = [];
   for (const s of snapshots) snapshotVbds.push(...((await db.tryGet('VM', s))?.VBDs ?? []));
-  const snapshotDisks = await disksOf(call, snapshotVbds, false);
+  const snapshotDisks = await disksOf(call.db, snapshotVbds, false);
   // suspend images of a suspended VM or checkpoint, unless the destination sees them already
   const suspendDisks: DiskConf[] = [];
   for (const ref of [vmRef, ...snapshots]) {
@@ -523,6 +533,7 @@ async function moveDisks(
           report: () => reports.map(reportLine),
           crossPool: {
             session: remote.session,
+            departing: () => recordDeparture(call.host, { vm: vm.uuid, master: remote.master, session: remote.session }),
             claim: async () => {
               await complete();
               claimed = true;
@@ -565,7 +576,10 @@ async function moveDisks(
     const done = other ? claimed : await switched(call, vmRef, moved).catch(() => true);
     if (!done) {
       for (const m of moves) await m.abort();
-      if (other) await abandonRemote(call, other, imported, made);
+      if (other) {
+        await abandonRemote(call, other, imported, made);
+        await clearDeparture(call.host, vm.uuid);
+      }
       if (!other) {
         for (const [ref, sr] of made) {
           await destroyAnywhere(call, storage, ref, sr).catch((err: unknown) =>
@@ -582,6 +596,7 @@ async function moveDisks(
   if (other) {
     // The VM is the other pool's: unless copied, it and its disks leave this pool.
     if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
+    await clearDeparture(call.host, vm.uuid);
     return imported[0]!;
   }
   // The VM runs on the copies: the old disks go, a suspend SR the destination cannot see is
@@ -651,8 +666,20 @@ async function forgetMigrated(
   snapshots: string[],
   moved: Map<string, string>,
 ): Promise<void> {
-  const db = call.db;
-  for (const ref of [vmRef, ...snapshots]) {
+  await forgetRecords(call.db, svc.sync, [vmRef, ...snapshots]);
+  for (const [old] of moved) {
+    const row = await call.db.tryGet('VDI', old);
+    if (row)
+      await destroyAnywhere(call, storage, old, row.SR).catch((err: unknown) =>
+        call.host.log.warn({ err, vdi: old }, 'a migrated disk could not be destroyed'),
+      );
+  }
+  await call.db.commit();
+}
+
+/** The records of VMs gone to another pool: their VBDs, VIFs, consoles and metrics, and the VMs. */
+async function forgetRecords(db: Db, sync: XenopsSync, vms: string[]): Promise<void> {
+  for (const ref of vms) {
     const vm = await db.tryGet('VM', ref);
     if (!vm) continue;
     for (const [cls, list] of [
@@ -672,14 +699,38 @@ async function forgetMigrated(
     if (vm.guest_metrics !== NULL_REF && (await db.tryGet('VM_guest_metrics', vm.guest_metrics)))
       await db.destroy('VM_guest_metrics', vm.guest_metrics);
     await db.destroy('VM', ref);
-    svc.sync.forget(ref);
+    sync.forget(ref);
   }
-  for (const [old] of moved) {
-    const row = await db.tryGet('VDI', old);
-    if (row)
-      await destroyAnywhere(call, storage, old, row.SR).catch((err: unknown) =>
-        call.host.log.warn({ err, vdi: old }, 'a migrated disk could not be destroyed'),
-      );
+}
+
+/**
+ * A VM another pool claimed while this host's previous process was migrating it there
+ * (settleDepartures, at start-up): it and its snapshots leave this pool, with the disks they had
+ * here (on SRs this host has: the source had them attached).
+ */
+export async function forgetDeparted(storage: Storage, sync: XenopsSync, vmRef: string): Promise<void> {
+  const db = storage.host.db;
+  const vm = await db.get('VM', vmRef);
+  const vms = [vmRef, ...vm.snapshots];
+  const disks = new Set<string>();
+  for (const ref of vms) {
+    const row = await db.tryGet('VM', ref);
+    if (!row) continue;
+    if (row.suspend_VDI !== NULL_REF) disks.add(row.suspend_VDI);
+    for (const d of await disksOf(db, row.VBDs, false)) disks.add(d.vdi);
+  }
+  await forgetRecords(db, sync, vms);
+  for (const vdi of disks) {
+    const row = await db.tryGet('VDI', vdi);
+    if (!row) continue;
+    try {
+      const { driver, ctx } = await storage.context(row.SR);
+      await driver.vdiDelete(ctx, row.location);
+      storage.kickGc(row.SR);
+    } catch (e) {
+      storage.host.log.warn({ err: e, vdi }, 'the data of a disk migrated to another pool could not be deleted');
+    }
+    await destroyVdiRecord(db, vdi);
   }
   await db.commit();
 }

@@ -156,6 +156,8 @@ export interface DiskSwitch {
  */
 export interface CrossPoolSwitch {
   session: string;
+  /** Before this pool lets go of the VM: what its next start needs to ask the other pool (recordDeparture). */
+  departing(): Promise<void>;
   claim(domid: number): Promise<void>;
   complete(): Promise<void>;
 }
@@ -199,7 +201,7 @@ export async function migrateHere(
             commit: async (domid) => {
               switching = true;
               await disks?.beforeCommit();
-              if (cross) return claimElsewhere(call, vmRef, vm.resident_on, () => cross.claim(domid));
+              if (cross) return claimElsewhere(call, vmRef, vm.resident_on, cross, domid);
               // the move itself: once stored, the VM is the destination's
               await Promise.all([db.update('VM', vmRef, { resident_on: hostRef, domid }), ...(disks?.commitWrites() ?? [])]);
               await db.commit();
@@ -238,13 +240,14 @@ export async function migrateHere(
  * the paused domain go rather than run it beside the other pool's; then the other pool claims
  * the VM. If the claim fails the VM is put back here and the guest carries on.
  */
-async function claimElsewhere(call: Call, vmRef: string, source: string, claim: () => Promise<void>): Promise<void> {
+async function claimElsewhere(call: Call, vmRef: string, source: string, cross: CrossPoolSwitch, domid: number): Promise<void> {
   const db = call.db;
+  await cross.departing();
   await db.update('VM', vmRef, { resident_on: NULL_REF });
   await db.commit();
   faultPoint('xpool.leaving');
   try {
-    await claim();
+    await cross.claim(domid);
   } catch (e) {
     await untilStored(db, () => db.update('VM', vmRef, { resident_on: source }));
     throw e;

@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { request } from 'node:http';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, login, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
@@ -234,6 +236,11 @@ test('the source killed with the guest paused, before B claims the VM: halted in
   await waitUntil('pool B clear of the migration', () => nothingInB(o.uuid));
   assert.equal(simulatorVms(dst.stateDir).get(o.uuid)?.domain, undefined);
   await restartSource();
+  // B never claimed it: asked at the source's start, it says so, and the VM stays in A
+  await waitUntil(
+    'the departure settled',
+    async () => (await readdir(join(src.stateDir, 'xpool-departures')).catch(() => [])).length === 0,
+  );
   const r = (await callA('VM.get_record', o.vm)) as Rec;
   assert.equal(r.power_state, 'Halted');
   assert.equal(await callA('VBD.get_VDI', (r.VBDs as string[])[0]), o.disk);
@@ -243,7 +250,9 @@ test('the source killed with the guest paused, before B claims the VM: halted in
   await callA('VM.hard_shutdown', o.vm);
 });
 
-test('the source killed right after B claimed the VM: it runs in B only', { timeout: 300_000 }, async () => {
+test('the source killed right after B claimed the VM: it runs in B only, and leaves A once the source is back', {
+  timeout: 300_000,
+}, async () => {
   await restartSource('xpool.claimed');
   const o = await vmOnSource('source dies claimed');
   const outcome = await taskOutcome(await migrateSend(o));
@@ -262,8 +271,15 @@ test('the source killed right after B claimed the VM: it runs in B only', { time
     'the copies are the VM’s',
   );
   await restartSource();
-  // the source let its paused domain go: the VM runs nowhere else
+  // the source let its paused domain go, then asked B, which had claimed the VM: it leaves pool
+  // A with its disk
   assert.equal(simulatorVms(src.stateDir).get(o.uuid)?.domain, undefined);
-  assert.notEqual(await callA('VM.get_power_state', o.vm).catch(() => 'Halted'), 'Running');
+  const gone = async (p: Promise<unknown>, code: string) => (await xapiFailure(p).catch(() => []))[0] === code;
+  await waitUntil(
+    'the VM and its disk gone from pool A',
+    async () =>
+      (await gone(callA('VM.get_by_uuid', o.uuid), 'UUID_INVALID')) && (await gone(callA('VDI.get_record', o.disk), 'HANDLE_INVALID')),
+  );
+  assert.equal(await callB('VM.get_power_state', there), 'Running');
   await callB('VM.hard_shutdown', there);
 });
