@@ -17,6 +17,7 @@ import type { Db, Row } from '../db/interface.js';
 import type { XenopsSync } from './xenops-sync.js';
 import { destroyVdiRecord } from './sr-scan.js';
 import { XapiError } from '../rpc/errors.js';
+import { untilStored } from '../db/until-stored.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF } from '../schema/types.js';
 import { setCancellable } from '../api/tasks.js';
@@ -533,7 +534,10 @@ async function moveDisks(
           report: () => reports.map(reportLine),
           crossPool: {
             session: remote.session,
-            departing: () => recordDeparture(call.host, { vm: vm.uuid, master: remote.master, session: remote.session }),
+            // a copy leaves the VM here whatever the other pool did: nothing to ask at a restart
+            departing: async () => {
+              if (!copy) await recordDeparture(call.host, { vm: vm.uuid, master: remote.master, session: remote.session });
+            },
             claim: async () => {
               await complete();
               claimed = true;
@@ -594,8 +598,10 @@ async function moveDisks(
     call.host.log.warn({ err: e, vm: vmRef }, 'the migration to another pool was committed, then failed: the VM is there');
   }
   if (other) {
-    // The VM is the other pool's: unless copied, it and its disks leave this pool.
+    // The VM is the other pool's: unless copied, it and its disks leave this pool. (A running
+    // VM copied with `force` left its domain there: its record here says so.)
     if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
+    else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
     await clearDeparture(call.host, vm.uuid);
     return imported[0]!;
   }

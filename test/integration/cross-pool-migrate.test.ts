@@ -299,3 +299,57 @@ print("ok assert_can_migrate", flush=True)
   await assertNoHalfCopies(callB);
   await callA('VM.hard_shutdown', vm);
 });
+
+test('options copy=true: a halted VM copied to another pool (new uuid and MACs there, the source kept); then moved', {
+  timeout: 180_000,
+}, async () => {
+  const hostA1 = await hostRef(a0, sa, a1);
+  const hostB = await hostRef(b, sb, b);
+  const netA = await managementNetwork(callA);
+  const netB = await managementNetwork(callB);
+  const disk = await diskWith('copied disk', await localSrOf(callA, hostA1), 32 * MiB, 8, a1.url);
+  const vm = (await callA('VM.create', vmRecord('copied', { memory: 64 * MiB }, { other_config: { kept: 'yes' } }))) as string;
+  await callA('VBD.create', vbdRecord(vm, disk));
+  const vif = (await callA('VIF.create', vifRecord(vm, netA))) as string;
+  const uuid = (await callA('VM.get_uuid', vm)) as string;
+  const to = await localSrOf(callB, hostB);
+  const dest = await callB('host.migrate_receive', hostB, netB, {});
+  const copy = (await callA('VM.migrate_send', vm, dest, false, { [disk]: to }, { [vif]: netB }, { copy: 'true' }, {})) as string;
+
+  // the source is as it was
+  const r = (await callA('VM.get_record', vm)) as Rec;
+  assert.equal(r.power_state, 'Halted');
+  assert.deepEqual(r.current_operations, {});
+  assert.equal(await callA('VBD.get_VDI', (r.VBDs as string[])[0]), disk);
+  // the copy in B: another uuid, the same record, its disk on B's SR holding the same bytes
+  const c = (await callB('VM.get_record', copy)) as Rec;
+  assert.notEqual(c.uuid, uuid);
+  assert.equal(c.name_label, 'copied');
+  assert.equal(c.power_state, 'Halted');
+  assert.equal((c.other_config as Rec).kept, 'yes');
+  assert.equal((c.other_config as Rec).migrate_task, undefined);
+  const [vifB] = c.VIFs as string[];
+  assert.equal(await callB('VIF.get_network', vifB), netB);
+  assert.notEqual(await callB('VIF.get_MAC', vifB), await callA('VIF.get_MAC', vif));
+  const diskB = (await callB('VBD.get_VDI', (c.VBDs as string[])[0])) as string;
+  assert.equal(await callB('VDI.get_SR', diskB), to);
+  const bytes = async (url: string, s: string, v: string) =>
+    Buffer.from(await (await fetch(`${url}/export_raw_vdi?session_id=${s}&vdi=${v}&format=raw`)).arrayBuffer());
+  assert.ok((await bytes(a1.url, sa, disk)).equals(await bytes(b.url, sb, diskB)), 'the copy holds the same bytes');
+  await assertNoHalfCopies(callB);
+  // it starts there
+  await callB('VM.start', copy, false, false);
+  assert.equal(await callB('VM.get_resident_on', copy), hostB);
+  await callB('VM.hard_shutdown', copy);
+
+  // Without copy, the halted VM itself moves: the same uuid there, nothing left here.
+  const mac = (await callA('VIF.get_MAC', vif)) as string;
+  const dest2 = await callB('host.migrate_receive', hostB, netB, {});
+  const moved = (await callA('VM.migrate_send', vm, dest2, false, { [disk]: to }, { [vif]: netB }, {}, {})) as string;
+  assert.equal(await callB('VM.get_uuid', moved), uuid);
+  assert.equal(await callB('VM.get_power_state', moved), 'Halted');
+  assert.equal(await callB('VIF.get_MAC', ((await callB('VM.get_VIFs', moved)) as string[])[0]), mac);
+  assert.deepEqual(await xapiFailure(callA('VM.get_by_uuid', uuid)), ['UUID_INVALID', 'VM', uuid]);
+  assert.deepEqual(await xapiFailure(callA('VDI.get_record', disk)), ['HANDLE_INVALID', 'VDI', disk]);
+  await assertNoHalfCopies(callB);
+});
