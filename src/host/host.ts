@@ -353,7 +353,9 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     await storageMotion.sweepUnfinishedMirrors(storage);
     // The domain manager is the truth about what runs: reconcile before serving.
     await xenops.resync();
-    void settleDepartures(host, (vm) => storageMotion.forgetDeparted(storage, xenops, vm));
+    void settleDepartures(host, (vm) => storageMotion.forgetDeparted(storage, xenops, vm)).catch((e: unknown) =>
+      host.log.warn({ err: e }, 'settling the migrations to other pools failed'),
+    );
     await hostOperations.updateAllAllowedOperations(host.db);
     if (role.kind === 'master') await rollingUpgradeCheck(host);
     xenops.start();

@@ -62,7 +62,9 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
     await plugLocalPbds(o.storage);
     await sweepUnfinishedMirrors(o.storage);
     await o.xenops.resync();
-    void settleDepartures(host, (vm) => forgetDeparted(o.storage, o.xenops, vm));
+    void settleDepartures(host, (vm) => forgetDeparted(o.storage, o.xenops, vm)).catch((e: unknown) =>
+      host.log.warn({ err: e }, 'settling the migrations to other pools failed'),
+    );
     o.xenops.start();
     // Serving before the host says it may run VMs: whoever sees it enabled can call it.
     host.emergency = undefined;

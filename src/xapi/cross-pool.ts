@@ -239,7 +239,14 @@ export async function settleDepartures(host: HostContext, forget: (vmRef: string
   const dir = join(host.config.stateDir, DEPARTURES);
   const names = await readdir(dir).catch(() => [] as string[]);
   for (const name of names.filter((n) => n.endsWith('.json'))) {
-    const d = JSON.parse(await readFile(join(dir, name), 'utf8')) as Departure;
+    let d: Departure;
+    try {
+      d = JSON.parse(await readFile(join(dir, name), 'utf8')) as Departure;
+    } catch (e) {
+      // written atomically, so only ever whole: one that does not parse is not ours to act on
+      host.log.warn({ err: e, file: name }, 'an unreadable departure record: ignored');
+      continue;
+    }
     void (async () => {
       for (let attempt = 1; ; attempt++) {
         try {
