@@ -404,7 +404,7 @@ async function checkAfterKill(sr: Sr, label: string): Promise<void> {
   await assertHashes(sr, templateHashes, `${label}, after GC`);
 }
 
-test('kill -9 at every instrumented crash point loses nothing (and a second kill during recovery)', { timeout: 120_000 }, async () => {
+test('kill -9 at every instrumented crash point loses nothing (and a second kill during recovery)', { timeout: 300_000 }, async () => {
   const active = { GC_ACTIVE: template.ids.L4 };
   // A clean child run tells how many crash points a whole GC passes, and how many changes to files it makes.
   const clean = cloneSr(template, path.join(root, 'kill-clean'));
