@@ -615,6 +615,11 @@ export class LocalDb implements AnyDb {
     return this.store.serialize();
   }
 
+  /** Gives back what the store caches (an idle host's memory); the tables stay. */
+  releaseMemory(): void {
+    this.store?.releaseMemory();
+  }
+
   close(): void {
     clearTimeout(this.probeTimer);
     if (this.flushScheduled) this.flush();
