@@ -11,7 +11,7 @@ import { startHost, type HostOptions, type RunningHost } from '../host/host.js';
 import { roleText } from '../host/pool-role.js';
 import { ListenError } from '../http/server.js';
 import { StoreFormatError } from '../db/store.js';
-import { IdleCollector } from '../util/idle-gc.js';
+import { collectAllAvailableGarbage, IdleCollector } from '../util/idle-gc.js';
 import { SERVE_OPTIONS, UsageError, hostOptions } from './flags.js';
 import { POOL_USAGE, pool } from './pool.js';
 
@@ -65,8 +65,15 @@ async function serve(argv: string[]): Promise<void> {
 
   let running = await start();
   announce(running);
-  // The garbage of a busy spell (start-up, a join, a backup) is collected once the host is idle.
-  new IdleCollector({ onError: (e) => console.error('xapi: the idle garbage collection failed', e) }).start();
+  // The garbage of a busy spell (start-up, a join, a backup) is collected once the host is idle,
+  // with what the database store cached meanwhile.
+  new IdleCollector({
+    collect: () => {
+      running.releaseMemory();
+      return collectAllAvailableGarbage();
+    },
+    onError: (e) => console.error('xapi: the idle garbage collection failed', e),
+  }).start();
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -60,6 +60,8 @@ export class LocalDb implements AnyDb {
   private pendingTombstones: Tombstone[] = [];
   private pendingReplies: StoredReply[] = [];
   private flushScheduled = false;
+  /** The last flush's sync while it runs (it settles as that flush's commits do). */
+  private unsynced: Promise<void> | undefined;
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   /** Set while the store refuses writes: the error every write gets. */
   private unwritable: WriteRefused | undefined;
@@ -349,7 +351,9 @@ export class LocalDb implements AnyDb {
    */
   commit(since?: number): Promise<void> {
     if (since !== undefined && since !== this.failures) return Promise.reject(this.lastFailure);
-    if (!this.store || (this.dirty.size === 0 && !this.flushScheduled)) return Promise.resolve();
+    if (!this.store) return Promise.resolve();
+    // Written already, maybe not yet synced: the last flush's sync covers every earlier one.
+    if (this.dirty.size === 0 && !this.flushScheduled) return this.unsynced ?? Promise.resolve();
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
@@ -387,7 +391,26 @@ export class LocalDb implements AnyDb {
       for (const w of waiters) w.reject(this.unwritable);
       return;
     }
-    for (const w of waiters) w.resolve();
+    // Acknowledged once on disk; the fsync runs off the event loop (store.sync), which meanwhile
+    // serves other calls and writes the next batch. A failed fsync fails the batch's calls and
+    // refuses writes as a failed write does, but cannot take the batch back out of SQLite.
+    const synced = this.store!.sync().then(
+      () => {
+        for (const w of waiters) w.resolve();
+      },
+      (e: unknown) => {
+        this.refuseWrites(e);
+        for (const w of waiters) w.reject(this.unwritable);
+        throw this.unwritable;
+      },
+    );
+    this.unsynced = synced;
+    synced.then(
+      () => {
+        if (this.unsynced === synced) this.unsynced = undefined;
+      },
+      () => undefined,
+    );
     if (batch.tombstones.length && this.tombstoneOrder.length % 1000 < batch.tombstones.length) {
       try {
         this.store!.trimTombstones(TOMBSTONE_LIMIT);
@@ -442,15 +465,20 @@ export class LocalDb implements AnyDb {
   }
 
   private probe(): void {
+    const retry = () => {
+      this.probeTimer = setTimeout(() => this.probe(), this.probeIntervalMs).unref();
+    };
     try {
       this.store!.writeBatch({ upserts: [], deletes: [], tombstones: [], generation: this.gen });
     } catch {
-      this.probeTimer = setTimeout(() => this.probe(), this.probeIntervalMs).unref();
+      retry();
       return;
     }
-    this.probeTimer = undefined;
-    this.unwritable = undefined;
-    this.onWritable(true);
+    this.store!.sync().then(() => {
+      this.probeTimer = undefined;
+      this.unwritable = undefined;
+      this.onWritable(true);
+    }, retry);
   }
 
   // ---- replies to members' writes (remote-serve.ts) --------------------------------------------
@@ -585,6 +613,11 @@ export class LocalDb implements AnyDb {
     if (!this.store) throw new XapiError('INTERNAL_ERROR', ['this database has no store to back up']);
     await this.commit();
     return this.store.serialize();
+  }
+
+  /** Gives back what the store caches (an idle host's memory); the tables stay. */
+  releaseMemory(): void {
+    this.store?.releaseMemory();
   }
 
   close(): void {

@@ -119,6 +119,8 @@ export interface RunningHost {
   readonly httpsPort: number;
   /** Settles when the host asked to be restarted (a role change), with the reason. */
   readonly restartRequested: Promise<string>;
+  /** Gives back caches an idle host does not need (its database store's). */
+  releaseMemory(): void;
   close(): Promise<void>;
 }
 
@@ -455,6 +457,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     httpPort: servers.httpPort,
     httpsPort: servers.httpsPort,
     restartRequested,
+    releaseMemory: () => local?.releaseMemory(),
     // Idempotent: a signal may arrive while a restart is closing the host.
     close() {
       closed ??= (async () => {

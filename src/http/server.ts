@@ -33,7 +33,7 @@ const KEEP_ALIVE_TIMEOUT_MS = 65_000;
  * the client still sends before closing (see lingerOnClose). */
 const LINGER_MS = 2_000;
 /** How long close() lets in-flight requests finish before cutting their connections. */
-const CLOSE_GRACE_MS = 5_000;
+export const CLOSE_GRACE_MS = 5_000;
 
 /** Methods http.ml knows; anything else parses as `Unknown m`, which has no handlers → 501. */
 const XAPI_METHODS = new Set(['GET', 'POST', 'PUT', 'CONNECT', 'OPTIONS']);

@@ -32,6 +32,12 @@ export const PROPOSAL_LIFETIME_MS = 10 * 60_000;
 export const HANDOVER_TIMEOUT_MS = 60_000;
 /** A peer that has not answered an emergency call within this long is taken as unreachable. */
 export const PEER_CALL_TIMEOUT_MS = 30_000;
+/**
+ * The longest an old coordinator that has committed puts off its restart for the reply to the
+ * designate_new_master call it forwarded (the new coordinator answers once every peer has
+ * committed, or failed to: a frozen new coordinator must not keep the old one up for ever).
+ */
+export const DESIGNATE_REPLY_WAIT_MS = HANDOVER_TIMEOUT_MS;
 
 interface Proposal {
   address: string;
@@ -43,6 +49,8 @@ interface Proposal {
 }
 
 const proposals = new WeakMap<HostContext, Proposal>();
+/** The designate_new_master call this coordinator is running (forwarded to the new host). */
+const designating = new WeakMap<HostContext, Promise<unknown>>();
 /** The role each host has written for its next start (absent: the role it started with). */
 const nextRoles = new WeakMap<HostContext, HostRole>();
 
@@ -94,8 +102,32 @@ export async function becomeMemberOf(host: HostContext, address: string, reason:
   }
   host.emergency = { code: 'HOST_IS_SLAVE', params: [address] };
   await setRole(host, role);
+  // The old coordinator, committing, is still running the designate_new_master call that started
+  // all this: its client is owed the reply, which comes once the new coordinator has committed
+  // every other host (xapi's ten-second fuse leaves the time for it). Restarting now would cut
+  // that call's connection however the designation ends. The role is written already, and the
+  // API refused from here on, so waiting changes nothing else.
+  const call = designating.get(host);
+  if (call) {
+    host.log.info({ coordinator: address }, 'committed: restarting once the designate_new_master call has its reply');
+    void settledWithin(call, DESIGNATE_REPLY_WAIT_MS)
+      .then(() => host.changeRole(role, reason))
+      .catch((err: unknown) => host.log.error({ err }, 'restarting as a member failed'));
+    return;
+  }
   await host.changeRole(role, reason);
 }
+
+/** Resolves once `p` settles, or after `ms`, whichever is first. */
+function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  return Promise.race([p.then(noop, noop), expired]).finally(() => clearTimeout(timer));
+}
+
+const noop = () => undefined;
 
 /**
  * Calls `wire` on the host at `address` under an emergency-mode session (session.slave_local_login
@@ -351,9 +383,15 @@ async function designateNewMaster(call: Call, hostRef: string): Promise<void> {
   const host = call.host;
   if (host.role.kind === 'master' && !isForwardedHere(call)) {
     await call.db.get('host', hostRef); // HANDLE_INVALID before anything else
-    await withPoolOperation(call, 'designate_new_master', () =>
+    const running = withPoolOperation(call, 'designate_new_master', () =>
       runOn(call, hostRef, 'pool.designate_new_master', [hostRef], () => designateHere(call)),
     );
+    designating.set(host, running);
+    try {
+      await running;
+    } finally {
+      if (designating.get(host) === running) designating.delete(host);
+    }
     return;
   }
   await designateHere(call);

@@ -18,6 +18,8 @@ import { loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type
 import { jsonCall, login } from './client.js';
 import { hostRef, joinPool, runningVmOn, startHosts } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
+import { ROLE_CHANGE_FUSE_MS } from '../../src/host/host.js';
+import { CLOSE_GRACE_MS } from '../../src/http/server.js';
 import { waitUntil } from '../wait.js';
 
 type Records = Record<string, Record<string, unknown>>;
@@ -434,6 +436,31 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await checkPool(b2, [a, b2, c], acked);
     } finally {
       await stopAll([...hosts, b2]);
+    }
+  });
+
+  it('the new coordinator slow to finish its commits (stopped after them): the old one waits to restart, and the designate call gets its reply', {
+    timeout: 240_000,
+  }, async () => {
+    const { hosts, s, acked } = await designatePool({ index: 1, point: 'designate.peers-committed:SIGSTOP' });
+    const [a, b, c] = hosts;
+    try {
+      const bRef = await hostRef(a, s, b);
+      const designate = jsonCall(a.url, 'pool.designate_new_master', [s, bRef]);
+      designate.catch(() => undefined);
+      await reachedPoint(b, 'designate.peers-committed');
+      // Every peer has committed; the new coordinator's reply is late (as after many peers on a
+      // loaded machine). The fault lasts longer than the old coordinator's fuse and its close's
+      // grace together: restarting then, it used to cut the designate call's connection.
+      await new Promise((resolve) => setTimeout(resolve, ROLE_CHANGE_FUSE_MS + CLOSE_GRACE_MS + 1_000));
+      b.kill('SIGCONT');
+      await designate; // answered, not cut
+      const sb = await coordinatorSession(b);
+      await waitMember(b, sb, a);
+      await waitMember(b, sb, c);
+      await checkPool(b, [a, b, c], acked);
+    } finally {
+      await stopAll(hosts);
     }
   });
 

@@ -239,3 +239,83 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     assert.equal(await again.tryGet('network', 'OpaqueRef:brief'), undefined);
     again.close();
   }));
+
+test('a commit is acknowledged only once its batch is synced (off the event loop); a failed sync fails it and refuses writes', () =>
+  withDir(async (dir) => {
+    const store = new SqliteStore(join(dir, 'xapi.db'));
+    // The store's syncs, held until the test lets each go (or fail).
+    const held: { resolve: () => void; reject: (e: Error) => void }[] = [];
+    const realSync = store.sync.bind(store);
+    store.sync = () =>
+      new Promise<void>((resolve, reject) => {
+        held.push({ resolve: () => realSync().then(resolve, reject), reject });
+      });
+    const db = new LocalDb(schema(), store, { probeIntervalMs: 10 });
+    await db.create('network', 'OpaqueRef:n1', { uuid: 'u1', name_label: 'one' });
+    let acked = false;
+    const first = db.commit().then(() => (acked = true));
+    await waitUntil('the batch written and its sync asked', () => held.length === 1, { intervalMs: 1 });
+    // written (another connection reads it), not acknowledged; the event loop serves meanwhile
+    const other = new Database(join(dir, 'xapi.db'), { readonly: true });
+    assert.equal((other.prepare('SELECT COUNT(*) AS n FROM t_network').get() as { n: number }).n, 1);
+    other.close();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(acked, false);
+    // a commit asked now, with nothing left to write, waits for the same sync
+    let alsoAcked = false;
+    const second = db.commit().then(() => (alsoAcked = true));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(alsoAcked, false);
+    held[0]!.resolve();
+    await Promise.all([first, second]);
+
+    // a sync that fails: the commit fails, writes are refused until a probe is written and synced
+    await db.update('network', 'OpaqueRef:n1', { name_label: 'two' });
+    const failing = db.commit();
+    await waitUntil('the second sync asked', () => held.length === 2, { intervalMs: 1 });
+    held[1]!.reject(Object.assign(new Error('I/O error'), { code: 'EIO' }));
+    await assert.rejects(failing, (e: XapiError) => e.code === 'INTERNAL_ERROR' && /I\/O error/.test(e.params[0]!));
+    await assert.rejects(db.update('network', 'OpaqueRef:n1', { name_label: 'three' }), (e: XapiError) => e.code === 'INTERNAL_ERROR');
+    await waitUntil('the probe synced', () => held.length === 3, { intervalMs: 1 });
+    held[2]!.resolve();
+    await waitUntil(
+      'writes taken again',
+      () =>
+        db.update('network', 'OpaqueRef:n1', { name_label: 'four' }).then(
+          () => true,
+          () => false,
+        ),
+      { intervalMs: 5 },
+    );
+    const last = db.commit();
+    await waitUntil('the last sync asked', () => held.length === 4, { intervalMs: 1 });
+    held[3]!.resolve();
+    await last;
+    db.close();
+    const again = open(dir);
+    assert.equal((await again.get('network', 'OpaqueRef:n1')).name_label, 'four');
+    again.close();
+  }));
+
+test('the store shares its fdatasyncs: callers while one runs wait for the next, which covers their batches', () =>
+  withDir(async (dir) => {
+    const store = new SqliteStore(join(dir, 'xapi.db'));
+    store.ensureTable('network');
+    const batch = (n: number) => ({
+      upserts: [{ cls: 'network', ref: `OpaqueRef:${n}`, created: n, modified: n, data: '{}' }],
+      deletes: [],
+      tombstones: [],
+      generation: n,
+    });
+    store.writeBatch(batch(1));
+    const a = store.sync();
+    store.writeBatch(batch(2));
+    const b = store.sync();
+    store.writeBatch(batch(3));
+    const c = store.sync();
+    assert.notEqual(a, b); // b's batch may be after a's fdatasync began
+    assert.equal(b, c); // one more covers both
+    await Promise.all([a, b, c]);
+    assert.notEqual(store.sync(), b); // a new one once those are done
+    store.close();
+  }));

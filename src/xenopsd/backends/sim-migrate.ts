@@ -50,8 +50,12 @@ const MAX_FACTOR = 3;
 /** A guest's memory write rate when its VM names none: an idle server's few MiB/s. */
 export const DEFAULT_DIRTY_RATE = 4 * 1024 * 1024;
 
-/** What a page carries besides its number and version: one random megabyte, shared. */
-const FILLER = randomBytes(CHUNK_PAGES * PAGE);
+/**
+ * What a page carries besides its number and version: one random megabyte, shared, made at the
+ * first migration (made at load, it was a resident megabyte in every host that never migrates).
+ */
+let filler: Buffer | undefined;
+const fillerBytes = () => (filler ??= randomBytes(CHUNK_PAGES * PAGE));
 
 /** Two independent 32-bit hashes of (page, version), summed over the pages: the memory's digest. */
 function mix(page: number, version: number, key: number): number {
@@ -166,7 +170,7 @@ class FrameBuffers {
   private readonly free: Buffer[] = [];
   private waiting: (() => void) | undefined;
   constructor(count: number) {
-    for (let i = 0; i < count; i++) this.free.push(Buffer.from(FILLER));
+    for (let i = 0; i < count; i++) this.free.push(Buffer.from(fillerBytes()));
   }
 
   /** A free buffer; MigrationBroken if the stream breaks while all are on their way. */
