@@ -52,14 +52,17 @@ test('xe help answers before any login: usage, then the standard commands packed
     assert.match(line, /^ {4}\S/);
     assert.ok(line.length <= 78, line);
   }
-  assert.deepEqual(names.join(',').replace(/\s/g, '').split(','), ['network-list', 'sr-list', 'vm-list']);
+  const listed = names.join(',').replace(/\s/g, '').split(',');
+  assert.deepEqual(listed, [...listed].sort());
+  for (const n of ['network-list', 'sr-list', 'vm-list', 'vm-start', 'vm-shutdown']) assert.ok(listed.includes(n), n);
+  for (const n of ['vm-destroy', 'vm-param-get', 'pbd-list']) assert.ok(!listed.includes(n), `${n} is not a Standard command`);
 });
 
 test('xe help --all groups host-, vm- and the rest; --minimal gives one comma-separated line', async () => {
   const r = await xeRaw(['-s', host.address, '-p', String(host.httpsPort), 'help', '--all']);
   assert.equal(r.code, 0);
   assert.ok(r.stdout.startsWith(`${USAGE_HEAD}Full command list\n-----------------\n\n    host-list, host-param-`), r.stdout.slice(0, 900));
-  assert.match(r.stdout, /\n {4}\n {4}vm-list, /);
+  assert.match(r.stdout, /\n {4}\n {4}vm-destroy, vm-list, /);
   const m = await xeRaw(['-s', host.address, '-p', String(host.httpsPort), 'help', '--all', '--minimal']);
   assert.equal(m.code, 0);
   const all = m.stdout.trimEnd().split(',');
@@ -277,4 +280,57 @@ test('the /cli handler speaks the protocol straight after the body: no HTTP resp
   const exit = print.subarray(16 + text.length);
   assert.deepEqual([exit.readInt32LE(0), exit.readInt32LE(4), exit.readInt32LE(8), exit.readInt32LE(12)], [12, 9, 4, 0]);
   assert.equal(exit.length, 16);
+});
+
+test('selector commands: vm= and field filters, no match, several without --multiple, failures listed', async () => {
+  const a = (await jsonCall(host.url, 'VM.create', [session, vmRecord('sel-a', { memory: 128 * 2 ** 20 })])) as string;
+  const b = (await jsonCall(host.url, 'VM.create', [session, vmRecord('sel-b', { memory: 128 * 2 ** 20 })])) as string;
+  const aUuid = (await jsonCall(host.url, 'VM.get_uuid', [session, a])) as string;
+  const bUuid = (await jsonCall(host.url, 'VM.get_uuid', [session, b])) as string;
+  await jsonCall(host.url, 'VM.add_to_other_config', [session, a, 'group', 'sel']);
+  await jsonCall(host.url, 'VM.add_to_other_config', [session, b, 'group', 'sel']);
+
+  const none = await xe(host, 'vm-start', 'vm=no-such-vm');
+  assert.deepEqual([none.code, none.stdout, none.stderr], [1, '', 'Error: No matching VMs found\n']);
+  const started = await xe(host, 'vm-start', 'vm=sel-a');
+  assert.deepEqual([started.code, started.stdout, started.stderr], [0, '', '']);
+  assert.equal(await jsonCall(host.url, 'VM.get_power_state', [session, a]), 'Running');
+  const byUuid = await xe(host, 'vm-start', `vm=${bUuid}`);
+  assert.equal(byUuid.code, 0, byUuid.stderr);
+
+  const several = await xe(host, 'vm-shutdown', 'other-config:group=sel');
+  assert.deepEqual(
+    [several.code, several.stderr],
+    [1, 'Error: Multiple matches VMs found. --multiple required to complete the operation\n'],
+  );
+  const notField = await xe(host, 'vm-shutdown', 'colour=red');
+  assert.deepEqual([notField.code, notField.stderr], [1, "Error: Unknown field 'colour'\n"]);
+  const shut = await xe(host, 'vm-shutdown', 'other-config:group=sel', '--multiple', '--force');
+  assert.deepEqual([shut.code, shut.stdout, shut.stderr], [0, '', '']);
+  assert.equal(await jsonCall(host.url, 'VM.get_power_state', [session, a]), 'Halted');
+  assert.equal(await jsonCall(host.url, 'VM.get_power_state', [session, b]), 'Halted');
+
+  // Both halted: suspending each fails with the VM's own error, listed on stdout.
+  const failed = await xe(host, 'vm-suspend', 'other-config:group=sel', '--multiple');
+  assert.equal(failed.code, 1);
+  assert.equal(failed.stderr, '');
+  const lines = failed.stdout.split('\n').filter((l) => l.startsWith('operation failed on '));
+  assert.deepEqual(
+    lines.map((l) => l.slice('operation failed on '.length, 'operation failed on '.length + 36)).sort(),
+    [aUuid, bUuid].sort(),
+  );
+  assert.match(
+    failed.stdout,
+    /operation failed on [0-9a-f-]{36}: You attempted an operation on a VM that was not in an appropriate power state at the time; for example, you attempted to start a VM that was already running\. The parameters returned are the VM's handle, and the expected and actual VM state at the time of the call\.\nvm: [0-9a-f-]{36} \(sel-[ab]\)\nexpected: running\nactual: halted\n/,
+  );
+
+  const destroyDom0 = await xe(
+    host,
+    'vm-destroy',
+    `uuid=${(await xe(host, 'vm-list', 'is-control-domain=true', '--minimal')).stdout.trim()}`,
+  );
+  assert.equal(destroyDom0.code, 1);
+  assert.equal(destroyDom0.stderr.split('\n')[1], 'reason: You cannot destroy a control domain via the CLI');
+  assert.equal((await xe(host, 'vm-destroy', `uuid=${bUuid}`)).code, 0);
+  assert.equal((await xe(host, 'vm-list', `uuid=${bUuid}`, '--minimal')).stdout, '\n');
 });

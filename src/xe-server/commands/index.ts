@@ -3,6 +3,7 @@ import type { Rpc } from '../../rpc/rpc.js';
 import type { Api } from '../api.js';
 import { addGenericCommands, blankFields } from '../generic.js';
 import { CommandTable, type Ctx } from '../table.js';
+import { addVmCommands } from './vm.js';
 
 export function buildTable(api: Api): CommandTable {
   const table = new CommandTable();
@@ -18,5 +19,6 @@ export function buildTable(api: Api): CommandTable {
     },
   };
   addGenericCommands(table, (kind) => blankFields(blank, kind));
+  addVmCommands(table);
   return table;
 }
