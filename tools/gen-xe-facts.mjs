@@ -183,7 +183,7 @@ function commands() {
 // ---- Error texts (ocaml/idl/datamodel_errors.ml): Api_errors.name -> wire code via api_errors.ml
 function errors() {
   const codes = {};
-  for (const m of show('ocaml/xapi-consts/api_errors.ml').matchAll(/let ([a-z0-9_]+) = add_error "([A-Z0-9_]+)"/g)) codes[m[1]] = m[2];
+  for (const m of show('ocaml/xapi-consts/api_errors.ml').matchAll(/let ([a-z0-9_]+) =\s*add_error\s+"([A-Z0-9_]+)"/g)) codes[m[1]] = m[2];
   const toks = tokenize(show('ocaml/idl/datamodel_errors.ml'));
   const out = {};
   for (let i = 0; i < toks.length; i++) {

@@ -78,10 +78,22 @@ export function boolParam(params: Params, name: string, dflt = false): boolean {
   return v === undefined ? dflt : boolOf(name, v);
 }
 
-/** The params `NAME:KEY=VALUE` as [KEY, VALUE] (cli_util read_map_params). */
+/**
+ * The params `NAME:KEY=VALUE` as [KEY, VALUE] (cli_operations.ml read_map_params): any word
+ * starting with NAME and longer than NAME plus one separator, so the legacy `NAME-KEY=` works too.
+ */
 export function mapParams(params: Params, name: string): [string, string][] {
-  const prefix = `${name}:`;
-  return params.filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]);
+  const len = name.length + 1;
+  return params.filter(([k]) => k.startsWith(name) && k.length > len).map(([k, v]) => [k.slice(len), v]);
+}
+
+export const setParams = (params: Params, name: string): string[] => mapParams(params, name).map(([k]) => k);
+
+/** An Rpc struct from pairs (a map argument). */
+export function struct(pairs: [string, string][]): { [k: string]: string } {
+  const s = Object.create(null) as { [k: string]: string };
+  for (const [k, v] of pairs) if (!(k in s)) s[k] = v;
+  return s;
 }
 
 /** The parameters never used as record filters (cli_operations.ml stdparams). */

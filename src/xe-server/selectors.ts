@@ -3,7 +3,7 @@
 // or name-label, no selector selects everything; several matches need --multiple, and then each
 // failure is listed and the command fails.
 import { XapiError } from '../rpc/errors.js';
-import { isStruct, type RpcStruct } from '../rpc/rpc.js';
+import { isStruct, RpcDateTime, type RpcStruct } from '../rpc/rpc.js';
 import { CliFailure, MissingField, MultipleFailure } from './errors.js';
 import { applyFilters, type Obj } from './generic.js';
 import { boolParam, param, STD_PARAMS } from './parse.js';
@@ -22,26 +22,71 @@ export interface VmOpOptions {
 
 const quote = (s: string) => s.replace(/\\/g, '\\\\').replace(/"/g, '\\"');
 
-export async function selectVms(ctx: Ctx, o: VmOpOptions): Promise<Obj[]> {
-  let params = [...ctx.params];
-  if (!o.includeControl) params.unshift(['is-control-domain', 'false']);
-  if (!o.includeTemplates) params.unshift(['is-a-template', 'false']);
-  const byName = param(params, 'vm');
+/** Objects of a class chosen by a pseudo-field (`vm=`, `host=`, `sr=`) and field filters. */
+async function selectObjects(
+  ctx: Ctx,
+  kind: 'vm' | 'host' | 'sr',
+  params: [string, string][],
+  pseudo: string,
+  matchFields: string[],
+  ignore: string[],
+): Promise<Obj[]> {
+  const cls = { vm: 'VM', host: 'host', sr: 'SR' }[kind];
+  const byName = param(params, pseudo);
   let expr = 'true';
+  let rest = params;
   if (byName !== undefined) {
-    params = params.filter(([k]) => k !== 'vm');
+    rest = params.filter(([k]) => k !== pseudo);
     const v = quote(byName);
-    expr = `(field "uuid"="${v}") or (field "name__label"="${v}")`;
+    expr = matchFields.map((f) => `(field "${f}"="${v}")`).join(' or ');
   }
-  const all = await ctx.call('VM.get_all_records_where', expr);
+  const all = await ctx.call(`${cls}.get_all_records_where`, expr);
   const names = new RefNames(ctx);
   const objs: Obj[] = (isStruct(all) ? Object.entries(all) : []).map(([ref, rec]) => ({
     ref,
-    fields: makeFields(ctx, 'vm', { ref, rec: async () => rec as RpcStruct }, names),
+    fields: makeFields(ctx, kind, { ref, rec: async () => rec as RpcStruct }, names),
   }));
-  const skip = new Set([...STD_PARAMS, ...o.ignore]);
-  const filters = params.filter(([k]) => !skip.has(k.includes(':') ? k.slice(0, k.indexOf(':')) : k));
+  const skip = new Set([...STD_PARAMS, ...ignore]);
+  const filters = rest.filter(([k]) => !skip.has(k.includes(':') ? k.slice(0, k.indexOf(':')) : k));
   return applyFilters(objs, filters);
+}
+
+export function selectVms(ctx: Ctx, o: VmOpOptions, params = ctx.params): Promise<Obj[]> {
+  const ps: [string, string][] = [...params];
+  if (!o.includeControl) ps.unshift(['is-control-domain', 'false']);
+  if (!o.includeTemplates) ps.unshift(['is-a-template', 'false']);
+  return selectObjects(ctx, 'vm', ps, 'vm', ['uuid', 'name__label'], o.ignore);
+}
+
+export const selectHosts = (ctx: Ctx, ignore: string[]) =>
+  selectObjects(ctx, 'host', ctx.params, 'host', ['uuid', 'hostname', 'name__label'], ignore);
+
+export const selectSrs = (ctx: Ctx, ignore: string[]) => selectObjects(ctx, 'sr', ctx.params, 'sr', ['uuid', 'name__label'], ignore);
+
+/** do_host_op: `op` gets how many hosts matched. */
+export async function doHostOp<T>(ctx: Ctx, ignore: string[], op: (n: number, host: Obj) => Promise<T>, multiple = true): Promise<T[]> {
+  const hosts = await selectHosts(ctx, ignore);
+  if (hosts.length === 0) throw new CliFailure('No matching hosts found');
+  if (hosts.length === 1) return [await op(1, hosts[0]!)];
+  if (multiple && boolParam(ctx.params, 'multiple')) return doMultiple(ctx, hosts, (h) => op(hosts.length, h));
+  throw new CliFailure(
+    multiple
+      ? 'Multiple matching hosts found. --multiple required to complete the operation'
+      : 'Multiple matching hosts found. Operation can only be performed on one host at a time',
+  );
+}
+
+/** do_sr_op (whose no-match message says "hosts", as xapi's does). */
+export async function doSrOp<T>(ctx: Ctx, ignore: string[], op: (sr: Obj) => Promise<T>, multiple = true): Promise<T[]> {
+  const srs = await selectSrs(ctx, ignore);
+  if (srs.length === 0) throw new CliFailure('No matching hosts found');
+  if (srs.length === 1) return [await op(srs[0]!)];
+  if (multiple && boolParam(ctx.params, 'multiple')) return doMultiple(ctx, srs, op);
+  throw new CliFailure(
+    multiple
+      ? 'Multiple matching SRs found. --multiple required to complete the operation'
+      : 'Multiple matching SRs found. Operation can only be performed on one SR at a time',
+  );
 }
 
 /** Runs `op` on each object in turn; failures gathered as `operation failed on <uuid>: <text>`. */
@@ -69,15 +114,45 @@ export async function doVmOp<T>(ctx: Ctx, o: VmOpOptions, op: (vm: Obj) => Promi
       throw new CliFailure(`Parameter '${e.field}' is not a field of the VM class. Failed to select VM for operation.`);
     throw e;
   }
+  const wrapped = (vm: Obj) => withVmMessages(ctx, vm, op);
   if (vms.length === 0) throw new CliFailure('No matching VMs found');
-  if (vms.length === 1) return [await op(vms[0]!)];
+  if (vms.length === 1) return [await wrapped(vms[0]!)];
   const multiple = o.multiple ?? true;
-  if (multiple && boolParam(ctx.params, 'multiple')) return doMultiple(ctx, vms, op);
+  if (multiple && boolParam(ctx.params, 'multiple')) return doMultiple(ctx, vms, wrapped);
   throw new CliFailure(
     multiple
       ? 'Multiple matches VMs found. --multiple required to complete the operation'
       : 'Multiple matches VMs found. Operation can only be performed on one VM at a time',
   );
+}
+
+/**
+ * Runs a VM operation, then prints to stderr the VM's messages created meanwhile whose priority
+ * is below message-priority (5 unless given) (cli_operations.ml wrap_op).
+ */
+async function withVmMessages<T>(ctx: Ctx, vm: Obj, op: (vm: Obj) => Promise<T>): Promise<T> {
+  const since = new Date(Math.floor(Date.now() / 1000) * 1000);
+  const result = await op(vm);
+  const prioText = param(ctx.params, 'message-priority');
+  const prio = prioText !== undefined && /^-?\d+$/.test(prioText) ? Number(prioText) : 5;
+  try {
+    const uuid = await safeGet(fieldLookup(vm.fields, 'uuid'));
+    const stamp = since
+      .toISOString()
+      .replace(/[-]/g, '')
+      .replace(/\.\d+Z$/, 'Z');
+    const msgs = await ctx.call('message.get', 'VM', uuid, new RpcDateTime(stamp));
+    for (const m of Object.values(isStruct(msgs) ? msgs : {})) {
+      const r = m as RpcStruct;
+      if (Number(r.priority) < prio) {
+        const ts = r.timestamp instanceof RpcDateTime ? r.timestamp.text : String(r.timestamp);
+        ctx.printer.stderr(`Message: time=${ts} priority=${String(r.priority)} name='${String(r.name)}'\n`);
+      }
+    }
+  } catch {
+    // xapi ignores any failure to read the messages
+  }
+  return result;
 }
 
 /**

@@ -316,7 +316,9 @@ async function httpGet(o: Options, file: string, url: string, permitted: string[
       try {
         fd = openSync(file, 'wx', 0o600);
       } catch (e) {
-        throw new ClientSideError(String((e as Error).message));
+        throw new ClientSideError(
+          `Sys_error("${file}: ${(e as NodeJS.ErrnoException).code === 'EEXIST' ? 'File exists' : (e as Error).message}")`,
+        );
       }
     }
     const out = createWriteStream('', { fd, autoClose: fd !== 1 });

@@ -3,7 +3,13 @@ import type { Rpc } from '../../rpc/rpc.js';
 import type { Api } from '../api.js';
 import { addGenericCommands, blankFields } from '../generic.js';
 import { CommandTable, type Ctx } from '../table.js';
+import { addHostCommands } from './host.js';
+import { addNetworkCommands } from './network.js';
+import { addPoolCommands } from './pool.js';
+import { addStorageCommands } from './storage.js';
+import { addTaskCommands } from './task.js';
 import { addVmCommands } from './vm.js';
+import { addVmMoreCommands } from './vm-more.js';
 
 export function buildTable(api: Api): CommandTable {
   const table = new CommandTable();
@@ -20,5 +26,11 @@ export function buildTable(api: Api): CommandTable {
   };
   addGenericCommands(table, (kind) => blankFields(blank, kind));
   addVmCommands(table);
+  addVmMoreCommands(table);
+  addHostCommands(table);
+  addPoolCommands(table);
+  addStorageCommands(table);
+  addNetworkCommands(table);
+  addTaskCommands(table);
   return table;
 }

@@ -4,14 +4,7 @@ import { CliFailure } from '../errors.js';
 import { boolParam, param } from '../parse.js';
 import { doVmOp, waitTask } from '../selectors.js';
 import type { CommandTable, Ctx } from '../table.js';
-
-/** A host named by uuid, name-label or hostname (get_host_by_name_or_id). */
-async function hostByNameOrId(ctx: Ctx, v: string): Promise<string> {
-  const all = (await ctx.call('host.get_all_records')) as Record<string, Record<string, unknown>>;
-  const hit = Object.entries(all).find(([, h]) => h.uuid === v || h.name_label === v || h.hostname === v);
-  if (!hit) throw new CliFailure(`Host '${v}' not found`);
-  return hit[0];
-}
+import { hostByNameOrId } from './util.js';
 
 const asyncOp = (ctx: Ctx, method: string, ...args: unknown[]) =>
   (async () => String(await ctx.call(`Async.${method}`, ...(args as never[]))))().then((task) => waitTask(ctx, task));
