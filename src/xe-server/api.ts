@@ -23,6 +23,39 @@ export class Api {
     return this.dispatcher.host.marshal.toRpc(out.type, out.value);
   }
 
+  /**
+   * `<cls>.get_all_records_where` as a client makes it, each record converted to its wire form
+   * field by field as it is read: a listing shows a few fields of thousands of records.
+   */
+  async allRecords(session: string, cls: string, expr: string): Promise<[string, RpcStruct][]> {
+    const out = await this.dispatcher.dispatch(`${cls}.get_all_records_where`, [session, expr]);
+    if (!out.ok) throw new XapiError(out.error[0] ?? 'INTERNAL_ERROR', out.error.slice(1));
+    const { marshal, schema } = this.dispatcher.host;
+    const fields = schema.cls(cls).fields;
+    const types = new Map(fields.filter((f) => !f.internal).map((f) => [f.name, f.type]));
+    const v = out.value;
+    const rows: [string, Record<string, unknown>][] = Array.isArray(v)
+      ? (v as [string, Record<string, unknown>][])
+      : Object.entries((v ?? {}) as Record<string, Record<string, unknown>>);
+    return rows.map(([ref, row]) => {
+      const cache = new Map<string, Rpc>();
+      const lazy = new Proxy(Object.create(null) as RpcStruct, {
+        get: (_t, key) => {
+          if (typeof key !== 'string') return undefined;
+          const type = types.get(key);
+          if (!type) return undefined;
+          let got = cache.get(key);
+          if (got === undefined) {
+            got = type.k === 'option' && row[key] === undefined ? null : marshal.toRpc(type, row[key]);
+            cache.set(key, got);
+          }
+          return got;
+        },
+      });
+      return [ref, lazy];
+    });
+  }
+
   /** An object's row fields as the wire names them, or undefined (for naming refs only). */
   async lookup(cls: string, ref: string): Promise<{ uuid: string; name?: string } | undefined> {
     if (!ref.startsWith('OpaqueRef:') || ref === 'OpaqueRef:NULL') return undefined;

@@ -1,27 +1,43 @@
 // The commands xapi generates for every record class (cli_operations.ml make_param_funs):
 // <class>-list with filters, params= and --minimal, and <class>-param-list/get/set/add/remove/clear.
-import { isStruct, type RpcStruct } from '../rpc/rpc.js';
-import { CliFailure } from './errors.js';
+import type { RpcStruct } from '../rpc/rpc.js';
+import { CliFailure, MissingField } from './errors.js';
 import { has, type Params, param, STD_PARAMS } from './parse.js';
 import type { PrintRecord } from './printer.js';
-import { type Field, fieldKey, fieldLookup, makeFields, RECORD_CLASSES, RefNames, safeGet } from './records.js';
+import { type Field, fieldKey, fieldLookup, LazyFields, makeFields, RECORD_CLASSES, RefNames, safeGet } from './records.js';
 import type { CommandTable, Ctx } from './table.js';
 
-/** One object and its fields. */
+/** One object and its fields (made when asked for: a listing reads a few of each object's). */
 export interface Obj {
   ref: string;
-  fields: Field[];
+  readonly fields: Field[];
+  field(name: string): Field | undefined;
+  named(names: string[]): Field[];
+}
+
+export function lazyObj(ctx: Ctx, kind: string, ref: string, rec: () => Promise<RpcStruct>, names: RefNames): Obj {
+  const lazy = new LazyFields(ctx, kind, { ref, rec }, names);
+  return {
+    ref,
+    get fields() {
+      return lazy.fields;
+    },
+    field: (name) => lazy.field(name),
+    named: (wanted) => lazy.named(wanted),
+  };
+}
+
+function fieldOf(o: Obj, name: string): Field {
+  const f = o.field(name);
+  if (!f) throw new MissingField(name);
+  return f;
 }
 
 /** Every object of a class with its record, as `<Class>.get_all_records_where "true"` gives them. */
 export async function allObjects(ctx: Ctx, kind: string, names = new RefNames(ctx)): Promise<Obj[]> {
   const { cls } = RECORD_CLASSES[kind]!;
-  const all = await ctx.call(`${cls}.get_all_records_where`, 'true');
-  const entries = isStruct(all) ? Object.entries(all) : [];
-  return entries.map(([ref, rec]) => {
-    const r = rec as RpcStruct;
-    return { ref, fields: makeFields(ctx, kind, { ref, rec: async () => r }, names) };
-  });
+  const entries = await ctx.api.allRecords(ctx.session, cls, 'true');
+  return entries.map(([ref, r]) => lazyObj(ctx, kind, ref, async () => r, names));
 }
 
 /** One object by uuid, its record fetched when a field needs it. */
@@ -33,7 +49,7 @@ export async function objectByUuid(ctx: Ctx, kind: string, uuid: string): Promis
     rec ??= ctx.call(`${cls}.get_record`, ref).then((r) => r as RpcStruct);
     return rec;
   };
-  return { ref, fields: makeFields(ctx, kind, { ref, rec: get }, new RefNames(ctx)) };
+  return lazyObj(ctx, kind, ref, get, new RefNames(ctx));
 }
 
 type FieldKind = { k: 'normal' } | { k: 'set'; name: string } | { k: 'map'; name: string };
@@ -65,11 +81,11 @@ export async function filterObjects(objs: Obj[], [k, v]: [string, string]): Prom
   const keep = await Promise.all(
     objs.map(async (o) => {
       if (kind.k === 'normal') {
-        const f = fieldLookup(o.fields, k);
+        const f = fieldOf(o, k);
         const value = await safeGet(f);
         return f.caseInsensitive ? value.toLowerCase() === v.toLowerCase() : value === v;
       }
-      const f = fieldLookup(o.fields, kind.name);
+      const f = fieldOf(o, kind.name);
       const sub = k.slice(kind.name.length + 1);
       try {
         if (kind.k === 'set') {
@@ -96,10 +112,10 @@ export async function applyFilters(objs: Obj[], filters: [string, string][]): Pr
 }
 
 /** The fields to print: params=a,b (record order), params=all, or the class's defaults. */
-function selectFields(params: Params, fields: Field[], defaults: string[]): Field[] {
+function selectFields(params: Params, o: Obj, defaults: string[]): Field[] {
   const p = param(params, 'params');
   const wanted = p === undefined ? defaults : p === 'all' ? [] : p.split(',');
-  return wanted.length === 0 ? fields : fields.filter((f) => wanted.includes(f.name));
+  return wanted.length === 0 ? o.fields : o.named(wanted);
 }
 
 export async function printRecord(fields: Field[], expensiveHidden: boolean): Promise<PrintRecord> {
@@ -263,7 +279,7 @@ async function list(ctx: Ctx, g: GenericClass): Promise<void> {
   const matching = await applyFilters(objs, filters);
   const printAll = has(ctx.params, 'all') && param(ctx.params, 'all') !== 'false';
   const shown = printAll ? objs : matching;
-  ctx.printer.table(await Promise.all(shown.map((o) => printRecord(selectFields(ctx.params, o.fields, g.columns), true))));
+  ctx.printer.table(await Promise.all(shown.map((o) => printRecord(selectFields(ctx.params, o, g.columns), true))));
 }
 
 async function paramList(ctx: Ctx, g: GenericClass): Promise<void> {

@@ -30,7 +30,10 @@ export class Printer {
         this.buffer.unshift(records.map((r) => escapeCommas(r[0]![1])).join(','));
       return;
     }
+    // One write for the lot: thousands of records are thousands of messages.
+    this.channel.socket.cork();
     for (const r of records) this.channel.print(`${multiLineRecord(r)}\n`);
+    this.channel.socket.uncork();
   }
 
   list(items: string[]): void {

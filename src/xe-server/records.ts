@@ -310,11 +310,77 @@ export interface RecordSource {
 }
 
 /** The fields of one object, in xe's order. */
-export function makeFields(ctx: Ctx, kind: string, src: RecordSource, names: RefNames): Field[] {
-  const { facts: factsName, cls } = RECORD_CLASSES[kind]!;
+/** What a field is, worked out once per class (facts, schema types, which edits exist). */
+interface FieldPlan {
+  f: RecordFieldFacts;
+  base: Pick<Field, 'name' | 'hidden' | 'expensive' | 'deprecated' | 'caseInsensitive'>;
+  special?: Special;
+  def?: FieldDef;
+  metricsType?: Type;
+  edits: { set: boolean; addSet: boolean; removeSet: boolean; addMap: boolean; removeMap: boolean; setMap: boolean; clearMap: boolean };
+}
+
+const plans = new WeakMap<object, Map<string, FieldPlan[]>>();
+
+function fieldPlans(ctx: Ctx, kind: string): FieldPlan[] {
   const schema = ctx.api.dispatcher.host.schema;
+  let byKind = plans.get(schema);
+  if (!byKind) {
+    byKind = new Map();
+    plans.set(schema, byKind);
+  }
+  const known = byKind.get(kind);
+  if (known) return known;
+  const { facts: factsName, cls } = RECORD_CLASSES[kind]!;
   const classDef = schema.classes.get(cls)!;
-  const msgs = (name: string) => schema.messages.get(`${cls}.${name}`);
+  const has = (name: string) => schema.messages.has(`${cls}.${name}`);
+  const out = (xeFacts().records[factsName] ?? []).map((f): FieldPlan => {
+    const base = {
+      name: f.name,
+      hidden: f.hidden === true,
+      expensive: f.expensive === true,
+      deprecated: f.deprecated === true,
+      caseInsensitive: f.case_insensitive === true,
+    };
+    const none = { set: false, addSet: false, removeSet: false, addMap: false, removeMap: false, setMap: false, clearMap: false };
+    if (f.from === 'special' || !f.field) return { f, base, special: SPECIALS[kind]?.[f.name] ?? UNKNOWN_SPECIAL, edits: none };
+    const wire = f.field;
+    if (f.from !== 'rec') {
+      const mcls = f.from === 'metrics' ? `${cls}_metrics` : `${cls}_guest_metrics`;
+      return { f, base, metricsType: schema.classes.get(mcls)?.field.get(wire)?.type, edits: none };
+    }
+    const def = classDef.field.get(wire);
+    return {
+      f,
+      base,
+      def,
+      edits: {
+        set: f.set === true && def !== undefined && has(`set_${wire}`),
+        addSet: f.get_set === true && f.add_to_set === true && has(`add_${wire}`),
+        removeSet: f.get_set === true && f.remove_from_set === true && has(`remove_${wire}`),
+        addMap: f.get_map === true && f.add_to_map === true && has(`add_to_${wire}`),
+        removeMap: f.get_map === true && f.remove_from_map === true && has(`remove_from_${wire}`),
+        setMap: f.get_map === true && f.set_map === true && has(`set_${wire}`),
+        clearMap: f.get_map === true && f.clear_map === true && has(`set_${wire}`),
+      },
+    };
+  });
+  byKind.set(kind, out);
+  return out;
+}
+
+/** One object's view for making its fields: its record, metrics and names, fetched when needed. */
+interface ObjectContext {
+  ctx: Ctx;
+  cls: string;
+  src: RecordSource;
+  names: RefNames;
+  metrics: () => Promise<RpcStruct | undefined>;
+  guest: () => Promise<RpcStruct | undefined>;
+}
+
+function objectContext(ctx: Ctx, kind: string, src: RecordSource, names: RefNames): ObjectContext {
+  const { cls } = RECORD_CLASSES[kind]!;
   const metricsOf = (which: 'metrics' | 'guest_metrics') => {
     let p: Promise<RpcStruct | undefined> | undefined;
     return () => {
@@ -328,74 +394,93 @@ export function makeFields(ctx: Ctx, kind: string, src: RecordSource, names: Ref
       return p;
     };
   };
-  const metrics = metricsOf('metrics');
-  const guest = metricsOf('guest_metrics');
-  const out: Field[] = [];
-  for (const f of xeFacts().records[factsName] ?? []) out.push(makeField(ctx, cls, classDef.field, msgs, f, src, names, metrics, guest));
-  return out;
+  return { ctx, cls, src, names, metrics: metricsOf('metrics'), guest: metricsOf('guest_metrics') };
 }
 
-function makeField(
-  ctx: Ctx,
-  cls: string,
-  fieldDefs: Map<string, FieldDef>,
-  msgs: (name: string) => unknown,
-  f: RecordFieldFacts,
-  src: RecordSource,
-  names: RefNames,
-  metrics: () => Promise<RpcStruct | undefined>,
-  guest: () => Promise<RpcStruct | undefined>,
-): Field {
-  const base = {
-    name: f.name,
-    hidden: f.hidden === true,
-    expensive: f.expensive === true,
-    deprecated: f.deprecated === true,
-    caseInsensitive: f.case_insensitive === true,
-  };
-  if (f.from === 'special' || !f.field) {
-    const special = SPECIALS[Object.keys(RECORD_CLASSES).find((k) => RECORD_CLASSES[k]!.cls === cls)!]?.[f.name] ?? UNKNOWN_SPECIAL;
+/** The fields of one object, in xe's order. */
+export function makeFields(ctx: Ctx, kind: string, src: RecordSource, names: RefNames): Field[] {
+  const oc = objectContext(ctx, kind, src, names);
+  return fieldPlans(ctx, kind).map((p) => makeField(oc, p));
+}
+
+/** An object whose fields are made when first asked for, one by one or all together. */
+export class LazyFields {
+  private all?: Field[];
+  private readonly one = new Map<string, Field>();
+  private readonly oc: ObjectContext;
+  constructor(
+    private readonly ctx: Ctx,
+    private readonly kind: string,
+    src: RecordSource,
+    names: RefNames,
+  ) {
+    this.oc = objectContext(ctx, kind, src, names);
+  }
+  get fields(): Field[] {
+    this.all ??= fieldPlans(this.ctx, this.kind).map((p) => this.one.get(p.f.name) ?? makeField(this.oc, p));
+    return this.all;
+  }
+  /** The fields with these names (record order), without making the others. */
+  named(names: string[]): Field[] {
+    return fieldPlans(this.ctx, this.kind)
+      .filter((p) => names.includes(p.f.name))
+      .map((p) => this.field(p.f.name)!);
+  }
+  field(name: string): Field | undefined {
+    if (this.all) return this.all.find((f) => f.name === name);
+    let f = this.one.get(name);
+    if (!f) {
+      const hits = fieldPlans(this.ctx, this.kind).filter((p) => p.f.name === name);
+      if (hits.length !== 1) return undefined;
+      f = makeField(this.oc, hits[0]!);
+      this.one.set(name, f);
+    }
+    return f;
+  }
+}
+
+function makeField(oc: ObjectContext, p: FieldPlan): Field {
+  const { ctx, cls, src, names } = oc;
+  const { f, base } = p;
+  if (p.special) {
+    const special = p.special;
     return { ...base, get: () => special(ctx, src.ref, src.rec, names) };
   }
-  const wire = f.field;
+  const wire = f.field!;
+  const conv = f.conv ?? 'X';
   if (f.from !== 'rec') {
-    const m = f.from === 'metrics' ? metrics : guest;
-    const mdef = ctx.api.dispatcher.host.schema.classes
-      .get(f.from === 'metrics' ? `${cls}_metrics` : `${cls}_guest_metrics`)
-      ?.field.get(wire);
+    const m = f.from === 'metrics' ? oc.metrics : oc.guest;
     return {
       ...base,
       get: async () => {
         const r = await m();
-        return r ? convert(f.conv ?? 'X', r[wire] ?? '', mdef?.type, names) : (f.none ?? NID);
+        return r ? convert(conv, r[wire] ?? '', p.metricsType, names) : (f.none ?? NID);
       },
     };
   }
-  const def = fieldDefs.get(wire);
+  const def = p.def;
   const value = async (): Promise<Rpc> => (await src.rec())[wire] ?? '';
-  const field: Field = { ...base, get: async () => convert(f.conv ?? 'X', await value(), def?.type, names) };
+  const field: Field = { ...base, get: async () => convert(conv, await value(), def?.type, names) };
   const self = src.ref;
-  if (f.set && def && msgs(`set_${wire}`))
-    field.set = async (v) => void (await ctx.call(`${cls}.set_${wire}`, self, parseValue(def, f.name, v)));
+  const e = p.edits;
+  if (e.set && def) field.set = async (v) => void (await ctx.call(`${cls}.set_${wire}`, self, parseValue(def, f.name, v)));
   if (f.get_set) {
     field.getSet = async () => members(await value()).map(scalar);
-    if (f.add_to_set && msgs(`add_${wire}`)) field.addToSet = async (k) => void (await ctx.call(`${cls}.add_${wire}`, self, k));
-    if (f.remove_from_set && msgs(`remove_${wire}`))
-      field.removeFromSet = async (k) => void (await ctx.call(`${cls}.remove_${wire}`, self, k));
+    if (e.addSet) field.addToSet = async (k) => void (await ctx.call(`${cls}.add_${wire}`, self, k));
+    if (e.removeSet) field.removeFromSet = async (k) => void (await ctx.call(`${cls}.remove_${wire}`, self, k));
   }
   if (f.get_map) {
     field.getMap = async () => pairs(await value()).map(([k, x]) => [k, scalar(x)]);
-    if (f.add_to_map && msgs(`add_to_${wire}`)) field.addToMap = async (k, v) => void (await ctx.call(`${cls}.add_to_${wire}`, self, k, v));
-    if (f.remove_from_map && msgs(`remove_from_${wire}`))
-      field.removeFromMap = async (k) => void (await ctx.call(`${cls}.remove_from_${wire}`, self, k));
-    if ((f.set_map || f.clear_map) && msgs(`set_${wire}`)) {
+    if (e.addMap) field.addToMap = async (k, v) => void (await ctx.call(`${cls}.add_to_${wire}`, self, k, v));
+    if (e.removeMap) field.removeFromMap = async (k) => void (await ctx.call(`${cls}.remove_from_${wire}`, self, k));
+    if (e.setMap || e.clearMap) {
       const setMap = async (m: [string, string][]) => {
         const s = Object.create(null) as RpcStruct;
         for (const [k, v] of m) s[k] = v;
         await ctx.call(`${cls}.set_${wire}`, self, s);
       };
-      if (f.set_map) field.setMap = setMap;
-      if (f.clear_map) field.clearMap = () => setMap([]);
+      if (e.setMap) field.setMap = setMap;
+      if (e.clearMap) field.clearMap = () => setMap([]);
     }
   }
   return field;

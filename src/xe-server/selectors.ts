@@ -5,9 +5,9 @@
 import { XapiError } from '../rpc/errors.js';
 import { isStruct, RpcDateTime, type RpcStruct } from '../rpc/rpc.js';
 import { CliFailure, MissingField, MultipleFailure } from './errors.js';
-import { applyFilters, type Obj } from './generic.js';
+import { applyFilters, lazyObj, type Obj } from './generic.js';
 import { boolParam, param, STD_PARAMS } from './parse.js';
-import { fieldLookup, makeFields, RefNames, safeGet } from './records.js';
+import { fieldLookup, RefNames, safeGet } from './records.js';
 import { failureMessage } from './render-error.js';
 import type { Ctx } from './table.js';
 
@@ -40,12 +40,10 @@ async function selectObjects(
     const v = quote(byName);
     expr = matchFields.map((f) => `(field "${f}"="${v}")`).join(' or ');
   }
-  const all = await ctx.call(`${cls}.get_all_records_where`, expr);
   const names = new RefNames(ctx);
-  const objs: Obj[] = (isStruct(all) ? Object.entries(all) : []).map(([ref, rec]) => ({
-    ref,
-    fields: makeFields(ctx, kind, { ref, rec: async () => rec as RpcStruct }, names),
-  }));
+  const objs: Obj[] = (await ctx.api.allRecords(ctx.session, cls, expr)).map(([ref, rec]) =>
+    lazyObj(ctx, kind, ref, async () => rec, names),
+  );
   const skip = new Set([...STD_PARAMS, ...ignore]);
   const filters = rest.filter(([k]) => !skip.has(k.includes(':') ? k.slice(0, k.indexOf(':')) : k));
   return applyFilters(objs, filters);

@@ -359,6 +359,16 @@ async function mainLoop(o: Options, socket: Socket, reader: ByteReader, permitte
     );
   }
   socket.write(handshake());
+  // stdout gathered and written in large pieces; flushed before anything else reaches the user
+  // (stderr, a question) and before the command ends.
+  let pending: string[] = [];
+  let pendingBytes = 0;
+  const flush = () => {
+    if (pending.length === 0) return;
+    process.stdout.write(pending.join(''));
+    pending = [];
+    pendingBytes = 0;
+  };
   for (;;) {
     let m: Awaited<ReturnType<ByteReader['readMessage']>>;
     try {
@@ -370,10 +380,14 @@ async function mainLoop(o: Options, socket: Socket, reader: ByteReader, permitte
     }
     if (m.kind !== 'command') throw new Fatal('Unexpected message from server: ');
     const c: Command = m.command;
+    if (c.tag === 'print') {
+      pending.push(c.text, '\n');
+      pendingBytes += c.text.length + 1;
+      if (pendingBytes > 1 << 20) flush();
+      continue;
+    }
+    flush();
     switch (c.tag) {
-      case 'print':
-        process.stdout.write(`${c.text}\n`);
-        break;
       case 'printStderr':
         err(c.text);
         break;

@@ -3,9 +3,9 @@
 import { XapiError } from '../../rpc/errors.js';
 import type { Rpc, RpcStruct } from '../../rpc/rpc.js';
 import { CliFailure } from '../errors.js';
-import { applyFilters, allObjects, type Obj, printRecord } from '../generic.js';
+import { applyFilters, allObjects, printRecord } from '../generic.js';
 import { boolParam, has, param, required } from '../parse.js';
-import { bytesOfString, makeFields, RefNames } from '../records.js';
+import { bytesOfString, type Field, makeFields, RefNames } from '../records.js';
 import { doVmOp } from '../selectors.js';
 import type { CommandTable, Ctx } from '../table.js';
 import { byUuid, defaultSrUuid, hostByNameOrId, poolAndMaster, record, uuidOf } from './util.js';
@@ -203,16 +203,16 @@ async function vmInstall(ctx: Ctx): Promise<void> {
 }
 
 /** vm_disk_list_aux: each disk's (or CD's) VBD record, then its VDI's. */
-async function diskList(ctx: Ctx, vm: Obj, cds: boolean): Promise<void> {
+async function diskList(ctx: Ctx, vm: string, cds: boolean): Promise<void> {
   const names = new RefNames(ctx);
-  const vbdRefs = ((await record(ctx, 'VM', vm.ref)).VBDs as Rpc[]).map(String);
+  const vbdRefs = ((await record(ctx, 'VM', vm)).VBDs as Rpc[]).map(String);
   const wanted: string[] = [];
   for (const v of vbdRefs) if ((await ctx.call('VBD.get_type', v)) === (cds ? 'CD' : 'Disk')) wanted.push(v);
   const sub = (name: string): [string, string][] => {
     const v = param(ctx.params, name);
     return v === undefined ? [] : [['params', v]];
   };
-  const pick = (fields: Obj['fields'], given: [string, string][], dflt: string[]) => {
+  const pick = (fields: Field[], given: [string, string][], dflt: string[]) => {
     const p = given[0]?.[1];
     const list = p === undefined ? dflt : p === 'all' ? [] : p.split(',');
     return list.length === 0 ? fields : fields.filter((f) => list.includes(f.name));
@@ -343,13 +343,13 @@ export function addVmMoreCommands(table: CommandTable): void {
     })
     .define('snapshot-disk-list', async (ctx) => {
       const snap = await snapshotByUuid(ctx, snapshotUuid(ctx));
-      await diskList(ctx, { ref: snap, fields: [] }, false);
+      await diskList(ctx, snap, false);
     })
     .define('vm-disk-list', async (ctx) => {
-      await doVmOp(ctx, { ignore: ['vbd-params', 'vdi-params'] }, (vm) => diskList(ctx, vm, false));
+      await doVmOp(ctx, { ignore: ['vbd-params', 'vdi-params'] }, (vm) => diskList(ctx, vm.ref, false));
     })
     .define('vm-cd-list', async (ctx) => {
-      await doVmOp(ctx, { ignore: ['vbd-params', 'vdi-params'] }, (vm) => diskList(ctx, vm, true));
+      await doVmOp(ctx, { ignore: ['vbd-params', 'vdi-params'] }, (vm) => diskList(ctx, vm.ref, true));
     })
     .define('vm-vif-list', async (ctx) => {
       const names = new RefNames(ctx);
