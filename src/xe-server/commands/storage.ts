@@ -5,6 +5,7 @@ import { XapiError } from '../../rpc/errors.js';
 import type { Rpc, RpcStruct } from '../../rpc/rpc.js';
 import { CliFailure } from '../errors.js';
 import { boolParam, has, mapParams, param, required, setParams, struct } from '../parse.js';
+import { ProgressBar } from '../progress.js';
 import { bytesOfString } from '../records.js';
 import type { CommandTable, Ctx } from '../table.js';
 import { byUuid, opt, poolAndMaster, uuidOf } from './util.js';
@@ -49,7 +50,8 @@ async function httpTransfer(
   try {
     ctx.channel.send({ tag: kind, file, url: url(task) });
     const answer = ctx.channel.next();
-    const done = waitForTask(ctx, task);
+    const bar = boolParam(ctx.params, 'progress') ? new ProgressBar(80) : undefined;
+    const done = waitForTask(ctx, task, Number.POSITIVE_INFINITY, bar);
     const first = await Promise.race([answer.then((a) => ({ a })), done.then(() => ({ a: undefined }))]);
     const reply = first.a ?? (await answer);
     const ok = reply.kind === 'response' && reply.response === 'ok';
@@ -74,11 +76,23 @@ async function httpTransfer(
   }
 }
 
-/** Until the task leaves pending (events on it, 30 s each), or for at most `limitS` seconds. */
-async function waitForTask(ctx: Ctx, task: string, limitS = Number.POSITIVE_INFINITY): Promise<void> {
+/**
+ * Until the task leaves pending (events on it, 30 s each), or for at most `limitS` seconds; with a
+ * bar, drawn at each change of the task's progress (wait_for_task_completion_with_progress).
+ */
+async function waitForTask(ctx: Ctx, task: string, limitS = Number.POSITIVE_INFINITY, bar?: ProgressBar): Promise<void> {
   let token = '';
   const end = Date.now() + limitS * 1000;
-  while ((await ctx.call('task.get_status', task)) === 'pending') {
+  for (;;) {
+    const rec = (await ctx.call('task.get_record', task)) as RpcStruct;
+    if (bar && bar.update(Number(rec.progress ?? 0))) ctx.channel.stderr(`\r${bar.text()}`);
+    if (rec.status !== 'pending') {
+      if (bar) {
+        ctx.channel.stderr('\n');
+        ctx.channel.stderr(bar.summarise());
+      }
+      return;
+    }
     const left = (end - Date.now()) / 1000;
     if (left <= 0) return;
     const ev = (await ctx.call('event.from', [`task/${task}`], token, Math.min(30, left))) as RpcStruct;
