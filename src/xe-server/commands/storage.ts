@@ -85,7 +85,7 @@ async function waitForTask(ctx: Ctx, task: string, limitS = Number.POSITIVE_INFI
   const end = Date.now() + limitS * 1000;
   for (;;) {
     const rec = (await ctx.call('task.get_record', task)) as RpcStruct;
-    if (bar && bar.update(Number(rec.progress ?? 0))) ctx.channel.stderr(`\r${bar.text()}`);
+    if (bar?.update(Number(rec.progress ?? 0))) ctx.channel.stderr(`\r${bar.text()}`);
     if (rec.status !== 'pending') {
       if (bar) {
         ctx.channel.stderr('\n');
