@@ -65,6 +65,7 @@ import { CHECKING, guardCoordinator, type CoordinatorGuard } from './coordinator
 import { readInstallationUuid, readPoolRole, writeInstallationUuid, writePoolRole } from './pool-role.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { HandlerTable } from '../http/handlers.js';
+import { cliHandler } from '../xe-server/handler.js';
 import { startHttpServers, type HttpServers } from '../http/server.js';
 import { loadOrCreateCertificate } from '../http/tls.js';
 import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
@@ -389,6 +390,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     .add('POST', '/RPC2', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
     .add('POST', '/json', xmlRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs))
     .add('POST', '/jsonrpc', jsonRpcHandler(dispatcher, log, opts.http?.rpcBodyTimeoutMs));
+  table.add('POST', '/cli', cliHandler(dispatcher));
   registerVdiTransfers(table, dispatcher, storage);
   registerVmTransfers(table, dispatcher, storage);
   registerMigrationReceiver(table, host, (uuid, channel, vdiMap) => vmMigrate.receiveMigration(host, vms, uuid, channel, vdiMap));
