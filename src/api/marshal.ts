@@ -10,6 +10,7 @@ import type { Schema } from '../schema/schema.js';
 import { escapeXml, parseOcamlInt64, xmlRpcValue } from '../rpc/xmlrpc.js';
 import { JSON_SPECIAL, jsonFloat, jsonRpcValue, jsonString } from '../rpc/jsonrpc.js';
 import { flat } from '../util/flat.js';
+import { ROW_TEXT, type RowTextSlot } from '../db/row-text.js';
 
 export const typeError = (expected: string, v: Rpc) =>
   new XapiError('INTERNAL_ERROR', [`Failure("Expected ${expected}, got '${rpcDebugString(v)}'")`]);
@@ -194,10 +195,9 @@ export class Marshal {
   /**
    * The text of database rows, per wire. Rows are frozen and replaced on write, so a row's text
    * never goes stale: a record fetched again (get_all_records after get_all_records, the same row
-   * in many watchers' events) is written once. Bounded: when a wire's cache has taken
-   * ROW_TEXT_BUDGET characters it starts afresh, so its memory stays below twice that.
+   * in many watchers' events) is written once. Bounded by ROW_TEXT_BUDGET characters a wire.
    */
-  private readonly rowText = { xml: new RowTextCache(), json: new RowTextCache() };
+  private readonly rowText = { xml: new RowTextCache('xml'), json: new RowTextCache('json') };
 
   private writer(t: Type, wire: Wire): Writer {
     let w = this.writers[wire].get(t);
@@ -358,41 +358,60 @@ type Writer = (v: unknown) => string;
 
 type FieldDefLike = { name: string; type: Type };
 
-/** The characters of row text one wire's cache holds before it starts afresh. */
+/** The characters of row text one wire's cache keeps before it empties the slots it filled. */
 const ROW_TEXT_BUDGET = 32 * 1024 * 1024;
 
 /**
- * Text of frozen rows by identity (see Marshal.rowText): one map per record writer (so a row is
- * only ever found under its own class), one budget for all of a wire's.
+ * Text of database rows, kept in the rows' own slots (db/row-text.ts), one cache per wire. A slot
+ * holds the text of the writer that filled it (a row is only ever found under its own class).
+ * Bounded: the slots filled are listed, and when they hold ROW_TEXT_BUDGET characters they are
+ * all emptied, so the text kept (of rows since replaced, too) stays below that.
  */
 class RowTextCache {
-  /** Bumped when the budget is spent: every writer's map then starts afresh. */
-  private generation = 0;
   private size = 0;
+  private filled: RowTextSlot[] = [];
+
+  constructor(private readonly wire: Wire) {}
 
   wrap(write: Writer): Writer {
-    let texts = new WeakMap<object, string>();
-    let generation = this.generation;
+    // This writer's mark on the slots it fills.
+    const mark = {};
+    // One closure per wire, so each reads and writes its own fields of the slot directly.
+    if (this.wire === 'json') {
+      return (v) => {
+        // Only the database's rows have a slot; anything else is written afresh.
+        const slot = typeof v === 'object' && v !== null ? (v as { [ROW_TEXT]?: RowTextSlot })[ROW_TEXT] : undefined;
+        if (slot === undefined) return write(v);
+        if (slot.jsonBy === mark) return slot.json!;
+        const text = write(v);
+        slot.json = text;
+        slot.jsonBy = mark;
+        this.kept(slot, text.length);
+        return text;
+      };
+    }
     return (v) => {
-      // Only frozen objects are the database's immutable rows; anything else is written afresh.
-      if (typeof v !== 'object' || v === null || !Object.isFrozen(v)) return write(v);
-      if (generation !== this.generation) {
-        texts = new WeakMap();
-        generation = this.generation;
-      }
-      let text = texts.get(v);
-      if (text === undefined) {
-        text = write(v);
-        this.size += text.length;
-        if (this.size > ROW_TEXT_BUDGET) {
-          generation = ++this.generation;
-          texts = new WeakMap();
-          this.size = text.length;
-        }
-        texts.set(v, text);
-      }
+      const slot = typeof v === 'object' && v !== null ? (v as { [ROW_TEXT]?: RowTextSlot })[ROW_TEXT] : undefined;
+      if (slot === undefined) return write(v);
+      if (slot.xmlBy === mark) return slot.xml!;
+      const text = write(v);
+      slot.xml = text;
+      slot.xmlBy = mark;
+      this.kept(slot, text.length);
       return text;
     };
+  }
+
+  private kept(slot: RowTextSlot, length: number): void {
+    this.size += length;
+    this.filled.push(slot);
+    if (this.size <= ROW_TEXT_BUDGET) return;
+    for (const s of this.filled) {
+      if (this.wire === 'json') s.json = s.jsonBy = undefined;
+      else s.xml = s.xmlBy = undefined;
+    }
+    this.filled = [];
+    this.size = 0;
   }
 }
 

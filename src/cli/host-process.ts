@@ -21,13 +21,15 @@
 export const HOST_GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=1';
 
 /**
- * V8's young generation grows to 2 x 16 MiB semi-spaces under the allocation burst of start-up
- * (and of any busy spell) and keeps them: ~14 MiB more of an idle host's RSS, holding nothing.
- * Capped at 2 MiB, scavenges come more often. The cost, `npm run bench -- rpc` with and without
- * the flag back to back: small calls 3-13 % lower against their limit, bulk calls
- * (get_all_records of 10,000) and event.from within the run-to-run noise.
+ * V8's young generation: semi-spaces of up to 16 MiB each (V8's own ceiling for this heap, written
+ * out so that it does not move with node's defaults). A reply built from thousands of fresh rows
+ * keeps megabytes of text alive through its young generation: with 2 MiB semi-spaces the first
+ * get_all_records of 10,000 networks took 12-13 scavenges and 15-22 ms of garbage collection,
+ * with 16 MiB one scavenge and 4-8 ms. The young generation grown for a busy spell is not kept
+ * once the host is idle: the idle collector's collection (src/util/idle-gc.ts) shrinks it back to
+ * 1 MiB, so an idle host's RSS is the same either way (`npm run bench -- host-rss`).
  */
-export const HOST_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2'];
+export const HOST_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
 
 /** The environment of a host process: `env` with HOST_GLIBC_TUNABLES added to GLIBC_TUNABLES. */
 export function hostEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {

@@ -5,7 +5,8 @@
 //
 // Rows are immutable: a write replaces the row object, so a reader holding a row (a snapshot in
 // an event, a record being marshalled) never sees it change underneath. They are frozen, which
-// enforces that and tells the marshaller it may keep a row's serialised text (marshal.ts).
+// enforces that, and carry a slot where the marshaller keeps the text written from them
+// (row-text.ts).
 //
 // A flush that fails (a full disk) must not leave memory ahead of the disk: the rows its batch
 // changed are put back as they were before it (the very objects, still frozen), its waiters
@@ -18,6 +19,7 @@ import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import type { SqliteStore, Batch, StoredReply, Tombstone } from './store.js';
 import { WriteRefused, type AnyDb, type AnyRow as Row, type ChangeSet } from './interface.js';
 import { flat } from '../util/flat.js';
+import { frozenRow } from './row-text.js';
 
 interface Entry {
   row: Row;
@@ -112,7 +114,7 @@ export class LocalDb implements AnyDb {
         const stored = JSON.parse(r.data) as Record<string, unknown>;
         const row: Record<string, unknown> = {};
         for (const f of cls.fields) row[f.name] = f.name in stored ? stored[f.name] : this.defaultOf(cls, f.name);
-        table.set(r.ref, { row: Object.freeze(row), created: r.created, modified: r.modified });
+        table.set(r.ref, { row: frozenRow(row), created: r.created, modified: r.modified });
         if (typeof row.uuid === 'string') uuids.set(row.uuid, r.ref);
       }
     }
@@ -196,7 +198,7 @@ export class LocalDb implements AnyDb {
     for (const f of def.fields) row[f.name] = f.name in fields ? fields[f.name] : this.defaultOf(def, f.name);
     this.remember(cls, ref, undefined);
     const gen = ++this.gen;
-    table.set(ref, { row: Object.freeze(row), created: gen, modified: gen });
+    table.set(ref, { row: frozenRow(row), created: gen, modified: gen });
     if (typeof row.uuid === 'string') this.uuidIndex.get(cls)!.set(row.uuid, ref);
     this.touched(gen, cls, ref);
     for (const rel of this.manySide.get(cls) ?? []) this.relink(gen, rel.oneClass, rel.oneField, NULL_REF, row[rel.field], ref);
@@ -208,7 +210,7 @@ export class LocalDb implements AnyDb {
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
     const old = e.row;
-    const row = Object.freeze({ ...old, ...changes });
+    const row = frozenRow({ ...old, ...changes });
     this.remember(cls, ref, e);
     const gen = ++this.gen;
     e.row = row;
@@ -292,7 +294,7 @@ export class LocalDb implements AnyDb {
         const s = (e.row[oneField] as string[]) ?? [];
         if (s.includes(manyRef)) {
           this.remember(oneClass, from, e);
-          e.row = Object.freeze({ ...e.row, [oneField]: s.filter((x) => x !== manyRef) });
+          e.row = frozenRow({ ...e.row, [oneField]: s.filter((x) => x !== manyRef) });
           e.modified = gen;
           this.touched(gen, oneClass, from);
         }
@@ -305,7 +307,7 @@ export class LocalDb implements AnyDb {
         if (!s.includes(manyRef)) {
           // xapi prepends new members
           this.remember(oneClass, to, e);
-          e.row = Object.freeze({ ...e.row, [oneField]: [manyRef, ...s] });
+          e.row = frozenRow({ ...e.row, [oneField]: [manyRef, ...s] });
           e.modified = gen;
           this.touched(gen, oneClass, to);
         }

@@ -169,7 +169,7 @@ test('a failed flush undoes its batch in memory, refuses writes until the store 
     await db.commit();
     const epoch = db.epoch();
     const token = db.generation();
-    // the marshaller keeps the text of frozen rows by identity
+    // the marshaller keeps the text of a row in the row's own slot
     const marshal = new Marshal(db.schema);
     const record = parseType('network record');
     const keptRow = await db.get('network', 'OpaqueRef:n1');

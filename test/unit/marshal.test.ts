@@ -10,6 +10,7 @@ import { jsonRpcValue } from '../../src/rpc/jsonrpc.js';
 import { parseType, type Type } from '../../src/schema/types.js';
 import { schema as loadSchema } from '../../src/schema/schema.js';
 import { Marshal } from '../../src/api/marshal.js';
+import { frozenRow } from '../../src/db/row-text.js';
 
 test('typed writers match the wire-tree path for every record of every class', async () => {
   const { host, db } = await memoryHost();
@@ -92,7 +93,7 @@ test('typed writers match the wire-tree path for values of unexpected shapes and
     purpose: [],
   };
   same('network record', odd, 'odd network');
-  const frozen = Object.freeze({ ...odd });
+  const frozen = frozenRow({ ...odd });
   same('network record', frozen, 'odd frozen network');
   same('network record', frozen, 'odd frozen network, written again from its kept text');
   // Optional fields: absent ones are left out, the first field of sr_stat among them.
@@ -127,6 +128,13 @@ test('a row is written again after a write replaces it; objects that are not fro
   assert.throws(() => {
     (db.getSync('network', ref) as Record<string, unknown>)['name_label'] = 'in place';
   }, TypeError);
+  // A row's kept text is its own class's: written as another class, it is that class's record.
+  const row = await db.get('network', ref);
+  const other = parseType('VIF record');
+  for (const write of [m.json.bind(m), m.xml.bind(m)]) {
+    write(t, row);
+    assert.equal(write(other, row), write(other, { ...row }));
+  }
 });
 
 // The JSON record writers are generated code; this pins their bytes against text built here from
@@ -290,15 +298,15 @@ test('JSON record writers give JSON.stringify text for awkward values, fresh, ke
     JSON.parse(want); // the expectation itself is JSON
     const t = parseType(`${cls} record`);
     assert.equal(m.json(t, row), want, `${cls} written afresh`);
-    // A frozen row is a database row: written once, then its kept text.
-    const frozen = Object.freeze({ ...row });
+    // A database row (frozen, with a slot for its text): written once, then its kept text.
+    const frozen = frozenRow({ ...row });
     assert.equal(m.json(t, frozen), want, `${cls} frozen`);
     assert.equal(m.json(t, frozen), want, `${cls} from its kept text`);
     // As get_all_records hands rows over ([ref, row] pairs), written whole and in pieces.
     const all = parseType(`(${cls} ref -> ${cls} record) map`);
     const rows: [string, object][] = [
       ['OpaqueRef:a"\x7f', frozen],
-      ['OpaqueRef:b', Object.freeze({ ...row })],
+      ['OpaqueRef:b', frozenRow({ ...row })],
     ];
     const wantAll = '{' + str('OpaqueRef:a"\x7f') + ':' + want + ',"OpaqueRef:b":' + want + '}';
     assert.equal(m.json(all, rows), wantAll, `${cls} map`);
