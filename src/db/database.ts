@@ -19,7 +19,7 @@ import { zeroValue, NULL_REF, type Type } from '../schema/types.js';
 import type { SqliteStore, Batch, StoredReply, Tombstone } from './store.js';
 import { WriteRefused, type AnyDb, type AnyRow as Row, type ChangeSet } from './interface.js';
 import { flat } from '../util/flat.js';
-import { frozenRow } from './row-text.js';
+import { forgetRowText, frozenRow } from './row-text.js';
 
 interface Entry {
   row: Row;
@@ -210,6 +210,7 @@ export class LocalDb implements AnyDb {
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
     const old = e.row;
+    forgetRowText(old);
     const row = frozenRow({ ...old, ...changes });
     this.remember(cls, ref, e);
     const gen = ++this.gen;
@@ -267,6 +268,7 @@ export class LocalDb implements AnyDb {
     const e = table.get(ref);
     if (!e) throw handleInvalid(cls, ref);
     this.remember(cls, ref, e);
+    forgetRowText(e.row);
     table.delete(ref);
     if (typeof e.row.uuid === 'string') this.uuidIndex.get(cls)!.delete(e.row.uuid);
     const gen = ++this.gen;
@@ -294,6 +296,7 @@ export class LocalDb implements AnyDb {
         const s = (e.row[oneField] as string[]) ?? [];
         if (s.includes(manyRef)) {
           this.remember(oneClass, from, e);
+          forgetRowText(e.row);
           e.row = frozenRow({ ...e.row, [oneField]: s.filter((x) => x !== manyRef) });
           e.modified = gen;
           this.touched(gen, oneClass, from);
@@ -307,6 +310,7 @@ export class LocalDb implements AnyDb {
         if (!s.includes(manyRef)) {
           // xapi prepends new members
           this.remember(oneClass, to, e);
+          forgetRowText(e.row);
           e.row = frozenRow({ ...e.row, [oneField]: [manyRef, ...s] });
           e.modified = gen;
           this.touched(gen, oneClass, to);

@@ -20,3 +20,14 @@ export function frozenRow<T extends Record<string, unknown>>(row: T): Readonly<T
   Object.defineProperty(row, ROW_TEXT, { value: new RowTextSlot() });
   return Object.freeze(row);
 }
+
+/**
+ * Empties the slot of a row the database is replacing or removing. The marshaller lists the slots
+ * it filled until its budget is spent (marshal.ts), so without this a superseded row's text would
+ * stay alive there; a reader still holding the old row just writes it again.
+ */
+export function forgetRowText(row: object): void {
+  const slot = (row as { [ROW_TEXT]?: RowTextSlot })[ROW_TEXT];
+  if (slot === undefined) return;
+  slot.json = slot.jsonBy = slot.xml = slot.xmlBy = undefined;
+}

@@ -10,7 +10,7 @@ import { jsonRpcValue } from '../../src/rpc/jsonrpc.js';
 import { parseType, type Type } from '../../src/schema/types.js';
 import { schema as loadSchema } from '../../src/schema/schema.js';
 import { Marshal } from '../../src/api/marshal.js';
-import { frozenRow } from '../../src/db/row-text.js';
+import { frozenRow, ROW_TEXT, type RowTextSlot } from '../../src/db/row-text.js';
 
 test('typed writers match the wire-tree path for every record of every class', async () => {
   const { host, db } = await memoryHost();
@@ -115,8 +115,13 @@ test('a row is written again after a write replaces it; objects that are not fro
     assert.match(write(t, await db.get('network', ref)), /before/);
     assert.match(write(t, await db.get('network', ref)), /before/);
   }
+  const before = await db.get('network', ref);
   await db.update('network', ref, { name_label: 'after' });
   for (const write of [m.json.bind(m), m.xml.bind(m)]) assert.match(write(t, await db.get('network', ref)), /after/);
+  // The replaced row's text is not kept: its slot was emptied (the marshaller's list of filled
+  // slots would otherwise hold it until its budget is spent).
+  const slot = (before as { [ROW_TEXT]?: RowTextSlot })[ROW_TEXT]!;
+  assert.deepEqual([slot.json, slot.xml], [undefined, undefined]);
   // A record an implementation builds and later changes is written as it is each time.
   const built: Record<string, unknown> = { ...(await db.get('network', ref)) };
   for (const write of [m.json.bind(m), m.xml.bind(m)]) {
