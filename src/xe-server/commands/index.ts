@@ -8,8 +8,8 @@ import { addNetworkCommands } from './network.js';
 import { addPoolCommands } from './pool.js';
 import { addStorageCommands } from './storage.js';
 import { addTaskCommands } from './task.js';
-import { addVmCommands } from './vm.js';
-import { addVmMoreCommands } from './vm-more.js';
+import { addVmPowerCommands } from './vm-power.js';
+import { addVmConfigCommands } from './vm-config.js';
 
 export function buildTable(api: Api): CommandTable {
   const table = new CommandTable();
@@ -25,8 +25,8 @@ export function buildTable(api: Api): CommandTable {
     },
   };
   addGenericCommands(table, (kind) => blankFields(blank, kind));
-  addVmCommands(table);
-  addVmMoreCommands(table);
+  addVmPowerCommands(table);
+  addVmConfigCommands(table);
   addHostCommands(table);
   addPoolCommands(table);
   addStorageCommands(table);

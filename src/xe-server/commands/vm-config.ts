@@ -296,7 +296,7 @@ function memoryCommand(table: CommandTable, name: string, keys: string[], method
   });
 }
 
-export function addVmMoreCommands(table: CommandTable): void {
+export function addVmConfigCommands(table: CommandTable): void {
   table
     .define('vm-install', vmInstall)
     .define('vm-clone', cloneLike('VM.clone', true))

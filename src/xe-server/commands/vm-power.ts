@@ -9,7 +9,7 @@ import { hostByNameOrId } from './util.js';
 const asyncOp = (ctx: Ctx, method: string, ...args: unknown[]) =>
   (async () => String(await ctx.call(`Async.${method}`, ...(args as never[]))))().then((task) => waitTask(ctx, task));
 
-export function addVmCommands(table: CommandTable): void {
+export function addVmPowerCommands(table: CommandTable): void {
   table
     .define('vm-start', async (ctx) => {
       const force = boolParam(ctx.params, 'force');
