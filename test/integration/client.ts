@@ -1,5 +1,7 @@
 // A plain JSON-RPC client over fetch for tests that need many calls and exact error arrays.
 // (Real clients — xen-api, Python's xmlrpc.client — are exercised in their own tests.)
+import { request } from 'node:http';
+
 export class RpcFailure extends Error {
   constructor(readonly error: string[]) {
     super(error.join(' '));
@@ -53,4 +55,16 @@ export async function waitTask(url: string, session: string, task: string, timeo
     };
     token = batch.token;
   }
+}
+
+/** PUTs `body` to `base` + `path` (a disk upload, say); resolves with the status once the reply ends. */
+export function putBody(base: string, path: string, body: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(`${base}${path}`, { method: 'PUT', headers: { 'content-length': body.length } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }

@@ -5,11 +5,10 @@
 // copy and no VM record the migration did not finish.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { request } from 'node:http';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { jsonCall, login, xapiFailure } from './client.js';
+import { jsonCall, login, putBody, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { hostRef, joinPool, loginWhenServing, startHosts } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
@@ -98,17 +97,6 @@ async function killedAt(h: XapiProcess, point: string): Promise<void> {
   assert.ok(h.output().includes(`fault point ${point} reached`), `the host died elsewhere than ${point}`);
 }
 
-function put(base: string, path: string, body: Buffer): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(`${base}${path}`, { method: 'PUT', headers: { 'content-length': body.length } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 async function contentHash(vdi: string): Promise<string> {
   const res = await fetch(`${src.url}/export_raw_vdi?session_id=${sa}&vdi=${vdi}&format=raw`);
   assert.equal(res.status, 200);
@@ -136,7 +124,7 @@ async function vmOnSource(name: string): Promise<Moving> {
   const disk = (await callA('VDI.create', vdiRecord(await localSr(callA, hostA1), 64 * MiB, `${name} disk`))) as string;
   const data = Buffer.alloc(48 * MiB);
   for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
-  assert.equal(await put(src.url, `/import_raw_vdi?session_id=${sa}&vdi=${disk}&format=raw`, data), 200);
+  assert.equal(await putBody(src.url, `/import_raw_vdi?session_id=${sa}&vdi=${disk}&format=raw`, data), 200);
   const vm = (await callA('VM.create', vmRecord(name, { memory: 64 * MiB }))) as string;
   await callA('VBD.create', vbdRecord(vm, disk));
   await callA('VIF.create', vifRecord(vm, netA));

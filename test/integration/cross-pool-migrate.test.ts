@@ -8,16 +8,15 @@
 // the cross-pool checks through Python's xmlrpc.client, with their parameters.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { request } from 'node:http';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
-import { jsonCall, login, xapiFailure } from './client.js';
+import { jsonCall, login, putBody, xapiFailure } from './client.js';
 import { PASSWORD, stopXapi, type XapiProcess } from './harness.js';
-import { hostRef, joinPool, startHosts } from './pool-harness.js';
+import { hostRef, joinPool, localSrOf, startHosts } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -59,30 +58,13 @@ async function managementNetwork(call: typeof callA): Promise<string> {
   return Object.values(pifs).find((p) => p.management)!.network;
 }
 
-async function localSrOf(call: typeof callA, host: string): Promise<string> {
-  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
-  for (const pbd of Object.values(pbds)) if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
-  throw new Error(`no local SR on ${host}`);
-}
-
-function put(base: string, path: string, body: Buffer): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(`${base}${path}`, { method: 'PUT', headers: { 'content-length': body.length } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 /** A disk on A's `sr` holding `dataMiB` MiB of a pattern, uploaded to the host that has the SR. */
 async function diskWith(name: string, sr: string, size: number, dataMiB: number, hostUrl: string): Promise<string> {
   const vdi = (await callA('VDI.create', vdiRecord(sr, size, name))) as string;
   if (dataMiB > 0) {
     const data = Buffer.alloc(dataMiB * MiB);
     for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
-    assert.equal(await put(hostUrl, `/import_raw_vdi?session_id=${sa}&vdi=${vdi}&format=raw`, data), 200);
+    assert.equal(await putBody(hostUrl, `/import_raw_vdi?session_id=${sa}&vdi=${vdi}&format=raw`, data), 200);
   }
   return vdi;
 }

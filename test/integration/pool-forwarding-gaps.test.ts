@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { RpcFailure, jsonCall, login, waitTask } from './client.js';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { localSrOf, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
@@ -36,14 +36,6 @@ async function rejects(p: Promise<unknown>, error: unknown[]): Promise<void> {
     assert.deepEqual(e.error, error);
     return true;
   });
-}
-
-async function localSrOf(host: string): Promise<string> {
-  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
-  for (const pbd of Object.values(pbds)) {
-    if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
-  }
-  throw new Error(`no local SR on ${host}`);
 }
 
 async function createDisk(sr: string, name: string, readOnly = false): Promise<string> {
@@ -98,7 +90,7 @@ before(async () => {
   s = pool.session;
   [coordinator, member] = pool.refs as [string, string];
   dir = await mkdtemp(join(tmpdir(), 'xapi-fwd-'));
-  memberDisk = await createDisk(await localSrOf(member), 'member disk');
+  memberDisk = await createDisk(await localSrOf(call, member), 'member disk');
   vm = (await call(
     'VM.create',
     vmRecord('on member storage', { memory: 256 * MiB }, { HVM_boot_policy: '', domain_type: 'pv' }),
@@ -121,7 +113,7 @@ test('VM.clone, snapshot and revert of a halted VM run on the host that sees the
   const cloneRef = /<value>(OpaqueRef:[^<]+)<\/value>/.exec(clone.result as string)![1]!;
   const [vbd] = (await call('VM.get_VBDs', cloneRef)) as string[];
   const vdi = (await call('VBD.get_VDI', vbd)) as string;
-  assert.equal(await call('VDI.get_SR', vdi), await localSrOf(member));
+  assert.equal(await call('VDI.get_SR', vdi), await localSrOf(call, member));
   assert.deepEqual(await call('VM.get_current_operations', vm), {});
   // a revert of the halted VM runs there too
   const snapRef = /<value>(OpaqueRef:[^<]+)<\/value>/.exec(snap.result as string)![1]!;
@@ -130,8 +122,8 @@ test('VM.clone, snapshot and revert of a halted VM run on the host that sees the
 
 test('no host sees all the SRs of a VM: NO_HOSTS_AVAILABLE, and no marks left', { timeout: 60_000 }, async () => {
   const split = (await call('VM.create', vmRecord('split storage', { memory: 128 * MiB }))) as string;
-  await attach(split, await createDisk(await localSrOf(member), 'here'), '0');
-  await attach(split, await createDisk(await localSrOf(coordinator), 'there'), '1');
+  await attach(split, await createDisk(await localSrOf(call, member), 'here'), '0');
+  await attach(split, await createDisk(await localSrOf(call, coordinator), 'there'), '1');
   await rejects(call('VM.clone', split, 'x'), ['NO_HOSTS_AVAILABLE']);
   await rejects(call('VM.snapshot', split, 'x', []), ['NO_HOSTS_AVAILABLE']);
   assert.deepEqual(await call('VM.get_current_operations', split), {});
@@ -222,7 +214,7 @@ test('SR.forget goes to every PBD host; SR.destroy runs on the SR master', { tim
 });
 
 test('PBD.set_device_config: the coordinator checks the backend session, the PBD host stores it', { timeout: 60_000 }, async () => {
-  const sr = await localSrOf(member);
+  const sr = await localSrOf(call, member);
   const [pbd] = (await call('SR.get_PBDs', sr)) as string[];
   const dc = (await call('PBD.get_device_config', pbd)) as Record<string, string>;
   await rejects(call('PBD.set_device_config', pbd, { ...dc, note: 'x' }), ['PERMISSION_DENIED', '']);
@@ -338,7 +330,7 @@ test('task.cancel of a task forwarded to the member runs there; the member offli
     'the member live again',
     async () => (await call('host_metrics.get_live', await call('host.get_metrics', member))) === true,
   );
-  assert.deepEqual(await call('host.get_PBDs', member), [await pbdOf(member, await localSrOf(member))]);
+  assert.deepEqual(await call('host.get_PBDs', member), [await pbdOf(member, await localSrOf(call, member))]);
 });
 
 async function pbdOf(host: string, sr: string): Promise<string> {

@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { RpcFailure, jsonCall, waitTask } from './client.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { localSrOf, startPool, type TestPool } from './pool-harness.js';
 import { waitUntil } from '../wait.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 
@@ -32,14 +32,6 @@ async function simulatorState(stateDir: string): Promise<string> {
 
 async function createVm(name: string): Promise<string> {
   return (await call('VM.create', vmRecord(name, { memory: 256 * MiB }))) as string;
-}
-
-async function localSrOf(host: string): Promise<string> {
-  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
-  for (const pbd of Object.values(pbds)) {
-    if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
-  }
-  throw new Error(`no local SR on ${host}`);
 }
 
 function python(script: string, args: string[]): Promise<string> {
@@ -71,7 +63,7 @@ test('VM.start places a VM whose disk is on a member SR there; event.from on the
   timeout: 120_000,
 }, async () => {
   const member = pool.refs[1]!;
-  const sr = await localSrOf(member);
+  const sr = await localSrOf(call, member);
   // VDI.create runs on the SR's master: the member, whose state directory holds the SR
   memberDisk = (await call('VDI.create', vdiRecord(sr, MiB, 'member disk'))) as string;
   diskVm = await createVm('on member storage');

@@ -153,3 +153,12 @@ export async function runningVmOn(
   await jsonCall(target.url, 'VM.start_on', [s, vm, ref, false, false]);
   return vm;
 }
+
+/** The "Local storage" SR (type ext) of `host`, through `call` (a session-bound API call). */
+export async function localSrOf(call: (method: string, ...params: unknown[]) => Promise<unknown>, host: string): Promise<string> {
+  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
+  for (const pbd of Object.values(pbds)) {
+    if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
+  }
+  throw new Error(`no local SR on ${host}`);
+}

@@ -15,7 +15,7 @@ import { after, before, test } from 'node:test';
 import { Xapi } from 'xen-api';
 import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD } from './harness.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { localSrOf, startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -84,14 +84,6 @@ async function runningVm(name: string, host: string, o: { memory?: number; sr?: 
   // Until its PV drivers report, an HVM guest cannot be migrated (VM_LACKS_FEATURE), as in xapi.
   await waitUntil('the guest agent reporting', async () => (await call('VM.get_guest_metrics', vm)) !== NULL);
   return vm;
-}
-
-async function localSrOf(host: string): Promise<string> {
-  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
-  for (const pbd of Object.values(pbds)) {
-    if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
-  }
-  throw new Error(`no local SR on ${host}`);
 }
 
 /** The lines the host at `stateDir` wrote to its migrations.log. */
@@ -215,8 +207,8 @@ test('VM.pool_migrate through the xen-api connector: the memory moves member to 
 test("pool_migrate's checks and errors through Python's xmlrpc.client; the VM stays where it was", { timeout: 180_000 }, async () => {
   const [, m1, m2] = pool.refs as [string, string, string];
   const halted = (await call('VM.create', vmRecord('halted', { memory: 128 * MiB }))) as string;
-  const local = await runningVm('on a local SR', m1, { memory: 128 * MiB, sr: await localSrOf(m1) });
-  const localSr = await localSrOf(m1);
+  const local = await runningVm('on a local SR', m1, { memory: 128 * MiB, sr: await localSrOf(call, m1) });
+  const localSr = await localSrOf(call, m1);
   const mover = await runningVm('mover', m1, { memory: 128 * MiB });
   // bigger than all m2 has
   const bigA = await runningVm('big on m1', m1, { memory: 1 * GiB });

@@ -6,11 +6,10 @@
 // the copy ends the same way, the VM untouched.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { request } from 'node:http';
 import { after, before, test } from 'node:test';
-import { jsonCall, xapiFailure } from './client.js';
+import { jsonCall, putBody, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { localSrOf, startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -78,25 +77,6 @@ async function killedAt(i: 0 | 1, point: string): Promise<void> {
   assert.ok(m.output().includes(`fault point ${point} reached`), `the member died elsewhere than ${point}`);
 }
 
-async function localSrOf(host: string): Promise<string> {
-  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
-  for (const pbd of Object.values(pbds)) {
-    if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
-  }
-  throw new Error(`no local SR on ${host}`);
-}
-
-function put(base: string, path: string, body: Buffer): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(`${base}${path}`, { method: 'PUT', headers: { 'content-length': body.length } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 async function contentHash(hostUrl: string, vdi: string): Promise<string> {
   const res = await fetch(`${hostUrl}/export_raw_vdi?session_id=${s}&vdi=${vdi}&format=raw`);
   assert.equal(res.status, 200);
@@ -108,10 +88,10 @@ async function contentHash(hostUrl: string, vdi: string): Promise<string> {
 /** A running VM on the source member with a 64 MiB disk on its local SR holding `dataMiB` MiB of data. */
 async function vmOnSource(name: string, dataMiB = 48): Promise<{ vm: string; disk: string; hash: string; domid: unknown }> {
   const source = members[0]!;
-  const disk = (await call('VDI.create', vdiRecord(await localSrOf(refs[1]), 64 * MiB, `${name} disk`))) as string;
+  const disk = (await call('VDI.create', vdiRecord(await localSrOf(call, refs[1]), 64 * MiB, `${name} disk`))) as string;
   const data = Buffer.alloc(dataMiB * MiB);
   for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
-  assert.equal(await put(source.url, `/import_raw_vdi?session_id=${s}&vdi=${disk}&format=raw`, data), 200);
+  assert.equal(await putBody(source.url, `/import_raw_vdi?session_id=${s}&vdi=${disk}&format=raw`, data), 200);
   const vm = (await call('VM.create', vmRecord(name, { memory: 64 * MiB }))) as string;
   await call('VBD.create', vbdRecord(vm, disk));
   await call('VM.start_on', vm, refs[1], false, false);
@@ -122,7 +102,16 @@ async function vmOnSource(name: string, dataMiB = 48): Promise<{ vm: string; dis
 /** Starts the VM's storage migration to the destination member's local SR (as a task). */
 async function migrateSend(vm: string, disk: string): Promise<string> {
   const dest = await call('host.migrate_receive', refs[2], network, {});
-  return (await jsonCall(url, 'Async.VM.migrate_send', [s, vm, dest, true, { [disk]: await localSrOf(refs[2]) }, {}, {}, {}])) as string;
+  return (await jsonCall(url, 'Async.VM.migrate_send', [
+    s,
+    vm,
+    dest,
+    true,
+    { [disk]: await localSrOf(call, refs[2]) },
+    {},
+    {},
+    {},
+  ])) as string;
 }
 
 async function taskOutcome(task: string): Promise<Rec> {
@@ -163,7 +152,7 @@ test('the destination killed during the disk copy: the VM runs on at the source;
   timeout: 300_000,
 }, async () => {
   const o = await vmOnSource('destination dies');
-  const destSr = await localSrOf(refs[2]);
+  const destSr = await localSrOf(call, refs[2]);
   const before = ((await call('SR.get_VDIs', destSr)) as string[]).length;
   await restart(1, 'sxm.receive@4');
   const outcome = await taskOutcome(await migrateSend(o.vm, o.disk));

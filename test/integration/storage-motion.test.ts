@@ -7,16 +7,15 @@
 // Python's xmlrpc.client, in xapi's order and with their parameters.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { request } from 'node:http';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
-import { jsonCall, xapiFailure } from './client.js';
+import { jsonCall, putBody, xapiFailure } from './client.js';
 import { PASSWORD } from './harness.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { localSrOf, startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -69,32 +68,13 @@ after(async () => {
   await rm(isoDir, { recursive: true, force: true });
 });
 
-async function localSrOf(host: string): Promise<string> {
-  const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
-  for (const pbd of Object.values(pbds)) {
-    if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
-  }
-  throw new Error(`no local SR on ${host}`);
-}
-
-function put(base: string, path: string, body: Buffer): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request(`${base}${path}`, { method: 'PUT', headers: { 'content-length': body.length } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 /** A disk of `size` on `sr` holding `data` MiB of a pattern, uploaded to the host that has the SR. */
 async function diskWith(name: string, sr: string, size: number, dataMiB: number, hostUrl: string): Promise<string> {
   const vdi = (await call('VDI.create', vdiRecord(sr, size, name))) as string;
   if (dataMiB > 0) {
     const data = Buffer.alloc(dataMiB * MiB);
     for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
-    assert.equal(await put(hostUrl, `/import_raw_vdi?session_id=${s}&vdi=${vdi}&format=raw`, data), 200);
+    assert.equal(await putBody(hostUrl, `/import_raw_vdi?session_id=${s}&vdi=${vdi}&format=raw`, data), 200);
   }
   return vdi;
 }
@@ -140,8 +120,8 @@ test('VM.migrate_send through the xen-api connector: the disk moves member to me
 }, async () => {
   const [, m1, m2] = pool.refs as [string, string, string];
   const [, p1] = pool.hosts as [unknown, (typeof pool.hosts)[0], (typeof pool.hosts)[0]];
-  const from = await localSrOf(m1);
-  const to = await localSrOf(m2);
+  const from = await localSrOf(call, m1);
+  const to = await localSrOf(call, m2);
   const disk = await diskWith('moving disk', from, 64 * MiB, 48, p1.url);
   const vm = await runningVm('storage motion', m1, disk, 4 * MiB);
   const uuid = (await call('VM.get_uuid', vm)) as string;
@@ -234,7 +214,7 @@ test('VM.migrate_send through the xen-api connector: the disk moves member to me
 
 test('VDI.pool_migrate: a running VM’s disk to a shared SR, on its own host', { timeout: 180_000 }, async () => {
   const [, m1] = pool.refs as [string, string, string];
-  const disk = await diskWith('to shared', await localSrOf(m1), 32 * MiB, 16, pool.hosts[1]!.url);
+  const disk = await diskWith('to shared', await localSrOf(call, m1), 32 * MiB, 16, pool.hosts[1]!.url);
   const vm = await runningVm('disk mover', m1, disk, 2 * MiB);
   const uuid = (await call('VM.get_uuid', vm)) as string;
   const moved = (await call('VDI.pool_migrate', disk, shared, {})) as string;
@@ -260,8 +240,8 @@ test("migrate_receive's and migrate_send's errors through Python's xmlrpc.client
   timeout: 180_000,
 }, async () => {
   const [, m1, m2] = pool.refs as [string, string, string];
-  const from = await localSrOf(m1);
-  const to = await localSrOf(m2);
+  const from = await localSrOf(call, m1);
+  const to = await localSrOf(call, m2);
   const disk = await diskWith('staying disk', from, 16 * MiB, 0, pool.hosts[1]!.url);
   const vm = await runningVm('staying', m1, disk);
   const [vif] = (await call('VM.get_VIFs', vm)) as string[];
