@@ -6,6 +6,8 @@
 // the copy ends the same way, the VM untouched.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, putBody, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
@@ -45,6 +47,17 @@ after(async () => {
   for (const [i, m] of members.entries()) if (m !== pool?.members[i]) await stopXapi(m, true);
   await pool?.stop();
 });
+
+/** The members' logged warnings and errors (pino levels 40 and up), the last 20 of each. */
+async function warnings(): Promise<string> {
+  const out: string[] = [];
+  for (const [i, m] of members.entries()) {
+    const lines = (await readFile(join(m.stateDir, 'xapi.log'), 'utf8').catch(() => '')).split('\n');
+    const bad = lines.filter((l) => /"level":(4|5|6)0/.test(l)).slice(-20);
+    out.push(`member ${i} (${m.address}):`, ...bad);
+  }
+  return out.join('\n');
+}
 
 /** Member `i` again from its state directory, with `point` armed (or none); waits until it is back. */
 async function restart(i: 0 | 1, point?: string): Promise<void> {
@@ -167,7 +180,9 @@ test('the destination killed during the disk copy: the VM runs on at the source;
 
   // and the pool migrates it then
   const done = await taskOutcome(await migrateSend(o.vm, o.disk));
-  assert.equal(done.status, 'success', JSON.stringify(done.error_info));
+  // This failed once in CI (MIRROR_FAILED, 1 run in 3, not reproduced since): the hosts' warnings
+  // say which end gave up, for whoever meets it next.
+  assert.equal(done.status, 'success', `${JSON.stringify(done.error_info)}\n${await warnings()}`);
   assert.equal(await call('VM.get_resident_on', o.vm), refs[2]);
   await call('VM.hard_shutdown', o.vm);
 });
