@@ -48,6 +48,12 @@ after(async () => {
   await pool?.stop();
 });
 
+/** How many times the member keeping its state in `dir` has logged that it serves as a member. */
+async function serving(dir: string): Promise<number> {
+  const log = await readFile(join(dir, 'xapi.log'), 'utf8').catch(() => '');
+  return log.split('member of the pool: serving').length - 1;
+}
+
 /** The members' logged warnings and errors (pino levels 40 and up), the last 20 of each. */
 async function warnings(): Promise<string> {
   const out: string[] = [];
@@ -63,6 +69,10 @@ async function warnings(): Promise<string> {
 async function restart(i: 0 | 1, point?: string): Promise<void> {
   const old = members[i]!;
   if (old.proc.exitCode === null && old.proc.signalCode === null) await stopXapi(old, true);
+  // The host record says enabled and live from before the kill, and the new process answers
+  // HOST_IS_SLAVE as soon as it listens: only its log says its start-up (storage plugged, half
+  // copies swept) is over.
+  const startsBefore = await serving(old.stateDir);
   members[i] = await startXapi({
     stateDir: old.stateDir,
     address: old.address,
@@ -76,7 +86,7 @@ async function restart(i: 0 | 1, point?: string): Promise<void> {
     'the member back',
     async () => {
       const login = await xapiFailure(jsonCall(members[i]!.url, 'session.login_with_password', ['root', PASSWORD])).catch(() => []);
-      if (login[0] !== 'HOST_IS_SLAVE') return false;
+      if (login[0] !== 'HOST_IS_SLAVE' || (await serving(old.stateDir)) <= startsBefore) return false;
       const h = (await call('host.get_record', ref)) as Rec;
       return h.enabled === true && (await call('host_metrics.get_live', metrics)) === true;
     },
