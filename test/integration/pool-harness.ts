@@ -69,6 +69,17 @@ export async function startHosts(n: number, o: PoolOptions = {}): Promise<XapiPr
   throw failed.reason;
 }
 
+/**
+ * How many times the member keeping its state in `stateDir` has logged that it serves as a member
+ * (its storage plugged, half copies swept, its domains resynchronised). A member restarted after
+ * kill -9 is still enabled and live in the coordinator's records from before, and answers
+ * HOST_IS_SLAVE as soon as it listens: only this line says its start-up is over.
+ */
+export async function timesServing(stateDir: string): Promise<number> {
+  const log = await readFile(join(stateDir, 'xapi.log'), 'utf8').catch(() => '');
+  return log.split('member of the pool: serving').length - 1;
+}
+
 /** Makes `member` join the pool of `coordinator` and waits until it is back as an enabled, live member. */
 export async function joinPool(coordinator: XapiProcess, member: XapiProcess): Promise<void> {
   const s = await login(member.url, PASSWORD);

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { startPool, type TestPool } from './pool-harness.js';
+import { startPool, timesServing, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -68,6 +68,7 @@ after(async () => {
 async function restartMember(point?: string): Promise<void> {
   const old = memberProcess;
   if (old.proc.exitCode === null && old.proc.signalCode === null) await stopXapi(old, true);
+  const startsBefore = await timesServing(old.stateDir);
   memberProcess = await startXapi({
     stateDir: old.stateDir,
     address: old.address,
@@ -75,13 +76,13 @@ async function restartMember(point?: string): Promise<void> {
     httpsPort: old.httpsPort,
     env: { ...FAST, XAPI_TEST_FAULT_POINT: point },
   });
-  // serving again (a member still starting answers HOST_STILL_BOOTING), enabled and live
+  // serving again: its log says so (its records say enabled and live from before the kill)
   const metrics = (await call('host.get_metrics', member)) as string;
   await waitUntil(
     'the member back',
     async () => {
       const login = await xapiFailure(jsonCall(memberProcess.url, 'session.login_with_password', ['root', PASSWORD])).catch(() => []);
-      if (login[0] !== 'HOST_IS_SLAVE') return false;
+      if (login[0] !== 'HOST_IS_SLAVE' || (await timesServing(old.stateDir)) <= startsBefore) return false;
       const h = (await call('host.get_record', member)) as Rec;
       return h.enabled === true && (await call('host_metrics.get_live', metrics)) === true;
     },

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, putBody, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { localSrOf, startPool, type TestPool } from './pool-harness.js';
+import { localSrOf, startPool, timesServing, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -48,12 +48,6 @@ after(async () => {
   await pool?.stop();
 });
 
-/** How many times the member keeping its state in `dir` has logged that it serves as a member. */
-async function serving(dir: string): Promise<number> {
-  const log = await readFile(join(dir, 'xapi.log'), 'utf8').catch(() => '');
-  return log.split('member of the pool: serving').length - 1;
-}
-
 /** The members' logged warnings and errors (pino levels 40 and up), the last 20 of each. */
 async function warnings(): Promise<string> {
   const out: string[] = [];
@@ -72,7 +66,7 @@ async function restart(i: 0 | 1, point?: string): Promise<void> {
   // The host record says enabled and live from before the kill, and the new process answers
   // HOST_IS_SLAVE as soon as it listens: only its log says its start-up (storage plugged, half
   // copies swept) is over.
-  const startsBefore = await serving(old.stateDir);
+  const startsBefore = await timesServing(old.stateDir);
   members[i] = await startXapi({
     stateDir: old.stateDir,
     address: old.address,
@@ -86,7 +80,7 @@ async function restart(i: 0 | 1, point?: string): Promise<void> {
     'the member back',
     async () => {
       const login = await xapiFailure(jsonCall(members[i]!.url, 'session.login_with_password', ['root', PASSWORD])).catch(() => []);
-      if (login[0] !== 'HOST_IS_SLAVE' || (await serving(old.stateDir)) <= startsBefore) return false;
+      if (login[0] !== 'HOST_IS_SLAVE' || (await timesServing(old.stateDir)) <= startsBefore) return false;
       const h = (await call('host.get_record', ref)) as Rec;
       return h.enabled === true && (await call('host_metrics.get_live', metrics)) === true;
     },
