@@ -12,6 +12,7 @@ import { roleText } from '../host/pool-role.js';
 import { ListenError } from '../http/server.js';
 import { StoreFormatError } from '../db/store.js';
 import { collectAllAvailableGarbage, IdleCollector } from '../util/idle-gc.js';
+import { mallocTrim, mallocTrimUnavailable } from '../util/malloc-trim.js';
 import { SERVE_OPTIONS, UsageError, hostOptions } from './flags.js';
 import { POOL_USAGE, pool } from './pool.js';
 
@@ -66,11 +67,14 @@ async function serve(argv: string[]): Promise<void> {
   let running = await start();
   announce(running);
   // The garbage of a busy spell (start-up, a join, a backup) is collected once the host is idle,
-  // with what the database store cached meanwhile.
+  // with what the database store cached meanwhile, and the malloc heap's free pages given back.
+  if (mallocTrimUnavailable)
+    running.host.log.warn({ reason: mallocTrimUnavailable }, 'malloc_trim unavailable: an idle host keeps freed malloc memory');
   new IdleCollector({
-    collect: () => {
+    collect: async () => {
       running.releaseMemory();
-      return collectAllAvailableGarbage();
+      await collectAllAvailableGarbage();
+      mallocTrim();
     },
     onError: (e) => console.error('xapi: the idle garbage collection failed', e),
   }).start();

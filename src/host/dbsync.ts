@@ -3,12 +3,11 @@
 // (this host its coordinator), the host with its metrics and CPUs, the control domain, the SM
 // records, the networks and PIFs of the machine's NICs with the management interface, and the
 // RBAC roles; on every start it refreshes what describes the running software.
-import { randomUUID, createHash } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/interface.js';
 import type { Schema } from '../schema/schema.js';
 import type { pool_record } from '../schema/generated.js';
 import { newRef } from '../api/implicit.js';
-import { permissionsOfRoles } from '../api/rbac.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { XapiError } from '../rpc/errors.js';
 import { dom0MemoryBytes, type Machine } from '../xenopsd/machine.js';
@@ -26,9 +25,6 @@ export interface HostIdentity {
   /** The release this host runs (`--platform-version`; absent: the build's default). */
   platformVersion?: string;
 }
-
-const ROLE_ORDER = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin', 'vm-operator', 'read-only'];
-const POOL_ADMIN_ROLE_UUID = '0165f154-ba3e-034e-6b27-5d271af109ba';
 
 /**
  * Returns this host's and its pool's refs. A coordinator's first start creates the pool and this
@@ -60,7 +56,6 @@ export async function syncDatabase(
       ...poolDefaults(schema),
     });
     pool = [poolRef, await db.get('pool', poolRef)];
-    await createRoles(db, schema);
     await db.create('user', newRef(), { uuid: randomUUID(), short_name: 'root', fullname: 'Super User', other_config: {} });
   } else if (!hostRef) {
     // A database whose pool does not know this host (a copy from elsewhere): nothing to run as.
@@ -70,6 +65,8 @@ export async function syncDatabase(
     // The coordinator is whoever starts as one (a transition starts from another's database).
     if (pool[1].master !== hostRef) await db.update('pool', pool[0], { master: hostRef });
     await ensureDefaultTemplates(db);
+    // Roles are a static list (role.ts), no longer rows: a database from before keeps none.
+    for (const [ref] of await db.all('role')) await db.destroy('role', ref);
   }
   // Every start: the software running now, the machine's CPUs (create_host_cpu) and the license
   // (License_init); then what the pool derives from its hosts (create_pool_cpuinfo,
@@ -313,33 +310,4 @@ async function createNetworks(db: Db, id: HostIdentity, hostRef: string): Promis
       netmask: '255.255.0.0',
     },
   });
-}
-
-/** The static roles as role records; their permissions are the subroles, as in xapi. */
-async function createRoles(db: Db, schema: Schema): Promise<void> {
-  const uuids = schema.roleUuids;
-  const roleUuid = (name: string) => uuids[name] ?? (name === 'pool-admin' ? POOL_ADMIN_ROLE_UUID : uuidFromName(name));
-  const permissionRefs = new Map<string, string>();
-  for (const p of permissionsOfRoles(schema, ROLE_ORDER)) {
-    if (permissionRefs.has(p)) continue;
-    const ref = newRef();
-    permissionRefs.set(p, ref);
-    await db.create('role', ref, { uuid: uuidFromName(p), name_label: p, name_description: '', subroles: [], is_internal: false });
-  }
-  for (const name of ROLE_ORDER) {
-    const perms = permissionsOfRoles(schema, [name]);
-    await db.create('role', newRef(), {
-      uuid: roleUuid(name),
-      name_label: name,
-      name_description: `The ${name} role`,
-      subroles: perms.map((p) => permissionRefs.get(p)!).filter(Boolean),
-      is_internal: false,
-    });
-  }
-}
-
-/** A stable UUID derived from a name (the shape xapi gives its static role records). */
-function uuidFromName(name: string): string {
-  const h = createHash('md5').update(name).digest('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }

@@ -8,6 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { memoryHost } from '../../src/host/memory-host.js';
+import { syncDatabase } from '../../src/host/dbsync.js';
+import { simulatedMachine } from '../../src/xenopsd/machine.js';
 import { Registry } from '../../src/api/context.js';
 import { Dispatcher } from '../../src/api/dispatch.js';
 import { newStruct, type Rpc, type RpcStruct } from '../../src/rpc/rpc.js';
@@ -80,6 +82,19 @@ test('every implicit message xapi implements by hand is hand-registered or answe
   }
 });
 
+test('a database from before the static roles loses its role rows at the coordinator\'s start', async () => {
+  const { host, close } = await memoryHost({ rootPassword: 'pw' });
+  try {
+    const row = { uuid: randomUUID(), name_label: 'vm.start', name_description: '', subroles: [], is_internal: false };
+    await host.db.create('role', 'OpaqueRef:old-role-row', row);
+    const me = await host.db.get('host', host.hostRef);
+    await syncDatabase(host.db, host.schema, { uuid: me.uuid, hostname: me.hostname, address: me.address, machine: simulatedMachine({ seed: 'x' }) });
+    assert.deepEqual(await host.db.all('role'), []);
+  } finally {
+    await close();
+  }
+});
+
 test('role getters serve the static list: permissions then roles; where-queries as xapi reads them', async () => {
   const t = await setup();
   try {
@@ -97,6 +112,14 @@ test('role getters serve the static list: permissions then roles; where-queries 
     assert.deepEqual(await t.ok('role.get_all_where', t.s, 'not an expression'), all);
     const [admin] = (await t.ok('role.get_by_name_label', t.s, 'pool-admin')) as string[];
     assert.equal(await t.ok('role.get_uuid', t.s, admin!), '0165f154-ba3e-034e-6b27-5d271af109ba');
+    // xapi's static refs: "OpaqueRef:" and the uuid, the same in every pool; none is a database row.
+    assert.equal(admin, 'OpaqueRef:0165f154-ba3e-034e-6b27-5d271af109ba');
+    assert.ok(all.every((ref) => ref === `OpaqueRef:${(records[ref] as RpcStruct).uuid}`));
+    assert.deepEqual(await t.db.all('role'), []);
+    assert.equal(await t.ok('role.get_by_uuid', t.s, '0165f154-ba3e-034e-6b27-5d271af109ba'), admin);
+    assert.deepEqual(await t.err('role.get_record', t.s, 'OpaqueRef:nope'), ['HANDLE_INVALID', 'role', 'OpaqueRef:nope']);
+    assert.deepEqual(await t.err('role.get_by_uuid', t.s, 'nope'), ['UUID_INVALID', 'role', 'nope']);
+    assert.deepEqual(await t.err('role.get_by_permission', t.s, admin!.replace('0', '1')), ['HANDLE_INVALID', 'role', admin!.replace('0', '1')]);
   } finally {
     await t.close();
   }
