@@ -20,7 +20,7 @@ import { XapiError } from '../rpc/errors.js';
 import type { Row } from '../db/interface.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { faultPoint } from '../util/fault-point.js';
-import { MIGRATE_TASK } from './vm-metadata-import.js';
+import { MIGRATE_TASK } from './vm-object-import.js';
 import { abandonIncoming } from './disk-mirror.js';
 import { untilStored } from '../db/until-stored.js';
 import { DomainError, type MigrationChannel, type MigrationReport } from '../xenopsd/interface.js';
