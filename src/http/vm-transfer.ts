@@ -77,10 +77,10 @@ async function putImport(storage: Storage, t: Transfer) {
  * imported; the VMs are the task's result. `restore`, `force`, `dry_run`, `live`, `check_cpu` as
  * xapi's; `migration`, a cross-pool migration's mark for a live import (the sender's).
  */
-async function putImportMetadata(t: Transfer) {
+async function putImportMetadata(storage: Storage, t: Transfer) {
   const { call, req, res } = t;
   acceptUpload(res, call.task);
-  const vms = await importVmMetadata(call, req, {
+  const vms = await importVmMetadata(storage, call, req, {
     restore: truthy(t.param('restore')),
     force: truthy(t.param('force')),
     dryRun: truthy(t.param('dry_run')),
@@ -107,7 +107,7 @@ export function registerVmTransfers(table: HandlerTable, d: Dispatcher, storage:
     .add(
       'PUT',
       '/import_metadata',
-      transferHandler(d, 'put_import_metadata', 'VM metadata import', VM_ADMIN, (t) => putImportMetadata(t)),
+      transferHandler(d, 'put_import_metadata', 'VM metadata import', VM_ADMIN, (t) => putImportMetadata(storage, t)),
     )
     .add(
       'PUT',

@@ -23,6 +23,7 @@ import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
 import { exportHeader, exportObjects } from './vm-export.js';
 import { importObjects, type ObjectImport } from './vm-object-import.js';
+import { watchIncoming } from './disk-mirror.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { transferHost } from './forward.js';
 import { rollingUpgradeInProgress } from './rpu.js';
@@ -169,7 +170,7 @@ export interface MetadataImportOptions {
  * PUT /import_metadata: the body is a tar holding ova.xml (what GET /export_metadata writes);
  * the VMs made from it (none for a dry run). See vm-object-import.ts.
  */
-export async function importVmMetadata(call: Call, body: Readable, opts: MetadataImportOptions): Promise<string[]> {
+export async function importVmMetadata(storage: Storage, call: Call, body: Readable, opts: MetadataImportOptions): Promise<string[]> {
   let vms: string[] = [];
   try {
     await readXva(body, {
@@ -184,5 +185,7 @@ export async function importVmMetadata(call: Call, body: Readable, opts: Metadat
     if (e instanceof XvaImportError) throw new XapiError(e.code, e.params);
     throw e;
   }
+  // a migration's VMs wait for its claim while its sender keeps a connection here
+  if (opts.migration !== undefined && opts.live && !opts.dryRun && vms.length > 0) watchIncoming(storage, opts.migration);
   return vms;
 }
