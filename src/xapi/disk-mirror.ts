@@ -55,6 +55,15 @@ interface DiskTarget {
   abort(): Promise<void>;
 }
 
+/**
+ * Whether the switch also compares both images' digests (reading each whole, with the guest
+ * paused): a test's check, asked for by XAPI_TEST_VERIFY_MIRRORS=1 in the source host's
+ * environment (as XAPI_TEST_FAULT_POINT, inert otherwise); the digests go to migrations.log.
+ */
+export function verifyMirrorsAtSwitch(): boolean {
+  return process.env.XAPI_TEST_VERIFY_MIRRORS === '1';
+}
+
 /** The sha256 of a disk's whole image (for the check at the switch; reads every byte). */
 async function digestOf(disk: OpenDisk): Promise<string> {
   const h = createHash('sha256');

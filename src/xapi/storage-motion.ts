@@ -29,6 +29,7 @@ import {
   type DiskCopyReport,
   DiskMove,
   removeHalfCopied,
+  verifyMirrorsAtSwitch,
 } from './disk-mirror.js';
 import { callOn, isForwardedHere, runOn, seesSrs, srMaster } from './forward.js';
 import { hostSeeing, runOnResident, vmSrs } from './forward-to.js';
@@ -522,8 +523,9 @@ async function moveDisks(
       );
       sofar += d.row.virtual_size;
     }
-    // the copies of the VM's written disks are checked at the switch when the guest writes by itself
-    const verify = Number(vm.other_config.simulator_disk_write_rate ?? 0) > 0;
+    // The mirror's end-of-copy handshake (DISK_END, DISK_DONE) is what says the copy equals the
+    // disk; reading both images whole at the switch is a test's check (it costs the guest seconds).
+    const verify = verifyMirrorsAtSwitch();
     const finishAll = async () => {
       for (const m of moves) reports.push(await m.finish(verify));
     };
@@ -636,8 +638,7 @@ async function moveDisks(
   if (other) {
     // The VM is the other pool's: unless copied, it and its disks leave this pool. (A running
     // VM copied with `force` left its domain there: its record here says so.)
-    if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
-    else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
+    if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved); else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
     await clearDeparture(call.host, vm.uuid);
     return imported[0]!;
   }

@@ -3,8 +3,9 @@
 // A running VM on A's member, its disk on that host's local SR with the guest writing it, a VIF
 // and a snapshot, goes live to B through Xen Orchestra's connector, as XO drives it: B's
 // host.migrate_receive, its map passed unchanged to A's assert_can_migrate and migrate_send. The
-// disk's copy is checked at the switch (both hosts' digests), the VM's record, VIFs, VBDs and
-// snapshot arrive mapped, it runs on B's host and A has nothing of it left. Then the errors of
+// disk's copy is checked at the switch (both hosts' digests, a test's check), the VM's record,
+// VIFs, VBDs and snapshot arrive mapped, it runs on B's host and A has nothing of it
+// left. Then the errors of
 // the cross-pool checks through Python's xmlrpc.client, with their parameters.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -38,7 +39,8 @@ const callA = (method: string, ...params: unknown[]) => jsonCall(a0.url, method,
 const callB = (method: string, ...params: unknown[]) => jsonCall(b.url, method, [sb, ...params]);
 
 before(async () => {
-  const env = { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200' };
+  // the switch compares both images' digests (a test's check: XAPI_TEST_VERIFY_MIRRORS)
+  const env = { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200', XAPI_TEST_VERIFY_MIRRORS: '1' };
   hosts = await startHosts(3, { env, hostArgs: [[], [], ['--platform-version', '3.5.0']] });
   [a0, a1, b] = hosts as [XapiProcess, XapiProcess, XapiProcess];
   await joinPool(a0, a1);
