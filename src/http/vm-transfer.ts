@@ -75,7 +75,7 @@ async function putImport(storage: Storage, t: Transfer) {
 /**
  * PUT /import_metadata (import.ml metadata_handler): 200 at once, then the metadata read and
  * imported; the VMs are the task's result. `restore`, `force`, `dry_run`, `live`, `check_cpu` as
- * xapi's; `migration`, a cross-pool migration's mark for a live import (the sender's).
+ * xapi's (a cross-pool migration's mark comes in the export, each VM's other_config migrate_task).
  */
 async function putImportMetadata(storage: Storage, t: Transfer) {
   const { call, req, res } = t;
@@ -86,7 +86,6 @@ async function putImportMetadata(storage: Storage, t: Transfer) {
     dryRun: truthy(t.param('dry_run')),
     live: truthy(t.param('live')),
     checkCpu: truthy(t.param('check_cpu')),
-    migration: t.param('migration'),
   });
   res.end();
   return { type: VM_SET, value: vms };

@@ -138,7 +138,9 @@ const IMPORT_POLL_MS = 50;
  * with the maps written in (other_config maps_to on each VDI and VIF), PUT to the destination
  * host's /import_metadata under a task of the other pool, whose outcome is the result: the VMs
  * made there (none for a dry run), or its error. `mark` tags what a live import makes, so the
- * destination can tell the migration's objects until the commit claims them.
+ * destination can tell the migration's objects until the commit claims them: written, as the
+ * maps are, into the export (each VM's other_config migrate_task), not a query parameter xapi's
+ * /import_metadata lacks.
  */
 export async function transferMetadata(
   call: Call,
@@ -146,7 +148,8 @@ export async function transferMetadata(
   vmRef: string,
   o: { dryRun: boolean; copy: boolean; checkCpu: boolean; maps: MigrationMaps; mark?: string },
 ): Promise<string[]> {
-  const { objects } = await exportObjects(call, vmRef, { withSuspendImage: true, snapshots: !o.copy, maps: o.maps });
+  const maps = { ...o.maps, ...(o.mark ? { mark: o.mark } : {}) };
+  const { objects } = await exportObjects(call, vmRef, { withSuspendImage: true, snapshots: !o.copy, maps });
   const chunks: Buffer[] = [];
   for await (const c of writeMetadataTar(exportHeader(call), objects)) chunks.push(c as Buffer);
   const body = Buffer.concat(chunks);
@@ -160,7 +163,6 @@ export async function transferMetadata(
       check_cpu: String(o.checkCpu),
       session_id: remote.session,
       task_id: task,
-      ...(o.mark ? { migration: o.mark } : {}),
     });
     const host = remote.address.includes(':') ? `[${remote.address}]` : remote.address;
     await put(`https://${host}:${call.host.config.httpsPort}/import_metadata?${query}`, body);

@@ -22,6 +22,7 @@ import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF } from '../schema/types.js';
 import { setCancellable } from '../api/tasks.js';
 import { faultPoint } from '../util/fault-point.js';
+import { sendVmMessages } from './message-transfer.js';
 import { CommitInDoubt } from '../xenopsd/interface.js';
 import {
   abandonIncoming,
@@ -638,7 +639,13 @@ async function moveDisks(
   if (other) {
     // The VM is the other pool's: unless copied, it and its disks leave this pool. (A running
     // VM copied with `force` left its domain there: its record here says so.)
-    if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved); else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
+    if (!copy) {
+      // its messages go with it (xapi: after the RRDs, before the VM's record goes)
+      await sendVmMessages(call, remote.master, remote.session, vm.uuid).catch((err: unknown) =>
+        call.host.log.warn({ err, vm: vmRef }, 'the messages of a VM migrated to another pool could not be sent'),
+      );
+      await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
+    } else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
     await clearDeparture(call.host, vm.uuid);
     return imported[0]!;
   }

@@ -36,6 +36,8 @@ export interface MigrationMaps {
   vdis: Map<string, string>;
   /** Local VIF -> the network of the destination pool it goes on. */
   vifs: Map<string, string>;
+  /** The migration's mark for what the destination makes (each VM's other_config migrate_task). */
+  mark?: string;
 }
 
 /** The other_config key naming a migrated object's counterpart in the destination pool (Constants.storage_migrate_*_map_key). */
@@ -94,6 +96,7 @@ export async function exportObjects(
     for (const k of Object.keys(rec)) rec[k] = rewrite(rec[k]!);
     const mapped = cls === 'VDI' ? opts.maps?.vdis.get(ref) : cls === 'VIF' ? opts.maps?.vifs.get(ref) : undefined;
     if (mapped) rec.other_config = { ...(rec.other_config as RpcStruct), [MAPS_TO]: mapped };
+    if (cls === 'VM' && opts.maps?.mark) rec.other_config = { ...(rec.other_config as RpcStruct), migrate_task: opts.maps.mark };
     return { class: cls, id: ids.get(ref)!, snapshot: rec };
   });
   return { objects, disks: new Map(disks.map((v) => [ids.get(v)!, v])) };

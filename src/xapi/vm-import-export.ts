@@ -22,7 +22,7 @@ import {
 import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
 import { exportHeader, exportObjects } from './vm-export.js';
-import { importObjects, type ObjectImport } from './vm-object-import.js';
+import { importObjects, MIGRATE_TASK, type ObjectImport } from './vm-object-import.js';
 import { watchIncoming } from './disk-mirror.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { transferHost } from './forward.js';
@@ -162,8 +162,6 @@ export interface MetadataImportOptions {
   dryRun: boolean;
   live: boolean;
   checkCpu: boolean;
-  /** A cross-pool migration's mark for the VMs made (other_config migrate_task), if any. */
-  migration?: string;
 }
 
 /**
@@ -186,6 +184,7 @@ export async function importVmMetadata(storage: Storage, call: Call, body: Reada
     throw e;
   }
   // a migration's VMs wait for its claim while its sender keeps a connection here
-  if (opts.migration !== undefined && opts.live && !opts.dryRun && vms.length > 0) watchIncoming(storage, opts.migration);
+  const mark = vms.length > 0 ? (await call.db.get('VM', vms[0]!)).other_config[MIGRATE_TASK] : undefined;
+  if (mark !== undefined) watchIncoming(storage, mark);
   return vms;
 }

@@ -8,8 +8,9 @@
 // by uuid, name or bridge, else made), VBDs, VIFs. A dry run (metadata only) stops after the
 // checks. `restore` keeps uuids and MACs; `force` lets a VM that cannot be replaced be skipped
 // and a missing disk be left out. A live import's running VM is reserved on this host
-// (scheduled_to_be_resident_on) and, for a migration, marked with it (other_config
-// migrate_task) until the source's commit claims it (vm-migrate.ts).
+// (scheduled_to_be_resident_on); a migration's export carries its mark in each VM's
+// other_config migrate_task, kept (live imports only) until the source's commit claims the VM
+// (vm-migrate.ts).
 import { randomUUID } from 'node:crypto';
 import type { Call } from '../api/context.js';
 import { newRef } from '../api/implicit.js';
@@ -37,8 +38,6 @@ export type ImportType =
       /** The preparation of a live migration: the memory (and with `checkCpu` the CPU) checked here. */
       live: boolean;
       checkCpu: boolean;
-      /** A cross-pool migration's mark for the VMs made (other_config migrate_task), if any. */
-      migration?: string;
     };
 
 export interface ImportConfig {
@@ -189,17 +188,18 @@ export async function importObjects(call: Call, objects: XvaObject[], config: Im
       if (skip.has(x.id)) continue;
       const vm = newRef();
       const keep = pickFields(call.host.schema, 'VM', f, (fd) => fd.qualifier !== 'RO/runtime');
-      const mark: Record<string, string> = meta?.migration && live ? { [MIGRATE_TASK]: meta.migration } : {};
+      // a migration's mark means something only to the live import it was sent with
+      const { [MIGRATE_TASK]: mark, ...otherConfig } = keep.other_config ?? {};
       await db.create('VM', vm, {
         ...keep,
         uuid: restore && f.uuid ? f.uuid : randomUUID(),
         // the task that made it (a restart after a crash mid-import removes it), unless restoring a
         // fresh seed for the MACs of VIFs created later, and a migration's mark
         other_config: {
-          ...(keep.other_config ?? {}),
+          ...otherConfig,
           ...(restore ? {} : { mac_seed: randomUUID() as string }),
           import_task: call.task,
-          ...mark,
+          ...(mark !== undefined && live ? { [MIGRATE_TASK]: mark } : {}),
         },
         power_state: 'Halted',
         domid: -1,

@@ -165,9 +165,15 @@ test('the records made: a new uuid and MACs without restore; maps_to finds the d
       const snap = o.snapshot as RpcStruct;
       if (o.class === 'VDI') return { ...o, snapshot: { ...snap, other_config: { maps_to: other } } as RpcStruct };
       if (o.class === 'VIF') return { ...o, snapshot: { ...snap, other_config: { maps_to: net, kept: 'yes' } } as RpcStruct };
+      // a migration's export carries its mark (cross-pool.ts transferMetadata)
+      if (o.class === 'VM')
+        return {
+          ...o,
+          snapshot: { ...snap, other_config: { ...(snap.other_config as RpcStruct), migrate_task: 'xpool:test' } } as RpcStruct,
+        };
       return o;
     });
-    const [again] = await t.run({ live: true, migration: 'xpool:test' }, mapped);
+    const [again] = await t.run({ live: true }, mapped);
     const a = (await t.ok('VM.get_record', t.s, again!)) as RpcStruct;
     assert.equal(await t.ok('VBD.get_VDI', t.s, (a.VBDs as string[])[0]!), other);
     const vifA = (a.VIFs as string[])[0]!;
@@ -175,6 +181,9 @@ test('the records made: a new uuid and MACs without restore; maps_to finds the d
     assert.deepEqual({ ...((await t.ok('VIF.get_other_config', t.s, vifA)) as RpcStruct) }, { kept: 'yes' });
     // a live migration's import is marked as the migration's until claimed
     assert.equal((a.other_config as RpcStruct).migrate_task, 'xpool:test');
+    // ... and only a live import keeps it
+    const [notLive] = await t.run({}, mapped);
+    assert.equal(((await t.ok('VM.get_other_config', t.s, notLive!)) as RpcStruct).migrate_task, undefined);
   } finally {
     await t.h.close();
   }
