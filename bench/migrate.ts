@@ -15,6 +15,8 @@
 //   every block holding data, from one host's local SR to the other's (the copy goes host to
 //   host over HTTPS): the copy's MB/s from the source's migrations.log, and the call's, beside a
 //   plain file copy (read and write, then fsync) of the same VHD file on the same filesystem.
+// - a small VM (256 MiB, a 64 MiB disk) moved with its disk within the pool, then to another
+//   pool (a third process, standalone): the downtime of each, side by side.
 // The last line is JSON, as the other benchmarks'.
 import { spawn } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -28,7 +30,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jsonCall } from '../test/integration/client.js';
 import { freePort, ROOT } from '../test/integration/harness.js';
-import { startPool } from '../test/integration/pool-harness.js';
+import { joinPool, startHosts } from '../test/integration/pool-harness.js';
+import { login } from '../test/integration/client.js';
+import { PASSWORD, stopXapi, type XapiProcess } from '../test/integration/harness.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../test/vm-record.js';
 import { HOST_NODE_FLAGS, hostEnv } from '../src/cli/host-process.js';
 
@@ -176,12 +180,18 @@ export async function run(args: string[]): Promise<void> {
   const memoryMiB = arg(args, '--memory-mib', quick ? 1024 : 4096);
   const diskMiB = arg(args, '--disk-mib', quick ? 1024 : 4096);
   const memory = memoryMiB * MiB;
-  const pool = await startPool(2, { args: ['--log-level', 'warn', '--sim-boot-ms', '0'] });
+  // two hosts in a pool; a third, standalone, is the other pool of the cross-pool figure
+  const hosts = await startHosts(3, { args: ['--log-level', 'warn', '--sim-boot-ms', '0'] });
   try {
+    const [coordinator, member, other] = hosts as [XapiProcess, XapiProcess, XapiProcess];
+    await joinPool(coordinator, member);
+    const pool = { coordinator, members: [member] };
     const url = pool.coordinator.url;
-    const s = pool.session;
+    const s = await login(url, PASSWORD);
     const call = (method: string, ...params: unknown[]) => jsonCall(url, method, [s, ...params]);
-    const [a, b] = pool.refs as [string, string];
+    const hostRecords = (await call('host.get_all_records')) as Record<string, { address: string }>;
+    const refOf = (x: XapiProcess) => Object.entries(hostRecords).find(([, h]) => h.address === x.address)![0];
+    const [a, b] = [refOf(coordinator), refOf(member)];
     const stateOf = (host: string) => (host === a ? pool.coordinator : pool.members[0]!).stateDir;
 
     console.log(`limits: ${memoryMiB} MiB from this process to another on ${pool.members[0]!.address}`);
@@ -284,6 +294,42 @@ export async function run(args: string[]): Promise<void> {
     );
     await call('VM.hard_shutdown', mover);
 
+    // A small VM with its disk: within the pool (a to b), then to the other pool (b to c).
+    const small = (await call('VM.create', vmRecord('bench small', { memory: 256 * MiB }))) as string;
+    const smallDisk = (await call('VDI.create', vdiRecord(fromPbd.SR, 64 * MiB, 'bench small disk'))) as string;
+    await fillDisk(pool.coordinator.url, s, smallDisk, 64 * MiB);
+    await call('VBD.create', vbdRecord(small, smallDisk));
+    await call('VM.start_on', small, a, false, false);
+    for (let i = 0; (await call('VM.get_guest_metrics', small)) === NULL; i++) {
+      if (i > 3000) throw new Error('the guest agent never reported');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const lastLine = async (dir: string) =>
+      JSON.parse((await readFile(join(dir, 'migrations.log'), 'utf8')).trim().split('\n').at(-1)!) as Logged;
+    const within = await call('host.migrate_receive', b, mgmt!.network, {});
+    await call('VM.migrate_send', small, within, true, { [smallDisk]: toPbd.SR }, {}, {}, {});
+    const intra = await lastLine(stateOf(a));
+    const [movedDisk] = (await Promise.all(
+      ((await call('VM.get_VBDs', small)) as string[]).map((v) => call('VBD.get_VDI', v)),
+    )) as string[];
+    const sc = await login(other.url, PASSWORD);
+    const callC = (method: string, ...params: unknown[]) => jsonCall(other.url, method, [sc, ...params]);
+    const [c] = (await callC('host.get_all')) as string[];
+    const cPifs = (await callC('PIF.get_all_records')) as Record<string, { management: boolean; network: string }>;
+    const cNet = Object.values(cPifs).find((p) => p.management)!.network;
+    const cPbds = (await callC('PBD.get_all_records')) as Record<string, { SR: string }>;
+    let cSr = '';
+    for (const p of Object.values(cPbds)) if ((await callC('SR.get_type', p.SR)) === 'ext') cSr = p.SR;
+    const smallUuid = (await call('VM.get_uuid', small)) as string;
+    const across = await callC('host.migrate_receive', c, cNet, {});
+    await call('VM.migrate_send', small, across, true, { [movedDisk!]: cSr }, {}, {}, {});
+    const cross = await lastLine(stateOf(b));
+    console.log(
+      `a small VM (256 MiB, a 64 MiB disk) with its disk: downtime ${round(intra.downtimeMs)} ms within the pool, ` +
+        `${round(cross.downtimeMs)} ms to another pool`,
+    );
+    await callC('VM.hard_shutdown', await callC('VM.get_by_uuid', smallUuid));
+
     const after = await limits(pool.members[0]!.address, memory);
     console.log(`limits again after the migrations: raw TCP ${round(after.tcp)} MB/s, HTTPS PUT ${round(after.https)} MB/s`);
     console.log(
@@ -312,9 +358,10 @@ export async function run(args: string[]): Promise<void> {
           call_mbps: round(sxmCallRate),
           downtime_ms: round(sxm.downtimeMs),
         },
+        small_vm_downtime_ms: { within_pool: round(intra.downtimeMs), cross_pool: round(cross.downtimeMs) },
       }),
     );
   } finally {
-    await pool.stop();
+    await Promise.all(hosts.map((h) => stopXapi(h)));
   }
 }

@@ -56,6 +56,7 @@ import { startMember } from './member.js';
 import { registerPoolDbHandlers } from './pool-db.js';
 import { registerMigrationReceiver } from './migrate-receive.js';
 import { registerDiskMirrorReceiver } from './mirror-receive.js';
+import { registerMessageReceiver } from './message-receive.js';
 import { RemoteDb } from '../db/remote.js';
 import { DB_FILE } from '../db/backup.js';
 import { closePeers } from '../xapi/forward.js';
@@ -395,6 +396,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   registerVmTransfers(table, dispatcher, storage);
   registerMigrationReceiver(table, host, (uuid, channel, vdiMap) => vmMigrate.receiveMigration(host, vms, uuid, channel, vdiMap));
   registerDiskMirrorReceiver(table, host, storage);
+  registerMessageReceiver(table, host);
   registerPoolDbHandlers(table, {
     role: local ? { coordinator: true, db: local } : { coordinator: false, coordinatorAddress: (role as { master: string }).master },
     poolSecrets: host.poolSecrets,

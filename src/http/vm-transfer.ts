@@ -75,18 +75,17 @@ async function putImport(storage: Storage, t: Transfer) {
 /**
  * PUT /import_metadata (import.ml metadata_handler): 200 at once, then the metadata read and
  * imported; the VMs are the task's result. `restore`, `force`, `dry_run`, `live`, `check_cpu` as
- * xapi's; `migration`, a cross-pool migration's mark for a live import (the sender's).
+ * xapi's (a cross-pool migration's mark comes in the export, each VM's other_config migrate_task).
  */
-async function putImportMetadata(t: Transfer) {
+async function putImportMetadata(storage: Storage, t: Transfer) {
   const { call, req, res } = t;
   acceptUpload(res, call.task);
-  const vms = await importVmMetadata(call, req, {
+  const vms = await importVmMetadata(storage, call, req, {
     restore: truthy(t.param('restore')),
     force: truthy(t.param('force')),
     dryRun: truthy(t.param('dry_run')),
     live: truthy(t.param('live')),
     checkCpu: truthy(t.param('check_cpu')),
-    migration: t.param('migration'),
   });
   res.end();
   return { type: VM_SET, value: vms };
@@ -107,7 +106,7 @@ export function registerVmTransfers(table: HandlerTable, d: Dispatcher, storage:
     .add(
       'PUT',
       '/import_metadata',
-      transferHandler(d, 'put_import_metadata', 'VM metadata import', VM_ADMIN, (t) => putImportMetadata(t)),
+      transferHandler(d, 'put_import_metadata', 'VM metadata import', VM_ADMIN, (t) => putImportMetadata(storage, t)),
     )
     .add(
       'PUT',

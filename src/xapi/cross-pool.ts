@@ -138,7 +138,9 @@ const IMPORT_POLL_MS = 50;
  * with the maps written in (other_config maps_to on each VDI and VIF), PUT to the destination
  * host's /import_metadata under a task of the other pool, whose outcome is the result: the VMs
  * made there (none for a dry run), or its error. `mark` tags what a live import makes, so the
- * destination can tell the migration's objects until the commit claims them.
+ * destination can tell the migration's objects until the commit claims them: written, as the
+ * maps are, into the export (each VM's other_config migrate_task), not a query parameter xapi's
+ * /import_metadata lacks.
  */
 export async function transferMetadata(
   call: Call,
@@ -146,7 +148,8 @@ export async function transferMetadata(
   vmRef: string,
   o: { dryRun: boolean; copy: boolean; checkCpu: boolean; maps: MigrationMaps; mark?: string },
 ): Promise<string[]> {
-  const { objects } = await exportObjects(call, vmRef, { withSuspendImage: true, snapshots: !o.copy, maps: o.maps });
+  const maps = { ...o.maps, ...(o.mark ? { mark: o.mark } : {}) };
+  const { objects } = await exportObjects(call, vmRef, { withSuspendImage: true, snapshots: !o.copy, maps });
   const chunks: Buffer[] = [];
   for await (const c of writeMetadataTar(exportHeader(call), objects)) chunks.push(c as Buffer);
   const body = Buffer.concat(chunks);
@@ -160,7 +163,6 @@ export async function transferMetadata(
       check_cpu: String(o.checkCpu),
       session_id: remote.session,
       task_id: task,
-      ...(o.mark ? { migration: o.mark } : {}),
     });
     const host = remote.address.includes(':') ? `[${remote.address}]` : remote.address;
     await put(`https://${host}:${call.host.config.httpsPort}/import_metadata?${query}`, body);
@@ -205,6 +207,8 @@ export interface Departure {
   vm: string;
   master: string;
   session: string;
+  /** A halted VM's migration: claimed there means unmarked, not resident. */
+  halted?: boolean;
 }
 
 const departurePath = (host: HostContext, uuid: string) => join(host.config.stateDir, DEPARTURES, `${uuid}.json`);
@@ -247,34 +251,58 @@ export async function settleDepartures(host: HostContext, forget: (vmRef: string
       host.log.warn({ err: e, file: name }, 'an unreadable departure record: ignored');
       continue;
     }
-    void (async () => {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          const ref = await host.db.refByUuid('VM', d.vm);
-          const row = ref ? await host.db.tryGet('VM', ref) : undefined;
-          if (ref && row && row.resident_on === NULL_REF) {
-            const client = peer(host, d.master);
-            const there = (await client.call('VM.get_by_uuid', [d.session, d.vm]).catch((e: unknown) => {
-              if (e instanceof XapiError && e.code === 'UUID_INVALID') return undefined;
-              throw e;
-            })) as string | undefined;
-            const rec = there ? ((await client.call('VM.get_record', [d.session, there])) as Record<string, Rpc>) : undefined;
-            const claimed = rec !== undefined && rec.resident_on !== NULL_REF && !('migrate_task' in (rec.other_config as object));
-            if (claimed) {
-              await forget(ref);
-              host.log.info({ vm: d.vm }, 'a VM this host migrated to another pool was claimed there: it leaves this pool');
-            }
-          }
-          await clearDeparture(host, d.vm);
-          return;
-        } catch (e) {
-          // the session there is gone: nobody can tell any more; the VM stays here, halted
-          if (e instanceof XapiError && e.code === 'SESSION_INVALID') return clearDeparture(host, d.vm);
-          host.log.warn({ err: e, vm: d.vm }, 'cannot ask the other pool about a VM migrated there: trying again');
-          if (attempt >= DEPARTURE_TRIES) return;
-          await new Promise((r) => setTimeout(r, DEPARTURE_RETRY_MS).unref());
+    void settleDeparture(host, d, forget);
+  }
+}
+
+/**
+ * One departure settled (see settleDepartures): also what a running source does when the other
+ * pool's answer to its claim was lost and asking did not tell (the VM is halted here meanwhile).
+ */
+export async function settleDeparture(host: HostContext, d: Departure, forget: (vmRef: string) => Promise<void>): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const ref = await host.db.refByUuid('VM', d.vm);
+      const row = ref ? await host.db.tryGet('VM', ref) : undefined;
+      if (ref && row && row.resident_on === NULL_REF) {
+        if ((await claimState(peer(host, d.master), d.session, { uuid: d.vm }, !d.halted)) === 'claimed') {
+          await forget(ref);
+          host.log.info({ vm: d.vm }, 'a VM this host migrated to another pool was claimed there: it leaves this pool');
         }
       }
-    })();
+      await clearDeparture(host, d.vm);
+      return;
+    } catch (e) {
+      // the session there is gone: nobody can tell any more; the VM stays here, halted
+      if (e instanceof XapiError && e.code === 'SESSION_INVALID') return clearDeparture(host, d.vm);
+      host.log.warn({ err: e, vm: d.vm }, 'cannot ask the other pool about a VM migrated there: trying again');
+      if (attempt >= DEPARTURE_TRIES) return;
+      await new Promise((r) => setTimeout(r, DEPARTURE_RETRY_MS).unref());
+    }
   }
+}
+
+/**
+ * Whether the other pool claimed a VM migrating there, from its record (by uuid, or by its ref
+ * there): claimed (its migrate_task gone and, for a running VM, resident on a host), unclaimed
+ * (still marked), or gone (not there).
+ */
+export async function claimState(
+  client: XapiClient,
+  session: string,
+  vm: { uuid: string } | { ref: string },
+  running = true,
+): Promise<'claimed' | 'unclaimed' | 'gone'> {
+  const missing = (code: string) => (e: unknown) => {
+    if (e instanceof XapiError && e.code === code) return undefined;
+    throw e;
+  };
+  const there =
+    'ref' in vm ? vm.ref : ((await client.call('VM.get_by_uuid', [session, vm.uuid]).catch(missing('UUID_INVALID'))) as string | undefined);
+  const rec = there
+    ? ((await client.call('VM.get_record', [session, there]).catch(missing('HANDLE_INVALID'))) as Record<string, Rpc> | undefined)
+    : undefined;
+  if (!rec) return 'gone';
+  const marked = 'migrate_task' in (rec.other_config as object);
+  return !marked && (!running || rec.resident_on !== NULL_REF) ? 'claimed' : 'unclaimed';
 }

@@ -55,6 +55,15 @@ interface DiskTarget {
   abort(): Promise<void>;
 }
 
+/**
+ * Whether the switch also compares both images' digests (reading each whole, with the guest
+ * paused): a test's check, asked for by XAPI_TEST_VERIFY_MIRRORS=1 in the source host's
+ * environment (as XAPI_TEST_FAULT_POINT, inert otherwise); the digests go to migrations.log.
+ */
+export function verifyMirrorsAtSwitch(): boolean {
+  return process.env.XAPI_TEST_VERIFY_MIRRORS === '1';
+}
+
 /** The sha256 of a disk's whole image (for the check at the switch; reads every byte). */
 async function digestOf(disk: OpenDisk): Promise<string> {
   const h = createHash('sha256');
@@ -318,6 +327,16 @@ export class DiskMove {
  * is removed at once (its data and its record).
  */
 export async function receiveDisk(storage: Storage, vdiRef: string, channel: MigrationChannel): Promise<void> {
+  const mark = (await storage.host.db.tryGet('VDI', vdiRef))?.sm_config.migrate_task;
+  const release = mark?.startsWith('xpool:') ? holdIncoming(storage.host, mark) : undefined;
+  try {
+    await receiveDiskFrames(storage, vdiRef, channel);
+  } finally {
+    release?.();
+  }
+}
+
+async function receiveDiskFrames(storage: Storage, vdiRef: string, channel: MigrationChannel): Promise<void> {
   const reader = new FrameReader(channel.input);
   const writer = new FrameWriter(channel.output);
   const disk = await openVdi(storage, vdiRef, false, { deferSync: true });
@@ -410,6 +429,59 @@ async function settleHeldCopy(storage: Storage, vdiRef: string, reader: FrameRea
   await reader.closed();
   const mark = (await storage.host.db.tryGet('VDI', vdiRef))?.sm_config.migrate_task;
   if (mark !== undefined) await abandonIncoming(storage, mark);
+}
+
+/** Per host, the marks of migrations into this pool with a sender's connection open here, and how many. */
+const connected = new WeakMap<HostContext, Map<string, number>>();
+
+/** A sender's connection for `mark` is open here until the returned function is called. */
+export function holdIncoming(host: HostContext, mark: string): () => void {
+  const marks = connected.get(host) ?? new Map<string, number>();
+  connected.set(host, marks);
+  marks.set(mark, (marks.get(mark) ?? 0) + 1);
+  let held = true;
+  return () => {
+    if (!held) return;
+    held = false;
+    const n = (marks.get(mark) ?? 1) - 1;
+    if (n > 0) marks.set(mark, n);
+    else marks.delete(mark);
+  };
+}
+
+/** How often the destination looks at a migration into this pool that holds no connection. */
+const WATCH_MS = 1000;
+/** The longest a sender leaves a migration without any connection here (between its import and its memory or its claim). */
+const QUIET_MS = 15_000;
+
+/**
+ * After a migration's metadata import here: while what it made is unclaimed, some connection
+ * of its sender should be open (a disk's copy, the memory). When none has been for QUIET_MS
+ * the sender is taken to be gone (it died between the import and the claim, say, with no
+ * disk whose connection would tell) and what the migration made goes (abandonIncoming). A
+ * claim that comes later finds no VM and fails: the VM stays in the source pool.
+ */
+export function watchIncoming(storage: Storage, mark: string): void {
+  const host = storage.host;
+  void (async () => {
+    let quietSince = Date.now();
+    try {
+      for (;;) {
+        await new Promise((r) => setTimeout(r, WATCH_MS).unref());
+        const waiting =
+          (await host.db.all('VM')).some(([, vm]) => vm.other_config.migrate_task === mark && vm.resident_on === NULL_REF) ||
+          (await host.db.all('VDI')).some(([, vdi]) => vdi.sm_config.migrate_task === mark);
+        if (!waiting) return;
+        if ((connected.get(host)?.get(mark) ?? 0) > 0) quietSince = Date.now();
+        else if (Date.now() - quietSince >= QUIET_MS) {
+          host.log.warn({ mark }, 'a migration into this pool went quiet before its claim: what it made goes');
+          return await abandonIncoming(storage, mark);
+        }
+      }
+    } catch {
+      // the host is closing: its next start sweeps what is left (sweepUnfinishedMirrors)
+    }
+  })();
 }
 
 /**

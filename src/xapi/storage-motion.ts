@@ -21,7 +21,17 @@ import { untilStored } from '../db/until-stored.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { NULL_REF } from '../schema/types.js';
 import { setCancellable } from '../api/tasks.js';
-import { abandonIncoming, DISK_MIRROR_PATH, type DiskCopyReport, DiskMove, removeHalfCopied } from './disk-mirror.js';
+import { faultPoint } from '../util/fault-point.js';
+import { sendVmMessages } from './message-transfer.js';
+import { CommitInDoubt } from '../xenopsd/interface.js';
+import {
+  abandonIncoming,
+  DISK_MIRROR_PATH,
+  type DiskCopyReport,
+  DiskMove,
+  removeHalfCopied,
+  verifyMirrorsAtSwitch,
+} from './disk-mirror.js';
 import { callOn, isForwardedHere, runOn, seesSrs, srMaster } from './forward.js';
 import { hostSeeing, runOnResident, vmSrs } from './forward-to.js';
 import { withVmPlacedOnHost } from './host-operations.js';
@@ -30,14 +40,16 @@ import type { Storage } from './storage.js';
 import { createVdi, destroyVdi } from './vdi.js';
 import type { VmService } from './vm.js';
 import { withVmOperation } from './vm-lifecycle.js';
-import { assertCpuCompatible, LatestProgress, migratedMessage, migrateHere } from './vm-migrate.js';
+import { assertCpuCompatible, claimSettled, LatestProgress, migratedMessage, migrateHere } from './vm-migrate.js';
 import { versionsNotDecreasing } from './rpu.js';
 import {
   assertCanMigrateCrossPool,
+  claimState,
   clearDeparture,
   inferVifMap,
   recordDeparture,
   RemotePool,
+  settleDeparture,
   transferMetadata,
   vifsWithSnapshots,
 } from './cross-pool.js';
@@ -49,8 +61,19 @@ const HOST = 'host';
 const SESSION = 'session_id';
 const MASTER = 'master';
 
-/** How the marks of what a migration to another pool makes there begin (sm_config / other_config migrate_task). */
+/**
+ * How the marks of what a migration to another pool makes there begin (sm_config / other_config
+ * migrate_task): `xpool:<the source task's uuid>@<the destination host's ref there>`. The host
+ * part says which host's connections and restart settle the mark (a copy on a shared SR is
+ * seen by every host of that pool; only the destination may remove it).
+ */
 const CROSS_POOL_MARK = 'xpool:';
+
+/** The destination host a cross-pool mark names (none in a mark of an older release). */
+export function markHost(mark: string): string | undefined {
+  const at = mark.indexOf('@');
+  return mark.startsWith(CROSS_POOL_MARK) && at >= 0 ? mark.slice(at + 1) : undefined;
+}
 
 /** At most this many storage migrations run from one host at once (xapi's with_migrate). */
 const STORAGE_MIGRATES = 3;
@@ -472,7 +495,7 @@ async function moveDisks(
   const made: [string, string][] = [];
   const reports: DiskCopyReport[] = [];
   // what a cross-pool migration makes in the other pool is marked as its own until claimed
-  const mark = other ? `${CROSS_POOL_MARK}${(await db.tryGet('task', call.task))?.uuid ?? call.task}` : undefined;
+  const mark = other ? `${CROSS_POOL_MARK}${(await db.tryGet('task', call.task))?.uuid ?? call.task}@${remote.host}` : undefined;
   /** The VM (and its snapshots) as imported into the other pool; the first is the VM. */
   let imported: string[] = [];
   let claimed = false;
@@ -501,8 +524,9 @@ async function moveDisks(
       );
       sofar += d.row.virtual_size;
     }
-    // the copies of the VM's written disks are checked at the switch when the guest writes by itself
-    const verify = Number(vm.other_config.simulator_disk_write_rate ?? 0) > 0;
+    // The mirror's end-of-copy handshake (DISK_END, DISK_DONE) is what says the copy equals the
+    // disk; reading both images whole at the switch is a test's check (it costs the guest seconds).
+    const verify = verifyMirrorsAtSwitch();
     const finishAll = async () => {
       for (const m of moves) reports.push(await m.finish(verify));
     };
@@ -517,9 +541,19 @@ async function moveDisks(
         maps: { vdis: moved, vifs },
         mark,
       });
+      faultPoint('xpool.imported');
       const newVm = imported[0];
       if (newVm === undefined) throw new XapiError('INTERNAL_ERROR', ['the metadata import made no VM']);
       const complete = () => other.call('VM.pool_migrate_complete', newVm, remote.host);
+      const claim = async () => {
+        await complete();
+        claimed = true;
+      };
+      const askClaimed = async () => {
+        const state = await claimState(other.client, remote.session, { ref: newVm }, live);
+        if (state === 'claimed') claimed = true;
+        return state;
+      };
       if (live) {
         await migrateHere(call, svc, vmRef, remote.host, options, {
           address: remote.address,
@@ -538,18 +572,15 @@ async function moveDisks(
             departing: async () => {
               if (!copy) await recordDeparture(call.host, { vm: vm.uuid, master: remote.master, session: remote.session });
             },
-            claim: async () => {
-              await complete();
-              claimed = true;
-            },
+            claim,
+            claimState: askClaimed,
             complete: async () => void (await complete()),
           },
         });
       } else {
         await finishAll();
         await call.checkCancelled();
-        await complete();
-        claimed = true;
+        await claimSettled(call, claim, askClaimed);
       }
       for (const m of moves) m.release();
     } else {
@@ -576,6 +607,14 @@ async function moveDisks(
       }
     }
   } catch (e) {
+    if (e instanceof CommitInDoubt) {
+      // Whether the other pool took the VM is its record's to say: the VM waits here, halted, with
+      // its disks; the copies' connections close (kept there if claimed); the departure settles it.
+      for (const m of moves) m.release();
+      const departure = { vm: vm.uuid, master: remote.master, session: remote.session, ...(live ? {} : { halted: true }) };
+      if (!copy) void settleDeparture(call.host, departure, (ref) => forgetDeparted(storage, svc.sync, ref));
+      throw new XapiError('INTERNAL_ERROR', [e.message]);
+    }
     // after the switch (or the other pool's claim) the copies are the VM's disks, whatever failed after it
     const done = other ? claimed : await switched(call, vmRef, moved).catch(() => true);
     if (!done) {
@@ -600,8 +639,13 @@ async function moveDisks(
   if (other) {
     // The VM is the other pool's: unless copied, it and its disks leave this pool. (A running
     // VM copied with `force` left its domain there: its record here says so.)
-    if (!copy) await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
-    else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
+    if (!copy) {
+      // its messages go with it (xapi: after the RRDs, before the VM's record goes)
+      await sendVmMessages(call, remote.master, remote.session, vm.uuid).catch((err: unknown) =>
+        call.host.log.warn({ err, vm: vmRef }, 'the messages of a VM migrated to another pool could not be sent'),
+      );
+      await forgetMigrated(call, svc, storage, vmRef, snapshots, moved);
+    } else if (live) await untilStored(db, () => svc.sync.refresh(vmRef));
     await clearDeparture(call.host, vm.uuid);
     return imported[0]!;
   }
@@ -901,7 +945,9 @@ export async function sweepUnfinishedMirrors(storage: Storage): Promise<void> {
   const incoming = new Set<string>();
   for (const [, vm] of await db.all('VM')) {
     const mark = vm.other_config.migrate_task;
-    if (mark !== undefined && vm.resident_on === NULL_REF && vm.scheduled_to_be_resident_on === host.hostRef) incoming.add(mark);
+    if (mark === undefined || vm.resident_on !== NULL_REF) continue;
+    // a running VM's reserved here; a halted one (perhaps without disks) named here by its mark
+    if (vm.scheduled_to_be_resident_on === host.hostRef || markHost(mark) === host.hostRef) incoming.add(mark);
   }
   for (const [ref, vdi] of await db.all('VDI')) {
     const task = vdi.sm_config.migrate_task;
@@ -911,7 +957,9 @@ export async function sweepUnfinishedMirrors(storage: Storage): Promise<void> {
     // on an SR this host has (a shared one: every host that has it may remove the copy)
     if ((await db.find('PBD', { SR: vdi.SR, host: host.hostRef })).length === 0) continue;
     if (task.startsWith(CROSS_POOL_MARK)) {
-      incoming.add(task);
+      // another host's incoming migration (a shared SR): its connections or its restart settle it
+      const to = markHost(task);
+      if (to === undefined || to === host.hostRef || !(await db.tryGet('host', to))) incoming.add(task);
       continue;
     }
     const row = task.startsWith('OpaqueRef:') ? await db.tryGet('task', task) : undefined;

@@ -1,24 +1,13 @@
-// The objects of a VM export and their import (xapi's export.ml, import.ml): the VM, its VBDs
-// (not CDs), VIFs, disk VDIs, their SRs and the VIFs' networks, each under an export-local id
-// "Ref:<n>", references between them rewritten to those ids (others become NULL). Import makes
-// the VDIs on one SR, finds networks by uuid or name (or makes them), then the VM and its
-// devices; without `restore` the VM gets a new uuid and new MACs.
-import { randomUUID } from 'node:crypto';
+// The objects of a VM export (xapi's export.ml): the VM, its VBDs (not CDs), VIFs, disk VDIs,
+// their SRs and the VIFs' networks, each under an export-local id "Ref:<n>", references between
+// them rewritten to those ids (others become NULL). Their import is vm-object-import.ts.
 import { hostname } from 'node:os';
 import type { Call } from '../api/context.js';
-import { XapiError } from '../rpc/errors.js';
-import { newRef } from '../api/implicit.js';
 import type { Rpc, RpcStruct } from '../rpc/rpc.js';
-import { pickFields, type AnyRow, type Row } from '../db/interface.js';
-import type { DbClassName, Records } from '../schema/generated.js';
+import type { AnyRow, Row } from '../db/interface.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { releaseVersions } from './version.js';
 import { XVA_EXPORT_VSN, type XvaHeader, type XvaObject } from '../storage/xva/index.js';
-import { createVdi, destroyVdi } from './vdi.js';
-import { randomMac } from './vif.js';
-import { updateAllowedOperations } from './vm-lifecycle.js';
-import { vmOverhead } from './memory.js';
-import type { Storage } from './storage.js';
 
 export function exportHeader(call: Call): XvaHeader {
   const { major, minor } = call.host.schema.apiVersion;
@@ -47,6 +36,8 @@ export interface MigrationMaps {
   vdis: Map<string, string>;
   /** Local VIF -> the network of the destination pool it goes on. */
   vifs: Map<string, string>;
+  /** The migration's mark for what the destination makes (each VM's other_config migrate_task). */
+  mark?: string;
 }
 
 /** The other_config key naming a migrated object's counterpart in the destination pool (Constants.storage_migrate_*_map_key). */
@@ -105,162 +96,8 @@ export async function exportObjects(
     for (const k of Object.keys(rec)) rec[k] = rewrite(rec[k]!);
     const mapped = cls === 'VDI' ? opts.maps?.vdis.get(ref) : cls === 'VIF' ? opts.maps?.vifs.get(ref) : undefined;
     if (mapped) rec.other_config = { ...(rec.other_config as RpcStruct), [MAPS_TO]: mapped };
+    if (cls === 'VM' && opts.maps?.mark) rec.other_config = { ...(rec.other_config as RpcStruct), migrate_task: opts.maps.mark };
     return { class: cls, id: ids.get(ref)!, snapshot: rec };
   });
   return { objects, disks: new Map(disks.map((v) => [ids.get(v)!, v])) };
-}
-
-/** A record from the archive as database values (fields that do not parse keep their defaults). */
-export function fieldsOf<C extends DbClassName>(call: Call, cls: C, snapshot: Rpc): Partial<Records[C]> {
-  const out: Record<string, unknown> = {};
-  const rec = snapshot as RpcStruct;
-  for (const f of call.host.schema.cls(cls).fields) {
-    if (!(f.name in rec)) continue;
-    try {
-      out[f.name] = call.host.marshal.fromRpc(f.type, rec[f.name]!, f.name);
-    } catch {
-      // an older or newer exporter's value; the default will do
-    }
-  }
-  // each value unmarshalled by its field's type, as dispatch does for a record parameter
-  return out as Partial<Records[C]>;
-}
-
-export interface VmImport {
-  vms: string[];
-  /** Export id -> the new VDI the archive's data goes into. */
-  disks: Map<string, string>;
-  /** Undoes everything the import made (for a failed import without `force`). */
-  undo(): Promise<void>;
-}
-
-export async function importObjects(
-  storage: Storage,
-  call: Call,
-  objects: XvaObject[],
-  opts: { sr: string; restore: boolean },
-): Promise<VmImport> {
-  const db = call.db;
-  const made: Array<[DbClassName, string]> = [];
-  const disks = new Map<string, string>();
-  const refs = new Map<string, string>(); // export id -> new ref
-  const byClass = (cls: string) => objects.filter((o) => o.class === cls);
-  const undo = async () => {
-    for (const [cls, ref] of made.reverse()) {
-      if (cls === 'VDI') await destroyVdi(storage, call, ref).catch(() => undefined);
-      else if (await db.tryGet(cls, ref)) await db.destroy(cls, ref);
-    }
-  };
-  try {
-    const sr = await db.get('SR', opts.sr);
-    if (sr.content_type === 'iso') throw new XapiError('SR_OPERATION_NOT_SUPPORTED', [opts.sr]);
-    for (const o of byClass('VDI')) {
-      const f = fieldsOf(call, 'VDI', o.snapshot);
-      const vdi = await createVdi(storage, call, opts.sr, Number(f.virtual_size ?? 0), {
-        name_label: f.name_label ?? '',
-        name_description: f.name_description ?? '',
-        type: f.type ?? 'user',
-        sharable: f.sharable === true,
-        read_only: false,
-        other_config: f.other_config ?? {},
-        xenstore_data: f.xenstore_data ?? {},
-        sm_config: { import_task: call.task },
-        tags: f.tags ?? [],
-      });
-      made.push(['VDI', vdi]);
-      refs.set(o.id, vdi);
-      disks.set(o.id, vdi);
-    }
-    for (const o of byClass('network')) {
-      const f = fieldsOf(call, 'network', o.snapshot);
-      const existing =
-        (f.uuid ? await db.refByUuid('network', f.uuid) : undefined) ?? (await db.find('network', { name_label: f.name_label }))[0]?.[0];
-      if (existing) {
-        refs.set(o.id, existing);
-        continue;
-      }
-      const net = newRef();
-      await db.create('network', net, {
-        uuid: randomUUID(),
-        name_label: f.name_label,
-        name_description: f.name_description ?? '',
-        bridge: `xapi${(await db.count('network')) + 1}`,
-        MTU: f.MTU ?? 1500,
-        other_config: f.other_config ?? {},
-        managed: true,
-      });
-      made.push(['network', net]);
-      refs.set(o.id, net);
-    }
-    const ref = (v: string | undefined) => (v === undefined ? undefined : refs.get(v)) ?? NULL_REF;
-    const vms: string[] = [];
-    for (const o of byClass('VM')) {
-      const f = fieldsOf(call, 'VM', o.snapshot);
-      if (opts.restore && f.uuid && (await db.refByUuid('VM', f.uuid))) throw new XapiError('DUPLICATE_VM', [f.uuid]);
-      const vm = newRef();
-      const keep = pickFields(call.host.schema, 'VM', f, (fd) => fd.qualifier !== 'RO/runtime');
-      await db.create('VM', vm, {
-        ...keep,
-        uuid: opts.restore && f.uuid ? f.uuid : randomUUID(),
-        // as xapi's import: the task that made it (a restart after a crash mid-import removes it),
-        // and unless restoring, a fresh seed for the MACs of VIFs created later
-        other_config: { ...(keep.other_config ?? {}), ...(opts.restore ? {} : { mac_seed: randomUUID() }), import_task: call.task },
-        power_state: 'Halted',
-        domid: -1,
-        suspend_VDI: NULL_REF,
-        affinity: NULL_REF,
-        parent: NULL_REF,
-        snapshot_of: NULL_REF,
-        is_a_snapshot: false,
-        allowed_operations: [],
-        current_operations: {},
-      });
-      made.push(['VM', vm]);
-      const metrics = newRef();
-      await db.create('VM_metrics', metrics, { uuid: randomUUID(), other_config: {} });
-      made.push(['VM_metrics', metrics]);
-      await db.update('VM', vm, { metrics, memory_overhead: vmOverhead(await db.get('VM', vm)) });
-      refs.set(o.id, vm);
-      vms.push(vm);
-    }
-    for (const o of byClass('VBD')) {
-      const f = fieldsOf(call, 'VBD', o.snapshot);
-      const vdi = ref(f.VDI);
-      const vbd = newRef();
-      await db.create('VBD', vbd, {
-        ...f,
-        uuid: randomUUID(),
-        VM: ref(f.VM),
-        VDI: vdi,
-        empty: vdi === NULL_REF,
-        currently_attached: false,
-        current_operations: {},
-        allowed_operations: [],
-        metrics: NULL_REF,
-      });
-      made.push(['VBD', vbd]);
-    }
-    for (const o of byClass('VIF')) {
-      const f = fieldsOf(call, 'VIF', o.snapshot);
-      const vif = newRef();
-      await db.create('VIF', vif, {
-        ...f,
-        uuid: randomUUID(),
-        VM: ref(f.VM),
-        network: ref(f.network),
-        MAC: opts.restore ? f.MAC : randomMac(),
-        currently_attached: false,
-        current_operations: {},
-        allowed_operations: [],
-        metrics: NULL_REF,
-      });
-      made.push(['VIF', vif]);
-    }
-    for (const vm of vms) await updateAllowedOperations(db, vm);
-    if (vms.length === 0) throw new XapiError('IMPORT_ERROR', ['the archive holds no VM']);
-    return { vms, disks, undo };
-  } catch (e) {
-    await undo();
-    throw e;
-  }
 }

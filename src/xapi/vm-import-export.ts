@@ -2,7 +2,7 @@
 // GET /export_metadata and PUT /import (src/http/vm-transfer.ts), which keep only the wire. An
 // export runs as the VM's `export` operation and writes an XVA archive (ova.xml, then each disk
 // in checksummed 1 MiB chunks, only the chain's allocated blocks read); an import reads one into
-// an SR, its objects made as vm-export.ts says, and leaves nothing behind if it fails (unless
+// an SR, its objects made as vm-object-import.ts says, and leaves nothing behind if it fails (unless
 // `force`); a full SR is SR_FULL.
 import type { Readable } from 'node:stream';
 import type { Call } from '../api/context.js';
@@ -21,8 +21,9 @@ import {
 } from '../storage/xva/index.js';
 import type { Storage } from './storage.js';
 import { openVdi } from './vdi.js';
-import { exportHeader, exportObjects, importObjects } from './vm-export.js';
-import { importMetadata, type MetadataImportOptions } from './vm-metadata-import.js';
+import { exportHeader, exportObjects } from './vm-export.js';
+import { importObjects, MIGRATE_TASK, type ObjectImport } from './vm-object-import.js';
+import { watchIncoming } from './disk-mirror.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { transferHost } from './forward.js';
 import { rollingUpgradeInProgress } from './rpu.js';
@@ -123,14 +124,14 @@ export async function importVm(
   opts: { sr: string; force: boolean; restore: boolean },
 ): Promise<string[]> {
   const { sr, force } = opts;
-  let made: Awaited<ReturnType<typeof importObjects>> | undefined;
+  let made: ObjectImport | undefined;
   const open: OpenDisk[] = [];
   try {
     await readXva(body, {
       force,
       onProgress: (f) => void call.setProgress(f),
       onMetadata: async (meta) => {
-        made = await importObjects(storage, call, meta.objects, { sr, restore: opts.restore });
+        made = await importObjects(call, meta.objects, { type: { kind: 'full', storage, sr }, restore: opts.restore, force });
         const targets = new Map<string, XvaDiskTarget>();
         for (const [id, vdi] of made.disks) {
           const disk = await openVdi(storage, vdi, false, { deferSync: true });
@@ -154,17 +155,27 @@ export async function importVm(
   return made!.vms;
 }
 
+/** PUT /import_metadata's options (import.ml metadata_handler's query flags; see vm-object-import.ts). */
+export interface MetadataImportOptions {
+  restore: boolean;
+  force: boolean;
+  dryRun: boolean;
+  live: boolean;
+  checkCpu: boolean;
+}
+
 /**
  * PUT /import_metadata: the body is a tar holding ova.xml (what GET /export_metadata writes);
- * the VMs made from it (none for a dry run). See vm-metadata-import.ts.
+ * the VMs made from it (none for a dry run). See vm-object-import.ts.
  */
-export async function importVmMetadata(call: Call, body: Readable, opts: MetadataImportOptions): Promise<string[]> {
+export async function importVmMetadata(storage: Storage, call: Call, body: Readable, opts: MetadataImportOptions): Promise<string[]> {
   let vms: string[] = [];
   try {
     await readXva(body, {
       force: opts.force,
       onMetadata: async (meta) => {
-        vms = await importMetadata(call, meta.objects, opts);
+        const { restore, force, ...metadata } = opts;
+        vms = (await importObjects(call, meta.objects, { type: { kind: 'metadata', ...metadata }, restore, force })).vms;
         return new Map();
       },
     });
@@ -172,5 +183,8 @@ export async function importVmMetadata(call: Call, body: Readable, opts: Metadat
     if (e instanceof XvaImportError) throw new XapiError(e.code, e.params);
     throw e;
   }
+  // a migration's VMs wait for its claim while its sender keeps a connection here
+  const mark = vms.length > 0 ? (await call.db.get('VM', vms[0]!)).other_config[MIGRATE_TASK] : undefined;
+  if (mark !== undefined) watchIncoming(storage, mark);
   return vms;
 }

@@ -20,10 +20,11 @@ import { XapiError } from '../rpc/errors.js';
 import type { Row } from '../db/interface.js';
 import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { faultPoint } from '../util/fault-point.js';
-import { MIGRATE_TASK } from './vm-metadata-import.js';
-import { abandonIncoming } from './disk-mirror.js';
+import { MIGRATE_TASK } from './vm-object-import.js';
+import { abandonIncoming, holdIncoming } from './disk-mirror.js';
 import { untilStored } from '../db/until-stored.js';
-import { DomainError, type MigrationChannel, type MigrationReport } from '../xenopsd/interface.js';
+import { CommitInDoubt, DomainError, type MigrationChannel, type MigrationReport } from '../xenopsd/interface.js';
+import { ConnectionFailed } from '../rpc/client.js';
 import { MIGRATION_PATH } from '../xenopsd/migration-wire.js';
 import { withVmOperation } from './vm-lifecycle.js';
 import { withVmPlacedOnHost } from './host-operations.js';
@@ -158,7 +159,10 @@ export interface CrossPoolSwitch {
   session: string;
   /** Before this pool lets go of the VM: what its next start needs to ask the other pool (recordDeparture). */
   departing(): Promise<void>;
+  /** VM.pool_migrate_complete there: the claim, which a VM already claimed answers again. */
   claim(domid: number): Promise<void>;
+  /** Whether the other pool holds the VM claimed, from its record (claimState). */
+  claimState(): Promise<'claimed' | 'unclaimed' | 'gone'>;
   complete(): Promise<void>;
 }
 
@@ -224,6 +228,7 @@ export async function migrateHere(
         continue;
       }
       await untilStored(db, () => sync.refresh(vmRef));
+      if (e instanceof CommitInDoubt) throw e;
       throw xenopsError(vmRef, e);
     }
   }
@@ -238,7 +243,9 @@ export async function migrateHere(
  * The commit of a migration to another pool. This pool first stops counting the VM as running
  * here (resident_on null, stored), so that if this process dies from now on its next start lets
  * the paused domain go rather than run it beside the other pool's; then the other pool claims
- * the VM. If the claim fails the VM is put back here and the guest carries on.
+ * the VM. If the other pool refuses the claim the VM is put back here and the guest carries on.
+ * If its answer is lost (claimSettled could not tell either), the guest does not resume here:
+ * CommitInDoubt, the VM stays halted here and the other pool's record decides (settleDeparture).
  */
 async function claimElsewhere(call: Call, vmRef: string, source: string, cross: CrossPoolSwitch, domid: number): Promise<void> {
   const db = call.db;
@@ -247,12 +254,60 @@ async function claimElsewhere(call: Call, vmRef: string, source: string, cross: 
   await db.commit();
   faultPoint('xpool.leaving');
   try {
-    await cross.claim(domid);
+    await claimSettled(
+      call,
+      () => cross.claim(domid),
+      () => cross.claimState(),
+    );
   } catch (e) {
+    if (e instanceof CommitInDoubt) throw e;
     await untilStored(db, () => db.update('VM', vmRef, { resident_on: source }));
     throw e;
   }
   faultPoint('xpool.claimed');
+}
+
+/** How often, and for how long, a source whose claim's answer was lost asks the other pool about it. */
+const CLAIM_ASK_MS = 1000;
+const CLAIM_ASKS = 120;
+
+/** A failure that says nothing of whether the claim happened: the connection broke, or the other pool's coordinator lost its host's answer. */
+const answerLost = (e: unknown) => e instanceof ConnectionFailed || (e instanceof XapiError && e.code === 'CANNOT_CONTACT_HOST');
+
+/**
+ * The claim, settled: returns once the other pool holds the VM claimed, throws its refusal, or
+ * CommitInDoubt. When the answer is lost the other pool's record says whether the claim
+ * happened (claimed: done; still marked: the claim again, which is idempotent; gone: refused),
+ * asked every second for two minutes while it cannot be reached; the guest stays paused
+ * meanwhile. Resuming the guest here on a lost answer would run it in both pools.
+ */
+export async function claimSettled(
+  call: Call,
+  claim: () => Promise<void>,
+  claimState: () => Promise<'claimed' | 'unclaimed' | 'gone'>,
+): Promise<void> {
+  let lost: unknown;
+  for (let ask = 1; ; ask++) {
+    if (lost === undefined) {
+      try {
+        return await claim();
+      } catch (e) {
+        if (!answerLost(e)) throw e;
+        lost = e;
+        call.host.log.warn({ err: e }, 'the answer to a cross-pool claim was lost: asking the other pool');
+        faultPoint('xpool.claim-lost');
+      }
+    }
+    const state = await claimState().catch((e: unknown) => {
+      call.host.log.warn({ err: e }, 'cannot ask the other pool whether it claimed the VM');
+      return undefined;
+    });
+    if (state === 'claimed') return;
+    if (state === 'gone') throw lost;
+    if (state === 'unclaimed') lost = undefined; // the claim again, after the pause
+    if (ask >= CLAIM_ASKS) throw new CommitInDoubt(`the other pool did not say whether it claimed the VM: ${String(lost)}`);
+    await new Promise((r) => setTimeout(r, CLAIM_ASK_MS));
+  }
 }
 
 /**
@@ -336,6 +391,8 @@ async function completeHere(call: Call, svc: VmService, vmRef: string): Promise<
   const mark = vm.other_config[MIGRATE_TASK];
   if (mark !== undefined && vm.resident_on === NULL_REF) return claimHere(call, svc, vmRef, vm, mark);
   if (vm.resident_on !== call.host.hostRef) return;
+  // a claim asked again (its first answer lost) while the image still waits for GO: nothing to refresh yet
+  if ((await svc.sync.backend.stat(vm.uuid).catch(() => undefined))?.migration?.incoming === vm.domid) return;
   await untilStored(call.db, () => svc.sync.refresh(vmRef));
 }
 
@@ -365,6 +422,7 @@ async function claimHere(call: Call, svc: VmService, vmRef: string, vm: Row<'VM'
     if ((await db.tryGet('VM', s))?.other_config[MIGRATE_TASK] === mark) writes.push(db.mapRemove('VM', s, 'other_config', MIGRATE_TASK));
   await Promise.all(writes);
   await db.commit();
+  faultPoint('xpool.claim-committed');
 }
 
 /**
@@ -384,6 +442,27 @@ export async function receiveMigration(
   if (!vmRef) throw new XapiError('UUID_INVALID', ['VM', vmUuid]);
   const config = await svc.sync.config(vmRef, undefined, vdiMap);
   let abandoned: string | undefined;
+  // a migration from another pool: its memory's connection counts as its sender's (watchIncoming)
+  const mark = (await host.db.get('VM', vmRef)).other_config[MIGRATE_TASK];
+  const release = mark !== undefined ? holdIncoming(host, mark) : undefined;
+  try {
+    await receiveFrom(host, svc, vmRef, config, channel, (m) => {
+      abandoned = m;
+    });
+  } finally {
+    release?.();
+  }
+  if (abandoned !== undefined) await abandonIncoming(svc.sync.storage, abandoned);
+}
+
+async function receiveFrom(
+  host: HostContext,
+  svc: VmService,
+  vmRef: string,
+  config: Awaited<ReturnType<VmService['sync']['config']>>,
+  channel: MigrationChannel,
+  abandon: (mark: string) => void,
+): Promise<void> {
   await svc.sync.backend.migrateReceive(config, channel, {
     owned: async (domid) => {
       const vm = await host.db.tryGet('VM', vmRef);
@@ -392,14 +471,13 @@ export async function receiveMigration(
       // from another pool and not claimed: its sender is gone, so the claim will not come
       const mark = vm.other_config[MIGRATE_TASK];
       if (mark !== undefined && vm.resident_on === NULL_REF) {
-        abandoned = mark;
+        abandon(mark);
         return false;
       }
       if (vm.scheduled_to_be_resident_on === host.hostRef) return undefined;
       return false;
     },
   });
-  if (abandoned !== undefined) await abandonIncoming(svc.sync.storage, abandoned);
 }
 
 export function register(r: Registry, svc: VmService): void {

@@ -194,11 +194,19 @@ export interface MigrationReport {
   destinationDomid: number;
 }
 
+/**
+ * Thrown by a migration's commit hook that cannot tell whether the move became the truth (the
+ * other pool's answer to its claim was lost): the guest does not resume here, its domain goes,
+ * and the destination, told neither GO nor ABORT, settles its copy by asking its own side.
+ */
+export class CommitInDoubt extends Error {}
+
 export interface MigrationSendHooks {
   /**
    * The destination holds the whole image, paused, and the guest is paused here: make the move
    * the truth (xapi: the VM's resident_on, durably) before the destination unpauses it. Throwing
-   * aborts the migration: the destination drops its copy and the guest resumes here.
+   * aborts the migration: the destination drops its copy and the guest resumes here; throwing
+   * CommitInDoubt leaves the outcome to the destination.
    */
   commit(destinationDomid: number): Promise<void>;
   /** Progress of the copy, 0..1. */

@@ -1,11 +1,15 @@
 // A cross-pool migration's hosts killed (SIGKILL) at chosen points (src/util/fault-point.ts),
 // with real processes: pool A (a coordinator and the source member) and pool B (the destination,
-// a standalone host). Afterwards the VM runs on exactly one host in one pool, or is halted in A
-// with its disk holding what it held; and once the killed host is back, pool B holds no half
-// copy and no VM record the migration did not finish.
+// a standalone host; a second host joins it for the last test). Afterwards the VM runs on
+// exactly one host in one pool, or is halted in A with its disk holding what it held; and once
+// the killed host is back, pool B holds no half copy and no VM record the migration did not
+// finish. The windows: the claim's answer lost (B killed right after its claim), a VM without
+// disks whose source dies between the import and the claim, another of B's hosts restarting
+// while a copy on a shared SR is under way.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, login, putBody, xapiFailure } from './client.js';
@@ -24,6 +28,9 @@ let a0: XapiProcess;
 /** The source (A's member) and the destination (B), replaced at each restart. */
 let src: XapiProcess;
 let dst: XapiProcess;
+/** A second host for pool B (joined in the last test). */
+let dst2: XapiProcess;
+let sharedDir: string | undefined;
 let sa: string;
 let sb: string;
 let hostA1: string;
@@ -40,7 +47,7 @@ async function managementNetwork(url: string, s: string): Promise<string> {
 }
 
 before(async () => {
-  [a0, src, dst] = (await startHosts(3, { env: FAST })) as [XapiProcess, XapiProcess, XapiProcess];
+  [a0, src, dst, dst2] = (await startHosts(4, { env: FAST })) as [XapiProcess, XapiProcess, XapiProcess, XapiProcess];
   await joinPool(a0, src);
   sa = await login(a0.url, PASSWORD);
   sb = await login(dst.url, PASSWORD);
@@ -51,7 +58,8 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all([a0, src, dst].filter((h) => h).map((h) => stopXapi(h)));
+  await Promise.all([a0, src, dst, dst2].filter((h) => h).map((h) => stopXapi(h)));
+  if (sharedDir) await rm(sharedDir, { recursive: true, force: true });
 });
 
 /** The source again from its state directory, `point` armed (or none); waits until A has it back. */
@@ -139,12 +147,12 @@ async function vmOnSource(name: string): Promise<Moving> {
   };
 }
 
-/** Starts the VM's migration to pool B's host (as a task of pool A). */
-async function migrateSend(o: Moving): Promise<string> {
+/** Starts the VM's migration to pool B's host (as a task of pool A), its disk to `to` (B's host's local SR by default). */
+async function migrateSend(o: Pick<Moving, 'vm' | 'disk'>, to?: string): Promise<string> {
   const dest = await callB('host.migrate_receive', hostB, netB, {});
   const [vif] = (await callA('VM.get_VIFs', o.vm)) as string[];
-  const to = await localSr(callB, hostB);
-  return (await jsonCall(a0.url, 'Async.VM.migrate_send', [sa, o.vm, dest, true, { [o.disk]: to }, { [vif!]: netB }, {}, {}])) as string;
+  const vdiMap = o.disk ? { [o.disk]: to ?? (await localSr(callB, hostB)) } : {};
+  return (await jsonCall(a0.url, 'Async.VM.migrate_send', [sa, o.vm, dest, true, vdiMap, { [vif!]: netB }, {}, {}])) as string;
 }
 
 async function taskOutcome(task: string): Promise<Rec> {
@@ -271,3 +279,108 @@ test('the source killed right after B claimed the VM: it runs in B only, and lea
   assert.equal(await callB('VM.get_power_state', there), 'Running');
   await callB('VM.hard_shutdown', there);
 });
+
+test('the claim’s answer lost (B killed right after claiming): the source keeps the guest paused, asks B, and the VM runs in B only', {
+  timeout: 300_000,
+}, async () => {
+  await restartDestination('xpool.claim-committed');
+  // the source stops once it sees the answer lost, so the test looks at it then
+  await restartSource('xpool.claim-lost:SIGSTOP');
+  const o = await vmOnSource('claim answer lost');
+  const task = await migrateSend(o);
+  await killedAt(dst, 'xpool.claim-committed');
+  // B took the VM and died before answering: the source must not run the guest meanwhile
+  await waitUntil('the source seeing the answer lost', () => src.output().includes('fault point xpool.claim-lost reached (SIGSTOP)'), {
+    timeoutMs: 60_000,
+  });
+  assert.notEqual(simulatorVms(src.stateDir).get(o.uuid)?.domain?.paused, false, 'the guest does not run in A');
+  assert.equal(await callA('task.get_status', task), 'pending');
+  await restartDestination();
+  // asked now, B says it took the VM: the source lets it go
+  src.proc.kill('SIGCONT');
+  const outcome = await taskOutcome(task);
+  assert.equal(outcome.status, 'success', JSON.stringify(outcome.error_info));
+  const there = (await callB('VM.get_by_uuid', o.uuid)) as string;
+  await waitUntil('the VM running in B', async () => simulatorVms(dst.stateDir).get(o.uuid)?.domain?.paused === false);
+  assert.equal(await callB('VM.get_resident_on', there), hostB);
+  assert.equal(await callB('VM.get_power_state', there), 'Running');
+  assert.deepEqual(await xapiFailure(callA('VM.get_record', o.vm)), ['HANDLE_INVALID', 'VM', o.vm]);
+  assert.equal(simulatorVms(src.stateDir).get(o.uuid)?.domain, undefined);
+  await callB('VM.hard_shutdown', there);
+});
+
+test('a VM without disks, its source killed between the import and the claim: B drops the imported VM; it runs on in A', {
+  timeout: 300_000,
+}, async () => {
+  await restartSource('xpool.imported');
+  const vm = (await callA('VM.create', vmRecord('no disks', { memory: 64 * MiB }))) as string;
+  await callA('VIF.create', vifRecord(vm, netA));
+  await callA('VM.start_on', vm, hostA1, false, false);
+  const uuid = (await callA('VM.get_uuid', vm)) as string;
+  const outcome = await taskOutcome(await migrateSend({ vm, disk: '' }));
+  assert.equal(outcome.status, 'failure');
+  await killedAt(src, 'xpool.imported');
+  // no disk's connection tells B the sender went: the quiet period does
+  await waitUntil('pool B clear of the migration', () => nothingInB(uuid), { timeoutMs: 90_000, intervalMs: 500 });
+  await restartSource();
+  const r = (await callA('VM.get_record', vm)) as Rec;
+  assert.equal(r.power_state, 'Running');
+  assert.equal(r.resident_on, hostA1);
+  assert.equal(simulatorVms(dst.stateDir).get(uuid)?.domain, undefined);
+  await callA('VM.hard_shutdown', vm);
+});
+
+test('another of B’s hosts restarting during a copy to B’s shared SR leaves the copy; the migration completes', {
+  timeout: 300_000,
+}, async () => {
+  await joinPool(dst, dst2);
+  sb = await login(dst.url, PASSWORD);
+  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-xpool-shared-'));
+  const shared = (await callB(
+    'SR.create',
+    hostB,
+    { server: '127.0.0.1', serverpath: sharedDir },
+    0,
+    'shared',
+    '',
+    'nfs',
+    'user',
+    true,
+    {},
+  )) as string;
+  // the source stops in the middle of the copy, its connection to B held open
+  await restartSource('sxm.copy:SIGSTOP@4');
+  const o = await vmOnSource('shared copy');
+  const task = await migrateSend(o, shared);
+  await waitUntil('the source stopped mid-copy', () => src.output().includes('fault point sxm.copy reached (SIGSTOP)'));
+  const copies = async () => {
+    const vdis = (await callB('VDI.get_all_records')) as Record<string, { SR: string; sm_config: Rec }>;
+    return Object.keys(vdis).filter((r) => vdis[r]!.SR === shared && vdis[r]!.sm_config.migrate_task !== undefined);
+  };
+  const [copy] = await copies();
+  assert.ok(copy, 'the copy being filled on the shared SR');
+  // B's other host restarts: its start-up sweep sees the copy (it has the SR) but it is not its own
+  const startsBefore = await memberStarts(dst2.stateDir);
+  await stopXapi(dst2, true);
+  dst2 = await startXapi({ stateDir: dst2.stateDir, address: dst2.address, httpPort: dst2.httpPort, httpsPort: dst2.httpsPort, env: FAST });
+  await waitUntil('B’s other host serving again', async () => (await memberStarts(dst2.stateDir)) > startsBefore, {
+    timeoutMs: 90_000,
+    intervalMs: 200,
+  });
+  assert.deepEqual(await copies(), [copy], 'the copy is still there');
+  src.proc.kill('SIGCONT');
+  const outcome = await taskOutcome(task);
+  assert.equal(outcome.status, 'success', JSON.stringify(outcome.error_info));
+  const there = (await callB('VM.get_by_uuid', o.uuid)) as string;
+  assert.equal(await callB('VM.get_resident_on', there), hostB);
+  const [vbd] = (await callB('VM.get_VBDs', there)) as string[];
+  assert.equal(await callB('VBD.get_VDI', vbd!), copy);
+  assert.equal(await callB('VDI.get_SR', copy!), shared);
+  await callB('VM.hard_shutdown', there);
+});
+
+/** How many times the member keeping its state in `dir` has logged that it serves (its start-up, sweeps included, over). */
+async function memberStarts(dir: string): Promise<number> {
+  const log = await readFile(join(dir, 'xapi.log'), 'utf8').catch(() => '');
+  return log.split('member of the pool: serving').length - 1;
+}

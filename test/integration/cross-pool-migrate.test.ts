@@ -3,8 +3,9 @@
 // A running VM on A's member, its disk on that host's local SR with the guest writing it, a VIF
 // and a snapshot, goes live to B through Xen Orchestra's connector, as XO drives it: B's
 // host.migrate_receive, its map passed unchanged to A's assert_can_migrate and migrate_send. The
-// disk's copy is checked at the switch (both hosts' digests), the VM's record, VIFs, VBDs and
-// snapshot arrive mapped, it runs on B's host and A has nothing of it left. Then the errors of
+// disk's copy is checked at the switch (both hosts' digests, a test's check), the VM's record,
+// VIFs, VBDs, snapshot and messages arrive mapped, it runs on B's host and A has nothing of it
+// left. Then the errors of
 // the cross-pool checks through Python's xmlrpc.client, with their parameters.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -38,7 +39,8 @@ const callA = (method: string, ...params: unknown[]) => jsonCall(a0.url, method,
 const callB = (method: string, ...params: unknown[]) => jsonCall(b.url, method, [sb, ...params]);
 
 before(async () => {
-  const env = { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200' };
+  // the switch compares both images' digests (a test's check: XAPI_TEST_VERIFY_MIRRORS)
+  const env = { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200', XAPI_TEST_VERIFY_MIRRORS: '1' };
   hosts = await startHosts(3, { env, hostArgs: [[], [], ['--platform-version', '3.5.0']] });
   [a0, a1, b] = hosts as [XapiProcess, XapiProcess, XapiProcess];
   await joinPool(a0, a1);
@@ -123,6 +125,9 @@ test('a running VM goes live to another pool through the xen-api connector: disk
   const [vif] = before.VIFs as string[];
   const [vbd] = before.VBDs as string[];
   const mac = (await callA('VIF.get_MAC', vif)) as string;
+  // a message of the VM's goes with it (xapi's send_messages)
+  const message = (await callA('message.create', 'CROSSING', 3, 'VM', uuid, 'a message <of> the VM & its pool')) as string;
+  const messageUuid = ((await callA('message.get_record', message)) as Rec).uuid;
 
   const xb = new Xapi({ url: b.httpsUrl, auth: { user: 'root', password: PASSWORD }, allowUnauthorized: true });
   const xa = new Xapi({ url: a0.httpsUrl, auth: { user: 'root', password: PASSWORD }, allowUnauthorized: true });
@@ -176,6 +181,14 @@ test('a running VM goes live to another pool through the xen-api connector: disk
   assert.equal(dom?.paused, false);
   assert.match(String(Object.values(dom?.vbds ?? {})[0]?.backend), new RegExp((await callB('VDI.get_uuid', diskB)) as string));
   assert.equal(simulatorVms(a1.stateDir).get(uuid)?.domain, undefined);
+
+  // Its message is B's now, as it was (ref, uuid, body); A has none of it.
+  const messagesB = (await callB('message.get', 'VM', uuid, '19700101T00:00:00Z')) as Record<string, Rec>;
+  assert.deepEqual(Object.keys(messagesB), [message]);
+  assert.equal(messagesB[message]!.uuid, messageUuid);
+  assert.equal(messagesB[message]!.name, 'CROSSING');
+  assert.equal(messagesB[message]!.body, 'a message <of> the VM & its pool');
+  assert.deepEqual(await callA('message.get', 'VM', uuid, '19700101T00:00:00Z'), {});
 
   // Pool A has nothing of it left: VM, snapshot, their VBDs, VIFs and disks.
   assert.deepEqual(await xapiFailure(callA('VM.get_by_uuid', uuid)), ['UUID_INVALID', 'VM', uuid]);

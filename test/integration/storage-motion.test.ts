@@ -36,7 +36,8 @@ let network: string;
 const call = (method: string, ...params: unknown[]) => jsonCall(url, method, [s, ...params]);
 
 before(async () => {
-  pool = await startPool(3, { env: { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200' } });
+  // the switch compares both images' digests (a test's check: XAPI_TEST_VERIFY_MIRRORS)
+  pool = await startPool(3, { env: { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200', XAPI_TEST_VERIFY_MIRRORS: '1' } });
   url = pool.coordinator.url;
   s = pool.session;
   sharedDir = await mkdtemp(join(tmpdir(), 'xapi-sxm-sr-'));

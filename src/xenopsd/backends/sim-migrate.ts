@@ -24,6 +24,7 @@
 // the VM belongs to (its resident_on), because only the commit decided it.
 import { createHash, randomBytes } from 'node:crypto';
 import {
+  CommitInDoubt,
   DomainError,
   type MigrationChannel,
   type MigrationReport,
@@ -368,6 +369,11 @@ export async function sendMigration(
     try {
       await hooks.commit(domid);
     } catch (e) {
+      if (e instanceof CommitInDoubt) {
+        // neither GO nor ABORT: the destination asks its own side whether the VM is its
+        committed = true;
+        throw e;
+      }
       await writer.send(Frame.Abort, { reason: e instanceof Error ? e.message : String(e) }).catch(() => 0);
       throw e;
     }
@@ -401,6 +407,7 @@ export async function sendMigration(
     }
     // Committed: the VM is the destination's even if it did not confirm (it finds its paused
     // copy owned when it asks, or at its next start).
+    if (e instanceof CommitInDoubt) throw e;
     throw new DomainError('Internal_error', [`the destination did not confirm the migration: ${e instanceof Error ? e.message : e}`]);
   } finally {
     writer.end();

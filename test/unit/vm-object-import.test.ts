@@ -2,7 +2,8 @@
 // process: a VM's export brought back into the same host's database, its disks already there.
 // The checks in xapi's order and with its parameters (a VM of the same uuid, its power state
 // and version, the memory of a live import, a disk that is not there), a dry run making nothing,
-// the VIFs and VDIs found by maps_to, uuids and MACs kept only with restore.
+// the VIFs and VDIs found by maps_to, uuids and MACs kept only with restore. The same importer's
+// full import (an XVA's): disks made on the SR, a network made, restore replacing an older VM.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { memoryHost } from '../../src/host/memory-host.js';
@@ -10,7 +11,8 @@ import { checkSession } from '../../src/api/session-check.js';
 import type { RpcStruct } from '../../src/rpc/rpc.js';
 import { XapiError } from '../../src/rpc/errors.js';
 import { exportObjects } from '../../src/xapi/vm-export.js';
-import { importMetadata, type MetadataImportOptions } from '../../src/xapi/vm-metadata-import.js';
+import type { MetadataImportOptions } from '../../src/xapi/vm-import-export.js';
+import { importObjects } from '../../src/xapi/vm-object-import.js';
 import { apiClient, struct } from './api-client.js';
 import { vmStruct } from '../vm-record.js';
 
@@ -19,7 +21,7 @@ const MiB = 1024 * 1024;
 async function setup() {
   const h = await memoryHost({ rootPassword: 'pw' });
   h.xenops.start();
-  const { ok } = apiClient(h);
+  const { ok, err } = apiClient(h);
   const s = (await ok('session.login_with_password', 'root', 'pw')) as string;
   const [network] = (await ok('network.get_by_name_label', s, 'Pool-wide network associated with eth0')) as string[];
   const pool = ((await ok('pool.get_all', s)) as string[])[0]!;
@@ -73,8 +75,10 @@ async function setup() {
   const task = await h.dispatcher.tasks.create(session, 'metadata import', false);
   const call = h.dispatcher.taskCall(session, task);
   const { objects } = await exportObjects(call, vm, { withSuspendImage: false });
-  const run = (o: Partial<MetadataImportOptions>, objs = objects) =>
-    importMetadata(call, objs, { restore: false, force: false, dryRun: false, live: false, checkCpu: false, ...o });
+  const run = async (o: Partial<MetadataImportOptions>, objs = objects) => {
+    const { restore, force, ...metadata } = { restore: false, force: false, dryRun: false, live: false, checkCpu: false, ...o };
+    return (await importObjects(call, objs, { type: { kind: 'metadata', ...metadata }, restore, force })).vms;
+  };
   const failure = async (p: Promise<unknown>) => {
     try {
       await p;
@@ -84,7 +88,9 @@ async function setup() {
     }
     assert.fail('expected a XenAPI error');
   };
-  return { h, ok, s, sr, vm, vdi, vif, network, objects, run, failure };
+  const runFull = async (o: { restore?: boolean; force?: boolean }, objs = objects) =>
+    importObjects(call, objs, { type: { kind: 'full', storage: h.storage, sr }, restore: false, force: false, ...o });
+  return { h, ok, err, s, sr, vm, vdi, vif, network, objects, run, runFull, failure, task };
 }
 
 test('the checks: a VM of the same uuid (running, then not newer), a disk not there, the memory of a live import', async () => {
@@ -159,9 +165,15 @@ test('the records made: a new uuid and MACs without restore; maps_to finds the d
       const snap = o.snapshot as RpcStruct;
       if (o.class === 'VDI') return { ...o, snapshot: { ...snap, other_config: { maps_to: other } } as RpcStruct };
       if (o.class === 'VIF') return { ...o, snapshot: { ...snap, other_config: { maps_to: net, kept: 'yes' } } as RpcStruct };
+      // a migration's export carries its mark (cross-pool.ts transferMetadata)
+      if (o.class === 'VM')
+        return {
+          ...o,
+          snapshot: { ...snap, other_config: { ...(snap.other_config as RpcStruct), migrate_task: 'xpool:test' } } as RpcStruct,
+        };
       return o;
     });
-    const [again] = await t.run({ live: true, migration: 'xpool:test' }, mapped);
+    const [again] = await t.run({ live: true }, mapped);
     const a = (await t.ok('VM.get_record', t.s, again!)) as RpcStruct;
     assert.equal(await t.ok('VBD.get_VDI', t.s, (a.VBDs as string[])[0]!), other);
     const vifA = (a.VIFs as string[])[0]!;
@@ -169,6 +181,49 @@ test('the records made: a new uuid and MACs without restore; maps_to finds the d
     assert.deepEqual({ ...((await t.ok('VIF.get_other_config', t.s, vifA)) as RpcStruct) }, { kept: 'yes' });
     // a live migration's import is marked as the migration's until claimed
     assert.equal((a.other_config as RpcStruct).migrate_task, 'xpool:test');
+    // ... and only a live import keeps it
+    const [notLive] = await t.run({}, mapped);
+    assert.equal(((await t.ok('VM.get_other_config', t.s, notLive!)) as RpcStruct).migrate_task, undefined);
+  } finally {
+    await t.h.close();
+  }
+});
+
+test('a full import (an XVA) through the same importer: disks made, a network made when none matches, restore replaces an older halted VM', async () => {
+  const t = await setup();
+  try {
+    // a network by a name this host does not have is made, marked with the import's task
+    const renamed = t.objects.map((o) =>
+      o.class === 'network'
+        ? { ...o, snapshot: { ...(o.snapshot as RpcStruct), name_label: 'brought', uuid: 'x', bridge: 'x' } as RpcStruct }
+        : o,
+    );
+    const made = await t.runFull({}, renamed);
+    assert.equal(made.disks.size, 1);
+    const [newVdi] = [...made.disks.values()];
+    assert.notEqual(newVdi, t.vdi, 'a new disk on the SR');
+    assert.equal(await t.ok('VDI.get_SR', t.s, newVdi!), t.sr);
+    const r = (await t.ok('VM.get_record', t.s, made.vms[0]!)) as RpcStruct;
+    assert.equal((r.other_config as RpcStruct).import_task, t.task);
+    assert.equal(await t.ok('VBD.get_VDI', t.s, (r.VBDs as string[])[0]!), newVdi);
+    const net = (await t.ok('VIF.get_network', t.s, (r.VIFs as string[])[0]!)) as string;
+    assert.notEqual(net, t.network);
+    assert.equal(await t.ok('network.get_name_label', t.s, net), 'brought');
+    assert.equal(((await t.ok('network.get_other_config', t.s, net)) as RpcStruct).import_task, t.task);
+    await made.undo();
+    assert.deepEqual(await t.err('VM.get_record', t.s, made.vms[0]!), ['HANDLE_INVALID', 'VM', made.vms[0]]);
+    assert.deepEqual(await t.err('network.get_record', t.s, net), ['HANDLE_INVALID', 'network', net]);
+
+    // restore of the same uuid: not newer is refused (xapi's check, not DUPLICATE_VM); newer replaces it
+    assert.deepEqual(await t.failure(t.runFull({ restore: true })), ['VM_TO_IMPORT_IS_NOT_NEWER_VERSION', t.vm, '0', '0']);
+    const newer = t.objects.map((o) =>
+      o.class === 'VM' ? { ...o, snapshot: { ...(o.snapshot as RpcStruct), version: '3' } as RpcStruct } : o,
+    );
+    const uuid = await t.ok('VM.get_uuid', t.s, t.vm);
+    const restored = await t.runFull({ restore: true }, newer);
+    assert.deepEqual(await t.err('VM.get_record', t.s, t.vm), ['HANDLE_INVALID', 'VM', t.vm]);
+    assert.equal(await t.ok('VM.get_uuid', t.s, restored.vms[0]!), uuid);
+    assert.equal(await t.ok('VM.get_version', t.s, restored.vms[0]!), 4n);
   } finally {
     await t.h.close();
   }
