@@ -10,6 +10,7 @@ import { addStorageCommands } from './storage.js';
 import { addTaskCommands } from './task.js';
 import { addVmPowerCommands } from './vm-power.js';
 import { addVmConfigCommands } from './vm-config.js';
+import { addVmTransferCommands } from './vm-transfer.js';
 
 export function buildTable(api: Api): CommandTable {
   const table = new CommandTable();
@@ -27,6 +28,7 @@ export function buildTable(api: Api): CommandTable {
   addGenericCommands(table, (kind) => blankFields(blank, kind));
   addVmPowerCommands(table);
   addVmConfigCommands(table);
+  addVmTransferCommands(table);
   addHostCommands(table);
   addPoolCommands(table);
   addStorageCommands(table);
