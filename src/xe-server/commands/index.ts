@@ -3,6 +3,7 @@ import type { Rpc } from '../../rpc/rpc.js';
 import type { Api } from '../api.js';
 import { addGenericCommands, blankFields } from '../generic.js';
 import { CommandTable, type Ctx } from '../table.js';
+import { addDiagnosticCommands } from './diagnostic.js';
 import { addHostCommands } from './host.js';
 import { addNetworkCommands } from './network.js';
 import { addPoolCommands } from './pool.js';
@@ -34,5 +35,6 @@ export function buildTable(api: Api): CommandTable {
   addStorageCommands(table);
   addNetworkCommands(table);
   addTaskCommands(table);
+  addDiagnosticCommands(table);
   return table;
 }
