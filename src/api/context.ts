@@ -57,6 +57,11 @@ export interface HostContext {
    */
   requestRestart(reason: string): void;
   /**
+   * Asks for this host's process to close the host and exit (host.shutdown); absent where the
+   * host is not a process of its own.
+   */
+  requestShutdown?(reason: string): void;
+  /**
    * Writes this host's new role (and, joining a pool, the pool's secret) where the next start
    * reads them, then restarts the host shortly after: the reply to the call that asked goes
    * out first (xapi's 10 s fuse, shortened).

@@ -96,11 +96,16 @@ async function serve(argv: string[]): Promise<void> {
   onParentGone = () => stop('launcher gone');
   if (parentGone) stop('launcher gone');
 
-  // xapi restarts itself when its role changes (joining a pool, an eject, a transition): the host
-  // closes and starts again in this process, reading its new role; there is no supervisor.
+  // xapi restarts itself when its role changes (joining a pool, an eject, a transition) and the
+  // simulated host "reboots" so (host.reboot): the host closes and starts again in this process,
+  // reading its new role; there is no supervisor. host.shutdown closes it and exits.
   for (;;) {
     const reason = await running.restartRequested;
     if (stopping) return;
+    if (running.shutdownRequested) {
+      stop(reason);
+      return;
+    }
     console.log(`xapi: restarting: ${reason}`);
     await running.close();
     if (stopping) return;

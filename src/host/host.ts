@@ -42,6 +42,8 @@ import * as pbd from '../xapi/pbd.js';
 import * as vdi from '../xapi/vdi.js';
 import * as vmSnapshot from '../xapi/vm-snapshot.js';
 import * as hostOperations from '../xapi/host-operations.js';
+import * as hostEvacuate from '../xapi/host-evacuate.js';
+import * as hostPower from '../xapi/host-power.js';
 import { detectRollingUpgrade } from '../xapi/rpu.js';
 import { Storage } from '../xapi/storage.js';
 import { ensureLocalStorage, plugLocalPbds } from './local-storage.js';
@@ -119,8 +121,10 @@ export interface RunningHost {
   readonly dispatcher: Dispatcher;
   readonly httpPort: number;
   readonly httpsPort: number;
-  /** Settles when the host asked to be restarted (a role change), with the reason. */
+  /** Settles when the host asked to be restarted (a role change, a reboot), with the reason. */
   readonly restartRequested: Promise<string>;
+  /** Set, before restartRequested settles, when the host asked to close and not start again (host.shutdown). */
+  readonly shutdownRequested: boolean;
   /** Gives back caches an idle host does not need (its database store's). */
   releaseMemory(): void;
   close(): Promise<void>;
@@ -206,6 +210,8 @@ export function buildApi(
   const dispatcher = new Dispatcher(host, registry);
   task.register(registry, dispatcher.tasks);
   hostOperations.register(registry);
+  hostEvacuate.register(registry, vms);
+  hostPower.register(registry);
   return { registry, dispatcher, xenops, storage, liveness: hosts, vms };
 }
 
@@ -259,6 +265,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   const machine = simulatedMachine({ ...opts.sim, seed: `${opts.address}:${opts.stateDir}` });
   const identity = { uuid, hostname, address: opts.address, machine, platformVersion: opts.platformVersion };
   let restart!: (reason: string) => void;
+  let shutdownRequested = false;
   const restartRequested = new Promise<string>((resolve) => {
     restart = resolve;
   });
@@ -301,6 +308,11 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     poolRef: '',
     requestRestart: (reason) => {
       log.info({ reason }, 'restart requested');
+      restart(reason);
+    },
+    requestShutdown: (reason) => {
+      log.info({ reason }, 'shutdown requested');
+      shutdownRequested = true;
       restart(reason);
     },
     changeRole: async (next, reason, secret) => {
@@ -363,6 +375,12 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     await hostOperations.updateAllAllowedOperations(host.db);
     if (role.kind === 'master') await rollingUpgradeCheck(host);
     xenops.start();
+    // consider_enabling_host, as a member does once taken back: storage and domains are in
+    // order, so VMs may start here again (after a host.reboot, say, which needs it disabled).
+    if (!(await local.get('host', host.hostRef)).enabled) {
+      await local.update('host', host.hostRef, { enabled: true });
+      await hostOperations.updateHostAllowedOperations(host.db, host.hostRef);
+    }
     await local.commit();
     // A coordinator of a pool serves only the emergency calls until it has made sure that no
     // other host is coordinator (coordinator-check.ts).
@@ -461,6 +479,9 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     httpPort: servers.httpPort,
     httpsPort: servers.httpsPort,
     restartRequested,
+    get shutdownRequested() {
+      return shutdownRequested;
+    },
     releaseMemory: () => local?.releaseMemory(),
     // Idempotent: a signal may arrive while a restart is closing the host.
     close() {

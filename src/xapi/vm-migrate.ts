@@ -348,7 +348,7 @@ const PROGRESS_EVERY_MS = 250;
  * destination's address on that network: its PIF there (PIF_NOT_PRESENT [host, network]),
  * plugged (REQUIRED_PIF_IS_UNPLUGGED [pif]), with an address (INTERFACE_HAS_NO_IP [pif]).
  */
-async function addressOn(call: Call, network: string, hostRef: string): Promise<string> {
+export async function addressOn(call: Call, network: string, hostRef: string): Promise<string> {
   const [pif] = await call.db.find('PIF', { network, host: hostRef });
   if (!pif) throw new XapiError('PIF_NOT_PRESENT', [hostRef, network]);
   const [ref, row] = pif;

@@ -288,13 +288,23 @@ async function httpPut(o: Options, file: string, url: string): Promise<void> {
     const { status, headers } = await readHead(reader);
     if (status === 302) return await httpPut(o, file, headers.get('location') ?? '');
     if (status !== 200) throw new Error(`Unhandled response code ${status}`);
-    await new Promise<void>((resolve, reject) => {
-      const input = createReadStream(file, { highWaterMark: 65536 });
+    // The server closes the connection once it has read and handled the upload, or as soon as
+    // it fails (then the task says why); a write into the closed connection is no error here.
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.on('error', () => undefined);
+    const input = createReadStream(file, { highWaterMark: 65536 });
+    const sent = new Promise<void>((resolve, reject) => {
       input.on('error', reject);
-      input.pipe(socket, { end: false });
       input.on('end', resolve);
     });
-    await new Promise<void>((resolve) => socket.end(resolve));
+    input.pipe(socket, { end: false });
+    await Promise.race([sent, closed]);
+    input.destroy();
+    // With the length sent, the client does not half-close: over TLS that cut short an upload
+    // the server was still reading behind (an XVA import), which then failed with "aborted".
+    if (!st.isFile()) socket.end();
+    socket.resume();
+    await closed;
   } finally {
     socket.destroy();
   }

@@ -223,3 +223,25 @@ test('event-wait returns once an object of the class matches, at once or at the 
   const unknownClass = await xe(host, 'event-wait', 'class=blob');
   assert.deepEqual([unknownClass.code, unknownClass.stderr], [1, "Error: Cli listening for class 'blob' not currently implemented\n"]);
 });
+
+test('diagnostic-license-status: a row per host, nearest expiry first, then the pool, in padded columns', async () => {
+  const out = ok(await xe(host, 'diagnostic-license-status'));
+  const lines = out.split('\n');
+  assert.equal(lines.length, 6, out); // heading, divider, this host, divider, the pool, and the final newline
+  const uuid = ok(await xe(host, 'host-list', '--minimal')).trim();
+  const hostname = ok(await xe(host, 'host-param-get', `uuid=${uuid}`, 'param-name=hostname')).trim();
+  const width = (l: string) => l.length;
+  assert.ok(
+    lines.slice(0, 5).every((l) => width(l) === width(lines[0]!)),
+    out,
+  );
+  // No expiry in this host's license_params: xapi reads it as the epoch.
+  const days = ((0 - Date.now() / 1000) / 86400).toFixed(1);
+  const row = lines[2]!;
+  assert.ok(row.startsWith(`${hostname.padEnd(Math.max(hostname.length, 'Hostname'.length))} ${uuid.slice(0, 8)} VLAN QoS SStorage `), row);
+  assert.match(row, / Start Start xcp-ng {2}19700101T00:00:00Z -\d+\.\d\s*$/);
+  assert.ok(Math.abs(Number(row.trim().split(' ').pop()) - Number(days)) <= 0.1, row);
+  assert.match(lines[0]!, /^Hostname +UUID +Features +Edition Expiry +Days left$/);
+  assert.match(lines[1]!, /^- +- +- +- +- +- *$/);
+  assert.match(lines[4]!, /^- +- +VLAN QoS .* Start Start - +- +- *$/);
+});

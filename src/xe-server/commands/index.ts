@@ -3,6 +3,7 @@ import type { Rpc } from '../../rpc/rpc.js';
 import type { Api } from '../api.js';
 import { addGenericCommands, blankFields } from '../generic.js';
 import { CommandTable, type Ctx } from '../table.js';
+import { addDiagnosticCommands } from './diagnostic.js';
 import { addHostCommands } from './host.js';
 import { addNetworkCommands } from './network.js';
 import { addPoolCommands } from './pool.js';
@@ -10,6 +11,7 @@ import { addStorageCommands } from './storage.js';
 import { addTaskCommands } from './task.js';
 import { addVmPowerCommands } from './vm-power.js';
 import { addVmConfigCommands } from './vm-config.js';
+import { addVmTransferCommands } from './vm-transfer.js';
 
 export function buildTable(api: Api): CommandTable {
   const table = new CommandTable();
@@ -27,10 +29,12 @@ export function buildTable(api: Api): CommandTable {
   addGenericCommands(table, (kind) => blankFields(blank, kind));
   addVmPowerCommands(table);
   addVmConfigCommands(table);
+  addVmTransferCommands(table);
   addHostCommands(table);
   addPoolCommands(table);
   addStorageCommands(table);
   addNetworkCommands(table);
   addTaskCommands(table);
+  addDiagnosticCommands(table);
   return table;
 }

@@ -37,16 +37,18 @@ function vdiType(v: string): string {
 /**
  * track_http_operation: a task for the transfer, the client told to PUT or GET the URL (carrying
  * the session and the task), then the task's outcome; a client-side failure before the handler
- * took the task gives the task's error or CLIENT_ERROR. The task is destroyed after.
+ * took the task gives the task's error or CLIENT_ERROR. The task's result (XML-RPC text) is
+ * returned; the task is destroyed after.
  */
-async function httpTransfer(
+export async function httpTransfer(
   ctx: Ctx,
   label: string,
   kind: 'httpPut' | 'httpGet',
   file: string,
   url: (task: string) => string,
-): Promise<void> {
-  const task = String(await ctx.call('task.create', label, ''));
+  description = '',
+): Promise<string> {
+  const task = String(await ctx.call('task.create', label, description));
   try {
     ctx.channel.send({ tag: kind, file, url: url(task) });
     const answer = ctx.channel.next();
@@ -71,6 +73,7 @@ async function httpTransfer(
       const info = ((await ctx.call('task.get_error_info', task)) as Rpc[]).map(String);
       throw new XapiError(info[0] ?? 'INTERNAL_ERROR', info.slice(1));
     }
+    return String(await ctx.call('task.get_result', task));
   } finally {
     await ctx.call('task.destroy', task).catch(() => undefined);
   }
