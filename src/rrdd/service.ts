@@ -220,6 +220,7 @@ export class Rrdd {
     if (!info) return;
     this.vms.delete(uuid);
     await rm(join(this.dir, `${uuid}.gz`), { force: true });
+    this.o.log.info({ vm: uuid, address }, 'sending a VM RRD to its new host');
     await this.send(address, uuid, info.rrd, false).catch((e: unknown) =>
       this.o.log.warn({ err: e, vm: uuid, address }, 'sending a VM RRD to its new host failed'),
     );
