@@ -64,8 +64,9 @@ export function xportToXml(x: Xport): string {
 /**
  * The JSON form. Its layout is xapi's ({meta: {start, step, end, rows, columns, legend}, data:
  * [{t, values}]}); the numbers are JSON numbers, as Xen Orchestra compares meta.step with ===
- * and charts the values as they come: only an unknown or infinite value is a string ("NaN",
- * as xapi writes every value), which XO's isNaN turns into a gap.
+ * and charts the values as they come (written by the engine's JSON.stringify, its shortest
+ * form of each value): only an unknown value is a string, "NaN", as xapi writes it, which XO's
+ * isNaN turns into a gap.
  */
 export function xportToJson(x: Xport): string {
   const out: string[] = [
@@ -74,14 +75,12 @@ export function xportToJson(x: Xport): string {
     '},"data":[',
   ];
   x.rows.forEach((r, k) => {
-    out.push(k === 0 ? `{"t":${r.t},"values":[` : `,{"t":${r.t},"values":[`);
-    const vs = r.values;
-    for (let i = 0; i < vs.length; i++) {
-      const v = vs[i]!;
-      const s = Number.isFinite(v) ? fToS(v) : `"${fToS(v)}"`;
-      out.push(i === 0 ? s : `,${s}`);
-    }
-    out.push(']}');
+    // JSON.stringify writes a non-finite number as null: those are xapi's strings instead
+    const infinite = r.values.some((v) => v === Infinity || v === -Infinity);
+    const values = infinite
+      ? `[${r.values.map((v) => (Number.isFinite(v) ? String(v) : `"${fToS(v)}"`)).join(',')}]`
+      : JSON.stringify(r.values).replace(/null/g, '"NaN"');
+    out.push(`${k === 0 ? '' : ','}{"t":${r.t},"values":${values}}`);
   });
   out.push(']}');
   return out.join('');
