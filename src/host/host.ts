@@ -178,12 +178,24 @@ export function buildApi(
   setPassword: session.SetPassword,
   domains: DomainManager,
   livenessOptions: liveness.LivenessOptions = {},
+  rrdd: Rrdd = new Rrdd({
+    stateDir: host.config.stateDir,
+    hostUuid: '',
+    counters: () => domains.counters(),
+    coordinator: () => undefined,
+    httpsPort: host.config.httpsPort,
+    poolSecret: () => '',
+    log: host.log,
+  }),
 ): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness; vms: vm.VmService } {
   const registry = new Registry();
   const hosts = new liveness.Liveness(host, livenessOptions);
   const events = new EventService(host, db);
   const storage = new Storage(host);
   const xenops = new XenopsSync(host, domains, storage);
+  // this host's xcp-rrdd (a host built here for tests or tools gets one that never samples)
+  xenops.rrdd = rrdd;
+  dataSource.register(registry, rrdd);
   session.register(registry, setPassword);
   event.register(registry, events);
   message.register(registry);
@@ -355,18 +367,19 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     log,
   });
   const {
-    registry,
     dispatcher,
     xenops,
     storage,
     liveness: hosts,
     vms,
-  } = buildApi(host, db, (user, password) => passwords.set(user, password), domains, {
-    deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined,
-  });
-
-  xenops.rrdd = rrdd;
-  dataSource.register(registry, rrdd);
+  } = buildApi(
+    host,
+    db,
+    (user, password) => passwords.set(user, password),
+    domains,
+    { deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined },
+    rrdd,
+  );
 
   let firstStart = false;
   let justBecame = false;
