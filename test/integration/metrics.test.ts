@@ -257,6 +257,9 @@ test('a host: counters move with load, XO reads /rrd_updates, data sources, perf
     assert.match(archived.body, /<ds><name>cpu0<\/name><type>DERIVE<\/type>/);
     assert.deepEqual(await xapiFailure(call('VM.get_data_sources', idle)), ['VM_BAD_POWER_STATE', idle, 'running', 'halted']);
     assert.equal((await fetchText(`${x.url}/vm_rrd?session_id=${s}&uuid=00000000-0000-0000-0000-000000000000`)).status, 404);
+    // destroyed, its archive goes
+    await call('VM.destroy', idle);
+    assert.equal(existsSync(join(x.stateDir, 'rrds', `${idleUuid}.gz`)), false);
 
     // a restart keeps the RRDs: the busy VM's and the host's rows from before are still there
     const before = Math.floor(Date.now() / 1000);
