@@ -15,7 +15,7 @@ function rrdOf(type: DsType, max = Infinity): Rrd {
 
 /** Readings at T0 + 5k for k = 1..values.length (one per step, as xcp-rrdd reads). */
 function feed(rrd: Rrd, values: number[]): void {
-  values.forEach((v, i) => updateNamed(rrd, T0 + 5 * (i + 1), new Map([['x', v]])));
+  for (const [i, v] of values.entries()) updateNamed(rrd, T0 + 5 * (i + 1), new Map([['x', v]]));
 }
 
 const column = (rrd: Rrd, interval: number, cf: 'AVERAGE' | 'MIN' | 'MAX') =>
