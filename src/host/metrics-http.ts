@@ -231,8 +231,8 @@ export function registerMetricsHandlers(table: HandlerTable, d: Dispatcher, rrdd
       return sendHttpError(res, 401, '', { 'www-authenticate': 'Basic realm="metrics"' });
     }
     try {
-      const body = await prometheus.render();
-      res.writeHead(200, { 'content-type': prometheus.contentType, 'content-length': Buffer.byteLength(body) });
+      const { body, contentType } = await prometheus.render();
+      res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
       res.end(body);
     } finally {
       await auth.logout?.().catch(() => undefined);

@@ -2,23 +2,42 @@
 // exposition format, built with prom-client (see docs/architecture.md, Dependencies). The values
 // are those of xcp-rrdd's last sample (src/rrdd), labelled by host uuid and name and by VM uuid
 // and name; running totals are counters, levels gauges. One registry per host, never the
-// process's global one, as several hosts may share a process in tests.
-import { Counter, Gauge, Registry } from 'prom-client';
+// process's global one, as several hosts may share a process in tests. prom-client is loaded
+// at the first scrape: it costs ~12 MiB of RSS, which an idle host that nobody scrapes (64 of
+// them on one machine, see Memory) should not pay.
+import type { Counter as CounterT, Gauge as GaugeT, Registry as RegistryT } from 'prom-client';
 import type { Rrdd } from '../rrdd/service.js';
 
 export interface PrometheusExporter {
-  readonly contentType: string;
-  render(): Promise<string>;
+  /** The exposition and its content type. */
+  render(): Promise<{ body: string; contentType: string }>;
 }
 
 export function prometheusExporter(rrdd: Rrdd, host: { uuid: string; name: () => string }): PrometheusExporter {
+  let registry: Promise<RegistryT> | undefined;
+  return {
+    render: async () => {
+      registry ??= import('prom-client').then((p) => build(p.Registry, p.Gauge, p.Counter, rrdd, host));
+      const r = await registry;
+      return { body: await r.metrics(), contentType: r.contentType };
+    },
+  };
+}
+
+function build(
+  Registry: typeof RegistryT,
+  Gauge: typeof GaugeT,
+  Counter: typeof CounterT,
+  rrdd: Rrdd,
+  host: { uuid: string; name: () => string },
+): RegistryT {
   const registry = new Registry();
   const hostLabels = () => ({ host_uuid: host.uuid, host: host.name() });
   const vmLabels = (d: { id: string; name: string }) => ({ ...hostLabels(), vm_uuid: d.id, vm: d.name });
   const last = () => rrdd.last;
 
   // a metric whose values are all set afresh from the last sample at each scrape
-  const gauge = (name: string, help: string, labelNames: string[], fill: (g: Gauge) => void) =>
+  const gauge = (name: string, help: string, labelNames: string[], fill: (g: GaugeT) => void) =>
     new Gauge({
       name,
       help,
@@ -26,7 +45,7 @@ export function prometheusExporter(rrdd: Rrdd, host: { uuid: string; name: () =>
       registers: [registry],
       collect() {
         this.reset();
-        fill(this);
+        fill(this as GaugeT);
       },
     });
   const counter = (
@@ -98,5 +117,5 @@ export function prometheusExporter(rrdd: Rrdd, host: { uuid: string; name: () =>
     for (const d of last()?.domains ?? []) for (const v of d.vifs) add({ ...vmLabels(d), vif: String(v.position) }, v.txBytes);
   });
 
-  return { contentType: registry.contentType, render: () => registry.metrics() };
+  return registry;
 }
