@@ -28,6 +28,9 @@ export const SERVE_OPTIONS = {
   'upload-idle-timeout-ms': { type: 'string' },
   'pool-db-sync-interval': { type: 'string' },
   'platform-version': { type: 'string' },
+  'rrd-sample-interval-ms': { type: 'string' },
+  'perfmon-interval': { type: 'string' },
+  'perfmon-rrd-step': { type: 'string' },
   'log-level': { type: 'string', default: 'info' },
 } as const;
 
@@ -71,6 +74,13 @@ function platformVersion(text: string | undefined): string | undefined {
   return text;
 }
 
+/** perfmon's rrd step: the 5 s or the 1 min archive, as its -s flag allows. */
+function perfmonStep(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (text !== '5' && text !== '60') throw new UsageError(`--perfmon-rrd-step takes 5 or 60 (seconds), not ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
 /** A test-only timing from the environment (milliseconds, positive), or undefined. */
 function envMs(name: string): number | undefined {
   const text = process.env[name];
@@ -105,6 +115,11 @@ export function hostOptions(given: ServeValues): HostOptions {
     simTiming: {
       bootTimeMs: nonNegative(v['sim-boot-ms'], '--sim-boot-ms'),
       shutdownTimeMs: nonNegative(v['sim-shutdown-ms'], '--sim-shutdown-ms'),
+    },
+    metrics: {
+      sampleIntervalMs: positive(v['rrd-sample-interval-ms'], '--rrd-sample-interval-ms'),
+      perfmonIntervalMs: v['perfmon-interval'] === undefined ? undefined : 1000 * seconds(v['perfmon-interval'], '--perfmon-interval'),
+      perfmonRrdStepS: perfmonStep(v['perfmon-rrd-step']),
     },
     http: {
       rpcBodyTimeoutMs: positive(v['rpc-body-timeout-ms'], '--rpc-body-timeout-ms'),

@@ -22,8 +22,10 @@ const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] 
                   [--sim-boot-ms T] [--sim-shutdown-ms T] [--log-level L]
                   [--rpc-body-timeout-ms T] [--upload-idle-timeout-ms T]
                   [--pool-db-sync-interval S] [--platform-version X.Y.Z]
+                  [--rrd-sample-interval-ms T] [--perfmon-interval S] [--perfmon-rrd-step 5|60]
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
           --host-assumed-dead-interval 600 (seconds) --platform-version 3.4.0
+          --rrd-sample-interval-ms 5000 --perfmon-interval 300 --perfmon-rrd-step 60
 --platform-version: the release the host claims (software_version: platform X.Y.Z, product (X+5).Y.Z,
           xapi (X+22).Y.Z). To upgrade a pool host by host, restart each host (coordinator first)
           alone with its state directory and a higher version: a pool of mixed versions is in a

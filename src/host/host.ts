@@ -75,6 +75,11 @@ import { jsonRpcHandler, xmlRpcHandler } from '../http/api-handlers.js';
 import { registerVdiTransfers } from '../http/vdi-transfer.js';
 import { registerVmTransfers } from '../http/vm-transfer.js';
 import { faultPoint } from '../util/fault-point.js';
+import { Rrdd } from '../rrdd/service.js';
+import * as dataSource from '../xapi/data-source.js';
+import { Perfmon } from '../xapi/perfmon.js';
+import { registerMetricsHandlers } from './metrics-http.js';
+import { prometheusExporter } from './prometheus.js';
 
 export const DB_GC_INTERVAL_MS = 30_000;
 /** How long a closing member's database calls may still wait for the coordinator. */
@@ -112,6 +117,11 @@ export interface HostOptions {
    * software_version, hence where it stands in a rolling pool upgrade.
    */
   platformVersion?: string;
+  /**
+   * The performance counters: how often xcp-rrdd samples (ms, 5000), how often perfmon looks
+   * (ms, 300 s) and at which archive (its rrd step, 60 s or 5 s). Tests shorten them.
+   */
+  metrics?: { sampleIntervalMs?: number; perfmonIntervalMs?: number; perfmonRrdStepS?: number };
   /** Where a generated root password is told to the operator (once). */
   announce?: (line: string) => void;
 }
@@ -173,12 +183,24 @@ export function buildApi(
   setPassword: session.SetPassword,
   domains: DomainManager,
   livenessOptions: liveness.LivenessOptions = {},
+  rrdd: Rrdd = new Rrdd({
+    stateDir: host.config.stateDir,
+    hostUuid: '',
+    counters: () => domains.counters(),
+    coordinator: () => undefined,
+    httpsPort: host.config.httpsPort,
+    poolSecret: () => '',
+    log: host.log,
+  }),
 ): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness; vms: vm.VmService } {
   const registry = new Registry();
   const hosts = new liveness.Liveness(host, livenessOptions);
   const events = new EventService(host, db);
   const storage = new Storage(host);
   const xenops = new XenopsSync(host, domains, storage);
+  // this host's xcp-rrdd (a host built here for tests or tools gets one that never samples)
+  xenops.rrdd = rrdd;
+  dataSource.register(registry, rrdd);
   session.register(registry, setPassword);
   event.register(registry, events);
   message.register(registry);
@@ -347,15 +369,30 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
       else log.error({ err: cause }, 'the domain manager cannot save its state: its operations wait until it can');
     },
   });
+  const rrdd = new Rrdd({
+    stateDir: opts.stateDir,
+    hostUuid: uuid,
+    counters: () => domains.counters(),
+    coordinator: () => (role.kind === 'slave' ? { address: role.master, httpsPort: opts.httpsPort, poolSecret } : undefined),
+    httpsPort: opts.httpsPort,
+    poolSecret: () => poolSecret,
+    sampleIntervalMs: opts.metrics?.sampleIntervalMs,
+    log,
+  });
   const {
     dispatcher,
     xenops,
     storage,
     liveness: hosts,
     vms,
-  } = buildApi(host, db, (user, password) => passwords.set(user, password), domains, {
-    deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined,
-  });
+  } = buildApi(
+    host,
+    db,
+    (user, password) => passwords.set(user, password),
+    domains,
+    { deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined },
+    rrdd,
+  );
 
   let firstStart = false;
   let justBecame = false;
@@ -415,6 +452,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   registerMigrationReceiver(table, host, (uuid, channel, vdiMap) => vmMigrate.receiveMigration(host, vms, uuid, channel, vdiMap));
   registerDiskMirrorReceiver(table, host, storage);
   registerMessageReceiver(table, host);
+  registerMetricsHandlers(table, dispatcher, rrdd, prometheusExporter(rrdd, { uuid, name: () => hostname }));
   registerPoolDbHandlers(table, {
     role: local ? { coordinator: true, db: local } : { coordinator: false, coordinatorAddress: (role as { master: string }).master },
     poolSecrets: host.poolSecrets,
@@ -447,6 +485,10 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     throw e;
   }
   log.info({ httpPort: servers.httpPort, httpsPort: servers.httpsPort, hostRef: host.hostRef, role: role.kind }, 'host started');
+
+  await rrdd.start();
+  const perfmon = new Perfmon(host, rrdd, { intervalMs: opts.metrics?.perfmonIntervalMs, rrdStepS: opts.metrics?.perfmonRrdStepS });
+  perfmon.run();
 
   let backups: { stop(): Promise<void> } | undefined;
   let closing = false;
@@ -495,7 +537,9 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
         guard?.stop();
         await backups?.stop();
         await member?.stop();
+        await perfmon.stop();
         await servers.close();
+        await rrdd.close();
         closePeers(host);
         await storage.close();
         await xenops.stop();

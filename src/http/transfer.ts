@@ -116,7 +116,7 @@ export function cookie(req: IncomingMessage, name: string): string | undefined {
   return undefined;
 }
 
-async function authenticate(
+export async function authenticate(
   d: Dispatcher,
   req: IncomingMessage,
   url: URL,

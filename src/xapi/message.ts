@@ -3,7 +3,7 @@
 // produce add/del events like any object.
 import { randomUUID } from 'node:crypto';
 import { XapiError } from '../rpc/errors.js';
-import type { MessageImpl, Registry } from '../api/context.js';
+import type { Call, MessageImpl, Registry } from '../api/context.js';
 import { newRef, rowsWhere } from '../api/implicit.js';
 import { formatDateTime, parseDateTime } from '../schema/types.js';
 import type { Row } from '../db/interface.js';
@@ -29,7 +29,15 @@ const since = (rows: [string, Row<'message'>][], t: string) => {
   return rows.filter(([, r]) => (parseDateTime(r.timestamp)?.getTime() ?? 0) > limit);
 };
 
-const create: MessageImpl<'message.create'> = async (call, [name, priority, cls, objUuid, body]) => {
+/** message.create's work, for the host's own alerts too (perfmon's ALARM). */
+export async function createMessage(
+  call: Pick<Call, 'db' | 'host'>,
+  name: string,
+  priority: number,
+  cls: cls,
+  objUuid: string,
+  body: string,
+): Promise<string> {
   if (name === '') throw new XapiError('INVALID_VALUE', ['name', name]);
   const target = CLASS_OF[cls];
   if (target && !(await call.db.refByUuid(target, objUuid))) {
@@ -50,7 +58,10 @@ const create: MessageImpl<'message.create'> = async (call, [name, priority, cls,
     body,
   });
   return ref;
-};
+}
+
+const create: MessageImpl<'message.create'> = (call, [name, priority, cls, objUuid, body]) =>
+  createMessage(call, name, priority, cls, objUuid, body);
 
 export function register(r: Registry): void {
   r.implement('message.create', create)

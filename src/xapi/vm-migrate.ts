@@ -233,6 +233,8 @@ export async function migrateHere(
     }
   }
   logMigration(call.host, vmRef, vm.uuid, hostRef, report, disks?.report());
+  // the VM's RRD follows it (migrate_rrd)
+  if (!cross) void sync.rrdd?.vmMigrated(vm.uuid, address);
   if (cross) return cross.complete();
   await untilStored(db, () => sync.refresh(vmRef));
   if (hostRef === call.host.hostRef) await completeHere(call, svc, vmRef);

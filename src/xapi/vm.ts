@@ -437,6 +437,10 @@ export class VmService {
     }
     await db.destroy('VM', ref);
     this.sync.forget(ref);
+    // its archived RRD goes too (remove_rrd)
+    await this.sync.rrdd
+      ?.vmDestroyed(vm.uuid)
+      .catch((e: unknown) => call.host.log.warn({ err: e, vm: ref }, 'removing the RRD of a destroyed VM failed'));
   }
 
   /** VM.create: the generic constructor, plus the metrics record xapi gives every VM. */

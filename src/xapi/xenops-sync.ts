@@ -15,9 +15,13 @@ import { updateAllowedOperations } from './vm-lifecycle.js';
 import { clearDeviceOperations } from './device-checks.js';
 import { Mutex } from '../util/mutex.js';
 import type { Storage } from './storage.js';
+import type { Rrdd } from '../rrdd/service.js';
 import { updateVdiAllowedOperations } from './storage-operations.js';
 
-/** VM.other_config `simulator_dirty_rate`: how fast a simulated guest writes its memory, bytes/s. */
+/**
+ * A simulated guest's setting from VM.other_config (a number >= 0): `simulator_dirty_rate`, how
+ * fast it writes its memory, bytes/s; the others named where they are read.
+ */
 function dirtyRateOf(vm: Row<'VM'>, key = 'simulator_dirty_rate'): number | undefined {
   const text = vm.other_config[key];
   const rate = text === undefined ? Number.NaN : Number(text);
@@ -50,6 +54,8 @@ export function xenopsError(vmRef: string, e: unknown, deviceRef?: string): unkn
 }
 
 export class XenopsSync {
+  /** This host's xcp-rrdd, told when a VM stops here (its RRD is archived); absent in unit tests. */
+  rrdd?: Pick<Rrdd, 'vmStopped' | 'vmMigrated' | 'vmDestroyed'>;
   private token = '';
   private stopped = false;
   private loop?: Promise<void>;
@@ -121,6 +127,8 @@ export class XenopsSync {
       vifs,
       simDirtyRate: dirtyRateOf(vm),
       simDiskWriteRate: dirtyRateOf(vm, 'simulator_disk_write_rate'),
+      simCpuLoad: dirtyRateOf(vm, 'simulator_cpu_load'),
+      simNetRate: dirtyRateOf(vm, 'simulator_net_rate'),
     };
   }
 
@@ -265,6 +273,11 @@ export class XenopsSync {
       for (const [ref, vbd] of vbds) if (update('VBD', ref, vbd, { currently_attached: false })) reattached.push(vbd!);
     }
     const vmChanges = changedFields(vm, changes);
+    if (!live && (vm.power_state === 'Running' || vm.power_state === 'Paused') && !elsewhere) {
+      this.rrdd
+        ?.vmStopped(vm.uuid)
+        .catch((e: unknown) => this.host.log.warn({ err: e, vm: vmRef }, 'archiving the RRD of a stopped VM failed'));
+    }
     if (vmChanges) writes.push(() => db.update('VM', vmRef, vmChanges));
     if (metrics) {
       const fields: Partial<VM_metrics_record> = {

@@ -60,6 +60,13 @@ export interface VmConfig {
    * `simulator_disk_write_rate`). Absent or 0: it writes nothing by itself.
    */
   simDiskWriteRate?: number;
+  /**
+   * For a simulated guest: how busy its vCPUs are besides the work its memory and disk writes
+   * cost (a fraction, VM.other_config `simulator_cpu_load`), and how many bytes/s each of its
+   * VIFs receives (sending half as many; VM.other_config `simulator_net_rate`).
+   */
+  simCpuLoad?: number;
+  simNetRate?: number;
 }
 
 export interface GuestAgent {
@@ -150,6 +157,42 @@ export class DomainError extends Error {
   ) {
     super(`${kind}(${args.join(', ')})`);
   }
+}
+
+/**
+ * What a domain has done so far, as xcp-rrdd reads it off Xen and the backends (running
+ * counters, never reset while the domain lives; the reader takes differences).
+ */
+export interface DomainCounters {
+  /** The VM's uuid and name. */
+  id: string;
+  name: string;
+  domid: number;
+  /** Busy time per vCPU, seconds. */
+  vcpuSeconds: number[];
+  memoryActual: number;
+  memoryTarget: number;
+  /** Free memory inside the guest, bytes, as its agent reports it (absent without an agent). */
+  memoryInternalFree?: number;
+  /** Per VBD by device name (xvda...): bytes and requests so far. */
+  vbds: { device: string; readBytes: number; writeBytes: number; reads: number; writes: number }[];
+  /** Per VIF by device number: bytes the guest received and sent so far. */
+  vifs: { position: number; rxBytes: number; txBytes: number; rxErrors: number; txErrors: number }[];
+}
+
+/** The host's own counters and every domain's, read at one instant. */
+export interface HostCounters {
+  /** When they were read, ms since the epoch. */
+  time: number;
+  /** Busy time per physical CPU, seconds. */
+  cpuSeconds: number[];
+  /** Runnable vCPUs, averaged over the last minute. */
+  loadavg: number;
+  memoryTotal: number;
+  memoryFree: number;
+  /** Per NIC: bytes received and sent so far. */
+  pifs: { device: string; rxBytes: number; txBytes: number; rxErrors: number; txErrors: number }[];
+  domains: DomainCounters[];
 }
 
 export interface HostMemory {
@@ -281,6 +324,8 @@ export interface DomainManager {
   deviceState(vm: string, id: string): Promise<DeviceState>;
 
   hostMemory(): Promise<HostMemory>;
+  /** The host's and the running domains' counters now (what xcp-rrdd samples every 5 s). */
+  counters(): Promise<HostCounters>;
 
   /**
    * Live migration, the sender (xenopsd's VM_migrate): streams the running domain's memory to

@@ -19,6 +19,8 @@ export class DiskWorkload {
   private readonly timer: NodeJS.Timeout;
   /** Per domain: the write under way, and what the rate owes but was not written yet. */
   private readonly state = new WeakMap<Domain, { busy?: Promise<void>; last: number; carry: number }>();
+  /** Per domain and VBD id: the bytes and requests its guest has written so far (for the counters). */
+  readonly written = new WeakMap<Domain, Map<string, { bytes: number; ops: number }>>();
 
   constructor(
     private readonly vms: () => Iterable<Vm>,
@@ -65,11 +67,25 @@ export class DiskWorkload {
         const span = Math.max(1, Math.floor(Math.min(disk.size, WORKING_SET) / BLOCK));
         for (let i = 0; i < blocks && !d.paused; i++) {
           await disk.write(Math.floor(Math.random() * span) * BLOCK, randomBytes(BLOCK));
+          this.count(d, v.id, BLOCK);
         }
       } finally {
         await disk.close();
       }
     }
+  }
+
+  /** Counts a write of `bytes` by the domain's guest to VBD `vbd`. */
+  count(d: Domain, vbd: string, bytes: number): void {
+    let perVbd = this.written.get(d);
+    if (!perVbd) {
+      perVbd = new Map();
+      this.written.set(d, perVbd);
+    }
+    const c = perVbd.get(vbd) ?? { bytes: 0, ops: 0 };
+    c.bytes += bytes;
+    c.ops++;
+    perVbd.set(vbd, c);
   }
 
   /** Resolves once the domain's write under way (if any) is done: called once it is paused. */

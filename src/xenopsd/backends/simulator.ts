@@ -38,6 +38,7 @@ import {
   DomainError,
   type DeviceState,
   type DomainManager,
+  type HostCounters,
   type HostMemory,
   type MigrationChannel,
   type MigrationReceiveHooks,
@@ -61,6 +62,7 @@ import { readImage, writeImage } from './sim-suspend-image.js';
 import { assertNoDuplicates, deviceStateOf, freeVbdPosition, removableVbd, storeVbd, upsert } from './sim-devices.js';
 import { SimTimers } from './sim-timers.js';
 import { DiskWorkload } from './sim-disk-workload.js';
+import { SimCounters } from './sim-counters.js';
 import { UpdateFeed } from './sim-updates.js';
 import { SimSaver } from './sim-saver.js';
 import { DEFAULT_DIRTY_RATE, discard, install, receiveMigration, sendMigration, type SimMigrationCore } from './sim-migrate.js';
@@ -128,6 +130,8 @@ export class SimulatorBackend implements DomainManager {
     () => undefined,
   );
 
+  private readonly counting: SimCounters;
+
   constructor(opts: SimulatorOptions) {
     this.bootTimeMs = opts.bootTimeMs ?? 50;
     this.agentDelayMs = opts.agentDelayMs ?? this.bootTimeMs;
@@ -157,6 +161,7 @@ export class SimulatorBackend implements DomainManager {
     });
     this.squeezed.login(CLIENT);
     this.migrationCore = this.makeMigrationCore();
+    this.counting = new SimCounters(opts.machine, this.diskWorkload);
     this.load(store);
     this.saver.trySave();
   }
@@ -780,6 +785,10 @@ export class SimulatorBackend implements DomainManager {
     return { total: this.squeezed.total, free: this.squeezed.free() };
   }
 
+  async counters(): Promise<HostCounters> {
+    return this.counting.read(this.now(), this.vms.values(), await this.hostMemory());
+  }
+
   /**
    * Changes after `token`: one Update per changed object (coalesced: an object that changed
    * five times appears once), waiting up to timeoutMs when there are none. A token from
@@ -918,6 +927,7 @@ export class SimulatorBackend implements DomainManager {
       try {
         if (op.write) {
           await disk.write(op.offset, op.write);
+          this.diskWorkload.count(d, vbd, op.write.length);
           return op.write;
         }
         return await disk.read(op.offset, op.length ?? 0);
