@@ -82,13 +82,18 @@ test('every implicit message xapi implements by hand is hand-registered or answe
   }
 });
 
-test('a database from before the static roles loses its role rows at the coordinator\'s start', async () => {
+test("a database from before the static roles loses its role rows at the coordinator's start", async () => {
   const { host, close } = await memoryHost({ rootPassword: 'pw' });
   try {
     const row = { uuid: randomUUID(), name_label: 'vm.start', name_description: '', subroles: [], is_internal: false };
     await host.db.create('role', 'OpaqueRef:old-role-row', row);
     const me = await host.db.get('host', host.hostRef);
-    await syncDatabase(host.db, host.schema, { uuid: me.uuid, hostname: me.hostname, address: me.address, machine: simulatedMachine({ seed: 'x' }) });
+    await syncDatabase(host.db, host.schema, {
+      uuid: me.uuid,
+      hostname: me.hostname,
+      address: me.address,
+      machine: simulatedMachine({ seed: 'x' }),
+    });
     assert.deepEqual(await host.db.all('role'), []);
   } finally {
     await close();
@@ -119,7 +124,11 @@ test('role getters serve the static list: permissions then roles; where-queries 
     assert.equal(await t.ok('role.get_by_uuid', t.s, '0165f154-ba3e-034e-6b27-5d271af109ba'), admin);
     assert.deepEqual(await t.err('role.get_record', t.s, 'OpaqueRef:nope'), ['HANDLE_INVALID', 'role', 'OpaqueRef:nope']);
     assert.deepEqual(await t.err('role.get_by_uuid', t.s, 'nope'), ['UUID_INVALID', 'role', 'nope']);
-    assert.deepEqual(await t.err('role.get_by_permission', t.s, admin!.replace('0', '1')), ['HANDLE_INVALID', 'role', admin!.replace('0', '1')]);
+    assert.deepEqual(await t.err('role.get_by_permission', t.s, admin!.replace('0', '1')), [
+      'HANDLE_INVALID',
+      'role',
+      admin!.replace('0', '1'),
+    ]);
   } finally {
     await t.close();
   }
