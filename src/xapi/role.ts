@@ -4,7 +4,7 @@
 // ref is "OpaqueRef:" and its uuid, the same in every pool. The getters serve that list in
 // xapi's order (permissions first); of where-expressions xapi understands only "subroles<>[]"
 // (the roles) and "subroles=[]" (the permissions), any other giving every record. The list is
-// made for each call (about 2,000 records, a millisecond or two): roles are rarely asked for,
+// made for each call (about 2,000 records, 8 ms measured): roles are rarely asked for,
 // and a coordinator that kept them (as database rows, once) held a megabyte for nothing.
 import { createHash } from 'node:crypto';
 import type { Call, Registry } from '../api/context.js';
