@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, login, putBody, xapiFailure } from './client.js';
-import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
+import { PASSWORD, startXapi, stopHosts, stopXapi, type XapiProcess } from './harness.js';
 import { hostRef, joinPool, loginWhenServing, startHosts } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
@@ -58,7 +58,7 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all([a0, src, dst, dst2].filter((h) => h).map((h) => stopXapi(h)));
+  await stopHosts([a0, src, dst, dst2]);
   if (sharedDir) await rm(sharedDir, { recursive: true, force: true });
 });
 

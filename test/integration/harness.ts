@@ -145,3 +145,20 @@ export async function stopXapi(x: XapiProcess, keepState = false): Promise<void>
   clearTimeout(t);
   if (!keepState) await rm(x.stateDir, { recursive: true, force: true });
 }
+
+/**
+ * Stops several hosts (resuming any that a test stopped with SIGSTOP) and only then removes their
+ * state directories, each once. A host restarted from another's state directory shares it: removing
+ * it while the other process still writes there on its way out (its RRDs) fails with ENOTEMPTY.
+ */
+export async function stopHosts(hosts: Array<XapiProcess | undefined>, keepState = false): Promise<void> {
+  const live = hosts.filter((h): h is XapiProcess => h !== undefined);
+  await Promise.all(
+    live.map((h) => {
+      h.kill('SIGCONT');
+      return stopXapi(h, true);
+    }),
+  );
+  if (keepState) return;
+  for (const dir of new Set(live.map((h) => h.stateDir))) await rm(dir, { recursive: true, force: true });
+}

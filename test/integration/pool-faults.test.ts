@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
+import { loopbackAddress, PASSWORD, startXapi, stopHosts, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
 import { jsonCall, login } from './client.js';
 import { hostRef, joinPool, runningVmOn, startHosts } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
@@ -221,16 +221,6 @@ async function checkPool(c: XapiProcess, hosts: XapiProcess[], acked: Acked[]): 
   await jsonCall(c.url, 'VM.destroy', [s, vm]);
 }
 
-async function stopAll(hosts: Array<XapiProcess | undefined>): Promise<void> {
-  await Promise.all(
-    hosts.map(async (h) => {
-      if (!h) return;
-      h.kill('SIGCONT');
-      await stopXapi(h);
-    }),
-  );
-}
-
 /**
  * Restarts the pool's coordinator (hosts[0]) armed with a fault point and returns it once the
  * two others are its members again, with a session on it and the second host's ref.
@@ -274,7 +264,7 @@ describe('mid-join faults', { timeout: 600_000 }, () => {
         acked.push({ what: 'VM started on the joiner', read: ['VM.get_resident_on', vm], value: await hostRef(c!, s, j2) });
         await checkPool(c!, [c!, j2], acked);
       } finally {
-        await stopAll([c, j, j2]);
+        await stopHosts([c, j, j2]);
       }
     });
   }
@@ -310,7 +300,7 @@ describe('mid-join faults', { timeout: 600_000 }, () => {
       await waitMember(c2, s2, j2);
       await checkPool(c2, [c2, j2], acked);
     } finally {
-      await stopAll([c, j, j2, c2]);
+      await stopHosts([c, j, j2, c2]);
     }
   });
 
@@ -334,7 +324,7 @@ describe('mid-join faults', { timeout: 600_000 }, () => {
         await waitMember(c2, s2, j);
         await checkPool(c2, [c2, j], acked);
       } finally {
-        await stopAll([c, j, c2]);
+        await stopHosts([c, j, c2]);
       }
     });
   }
@@ -356,7 +346,7 @@ async function designatePool(memberPoint?: { index: number; point: string }) {
     return { hosts: hosts as [XapiProcess, XapiProcess, XapiProcess], s, acked };
   } catch (e) {
     // Not left running: they would keep the test file from ever ending.
-    await stopAll(hosts);
+    await stopHosts(hosts);
     throw e;
   }
 }
@@ -382,7 +372,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(a, sa, c);
       await checkPool(a, [a, b2, c], acked);
     } finally {
-      await stopAll([...hosts, b2]);
+      await stopHosts([...hosts, b2]);
     }
   });
 
@@ -408,7 +398,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(a, sa, c);
       await checkPool(a, [a, b2, c], acked);
     } finally {
-      await stopAll([...hosts, b2]);
+      await stopHosts([...hosts, b2]);
     }
   });
 
@@ -435,7 +425,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(b2, sb, c);
       await checkPool(b2, [a, b2, c], acked);
     } finally {
-      await stopAll([...hosts, b2]);
+      await stopHosts([...hosts, b2]);
     }
   });
 
@@ -460,7 +450,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(b, sb, c);
       await checkPool(b, [a, b, c], acked);
     } finally {
-      await stopAll(hosts);
+      await stopHosts(hosts);
     }
   });
 
@@ -483,7 +473,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(a2, sa2, c);
       await checkPool(a2, [a2, b, c], acked);
     } finally {
-      await stopAll([...hosts, a2]);
+      await stopHosts([...hosts, a2]);
     }
   });
 
@@ -508,7 +498,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(b, sb, a2);
       await checkPool(b, [a2, b, c], acked);
     } finally {
-      await stopAll([...hosts, a2]);
+      await stopHosts([...hosts, a2]);
     }
   });
 
@@ -530,7 +520,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       await waitMember(b, sb, armed);
       await checkPool(b, [armed, b, c], acked);
     } finally {
-      await stopAll(hosts);
+      await stopHosts(hosts);
     }
   });
 
@@ -564,7 +554,7 @@ describe('mid-designate faults', { timeout: 900_000 }, () => {
       assert.deepEqual(watch.violations(), [], 'two hosts accepted logins as coordinator at once');
     } finally {
       await watch.stop();
-      await stopAll(hosts);
+      await stopHosts(hosts);
     }
   });
 });
@@ -632,7 +622,7 @@ describe('faults during a backup push', { timeout: 600_000 }, () => {
         await waitMember(c!, s, m2);
         await checkPool(c!, [c!, m2], acked);
       } finally {
-        await stopAll([c, m, m2]);
+        await stopHosts([c, m, m2]);
       }
     });
   }
@@ -666,7 +656,7 @@ describe('faults during a backup push', { timeout: 600_000 }, () => {
       await waitMember(m, sm, c2);
       await checkPool(m, [m, c2], acked);
     } finally {
-      await stopAll([c, m, c2]);
+      await stopHosts([c, m, c2]);
     }
   });
 });

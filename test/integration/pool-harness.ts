@@ -3,7 +3,7 @@
 // pool), the first the coordinator and the others joined to it with pool.join, as an operator
 // would. Waits on conditions only: each member back as a member, enabled and live.
 import { createServer } from 'node:net';
-import { freePort, loopbackAddress, PASSWORD, startXapi, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
+import { freePort, loopbackAddress, PASSWORD, startXapi, stopHosts, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { jsonCall, login, RpcFailure } from './client.js';
@@ -65,7 +65,7 @@ export async function startHosts(n: number, o: PoolOptions = {}): Promise<XapiPr
   if (!failed) return started.map((r) => (r as PromiseFulfilledResult<XapiProcess>).value);
   // One host did not start: the others are stopped, or they would outlive the test (and hold
   // its process open).
-  await Promise.all(started.map((r) => (r.status === 'fulfilled' ? stopXapi(r.value) : undefined)));
+  await stopHosts(started.map((r) => (r.status === 'fulfilled' ? r.value : undefined)));
   throw failed.reason;
 }
 
@@ -99,7 +99,7 @@ export async function startPool(n: number, o: PoolOptions = {}): Promise<TestPoo
   try {
     for (const m of members) await joinPool(coordinator, m);
   } catch (e) {
-    await Promise.all(hosts.map((h) => stopXapi(h)));
+    await stopHosts(hosts);
     throw e;
   }
   const session = await login(coordinator.url, PASSWORD);
@@ -115,7 +115,7 @@ export async function startPool(n: number, o: PoolOptions = {}): Promise<TestPoo
     session,
     refs,
     stop: async (keepState = false) => {
-      await Promise.all(hosts.map((h) => stopXapi(h, keepState)));
+      await stopHosts(hosts, keepState);
     },
   };
 }

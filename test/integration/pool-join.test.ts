@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { loopbackAddress, PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
+import { loopbackAddress, PASSWORD, startXapi, stopHosts, stopXapi, type XapiProcess } from './harness.js';
 import { jsonCall, login, xapiFailure } from './client.js';
 import { joinPool, startHosts, startPool, type TestPool } from './pool-harness.js';
 import { vmRecord } from '../vm-record.js';
@@ -137,7 +137,7 @@ describe('pool.join refusals', () => {
     hosts = await startHosts(2);
   });
   after(async () => {
-    await Promise.all(hosts.map((h) => stopXapi(h)));
+    await stopHosts(hosts);
   });
 
   it('a wrong password: SESSION_AUTHENTICATION_FAILED from the coordinator', async () => {

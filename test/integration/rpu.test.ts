@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { jsonCall, login, RpcFailure, xapiFailure } from './client.js';
-import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
+import { PASSWORD, startXapi, stopHosts, stopXapi, type XapiProcess } from './harness.js';
 import { loginWhenServing, startPool } from './pool-harness.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -71,7 +71,7 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all(hosts.map((h) => stopXapi(h)));
+  await stopHosts(hosts);
   await rm(sharedDir, { recursive: true, force: true });
 });
 

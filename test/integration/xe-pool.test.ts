@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { jsonCall, login, xapiFailure } from './client.js';
-import { PASSWORD, stopXapi, type XapiProcess } from './harness.js';
+import { PASSWORD, stopHosts, stopXapi, type XapiProcess } from './harness.js';
 import { loginWhenServing, startHosts } from './pool-harness.js';
 import { type XeResult, xeRaw } from './xe-harness.js';
 import { waitUntil } from '../wait.js';
@@ -76,6 +76,6 @@ test('xe on a pool of two: pool-join, HOST_IS_SLAVE from the member, designate-n
     const nowRefused = await on(a, 'host-list');
     assert.equal(nowRefused.stderr.split('\n')[1], `Master IP address: ${b.address}`);
   } finally {
-    await Promise.all(hosts.map((h) => stopXapi(h)));
+    await stopHosts(hosts);
   }
 });
