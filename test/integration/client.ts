@@ -68,3 +68,18 @@ export function putBody(base: string, path: string, body: Buffer): Promise<numbe
     req.end(body);
   });
 }
+
+/**
+ * A call whose result may hold the bare Infinity or NaN that xapi's JSON writer (Yojson, not strict)
+ * prints for such floats (a data source's max): JSON.parse refuses them, so they are read as strings.
+ */
+export async function lenientCall(url: string, method: string, params: unknown[]): Promise<unknown> {
+  const res = await fetch(`${url}/jsonrpc`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', method, params, id: 1 }),
+  });
+  const text = (await res.text()).replace(/:(-?Infinity|NaN)([,}])/g, ':"$1"$2');
+  if (res.status !== 200) throw new Error(text);
+  return (JSON.parse(text) as { result: unknown }).result;
+}

@@ -9,7 +9,7 @@ import { get as httpGet } from 'node:http';
 import { get as httpsGet } from 'node:https';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { jsonCall, login, xapiFailure } from './client.js';
+import { jsonCall, lenientCall, login, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi } from './harness.js';
 import { hostRef, startPool } from './pool-harness.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
@@ -57,18 +57,6 @@ function xoStats(text: string, uuid: string, step: number): Record<string, (numb
     });
   });
   return stats;
-}
-
-/** A call whose result may hold xapi's JSON extension Infinity (a data source's max): read as a string. */
-async function lenientCall(url: string, method: string, params: unknown[]): Promise<unknown> {
-  const res = await fetch(`${url}/jsonrpc`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ jsonrpc: '2.0', method, params, id: 1 }),
-  });
-  const text = (await res.text()).replace(/:(-?Infinity|NaN)([,}])/g, ':"$1"$2');
-  if (res.status !== 200) throw new Error(text);
-  return (JSON.parse(text) as { result: unknown }).result;
 }
 
 /** The newest known value of a series (XO's rows, oldest first). */

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jsonCall, login } from './client.js';
+import { jsonCall, lenientCall, login } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
 import { type XeResult, xe, xeRaw } from './xe-harness.js';
 import { waitUntil } from '../wait.js';
@@ -18,7 +18,8 @@ let session: string;
 let dir: string;
 
 before(async () => {
-  host = await startXapi();
+  // Counters sampled often, so that a started VM's data sources appear within the test.
+  host = await startXapi({ args: ['--rrd-sample-interval-ms', '200'] });
   session = await login(host.url, PASSWORD);
   dir = await mkdtemp(join(tmpdir(), 'xe-cmds-'));
 });
@@ -244,4 +245,49 @@ test('diagnostic-license-status: a row per host, nearest expiry first, then the 
   assert.match(lines[0]!, /^Hostname +UUID +Features +Edition Expiry +Days left$/);
   assert.match(lines[1]!, /^- +- +- +- +- +- *$/);
   assert.match(lines[4]!, /^- +- +VLAN QoS .* Start Start - +- +- *$/);
+});
+
+test('data-source commands: a record per source as the API lists them, a query in "%f", record and forget', async () => {
+  const hostUuid = ok(await xe(host, 'host-list', '--minimal')).trim();
+  const hostRef = (await jsonCall(host.url, 'host.get_by_uuid', [session, hostUuid])) as string;
+  const sources = (await lenientCall(host.url, 'host.get_data_sources', [session, hostRef])) as Record<string, unknown>[];
+  const total = sources.find((d) => d.name_label === 'memory_total_kib')!;
+  const listed = ok(await xe(host, 'host-data-source-list', `uuid=${hostUuid}`));
+  assert.equal(listed.split('\n\n').filter((r) => r.trim() !== '').length, sources.length);
+  assert.ok(
+    listed.includes(
+      'name_label          : memory_total_kib\n' +
+        `    name_description: ${String(total.name_description)}\n` +
+        `             enabled: ${String(total.enabled)}\n` +
+        `            standard: ${String(total.standard)}\n` +
+        '                 min: 0.\n' +
+        '                 max: inf\n' +
+        `               units: ${String(total.units)}\n\n\n`,
+    ),
+    listed,
+  );
+  // The first sample may not be taken yet: the value is nan until it is.
+  const query = () => lenientCall(host.url, 'host.query_data_source', [session, hostRef, 'memory_total_kib']);
+  await waitUntil('a first sample of the host', async () => typeof (await query()) === 'number');
+  const kib = (await query()) as number;
+  assert.equal(ok(await xe(host, 'host-data-source-query', 'data-source=memory_total_kib')), `${kib.toFixed(6)}\n`);
+  assert.equal(ok(await xe(host, 'host-data-source-record', 'data-source=memory_total_kib')), '');
+  assert.equal(ok(await xe(host, 'host-data-source-forget', 'data-source=memory_total_kib')), '');
+  const missing = await xe(host, 'host-data-source-query');
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /data-source/);
+
+  const vm = await newUuid('vm-install', 'template=Debian Bookworm 12', 'new-name-label=counted');
+  const halted = await xe(host, 'vm-data-source-list', `uuid=${vm}`);
+  assert.equal(halted.code, 1, 'a halted VM has no data sources to list');
+  ok(await xe(host, 'vm-start', `uuid=${vm}`));
+  const vmRef = (await jsonCall(host.url, 'VM.get_by_uuid', [session, vm])) as string;
+  await waitUntil(
+    'a first sample of the VM',
+    async () =>
+      typeof (await lenientCall(host.url, 'VM.query_data_source', [session, vmRef, 'memory']).catch(() => undefined)) === 'number',
+  );
+  assert.match(ok(await xe(host, 'vm-data-source-list', 'vm=counted')), /^name_label {10}: memory$/m);
+  assert.match(ok(await xe(host, 'vm-data-source-query', 'vm=counted', 'data-source=memory')), /^\d+\.\d{6}\n$/);
+  ok(await xe(host, 'vm-uninstall', `uuid=${vm}`, '--force'));
 });

@@ -3,6 +3,7 @@ import type { Rpc } from '../../rpc/rpc.js';
 import type { Api } from '../api.js';
 import { addGenericCommands, blankFields } from '../generic.js';
 import { CommandTable, type Ctx } from '../table.js';
+import { addDataSourceCommands } from './data-source.js';
 import { addDiagnosticCommands } from './diagnostic.js';
 import { addHostCommands } from './host.js';
 import { addNetworkCommands } from './network.js';
@@ -36,5 +37,6 @@ export function buildTable(api: Api): CommandTable {
   addNetworkCommands(table);
   addTaskCommands(table);
   addDiagnosticCommands(table);
+  addDataSourceCommands(table);
   return table;
 }
