@@ -8,13 +8,12 @@
 // while a copy on a shared SR is under way.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { jsonCall, login, putBody, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopHosts, stopXapi, type XapiProcess } from './harness.js';
-import { hostRef, joinPool, loginWhenServing, startHosts } from './pool-harness.js';
+import { createSharedSr, hostRef, joinPool, loginWhenServing, startHosts } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -335,19 +334,9 @@ test('another of B’s hosts restarting during a copy to B’s shared SR leaves 
 }, async () => {
   await joinPool(dst, dst2);
   sb = await login(dst.url, PASSWORD);
-  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-xpool-shared-'));
-  const shared = (await callB(
-    'SR.create',
-    hostB,
-    { server: '127.0.0.1', serverpath: sharedDir },
-    0,
-    'shared',
-    '',
-    'nfs',
-    'user',
-    true,
-    {},
-  )) as string;
+  const created = await createSharedSr(callB, hostB, 'xapi-xpool-shared-');
+  sharedDir = created.dir;
+  const shared = created.sr;
   // the source stops in the middle of the copy, its connection to B held open
   await restartSource('sxm.copy:SIGSTOP@4');
   const o = await vmOnSource('shared copy');

@@ -4,7 +4,8 @@
 // would. Waits on conditions only: each member back as a member, enabled and live.
 import { createServer } from 'node:net';
 import { freePort, loopbackAddress, PASSWORD, startXapi, stopHosts, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jsonCall, login, RpcFailure } from './client.js';
 import { vmRecord } from '../vm-record.js';
@@ -166,10 +167,34 @@ export async function runningVmOn(
 }
 
 /** The "Local storage" SR (type ext) of `host`, through `call` (a session-bound API call). */
-export async function localSrOf(call: (method: string, ...params: unknown[]) => Promise<unknown>, host: string): Promise<string> {
+export async function localSrOf(call: Call, host: string): Promise<string> {
   const pbds = (await call('PBD.get_all_records')) as Record<string, { host: string; SR: string }>;
   for (const pbd of Object.values(pbds)) {
     if (pbd.host === host && (await call('SR.get_type', pbd.SR)) === 'ext') return pbd.SR;
   }
   throw new Error(`no local SR on ${host}`);
+}
+
+/** A session-bound API call, as the tests write them. */
+type Call = (method: string, ...params: unknown[]) => Promise<unknown>;
+
+/**
+ * A shared SR through `call`, created from `host`: the simulator's "nfs", a new directory under
+ * the temporary directory (`dir`, for the test to remove), which every host of the pool plugs.
+ */
+export async function createSharedSr(call: Call, host: string, dirPrefix: string): Promise<{ sr: string; dir: string }> {
+  const dir = await mkdtemp(join(tmpdir(), dirPrefix));
+  const sr = (await call('SR.create', host, { server: '127.0.0.1', serverpath: dir }, 0, 'shared', '', 'nfs', 'user', true, {})) as string;
+  return { sr, dir };
+}
+
+/** A network on which each of the pool's `hostCount` hosts has a PIF. */
+export async function poolWideNetwork(call: Call, hostCount: number): Promise<string> {
+  const nets = (await call('network.get_all_records')) as Record<string, { PIFs: string[] }>;
+  for (const [ref, n] of Object.entries(nets)) {
+    const hosts = new Set<string>();
+    for (const pif of n.PIFs) hosts.add((await call('PIF.get_host', pif)) as string);
+    if (hosts.size === hostCount) return ref;
+  }
+  throw new Error(`no network with a PIF on each of ${hostCount} hosts`);
 }

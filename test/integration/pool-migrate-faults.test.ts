@@ -8,13 +8,11 @@
 //    (resident_on says so, the source dropped its domain); the restarted member finds its paused
 //    copy owned and runs it. Either way the VM runs on exactly one host.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
 import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { startPool, timesServing, type TestPool } from './pool-harness.js';
+import { createSharedSr, startPool, timesServing, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -42,19 +40,7 @@ before(async () => {
   s = pool.session;
   [coordinator, member] = pool.refs as [string, string];
   memberProcess = pool.members[0]!;
-  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-migrate-faults-'));
-  shared = (await call(
-    'SR.create',
-    coordinator,
-    { server: '127.0.0.1', serverpath: sharedDir },
-    0,
-    'shared',
-    '',
-    'nfs',
-    'user',
-    true,
-    {},
-  )) as string;
+  ({ sr: shared, dir: sharedDir } = await createSharedSr(call, coordinator, 'xapi-migrate-faults-'));
 });
 
 after(async () => {

@@ -7,15 +7,14 @@
 // a source that is not live (HOST_OFFLINE) and a destination that is not (HOST_NOT_LIVE).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
 import { jsonCall, xapiFailure } from './client.js';
 import { PASSWORD } from './harness.js';
-import { localSrOf, startPool, type TestPool } from './pool-harness.js';
+import { createSharedSr, localSrOf, poolWideNetwork, startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -45,27 +44,9 @@ before(async () => {
   });
   url = pool.coordinator.url;
   s = pool.session;
-  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-migrate-sr-'));
-  shared = (await call(
-    'SR.create',
-    pool.refs[0],
-    { server: '127.0.0.1', serverpath: sharedDir },
-    0,
-    'shared',
-    '',
-    'nfs',
-    'user',
-    true,
-    {},
-  )) as string;
+  ({ sr: shared, dir: sharedDir } = await createSharedSr(call, pool.refs[0]!, 'xapi-migrate-sr-'));
   // a network every host has a PIF on
-  const nets = (await call('network.get_all_records')) as Record<string, { PIFs: string[] }>;
-  for (const [ref, n] of Object.entries(nets)) {
-    const hosts = new Set<string>();
-    for (const pif of n.PIFs) hosts.add((await call('PIF.get_host', pif)) as string);
-    if (hosts.size === 3) network = ref;
-  }
-  assert.ok(network, 'a network on every host');
+  network = await poolWideNetwork(call, 3);
 });
 
 after(async () => {

@@ -11,14 +11,13 @@
 // format becomes a coordinator's database (emergency_transition_to_master), upgraded on open.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { jsonCall, login, RpcFailure, xapiFailure } from './client.js';
 import { PASSWORD, startXapi, stopHosts, stopXapi, type XapiProcess } from './harness.js';
-import { loginWhenServing, startPool } from './pool-harness.js';
+import { createSharedSr, loginWhenServing, poolWideNetwork, startPool } from './pool-harness.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
 
@@ -48,26 +47,8 @@ before(async () => {
   refs = pool.refs;
   url = pool.coordinator.url;
   s = pool.session;
-  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-rpu-sr-'));
-  shared = (await call(
-    'SR.create',
-    refs[0],
-    { server: '127.0.0.1', serverpath: sharedDir },
-    0,
-    'shared',
-    '',
-    'nfs',
-    'user',
-    true,
-    {},
-  )) as string;
-  const nets = (await call('network.get_all_records')) as Record<string, { PIFs: string[] }>;
-  for (const [ref, n] of Object.entries(nets)) {
-    const on = new Set<string>();
-    for (const pif of n.PIFs) on.add((await call('PIF.get_host', pif)) as string);
-    if (on.size === 3) network = ref;
-  }
-  assert.ok(network, 'a network on every host');
+  ({ sr: shared, dir: sharedDir } = await createSharedSr(call, refs[0]!, 'xapi-rpu-sr-'));
+  network = await poolWideNetwork(call, 3);
 });
 
 after(async () => {

@@ -15,7 +15,7 @@ import { after, before, test } from 'node:test';
 import { Xapi } from 'xen-api';
 import { jsonCall, putBody, xapiFailure } from './client.js';
 import { PASSWORD } from './harness.js';
-import { localSrOf, startPool, type TestPool } from './pool-harness.js';
+import { createSharedSr, localSrOf, startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -40,20 +40,8 @@ before(async () => {
   pool = await startPool(3, { env: { XAPI_HEARTBEAT_INTERVAL_MS: '200', XAPI_DB_GC_INTERVAL_MS: '200', XAPI_TEST_VERIFY_MIRRORS: '1' } });
   url = pool.coordinator.url;
   s = pool.session;
-  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-sxm-sr-'));
+  ({ sr: shared, dir: sharedDir } = await createSharedSr(call, pool.refs[0]!, 'xapi-sxm-sr-'));
   isoDir = await mkdtemp(join(tmpdir(), 'xapi-sxm-iso-'));
-  shared = (await call(
-    'SR.create',
-    pool.refs[0],
-    { server: '127.0.0.1', serverpath: sharedDir },
-    0,
-    'shared',
-    '',
-    'nfs',
-    'user',
-    true,
-    {},
-  )) as string;
   iso = (await call('SR.create', pool.refs[0], { location: isoDir }, 0, 'isos', '', 'iso', 'iso', false, {})) as string;
   const nets = (await call('network.get_all_records')) as Record<string, { PIFs: string[] }>;
   for (const [ref, n] of Object.entries(nets)) {
