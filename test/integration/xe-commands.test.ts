@@ -291,3 +291,27 @@ test('data-source commands: a record per source as the API lists them, a query i
   assert.match(ok(await xe(host, 'vm-data-source-query', 'vm=counted', 'data-source=memory')), /^\d+\.\d{6}\n$/);
   ok(await xe(host, 'vm-uninstall', `uuid=${vm}`, '--force'));
 });
+
+test('diagnostic-vdi-status: the VDI sharing and locking fields, then its VBDs, attached ones as active', async () => {
+  const vm = await newUuid('vm-install', 'template=Debian Bookworm 12', 'new-name-label=diag');
+  const vbd = ok(await xe(host, 'vbd-list', `vm-uuid=${vm}`, '--minimal')).trim();
+  const vdi = ok(await xe(host, 'vbd-param-get', `uuid=${vbd}`, 'param-name=vdi-uuid')).trim();
+  const sr = ok(await xe(host, 'vdi-param-get', `uuid=${vdi}`, 'param-name=sr-uuid')).trim();
+  const vdiName = ok(await xe(host, 'vdi-param-get', `uuid=${vdi}`, 'param-name=name-label')).trim();
+  const device = async () => ok(await xe(host, 'vbd-param-get', `uuid=${vbd}`, 'param-name=device')).trim();
+  const head =
+    `uuid ( RO)            : ${vdi}\n      name-label ( RW): ${vdiName}\n         sr-uuid ( RO): ${sr}\n` +
+    '        sharable ( RO): false\n       read-only ( RO): false\n    storage-lock ( RO): false\n\n\n';
+  const vbdRecord = (dev: string) =>
+    `uuid ( RO)            : ${vbd}\n           empty ( RO): false\n          device ( RO): ${dev}\n      userdevice ( RW): 0\n` +
+    '            mode ( RW): RW\n            type ( RW): Disk\n    storage-lock ( RO): false\n\n\n';
+  assert.equal(
+    ok(await xe(host, 'diagnostic-vdi-status', `uuid=${vdi}`)),
+    `${head}no active VBDs.\ninactive VBDs:\n${vbdRecord(await device())}`,
+  );
+  ok(await xe(host, 'vm-start', `uuid=${vm}`));
+  assert.equal(ok(await xe(host, 'diagnostic-vdi-status', `uuid=${vdi}`)), `${head}active VBDs:\n${vbdRecord(await device())}`);
+  const none = await xe(host, 'diagnostic-vdi-status', 'uuid=00000000-0000-0000-0000-000000000000');
+  assert.equal(none.code, 1);
+  ok(await xe(host, 'vm-uninstall', `uuid=${vm}`, '--force'));
+});

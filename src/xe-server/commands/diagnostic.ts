@@ -2,9 +2,14 @@
 // the API. diagnostic-license-status: one line per host (hostname, uuid's first 8 characters,
 // the features its license_params grant as compact tags, edition, expiry, days left), nearest
 // expiry first, hosts whose license cannot be read with dashes, then the pool's restrictions, in
-// columns as wide as their widest cell.
+// columns as wide as their widest cell. diagnostic-vdi-status: the VDI's sharing and locking
+// fields, then its VBDs, the attached ones first.
 import type { Rpc, RpcStruct } from '../../rpc/rpc.js';
+import { lazyObj, objectByUuid, printRecord } from '../generic.js';
+import { param } from '../parse.js';
+import { fieldLookup, RefNames, safeGet } from '../records.js';
 import type { CommandTable } from '../table.js';
+import { record } from './util.js';
 
 /**
  * xapi's features (features.ml), in its order: the license_params key, whether "true" grants the
@@ -148,5 +153,32 @@ export function addDiagnosticCommands(table: CommandTable): void {
     ];
     const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
     for (const l of lines) ctx.printer.msg(l.map((c, i) => c.padEnd(widths[i]!)).join(' '));
+  });
+
+  table.define('diagnostic-vdi-status', async (ctx) => {
+    const vdi = await objectByUuid(ctx, 'vdi', param(ctx.params, 'uuid')!);
+    ctx.printer.table([
+      await printRecord(vdi.named(['uuid', 'name-label', 'sr-uuid', 'mode', 'read-only', 'sharable', 'storage-lock']), false),
+    ]);
+    const names = new RefNames(ctx);
+    const vbds = ((await ctx.call('VDI.get_VBDs', vdi.ref)) as string[]).map((ref) =>
+      lazyObj(ctx, 'vbd', ref, () => record(ctx, 'VBD', ref), names),
+    );
+    const attached = await Promise.all(vbds.map(async (v) => (await safeGet(fieldLookup(v.fields, 'currently-attached'))) === 'true'));
+    const show = async (list: typeof vbds) => {
+      for (const v of list)
+        ctx.printer.table([await printRecord(v.named(['uuid', 'userdevice', 'device', 'empty', 'mode', 'type', 'storage-lock']), false)]);
+    };
+    const active = vbds.filter((_, i) => attached[i]);
+    const inactive = vbds.filter((_, i) => !attached[i]);
+    if (active.length === 0) ctx.printer.list(['no active VBDs.']);
+    else {
+      ctx.printer.list(['active VBDs:']);
+      await show(active);
+    }
+    if (inactive.length > 0) {
+      ctx.printer.list(['inactive VBDs:']);
+      await show(inactive);
+    }
   });
 }
