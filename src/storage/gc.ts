@@ -112,7 +112,7 @@ async function removeJournal(dir: string, node: string): Promise<void> {
 
 /** The GC's own journal entries, `<node-uuid>.json`, and writeFileAtomic's temp files of them. */
 const GC_JOURNAL = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json$/;
-const GC_JOURNAL_TMP = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json\.tmp-\d+$/;
+const GC_JOURNAL_TMP = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json\.tmp-\d+-\d+$/;
 
 /**
  * The GC's pending journals. Call only under the SR lock: every journal write (the GC's and

@@ -2,6 +2,9 @@
 import { open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
+/** Writes made so far in this process: each names its own temporary file. */
+let writes = 0;
+
 /**
  * Writes via a temporary file in the same directory, fsync, rename and an fsync of the directory:
  * after a crash the file is the old one or the new one, never torn.
@@ -13,8 +16,10 @@ export async function writeFileAtomic(
   /** Runs once the new content is durable, just before it replaces the old file. */
   beforeRename?: () => Promise<void>,
 ): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await rm(tmp, { force: true }); // a leftover from a crash could carry other permissions
+  // Its own temporary file per write: two writes of the same file at once (a backup and a
+  // coordinator's database both replacing xapi.db) must not rename each other's file away.
+  const tmp = `${path}.tmp-${process.pid}-${++writes}`;
+  await rm(tmp, { force: true }); // a crash's leftover (the same pid again) could carry other permissions
   const fh = await open(tmp, 'wx', mode);
   try {
     await fh.writeFile(data);

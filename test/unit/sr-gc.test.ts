@@ -266,7 +266,7 @@ test("a snapshot writing its journal under the SR lock: the GC waits for the loc
   const jdir = path.join(sr.dir, '.journal');
   mkdirSync(jdir, { recursive: true });
   const journal = path.join(jdir, `snapshot-${sr.ids.L1}.json`);
-  const tmp = `${journal}.tmp-${process.pid}`;
+  const tmp = `${journal}.tmp-${process.pid}-1`;
   const lock = new Mutex();
   // The driver's snapshot holds the SR lock with its journal still a temp file (writeFileAtomic
   // between write and rename) until `finish` is called.
