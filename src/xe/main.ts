@@ -256,8 +256,8 @@ function parseUrl(o: Options, url: string): [host: string, path: string] {
   return [m[1]!, decodeURIComponent(m[2] ?? '/')];
 }
 
-/** Reads an HTTP response head off a socket: status and lower-cased headers, the rest left unread. */
-async function readHead(reader: ByteReader): Promise<{ status: number; headers: Map<string, string> }> {
+/** Reads an HTTP response head off a socket: status line, status and lower-cased headers, the rest left unread. */
+async function readHead(reader: ByteReader): Promise<{ line: string; status: number; headers: Map<string, string> }> {
   let head = '';
   while (!head.endsWith('\r\n\r\n')) head += (await reader.read(1)).toString('latin1');
   const lines = head.split('\r\n');
@@ -267,7 +267,7 @@ async function readHead(reader: ByteReader): Promise<{ status: number; headers: 
     const c = l.indexOf(':');
     if (c > 0) headers.set(l.slice(0, c).toLowerCase(), l.slice(c + 1).trim());
   }
-  return { status, headers };
+  return { line: lines[0]!, status, headers };
 }
 
 class ClientSideError extends Error {}
@@ -305,6 +305,62 @@ async function httpPut(o: Options, file: string, url: string): Promise<void> {
     if (!st.isFile()) socket.end();
     socket.resume();
     await closed;
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** Ctrl+], which ends a console session (as telnet's escape). */
+const CONSOLE_ESCAPE = 0x1d;
+
+/**
+ * A text console (newcli.ml's HttpConnect): CONNECT to its location, then the terminal, put in
+ * raw mode so that keys like Ctrl+C reach the guest, relayed both ways until Ctrl+] is typed or
+ * the console closes. Whether the session happened.
+ */
+async function httpConnect(o: Options, url: string): Promise<boolean> {
+  const [host, path] = parseUrl(o, url);
+  const socket = await connect(o, host);
+  try {
+    socket.write(`CONNECT ${path} HTTP/1.0\r\ncontent-length: 0\r\n\r\n`);
+    const reader = new ByteReader(socket);
+    const { line, status } = await readHead(reader);
+    if (status === 404) {
+      err('Server replied with HTTP 404: the console is not available\n');
+      return false;
+    }
+    if (status !== 200) {
+      // the status line as read, its carriage return kept and no newline added, as xe prints it
+      err(`Server said: ${line}\r`);
+      return false;
+    }
+    const raw = process.stdin.isTTY;
+    if (raw) process.stdin.setRawMode(true);
+    let typedEscape: () => void = () => undefined;
+    const escaped = new Promise<void>((resolve) => {
+      typedEscape = resolve;
+    });
+    const onKeys = (d: Buffer) => {
+      const at = d.indexOf(CONSOLE_ESCAPE);
+      socket.write(at < 0 ? d : d.subarray(0, at));
+      if (at >= 0) typedEscape();
+    };
+    process.stdin.on('data', onKeys);
+    process.stdin.resume();
+    const shown = (async () => {
+      for (let b = await reader.readSome(); b !== undefined; b = await reader.readSome()) process.stdout.write(b);
+    })();
+    try {
+      await Promise.race([escaped, shown]);
+    } finally {
+      process.stdin.off('data', onKeys);
+      process.stdin.pause();
+      if (raw) {
+        process.stdin.setRawMode(false);
+        process.stdout.write('\r\n');
+      }
+    }
+    return true;
   } finally {
     socket.destroy();
   }
@@ -449,10 +505,16 @@ async function mainLoop(o: Options, socket: Socket, reader: ByteReader, permitte
           }
         }
         break;
-      case 'httpConnect':
-        err('Server replied with HTTP 404: the console is not available\n');
-        socket.write(encodeResponse('failed'));
+      case 'httpConnect': {
+        let connected = false;
+        try {
+          connected = await httpConnect(o, c.text);
+        } catch (e) {
+          err(`${(e as Error).message}\n`);
+        }
+        socket.write(encodeResponse(connected ? 'ok' : 'failed'));
         break;
+      }
     }
   }
 }

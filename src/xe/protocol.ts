@@ -205,6 +205,17 @@ export class ByteReader {
     return out;
   }
 
+  /** What has come and not been read, as soon as there is some; undefined once the connection ended. */
+  async readSome(): Promise<Buffer | undefined> {
+    while (this.buffered === 0) {
+      if (this.ended || this.error) return undefined;
+      await new Promise<void>((resolve) => {
+        this.waiter = resolve;
+      });
+    }
+    return this.drain();
+  }
+
   /** Whatever is buffered now (for error reports). */
   drain(): Buffer {
     const all = Buffer.concat(this.chunks);

@@ -1,7 +1,8 @@
 // The real `xe` binary running xapi's hand-written commands against a real `xapi serve`:
 // vm-install from a template, snapshots, uninstall (with its question), disks, VIFs and networks,
-// VDIs with their data through /cli's HttpPut/HttpGet, SRs and PBDs, host commands, event-wait.
-// Output, errors and exit codes as cli_operations.ml has them.
+// VDIs with their data through /cli's HttpPut/HttpGet, SRs and PBDs, host commands, event-wait,
+// data sources, diagnostics, a text console through HttpConnect. Output, errors and exit codes
+// as cli_operations.ml has them.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -10,8 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jsonCall, lenientCall, login } from './client.js';
 import { PASSWORD, startXapi, stopXapi, type XapiProcess } from './harness.js';
-import { type XeResult, xe, xeRaw } from './xe-harness.js';
+import { type XeResult, xe, xeInteractive, xeRaw } from './xe-harness.js';
 import { waitUntil } from '../wait.js';
+import { vmRecord } from '../vm-record.js';
 
 let host: XapiProcess;
 let session: string;
@@ -314,4 +316,28 @@ test('diagnostic-vdi-status: the VDI sharing and locking fields, then its VBDs, 
   const none = await xe(host, 'diagnostic-vdi-status', 'uuid=00000000-0000-0000-0000-000000000000');
   assert.equal(none.code, 1);
   ok(await xe(host, 'vm-uninstall', `uuid=${vm}`, '--force'));
+});
+
+test('console: a PV guest’s text console in the terminal until Ctrl+], and the refusals', async () => {
+  const vm = (await jsonCall(host.url, 'VM.create', [
+    session,
+    vmRecord('textcon', { memory: 128 * 1024 * 1024 }, { domain_type: 'pv', HVM_boot_policy: '' }),
+  ])) as string;
+  await jsonCall(host.url, 'VM.start', [session, vm, false, false]);
+  const con = xeInteractive(host, 'console', 'vm=textcon');
+  await waitUntil('the login prompt', () => con.stdout().includes('textcon login: '));
+  con.type('root\r');
+  await waitUntil('the keys echoed', () => con.stdout().includes('root\r\nPassword: '));
+  con.type('\x1d');
+  const r = await con.done;
+  assert.deepEqual([r.code, r.stderr], [0, '']);
+  assert.ok(r.stdout.startsWith("Connecting to console on VM textcon. Press Ctrl + ']' to quit.\n"), r.stdout);
+
+  const none = await xe(host, 'console', 'vm=nothing-of-that-name');
+  assert.deepEqual([none.code, none.stderr], [1, 'No VM found\n']);
+  const hvm = (await jsonCall(host.url, 'VM.create', [session, vmRecord('graphical', { memory: 128 * 1024 * 1024 })])) as string;
+  await jsonCall(host.url, 'VM.start', [session, hvm, false, false]);
+  const graphical = await xe(host, 'console', 'vm=graphical');
+  assert.deepEqual([graphical.code, graphical.stderr], [1, 'No text console available\n']);
+  for (const v of [vm, hvm]) await jsonCall(host.url, 'VM.hard_shutdown', [session, v]);
 });

@@ -29,3 +29,27 @@ export function xeRaw(args: string[], env: Record<string, string | undefined> = 
 /** xe against a host over TLS as root. */
 export const xe = (host: XapiProcess, ...args: string[]): Promise<XeResult> =>
   xeRaw(['-s', host.address, '-p', String(host.httpsPort), '-u', 'root', '-pw', PASSWORD, ...args]);
+
+/** xe against a host, its stdin left open: the test types while it runs (a console session). */
+export function xeInteractive(
+  host: XapiProcess,
+  ...args: string[]
+): { stdout: () => string; type: (keys: string) => void; done: Promise<XeResult> } {
+  const p = spawn(
+    process.execPath,
+    [join(ROOT, 'bin/xe.js'), '-s', host.address, '-p', String(host.httpsPort), '-u', 'root', '-pw', PASSWORD, ...args],
+    {
+      env: { ...process.env, HOME: '/nonexistent-xe-home', XE_EXTRA_ARGS: undefined },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
+  let stdout = '';
+  let stderr = '';
+  p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<XeResult>((resolve, reject) => {
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  return { stdout: () => stdout, type: (keys) => p.stdin.write(keys), done };
+}

@@ -3,6 +3,7 @@ import type { Rpc } from '../../rpc/rpc.js';
 import type { Api } from '../api.js';
 import { addGenericCommands, blankFields } from '../generic.js';
 import { CommandTable, type Ctx } from '../table.js';
+import { addConsoleCommands } from './console.js';
 import { addDataSourceCommands } from './data-source.js';
 import { addDiagnosticCommands } from './diagnostic.js';
 import { addHostCommands } from './host.js';
@@ -38,5 +39,6 @@ export function buildTable(api: Api): CommandTable {
   addTaskCommands(table);
   addDiagnosticCommands(table);
   addDataSourceCommands(table);
+  addConsoleCommands(table);
   return table;
 }
