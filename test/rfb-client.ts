@@ -72,6 +72,8 @@ export class RfbClient {
   width = 0;
   height = 0;
   name = '';
+  /** The rectangles of the last update: [x, y, w, h]. */
+  lastRects: [number, number, number, number][] = [];
   /** 0xRRGGBB per pixel. */
   private fb = new Uint32Array(0);
   private readonly reader: Reader;
@@ -133,9 +135,11 @@ export class RfbClient {
     const head = await this.reader.read(4);
     if (head[0] !== 0) throw new Error(`server message type ${head[0]}`);
     const rects = head.readUInt16BE(2);
+    this.lastRects = [];
     for (let i = 0; i < rects; i++) {
       const r = await this.reader.read(12);
       const [x, y, w, h] = [r.readUInt16BE(0), r.readUInt16BE(2), r.readUInt16BE(4), r.readUInt16BE(6)];
+      this.lastRects.push([x, y, w, h]);
       const encoding = r.readInt32BE(8);
       if (encoding !== 0) throw new Error(`encoding ${encoding}`);
       const pixels = await this.reader.read(w * h * 4);

@@ -43,6 +43,8 @@ class ConsoleFailure extends Error {
 interface Target {
   vmUuid: string;
   protocol: 'rfb' | 'vt100';
+  /** The console of a host's control domain. */
+  dom0: boolean;
   /** Set when another host runs the VM: its address. */
   elsewhere?: string;
 }
@@ -79,8 +81,10 @@ async function findConsole(host: HostContext, url: URL, session: SessionInfo, ac
     }
   }
   if (c.protocol === 'rdp') throw new ConsoleFailure(404); // no tunnelling of RDP, as xapi
+  // dom0's consoles would be served by the host's own VNC and text servers, which a simulated
+  // host does not run: no address, so 404 (after the checks xapi makes first)
   if (owner.power_state !== 'Running') throw new ConsoleFailure(500, FAILURE);
-  const target: Target = { vmUuid: owner.uuid, protocol: c.protocol };
+  const target: Target = { vmUuid: owner.uuid, protocol: c.protocol, dom0: owner.is_control_domain };
   if (owner.resident_on !== host.hostRef) {
     const there = owner.resident_on !== NULL_REF ? await db.tryGet('host', owner.resident_on) : undefined;
     if (!there) throw new ConsoleFailure(500, FAILURE);
@@ -190,6 +194,7 @@ export function registerConsoleHandlers(table: HandlerTable, d: Dispatcher, doma
         }
         open = (stream) => splice(stream, there);
       } else {
+        if (target.dom0) throw new ConsoleFailure(404);
         const state = await domains.stat(target.vmUuid);
         if (!state.consoles.some((c) => c.protocol === target.protocol)) throw new ConsoleFailure(404);
         open = (stream) => domains.attachConsole(target.vmUuid, target.protocol, stream);

@@ -2,7 +2,7 @@
 // answered with RFB 3.8 whose framebuffer shows the guest's text screen changing (the login
 // prompt, a paused domain) and echoing keys; the vt100 console as text; the WebSocket form
 // (GET /console, the `binary` subprotocol); the refusals (no or bad session: 401; no console
-// named, a halted VM: 500); and in a pool of two, the console asked of the host that does not
+// named, a halted VM: 500; dom0's, which has no console server here: 404); and in a pool of two, the console asked of the host that does not
 // run the VM, relayed from the one that does.
 import assert from 'node:assert/strict';
 import type { Duplex } from 'node:stream';
@@ -182,6 +182,16 @@ test('no session, no console: 401; nothing named or a halted VM: 500; a GET with
     ws.once('error', () => undefined);
   });
   assert.equal(unexpected, 401);
+
+  // dom0's consoles: located by their own ref (create_misc.ml); no console server here, so no address
+  const dom0 = (await jsonCall(x.url, 'VM.get_all_records_where', [session, 'field "is_control_domain" = "true"'])) as Record<
+    string,
+    { consoles: string[] }
+  >;
+  const [dom0Console] = Object.values(dom0)[0]!.consoles;
+  const location = (await jsonCall(x.url, 'console.get_location', [session, dom0Console])) as string;
+  assert.equal(location, `https://${x.address}/console?ref=${dom0Console}`);
+  assert.equal(await status(`/console?ref=${dom0Console}&session_id=${session}`), 404);
 
   const plain = await fetch(`${x.url}/console?uuid=${uuid}&session_id=${session}`);
   assert.equal(plain.status, 501);
