@@ -14,7 +14,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
-import { createWebSocketStream, WebSocketServer } from 'ws';
+import type { WebSocketServer } from 'ws';
 import type { HostContext, SessionInfo } from '../api/context.js';
 import type { Dispatcher } from '../api/dispatch.js';
 import { checkPermission } from '../api/rbac.js';
@@ -155,13 +155,20 @@ function splice(a: Duplex, b: Duplex): void {
 
 export function registerConsoleHandlers(table: HandlerTable, d: Dispatcher, domains: DomainManager): void {
   const host = d.host;
-  // noVNC asks for the `binary` subprotocol, the one xapi's proxy answers with; a client asking
-  // for none gets none (a browser refuses a subprotocol it did not ask for)
-  const wss = new WebSocketServer({
-    noServer: true,
-    handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
-    perMessageDeflate: false,
-  });
+  // ws is loaded at the first WebSocket console, as prom-client is at the first scrape: an idle
+  // host does not pay for it. noVNC asks for the `binary` subprotocol, the one xapi's proxy
+  // answers with; a client asking for none gets none (a browser refuses a subprotocol it did not
+  // ask for).
+  let ws: Promise<{ server: WebSocketServer; stream: typeof import('ws').createWebSocketStream }> | undefined;
+  const webSockets = () =>
+    (ws ??= import('ws').then((m) => ({
+      server: new m.WebSocketServer({
+        noServer: true,
+        handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
+        perMessageDeflate: false,
+      }),
+      stream: m.createWebSocketStream,
+    })));
 
   const handle = (action: 'connect_console' | 'connect_console_ws') => async (req: IncomingMessage, res: ServerResponse, url: URL) => {
     const socket = req.socket;
@@ -192,6 +199,7 @@ export function registerConsoleHandlers(table: HandlerTable, d: Dispatcher, doma
           there.destroy();
           throw new ConsoleFailure(status);
         }
+        socket.once('close', () => there.destroy()); // an upgrade that fails never reaches open()
         open = (stream) => splice(stream, there);
       } else {
         if (target.dom0) throw new ConsoleFailure(404);
@@ -203,8 +211,9 @@ export function registerConsoleHandlers(table: HandlerTable, d: Dispatcher, doma
       keep = true;
       socket.on('close', () => void auth.logout?.().catch(() => undefined));
       if (upgrade) {
-        wss.handleUpgrade(req, socket, Buffer.alloc(0), (ws) => {
-          const stream = createWebSocketStream(ws);
+        const { server, stream: streamOf } = await webSockets();
+        server.handleUpgrade(req, socket, Buffer.alloc(0), (ws) => {
+          const stream = streamOf(ws);
           stream.on('error', () => stream.destroy());
           try {
             open(stream);
