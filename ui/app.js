@@ -158,7 +158,9 @@ function Charts({ session, hosts, vmNames }) {
         const here = host.address === location.hostname;
         const origin = here ? '' : `${location.protocol}//${host.address}${location.port ? `:${location.port}` : ''}`;
         try {
-          const reply = await fetch(`${origin}/rrd_updates?start=${start}&cf=AVERAGE&host=true&json=true&session_id=${encodeURIComponent(session)}`);
+          const reply = await fetch(
+            `${origin}/rrd_updates?start=${start}&cf=AVERAGE&host=true&json=true&session_id=${encodeURIComponent(session)}`,
+          );
           if (reply.ok) found[host.uuid] = await reply.json();
         } catch {
           // another host the browser cannot reach (its certificate, say): no charts for it
@@ -185,9 +187,20 @@ function Charts({ session, hosts, vmNames }) {
     const hostCol = (name) => legend.findIndex(([, kind, , ds]) => kind === 'host' && ds === name);
     const cpu = hostCol('cpu_avg');
     const free = hostCol('memory_free_kib');
-    if (cpu >= 0) charts.push({ key: `${host.uuid}-cpu`, title: `${host.name_label}: CPU %`, series: ['cpu_avg'], data: [times, column(cpu, (v) => v * 100)] });
+    if (cpu >= 0)
+      charts.push({
+        key: `${host.uuid}-cpu`,
+        title: `${host.name_label}: CPU %`,
+        series: ['cpu_avg'],
+        data: [times, column(cpu, (v) => v * 100)],
+      });
     if (free >= 0)
-      charts.push({ key: `${host.uuid}-mem`, title: `${host.name_label}: free memory (MiB)`, series: ['memory_free'], data: [times, column(free, (v) => v / 1024)] });
+      charts.push({
+        key: `${host.uuid}-mem`,
+        title: `${host.name_label}: free memory (MiB)`,
+        series: ['memory_free'],
+        data: [times, column(free, (v) => v / 1024)],
+      });
     const vmCpus = legend.map((l, i) => [l, i]).filter(([[, kind, , ds]]) => kind === 'vm' && ds === 'cpu0');
     if (vmCpus.length > 0)
       charts.push({
