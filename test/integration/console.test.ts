@@ -2,8 +2,9 @@
 // answered with RFB 3.8 whose framebuffer shows the guest's text screen changing (the login
 // prompt, a paused domain) and echoing keys; the vt100 console as text; the WebSocket form
 // (GET /console, the `binary` subprotocol); the refusals (no or bad session: 401; no console
-// named, a halted VM: 500; dom0's, which has no console server here: 404); and in a pool of two, the console asked of the host that does not
-// run the VM, relayed from the one that does.
+// named, a halted VM: 500; dom0's, which has no console server here: 404); and in a pool of
+// two, the console asked of the host that does not run the VM, relayed from the one that does,
+// and after a migration the console on the VM's new host.
 import assert from 'node:assert/strict';
 import type { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -236,6 +237,31 @@ test('a pool of two: the console asked of the host that does not run the VM come
       await web.waitForText((s) => s.includes('member-guest login: x'), 'the same screen over the WebSocket, relayed');
     } finally {
       ws.terminate();
+    }
+
+    // the VM moves to the coordinator: the console there is made again with its address, the
+    // old one closes, and the guest's screen carries on there
+    const { rfb: old, socket: oldSocket } = await rfbOver(
+      m.address,
+      m.httpsPort,
+      `/console?uuid=${cs.rfb!.uuid}&session_id=${pool.session}`,
+    );
+    await old.handshake();
+    const closed = new Promise((r) => oldSocket.once('close', r));
+    await jsonCall(c.url, 'VM.pool_migrate', [pool.session, vm, pool.refs[0], {}]);
+    await closed;
+    const moved = await consoles(c.url, pool.session, vm);
+    assert.equal(moved.rfb!.location, `https://${c.address}/console?uuid=${moved.rfb!.uuid}`);
+    const after = await rfbOver(c.address, c.httpsPort, `/console?uuid=${moved.rfb!.uuid}&session_id=${pool.session}`);
+    try {
+      await after.rfb.handshake();
+      await after.rfb.update(false);
+      await after.rfb.waitForText(
+        (s) => /domain \d+: running/.test(s) && s.includes('member-guest login:'),
+        'the guest running on its new host',
+      );
+    } finally {
+      after.socket.destroy();
     }
   } finally {
     await pool?.stop();

@@ -92,7 +92,8 @@ test('log in, see every VM, start one, open its console and see it drawn', async
       for (let i = 0; i < data.length; i += 4) if (data[i]! > 0x80 && data[i + 1]! > 0x80 && data[i + 2]! > 0x80) bright++;
       return bright > n;
     }, before);
-    await page.locator('.uplot').first().waitFor();
+    // the charts, once the host's RRD has a consolidated value
+    await page.waitForFunction(() => [...document.querySelectorAll<HTMLElement>('.chart')].some((c) => Number(c.dataset.points) > 0));
     await page.screenshot({ path: join(SHOTS, '3-console.png'), fullPage: true });
     assert.deepEqual(errors, []);
   } finally {
