@@ -134,6 +134,9 @@ function Chart({ title, series, data }) {
         title,
         width: 420,
         height: 200,
+        // at least two minutes across, so a young host's few values do not stretch over years
+        scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 120), max] } },
+        axes: [{}, { size: 70 }],
         series: [{}, ...series.map((label, i) => ({ label, stroke: `hsl(${(i * 67) % 360} 60% 45%)` }))],
       },
       data,
@@ -211,6 +214,11 @@ function Charts({ session, hosts, vmNames }) {
         series: vmCpus.map(([[, , uuid]]) => vmNames[uuid] ?? uuid),
         data: [times, ...vmCpus.map(([, i]) => column(i, (v) => v * 100))],
       });
+  }
+  // a young host's archive is mostly rows without values: the charts start at its first value
+  for (const c of charts) {
+    const first = c.data[0].findIndex((_, k) => c.data.slice(1).some((column) => column[k] !== null));
+    if (first > 0) c.data = c.data.map((column) => column.slice(first));
   }
   return html`<section>
     <h2>Counters</h2>
