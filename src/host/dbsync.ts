@@ -236,11 +236,13 @@ async function createControlDomain(db: Db, id: HostIdentity, hostRef: string, vm
     domain_type: 'pv',
     allowed_operations: [],
   });
+  // create_misc.ml: the location names the console's own ref
   for (const protocol of ['rfb', 'vt100'] as const) {
-    await db.create('console', newRef(), {
+    const consoleRef = newRef();
+    await db.create('console', consoleRef, {
       uuid: randomUUID(),
       protocol,
-      location: `https://${id.address}/console?ref=${vmRef}`,
+      location: `https://${id.address}/console?ref=${consoleRef}`,
       VM: vmRef,
       other_config: {},
     });

@@ -79,6 +79,8 @@ import { Rrdd } from '../rrdd/service.js';
 import * as dataSource from '../xapi/data-source.js';
 import { Perfmon } from '../xapi/perfmon.js';
 import { registerMetricsHandlers } from './metrics-http.js';
+import { registerConsoleHandlers } from './console-http.js';
+import { registerUi } from './ui-http.js';
 import { prometheusExporter } from './prometheus.js';
 
 export const DB_GC_INTERVAL_MS = 30_000;
@@ -453,6 +455,8 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
   registerDiskMirrorReceiver(table, host, storage);
   registerMessageReceiver(table, host);
   registerMetricsHandlers(table, dispatcher, rrdd, prometheusExporter(rrdd, { uuid, name: () => hostname }));
+  registerConsoleHandlers(table, dispatcher, domains);
+  registerUi(table);
   registerPoolDbHandlers(table, {
     role: local ? { coordinator: true, db: local } : { coordinator: false, coordinatorAddress: (role as { master: string }).master },
     poolSecrets: host.poolSecrets,

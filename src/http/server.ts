@@ -335,11 +335,16 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
   };
 
   // Node emits CONNECT (xapi's console protocol: `CONNECT /console?ref=...`) as 'connect' with the
-  // raw socket instead of 'request'; give it a response object so it goes through the same table.
-  // Handlers that take over the connection use req.socket.
+  // raw socket instead of 'request', and a request asking for an Upgrade (the console's WebSocket
+  // form) as 'upgrade'; give it a response object so it goes through the same table. Handlers
+  // that take over the connection use req.socket. Such sockets are no longer the HTTP server's
+  // to close, so they are kept here and cut at close().
+  const takenOver = new Set<Socket>();
   const onConnect = (req: IncomingMessage, socket: Socket, head: Buffer) => {
     if (head.length > 0) socket.unshift(head);
     socket.on('error', () => {});
+    takenOver.add(socket);
+    socket.on('close', () => takenOver.delete(socket));
     const res = new http.ServerResponse(req);
     res.shouldKeepAlive = false;
     res.assignSocket(socket);
@@ -369,6 +374,7 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
   const servers = [plain, secure];
   for (const s of servers) {
     s.on('connect', onConnect);
+    s.on('upgrade', onConnect);
     s.on('clientError', onClientError);
   }
 
@@ -390,6 +396,8 @@ export async function startHttpServers(opts: HttpServersOptions): Promise<HttpSe
     httpsPort,
     async close(graceMs = CLOSE_GRACE_MS) {
       closing = true;
+      // consoles: streams with no end of their own
+      for (const socket of takenOver) socket.destroy();
       const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
       // Busy keep-alive connections become idle one response later; close them as they do.
       const closeIdle = () => {

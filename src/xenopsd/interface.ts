@@ -2,7 +2,7 @@
 // operations, and learns the outcome from the backend's state and events, never by assuming an
 // operation worked. A backend (the simulator; later QEMU) implements DomainManager. Ids are
 // XenAPI VM uuids; devices are (vm id, device position).
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 
 export type PowerState = 'Running' | 'Halted' | 'Suspended' | 'Paused';
 export type DomainType = 'hvm' | 'pv' | 'pvh' | 'pv_in_pvh';
@@ -322,6 +322,13 @@ export interface DomainManager {
   vifPlug(vm: string, vif: VifConfig): Promise<void>;
   vifUnplug(vm: string, vif: string, force: boolean): Promise<void>;
   deviceState(vm: string, id: string): Promise<DeviceState>;
+
+  /**
+   * Serves the domain's console of `protocol` on `stream` until either ends (qemu's VNC server
+   * for rfb, xenconsoled's text console for vt100; xapi reaches them through VM.stat's console
+   * ports): Bad_power_state without a domain, Does_not_exist when it offers no such console.
+   */
+  attachConsole(id: string, protocol: 'rfb' | 'vt100', stream: Duplex): void;
 
   hostMemory(): Promise<HostMemory>;
   /** The host's and the running domains' counters now (what xcp-rrdd samples every 5 s). */

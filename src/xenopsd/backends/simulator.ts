@@ -34,6 +34,7 @@
 // the state is saved) and sim-state.ts (how it is stored).
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import {
   DomainError,
   type DeviceState,
@@ -65,6 +66,7 @@ import { DiskWorkload } from './sim-disk-workload.js';
 import { SimCounters } from './sim-counters.js';
 import { UpdateFeed } from './sim-updates.js';
 import { SimSaver } from './sim-saver.js';
+import { SimScreens } from './sim-screens.js';
 import { DEFAULT_DIRTY_RATE, discard, install, receiveMigration, sendMigration, type SimMigrationCore } from './sim-migrate.js';
 
 export type { Fault } from './sim-model.js';
@@ -131,6 +133,8 @@ export class SimulatorBackend implements DomainManager {
   );
 
   private readonly counting: SimCounters;
+  /** The guests' text screens, which their consoles show. */
+  private readonly screens = new SimScreens();
 
   constructor(opts: SimulatorOptions) {
     this.bootTimeMs = opts.bootTimeMs ?? 50;
@@ -226,6 +230,11 @@ export class SimulatorBackend implements DomainManager {
 
   /** Records a change in the updates feed, and has the waits in progress re-check their condition. */
   private changed(update: Update): void {
+    if (update.kind === 'vm') {
+      const vm = this.vms.get(update.id);
+      if (vm) this.screens.observe(vm);
+      else this.screens.forget(update.id);
+    }
     this.feed.add(update);
     this.timers.kick();
   }
@@ -780,6 +789,10 @@ export class SimulatorBackend implements DomainManager {
   }
 
   // ---- DomainManager: host, updates ---------------------------------------------------------
+
+  attachConsole(id: string, protocol: 'rfb' | 'vt100', stream: Duplex): void {
+    this.screens.attach(this.get(id), protocol, stream);
+  }
 
   async hostMemory(): Promise<HostMemory> {
     return { total: this.squeezed.total, free: this.squeezed.free() };
