@@ -338,3 +338,15 @@ export async function assertChangePreservesPlan(db: Db, change: ConfigurationCha
   if ((await planForNFailures(db, vms, n, live)) !== 'all') return;
   if ((await planForNFailures(db, vms, n, live, change)) !== 'all') throw new XapiError('HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN', []);
 }
+
+/**
+ * check_vm_preserves_ha_plan, for a VM about to start on `host`: one that will become protected
+ * counts as a new protected VM, any other as memory arriving there.
+ */
+export async function assertVmPreservesPlan(db: Db, vmRef: string, host: string): Promise<void> {
+  const [entry] = await db.all('pool');
+  if (!entry?.[1].ha_enabled) return;
+  const vm = await db.get('VM', vmRef);
+  if (vm.ha_restart_priority === HA_RESTART && !vm.ha_always_run) await assertChangePreservesPlan(db, { newVmsToProtect: [vmRef] });
+  else await assertChangePreservesPlan(db, { arriving: [[host, vmRef, vm]] });
+}
