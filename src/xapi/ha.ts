@@ -61,8 +61,17 @@ const DEFAULT_TIMEOUT_KEY = 'default_ha_timeout';
 
 class HaHost {
   daemon: HaDaemon | undefined;
-  /** Whether the liveset pushes write the database (set once enable has succeeded or at start). */
+  /**
+   * pool.ha_prevent_restarts_for: no VM restart before this time (ms, the host's clock). Read by
+   * the restart of protected VMs (second part); kept whether or not HA is on, as xapi keeps it.
+   */
+  preventRestartsUntil = 0;
   constructor(readonly host: HostContext) {}
+}
+
+/** Until when pool.ha_prevent_restarts_for holds VM restarts back on this host. */
+export function restartsPreventedUntil(host: HostContext): number {
+  return hosts.get(host)?.preventRestartsUntil ?? 0;
 }
 
 const hosts = new WeakMap<HostContext, HaHost>();
@@ -558,8 +567,9 @@ export function register(r: Registry, storage: Storage): void {
         await disableInternal(call);
       }),
     )
-    // xapi only delays its restart thread; there is no restart thread yet, so nothing to delay.
-    .implement('pool.ha_prevent_restarts_for', () => undefined)
+    .implement('pool.ha_prevent_restarts_for', (call, [seconds]) => {
+      haOf(call.host).preventRestartsUntil = call.host.now() + Number(seconds) * 1000;
+    })
     .implement(
       'pool.ha_failover_plan_exists',
       async (call, [n]) => (await planForNFailures(call.db, await allProtectedVms(call.db), Number(n))) === 'all',
