@@ -62,6 +62,7 @@ import { registerMessageReceiver } from './message-receive.js';
 import { RemoteDb } from '../db/remote.js';
 import { DB_FILE } from '../db/backup.js';
 import { closePeers } from '../xapi/forward.js';
+import * as ha from '../xapi/ha.js';
 import * as poolBackup from '../xapi/pool-backup.js';
 import * as poolTransition from '../xapi/pool-transition.js';
 import { CHECKING, guardCoordinator, type CoordinatorGuard } from './coordinator-check.js';
@@ -236,6 +237,7 @@ export function buildApi(
   hostOperations.register(registry);
   hostEvacuate.register(registry, vms);
   hostPower.register(registry);
+  ha.register(registry, storage);
   return { registry, dispatcher, xenops, storage, liveness: hosts, vms };
 }
 
@@ -539,6 +541,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
         const cut = remote ? setTimeout(() => remote.close(), MEMBER_CLOSE_DB_WAIT_MS) : undefined;
         clearInterval(gcTimer);
         guard?.stop();
+        await ha.closeHa(host);
         await backups?.stop();
         await member?.stop();
         await perfmon.stop();

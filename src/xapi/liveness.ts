@@ -94,6 +94,9 @@ export class Liveness {
 
   /** check_host_liveness, one pass (run by the database GC on the coordinator). */
   async check(db: Db): Promise<void> {
+    // With HA on, liveness is the HA daemon's liveset (src/xapi/ha.ts), not heartbeats.
+    const [pool] = await db.all('pool');
+    if (pool?.[1].ha_enabled) return;
     const now = this.host.now();
     for (const [ref, row] of await db.all('host')) {
       if (ref === this.host.hostRef) continue;

@@ -12,6 +12,7 @@
 import { lookup } from 'node:dns/promises';
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isArmed } from './ha.js';
 import { XapiError } from '../rpc/errors.js';
 import { ConnectionFailed, XapiClient } from '../rpc/client.js';
 import type { Rpc } from '../rpc/rpc.js';
@@ -315,13 +316,13 @@ export async function twoPhaseCommit(host: HostContext, o: TwoPhaseCommit): Prom
 
 /** pool.emergency_transition_to_master: refused while HA is armed on this host (never, without HA). */
 export async function emergencyTransitionToMaster(call: Call): Promise<void> {
-  assertHaNotArmed(call.host);
+  await assertHaNotArmed(call.host);
   await becomeMaster(call.host, 'pool.emergency_transition_to_master');
 }
 
 /** pool.emergency_reset_master(master_address): become that coordinator's member. */
 export async function emergencyResetMaster(call: Call, masterAddress: string): Promise<void> {
-  assertHaNotArmed(call.host);
+  await assertHaNotArmed(call.host);
   let address: string;
   try {
     address = (await lookup(masterAddress, { family: 4 })).address;
@@ -331,8 +332,10 @@ export async function emergencyResetMaster(call: Call, masterAddress: string): P
   await becomeMemberOf(call.host, address, `pool.emergency_reset_master ${address}`);
 }
 
-/** xapi reads ha.armed from its local.db; this build has no HA yet, so it is never armed. */
-function assertHaNotArmed(_host: HostContext): void {}
+/** xapi's local flag ha_armed (set by ha_join_liveset): no manual transition while HA holds the host. */
+async function assertHaNotArmed(host: HostContext): Promise<void> {
+  if (await isArmed(host)) throw new XapiError('HA_IS_ENABLED', []);
+}
 
 /**
  * pool.recover_slaves, on the coordinator: every other host of its database is told to follow it

@@ -14,6 +14,7 @@ import { NULL_REF, formatDateTime } from '../schema/types.js';
 import { forceStateReset, isDefaultTemplate, operationError, updateAllowedOperations, withVmOperation } from './vm-lifecycle.js';
 import { withVmPlacedOnHost } from './host-operations.js';
 import { chooseHostForVm } from './vm-placement.js';
+import { HA_RESTART, assertVmPreservesPlan } from './ha-plan.js';
 import { isForwardedHere, runOn } from './forward.js';
 import { runOnAccessSrs, runOnHostSeeing, runOnResident } from './forward-to.js';
 import { updateVmDisksAllowedOperations } from './storage-operations.js';
@@ -158,11 +159,15 @@ export class VmService {
     return async () => {
       if (on) {
         await this.assertCanBootHere(call, ref, on);
+        await assertVmPreservesPlan(call.db, ref, on);
         return on;
       }
       const scheduled = (await call.db.get('VM', ref)).scheduled_to_be_resident_on;
       if (scheduled !== NULL_REF && (await call.db.tryGet('host', scheduled))) return scheduled;
-      return this.chooseHost(call, ref);
+      const chosen = await this.chooseHost(call, ref);
+      // HA: a start may not break the failover plan (check_vm_preserves_ha_plan)
+      await assertVmPreservesPlan(call.db, ref, chosen);
+      return chosen;
     };
   }
 
@@ -192,7 +197,13 @@ export class VmService {
       // A fresh boot: the old guest metrics go, the overhead is recomputed (xapi's start).
       await Promise.all([
         guest ? call.db.destroy('VM_guest_metrics', vm.guest_metrics) : undefined,
-        call.db.update('VM', ref, { guest_metrics: NULL_REF, scheduled_to_be_resident_on: hostRef, memory_overhead: vmOverhead(vm) }),
+        call.db.update('VM', ref, {
+          guest_metrics: NULL_REF,
+          scheduled_to_be_resident_on: hostRef,
+          memory_overhead: vmOverhead(vm),
+          // a VM started with priority "restart" is protected by HA from now on (xapi's start)
+          ...(vm.ha_restart_priority === HA_RESTART ? { ha_always_run: true } : {}),
+        }),
       ]);
       // Disks that reset on boot start from their saved content (the attach does it in xapi).
       for (const { VDI: disk } of vbds) {
@@ -276,6 +287,8 @@ export class VmService {
 
   /** hard_shutdown's work: a suspended VM loses its image, a live one its domain. */
   async hardShutdownNow(call: Call, ref: string, vm: Row<'VM'>): Promise<void> {
+    // shut down on purpose: HA no longer keeps it running
+    await call.db.update('VM', ref, { ha_always_run: false });
     if (vm.power_state === 'Suspended') {
       // the update loop kept off the VM: a refresh it began on the backend's removal event
       // would otherwise write back the Suspended it read before the reset
@@ -333,7 +346,10 @@ export class VmService {
   /** The resume itself, on the host chosen and reserved for it. */
   private async resumeHere(call: Call, ref: string, hostRef: string, paused: boolean): Promise<void> {
     const vm = await call.db.get('VM', ref);
-    await call.db.update('VM', ref, { scheduled_to_be_resident_on: hostRef });
+    await call.db.update('VM', ref, {
+      scheduled_to_be_resident_on: hostRef,
+      ...(vm.ha_restart_priority === HA_RESTART ? { ha_always_run: true } : {}),
+    });
     await this.backend(call, ref, async () => {
       await this.sync.backend.add(await this.sync.config(ref));
       await this.sync.backend.resume(vm.uuid, { paused });
@@ -353,6 +369,7 @@ export class VmService {
 
   /** The work of suspend, for callers already holding a VM operation (checkpoint). */
   async suspendNow(call: Call, ref: string): Promise<void> {
+    await call.db.update('VM', ref, { ha_always_run: false });
     {
       const vm = await call.db.get('VM', ref);
       const sr = await this.chooseSuspendSr(call, ref, vm);
@@ -571,7 +588,16 @@ export function register(r: Registry, svc: VmService, schema: Schema): void {
     .implement('VM.unpause', (call, [vm]) => svc.simple(call, vm, 'unpause', (u) => sync.backend.unpause(u), 'Running'))
     .implement('VM.clean_shutdown', async (call, [vm]) => {
       const row = await call.db.get('VM', vm);
-      await svc.simple(call, vm, 'clean_shutdown', (u) => sync.backend.shutdown(u, svc.cleanTimeout(row)), 'Halted');
+      await svc.simple(
+        call,
+        vm,
+        'clean_shutdown',
+        async (u) => {
+          await call.db.update('VM', vm, { ha_always_run: false });
+          await sync.backend.shutdown(u, svc.cleanTimeout(row));
+        },
+        'Halted',
+      );
     })
     .implement('VM.hard_shutdown', (call, [vm]) => svc.hardShutdown(call, vm))
     .implement('VM.shutdown', (call, [vm]) => svc.shutdown(call, vm))
