@@ -341,3 +341,39 @@ test('console: a PV guest’s text console in the terminal until Ctrl+], and the
   assert.deepEqual([graphical.code, graphical.stderr], [1, 'No text console available\n']);
   for (const v of [vm, hvm]) await jsonCall(host.url, 'VM.hard_shutdown', [session, v]);
 });
+
+test('pool-ha-*: the planner’s answers as xe prints them, and the refusals', async () => {
+  const hostUuid = ok(await xe(host, 'host-list', '--minimal')).trim();
+  const max = await jsonCall(host.url, 'pool.ha_compute_max_host_failures_to_tolerate', [session]);
+  assert.equal(ok(await xe(host, 'pool-ha-compute-max-host-failures-to-tolerate')), `${String(max)}\n`);
+  const vm = (await jsonCall(host.url, 'VM.create', [session, vmRecord('protected', { memory: 128 * 1024 * 1024 })])) as string;
+  const vmUuid = (await jsonCall(host.url, 'VM.get_uuid', [session, vm])) as string;
+  const unpaired = await xe(host, 'pool-ha-compute-hypothetical-max-host-failures-to-tolerate', `vm-uuid=${vmUuid}`);
+  assert.equal(unpaired.code, 1);
+  assert.match(unpaired.stderr, /Call requires an equal number of vm-uuid and restart-priority arguments/);
+  const hypothetical = await jsonCall(host.url, 'pool.ha_compute_hypothetical_max_host_failures_to_tolerate', [
+    session,
+    { [vm]: 'restart' },
+  ]);
+  assert.equal(
+    ok(await xe(host, 'pool-ha-compute-hypothetical-max-host-failures-to-tolerate', `vm-uuid=${vmUuid}`, 'restart-priority=restart')),
+    `${String(hypothetical)}\n`,
+  );
+  await jsonCall(host.url, 'VM.start', [session, vm, false, false]);
+  const plan = ok(await xe(host, 'pool-ha-compute-vm-failover-plan', `host-uuids=${hostUuid}`));
+  assert.match(plan, /^VM +: Destination Host or Error\n/);
+  assert.match(plan, new RegExp(`${vmUuid} \\(protected\\): `));
+  const badSeconds = await xe(host, 'pool-ha-prevent-restarts-for', 'seconds=soon');
+  assert.equal(badSeconds.code, 1);
+  await jsonCall(host.url, 'VM.hard_shutdown', [session, vm]);
+  // A pool of one host: its local SR, plugged on every host of the pool, may hold the statefile
+  // (xha_statefile.ml), so enable_ha picks it when no heartbeat SR is named.
+  const poolUuid = ok(await xe(host, 'pool-list', '--minimal')).trim();
+  const haEnabled = async () => ok(await xe(host, 'pool-param-get', `uuid=${poolUuid}`, 'param-name=ha-enabled'));
+  assert.equal(ok(await xe(host, 'pool-ha-enable', 'ha-config:timeout=10')), '');
+  assert.equal(await haEnabled(), 'true\n');
+  const again = await xe(host, 'pool-ha-enable');
+  assert.deepEqual([again.code, again.stderr.split('\n')[0]], [1, 'The operation could not be performed because HA is enabled on the Pool']);
+  assert.equal(ok(await xe(host, 'pool-ha-disable')), '');
+  assert.equal(await haEnabled(), 'false\n');
+});

@@ -9,6 +9,7 @@ import { addDiagnosticCommands } from './diagnostic.js';
 import { addHostCommands } from './host.js';
 import { addNetworkCommands } from './network.js';
 import { addPoolCommands } from './pool.js';
+import { addPoolHaCommands } from './pool-ha.js';
 import { addStorageCommands } from './storage.js';
 import { addTaskCommands } from './task.js';
 import { addVmPowerCommands } from './vm-power.js';
@@ -34,6 +35,7 @@ export function buildTable(api: Api): CommandTable {
   addVmTransferCommands(table);
   addHostCommands(table);
   addPoolCommands(table);
+  addPoolHaCommands(table);
   addStorageCommands(table);
   addNetworkCommands(table);
   addTaskCommands(table);
