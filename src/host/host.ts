@@ -67,6 +67,9 @@ import * as poolTransition from '../xapi/pool-transition.js';
 import { CHECKING, guardCoordinator, type CoordinatorGuard } from './coordinator-check.js';
 import { readInstallationUuid, readPoolRole, writeInstallationUuid, writePoolRole } from './pool-role.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
+import { SimulatedNetworkd } from '../networkd/sim.js';
+import { Nm } from '../xapi/nm.js';
+import { firstStartNetworking, startNetworking } from '../xapi/pif-scan.js';
 import { HandlerTable } from '../http/handlers.js';
 import { cliHandler } from '../xe-server/handler.js';
 import { startHttpServers, type HttpServers } from '../http/server.js';
@@ -192,6 +195,7 @@ export function buildApi(
     poolSecret: () => '',
     log: host.log,
   }),
+  nm: Nm = new Nm(SimulatedNetworkd.memory([]), host.config.stateDir),
 ): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness; vms: vm.VmService } {
   const registry = new Registry();
   const hosts = new liveness.Liveness(host, livenessOptions);
@@ -360,6 +364,8 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     coordinatorContacted: () => remote?.wake(),
   };
 
+  const nm = new Nm(await SimulatedNetworkd.open(machine.nics, opts.stateDir), opts.stateDir);
+  const networkWarn = (err: unknown, pif: string) => log.warn({ err, pif }, 'bringing a PIF up at start failed');
   const domains = new SimulatorBackend({
     machine,
     stateDir: opts.stateDir,
@@ -392,12 +398,17 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     domains,
     { deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined },
     rrdd,
+    nm,
   );
 
   let firstStart = false;
   let justBecame = false;
   if (local) {
     ({ hostRef: host.hostRef, poolRef: host.poolRef, firstStart } = await syncDatabase(typed(local), schema, identity));
+    // The host's networks through its network daemon: its NICs scanned at first start, then
+    // what every start brings up.
+    if (firstStart) await firstStartNetworking(host.db, nm, host.hostRef, opts.address);
+    await startNetworking(host.db, nm, host.hostRef, networkWarn);
     const cancelled = await dispatcher.tasks.cancelLeftovers();
     await storage.clearStaleOperations();
     if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
@@ -510,6 +521,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
           poolSecret,
           master: role.master,
           remote: remote!,
+          startNetworking: () => startNetworking(host.db, nm, host.hostRef, networkWarn),
           heartbeatIntervalMs: opts.timing?.heartbeatIntervalMs,
         })
       : undefined;
@@ -543,6 +555,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
         closePeers(host);
         await storage.close();
         await xenops.stop();
+        await nm.networkd.close();
         await db.commit().catch(() => undefined);
         clearTimeout(cut);
         local?.close();

@@ -54,6 +54,11 @@ export class SimulatedNetworkd implements NetworkDaemon {
     private readonly dir: string | undefined,
   ) {}
 
+  /** A daemon keeping its state in memory only (tools and unit tests). */
+  static memory(nics: SimNic[]): SimulatedNetworkd {
+    return new SimulatedNetworkd(nics, undefined);
+  }
+
   /** The daemon of a host whose state directory is `stateDir`, with what it kept there before. */
   static async open(nics: SimNic[], stateDir: string | undefined): Promise<SimulatedNetworkd> {
     const d = new SimulatedNetworkd(nics, stateDir === undefined ? undefined : join(stateDir, STATE_DIR));
@@ -143,12 +148,15 @@ export class SimulatedNetworkd implements NetworkDaemon {
 
   makeBridges(configs: [string, BridgeConfig][]): Promise<void> {
     return this.change((s) => {
-      for (const [name, given] of configs) {
+      // networkd makes plain bridges before the VLAN bridges that ride on them.
+      const ordered = [...configs.filter(([, c]) => !c.vlan), ...configs.filter(([, c]) => c.vlan)];
+      for (const [name, given] of ordered) {
         const config = structuredClone(given);
         if (config.vlan) {
-          const device = `${SimulatedNetworkd.lowerDevice(s, config.vlan.parent)}.${config.vlan.tag}`;
+          const lower = SimulatedNetworkd.lowerDevice(s, config.vlan.parent);
+          const device = `${lower}.${config.vlan.tag}`;
           const holder = Object.entries(s.bridges).find(([other, b]) => other !== name && device in b.ports);
-          if (holder) throw new NetworkdError('vlan-in-use', `${device} is a port of ${holder[0]}`, [device, String(config.vlan.tag)]);
+          if (holder) throw new NetworkdError('vlan-in-use', `${device} is a port of ${holder[0]}`, [lower, String(config.vlan.tag)]);
           config.ports = { [device]: { interfaces: [device] } };
         }
         const known = this.devices(s);
