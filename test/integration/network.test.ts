@@ -11,8 +11,10 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
-import { PASSWORD } from './harness.js';
+import { PASSWORD, startXapi } from './harness.js';
 import { startPool, type TestPool } from './pool-harness.js';
+import { RpcFailure, jsonCall } from './client.js';
+import { waitUntil } from '../wait.js';
 
 interface XapiError {
   code: string;
@@ -21,6 +23,7 @@ interface XapiError {
 
 type Rec = Record<string, unknown>;
 
+const NIC_ARGS = ['--sim-nics', 'eth0,eth1:mtu=9000:speed=1000'];
 let pool: TestPool;
 // biome-ignore lint/suspicious/noExplicitAny: the connector is untyped
 let xapi: any;
@@ -77,7 +80,7 @@ print(json.dumps(out))
 }
 
 before(async () => {
-  pool = await startPool(2, { args: ['--sim-nics', 'eth0,eth1:mtu=9000:speed=1000'], hostArgs: [[], []] });
+  pool = await startPool(2, { args: NIC_ARGS });
   xapi = new Xapi({
     url: pool.coordinator.httpsUrl,
     allowUnauthorized: true,
@@ -240,4 +243,59 @@ test("xapi's errors through Python's xmlrpc.client, on the coordinator and forwa
   assert.equal((await pifsByHost()).get(pool.refs[0]!)!.get('eth0')!.management, false);
   await call('host.management_reconfigure', byHost.get(pool.refs[0]!)!.get('eth0')!.$ref);
   assert.equal((await pifsByHost()).get(pool.refs[0]!)!.get('eth0')!.management, true);
+});
+
+test('a member killed (-9) and restarted keeps its VLAN: networkd and the records agree', { timeout: 120_000 }, async () => {
+  const member = pool.hosts[1]!;
+  const eth1 = (await pifsByHost()).get(pool.refs[1]!)!.get('eth1')!;
+  const network = (await call('network.create', {
+    name_label: 'VLAN 7',
+    name_description: '',
+    MTU: 1500,
+    other_config: {},
+    bridge: '',
+    managed: true,
+    tags: [],
+  })) as string;
+  const bridge = (await call('network.get_bridge', network)) as string;
+  const vlan = (await call('VLAN.create', eth1.$ref, 7, network)) as string;
+  const untagged = (await call('VLAN.get_untagged_PIF', vlan)) as string;
+  assert.deepEqual(Object.keys((await bridgesOf(member.stateDir))[bridge]!.ports), ['eth1.7']);
+
+  member.kill('SIGKILL');
+  await member.exited;
+  const again = await startXapi({
+    args: NIC_ARGS,
+    stateDir: member.stateDir,
+    address: member.address,
+    httpPort: member.httpPort,
+    httpsPort: member.httpsPort,
+  });
+  pool.hosts[1] = again;
+  // Serving again: a member answers calls other than the emergency ones once its start-up (the
+  // network sync with it) is over; a pool session on it says when.
+  const secret = (await readFile(join(pool.coordinator.stateDir, 'ptoken'), 'utf8')).trim();
+  await waitUntil(
+    'the member serving again',
+    async () => {
+      try {
+        const s = (await jsonCall(pool.coordinator.url, 'session.slave_login', [pool.refs[1], secret])) as string;
+        await jsonCall(again.url, 'pool.get_all', [s]);
+        return true;
+      } catch (e) {
+        if (e instanceof RpcFailure && e.error[0] === 'HOST_STILL_BOOTING') return false;
+        if (e instanceof RpcFailure) throw e;
+        return false; // not listening yet
+      }
+    },
+    { timeoutMs: 90_000 },
+  );
+  assert.equal(await call('PIF.get_currently_attached', untagged), true);
+  assert.deepEqual((await bridgesOf(member.stateDir))[bridge]?.vlan, { parent: 'xenbr1', tag: 7 });
+  const pifs = (await pifsByHost()).get(pool.refs[1]!)!;
+  assert.equal(pifs.get('eth0')!.management, true);
+  assert.ok([...pifs.values()].every((p) => p.currently_attached === true));
+  // and it goes again cleanly, through the coordinator
+  await call('VLAN.destroy', vlan);
+  assert.equal((await bridgesOf(member.stateDir))[bridge], undefined);
 });
