@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { SimulatedNetworkd, type SimNic } from '../../src/networkd/sim.js';
 import { NetworkdError } from '../../src/networkd/interface.js';
 import { simulatedNic } from '../../src/xenopsd/machine.js';
+import { UsageError, hostOptions } from '../../src/cli/flags.js';
 
 const nics: SimNic[] = [
   { device: 'eth0', mac: '02:00:00:00:00:01', mtu: 1500, speedMbit: 10000, carrier: true },
@@ -42,6 +43,9 @@ test('NIC descriptions: defaults, MAC, MTU, speed, carrier; bad settings refused
   assert.throws(() => simulatedNic('eth0:mtu=big', 's'), /bad NIC setting/);
   assert.throws(() => simulatedNic('eth0:colour=red', 's'), /bad NIC setting/);
   assert.throws(() => simulatedNic(':mtu=1500', 's'), /bad NIC name/);
+  // xapi serve checks them before starting anything
+  assert.deepEqual(hostOptions({ 'sim-nics': 'eth0,eth1:carrier=down' }).sim?.nics, ['eth0', 'eth1:carrier=down']);
+  assert.throws(() => hostOptions({ 'sim-nics': 'eth0,eth1:speed=fast' }), UsageError);
 });
 
 test('physical devices in position order, carrier and speed as the NIC reports', async () => {
