@@ -17,7 +17,6 @@
 // the limit of 80 MB, 76.3 MiB (ratio = value / limit, under 1 meets the aim) and the bare node's RSS of
 // the same run (`bare`); and bare_node_rss itself. The LAST line is one JSON object {"bench":"host-rss", <figure>: {value, unit, limit, ratio}, ...}.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startXapi, stopXapi, type XapiProcess } from '../test/integration/harness.js';
 import { joinPool, startHosts } from '../test/integration/pool-harness.js';

@@ -1,6 +1,7 @@
 // The flags of `xapi serve`, shared with `xapi pool` (which passes every serve flag on to each of
 // its hosts and checks them first, so a typo is one usage error rather than N dead hosts).
 import { resolve } from 'node:path';
+import { simulatedNic } from '../xenopsd/machine.js';
 import type { HostOptions } from '../host/host.js';
 import { isPlatformVersion } from '../xapi/version.js';
 
@@ -92,6 +93,19 @@ function envMs(name: string): number | undefined {
 }
 
 /** The host's options from serve's flags (defaults filled in); root's password is the caller's. */
+/** --sim-nics: each NIC's description checked here, so a bad one is a usage error. */
+function nics(text: string | undefined): string[] | undefined {
+  const specs = text?.split(',').filter(Boolean);
+  for (const spec of specs ?? []) {
+    try {
+      simulatedNic(spec, '');
+    } catch (e) {
+      throw new UsageError(`--sim-nics: ${(e as Error).message}`);
+    }
+  }
+  return specs;
+}
+
 export function hostOptions(given: ServeValues): HostOptions {
   const v: ServeValues = { ...defaults(), ...given };
   if (v.backend !== 'simulator') throw new UsageError(`unknown --backend ${v.backend}: the available backend is "simulator"`);
@@ -110,7 +124,7 @@ export function hostOptions(given: ServeValues): HostOptions {
     sim: {
       cpus: positive(v['sim-cpus'], '--sim-cpus'),
       memoryMiB: positive(v['sim-memory-mib'], '--sim-memory-mib'),
-      nics: v['sim-nics']?.split(',').filter(Boolean),
+      nics: nics(v['sim-nics']),
     },
     simTiming: {
       bootTimeMs: nonNegative(v['sim-boot-ms'], '--sim-boot-ms'),

@@ -26,6 +26,7 @@ const USAGE = `usage: xapi serve [--address A] [--http-port P] [--https-port Q] 
 defaults: --address 0.0.0.0 --http-port 80 --https-port 443 --state-dir ./state --backend simulator
           --host-assumed-dead-interval 600 (seconds) --platform-version 3.4.0
           --rrd-sample-interval-ms 5000 --perfmon-interval 300 --perfmon-rrd-step 60
+--sim-nics: each NIC as device[:mac=xx-xx-xx-xx-xx-xx][:mtu=N][:speed=MBIT][:carrier=up|down]
 --platform-version: the release the host claims (software_version: platform X.Y.Z, product (X+5).Y.Z,
           xapi (X+22).Y.Z). To upgrade a pool host by host, restart each host (coordinator first)
           alone with its state directory and a higher version: a pool of mixed versions is in a

@@ -1,8 +1,7 @@
 // What xapi does to the database when a host starts (xapi.ml, dbsync_master.ml,
 // dbsync_slave.ml, create_misc.ml, create_networks.ml): on first start it creates the pool
-// (this host its coordinator), the host with its metrics and CPUs, the control domain, the SM
-// records, the networks and PIFs of the machine's NICs with the management interface, and the
-// RBAC roles; on every start it refreshes what describes the running software.
+// (this host its coordinator), the host with its metrics and CPUs, the control domain and the SM
+// records (the networks and PIFs come from the network daemon: src/xapi/pif-scan.ts); on every start it refreshes what describes the running software.
 import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/interface.js';
 import type { Schema } from '../schema/schema.js';
@@ -197,7 +196,6 @@ async function createLocalhost(db: Db, id: HostIdentity, now: string): Promise<s
   await createHostCpus(db, hostRef, m);
   await createControlDomain(db, id, hostRef, dom0Ref, dom0Memory, now);
   for (const sm of smRecords()) await db.create('SM', newRef(), { uuid: randomUUID(), ...sm });
-  await createNetworks(db, id, hostRef);
   return hostRef;
 }
 
@@ -247,69 +245,4 @@ async function createControlDomain(db: Db, id: HostIdentity, hostRef: string, vm
       other_config: {},
     });
   }
-}
-
-/** A network and a PIF per NIC (management on the first), plus the host-internal network. */
-async function createNetworks(db: Db, id: HostIdentity, hostRef: string): Promise<void> {
-  for (const [i, nic] of id.machine.nics.entries()) {
-    const networkRef = newRef();
-    const bridge = `xenbr${nic.device.replace(/^\D+/, '')}`;
-    await db.create('network', networkRef, {
-      uuid: randomUUID(),
-      name_label: `Pool-wide network associated with ${nic.device}`,
-      name_description: '',
-      bridge,
-      MTU: nic.mtu,
-      managed: true,
-      other_config: {},
-    });
-    const metricsRef = newRef();
-    await db.create('PIF_metrics', metricsRef, {
-      uuid: randomUUID(),
-      carrier: true,
-      vendor_name: 'Simulated',
-      device_name: 'Simulated Ethernet',
-      speed: nic.speedMbit,
-      duplex: true,
-      last_updated: formatDateTime(new Date()),
-      other_config: {},
-    });
-    const management = i === 0;
-    await db.create('PIF', newRef(), {
-      uuid: randomUUID(),
-      device: nic.device,
-      network: networkRef,
-      host: hostRef,
-      MAC: nic.mac,
-      MTU: nic.mtu,
-      VLAN: -1,
-      metrics: metricsRef,
-      physical: true,
-      currently_attached: true,
-      managed: true,
-      management,
-      ip_configuration_mode: management ? 'Static' : 'None',
-      IP: management ? id.address : '',
-      netmask: management ? '255.0.0.0' : '',
-      gateway: '',
-      DNS: '',
-      primary_address_type: 'IPv4',
-      other_config: {},
-    });
-  }
-  await db.create('network', newRef(), {
-    uuid: randomUUID(),
-    name_label: 'Host internal management network',
-    name_description: 'Network on which guests will be assigned a private link-local IP address which can be used to talk XenAPI',
-    bridge: 'xenapi',
-    MTU: 1500,
-    managed: true,
-    other_config: {
-      is_guest_installer_network: 'true',
-      is_host_internal_management_network: 'true',
-      ip_begin: '169.254.0.1',
-      ip_end: '169.254.255.254',
-      netmask: '255.255.0.0',
-    },
-  });
 }

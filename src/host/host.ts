@@ -26,6 +26,9 @@ import * as pool from '../xapi/pool.js';
 import * as liveness from '../xapi/liveness.js';
 import * as poolEject from '../xapi/pool-eject.js';
 import * as network from '../xapi/network.js';
+import * as pif from '../xapi/pif.js';
+import * as vlan from '../xapi/vlan.js';
+import * as management from '../xapi/management.js';
 import * as consoleApi from '../xapi/console.js';
 import * as vmAppliance from '../xapi/vm-appliance.js';
 import * as vmss from '../xapi/vmss.js';
@@ -68,6 +71,9 @@ import * as poolTransition from '../xapi/pool-transition.js';
 import { CHECKING, guardCoordinator, type CoordinatorGuard } from './coordinator-check.js';
 import { readInstallationUuid, readPoolRole, writeInstallationUuid, writePoolRole } from './pool-role.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
+import { SimulatedNetworkd } from '../networkd/sim.js';
+import { Nm } from '../xapi/nm.js';
+import { firstStartNetworking, startNetworking } from '../xapi/pif-scan.js';
 import { HandlerTable } from '../http/handlers.js';
 import { cliHandler } from '../xe-server/handler.js';
 import { startHttpServers, type HttpServers } from '../http/server.js';
@@ -195,6 +201,7 @@ export function buildApi(
     poolSecret: () => '',
     log: host.log,
   }),
+  nm: Nm = new Nm(SimulatedNetworkd.memory([]), host.config.stateDir),
 ): { registry: Registry; dispatcher: Dispatcher; xenops: XenopsSync; storage: Storage; liveness: liveness.Liveness; vms: vm.VmService } {
   const registry = new Registry();
   const hosts = new liveness.Liveness(host, livenessOptions);
@@ -217,6 +224,11 @@ export function buildApi(
   poolBackup.register(registry);
   poolTransition.register(registry);
   network.register(registry, new network.NetworkService());
+  const pifs = new pif.PifService(nm);
+  const vlans = new vlan.VlanService(nm, pifs);
+  pif.register(registry, pifs, vlans);
+  vlan.register(registry, vlans);
+  management.register(registry, new management.ManagementService(nm));
   consoleApi.register(registry);
   vmAppliance.register(registry, host.schema);
   vmss.register(registry);
@@ -364,6 +376,8 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     coordinatorContacted: () => remote?.wake(),
   };
 
+  const nm = new Nm(await SimulatedNetworkd.open(machine.nics, opts.stateDir), opts.stateDir);
+  const networkWarn = (err: unknown, pif: string) => log.warn({ err, pif }, 'bringing a PIF up at start failed');
   const domains = new SimulatorBackend({
     machine,
     stateDir: opts.stateDir,
@@ -396,12 +410,17 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
     domains,
     { deadIntervalMs: opts.hostAssumedDeadIntervalS !== undefined ? opts.hostAssumedDeadIntervalS * 1000 : undefined },
     rrdd,
+    nm,
   );
 
   let firstStart = false;
   let justBecame = false;
   if (local) {
     ({ hostRef: host.hostRef, poolRef: host.poolRef, firstStart } = await syncDatabase(typed(local), schema, identity));
+    // The host's networks through its network daemon: its NICs scanned at first start, then
+    // what every start brings up.
+    if (firstStart) await firstStartNetworking(host.db, nm, host.hostRef, opts.address);
+    await startNetworking(host.db, nm, host.hostRef, networkWarn);
     const cancelled = await dispatcher.tasks.cancelLeftovers();
     await storage.clearStaleOperations();
     if (firstStart) await ensureLocalStorage(storage, join(opts.stateDir, 'storage'));
@@ -516,6 +535,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
           poolSecret,
           master: role.master,
           remote: remote!,
+          startNetworking: () => startNetworking(host.db, nm, host.hostRef, networkWarn),
           heartbeatIntervalMs: opts.timing?.heartbeatIntervalMs,
         })
       : undefined;
@@ -550,6 +570,7 @@ export async function startHost(opts: HostOptions, schema: Schema = loadSchema()
         closePeers(host);
         await storage.close();
         await xenops.stop();
+        await nm.networkd.close();
         await db.commit().catch(() => undefined);
         clearTimeout(cut);
         local?.close();

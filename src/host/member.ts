@@ -36,6 +36,8 @@ export interface MemberStart {
   poolSecret: string;
   master: string;
   remote: RemoteDb;
+  /** Every start's network sync (its PIFs against networkd, the needed ones brought up). */
+  startNetworking(): Promise<void>;
   /** Between two heartbeats (default xapi's 30 s). */
   heartbeatIntervalMs?: number;
 }
@@ -59,6 +61,7 @@ export function startMember(o: MemberStart): { stop(): Promise<void> } {
       intervalMs: o.heartbeatIntervalMs,
       onCoordinatorBack: () => o.remote.wake(),
     });
+    await o.startNetworking();
     await plugLocalPbds(o.storage);
     await sweepUnfinishedMirrors(o.storage);
     await o.xenops.resync();

@@ -17,6 +17,9 @@ import { buildApi } from './host.js';
 import { updateAllAllowedOperations } from '../xapi/host-operations.js';
 import { simulatedMachine } from '../xenopsd/machine.js';
 import { ensureLocalStorage } from './local-storage.js';
+import { SimulatedNetworkd } from '../networkd/sim.js';
+import { Nm } from '../xapi/nm.js';
+import { firstStartNetworking, startNetworking } from '../xapi/pif-scan.js';
 
 export async function memoryHost(
   opts: {
@@ -45,7 +48,16 @@ export async function memoryHost(
   const db = opts.db ?? new LocalDb(schema, null, { logLimit: opts.logLimit });
   const machine = simulatedMachine({ seed: 'memory' });
   const uuid = (await coordinatorUuid(typed(db))) ?? randomUUID();
-  const { hostRef, poolRef } = await syncDatabase(typed(db), schema, { uuid, hostname: 'memhost', address: '127.0.0.1', machine });
+  const { hostRef, poolRef, firstStart } = await syncDatabase(typed(db), schema, {
+    uuid,
+    hostname: 'memhost',
+    address: '127.0.0.1',
+    machine,
+  });
+  const nm = new Nm(await SimulatedNetworkd.open(machine.nics, stateDir), stateDir);
+  if (firstStart) await firstStartNetworking(typed(db), nm, hostRef, '127.0.0.1');
+  await startNetworking(typed(db), nm, hostRef, () => undefined);
+  await db.commit();
   let rootPassword = opts.rootPassword ?? 'secret';
   const restartRequests: string[] = [];
   const host: HostContext = {
@@ -84,6 +96,9 @@ export async function memoryHost(
       rootPassword = password;
     },
     domains,
+    {},
+    undefined,
+    nm,
   );
   // Local storage, as on a real host: VHD files under the state directory.
   await ensureLocalStorage(storage, join(stateDir, 'storage'));
@@ -94,5 +109,5 @@ export async function memoryHost(
     await xenops.stop();
     if (!opts.stateDir) await rm(stateDir, { recursive: true, force: true });
   };
-  return { host, db, registry, dispatcher, xenops, domains, storage, restartRequests, close };
+  return { host, db, registry, dispatcher, xenops, domains, storage, nm, restartRequests, close };
 }

@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { HostRole } from '../api/context.js';
 import { writeFileAtomic } from '../util/files.js';
+import { writeInventoryKeys } from '../xapi/inventory.js';
 
 const roleFile = (stateDir: string) => join(stateDir, 'pool.conf');
 const inventoryFile = (stateDir: string) => join(stateDir, 'inventory');
@@ -46,6 +47,6 @@ export async function readInstallationUuid(stateDir: string): Promise<string | u
 }
 
 export async function writeInstallationUuid(stateDir: string, uuid: string = randomUUID()): Promise<string> {
-  await writeFileAtomic(inventoryFile(stateDir), `INSTALLATION_UUID='${uuid}'\n`, 0o644);
+  await writeInventoryKeys(stateDir, { INSTALLATION_UUID: uuid });
   return uuid;
 }

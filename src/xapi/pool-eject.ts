@@ -169,7 +169,7 @@ export async function removeHostRecords(db: Db, host: string, opts: { forgetLoca
  * new local SR. Kept: the inventory (the host's uuid), the root password, the server
  * certificate (xapi keeps xapi-ssl.pem), the log and the domain manager's state.
  */
-export const EJECT_REMOVES = ['ptoken', 'xapi.db', 'xapi.db-wal', 'xapi.db-shm', 'storage'];
+export const EJECT_REMOVES = ['ptoken', 'xapi.db', 'xapi.db-wal', 'xapi.db-shm', 'storage', 'networkd'];
 
 export async function resetEjectedStateDir(stateDir: string): Promise<void> {
   // The pool's database copy goes before the role changes: a crash in between must not leave a

@@ -8,6 +8,8 @@ export interface Nic {
   mac: string;
   mtu: number;
   speedMbit: number;
+  /** Whether a cable is in (a NIC without carrier reports speed 0). */
+  carrier: boolean;
 }
 
 export interface Cpu {
@@ -36,6 +38,10 @@ export interface Machine {
 export interface SimulatedMachineOptions {
   cpus?: number;
   memoryMiB?: number;
+  /**
+   * The NICs, each `device[:key=value...]` with keys mac (dashes for colons), mtu, speed (Mbit/s)
+   * and carrier (up/down): `eth1:mtu=9000:speed=1000:carrier=down`.
+   */
   nics?: string[];
   /** Seeds the NIC MACs, so two simulated hosts never share one. */
   seed: string;
@@ -46,6 +52,26 @@ function macFor(seed: string, device: string): string {
   const h = createHash('sha256').update(`${seed}/${device}`).digest();
   const bytes = [0x02, h[0]!, h[1]!, h[2]!, h[3]!, h[4]!];
   return bytes.map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+/** One NIC from its `device[:key=value...]` description; a bad key or value is an error. */
+export function simulatedNic(spec: string, seed: string): Nic {
+  const [device, ...settings] = spec.split(':');
+  if (!device || !/^[a-zA-Z][a-zA-Z0-9_-]{0,14}$/.test(device)) throw new Error(`bad NIC name in ${JSON.stringify(spec)}`);
+  const nic: Nic = { device, mac: macFor(seed, device), mtu: 1500, speedMbit: 10000, carrier: true };
+  for (const setting of settings) {
+    const [key, value = ''] = setting.split('=', 2) as [string, string?];
+    const n = Number(value);
+    if (key === 'mac' && /^([0-9a-f]{2}-){5}[0-9a-f]{2}$/i.test(value)) nic.mac = value.toLowerCase().replaceAll('-', ':');
+    else if (key === 'mtu' && Number.isInteger(n) && n >= 68 && n <= 65535) nic.mtu = n;
+    else if (key === 'speed' && Number.isInteger(n) && n >= 0) nic.speedMbit = n;
+    else if (key === 'carrier' && (value === 'up' || value === 'down')) nic.carrier = value === 'up';
+    else
+      throw new Error(
+        `bad NIC setting ${JSON.stringify(setting)} in ${JSON.stringify(spec)} (mac=xx-xx-xx-xx-xx-xx, mtu=N, speed=N, carrier=up|down)`,
+      );
+  }
+  return nic;
 }
 
 export function simulatedMachine(o: SimulatedMachineOptions): Machine {
@@ -67,7 +93,7 @@ export function simulatedMachine(o: SimulatedMachineOptions): Machine {
         '1fcbfbff-80b82221-2993fbff-00000403-00000000-00000000-00000000-00000000-00001000-9c000000-00000000-00000000-00000000-00000000-00000000',
     },
     memoryBytes: (o.memoryMiB ?? 16384) * 1024 * 1024,
-    nics: (o.nics ?? ['eth0', 'eth1']).map((device) => ({ device, mac: macFor(o.seed, device), mtu: 1500, speedMbit: 10000 })),
+    nics: (o.nics ?? ['eth0', 'eth1']).map((spec) => simulatedNic(spec, o.seed)),
   };
 }
 

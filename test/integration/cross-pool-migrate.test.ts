@@ -16,7 +16,7 @@ import { after, before, test } from 'node:test';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
 import { jsonCall, login, putBody, xapiFailure } from './client.js';
-import { PASSWORD, stopHosts, stopXapi, type XapiProcess } from './harness.js';
+import { PASSWORD, stopHosts, type XapiProcess } from './harness.js';
 import { hostRef, joinPool, localSrOf, startHosts } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vifRecord, vmRecord } from '../vm-record.js';

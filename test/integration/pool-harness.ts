@@ -3,7 +3,7 @@
 // pool), the first the coordinator and the others joined to it with pool.join, as an operator
 // would. Waits on conditions only: each member back as a member, enabled and live.
 import { createServer } from 'node:net';
-import { freePort, loopbackAddress, PASSWORD, startXapi, stopHosts, stopXapi, type StartOptions, type XapiProcess } from './harness.js';
+import { freePort, loopbackAddress, PASSWORD, startXapi, stopHosts, type StartOptions, type XapiProcess } from './harness.js';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

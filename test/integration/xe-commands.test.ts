@@ -373,7 +373,10 @@ test('pool-ha-*: the planner’s answers as xe prints them, and the refusals', a
   assert.equal(ok(await xe(host, 'pool-ha-enable', 'ha-config:timeout=10')), '');
   assert.equal(await haEnabled(), 'true\n');
   const again = await xe(host, 'pool-ha-enable');
-  assert.deepEqual([again.code, again.stderr.split('\n')[0]], [1, 'The operation could not be performed because HA is enabled on the Pool']);
+  assert.deepEqual(
+    [again.code, again.stderr.split('\n')[0]],
+    [1, 'The operation could not be performed because HA is enabled on the Pool'],
+  );
   assert.equal(ok(await xe(host, 'pool-ha-disable')), '');
   assert.equal(await haEnabled(), 'false\n');
 });

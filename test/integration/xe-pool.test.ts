@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { jsonCall, login, xapiFailure } from './client.js';
-import { PASSWORD, stopHosts, stopXapi, type XapiProcess } from './harness.js';
+import { PASSWORD, stopHosts, type XapiProcess } from './harness.js';
 import { loginWhenServing, startHosts } from './pool-harness.js';
 import { type XeResult, xeRaw } from './xe-harness.js';
 import { waitUntil } from '../wait.js';
