@@ -178,6 +178,21 @@ for (const c of datamodel) {
 const hasField = (r) => classes.find((c) => c.name === r.class)?.fields.some((f) => f.name === r.field);
 const relations = relationFacts.oneToMany.filter((r) => hasField(r.one) && hasField(r.many));
 
+// RBAC: xapi gives every http action a permission "http/<action>" (and "http/<action>/<sub>" for
+// each sub-action) with the action's roles (gen_rbac.ml get_http_permissions_roles).
+const rbac = { ...(facts.rbac ?? {}) };
+const permissionNames = new Set((rbac.extraPermissions ?? []).map((p) => p.name));
+rbac.extraPermissions = [...(rbac.extraPermissions ?? [])];
+for (const a of facts.httpActions ?? []) {
+  const perms = [{ name: `http/${a.name}`, roles: a.roles ?? [] }];
+  for (const sub of a.subActions ?? []) perms.push({ name: `http/${a.name}/${sub.name}`, roles: sub.roles ?? [] });
+  for (const p of perms) {
+    if (permissionNames.has(p.name)) continue;
+    permissionNames.add(p.name);
+    rbac.extraPermissions.push(p);
+  }
+}
+
 const schema = {
   generatedFrom: { datamodel: 'xapi-project/xen-api doc/data/xenapi.json', facts: facts.source },
   relations,
@@ -186,7 +201,7 @@ const schema = {
   errors: facts.errors,
   mapKeysRoles: facts.mapKeysRoles ?? {},
   emergencyCalls: facts.emergencyCalls ?? [],
-  rbac: facts.rbac ?? {},
+  rbac,
   constants: facts.constants ?? {},
   classes,
 };

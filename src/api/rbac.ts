@@ -69,3 +69,11 @@ export function permissionsOfRoles(schema: Schema, roles: string[]): string[] {
   for (const p of schema.extraPermissions) if (p.roles.some((r) => want.has(r))) out.push(p.name);
   return out;
 }
+
+/** The roles holding the permission of an HTTP action, `http/<action>` (datamodel http_actions). */
+export function httpActionRoles(schema: Schema, action: string): string[] {
+  const name = `http/${action}`;
+  const p = schema.extraPermissions.find((x) => x.name === name);
+  if (!p) throw new Error(`no http action ${action} in the schema`);
+  return p.roles;
+}

@@ -17,15 +17,13 @@ import * as tls from 'node:tls';
 import type { WebSocketServer } from 'ws';
 import type { HostContext, SessionInfo } from '../api/context.js';
 import type { Dispatcher } from '../api/dispatch.js';
-import { checkPermission } from '../api/rbac.js';
+import { checkPermission, httpActionRoles } from '../api/rbac.js';
 import type { HandlerTable } from '../http/handlers.js';
 import { sendHttpError } from '../http/server.js';
 import { authenticate, cookie } from '../http/transfer.js';
 import { NULL_REF } from '../schema/types.js';
 import type { DomainManager } from '../xenopsd/interface.js';
 
-/** _R_VM_OP: the roles that may open a VM's console (a host's dom0 console needs pool-admin). */
-const VM_OP = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin', 'vm-operator'];
 /** console.ml raises its Failure for a request it cannot serve; the page names it. */
 const FAILURE = 'Console.Failure';
 /** Http.http_200_ok (): the line and headers before the console's bytes. */
@@ -75,7 +73,8 @@ async function findConsole(host: HostContext, url: URL, session: SessionInfo, ac
   const owner = await db.get('VM', c.VM);
   if (owner.is_control_domain) {
     try {
-      checkPermission(host, session, `http/${action}/host_${action.replace('connect_', '')}`, ['pool-admin']);
+      const sub = `${action}/host_${action.replace('connect_', '')}`;
+      checkPermission(host, session, `http/${sub}`, httpActionRoles(host.schema, sub));
     } catch {
       throw new ConsoleFailure(403);
     }
@@ -176,7 +175,7 @@ export function registerConsoleHandlers(table: HandlerTable, d: Dispatcher, doma
     if (!auth) return sendHttpError(res, 401, '', { 'www-authenticate': `Basic realm="${action}"` });
     let keep = false;
     try {
-      checkPermission(host, auth.session, `http/${action}`, VM_OP);
+      checkPermission(host, auth.session, `http/${action}`, httpActionRoles(host.schema, action));
       const target = await findConsole(host, url, auth.session, action);
       const session = url.searchParams.get('session_id') ?? cookie(req, 'session_id') ?? auth.session.ref;
       const upgrade = action === 'connect_console_ws';

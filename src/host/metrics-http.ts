@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { timingSafeEqual } from 'node:crypto';
 import type { Dispatcher } from '../api/dispatch.js';
 import type { SessionInfo } from '../api/context.js';
-import { checkPermission } from '../api/rbac.js';
+import { checkPermission, httpActionRoles } from '../api/rbac.js';
 import { readBody } from '../http/body.js';
 import type { HandlerTable } from '../http/handlers.js';
 import { sendHttpError } from '../http/server.js';
@@ -22,8 +22,6 @@ import type { PrometheusExporter } from './prometheus.js';
 
 /** The largest RRD another host may PUT (a VM with many devices is a few MB of XML). */
 const PUT_RRD_LIMIT = 64 * 1024 * 1024;
-/** The roles of the read handlers (_R_READ_ONLY: every role). */
-const READ_ONLY = ['pool-admin', 'pool-operator', 'vm-power-admin', 'vm-admin', 'vm-operator', 'read-only'];
 
 const sameSecret = (a: string, b: string) => {
   const x = Buffer.from(a);
@@ -55,7 +53,7 @@ async function authorize(
     return undefined;
   }
   try {
-    checkPermission(d.host, auth.session, `http/${action}`, READ_ONLY);
+    checkPermission(d.host, auth.session, `http/${action}`, httpActionRoles(d.host.schema, action));
   } catch {
     await auth.logout?.().catch(() => undefined);
     sendHttpError(res, 403);
@@ -125,7 +123,7 @@ export function registerMetricsHandlers(table: HandlerTable, d: Dispatcher, rrdd
   table.add(
     'GET',
     '/rrd_updates',
-    guarded('get_rrd_updates', async (req, res, url) => {
+    guarded('rrd_updates', async (req, res, url) => {
       const q = url.searchParams;
       const start = q.get('start');
       if (start === null || !/^-?\d+$/.test(start)) return sendHttpError(res, 400, "get_rrd_updates: missing the 'start' parameter");
@@ -147,7 +145,7 @@ export function registerMetricsHandlers(table: HandlerTable, d: Dispatcher, rrdd
   table.add(
     'GET',
     '/host_rrd',
-    guarded('get_host_rrd', async (req, res, url) => {
+    guarded('host_rrd', async (req, res, url) => {
       const rrd = rrdd.hostRrd();
       if (!rrd) return sendHttpError(res, 404);
       const json = prefersJson(req, url);
@@ -158,7 +156,7 @@ export function registerMetricsHandlers(table: HandlerTable, d: Dispatcher, rrdd
   table.add(
     'GET',
     '/vm_rrd',
-    guarded('get_vm_rrd', async (req, res, url) => {
+    guarded('vm_rrd', async (req, res, url) => {
       const uuid = url.searchParams.get('uuid');
       if (uuid === null) return sendHttpError(res, 400, "get_vm_rrd: missing the 'uuid' parameter");
       const json = prefersJson(req, url);

@@ -360,12 +360,13 @@ async function enableHa(call: Call, storage: Storage, heartbeatSrs: string[], co
   }
   const sr = candidates[0];
   if (!sr) throw new XapiError('CANNOT_CREATE_STATE_FILE', []);
-  const statefile =
-    (await checkSrCanHostStatefile(db, sr, 'ha_statefile', MINIMUM_STATEFILE_SIZE)) ??
-    (await createVdi(storage, call, sr, MINIMUM_STATEFILE_SIZE, {
-      name_label: 'Statefile for HA',
-      name_description: 'Used for storage heartbeating',
-      type: 'ha_statefile',
+  // each VDI reused when the SR has a fitting one, else made as xapi makes it
+  const findOrCreate = async (type: 'ha_statefile' | 'redo_log', size: number, name_label: string, name_description: string) =>
+    (await checkSrCanHostStatefile(db, sr, type, size)) ??
+    (await createVdi(storage, call, sr, size, {
+      name_label,
+      name_description,
+      type,
       sharable: true,
       read_only: false,
       other_config: {},
@@ -373,19 +374,8 @@ async function enableHa(call: Call, storage: Storage, heartbeatSrs: string[], co
       sm_config: { type: 'raw' },
       tags: [],
     }));
-  const metadata =
-    (await checkSrCanHostStatefile(db, sr, 'redo_log', MINIMUM_METADATA_VDI_SIZE)) ??
-    (await createVdi(storage, call, sr, MINIMUM_METADATA_VDI_SIZE, {
-      name_label: 'Metadata for HA',
-      name_description: 'Used for master failover',
-      type: 'redo_log',
-      sharable: true,
-      read_only: false,
-      other_config: {},
-      xenstore_data: {},
-      sm_config: { type: 'raw' },
-      tags: [],
-    }));
+  const statefile = await findOrCreate('ha_statefile', MINIMUM_STATEFILE_SIZE, 'Statefile for HA', 'Used for storage heartbeating');
+  const metadata = await findOrCreate('redo_log', MINIMUM_METADATA_VDI_SIZE, 'Metadata for HA', 'Used for master failover');
   await db.update('pool', poolRef, { ha_statefiles: [statefile], ha_configuration: configuration, ha_plan_exists_for: 0 });
   await updatePoolStatus(db);
   const generation = randomUUID();

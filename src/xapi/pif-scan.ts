@@ -42,7 +42,8 @@ async function writeMetrics(db: Db, ref: Ref<'PIF_metrics'>, nic: NicInfo | unde
   });
 }
 
-async function makeMetrics(db: Db): Promise<Ref<'PIF_metrics'>> {
+/** A PIF's metrics record, empty until networkd's readings fill it. */
+export async function makeMetrics(db: Db): Promise<Ref<'PIF_metrics'>> {
   const ref = newRef() as Ref<'PIF_metrics'>;
   await db.create('PIF_metrics', ref, {
     uuid: randomUUID(),

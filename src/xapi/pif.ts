@@ -13,7 +13,7 @@ import { newRef } from '../api/implicit.js';
 import type { Rpc } from '../rpc/rpc.js';
 import { isForwardedHere, runOn } from './forward.js';
 import { type Nm, pifKind } from './nm.js';
-import { introduceInternal, scan } from './pif-scan.js';
+import { introduceInternal, makeMetrics, scan } from './pif-scan.js';
 import { Mutex } from '../util/mutex.js';
 
 /** The work of a call on `host` (do_op_on): here, or forwarded there; a forwarded call runs here. */
@@ -264,21 +264,7 @@ export class PifService {
       Record<string, string>,
     ];
     // (xapi refuses a VLAN PIF on a network whose VIFs carry trunks: VIFs of this datamodel have none.)
-    const metrics = newRef();
-    await call.db.create('PIF_metrics', metrics, {
-      uuid: randomUUID(),
-      carrier: false,
-      vendor_name: '',
-      device_name: '',
-      vendor_id: '',
-      device_id: '',
-      speed: 0,
-      duplex: false,
-      pci_bus_path: '',
-      io_read_kbs: 0,
-      io_write_kbs: 0,
-      other_config: {},
-    });
+    const metrics = await makeMetrics(call.db);
     const ref = newRef() as Ref<'PIF'>;
     await call.db.create('PIF', ref, {
       uuid: randomUUID(),

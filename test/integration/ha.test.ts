@@ -8,15 +8,14 @@
 // liveset drops it).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 // @ts-expect-error: the connector ships no type declarations
 import { Xapi } from 'xen-api';
 import { jsonCall } from './client.js';
 import { PASSWORD, type XapiProcess } from './harness.js';
-import { localSrOf, runningVmOn, startPool, type TestPool } from './pool-harness.js';
+import { createSharedSr, localSrOf, runningVmOn, startPool, type TestPool } from './pool-harness.js';
 import { simulatorVms } from './sim-state.js';
 import { vbdRecord, vdiRecord, vmRecord } from '../vm-record.js';
 import { waitUntil } from '../wait.js';
@@ -36,19 +35,7 @@ before(async () => {
   pool = await startPool(3);
   url = pool.coordinator.url;
   s = pool.session;
-  sharedDir = await mkdtemp(join(tmpdir(), 'xapi-ha-sr-'));
-  shared = (await call(
-    'SR.create',
-    pool.refs[0],
-    { server: '127.0.0.1', serverpath: sharedDir },
-    0,
-    'shared',
-    '',
-    'nfs',
-    'user',
-    true,
-    {},
-  )) as string;
+  ({ sr: shared, dir: sharedDir } = await createSharedSr(call, pool.refs[0]!, 'xapi-ha-sr-'));
 });
 
 after(async () => {
