@@ -157,7 +157,10 @@ function Charts({ session, hosts, vmNames }) {
   useEffect(() => {
     let stopped = false;
     const load = async () => {
-      const start = Math.floor(Date.now() / 1000) - 600;
+      // ten minutes back, less one step: exactly ten would fall outside the 5-second archive
+      // whenever the host's last sample is in the same second, and a young host's 1-minute
+      // archive has no values yet (rrdd picks the finest archive that holds `start`)
+      const start = Math.floor(Date.now() / 1000) - 595;
       const found = {};
       for (const [, host] of hosts) {
         const here = host.address === location.hostname;
