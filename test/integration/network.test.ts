@@ -38,6 +38,12 @@ async function bridgesOf(
 
 const call = (method: string, ...args: unknown[]) => xapi.call(method, ...args) as Promise<unknown>;
 
+/** A new managed network, its bridge named by xapi. */
+async function newNetwork(name_label: string): Promise<string> {
+  const record = { name_label, name_description: '', MTU: 1500, other_config: {}, bridge: '', managed: true, tags: [] };
+  return (await call('network.create', record)) as string;
+}
+
 /** The PIFs of the pool by host ref, then device. */
 async function pifsByHost(): Promise<Map<string, Map<string, Rec & { $ref: string }>>> {
   const all = (await call('PIF.get_all_records')) as Record<string, Rec>;
@@ -127,15 +133,7 @@ test('pool.create_VLAN_from_PIF makes the VLAN on both hosts; VLAN.destroy on th
 }, async () => {
   const byHost = await pifsByHost();
   const eth0 = byHost.get(pool.refs[0]!)!.get('eth0')!;
-  const network = (await call('network.create', {
-    name_label: 'VLAN 42',
-    name_description: '',
-    MTU: 1500,
-    other_config: {},
-    bridge: '',
-    managed: true,
-    tags: [],
-  })) as string;
+  const network = await newNetwork('VLAN 42');
   const bridge = (await call('network.get_bridge', network)) as string;
   const made = (await call('pool.create_VLAN_from_PIF', eth0.$ref, network, 42)) as string[];
   assert.equal(made.length, 2);
@@ -153,15 +151,7 @@ test('pool.create_VLAN_from_PIF makes the VLAN on both hosts; VLAN.destroy on th
     assert.deepEqual(Object.keys(b.ports), ['eth0.42']);
   }
   // a second pool-wide VLAN with the same tag on another network: refused, nothing left behind
-  const other = (await call('network.create', {
-    name_label: 'again',
-    name_description: '',
-    MTU: 1500,
-    other_config: {},
-    bridge: '',
-    managed: true,
-    tags: [],
-  })) as string;
+  const other = await newNetwork('again');
   await assert.rejects(call('pool.create_VLAN_from_PIF', eth0.$ref, other, 42), (e: XapiError) => {
     assert.equal(e.code, 'PIF_VLAN_EXISTS');
     assert.deepEqual(e.params, ['eth0']);
@@ -248,15 +238,7 @@ test("xapi's errors through Python's xmlrpc.client, on the coordinator and forwa
 test('a member killed (-9) and restarted keeps its VLAN: networkd and the records agree', { timeout: 120_000 }, async () => {
   const member = pool.hosts[1]!;
   const eth1 = (await pifsByHost()).get(pool.refs[1]!)!.get('eth1')!;
-  const network = (await call('network.create', {
-    name_label: 'VLAN 7',
-    name_description: '',
-    MTU: 1500,
-    other_config: {},
-    bridge: '',
-    managed: true,
-    tags: [],
-  })) as string;
+  const network = await newNetwork('VLAN 7');
   const bridge = (await call('network.get_bridge', network)) as string;
   const vlan = (await call('VLAN.create', eth1.$ref, 7, network)) as string;
   const untagged = (await call('VLAN.get_untagged_PIF', vlan)) as string;
